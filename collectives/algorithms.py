@@ -1,0 +1,22 @@
+"""The registry of collective algorithms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from collectives import directreduce, ring
+from collectives.schedule import Schedule
+from topologies import Torus
+
+Builder = Callable[[str, Torus, int], Schedule]
+
+#: algorithms that compile to a schedule (both executors run them)
+SCHEDULED: dict[str, Builder] = {"ring": ring.build, "directreduce": directreduce.build}
+#: every algorithm a user can name; "mpi" is MPI's own collective (wall time only)
+ALGORITHMS = [*SCHEDULED, "mpi"]
+ALGORITHM_HELP = {
+    "ring": "host-based Ring-AllReduce: every step crosses PCIe twice and the host reduces",
+    "directreduce": "DirectReduce: in-NIC reduction with packet-level stream aggregation",
+    "mpi": "MPI's own collective (wall-time reference, no emulated time)",
+}
+COLLECTIVES = ["allreduce", "reducescatter", "allgather"]

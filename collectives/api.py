@@ -1,0 +1,166 @@
+"""The Python API: an emulated fabric on an mpi4py communicator.
+
+    from mpi4py import MPI
+    from collectives import Emulator
+    emu = Emulator(MPI.COMM_WORLD, topology="ring:8", profile="directreduce-paper")
+    res = emu.allreduce(x, op="sum", algo="directreduce")
+    res.data, res.emulated_us, res.host_busy_us, res.wire_bytes
+
+A rank hosts ``emu.local_nodes`` topology nodes (``emu.node_range``). With one
+node per rank, collectives take and return 1-D arrays; with several, arrays of
+shape (local_nodes, count), one row per node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from mpi4py import MPI
+
+from collectives.algorithms import ALGORITHMS, COLLECTIVES, SCHEDULED
+from collectives.errors import CollectiveError
+from collectives.executor_model import Timing, run_model
+from collectives.executor_mpi import MpiExecutor
+from collectives.mpi_native import run_native
+from collectives.schedule import Schedule, final_segments
+from nic.ops import DTYPES, OPS
+from nic.profile import Profile, load_profile
+from topologies import Torus, parse_topology, ring
+
+
+@dataclass
+class Result:
+    """Output of one emulated collective call."""
+
+    data: np.ndarray | list[np.ndarray] | None   # None under the model executor
+    emulated_us: float | None                    # None for algo="mpi"
+    host_busy_us: float | None
+    nic_busy_us: float | None
+    wire_bytes: int | None
+    node_done_us: np.ndarray | None = None        # per local node (per node under the model executor)
+
+
+def check_algo(algo: str) -> None:
+    if algo not in ALGORITHMS:
+        raise CollectiveError(f"unknown algorithm '{algo}'; use one of {', '.join(ALGORITHMS)}")
+
+
+def check_collective(collective: str) -> None:
+    if collective not in COLLECTIVES:
+        raise CollectiveError(
+            f"unknown collective '{collective}'; use one of {', '.join(COLLECTIVES)}")
+
+
+def check_dtype_op(dtype: str | np.dtype, op: str) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt.name not in DTYPES:
+        raise CollectiveError(f"unsupported dtype '{dt.name}'; use one of {', '.join(DTYPES)}")
+    if op not in OPS:
+        raise CollectiveError(f"unknown op '{op}'; use one of {', '.join(OPS)}")
+    return dt
+
+
+def build_schedule(collective: str, algo: str, topology: Torus, count: int) -> Schedule:
+    check_collective(collective)
+    check_algo(algo)
+    if algo not in SCHEDULED:
+        raise CollectiveError(f"algorithm '{algo}' has no schedule (it is MPI's own collective)")
+    return SCHEDULED[algo](collective, topology, count)
+
+
+def model_time(collective: str, algo: str, topology: Torus, profile: Profile, count: int,
+               dtype: str | np.dtype = "float32") -> Timing:
+    """Emulated timing without data (the model executor)."""
+    dt = np.dtype(dtype)
+    return run_model(build_schedule(collective, algo, topology, count), profile, dt.itemsize)
+
+
+class Emulator:
+    def __init__(self, comm: MPI.Comm | None = None, topology: str | Torus | None = None,
+                 profile: str | Profile = "ideal", overrides: tuple[str, ...] = ()) -> None:
+        comm = MPI.COMM_WORLD if comm is None else comm
+        self.comm = comm.Dup()
+        if topology is None:
+            topology = ring(max(self.comm.size, 2))
+        self.topology = parse_topology(topology) if isinstance(topology, str) else topology
+        self.profile = (load_profile(profile, overrides) if isinstance(profile, str)
+                        else profile.with_overrides(overrides))
+        if self.comm.size > self.topology.nodes:
+            raise CollectiveError(
+                f"{self.comm.size} ranks for {self.topology.name} ({self.topology.nodes} nodes): "
+                f"run with at most {self.topology.nodes} ranks")
+        self.executor = MpiExecutor(self.comm, self.topology, self.profile)
+
+    def free(self) -> None:
+        if self.comm != MPI.COMM_NULL:
+            self.comm.Free()
+
+    def __enter__(self) -> Emulator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.free()
+
+    @property
+    def local_nodes(self) -> int:
+        return self.executor.local_nodes
+
+    @property
+    def node_range(self) -> range:
+        return range(self.executor.lo, self.executor.hi)
+
+    def _as_rows(self, data: np.ndarray) -> tuple[np.ndarray, bool]:
+        arr = np.asarray(data)
+        if arr.ndim == 1 and self.local_nodes == 1:
+            return arr.reshape(1, -1), True
+        if arr.ndim != 2 or arr.shape[0] != self.local_nodes:
+            raise CollectiveError(
+                f"this rank hosts {self.local_nodes} nodes: pass an array of shape "
+                f"({self.local_nodes}, count), got {arr.shape}")
+        return arr, False
+
+    def run(self, collective: str, data: np.ndarray, op: str = "sum",
+            algo: str = "directreduce") -> Result:
+        """Run a collective on a working copy; the caller's array is not modified."""
+        check_collective(collective)
+        check_algo(algo)
+        rows, flat = self._as_rows(data)
+        check_dtype_op(rows.dtype, op)
+        work = np.array(rows, order="C", copy=True)
+        count = work.shape[1]
+        seg_off, seg_cnt = final_segments(self.topology, count)
+        ex = self.executor
+        if algo == "mpi":
+            run_native(self.comm, collective, work, op, seg_off, seg_cnt, ex.lo, ex.hi, ex.bounds)
+            timing = None
+        else:
+            timing = ex.run(build_schedule(collective, algo, self.topology, count), work, op)
+        out: np.ndarray | list[np.ndarray] = work
+        if collective == "reducescatter":
+            out = [work[i - ex.lo, seg_off[i]:seg_off[i] + seg_cnt[i]].copy()
+                   for i in range(ex.lo, ex.hi)]
+            if flat:
+                out = out[0]
+        elif flat:
+            out = work[0]
+        if timing is None:
+            return Result(out, None, None, None, None)
+        return Result(out, timing.emulated_us, timing.host_busy_us, timing.nic_busy_us,
+                      timing.wire_bytes, timing.node_done_us)
+
+    def allreduce(self, data: np.ndarray, op: str = "sum", algo: str = "directreduce") -> Result:
+        return self.run("allreduce", data, op, algo)
+
+    def reduce_scatter(self, data: np.ndarray, op: str = "sum",
+                       algo: str = "directreduce") -> Result:
+        """Node ``i`` gets the ``i``-th contiguous range (see ``segments``)."""
+        return self.run("reducescatter", data, op, algo)
+
+    def allgather(self, data: np.ndarray, algo: str = "directreduce") -> Result:
+        """``data`` holds full-length rows; only each node's own range (``segments``) is read."""
+        return self.run("allgather", data, "sum", algo)
+
+    def segments(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(offset, count) of the range every node owns after a reduce-scatter."""
+        return final_segments(self.topology, count)

@@ -1,0 +1,91 @@
+"""Schedules: what every node sends where, and how the receiver handles it.
+
+An algorithm compiles a collective into a list of :class:`Step` objects. A step
+is plain data: arrays over its transfers (source node, destination node, the
+element range of the chunk), plus where the data is handled (host CPU or NIC),
+whether it is reduced or placed, and what crosses PCIe. Both executors consume
+the same steps and neither knows which algorithm produced them; printing a
+schedule (``describe``) shows the whole algorithm as a chunk-level program.
+
+Within one step every node sends at most one chunk per (dimension, direction)
+and receives at most one, and no node writes a range it sends in the same
+step, so a step can run in any order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from topologies import Torus
+
+
+@dataclass(frozen=True)
+class Step:
+    phase: str                 # "rs" (reduce-scatter) or "ag" (allgather)
+    dim: int                   # topology dimension whose links are used
+    direction: int             # +1 or -1 along that dimension
+    index: int                 # step number within its ring (0 .. k-2)
+    src: np.ndarray            # sending node of each transfer
+    dst: np.ndarray            # receiving node of each transfer
+    offset: np.ndarray         # first element of the chunk (same range at both ends)
+    count: np.ndarray          # elements in the chunk
+    engine: str                # "host" or "nic": who handles the data at the receiver
+    reduce: bool               # combine with the receiver's copy, or place it
+    from_host: bool            # the sender's chunk must be DMA-read from host memory
+    to_host: bool              # the result must be DMA-written to host memory
+
+    def describe(self, limit: int = 4) -> str:
+        head = (f"{self.phase} dim={self.dim} dir={self.direction:+d} step={self.index} "
+                f"engine={self.engine} {'reduce' if self.reduce else 'place'} "
+                f"from_host={self.from_host} to_host={self.to_host}")
+        items = [f"{s}->{d}[{o}:{o + c}]" for s, d, o, c in
+                 zip(self.src[:limit], self.dst[:limit], self.offset[:limit], self.count[:limit])]
+        more = f" ... ({len(self.src)} transfers)" if len(self.src) > limit else ""
+        return head + "\n    " + "  ".join(items) + more
+
+
+@dataclass
+class Schedule:
+    """A collective compiled for one topology and element count."""
+
+    collective: str
+    algo: str
+    topology: Torus
+    count: int
+    make_steps: Callable[[], Iterator[Step]] = field(repr=False)
+    #: element range each node owns after a reduce-scatter / contributes to an allgather
+    segment_offset: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    segment_count: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+    def steps(self) -> Iterator[Step]:
+        """Steps are generated lazily: a 262,144-node schedule never sits in memory whole."""
+        return self.make_steps()
+
+    def describe(self, limit: int = 4) -> str:
+        lines = [f"{self.collective} {self.algo} on {self.topology.describe()}, count={self.count}"]
+        lines += ["  " + s.describe(limit) for s in self.steps()]
+        return "\n".join(lines)
+
+
+def split(offset: np.ndarray, count: np.ndarray, parts: int, which: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-range ``which`` of ``parts`` near-equal pieces of each range (first pieces get the extra)."""
+    q, r = np.divmod(count, parts)
+    return offset + which * q + np.minimum(which, r), q + (which < r)
+
+
+def final_segments(topology: Torus, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The element range every node owns after a dimension-wise reduce-scatter.
+
+    Splitting dimension by dimension with nested near-equal pieces gives node
+    ``i`` the ``i``-th contiguous range, because node ids are row-major.
+    """
+    nodes = np.arange(topology.nodes, dtype=np.int64)
+    off = np.zeros(topology.nodes, dtype=np.int64)
+    cnt = np.full(topology.nodes, count, dtype=np.int64)
+    for d, k in enumerate(topology.shape):
+        off, cnt = split(off, cnt, k, topology.ring_position(nodes, d))
+    return off, cnt

@@ -1,0 +1,37 @@
+"""Timing of one step, shared verbatim by both executors.
+
+The sender half runs where the sending node lives and produces the packet
+stream's arrival times, which travel with the data to the receiver; the
+receiver half runs where the receiving node lives. The model executor calls
+both on all nodes at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from collectives.schedule import Step
+from nic.agent import NicAgents
+from nic.profile import Profile
+from topologies import LinkParams, Torus
+
+
+def link_params(topology: Torus, profile: Profile) -> list[tuple[float, float]]:
+    """(bandwidth_GBps, latency_us) per dimension: the topology's override or the profile's link."""
+    default = LinkParams(profile.link.bandwidth_GBps, profile.link.latency_us)
+    return [(p.bandwidth_GBps, p.latency_us)
+            for p in (topology.link_params(d, default) for d in range(topology.ndim))]
+
+
+def make_agents(topology: Torus, profile: Profile, nodes: int) -> NicAgents:
+    return NicAgents(profile, nodes, link_params(topology, profile))
+
+
+def send_half(agents: NicAgents, step: Step, local_src: np.ndarray, nbytes: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    return agents.send(local_src, step.dim, step.direction, nbytes, step.from_host)
+
+
+def receive_half(agents: NicAgents, step: Step, local_dst: np.ndarray, first: np.ndarray,
+                 last: np.ndarray, nbytes: np.ndarray) -> None:
+    agents.receive(local_dst, first, last, nbytes, step.engine, step.reduce, step.to_host)

@@ -1,0 +1,6 @@
+"""The SmartNIC agent, its parts, the hardware profile and packet-stream timing."""
+
+from nic.errors import ProfileError
+from nic.profile import Profile, load_profile, shipped_profiles
+
+__all__ = ["Profile", "ProfileError", "load_profile", "shipped_profiles"]

@@ -1,0 +1,75 @@
+"""The SmartNIC agent of every emulated node, and the two ways a step can be handled.
+
+A schedule step says, for each transfer, which engine handles the data at the
+receiver and where the data lives. The agent turns that into time:
+
+* ``engine="host"`` (the baseline ring): the NIC DMA-reads the chunk from host
+  memory, sends it, the receiving NIC DMA-writes it into host memory, and the
+  host is notified and reduces it. Two PCIe crossings and a host pass per step.
+* ``engine="nic"`` (DirectReduce): the receiving NIC's DataDirector steers the
+  packets to the ComputeEnhancer, which reduces them against the local operand
+  that the GateKeeper prefetched, packet by packet. The result stays in the NIC
+  for the next step; only final data is DMA-written to the host.
+
+One agent object holds the state of a *set* of nodes as arrays (all nodes in
+the model executor, the rank's own nodes in the MPI executor), and every method
+works on an index array, so both executors run exactly the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nic.compute_enhancer import ComputeEnhancer
+from nic.datadirector import DataDirector
+from nic.gatekeeper import GateKeeper
+from nic.host import HostCpu
+from nic.link import Links
+from nic.pcie import Pcie
+from nic.profile import Profile
+
+
+class NicAgents:
+    """Timing state of the NICs, PCIe engines, host CPUs and links of ``nodes`` nodes."""
+
+    def __init__(self, profile: Profile, nodes: int, link_params: list[tuple[float, float]]
+                 ) -> None:
+        self.profile = profile
+        self.nodes = nodes
+        self.pcie = Pcie(profile, nodes)
+        self.links = Links(nodes, link_params, profile.nic.packet_bytes)
+        self.gatekeeper = GateKeeper(self.pcie)
+        self.datadirector = DataDirector(profile, self.pcie)
+        self.compute = ComputeEnhancer(profile, nodes)
+        self.host = HostCpu(profile, nodes)
+        self.clock = np.zeros(nodes)      # when the node's last step is complete (data in host)
+        self.nic_ready = np.zeros(nodes)  # when its last output is available in the NIC buffer
+
+    def send(self, ix: np.ndarray, dim: int, direction: int, nbytes: np.ndarray,
+             from_host: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Sender side of a step: packet stream (first, last) arriving at the peer's NIC."""
+        first, last = self.gatekeeper.outgoing(ix, from_host, self.clock[ix],
+                                               self.nic_ready[ix], nbytes)
+        return self.links.transmit(ix, dim, direction, first, last, nbytes)
+
+    def receive(self, ix: np.ndarray, first: np.ndarray, last: np.ndarray,
+                nbytes: np.ndarray, engine: str, reduce: bool, to_host: bool) -> None:
+        """Receiver side of a step: advances the receiving nodes' clocks."""
+        if engine == "host":
+            first, last = self.pcie.write(ix, first, last, nbytes)
+            done = self.host.timing(ix, last, nbytes, reduce)
+            self.clock[ix] = done
+            self.nic_ready[ix] = done
+            return
+        if reduce:
+            operand = self.gatekeeper.prefetch_operand(ix, self.clock[ix], nbytes)
+            first, last = self.compute.timing(ix, (first, last), operand, nbytes)
+        else:
+            first, last = self.datadirector.steer(first, last, nbytes)
+        self.nic_ready[ix] = last
+        if to_host:
+            _, last = self.datadirector.deliver(ix, first, last, nbytes)
+        self.clock[ix] = last
+
+    def stats(self, ix: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
+        return {"host_busy_us": self.host.busy_us[ix], "nic_busy_us": self.compute.busy_us[ix]}

@@ -1,0 +1,39 @@
+"""ComputeEnhancer: the reduction engine inside the NIC.
+
+It consumes two packet streams at once, the incoming partial result and the
+local operand from the GateKeeper, and reduces them packet by packet at
+``nic.reduce_GBps``. Its output leaves one pipeline latency after each input
+packet, so a chunk is reduced as it streams in ("stream aggregation"): the
+whole chunk is done one packet-time after its last packet arrived.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nic.ops import reduce_into
+from nic.profile import Profile
+from nic.streams import join, stage, us_per_byte
+
+
+class ComputeEnhancer:
+    def __init__(self, profile: Profile, nodes: int) -> None:
+        self.us_per_B = us_per_byte(profile.nic.reduce_GBps)
+        self.latency_us = profile.nic.latency_us
+        self.packet_bytes = profile.nic.packet_bytes
+        self.free = np.zeros(nodes)
+        self.busy_us = np.zeros(nodes)
+
+    def timing(self, ix: np.ndarray, incoming: tuple[np.ndarray, np.ndarray],
+               operand: tuple[np.ndarray, np.ndarray], nbytes: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        first, last = join(incoming[0], incoming[1], operand[0], operand[1])
+        first, last, busy = stage(first, last, nbytes, self.free[ix], self.us_per_B,
+                                  self.latency_us, self.packet_bytes)
+        self.free[ix] = busy
+        self.busy_us[ix] += np.asarray(nbytes, dtype=np.float64) * self.us_per_B
+        return first, last
+
+    @staticmethod
+    def reduce(op: str, acc: np.ndarray, incoming: np.ndarray) -> None:
+        reduce_into(op, acc, incoming)

@@ -1,0 +1,9 @@
+"""User-facing error types for the NIC emulator.
+
+They are separate from ordinary exceptions so that the CLI can print them as
+one plain line instead of a traceback.
+"""
+
+
+class ProfileError(ValueError):
+    """One-line user-facing error about a hardware profile or a --set override; names the problem and the fix."""

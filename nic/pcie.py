@@ -1,0 +1,40 @@
+"""PCIe DMA between host memory and the NIC, one engine per direction.
+
+Both algorithms use it: the host ring crosses it twice per step (write the
+received chunk, read the chunk to send); DirectReduce crosses it only to fetch
+the local operand and to deliver final data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nic.profile import Profile
+from nic.streams import stage, us_per_byte
+
+
+class Pcie:
+    """Timing of DMA reads (host to NIC) and writes (NIC to host) for a set of nodes."""
+
+    def __init__(self, profile: Profile, nodes: int) -> None:
+        self.us_per_B = us_per_byte(profile.pcie.bandwidth_GBps)
+        self.latency_us = profile.pcie.latency_us
+        self.packet_bytes = profile.nic.packet_bytes
+        self.read_free = np.zeros(nodes)   # host -> NIC engine busy-until
+        self.write_free = np.zeros(nodes)  # NIC -> host engine busy-until
+
+    def read(self, ix: np.ndarray, ready: np.ndarray, nbytes: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Stream ``nbytes`` that are in host memory from time ``ready`` into the NIC."""
+        first, last, busy = stage(ready, ready, nbytes, self.read_free[ix],
+                                  self.us_per_B, self.latency_us, self.packet_bytes)
+        self.read_free[ix] = busy
+        return first, last
+
+    def write(self, ix: np.ndarray, first: np.ndarray, last: np.ndarray,
+              nbytes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stream an incoming packet stream from the NIC into host memory."""
+        first, last, busy = stage(first, last, nbytes, self.write_free[ix],
+                                  self.us_per_B, self.latency_us, self.packet_bytes)
+        self.write_free[ix] = busy
+        return first, last

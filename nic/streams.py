@@ -1,0 +1,96 @@
+"""Packet streams in closed form.
+
+A stream of ``k`` packets is never simulated packet by packet. It is described
+by two times: when its *first* packet is complete at some point of the data
+path, and when its *last* byte is. Between them the packets are spaced by the
+slowest stage they went through, so pushing a stream through one more stage is
+O(1) whatever the packet count (DESIGN §2.3).
+
+All functions are plain numpy arithmetic and work elementwise on scalars or on
+arrays of streams, so the model executor can push every node's stream through a
+stage in one call while the MPI executor pushes one. Both do the same floating
+point operations in the same order, which is what makes their emulated times
+agree bit for bit.
+
+Times are in microseconds, sizes in bytes, rates as microseconds per byte.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+ArrayLike = float | np.ndarray
+
+
+def us_per_byte(bandwidth_GBps: float) -> float:
+    """Service time of one byte at a rate in GB/s (1e9 B/s); 0 for an infinite rate."""
+    if math.isinf(bandwidth_GBps):
+        return 0.0
+    return 1.0 / (bandwidth_GBps * 1e3)
+
+
+def packet_split(nbytes: ArrayLike, packet_bytes: int) -> tuple[ArrayLike, ArrayLike]:
+    """Sizes of the first and of the last packet of a stream of ``nbytes``.
+
+    The last packet carries the remainder (or a full packet); a stream that fits
+    in one packet has first == last == nbytes. An empty stream has both 0.
+    """
+    nbytes = np.asarray(nbytes, dtype=np.float64)
+    first = np.minimum(nbytes, float(packet_bytes))
+    rem = np.mod(nbytes, float(packet_bytes))
+    last = np.where((rem == 0) & (nbytes > 0), float(packet_bytes), rem)
+    last = np.minimum(last, first)
+    return first, last
+
+
+def stage(
+    first_in: ArrayLike,
+    last_in: ArrayLike,
+    nbytes: ArrayLike,
+    free_at: ArrayLike,
+    us_per_B: float,
+    latency_us: float,
+    packet_bytes: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Push a stream through one FIFO stage (a link, a DMA engine, a reduction unit).
+
+    The stage serves bytes at ``us_per_B`` and then delays them by
+    ``latency_us``. It can start on the first packet once that packet has
+    arrived and the stage is free (``free_at`` is its busy-until). Its last byte
+    leaves no earlier than (a) the start plus the service of the whole stream,
+    when the stage is the bottleneck, and (b) the arrival of the last packet
+    plus the service of that packet, when an upstream stage is.
+
+    Returns ``(first_out, last_out, busy_until)``.
+    """
+    first_pkt, last_pkt = packet_split(nbytes, packet_bytes)
+    start = np.maximum(first_in, free_at)
+    first_out = start + first_pkt * us_per_B + latency_us
+    busy = np.maximum(start + np.asarray(nbytes, dtype=np.float64) * us_per_B,
+                      np.asarray(last_in, dtype=np.float64) + last_pkt * us_per_B)
+    return first_out, busy + latency_us, busy
+
+
+def join(first_a: ArrayLike, last_a: ArrayLike, first_b: ArrayLike,
+         last_b: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Two streams consumed packet by packet together (operand A and operand B of a reduction)."""
+    return np.maximum(first_a, first_b), np.maximum(last_a, last_b)
+
+
+def whole_message(
+    last_in: ArrayLike,
+    nbytes: ArrayLike,
+    free_at: ArrayLike,
+    us_per_B: float,
+    overhead_us: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A store-and-forward step: starts once the whole message is in, after a fixed overhead.
+
+    This is how the host takes part: it is notified when the NIC has written
+    the complete chunk, then reduces it in one pass. Returns ``(done, busy_until)``.
+    """
+    start = np.maximum(last_in, free_at) + overhead_us
+    done = start + np.asarray(nbytes, dtype=np.float64) * us_per_B
+    return done, done

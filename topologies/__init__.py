@@ -1,0 +1,21 @@
+"""Topologies for nicemu: rings and N-D tori, spec parsing and ASTRA-sim network import.
+
+This package knows nothing of MPI or algorithms; it only answers "which node is
+where, and which links connect them".
+"""
+
+from .astra import load_astra_network
+from .errors import TopologyError
+from .ring import ring
+from .spec import parse_topology, topology_kinds
+from .torus import LinkParams, Torus
+
+__all__ = [
+    "LinkParams",
+    "TopologyError",
+    "Torus",
+    "load_astra_network",
+    "parse_topology",
+    "ring",
+    "topology_kinds",
+]

@@ -1,0 +1,216 @@
+"""N-dimensional tori (rings included) with vectorised coordinate arithmetic.
+
+Node ids are row-major over ``shape`` (last dimension fastest), so a node's
+coordinate in a dimension and its neighbours are pure integer arithmetic on
+strides. Everything that takes a node accepts an int or a numpy array, so the
+model executor can work on all 262,144 nodes of ``torus:8^6`` at once.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import TopologyError
+
+#: Largest node count a topology may have; keeps int64 ids and numpy arrays sane.
+MAX_NODES = 2**24
+
+
+@dataclass(frozen=True)
+class LinkParams:
+    """Bandwidth and latency of one directed link, so per-dimension overrides travel as one value."""
+
+    bandwidth_GBps: float  # per direction, 1e9 bytes/s
+    latency_us: float
+
+    def __post_init__(self) -> None:
+        bw, lat = self.bandwidth_GBps, self.latency_us
+        for field, value in (("bandwidth_GBps", bw), ("latency_us", lat)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise TopologyError(f"link {field} must be a number, got {value!r}")
+            if math.isnan(value):
+                raise TopologyError(f"link {field} is NaN; give a number")
+        if bw <= 0:
+            raise TopologyError(f"link bandwidth_GBps must be positive, got {bw!r}")
+        if lat < 0:
+            raise TopologyError(f"link latency_us must not be negative, got {lat!r}")
+
+
+def _default_name(shape: tuple[int, ...]) -> str:
+    if len(shape) == 1:
+        return f"ring:{shape[0]}"
+    return "torus:" + "x".join(str(k) for k in shape)
+
+
+class Torus:
+    """N-dimensional torus; a ring is a 1-D torus. Node ids are row-major over `shape` (last dim fastest)."""
+
+    __slots__ = ("_shape_arr", "_strides_arr", "dim_links", "name", "ndim", "nodes", "shape", "strides")
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        name: str | None = None,
+        dim_links: Sequence[LinkParams | None] | None = None,
+    ) -> None:
+        label = name if name is not None else "torus"
+        try:
+            dims = tuple(operator.index(k) for k in shape)
+        except TypeError:
+            raise TopologyError(
+                f"{label}: dimension sizes must be whole numbers, got {shape!r}; e.g. torus:4x4x2"
+            ) from None
+        if not dims:
+            raise TopologyError(f"{label}: a torus needs at least one dimension; e.g. ring:8 or torus:4x4x2")
+        if name is None:
+            name = _default_name(dims)
+            label = name
+        for i, k in enumerate(dims):
+            if k == 1:
+                raise TopologyError(
+                    f"{label}: every dimension needs at least 2 nodes; drop the size-1 dimension"
+                )
+            if k < 2:
+                raise TopologyError(
+                    f"{label}: dimension {i} has size {k}; every dimension needs at least 2 nodes"
+                )
+        # Each dimension has >= 2 nodes, so more than log2(MAX_NODES) dims is over the limit;
+        # checking that first avoids multiplying absurdly long shapes.
+        too_many_dims = len(dims) > MAX_NODES.bit_length()
+        total = 0 if too_many_dims else math.prod(dims)
+        if too_many_dims or total > MAX_NODES:
+            count = f"2**{len(dims)} or more" if too_many_dims else str(total)
+            raise TopologyError(
+                f"{label}: {count} nodes is over the limit of {MAX_NODES} (2**24); use a smaller shape"
+            )
+
+        if dim_links is None:
+            links: tuple[LinkParams | None, ...] = (None,) * len(dims)
+        else:
+            links = tuple(dim_links)
+            if len(links) != len(dims):
+                raise TopologyError(
+                    f"{label}: dim_links has {len(links)} entries but the torus has {len(dims)} dimensions; "
+                    "give one entry (or None) per dimension"
+                )
+            for i, link in enumerate(links):
+                if link is not None and not isinstance(link, LinkParams):
+                    raise TopologyError(
+                        f"{label}: dim_links[{i}] must be LinkParams or None, got {type(link).__name__}"
+                    )
+
+        strides = [1] * len(dims)
+        for i in range(len(dims) - 2, -1, -1):
+            strides[i] = strides[i + 1] * dims[i + 1]
+
+        self.shape: tuple[int, ...] = dims
+        self.name: str = name
+        self.nodes: int = total
+        self.ndim: int = len(dims)
+        self.dim_links: tuple[LinkParams | None, ...] = links
+        self.strides: tuple[int, ...] = tuple(strides)
+        self._shape_arr = np.asarray(dims, dtype=np.int64)
+        self._strides_arr = np.asarray(strides, dtype=np.int64)
+
+    # --- value semantics -------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"Torus(shape={self.shape!r}, name={self.name!r}, dim_links={self.dim_links!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Torus):
+            return NotImplemented
+        return (self.shape, self.name, self.dim_links) == (other.shape, other.name, other.dim_links)
+
+    def __hash__(self) -> int:
+        return hash((self.shape, self.name, self.dim_links))
+
+    # --- argument checks -------------------------------------------------------------------
+
+    def _check_dim(self, dim: int) -> int:
+        dim = operator.index(dim)
+        if not 0 <= dim < self.ndim:
+            raise ValueError(f"{self.name}: dimension {dim} is out of range 0..{self.ndim - 1}")
+        return dim
+
+    def _as_nodes(self, node: int | np.ndarray) -> np.ndarray:
+        arr = np.asarray(node)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"{self.name}: node ids must be integers, got dtype {arr.dtype}")
+        arr = arr.astype(np.int64, copy=False)
+        if arr.size and (arr.min() < 0 or arr.max() >= self.nodes):
+            raise ValueError(f"{self.name}: node id out of range 0..{self.nodes - 1}")
+        return arr
+
+    # --- coordinates -----------------------------------------------------------------------
+
+    def coords(self, node: int | np.ndarray) -> np.ndarray:
+        """Coordinates of node(s): int -> shape (ndim,), array (m,) -> (m, ndim), int64."""
+        arr = self._as_nodes(node)
+        return (arr[..., None] // self._strides_arr) % self._shape_arr
+
+    def node_of(self, coords: np.ndarray | Sequence[int]) -> int | np.ndarray:
+        """Node id(s) of coordinates (last axis = dims); the inverse of :meth:`coords`."""
+        arr = np.asarray(coords)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"{self.name}: coordinates must be integers, got dtype {arr.dtype}")
+        if arr.ndim == 0 or arr.shape[-1] != self.ndim:
+            raise ValueError(
+                f"{self.name}: coordinates need a last axis of length {self.ndim}, got shape {arr.shape}"
+            )
+        arr = arr.astype(np.int64, copy=False)
+        if arr.size and (np.any(arr < 0) or np.any(arr >= self._shape_arr)):
+            raise ValueError(f"{self.name}: coordinate out of range for shape {self.shape}")
+        ids = arr @ self._strides_arr
+        return int(ids) if arr.ndim == 1 else ids
+
+    def ring_position(self, node: int | np.ndarray, dim: int) -> int | np.ndarray:
+        """Coordinate of node(s) in ``dim``: the position on that dimension's ring."""
+        dim = self._check_dim(dim)
+        arr = self._as_nodes(node)
+        pos = (arr // self.strides[dim]) % self.shape[dim]
+        return int(pos) if pos.ndim == 0 else pos
+
+    def neighbor(self, node: int | np.ndarray, dim: int, step: int = 1) -> int | np.ndarray:
+        """Node(s) whose coordinate in ``dim`` is (c + step) mod k, computed with strides only."""
+        dim = self._check_dim(dim)
+        arr = self._as_nodes(node)
+        k, stride = self.shape[dim], self.strides[dim]
+        c = (arr // stride) % k
+        out = arr + (((c + step) % k) - c) * stride
+        return int(out) if out.ndim == 0 else out
+
+    # --- links -----------------------------------------------------------------------------
+
+    def directed_links(self) -> Iterator[tuple[int, int, int, int]]:
+        """Yield every directed link as (src, dst, dim, direction).
+
+        Ordered by dimension, then direction (+1 before -1), then source node.
+        In a dimension of size 2 both neighbours are the same node, so only
+        direction +1 is yielded there (one link per node and direction pair).
+        """
+        src = np.arange(self.nodes, dtype=np.int64)
+        src_list = src.tolist()
+        for dim, k in enumerate(self.shape):
+            for direction in ((1,) if k == 2 else (1, -1)):
+                dst_list = self.neighbor(src, dim, direction).tolist()
+                for s, d in zip(src_list, dst_list):
+                    yield s, d, dim, direction
+
+    def link_params(self, dim: int, default: LinkParams) -> LinkParams:
+        """Link of ``dim``: the per-dimension override if the topology has one, else ``default``."""
+        link = self.dim_links[self._check_dim(dim)]
+        return default if link is None else link
+
+    def describe(self) -> str:
+        """One-line summary for logs and ``nicemu info``."""
+        dims = f"{self.ndim} dim" + ("" if self.ndim == 1 else "s")
+        extra = ""
+        if self.name != _default_name(self.shape) and not self.name.startswith("torus:"):
+            extra = ", shape " + "x".join(str(k) for k in self.shape)
+        return f"{self.name} ({self.nodes} nodes, {dims}{extra})"
