@@ -120,6 +120,15 @@ class Emulator:
                 f"({self.local_nodes}, count), got {arr.shape}")
         return arr, False
 
+    def run_inplace(self, collective: str, work: np.ndarray, op: str, algo: str) -> Timing | None:
+        """Run on ``work`` (local nodes x count, C-contiguous) in place; None timing for algo="mpi"."""
+        ex = self.executor
+        if algo == "mpi":
+            seg_off, seg_cnt = final_segments(self.topology, work.shape[1])
+            run_native(self.comm, collective, work, op, seg_off, seg_cnt, ex.lo, ex.hi, ex.bounds)
+            return None
+        return ex.run(build_schedule(collective, algo, self.topology, work.shape[1]), work, op)
+
     def run(self, collective: str, data: np.ndarray, op: str = "sum",
             algo: str = "directreduce") -> Result:
         """Run a collective on a working copy; the caller's array is not modified."""
@@ -128,16 +137,11 @@ class Emulator:
         rows, flat = self._as_rows(data)
         check_dtype_op(rows.dtype, op)
         work = np.array(rows, order="C", copy=True)
-        count = work.shape[1]
-        seg_off, seg_cnt = final_segments(self.topology, count)
+        timing = self.run_inplace(collective, work, op, algo)
         ex = self.executor
-        if algo == "mpi":
-            run_native(self.comm, collective, work, op, seg_off, seg_cnt, ex.lo, ex.hi, ex.bounds)
-            timing = None
-        else:
-            timing = ex.run(build_schedule(collective, algo, self.topology, count), work, op)
         out: np.ndarray | list[np.ndarray] = work
         if collective == "reducescatter":
+            seg_off, seg_cnt = final_segments(self.topology, work.shape[1])
             out = [work[i - ex.lo, seg_off[i]:seg_off[i] + seg_cnt[i]].copy()
                    for i in range(ex.lo, ex.hi)]
             if flat:

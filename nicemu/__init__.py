@@ -1,0 +1,1 @@
+"""The ``nicemu`` command line: bench, schedule and info, on top of the four packages."""

@@ -1,0 +1,5 @@
+import sys
+
+from nicemu.cli import main
+
+sys.exit(main())

@@ -1,0 +1,216 @@
+"""``nicemu bench``: an nccl-tests-style sweep over sizes and algorithms.
+
+Under ``mpiexec`` every rank hosts a block of topology nodes and the data
+really moves (``--executor mpi``, the default); ``--executor model`` computes
+the same emulated times without data, for topologies far larger than the
+machine. Emulated times are deterministic; wall times are medians over
+``--iters`` after ``--warmup``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+from collectives import ALGORITHMS, COLLECTIVES, Emulator, build_schedule
+from collectives.api import check_algo, check_collective, check_dtype_op
+from collectives.executor_model import run_model
+from collectives.schedule import final_segments
+from nic.ops import DTYPES, OPS
+from nic.profile import load_profile
+from nicemu import data as bench_data
+from nicemu.errors import UsageError
+from nicemu.memory import check_fits
+from nicemu.progress import Progress
+from nicemu.report import HEADER, UNITS, bus_factor, table_row, write_csv, write_json, write_plot
+from nicemu.sizes import format_size, parse_sizes
+from topologies import parse_topology, ring
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--algo", default="ring,directreduce",
+                   help=f"comma list of algorithms: {', '.join(ALGORITHMS)} (default: ring,directreduce)")
+    p.add_argument("--collective", default="allreduce", help=f"one of {', '.join(COLLECTIVES)}")
+    p.add_argument("--topology", default=None,
+                   help="ring:N, torus:AxBxC, torus:K^D or astra:FILE.yml "
+                        "(default: ring of the number of ranks, ring:8 when run alone)")
+    p.add_argument("--sizes", default="1K:16M",
+                   help="bytes per node: 64K, 1K,256K,1G or MIN:MAX[:FACTOR] (default 1K:16M)")
+    p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)}")
+    p.add_argument("--op", default="sum", help=f"one of {', '.join(OPS)}")
+    p.add_argument("--density", type=float, default=1.0,
+                   help="fraction of non-zero blocks per node, 0 < D <= 1 (default 1)")
+    p.add_argument("--block-size", type=int, default=256, help="elements per block (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sparse block pattern")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations per size (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default 1)")
+    p.add_argument("--executor", default="mpi", choices=["mpi", "model"],
+                   help="mpi: real data on MPI ranks; model: timing only, any size")
+    p.add_argument("--profile", default="directreduce-paper",
+                   help="shipped profile name or YAML path (default directreduce-paper)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one profile field, e.g. --set nic.packet_bytes=4096 (repeatable)")
+    p.add_argument("--json", help="write the records as JSON to this file")
+    p.add_argument("--csv", help="write the records as CSV to this file")
+    p.add_argument("--plot", help="draw latency and gain vs size to this image file (needs matplotlib)")
+    p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+
+
+def _validate(args: argparse.Namespace, comm: MPI.Comm):
+    algos = [a.strip() for a in args.algo.split(",") if a.strip()]
+    if not algos:
+        raise UsageError("--algo is empty; e.g. --algo ring,directreduce")
+    for a in algos:
+        check_algo(a)
+    check_collective(args.collective)
+    dtype = check_dtype_op(args.dtype, args.op)
+    if args.executor == "model" and "mpi" in algos:
+        raise UsageError("--algo mpi measures MPI's own collective and needs --executor mpi; drop it "
+                         "from --algo for the model executor")
+    if not 0.0 < args.density <= 1.0:
+        raise UsageError(f"--density {args.density} is outside (0, 1]; e.g. --density 0.1")
+    if args.block_size < 1:
+        raise UsageError(f"--block-size {args.block_size} must be at least 1 element")
+    if args.iters < 1 or args.warmup < 0:
+        raise UsageError("--iters must be >= 1 and --warmup >= 0")
+    sizes = parse_sizes(args.sizes)
+    for s in sizes:
+        if s % dtype.itemsize:
+            raise UsageError(f"size {s} B is not a multiple of {dtype.name} ({dtype.itemsize} B); "
+                             f"use a multiple of {dtype.itemsize}")
+    topology = (parse_topology(args.topology) if args.topology
+                else ring(comm.size if comm.size > 1 else 8))
+    profile = load_profile(args.profile, args.overrides)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'nicemu[plot]'") from None
+    if args.executor == "mpi" and comm.size > topology.nodes:
+        raise UsageError(f"{comm.size} ranks for {topology.name} ({topology.nodes} nodes): run with at "
+                         f"most {topology.nodes} ranks, or a larger topology")
+    return algos, dtype, sizes, topology, profile
+
+
+def _reference(args: argparse.Namespace, topology, count: int) -> np.ndarray:
+    """The expected result in float64, computed independently of any algorithm."""
+    if args.collective == "allgather":
+        off, cnt = final_segments(topology, count)
+        return bench_data.gathered_reference(off, cnt, count, args.density, args.block_size, args.seed)
+    return bench_data.reduced_reference(topology.nodes, count, args.op, args.density,
+                                        args.block_size, args.seed)
+
+
+def _run_mpi(emu: Emulator, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
+    comm = emu.comm
+    count = nbytes // dtype.itemsize
+    nodes = list(emu.node_range)
+    inputs = np.stack([bench_data.node_input(n, count, dtype, args.density, args.block_size, args.seed)
+                       for n in nodes])
+    work = np.empty_like(inputs)
+    walls = []
+    timing = None
+    for it in range(args.warmup + args.iters):
+        np.copyto(work, inputs)
+        comm.Barrier()
+        t0 = MPI.Wtime()
+        timing = emu.run_inplace(args.collective, work, args.op, algo)
+        t1 = MPI.Wtime()
+        if it >= args.warmup:
+            walls.append(t1 - t0)
+    local = np.array(walls)
+    slowest = np.empty_like(local)
+    comm.Allreduce(local, slowest, op=MPI.MAX)
+    ref = _reference(args, emu.topology, count)
+    wrong = 0
+    if args.collective == "reducescatter":
+        off, cnt = final_segments(emu.topology, count)
+        for row, n in zip(work, nodes):
+            wrong += bench_data.count_wrong(row[off[n]:off[n] + cnt[n]], ref[off[n]:off[n] + cnt[n]],
+                                            emu.topology.nodes)
+    else:
+        for row in work:
+            wrong += bench_data.count_wrong(row, ref, emu.topology.nodes)
+    wrong_all = np.zeros(1, dtype=np.int64)
+    comm.Allreduce(np.array([wrong], dtype=np.int64), wrong_all, op=MPI.SUM)
+    rec = {"wall_us": statistics.median(slowest.tolist()) * 1e6, "wrong": int(wrong_all[0])}
+    if timing is not None:
+        rec.update(emulated_us=timing.emulated_us, host_busy_us=timing.host_busy_us,
+                   nic_busy_us=timing.nic_busy_us, wire_bytes=timing.wire_bytes)
+    return rec
+
+
+def _run_model(topology, profile, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
+    count = nbytes // dtype.itemsize
+    t = run_model(build_schedule(args.collective, algo, topology, count), profile, dtype.itemsize)
+    return {"emulated_us": t.emulated_us, "host_busy_us": t.host_busy_us,
+            "nic_busy_us": t.nic_busy_us, "wire_bytes": t.wire_bytes}
+
+
+def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
+    algos, dtype, sizes, topology, profile = _validate(args, comm)
+    rank0 = comm.rank == 0
+    emu = None
+    if args.executor == "mpi":
+        emu = Emulator(comm, topology, profile)
+        check_fits(comm, emu.local_nodes, max(sizes), dtype.itemsize, "mpi")
+    ranks = comm.size if args.executor == "mpi" else 1
+    if rank0:
+        print(f"# nicemu bench: {args.collective} on {topology.describe()}, {ranks} rank(s), "
+              f"executor {args.executor}, profile {profile.name}")
+        print(f"# dtype {dtype.name}, op {args.op}, density {args.density:g}, block {args.block_size}, "
+              f"iters {args.iters}, warmup {args.warmup}; times in microseconds")
+        print("#")
+        print("#" + HEADER[1:])
+        print("#" + UNITS[1:])
+    progress = Progress(len(sizes) * len(algos), rank0 and (args.progress or sys.stderr.isatty()))
+    records = []
+    for nbytes in sizes:
+        group = []
+        for algo in algos:
+            base = {"collective": args.collective, "algo": algo, "topology": topology.name,
+                    "nodes": topology.nodes, "ranks": ranks, "executor": args.executor,
+                    "bytes": nbytes, "count": nbytes // dtype.itemsize, "dtype": dtype.name,
+                    "op": args.op, "density": args.density, "block_size": args.block_size,
+                    "iters": args.iters, "emulated_us": None, "wall_us": None, "algbw_GBps": None,
+                    "busbw_GBps": None, "host_busy_us": None, "nic_busy_us": None,
+                    "wire_bytes": None, "wrong": None, "profile": profile.name, "gain_vs_ring": None}
+            if emu is not None:
+                base.update(_run_mpi(emu, args, algo, dtype, nbytes))
+            else:
+                base.update(_run_model(topology, profile, args, algo, dtype, nbytes))
+            if base["emulated_us"]:
+                base["algbw_GBps"] = nbytes / (base["emulated_us"] * 1e3)
+                base["busbw_GBps"] = base["algbw_GBps"] * bus_factor(args.collective, topology.nodes)
+            group.append(base)
+            progress.update(f"{format_size(nbytes)} {algo}")
+        ring_t = next((r["emulated_us"] for r in group if r["algo"] == "ring"), None)
+        for r in group:
+            if ring_t and r["emulated_us"] is not None and r["algo"] != "ring":
+                r["gain_vs_ring"] = 1.0 - r["emulated_us"] / ring_t
+            if rank0:
+                if progress.enabled and progress.done < progress.total:
+                    sys.stderr.write("\r\033[K")
+                print(table_row(r), flush=True)
+        records.extend(group)
+    if emu is not None:
+        emu.free()
+    if rank0:
+        wrong = sum(r["wrong"] or 0 for r in records)
+        if args.executor == "mpi":
+            print(f"# out of bounds values : {wrong} {'OK' if wrong == 0 else 'FAILED'}")
+        if args.json:
+            write_json(args.json, records)
+            print(f"# wrote {len(records)} records to {args.json}")
+        if args.csv:
+            write_csv(args.csv, records)
+            print(f"# wrote {len(records)} records to {args.csv}")
+        if args.plot:
+            write_plot(args.plot, records, f"{args.collective} on {topology.name}, profile {profile.name}")
+            print(f"# wrote plot to {args.plot}")
+    wrong_total = sum(r["wrong"] or 0 for r in records)
+    return 1 if wrong_total else 0

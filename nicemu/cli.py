@@ -1,0 +1,74 @@
+"""Entry point of the ``nicemu`` console script.
+
+Every subcommand is a module with ``add_arguments`` and ``run``. Errors a user
+can fix (bad flags, topologies, profiles, sizes) are printed once, by rank 0,
+as one line, and every rank exits with status 2: the arguments are the same on
+every rank, so every rank reaches the same verdict without talking. Anything
+unexpected aborts the whole MPI job so no rank is left waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from nicemu import bench, info, schedule_cmd
+from nicemu.errors import UsageError
+
+COMMANDS = {
+    "bench": (bench, "sweep sizes and algorithms, nccl-tests style"),
+    "info": (info, "list topologies, algorithms, profiles"),
+    "schedule": (schedule_cmd, "print an algorithm's chunk-level schedule"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print on every rank and exit
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nicemu", description="Collective-communication emulator with SmartNIC "
+                     "in-network reduction, on MPI.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    for name, (module, text) in COMMANDS.items():
+        module.add_arguments(sub.add_parser(name, help=text, description=module.__doc__))
+    return parser
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from collectives.errors import CollectiveError
+    from nic.errors import ProfileError
+    from topologies.errors import TopologyError
+    return (UsageError, CollectiveError, ProfileError, TopologyError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    try:
+        args = make_parser().parse_args(argv)
+        if args.command is None:
+            if comm.rank == 0:
+                make_parser().print_help()
+            return 2
+        return COMMANDS[args.command][0].run(args, comm)
+    except _user_errors() as exc:
+        if comm.rank == 0:
+            print(f"nicemu: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        if comm.size > 1:
+            comm.Abort(130)
+        return 130
+    except Exception:
+        sys.stderr.write(f"nicemu: internal error on rank {comm.rank}:\n{traceback.format_exc(limit=-4)}")
+        sys.stderr.flush()
+        if comm.size > 1:
+            comm.Abort(1)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

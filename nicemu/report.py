@@ -1,0 +1,101 @@
+"""Results as users read them: an nccl-tests-style table, JSON, CSV and a plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+
+from nicemu.errors import UsageError
+
+#: the JSON/CSV record keys, in order (DESIGN §3)
+KEYS = ["collective", "algo", "topology", "nodes", "ranks", "executor", "bytes", "count", "dtype",
+        "op", "density", "block_size", "iters", "emulated_us", "wall_us", "algbw_GBps",
+        "busbw_GBps", "host_busy_us", "nic_busy_us", "wire_bytes", "wrong", "profile",
+        "gain_vs_ring"]
+
+HEADER = (f"{'size':>10} {'count':>11} {'type':>7} {'redop':>5} {'algo':>13} {'emul(us)':>12} "
+          f"{'wall(us)':>10} {'algbw':>8} {'busbw':>8} {'host(us)':>10} {'nic(us)':>9} "
+          f"{'wire(B)':>12} {'vs ring':>8} {'#wrong':>6}")
+UNITS = (f"{'(B)':>10} {'(elements)':>11} {'':>7} {'':>5} {'':>13} {'emulated':>12} "
+         f"{'median':>10} {'(GB/s)':>8} {'(GB/s)':>8} {'busy':>10} {'busy':>9} "
+         f"{'all links':>12} {'gain':>8} {'':>6}")
+
+
+def bus_factor(collective: str, nodes: int) -> float:
+    """nccl-tests' busbw factor: 2(n-1)/n for AllReduce, (n-1)/n for ReduceScatter/AllGather."""
+    if collective == "allreduce":
+        return 2.0 * (nodes - 1) / nodes
+    return (nodes - 1) / nodes
+
+
+def _num(value: float | int | None, fmt: str, width: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{'-':>{width}}"
+    return f"{value:{width}{fmt}}"
+
+
+def table_row(r: dict) -> str:
+    gain = None if r["gain_vs_ring"] is None else 100.0 * r["gain_vs_ring"]
+    gain_s = f"{'-':>8}" if gain is None else f"{gain:7.1f}%"
+    return (f"{r['bytes']:>10} {r['count']:>11} {r['dtype']:>7} {r['op']:>5} {r['algo']:>13} "
+            f"{_num(r['emulated_us'], '.3f', 12)} {_num(r['wall_us'], '.1f', 10)} "
+            f"{_num(r['algbw_GBps'], '.3f', 8)} {_num(r['busbw_GBps'], '.3f', 8)} "
+            f"{_num(r['host_busy_us'], '.2f', 10)} {_num(r['nic_busy_us'], '.2f', 9)} "
+            f"{_num(r['wire_bytes'], 'd', 12)} {gain_s} {_num(r['wrong'], 'd', 6)}")
+
+
+def _clean(value):
+    """JSON has no inf/NaN: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str, records: Sequence[dict]) -> None:
+    with open(path, "w") as f:
+        json.dump([{k: _clean(r.get(k)) for k in KEYS} for r in records], f, indent=1)
+        f.write("\n")
+
+
+def write_csv(path: str, records: Sequence[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=KEYS)
+        w.writeheader()
+        for r in records:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in KEYS})
+
+
+def write_plot(path: str, records: Sequence[dict], title: str) -> None:
+    """Emulated latency vs size per algorithm, and each algorithm's gain over ring."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'nicemu[plot]'") from None
+    algos = [a for a in dict.fromkeys(r["algo"] for r in records)]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for algo in algos:
+        rows = [r for r in records if r["algo"] == algo and r["emulated_us"] is not None]
+        if rows:
+            ax1.loglog([r["bytes"] for r in rows], [r["emulated_us"] for r in rows], "o-", label=algo)
+        gains = [r for r in rows if r["gain_vs_ring"] is not None and algo != "ring"]
+        if gains:
+            ax2.semilogx([r["bytes"] for r in gains], [100 * r["gain_vs_ring"] for r in gains],
+                         "o-", label=algo)
+    ax1.set_xlabel("message size per node M (bytes)")
+    ax1.set_ylabel("emulated latency (us)")
+    ax1.grid(True, which="both", alpha=0.3)
+    ax1.legend()
+    ax2.set_xlabel("message size per node M (bytes)")
+    ax2.set_ylabel("latency reduction vs ring (%)")
+    ax2.axhline(0, color="grey", lw=0.8)
+    ax2.grid(True, which="both", alpha=0.3)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,28 @@
+"""``nicemu schedule``: print an algorithm's chunk-level program."""
+
+from __future__ import annotations
+
+import argparse
+
+from mpi4py import MPI
+
+from collectives import build_schedule
+from nicemu.errors import UsageError
+from topologies import parse_topology
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--algo", default="directreduce", help="ring or directreduce")
+    p.add_argument("--collective", default="allreduce")
+    p.add_argument("--topology", default="ring:4")
+    p.add_argument("--count", type=int, default=8, help="elements per node")
+    p.add_argument("--limit", type=int, default=8, help="transfers shown per step")
+
+
+def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
+    if args.count < 1:
+        raise UsageError(f"--count {args.count} must be at least 1")
+    sched = build_schedule(args.collective, args.algo, parse_topology(args.topology), args.count)
+    if comm.rank == 0:
+        print(sched.describe(args.limit))
+    return 0
