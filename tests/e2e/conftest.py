@@ -1,0 +1,117 @@
+"""Helpers for the end-to-end tests: run ``nicemu`` in a subprocess, alone or under ``mpiexec``.
+
+Every run gets a timeout, so a hang (e.g. a rank left waiting in a collective)
+fails the test with a clear message instead of blocking CI. Runs happen in the
+test's ``tmp_path`` so output files never land in the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TIMEOUT_S = 120
+
+#: environment variables of an enclosing MPI job; a child mpiexec must not inherit them
+_MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "HYDI_", "HYDRA_", "MPIR_", "MPI_LOCALNRANKS", "MPI_LOCALRANKID",
+                     "OMPI_")
+
+
+def mpiexec_path() -> str | None:
+    """The venv's mpiexec (the mpich wheel puts it next to python), else the one on PATH."""
+    local = Path(sys.executable).parent / "mpiexec"
+    if local.exists():
+        return str(local)
+    return shutil.which("mpiexec")
+
+
+def _child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_MPI_ENV_PREFIXES)}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+@dataclass
+class Run:
+    """One finished CLI run; ``str(run)`` is the command and its output, for assertion messages."""
+
+    cmd: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def __str__(self) -> str:
+        return (f"command: {' '.join(self.cmd)}\nexit code: {self.returncode} after {self.seconds:.1f} s\n"
+                f"--- stdout ---\n{self.stdout[-4000:]}\n--- stderr ---\n{self.stderr[-4000:]}")
+
+
+def run_nicemu(args: list, cwd: Path, nprocs: int | None = None, timeout: float = TIMEOUT_S) -> Run:
+    """Run ``python -m nicemu ARGS`` (under ``mpiexec -n NPROCS`` if given) in ``cwd``."""
+    cmd = [sys.executable, "-m", "nicemu", *map(str, args)]
+    if nprocs is not None:
+        mpiexec = mpiexec_path()
+        if mpiexec is None:
+            pytest.skip("mpiexec not found next to python or on PATH")
+        cmd = [mpiexec, "-n", str(nprocs), *cmd]
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=_child_env(), capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(
+            f"nicemu did not finish within {timeout:.0f} s (hang?): {' '.join(cmd)}\n"
+            f"--- stdout ---\n{_text(exc.stdout)[-3000:]}\n--- stderr ---\n{_text(exc.stderr)[-3000:]}",
+            pytrace=False,
+        )
+    return Run(cmd, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
+
+
+@pytest.fixture
+def nicemu(tmp_path: Path) -> Callable[..., Run]:
+    """``nicemu(args, n=None, timeout=...)``: run the CLI in ``tmp_path``; ``n`` ranks under mpiexec."""
+
+    def _run(args: list[str], n: int | None = None, timeout: float = TIMEOUT_S) -> Run:
+        return run_nicemu(args, tmp_path, n, timeout)
+
+    return _run
+
+
+@pytest.fixture(scope="session")
+def bench_json(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., list[dict]]:
+    """``bench_json(args, n=None)``: run ``nicemu bench ARGS --json FILE`` (under ``mpiexec -n N`` if
+    given), assert it succeeded, and return the records. Identical runs are made once per session
+    (the reference runs several tests compare against)."""
+    cache: dict[tuple, list[dict]] = {}
+
+    def _run(args: list[str], n: int | None = None) -> list[dict]:
+        key = (tuple(map(str, args)), n)
+        if key not in cache:
+            cwd = tmp_path_factory.mktemp("bench")
+            proc = run_nicemu(["bench", *args, "--json", "out.json"], cwd, n)
+            assert proc.returncode == 0, proc
+            assert "Traceback" not in proc.stderr, proc
+            out = cwd / "out.json"
+            assert out.is_file(), f"--json file not written\n{proc}"
+            records = json.loads(out.read_text())
+            assert isinstance(records, list) and records, f"no records in the JSON\n{proc}"
+            cache[key] = records
+        return cache[key]
+
+    return _run

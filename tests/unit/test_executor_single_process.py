@@ -1,0 +1,104 @@
+"""The MPI executor with every node in one process (no mpiexec): data and timing."""
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from collectives import Emulator, model_time
+from collectives.api import CollectiveError
+from nic.profile import load_profile
+
+PROFILE = load_profile("directreduce-paper")
+TOPOLOGIES = ["ring:2", "ring:5", "ring:8", "torus:2x2x2", "torus:3x3", "torus:3x2x2"]
+DTYPES = ["float32", "float64", "float16", "int32", "int64"]
+
+
+def random_inputs(nodes, count, dtype, seed):
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype).kind == "i":
+        return rng.integers(-1000, 1000, size=(nodes, count)).astype(dtype)
+    return rng.standard_normal((nodes, count)).astype(dtype)
+
+
+def check(result, reference, dtype, nodes):
+    if np.dtype(dtype).kind == "i":
+        np.testing.assert_array_equal(result, reference.astype(dtype))
+    else:
+        tol = {"float16": 2e-2, "float32": 1e-5, "float64": 1e-12}[np.dtype(dtype).name] * nodes
+        np.testing.assert_allclose(result.astype(np.float64), reference, rtol=tol, atol=tol)
+
+
+@pytest.fixture(scope="module", params=TOPOLOGIES)
+def emu(request):
+    with Emulator(MPI.COMM_SELF, request.param, PROFILE) as e:
+        yield e
+
+
+@pytest.mark.parametrize("algo", ["ring", "directreduce", "mpi"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["sum", "max", "min"])
+@pytest.mark.parametrize("count", [1, 3, 7, 1000])
+def test_allreduce_matches_numpy_float64(emu, algo, dtype, op, count):
+    n = emu.topology.nodes
+    x = random_inputs(n, count, dtype, seed=count)
+    ref = {"sum": np.sum, "max": np.max, "min": np.min}[op](x.astype(np.float64), axis=0)
+    res = emu.allreduce(x, op=op, algo=algo)
+    for row in res.data:
+        check(row, ref, dtype, n)
+    if algo != "mpi":
+        t = model_time("allreduce", algo, emu.topology, PROFILE, count, dtype)
+        assert res.emulated_us == t.emulated_us          # bit-identical to the model executor
+        assert res.wire_bytes == t.wire_bytes
+        assert res.host_busy_us == t.host_busy_us and res.nic_busy_us == t.nic_busy_us
+    else:
+        assert res.emulated_us is None
+
+
+@pytest.mark.parametrize("algo", ["ring", "directreduce", "mpi"])
+@pytest.mark.parametrize("count", [2, 9, 1001])
+def test_reduce_scatter_and_allgather(emu, algo, count):
+    n = emu.topology.nodes
+    x = random_inputs(n, count, "int64", seed=7)
+    ref = x.sum(axis=0)
+    off, cnt = emu.segments(count)
+    rs = emu.reduce_scatter(x, algo=algo)
+    for i, seg in enumerate(rs.data):
+        np.testing.assert_array_equal(seg, ref[off[i]:off[i] + cnt[i]])
+    ag = emu.allgather(x, algo=algo)
+    expect = np.concatenate([x[i, off[i]:off[i] + cnt[i]] for i in range(n)])
+    for row in ag.data:
+        np.testing.assert_array_equal(row, expect)
+    if algo != "mpi":
+        assert rs.emulated_us == model_time("reducescatter", algo, emu.topology, PROFILE, count,
+                                            "int64").emulated_us
+        assert ag.emulated_us == model_time("allgather", algo, emu.topology, PROFILE, count,
+                                            "int64").emulated_us
+
+
+def test_input_is_not_modified(emu):
+    x = random_inputs(emu.topology.nodes, 100, "float32", 1)
+    before = x.copy()
+    emu.allreduce(x, algo="directreduce")
+    np.testing.assert_array_equal(x, before)
+
+
+def test_nan_and_inf_travel():
+    with Emulator(MPI.COMM_SELF, "ring:4", PROFILE) as e:
+        x = np.ones((4, 10), dtype=np.float32)
+        x[1, 3] = np.nan
+        x[2, 5] = np.inf
+        out = e.allreduce(x, algo="directreduce").data
+        assert np.isnan(out[:, 3]).all() and np.isinf(out[:, 5]).all()
+        assert (out[:, 0] == 4).all()
+
+
+def test_bad_shapes_and_types_are_refused():
+    with Emulator(MPI.COMM_SELF, "ring:4", PROFILE) as e:
+        with pytest.raises(CollectiveError, match="shape"):
+            e.allreduce(np.ones(10))
+        with pytest.raises(CollectiveError, match="unsupported dtype"):
+            e.allreduce(np.ones((4, 10), dtype=np.complex64))
+        with pytest.raises(CollectiveError, match="unknown algorithm"):
+            e.allreduce(np.ones((4, 10)), algo="nope")
+        with pytest.raises(CollectiveError, match="unknown op"):
+            e.allreduce(np.ones((4, 10)), op="prod")
