@@ -39,8 +39,10 @@ def nic_policy(phase: str, index: int, ring_size: int, first_ring: bool, last_ri
         # Only the first step of the first ring sends host-resident input; every later
         # step forwards the ComputeEnhancer's output from the NIC buffer. Data is final
         # (and goes to the host) only once the last ring has reduced it.
+        # The local operand is host input in the first ring and the NIC-resident
+        # result of the previous ring after that.
         return {"engine": "nic", "reduce": True, "from_host": first_ring and index == 0,
-                "to_host": last_ring and last_step}
+                "to_host": last_ring and last_step, "operand_from_host": first_ring}
     # Allgather chunks are final: written to the host and forwarded from the NIC
     # buffer. Only a standalone allgather starts from host memory.
     return {"engine": "nic", "reduce": False,

@@ -36,11 +36,14 @@ class Step:
     reduce: bool               # combine with the receiver's copy, or place it
     from_host: bool            # the sender's chunk must be DMA-read from host memory
     to_host: bool              # the result must be DMA-written to host memory
+    operand_from_host: bool = True  # nic engine: the local operand is fetched from host memory
 
     def describe(self, limit: int = 4) -> str:
         head = (f"{self.phase} dim={self.dim} dir={self.direction:+d} step={self.index} "
                 f"engine={self.engine} {'reduce' if self.reduce else 'place'} "
-                f"from_host={self.from_host} to_host={self.to_host}")
+                f"from_host={self.from_host} to_host={self.to_host}"
+                + ("" if self.engine == "host" or not self.reduce
+                   else f" operand_from_host={self.operand_from_host}"))
         items = [f"{s}->{d}[{o}:{o + c}]" for s, d, o, c in
                  zip(self.src[:limit], self.dst[:limit], self.offset[:limit], self.count[:limit])]
         more = f" ... ({len(self.src)} transfers)" if len(self.src) > limit else ""

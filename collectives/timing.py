@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from collectives.errors import CollectiveError
 from collectives.schedule import Step
 from nic.agent import NicAgents
 from nic.profile import Profile
@@ -24,6 +25,9 @@ def link_params(topology: Torus, profile: Profile) -> list[tuple[float, float]]:
 
 
 def make_agents(topology: Torus, profile: Profile, nodes: int) -> NicAgents:
+    if profile.topology.bidirectional:
+        raise CollectiveError("topology.bidirectional=true is not supported yet: the ring and "
+                              "DirectReduce schedules use one direction per dimension; drop the setting")
     return NicAgents(profile, nodes, link_params(topology, profile))
 
 
@@ -34,4 +38,5 @@ def send_half(agents: NicAgents, step: Step, local_src: np.ndarray, nbytes: np.n
 
 def receive_half(agents: NicAgents, step: Step, local_dst: np.ndarray, first: np.ndarray,
                  last: np.ndarray, nbytes: np.ndarray) -> None:
-    agents.receive(local_dst, first, last, nbytes, step.engine, step.reduce, step.to_host)
+    agents.receive(local_dst, first, last, nbytes, step.engine, step.reduce, step.to_host,
+                   step.operand_from_host)

@@ -42,7 +42,9 @@ class NicAgents:
         self.datadirector = DataDirector(profile, self.pcie)
         self.compute = ComputeEnhancer(profile, nodes)
         self.host = HostCpu(profile, nodes)
-        self.clock = np.zeros(nodes)      # when the node's last step is complete (data in host)
+        # when the node has finished its last step (result in host memory, or in the NIC
+        # buffer for DirectReduce steps whose output is not final)
+        self.clock = np.zeros(nodes)
         self.nic_ready = np.zeros(nodes)  # when its last output is available in the NIC buffer
 
     def send(self, ix: np.ndarray, dim: int, direction: int, nbytes: np.ndarray,
@@ -53,7 +55,8 @@ class NicAgents:
         return self.links.transmit(ix, dim, direction, first, last, nbytes)
 
     def receive(self, ix: np.ndarray, first: np.ndarray, last: np.ndarray,
-                nbytes: np.ndarray, engine: str, reduce: bool, to_host: bool) -> None:
+                nbytes: np.ndarray, engine: str, reduce: bool, to_host: bool,
+                operand_from_host: bool = True) -> None:
         """Receiver side of a step: advances the receiving nodes' clocks."""
         if engine == "host":
             first, last = self.pcie.write(ix, first, last, nbytes)
@@ -62,7 +65,10 @@ class NicAgents:
             self.nic_ready[ix] = done
             return
         if reduce:
-            operand = self.gatekeeper.prefetch_operand(ix, self.clock[ix], nbytes)
+            if operand_from_host:
+                operand = self.gatekeeper.prefetch_operand(ix, self.clock[ix], nbytes)
+            else:
+                operand = (self.nic_ready[ix], self.nic_ready[ix])
             first, last = self.compute.timing(ix, (first, last), operand, nbytes)
         else:
             first, last = self.datadirector.steer(first, last, nbytes)

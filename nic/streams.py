@@ -41,7 +41,6 @@ def packet_split(nbytes: ArrayLike, packet_bytes: int) -> tuple[ArrayLike, Array
     first = np.minimum(nbytes, float(packet_bytes))
     rem = np.mod(nbytes, float(packet_bytes))
     last = np.where((rem == 0) & (nbytes > 0), float(packet_bytes), rem)
-    last = np.minimum(last, first)
     return first, last
 
 

@@ -47,7 +47,7 @@ def _text(data: bytes | str | None) -> str:
     return data.decode(errors="replace") if isinstance(data, bytes) else data
 
 
-@dataclass
+@dataclass(repr=False)
 class Run:
     """One finished CLI run; ``str(run)`` is the command and its output, for assertion messages."""
 
@@ -57,7 +57,7 @@ class Run:
     stderr: str
     seconds: float
 
-    def __str__(self) -> str:
+    def __repr__(self) -> str:
         return (f"command: {' '.join(self.cmd)}\nexit code: {self.returncode} after {self.seconds:.1f} s\n"
                 f"--- stdout ---\n{self.stdout[-4000:]}\n--- stderr ---\n{self.stderr[-4000:]}")
 
@@ -105,8 +105,8 @@ def bench_json(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., list[d
         if key not in cache:
             cwd = tmp_path_factory.mktemp("bench")
             proc = run_nicemu(["bench", *args, "--json", "out.json"], cwd, n)
-            assert proc.returncode == 0, proc
-            assert "Traceback" not in proc.stderr, proc
+            assert proc.returncode == 0, str(proc)
+            assert "Traceback" not in proc.stderr, str(proc)
             out = cwd / "out.json"
             assert out.is_file(), f"--json file not written\n{proc}"
             records = json.loads(out.read_text())

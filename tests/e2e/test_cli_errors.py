@@ -1,0 +1,120 @@
+"""Bad inputs to the ``nicemu`` CLI, under ``mpiexec`` and alone.
+
+The contract (nicemu/cli.py, DESIGN §3): a user error exits non-zero (status 2)
+promptly on every rank, with exactly one ``nicemu: error: ...`` line on stderr
+(printed by rank 0 only) that names the problem, and never a Python traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+#: errors are found before any data moves: a run that takes longer than this has hung
+ERROR_TIMEOUT_S = 60
+USAGE_STATUS = 2
+BENCH = ["bench", "--iters", "1", "--warmup", "0"]
+
+#: files the cases refer to by name; written to the run's working directory
+FILES = {
+    "bad_syntax.yml": "link: {bandwidth_GBps: [\n",
+    "unknown_key.yml": (
+        "link: {bandwidth_GBps: 12.5, latency_us: 1.0}\n"
+        "pcie: {bandwidth_GBps: 25.0, latency_us: 0.5}\n"
+        "host: {reduce_GBps: 20.0, overhead_us: 1.0}\n"
+        "nic:  {reduce_GBps: 50.0, latency_us: 0.2, packet_bytes: 1024, memory_KiB: 4096}\n"
+        "turbo_mode: {enabled: true}\n"
+    ),
+    "astra_switch.yml": (
+        "topology: [Ring, Switch]\nnpus_count: [4, 2]\nbandwidth: [25.0, 25.0]\nlatency: [500.0, 500.0]\n"
+    ),
+    "astra_bad_syntax.yml": "topology: [Ring, Ring\nnpus_count: [4, 2]\n",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: tuple[str, ...]
+    keywords: tuple[str, ...]  # each must appear (case-insensitively) in the error line
+    nprocs: int = 2
+    standalone: bool = False  # also run without mpiexec
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def case(id: str, args: list[str], *keywords: str, nprocs: int = 2, standalone: bool = False) -> Case:
+    return Case(id, tuple(args), keywords, nprocs, standalone)
+
+
+CASES = [
+    case("unknown-algo", [*BENCH, "--sizes", "1K", "--algo", "foo"], "foo", standalone=True),
+    case("unknown-algo-in-list", [*BENCH, "--sizes", "1K", "--algo", "ring,foo"], "foo"),
+    case("unknown-topology", [*BENCH, "--sizes", "1K", "--topology", "mesh:4"], "mesh", standalone=True),
+    case("bad-torus", [*BENCH, "--sizes", "1K", "--topology", "torus:4x1"], "torus:4x1"),
+    case("more-ranks-than-nodes", [*BENCH, "--sizes", "1K", "--topology", "ring:2"], "ring:2", "ranks", nprocs=4),
+    case("size-zero", [*BENCH, "--sizes", "0"], "positive", standalone=True),
+    case("size-negative", [*BENCH, "--sizes", "-5"], "-5"),
+    case("size-not-multiple-of-dtype", [*BENCH, "--sizes", "1001", "--dtype", "float32"], "multiple", "float32",
+         standalone=True),
+    case("size-overflow", [*BENCH, "--sizes", "99999T"], "99999T"),
+    case("size-garbage", [*BENCH, "--sizes", "12Q"], "12Q"),
+    case("size-range-reversed", [*BENCH, "--sizes", "1M:1K"], "1M:1K"),
+    case("size-range-bad-factor", [*BENCH, "--sizes", "1K:1M:1"], "factor"),
+    case("unknown-dtype", [*BENCH, "--sizes", "1K", "--dtype", "float128"], "float128"),
+    case("unknown-op", [*BENCH, "--sizes", "1K", "--op", "prod"], "prod"),
+    case("unknown-collective", [*BENCH, "--sizes", "1K", "--collective", "alltoall"], "alltoall"),
+    case("density-zero", [*BENCH, "--sizes", "1K", "--density", "0"], "--density"),
+    case("density-above-one", [*BENCH, "--sizes", "1K", "--density", "1.5"], "--density", "1.5"),
+    case("block-size-zero", [*BENCH, "--sizes", "1K", "--block-size", "0"], "--block-size"),
+    case("iters-zero", ["bench", "--iters", "0", "--sizes", "1K"], "--iters"),
+    case("warmup-negative", ["bench", "--iters", "1", "--warmup", "-1", "--sizes", "1K"], "--warmup"),
+    case("set-unknown-key", [*BENCH, "--sizes", "1K", "--set", "nic.nonexistent=1"], "nonexistent"),
+    case("set-bad-value", [*BENCH, "--sizes", "1K", "--set", "nic.packet_bytes=abc"], "packet_bytes", "abc"),
+    case("profile-bad-yaml", [*BENCH, "--sizes", "1K", "--profile", "bad_syntax.yml"], "bad_syntax.yml", "yaml",
+         standalone=True),
+    case("profile-unknown-key", [*BENCH, "--sizes", "1K", "--profile", "unknown_key.yml"], "turbo_mode"),
+    case("profile-missing-file", [*BENCH, "--sizes", "1K", "--profile", "no/such/profile.yml"],
+         "no/such/profile.yml"),
+    case("astra-switch", [*BENCH, "--sizes", "1K", "--topology", "astra:astra_switch.yml"], "switch",
+         standalone=True),
+    case("astra-bad-yaml", [*BENCH, "--sizes", "1K", "--topology", "astra:astra_bad_syntax.yml"], "yaml"),
+    case("astra-missing-file", [*BENCH, "--sizes", "1K", "--topology", "astra:missing.yml"], "missing.yml"),
+    case("model-executor-mpi-algo", [*BENCH, "--sizes", "1K", "--executor", "model", "--algo", "mpi"],
+         "--executor mpi", standalone=True),
+    case("unknown-executor", [*BENCH, "--sizes", "1K", "--executor", "gpu"], "gpu"),
+    case("unknown-flag", [*BENCH, "--sizes", "1K", "--bogus"], "--bogus", standalone=True),
+    case("unknown-command", ["frobnicate"], "frobnicate"),
+    case("too-large-for-memory", [*BENCH, "--sizes", "256G"], "--executor model", standalone=True),
+    case("schedule-unknown-algo", ["schedule", "--algo", "foo"], "foo"),
+    case("schedule-count-zero", ["schedule", "--count", "0"], "--count"),
+    case("info-unknown-profile", ["info", "--profile", "nope"], "nope"),
+]
+
+PARAMS = [pytest.param(c, c.nprocs, id=f"{c.id}-np{c.nprocs}") for c in CASES]
+PARAMS += [pytest.param(c, None, id=f"{c.id}-alone") for c in CASES if c.standalone]
+
+
+@pytest.mark.parametrize("c, nprocs", PARAMS)
+def test_bad_input(nicemu, tmp_path, c: Case, nprocs: int | None):
+    for name, text in FILES.items():
+        (tmp_path / name).write_text(text)
+    proc = nicemu(list(c.args), n=nprocs, timeout=ERROR_TIMEOUT_S)
+
+    assert proc.returncode != 0, f"a bad input exited 0\n{proc}"
+    assert proc.returncode == USAGE_STATUS, f"expected the usage-error status {USAGE_STATUS}\n{proc}"
+    for stream in (proc.stderr, proc.stdout):
+        assert "Traceback" not in stream, f"traceback printed\n{proc}"
+    assert "internal error" not in proc.stderr, str(proc)
+    assert "MPI_Abort" not in proc.stderr, f"a usage error must not abort the MPI job\n{proc}"
+    assert proc.stderr.count("nicemu: error:") == 1, f"the error must be printed exactly once\n{proc}"
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("nicemu: error:")]
+    assert len(lines) == 1, f"the error must be one line starting with 'nicemu: error:'\n{proc}"
+    message = lines[0].lower()
+    for word in c.keywords:
+        assert word.lower() in message, f"the error does not mention {word!r}\n{proc}"
+    assert "nicemu: error:" not in proc.stdout, str(proc)
