@@ -26,7 +26,8 @@ def run_native(comm: MPI.Comm, collective: str, data: np.ndarray, op: str,
         comm.Allgatherv(mine, [full, counts])
         data[:] = full
         return
-    local = OPS[op].reduce(data, axis=0) if data.shape[0] > 1 else data[0].copy()
+    local = (OPS[op].reduce(data, axis=0, dtype=data.dtype) if data.shape[0] > 1
+             else data[0].copy())
     result = np.empty_like(local)
     if collective == "allreduce":
         comm.Allreduce(local, result, op=MPI_OPS[op])

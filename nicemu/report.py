@@ -77,14 +77,16 @@ def write_plot(path: str, records: Sequence[dict], title: str) -> None:
         raise UsageError("--plot needs matplotlib: pip install 'nicemu[plot]'") from None
     algos = [a for a in dict.fromkeys(r["algo"] for r in records)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for algo in algos:
+    for i, algo in enumerate(algos):
+        color = f"C{i}"
         rows = [r for r in records if r["algo"] == algo and r["emulated_us"] is not None]
         if rows:
-            ax1.loglog([r["bytes"] for r in rows], [r["emulated_us"] for r in rows], "o-", label=algo)
+            ax1.loglog([r["bytes"] for r in rows], [r["emulated_us"] for r in rows], "o-",
+                       color=color, label=algo)
         gains = [r for r in rows if r["gain_vs_ring"] is not None and algo != "ring"]
         if gains:
             ax2.semilogx([r["bytes"] for r in gains], [100 * r["gain_vs_ring"] for r in gains],
-                         "o-", label=algo)
+                         "o-", color=color, label=algo)
     ax1.set_xlabel("message size per node M (bytes)")
     ax1.set_ylabel("emulated latency (us)")
     ax1.grid(True, which="both", alpha=0.3)

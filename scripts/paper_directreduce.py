@@ -72,7 +72,7 @@ def main() -> int:
     for r in rows:
         lines.append(f"| {r['topology']} | {r['nodes']:,} | {format_size(r['bytes'])} | "
                      f"{_per_node(r['bytes_per_node'])} | {r['ring_us']:,.2f} | {r['directreduce_us']:,.2f} | "
-                     f"{100 * r['gain']:.1f}% |")
+                     f"{100 * r['gain']:.2f}% |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
