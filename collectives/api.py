@@ -91,6 +91,7 @@ class Emulator:
                 f"{self.comm.size} ranks for {self.topology.name} ({self.topology.nodes} nodes): "
                 f"run with at most {self.topology.nodes} ranks")
         self.executor = MpiExecutor(self.comm, self.topology, self.profile)
+        self._schedules: dict[tuple, Schedule] = {}
 
     def free(self) -> None:
         if self.comm != MPI.COMM_NULL:
@@ -127,7 +128,13 @@ class Emulator:
             seg_off, seg_cnt = final_segments(self.topology, work.shape[1])
             run_native(self.comm, collective, work, op, seg_off, seg_cnt, ex.lo, ex.hi, ex.bounds)
             return None
-        return ex.run(build_schedule(collective, algo, self.topology, work.shape[1]), work, op)
+        key = (collective, algo, work.shape[1])
+        schedule = self._schedules.get(key)
+        if schedule is None:
+            schedule = self._schedules[key] = build_schedule(collective, algo, self.topology, work.shape[1])
+            if len(self._schedules) > 64:
+                self._schedules.pop(next(iter(self._schedules)))
+        return ex.run(schedule, work, op)
 
     def run(self, collective: str, data: np.ndarray, op: str = "sum",
             algo: str = "directreduce") -> Result:

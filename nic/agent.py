@@ -47,6 +47,14 @@ class NicAgents:
         self.clock = np.zeros(nodes)
         self.nic_ready = np.zeros(nodes)  # when its last output is available in the NIC buffer
 
+    def reset(self) -> None:
+        """Back to an idle fabric at time 0 (every collective call starts idle)."""
+        for arr in (self.clock, self.nic_ready, self.pcie.read_free, self.pcie.write_free,
+                    self.links.free, self.compute.free, self.compute.busy_us, self.host.free,
+                    self.host.busy_us):
+            arr.fill(0.0)
+        self.links.bytes_sent = 0
+
     def send(self, ix: np.ndarray, dim: int, direction: int, nbytes: np.ndarray,
              from_host: bool) -> tuple[np.ndarray, np.ndarray]:
         """Sender side of a step: packet stream (first, last) arriving at the peer's NIC."""

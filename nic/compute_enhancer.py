@@ -13,7 +13,7 @@ import numpy as np
 
 from nic.ops import reduce_into
 from nic.profile import Profile
-from nic.streams import join, stage, us_per_byte
+from nic.streams import as_float, join, stage, us_per_byte
 
 
 class ComputeEnhancer:
@@ -31,7 +31,7 @@ class ComputeEnhancer:
         first, last, busy = stage(first, last, nbytes, self.free[ix], self.us_per_B,
                                   self.latency_us, self.packet_bytes)
         self.free[ix] = busy
-        self.busy_us[ix] += np.asarray(nbytes, dtype=np.float64) * self.us_per_B
+        self.busy_us[ix] += as_float(nbytes) * self.us_per_B
         return first, last
 
     @staticmethod

@@ -11,7 +11,7 @@ import numpy as np
 
 from nic.ops import reduce_into
 from nic.profile import Profile
-from nic.streams import us_per_byte, whole_message
+from nic.streams import as_float, us_per_byte, whole_message
 
 
 class HostCpu:
@@ -28,7 +28,7 @@ class HostCpu:
         done, busy = whole_message(last_in_host, nbytes, self.free[ix], rate,
                                    self.overhead_us)
         self.free[ix] = busy
-        self.busy_us[ix] += self.overhead_us + np.asarray(nbytes, dtype=np.float64) * rate
+        self.busy_us[ix] += self.overhead_us + as_float(nbytes) * rate
         return done
 
     @staticmethod

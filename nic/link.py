@@ -30,5 +30,5 @@ class Links:
         first, last, busy = stage(first, last, nbytes, self.free[ix, dim, d],
                                   self.us_per_B[dim], self.latency_us[dim], self.packet_bytes)
         self.free[ix, dim, d] = busy
-        self.bytes_sent += int(np.sum(nbytes))
+        self.bytes_sent += int(nbytes.sum()) if isinstance(nbytes, np.ndarray) else int(nbytes)
         return first, last

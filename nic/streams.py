@@ -31,17 +31,40 @@ def us_per_byte(bandwidth_GBps: float) -> float:
     return 1.0 / (bandwidth_GBps * 1e3)
 
 
+def _is_array(value) -> bool:
+    return isinstance(value, np.ndarray)
+
+
+def vmax(a: ArrayLike, b: ArrayLike) -> ArrayLike:
+    """Elementwise max; plain Python for scalars (the one-node-per-rank fast path).
+
+    Both branches return one of their inputs unchanged, so they agree bit for bit.
+    """
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.maximum(a, b)
+    return a if a >= b else b
+
+
 def packet_split(nbytes: ArrayLike, packet_bytes: int) -> tuple[ArrayLike, ArrayLike]:
     """Sizes of the first and of the last packet of a stream of ``nbytes``.
 
     The last packet carries the remainder (or a full packet); a stream that fits
     in one packet has first == last == nbytes. An empty stream has both 0.
     """
+    size = float(packet_bytes)
+    if not _is_array(nbytes):
+        n = float(nbytes)
+        rem = n % size
+        return min(n, size), (size if rem == 0 and n > 0 else rem)
     nbytes = np.asarray(nbytes, dtype=np.float64)
-    first = np.minimum(nbytes, float(packet_bytes))
-    rem = np.mod(nbytes, float(packet_bytes))
-    last = np.where((rem == 0) & (nbytes > 0), float(packet_bytes), rem)
+    first = np.minimum(nbytes, size)
+    rem = np.mod(nbytes, size)
+    last = np.where((rem == 0) & (nbytes > 0), size, rem)
     return first, last
+
+
+def as_float(nbytes: ArrayLike) -> ArrayLike:
+    return np.asarray(nbytes, dtype=np.float64) if _is_array(nbytes) else float(nbytes)
 
 
 def stage(
@@ -52,7 +75,7 @@ def stage(
     us_per_B: float,
     latency_us: float,
     packet_bytes: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[ArrayLike, ArrayLike, ArrayLike]:
     """Push a stream through one FIFO stage (a link, a DMA engine, a reduction unit).
 
     The stage serves bytes at ``us_per_B`` and then delays them by
@@ -65,17 +88,16 @@ def stage(
     Returns ``(first_out, last_out, busy_until)``.
     """
     first_pkt, last_pkt = packet_split(nbytes, packet_bytes)
-    start = np.maximum(first_in, free_at)
+    start = vmax(first_in, free_at)
     first_out = start + first_pkt * us_per_B + latency_us
-    busy = np.maximum(start + np.asarray(nbytes, dtype=np.float64) * us_per_B,
-                      np.asarray(last_in, dtype=np.float64) + last_pkt * us_per_B)
+    busy = vmax(start + as_float(nbytes) * us_per_B, last_in + last_pkt * us_per_B)
     return first_out, busy + latency_us, busy
 
 
 def join(first_a: ArrayLike, last_a: ArrayLike, first_b: ArrayLike,
-         last_b: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+         last_b: ArrayLike) -> tuple[ArrayLike, ArrayLike]:
     """Two streams consumed packet by packet together (operand A and operand B of a reduction)."""
-    return np.maximum(first_a, first_b), np.maximum(last_a, last_b)
+    return vmax(first_a, first_b), vmax(last_a, last_b)
 
 
 def whole_message(
@@ -84,12 +106,12 @@ def whole_message(
     free_at: ArrayLike,
     us_per_B: float,
     overhead_us: float,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[ArrayLike, ArrayLike]:
     """A store-and-forward step: starts once the whole message is in, after a fixed overhead.
 
     This is how the host takes part: it is notified when the NIC has written
     the complete chunk, then reduces it in one pass. Returns ``(done, busy_until)``.
     """
-    start = np.maximum(last_in, free_at) + overhead_us
-    done = start + np.asarray(nbytes, dtype=np.float64) * us_per_B
+    start = vmax(last_in, free_at) + overhead_us
+    done = start + as_float(nbytes) * us_per_B
     return done, done
