@@ -20,6 +20,7 @@ from collectives import ALGORITHMS, COLLECTIVES, Emulator, build_schedule
 from collectives.api import check_algo, check_collective, check_dtype_op
 from collectives.executor_model import run_model
 from collectives.schedule import final_segments
+from collectives.sparse_patterns import check_pattern
 from nic.ops import DTYPES, OPS
 from nic.profile import load_profile
 from nicemu import data as bench_data
@@ -45,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--density", type=float, default=1.0,
                    help="fraction of non-zero blocks per node, 0 < D <= 1 (default 1)")
     p.add_argument("--block-size", type=int, default=256, help="elements per block (default 256)")
+    p.add_argument("--overlap", default="random", choices=["random", "all", "none"],
+                   help="whether nodes' non-zero blocks coincide (default random)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sparse block pattern")
     p.add_argument("--iters", type=int, default=5, help="timed iterations per size (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default 1)")
@@ -85,6 +88,7 @@ def _validate(args: argparse.Namespace, comm: MPI.Comm):
     topology = (parse_topology(args.topology) if args.topology
                 else ring(comm.size if comm.size > 1 else 8))
     profile = load_profile(args.profile, args.overrides)
+    check_pattern(topology.nodes, args.density, args.overlap)
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -100,16 +104,18 @@ def _reference(args: argparse.Namespace, topology, count: int) -> np.ndarray:
     """The expected result in float64, computed independently of any algorithm."""
     if args.collective == "allgather":
         off, cnt = final_segments(topology, count)
-        return bench_data.gathered_reference(off, cnt, count, args.density, args.block_size, args.seed)
+        return bench_data.gathered_reference(off, cnt, count, args.density, args.block_size,
+                                             args.overlap, args.seed)
     return bench_data.reduced_reference(topology.nodes, count, args.op, args.density,
-                                        args.block_size, args.seed)
+                                        args.block_size, args.overlap, args.seed)
 
 
 def _run_mpi(emu: Emulator, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
     comm = emu.comm
     count = nbytes // dtype.itemsize
     nodes = list(emu.node_range)
-    inputs = np.stack([bench_data.node_input(n, count, dtype, args.density, args.block_size, args.seed)
+    inputs = np.stack([bench_data.node_input(n, emu.topology.nodes, count, dtype, args.density,
+                                             args.block_size, args.overlap, args.seed)
                        for n in nodes])
     work = np.empty_like(inputs)
     walls = []
@@ -176,6 +182,7 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
                     "nodes": topology.nodes, "ranks": ranks, "executor": args.executor,
                     "bytes": nbytes, "count": nbytes // dtype.itemsize, "dtype": dtype.name,
                     "op": args.op, "density": args.density, "block_size": args.block_size,
+                    "overlap": args.overlap,
                     "iters": args.iters, "emulated_us": None, "wall_us": None, "algbw_GBps": None,
                     "busbw_GBps": None, "host_busy_us": None, "nic_busy_us": None,
                     "wire_bytes": None, "wrong": None, "profile": profile.name, "gain_vs_ring": None}

@@ -11,7 +11,7 @@ from nicemu.errors import UsageError
 
 #: the JSON/CSV record keys, in order (DESIGN §3)
 KEYS = ["collective", "algo", "topology", "nodes", "ranks", "executor", "bytes", "count", "dtype",
-        "op", "density", "block_size", "iters", "emulated_us", "wall_us", "algbw_GBps",
+        "op", "density", "block_size", "overlap", "iters", "emulated_us", "wall_us", "algbw_GBps",
         "busbw_GBps", "host_busy_us", "nic_busy_us", "wire_bytes", "wrong", "profile",
         "gain_vs_ring"]
 

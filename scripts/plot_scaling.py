@@ -114,10 +114,10 @@ def plot_time_vs_nodes(records: Sequence[dict], path: str | Path, title: str) ->
 
 
 def _bin_width(sizes: Sequence[int]) -> int:
-    """Width of an M/N bin in powers of two: the sweep's size step (x4 gives 2), at least 1."""
+    """Width of an M/N bin in powers of two: the sweep's size step, clamped to x2 .. x4 (x4 gives 2)."""
     sizes = sorted(set(sizes))
     steps = [math.log2(b / a) for a, b in zip(sizes, sizes[1:])]
-    return max(1, round(min(steps))) if steps else 2
+    return min(2, max(1, round(min(steps)))) if steps else 2
 
 
 def gain_grid(records: Sequence[dict], variant: str, algo: str = "directreduce"):
@@ -162,8 +162,7 @@ def plot_gain_heatmap(records: Sequence[dict], path: str | Path, title: str) -> 
     every = [x for g in grids for row in g[2] for x in row if x is not None]
     span = max(1.0, max(abs(x) for x in every))
     norm = Normalize(vmin=-span, vmax=span)   # symmetric: 0 % is the neutral colour
-    cmap = plt.get_cmap("RdYlGn").copy()
-    cmap.set_bad("#eeeeee")
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#eeeeee")
     fig, axes = plt.subplots(len(variants), 1, squeeze=False,
                              figsize=(max(8.0, 0.95 * ncols + 2.5), (0.8 * nrows + 2.2) * len(variants)))
     for ax, variant, (ks, centres, gain, size, width) in zip(axes[:, 0], variants, grids):
@@ -175,10 +174,10 @@ def plot_gain_heatmap(records: Sequence[dict], path: str | Path, title: str) -> 
                     continue
                 r, g, b, _ = cmap(norm(data[i, j]))
                 ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
-                ax.text(j, i + 0.1, f"{data[i, j]:.1f}%", ha="center", va="center", fontsize=9,
+                ax.text(j, i + 0.1, f"{data[i, j]:.1f}%", ha="center", va="center", fontsize=10,
                         fontweight="bold", color=ink)
                 ax.text(j, i - 0.25, f"M={format_size(size[i][j])}", ha="center", va="center",
-                        fontsize=6.5, color=ink)
+                        fontsize=7.5, color=ink)
         ax.set_xticks(range(len(centres)))
         ax.set_xticklabels([format_bytes(c) for c in centres], rotation=40, ha="right")
         ax.set_yticks(range(len(ks)))
