@@ -12,11 +12,16 @@ Builder = Callable[[str, Torus, int], Schedule]
 
 #: algorithms that compile to a schedule (both executors run them)
 SCHEDULED: dict[str, Builder] = {"ring": ring.build, "directreduce": directreduce.build}
+#: zero-block-sparse AllReduce on the spot protocol (collectives/omniccl.py)
+SPARSE = ["omniccl", "omniccl-cpu", "omnireduce"]
 #: every algorithm a user can name; "mpi" is MPI's own collective (wall time only)
-ALGORITHMS = [*SCHEDULED, "mpi"]
+ALGORITHMS = [*SCHEDULED, *SPARSE, "mpi"]
 ALGORITHM_HELP = {
     "ring": "host-based Ring-AllReduce: every step crosses PCIe twice and the host reduces",
     "directreduce": "DirectReduce: in-NIC reduction with packet-level stream aggregation",
+    "omniccl": "OmNICCL: zero-block-sparse AllReduce aggregated on SmartNICs (Rx/Tx spots, DCA)",
+    "omniccl-cpu": "the OmNICCL protocol aggregated by the aggregator node's host CPU",
+    "omnireduce": "OmniReduce: sparse AllReduce with dedicated CPU aggregators (baseline)",
     "mpi": "MPI's own collective (wall-time reference, no emulated time)",
 }
 COLLECTIVES = ["allreduce", "reducescatter", "allgather"]

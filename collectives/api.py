@@ -18,14 +18,19 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from collectives.algorithms import ALGORITHMS, COLLECTIVES, SCHEDULED
+from collectives.algorithms import ALGORITHMS, COLLECTIVES, SCHEDULED, SPARSE
 from collectives.errors import CollectiveError
 from collectives.executor_model import Timing, run_model
 from collectives.executor_mpi import MpiExecutor
 from collectives.mpi_native import run_native
+from collectives.omniccl import check_sparse_call, gather_masks, model_sparse, sparse_config
 from collectives.schedule import Schedule, final_segments
+from collectives.sparse_patterns import block_mask, nblocks_of
+from collectives.spot_executor import SpotRun
+from collectives.spot_protocol import plan_rounds
 from nic.ops import DTYPES, OPS
 from nic.profile import Profile, load_profile
+from nic.spots import RecordLayout, SpotWindows
 from topologies import Torus, parse_topology, ring
 
 
@@ -65,7 +70,9 @@ def build_schedule(collective: str, algo: str, topology: Torus, count: int) -> S
     check_collective(collective)
     check_algo(algo)
     if algo not in SCHEDULED:
-        raise CollectiveError(f"algorithm '{algo}' has no schedule (it is MPI's own collective)")
+        raise CollectiveError(f"algorithm '{algo}' has no fixed schedule: "
+                              + ("its rounds depend on the data (see model_time_sparse)" if algo in SPARSE
+                                 else "it is MPI's own collective"))
     return SCHEDULED[algo](collective, topology, count)
 
 
@@ -92,8 +99,13 @@ class Emulator:
                 f"run with at most {self.topology.nodes} ranks")
         self.executor = MpiExecutor(self.comm, self.topology, self.profile)
         self._schedules: dict[tuple, Schedule] = {}
+        self._spot_windows: dict[tuple, SpotWindows] = {}
 
     def free(self) -> None:
+        """Release the RMA windows and the duplicated communicator (collective)."""
+        for wins in self._spot_windows.values():
+            wins.free()
+        self._spot_windows.clear()
         if self.comm != MPI.COMM_NULL:
             self.comm.Free()
 
@@ -121,9 +133,17 @@ class Emulator:
                 f"({self.local_nodes}, count), got {arr.shape}")
         return arr, False
 
-    def run_inplace(self, collective: str, work: np.ndarray, op: str, algo: str) -> Timing | None:
-        """Run on ``work`` (local nodes x count, C-contiguous) in place; None timing for algo="mpi"."""
+    def run_inplace(self, collective: str, work: np.ndarray, op: str, algo: str,
+                    sparse: dict | None = None, jitter_us: float = 0.0) -> Timing | None:
+        """Run on ``work`` (local nodes x count, C-contiguous) in place; None timing for algo="mpi".
+
+        ``sparse`` holds overrides for the sparse algorithms (block_size, aggregators,
+        spots, spot_blocks, tx_spots); ``jitter_us`` adds random sleeps to their
+        protocol steps (for stress tests).
+        """
         ex = self.executor
+        if algo in SPARSE:
+            return self._run_sparse(collective, work, op, algo, sparse or {}, jitter_us)
         if algo == "mpi":
             seg_off, seg_cnt = final_segments(self.topology, work.shape[1])
             run_native(self.comm, collective, work, op, seg_off, seg_cnt, ex.lo, ex.hi, ex.bounds)
@@ -135,6 +155,30 @@ class Emulator:
             if len(self._schedules) > 64:
                 self._schedules.pop(next(iter(self._schedules)))
         return ex.run(schedule, work, op)
+
+    def _run_sparse(self, collective: str, work: np.ndarray, op: str, algo: str, sparse: dict,
+                    jitter_us: float) -> Timing:
+        check_sparse_call(algo, collective, op)
+        ex = self.executor
+        cfg = sparse_config(algo, self.topology.nodes, **sparse)
+        nblocks = nblocks_of(work.shape[1], cfg.block_size)
+        masks = gather_masks(self.comm, block_mask(work, cfg.block_size).reshape(work.shape[0], -1),
+                             ex.bounds, nblocks)
+        plan = plan_rounds(masks, cfg)
+        timing = model_sparse(cfg, masks, self.profile, work.dtype.itemsize)
+        record = RecordLayout(cfg.spot_blocks, cfg.block_size * work.dtype.itemsize)
+        key = (cfg.aggregators, cfg.spots, cfg.tx_spots, record)
+        wins = self._spot_windows.get(key)
+        if wins is None:
+            for old in self._spot_windows.values():
+                old.free()
+            self._spot_windows.clear()
+            agg_rank = ex.node_rank[plan.layout.aggregator_node]
+            wins = self._spot_windows[key] = SpotWindows(
+                self.comm, int(np.count_nonzero(agg_rank == self.comm.rank)), self.topology.nodes,
+                cfg.spots, cfg.tx_spots, record)
+        SpotRun(self.comm, plan, wins, work, ex.lo, ex.node_rank, jitter_us).run()
+        return timing
 
     def run(self, collective: str, data: np.ndarray, op: str = "sum",
             algo: str = "directreduce") -> Result:

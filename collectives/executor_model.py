@@ -25,6 +25,9 @@ class Timing:
     host_busy_us: float           # busiest node's host time spent on the collective
     nic_busy_us: float            # busiest node's NIC reduction time
     wire_bytes: int               # bytes that crossed links, all nodes together
+    upstream_bytes: int | None = None     # sparse algorithms: worker -> aggregator
+    downstream_bytes: int | None = None   # sparse algorithms: aggregator -> worker
+    spilled: bool | None = None           # sparse algorithms: spots did not fit in NIC memory
 
 
 def run_model(schedule: Schedule, profile: Profile, itemsize: int) -> Timing:
