@@ -29,8 +29,8 @@ from collectives.spot_protocol import SparseConfig, plan_rounds
 from nic.profile import Profile
 
 SPARSE_ALGOS: dict[str, SparseConfig] = {
-    "omniccl": SparseConfig(aggregation="nic"),
-    "omniccl-cpu": SparseConfig(aggregation="cpu"),
+    "omniccl": SparseConfig(aggregation="nic", spots=1),
+    "omniccl-cpu": SparseConfig(aggregation="cpu", spots=1),
     "omnireduce": SparseConfig(aggregation="dedicated", dense_first_round=True, host_packing=True,
                                spots=8, spot_blocks=1, credits=False),
 }

@@ -154,8 +154,8 @@ def sparse_time(plan: Plan, profile: Profile, itemsize: int) -> SparseTiming:
             rb_data = float(rnd.result[j]) * bb
             rb = float(rnd.result[j]) * (bb + INDEX_BYTES) + RECORD_HEADER_BYTES
             far = workers if dedicated else np.roll(workers, -(g + 1))[:-1]
-            credit = np.empty(n)
-            if cfg.credits:
+            credit = np.zeros(n)
+            if cfg.credits and rnd.next_lo[j] < lay.slot_hi[s]:
                 # OmNICCL: as soon as the round's records are consumed, a credit carrying the
                 # next window goes to every worker, ahead of the result
                 c_leave = max(out_free[g], consumed[j]) + np.arange(1, len(far) + 1) * (CREDIT_BYTES * beta)
@@ -192,7 +192,7 @@ def sparse_time(plan: Plan, profile: Profile, itemsize: int) -> SparseTiming:
                 host_busy[:n] += o_h + rb_data * gamma
                 landed = host_free[:n].copy()
             # a worker writes its next record once it may (credit) or once it has the result
-            clock[s] = credit if cfg.credits else landed
+            clock[s] = credit if cfg.credits else landed   # (unused after a slot's last round)
             done = np.maximum(done, landed)
 
     return SparseTiming(float(done.max()), done, float(host_busy.max()), float(nic_busy.max()),

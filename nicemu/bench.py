@@ -17,10 +17,12 @@ import numpy as np
 from mpi4py import MPI
 
 from collectives import ALGORITHMS, COLLECTIVES, Emulator, build_schedule
+from collectives.algorithms import SPARSE
 from collectives.api import check_algo, check_collective, check_dtype_op
 from collectives.executor_model import run_model
+from collectives.omniccl import check_sparse_call, model_sparse, sparse_config
 from collectives.schedule import final_segments
-from collectives.sparse_patterns import check_pattern
+from collectives.sparse_patterns import check_pattern, pattern_mask
 from nic.ops import DTYPES, OPS
 from nic.profile import load_profile
 from nicemu import data as bench_data
@@ -49,6 +51,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", default="random", choices=["random", "all", "none"],
                    help="whether nodes' non-zero blocks coincide (default random)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sparse block pattern")
+    p.add_argument("--aggregators", type=int, default=None,
+                   help="sparse algorithms: aggregator NICs (default: every node aggregates a shard)")
+    p.add_argument("--spots", type=int, default=None,
+                   help="sparse algorithms: Rx spots (slots) per aggregator (omniccl 1, omnireduce 8)")
+    p.add_argument("--spot-blocks", type=int, default=None,
+                   help="sparse algorithms: spot capacity in blocks per worker (omniccl 32, omnireduce 1)")
+    p.add_argument("--tx-spots", type=int, default=None, choices=[1, 2],
+                   help="sparse algorithms: Tx spots; 1 turns double buffering off (default 2)")
     p.add_argument("--iters", type=int, default=5, help="timed iterations per size (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default 1)")
     p.add_argument("--executor", default="mpi", choices=["mpi", "model"],
@@ -71,6 +81,9 @@ def _validate(args: argparse.Namespace, comm: MPI.Comm):
         check_algo(a)
     check_collective(args.collective)
     dtype = check_dtype_op(args.dtype, args.op)
+    for a in algos:
+        if a in SPARSE:
+            check_sparse_call(a, args.collective, args.op)
     if args.executor == "model" and "mpi" in algos:
         raise UsageError("--algo mpi measures MPI's own collective and needs --executor mpi; drop it "
                          "from --algo for the model executor")
@@ -89,6 +102,9 @@ def _validate(args: argparse.Namespace, comm: MPI.Comm):
                 else ring(comm.size if comm.size > 1 else 8))
     profile = load_profile(args.profile, args.overrides)
     check_pattern(topology.nodes, args.density, args.overlap)
+    for a in algos:
+        if a in SPARSE:
+            sparse_config(a, topology.nodes, **sparse_options(args))
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -110,6 +126,18 @@ def _reference(args: argparse.Namespace, topology, count: int) -> np.ndarray:
                                         args.block_size, args.overlap, args.seed)
 
 
+def sparse_options(args: argparse.Namespace) -> dict:
+    return {"block_size": args.block_size, "aggregators": args.aggregators, "spots": args.spots,
+            "spot_blocks": args.spot_blocks, "tx_spots": args.tx_spots}
+
+
+def _sparse_fields(timing) -> dict:
+    if timing is None or timing.upstream_bytes is None:
+        return {}
+    return {"upstream_bytes": timing.upstream_bytes, "downstream_bytes": timing.downstream_bytes,
+            "spots_spilled": timing.spilled}
+
+
 def _run_mpi(emu: Emulator, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
     comm = emu.comm
     count = nbytes // dtype.itemsize
@@ -124,7 +152,7 @@ def _run_mpi(emu: Emulator, args, algo: str, dtype: np.dtype, nbytes: int) -> di
         np.copyto(work, inputs)
         comm.Barrier()
         t0 = MPI.Wtime()
-        timing = emu.run_inplace(args.collective, work, args.op, algo)
+        timing = emu.run_inplace(args.collective, work, args.op, algo, sparse_options(args))
         t1 = MPI.Wtime()
         if it >= args.warmup:
             walls.append(t1 - t0)
@@ -146,15 +174,21 @@ def _run_mpi(emu: Emulator, args, algo: str, dtype: np.dtype, nbytes: int) -> di
     rec = {"wall_us": statistics.median(slowest.tolist()) * 1e6, "wrong": int(wrong_all[0])}
     if timing is not None:
         rec.update(emulated_us=timing.emulated_us, host_busy_us=timing.host_busy_us,
-                   nic_busy_us=timing.nic_busy_us, wire_bytes=timing.wire_bytes)
+                   nic_busy_us=timing.nic_busy_us, wire_bytes=timing.wire_bytes, **_sparse_fields(timing))
     return rec
 
 
 def _run_model(topology, profile, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
     count = nbytes // dtype.itemsize
-    t = run_model(build_schedule(args.collective, algo, topology, count), profile, dtype.itemsize)
+    if algo in SPARSE:
+        cfg = sparse_config(algo, topology.nodes, **sparse_options(args))
+        masks = np.stack([pattern_mask(n, topology.nodes, count, cfg.block_size, args.density,
+                                       args.overlap, args.seed) for n in range(topology.nodes)])
+        t = model_sparse(cfg, masks, profile, dtype.itemsize)
+    else:
+        t = run_model(build_schedule(args.collective, algo, topology, count), profile, dtype.itemsize)
     return {"emulated_us": t.emulated_us, "host_busy_us": t.host_busy_us,
-            "nic_busy_us": t.nic_busy_us, "wire_bytes": t.wire_bytes}
+            "nic_busy_us": t.nic_busy_us, "wire_bytes": t.wire_bytes, **_sparse_fields(t)}
 
 
 def run(args: argparse.Namespace, comm: MPI.Comm) -> int:

@@ -13,7 +13,7 @@ from nicemu.errors import UsageError
 KEYS = ["collective", "algo", "topology", "nodes", "ranks", "executor", "bytes", "count", "dtype",
         "op", "density", "block_size", "overlap", "iters", "emulated_us", "wall_us", "algbw_GBps",
         "busbw_GBps", "host_busy_us", "nic_busy_us", "wire_bytes", "wrong", "profile",
-        "gain_vs_ring"]
+        "gain_vs_ring", "upstream_bytes", "downstream_bytes", "spots_spilled"]
 
 HEADER = (f"{'size':>10} {'count':>11} {'type':>7} {'redop':>5} {'algo':>13} {'emul(us)':>12} "
           f"{'wall(us)':>10} {'algbw':>8} {'busbw':>8} {'host(us)':>10} {'nic(us)':>9} "

@@ -1,4 +1,4 @@
-"""Runs the pytest-mpi suite (tests/mpi) under mpiexec at 2, 4 and 8 ranks.
+"""Runs the pytest-mpi suite (tests/mpi) under mpiexec at 2, 3, 4 and 8 ranks.
 
 This keeps the README's single test command complete: a plain `pytest tests`
 also exercises the collectives on real MPI ranks.
@@ -22,7 +22,7 @@ def mpiexec() -> str:
     return found
 
 
-@pytest.mark.parametrize("ranks", [2, 4, 8])
+@pytest.mark.parametrize("ranks", [2, 3, 4, 8])
 def test_mpi_suite_under_mpiexec(ranks):
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "pytest", "-q", "--with-mpi",
            "-p", "no:cacheprovider", str(MPI_TESTS)]
