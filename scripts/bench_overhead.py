@@ -17,9 +17,9 @@ same data, with one topology node per rank (topology ``ring:R`` for R ranks):
 
 Method: for every size, iteration and implementation the same input is copied
 into the working buffer (not timed), the ranks meet at a barrier, the call is
-timed with ``MPI.Wtime``, and the result is checked exactly against a float64
-numpy reference of the same data (small integers in float32, so every sum is
-exact). The implementations are interleaved within each iteration, in an order
+timed with ``MPI.Wtime``, and the result is checked exactly against the numpy
+float64 sum of all ranks' inputs (small integers in float32, so every sum is
+exact and any difference is an error). The implementations are interleaved within each iteration, in an order
 that rotates from one iteration to the next, so machine noise and cache state
 hit all three alike. The time of an iteration is the slowest rank's; the table
 shows the median over the timed iterations (after ``--warmup`` untimed ones).
@@ -67,6 +67,9 @@ IMPLS = ("emulator", "bare_ring", "mpi_allreduce")
 TAG_RING = 77
 #: elements per block when generating data and checking results (bounds the temporaries)
 BLOCK = 1 << 20
+#: period of every rank's input pattern (a prime) and the seed of the patterns
+PERIOD = 65521
+SEED = 20240917
 MiB = 1 << 20
 KiB = 1 << 10
 
@@ -86,24 +89,16 @@ class _Parser(argparse.ArgumentParser):
             super()._print_message(message, file)
 
 
-def _iters(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise UsageError(f"--iters {text!r} is not a whole number; e.g. --iters 20") from None
-    if value < 1:
-        raise UsageError(f"--iters {text} must be at least 1")
-    return value
-
-
-def _warmup(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise UsageError(f"--warmup {text!r} is not a whole number; e.g. --warmup 2") from None
-    if value < 0:
-        raise UsageError(f"--warmup {text} must be 0 or more")
-    return value
+def _whole(minimum: int, example: str) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; e.g. {example}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} must be at least {minimum}; e.g. {example}")
+        return value
+    return convert
 
 
 def parse_args(argv: list[str] | None, rank: int) -> argparse.Namespace:
@@ -113,12 +108,15 @@ def parse_args(argv: list[str] | None, rank: int) -> argparse.Namespace:
                  epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     ap.add_argument("--sizes", default=DEFAULT_SIZES,
                     help=f"bytes per rank: 64K, 1K,256K,1G or MIN:MAX[:FACTOR] (default {DEFAULT_SIZES})")
-    ap.add_argument("--iters", type=_iters, default=None,
+    ap.add_argument("--iters", type=_whole(1, "--iters 20"), default=None,
                     help="timed iterations per size (default adaptive: max(3, min(200, 4 MiB / size)))")
-    ap.add_argument("--warmup", type=_warmup, default=2, help="untimed iterations per size (default 2)")
+    ap.add_argument("--warmup", type=_whole(0, "--warmup 2"), default=2, help="untimed iterations per size (default 2)")
     ap.add_argument("--json", metavar="FILE", help="write one record per size as a JSON list")
     ap.add_argument("--csv", metavar="FILE", help="write one record per size as CSV")
     ap.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
+    ap.add_argument("--progress", action="store_true",
+                    help="show the progress bar on stderr even when it is not a terminal (under mpiexec "
+                         "the ranks' stderr is usually a pipe)")
     ap.add_argument("--cprofile", metavar="FILE",
                     help="profile the emulator's calls on rank 0 (timed iterations only), write the "
                          "pstats to FILE and print the top 15 functions by tottime; the emulator's "
@@ -141,8 +139,8 @@ def iterations(size: int, fixed: int | None) -> int:
 # --------------------------------------------------------------------------- checks before any data moves
 
 def _per_rank_bytes(size: int, ranks: int) -> float:
-    """Input, working copy, float64 reference, two chunk scratches, and MPI's own temporary."""
-    return 5.0 * size + 2.0 * size / ranks
+    """Input, working copy, reference, two chunk scratches, and MPI's own temporary."""
+    return 4.0 * size + 2.0 * size / ranks
 
 
 def preflight(comm: MPI.Comm, args: argparse.Namespace) -> None:
@@ -183,32 +181,34 @@ def preflight(comm: MPI.Comm, args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------- data
 
-def rank_values(rank: int, start: int, stop: int) -> np.ndarray:
-    """Rank ``rank``'s input elements ``start:stop``: pseudo-random integers in [-8, 7] (int64).
-
-    A hash of (element, rank), so no period lines up with the chunking and every
-    prefix is the input of the smaller sizes.
-    """
-    h = np.arange(start, stop, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    h += np.uint64((rank + 1) * 0xBF58476D1CE4E5B9 % (1 << 64))
-    h ^= h >> np.uint64(29)
-    h *= np.uint64(0x94D049BB133111EB)
-    return (h >> np.uint64(60)).astype(np.int64) - 8
+def rank_tables(ranks: int) -> list[np.ndarray]:
+    """Every rank's input pattern: PERIOD pseudo-random integers in [-8, 7], independent per rank."""
+    return [np.random.default_rng([SEED, r]).integers(-8, 8, PERIOD, dtype=np.int8) for r in range(ranks)]
 
 
 def make_data(rank: int, ranks: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """This rank's float32 input and the float64 reference sum over all ranks' inputs."""
+    """This rank's float32 input and the reference: the float64 sum of all ranks' inputs.
+
+    Element k of rank r is ``table_r[k mod PERIOD]``; the period is a prime, so it
+    never lines up with the chunking, and each size's data is a prefix of the
+    largest size's. The sums are small integers, exact in float32, so the
+    reference is kept in float32 (half the memory, a cheaper comparison).
+    """
+    tables = rank_tables(ranks)
     inp = np.empty(count, dtype=DTYPE)
-    ref = np.empty(count, dtype=np.float64)
+    ref = np.empty(count, dtype=DTYPE)
+    acc = np.empty(min(BLOCK, count), dtype=np.float64)
     for a in range(0, count, BLOCK):
         b = min(a + BLOCK, count)
-        acc = np.zeros(b - a, dtype=np.float64)
-        for r in range(ranks):
-            vals = rank_values(r, a, b)
-            acc += vals
+        idx = np.arange(a, b, dtype=np.int64)
+        idx %= PERIOD
+        acc[:b - a] = 0.0
+        for r, table in enumerate(tables):
+            vals = table.take(idx)
+            acc[:b - a] += vals
             if r == rank:
                 inp[a:b] = vals
-        ref[a:b] = acc
+        ref[a:b] = acc[:b - a]
     return inp, ref
 
 
@@ -381,13 +381,18 @@ def markdown(records: list[dict], header: list[str]) -> str:
 
 
 def source_fingerprint() -> str:
-    """Short hash of the emulator's sources, so a result names the code it measured."""
+    """Short hash of the emulator code this process runs (its loaded modules and the profile file),
+    so a result names the code it measured even in an uncommitted tree."""
+    files = {ROOT / "nic" / "profiles" / f"{PROFILE}.yml"}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if name.split(".")[0] in ("collectives", "nic", "topologies") and path:
+            files.add(Path(path).resolve())
     digest = hashlib.sha256()
-    for pkg in ("collectives", "nic", "topologies"):
-        for path in sorted((ROOT / pkg).rglob("*")):
-            if path.suffix in (".py", ".yml") and "__pycache__" not in path.parts:
-                digest.update(str(path.relative_to(ROOT)).encode())
-                digest.update(path.read_bytes())
+    for path in sorted(files):
+        if path.is_file():
+            digest.update(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path).encode())
+            digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
@@ -407,6 +412,14 @@ def git_head() -> str:
         return head[:12]
     except OSError:
         return ""
+
+
+def _loadavg() -> float | None:
+    """The host's 1-minute load average after a size (other jobs on the machine skew wall times)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def host_cpus() -> int:
@@ -452,12 +465,11 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
     ranks_per_host = comm.allreduce(host.size, op=MPI.MAX)
     host.Free()
     cpus = comm.allreduce(host_cpus(), op=MPI.MIN)
+    emu = Emulator(comm, f"ring:{comm.size}", PROFILE)
     source, head = (source_fingerprint(), git_head()) if rank == 0 else ("", "")
     header = header_lines(comm, ranks_per_host, cpus, source, head, args.cprofile is not None)
     if rank == 0:
         print("\n".join(header), flush=True)
-
-    emu = Emulator(comm, f"ring:{comm.size}", PROFILE)
     bench_comm = comm.Dup()
     profiler = None
     if args.cprofile and rank == 0:
@@ -465,16 +477,19 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
         profiler = cProfile.Profile()
     inp, ref = make_data(rank, comm.size, max(args.size_list) // DTYPE.itemsize)
     plan = [(size, iterations(size, args.iters)) for size in args.size_list]
-    progress = Progress(sum(args.warmup + n for _, n in plan), rank == 0 and sys.stderr.isatty())
+    progress = Progress(sum(args.warmup + n for _, n in plan),
+                        rank == 0 and (args.progress or sys.stderr.isatty()))
     records = []
     try:
         for i, (size, iters) in enumerate(plan):
             rec = measure(comm, emu, bench_comm, size, iters, args.warmup, inp, ref, progress, profiler)
             rec.update(cpus_per_host=cpus, ranks_per_host=ranks_per_host, oversubscribed=ranks_per_host > cpus,
                        mpi_library=MPI.Get_library_version().splitlines()[0].strip(),
-                       emulator_source=source, git_head=head)
+                       emulator_source=source, git_head=head, loadavg_1min=_loadavg())
             records.append(rec)
             if rank == 0:
+                if progress.enabled and progress.done < progress.total:
+                    sys.stderr.write("\r\033[K")
                 lines = text_table([rec])
                 print("\n".join(lines if i == 0 else lines[1:]), flush=True)
     finally:
