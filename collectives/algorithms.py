@@ -6,9 +6,8 @@ from collections.abc import Callable
 
 from collectives import directreduce, ring
 from collectives.schedule import Schedule
-from topologies import Torus
 
-Builder = Callable[[str, Torus, int], Schedule]
+Builder = Callable[..., Schedule]   # (collective, topology, count, bidirectional=False)
 
 #: algorithms that compile to a schedule (both executors run them)
 SCHEDULED: dict[str, Builder] = {"ring": ring.build, "directreduce": directreduce.build}

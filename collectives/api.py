@@ -66,21 +66,23 @@ def check_dtype_op(dtype: str | np.dtype, op: str) -> np.dtype:
     return dt
 
 
-def build_schedule(collective: str, algo: str, topology: Torus, count: int) -> Schedule:
+def build_schedule(collective: str, algo: str, topology: Torus, count: int,
+                   bidirectional: bool = False) -> Schedule:
     check_collective(collective)
     check_algo(algo)
     if algo not in SCHEDULED:
         raise CollectiveError(f"algorithm '{algo}' has no fixed schedule: "
                               + ("its rounds depend on the data (see model_time_sparse)" if algo in SPARSE
                                  else "it is MPI's own collective"))
-    return SCHEDULED[algo](collective, topology, count)
+    return SCHEDULED[algo](collective, topology, count, bidirectional)
 
 
 def model_time(collective: str, algo: str, topology: Torus, profile: Profile, count: int,
                dtype: str | np.dtype = "float32") -> Timing:
     """Emulated timing without data (the model executor)."""
     dt = np.dtype(dtype)
-    return run_model(build_schedule(collective, algo, topology, count), profile, dt.itemsize)
+    schedule = build_schedule(collective, algo, topology, count, profile.topology.bidirectional)
+    return run_model(schedule, profile, dt.itemsize)
 
 
 class Emulator:
@@ -151,7 +153,8 @@ class Emulator:
         key = (collective, algo, work.shape[1])
         schedule = self._schedules.get(key)
         if schedule is None:
-            schedule = self._schedules[key] = build_schedule(collective, algo, self.topology, work.shape[1])
+            schedule = self._schedules[key] = build_schedule(collective, algo, self.topology, work.shape[1],
+                                                             self.profile.topology.bidirectional)
             if len(self._schedules) > 64:
                 self._schedules.pop(next(iter(self._schedules)))
         return ex.run(schedule, work, op)

@@ -10,6 +10,13 @@ to node ``i + 1``; in allgather step ``s`` it sends chunk ``(i - s) mod k``.
 
 The algorithms (host ring, DirectReduce) share this transfer pattern and differ
 only in the per-step policy: who handles the data and what crosses PCIe.
+
+Bidirectional rings split every chunk in two halves: the first half travels
+the ring in direction +1 exactly as above, the second half in direction -1
+(reduce-scatter step ``s`` sends chunk ``(i + s + 1) mod k`` to node ``i - 1``,
+allgather step ``s`` chunk ``(i + s) mod k``). Node ``i`` still ends up owning
+all of chunk ``i``, so segments stay contiguous, and each link carries half
+the bytes. The two directions of a step form one concurrent group.
 """
 
 from __future__ import annotations
@@ -29,9 +36,14 @@ Policy = Callable[[str, int, int, bool, bool, bool], dict]
 PHASES = {"allreduce": ("rs", "ag"), "reducescatter": ("rs",), "allgather": ("ag",)}
 
 
+def _halves(off: np.ndarray, cnt: np.ndarray):
+    return split(off, cnt, 2, np.zeros_like(off)), split(off, cnt, 2, np.ones_like(off))
+
+
 def dimension_ring_steps(topology: Torus, count: int, collective: str,
-                         policy: Policy) -> Iterator[Step]:
+                         policy: Policy, bidirectional: bool = False) -> Iterator[Step]:
     phases = PHASES[collective]
+    group = 0
     nodes = np.arange(topology.nodes, dtype=np.int64)
     seg_off = np.zeros(topology.nodes, dtype=np.int64)
     seg_cnt = np.full(topology.nodes, count, dtype=np.int64)
@@ -40,10 +52,19 @@ def dimension_ring_steps(topology: Torus, count: int, collective: str,
         pos = topology.ring_position(nodes, d)
         if "rs" in phases:
             nxt = topology.neighbor(nodes, d, 1)
+            prv = topology.neighbor(nodes, d, -1)
             for s in range(k - 1):
+                flags = policy("rs", s, k, d == 0, d == topology.ndim - 1, False)
                 off, cnt = split(seg_off, seg_cnt, k, (pos - s - 1) % k)
-                yield Step("rs", d, 1, s, nodes, nxt, off, cnt,
-                           **policy("rs", s, k, d == 0, d == topology.ndim - 1, False))
+                if not bidirectional:
+                    yield Step("rs", d, 1, s, nodes, nxt, off, cnt, **flags, group=group)
+                else:
+                    (o1, c1), _ = _halves(off, cnt)
+                    yield Step("rs", d, 1, s, nodes, nxt, o1, c1, **flags, group=group)
+                    off, cnt = split(seg_off, seg_cnt, k, (pos + s + 1) % k)
+                    _, (o2, c2) = _halves(off, cnt)
+                    yield Step("rs", d, -1, s, nodes, prv, o2, c2, **flags, group=group)
+                group += 1
         before.append((seg_off, seg_cnt))
         seg_off, seg_cnt = split(seg_off, seg_cnt, k, pos)
     if "ag" not in phases:
@@ -53,9 +74,18 @@ def dimension_ring_steps(topology: Torus, count: int, collective: str,
         k = topology.shape[d]
         pos = topology.ring_position(nodes, d)
         nxt = topology.neighbor(nodes, d, 1)
+        prv = topology.neighbor(nodes, d, -1)
         seg_off, seg_cnt = before[d]
         follows_rs = "rs" in phases and d == last
         for s in range(k - 1):
+            flags = policy("ag", s, k, d == last, d == 0, follows_rs)
             off, cnt = split(seg_off, seg_cnt, k, (pos - s) % k)
-            yield Step("ag", d, 1, s, nodes, nxt, off, cnt,
-                       **policy("ag", s, k, d == last, d == 0, follows_rs))
+            if not bidirectional:
+                yield Step("ag", d, 1, s, nodes, nxt, off, cnt, **flags, group=group)
+            else:
+                (o1, c1), _ = _halves(off, cnt)
+                yield Step("ag", d, 1, s, nodes, nxt, o1, c1, **flags, group=group)
+                off, cnt = split(seg_off, seg_cnt, k, (pos + s) % k)
+                _, (o2, c2) = _halves(off, cnt)
+                yield Step("ag", d, -1, s, nodes, prv, o2, c2, **flags, group=group)
+            group += 1

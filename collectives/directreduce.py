@@ -49,8 +49,8 @@ def nic_policy(phase: str, index: int, ring_size: int, first_ring: bool, last_ri
             "from_host": first_ring and index == 0 and not follows_rs, "to_host": True}
 
 
-def build(collective: str, topology: Torus, count: int) -> Schedule:
+def build(collective: str, topology: Torus, count: int, bidirectional: bool = False) -> Schedule:
     off, cnt = final_segments(topology, count)
     return Schedule(collective, "directreduce", topology, count,
-                    lambda: dimension_ring_steps(topology, count, collective, nic_policy),
-                    off, cnt)
+                    lambda: dimension_ring_steps(topology, count, collective, nic_policy, bidirectional),
+                    off, cnt, bidirectional)

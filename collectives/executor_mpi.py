@@ -23,7 +23,7 @@ import numpy as np
 from mpi4py import MPI
 
 from collectives.executor_model import Timing
-from collectives.schedule import Schedule, Step
+from collectives.schedule import Schedule, Step, step_groups
 from collectives.timing import make_agents, receive_half, send_half
 from nic.compute_enhancer import ComputeEnhancer
 from nic.datadirector import DataDirector
@@ -58,6 +58,7 @@ class StepPlan:
     #: per peer: (peer, receive positions, [(receive position, scratch slot, nbytes)])
     ops: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     #: data ops in receive order: (dst local, elem start, elem stop, src local or -1, scratch slot)
+    nslots: int = 0                     # scratch buffers this step receives into
 
     @property
     def single(self) -> bool:
@@ -97,7 +98,7 @@ class MpiExecutor:
 
     @staticmethod
     def _plan_key(schedule: Schedule, itemsize: int) -> tuple:
-        return (schedule.collective, schedule.algo, schedule.count, itemsize)
+        return (schedule.collective, schedule.algo, schedule.count, itemsize, schedule.bidirectional)
 
     def _plan(self, schedule: Schedule, itemsize: int) -> list[StepPlan]:
         key = self._plan_key(schedule, itemsize)
@@ -158,14 +159,14 @@ class MpiExecutor:
 
         flags = Step(step.phase, step.dim, step.direction, step.index, step.src[:0], step.dst[:0],
                      step.offset[:0], step.count[:0], step.engine, step.reduce, step.from_host,
-                     step.to_host, step.operand_from_host)
+                     step.to_host, step.operand_from_host, step.group)
         return StepPlan(
             step=flags,
             send_ix=_one_or_array(step.src[out_idx] - lo), send_nbytes=_one_or_array(nbytes[out_idx]),
             recv_ix=_one_or_array(step.dst[in_idx] - lo), recv_nbytes=_one_or_array(nbytes[in_idx]),
             local_pos=np.array([recv_pos[int(t)] for t in local_in], dtype=np.int64),
             local_from=np.array([send_pos[int(t)] for t in local_in], dtype=np.int64),
-            sends=sends, recvs=recvs, ops=ops)
+            sends=sends, recvs=recvs, ops=ops, nslots=len(slot_of))
 
     # ---- running ------------------------------------------------------------------
 
@@ -175,62 +176,79 @@ class MpiExecutor:
         agents = self._agents
         agents.reset()
         comm = self.comm
-        for plan in self._plan(schedule, data.dtype.itemsize):
-            step = plan.step
-            first_out, last_out = send_half(agents, step, plan.send_ix, plan.send_nbytes)
+        for group in step_groups(self._plan(schedule, data.dtype.itemsize)):
+            # sender halves first: in a group every sender sees the state from before it
             requests = []
-            for peer, pos, items in plan.sends:
-                if plan.single:
-                    times = np.array([[first_out, last_out]])
-                else:
-                    times = np.stack([first_out[pos], last_out[pos]], axis=1)
-                requests.append(comm.Isend(times, peer, TAG_TIME))
-                for src_local, boff, nb in items:
-                    if nb:
-                        requests.append(comm.Isend(raw[src_local, boff:boff + nb], peer, TAG_DATA))
+            outs = []
+            for plan in group:
+                first_out, last_out = send_half(agents, plan.step, plan.send_ix, plan.send_nbytes)
+                outs.append((first_out, last_out))
+                for peer, pos, items in plan.sends:
+                    if plan.single:
+                        times = np.array([[first_out, last_out]])
+                    else:
+                        times = np.stack([first_out[pos], last_out[pos]], axis=1)
+                    requests.append(comm.Isend(times, peer, TAG_TIME))
+                    for src_local, boff, nb in items:
+                        if nb:
+                            requests.append(comm.Isend(raw[src_local, boff:boff + nb], peer, TAG_DATA))
 
             recv_requests = []
             time_bufs = []
-            for peer, pos, items in plan.recvs:
-                tbuf = np.empty((len(items), 2))
-                time_bufs.append((pos, tbuf))
-                recv_requests.append(comm.Irecv(tbuf, peer, TAG_TIME))
-                for _, slot, nb in items:
-                    if slot >= 0:
-                        recv_requests.append(comm.Irecv(self._scratch_buffer(slot, nb), peer, TAG_DATA))
+            base = 0
+            for plan in group:
+                bufs = []
+                for peer, pos, items in plan.recvs:
+                    tbuf = np.empty((len(items), 2))
+                    bufs.append((pos, tbuf))
+                    recv_requests.append(comm.Irecv(tbuf, peer, TAG_TIME))
+                    for _, slot, nb in items:
+                        if slot >= 0:
+                            recv_requests.append(
+                                comm.Irecv(self._scratch_buffer(base + slot, nb), peer, TAG_DATA))
+                time_bufs.append((base, bufs))
+                base += plan.nslots
             MPI.Request.Waitall(recv_requests)
 
-            if plan.single:
-                if time_bufs:
-                    first_in, last_in = float(time_bufs[0][1][0, 0]), float(time_bufs[0][1][0, 1])
-                else:
-                    first_in, last_in = first_out, last_out
-            else:
-                n_in = len(plan.recv_nbytes) if isinstance(plan.recv_nbytes, np.ndarray) else 1
-                first_in = np.empty(n_in)
-                last_in = np.empty(n_in)
-                first_in[plan.local_pos] = np.atleast_1d(first_out)[plan.local_from]
-                last_in[plan.local_pos] = np.atleast_1d(last_out)[plan.local_from]
-                for pos, tbuf in time_bufs:
-                    first_in[pos], last_in[pos] = tbuf[:, 0], tbuf[:, 1]
-                if n_in == 1:
-                    first_in, last_in = float(first_in[0]), float(last_in[0])
-
-            for dst_local, a, b, src_local, slot in plan.ops:
-                if src_local >= 0:
-                    chunk = data[src_local, a:b]
-                else:
-                    chunk = self._scratch[slot][:(b - a) * data.dtype.itemsize].view(data.dtype)
-                dest = data[dst_local, a:b]
-                if not step.reduce:
-                    DataDirector.place(dest, chunk)
-                elif step.engine == "nic":
-                    ComputeEnhancer.reduce(op, dest, chunk)
-                else:
-                    HostCpu.reduce(op, dest, chunk)
-            receive_half(agents, step, plan.recv_ix, first_in, last_in, plan.recv_nbytes)
+            for plan, (first_out, last_out), (base, bufs) in zip(group, outs, time_bufs):
+                first_in, last_in = self._arrivals(plan, first_out, last_out, bufs)
+                self._data_ops(plan, data, op, base)
+                receive_half(agents, plan.step, plan.recv_ix, first_in, last_in, plan.recv_nbytes)
             MPI.Request.Waitall(requests)
         return self._gather_timing(agents, self._wire[self._plan_key(schedule, data.dtype.itemsize)])
+
+    @staticmethod
+    def _arrivals(plan: StepPlan, first_out, last_out, bufs):
+        """Arrival times of every transfer a rank receives, in receive order."""
+        if plan.single:
+            if bufs:
+                return float(bufs[0][1][0, 0]), float(bufs[0][1][0, 1])
+            return first_out, last_out
+        n_in = len(plan.recv_nbytes) if isinstance(plan.recv_nbytes, np.ndarray) else 1
+        first_in = np.empty(n_in)
+        last_in = np.empty(n_in)
+        first_in[plan.local_pos] = np.atleast_1d(first_out)[plan.local_from]
+        last_in[plan.local_pos] = np.atleast_1d(last_out)[plan.local_from]
+        for pos, tbuf in bufs:
+            first_in[pos], last_in[pos] = tbuf[:, 0], tbuf[:, 1]
+        if n_in == 1:
+            return float(first_in[0]), float(last_in[0])
+        return first_in, last_in
+
+    def _data_ops(self, plan: StepPlan, data: np.ndarray, op: str, base: int) -> None:
+        step = plan.step
+        for dst_local, a, b, src_local, slot in plan.ops:
+            if src_local >= 0:
+                chunk = data[src_local, a:b]
+            else:
+                chunk = self._scratch[base + slot][:(b - a) * data.dtype.itemsize].view(data.dtype)
+            dest = data[dst_local, a:b]
+            if not step.reduce:
+                DataDirector.place(dest, chunk)
+            elif step.engine == "nic":
+                ComputeEnhancer.reduce(op, dest, chunk)
+            else:
+                HostCpu.reduce(op, dest, chunk)
 
     def _gather_timing(self, agents, wire_bytes: int) -> Timing:
         """Slowest node's completion and busiest host/NIC, in one Allreduce.

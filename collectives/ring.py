@@ -18,8 +18,8 @@ def host_policy(phase: str, index: int, ring_size: int, first_ring: bool, last_r
     return {"engine": "host", "reduce": phase == "rs", "from_host": True, "to_host": True}
 
 
-def build(collective: str, topology: Torus, count: int) -> Schedule:
+def build(collective: str, topology: Torus, count: int, bidirectional: bool = False) -> Schedule:
     off, cnt = final_segments(topology, count)
     return Schedule(collective, "ring", topology, count,
-                    lambda: dimension_ring_steps(topology, count, collective, host_policy),
-                    off, cnt)
+                    lambda: dimension_ring_steps(topology, count, collective, host_policy, bidirectional),
+                    off, cnt, bidirectional)

@@ -7,14 +7,16 @@ whether it is reduced or placed, and what crosses PCIe. Both executors consume
 the same steps and neither knows which algorithm produced them; printing a
 schedule (``describe``) shows the whole algorithm as a chunk-level program.
 
-Within one step every node sends at most one chunk per (dimension, direction)
-and receives at most one, and no node writes a range it sends in the same
-step, so a step can run in any order.
+Within one step every node sends at most one chunk and receives at most one,
+and no node writes a range it sends in the same step, so a step can run in any
+order. Consecutive steps with the same ``group`` run concurrently: every
+sender half of the group sees the node state from before the group (this is
+how a bidirectional ring sends one half of each chunk each way at once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +39,7 @@ class Step:
     from_host: bool            # the sender's chunk must be DMA-read from host memory
     to_host: bool              # the result must be DMA-written to host memory
     operand_from_host: bool = True  # nic engine: the local operand is fetched from host memory
+    group: int = -1            # steps of one group run concurrently (bidirectional rings)
 
     def describe(self, limit: int = 4) -> str:
         head = (f"{self.phase} dim={self.dim} dir={self.direction:+d} step={self.index} "
@@ -62,6 +65,7 @@ class Schedule:
     #: element range each node owns after a reduce-scatter / contributes to an allgather
     segment_offset: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     segment_count: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    bidirectional: bool = False
 
     def steps(self) -> Iterator[Step]:
         """Steps are generated lazily: a 262,144-node schedule never sits in memory whole."""
@@ -71,6 +75,23 @@ class Schedule:
         lines = [f"{self.collective} {self.algo} on {self.topology.describe()}, count={self.count}"]
         lines += ["  " + s.describe(limit) for s in self.steps()]
         return "\n".join(lines)
+
+
+def step_groups(steps: Iterable) -> Iterator[list]:
+    """Consecutive steps (or per-step plans with a ``step``) that share a group."""
+    group: list = []
+    for item in steps:
+        g = getattr(item, "group", None)
+        g = item.step.group if g is None else g
+        if group:
+            first = getattr(group[0], "group", None)
+            first = group[0].step.group if first is None else first
+            if g != first or g < 0:
+                yield group
+                group = []
+        group.append(item)
+    if group:
+        yield group
 
 
 def split(offset: np.ndarray, count: np.ndarray, parts: int, which: np.ndarray

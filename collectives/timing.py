@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from collectives.errors import CollectiveError
 from collectives.schedule import Step
 from nic.agent import NicAgents
 from nic.profile import Profile
@@ -25,9 +24,6 @@ def link_params(topology: Torus, profile: Profile) -> list[tuple[float, float]]:
 
 
 def make_agents(topology: Torus, profile: Profile, nodes: int) -> NicAgents:
-    if profile.topology.bidirectional:
-        raise CollectiveError("topology.bidirectional=true is not supported yet: the ring and "
-                              "DirectReduce schedules use one direction per dimension; drop the setting")
     return NicAgents(profile, nodes, link_params(topology, profile))
 
 

@@ -27,6 +27,7 @@ from nic.host import HostCpu
 from nic.link import Links
 from nic.pcie import Pcie
 from nic.profile import Profile
+from nic.streams import vmax
 
 
 class NicAgents:
@@ -62,6 +63,8 @@ class NicAgents:
                                                self.nic_ready[ix], nbytes)
         return self.links.transmit(ix, dim, direction, first, last, nbytes)
 
+    # A node's clock only moves forward: a step's completion is never earlier than the
+    # node's previous one, and the two halves of a bidirectional step complete together.
     def receive(self, ix: np.ndarray, first: np.ndarray, last: np.ndarray,
                 nbytes: np.ndarray, engine: str, reduce: bool, to_host: bool,
                 operand_from_host: bool = True) -> None:
@@ -69,8 +72,8 @@ class NicAgents:
         if engine == "host":
             first, last = self.pcie.write(ix, first, last, nbytes)
             done = self.host.timing(ix, last, nbytes, reduce)
-            self.clock[ix] = done
-            self.nic_ready[ix] = done
+            self.clock[ix] = vmax(self.clock[ix], done)
+            self.nic_ready[ix] = vmax(self.nic_ready[ix], done)
             return
         if reduce:
             if operand_from_host:
@@ -80,10 +83,10 @@ class NicAgents:
             first, last = self.compute.timing(ix, (first, last), operand, nbytes)
         else:
             first, last = self.datadirector.steer(first, last, nbytes)
-        self.nic_ready[ix] = last
+        self.nic_ready[ix] = vmax(self.nic_ready[ix], last)
         if to_host:
             _, last = self.datadirector.deliver(ix, first, last, nbytes)
-        self.clock[ix] = last
+        self.clock[ix] = vmax(self.clock[ix], last)
 
     def stats(self, ix: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
         return {"host_busy_us": self.host.busy_us[ix], "nic_busy_us": self.compute.busy_us[ix]}

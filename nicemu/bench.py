@@ -186,7 +186,8 @@ def _run_model(topology, profile, args, algo: str, dtype: np.dtype, nbytes: int)
                                        args.overlap, args.seed) for n in range(topology.nodes)])
         t = model_sparse(cfg, masks, profile, dtype.itemsize)
     else:
-        t = run_model(build_schedule(args.collective, algo, topology, count), profile, dtype.itemsize)
+        schedule = build_schedule(args.collective, algo, topology, count, profile.topology.bidirectional)
+        t = run_model(schedule, profile, dtype.itemsize)
     return {"emulated_us": t.emulated_us, "host_busy_us": t.host_busy_us,
             "nic_busy_us": t.nic_busy_us, "wire_bytes": t.wire_bytes, **_sparse_fields(t)}
 

@@ -17,12 +17,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topology", default="ring:4")
     p.add_argument("--count", type=int, default=8, help="elements per node")
     p.add_argument("--limit", type=int, default=8, help="transfers shown per step")
+    p.add_argument("--bidirectional", action="store_true",
+                   help="split every chunk over both directions of each ring")
 
 
 def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
     if args.count < 1:
         raise UsageError(f"--count {args.count} must be at least 1")
-    sched = build_schedule(args.collective, args.algo, parse_topology(args.topology), args.count)
+    sched = build_schedule(args.collective, args.algo, parse_topology(args.topology), args.count,
+                           args.bidirectional)
     if comm.rank == 0:
         print(sched.describe(args.limit))
     return 0

@@ -93,6 +93,16 @@ CASES = [
     case("schedule-unknown-algo", ["schedule", "--algo", "foo"], "foo"),
     case("schedule-count-zero", ["schedule", "--count", "0"], "--count"),
     case("info-unknown-profile", ["info", "--profile", "nope"], "nope"),
+    case("sparse-max", [*BENCH, "--sizes", "1K", "--algo", "omniccl", "--op", "max"], "identity",
+         standalone=True),
+    case("sparse-reducescatter", [*BENCH, "--sizes", "1K", "--algo", "omnireduce",
+                                  "--collective", "reducescatter"], "allreduce only"),
+    case("sparse-tx-spots", [*BENCH, "--sizes", "1K", "--algo", "omniccl", "--tx-spots", "3"], "--tx-spots"),
+    case("sparse-aggregators", [*BENCH, "--sizes", "1K", "--algo", "omniccl", "--aggregators", "99"],
+         "aggregators"),
+    case("sparse-spots-zero", [*BENCH, "--sizes", "1K", "--algo", "omniccl", "--spots", "0"], "spots"),
+    case("overlap-none-too-dense", [*BENCH, "--sizes", "1K", "--density", "0.6", "--overlap", "none"],
+         "overlap none"),
 ]
 
 PARAMS = [pytest.param(c, c.nprocs, id=f"{c.id}-np{c.nprocs}") for c in CASES]

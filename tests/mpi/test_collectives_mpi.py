@@ -110,3 +110,27 @@ def test_paper_sizes_on_ranks_match_model_and_closed_form():
             expected = 2 * (p - 1) * a + 2 * (p - 1) / p * nbytes * b + (p - 1) / p * nbytes * g
             assert res.emulated_us == pytest.approx(expected, rel=1e-9)
             assert (np.atleast_2d(res.data) == p).all()
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("topology", topologies())
+@pytest.mark.parametrize("algo", ["ring", "directreduce"])
+@pytest.mark.parametrize("collective", ["allreduce", "reducescatter"])
+def test_bidirectional_on_ranks(topology, algo, collective):
+    prof = load_profile("directreduce-paper", ["topology.bidirectional=true"])
+    count = 2053
+    with Emulator(COMM, topology, prof) as emu:
+        n = emu.topology.nodes
+        x = inputs(n, count, "int32", seed=5)
+        lo, hi = emu.node_range.start, emu.node_range.stop
+        res = emu.run(collective, x[lo:hi], algo=algo)
+        ref = x.astype(np.int64).sum(axis=0).astype(np.int32)
+        if collective == "allreduce":
+            for row in np.atleast_2d(res.data):
+                np.testing.assert_array_equal(row, ref)
+        else:
+            off, cnt = emu.segments(count)
+            segs = res.data if isinstance(res.data, list) else [res.data]
+            for i, seg in zip(range(lo, hi), segs):
+                np.testing.assert_array_equal(seg, ref[off[i]:off[i] + cnt[i]])
+        assert res.emulated_us == model_time(collective, algo, emu.topology, prof, count, "int32").emulated_us

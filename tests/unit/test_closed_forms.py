@@ -97,3 +97,29 @@ def test_host_and_nic_busy_accounting():
     assert ring.host_busy_us == pytest.approx(3 * (count * 4 / 4) * GAMMA, rel=1e-12)
     assert dr.host_busy_us == 0.0
     assert ring.wire_bytes == dr.wire_bytes == 2 * 3 * count * 4
+
+
+IDEAL_BIDIR = load_profile("ideal", ["topology.bidirectional=true"])
+
+
+@pytest.mark.parametrize("shape", ["ring:2", "ring:8", "ring:16", "torus:4x4x2", "torus:3^6"])
+@pytest.mark.parametrize("n", [1 << 12, 1 << 20, 1 << 30])
+def test_bidirectional_halves_the_bandwidth_term(shape, n):
+    """Each half of a chunk uses its own direction; the host still reduces both halves."""
+    topo = parse_topology(shape)
+    p = topo.nodes
+    count = (n // 4) // (2 * p) * (2 * p) or 2 * p   # every chunk splits into equal halves
+    nb = count * 4
+    lat = 2 * sum(k - 1 for k in topo.shape) * ALPHA
+    ring = model_time("allreduce", "ring", topo, IDEAL_BIDIR, count).emulated_us
+    dr = model_time("allreduce", "directreduce", topo, IDEAL_BIDIR, count).emulated_us
+    assert ring == pytest.approx(lat + ((p - 1) / p) * nb * BETA + ((p - 1) / p) * nb * GAMMA, rel=1e-9)
+    assert dr == pytest.approx(lat + ((p - 1) / p) * nb * BETA, rel=1e-9)
+
+
+def test_bidirectional_uses_both_link_directions_with_the_same_wire_bytes():
+    topo = parse_topology("torus:4x4")
+    uni = model_time("allreduce", "directreduce", topo, IDEAL, 1 << 16)
+    bi = model_time("allreduce", "directreduce", topo, IDEAL_BIDIR, 1 << 16)
+    assert bi.wire_bytes == uni.wire_bytes
+    assert bi.emulated_us < uni.emulated_us

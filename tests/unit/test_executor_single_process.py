@@ -102,3 +102,25 @@ def test_bad_shapes_and_types_are_refused():
             e.allreduce(np.ones((4, 10)), algo="nope")
         with pytest.raises(CollectiveError, match="unknown op"):
             e.allreduce(np.ones((4, 10)), op="prod")
+
+
+@pytest.mark.parametrize("topology", ["ring:2", "ring:5", "torus:3x2x2"])
+@pytest.mark.parametrize("collective", ["allreduce", "reducescatter", "allgather"])
+@pytest.mark.parametrize("algo", ["ring", "directreduce"])
+@pytest.mark.parametrize("count", [1, 7, 1001])
+def test_bidirectional_rings_with_real_data(topology, collective, algo, count):
+    prof = load_profile("directreduce-paper", ["topology.bidirectional=true"])
+    with Emulator(MPI.COMM_SELF, topology, prof) as e:
+        n = e.topology.nodes
+        x = random_inputs(n, count, "int64", seed=count)
+        res = e.run(collective, x, algo=algo)
+        off, cnt = e.segments(count)
+        if collective == "allreduce":
+            np.testing.assert_array_equal(np.atleast_2d(res.data), np.broadcast_to(x.sum(0), (n, count)))
+        elif collective == "reducescatter":
+            for i, seg in enumerate(res.data):
+                np.testing.assert_array_equal(seg, x.sum(0)[off[i]:off[i] + cnt[i]])
+        else:
+            expect = np.concatenate([x[i, off[i]:off[i] + cnt[i]] for i in range(n)])
+            np.testing.assert_array_equal(res.data, np.broadcast_to(expect, (n, count)))
+        assert res.emulated_us == model_time(collective, algo, e.topology, prof, count, "int64").emulated_us
