@@ -54,8 +54,8 @@ class StepPlan:
     local_from: np.ndarray              # ... and the send position feeding each
     sends: list[tuple[int, np.ndarray, list[tuple[int, int, int]]]] = field(default_factory=list)
     #: per peer: (peer, send positions, [(src local, byte offset, nbytes)])
-    recvs: list[tuple[int, np.ndarray, list[tuple[int, int, int]]]] = field(default_factory=list)
-    #: per peer: (peer, receive positions, [(receive position, scratch slot, nbytes)])
+    recvs: list[tuple[int, np.ndarray, list[tuple[int, int, int, int]]]] = field(default_factory=list)
+    #: per peer: (peer, receive positions, [(nbytes, scratch slot or -1, dst local, byte offset)])
     ops: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     #: data ops in receive order: (dst local, elem start, elem stop, src local or -1, scratch slot)
     nslots: int = 0                     # scratch buffers this step receives into
@@ -142,9 +142,14 @@ class MpiExecutor:
             sel = remote_in[src_rank[remote_in] == peer]
             items = []
             for t in sel:
-                if nbytes[t]:
+                if nbytes[t] and step.reduce:
                     slot_of[int(t)] = len(slot_of)
-                items.append((recv_pos[int(t)], slot_of.get(int(t), -1), int(nbytes[t])))
+                    items.append((int(nbytes[t]), slot_of[int(t)], -1, 0))
+                elif nbytes[t]:
+                    # a chunk that is only placed is received straight into its destination
+                    items.append((int(nbytes[t]), -1, int(step.dst[t] - lo), int(boff[t])))
+                else:
+                    items.append((0, -1, -1, 0))
             recvs.append((int(peer), np.array([recv_pos[int(t)] for t in sel]), items))
 
         local_in = in_idx[src_rank[in_idx] == rank]
@@ -155,6 +160,8 @@ class MpiExecutor:
             a = int(step.offset[t])
             b = a + int(step.count[t])
             src_local = int(step.src[t] - lo) if src_rank[t] == rank else -1
+            if src_local < 0 and not step.reduce:
+                continue   # already received in place
             ops.append((int(step.dst[t] - lo), a, b, src_local, slot_of.get(int(t), -1)))
 
         flags = Step(step.phase, step.dim, step.direction, step.index, step.src[:0], step.dst[:0],
@@ -202,10 +209,12 @@ class MpiExecutor:
                     tbuf = np.empty((len(items), 2))
                     bufs.append((pos, tbuf))
                     recv_requests.append(comm.Irecv(tbuf, peer, TAG_TIME))
-                    for _, slot, nb in items:
+                    for nb, slot, dst_local, boff in items:
                         if slot >= 0:
                             recv_requests.append(
                                 comm.Irecv(self._scratch_buffer(base + slot, nb), peer, TAG_DATA))
+                        elif nb:
+                            recv_requests.append(comm.Irecv(raw[dst_local, boff:boff + nb], peer, TAG_DATA))
                 time_bufs.append((base, bufs))
                 base += plan.nslots
             MPI.Request.Waitall(recv_requests)
