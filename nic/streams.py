@@ -45,21 +45,29 @@ def vmax(a: ArrayLike, b: ArrayLike) -> ArrayLike:
     return a if a >= b else b
 
 
+_split_cache: list = [None, 0, None]   # (nbytes array, packet size, result) of the last call
+
+
 def packet_split(nbytes: ArrayLike, packet_bytes: int) -> tuple[ArrayLike, ArrayLike]:
     """Sizes of the first and of the last packet of a stream of ``nbytes``.
 
     The last packet carries the remainder (or a full packet); a stream that fits
     in one packet has first == last == nbytes. An empty stream has both 0.
+    The stages of one step see the same ``nbytes`` array, so the last result is
+    kept (sizes are exact integers, so integer arithmetic gives the same floats).
     """
     size = float(packet_bytes)
     if not _is_array(nbytes):
         n = float(nbytes)
         rem = n % size
         return min(n, size), (size if rem == 0 and n > 0 else rem)
-    nbytes = np.asarray(nbytes, dtype=np.float64)
-    first = np.minimum(nbytes, size)
-    rem = np.mod(nbytes, size)
-    last = np.where((rem == 0) & (nbytes > 0), size, rem)
+    if _split_cache[0] is nbytes and _split_cache[1] == packet_bytes:
+        return _split_cache[2]
+    ints = np.asarray(nbytes, dtype=np.int64)
+    rem = ints % packet_bytes
+    first = np.minimum(ints, packet_bytes).astype(np.float64)
+    last = np.where((rem == 0) & (ints > 0), packet_bytes, rem).astype(np.float64)
+    _split_cache[:] = [nbytes, packet_bytes, (first, last)]
     return first, last
 
 
