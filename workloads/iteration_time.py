@@ -1,0 +1,90 @@
+"""Duration of one serving iteration: roofline compute plus the emulated time of its collectives.
+
+``iteration_us = compute_us + sum(comm_us of every collective it issues)``.
+Compute and communication do not overlap: in TP inference each AllReduce sits
+on the critical path between two GEMMs, and a pipeline stage waits for the
+previous stage's activations. The stages of one batch run one after the other.
+
+The caller passes the function that times one
+:class:`~workloads.traffic.TrafficRecord`: ``collectives.model_time`` for the
+model executor, or ``Emulator.run_inplace`` on real data. ``workloads`` may
+import ``collectives`` (DESIGN §2), but taking the function as an argument
+keeps this module free of MPI, testable alone, and lets the CLI pick the
+executor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from workloads.accelerators import Accelerator
+from workloads.compute import iteration_compute
+from workloads.models import Model
+from workloads.parallelism import Parallelism
+from workloads.scheduler import Iteration
+from workloads.traffic import TrafficRecord, iteration_traffic
+
+
+@dataclass(frozen=True)
+class CommCost:
+    """What the emulator reports for one collective or transfer."""
+
+    emulated_us: float
+    host_busy_us: float = 0.0   # host CPU time spent on it (0 on the NIC paths)
+    wire_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class IterationCost:
+    index: int
+    compute_us: float
+    comm_us: float
+    host_comm_us: float
+    wire_bytes: int
+    collectives: int
+
+    @property
+    def total_us(self) -> float:
+        return self.compute_us + self.comm_us
+
+
+CommFn = Callable[[TrafficRecord], CommCost]
+
+
+class IterationTimer:
+    """The duration callback for :class:`~workloads.scheduler.Scheduler`; keeps every iteration's cost.
+
+    Args:
+        comm_time: times one record; it is called for every record in issue
+            order, so under MPI every rank must run the same schedule.
+        on_traffic: optional sink for each iteration's records (e.g. a
+            :class:`~workloads.traffic.TrafficCsv`'s ``write``).
+    """
+
+    def __init__(self, model: Model, accelerator: Accelerator, par: Parallelism, comm_time: CommFn,
+                 algo: str = "ring", embedding_algo: str | None = None, alltoall_algo: str | None = None,
+                 dtype_bytes: int = 2, on_traffic: Callable[[list[TrafficRecord]], None] | None = None) -> None:
+        par.check_model(model)
+        self.model, self.accelerator, self.par = model, accelerator, par
+        self.comm_time = comm_time
+        self.algo, self.embedding_algo, self.alltoall_algo = algo, embedding_algo, alltoall_algo
+        self.dtype_bytes = dtype_bytes
+        self.on_traffic = on_traffic
+        self.costs: list[IterationCost] = []
+
+    def __call__(self, it: Iteration) -> float:
+        compute_us = iteration_compute(self.model, self.accelerator, it.batch, self.par, self.dtype_bytes).total_us
+        records = iteration_traffic(it.index, it.batch, self.model, self.par, self.algo, self.embedding_algo,
+                                    self.alltoall_algo, dtype_bytes=self.dtype_bytes)
+        if self.on_traffic is not None:
+            self.on_traffic(records)
+        comm_us = host_us = 0.0
+        wire = 0
+        for rec in records:
+            cost = self.comm_time(rec)
+            comm_us += cost.emulated_us
+            host_us += cost.host_busy_us
+            wire += cost.wire_bytes
+        self.costs.append(IterationCost(it.index, compute_us, comm_us, host_us, wire, len(records)))
+        return compute_us + comm_us

@@ -1,0 +1,109 @@
+"""Serving metrics from a finished schedule: TTFT, TPOT, end-to-end latency, throughput.
+
+Definitions (as in vLLM's ``benchmark_serving``), per request:
+
+- TTFT = first token time - arrival;
+- TPOT = (last token time - first token time) / (output tokens - 1), the mean
+  gap between output tokens after the first; undefined for 1-token outputs,
+  which are left out of TPOT statistics;
+- ITL = every gap between consecutive output tokens;
+- end-to-end latency = last token time - arrival.
+
+Throughput divides by the makespan, from the first arrival to the last token.
+Percentiles use numpy's default (linear interpolation), so results are
+deterministic. Times are emulated microseconds inside, milliseconds out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from workloads.errors import WorkloadError
+from workloads.iteration_time import IterationCost
+from workloads.scheduler import RequestTiming, ScheduleResult
+
+
+def ttft_us(r: RequestTiming) -> float:
+    return r.token_us[0] - r.arrival_us
+
+
+def tpot_us(r: RequestTiming) -> float | None:
+    """Mean time per output token after the first; None for a single-token output."""
+    if len(r.token_us) < 2:
+        return None
+    return (r.token_us[-1] - r.token_us[0]) / (len(r.token_us) - 1)
+
+
+def itl_us(r: RequestTiming) -> list[float]:
+    """Inter-token latencies."""
+    return np.diff(r.token_us).tolist()
+
+
+def e2e_us(r: RequestTiming) -> float:
+    return r.token_us[-1] - r.arrival_us
+
+
+def stats(values: list[float] | np.ndarray) -> dict[str, float | None]:
+    """mean, p50 and p99 (None when there are no values)."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        return {"mean": None, "p50": None, "p99": None}
+    return {"mean": float(arr.mean()), "p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99))}
+
+
+def _finished(result: ScheduleResult) -> list[RequestTiming]:
+    if not result.requests:
+        raise WorkloadError("no requests to summarise")
+    unfinished = [r.id for r in result.requests if not r.done]
+    if unfinished:
+        raise WorkloadError(f"{len(unfinished)} request(s) did not finish (first: {unfinished[0]})")
+    return result.requests
+
+
+def summarize(result: ScheduleResult, costs: list[IterationCost] | None = None) -> dict:
+    """One record of serving metrics (ms, tokens/s); with ``costs`` also the communication share.
+
+    Keys: requests, ttft_ms_{mean,p50,p99}, tpot_ms_*, itl_ms_*, e2e_ms_*,
+    throughput_tok_s (output tokens/s), total_tok_s (input + output),
+    requests_s, duration_s, iterations, and with ``costs``: comm_share (of
+    the summed iteration time) and host_comm_ms (host CPU time spent in
+    communication, 0 on the NIC paths).
+    """
+    reqs = _finished(result)
+    out: dict = {"requests": len(reqs)}
+    series = {
+        "ttft": [ttft_us(r) for r in reqs],
+        "tpot": [t for r in reqs if (t := tpot_us(r)) is not None],
+        "itl": [g for r in reqs for g in itl_us(r)],
+        "e2e": [e2e_us(r) for r in reqs],
+    }
+    for name, values in series.items():
+        for key, value in stats(values).items():
+            out[f"{name}_ms_{key}"] = None if value is None else value / 1e3
+    start_us = min(r.arrival_us for r in reqs)
+    end_us = max(r.token_us[-1] for r in reqs)
+    duration_s = (end_us - start_us) / 1e6
+    out_tokens = sum(r.output_tokens for r in reqs)
+    in_tokens = sum(r.input_tokens for r in reqs)
+
+    def rate(n: int) -> float | None:
+        return n / duration_s if duration_s > 0 else None
+
+    out.update(throughput_tok_s=rate(out_tokens), total_tok_s=rate(in_tokens + out_tokens),
+               requests_s=rate(len(reqs)), duration_s=duration_s, iterations=len(result.iterations))
+    if costs is not None:
+        total = sum(c.total_us for c in costs)
+        out["comm_share"] = sum(c.comm_us for c in costs) / total if total > 0 else 0.0
+        out["host_comm_ms"] = sum(c.host_comm_us for c in costs) / 1e3
+    return out
+
+
+def request_rows(result: ScheduleResult) -> list[dict]:
+    """One row per request for ``--csv``: id, arrival_ms, tokens, ttft_ms, tpot_ms, e2e_ms."""
+    rows = []
+    for r in _finished(result):
+        tpot = tpot_us(r)
+        rows.append({"id": r.id, "arrival_ms": r.arrival_us / 1e3, "input_tokens": r.input_tokens,
+                     "output_tokens": r.output_tokens, "ttft_ms": ttft_us(r) / 1e3,
+                     "tpot_ms": None if tpot is None else tpot / 1e3, "e2e_ms": e2e_us(r) / 1e3})
+    return rows

@@ -1,0 +1,91 @@
+"""How a model is split over nodes: tensor (TP), pipeline (PP) and expert (EP) parallelism.
+
+Node numbering follows Megatron/vLLM: TP is innermost, so pipeline stage ``s``
+owns nodes ``s*tp .. s*tp + tp - 1`` and its TP group is that contiguous block.
+With disaggregated prefill/decode, a second instance of the same shape (the
+decode instance) follows the prefill instance.
+
+Expert parallelism reuses each stage's TP group (EP = TP, as vLLM's
+``--enable-expert-parallel`` with one data-parallel replica): attention stays
+TP-sharded, each rank holds ``experts / ep`` whole experts, and tokens reach
+their experts by all-to-all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workloads.errors import WorkloadError
+from workloads.models import Model
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1                  # 1, or equal to tp (MoE models only)
+    disaggregated: bool = False  # separate prefill and decode instances, KV cache moved between them
+
+    def __post_init__(self) -> None:
+        for key in ("tp", "pp", "ep"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise WorkloadError(f"--{key} must be a positive integer, got {value!r}")
+        if self.ep not in (1, self.tp):
+            raise WorkloadError(f"--ep {self.ep} must be 1 or equal to --tp {self.tp}: experts are "
+                                f"spread over each pipeline stage's TP group")
+
+    @property
+    def instance_nodes(self) -> int:
+        """Nodes of one model instance: tp * pp."""
+        return self.tp * self.pp
+
+    @property
+    def nodes(self) -> int:
+        """Nodes the deployment needs (twice the instance when prefill and decode are disaggregated)."""
+        return self.instance_nodes * (2 if self.disaggregated else 1)
+
+    def check_model(self, model: Model) -> None:
+        """Refuse splits the model's shape does not allow (as Megatron and vLLM do)."""
+        if model.heads % self.tp:
+            raise WorkloadError(f"{model.name}: {model.heads} attention heads cannot be split over "
+                                f"TP={self.tp}; use a TP that divides {model.heads}")
+        if model.kv_heads % self.tp and self.tp % model.kv_heads:
+            raise WorkloadError(f"{model.name}: {model.kv_heads} KV heads and TP={self.tp}: one must "
+                                f"divide the other")
+        if self.pp > model.layers:
+            raise WorkloadError(f"{model.name}: PP={self.pp} exceeds its {model.layers} layers")
+        if self.ep > 1 and not model.is_moe:
+            raise WorkloadError(f"{model.name} has no experts; --ep needs a mixture-of-experts model")
+        if self.ep > 1 and model.experts % self.ep:
+            raise WorkloadError(f"{model.name}: {model.experts} experts cannot be split over EP={self.ep}")
+
+    def check_nodes(self, nodes: int) -> None:
+        """The topology must hold exactly the deployment."""
+        if nodes != self.nodes:
+            what = f"TP x PP = {self.tp} x {self.pp} = {self.instance_nodes}"
+            if self.disaggregated:
+                what += f", times 2 for disaggregated prefill/decode = {self.nodes}"
+            raise WorkloadError(f"{what} does not match the topology's {nodes} nodes; "
+                                f"change --tp/--pp or --topology")
+
+    def kv_heads_per_rank(self, model: Model) -> int:
+        """KV heads a TP rank stores; replicated (1 per rank) when TP exceeds the KV heads."""
+        return max(1, model.kv_heads // self.tp)
+
+    def stage_layers(self, layers: int) -> list[range]:
+        """Layers of each pipeline stage: as even as possible, earlier stages take the remainder."""
+        base, extra = divmod(layers, self.pp)
+        out, start = [], 0
+        for s in range(self.pp):
+            n = base + (1 if s < extra else 0)
+            out.append(range(start, start + n))
+            start += n
+        return out
+
+    def tp_group(self, stage: int, instance: int = 0) -> list[int]:
+        """Node ids of a stage's TP group (instance 1 is the decode instance when disaggregated)."""
+        if not 0 <= stage < self.pp or instance not in ((0, 1) if self.disaggregated else (0,)):
+            raise WorkloadError(f"no stage {stage} / instance {instance} in {self}")
+        first = instance * self.instance_nodes + stage * self.tp
+        return list(range(first, first + self.tp))
