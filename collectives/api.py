@@ -9,6 +9,11 @@
 A rank hosts ``emu.local_nodes`` topology nodes (``emu.node_range``). With one
 node per rank, collectives take and return 1-D arrays; with several, arrays of
 shape (local_nodes, count), one row per node.
+
+``watchdog_s`` bounds every wait of a call (default: ``$NICEMU_WATCHDOG_S``,
+else 60 s; 0 disables it): a peer that stalls or dies raises
+:class:`collectives.watchdog.CollectiveStalled` naming the waiting node, the
+peer and the step, instead of hanging (see collectives/watchdog.py).
 """
 
 from __future__ import annotations
@@ -87,7 +92,8 @@ def model_time(collective: str, algo: str, topology: Torus, profile: Profile, co
 
 class Emulator:
     def __init__(self, comm: MPI.Comm | None = None, topology: str | Torus | None = None,
-                 profile: str | Profile = "ideal", overrides: tuple[str, ...] = ()) -> None:
+                 profile: str | Profile = "ideal", overrides: tuple[str, ...] = (),
+                 watchdog_s: float | None = None) -> None:
         comm = MPI.COMM_WORLD if comm is None else comm
         self.comm = comm.Dup()
         if topology is None:
@@ -99,7 +105,7 @@ class Emulator:
             raise CollectiveError(
                 f"{self.comm.size} ranks for {self.topology.name} ({self.topology.nodes} nodes): "
                 f"run with at most {self.topology.nodes} ranks")
-        self.executor = MpiExecutor(self.comm, self.topology, self.profile)
+        self.executor = MpiExecutor(self.comm, self.topology, self.profile, watchdog_s)
         self._schedules: dict[tuple, Schedule] = {}
         self._spot_windows: dict[tuple, SpotWindows] = {}
 
@@ -180,7 +186,7 @@ class Emulator:
             wins = self._spot_windows[key] = SpotWindows(
                 self.comm, int(np.count_nonzero(agg_rank == self.comm.rank)), self.topology.nodes,
                 cfg.spots, cfg.tx_spots, record)
-        SpotRun(self.comm, plan, wins, work, ex.lo, ex.node_rank, jitter_us).run()
+        SpotRun(self.comm, plan, wins, work, ex.lo, ex.node_rank, jitter_us, watchdog=ex.watchdog).run()
         return timing
 
     def run(self, collective: str, data: np.ndarray, op: str = "sum",

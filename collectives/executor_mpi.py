@@ -12,6 +12,12 @@ What a rank does in each step depends only on the schedule, the element count
 and the dtype, so it is compiled once into a :class:`RankPlan` and reused by
 later calls (a benchmark repeats the same collective many times). With one node
 per rank the timing runs on Python floats instead of one-element arrays.
+
+Every wait goes through a :class:`~collectives.watchdog.Watchdog`: a peer that
+stalls or disappears turns into :class:`~collectives.watchdog.CollectiveStalled`
+naming the waiting node, the peer and the step, instead of a hang. The
+``NICEMU_TEST_FAIL_*`` test hook (see collectives/watchdog.py) is checked at the
+start of every step group.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from mpi4py import MPI
 from collectives.executor_model import Timing
 from collectives.schedule import Schedule, Step, step_groups
 from collectives.timing import make_agents, receive_half, send_half
+from collectives.watchdog import Watchdog, culprit_text, local_fault_hook, nodes_text
 from nic.compute_enhancer import ComputeEnhancer
 from nic.datadirector import DataDirector
 from nic.host import HostCpu
@@ -34,6 +41,7 @@ from topologies import Torus
 TAG_TIME = 11
 TAG_DATA = 12
 PLAN_CACHE = 16
+PHASE_NAMES = {"rs": "reduce-scatter", "ag": "allgather"}
 
 
 def node_blocks(nodes: int, ranks: int) -> np.ndarray:
@@ -70,7 +78,8 @@ def _one_or_array(values: np.ndarray) -> np.ndarray | int:
 
 
 class MpiExecutor:
-    def __init__(self, comm: MPI.Comm, topology: Torus, profile: Profile) -> None:
+    def __init__(self, comm: MPI.Comm, topology: Torus, profile: Profile,
+                 watchdog_s: float | None = None) -> None:
         self.comm = comm
         self.topology = topology
         self.profile = profile
@@ -82,6 +91,8 @@ class MpiExecutor:
         self._plans: OrderedDict[tuple, list[StepPlan]] = OrderedDict()
         self._wire: dict[tuple, int] = {}
         self._agents = make_agents(topology, profile, self.local_nodes)
+        self.watchdog = Watchdog(watchdog_s, comm)
+        self._fault = local_fault_hook(self.rank)
 
     @property
     def local_nodes(self) -> int:
@@ -183,7 +194,13 @@ class MpiExecutor:
         agents = self._agents
         agents.reset()
         comm = self.comm
-        for group in step_groups(self._plan(schedule, data.dtype.itemsize)):
+        wait = self.watchdog.wait
+        fault = self._fault
+        plans = self._plan(schedule, data.dtype.itemsize)
+        k = -1
+        for k, group in enumerate(step_groups(plans)):
+            if fault is not None:
+                fault.at_step(k, f"{schedule.algo} {schedule.collective}")
             # sender halves first: in a group every sender sees the state from before it
             requests = []
             outs = []
@@ -217,14 +234,17 @@ class MpiExecutor:
                             recv_requests.append(comm.Irecv(raw[dst_local, boff:boff + nb], peer, TAG_DATA))
                 time_bufs.append((base, bufs))
                 base += plan.nslots
-            MPI.Request.Waitall(recv_requests)
+            wait(recv_requests, self._describe_wait, schedule, plans, group, True)
 
             for plan, (first_out, last_out), (base, bufs) in zip(group, outs, time_bufs):
                 first_in, last_in = self._arrivals(plan, first_out, last_out, bufs)
                 self._data_ops(plan, data, op, base)
                 receive_half(agents, plan.step, plan.recv_ix, first_in, last_in, plan.recv_nbytes)
-            MPI.Request.Waitall(requests)
-        return self._gather_timing(agents, self._wire[self._plan_key(schedule, data.dtype.itemsize)])
+            wait(requests, self._describe_wait, schedule, plans, group, False)
+        if fault is not None:
+            fault.at_step(k + 1, f"{schedule.algo} {schedule.collective} (final timing reduction)")
+        return self._gather_timing(agents, self._wire[self._plan_key(schedule, data.dtype.itemsize)],
+                                   schedule)
 
     @staticmethod
     def _arrivals(plan: StepPlan, first_out, last_out, bufs):
@@ -259,7 +279,7 @@ class MpiExecutor:
             else:
                 HostCpu.reduce(op, dest, chunk)
 
-    def _gather_timing(self, agents, wire_bytes: int) -> Timing:
+    def _gather_timing(self, agents, wire_bytes: int, schedule: Schedule) -> Timing:
         """Slowest node's completion and busiest host/NIC, in one Allreduce.
 
         Bytes on the wire need no communication: every rank knows the whole schedule.
@@ -268,5 +288,62 @@ class MpiExecutor:
         local = np.array([agents.clock.max(), stats["host_busy_us"].max(),
                           stats["nic_busy_us"].max()])
         glob = np.empty(3)
-        self.comm.Allreduce(local, glob, op=MPI.MAX)
+        # MPI's blocking Allreduce, guarded by the watchdog's thread: an Iallreduce polled from Python
+        # cost 5-10% of a small call with 4 ranks on 2 cores, and every rank that gets here has
+        # already sent all it had to (a peer that stalls earlier is caught by the step waits)
+        with self.watchdog.blocking(self._describe_final, schedule):
+            self.comm.Allreduce(local, glob, op=MPI.MAX)
         return Timing(float(glob[0]), agents.clock.copy(), float(glob[1]), float(glob[2]), wire_bytes)
+
+    # ---- watchdog messages (built only when a wait times out) -----------------------
+
+    def _describe_wait(self, elapsed: float, pending: list[int], schedule: Schedule,
+                       plans: list[StepPlan], group: list[StepPlan], receiving: bool) -> str:
+        """``ring allreduce: node 3 (rank 1) waited 30.0 s in reduce-scatter step 2 of dim 0 for data
+        from node 2 (rank 0); that rank is stalled or gone`` (or, for sends, ``... for node 2 (rank 0)
+        to receive its data ...``)."""
+        # the requests were made in this order (see run): per plan, per peer, the times then the data
+        owner: list[tuple[int, int]] = []
+        for gi, plan in enumerate(group):
+            for peer, _, items in (plan.recvs if receiving else plan.sends):
+                owner.append((gi, peer))
+                if receiving:
+                    owner += [(gi, peer)] * sum(1 for nb, slot, _, _ in items if slot >= 0 or nb)
+                else:
+                    owner += [(gi, peer)] * sum(1 for _, _, nb in items if nb)
+        stuck: dict[int, set[int]] = {}
+        for i in pending:
+            gi, peer = owner[i] if i < len(owner) else (0, -1)
+            stuck.setdefault(gi, set()).add(peer)
+        index_of = {id(p): i for i, p in enumerate(plans)}
+        wanted = {index_of[id(group[gi])]: peers for gi, peers in stuck.items()}
+        clauses, mine, culprits = [], set(), set()
+        for si, step in enumerate(schedule.steps()):
+            if si > max(wanted, default=-1):
+                break
+            if si not in wanted:
+                continue
+            me = (step.dst if receiving else step.src)
+            other = (step.src if receiving else step.dst)
+            here = (me >= self.lo) & (me < self.hi)
+            parts = []
+            for peer in sorted(wanted[si]):
+                sel = here & (self.node_rank[other] == peer)
+                mine.update(int(n) for n in me[sel])
+                culprits.add(peer)
+                peer_nodes = nodes_text(other[sel]) if sel.any() else "a node"
+                parts.append(f"{peer_nodes} (rank {peer})")
+            where = f"{PHASE_NAMES.get(step.phase, step.phase)} step {step.index} of dim {step.dim}"
+            if schedule.bidirectional:
+                where += f" (direction {step.direction:+d})"
+            peers = " and ".join(parts)
+            clauses.append(f"in {where} for data from {peers}" if receiving
+                           else f"in {where} for {peers} to receive its data")
+        who = nodes_text(sorted(mine)) if mine else nodes_text(range(self.lo, self.hi))
+        return (f"{schedule.algo} {schedule.collective}: {who} (rank {self.rank}) waited {elapsed:.1f} s "
+                f"{'; and '.join(clauses) or 'in a step'}; {culprit_text(sorted(culprits))}")
+
+    def _describe_final(self, elapsed: float, schedule: Schedule) -> str:
+        return (f"{schedule.algo} {schedule.collective}: {nodes_text(range(self.lo, self.hi))} "
+                f"(rank {self.rank}) waited {elapsed:.1f} s for the other ranks to finish the collective "
+                f"(final timing reduction); {culprit_text([])}")

@@ -20,6 +20,14 @@ output starts as zeros. The emulated time does not come from this loop (its
 message order depends on the wall clock) but from :mod:`collectives.sparse_timing`
 on the exchanged block masks; as it runs, the loop checks that the windows the
 workers' real pointers produce are exactly the planned ones.
+
+Every wait (the event loop's probe, receives, the aggregator's wait for a Tx
+spot's scatter, the final sends) goes through a
+:class:`~collectives.watchdog.Watchdog`, which turns a stalled peer into
+:class:`~collectives.watchdog.CollectiveStalled` naming what each local node
+waits for and from whom; ``Flush`` and ``Unlock_all``, which cannot be polled,
+are guarded by the watchdog's thread. The ``NICEMU_TEST_FAIL_*`` test hook is
+checked before every event.
 """
 
 from __future__ import annotations
@@ -32,9 +40,19 @@ import numpy as np
 from mpi4py import MPI
 
 from collectives.spot_protocol import Plan
+from collectives.watchdog import (
+    CollectiveStalled,
+    Watchdog,
+    culprit_text,
+    listing,
+    local_fault_hook,
+    nodes_text,
+    ranks_text,
+)
 from nic.spots import RecordLayout, SpotWindows
 
 TAG_RECORD, TAG_CREDIT, TAG_TXCREDIT, TAG_RESULT = 21, 22, 23, 100
+ALGO_NAMES = {"nic": "omniccl", "cpu": "omniccl-cpu", "dedicated": "omnireduce"}
 
 
 class ProtocolError(RuntimeError):
@@ -62,7 +80,8 @@ class SpotRun:
     """One sparse AllReduce on one rank."""
 
     def __init__(self, comm: MPI.Comm, plan: Plan, wins: SpotWindows, work: np.ndarray,
-                 lo: int, node_rank: np.ndarray, jitter_us: float = 0.0, seed: int = 0) -> None:
+                 lo: int, node_rank: np.ndarray, jitter_us: float = 0.0, seed: int = 0,
+                 watchdog: Watchdog | None = None) -> None:
         self.comm, self.plan, self.wins = comm, plan, wins
         self.cfg, self.lay = plan.cfg, plan.layout
         self.work, self.lo = work, lo
@@ -73,6 +92,8 @@ class SpotRun:
         self.jitter_us = jitter_us
         self.rng = random.Random(seed * 7919 + comm.rank)
         self.rank = comm.rank
+        self.watchdog = watchdog if watchdog is not None else Watchdog(None, comm)
+        self.events = 0
         agg_rank = node_rank[self.lay.aggregator_node]
         self.agg_rank = agg_rank
         self.agg_local = np.zeros(len(agg_rank), dtype=np.int64)
@@ -136,7 +157,8 @@ class SpotRun:
         off = self.wins.rx_offset(int(self.agg_local[agg]), spot, worker)
         self._jitter()
         self.wins.win.Put(buf[:used], target, target=[off, used, MPI.BYTE])
-        self.wins.win.Flush(target)
+        with self.watchdog.blocking(self._describe_flush, slot, agg, target):
+            self.wins.win.Flush(target)
         note = np.array([slot, rnd, worker, len(idx), nxt], dtype=np.int64)
         self._isend(note, target, TAG_RECORD)
 
@@ -184,7 +206,7 @@ class SpotRun:
         tx = a.round % self.cfg.tx_spots
         if a.tx_pending[tx] > 0:
             return                       # readers of this Tx spot are not all done yet
-        MPI.Request.Waitall(a.tx_requests[tx])
+        self.watchdog.wait(a.tx_requests[tx], self._describe_scatter, a)
         a.tx_requests[tx] = []
         self.wins.win.Sync()
         start, end = a.window
@@ -248,23 +270,30 @@ class SpotRun:
         self.worker_rounds = {(w, s): 0 for w in workers for s in active}
         self.workers_left = {(w, s) for w in workers for s in active}
         win = self.wins.win
+        wd = self.watchdog
+        fault = local_fault_hook(self.rank)
         win.Lock_all()
         try:
+            if fault is not None:
+                fault.at_step(0, f"{self._algo()} allreduce (spot protocol)")
             for s in active:
                 for w in workers:
                     self._write_record(w, s, 0, int(lay.slot_lo[s]))
             status = MPI.Status()
             ctrl = np.empty(5, dtype=np.int64)
             while self.workers_left or any(not a.finished for a in self.aggs.values()):
-                self.comm.Probe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
+                self.events += 1
+                if fault is not None:
+                    fault.at_step(self.events, f"{self._algo()} allreduce (spot protocol)")
+                wd.probe(self.comm, status, self._describe_loop)
                 tag, source = status.Get_tag(), status.Get_source()
                 if tag >= TAG_RESULT:
-                    self.comm.Recv(self.landing, source, tag)
+                    wd.wait([self.comm.Irecv(self.landing, source, tag)], self._describe_recv, source, tag)
                     slot, worker = divmod(tag - TAG_RESULT, self.n)
                     self._on_result(slot, worker, source)
                     continue
                 size = status.Get_count(MPI.INT64_T)
-                self.comm.Recv(ctrl[:size], source, tag)
+                wd.wait([self.comm.Irecv(ctrl[:size], source, tag)], self._describe_recv, source, tag)
                 if tag == TAG_RECORD:
                     self._on_record(ctrl[:5])
                 elif tag == TAG_CREDIT:
@@ -273,11 +302,91 @@ class SpotRun:
                     self._on_txcredit(ctrl[:3])
                 else:
                     raise ProtocolError(f"unexpected message tag {tag} from rank {source}")
-            MPI.Request.Waitall(self.requests)
+            wd.wait(self.requests, self._describe_sends)
             for a in self.aggs.values():
                 for reqs in a.tx_requests:
-                    MPI.Request.Waitall(reqs)
-        finally:
+                    wd.wait(reqs, self._describe_scatter, a)
+        except CollectiveStalled:
+            raise    # Unlock_all would wait for the stalled peer; the job is ending
+        except BaseException:
+            with wd.blocking(self._describe_blocked, "win.Unlock_all of the spot windows", []):
+                win.Unlock_all()
+            raise
+        with wd.blocking(self._describe_blocked, "win.Unlock_all of the spot windows", []):
             win.Unlock_all()
         flat = self.out.reshape(self.work.shape[0], -1)[:, :self.count]
         self.work[:] = flat
+
+    # ---- watchdog messages (built only when a wait times out) -----------------------
+
+    def _algo(self) -> str:
+        return ALGO_NAMES.get(self.cfg.aggregation, "sparse")
+
+    def _local_nodes(self) -> list[int]:
+        return list(range(self.lo, self.lo + self.work.shape[0]))
+
+    def _stall(self, elapsed: float, waiting: list[int], what: str, ranks: list[int]) -> str:
+        return (f"{self._algo()} allreduce: {nodes_text(waiting or self._local_nodes())} (rank {self.rank}) "
+                f"waited {elapsed:.1f} s in the spot protocol (event {self.events}) {what}; "
+                f"{culprit_text([r for r in ranks if r != self.rank] or ranks)}")
+
+    def _describe_loop(self, elapsed: float) -> str:
+        """What every local node still waits for, and from which node and rank."""
+        waiting, items, credits, ranks = [], [], [], []
+        for a in self.aggs.values():
+            agg = int(self.lay.slot_agg[a.slot])
+            agg_node = int(self.lay.aggregator_node[agg])
+            if not a.done:
+                missing = sorted(a.expected - set(a.arrived))
+                if missing:
+                    peers = sorted({int(self.node_rank[w]) for w in missing})
+                    ranks += peers
+                    waiting.append(agg_node)
+                    items.append(f"the records of slot {a.slot} round {a.round} from {nodes_text(missing)} "
+                                 f"({ranks_text(peers)})")
+                    continue
+            if any(a.tx_pending):
+                waiting.append(agg_node)
+                credits.append((a.slot, sum(a.tx_pending)))
+        by_rank: dict[int, list[tuple[int, int, int, int]]] = {}
+        for worker, slot in sorted(self.workers_left):
+            agg = int(self.lay.slot_agg[slot])
+            by_rank.setdefault(int(self.agg_rank[agg]), []).append(
+                (worker, slot, int(self.lay.aggregator_node[agg]), self.worker_rounds[(worker, slot)]))
+        for agg_rank, entries in sorted(by_rank.items()):
+            workers, slots, agg_nodes, rounds = (sorted({e[i] for e in entries}) for i in range(4))
+            ranks.append(agg_rank)
+            waiting += workers
+            rnd = f"{rounds[0]}" if len(rounds) == 1 else f"{rounds[0]}-{rounds[-1]}"
+            items.append(f"the round {rnd} result of {listing('slot', slots)} for "
+                         f"{nodes_text(workers)} from aggregator {nodes_text(agg_nodes)} (rank {agg_rank})")
+        if credits:           # last: they name no peer
+            items.append(f"{sum(c for _, c in credits)} Tx credit(s) of "
+                         f"{listing('slot', [sl for sl, _ in credits])} from the workers")
+        if len(items) > 3:
+            items = items[:3] + [f"{len(items) - 3} more"]
+        what = "for " + "; ".join(items) if items else "for a message"
+        return self._stall(elapsed, waiting, what, ranks)
+
+    def _describe_recv(self, elapsed: float, pending: list[int], source: int, tag: int) -> str:
+        what = ("for the rest of a result record" if tag >= TAG_RESULT else "for the rest of a control message")
+        return self._stall(elapsed, [], f"{what} from rank {source}", [source])
+
+    def _describe_scatter(self, elapsed: float, pending: list[int], a: AggSlot) -> str:
+        agg_node = int(self.lay.aggregator_node[int(self.lay.slot_agg[a.slot])])
+        workers = [w for w in pending if w < self.n]      # one send per worker, in worker order
+        ranks = sorted({int(self.node_rank[w]) for w in workers})
+        return self._stall(elapsed, [agg_node], f"for the result of slot {a.slot} to reach "
+                           f"{nodes_text(workers)} ({ranks_text(ranks)})", ranks)
+
+    def _describe_sends(self, elapsed: float, pending: list[int]) -> str:
+        return self._stall(elapsed, [], f"for {len(pending)} protocol message(s) to be received", [])
+
+    def _describe_flush(self, elapsed: float, slot: int, agg: int, target: int) -> str:
+        agg_node = int(self.lay.aggregator_node[agg])
+        return self._describe_blocked(elapsed, f"win.Flush of a record for slot {slot} to aggregator "
+                                      f"node {agg_node}", [target])
+
+    def _describe_blocked(self, elapsed: float, what: str, ranks: list[int]) -> str:
+        target = f" ({ranks_text(ranks)})" if ranks else ""
+        return self._stall(elapsed, [], f"in {what}{target}", ranks)

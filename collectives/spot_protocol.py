@@ -22,6 +22,11 @@ first round dense instead (``dense_first_round``).
 Both executors derive the same rounds from the block masks; the MPI executor
 additionally checks, as it runs, that the pointers the workers really wrote
 lead to exactly these windows.
+
+A plan stays small at scale (4,096 nodes x 131,072 blocks): the windows are
+computed from the union of the masks, and what each worker writes in a window
+is counted from the masks only when it is read (:meth:`Round.sent_rows`). The
+masks may be given bit-packed (:class:`PackedMasks`, 1/8 of a bool array).
 """
 
 from __future__ import annotations
@@ -93,18 +98,184 @@ def make_layout(nodes: int, nblocks: int, cfg: SparseConfig) -> Layout:
                   np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64))
 
 
-@dataclass
-class Round:
-    """Round ``index`` of every slot still running."""
+class PackedMasks:
+    """The workers' block masks, 8 blocks per byte (``np.packbits`` along the blocks).
 
-    index: int
-    slots: np.ndarray        # active slot ids, ascending
-    lo: np.ndarray           # window start per active slot
-    hi: np.ndarray           # window end (exclusive)
-    sent: np.ndarray         # (active, nodes) blocks each worker writes
-    reports: np.ndarray      # (active, nodes) whether the worker writes a record at all
-    result: np.ndarray       # (active,) result blocks scattered
-    next_lo: np.ndarray      # (active,) next window start; >= slot_hi means the slot is done
+    An alternative to the ``(nodes, nblocks)`` bool array that takes an eighth of
+    the memory (4,096 nodes x 131,072 blocks: 64 MiB instead of 512 MiB).
+    :func:`plan_rounds` accepts either and plans the same rounds.
+    """
+
+    def __init__(self, bits: np.ndarray, nblocks: int) -> None:
+        bits = np.ascontiguousarray(bits, dtype=np.uint8)
+        if bits.ndim != 2 or bits.shape[1] != (nblocks + 7) // 8:
+            raise ValueError(f"packed masks of {nblocks} blocks need shape (nodes, {(nblocks + 7) // 8}), "
+                             f"not {bits.shape}")
+        self.bits = bits
+        self.nblocks = int(nblocks)
+
+    @classmethod
+    def pack(cls, masks: np.ndarray) -> PackedMasks:
+        masks = np.asarray(masks)
+        return cls(np.packbits(masks != 0, axis=1), masks.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.bits.shape[0], self.nblocks
+
+    def unpack(self) -> np.ndarray:
+        return np.unpackbits(self.bits, axis=1, count=self.nblocks).astype(bool)
+
+    def union(self) -> np.ndarray:
+        """Blocks that are non-zero on some node."""
+        return np.unpackbits(np.bitwise_or.reduce(self.bits, axis=0), count=self.nblocks).astype(bool)
+
+    def columns(self, c0: int, c1: int) -> np.ndarray:
+        """Blocks ``c0 .. c1-1`` of every node, (nodes, c1 - c0), 0/1 as uint8."""
+        b0 = c0 // 8
+        u = np.unpackbits(self.bits[:, b0:(c1 + 7) // 8], axis=1)
+        return u[:, c0 - 8 * b0:c1 - 8 * b0]
+
+
+_COUNT_CHUNK = 1 << 25   # mask entries (bytes) unpacked or read at once when counting windows
+
+
+class WindowCounts:
+    """Per-worker non-zero block counts of windows, straight from the masks.
+
+    ``counts(lo, hi)`` is what a cumulative sum over the whole mask array gives,
+    ``csum[:, hi] - csum[:, lo]``, without building that array: the windows
+    (ascending, disjoint) are read in column batches of bounded size.
+    """
+
+    def __init__(self, masks) -> None:
+        self.masks = masks
+        self.nodes, self.nblocks = masks.shape
+
+    def _columns(self, c0: int, c1: int) -> np.ndarray:
+        if isinstance(self.masks, PackedMasks):
+            return self.masks.columns(c0, c1)
+        return self.masks[:, c0:c1]
+
+    def _gather(self, idx: np.ndarray) -> np.ndarray:
+        """Blocks ``idx`` of every node, (nodes, len(idx))."""
+        if isinstance(self.masks, PackedMasks):
+            byte = np.take(self.masks.bits, idx >> 3, axis=1)
+            return (byte >> (7 - (idx & 7)).astype(np.uint8)) & 1
+        return np.take(self.masks, idx, axis=1)
+
+    def counts(self, lo: np.ndarray, hi: np.ndarray, dtype: type = np.int32) -> np.ndarray:
+        """(len(lo), nodes): blocks of each worker in ``[lo[i], hi[i])``, as ``dtype``."""
+        m = len(lo)
+        out = np.empty((m, self.nodes), dtype=dtype)
+        if m == 0:
+            return out
+        lo = np.asarray(lo, dtype=np.int64)
+        hi = np.asarray(hi, dtype=np.int64)
+        width = hi - lo
+        reach = np.cumsum(width)                     # blocks read up to each window
+        limit = max(1, _COUNT_CHUNK // max(self.nodes, 1))
+        i = 0
+        while i < m:
+            # a batch of windows whose blocks fit in one read
+            base = int(reach[i - 1]) if i else 0
+            j = int(np.searchsorted(reach, base + limit, side="right"))
+            j = min(max(j, i + 1), m)
+            w = width[i:j]
+            c0, c1 = int(lo[i]), int(hi[j - 1])
+            if c1 - c0 <= 2 * int(reach[j - 1] - base):
+                sub = self._columns(c0, c1)          # the windows are close: read the whole range
+                blo, bhi = lo[i:j] - c0, hi[i:j] - c0
+            else:                                    # far apart: read only their blocks
+                starts = np.zeros(j - i, dtype=np.int64)
+                np.cumsum(w[:-1], out=starts[1:])
+                idx = np.repeat(lo[i:j] - starts, w) + np.arange(int(reach[j - 1] - base))
+                sub = self._gather(idx)
+                blo, bhi = starts, starts + w
+            if (w == 1).all():
+                part = sub if sub.shape[1] == j - i else np.take(sub, blo, axis=1)
+            elif (w == w[0]).all() and (blo[1:] == bhi[:-1]).all():
+                part = sub.reshape(self.nodes, j - i, int(w[0])).sum(axis=2, dtype=np.int32)
+            else:
+                cut = np.empty(2 * (j - i), dtype=np.int64)
+                cut[0::2], cut[1::2] = blo, bhi
+                part = np.add.reduceat(sub, cut[:-1], axis=1, dtype=np.int32)[:, 0::2]
+            out[i:j] = part.T
+            i = j
+        return out
+
+
+class Round:
+    """Round ``index`` of every slot still running.
+
+    ``sent`` and ``reports`` are (active slots, nodes); a plan made by
+    :func:`plan_rounds` computes them from the masks when first read (they are
+    the bulk of a plan: 4,096 nodes x 32,768 slots is 512 MiB per round), and
+    :func:`~collectives.sparse_timing.sparse_time` reads them in slices with
+    :meth:`sent_rows` and :meth:`reports_rows` without keeping them.
+    """
+
+    def __init__(self, index: int, slots: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                 sent: np.ndarray | None, reports: np.ndarray | None, result: np.ndarray,
+                 next_lo: np.ndarray, *, counter: WindowCounts | None = None,
+                 dense: bool = False, nodes: int = 0) -> None:
+        self.index = index
+        self.slots = slots       # active slot ids, ascending
+        self.lo = lo             # window start per active slot
+        self.hi = hi             # window end (exclusive)
+        self._sent = sent        # (active, nodes) blocks each worker writes
+        self._reports = reports  # (active, nodes) whether the worker writes a record at all
+        self.result = result     # (active,) result blocks scattered
+        self.next_lo = next_lo   # (active,) next window start; >= slot_hi means the slot is done
+        self._counter = counter
+        self._dense = dense      # every worker sends the whole window (OmniReduce's first round)
+        self._nodes = nodes if counter is None else counter.nodes
+        if sent is None and counter is None and not dense:
+            raise ValueError("a Round needs sent, or the masks to compute it from")
+
+    def __repr__(self) -> str:
+        return f"Round(index={self.index}, slots={len(self.slots)})"
+
+    def sent_rows(self, j0: int, j1: int, dtype: type | None = None) -> np.ndarray:
+        """``sent[j0:j1]``, computed from the masks if it is not held.
+
+        ``dtype``: wanted integer type (the counts are at most the window length), so
+        that a caller can ask for 1 byte per count; None: that of ``sent``.
+        """
+        if self._sent is not None:
+            return self._sent[j0:j1]
+        if self._dense:
+            w = (self.hi[j0:j1] - self.lo[j0:j1])[:, None]
+            return np.broadcast_to(w.astype(dtype or w.dtype), (j1 - j0, self._nodes)).copy()
+        return self._counter.counts(self.lo[j0:j1], self.hi[j0:j1], dtype or np.int32)
+
+    def reports_rows(self, j0: int, j1: int, sent: np.ndarray | None = None) -> np.ndarray:
+        """``reports[j0:j1]`` (``sent``: ``sent_rows(j0, j1)`` if already at hand)."""
+        if self._reports is not None:
+            return self._reports[j0:j1]
+        if self.index == 0:
+            return np.ones((j1 - j0, self._nodes), dtype=bool)
+        return (self.sent_rows(j0, j1) if sent is None else sent) > 0
+
+    @property
+    def sent(self) -> np.ndarray:
+        if self._sent is None:
+            self._sent = self.sent_rows(0, len(self.slots))
+        return self._sent
+
+    @sent.setter
+    def sent(self, value: np.ndarray) -> None:
+        self._sent = value
+
+    @property
+    def reports(self) -> np.ndarray:
+        if self._reports is None:
+            self._reports = self.reports_rows(0, len(self.slots), self.sent)
+        return self._reports
+
+    @reports.setter
+    def reports(self, value: np.ndarray) -> None:
+        self._reports = value
 
 
 @dataclass
@@ -116,8 +287,13 @@ class Plan:
     def upstream_bytes(self, block_bytes: int) -> np.ndarray:
         """Bytes each worker writes into Rx spots over the whole call (data + metadata)."""
         out = np.zeros(self.layout.nodes, dtype=np.int64)
+        step = max(1, _COUNT_CHUNK // max(self.layout.nodes, 1))
         for r in self.rounds:
-            out += (r.sent * (block_bytes + INDEX_BYTES) + r.reports * RECORD_HEADER_BYTES).sum(axis=0)
+            for j0 in range(0, len(r.slots), step):
+                j1 = min(j0 + step, len(r.slots))
+                sent = r.sent_rows(j0, j1)
+                out += (sent * (block_bytes + INDEX_BYTES)
+                        + r.reports_rows(j0, j1, sent) * RECORD_HEADER_BYTES).sum(axis=0)
         return out
 
     def downstream_bytes(self, block_bytes: int) -> np.ndarray:
@@ -137,15 +313,24 @@ def next_nonzero(union: np.ndarray) -> np.ndarray:
     return np.append(nxt, n)
 
 
-def plan_rounds(masks: np.ndarray, cfg: SparseConfig) -> Plan:
-    """All rounds of all slots, from the workers' block masks (nodes x nblocks, bool)."""
+def plan_rounds(masks: np.ndarray | PackedMasks, cfg: SparseConfig) -> Plan:
+    """All rounds of all slots, from the workers' block masks.
+
+    ``masks``: (nodes, nblocks) bool, or the same bit-packed as :class:`PackedMasks`.
+    The rounds' windows and results are computed here; what each worker sends
+    (``Round.sent``, ``Round.reports``) is counted from the masks when it is
+    read, so the plan keeps a reference to them.
+    """
+    if isinstance(masks, PackedMasks):
+        union = masks.union()
+    else:
+        masks = np.asarray(masks)
+        union = masks.any(axis=0)
     nodes, nblocks = masks.shape
     layout = make_layout(nodes, nblocks, cfg)
     plan = Plan(layout, cfg)
-    union = masks.any(axis=0)
+    counter = WindowCounts(masks)
     nxt = next_nonzero(union)
-    csum = np.zeros((nodes, nblocks + 1), dtype=np.int32)
-    np.cumsum(masks, axis=1, out=csum[:, 1:])
     ucsum = np.concatenate([[0], np.cumsum(union)])
     c = cfg.spot_blocks
     slots = np.flatnonzero(layout.slot_hi > layout.slot_lo)   # empty slots never run
@@ -153,18 +338,12 @@ def plan_rounds(masks: np.ndarray, cfg: SparseConfig) -> Plan:
     i = 0
     while len(slots):
         hi = np.minimum(lo + c, layout.slot_hi[slots])
-        if i == 0 and cfg.dense_first_round:
-            sent = np.broadcast_to((hi - lo)[:, None], (len(slots), nodes)).copy()
-        else:
-            sent = (csum[:, hi] - csum[:, lo]).T
-        reports = sent > 0
-        if i == 0:
-            reports[:] = True
+        dense = i == 0 and cfg.dense_first_round
         result = ucsum[hi] - ucsum[lo]
-        if i == 0 and cfg.dense_first_round:
+        if dense:
             result = hi - lo
         nlo = np.minimum(nxt[hi], layout.slot_hi[slots])
-        plan.rounds.append(Round(i, slots, lo, hi, sent, reports, result, nlo))
+        plan.rounds.append(Round(i, slots, lo, hi, None, None, result, nlo, counter=counter, dense=dense))
         live = nlo < layout.slot_hi[slots]
         slots, lo = slots[live], nlo[live]
         i += 1

@@ -4,13 +4,24 @@ Every subcommand is a module with ``add_arguments`` and ``run``. Errors a user
 can fix (bad flags, topologies, profiles, sizes) are printed once, by rank 0,
 as one line, and every rank exits with status 2: the arguments are the same on
 every rank, so every rank reaches the same verdict without talking. Anything
-unexpected aborts the whole MPI job so no rank is left waiting.
+unexpected aborts the whole MPI job so no rank is left waiting: the failing
+rank prints ``nicemu: internal error on rank R:`` and a short traceback, then
+calls ``Abort(1)``.
+
+A collective that stalls (a peer hangs or is gone) is turned into
+:class:`~collectives.watchdog.CollectiveStalled` by the watchdog after
+``$NICEMU_WATCHDOG_S`` seconds (default 60; 0 disables it). The first rank to
+notice prints the one-line ``nicemu: error: ...`` that names the waiting node,
+the peer and the step, and aborts the job (status 1); ranks that learn of the
+stall from it stay silent and only abort themselves if the first one's abort
+has not ended them within a few seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 import traceback
 
 from nicemu import bench, info, schedule_cmd
@@ -46,6 +57,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     from mpi4py import MPI
+
+    from collectives.watchdog import SECONDARY_GRACE_S, CollectiveStalled
     comm = MPI.COMM_WORLD
     try:
         args = make_parser().parse_args(argv)
@@ -58,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         if comm.rank == 0:
             print(f"nicemu: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except CollectiveStalled as exc:
+        if exc.secondary and comm.size > 1:
+            time.sleep(SECONDARY_GRACE_S)   # the first reporter's Abort normally ends us first
+        else:
+            print(f"nicemu: error: {exc}", file=sys.stderr, flush=True)
+        if comm.size > 1:
+            comm.Abort(1)
+        return 1
     except KeyboardInterrupt:
         if comm.size > 1:
             comm.Abort(130)
