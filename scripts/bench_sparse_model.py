@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -84,18 +85,20 @@ def run_one(args: argparse.Namespace, algo: str, density: float) -> dict:
     rss_masks = _status_kib("VmRSS")
     peak_reset = _reset_peak()
     cfg = sparse_config(algo, nodes, block_size=args.block_size)
+    c0 = time.process_time()
     t0 = time.perf_counter()
     plan = spot_protocol.plan_rounds(masks, cfg)
     t1 = time.perf_counter()
     timing = sparse_time(plan, prof, args.itemsize)
     t2 = time.perf_counter()
+    cpu = time.process_time() - c0
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "topology": args.topology, "nodes": nodes, "bytes_per_node": args.size, "algo": algo,
         "density": density, "overlap": args.overlap, "packed": args.packed,
         "nblocks": nblocks_of(count, args.block_size), "rounds": len(plan.rounds),
         "masks_s": round(t_masks, 3), "plan_s": round(t1 - t0, 3), "time_s": round(t2 - t1, 3),
-        "model_s": round(t2 - t0, 3),
+        "model_s": round(t2 - t0, 3), "model_cpu_s": round(cpu, 3),   # CPU time: less sensitive to load
         "max_rss_MiB": round(ru.ru_maxrss / 1024, 1),              # whole process, masks included
         "rss_after_masks_MiB": round(rss_masks / 1024, 1) if rss_masks else None,
         "model_peak_rss_MiB": (round(_status_kib("VmHWM") / 1024, 1) if peak_reset else None),
@@ -145,10 +148,12 @@ def main(argv: list[str] | None = None) -> int:
                 return out.returncode
             row = json.loads(out.stdout.strip().splitlines()[-1])
             row["process_wall_s"] = round(time.perf_counter() - t0, 2)
+            row["load_avg_1min"] = round(os.getloadavg()[0], 2)     # other processes on the machine
             rows.append(row)
             print(f"{args.topology} {args.size >> 20} MiB d={d:<5} {algo:<12} rounds {row['rounds']:>6}  "
                   f"masks {row['masks_s']:7.2f} s  plan {row['plan_s']:7.2f} s  time {row['time_s']:7.2f} s  "
-                  f"model {row['model_s']:7.2f} s  max RSS {row['max_rss_MiB']:8.1f} MiB "
+                  f"model {row['model_s']:7.2f} s (cpu {row['model_cpu_s']:.2f} s)  "
+                  f"max RSS {row['max_rss_MiB']:8.1f} MiB "
                   f"(masks {row['rss_after_masks_MiB']} MiB, model peak {row['model_peak_rss_MiB']} MiB)  "
                   f"emulated {row['emulated_us']:.3f} us", flush=True)
             if args.json:

@@ -516,6 +516,15 @@ def test_benchmark_pattern_medium_scale(algo, density):
     assert t.emulated_us == ref.emulated_us and t.wire_bytes == ref.wire_bytes
 
 
+@pytest.mark.parametrize("algo", ALGOS)
+def test_windows_of_more_than_255_blocks(algo, chunks):
+    rng = np.random.default_rng(3)
+    for density in (1.0, 0.2, 0.002):
+        masks = rng.random((4, 1300)) < density
+        cfg = sparse_config(algo, 4, block_size=2, spots=2, spot_blocks=300, aggregators=2)
+        check_case(masks, cfg, PROFILES["omniccl-paper"], 4)
+
+
 def test_single_node():
     masks = np.array([[True, False, True, True]])
     for algo in ALGOS:
