@@ -6,6 +6,7 @@ import csv
 import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 from nicemu.errors import UsageError
 
@@ -101,3 +102,16 @@ def write_plot(path: str, records: Sequence[dict], title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_result_files(stem: str | Path, rows: Sequence[dict], table: Sequence[str]) -> None:
+    """A script's sweep as ``stem.json``, ``stem.csv`` and a Markdown ``stem.md`` (the README tables)."""
+    out = Path(stem)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps([{k: _clean(v) for k, v in r.items()} for r in rows],
+                                                   indent=1) + "\n")
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        w.writeheader()
+        w.writerows(rows)
+    out.with_suffix(".md").write_text("\n".join(table) + "\n")

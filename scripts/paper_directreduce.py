@@ -11,8 +11,6 @@ for the host ring and DirectReduce, and writes JSON, CSV and a Markdown table.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from collectives import model_time  # noqa: E402
 from nic.profile import load_profile  # noqa: E402
+from nicemu.report import write_result_files  # noqa: E402
 from nicemu.sizes import format_size  # noqa: E402
 from topologies import parse_topology  # noqa: E402
 
@@ -60,20 +59,13 @@ def main() -> int:
                      "gain": 1 - dr / ring, "model_wall_s": time.perf_counter() - t0})
         print(f"[{i}/{len(todo)}] {topo_spec:<10} {format_size(m):>5}  ring {ring:14.3f} us  "
               f"directreduce {dr:14.3f} us  gain {100 * (1 - dr / ring):6.2f}%", file=sys.stderr)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
     lines = ["| topology | N | M | M/N (B) | ring (µs) | DirectReduce (µs) | gain |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['topology']} | {r['nodes']:,} | {format_size(r['bytes'])} | "
                      f"{_per_node(r['bytes_per_node'])} | {r['ring_us']:,.2f} | {r['directreduce_us']:,.2f} | "
                      f"{100 * r['gain']:.2f}% |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_result_files(args.out, rows, lines)
     print("\n".join(lines))
     return 0
 

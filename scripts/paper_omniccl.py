@@ -12,8 +12,6 @@ with the `omniccl-paper` profile. Writes JSON, CSV and a Markdown table.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from collectives import model_time  # noqa: E402
 from collectives.omniccl import model_sparse, sparse_config  # noqa: E402
 from collectives.sparse_patterns import pattern_mask  # noqa: E402
 from nic.profile import load_profile  # noqa: E402
+from nicemu.report import write_result_files  # noqa: E402
 from topologies import parse_topology  # noqa: E402
 
 DENSITIES = [1.0, 0.8, 0.4, 0.2, 0.1, 0.08, 0.04, 0.02, 0.01]
@@ -59,13 +58,6 @@ def main(argv: list[str] | None = None) -> int:
                       f"x{ring / t.emulated_us:6.2f} vs ring  ({time.perf_counter() - t0:.1f} s)",
                       file=sys.stderr)
             rows.append(row)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
     lines = ["| overlap | density | ring (µs) | omniccl (µs) | speedup vs ring | tx-spots 1 | "
              "omniccl-cpu | omnireduce |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -75,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['overlap']} | {r['density']:g} | {r['ring_us']:,.0f} | {om:,.0f} | "
             f"{r['ring_us'] / om:.2f}× | {100 * (r['omniccl tx1_us'] / om - 1):+.2f}% | "
             f"{100 * (r['omniccl-cpu_us'] / om - 1):+.1f}% | {r['omnireduce_us'] / om:.1f}× slower |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_result_files(args.out, rows, lines)
     print("\n".join(lines))
     return 0
 
