@@ -24,13 +24,14 @@ import sys
 import time
 import traceback
 
-from nicemu import bench, info, schedule_cmd
+from nicemu import bench, info, schedule_cmd, serve
 from nicemu.errors import UsageError
 
 COMMANDS = {
     "bench": (bench, "sweep sizes and algorithms, nccl-tests style"),
     "info": (info, "list topologies, algorithms, profiles"),
     "schedule": (schedule_cmd, "print an algorithm's chunk-level schedule"),
+    "serve": (serve, "replay LLM-serving traffic; TTFT, TPOT and throughput per algorithm"),
 }
 
 
@@ -52,7 +53,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from collectives.errors import CollectiveError
     from nic.errors import ProfileError
     from topologies.errors import TopologyError
-    return (UsageError, CollectiveError, ProfileError, TopologyError)
+    from workloads.errors import WorkloadError
+    return (UsageError, CollectiveError, ProfileError, TopologyError, WorkloadError)
 
 
 def main(argv: list[str] | None = None) -> int:

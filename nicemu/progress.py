@@ -25,3 +25,21 @@ class Progress:
         if self.done == self.total:
             sys.stderr.write("\n")
         sys.stderr.flush()
+
+    def advance(self, steps: int, label: str) -> None:
+        """Count ``steps`` units of work at once; redraw at most every 0.2 s (serve calls this per iteration)."""
+        if not self.enabled or steps <= 0:
+            return
+        self.done = min(self.total, self.done + steps - 1)
+        now = time.monotonic()
+        if self.done + 1 < self.total and now - getattr(self, "_drawn", 0.0) < 0.2:
+            self.done += 1
+            return
+        self._drawn = now
+        self.update(label)
+
+    def finish(self) -> None:
+        """End the bar's line if it is still open."""
+        if self.enabled and self.done < self.total:
+            sys.stderr.write("\n")
+            sys.stderr.flush()

@@ -30,6 +30,29 @@ def token_ids(iteration: int, tokens: int, vocab: int, seed: int = 0) -> np.ndar
     return np.random.default_rng([seed, iteration]).integers(0, vocab, size=tokens)
 
 
+def batch_token_ids(tokens: int, vocab: int, seed: int = 0) -> np.ndarray:
+    """Synthetic token ids of a forward pass of ``tokens`` tokens: one seeded draw per batch size.
+
+    ``nicemu serve`` uses these instead of :func:`token_ids` so that the sparse
+    embedding AllReduce's timing, like the dense collectives', depends only on
+    the batch size and can be memoised (the block pattern of a pass is still a
+    uniform random draw: each row is owned by one rank, each with probability
+    about 1 / tp).
+    """
+    return np.random.default_rng([seed, 0x5EED, tokens]).integers(0, vocab, size=tokens)
+
+
+def embedding_rows(ids: np.ndarray, hidden: int, dtype: str | np.dtype = "float16") -> np.ndarray:
+    """(tokens, hidden) embedding output after the AllReduce: row ``t`` is a fixed function of token id ``t``.
+
+    Entries are non-zero integers in [-4, 4], so sums stay exact in float16 and
+    the zero blocks of each rank's input are exactly the rows it does not own.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    v = (ids[:, None] * 7 + np.arange(hidden)[None, :] * 13) % 8
+    return np.where(v < 4, v - 4, v - 3).astype(dtype)
+
+
 def row_owner(ids: np.ndarray, vocab: int, tp: int) -> np.ndarray:
     """TP rank whose vocabulary shard holds each token id."""
     ids = np.asarray(ids)

@@ -15,8 +15,9 @@ executor.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from workloads.accelerators import Accelerator
 from workloads.compute import iteration_compute
@@ -52,39 +53,67 @@ class IterationCost:
 CommFn = Callable[[TrafficRecord], CommCost]
 
 
+class IterationComm(Protocol):
+    """A backend that times one iteration's records at once (workloads/comm_backends.py)."""
+
+    def iteration_cost(self, iteration: int, records: Sequence[TrafficRecord]) -> CommCost: ...
+
+
 class IterationTimer:
     """The duration callback for :class:`~workloads.scheduler.Scheduler`; keeps every iteration's cost.
 
     Args:
-        comm_time: times one record; it is called for every record in issue
-            order, so under MPI every rank must run the same schedule.
+        comm_time: times one record (it is called for every record in issue
+            order, so under MPI every rank must run the same schedule), or an
+            :class:`IterationComm` that times an iteration's records at once.
         on_traffic: optional sink for each iteration's records (e.g. a
             :class:`~workloads.traffic.TrafficCsv`'s ``write``).
     """
 
-    def __init__(self, model: Model, accelerator: Accelerator, par: Parallelism, comm_time: CommFn,
+    def __init__(self, model: Model, accelerator: Accelerator, par: Parallelism, comm_time: CommFn | IterationComm,
                  algo: str = "ring", embedding_algo: str | None = None, alltoall_algo: str | None = None,
-                 dtype_bytes: int = 2, on_traffic: Callable[[list[TrafficRecord]], None] | None = None) -> None:
+                 dtype_bytes: int = 2, on_traffic: Callable[[list[TrafficRecord]], None] | None = None,
+                 p2p_algo: str = "direct") -> None:
         par.check_model(model)
         self.model, self.accelerator, self.par = model, accelerator, par
         self.comm_time = comm_time
         self.algo, self.embedding_algo, self.alltoall_algo = algo, embedding_algo, alltoall_algo
         self.dtype_bytes = dtype_bytes
         self.on_traffic = on_traffic
+        self.p2p_algo = p2p_algo
         self.costs: list[IterationCost] = []
+        self._traffic: dict[tuple, list[TrafficRecord]] = {}
+
+    def records(self, it: Iteration) -> list[TrafficRecord]:
+        """The iteration's records; built once per batch shape (tokens, phase, finished prompts), then reused."""
+        batch = it.batch
+        prompts = (tuple(c.context_tokens + c.tokens for c in batch.prefills if c.completes_prompt)
+                   if self.par.disaggregated else ())
+        key = (batch.tokens, batch.phase, prompts)
+        recs = self._traffic.get(key)
+        if recs is None:
+            recs = iteration_traffic(-1, batch, self.model, self.par, self.algo, self.embedding_algo,
+                                     self.alltoall_algo, self.p2p_algo, dtype_bytes=self.dtype_bytes)
+            if len(self._traffic) > 4096:
+                self._traffic.clear()
+            self._traffic[key] = recs
+        return recs
 
     def __call__(self, it: Iteration) -> float:
         compute_us = iteration_compute(self.model, self.accelerator, it.batch, self.par, self.dtype_bytes).total_us
-        records = iteration_traffic(it.index, it.batch, self.model, self.par, self.algo, self.embedding_algo,
-                                    self.alltoall_algo, dtype_bytes=self.dtype_bytes)
+        records = self.records(it)
         if self.on_traffic is not None:
-            self.on_traffic(records)
-        comm_us = host_us = 0.0
-        wire = 0
-        for rec in records:
-            cost = self.comm_time(rec)
-            comm_us += cost.emulated_us
-            host_us += cost.host_busy_us
-            wire += cost.wire_bytes
+            self.on_traffic([r._replace(iteration=it.index) for r in records])
+        if hasattr(self.comm_time, "iteration_cost"):
+            total = self.comm_time.iteration_cost(it.index, records)
+            comm_us, host_us, wire = total.emulated_us, total.host_busy_us, total.wire_bytes
+        else:
+            comm_us = host_us = 0.0
+            wire = 0
+            for rec in records:
+                cost = self.comm_time(rec._replace(iteration=it.index))
+                comm_us += cost.emulated_us
+                host_us += cost.host_busy_us
+                wire += cost.wire_bytes
         self.costs.append(IterationCost(it.index, compute_us, comm_us, host_us, wire, len(records)))
         return compute_us + comm_us

@@ -1,0 +1,234 @@
+"""``nicemu serve``: replay LLM-serving traffic and report TTFT, TPOT and throughput per algorithm.
+
+Requests (synthetic arrivals or an Azure-format trace) are served by
+continuous batching with chunked prefill. Every iteration takes its roofline
+compute time plus the emulated time of every collective and transfer it
+issues: two AllReduces per layer on each stage's TP group, the block-sparse
+embedding AllReduce, pipeline activations and MoE all-to-alls. Under
+``--executor mpi`` (the default) these run with real data on the ranks hosting
+each group (see workloads/comm_backends.py for exactly what moves); under
+``--executor model`` the same traffic is timed without data. Both give the
+same metrics for the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from mpi4py import MPI
+
+from collectives.algorithms import ALGORITHMS, SPARSE
+from collectives.api import check_algo
+from nic.profile import load_profile
+from nicemu.errors import UsageError
+from nicemu.progress import Progress
+from nicemu.serve_report import HEADER, UNITS, check_plot, table_row, write_cdf_plot, write_json, write_request_csv
+from topologies import parse_topology, ring
+from workloads import (
+    IterationTimer,
+    Parallelism,
+    SchedulerConfig,
+    TrafficCsv,
+    load_accelerator,
+    load_model,
+    load_trace,
+    request_rows,
+    run_schedule,
+    summarize,
+    synthetic_requests,
+)
+from workloads.comm_backends import DTYPE, ModelComm, MpiComm, algos_for, has_alltoall
+
+DEFAULT_ALGOS = "ring,directreduce,omniccl"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="llama3-70b",
+                   help="preset (llama2-7b, llama3-8b, llama3-70b, llama3.1-405b, opt-13b, mixtral-8x7b) "
+                        "or the path of a HuggingFace config.json (default llama3-70b)")
+    p.add_argument("--tp", type=int, default=8, help="tensor-parallel degree (default 8)")
+    p.add_argument("--pp", type=int, default=1, help="pipeline stages (default 1)")
+    p.add_argument("--ep", type=int, default=1, help="expert parallelism: 1 or equal to --tp (MoE models)")
+    p.add_argument("--disaggregated", action="store_true",
+                   help="separate prefill and decode instances with KV-cache transfer (not implemented yet)")
+    p.add_argument("--accelerator", default="H100-SXM", help="H100-SXM or A100-80G (default H100-SXM)")
+    p.add_argument("--rate", type=float, default=4.0, help="mean arrival rate, requests/s (default 4; inf: all at 0)")
+    p.add_argument("--cv", type=float, default=1.0,
+                   help="coefficient of variation of the gaps: 1 Poisson, otherwise Gamma (default 1)")
+    p.add_argument("--input-len", default="lognormal:1155:0.8:8192",
+                   help="prompt tokens: N, uniform:LO:HI or lognormal:MEAN:SIGMA[:MAX] "
+                        "(default lognormal:1155:0.8:8192, Azure conversation-like)")
+    p.add_argument("--output-len", default="lognormal:211:0.8:2048",
+                   help="output tokens, same forms (default lognormal:211:0.8:2048)")
+    p.add_argument("--trace", help="replay an Azure-format CSV (TIMESTAMP,ContextTokens,GeneratedTokens) "
+                                   "instead of synthetic arrivals")
+    p.add_argument("--requests", type=int, default=100,
+                   help="number of requests (with --trace: the first N rows; default 100)")
+    p.add_argument("--token-budget", type=int, default=2048, help="tokens per iteration (default 2048)")
+    p.add_argument("--chunk", type=int, default=512, help="prefill chunk per request and iteration (default 512)")
+    p.add_argument("--max-running", type=int, default=256, help="requests in the running batch (default 256)")
+    p.add_argument("--algo", default=DEFAULT_ALGOS,
+                   help=f"comma list of {', '.join(a for a in ALGORITHMS if a != 'mpi')} "
+                        f"(default {DEFAULT_ALGOS}); a sparse one runs the embedding AllReduce, "
+                        f"the per-layer AllReduces use its dense partner")
+    p.add_argument("--topology", default=None, help="default ring:TP*PP (times 2 when disaggregated)")
+    p.add_argument("--profile", default="directreduce-paper",
+                   help="shipped profile name or YAML path (default directreduce-paper)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one profile field (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="seed of arrivals, lengths and token ids (default 0)")
+    p.add_argument("--executor", default="mpi", choices=["mpi", "model"],
+                   help="mpi: collectives with real data on MPI ranks; model: timing only")
+    p.add_argument("--real-data", default="first", choices=["first", "all"],
+                   help="mpi executor: run the first occurrence of each distinct collective with real data "
+                        "and reuse its (deterministic) time, or run every call with data (default first)")
+    p.add_argument("--json", help="write one record per algorithm as JSON")
+    p.add_argument("--csv", help="write one row per (algorithm, request) as CSV")
+    p.add_argument("--plot", help="draw TTFT and TPOT CDFs per algorithm to this PNG (needs matplotlib)")
+    p.add_argument("--traffic", help="write every collective and transfer issued as CSV "
+                                     "(iteration, phase, layer, collective, bytes, algo)")
+    p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+    # --faults / --straggler (as in bench) belong here once bench has them; they would go to the backends.
+
+
+def _validate(args: argparse.Namespace, comm: MPI.Comm):
+    algos = [a.strip() for a in args.algo.split(",") if a.strip()]
+    if not algos:
+        raise UsageError(f"--algo is empty; e.g. --algo {DEFAULT_ALGOS}")
+    for a in algos:
+        check_algo(a)
+        if a == "mpi":
+            raise UsageError("--algo mpi has no emulated time, so it cannot time a serving run; drop it")
+    if args.disaggregated:
+        raise UsageError("--disaggregated is not implemented yet in nicemu serve; drop it")
+    model = load_model(args.model)
+    par = Parallelism(args.tp, args.pp, args.ep, args.disaggregated)
+    par.check_model(model)
+    if model.is_moe and par.ep > 1 and not has_alltoall():
+        raise UsageError(f"{model.name} with --ep {par.ep} needs the alltoall collective, which this build "
+                         f"lacks; use --ep 1 (experts sharded by TP)")
+    topology = parse_topology(args.topology) if args.topology else (ring(par.nodes) if par.nodes > 1 else None)
+    if topology is None:
+        raise UsageError("--tp 1 --pp 1 is a single node: nothing to communicate; use --tp 2 or more")
+    par.check_nodes(topology.nodes)
+    profile = load_profile(args.profile, args.overrides)
+    acc = load_accelerator(args.accelerator)
+    if args.requests < 1:
+        raise UsageError(f"--requests must be >= 1, got {args.requests}")
+    sched = SchedulerConfig(args.token_budget, args.chunk, args.max_running)
+    if args.trace:
+        requests = load_trace(args.trace, limit=args.requests)
+    else:
+        requests = synthetic_requests(args.requests, args.rate, args.input_len, args.output_len, args.cv, args.seed)
+    if args.plot:
+        check_plot()
+    if args.executor == "mpi" and comm.size > topology.nodes:
+        raise UsageError(f"{comm.size} ranks for {topology.name} ({topology.nodes} nodes): run with at most "
+                         f"{topology.nodes} ranks")
+    return algos, model, par, topology, profile, acc, sched, requests
+
+
+def _gains(records: list[dict]) -> None:
+    ring_rec = next((r for r in records if r["algo"] == "ring"), None)
+    for r in records:
+        for key, metric in (("ttft_gain_vs_ring", "ttft_ms_mean"), ("tpot_gain_vs_ring", "tpot_ms_mean")):
+            base = ring_rec[metric] if ring_rec else None
+            r[key] = (1.0 - r[metric] / base) if (base and r["algo"] != "ring" and r[metric] is not None) else None
+
+
+def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
+    algos, model, par, topology, profile, acc, sched, requests = _validate(args, comm)
+    rank0 = comm.rank == 0
+    ranks = comm.size if args.executor == "mpi" else 1
+    source = args.trace or f"{args.requests} synthetic requests at {args.rate:g}/s (cv {args.cv:g})"
+    if rank0:
+        print(f"# nicemu serve: {model.name} on {acc.name}, TP {par.tp} PP {par.pp} EP {par.ep}, "
+              f"{topology.describe()}, profile {profile.name}, executor {args.executor}, {ranks} rank(s)")
+        print(f"# {len(requests)} requests ({source}); token budget {sched.token_budget}, chunk "
+              f"{sched.chunk_tokens}, seed {args.seed}; activations {DTYPE.itemsize} B/element")
+        print("#")
+        print("#" + HEADER[1:])
+        print("#" + UNITS[1:])
+    out_tokens = sum(r.output_tokens for r in requests)
+    progress = Progress(len(algos) * out_tokens, rank0 and (args.progress or sys.stderr.isatty()))
+    backend_mpi = MpiComm(comm, topology, profile, model, args.seed, args.real_data) if args.executor == "mpi" else None
+    traffic = TrafficCsv(args.traffic) if (args.traffic and rank0) else None
+    records, rows = [], []
+    wrong_total = 0
+    try:
+        for algo in algos:
+            layer_algo, emb_algo, a2a_algo, p2p_label = algos_for(algo)
+            if backend_mpi is not None:
+                backend_mpi.reset_stats()
+                backend = backend_mpi
+            else:
+                backend = ModelComm(topology, profile, model, args.seed)
+            timer = IterationTimer(model, acc, par, backend, layer_algo, emb_algo, a2a_algo,
+                                   dtype_bytes=DTYPE.itemsize, p2p_algo=p2p_label,
+                                   on_traffic=traffic.write if traffic is not None else None)
+
+            def step(it, _timer=timer, _label=algo):
+                duration = _timer(it)
+                progress.advance(it.batch.sampled_tokens, f"{_label} iteration {it.index}")
+                return duration
+
+            t0 = time.monotonic()
+            result = run_schedule(requests, step, sched)
+            wall_s = time.monotonic() - t0
+            rec = {"algo": algo, **summarize(result, timer.costs)}
+            st = backend.stats
+            rec.update(layer_algo=layer_algo, embedding_algo=emb_algo, p2p_path=p2p_label.removeprefix("p2p-"),
+                       model=model.name, tp=par.tp, pp=par.pp, ep=par.ep, topology=topology.name,
+                       nodes=topology.nodes, accelerator=acc.name, profile=profile.name,
+                       executor=args.executor, ranks=ranks, seed=args.seed,
+                       compute_ms=sum(c.compute_us for c in timer.costs) / 1e3,
+                       comm_ms=sum(c.comm_us for c in timer.costs) / 1e3,
+                       collectives=sum(c.collectives for c in timer.costs),
+                       embedding_wire_bytes=st.embedding_wire_bytes, embedding_comm_ms=st.embedding_us / 1e3,
+                       layer_wire_bytes=st.layer_wire_bytes, p2p_ms=st.p2p_us / 1e3, wall_s=wall_s)
+            if backend_mpi is not None:
+                runs, checked, wrong = backend_mpi.totals()
+                rec.update(real_data=args.real_data, real_data_calls=runs, checked_elements=checked, wrong=wrong)
+                wrong_total += wrong
+            else:
+                rec.update(real_data=None, real_data_calls=0, checked_elements=0, wrong=None)
+            records.append(rec)
+            rows.extend({"algo": algo, **row} for row in request_rows(result))
+    finally:
+        if traffic is not None:
+            traffic.close()
+        if backend_mpi is not None:
+            backend_mpi.free()
+    _gains(records)
+    if rank0:
+        if progress.enabled:
+            progress.finish()
+        for r in records:
+            print(table_row(r), flush=True)
+        if args.executor == "mpi":
+            checked = sum(r["checked_elements"] for r in records)
+            print(f"# real data: {sum(r['real_data_calls'] for r in records)} calls ({args.real_data} "
+                  f"occurrence of each distinct collective), {checked} elements checked, {wrong_total} wrong "
+                  f"{'OK' if wrong_total == 0 else 'FAILED'}")
+        sparse = [r for r in records if r["embedding_algo"] in SPARSE]
+        for r in sparse:
+            dense = next((d for d in records if d["algo"] == r["layer_algo"]), None)
+            if dense and dense["embedding_wire_bytes"]:
+                print(f"# embedding AllReduce with {r['algo']}: {r['embedding_wire_bytes'] / 1e6:.1f} MB on the "
+                      f"wire vs {dense['embedding_wire_bytes'] / 1e6:.1f} MB with {dense['algo']} "
+                      f"({r['embedding_wire_bytes'] / dense['embedding_wire_bytes']:.2f}x)")
+        if args.json:
+            write_json(args.json, records)
+            print(f"# wrote {len(records)} records to {args.json}")
+        if args.csv:
+            write_request_csv(args.csv, rows)
+            print(f"# wrote {len(rows)} request rows to {args.csv}")
+        if args.traffic:
+            print(f"# wrote the traffic of every iteration to {args.traffic}")
+        if args.plot:
+            write_cdf_plot(args.plot, rows, f"{model.name}, TP {par.tp} PP {par.pp} on {topology.name}, "
+                                            f"{len(requests)} requests, profile {profile.name}")
+            print(f"# wrote TTFT/TPOT CDFs to {args.plot}")
+    return 1 if wrong_total else 0
