@@ -1,0 +1,275 @@
+"""The MPI executor's lean path: one topology node per rank, as in ``mpiexec -n N`` on ``ring:N``.
+
+The general path (collectives/executor_mpi.py) handles any number of nodes per
+rank with index arrays and one-element numpy timing. With exactly one node per
+rank, every step sends at most one chunk to one peer and receives at most one,
+so most of that machinery is overhead on a small message. This path keeps the
+same schedule, the same watchdog and the same emulated times, and trims:
+
+* **One message per transfer for small chunks.** A chunk of at most
+  :data:`PACK_MAX_BYTES` travels in one message together with its 16-byte
+  packet-stream times (``[first_us, last_us]`` as float64, then the payload),
+  instead of a separate timing message: one message latency instead of two.
+  Larger chunks keep the timing message separate and move the data straight
+  from and into the user's array (packing them would cost a copy each way).
+  The receiver reduces straight out of the packed buffer.
+* **Persistent requests.** The packed buffers belong to the plan, so their
+  requests are made once (``Send_init``/``Recv_init``) and restarted with
+  ``Prequest.Startall`` on every call.
+* **Receives are posted before sends**, so an eager message finds its receive
+  already posted instead of being copied through MPI's unexpected queue.
+* **Timing on Python floats** (nic/scalar_agent.py, bit-identical to
+  NicAgents), with every per-step product computed once per plan. With
+  stragglers the per-node rates are arrays and the general timing runs.
+
+Whether a call takes this path is decided identically on every rank (from the
+topology, the communicator size and the schedule), because it changes what
+goes on the wire. Link faults (``agents.faults``) keep the general path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from mpi4py import MPI
+
+from collectives.executor_model import Timing
+from collectives.schedule import Schedule, step_groups
+from collectives.timing import receive_half, send_half
+from nic.agent import NicAgents
+from nic.ops import OPS
+from nic.scalar_agent import ScalarAgent, StepCosts
+
+if TYPE_CHECKING:
+    from collectives.executor_mpi import MpiExecutor, StepPlan
+
+#: largest chunk sent in one message together with its times (bytes); above it, two messages
+PACK_MAX_BYTES = 16 * 1024
+HEADER_BYTES = 16
+TAG_PACKED = 13
+TAG_TIME = 11     # same tags as the general path
+TAG_DATA = 12
+
+
+def _plain_step(step) -> bool:
+    """Same range at both ends, whole chunks to and from the host, no cut-through (not all-to-all)."""
+    return (getattr(step, "dst_offset", None) is None and getattr(step, "host_count", None) is None
+            and getattr(step, "final_count", None) is None and not getattr(step, "cut_through", False)
+            and not np.any(step.src == step.dst))
+
+
+def schedule_fits(schedule: Schedule, nodes: int, ranks: int) -> bool:
+    """One node per rank, plain steps, no node sending to itself: the same answer on every rank."""
+    if nodes != ranks or getattr(schedule, "width", 0) or getattr(schedule, "make_relayouts", None):
+        return False
+    return all(_plain_step(step) for step in schedule.steps())
+
+
+def scalar_timing_fits(agents: NicAgents) -> bool:
+    """True when this rank's NIC parameters are plain numbers (no straggler arrays, no faults)."""
+    if getattr(agents, "faults", None) is not None:
+        return False
+    values = (agents.pcie.us_per_B, agents.pcie.latency_us, agents.compute.us_per_B,
+              agents.compute.latency_us, agents.datadirector.latency_us, agents.host.us_per_B,
+              agents.host.overhead_us)
+    return not any(isinstance(v, np.ndarray) for v in values)
+
+
+@dataclass
+class LeanStep:
+    """One step of this rank's node, with its buffers and requests made once."""
+
+    plan: StepPlan
+    send_costs: StepCosts
+    recv_costs: StepCosts
+    send_peer: int = -1
+    send_boff: int = 0
+    send_nb: int = 0
+    recv_peer: int = -1
+    recv_nb: int = 0
+    recv_boff: int = 0
+    elem_a: int = 0
+    elem_b: int = 0
+    scratch_slot: int = -1         # unpacked reduce: scratch buffer of the executor
+    packed_send: bool = False
+    packed_recv: bool = False
+    send_buf: np.ndarray | None = None
+    recv_buf: np.ndarray | None = None
+    send_req: MPI.Prequest | None = None
+    recv_req: MPI.Prequest | None = None
+    time_in: np.ndarray = field(default_factory=lambda: np.empty(2))    # unpacked times received
+    time_out: np.ndarray = field(default_factory=lambda: np.empty(2))   # unpacked times sent
+
+    def free(self) -> None:
+        for req in (self.send_req, self.recv_req):
+            if req is not None and req != MPI.REQUEST_NULL:
+                req.Free()
+        self.send_req = self.recv_req = None
+
+
+class LeanPlan:
+    """A schedule compiled for the lean path on one rank (cached by the executor like its plans)."""
+
+    def __init__(self, comm: MPI.Comm, plans: list[StepPlan], scalar: ScalarAgent) -> None:
+        self.plans = plans
+        self.groups: list[list[LeanStep]] = []
+        for group in step_groups(plans):
+            steps, slot = [], 0
+            for plan in group:
+                ls = LeanStep(plan, scalar.costs(plan.step, _nbytes(plan.send_nbytes)),
+                              scalar.costs(plan.step, _nbytes(plan.recv_nbytes)))
+                if plan.sends:
+                    (peer, _, [(_, boff, nb)]), = plan.sends
+                    ls.send_peer, ls.send_boff, ls.send_nb = peer, boff, nb
+                    ls.packed_send = nb <= PACK_MAX_BYTES
+                    if ls.packed_send:
+                        ls.send_buf = np.empty(HEADER_BYTES + nb, dtype=np.uint8)
+                        ls.send_req = comm.Send_init(ls.send_buf, peer, TAG_PACKED)
+                if plan.recvs:
+                    (peer, _, [(nb, _, _, boff)]), = plan.recvs
+                    ls.recv_peer, ls.recv_nb = peer, nb
+                    ls.packed_recv = nb <= PACK_MAX_BYTES
+                    if ls.packed_recv:
+                        ls.recv_buf = np.empty(HEADER_BYTES + nb, dtype=np.uint8)
+                        ls.recv_req = comm.Recv_init(ls.recv_buf, peer, TAG_PACKED)
+                    elif nb and plan.step.reduce:
+                        ls.scratch_slot, slot = slot, slot + 1
+                if plan.ops:        # a reduction (chunks that are only placed have no op)
+                    (_, a, b, _, _), = plan.ops
+                    ls.elem_a, ls.elem_b = a, b
+                if plan.recvs:
+                    ls.recv_boff = plan.recvs[0][2][0][3]
+                steps.append(ls)
+            self.groups.append(steps)
+
+    def free(self) -> None:
+        for group in self.groups:
+            for ls in group:
+                ls.free()
+
+
+def _nbytes(value) -> int:
+    return int(value) if not isinstance(value, np.ndarray) else 0
+
+
+def lean_plan_ok(plans: list[StepPlan]) -> bool:
+    """Every step of this rank: at most one send and one receive, one transfer each, nothing local.
+
+    Holds whenever :func:`schedule_fits` does (a schedule's steps send and receive at most one
+    chunk per node); the executor treats a violation as an internal error.
+    """
+    for plan in plans:
+        if len(plan.local_pos) or len(plan.sends) > 1 or len(plan.recvs) > 1:
+            return False
+        if any(len(items) != 1 for _, _, items in plan.sends + plan.recvs) or len(plan.ops) > 1:
+            return False
+        if not isinstance(plan.send_nbytes, int) and len(plan.sends):
+            return False
+    return True
+
+
+def run_lean(ex: MpiExecutor, lean: LeanPlan, schedule: Schedule, data: np.ndarray, op: str,
+             wire_bytes: int) -> Timing:
+    """Run ``schedule`` in place on ``data`` (shape (1, count)) on the lean path."""
+    raw = data.view(np.uint8).reshape(-1)
+    row = data.reshape(-1)
+    dtype = data.dtype
+    comm = ex.comm
+    wait = ex.watchdog.wait
+    fault = ex._fault
+    ufunc = OPS[op]
+    scalar = ex._scalar if scalar_timing_fits(ex._agents) else None
+    agents = ex._agents
+    if scalar is not None:
+        scalar.reset()
+    else:
+        agents.reset()
+    start_all = MPI.Prequest.Startall
+    k = -1
+    for k, group in enumerate(lean.groups):
+        if fault is not None:
+            fault.at_step(k, f"{schedule.algo} {schedule.collective}")
+        # sender halves first: in a group every sender sees the state from before it
+        times = []
+        for ls in group:
+            if ls.send_peer < 0:
+                times.append(None)
+            elif scalar is not None:
+                times.append(scalar.send(ls.send_costs))
+            else:
+                first, last = send_half(agents, ls.plan.step, ls.plan.send_ix, ls.plan.send_nbytes)
+                times.append((float(first), float(last)))
+        recvs, recv_owner, persistent = [], [], []
+        for gi, ls in enumerate(group):
+            if ls.recv_peer < 0:
+                continue
+            if ls.packed_recv:
+                persistent.append(ls.recv_req)
+                recvs.append(ls.recv_req)
+                recv_owner.append((gi, ls.recv_peer))
+                continue
+            recvs.append(comm.Irecv(ls.time_in, ls.recv_peer, TAG_TIME))
+            recv_owner.append((gi, ls.recv_peer))
+            if ls.recv_nb:
+                if ls.scratch_slot >= 0:
+                    buf = ex._scratch_buffer(ls.scratch_slot, ls.recv_nb)
+                else:
+                    buf = raw[ls.recv_boff:ls.recv_boff + ls.recv_nb]
+                recvs.append(comm.Irecv(buf, ls.recv_peer, TAG_DATA))
+                recv_owner.append((gi, ls.recv_peer))
+        sends, send_owner = [], []
+        for gi, (ls, t) in enumerate(zip(group, times)):
+            if t is None:
+                continue
+            send_owner.append((gi, ls.send_peer))
+            if ls.packed_send:
+                buf = ls.send_buf
+                buf[:HEADER_BYTES].view(np.float64)[:] = t
+                buf[HEADER_BYTES:] = raw[ls.send_boff:ls.send_boff + ls.send_nb]
+                persistent.append(ls.send_req)
+                sends.append(ls.send_req)
+                continue
+            ls.time_out[0], ls.time_out[1] = t
+            sends.append(comm.Isend(ls.time_out, ls.send_peer, TAG_TIME))
+            if ls.send_nb:
+                sends.append(comm.Isend(raw[ls.send_boff:ls.send_boff + ls.send_nb], ls.send_peer, TAG_DATA))
+                send_owner.append((gi, ls.send_peer))
+        if persistent:
+            start_all(persistent)
+        wait(recvs, ex._describe_wait, schedule, lean.plans, [ls.plan for ls in group], True, recv_owner)
+
+        for ls in group:
+            if ls.recv_peer < 0:
+                continue
+            if ls.packed_recv:
+                hdr = ls.recv_buf[:HEADER_BYTES].view(np.float64)
+                first, last = float(hdr[0]), float(hdr[1])
+                if ls.recv_nb and ls.plan.step.reduce:
+                    dest = row[ls.elem_a:ls.elem_b]
+                    ufunc(dest, ls.recv_buf[HEADER_BYTES:].view(dtype), out=dest)
+                elif ls.recv_nb:
+                    raw[ls.recv_boff:ls.recv_boff + ls.recv_nb] = ls.recv_buf[HEADER_BYTES:]
+            else:
+                first, last = float(ls.time_in[0]), float(ls.time_in[1])
+                if ls.scratch_slot >= 0:
+                    dest = row[ls.elem_a:ls.elem_b]
+                    ufunc(dest, ex._scratch[ls.scratch_slot][:ls.recv_nb].view(dtype), out=dest)
+            if scalar is not None:
+                scalar.receive(ls.recv_costs, first, last)
+            else:
+                receive_half(agents, ls.plan.step, ls.plan.recv_ix, first, last, ls.plan.recv_nbytes)
+        wait(sends, ex._describe_wait, schedule, lean.plans, [ls.plan for ls in group], False, send_owner)
+    if fault is not None:
+        fault.at_step(k + 1, f"{schedule.algo} {schedule.collective} (final timing reduction)")
+    if scalar is not None:
+        local = ex._final_local
+        local[0], local[1], local[2] = scalar.clock, scalar.host_busy, scalar.compute_busy
+    else:
+        local = np.array([agents.clock.max(), agents.host.busy_us.max(), agents.compute.busy_us.max()])
+    glob = ex._final_global
+    with ex.watchdog.blocking(ex._describe_final, schedule):
+        comm.Allreduce(local, glob, op=MPI.MAX)
+    done = np.array([local[0]])
+    return Timing(float(glob[0]), done, float(glob[1]), float(glob[2]), wire_bytes)

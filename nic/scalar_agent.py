@@ -1,0 +1,146 @@
+"""One node's NIC timing on Python floats: the MPI executor's one-node-per-rank fast path.
+
+:class:`~nic.agent.NicAgents` keeps every node's state in numpy arrays, which
+is what the model executor needs for 262,144 nodes. With one node per rank
+that costs ~8 µs of numpy-scalar and call overhead per step, more than a
+1 KiB message takes to cross. :class:`ScalarAgent` does the *same floating
+point operations in the same order* (see nic/streams.py ``stage``,
+``whole_message`` and nic/agent.py ``send``/``receive``) on plain floats, with
+every product that depends only on the step (bytes x service time per byte,
+packet sizes) computed once per step in :class:`StepCosts`. IEEE arithmetic
+gives the same bits for the same operations, so its times equal NicAgents'
+exactly; tests/unit/test_scalar_agent.py checks that over random profiles and
+step sequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nic.profile import Profile
+from nic.streams import packet_split, us_per_byte
+
+
+def _later(a: float, b: float) -> float:
+    """nic.streams.vmax on scalars."""
+    return a if a >= b else b
+
+
+@dataclass(frozen=True)
+class StageCosts:
+    """What ``stage`` multiplies for one stream size: first packet, whole stream, last packet."""
+
+    first_pkt_us: float
+    whole_us: float
+    last_pkt_us: float
+    latency_us: float
+
+    @staticmethod
+    def of(nbytes: int, us_per_B: float, latency_us: float, packet_bytes: int) -> StageCosts:
+        first_pkt, last_pkt = packet_split(nbytes, packet_bytes)
+        return StageCosts(first_pkt * us_per_B, float(nbytes) * us_per_B, last_pkt * us_per_B, latency_us)
+
+    def run(self, first_in: float, last_in: float, free_at: float) -> tuple[float, float, float]:
+        """nic.streams.stage: (first_out, last_out, busy_until)."""
+        start = first_in if first_in >= free_at else free_at
+        first_out = start + self.first_pkt_us + self.latency_us
+        a = start + self.whole_us
+        b = last_in + self.last_pkt_us
+        busy = a if a >= b else b
+        return first_out, busy + self.latency_us, busy
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """Everything about one step of one node that does not depend on the clock."""
+
+    link_slot: int                 # dim * 2 + (0 for +1, 1 for -1)
+    from_host: bool
+    engine: str
+    reduce: bool
+    to_host: bool
+    operand_from_host: bool
+    pcie: StageCosts               # reads and writes (same engine rate)
+    link: StageCosts
+    compute: StageCosts
+    steer: StageCosts
+    host_work_us: float            # nbytes x host rate (0 when the host only places the chunk)
+    host_busy_us: float            # overhead + host_work_us, as HostCpu.timing accumulates it
+    compute_busy_us: float
+
+
+class ScalarAgent:
+    """The timing state of one node (NIC, PCIe engines, host CPU, its outgoing links)."""
+
+    def __init__(self, profile: Profile, link_params: Sequence[tuple[float, float]]) -> None:
+        self.packet_bytes = profile.nic.packet_bytes
+        self.pcie_us_per_B = us_per_byte(profile.pcie.bandwidth_GBps)
+        self.pcie_latency_us = profile.pcie.latency_us
+        self.link_us_per_B = [us_per_byte(bw) for bw, _ in link_params]
+        self.link_latency_us = [lat for _, lat in link_params]
+        self.ce_us_per_B = us_per_byte(profile.nic.reduce_GBps)
+        self.nic_latency_us = profile.nic.latency_us
+        self.host_us_per_B = us_per_byte(profile.host.reduce_GBps)
+        self.host_overhead_us = profile.host.overhead_us
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to an idle node at time 0."""
+        self.clock = self.nic_ready = 0.0
+        self.read_free = self.write_free = 0.0
+        self.link_free = [0.0] * (2 * len(self.link_us_per_B))
+        self.compute_free = self.compute_busy = 0.0
+        self.host_free = self.host_busy = 0.0
+
+    def costs(self, step, nbytes: int) -> StepCosts:
+        """Precompute a step (a collectives.schedule.Step's flags) for a transfer of ``nbytes``."""
+        pkt = self.packet_bytes
+        host_rate = self.host_us_per_B if step.reduce else 0.0
+        host_work = float(nbytes) * host_rate
+        return StepCosts(
+            link_slot=2 * step.dim + (0 if step.direction > 0 else 1),
+            from_host=step.from_host, engine=step.engine, reduce=step.reduce, to_host=step.to_host,
+            operand_from_host=step.operand_from_host,
+            pcie=StageCosts.of(nbytes, self.pcie_us_per_B, self.pcie_latency_us, pkt),
+            link=StageCosts.of(nbytes, self.link_us_per_B[step.dim], self.link_latency_us[step.dim], pkt),
+            compute=StageCosts.of(nbytes, self.ce_us_per_B, self.nic_latency_us, pkt),
+            steer=StageCosts.of(nbytes, 0.0, self.nic_latency_us, pkt),
+            host_work_us=host_work, host_busy_us=self.host_overhead_us + host_work,
+            compute_busy_us=float(nbytes) * self.ce_us_per_B)
+
+    def send(self, c: StepCosts) -> tuple[float, float]:
+        """NicAgents.send: the packet stream (first, last) arriving at the peer's NIC."""
+        if c.from_host:
+            first, last, self.read_free = c.pcie.run(self.clock, self.clock, self.read_free)
+        else:
+            first = last = self.nic_ready
+        slot = c.link_slot
+        first, last, self.link_free[slot] = c.link.run(first, last, self.link_free[slot])
+        return first, last
+
+    def receive(self, c: StepCosts, first: float, last: float) -> None:
+        """NicAgents.receive: advances the node's clock."""
+        if c.engine == "host":
+            first, last, self.write_free = c.pcie.run(first, last, self.write_free)
+            start = (last if last >= self.host_free else self.host_free) + self.host_overhead_us
+            done = start + c.host_work_us
+            self.host_free = done
+            self.host_busy += c.host_busy_us
+            self.clock = _later(self.clock, done)
+            self.nic_ready = _later(self.nic_ready, done)
+            return
+        if c.reduce:
+            if c.operand_from_host:
+                op_first, op_last, self.read_free = c.pcie.run(self.clock, self.clock, self.read_free)
+            else:
+                op_first = op_last = self.nic_ready
+            first, last = _later(first, op_first), _later(last, op_last)
+            first, last, self.compute_free = c.compute.run(first, last, self.compute_free)
+            self.compute_busy += c.compute_busy_us
+        else:
+            first, last, _ = c.steer.run(first, last, first)
+        self.nic_ready = _later(self.nic_ready, last)
+        if c.to_host:
+            _, last, self.write_free = c.pcie.run(first, last, self.write_free)
+        self.clock = _later(self.clock, last)
