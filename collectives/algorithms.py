@@ -23,4 +23,6 @@ ALGORITHM_HELP = {
     "omnireduce": "OmniReduce: sparse AllReduce with dedicated CPU aggregators (baseline)",
     "mpi": "MPI's own collective (wall-time reference, no emulated time)",
 }
-COLLECTIVES = ["allreduce", "reducescatter", "allgather"]
+#: alltoall: ``ring`` is the host variant (store-and-forward through every host), ``directreduce``
+#: the NIC variant (cut-through in the NIC), ``mpi`` MPI's own Alltoallv (collectives/alltoall.py)
+COLLECTIVES = ["allreduce", "reducescatter", "allgather", "alltoall"]

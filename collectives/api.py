@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
+from collectives import alltoall
 from collectives.algorithms import ALGORITHMS, COLLECTIVES, SCHEDULED, SPARSE
 from collectives.errors import CollectiveError
 from collectives.executor_model import Timing, run_model
 from collectives.executor_mpi import MpiExecutor
-from collectives.mpi_native import run_native
+from collectives.mpi_native import run_native, run_native_alltoall
 from collectives.omniccl import check_sparse_call, gather_masks, model_sparse, sparse_config
 from collectives.schedule import Schedule, final_segments
 from collectives.sparse_patterns import block_mask, nblocks_of
@@ -75,6 +76,10 @@ def build_schedule(collective: str, algo: str, topology: Torus, count: int,
                    bidirectional: bool = False) -> Schedule:
     check_collective(collective)
     check_algo(algo)
+    if collective == "alltoall" and algo in SPARSE:
+        check_sparse_call(algo, collective, "sum")
+    if collective == "alltoall" and algo in SCHEDULED:
+        return alltoall.build(algo, topology, count)
     if algo not in SCHEDULED:
         raise CollectiveError(f"algorithm '{algo}' has no fixed schedule: "
                               + ("its rounds depend on the data (see model_time_sparse)" if algo in SPARSE
@@ -107,6 +112,8 @@ class Emulator:
                 f"run with at most {self.topology.nodes} ranks")
         self.executor = MpiExecutor(self.comm, self.topology, self.profile, watchdog_s)
         self._schedules: dict[tuple, Schedule] = {}
+        self._a2a_index: tuple[np.ndarray, np.ndarray] | None = None     # alltoall pack/unpack
+        self._a2a_staging: np.ndarray | None = None
         self._spot_windows: dict[tuple, SpotWindows] = {}
 
     def free(self) -> None:
@@ -150,6 +157,8 @@ class Emulator:
         protocol steps (for stress tests).
         """
         ex = self.executor
+        if collective == "alltoall":
+            return self._run_alltoall(work, algo)
         if algo in SPARSE:
             return self._run_sparse(collective, work, op, algo, sparse or {}, jitter_us)
         if algo == "mpi":
@@ -164,6 +173,31 @@ class Emulator:
             if len(self._schedules) > 64:
                 self._schedules.pop(next(iter(self._schedules)))
         return ex.run(schedule, work, op)
+
+    def _run_alltoall(self, work: np.ndarray, algo: str) -> Timing | None:
+        """All-to-all through a staging row of 2·count per node (collectives/alltoall.py)."""
+        ex = self.executor
+        count = work.shape[1]
+        if algo in SPARSE:
+            check_sparse_call(algo, "alltoall", "sum")
+        alltoall.check_count(self.topology, count)
+        if getattr(ex._agents, "faults", None) is not None:
+            raise CollectiveError("faults are not supported for alltoall yet; run it without faults")
+        if algo == "mpi":
+            run_native_alltoall(self.comm, work, ex.bounds)
+            return None
+        key = ("alltoall", algo, count)
+        schedule = self._schedules.get(key)
+        if schedule is None:
+            schedule = self._schedules[key] = build_schedule("alltoall", algo, self.topology, count)
+        if self._a2a_index is None:
+            nodes = np.arange(ex.lo, ex.hi)
+            self._a2a_index = (alltoall.pack_index(self.topology, nodes),
+                               alltoall.unpack_index(self.topology, nodes))
+        if self._a2a_staging is None or self._a2a_staging.shape != (work.shape[0], 2 * count) \
+                or self._a2a_staging.dtype != work.dtype:
+            self._a2a_staging = np.empty((work.shape[0], 2 * count), dtype=work.dtype)
+        return alltoall.run_staged(ex, schedule, work, self._a2a_staging, *self._a2a_index)
 
     def _run_sparse(self, collective: str, work: np.ndarray, op: str, algo: str, sparse: dict,
                     jitter_us: float) -> Timing:
@@ -220,6 +254,10 @@ class Emulator:
                        algo: str = "directreduce") -> Result:
         """Node ``i`` gets the ``i``-th contiguous range (see ``segments``)."""
         return self.run("reducescatter", data, op, algo)
+
+    def alltoall(self, data: np.ndarray, algo: str = "directreduce") -> Result:
+        """Block j (of ``count/p`` elements) of node i's row becomes block i of node j's row."""
+        return self.run("alltoall", data, "sum", algo)
 
     def allgather(self, data: np.ndarray, algo: str = "directreduce") -> Result:
         """``data`` holds full-length rows; only each node's own range (``segments``) is read."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from collectives.schedule import Schedule, step_groups
-from collectives.timing import make_agents, receive_half, send_half
+from collectives.timing import make_agents, part_bytes, receive_half, send_half
 from nic.profile import Profile
 
 
@@ -34,9 +34,11 @@ def run_model(schedule: Schedule, profile: Profile, itemsize: int) -> Timing:
     topo = schedule.topology
     agents = make_agents(topo, profile, topo.nodes)
     for group in step_groups(schedule.steps()):
-        arrivals = [send_half(agents, step, step.src, step.count * itemsize) for step in group]
+        arrivals = [send_half(agents, step, step.src, step.count * itemsize,
+                              part_bytes(step.host_count, itemsize)) for step in group]
         for step, (first, last) in zip(group, arrivals):
-            receive_half(agents, step, step.dst, first, last, step.count * itemsize)
+            receive_half(agents, step, step.dst, first, last, step.count * itemsize,
+                         part_bytes(step.final_count, itemsize))
     stats = agents.stats()
     return Timing(float(np.max(agents.clock)), agents.clock.copy(),
                   float(np.max(stats["host_busy_us"])), float(np.max(stats["nic_busy_us"])),

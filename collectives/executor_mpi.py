@@ -67,6 +67,11 @@ class StepPlan:
     ops: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     #: data ops in receive order: (dst local, elem start, elem stop, src local or -1, scratch slot)
     nslots: int = 0                     # scratch buffers this step receives into
+    # all-to-all only (Step.host_count / final_count / dst_offset, Schedule.make_relayouts)
+    send_host_nbytes: np.ndarray | int | None = None
+    recv_final_nbytes: np.ndarray | int | None = None
+    relayout: np.ndarray | None = None  # block permutation of every local row before this step
+    src_starts: list[int] | None = None  # per op: the local source's first element, when it differs
 
     @property
     def single(self) -> bool:
@@ -119,6 +124,9 @@ class MpiExecutor:
             for step in schedule.steps():
                 plans.append(self._plan_step(step, itemsize))
                 wire += int(step.count.sum()) * itemsize
+            if schedule.make_relayouts is not None:
+                for i, perm in schedule.make_relayouts().items():
+                    plans[i].relayout = perm
             self._plans[key] = plans
             self._wire[key] = wire
             while len(self._plans) > PLAN_CACHE:
@@ -136,6 +144,7 @@ class MpiExecutor:
         in_idx = np.flatnonzero(dst_rank == rank)
         nbytes = step.count * itemsize
         boff = step.offset * itemsize
+        dst_off = step.offset if step.dst_offset is None else step.dst_offset
         send_pos = {int(t): i for i, t in enumerate(out_idx)}
         recv_pos = {int(t): i for i, t in enumerate(in_idx)}
 
@@ -158,33 +167,39 @@ class MpiExecutor:
                     items.append((int(nbytes[t]), slot_of[int(t)], -1, 0))
                 elif nbytes[t]:
                     # a chunk that is only placed is received straight into its destination
-                    items.append((int(nbytes[t]), -1, int(step.dst[t] - lo), int(boff[t])))
+                    items.append((int(nbytes[t]), -1, int(step.dst[t] - lo), int(dst_off[t]) * itemsize))
                 else:
                     items.append((0, -1, -1, 0))
             recvs.append((int(peer), np.array([recv_pos[int(t)] for t in sel]), items))
 
         local_in = in_idx[src_rank[in_idx] == rank]
         ops = []
+        src_starts = []
         for t in in_idx:
             if not nbytes[t]:
                 continue
-            a = int(step.offset[t])
+            a = int(dst_off[t])
             b = a + int(step.count[t])
             src_local = int(step.src[t] - lo) if src_rank[t] == rank else -1
             if src_local < 0 and not step.reduce:
                 continue   # already received in place
             ops.append((int(step.dst[t] - lo), a, b, src_local, slot_of.get(int(t), -1)))
+            src_starts.append(int(step.offset[t]))
 
         flags = Step(step.phase, step.dim, step.direction, step.index, step.src[:0], step.dst[:0],
                      step.offset[:0], step.count[:0], step.engine, step.reduce, step.from_host,
-                     step.to_host, step.operand_from_host, step.group)
+                     step.to_host, step.operand_from_host, step.group, cut_through=step.cut_through)
+        host_nb = None if step.host_count is None else _one_or_array(step.host_count[out_idx] * itemsize)
+        final_nb = None if step.final_count is None else _one_or_array(step.final_count[in_idx] * itemsize)
         return StepPlan(
             step=flags,
             send_ix=_one_or_array(step.src[out_idx] - lo), send_nbytes=_one_or_array(nbytes[out_idx]),
             recv_ix=_one_or_array(step.dst[in_idx] - lo), recv_nbytes=_one_or_array(nbytes[in_idx]),
             local_pos=np.array([recv_pos[int(t)] for t in local_in], dtype=np.int64),
             local_from=np.array([send_pos[int(t)] for t in local_in], dtype=np.int64),
-            sends=sends, recvs=recvs, ops=ops, nslots=len(slot_of))
+            sends=sends, recvs=recvs, ops=ops, nslots=len(slot_of),
+            send_host_nbytes=host_nb, recv_final_nbytes=final_nb,
+            src_starts=None if step.dst_offset is None else src_starts)
 
     # ---- running ------------------------------------------------------------------
 
@@ -205,7 +220,11 @@ class MpiExecutor:
             requests = []
             outs = []
             for plan in group:
-                first_out, last_out = send_half(agents, plan.step, plan.send_ix, plan.send_nbytes)
+                if plan.relayout is not None:   # all-to-all between torus dimensions
+                    rows = data.reshape(data.shape[0], len(plan.relayout), -1)
+                    rows[:] = rows[:, plan.relayout]
+                first_out, last_out = send_half(agents, plan.step, plan.send_ix, plan.send_nbytes,
+                                                plan.send_host_nbytes)
                 outs.append((first_out, last_out))
                 for peer, pos, items in plan.sends:
                     if plan.single:
@@ -239,7 +258,8 @@ class MpiExecutor:
             for plan, (first_out, last_out), (base, bufs) in zip(group, outs, time_bufs):
                 first_in, last_in = self._arrivals(plan, first_out, last_out, bufs)
                 self._data_ops(plan, data, op, base)
-                receive_half(agents, plan.step, plan.recv_ix, first_in, last_in, plan.recv_nbytes)
+                receive_half(agents, plan.step, plan.recv_ix, first_in, last_in, plan.recv_nbytes,
+                             plan.recv_final_nbytes)
             wait(requests, self._describe_wait, schedule, plans, group, False)
         if fault is not None:
             fault.at_step(k + 1, f"{schedule.algo} {schedule.collective} (final timing reduction)")
@@ -266,9 +286,10 @@ class MpiExecutor:
 
     def _data_ops(self, plan: StepPlan, data: np.ndarray, op: str, base: int) -> None:
         step = plan.step
-        for dst_local, a, b, src_local, slot in plan.ops:
+        for i, (dst_local, a, b, src_local, slot) in enumerate(plan.ops):
             if src_local >= 0:
-                chunk = data[src_local, a:b]
+                sa = a if plan.src_starts is None else plan.src_starts[i]
+                chunk = data[src_local, sa:sa + b - a]
             else:
                 chunk = self._scratch[base + slot][:(b - a) * data.dtype.itemsize].view(data.dtype)
             dest = data[dst_local, a:b]

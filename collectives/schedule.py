@@ -40,15 +40,28 @@ class Step:
     to_host: bool              # the result must be DMA-written to host memory
     operand_from_host: bool = True  # nic engine: the local operand is fetched from host memory
     group: int = -1            # steps of one group run concurrently (bidirectional rings)
+    # All-to-all only (collectives/alltoall.py); the defaults leave every other schedule as it was.
+    dst_offset: np.ndarray | None = None   # first element at the receiver (None: same as offset)
+    host_count: np.ndarray | None = None   # nic engine: elements of a NIC-resident chunk that are DMA-read
+    final_count: np.ndarray | None = None  # nic engine: elements that reach their destination (DMA-written)
+    cut_through: bool = False  # forward the previous step's incoming stream as its packets arrive
 
     def describe(self, limit: int = 4) -> str:
         head = (f"{self.phase} dim={self.dim} dir={self.direction:+d} step={self.index} "
                 f"engine={self.engine} {'reduce' if self.reduce else 'place'} "
                 f"from_host={self.from_host} to_host={self.to_host}"
                 + ("" if self.engine == "host" or not self.reduce
-                   else f" operand_from_host={self.operand_from_host}"))
-        items = [f"{s}->{d}[{o}:{o + c}]" for s, d, o, c in
-                 zip(self.src[:limit], self.dst[:limit], self.offset[:limit], self.count[:limit])]
+                   else f" operand_from_host={self.operand_from_host}")
+                + (" cut_through" if self.cut_through else "")
+                + ("" if self.host_count is None else f" host_count={int(self.host_count[0])}")
+                + ("" if self.final_count is None else f" final_count={int(self.final_count[0])}"))
+        if self.dst_offset is None:
+            items = [f"{s}->{d}[{o}:{o + c}]" for s, d, o, c in
+                     zip(self.src[:limit], self.dst[:limit], self.offset[:limit], self.count[:limit])]
+        else:
+            items = [f"{s}[{o}:{o + c}]->{d}[{t}:{t + c}]" for s, d, o, t, c in
+                     zip(self.src[:limit], self.dst[:limit], self.offset[:limit],
+                         self.dst_offset[:limit], self.count[:limit])]
         more = f" ... ({len(self.src)} transfers)" if len(self.src) > limit else ""
         return head + "\n    " + "  ".join(items) + more
 
@@ -66,6 +79,11 @@ class Schedule:
     segment_offset: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     segment_count: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     bidirectional: bool = False
+    #: all-to-all: elements per node row the executor works on (a staging area; 0: ``count``)
+    width: int = 0
+    #: all-to-all: {step index: block permutation applied to every node's row before that step}.
+    #: It only re-indexes host memory between torus dimensions, so it takes no emulated time.
+    make_relayouts: Callable[[], dict[int, np.ndarray]] | None = field(repr=False, default=None)
 
     def steps(self) -> Iterator[Step]:
         """Steps are generated lazily: a 262,144-node schedule never sits in memory whole."""
@@ -73,7 +91,14 @@ class Schedule:
 
     def describe(self, limit: int = 4) -> str:
         lines = [f"{self.collective} {self.algo} on {self.topology.describe()}, count={self.count}"]
-        lines += ["  " + s.describe(limit) for s in self.steps()]
+        if self.width:
+            lines[0] += f", staging row of {self.width} elements"
+        relayouts = self.make_relayouts() if self.make_relayouts is not None else {}
+        for i, s in enumerate(self.steps()):
+            if i in relayouts:
+                lines.append(f"  relayout: every node regroups its {len(relayouts[i])} staging blocks "
+                             f"for dim {s.dim} (host memory, no emulated time)")
+            lines.append("  " + s.describe(limit))
         return "\n".join(lines)
 
 

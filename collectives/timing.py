@@ -27,12 +27,18 @@ def make_agents(topology: Torus, profile: Profile, nodes: int) -> NicAgents:
     return NicAgents(profile, nodes, link_params(topology, profile))
 
 
-def send_half(agents: NicAgents, step: Step, local_src: np.ndarray, nbytes: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray]:
-    return agents.send(local_src, step.dim, step.direction, nbytes, step.from_host)
+def send_half(agents: NicAgents, step: Step, local_src: np.ndarray, nbytes: np.ndarray,
+              host_nbytes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    return agents.send(local_src, step.dim, step.direction, nbytes, step.from_host,
+                       step.cut_through, host_nbytes)
 
 
 def receive_half(agents: NicAgents, step: Step, local_dst: np.ndarray, first: np.ndarray,
-                 last: np.ndarray, nbytes: np.ndarray) -> None:
+                 last: np.ndarray, nbytes: np.ndarray, final_nbytes: np.ndarray | None = None) -> None:
     agents.receive(local_dst, first, last, nbytes, step.engine, step.reduce, step.to_host,
-                   step.operand_from_host)
+                   step.operand_from_host, final_nbytes)
+
+
+def part_bytes(counts: np.ndarray | None, itemsize: int) -> np.ndarray | None:
+    """Bytes of an optional per-transfer element count (Step.host_count, Step.final_count)."""
+    return None if counts is None else counts * itemsize

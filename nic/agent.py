@@ -47,28 +47,40 @@ class NicAgents:
         # buffer for DirectReduce steps whose output is not final)
         self.clock = np.zeros(nodes)
         self.nic_ready = np.zeros(nodes)  # when its last output is available in the NIC buffer
+        self.nic_first = np.zeros(nodes)  # first packet of the last chunk the DataDirector steered
 
     def reset(self) -> None:
         """Back to an idle fabric at time 0 (every collective call starts idle)."""
-        for arr in (self.clock, self.nic_ready, self.pcie.read_free, self.pcie.write_free,
+        for arr in (self.clock, self.nic_ready, self.nic_first, self.pcie.read_free, self.pcie.write_free,
                     self.links.free, self.compute.free, self.compute.busy_us, self.host.free,
                     self.host.busy_us):
             arr.fill(0.0)
         self.links.bytes_sent = 0
 
     def send(self, ix: np.ndarray, dim: int, direction: int, nbytes: np.ndarray,
-             from_host: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Sender side of a step: packet stream (first, last) arriving at the peer's NIC."""
+             from_host: bool, cut_through: bool = False, host_nbytes: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Sender side of a step: packet stream (first, last) arriving at the peer's NIC.
+
+        ``cut_through``: the chunk is the part of the previous incoming stream that
+        travels on, forwarded as its packets arrive (all-to-all, NIC variant).
+        """
         first, last = self.gatekeeper.outgoing(ix, from_host, self.clock[ix],
-                                               self.nic_ready[ix], nbytes)
+                                               self.nic_ready[ix], nbytes,
+                                               self.nic_first[ix] if cut_through else None,
+                                               host_nbytes)
         return self.links.transmit(ix, dim, direction, first, last, nbytes)
 
     # A node's clock only moves forward: a step's completion is never earlier than the
     # node's previous one, and the two halves of a bidirectional step complete together.
     def receive(self, ix: np.ndarray, first: np.ndarray, last: np.ndarray,
                 nbytes: np.ndarray, engine: str, reduce: bool, to_host: bool,
-                operand_from_host: bool = True) -> None:
-        """Receiver side of a step: advances the receiving nodes' clocks."""
+                operand_from_host: bool = True, deliver_nbytes: np.ndarray | None = None) -> None:
+        """Receiver side of a step: advances the receiving nodes' clocks.
+
+        ``deliver_nbytes`` (nic engine): only this part of the chunk is final and
+        DMA-written to host memory; the rest stays in the NIC to travel on.
+        """
         if engine == "host":
             first, last = self.pcie.write(ix, first, last, nbytes)
             done = self.host.timing(ix, last, nbytes, reduce)
@@ -83,9 +95,11 @@ class NicAgents:
             first, last = self.compute.timing(ix, (first, last), operand, nbytes)
         else:
             first, last = self.datadirector.steer(first, last, nbytes)
+            self.nic_first[ix] = first
         self.nic_ready[ix] = vmax(self.nic_ready[ix], last)
         if to_host:
-            _, last = self.datadirector.deliver(ix, first, last, nbytes)
+            _, last = self.datadirector.deliver(ix, first, last,
+                                                nbytes if deliver_nbytes is None else deliver_nbytes)
         self.clock[ix] = vmax(self.clock[ix], last)
 
     def stats(self, ix: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:

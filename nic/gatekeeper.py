@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from nic.pcie import Pcie
+from nic.streams import join
 
 
 class GateKeeper:
@@ -20,11 +21,24 @@ class GateKeeper:
         self.pcie = pcie
 
     def outgoing(self, ix: np.ndarray, in_host: bool, host_ready: np.ndarray,
-                 nic_ready: np.ndarray, nbytes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The packet stream handed to packetisation: (first, last) ready to enter the link."""
+                 nic_ready: np.ndarray, nbytes: np.ndarray, nic_first: np.ndarray | None = None,
+                 host_nbytes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The packet stream handed to packetisation: (first, last) ready to enter the link.
+
+        ``nic_first`` (cut-through forwarding): the first packet is ready before the
+        last one, as it arrived. ``host_nbytes``: part of a NIC-resident chunk is
+        the node's own data, still in host memory; it has been in host memory since
+        the call began, so it is prefetched as early as the read engine allows
+        (issued at time 0, served after the reads before it) and joined with the
+        NIC part.
+        """
         if in_host:
             return self.pcie.read(ix, host_ready, nbytes)
-        return nic_ready, nic_ready
+        first = nic_ready if nic_first is None else nic_first
+        if host_nbytes is None:
+            return first, nic_ready
+        f_host, l_host = self.pcie.read(ix, host_ready * 0.0, host_nbytes)
+        return join(first, nic_ready, f_host, l_host)
 
     def prefetch_operand(self, ix: np.ndarray, issue_at: np.ndarray, nbytes: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray]:
