@@ -28,15 +28,18 @@ from collectives.algorithms import ALGORITHMS, COLLECTIVES, SCHEDULED, SPARSE
 from collectives.errors import CollectiveError
 from collectives.executor_model import Timing, run_model
 from collectives.executor_mpi import MpiExecutor
+from collectives.link_faults import install as install_faults
 from collectives.mpi_native import run_native, run_native_alltoall
 from collectives.omniccl import check_sparse_call, gather_masks, model_sparse, sparse_config
 from collectives.schedule import Schedule, final_segments
 from collectives.sparse_patterns import block_mask, nblocks_of
 from collectives.spot_executor import SpotRun
 from collectives.spot_protocol import plan_rounds
+from nic.faults import FaultSpec, parse_faults
 from nic.ops import DTYPES, OPS
 from nic.profile import Profile, load_profile
 from nic.spots import RecordLayout, SpotWindows
+from nic.stragglers import check_stragglers, parse_stragglers
 from topologies import Torus, parse_topology, ring
 
 
@@ -50,6 +53,7 @@ class Result:
     nic_busy_us: float | None
     wire_bytes: int | None
     node_done_us: np.ndarray | None = None        # per local node (per node under the model executor)
+    faults: dict | None = None                    # with faults: drops, corruptions, retransmit_bytes, per_link
 
 
 def check_algo(algo: str) -> None:
@@ -88,17 +92,33 @@ def build_schedule(collective: str, algo: str, topology: Torus, count: int,
 
 
 def model_time(collective: str, algo: str, topology: Torus, profile: Profile, count: int,
-               dtype: str | np.dtype = "float32") -> Timing:
-    """Emulated timing without data (the model executor)."""
+               dtype: str | np.dtype = "float32", faults: str | FaultSpec | None = None,
+               call: int = 0, stragglers: str | list | dict | None = None) -> Timing:
+    """Emulated timing without data (the model executor); ``call`` numbers the fault draws."""
     dt = np.dtype(dtype)
     schedule = build_schedule(collective, algo, topology, count, profile.topology.bidirectional)
-    return run_model(schedule, profile, dt.itemsize)
+    spec, slow = fault_options(faults, stragglers, topology)
+    return run_model(schedule, profile, dt.itemsize, spec, call, slow)
+
+
+def fault_options(faults: str | FaultSpec | None, stragglers: str | list | dict | None,
+                  topology: Torus) -> tuple[FaultSpec | None, dict[int, float]]:
+    """Parse and check ``--faults`` / ``--straggler`` values (strings or already parsed)."""
+    spec = parse_faults(faults) if isinstance(faults, str) or faults is None else faults
+    slow = stragglers if isinstance(stragglers, dict) else parse_stragglers(stragglers)
+    if spec is not None:
+        spec.check_nodes(topology.nodes)
+    check_stragglers(slow, topology.nodes)
+    return (spec if spec is not None and spec.active else None), slow
 
 
 class Emulator:
     def __init__(self, comm: MPI.Comm | None = None, topology: str | Torus | None = None,
                  profile: str | Profile = "ideal", overrides: tuple[str, ...] = (),
-                 watchdog_s: float | None = None) -> None:
+                 watchdog_s: float | None = None, faults: str | FaultSpec | None = None,
+                 stragglers: str | list | dict | None = None) -> None:
+        """``faults``: ``"drop=P,corrupt=Q,seed=S[,link=A->B]"`` or a FaultSpec; ``stragglers``:
+        ``"NODE:FACTOR,..."``, a list of those, or {node: factor} (docs/model.md §11, §12)."""
         comm = MPI.COMM_WORLD if comm is None else comm
         self.comm = comm.Dup()
         if topology is None:
@@ -111,6 +131,10 @@ class Emulator:
                 f"{self.comm.size} ranks for {self.topology.name} ({self.topology.nodes} nodes): "
                 f"run with at most {self.topology.nodes} ranks")
         self.executor = MpiExecutor(self.comm, self.topology, self.profile, watchdog_s)
+        self.faults, self.stragglers = fault_options(faults, stragglers, self.topology)
+        install_faults(self.executor._agents, self.profile, self.topology, self.executor.lo,
+                       self.faults, self.stragglers)
+        self._calls = 0
         self._schedules: dict[tuple, Schedule] = {}
         self._a2a_index: tuple[np.ndarray, np.ndarray] | None = None     # alltoall pack/unpack
         self._a2a_staging: np.ndarray | None = None
@@ -149,14 +173,21 @@ class Emulator:
         return arr, False
 
     def run_inplace(self, collective: str, work: np.ndarray, op: str, algo: str,
-                    sparse: dict | None = None, jitter_us: float = 0.0) -> Timing | None:
+                    sparse: dict | None = None, jitter_us: float = 0.0,
+                    call: int | None = None) -> Timing | None:
         """Run on ``work`` (local nodes x count, C-contiguous) in place; None timing for algo="mpi".
 
         ``sparse`` holds overrides for the sparse algorithms (block_size, aggregators,
         spots, spot_blocks, tx_spots); ``jitter_us`` adds random sleeps to their
-        protocol steps (for stress tests).
+        protocol steps (for stress tests). ``call`` numbers the fault draws (default: a
+        counter of this emulator's calls); the model executor given the same number
+        draws the same faults.
         """
         ex = self.executor
+        call = self._calls if call is None else call
+        self._calls += 1
+        if ex._agents.faults is not None:
+            ex._agents.faults.begin(call)
         if collective == "alltoall":
             return self._run_alltoall(work, algo)
         if algo in SPARSE:
@@ -245,7 +276,7 @@ class Emulator:
         if timing is None:
             return Result(out, None, None, None, None)
         return Result(out, timing.emulated_us, timing.host_busy_us, timing.nic_busy_us,
-                      timing.wire_bytes, timing.node_done_us)
+                      timing.wire_bytes, timing.node_done_us, timing.faults)
 
     def allreduce(self, data: np.ndarray, op: str = "sum", algo: str = "directreduce") -> Result:
         return self.run("allreduce", data, op, algo)

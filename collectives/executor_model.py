@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from collectives.link_faults import FaultStats, install
 from collectives.schedule import Schedule, step_groups
 from collectives.timing import make_agents, part_bytes, receive_half, send_half
+from nic.faults import FaultSpec
 from nic.profile import Profile
 
 
@@ -28,11 +30,18 @@ class Timing:
     upstream_bytes: int | None = None     # sparse algorithms: worker -> aggregator
     downstream_bytes: int | None = None   # sparse algorithms: aggregator -> worker
     spilled: bool | None = None           # sparse algorithms: spots did not fit in NIC memory
+    faults: dict | None = None            # --faults: drops, corruptions, retransmit_bytes, per_link
 
 
-def run_model(schedule: Schedule, profile: Profile, itemsize: int) -> Timing:
+def run_model(schedule: Schedule, profile: Profile, itemsize: int, faults: FaultSpec | None = None,
+              call: int = 0, stragglers: dict[int, float] | None = None) -> Timing:
+    """Emulated timing of ``schedule``; ``faults`` and ``stragglers`` as in collectives/link_faults.py."""
     topo = schedule.topology
     agents = make_agents(topo, profile, topo.nodes)
+    if faults is not None or stragglers:
+        install(agents, profile, topo, 0, faults, stragglers)
+        if agents.faults is not None:
+            agents.faults.begin(call)
     for group in step_groups(schedule.steps()):
         arrivals = [send_half(agents, step, step.src, step.count * itemsize,
                               part_bytes(step.host_count, itemsize)) for step in group]
@@ -40,6 +49,8 @@ def run_model(schedule: Schedule, profile: Profile, itemsize: int) -> Timing:
             receive_half(agents, step, step.dst, first, last, step.count * itemsize,
                          part_bytes(step.final_count, itemsize))
     stats = agents.stats()
+    fault_stats = (None if agents.faults is None
+                   else FaultStats.summary(agents.faults.stats.rows()))
     return Timing(float(np.max(agents.clock)), agents.clock.copy(),
                   float(np.max(stats["host_busy_us"])), float(np.max(stats["nic_busy_us"])),
-                  agents.links.bytes_sent)
+                  agents.links.bytes_sent, faults=fault_stats)

@@ -205,6 +205,9 @@ class MpiExecutor:
 
     def run(self, schedule: Schedule, data: np.ndarray, op: str) -> Timing:
         """Run ``schedule`` in place on ``data`` (local nodes x count)."""
+        if self._agents.faults is not None:   # --faults: data moves by go-back-N (collectives/reliable.py)
+            from collectives.reliable import run_reliable
+            return run_reliable(self, schedule, data, op)
         raw = data.view(np.uint8).reshape(data.shape[0], -1)
         agents = self._agents
         agents.reset()

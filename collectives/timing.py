@@ -29,8 +29,11 @@ def make_agents(topology: Torus, profile: Profile, nodes: int) -> NicAgents:
 
 def send_half(agents: NicAgents, step: Step, local_src: np.ndarray, nbytes: np.ndarray,
               host_nbytes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    return agents.send(local_src, step.dim, step.direction, nbytes, step.from_host,
-                       step.cut_through, host_nbytes)
+    first, last = agents.send(local_src, step.dim, step.direction, nbytes, step.from_host,
+                              step.cut_through, host_nbytes)
+    if agents.faults is not None:   # --faults: go-back-N delays (collectives/link_faults.py)
+        first, last = agents.faults.delay(agents, step, local_src, nbytes, first, last)
+    return first, last
 
 
 def receive_half(agents: NicAgents, step: Step, local_dst: np.ndarray, first: np.ndarray,

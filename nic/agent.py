@@ -48,6 +48,21 @@ class NicAgents:
         self.clock = np.zeros(nodes)
         self.nic_ready = np.zeros(nodes)  # when its last output is available in the NIC buffer
         self.nic_first = np.zeros(nodes)  # first packet of the last chunk the DataDirector steered
+        #: link fault injection (collectives/link_faults.py), None when off
+        self.faults = None
+        self.slowed = False   # stragglers: some service times are per-node arrays
+        #: some node of the topology straggles (the same on every rank, unlike ``slowed``)
+        self.stragglers_anywhere = False
+
+    def slow_down(self, factors: np.ndarray) -> None:
+        """Stragglers: scale each node's host, NIC and PCIe service times by its factor (>= 1)."""
+        for part, names in ((self.pcie, ("us_per_B", "latency_us")),
+                            (self.host, ("us_per_B", "overhead_us")),
+                            (self.compute, ("us_per_B", "latency_us")),
+                            (self.datadirector, ("latency_us",))):
+            for name in names:
+                setattr(part, name, getattr(part, name) * factors)
+        self.slowed = True
 
     def reset(self) -> None:
         """Back to an idle fabric at time 0 (every collective call starts idle)."""
@@ -94,7 +109,7 @@ class NicAgents:
                 operand = (self.nic_ready[ix], self.nic_ready[ix])
             first, last = self.compute.timing(ix, (first, last), operand, nbytes)
         else:
-            first, last = self.datadirector.steer(first, last, nbytes)
+            first, last = self.datadirector.steer(first, last, nbytes, ix)
             self.nic_first[ix] = first
         self.nic_ready[ix] = vmax(self.nic_ready[ix], last)
         if to_host:

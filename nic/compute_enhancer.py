@@ -13,6 +13,7 @@ import numpy as np
 
 from nic.ops import reduce_into
 from nic.profile import Profile
+from nic.stragglers import per_node
 from nic.streams import as_float, join, stage, us_per_byte
 
 
@@ -28,10 +29,11 @@ class ComputeEnhancer:
                operand: tuple[np.ndarray, np.ndarray], nbytes: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
         first, last = join(incoming[0], incoming[1], operand[0], operand[1])
-        first, last, busy = stage(first, last, nbytes, self.free[ix], self.us_per_B,
-                                  self.latency_us, self.packet_bytes)
+        us_per_B = per_node(self.us_per_B, ix)
+        first, last, busy = stage(first, last, nbytes, self.free[ix], us_per_B,
+                                  per_node(self.latency_us, ix), self.packet_bytes)
         self.free[ix] = busy
-        self.busy_us[ix] += as_float(nbytes) * self.us_per_B
+        self.busy_us[ix] += as_float(nbytes) * us_per_B
         return first, last
 
     @staticmethod

@@ -12,6 +12,7 @@ import numpy as np
 
 from nic.pcie import Pcie
 from nic.profile import Profile
+from nic.stragglers import per_node
 from nic.streams import stage
 
 
@@ -21,10 +22,10 @@ class DataDirector:
         self.latency_us = profile.nic.latency_us
         self.packet_bytes = profile.nic.packet_bytes
 
-    def steer(self, first: np.ndarray, last: np.ndarray, nbytes: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def steer(self, first: np.ndarray, last: np.ndarray, nbytes: np.ndarray,
+              ix: np.ndarray | int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Final data passes the NIC pipeline without being reduced (latency only)."""
-        first, last, _ = stage(first, last, nbytes, first, 0.0, self.latency_us,
+        first, last, _ = stage(first, last, nbytes, first, 0.0, per_node(self.latency_us, ix),
                                self.packet_bytes)
         return first, last
 

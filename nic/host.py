@@ -11,6 +11,7 @@ import numpy as np
 
 from nic.ops import reduce_into
 from nic.profile import Profile
+from nic.stragglers import per_node
 from nic.streams import as_float, us_per_byte, whole_message
 
 
@@ -24,11 +25,11 @@ class HostCpu:
     def timing(self, ix: np.ndarray, last_in_host: np.ndarray, nbytes: np.ndarray,
                reduce: bool) -> np.ndarray:
         """When the host is done with a chunk that finished landing at ``last_in_host``."""
-        rate = self.us_per_B if reduce else 0.0
-        done, busy = whole_message(last_in_host, nbytes, self.free[ix], rate,
-                                   self.overhead_us)
+        rate = per_node(self.us_per_B, ix) if reduce else 0.0
+        overhead_us = per_node(self.overhead_us, ix)
+        done, busy = whole_message(last_in_host, nbytes, self.free[ix], rate, overhead_us)
         self.free[ix] = busy
-        self.busy_us[ix] += self.overhead_us + as_float(nbytes) * rate
+        self.busy_us[ix] += overhead_us + as_float(nbytes) * rate
         return done
 
     @staticmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from nic.profile import Profile
+from nic.stragglers import per_node
 from nic.streams import stage, us_per_byte
 
 
@@ -27,7 +28,8 @@ class Pcie:
              ) -> tuple[np.ndarray, np.ndarray]:
         """Stream ``nbytes`` that are in host memory from time ``ready`` into the NIC."""
         first, last, busy = stage(ready, ready, nbytes, self.read_free[ix],
-                                  self.us_per_B, self.latency_us, self.packet_bytes)
+                                  per_node(self.us_per_B, ix), per_node(self.latency_us, ix),
+                                  self.packet_bytes)
         self.read_free[ix] = busy
         return first, last
 
@@ -35,6 +37,7 @@ class Pcie:
               nbytes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stream an incoming packet stream from the NIC into host memory."""
         first, last, busy = stage(first, last, nbytes, self.write_free[ix],
-                                  self.us_per_B, self.latency_us, self.packet_bytes)
+                                  per_node(self.us_per_B, ix), per_node(self.latency_us, ix),
+                                  self.packet_bytes)
         self.write_free[ix] = busy
         return first, last

@@ -1,0 +1,72 @@
+"""Straggler nodes: one node's host and NIC run slower by a factor.
+
+``--straggler NODE:FACTOR`` (repeatable, or a comma list) multiplies the
+service times of that node's host CPU (``o_H`` and ``γ``), its NIC
+(ComputeEnhancer ``ν`` and the NIC pipeline latency ``α_N``) and its PCIe DMA
+engines (``π`` and ``α_P``) by FACTOR (docs/model.md §12). Links are not
+slowed: the wire runs at its rate whatever the endpoints do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from nic.errors import FaultSpecError
+
+
+def parse_stragglers(items: Iterable[str] | str | None) -> dict[int, float]:
+    """``["3:2.0", "5:1.5,6:4"]`` -> {3: 2.0, 5: 1.5, 6: 4.0}; one-line errors."""
+    if items is None:
+        return {}
+    if isinstance(items, str):
+        items = [items]
+    out: dict[int, float] = {}
+    for item in items:
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            node_s, sep, factor_s = part.partition(":")
+            try:
+                node = int(node_s)
+                factor = float(factor_s)
+            except ValueError:
+                node, factor = -1, math.nan
+            if not sep or node < 0:
+                raise FaultSpecError(f"--straggler {part}: write NODE:FACTOR, e.g. --straggler 3:2.0")
+            if not (math.isfinite(factor) and factor >= 1.0):
+                raise FaultSpecError(f"--straggler {part}: FACTOR must be a finite number >= 1 "
+                                     f"(how many times slower), e.g. 3:2.0")
+            if node in out:
+                raise FaultSpecError(f"--straggler: node {node} given twice; give it once")
+            out[node] = factor
+    return out
+
+
+def check_stragglers(stragglers: dict[int, float], nodes: int) -> None:
+    for node in stragglers:
+        if node >= nodes:
+            raise FaultSpecError(f"--straggler {node}: the topology has nodes 0..{nodes - 1}")
+
+
+def node_factors(stragglers: dict[int, float], lo: int, hi: int) -> np.ndarray | None:
+    """Slowdown factor of nodes lo..hi-1, or None when none of them straggles."""
+    if not any(lo <= n < hi for n in stragglers):
+        return None
+    f = np.ones(hi - lo)
+    for n, factor in stragglers.items():
+        if lo <= n < hi:
+            f[n - lo] = factor
+    return f
+
+
+def describe(stragglers: dict[int, float]) -> str:
+    return ",".join(f"{n}:{f:g}" for n, f in sorted(stragglers.items()))
+
+
+def per_node(value, ix):
+    """A service parameter of the nodes ``ix``: the scalar itself, or its per-node entry once slowed."""
+    return value[ix] if isinstance(value, np.ndarray) else value
