@@ -145,6 +145,7 @@ class Emulator:
         for wins in self._spot_windows.values():
             wins.free()
         self._spot_windows.clear()
+        self.executor.free()                  # the lean path's persistent requests
         if self.comm != MPI.COMM_NULL:
             self.comm.Free()
 

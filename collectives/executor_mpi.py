@@ -22,6 +22,7 @@ start of every step group.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -29,13 +30,15 @@ import numpy as np
 from mpi4py import MPI
 
 from collectives.executor_model import Timing
+from collectives.lean_path import LeanPlan, cpu_per_rank, lean_plan_ok, run_lean, schedule_fits
 from collectives.schedule import Schedule, Step, step_groups
-from collectives.timing import make_agents, receive_half, send_half
+from collectives.timing import link_params, make_agents, receive_half, send_half
 from collectives.watchdog import Watchdog, culprit_text, local_fault_hook, nodes_text
 from nic.compute_enhancer import ComputeEnhancer
 from nic.datadirector import DataDirector
 from nic.host import HostCpu
 from nic.profile import Profile
+from nic.scalar_agent import ScalarAgent
 from topologies import Torus
 
 TAG_TIME = 11
@@ -98,6 +101,22 @@ class MpiExecutor:
         self._agents = make_agents(topology, profile, self.local_nodes)
         self.watchdog = Watchdog(watchdog_s, comm)
         self._fault = local_fault_hook(self.rank)
+        # the lean path (collectives/lean_path.py): one node per rank
+        self._scalar = ScalarAgent(profile, link_params(topology, profile))
+        self._lean: OrderedDict[tuple, LeanPlan | None] = OrderedDict()
+        self._last_lean: tuple = (None, 0, None, 0)   # (schedule, itemsize, lean plan, wire bytes)
+        self._final_local = np.zeros(3)
+        self._final_global = np.zeros(3)
+        if cpu_per_rank(comm):           # nobody to yield to: poll like MPI's own blocking wait
+            self.watchdog.busy_s = math.inf
+
+    def free(self) -> None:
+        """Release the lean path's persistent requests (before the communicator is freed)."""
+        for lean in self._lean.values():
+            if lean is not None:
+                lean.free()
+        self._lean.clear()
+        self._last_lean = (None, 0, None, 0)
 
     @property
     def local_nodes(self) -> int:
@@ -203,11 +222,44 @@ class MpiExecutor:
 
     # ---- running ------------------------------------------------------------------
 
+    def _lean_plan(self, schedule: Schedule, plans: list[StepPlan], key: tuple) -> LeanPlan | None:
+        """The lean-path compilation of ``plans``, or None when the call must take the general path.
+
+        Decided the same way on every rank (it changes what goes on the wire).
+        """
+        if key in self._lean:
+            self._lean.move_to_end(key)
+            return self._lean[key]
+        lean = None
+        if schedule_fits(schedule, self.topology.nodes, self.size):
+            if not lean_plan_ok(plans):
+                raise RuntimeError(f"{schedule.algo} {schedule.collective}: a step sends or receives more "
+                                   "than one chunk per node (schedule invariant broken)")
+            lean = LeanPlan(self.comm, plans, self._scalar)
+        self._lean[key] = lean
+        while len(self._lean) > PLAN_CACHE:
+            _, old = self._lean.popitem(last=False)
+            if old is not None:
+                old.free()
+        return lean
+
     def run(self, schedule: Schedule, data: np.ndarray, op: str) -> Timing:
         """Run ``schedule`` in place on ``data`` (local nodes x count)."""
         if self._agents.faults is not None:   # --faults: data moves by go-back-N (collectives/reliable.py)
             from collectives.reliable import run_reliable
             return run_reliable(self, schedule, data, op)
+        if (self.topology.nodes == self.size and not schedule.width
+                and not self._agents.stragglers_anywhere):   # one node per rank: the lean path
+            last = self._last_lean
+            if last[0] is schedule and last[1] == data.dtype.itemsize:
+                lean, wire = last[2], last[3]
+            else:
+                key = self._plan_key(schedule, data.dtype.itemsize)
+                lean = self._lean_plan(schedule, self._plan(schedule, data.dtype.itemsize), key)
+                wire = self._wire[key]
+                self._last_lean = (schedule, data.dtype.itemsize, lean, wire)
+            if lean is not None:
+                return run_lean(self, lean, schedule, data, op, wire)
         raw = data.view(np.uint8).reshape(data.shape[0], -1)
         agents = self._agents
         agents.reset()
@@ -322,19 +374,13 @@ class MpiExecutor:
     # ---- watchdog messages (built only when a wait times out) -----------------------
 
     def _describe_wait(self, elapsed: float, pending: list[int], schedule: Schedule,
-                       plans: list[StepPlan], group: list[StepPlan], receiving: bool) -> str:
+                       plans: list[StepPlan], group: list[StepPlan], receiving: bool,
+                       owner: list[tuple[int, int]] | None = None) -> str:
         """``ring allreduce: node 3 (rank 1) waited 30.0 s in reduce-scatter step 2 of dim 0 for data
         from node 2 (rank 0); that rank is stalled or gone`` (or, for sends, ``... for node 2 (rank 0)
         to receive its data ...``)."""
-        # the requests were made in this order (see run): per plan, per peer, the times then the data
-        owner: list[tuple[int, int]] = []
-        for gi, plan in enumerate(group):
-            for peer, _, items in (plan.recvs if receiving else plan.sends):
-                owner.append((gi, peer))
-                if receiving:
-                    owner += [(gi, peer)] * sum(1 for nb, slot, _, _ in items if slot >= 0 or nb)
-                else:
-                    owner += [(gi, peer)] * sum(1 for _, _, nb in items if nb)
+        if owner is None:      # the lean path passes (index in group, peer) of its requests itself
+            owner = self._request_owners(group, receiving)
         stuck: dict[int, set[int]] = {}
         for i in pending:
             gi, peer = owner[i] if i < len(owner) else (0, -1)
@@ -366,6 +412,20 @@ class MpiExecutor:
         who = nodes_text(sorted(mine)) if mine else nodes_text(range(self.lo, self.hi))
         return (f"{schedule.algo} {schedule.collective}: {who} (rank {self.rank}) waited {elapsed:.1f} s "
                 f"{'; and '.join(clauses) or 'in a step'}; {culprit_text(sorted(culprits))}")
+
+    @staticmethod
+    def _request_owners(group: list[StepPlan], receiving: bool) -> list[tuple[int, int]]:
+        """(index in group, peer) of every request ``run`` made, in order: per plan, per peer, the
+        times then the data."""
+        owner: list[tuple[int, int]] = []
+        for gi, plan in enumerate(group):
+            for peer, _, items in (plan.recvs if receiving else plan.sends):
+                owner.append((gi, peer))
+                if receiving:
+                    owner += [(gi, peer)] * sum(1 for nb, slot, _, _ in items if slot >= 0 or nb)
+                else:
+                    owner += [(gi, peer)] * sum(1 for _, _, nb in items if nb)
+        return owner
 
     def _describe_final(self, elapsed: float, schedule: Schedule) -> str:
         return (f"{schedule.algo} {schedule.collective}: {nodes_text(range(self.lo, self.hi))} "

@@ -15,7 +15,7 @@ same schedule, the same watchdog and the same emulated times, and trims:
   The receiver reduces straight out of the packed buffer.
 * **Persistent requests.** The packed buffers belong to the plan, so their
   requests are made once (``Send_init``/``Recv_init``) and restarted with
-  ``Prequest.Startall`` on every call.
+  ``Prequest.Start`` on every call.
 * **Receives are posted before sends**, so an eager message finds its receive
   already posted instead of being copied through MPI's unexpected queue.
 * **Timing on Python floats** (nic/scalar_agent.py, bit-identical to
@@ -29,6 +29,8 @@ goes on the wire. Link faults (``agents.faults``) keep the general path.
 
 from __future__ import annotations
 
+import os
+import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -51,6 +53,21 @@ HEADER_BYTES = 16
 TAG_PACKED = 13
 TAG_TIME = 11     # same tags as the general path
 TAG_DATA = 12
+_TIMES = struct.Struct("=2d")    # the packed header: first_us, last_us (native float64)
+
+
+def cpu_per_rank(comm: MPI.Comm) -> bool:
+    """True when no host runs more ranks of ``comm`` than it has CPUs (collective)."""
+    host = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        ranks_here = host.size
+    finally:
+        host.Free()
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return bool(comm.allreduce(ranks_here <= cpus, op=MPI.LAND))
 
 
 def _plain_step(step) -> bool:
@@ -97,6 +114,10 @@ class LeanStep:
     packed_recv: bool = False
     send_buf: np.ndarray | None = None
     recv_buf: np.ndarray | None = None
+    send_payload: memoryview | None = None      # send_buf after the header
+    recv_payload: np.ndarray | None = None
+    recv_payload_bytes: memoryview | None = None
+    typed: dict = field(default_factory=dict)    # dtype -> recv_payload viewed as that dtype
     send_req: MPI.Prequest | None = None
     recv_req: MPI.Prequest | None = None
     time_in: np.ndarray = field(default_factory=lambda: np.empty(2))    # unpacked times received
@@ -115,6 +136,7 @@ class LeanPlan:
     def __init__(self, comm: MPI.Comm, plans: list[StepPlan], scalar: ScalarAgent) -> None:
         self.plans = plans
         self.groups: list[list[LeanStep]] = []
+        self.group_plans: list[list[StepPlan]] = []     # for the watchdog's messages
         for group in step_groups(plans):
             steps, slot = [], 0
             for plan in group:
@@ -126,6 +148,7 @@ class LeanPlan:
                     ls.packed_send = nb <= PACK_MAX_BYTES
                     if ls.packed_send:
                         ls.send_buf = np.empty(HEADER_BYTES + nb, dtype=np.uint8)
+                        ls.send_payload = memoryview(ls.send_buf)[HEADER_BYTES:]
                         ls.send_req = comm.Send_init(ls.send_buf, peer, TAG_PACKED)
                 if plan.recvs:
                     (peer, _, [(nb, _, _, boff)]), = plan.recvs
@@ -133,6 +156,8 @@ class LeanPlan:
                     ls.packed_recv = nb <= PACK_MAX_BYTES
                     if ls.packed_recv:
                         ls.recv_buf = np.empty(HEADER_BYTES + nb, dtype=np.uint8)
+                        ls.recv_payload = ls.recv_buf[HEADER_BYTES:]
+                        ls.recv_payload_bytes = memoryview(ls.recv_payload)
                         ls.recv_req = comm.Recv_init(ls.recv_buf, peer, TAG_PACKED)
                     elif nb and plan.step.reduce:
                         ls.scratch_slot, slot = slot, slot + 1
@@ -143,6 +168,7 @@ class LeanPlan:
                     ls.recv_boff = plan.recvs[0][2][0][3]
                 steps.append(ls)
             self.groups.append(steps)
+            self.group_plans.append(list(group))
 
     def free(self) -> None:
         for group in self.groups:
@@ -173,20 +199,21 @@ def lean_plan_ok(plans: list[StepPlan]) -> bool:
 def run_lean(ex: MpiExecutor, lean: LeanPlan, schedule: Schedule, data: np.ndarray, op: str,
              wire_bytes: int) -> Timing:
     """Run ``schedule`` in place on ``data`` (shape (1, count)) on the lean path."""
-    raw = data.view(np.uint8).reshape(-1)
-    row = data.reshape(-1)
+    raw = memoryview(data).cast("B")       # bytes of the node's row (C-contiguous)
+    row = data[0]
     dtype = data.dtype
     comm = ex.comm
     wait = ex.watchdog.wait
+    describe = ex._describe_wait
     fault = ex._fault
     ufunc = OPS[op]
-    scalar = ex._scalar if scalar_timing_fits(ex._agents) else None
     agents = ex._agents
+    scalar = ex._scalar if scalar_timing_fits(agents) else None
     if scalar is not None:
         scalar.reset()
     else:
         agents.reset()
-    start_all = MPI.Prequest.Startall
+    pack, unpack = _TIMES.pack_into, _TIMES.unpack_from
     k = -1
     for k, group in enumerate(lean.groups):
         if fault is not None:
@@ -201,66 +228,71 @@ def run_lean(ex: MpiExecutor, lean: LeanPlan, schedule: Schedule, data: np.ndarr
             else:
                 first, last = send_half(agents, ls.plan.step, ls.plan.send_ix, ls.plan.send_nbytes)
                 times.append((float(first), float(last)))
-        recvs, recv_owner, persistent = [], [], []
+        # receives first, so that an eager message finds its receive posted
+        recvs, recv_owner, sends, send_owner = [], [], [], []
         for gi, ls in enumerate(group):
-            if ls.recv_peer < 0:
+            peer = ls.recv_peer
+            if peer < 0:
                 continue
             if ls.packed_recv:
-                persistent.append(ls.recv_req)
+                ls.recv_req.Start()
                 recvs.append(ls.recv_req)
-                recv_owner.append((gi, ls.recv_peer))
+                recv_owner.append((gi, peer))
                 continue
-            recvs.append(comm.Irecv(ls.time_in, ls.recv_peer, TAG_TIME))
-            recv_owner.append((gi, ls.recv_peer))
+            recvs.append(comm.Irecv(ls.time_in, peer, TAG_TIME))
+            recv_owner.append((gi, peer))
             if ls.recv_nb:
                 if ls.scratch_slot >= 0:
                     buf = ex._scratch_buffer(ls.scratch_slot, ls.recv_nb)
                 else:
                     buf = raw[ls.recv_boff:ls.recv_boff + ls.recv_nb]
-                recvs.append(comm.Irecv(buf, ls.recv_peer, TAG_DATA))
-                recv_owner.append((gi, ls.recv_peer))
-        sends, send_owner = [], []
-        for gi, (ls, t) in enumerate(zip(group, times)):
+                recvs.append(comm.Irecv(buf, peer, TAG_DATA))
+                recv_owner.append((gi, peer))
+        for gi, ls in enumerate(group):
+            t = times[gi]
             if t is None:
                 continue
-            send_owner.append((gi, ls.send_peer))
+            peer = ls.send_peer
+            send_owner.append((gi, peer))
             if ls.packed_send:
-                buf = ls.send_buf
-                buf[:HEADER_BYTES].view(np.float64)[:] = t
-                buf[HEADER_BYTES:] = raw[ls.send_boff:ls.send_boff + ls.send_nb]
-                persistent.append(ls.send_req)
+                pack(ls.send_buf, 0, t[0], t[1])
+                if ls.send_nb:
+                    ls.send_payload[:] = raw[ls.send_boff:ls.send_boff + ls.send_nb]
+                ls.send_req.Start()
                 sends.append(ls.send_req)
                 continue
             ls.time_out[0], ls.time_out[1] = t
-            sends.append(comm.Isend(ls.time_out, ls.send_peer, TAG_TIME))
+            sends.append(comm.Isend(ls.time_out, peer, TAG_TIME))
             if ls.send_nb:
-                sends.append(comm.Isend(raw[ls.send_boff:ls.send_boff + ls.send_nb], ls.send_peer, TAG_DATA))
-                send_owner.append((gi, ls.send_peer))
-        if persistent:
-            start_all(persistent)
-        wait(recvs, ex._describe_wait, schedule, lean.plans, [ls.plan for ls in group], True, recv_owner)
+                sends.append(comm.Isend(raw[ls.send_boff:ls.send_boff + ls.send_nb], peer, TAG_DATA))
+                send_owner.append((gi, peer))
+        plans = lean.group_plans[k]
+        wait(recvs, describe, schedule, lean.plans, plans, True, recv_owner)
 
         for ls in group:
             if ls.recv_peer < 0:
                 continue
+            nb = ls.recv_nb
             if ls.packed_recv:
-                hdr = ls.recv_buf[:HEADER_BYTES].view(np.float64)
-                first, last = float(hdr[0]), float(hdr[1])
-                if ls.recv_nb and ls.plan.step.reduce:
+                first, last = unpack(ls.recv_buf, 0)
+                if nb and ls.plan.step.reduce:
+                    chunk = ls.typed.get(dtype)
+                    if chunk is None:
+                        chunk = ls.typed[dtype] = ls.recv_payload.view(dtype)
                     dest = row[ls.elem_a:ls.elem_b]
-                    ufunc(dest, ls.recv_buf[HEADER_BYTES:].view(dtype), out=dest)
-                elif ls.recv_nb:
-                    raw[ls.recv_boff:ls.recv_boff + ls.recv_nb] = ls.recv_buf[HEADER_BYTES:]
+                    ufunc(dest, chunk, out=dest)
+                elif nb:
+                    raw[ls.recv_boff:ls.recv_boff + nb] = ls.recv_payload_bytes
             else:
-                first, last = float(ls.time_in[0]), float(ls.time_in[1])
+                first, last = ls.time_in.tolist()
                 if ls.scratch_slot >= 0:
                     dest = row[ls.elem_a:ls.elem_b]
-                    ufunc(dest, ex._scratch[ls.scratch_slot][:ls.recv_nb].view(dtype), out=dest)
+                    ufunc(dest, ex._scratch[ls.scratch_slot][:nb].view(dtype), out=dest)
             if scalar is not None:
                 scalar.receive(ls.recv_costs, first, last)
             else:
                 receive_half(agents, ls.plan.step, ls.plan.recv_ix, first, last, ls.plan.recv_nbytes)
-        wait(sends, ex._describe_wait, schedule, lean.plans, [ls.plan for ls in group], False, send_owner)
+        wait(sends, describe, schedule, lean.plans, plans, False, send_owner)
     if fault is not None:
         fault.at_step(k + 1, f"{schedule.algo} {schedule.collective} (final timing reduction)")
     if scalar is not None:
@@ -271,5 +303,4 @@ def run_lean(ex: MpiExecutor, lean: LeanPlan, schedule: Schedule, data: np.ndarr
     glob = ex._final_global
     with ex.watchdog.blocking(ex._describe_final, schedule):
         comm.Allreduce(local, glob, op=MPI.MAX)
-    done = np.array([local[0]])
-    return Timing(float(glob[0]), done, float(glob[1]), float(glob[2]), wire_bytes)
+    return Timing(float(glob[0]), np.array([local[0]]), float(glob[1]), float(glob[2]), wire_bytes)

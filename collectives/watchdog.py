@@ -194,6 +194,11 @@ class Watchdog:
             ub = comm.Get_attr(MPI.TAG_UB)
             self.notice_tag = int(ub) if ub is not None else 32767
         self._notices: list[MPI.Request] = []
+        #: how long :meth:`wait` polls without yielding the CPU: 0 by default (oversubscribed
+        #: ranks must let their peers run); the MPI executor sets it to ``math.inf`` when its
+        #: host has a CPU for every rank, where a yield only hands the CPU to unrelated
+        #: processes and a long transfer stalls whenever MPI's progress engine is not driven
+        self.busy_s = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -221,7 +226,8 @@ class Watchdog:
         testall = MPI.Request.Testall
         clock = time.perf_counter
         t0 = clock()
-        spin_end = t0 + (SPIN_S if spin_s is None else spin_s)
+        busy_end = t0 + self.busy_s
+        spin_end = max(t0 + (SPIN_S if spin_s is None else spin_s), busy_end)
         deadline = t0 + self.limit
         nap = NAP_FIRST_S
         while True:
@@ -231,7 +237,9 @@ class Watchdog:
                 if not pending:
                     return
                 self._stalled(now - t0, describe, now - t0, pending, *context)
-            if now < spin_end:
+            if now < busy_end:
+                pass
+            elif now < spin_end:
                 _yield()
             else:
                 time.sleep(nap)
