@@ -25,6 +25,7 @@ from collectives.schedule import final_segments
 from collectives.sparse_patterns import check_pattern, pattern_mask
 from nic.ops import DTYPES, OPS
 from nic.profile import load_profile
+from nicemu import argtypes
 from nicemu import data as bench_data
 from nicemu.errors import UsageError
 from nicemu.memory import check_fits
@@ -50,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=256, help="elements per block (default 256)")
     p.add_argument("--overlap", default="random", choices=["random", "all", "none"],
                    help="whether nodes' non-zero blocks coincide (default random)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sparse block pattern")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the sparse block pattern")
     p.add_argument("--aggregators", type=int, default=None,
                    help="sparse algorithms: aggregator NICs (default: every node aggregates a shard)")
     p.add_argument("--spots", type=int, default=None,
@@ -67,9 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="shipped profile name or YAML path (default directreduce-paper)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one profile field, e.g. --set nic.packet_bytes=4096 (repeatable)")
-    p.add_argument("--json", help="write the records as JSON to this file")
-    p.add_argument("--csv", help="write the records as CSV to this file")
-    p.add_argument("--plot", help="draw latency and gain vs size to this image file (needs matplotlib)")
+    p.add_argument("--json", type=argtypes.output_file, help="write the records as JSON to this file")
+    p.add_argument("--csv", type=argtypes.output_file, help="write the records as CSV to this file")
+    p.add_argument("--plot", type=argtypes.output_file,
+                   help="draw latency and gain vs size to this image file (needs matplotlib)")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
 
 

@@ -22,6 +22,7 @@ from mpi4py import MPI
 from collectives.algorithms import ALGORITHMS, SPARSE
 from collectives.api import check_algo
 from nic.profile import load_profile
+from nicemu import argtypes
 from nicemu.errors import UsageError
 from nicemu.progress import Progress
 from nicemu.serve_report import HEADER, UNITS, check_plot, table_row, write_cdf_plot, write_json, write_request_csv
@@ -78,17 +79,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="shipped profile name or YAML path (default directreduce-paper)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one profile field (repeatable)")
-    p.add_argument("--seed", type=int, default=0, help="seed of arrivals, lengths and token ids (default 0)")
+    p.add_argument("--seed", type=argtypes.seed, default=0,
+                   help="seed of arrivals, lengths and token ids (default 0)")
     p.add_argument("--executor", default="mpi", choices=["mpi", "model"],
                    help="mpi: collectives with real data on MPI ranks; model: timing only")
     p.add_argument("--real-data", default="first", choices=["first", "all"],
                    help="mpi executor: run the first occurrence of each distinct collective with real data "
                         "and reuse its (deterministic) time, or run every call with data (default first)")
-    p.add_argument("--json", help="write one record per algorithm as JSON")
-    p.add_argument("--csv", help="write one row per (algorithm, request) as CSV")
-    p.add_argument("--plot", help="draw TTFT and TPOT CDFs per algorithm to this PNG (needs matplotlib)")
-    p.add_argument("--traffic", help="write every collective and transfer issued as CSV "
-                                     "(iteration, phase, layer, collective, bytes, algo)")
+    p.add_argument("--json", type=argtypes.output_file, help="write one record per algorithm as JSON")
+    p.add_argument("--csv", type=argtypes.output_file, help="write one row per (algorithm, request) as CSV")
+    p.add_argument("--plot", type=argtypes.output_file,
+                   help="draw TTFT and TPOT CDFs per algorithm to this PNG (needs matplotlib)")
+    p.add_argument("--traffic", type=argtypes.output_file,
+                   help="write every collective and transfer issued as CSV "
+                        "(iteration, phase, layer, collective, bytes, algo)")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     # --faults / --straggler (as in bench) belong here once bench has them; they would go to the backends.
 

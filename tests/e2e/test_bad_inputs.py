@@ -1,0 +1,307 @@
+"""Bad inputs across ``nicemu bench`` and ``nicemu serve`` (issue 6, input hardening).
+
+The categories of the issue, each with several cases: dtype/op combinations;
+sizes of 0, negative and overflowing; tori that do not match; profile YAML
+with unknown keys or wrong types; ``--set`` on keys that do not exist; traces
+with a timestamp that goes back; config.json files with missing fields; plus
+seeds and output paths that used to fail only after the run's work (with a
+traceback). tests/e2e/test_cli_errors.py holds the first table (flags, sizes,
+topologies, sparse options) run under ``mpiexec``.
+
+Every case must end with status 2, exactly one line ``nicemu: error: ...`` that
+names the problem (the keywords), no traceback, within ``ERROR_TIMEOUT_S``. The
+table runs in-process through ``nicemu.cli.main`` (what the console script
+calls), which keeps 50+ cases cheap; ``MPI_CASES`` run again under
+``mpiexec -n 2`` in a subprocess, where each rank records its own exit status,
+to prove that the line is printed once and that every rank exits non-zero.
+
+The last tests check that YAML is only ever read with ``yaml.safe_load`` and that
+nothing unpickles or evaluates user input.
+"""
+
+from __future__ import annotations
+
+import ast
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import _child_env, mpiexec_path
+
+from nicemu.cli import main
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+ERROR_TIMEOUT_S = 60
+USAGE_STATUS = 2
+BENCH = ["bench", "--iters", "1", "--warmup", "0", "--sizes", "1K"]
+SERVE = ["serve", "--tp", "2", "--requests", "4"]
+
+_PROFILE = (
+    "link: {bandwidth_GBps: 12.5, latency_us: 1.0}\n"
+    "pcie: {bandwidth_GBps: 25.0, latency_us: 0.5}\n"
+    "host: {reduce_GBps: 20.0, overhead_us: 1.0}\n"
+    "nic:  {reduce_GBps: 50.0, latency_us: 0.2, packet_bytes: 1024, memory_KiB: 4096}\n"
+)
+_TRACE_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+_CONFIG_OK = ('"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, '
+              '"intermediate_size": 11008, "vocab_size": 32000')
+
+#: files the cases name; written to the working directory of each run
+FILES = {
+    "type_str.yml": _PROFILE.replace("bandwidth_GBps: 12.5", "bandwidth_GBps: fast"),
+    "type_float.yml": _PROFILE.replace("packet_bytes: 1024", "packet_bytes: 1.5"),
+    "type_bool.yml": _PROFILE.replace("packet_bytes: 1024", "packet_bytes: true"),
+    "negative.yml": _PROFILE.replace("latency_us: 1.0}", "latency_us: -1.0}"),
+    "nested_unknown.yml": _PROFILE.replace("memory_KiB: 4096}", "memory_KiB: 4096, turbo: 1}"),
+    "section_list.yml": _PROFILE.replace("link: {bandwidth_GBps: 12.5, latency_us: 1.0}", "link: [12.5, 1.0]"),
+    "empty.yml": "",
+    "no_nic.yml": "".join(ln + "\n" for ln in _PROFILE.splitlines() if not ln.startswith("nic:")),
+    "python_tag.yml": '!!python/object/apply:os.system ["touch PWNED"]\n',
+    "astra_lengths.yml": "topology: [Ring, Ring]\nnpus_count: [4]\nbandwidth: [25.0, 25.0]\nlatency: [500.0, 500.0]\n",
+    "astra_unknown.yml": "topology: [Ring]\nnpus_count: [4]\nbandwidth: [25.0]\nlatency: [500.0]\nextra_key: 3\n",
+    "astra_type.yml": "topology: [Ring]\nnpus_count: [4]\nbandwidth: [fast]\nlatency: [500.0]\n",
+    "astra_tag.yml": '!!python/object/apply:os.system ["touch PWNED"]\n',
+    "back_in_time.csv": _TRACE_HEADER + "2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:45.0000000,100,10\n",
+    "no_column.csv": "TIMESTAMP,ContextTokens\n2023-11-16 18:15:46.6805900,374\n",
+    "negative_tokens.csv": _TRACE_HEADER + "2023-11-16 18:15:46.6805900,-3,44\n",
+    "header_only.csv": _TRACE_HEADER,
+    "config_missing.json": '{"hidden_size": 4096, "num_hidden_layers": 32}\n',
+    "config_type.json": "{" + _CONFIG_OK.replace('"hidden_size": 4096', '"hidden_size": "big"') + "}\n",
+    "config_broken.json": '{"hidden_size": 4096,',
+    "config_list.json": "[1, 2]\n",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: tuple[str, ...]
+    keywords: tuple[str, ...]    # each must appear (case-insensitively) in the error line
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def case(id: str, args: list[str], *keywords: str) -> Case:
+    return Case(id, tuple(args), keywords)
+
+
+CASES = [
+    # dtype / op combinations
+    case("bench-dtype-int8", [*BENCH, "--dtype", "int8"], "int8", "float32"),
+    case("bench-dtype-complex64", [*BENCH, "--dtype", "complex64"], "complex64"),
+    case("bench-op-uppercase", [*BENCH, "--op", "SUM"], "'SUM'", "sum"),
+    case("bench-sparse-min-int32", [*BENCH, "--algo", "omnireduce", "--op", "min", "--dtype", "int32"],
+         "min", "identity"),
+    case("bench-sparse-max-float16", [*BENCH, "--algo", "ring,omniccl", "--op", "max", "--dtype", "float16"],
+         "max", "--op sum"),
+    # sizes: zero, negative, overflowing
+    case("bench-size-zero-in-range", ["bench", "--sizes", "0:1K"], "positive"),
+    case("bench-size-negative-range", ["bench", "--sizes=-1K:1M"], "-1K"),
+    case("bench-size-overflow-bytes", ["bench", "--sizes", "99999999999999999999999"], "larger than"),
+    case("bench-size-overflow-suffix", ["bench", "--sizes", "16777216G", "--executor", "model"], "16777216G"),
+    case("bench-size-empty-item", ["bench", "--sizes", "1K,"], "bad size"),
+    case("bench-size-fraction", ["bench", "--sizes", "1.5K"], "1.5K"),
+    case("bench-range-factor-zero", ["bench", "--sizes", "1K:1M:0"], "factor"),
+    # tori that do not match
+    case("bench-torus-zero-dim", [*BENCH, "--topology", "torus:0x4"], "torus:0x4", "size 0"),
+    case("bench-torus-trailing-x", [*BENCH, "--topology", "torus:3x3x"], "torus:3x3x"),
+    case("bench-torus-over-limit", [*BENCH, "--topology", "torus:2^30"], "limit"),
+    case("bench-astra-lengths", [*BENCH, "--topology", "astra:astra_lengths.yml"], "different lengths"),
+    case("bench-astra-unknown-key", [*BENCH, "--topology", "astra:astra_unknown.yml"], "extra_key"),
+    case("bench-astra-wrong-type", [*BENCH, "--topology", "astra:astra_type.yml"], "bandwidth", "fast"),
+    case("bench-astra-python-tag", [*BENCH, "--topology", "astra:astra_tag.yml"], "astra_tag.yml"),
+    # profile YAML: unknown keys and wrong types
+    case("profile-type-string", [*BENCH, "--profile", "type_str.yml"], "link.bandwidth_GBps", "fast"),
+    case("profile-type-float-for-int", [*BENCH, "--profile", "type_float.yml"], "nic.packet_bytes", "1.5"),
+    case("profile-type-bool", [*BENCH, "--profile", "type_bool.yml"], "packet_bytes", "boolean"),
+    case("profile-negative-latency", [*BENCH, "--profile", "negative.yml"], "latency_us", "-1"),
+    case("profile-nested-unknown-key", [*BENCH, "--profile", "nested_unknown.yml"], "nic.turbo"),
+    case("profile-section-is-list", [*BENCH, "--profile", "section_list.yml"], "link", "mapping"),
+    case("profile-empty", [*BENCH, "--profile", "empty.yml"], "empty"),
+    case("profile-missing-section", [*BENCH, "--profile", "no_nic.yml"], "missing section", "nic"),
+    case("profile-python-tag", [*BENCH, "--profile", "python_tag.yml"], "python_tag.yml", "yaml"),
+    # --set on keys that do not exist, and bad --set values
+    case("set-unknown-section", [*BENCH, "--set", "nosection.x=1"], "nosection"),
+    case("set-section-only", [*BENCH, "--set", "nic=5"], "nic=5", "section.key=value"),
+    case("set-missing-equals", [*BENCH, "--set", "nic.packet_bytes"], "missing '='"),
+    case("set-negative-bandwidth", [*BENCH, "--set", "link.bandwidth_GBps=-1"], "link.bandwidth_GBps", "-1"),
+    # found by this table: these failed after the run's work, with a traceback
+    case("bench-seed-negative", [*BENCH, "--density", "0.5", "--seed", "-1"], "--seed", "negative"),
+    case("bench-json-no-directory", [*BENCH, "--json", "no/such/dir/out.json"], "--json", "no/such/dir"),
+    case("bench-csv-is-directory", [*BENCH, "--csv", "."], "--csv", "directory"),
+    # serve: traces with a timestamp that goes back, and other broken traces
+    case("serve-trace-back-in-time", [*SERVE, "--trace", "back_in_time.csv"], "back in time", "line 3"),
+    case("serve-trace-missing-column", [*SERVE, "--trace", "no_column.csv"], "GeneratedTokens"),
+    case("serve-trace-negative-tokens", [*SERVE, "--trace", "negative_tokens.csv"], "ContextTokens", "-3"),
+    case("serve-trace-header-only", [*SERVE, "--trace", "header_only.csv"], "no requests"),
+    case("serve-trace-missing-file", [*SERVE, "--trace", "missing.csv"], "missing.csv"),
+    # serve: config.json with missing fields, wrong types, broken JSON
+    case("serve-config-missing-fields", [*SERVE, "--model", "config_missing.json"], "missing key",
+         "num_attention_heads", "vocab_size"),
+    case("serve-config-wrong-type", [*SERVE, "--model", "config_type.json"], "hidden", "big"),
+    case("serve-config-broken-json", [*SERVE, "--model", "config_broken.json"], "json"),
+    case("serve-config-not-object", [*SERVE, "--model", "config_list.json"], "json object"),
+    case("serve-unknown-model", [*SERVE, "--model", "gpt-9"], "gpt-9"),
+    # serve: profiles, --set, topologies, algorithms, numbers
+    case("serve-set-unknown-key", [*SERVE, "--set", "nic.nothing=1"], "nic.nothing"),
+    case("serve-profile-unknown-key", [*SERVE, "--profile", "nested_unknown.yml"], "nic.turbo"),
+    case("serve-profile-wrong-type", [*SERVE, "--profile", "type_float.yml"], "nic.packet_bytes"),
+    case("serve-topology-mismatch", [*SERVE, "--topology", "ring:8"], "does not match", "8 nodes"),
+    case("serve-torus-mismatch", [*SERVE, "--topology", "torus:2x2"], "does not match", "4 nodes"),
+    case("serve-tp-zero", ["serve", "--tp", "0"], "--tp"),
+    case("serve-tp-not-dividing-heads", [*SERVE, "--tp", "3", "--topology", "ring:3"], "heads", "tp=3"),
+    case("serve-algo-mpi", [*SERVE, "--algo", "mpi"], "--algo mpi"),
+    case("serve-algo-unknown", [*SERVE, "--algo", "ring,foo"], "foo"),
+    case("serve-rate-zero", [*SERVE, "--rate", "0"], "rate"),
+    case("serve-requests-zero", ["serve", "--tp", "2", "--requests", "0"], "--requests"),
+    case("serve-length-range-reversed", [*SERVE, "--input-len", "uniform:5:1"], "uniform:5:1"),
+    case("serve-seed-negative", [*SERVE, "--seed", "-1"], "--seed", "negative"),
+    case("serve-json-no-directory", [*SERVE, "--json", "no/such/dir/out.json"], "--json", "no/such/dir"),
+]
+
+BY_ID = {c.id: c for c in CASES}
+#: also run under mpiexec -n 2: one or two per category, bench and serve
+MPI_CASES = ["bench-dtype-int8", "profile-type-string", "set-unknown-section", "bench-seed-negative",
+             "serve-trace-back-in-time", "serve-config-missing-fields"]
+
+
+def _write_files(where: Path) -> None:
+    for name, text in FILES.items():
+        (where / name).write_text(text)
+
+
+def _check_output(c: Case, status: int, stdout: str, stderr: str, where: str) -> None:
+    assert status == USAGE_STATUS, f"{c}: status {status}, expected {USAGE_STATUS} ({where})\n{stdout}\n{stderr}"
+    for stream in (stdout, stderr):
+        assert "Traceback" not in stream, f"{c}: traceback printed ({where})\n{stderr}"
+    assert "internal error" not in stderr, f"{c} ({where})\n{stderr}"
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and "UCX" not in ln]
+    assert len(lines) == 1, f"{c}: expected one error line, got {len(lines)} ({where})\n{stderr}"
+    assert lines[0].startswith("nicemu: error: "), f"{c}: {lines[0]!r}"
+    for word in c.keywords:
+        assert word.lower() in lines[0].lower(), f"{c}: the error does not mention {word!r}: {lines[0]}"
+    assert "nicemu: error:" not in stdout, f"{c}: error on stdout ({where})"
+
+
+class _Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Hang(f"no error within {ERROR_TIMEOUT_S} s")
+
+
+def test_the_table_covers_the_issue():
+    """At least 25 cases, bench and serve both, every category of issue 6 present."""
+    assert len(CASES) >= 25 and len(BY_ID) == len(CASES)
+    ids = " ".join(BY_ID)
+    for needle in ("dtype", "op", "size-zero", "size-negative", "size-overflow", "torus", "profile-nested-unknown",
+                   "profile-type", "set-unknown", "trace-back-in-time", "config-missing-fields"):
+        assert needle in ids, needle
+    assert any(c.args[0] == "serve" for c in CASES) and any(c.args[0] == "bench" for c in CASES)
+
+
+@pytest.mark.parametrize("c", CASES, ids=str)
+def test_bad_input_in_process(c: Case, tmp_path: Path, monkeypatch, capsys):
+    _write_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(ERROR_TIMEOUT_S)
+    try:
+        status = main(list(c.args))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    out = capsys.readouterr()
+    _check_output(c, status, out.out, out.err, "in-process")
+    assert not (tmp_path / "PWNED").exists(), "a YAML tag ran a command"
+
+
+_RECORD_STATUS = (
+    "import sys\n"
+    "from mpi4py import MPI\n"
+    "from nicemu.cli import main\n"
+    "status = main(sys.argv[1:])\n"
+    "open(f'status.{MPI.COMM_WORLD.rank}', 'w').write(str(status))\n"
+    "sys.exit(status)\n"
+)
+
+
+@pytest.mark.parametrize("case_id", MPI_CASES)
+def test_bad_input_under_mpiexec(case_id: str, tmp_path: Path):
+    """Printed once (by rank 0), status 2 on every rank: each rank writes its own status."""
+    c = BY_ID[case_id]
+    mpiexec = mpiexec_path()
+    if mpiexec is None:
+        pytest.skip("mpiexec not found next to python or on PATH")
+    _write_files(tmp_path)
+    cmd = [mpiexec, "-n", "2", sys.executable, "-c", _RECORD_STATUS, *c.args]
+    try:
+        proc = subprocess.run(cmd, cwd=tmp_path, env=_child_env(), capture_output=True, text=True,
+                              timeout=ERROR_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{c}: no error within {ERROR_TIMEOUT_S} s under mpiexec -n 2 (hang?)", pytrace=False)
+    _check_output(c, proc.returncode, proc.stdout, proc.stderr, "mpiexec -n 2")
+    statuses = {r: (tmp_path / f"status.{r}").read_text() for r in range(2)}
+    assert statuses == {0: "2", 1: "2"}, f"{c}: per-rank exit statuses {statuses}"
+
+
+# --------------------------------------------------------------------------- no unsafe loaders
+
+PACKAGES = ["collectives", "nic", "nicemu", "topologies", "workloads", "scripts"]
+UNSAFE_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve", "jsonpickle"}
+
+
+def _sources() -> list[Path]:
+    files = [p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))]
+    assert len(files) > 30, "the source scan found too few files"
+    return files
+
+
+def _attr_chain(node: ast.AST) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def test_yaml_is_read_only_with_safe_load_and_nothing_is_unpickled():
+    """Scan every module: YAML only via yaml.safe_load, no pickle-family imports, no eval/exec,
+    no numpy load with allow_pickle=True."""
+    problems, safe_loads = [], 0
+    for path in _sources():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        rel = path.relative_to(ROOT)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom)
+                                                        and node.module else [])
+                for name in names:
+                    if name.split(".")[0] in UNSAFE_MODULES:
+                        problems.append(f"{rel}:{node.lineno}: imports {name}")
+                if isinstance(node, ast.ImportFrom) and node.module == "yaml":
+                    problems += [f"{rel}:{node.lineno}: from yaml import {a.name}" for a in node.names
+                                 if a.name != "YAMLError"]
+            elif isinstance(node, ast.Call):
+                name = _attr_chain(node.func)
+                if name.startswith("yaml."):
+                    if name == "yaml.safe_load":
+                        safe_loads += 1
+                    elif name not in ("yaml.safe_dump", "yaml.dump"):
+                        problems.append(f"{rel}:{node.lineno}: calls {name}")
+                if name in ("eval", "exec"):
+                    problems.append(f"{rel}:{node.lineno}: calls {name}")
+                for kw in node.keywords:
+                    if kw.arg == "allow_pickle" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
+                        problems.append(f"{rel}:{node.lineno}: allow_pickle is not False")
+    assert not problems, "\n".join(problems)
+    assert safe_loads >= 2, "expected the profile and ASTRA loaders to use yaml.safe_load"
