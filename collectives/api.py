@@ -192,7 +192,7 @@ class Emulator:
         if collective == "alltoall":
             return self._run_alltoall(work, algo)
         if algo in SPARSE:
-            return self._run_sparse(collective, work, op, algo, sparse or {}, jitter_us)
+            return self._run_sparse(collective, work, op, algo, sparse or {}, jitter_us, call)
         if algo == "mpi":
             seg_off, seg_cnt = final_segments(self.topology, work.shape[1])
             run_native(self.comm, collective, work, op, seg_off, seg_cnt, ex.lo, ex.hi, ex.bounds)
@@ -232,7 +232,7 @@ class Emulator:
         return alltoall.run_staged(ex, schedule, work, self._a2a_staging, *self._a2a_index)
 
     def _run_sparse(self, collective: str, work: np.ndarray, op: str, algo: str, sparse: dict,
-                    jitter_us: float) -> Timing:
+                    jitter_us: float, call: int = 0) -> Timing:
         check_sparse_call(algo, collective, op)
         ex = self.executor
         cfg = sparse_config(algo, self.topology.nodes, **sparse)
@@ -240,7 +240,8 @@ class Emulator:
         masks = gather_masks(self.comm, block_mask(work, cfg.block_size).reshape(work.shape[0], -1),
                              ex.bounds, nblocks)
         plan = plan_rounds(masks, cfg)
-        timing = model_sparse(cfg, masks, self.profile, work.dtype.itemsize)
+        timing = model_sparse(cfg, masks, self.profile, work.dtype.itemsize, self.faults, call,
+                              self.stragglers)
         record = RecordLayout(cfg.spot_blocks, cfg.block_size * work.dtype.itemsize)
         key = (cfg.aggregators, cfg.spots, cfg.tx_spots, record)
         wins = self._spot_windows.get(key)
@@ -252,7 +253,8 @@ class Emulator:
             wins = self._spot_windows[key] = SpotWindows(
                 self.comm, int(np.count_nonzero(agg_rank == self.comm.rank)), self.topology.nodes,
                 cfg.spots, cfg.tx_spots, record)
-        SpotRun(self.comm, plan, wins, work, ex.lo, ex.node_rank, jitter_us, watchdog=ex.watchdog).run()
+        SpotRun(self.comm, plan, wins, work, ex.lo, ex.node_rank, jitter_us, watchdog=ex.watchdog,
+                faults=self.faults, call=call, packet_bytes=self.profile.nic.packet_bytes).run()
         return timing
 
     def run(self, collective: str, data: np.ndarray, op: str = "sum",

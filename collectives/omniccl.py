@@ -26,6 +26,7 @@ from collectives.errors import CollectiveError
 from collectives.executor_model import Timing
 from collectives.sparse_timing import SparseTiming, sparse_time
 from collectives.spot_protocol import SparseConfig, plan_rounds
+from nic.faults import FaultSpec
 from nic.profile import Profile
 
 SPARSE_ALGOS: dict[str, SparseConfig] = {
@@ -60,12 +61,21 @@ def check_sparse_call(algo: str, collective: str, op: str) -> None:
 def as_timing(t: SparseTiming) -> Timing:
     return Timing(t.emulated_us, t.node_done_us, t.host_busy_us, t.nic_busy_us, t.wire_bytes,
                   upstream_bytes=t.upstream_bytes, downstream_bytes=t.downstream_bytes,
-                  spilled=t.spilled)
+                  spilled=t.spilled, faults=t.faults)
 
 
-def model_sparse(cfg: SparseConfig, masks: np.ndarray, profile: Profile, itemsize: int) -> Timing:
-    """Emulated time from the block masks alone (nodes x nblocks)."""
-    return as_timing(sparse_time(plan_rounds(masks, cfg), profile, itemsize))
+def model_sparse(cfg: SparseConfig, masks: np.ndarray, profile: Profile, itemsize: int,
+                 faults: FaultSpec | None = None, call: int = 0,
+                 stragglers: dict[int, float] | None = None) -> Timing:
+    """Emulated time from the block masks alone (nodes x nblocks); faults on the Rx-spot writes."""
+    check_no_stragglers(stragglers)
+    return as_timing(sparse_time(plan_rounds(masks, cfg), profile, itemsize, faults, call))
+
+
+def check_no_stragglers(stragglers: dict[int, float] | None) -> None:
+    if stragglers:
+        raise CollectiveError("--straggler is modelled for the dense algorithms (ring, directreduce) "
+                              "only; drop it for omniccl, omniccl-cpu and omnireduce")
 
 
 def gather_masks(comm: MPI.Comm, local: np.ndarray, bounds: np.ndarray, nblocks: int) -> np.ndarray:

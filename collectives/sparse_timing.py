@@ -48,7 +48,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from collectives.link_faults import FaultStats
 from collectives.spot_protocol import CREDIT_BYTES, INDEX_BYTES, RECORD_HEADER_BYTES, Plan, Round
+from nic.faults import FaultSpec, transfer_faults
 from nic.profile import Profile
 from nic.streams import us_per_byte
 
@@ -63,6 +65,7 @@ class SparseTiming:
     upstream_bytes: int           # worker -> aggregator, over links
     downstream_bytes: int         # aggregator -> worker, over links
     spilled: bool                 # spots did not fit in NIC memory
+    faults: dict | None = None    # --faults on the Rx-spot writes: drops, corruptions, ..., per_link
 
 
 def spot_memory_bytes(nodes: int, cfg, block_bytes: int) -> int:
@@ -149,8 +152,12 @@ _NEG = -np.inf
 class _Timer:
     """State of the shared resources while the rounds are timed (see the module docstring)."""
 
-    def __init__(self, plan: Plan, profile: Profile, itemsize: int) -> None:
+    def __init__(self, plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec | None = None,
+                 call: int = 0) -> None:
         cfg, lay = plan.cfg, plan.layout
+        self.faults, self.call = faults, call
+        self.fault_stats = FaultStats()
+        self.rto_us, self.packet_bytes = profile.nic.retransmit_timeout_us, profile.nic.packet_bytes
         self.cfg, self.lay = cfg, lay
         n = self.n = lay.nodes
         self.bb = cfg.block_size * itemsize
@@ -336,6 +343,23 @@ class _Timer:
                 pack_l, pack_busy_l = pack[:, 0].tolist(), pack_busy[:, 0].tolist()
         if const:
             data_pi_l, msg_b_l = data_pi[:, 0].tolist(), msg_b[:, 0].tolist()
+        fb = None                                   # --faults: go-back-N delay of every Rx record
+        if self.faults is not None:
+            if dense:
+                f_row, f_col = np.divmod(np.arange(m * n), n)
+                f_who = f_col
+            else:
+                f_row, f_who = row, who
+                f_col = np.arange(len(flat)) - ptr[row]
+            f_p = pos_of[f_row]
+            f_bytes = np.rint(msg[f_p, 0 if const else f_col]).astype(np.int64)
+            f_bytes[f_who == g[f_row]] = 0         # the aggregator's own record crosses no link
+            tf = transfer_faults(self.faults, self.rto_us, self.packet_bytes, self.beta, self.alpha,
+                                 self.call, rnd.index * 2**32 + slots[f_row], f_who, g[f_row], f_bytes)
+            if tf.any:
+                self.fault_stats.add(f_who, g[f_row], tf)
+                fb = np.zeros((m, width))
+                fb[f_p, f_col] = tf.delay_us
         rin = self._buf("rin", (m, width))          # link-out done + alpha, per record
         ready_local = np.zeros(m)                   # a record that stays inside the aggregator's node
         local_pos = np.full(m, -1, dtype=np.int64)
@@ -371,10 +395,14 @@ class _Timer:
                 if self.dedicated:
                     np.maximum(tmp, off, out=off)
                     off += msg_b_l[p] if const else msg_b[p]
+                    if fb is not None:
+                        off += fb[p]
                 else:
                     keep = off[gj]
                     np.maximum(tmp, off, out=off)
                     off += msg_b_l[p] if const else msg_b[p]
+                    if fb is not None:
+                        off += fb[p]
                     off[gj] = keep
                     local_pos[p] = gj
                     ready_local[p] = tmp[gj]
@@ -417,6 +445,8 @@ class _Timer:
             # upstream: worker link out (the aggregator's own record stays in its node)
             of = np.maximum(ready, out_free[idx])
             of += msg_b_l[p] if const else msg_b[p, :ln]
+            if fb is not None:
+                of += fb[p, :ln]
             if self.dedicated:
                 out_free[idx] = of
             else:
@@ -669,10 +699,13 @@ class _Timer:
         self.tx_free[slots, tx] = np.maximum(back, 0.0 if self.dedicated else ready_at)
 
 
-def sparse_time(plan: Plan, profile: Profile, itemsize: int) -> SparseTiming:
-    t = _Timer(plan, profile, itemsize)
+def sparse_time(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec | None = None,
+                call: int = 0) -> SparseTiming:
+    """Emulated time of the plan; ``faults`` delay the Rx-spot writes (docs/model.md §11.5)."""
+    t = _Timer(plan, profile, itemsize, faults if faults is not None and faults.active else None, call)
     for rnd in plan.rounds:
         t.phase1(rnd)
         t.phase2(rnd)
+    stats = None if t.faults is None else FaultStats.summary(t.fault_stats.rows())
     return SparseTiming(float(t.done.max()), t.done, float(t.host_busy.max()), float(t.nic_busy.max()),
-                        t.up + t.down, t.up, t.down, bool(t.spilled))
+                        t.up + t.down, t.up, t.down, bool(t.spilled), stats)

@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import random
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 from mpi4py import MPI
 
-from collectives.spot_protocol import Plan
+from collectives.spot_protocol import INDEX_BYTES, RECORD_HEADER_BYTES, Plan
 from collectives.watchdog import (
     CollectiveStalled,
     Watchdog,
@@ -49,9 +50,11 @@ from collectives.watchdog import (
     nodes_text,
     ranks_text,
 )
+from nic.faults import FaultSpec, transfer_faults
 from nic.spots import RecordLayout, SpotWindows
 
-TAG_RECORD, TAG_CREDIT, TAG_TXCREDIT, TAG_RESULT = 21, 22, 23, 100
+TAG_RECORD, TAG_CREDIT, TAG_TXCREDIT, TAG_NACK, TAG_RESULT = 21, 22, 23, 24, 100
+NOTE_WORDS = 7   # a record's notification: slot, round, worker, count, next, bytes, CRC32
 ALGO_NAMES = {"nic": "omniccl", "cpu": "omniccl-cpu", "dedicated": "omnireduce"}
 
 
@@ -81,8 +84,15 @@ class SpotRun:
 
     def __init__(self, comm: MPI.Comm, plan: Plan, wins: SpotWindows, work: np.ndarray,
                  lo: int, node_rank: np.ndarray, jitter_us: float = 0.0, seed: int = 0,
-                 watchdog: Watchdog | None = None) -> None:
+                 watchdog: Watchdog | None = None, faults: FaultSpec | None = None, call: int = 0,
+                 packet_bytes: int = 1024) -> None:
+        """``faults``: Rx-spot writes are damaged or cut short in flight, as the fault draws of
+        call ``call`` say (the same draws as collectives/sparse_timing.py), and recovered."""
         self.comm, self.plan, self.wins = comm, plan, wins
+        self.faults = faults if faults is not None and faults.active else None
+        self.call, self.packet_bytes = call, packet_bytes
+        self.pending: dict[tuple[int, int], list[tuple[int, bool]]] = {}   # fault events still ahead
+        self.used: dict[tuple[int, int], int] = {}
         self.cfg, self.lay = plan.cfg, plan.layout
         self.work, self.lo = work, lo
         self.n = self.lay.nodes
@@ -151,16 +161,59 @@ class SpotRun:
         if buf is None:
             buf = self.staging[(worker, slot)] = np.empty(self.rec.nbytes, dtype=np.uint8)
         used = self.rec.fill(buf, len(idx), nxt, idx, self.blocks[local, idx].view(np.uint8))
+        self.used[(worker, slot)] = used
+        if self.faults is not None:
+            self.pending[(worker, slot)] = self._record_faults(worker, slot, rnd, len(idx))
+        self._put_record(worker, slot, rnd)
+
+    def _record_faults(self, worker: int, slot: int, rnd: int, count: int) -> list[tuple[int, bool]]:
+        """The fault events of this Rx record, drawn exactly as the timing draws them."""
+        agg = int(self.lay.slot_agg[slot])
+        dedicated = self.cfg.aggregation == "dedicated"
+        endpoint = self.n + agg if dedicated else int(self.lay.aggregator_node[agg])
+        if endpoint == worker:
+            return []                      # the aggregator's own record crosses no link
+        wire = RECORD_HEADER_BYTES + count * (self.bs * self.work.dtype.itemsize + INDEX_BYTES)
+        tf = transfer_faults(self.faults, 0.0, self.packet_bytes, 0.0, 0.0, self.call,
+                             rnd * 2**32 + slot, [worker], [endpoint], [wire])
+        return [(int(i[0]), bool(d[0])) for mask, i, d in tf.events if mask[0]]
+
+    def _put_record(self, worker: int, slot: int, rnd: int) -> None:
+        """Put the record (again, after a NACK) and notify the aggregator with its length and CRC32.
+
+        The next fault event of the record, if any, acts on the wire: a drop cuts the write
+        short at the lost packet, a corruption flips a byte of a copy and ends the write after
+        that packet (a go-back-N receiver discards what follows). The whole record is Put
+        again after a NACK; the timing charges go-back-N from the failed packet.
+        """
+        buf = self.staging[(worker, slot)]
+        used = self.used[(worker, slot)]
+        wire = buf[:used]
+        events = self.pending.get((worker, slot))
+        if events:
+            at, dropped = events.pop(0)
+            cut = min(at * self.packet_bytes, used - 1)
+            if dropped:
+                wire = buf[:cut]
+            else:
+                wire = buf[:min(cut + self.packet_bytes, used)].copy()
+                wire[min(cut + self.packet_bytes // 2, len(wire) - 1)] ^= 0xFF
         agg = int(self.lay.slot_agg[slot])
         target = int(self.agg_rank[agg])
         spot = slot - agg * self.cfg.spots
         off = self.wins.rx_offset(int(self.agg_local[agg]), spot, worker)
         self._jitter()
-        self.wins.win.Put(buf[:used], target, target=[off, used, MPI.BYTE])
+        if len(wire):
+            self.wins.win.Put(wire, target, target=[off, len(wire), MPI.BYTE])
         with self.watchdog.blocking(self._describe_flush, slot, agg, target):
             self.wins.win.Flush(target)
-        note = np.array([slot, rnd, worker, len(idx), nxt], dtype=np.int64)
+        count, nxt = (int(v) for v in buf[:16].view(np.int64))
+        note = np.array([slot, rnd, worker, count, nxt, used, zlib.crc32(buf[:used])], dtype=np.int64)
         self._isend(note, target, TAG_RECORD)
+
+    def _on_nack(self, msg: np.ndarray) -> None:
+        slot, rnd, worker = (int(v) for v in msg)
+        self._put_record(worker, slot, rnd)
 
     def _on_credit(self, msg: np.ndarray) -> None:
         slot, rnd, worker, nxt = (int(v) for v in msg)
@@ -191,11 +244,19 @@ class SpotRun:
             a.expected = {int(w) for w in np.flatnonzero(a.pointers < end)}
 
     def _on_record(self, msg: np.ndarray) -> None:
-        slot, rnd, worker, count, nxt = (int(v) for v in msg)
+        slot, rnd, worker, count, nxt, used, crc = (int(v) for v in msg)
         a = self.aggs[slot]
         if rnd != a.round or worker not in a.expected:
             raise ProtocolError(f"slot {slot}: record of worker {worker} for round {rnd} "
                                 f"while round {a.round} expects {sorted(a.expected)}")
+        if self.faults is not None:
+            self.wins.win.Sync()
+            spot = slot - int(self.lay.slot_agg[slot]) * self.cfg.spots
+            got = self.wins.view(self.wins.rx_offset(a.local_agg, spot, worker))[:used]
+            if zlib.crc32(got) != crc:     # cut short or corrupted in flight: ask for it again
+                self._isend(np.array([slot, rnd, worker], dtype=np.int64), int(self.node_rank[worker]),
+                            TAG_NACK)
+                return
         a.arrived[worker] = (count, nxt)
         a.pointers[worker] = nxt
         self._try_aggregate(a)
@@ -280,7 +341,7 @@ class SpotRun:
                 for w in workers:
                     self._write_record(w, s, 0, int(lay.slot_lo[s]))
             status = MPI.Status()
-            ctrl = np.empty(5, dtype=np.int64)
+            ctrl = np.empty(NOTE_WORDS, dtype=np.int64)
             while self.workers_left or any(not a.finished for a in self.aggs.values()):
                 self.events += 1
                 if fault is not None:
@@ -295,7 +356,9 @@ class SpotRun:
                 size = status.Get_count(MPI.INT64_T)
                 wd.wait([self.comm.Irecv(ctrl[:size], source, tag)], self._describe_recv, source, tag)
                 if tag == TAG_RECORD:
-                    self._on_record(ctrl[:5])
+                    self._on_record(ctrl[:NOTE_WORDS])
+                elif tag == TAG_NACK:
+                    self._on_nack(ctrl[:3])
                 elif tag == TAG_CREDIT:
                     self._on_credit(ctrl[:4])
                 elif tag == TAG_TXCREDIT:

@@ -139,12 +139,15 @@ def uniforms(key: np.ndarray, event: int, lane: int) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
 
 
-def transfer_keys(seed: int, call: int, step: int, src, dst) -> np.ndarray:
-    """One 64-bit key per transfer: hashes (seed, call, step, src, dst) in that order."""
+def transfer_keys(seed: int, call: int, step, src, dst) -> np.ndarray:
+    """One 64-bit key per transfer: hashes (seed, call, step, src, dst) in that order.
+
+    ``step`` is one number, or one per transfer (the sparse records of a round).
+    """
     n = np.size(src)
     h = np.full(n, seed, dtype=np.int64).astype(np.uint64)
     for value in (call, step):
-        h = _absorb(h, np.full(n, value, dtype=np.int64))
+        h = _absorb(h, np.broadcast_to(np.asarray(value, dtype=np.int64), (n,)))
     return _absorb(_absorb(h, np.atleast_1d(src)), np.atleast_1d(dst))
 
 
@@ -169,7 +172,7 @@ class TransferFaults:
 
 
 def transfer_faults(spec: FaultSpec, rto_us: float, packet_bytes: int, us_per_B: float,
-                    latency_us: float, call: int, step: int, src, dst, nbytes) -> TransferFaults:
+                    latency_us: float, call: int, step, src, dst, nbytes) -> TransferFaults:
     """Go-back-N cost of every transfer of one step on links (src -> dst), in closed form.
 
     Attempts are a Bernoulli sequence with failure probability ``e``; a failure does not

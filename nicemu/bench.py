@@ -18,19 +18,30 @@ from mpi4py import MPI
 
 from collectives import ALGORITHMS, COLLECTIVES, Emulator, build_schedule
 from collectives.algorithms import SPARSE
-from collectives.api import check_algo, check_collective, check_dtype_op
+from collectives.api import check_algo, check_collective, check_dtype_op, fault_options
 from collectives.executor_model import run_model
 from collectives.omniccl import check_sparse_call, model_sparse, sparse_config
 from collectives.schedule import final_segments
 from collectives.sparse_patterns import check_pattern, pattern_mask
 from nic.ops import DTYPES, OPS
 from nic.profile import load_profile
+from nic.stragglers import describe as describe_stragglers
 from nicemu import argtypes
 from nicemu import data as bench_data
 from nicemu.errors import UsageError
 from nicemu.memory import check_fits
 from nicemu.progress import Progress
-from nicemu.report import HEADER, UNITS, bus_factor, table_row, write_csv, write_json, write_plot
+from nicemu.report import (
+    FAULT_HEADER,
+    FAULT_UNITS,
+    HEADER,
+    UNITS,
+    bus_factor,
+    table_row,
+    write_csv,
+    write_json,
+    write_plot,
+)
 from nicemu.sizes import format_size, parse_sizes
 from topologies import parse_topology, ring
 
@@ -72,6 +83,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", type=argtypes.output_file, help="write the records as CSV to this file")
     p.add_argument("--plot", type=argtypes.output_file,
                    help="draw latency and gain vs size to this image file (needs matplotlib)")
+    p.add_argument("--faults", default=None, metavar="drop=P,corrupt=Q,seed=S[,link=A->B]",
+                   help="per-packet drop and corruption probabilities on every directed link (or only "
+                        "the named ones); the NIC retransmits go-back-N (docs/model.md §11)")
+    p.add_argument("--straggler", action="append", default=[], metavar="NODE:FACTOR",
+                   help="slow that node's host, NIC and PCIe service times by FACTOR (repeatable or a "
+                        "comma list; docs/model.md §12)")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
 
 
@@ -150,14 +167,16 @@ def _run_mpi(emu: Emulator, args, algo: str, dtype: np.dtype, nbytes: int) -> di
     work = np.empty_like(inputs)
     walls = []
     timing = None
+    timed = []
     for it in range(args.warmup + args.iters):
         np.copyto(work, inputs)
         comm.Barrier()
         t0 = MPI.Wtime()
-        timing = emu.run_inplace(args.collective, work, args.op, algo, sparse_options(args))
+        timing = emu.run_inplace(args.collective, work, args.op, algo, sparse_options(args), call=it)
         t1 = MPI.Wtime()
         if it >= args.warmup:
             walls.append(t1 - t0)
+            timed.append(timing)
     local = np.array(walls)
     slowest = np.empty_like(local)
     comm.Allreduce(local, slowest, op=MPI.MAX)
@@ -177,29 +196,63 @@ def _run_mpi(emu: Emulator, args, algo: str, dtype: np.dtype, nbytes: int) -> di
     if timing is not None:
         rec.update(emulated_us=timing.emulated_us, host_busy_us=timing.host_busy_us,
                    nic_busy_us=timing.nic_busy_us, wire_bytes=timing.wire_bytes, **_sparse_fields(timing))
+        if emu.faults is not None or emu.stragglers:
+            rec.update(_fault_fields(timed))
     return rec
 
 
-def _run_model(topology, profile, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
-    count = nbytes // dtype.itemsize
+def _fault_fields(timed: list) -> dict:
+    """Over the timed calls (each draws its own faults): mean emulated time, summed statistics."""
+    out = {"emulated_us": statistics.fmean(t.emulated_us for t in timed)}
+    if timed[0].faults is None:
+        return out
+    per_link: dict[str, list[int]] = {}
+    for t in timed:
+        for row in t.faults["per_link"]:
+            acc = per_link.setdefault(row["link"], [0, 0, 0])
+            for i, k in enumerate(("drops", "corruptions", "retransmit_bytes")):
+                acc[i] += row[k]
+    for k in ("drops", "corruptions", "retransmit_bytes"):
+        out[k] = sum(t.faults[k] for t in timed)
+    out["fault_links"] = [{"link": link, "drops": v[0], "corruptions": v[1], "retransmit_bytes": v[2]}
+                          for link, v in sorted(per_link.items(),
+                                                key=lambda kv: tuple(map(int, kv[0].split("->"))))]
+    return out
+
+
+def _model_timing(topology, profile, args, algo: str, dtype: np.dtype, count: int, faults=None,
+                  call: int = 0, stragglers=None):
     if algo in SPARSE:
         cfg = sparse_config(algo, topology.nodes, **sparse_options(args))
         masks = np.stack([pattern_mask(n, topology.nodes, count, cfg.block_size, args.density,
                                        args.overlap, args.seed) for n in range(topology.nodes)])
-        t = model_sparse(cfg, masks, profile, dtype.itemsize)
-    else:
-        schedule = build_schedule(args.collective, algo, topology, count, profile.topology.bidirectional)
-        t = run_model(schedule, profile, dtype.itemsize)
-    return {"emulated_us": t.emulated_us, "host_busy_us": t.host_busy_us,
-            "nic_busy_us": t.nic_busy_us, "wire_bytes": t.wire_bytes, **_sparse_fields(t)}
+        return model_sparse(cfg, masks, profile, dtype.itemsize, faults, call, stragglers)
+    schedule = build_schedule(args.collective, algo, topology, count, profile.topology.bidirectional)
+    return run_model(schedule, profile, dtype.itemsize, faults, call, stragglers)
+
+
+def _run_model(topology, profile, args, algo: str, dtype: np.dtype, nbytes: int, faults=None,
+               stragglers=None) -> dict:
+    count = nbytes // dtype.itemsize
+    t = _model_timing(topology, profile, args, algo, dtype, count)
+    rec = {"emulated_us": t.emulated_us, "host_busy_us": t.host_busy_us,
+           "nic_busy_us": t.nic_busy_us, "wire_bytes": t.wire_bytes, **_sparse_fields(t)}
+    if faults is not None or stragglers:
+        # the same call numbers as the MPI executor's timed calls draw the same faults
+        timed = [_model_timing(topology, profile, args, algo, dtype, count, faults, it, stragglers)
+                 for it in range(args.warmup, args.warmup + args.iters)]
+        rec.update(host_busy_us=timed[-1].host_busy_us, nic_busy_us=timed[-1].nic_busy_us,
+                   **_fault_fields(timed))
+    return rec
 
 
 def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
     algos, dtype, sizes, topology, profile = _validate(args, comm)
+    faults, stragglers = fault_options(args.faults, args.straggler, topology)
     rank0 = comm.rank == 0
     emu = None
     if args.executor == "mpi":
-        emu = Emulator(comm, topology, profile)
+        emu = Emulator(comm, topology, profile, faults=faults, stragglers=stragglers)
         check_fits(comm, emu.local_nodes, max(sizes), dtype.itemsize, "mpi")
     ranks = comm.size if args.executor == "mpi" else 1
     if rank0:
@@ -207,9 +260,15 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
               f"executor {args.executor}, profile {profile.name}")
         print(f"# dtype {dtype.name}, op {args.op}, density {args.density:g}, block {args.block_size}, "
               f"iters {args.iters}, warmup {args.warmup}; times in microseconds")
+        extra = faults is not None or bool(stragglers)
+        if extra:
+            print(f"# faults: {faults.describe() if faults else 'none'}; stragglers: "
+                  f"{describe_stragglers(stragglers) or 'none'}; emul(us) is the mean over the timed "
+                  f"calls, vs clean compares it with the same call without faults or stragglers, "
+                  f"drops/corrupt/resent are totals over the timed calls")
         print("#")
-        print("#" + HEADER[1:])
-        print("#" + UNITS[1:])
+        print("#" + HEADER[1:] + (FAULT_HEADER if extra else ""))
+        print("#" + UNITS[1:] + (FAULT_UNITS if extra else ""))
     progress = Progress(len(sizes) * len(algos), rank0 and (args.progress or sys.stderr.isatty()))
     records = []
     for nbytes in sizes:
@@ -226,7 +285,13 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
             if emu is not None:
                 base.update(_run_mpi(emu, args, algo, dtype, nbytes))
             else:
-                base.update(_run_model(topology, profile, args, algo, dtype, nbytes))
+                base.update(_run_model(topology, profile, args, algo, dtype, nbytes, faults, stragglers))
+            if (faults is not None or stragglers) and base["emulated_us"] is not None:
+                clean = _model_timing(topology, profile, args, algo, dtype, nbytes // dtype.itemsize)
+                base.update(faults=faults.describe() if faults else None,
+                            stragglers=describe_stragglers(stragglers) or None,
+                            clean_emulated_us=clean.emulated_us,
+                            slowdown_vs_clean=base["emulated_us"] / clean.emulated_us)
             if base["emulated_us"]:
                 base["algbw_GBps"] = nbytes / (base["emulated_us"] * 1e3)
                 base["busbw_GBps"] = base["algbw_GBps"] * bus_factor(args.collective, topology.nodes)

@@ -14,7 +14,11 @@ from nicemu.errors import UsageError
 KEYS = ["collective", "algo", "topology", "nodes", "ranks", "executor", "bytes", "count", "dtype",
         "op", "density", "block_size", "overlap", "iters", "emulated_us", "wall_us", "algbw_GBps",
         "busbw_GBps", "host_busy_us", "nic_busy_us", "wire_bytes", "wrong", "profile",
-        "gain_vs_ring", "upstream_bytes", "downstream_bytes", "spots_spilled"]
+        "gain_vs_ring", "upstream_bytes", "downstream_bytes", "spots_spilled",
+        # --faults / --straggler (nicemu/bench.py): totals over the timed calls, the fault-free
+        # time of the same call, emulated_us / clean_emulated_us, and the per-link breakdown
+        "faults", "stragglers", "drops", "corruptions", "retransmit_bytes", "clean_emulated_us",
+        "slowdown_vs_clean", "fault_links"]
 
 HEADER = (f"{'size':>10} {'count':>11} {'type':>7} {'redop':>5} {'algo':>13} {'emul(us)':>12} "
           f"{'wall(us)':>10} {'algbw':>8} {'busbw':>8} {'host(us)':>10} {'nic(us)':>9} "
@@ -44,7 +48,20 @@ def table_row(r: dict) -> str:
             f"{_num(r['emulated_us'], '.3f', 12)} {_num(r['wall_us'], '.1f', 10)} "
             f"{_num(r['algbw_GBps'], '.3f', 8)} {_num(r['busbw_GBps'], '.3f', 8)} "
             f"{_num(r['host_busy_us'], '.2f', 10)} {_num(r['nic_busy_us'], '.2f', 9)} "
-            f"{_num(r['wire_bytes'], 'd', 12)} {gain_s} {_num(r['wrong'], 'd', 6)}")
+            f"{_num(r['wire_bytes'], 'd', 12)} {gain_s} {_num(r['wrong'], 'd', 6)}"
+            + fault_columns(r))
+
+
+#: extra columns of a run with --faults or --straggler
+FAULT_HEADER = f" {'vs clean':>9} {'drops':>7} {'corrupt':>7} {'resent(B)':>11}"
+FAULT_UNITS = f" {'slowdown':>9} {'':>7} {'':>7} {'':>11}"
+
+
+def fault_columns(r: dict) -> str:
+    if r.get("slowdown_vs_clean") is None:
+        return ""
+    return (f" {r['slowdown_vs_clean']:8.3f}x {_num(r.get('drops'), 'd', 7)} "
+            f"{_num(r.get('corruptions'), 'd', 7)} {_num(r.get('retransmit_bytes'), 'd', 11)}")
 
 
 def _clean(value):

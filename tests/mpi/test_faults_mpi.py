@@ -95,3 +95,33 @@ def test_straggler_slows_and_matches_model():
             np.testing.assert_array_equal(b.data, np.full_like(x, 8.0))
             assert b.emulated_us == model_time("allreduce", algo, slow.topology, PROFILE, count,
                                                stragglers={5: 4.0}).emulated_us
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("algo", ["omniccl", "omniccl-cpu", "omnireduce"])
+def test_sparse_rx_writes_recovered(algo):
+    """Lost and corrupted Rx-spot writes are found by CRC32 at the aggregator and Put again."""
+    from collectives.omniccl import model_sparse, sparse_config
+    from collectives.sparse_patterns import block_mask
+
+    count, block = 8 * 256 * 6 + 77, 256
+    faults = "drop=0.05,corrupt=0.05,seed=3"
+    with Emulator(COMM, "ring:8", PROFILE, faults=faults) as emu:
+        rng = np.random.default_rng(9)
+        x = rng.integers(-1000, 1000, size=(8, count))
+        x[:, 256 * 5:256 * 20] = 0                     # some all-zero blocks are skipped
+        x[::2, 256 * 30:256 * 40] = 0
+        mine = np.ascontiguousarray(x[emu.node_range.start:emu.node_range.stop])
+        cfg = sparse_config(algo, 8)
+        masks = block_mask(x, block)
+        events = 0
+        for call in range(2):
+            work = mine.copy()
+            timing = emu.run_inplace("allreduce", work, "sum", algo, call=call)
+            for row in work:
+                np.testing.assert_array_equal(row, x.sum(axis=0))
+            model = model_sparse(cfg, masks, PROFILE, 8, emu.faults, call)
+            assert timing.emulated_us == model.emulated_us
+            assert timing.faults == model.faults
+            events += timing.faults["drops"] + timing.faults["corruptions"]
+        assert events > 0
