@@ -37,7 +37,7 @@ DENSE_ALGOS = ("ring", "directreduce", "mpi")
 SPARSE_ALGOS = ("omniccl", "omniccl-cpu", "omnireduce")
 COLLECTIVES = ("allreduce", "reducescatter", "allgather")
 PROFILES = ("directreduce-paper", "ideal", "omniccl-paper")
-MAX_SPARSE_BLOCKS = 48
+MAX_SPARSE_BLOCKS = 32
 
 
 def examples(default: int) -> int:
@@ -75,13 +75,15 @@ def spec_of(shape: tuple[int, ...]) -> str:
     return f"ring:{shape[0]}" if len(shape) == 1 else "torus:" + "x".join(map(str, shape))
 
 
-def counts(nodes: int) -> st.SearchStrategy[int]:
-    """Element counts: tiny (below the node count), multiples of it and one off, and any."""
+def counts(nodes: int, max_count: int = 3000) -> st.SearchStrategy[int]:
+    """Element counts up to ``max_count``: tiny (below the node count), multiples of it and one
+    off, and any."""
+    multiples = max(1, min(40, max_count // nodes))
     return st.one_of(
-        st.integers(1, max(1, nodes - 1)),
-        st.integers(1, 40).flatmap(lambda k: st.sampled_from([k * nodes - 1, k * nodes, k * nodes + 1])
-                                   ).filter(lambda c: c >= 1),
-        st.integers(1, 3000),
+        st.integers(1, max(1, min(nodes - 1, max_count))),
+        st.integers(1, multiples).flatmap(lambda k: st.sampled_from([k * nodes - 1, k * nodes, k * nodes + 1])
+                                          ).filter(lambda c: 1 <= c <= max_count),
+        st.integers(1, max_count),
     )
 
 
@@ -222,7 +224,7 @@ def sparse_cases(draw, max_nodes: int = MAX_NODES, min_nodes: int = 2) -> Sparse
     block = draw(st.sampled_from([1, 3, 8, 64, 256]))
     # at most MAX_SPARSE_BLOCKS blocks: the protocol runs a round per window, and one
     # process plays every node, so many small blocks on 64 nodes would take seconds
-    count = draw(counts(nodes).filter(lambda c: -(-c // block) <= MAX_SPARSE_BLOCKS))
+    count = draw(counts(nodes, min(3000, MAX_SPARSE_BLOCKS * block)))
     return SparseCase(
         shape, count, draw(st.sampled_from(sorted(DTYPES))), draw(st.sampled_from(SPARSE_ALGOS)),
         draw(st.sampled_from([0.0, 0.01, 0.1, 0.3, 0.7, 1.0])), block,
