@@ -103,6 +103,16 @@ CASES = [
     case("sparse-spots-zero", [*BENCH, "--sizes", "1K", "--algo", "omniccl", "--spots", "0"], "spots"),
     case("overlap-none-too-dense", [*BENCH, "--sizes", "1K", "--density", "0.6", "--overlap", "none"],
          "overlap none"),
+    case("faults-probability-too-high", [*BENCH, "--sizes", "1K", "--faults", "drop=0.9"], "drop=0.9", "0.5",
+         standalone=True),
+    case("faults-not-key-value", [*BENCH, "--sizes", "1K", "--faults", "1e-3"], "key=value"),
+    case("faults-unknown-key", [*BENCH, "--sizes", "1K", "--faults", "drop=1e-3,loss=1"], "loss"),
+    case("faults-bad-link", [*BENCH, "--sizes", "1K", "--faults", "drop=1e-3,link=3-4"], "SRC->DST"),
+    case("faults-link-not-in-topology", [*BENCH, "--sizes", "1K", "--topology", "ring:8", "--faults",
+                                         "drop=1e-3,link=3->9"], "link=3->9", "0..7"),
+    case("straggler-no-factor", [*BENCH, "--sizes", "1K", "--straggler", "3"], "NODE:FACTOR"),
+    case("straggler-factor-below-one", [*BENCH, "--sizes", "1K", "--straggler", "3:0.5"], "FACTOR", ">= 1"),
+    case("straggler-sparse", [*BENCH, "--sizes", "1K", "--algo", "omniccl", "--straggler", "1:2"], "dense"),
 ]
 
 PARAMS = [pytest.param(c, c.nprocs, id=f"{c.id}-np{c.nprocs}") for c in CASES]
