@@ -19,12 +19,11 @@ same schedule, the same watchdog and the same emulated times, and trims:
 * **Receives are posted before sends**, so an eager message finds its receive
   already posted instead of being copied through MPI's unexpected queue.
 * **Timing on Python floats** (nic/scalar_agent.py, bit-identical to
-  NicAgents), with every per-step product computed once per plan. With
-  stragglers the per-node rates are arrays and the general timing runs.
+  NicAgents), with every per-step product computed once per plan.
 
 Whether a call takes this path is decided identically on every rank (from the
 topology, the communicator size and the schedule), because it changes what
-goes on the wire. Link faults (``agents.faults``) keep the general path.
+goes on the wire. Link faults and stragglers keep the general path.
 """
 
 from __future__ import annotations
@@ -39,8 +38,6 @@ from mpi4py import MPI
 
 from collectives.executor_model import Timing
 from collectives.schedule import Schedule, step_groups
-from collectives.timing import receive_half, send_half
-from nic.agent import NicAgents
 from nic.ops import OPS
 from nic.scalar_agent import ScalarAgent, StepCosts
 
@@ -84,16 +81,6 @@ def schedule_fits(schedule: Schedule, nodes: int, ranks: int) -> bool:
     return all(_plain_step(step) for step in schedule.steps())
 
 
-def scalar_timing_fits(agents: NicAgents) -> bool:
-    """True when this rank's NIC parameters are plain numbers (no straggler arrays, no faults)."""
-    if getattr(agents, "faults", None) is not None:
-        return False
-    values = (agents.pcie.us_per_B, agents.pcie.latency_us, agents.compute.us_per_B,
-              agents.compute.latency_us, agents.datadirector.latency_us, agents.host.us_per_B,
-              agents.host.overhead_us)
-    return not any(isinstance(v, np.ndarray) for v in values)
-
-
 @dataclass
 class LeanStep:
     """One step of this rank's node, with its buffers and requests made once."""
@@ -110,6 +97,7 @@ class LeanStep:
     elem_a: int = 0
     elem_b: int = 0
     scratch_slot: int = -1         # unpacked reduce: scratch buffer of the executor
+    reduce: bool = False
     packed_send: bool = False
     packed_recv: bool = False
     send_buf: np.ndarray | None = None
@@ -130,13 +118,25 @@ class LeanStep:
         self.send_req = self.recv_req = None
 
 
+@dataclass
+class LeanGroup:
+    """Steps that run concurrently (one, or two for a bidirectional ring)."""
+
+    steps: list[LeanStep]
+    plans: list[StepPlan]             # for the watchdog's messages
+    packed: bool                      # every message of the group is packed: the requests are fixed
+    recvs: list = field(default_factory=list)            # packed: the persistent receive requests ...
+    recv_owner: list = field(default_factory=list)       # ... and (index in group, peer) of each
+    sends: list = field(default_factory=list)
+    send_owner: list = field(default_factory=list)
+
+
 class LeanPlan:
     """A schedule compiled for the lean path on one rank (cached by the executor like its plans)."""
 
     def __init__(self, comm: MPI.Comm, plans: list[StepPlan], scalar: ScalarAgent) -> None:
         self.plans = plans
-        self.groups: list[list[LeanStep]] = []
-        self.group_plans: list[list[StepPlan]] = []     # for the watchdog's messages
+        self.groups: list[LeanGroup] = []
         for group in step_groups(plans):
             steps, slot = [], 0
             for plan in group:
@@ -152,7 +152,7 @@ class LeanPlan:
                         ls.send_req = comm.Send_init(ls.send_buf, peer, TAG_PACKED)
                 if plan.recvs:
                     (peer, _, [(nb, _, _, boff)]), = plan.recvs
-                    ls.recv_peer, ls.recv_nb = peer, nb
+                    ls.recv_peer, ls.recv_nb, ls.recv_boff = peer, nb, boff
                     ls.packed_recv = nb <= PACK_MAX_BYTES
                     if ls.packed_recv:
                         ls.recv_buf = np.empty(HEADER_BYTES + nb, dtype=np.uint8)
@@ -164,15 +164,24 @@ class LeanPlan:
                 if plan.ops:        # a reduction (chunks that are only placed have no op)
                     (_, a, b, _, _), = plan.ops
                     ls.elem_a, ls.elem_b = a, b
-                if plan.recvs:
-                    ls.recv_boff = plan.recvs[0][2][0][3]
+                ls.reduce = plan.step.reduce
                 steps.append(ls)
-            self.groups.append(steps)
-            self.group_plans.append(list(group))
+            packed = all((ls.send_peer < 0 or ls.packed_send) and (ls.recv_peer < 0 or ls.packed_recv)
+                         for ls in steps)
+            lg = LeanGroup(steps, list(group), packed)
+            if packed:
+                for gi, ls in enumerate(steps):
+                    if ls.recv_peer >= 0:
+                        lg.recvs.append(ls.recv_req)
+                        lg.recv_owner.append((gi, ls.recv_peer))
+                    if ls.send_peer >= 0:
+                        lg.sends.append(ls.send_req)
+                        lg.send_owner.append((gi, ls.send_peer))
+            self.groups.append(lg)
 
     def free(self) -> None:
         for group in self.groups:
-            for ls in group:
+            for ls in group.steps:
                 ls.free()
 
 
@@ -198,84 +207,49 @@ def lean_plan_ok(plans: list[StepPlan]) -> bool:
 
 def run_lean(ex: MpiExecutor, lean: LeanPlan, schedule: Schedule, data: np.ndarray, op: str,
              wire_bytes: int) -> Timing:
-    """Run ``schedule`` in place on ``data`` (shape (1, count)) on the lean path."""
+    """Run ``schedule`` in place on ``data`` (shape (1, count)) on the lean path.
+
+    The executor sends only calls without stragglers or link faults here, so the
+    node's timing is the :class:`ScalarAgent`'s.
+    """
     raw = memoryview(data).cast("B")       # bytes of the node's row (C-contiguous)
     row = data[0]
     dtype = data.dtype
-    comm = ex.comm
     wait = ex.watchdog.wait
     describe = ex._describe_wait
     fault = ex._fault
     ufunc = OPS[op]
-    agents = ex._agents
-    scalar = ex._scalar if scalar_timing_fits(agents) else None
-    if scalar is not None:
-        scalar.reset()
-    else:
-        agents.reset()
+    scalar = ex._scalar
+    scalar.reset()
+    send, receive = scalar.send, scalar.receive
     pack, unpack = _TIMES.pack_into, _TIMES.unpack_from
     k = -1
-    for k, group in enumerate(lean.groups):
+    for k, g in enumerate(lean.groups):
         if fault is not None:
             fault.at_step(k, f"{schedule.algo} {schedule.collective}")
-        # sender halves first: in a group every sender sees the state from before it
-        times = []
-        for ls in group:
-            if ls.send_peer < 0:
-                times.append(None)
-            elif scalar is not None:
-                times.append(scalar.send(ls.send_costs))
-            else:
-                first, last = send_half(agents, ls.plan.step, ls.plan.send_ix, ls.plan.send_nbytes)
-                times.append((float(first), float(last)))
-        # receives first, so that an eager message finds its receive posted
-        recvs, recv_owner, sends, send_owner = [], [], [], []
-        for gi, ls in enumerate(group):
-            peer = ls.recv_peer
-            if peer < 0:
-                continue
-            if ls.packed_recv:
-                ls.recv_req.Start()
-                recvs.append(ls.recv_req)
-                recv_owner.append((gi, peer))
-                continue
-            recvs.append(comm.Irecv(ls.time_in, peer, TAG_TIME))
-            recv_owner.append((gi, peer))
-            if ls.recv_nb:
-                if ls.scratch_slot >= 0:
-                    buf = ex._scratch_buffer(ls.scratch_slot, ls.recv_nb)
-                else:
-                    buf = raw[ls.recv_boff:ls.recv_boff + ls.recv_nb]
-                recvs.append(comm.Irecv(buf, peer, TAG_DATA))
-                recv_owner.append((gi, peer))
-        for gi, ls in enumerate(group):
-            t = times[gi]
-            if t is None:
-                continue
-            peer = ls.send_peer
-            send_owner.append((gi, peer))
-            if ls.packed_send:
-                pack(ls.send_buf, 0, t[0], t[1])
-                if ls.send_nb:
-                    ls.send_payload[:] = raw[ls.send_boff:ls.send_boff + ls.send_nb]
-                ls.send_req.Start()
-                sends.append(ls.send_req)
-                continue
-            ls.time_out[0], ls.time_out[1] = t
-            sends.append(comm.Isend(ls.time_out, peer, TAG_TIME))
-            if ls.send_nb:
-                sends.append(comm.Isend(raw[ls.send_boff:ls.send_boff + ls.send_nb], peer, TAG_DATA))
-                send_owner.append((gi, peer))
-        plans = lean.group_plans[k]
-        wait(recvs, describe, schedule, lean.plans, plans, True, recv_owner)
+        if g.packed:
+            recvs, recv_owner, sends, send_owner = g.recvs, g.recv_owner, g.sends, g.send_owner
+            for req in recvs:              # receives first: an eager message finds its receive posted
+                req.Start()
+            # sender halves first: in a group every sender sees the state from before it
+            for ls in g.steps:
+                if ls.send_peer >= 0:
+                    first, last = send(ls.send_costs)
+                    pack(ls.send_buf, 0, first, last)
+                    if ls.send_nb:
+                        ls.send_payload[:] = raw[ls.send_boff:ls.send_boff + ls.send_nb]
+                    ls.send_req.Start()
+        else:
+            recvs, recv_owner, sends, send_owner = _post_unpacked(ex, g, raw, send)
+        wait(recvs, describe, schedule, lean.plans, g.plans, True, recv_owner)
 
-        for ls in group:
+        for ls in g.steps:
             if ls.recv_peer < 0:
                 continue
             nb = ls.recv_nb
             if ls.packed_recv:
                 first, last = unpack(ls.recv_buf, 0)
-                if nb and ls.plan.step.reduce:
+                if nb and ls.reduce:
                     chunk = ls.typed.get(dtype)
                     if chunk is None:
                         chunk = ls.typed[dtype] = ls.recv_payload.view(dtype)
@@ -288,19 +262,55 @@ def run_lean(ex: MpiExecutor, lean: LeanPlan, schedule: Schedule, data: np.ndarr
                 if ls.scratch_slot >= 0:
                     dest = row[ls.elem_a:ls.elem_b]
                     ufunc(dest, ex._scratch[ls.scratch_slot][:nb].view(dtype), out=dest)
-            if scalar is not None:
-                scalar.receive(ls.recv_costs, first, last)
-            else:
-                receive_half(agents, ls.plan.step, ls.plan.recv_ix, first, last, ls.plan.recv_nbytes)
-        wait(sends, describe, schedule, lean.plans, plans, False, send_owner)
+            receive(ls.recv_costs, first, last)
+        wait(sends, describe, schedule, lean.plans, g.plans, False, send_owner)
     if fault is not None:
         fault.at_step(k + 1, f"{schedule.algo} {schedule.collective} (final timing reduction)")
-    if scalar is not None:
-        local = ex._final_local
-        local[0], local[1], local[2] = scalar.clock, scalar.host_busy, scalar.compute_busy
-    else:
-        local = np.array([agents.clock.max(), agents.host.busy_us.max(), agents.compute.busy_us.max()])
+    local = ex._final_local
+    local[0], local[1], local[2] = scalar.clock, scalar.host_busy, scalar.compute_busy
     glob = ex._final_global
     with ex.watchdog.blocking(ex._describe_final, schedule):
-        comm.Allreduce(local, glob, op=MPI.MAX)
-    return Timing(float(glob[0]), np.array([local[0]]), float(glob[1]), float(glob[2]), wire_bytes)
+        ex.comm.Allreduce(local, glob, op=MPI.MAX)
+    return Timing(float(glob[0]), np.array([scalar.clock]), float(glob[1]), float(glob[2]), wire_bytes)
+
+
+def _post_unpacked(ex: MpiExecutor, g: LeanGroup, raw: memoryview, send) -> tuple[list, list, list, list]:
+    """Post a group with a chunk above PACK_MAX_BYTES: times and data as separate messages (the
+    data straight from and into the user's array, or a scratch buffer for a reduction)."""
+    comm = ex.comm
+    times = [send(ls.send_costs) if ls.send_peer >= 0 else None for ls in g.steps]
+    recvs, recv_owner, sends, send_owner = [], [], [], []
+    for gi, ls in enumerate(g.steps):
+        peer = ls.recv_peer
+        if peer < 0:
+            continue
+        if ls.packed_recv:
+            ls.recv_req.Start()
+            recvs.append(ls.recv_req)
+            recv_owner.append((gi, peer))
+            continue
+        recvs.append(comm.Irecv(ls.time_in, peer, TAG_TIME))
+        recv_owner.append((gi, peer))
+        if ls.scratch_slot >= 0:
+            buf = ex._scratch_buffer(ls.scratch_slot, ls.recv_nb)
+        else:
+            buf = raw[ls.recv_boff:ls.recv_boff + ls.recv_nb]
+        recvs.append(comm.Irecv(buf, peer, TAG_DATA))
+        recv_owner.append((gi, peer))
+    for gi, (ls, t) in enumerate(zip(g.steps, times)):
+        if t is None:
+            continue
+        peer = ls.send_peer
+        send_owner.append((gi, peer))
+        if ls.packed_send:
+            _TIMES.pack_into(ls.send_buf, 0, *t)
+            if ls.send_nb:
+                ls.send_payload[:] = raw[ls.send_boff:ls.send_boff + ls.send_nb]
+            ls.send_req.Start()
+            sends.append(ls.send_req)
+            continue
+        ls.time_out[0], ls.time_out[1] = t
+        sends.append(comm.Isend(ls.time_out, peer, TAG_TIME))
+        sends.append(comm.Isend(raw[ls.send_boff:ls.send_boff + ls.send_nb], peer, TAG_DATA))
+        send_owner.append((gi, peer))
+    return recvs, recv_owner, sends, send_owner

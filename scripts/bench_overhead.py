@@ -109,7 +109,7 @@ def parse_args(argv: list[str] | None, rank: int) -> argparse.Namespace:
     ap.add_argument("--sizes", default=DEFAULT_SIZES,
                     help=f"bytes per rank: 64K, 1K,256K,1G or MIN:MAX[:FACTOR] (default {DEFAULT_SIZES})")
     ap.add_argument("--iters", type=_whole(1, "--iters 20"), default=None,
-                    help="timed iterations per size (default adaptive: max(3, min(200, 4 MiB / size)))")
+                    help="timed iterations per size (default adaptive: max(10, min(200, 4 MiB / size)))")
     ap.add_argument("--warmup", type=_whole(0, "--warmup 2"), default=2, help="untimed iterations per size (default 2)")
     ap.add_argument("--json", metavar="FILE", help="write one record per size as a JSON list")
     ap.add_argument("--csv", metavar="FILE", help="write one record per size as CSV")
@@ -133,7 +133,7 @@ def parse_args(argv: list[str] | None, rank: int) -> argparse.Namespace:
 
 def iterations(size: int, fixed: int | None) -> int:
     """Timed iterations: ``--iters`` if given, else more for small sizes."""
-    return fixed if fixed is not None else max(3, min(200, (1 << 22) // size))
+    return fixed if fixed is not None else max(10, min(200, (1 << 22) // size))
 
 
 # --------------------------------------------------------------------------- checks before any data moves
@@ -311,6 +311,9 @@ def measure(comm: MPI.Comm, emu: Emulator, bench_comm: MPI.Comm, size: int, iter
         rec[f"{name}_min_us"] = float(times[k].min()) * 1e6
     rec["emu_over_bare"] = rec["emulator_us"] / rec["bare_ring_us"]
     rec["emu_over_mpi"] = rec["emulator_us"] / rec["mpi_allreduce_us"]
+    # the fastest iterations are the least disturbed by other jobs on a shared machine
+    rec["emu_over_bare_min"] = rec["emulator_min_us"] / rec["bare_ring_min_us"]
+    rec["emu_over_mpi_min"] = rec["emulator_min_us"] / rec["mpi_allreduce_min_us"]
     for k, name in enumerate(IMPLS):
         rec[f"{name}_wrong"] = int(wrong[k].max())            # the worst iteration
         rec[f"{name}_wrong_iters"] = int(np.count_nonzero(wrong[k]))
@@ -352,17 +355,19 @@ def summary_line(records: list[dict]) -> str:
                                      for label, status, detail in target_results(records))
 
 
-COLUMNS = ["size", "emulator_us", "bare_ring_us", "mpi_allreduce_us", "emu/bare", "emu/mpi", "iters"]
+COLUMNS = ["size", "emulator_us", "bare_ring_us", "mpi_allreduce_us", "emu/bare", "emu/mpi", "min emu/bare",
+           "min emu/mpi", "iters", "load"]
 
 
 def _row(rec: dict) -> list[str]:
     return [rec["size"], f"{rec['emulator_us']:,.1f}", f"{rec['bare_ring_us']:,.1f}",
             f"{rec['mpi_allreduce_us']:,.1f}", f"{rec['emu_over_bare']:.2f}", f"{rec['emu_over_mpi']:.2f}",
-            str(rec["iters"])]
+            f"{rec['emu_over_bare_min']:.2f}", f"{rec['emu_over_mpi_min']:.2f}", str(rec["iters"]),
+            "-" if rec.get("loadavg_1min") is None else f"{rec['loadavg_1min']:.1f}"]
 
 
 def text_table(records: list[dict]) -> list[str]:
-    widths = [6, 14, 14, 18, 10, 9, 7]
+    widths = [6, 14, 14, 18, 10, 9, 14, 13, 7, 6]
     lines = ["#" + "".join(c.rjust(w) for c, w in zip(COLUMNS, widths))[1:]]
     for rec in records:
         lines.append(" " + "".join(c.rjust(w) for c, w in zip(_row(rec), widths))[1:])
@@ -374,7 +379,9 @@ def markdown(records: list[dict], header: list[str]) -> str:
     lines.append("| " + " | ".join(COLUMNS) + " |")
     lines.append("|" + "|".join(["---:"] * len(COLUMNS)) + "|")
     lines += ["| " + " | ".join(_row(rec)) + " |" for rec in records]
-    lines += ["", "Times are medians over iterations of the slowest rank's wall time, in µs.", "",
+    lines += ["", "Times are medians over iterations of the slowest rank's wall time, in µs; the min columns "
+              "divide the fastest iterations (the least disturbed on a shared machine); load is the host's "
+              "1-minute load average after the size. Targets are judged on the medians.", "",
               "| target | result | |", "|---|---|---|"]
     lines += [f"| {label} | {status} | {detail} |" for label, status, detail in target_results(records)]
     return "\n".join(lines) + "\n"
