@@ -35,7 +35,7 @@ MAX_DIMS = 6
 DIM_SIZES = (2, 5)       # nodes per dimension, as in issue 6
 DENSE_ALGOS = ("ring", "directreduce", "mpi")
 SPARSE_ALGOS = ("omniccl", "omniccl-cpu", "omnireduce")
-COLLECTIVES = ("allreduce", "reducescatter", "allgather")
+COLLECTIVES = ("allreduce", "reducescatter", "allgather", "alltoall")
 PROFILES = ("directreduce-paper", "ideal", "omniccl-paper")
 MAX_SPARSE_BLOCKS = 32
 
@@ -154,6 +154,11 @@ def assert_reduced(result: np.ndarray, x: np.ndarray, op: str, ref: np.ndarray |
 def assert_collective(collective: str, rows: np.ndarray | list, nodes: range, x: np.ndarray, op: str,
                       seg_off: np.ndarray, seg_cnt: np.ndarray) -> None:
     """Check every local node's output of ``collective`` against ``x`` (all nodes' inputs)."""
+    if collective == "alltoall":      # block j of node i's row becomes block i of node j's row
+        b = x.shape[1] // x.shape[0]
+        for row, node in zip(rows, nodes):
+            np.testing.assert_array_equal(row, x[:, node * b:(node + 1) * b].reshape(-1))
+        return
     if collective == "allgather":
         expect = np.concatenate([x[i, seg_off[i]:seg_off[i] + seg_cnt[i]] for i in range(x.shape[0])])
         for row in rows:
@@ -191,9 +196,15 @@ class DenseCase:
 def dense_cases(draw, max_nodes: int = MAX_NODES, min_nodes: int = 2,
                 algos: tuple[str, ...] = DENSE_ALGOS) -> DenseCase:
     shape = draw(torus_shapes(max_nodes, min_nodes))
-    return DenseCase(shape, draw(counts(math.prod(shape))), draw(st.sampled_from(sorted(DTYPES))),
+    nodes = math.prod(shape)
+    collective = draw(st.sampled_from(COLLECTIVES))
+    if collective == "alltoall":      # one equal block per node
+        count = nodes * draw(st.integers(1, max(1, 3000 // nodes)))
+    else:
+        count = draw(counts(nodes))
+    return DenseCase(shape, count, draw(st.sampled_from(sorted(DTYPES))),
                      draw(st.sampled_from(sorted(OPS))), draw(st.sampled_from(algos)),
-                     draw(st.sampled_from(COLLECTIVES)), draw(st.sampled_from(PROFILES)),
+                     collective, draw(st.sampled_from(PROFILES)),
                      draw(st.sampled_from([64, 1024, 4096])), draw(st.booleans()), draw(values_strategy))
 
 
