@@ -121,6 +121,14 @@ def _validate(args: argparse.Namespace, comm: MPI.Comm):
                 else ring(comm.size if comm.size > 1 else 8))
     profile = load_profile(args.profile, args.overrides)
     check_pattern(topology.nodes, args.density, args.overlap)
+    if args.collective == "alltoall":
+        for s in sizes:
+            if (s // dtype.itemsize) % topology.nodes:
+                raise UsageError(
+                    f"--collective alltoall needs one equal block per node: size {s} B is "
+                    f"{s // dtype.itemsize} {dtype.name} elements, not a multiple of the {topology.nodes} "
+                    f"nodes of {topology.name}; use sizes that are multiples of "
+                    f"{topology.nodes * dtype.itemsize} B")
     for a in algos:
         if a in SPARSE:
             sparse_config(a, topology.nodes, **sparse_options(args))
@@ -180,9 +188,14 @@ def _run_mpi(emu: Emulator, args, algo: str, dtype: np.dtype, nbytes: int) -> di
     local = np.array(walls)
     slowest = np.empty_like(local)
     comm.Allreduce(local, slowest, op=MPI.MAX)
-    ref = _reference(args, emu.topology, count)
+    ref = None if args.collective == "alltoall" else _reference(args, emu.topology, count)
     wrong = 0
-    if args.collective == "reducescatter":
+    if args.collective == "alltoall":
+        for row, n in zip(work, nodes):
+            expect = bench_data.alltoall_reference(n, emu.topology.nodes, count, args.density,
+                                                   args.block_size, args.overlap, args.seed)
+            wrong += bench_data.count_wrong(row, expect, emu.topology.nodes)
+    elif args.collective == "reducescatter":
         off, cnt = final_segments(emu.topology, count)
         for row, n in zip(work, nodes):
             wrong += bench_data.count_wrong(row[off[n]:off[n] + cnt[n]], ref[off[n]:off[n] + cnt[n]],
@@ -249,6 +262,8 @@ def _run_model(topology, profile, args, algo: str, dtype: np.dtype, nbytes: int,
 def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
     algos, dtype, sizes, topology, profile = _validate(args, comm)
     faults, stragglers = fault_options(args.faults, args.straggler, topology)
+    if faults is not None and args.collective == "alltoall":
+        raise UsageError("--faults does not support --collective alltoall yet; drop --faults")
     if stragglers:
         for a in algos:
             if a in SPARSE:
@@ -257,7 +272,7 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
     emu = None
     if args.executor == "mpi":
         emu = Emulator(comm, topology, profile, faults=faults, stragglers=stragglers)
-        check_fits(comm, emu.local_nodes, max(sizes), dtype.itemsize, "mpi")
+        check_fits(comm, emu.local_nodes, max(sizes), dtype.itemsize, "mpi", args.collective)
     ranks = comm.size if args.executor == "mpi" else 1
     if rank0:
         print(f"# nicemu bench: {args.collective} on {topology.describe()}, {ranks} rank(s), "

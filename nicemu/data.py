@@ -56,6 +56,15 @@ def gathered_reference(seg_off: np.ndarray, seg_cnt: np.ndarray, count: int, den
     return out
 
 
+def alltoall_reference(node: int, nodes: int, count: int, density: float, block_size: int,
+                       overlap: str, seed: int) -> np.ndarray:
+    """What node ``node`` holds after an all-to-all: block ``i`` is block ``node`` of node ``i``'s input."""
+    block = count // nodes
+    f64 = np.dtype(np.float64)
+    return np.concatenate([node_input(i, nodes, count, f64, density, block_size, overlap, seed,
+                                      node * block, (node + 1) * block) for i in range(nodes)])
+
+
 def count_wrong(result: np.ndarray, reference: np.ndarray, nodes: int) -> int:
     """Elements that differ from the reference (exact for integers, tolerance for floats)."""
     if result.dtype.kind in "iu":

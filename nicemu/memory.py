@@ -28,17 +28,23 @@ def available_bytes() -> float:
         return float("inf")
 
 
-def mpi_executor_bytes(local_nodes: int, nbytes: int, itemsize: int) -> float:
-    """Input and working copy per hosted node, the float64 reference, and receive scratch."""
+def mpi_executor_bytes(local_nodes: int, nbytes: int, itemsize: int,
+                       collective: str = "allreduce") -> float:
+    """Input and working copy per hosted node, the float64 reference, and receive scratch.
+
+    AllToAll adds a staging row of twice the input per node and checks one reference per node.
+    """
+    if collective == "alltoall":
+        return 4.0 * local_nodes * nbytes + 8.0 * (nbytes // itemsize) * local_nodes
     return 2.0 * local_nodes * nbytes + 8.0 * (nbytes // itemsize) + nbytes
 
 
 def check_fits(comm: MPI.Comm, local_nodes: int, max_bytes: int, itemsize: int,
-               executor: str) -> None:
+               executor: str, collective: str = "allreduce") -> None:
     """Collective: every rank raises the same UsageError if some host would run out of memory."""
     if executor != "mpi":
         return
-    need = mpi_executor_bytes(local_nodes, max_bytes, itemsize)
+    need = mpi_executor_bytes(local_nodes, max_bytes, itemsize, collective)
     host = comm.Split_type(MPI.COMM_TYPE_SHARED)
     need_host = np.array([need])
     total = np.empty(1)

@@ -29,10 +29,13 @@ UNITS = (f"{'(B)':>10} {'(elements)':>11} {'':>7} {'':>5} {'':>13} {'emulated':>
 
 
 def bus_factor(collective: str, nodes: int) -> float:
-    """nccl-tests' busbw factor: 2(n-1)/n for AllReduce, (n-1)/n for ReduceScatter/AllGather."""
+    """nccl-tests' busbw factor: 2(n-1)/n for AllReduce, (n-1)/n for ReduceScatter, AllGather and
+    AllToAll (for AllToAll nccl-tests counts the (n-1)/n of each row that leaves the rank)."""
     if collective == "allreduce":
         return 2.0 * (nodes - 1) / nodes
-    return (nodes - 1) / nodes
+    if collective in ("reducescatter", "allgather", "alltoall"):
+        return (nodes - 1) / nodes
+    raise ValueError(f"no busbw convention for collective '{collective}'")
 
 
 def _num(value: float | int | None, fmt: str, width: int) -> str:

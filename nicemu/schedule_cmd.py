@@ -13,7 +13,8 @@ from topologies import parse_topology
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algo", default="directreduce", help="ring or directreduce")
-    p.add_argument("--collective", default="allreduce")
+    p.add_argument("--collective", default="allreduce",
+                   help="allreduce, reducescatter, allgather or alltoall (count: a multiple of the nodes)")
     p.add_argument("--topology", default="ring:4")
     p.add_argument("--count", type=int, default=8, help="elements per node")
     p.add_argument("--limit", type=int, default=8, help="transfers shown per step")

@@ -67,7 +67,7 @@ CASES = [
     case("size-range-bad-factor", [*BENCH, "--sizes", "1K:1M:1"], "factor"),
     case("unknown-dtype", [*BENCH, "--sizes", "1K", "--dtype", "float128"], "float128"),
     case("unknown-op", [*BENCH, "--sizes", "1K", "--op", "prod"], "prod"),
-    case("unknown-collective", [*BENCH, "--sizes", "1K", "--collective", "alltoall"], "alltoall"),
+    case("unknown-collective", [*BENCH, "--sizes", "1K", "--collective", "gather"], "gather"),
     case("density-zero", [*BENCH, "--sizes", "1K", "--density", "0"], "--density"),
     case("density-above-one", [*BENCH, "--sizes", "1K", "--density", "1.5"], "--density", "1.5"),
     case("block-size-zero", [*BENCH, "--sizes", "1K", "--block-size", "0"], "--block-size"),
@@ -113,6 +113,14 @@ CASES = [
     case("straggler-no-factor", [*BENCH, "--sizes", "1K", "--straggler", "3"], "NODE:FACTOR"),
     case("straggler-factor-below-one", [*BENCH, "--sizes", "1K", "--straggler", "3:0.5"], "FACTOR", ">= 1"),
     case("straggler-sparse", [*BENCH, "--sizes", "1K", "--algo", "omniccl", "--straggler", "1:2"], "dense"),
+    case("alltoall-not-divisible", [*BENCH, "--sizes", "1000", "--collective", "alltoall", "--topology", "ring:8"],
+         "alltoall", "multiple", "8 nodes", standalone=True),
+    case("alltoall-sparse", [*BENCH, "--sizes", "1K", "--algo", "omnireduce", "--collective", "alltoall"],
+         "allreduce only", "alltoall", standalone=True),
+    case("alltoall-faults", [*BENCH, "--sizes", "1K", "--collective", "alltoall", "--faults", "drop=1e-3"],
+         "alltoall", "--faults"),
+    case("schedule-alltoall-not-divisible", ["schedule", "--collective", "alltoall", "--topology", "ring:4",
+                                             "--count", "6"], "divisible", "multiple of 4"),
 ]
 
 PARAMS = [pytest.param(c, c.nprocs, id=f"{c.id}-np{c.nprocs}") for c in CASES]
