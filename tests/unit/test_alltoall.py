@@ -178,3 +178,22 @@ def test_schedule_is_linear_in_ring_size_and_prints():
     assert len(steps) == (3 - 1) + (4 - 1)
     text = sched.describe(2)
     assert "relayout" in text and "cut_through" in text and "->" in text
+
+
+@pytest.mark.parametrize("k", [3, 4, 8])
+def test_steady_state_forms_under_directreduce_paper(k):
+    """docs/model.md §13.5: equal packets, link-bound ring; the saving does not depend on M."""
+    a, ap, oh, an = (PAPER.link.latency_us, PAPER.pcie.latency_us, PAPER.host.overhead_us,
+                     PAPER.nic.latency_us)
+    beta, pi = 1.0 / (PAPER.link.bandwidth_GBps * 1e3), 1.0 / (PAPER.pcie.bandwidth_GBps * 1e3)
+    f = r = PAPER.nic.packet_bytes
+    topo = parse_topology(f"ring:{k}")
+    for m in (k * (1 << 16), k * (1 << 22)):          # every bundle a whole number of packets
+        assert m // k >= f + (a + an) / beta             # the link-bound condition
+        host = model_time("alltoall", "ring", topo, PAPER, m // 4).emulated_us
+        nic = model_time("alltoall", "directreduce", topo, PAPER, m // 4).emulated_us
+        band = (k - 1) / 2 * m * beta
+        assert host == pytest.approx((k - 1) * (a + 2 * ap + (f + r) * pi + oh) + band, rel=1e-12)
+        assert nic == pytest.approx(ap + f * pi + band + a + an + r * pi + ap, rel=1e-12)
+        saving = (k - 2) * (a + 2 * ap + (f + r) * pi) + (k - 1) * oh - an
+        assert host - nic == pytest.approx(saving, rel=1e-6)
