@@ -137,6 +137,7 @@ class LeanPlan:
     def __init__(self, comm: MPI.Comm, plans: list[StepPlan], scalar: ScalarAgent) -> None:
         self.plans = plans
         self.groups: list[LeanGroup] = []
+        self.final_guard = None
         for group in step_groups(plans):
             steps, slot = [], 0
             for plan in group:
@@ -269,7 +270,9 @@ def run_lean(ex: MpiExecutor, lean: LeanPlan, schedule: Schedule, data: np.ndarr
     local = ex._final_local
     local[0], local[1], local[2] = scalar.clock, scalar.host_busy, scalar.compute_busy
     glob = ex._final_global
-    with ex.watchdog.blocking(ex._describe_final, schedule):
+    if lean.final_guard is None:       # the watchdog's guard of the final Allreduce, made once
+        lean.final_guard = ex.watchdog.blocking(ex._describe_final, schedule)
+    with lean.final_guard:
         ex.comm.Allreduce(local, glob, op=MPI.MAX)
     return Timing(float(glob[0]), np.array([scalar.clock]), float(glob[1]), float(glob[2]), wire_bytes)
 

@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--fit-min-s", type=float, default=0.01,
                     help="fit only points whose wall time is at least this (default 0.01 s)")
     ap.add_argument("--out", default="docs/results/growth_curve", help="output prefix")
+    ap.add_argument("--from-json", metavar="FILE",
+                    help="measure nothing: redo the fits, table and figure from an earlier run's PREFIX.json")
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
@@ -97,7 +99,14 @@ def fit(records: list[dict], min_s: float) -> tuple[float, float, int]:
     return float(slope), float(intercept), len(pts)
 
 
-def markdown(records: list[dict], slope: float, used: int, min_s: float, load: str) -> str:
+def family_fits(records: list[dict], min_s: float) -> dict[str, tuple[float, float, int]]:
+    """The fit over all points, over the tori only and over the flat rings only."""
+    return {"all": fit(records, min_s),
+            "tori": fit([r for r in records if r["topology"].startswith("torus")], min_s),
+            "rings": fit([r for r in records if r["topology"].startswith("ring")], min_s)}
+
+
+def markdown(records: list[dict], fits: dict[str, tuple[float, float, int]], min_s: float, load: str) -> str:
     lines = [f"Model executor wall time per AllReduce (fastest of the repeats); load average {load}.", "",
              "| topology | N | algo | M | steps | N x steps | wall (s) | µs per N x step |",
              "|---|---:|---|---:|---:|---:|---:|---:|"]
@@ -105,8 +114,9 @@ def markdown(records: list[dict], slope: float, used: int, min_s: float, load: s
         lines.append(f"| {r['topology']} | {r['nodes']:,} | {r['algo']} | {r['size']} | {r['steps']:,} | "
                      f"{r['nodes_x_steps']:,} | {r['wall_s']:.3f} | "
                      f"{r['wall_s'] / r['nodes_x_steps'] * 1e6:.4f} |")
-    lines += ["", f"Least-squares slope of log(wall) vs log(N x steps) over the {used} points with wall "
-              f">= {min_s:g} s: **{slope:.3f}** (1 = linear)."]
+    lines += ["", f"Least-squares slope of log(wall) vs log(N x steps), points with wall >= {min_s:g} s "
+              "(1 = linear):", ""]
+    lines += [f"- {name}: **{slope:.3f}** over {used} points" for name, (slope, _, used) in fits.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -142,8 +152,7 @@ def plot(records: list[dict], slope: float, intercept: float, path: Path) -> Non
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_sweep(args: argparse.Namespace) -> list[dict]:
     profile = load_profile(args.profile)
     sizes = parse_sizes(args.sizes)
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
@@ -155,16 +164,28 @@ def main(argv: list[str] | None = None) -> int:
                 records.append(rec)
                 print(f"{spec:>12} {algo:>12} {rec['size']:>5} steps {rec['steps']:>6} "
                       f"N*steps {rec['nodes_x_steps']:>12,} wall {rec['wall_s']:8.3f} s", flush=True)
-    slope, intercept, used = fit(records, args.fit_min_s)
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        records, load = saved["records"], saved["loadavg"]
+    else:
+        records = run_sweep(args)
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    fits = family_fits(records, args.fit_min_s)
+    slope, intercept, used = fits["all"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"slope": slope, "intercept": intercept, "fit_points": used,
-                                                    "fit_min_s": args.fit_min_s, "loadavg": load,
+                                                    "fits": fits, "fit_min_s": args.fit_min_s, "loadavg": load,
                                                     "records": records}, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(records, slope, used, args.fit_min_s, load))
+    out.with_suffix(".md").write_text(markdown(records, fits, args.fit_min_s, load))
     plot(records, slope, intercept, out.with_suffix(".png"))
-    print(f"slope {slope:.3f} over {used} points; wrote {out}.json, .md, .png", flush=True)
+    print("slopes: " + ", ".join(f"{name} {f[0]:.3f} ({f[2]} points)" for name, f in fits.items())
+          + f"; wrote {out}.json, .md, .png", flush=True)
     return 0
 
 
