@@ -259,3 +259,44 @@ def sparse_inputs(c: SparseCase, nodes: int) -> tuple[np.ndarray, np.ndarray]:
         vals = (rng.uniform(0.5, 2.0, (nodes, c.count)) * rng.choice([-1.0, 1.0], (nodes, c.count))).astype(dt)
     keep = np.repeat(masks, c.block_size, axis=1)[:, :c.count]
     return np.where(keep, vals, np.zeros((), dt)), masks
+
+
+@dataclass(frozen=True)
+class FaultCase:
+    """A dense or sparse AllReduce-family call under link faults and stragglers."""
+
+    shape: tuple[int, ...]
+    count: int
+    dtype: str
+    algo: str
+    collective: str
+    drop: float
+    corrupt: float
+    seed: int
+    one_link: bool           # faults only on the directed link 0->1 (neighbours on every ring/torus)
+    straggler: tuple[int, float] | None
+    call: int
+    values: Values
+
+    @property
+    def faults(self) -> str:
+        return f"drop={self.drop},corrupt={self.corrupt},seed={self.seed}" + (",link=0->1" if self.one_link else "")
+
+    @property
+    def stragglers(self) -> str | None:
+        return None if self.straggler is None else f"{self.straggler[0]}:{self.straggler[1]}"
+
+
+@st.composite
+def fault_cases(draw, max_nodes: int = 32, min_nodes: int = 2) -> FaultCase:
+    shape = draw(torus_shapes(max_nodes, min_nodes))
+    nodes = math.prod(shape)
+    algo = draw(st.sampled_from(("ring", "directreduce", *SPARSE_ALGOS)))
+    collective = "allreduce" if algo in SPARSE_ALGOS else draw(st.sampled_from(COLLECTIVES[:3]))
+    return FaultCase(
+        shape, draw(counts(nodes, 2000)), draw(st.sampled_from(sorted(DTYPES))), algo, collective,
+        draw(st.sampled_from([0.0, 1e-3, 0.05, 0.3])), draw(st.sampled_from([0.0, 1e-3, 0.05, 0.3])),
+        draw(st.integers(0, 2**31)), draw(st.booleans()),
+        None if algo in SPARSE_ALGOS else    # stragglers are modelled for the dense algorithms only
+        draw(st.none() | st.tuples(st.integers(0, nodes - 1), st.sampled_from([1.0, 1.5, 4.0]))),
+        draw(st.integers(0, 5)), draw(values_strategy))

@@ -24,13 +24,17 @@ from mpi4py import MPI
 
 from collectives import Emulator, model_time
 from collectives.omniccl import model_sparse, sparse_config
+from collectives.sparse_patterns import block_mask
 from nic.profile import load_profile
 from tests.property_cases import (
+    SPARSE_ALGOS,
     DenseCase,
+    FaultCase,
     SparseCase,
     assert_collective,
     assert_reduced,
     dense_cases,
+    fault_cases,
     make_inputs,
     property_settings,
     sparse_cases,
@@ -106,6 +110,40 @@ def test_sparse_properties_on_ranks(drawn: tuple[int, SparseCase]):
             for row in work:
                 assert_reduced(row, x, "sum")
             model = model_sparse(sparse_config(c.algo, n, **c.options), masks, SPARSE_PROFILE, x.dtype.itemsize)
+            assert timing.emulated_us == model.emulated_us
+            assert timing.wire_bytes == model.wire_bytes
+
+    on_first_ranks(ranks, body)
+
+
+@pytest.mark.mpi(min_size=2)
+@property_settings(6)
+@given(with_ranks(fault_cases))
+def test_fault_properties_on_ranks(drawn: tuple[int, FaultCase]):
+    """Link faults and stragglers on real ranks: data intact, time equal to the model's."""
+    ranks, c = drawn
+
+    def body(comm: MPI.Comm) -> None:
+        profile = load_profile("directreduce-paper")
+        with Emulator(comm, spec_of(c.shape), profile, watchdog_s=WATCHDOG_S, faults=c.faults,
+                      stragglers=c.stragglers) as emu:
+            n = emu.topology.nodes
+            x = make_inputs(c.values, n, c.count, c.dtype)
+            lo, hi = emu.node_range.start, emu.node_range.stop
+            work = x[lo:hi].copy()
+            sparse = c.algo in SPARSE_ALGOS
+            opts = {"block_size": 8, "spot_blocks": 4} if sparse else None
+            timing = emu.run_inplace(c.collective, work, "sum", c.algo, opts, call=c.call)
+            off, cnt = emu.segments(c.count)
+            rows = ([work[i - lo, off[i]:off[i] + cnt[i]] for i in range(lo, hi)]
+                    if c.collective == "reducescatter" else work)
+            assert_collective(c.collective, rows, emu.node_range, x, "sum", off, cnt)
+            if sparse:
+                model = model_sparse(sparse_config(c.algo, n, **opts), block_mask(x, 8), profile,
+                                     x.dtype.itemsize, emu.faults, c.call)
+            else:
+                model = model_time(c.collective, c.algo, emu.topology, profile, c.count, c.dtype,
+                                   faults=c.faults, call=c.call, stragglers=c.stragglers)
             assert timing.emulated_us == model.emulated_us
             assert timing.wire_bytes == model.wire_bytes
 

@@ -21,13 +21,17 @@ from mpi4py import MPI
 
 from collectives import Emulator, model_time
 from collectives.omniccl import model_sparse, sparse_config
+from collectives.sparse_patterns import block_mask
 from nic.profile import load_profile
 from tests.property_cases import (
+    SPARSE_ALGOS,
     DenseCase,
+    FaultCase,
     SparseCase,
     assert_collective,
     assert_reduced,
     dense_cases,
+    fault_cases,
     make_inputs,
     property_settings,
     sparse_cases,
@@ -94,3 +98,41 @@ def test_strategies_cover_the_space():
     tiny = find(st.integers(2, 64).flatmap(lambda n: st.tuples(st.just(n), counts(n))),
                 lambda nc: nc[1] < nc[0] and nc[0] > 8)
     assert tiny[1] < tiny[0]
+
+
+@property_settings(100)
+@given(fault_cases())
+def test_faults_lose_nothing_and_both_executors_agree(c: FaultCase):
+    """Under drops, corruptions and a straggler the data is intact and the MPI executor's time is
+    the model's (same call number, same draws); with no fault and no straggler it is the
+    fault-free time, bit for bit."""
+    profile = load_profile("directreduce-paper")
+    spec = spec_of(c.shape)
+    with Emulator(MPI.COMM_SELF, spec, profile, faults=c.faults, stragglers=c.stragglers) as emu:
+        n = emu.topology.nodes
+        sparse = c.algo in SPARSE_ALGOS
+        if sparse:
+            x = make_inputs(c.values, n, c.count, c.dtype)
+            x[:, : c.count // 2] = 0                               # zero blocks to skip
+            opts = {"block_size": 8, "spot_blocks": 4}
+            masks = block_mask(x, 8)
+        else:
+            x = make_inputs(c.values, n, c.count, c.dtype)
+        work = x.copy()
+        timing = emu.run_inplace(c.collective, work, "sum", c.algo, opts if sparse else None, call=c.call)
+        off, cnt = emu.segments(c.count)
+        rows = [work[i, off[i]:off[i] + cnt[i]] for i in range(n)] if c.collective == "reducescatter" else work
+        assert_collective(c.collective, rows, range(n), x, "sum", off, cnt)
+        if sparse:
+            cfg = sparse_config(c.algo, n, **opts)
+            model = model_sparse(cfg, masks, profile, x.dtype.itemsize, emu.faults, c.call, emu.stragglers)
+            clean = model_sparse(cfg, masks, profile, x.dtype.itemsize)
+        else:
+            model = model_time(c.collective, c.algo, emu.topology, profile, c.count, c.dtype,
+                               faults=c.faults, call=c.call, stragglers=c.stragglers)
+            clean = model_time(c.collective, c.algo, emu.topology, profile, c.count, c.dtype)
+        assert timing.emulated_us == model.emulated_us
+        assert timing.wire_bytes == model.wire_bytes
+        if c.drop == 0 and c.corrupt == 0 and (c.straggler is None or c.straggler[1] == 1.0):
+            assert timing.emulated_us == clean.emulated_us
+        assert timing.emulated_us >= clean.emulated_us            # faults and stragglers never help
