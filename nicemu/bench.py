@@ -296,7 +296,8 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
             base = {"collective": args.collective, "algo": algo, "topology": topology.name,
                     "nodes": topology.nodes, "ranks": ranks, "executor": args.executor,
                     "bytes": nbytes, "count": nbytes // dtype.itemsize, "dtype": dtype.name,
-                    "op": args.op, "density": args.density, "block_size": args.block_size,
+                    "op": "none" if args.collective == "alltoall" else args.op,   # nccl-tests' redop
+                    "density": args.density, "block_size": args.block_size,
                     "overlap": args.overlap,
                     "iters": args.iters, "emulated_us": None, "wall_us": None, "algbw_GBps": None,
                     "busbw_GBps": None, "host_busy_us": None, "nic_busy_us": None,
