@@ -263,6 +263,9 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
     algos, dtype, sizes, topology, profile = _validate(args, comm)
     faults, stragglers = fault_options(args.faults, args.straggler, topology)
     if faults is not None and args.collective == "alltoall":
+        raise UsageError("--faults is not supported for alltoall yet; drop --faults or use another "
+                         "--collective")
+    if faults is not None and args.collective == "alltoall":
         raise UsageError("--faults does not support --collective alltoall yet; drop --faults")
     if stragglers:
         for a in algos:

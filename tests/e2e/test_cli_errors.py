@@ -113,6 +113,8 @@ CASES = [
     case("straggler-no-factor", [*BENCH, "--sizes", "1K", "--straggler", "3"], "NODE:FACTOR"),
     case("straggler-factor-below-one", [*BENCH, "--sizes", "1K", "--straggler", "3:0.5"], "FACTOR", ">= 1"),
     case("straggler-sparse", [*BENCH, "--sizes", "1K", "--algo", "omniccl", "--straggler", "1:2"], "dense"),
+    case("faults-alltoall", [*BENCH, "--sizes", "1K", "--collective", "alltoall", "--faults", "drop=1e-3"],
+         "alltoall"),
     case("alltoall-not-divisible", [*BENCH, "--sizes", "1000", "--collective", "alltoall", "--topology", "ring:8"],
          "alltoall", "multiple", "8 nodes", standalone=True),
     case("alltoall-sparse", [*BENCH, "--sizes", "1K", "--algo", "omnireduce", "--collective", "alltoall"],
