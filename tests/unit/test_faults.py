@@ -186,3 +186,22 @@ def test_profile_retransmit_timeout():
     assert load_profile("ideal", ("nic.retransmit_timeout_us=20",)).nic.retransmit_timeout_us == 20.0
     with pytest.raises(Exception, match="retransmit_timeout_us"):
         load_profile("ideal", ("nic.retransmit_timeout_us=-1",))
+
+
+@pytest.mark.parametrize("algo", list(SCHEDULED))
+def test_single_process_faults_exact_and_model_equal(algo):
+    """All nodes in one process: every transfer goes through the in-memory attempts (loopback)."""
+    from mpi4py import MPI
+
+    from collectives import Emulator
+
+    faults = "drop=0.03,corrupt=0.03,seed=4"
+    prof = load_profile("directreduce-paper", ("nic.packet_bytes=256",))
+    with Emulator(MPI.COMM_SELF, "torus:2x3", prof, faults=faults, stragglers="4:2") as emu:
+        x = np.random.default_rng(2).integers(-99, 99, size=(6, 2000))
+        for call in range(2):
+            res = emu.allreduce(x, algo=algo)
+            np.testing.assert_array_equal(res.data, np.broadcast_to(x.sum(axis=0), x.shape))
+            m = model_time("allreduce", algo, emu.topology, prof, 2000, "int64", faults, call, "4:2")
+            assert res.emulated_us == m.emulated_us and res.faults == m.faults
+            assert res.faults["drops"] + res.faults["corruptions"] > 0
