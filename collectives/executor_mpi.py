@@ -44,6 +44,9 @@ from topologies import Torus
 TAG_TIME = 11
 TAG_DATA = 12
 PLAN_CACHE = 16
+#: pure polling before a wait starts yielding the CPU, when every rank has a CPU (a short message
+#: arrives within it; a yield on a loaded machine can cost a whole time slice)
+BUSY_POLL_S = 50e-6
 PHASE_NAMES = {"rs": "reduce-scatter", "ag": "allgather"}
 
 
@@ -107,8 +110,8 @@ class MpiExecutor:
         self._last_lean: tuple = (None, 0, None, 0)   # (schedule, itemsize, lean plan, wire bytes)
         self._final_local = np.zeros(3)
         self._final_global = np.zeros(3)
-        if cpu_per_rank(comm):           # nobody to yield to: poll like MPI's own blocking wait
-            self.watchdog.busy_s = math.inf
+        if cpu_per_rank(comm):           # a CPU per rank: poll first, then yield, never sleep
+            self.watchdog.busy_s, self.watchdog.spin_s = BUSY_POLL_S, math.inf
 
     def free(self) -> None:
         """Release the lean path's persistent requests (before the communicator is freed)."""

@@ -10,7 +10,9 @@ Every wait of the MPI executor and of the spot protocol goes through a
   :data:`NAP_MAX_S` (1 ms). The spin yields the CPU (``sched_yield``) after
   every test, as MPICH's own blocking wait does: a pure spin made a 1 KiB step
   20-30x slower with 4 ranks on 2 cores, because the peer that should send
-  could not run;
+  could not run. When every rank has a CPU, the MPI executor makes the wait
+  poll without yielding for its first 50 µs and never sleep
+  (``Watchdog.busy_s``, ``Watchdog.spin_s``);
 * :meth:`Watchdog.probe` does the same with ``Iprobe`` for the spot protocol's
   event loop (any source, any tag);
 * :meth:`Watchdog.blocking` covers the few calls that are not polled (RMA
@@ -194,11 +196,14 @@ class Watchdog:
             ub = comm.Get_attr(MPI.TAG_UB)
             self.notice_tag = int(ub) if ub is not None else 32767
         self._notices: list[MPI.Request] = []
-        #: how long :meth:`wait` polls without yielding the CPU: 0 by default (oversubscribed
-        #: ranks must let their peers run); the MPI executor sets it to ``math.inf`` when its
-        #: host has a CPU for every rank, where a yield only hands the CPU to unrelated
-        #: processes and a long transfer stalls whenever MPI's progress engine is not driven
+        #: how long :meth:`wait` polls without yielding the CPU (0: yield from the first miss;
+        #: oversubscribed ranks must let their peers run), and how long it spins (yielding)
+        #: before it sleeps. The MPI executor sets 50 µs and ``math.inf`` when every rank has a
+        #: CPU: a short message then never pays a yield, and a long transfer never sleeps
+        #: (MPI's progress engine is only driven while this rank tests), while other jobs on
+        #: the machine still get the CPU at every yield
         self.busy_s = 0.0
+        self.spin_s = SPIN_S
 
     @property
     def enabled(self) -> bool:
@@ -212,7 +217,7 @@ class Watchdog:
 
         ``describe(elapsed_s, pending, *context)`` builds the message, only on a
         timeout; ``pending`` lists the indices of the requests still incomplete.
-        ``spin_s`` (default :data:`SPIN_S`) is how long to spin before sleeping;
+        ``spin_s`` (default ``self.spin_s``, normally :data:`SPIN_S`) is how long to spin before sleeping;
         ``math.inf`` never sleeps, which a nonblocking *collective* needs: it
         advances only while every rank drives MPI progress, so sleeping ranks
         would hold up the others (measured: 4 ranks on 2 cores, an
@@ -227,7 +232,7 @@ class Watchdog:
         clock = time.perf_counter
         t0 = clock()
         busy_end = t0 + self.busy_s
-        spin_end = max(t0 + (SPIN_S if spin_s is None else spin_s), busy_end)
+        spin_end = max(t0 + (self.spin_s if spin_s is None else spin_s), busy_end)
         deadline = t0 + self.limit
         nap = NAP_FIRST_S
         while True:
