@@ -67,7 +67,7 @@ def test_dense_collectives_match_reference_and_model(c: DenseCase):
     run_dense(c)
 
 
-@property_settings(150)
+@property_settings(100)
 @given(sparse_cases())
 def test_sparse_allreduce_matches_reference_and_model(c: SparseCase):
     with Emulator(MPI.COMM_SELF, spec_of(c.shape), SPARSE_PROFILE) as emu:
@@ -100,7 +100,7 @@ def test_strategies_cover_the_space():
     assert tiny[1] < tiny[0]
 
 
-@property_settings(100)
+@property_settings(60)
 @given(fault_cases())
 def test_faults_lose_nothing_and_both_executors_agree(c: FaultCase):
     """Under drops, corruptions and a straggler the data is intact and the MPI executor's time is
