@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disaggregated", action="store_true",
                    help="separate prefill and decode instances with KV-cache transfer (not implemented yet)")
     p.add_argument("--accelerator", default="H100-SXM", help="H100-SXM or A100-80G (default H100-SXM)")
-    p.add_argument("--rate", type=float, default=4.0, help="mean arrival rate, requests/s (default 4; inf: all at 0)")
+    p.add_argument("--rate", type=float, default=1.0, help="mean arrival rate, requests/s (default 1; inf: all at 0)")
     p.add_argument("--cv", type=float, default=1.0,
                    help="coefficient of variation of the gaps: 1 Poisson, otherwise Gamma (default 1)")
     p.add_argument("--input-len", default="lognormal:1155:0.8:8192",

@@ -99,15 +99,16 @@ class CommStats:
     wrong: int = 0
     per_what_us: dict[str, float] = field(default_factory=dict)
 
-    def add(self, rec: TrafficRecord, cost: CommCost) -> None:
-        self.per_what_us[rec.what] = self.per_what_us.get(rec.what, 0.0) + cost.emulated_us
+    def add(self, rec: TrafficRecord, cost: CommCost, n: int = 1) -> None:
+        """Count ``n`` records like ``rec`` that each cost ``cost``."""
+        self.per_what_us[rec.what] = self.per_what_us.get(rec.what, 0.0) + n * cost.emulated_us
         if rec.what == "embedding":
-            self.embedding_wire_bytes += cost.wire_bytes
-            self.embedding_us += cost.emulated_us
+            self.embedding_wire_bytes += n * cost.wire_bytes
+            self.embedding_us += n * cost.emulated_us
         elif rec.collective == "p2p":
-            self.p2p_us += cost.emulated_us
+            self.p2p_us += n * cost.emulated_us
         else:
-            self.layer_wire_bytes += cost.wire_bytes
+            self.layer_wire_bytes += n * cost.wire_bytes
 
 
 def _as_cost(t: Timing) -> CommCost:
@@ -122,6 +123,7 @@ class _Backend:
         self.memo: dict[tuple, CommCost] = {}
         self.stats = CommStats()
         self._groups: dict[tuple[int, ...], Torus] = {}
+        self._unique: dict[int, tuple] = {}
 
     def group(self, nodes: tuple[int, ...]) -> Torus:
         topo = self._groups.get(nodes)
@@ -136,18 +138,48 @@ class _Backend:
     def tokens_of(self, rec: TrafficRecord) -> int:
         return rec.bytes // (self.model.hidden * DTYPE.itemsize)
 
+    def count_of(self, rec: TrafficRecord) -> int:
+        """Elements per node: the whole tensor for AllReduce; for all-to-all each node's row, which is its
+        share of the record's total (``bytes`` counts the whole EP group, workloads/traffic.py)."""
+        if rec.collective == "alltoall":
+            return rec.bytes // (len(rec.nodes) * DTYPE.itemsize)
+        return rec.bytes // DTYPE.itemsize
+
     def pairs(self, rec: TrafficRecord) -> list[tuple[int, int]]:
         half = len(rec.nodes) // 2
         return list(zip(rec.nodes[:half], rec.nodes[half:]))
 
-    def _total(self, records: Sequence[TrafficRecord], costs: Sequence[CommCost]) -> CommCost:
+    def unique(self, records: Sequence[TrafficRecord]) -> list[tuple[tuple, TrafficRecord, int]]:
+        """(key, first record, how many) per distinct key, in first-issue order; cached per records list.
+
+        The timer hands the same list object for every iteration of the same batch shape, so a decode
+        iteration's 161 records collapse to 2 keys once (the list is kept alive by the cache entry).
+        """
+        hit = self._unique.get(id(records))
+        if hit is not None and hit[0] is records:
+            return hit[1]
+        counts: dict[tuple, list] = {}
+        for rec in records:
+            k = self.key(rec)
+            if k in counts:
+                counts[k][2] += 1
+            else:
+                counts[k] = [k, rec, 1]
+        out = [tuple(v) for v in counts.values()]
+        if len(self._unique) > 8192:
+            self._unique.clear()
+        self._unique[id(records)] = (records, out)
+        return out
+
+    def _total(self, groups: Sequence[tuple[tuple, TrafficRecord, int]], costs: Sequence[CommCost]) -> CommCost:
+        """Sum of every record's cost (each distinct one times its count), and the run's totals."""
         comm = host = 0.0
         wire = 0
-        for rec, c in zip(records, costs):
-            comm += c.emulated_us
-            host += c.host_busy_us
-            wire += c.wire_bytes
-            self.stats.add(rec, c)
+        for (_, rec, n), c in zip(groups, costs):
+            comm += n * c.emulated_us
+            host += n * c.host_busy_us
+            wire += n * c.wire_bytes
+            self.stats.add(rec, c, n)
         return CommCost(comm, host, wire)
 
 
@@ -164,18 +196,17 @@ class ModelComm(_Backend):
             ids = batch_token_ids(self.tokens_of(rec), self.model.vocab, self.seed)
             masks = embedding_block_mask(ids, self.model.vocab, group.nodes, self.model.hidden, cfg.block_size)
             return _as_cost(model_sparse(cfg, masks, self.profile, DTYPE.itemsize))
-        return _as_cost(model_time(rec.collective, rec.algo, group, self.profile, rec.bytes // DTYPE.itemsize,
-                                   DTYPE))
+        return _as_cost(model_time(rec.collective, rec.algo, group, self.profile, self.count_of(rec), DTYPE))
 
     def iteration_cost(self, iteration: int, records: Sequence[TrafficRecord]) -> CommCost:
+        groups = self.unique(records)
         costs = []
-        for rec in records:
-            k = self.key(rec)
+        for k, rec, _ in groups:
             c = self.memo.get(k)
             if c is None:
                 c = self.memo[k] = self.model_cost(rec)
             costs.append(c)
-        return self._total(records, costs)
+        return self._total(groups, costs)
 
 
 def dense_input(node: int, count: int, seed: int) -> np.ndarray:
@@ -209,7 +240,7 @@ class MpiComm(_Backend):
         self.comm, self.real_data = comm, real_data
         self.bounds = node_blocks(topology.nodes, comm.size)
         self.node_rank = np.searchsorted(self.bounds, np.arange(topology.nodes), side="right") - 1
-        self._emulators: dict[tuple[int, ...], Emulator | None] = {}
+        self._emulators: dict[tuple[tuple[int, ...], bool], Emulator | None] = {}
 
     def reset_stats(self) -> None:
         """Fresh totals for the next algorithm (the emulators and the memo are kept)."""
@@ -221,16 +252,21 @@ class MpiComm(_Backend):
                 emu.free()
         self._emulators.clear()
 
-    def emulator(self, nodes: tuple[int, ...]) -> Emulator | None:
-        """The group's Emulator on this rank, or None if this rank hosts none of its nodes (collective)."""
-        if nodes not in self._emulators:
+    def emulator(self, nodes: tuple[int, ...], sparse: bool = False) -> Emulator | None:
+        """The group's Emulator on this rank, or None if this rank hosts none of its nodes (collective).
+
+        Sparse calls get their own Emulator (own communicator): the spot protocol receives from any
+        source and tag, so a fast rank's next dense call must not be able to reach it.
+        """
+        key = (nodes, sparse)
+        if key not in self._emulators:
             ranks = sorted({int(self.node_rank[n]) for n in nodes})
             sub = self.comm.Create(self.comm.group.Incl(ranks))
-            self._emulators[nodes] = None
+            self._emulators[key] = None
             if sub != MPI.COMM_NULL:
-                self._emulators[nodes] = Emulator(sub, self.group(nodes), self.profile)
+                self._emulators[key] = Emulator(sub, self.group(nodes), self.profile)
                 sub.Free()
-        return self._emulators[nodes]
+        return self._emulators[key]
 
     # ---- one record with real data ----------------------------------------------------
 
@@ -239,10 +275,16 @@ class MpiComm(_Backend):
         self.stats.wrong += int(np.count_nonzero(got.astype(np.float64) != want))
 
     def _run_dense(self, emu: Emulator, rec: TrafficRecord) -> Timing:
-        count = rec.bytes // DTYPE.itemsize
+        count = self.count_of(rec)
         local = [rec.nodes[i] for i in emu.node_range]
         work = np.stack([dense_input(n, count, self.seed) for n in local])
         t = emu.run_inplace(rec.collective, work, "sum", rec.algo)
+        if rec.collective == "alltoall":    # block j of node i becomes block i of node j
+            p = len(rec.nodes)
+            sent = np.stack([dense_input(n, count, self.seed) for n in rec.nodes]).reshape(p, p, -1)
+            for row, j in zip(work, emu.node_range):
+                self._check(row, sent[:, j, :].reshape(-1).astype(np.float64))
+            return t
         ref = dense_reference(rec.nodes, count, self.seed)
         for row in work:
             self._check(row, ref)
@@ -287,7 +329,7 @@ class MpiComm(_Backend):
         if rec.collective == "p2p":          # every rank joins: the ends move data, all agree on the time
             self.stats.real_runs += 1
             return _as_cost(self._run_p2p(rec))
-        emu = self.emulator(rec.nodes)
+        emu = self.emulator(rec.nodes, rec.algo in SPARSE)
         self.stats.real_runs += 1
         if emu is None:
             return None
@@ -297,15 +339,11 @@ class MpiComm(_Backend):
 
     def iteration_cost(self, iteration: int, records: Sequence[TrafficRecord]) -> CommCost:
         """Run what is new (or everything, with real_data="all"), then agree on the times in one Allreduce."""
+        groups = self.unique(records)
         if self.real_data == "all":
             todo = list(records)
         else:
-            first: dict[tuple, TrafficRecord] = {}
-            for rec in records:
-                k = self.key(rec)
-                if k not in self.memo and k not in first:
-                    first[k] = rec
-            todo = list(first.values())
+            todo = [rec for k, rec, _ in groups if k not in self.memo]
         agreed = np.zeros((len(todo), 3))
         if todo:
             vals = np.zeros_like(agreed)
@@ -315,10 +353,15 @@ class MpiComm(_Backend):
                     vals[i] = (c.emulated_us, c.host_busy_us, c.wire_bytes)
             self.comm.Allreduce(vals, agreed, op=MPI.MAX)
         resolved = [CommCost(float(v[0]), float(v[1]), int(v[2])) for v in agreed]
-        if self.real_data == "all":
-            return self._total(records, resolved)
+        if self.real_data == "all":   # every call ran; same keys give the same times, so sum them as grouped
+            got: dict[tuple, CommCost] = {}
+            for rec, c in zip(todo, resolved):
+                if got.setdefault(self.key(rec), c) != c:   # the premise of real_data="first"
+                    raise RuntimeError(f"iteration {iteration}: two {rec.what} {rec.collective} calls of "
+                                       f"{rec.bytes} B with {rec.algo} took different emulated times")
+            return self._total(groups, [got[k] for k, _, _ in groups])
         self.memo.update((self.key(rec), c) for rec, c in zip(todo, resolved))
-        return self._total(records, [self.memo[self.key(rec)] for rec in records])
+        return self._total(groups, [self.memo[k] for k, _, _ in groups])
 
     def totals(self) -> tuple[int, int, int]:
         """(real-data calls, checked elements, wrong elements) summed over ranks (collective)."""
