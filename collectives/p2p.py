@@ -27,7 +27,7 @@ over one link serialise there.
 
 Under ``ideal`` (free PCIe, no host overhead) a single transfer takes
 ``h α + n β + (h - 1) min(n, P) β`` with α = link latency, β = 1/link
-bandwidth and P the packet size (docs/model.md §11).
+bandwidth and P the packet size (docs/model.md §14).
 
 The MPI version moves the bytes for real (``Isend``/``Irecv`` of a uint8 view
 between the ranks hosting the two nodes) and carries the stream's arrival

@@ -14,7 +14,7 @@ PAPER = load_profile("directreduce-paper")
 
 
 def closed_form(hops: int, nbytes: int, profile=IDEAL) -> float:
-    """h α + n β + (h - 1) min(n, P) β (docs/model.md §11)."""
+    """h α + n β + (h - 1) min(n, P) β (docs/model.md §14)."""
     alpha = profile.link.latency_us
     beta = 1.0 / (profile.link.bandwidth_GBps * 1e3)
     return hops * alpha + nbytes * beta + (hops - 1) * min(nbytes, profile.nic.packet_bytes) * beta
