@@ -37,6 +37,10 @@ What is measured, per rank (the report shows the worst rank):
   it fails) before the Emulator exists and after it is freed; a leaked
   communicator would lower that number. It costs ~2,000 ``Dup`` calls per probe.
 
+``--faults drop=P,corrupt=Q,seed=S`` injects link faults into every call, so the
+retransmission protocol's extra messages and requests are soaked too (results
+must still be exact).
+
 Exit status 0 when every result is exact and every check passes, 1 otherwise.
 Bad arguments: one ``soak: error: ...`` line from rank 0, status 2 on every rank.
 """
@@ -59,7 +63,8 @@ from mpi4py import MPI  # noqa: E402
 from collectives import Emulator  # noqa: E402
 from collectives.algorithms import ALGORITHMS, SPARSE  # noqa: E402
 from collectives.errors import CollectiveError  # noqa: E402
-from nic.errors import ProfileError  # noqa: E402
+from nic.errors import FaultSpecError, ProfileError  # noqa: E402
+from nic.faults import parse_faults  # noqa: E402
 from nic.profile import load_profile  # noqa: E402
 from nicemu.errors import UsageError  # noqa: E402
 from topologies import parse_topology  # noqa: E402
@@ -101,6 +106,8 @@ def parse_args(argv: list[str] | None, comm: MPI.Comm) -> argparse.Namespace:
     ap.add_argument("--algos", default=",".join(ALGORITHMS), help="comma list (default: every algorithm)")
     ap.add_argument("--topology", default=None, help="default ring:R for R ranks (one node per rank)")
     ap.add_argument("--profile", default="directreduce-paper", help="hardware profile (default directreduce-paper)")
+    ap.add_argument("--faults", default=None, metavar="drop=P,corrupt=Q,seed=S",
+                    help="link faults on every call (exercises the retransmission protocol's requests)")
     ap.add_argument("--max-growth", type=float, default=5.0, help="resident memory growth limit, percent (default 5)")
     ap.add_argument("--comm-probe", action="store_true",
                     help="count how many communicators MPI can still create, before and after (slow)")
@@ -127,8 +134,10 @@ def parse_args(argv: list[str] | None, comm: MPI.Comm) -> argparse.Namespace:
     if not args.max_growth > 0:
         raise UsageError(f"--max-growth {args.max_growth} must be a positive percentage")
     args.topology = args.topology or f"ring:{max(comm.size, 2)}"
-    load_profile(args.profile)
     nodes = parse_topology(args.topology).nodes
+    load_profile(args.profile)
+    if args.faults:
+        parse_faults(args.faults).check_nodes(nodes)
     if comm.size > nodes:
         raise UsageError(f"{comm.size} ranks for {args.topology} ({nodes} nodes): use a larger --topology")
     return args
@@ -235,7 +244,7 @@ def soak(args: argparse.Namespace, comm: MPI.Comm) -> dict:
     calls_by_algo: Counter[str] = Counter()
     wrong = 0
     t0 = MPI.Wtime()
-    emu = Emulator(comm, args.topology, args.profile)
+    emu = Emulator(comm, args.topology, args.profile, faults=args.faults)
     warm = None
     for i in range(args.calls):
         if i == args.warmup:
@@ -272,7 +281,8 @@ def soak(args: argparse.Namespace, comm: MPI.Comm) -> dict:
     if args.comm_probe:
         checks["no communicator leaked"] = headroom_after == headroom_before
     return {
-        "ranks": comm.size, "topology": args.topology, "profile": args.profile, "calls": args.calls,
+        "ranks": comm.size, "topology": args.topology, "profile": args.profile, "faults": args.faults,
+        "calls": args.calls,
         "cycle": args.cycle, "warmup": args.warmup, "calls_by_algo": dict(calls_by_algo),
         "wrong": int(worst(comm, wrong, MPI.SUM)),
         "wall_s": worst(comm, wall_s),
@@ -289,7 +299,7 @@ def soak(args: argparse.Namespace, comm: MPI.Comm) -> dict:
 
 def print_report(r: dict) -> None:
     print(f"# soak: {r['calls']} AllReduces on {r['topology']}, {r['ranks']} ranks, profile {r['profile']}, "
-          f"cycles of {r['cycle']} calls, warm-up {r['warmup']} calls")
+          f"cycles of {r['cycle']} calls, warm-up {r['warmup']} calls, faults {r['faults'] or 'none'}")
     print(f"calls per algorithm : {', '.join(f'{a} {n}' for a, n in r['calls_by_algo'].items())}")
     print(f"wall time           : {r['wall_s']:.1f} s ({1e3 * r['wall_s'] / r['calls']:.2f} ms per call)")
     print(f"wrong elements      : {r['wrong']}")
@@ -310,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     comm = MPI.COMM_WORLD
     try:
         args = parse_args(argv, comm)
-    except (UsageError, TopologyError, ProfileError, CollectiveError) as exc:
+    except (UsageError, TopologyError, ProfileError, CollectiveError, FaultSpecError) as exc:
         if comm.rank == 0:
             print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         return 2

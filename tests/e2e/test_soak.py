@@ -64,11 +64,24 @@ def test_soak_at_four_ranks(tmp_path: Path):
         assert report["comm_headroom"]["before"] == report["comm_headroom"]["after"]
 
 
+def test_soak_with_link_faults(tmp_path: Path):
+    """The retransmission protocol (CRC32, ACKs, resends) leaks nothing either."""
+    calls = 2_000 if FULL else 120
+    args = ["--calls", str(calls), "--cycle", "60", "--faults", "drop=0.01,corrupt=0.01,seed=5", "--json", "soak.json"]
+    proc = run_soak(args, tmp_path, 4, timeout=3600 if FULL else 300)
+    assert proc.returncode == 0 and "soak: OK" in proc.stdout, str(proc)
+    report = json.loads((tmp_path / "soak.json").read_text())
+    assert report["faults"] and report["wrong"] == 0 and report["calls"] == calls
+    failed = [name for name, ok in report["checks"].items() if not ok]
+    assert not failed, f"failed checks {failed}\n{proc}"
+
+
 @pytest.mark.parametrize("args, words", [
     (["--calls", "50"], ["two cycles"]),
     (["--algos", "ring,nope"], ["nope"]),
     (["--topology", "ring:1"], ["ring:1"]),
     (["--profile", "no-such-profile"], ["no-such-profile"]),
+    (["--faults", "drop=2"], ["drop=2"]),
 ])
 def test_soak_bad_arguments(tmp_path: Path, args: list[str], words: list[str]):
     proc = run_soak(args, tmp_path, 2, timeout=60)
