@@ -17,6 +17,7 @@ pytestmark = pytest.mark.e2e
 ERROR_TIMEOUT_S = 60
 USAGE_STATUS = 2
 BENCH = ["bench", "--iters", "1", "--warmup", "0"]
+SERVE = ["serve", "--executor", "model", "--requests", "2"]
 
 #: files the cases refer to by name; written to the run's working directory
 FILES = {
@@ -32,6 +33,10 @@ FILES = {
         "topology: [Ring, Switch]\nnpus_count: [4, 2]\nbandwidth: [25.0, 25.0]\nlatency: [500.0, 500.0]\n"
     ),
     "astra_bad_syntax.yml": "topology: [Ring, Ring\nnpus_count: [4, 2]\n",
+    "bad_trace.csv": "TIMESTAMP,ContextTokens,GeneratedTokens\n0.0,100,10\n0.5,lots,10\n",
+    "bad_config.json": '{"hidden_size": 4096, "num_hidden_layers": 32,\n',
+    "config_missing.json": '{"hidden_size": 4096, "num_attention_heads": 32, "intermediate_size": 11008, '
+                           '"vocab_size": 32000}\n',
 }
 
 
@@ -123,6 +128,25 @@ CASES = [
          "alltoall", "--faults"),
     case("schedule-alltoall-not-divisible", ["schedule", "--collective", "alltoall", "--topology", "ring:4",
                                              "--count", "6"], "divisible", "multiple of 4"),
+    case("serve-unknown-model", [*SERVE, "--model", "gpt-5"], "gpt-5", "config.json", standalone=True),
+    case("serve-tp-pp-vs-topology", [*SERVE, "--model", "llama2-7b", "--tp", "4", "--pp", "2", "--topology",
+                                     "ring:4"], "TP x PP", "4 nodes", standalone=True),
+    case("serve-tp-not-dividing-heads", [*SERVE, "--model", "llama2-7b", "--tp", "3"], "32 attention heads", "TP=3"),
+    case("serve-trace-bad-line", [*SERVE, "--model", "llama2-7b", "--tp", "2", "--trace", "bad_trace.csv"],
+         "bad_trace.csv line 3", "lots", standalone=True),
+    case("serve-trace-missing", [*SERVE, "--model", "llama2-7b", "--tp", "2", "--trace", "nope.csv"], "nope.csv"),
+    case("serve-config-malformed", [*SERVE, "--model", "bad_config.json", "--tp", "2"], "bad_config.json", "JSON",
+         standalone=True),
+    case("serve-config-missing-field", [*SERVE, "--model", "config_missing.json", "--tp", "2"],
+         "num_hidden_layers"),
+    case("serve-negative-rate", [*SERVE, "--model", "llama2-7b", "--tp", "2", "--rate", "-1"], "rate", "-1",
+         standalone=True),
+    case("serve-bad-lengths", [*SERVE, "--model", "llama2-7b", "--tp", "2", "--input-len", "normal:5"],
+         "normal:5"),
+    case("serve-mpi-algo", [*SERVE, "--model", "llama2-7b", "--tp", "2", "--algo", "ring,mpi"], "mpi"),
+    case("serve-ep-dense-model", [*SERVE, "--model", "llama2-7b", "--tp", "2", "--ep", "2"], "experts"),
+    case("serve-more-ranks-than-nodes", ["serve", "--model", "llama2-7b", "--tp", "2", "--requests", "2"],
+         "4 ranks", "2 nodes", nprocs=4),
 ]
 
 PARAMS = [pytest.param(c, c.nprocs, id=f"{c.id}-np{c.nprocs}") for c in CASES]
