@@ -1,0 +1,110 @@
+"""workloads/comm_backends.py: group topologies, algorithm pairing, and the real-data checks (one process)."""
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from collectives import model_time
+from nic.profile import load_profile
+from topologies import LinkParams, Torus, parse_topology, ring
+from workloads import PRESETS, Parallelism, make_batch
+from workloads.comm_backends import (
+    PATTERN_PERIOD,
+    ModelComm,
+    MpiComm,
+    algos_for,
+    dense_input,
+    dense_reference,
+    group_topology,
+)
+from workloads.embedding_shards import embedding_rows
+from workloads.traffic import iteration_traffic
+
+PAPER = load_profile("directreduce-paper")
+L7 = PRESETS["Llama-2-7B"]
+
+
+def test_group_topology_whole_subtorus_or_ring():
+    assert group_topology(ring(8), range(8)) == ring(8)
+    rows = group_topology(parse_topology("torus:2x8"), range(8, 16))
+    assert rows.shape == (8,)
+    sub = group_topology(parse_topology("torus:2x4x4"), range(16))
+    assert sub.shape == (4, 4)
+    arc = group_topology(ring(16), range(8))
+    assert arc.shape == (8,) and arc.name == "ring:8"
+    fast = LinkParams(50.0, 0.5)
+    links = Torus((2, 4), dim_links=(None, fast))
+    assert group_topology(links, range(4)).dim_links == (fast,)
+
+
+def test_sparse_algorithms_pair_with_a_dense_one():
+    assert algos_for("ring") == ("ring", "ring", "ring", "p2p-host")
+    assert algos_for("directreduce") == ("directreduce", "directreduce", "directreduce", "p2p-nic")
+    assert algos_for("omniccl") == ("directreduce", "omniccl", "directreduce", "p2p-nic")
+    assert algos_for("omniccl-cpu")[0] == "ring" and algos_for("omnireduce")[0] == "ring"
+
+
+def test_dense_inputs_sum_to_the_reference_exactly_in_float16():
+    nodes = range(8)
+    count = 3 * PATTERN_PERIOD + 5
+    total = np.sum([dense_input(n, count, 1).astype(np.float64) for n in nodes], axis=0)
+    assert np.array_equal(total, dense_reference(nodes, count, 1))
+    assert np.abs(total).max() <= 32
+
+
+def test_embedding_rows_are_nonzero_functions_of_the_token():
+    rows = embedding_rows(np.array([5, 5 + 257, 6]), 64)
+    assert rows.dtype == np.float16 and np.all(rows != 0) and np.all(np.abs(rows) <= 4)
+    assert np.array_equal(rows[0], rows[1]) and not np.array_equal(rows[0], rows[2])
+
+
+def records(par, tokens=24):
+    batch = make_batch([(tokens - 2, 0)], [100, 200])
+    dense, emb, a2a, p2p = algos_for("omniccl")
+    return iteration_traffic(0, batch, L7, par, dense, emb, a2a, p2p)
+
+
+def test_model_backend_uses_the_group_topology_and_counts_each_record():
+    par = Parallelism(tp=4, pp=2)
+    topo = parse_topology("torus:2x4")
+    recs = records(par)
+    backend = ModelComm(topo, PAPER, L7, seed=0)
+    total = backend.iteration_cost(0, recs)
+    layer = next(r for r in recs if r.what == "attn_out")
+    t_layer = model_time("allreduce", "directreduce", ring(4), PAPER, layer.bytes // 2, "float16").emulated_us
+    assert backend.stats.per_what_us["attn_out"] == pytest.approx(L7.layers * t_layer)
+    assert total.emulated_us == pytest.approx(sum(backend.stats.per_what_us.values()))
+    assert total.host_busy_us == 0.0                    # every path of omniccl/directreduce is on the NIC
+
+
+def test_sparse_algorithm_on_dense_activations_agrees_between_backends():
+    """Not what serve issues (it pairs sparse algorithms with a dense one), but both backends must agree."""
+    rec = next(r for r in records(Parallelism(tp=4)) if r.what == "attn_out")._replace(algo="omniccl")
+    model = ModelComm(ring(4), PAPER, L7, seed=0).iteration_cost(0, [rec])
+    real = MpiComm(MPI.COMM_SELF, ring(4), PAPER, L7, seed=0)
+    try:
+        assert real.iteration_cost(0, [rec]) == model and real.stats.wrong == 0
+    finally:
+        real.free()
+
+
+def test_single_process_real_data_matches_model_and_catches_corruption():
+    par = Parallelism(tp=4, pp=2)
+    topo = parse_topology("torus:2x4")
+    recs = records(par)
+    model = ModelComm(topo, PAPER, L7, seed=2).iteration_cost(0, recs)
+    real = MpiComm(MPI.COMM_SELF, topo, PAPER, L7, seed=2)
+    try:
+        got = real.iteration_cost(0, recs)
+        assert got == model
+        assert real.stats.wrong == 0 and real.stats.checked_elements > 0
+        ref = dense_reference(range(4), PATTERN_PERIOD, 2)
+        row = np.resize(ref, 2 * PATTERN_PERIOD + 3).astype(np.float16)
+        real._check(row, ref)
+        assert real.stats.wrong == 0
+        row[-1] += 1
+        row[7] = 0
+        real._check(row, ref)
+        assert real.stats.wrong == 2
+    finally:
+        real.free()
