@@ -41,4 +41,12 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
     for name in shipped_profiles():
         print(f"  {name:<20} {load_profile(name).description}")
     print("executors:    mpi (real data over MPI ranks), model (timing only, vectorised)")
+    from workloads import ACCELERATORS, PRESETS
+    print("models (nicemu serve --model, or a config.json path):")
+    for m in PRESETS.values():
+        moe = f", {m.experts} experts top-{m.top_k}" if m.is_moe else ""
+        print(f"  {m.name:<16} hidden {m.hidden}, {m.layers} layers, {m.heads} heads ({m.kv_heads} KV), "
+              f"MLP {m.intermediate}, vocab {m.vocab}{moe}")
+    print("accelerators: " + ", ".join(f"{a.name} ({a.peak_bf16_flops / 1e12:g} TFLOP/s bf16, {a.hbm_GBps:g} GB/s)"
+                                       for a in ACCELERATORS.values()))
     return 0

@@ -23,14 +23,17 @@ def _f(value, fmt: str, width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:{width}{fmt}}"
 
 
+def _pct(value) -> str:
+    return f"{'-':>7}" if value is None else f"{100 * value:6.1f}%"
+
+
 def table_row(r: dict) -> str:
-    gain = {k: (None if r.get(k) is None else 100 * r[k]) for k in ("ttft_gain_vs_ring", "tpot_gain_vs_ring")}
     return (f"{r['algo']:>13} {_f(r['ttft_ms_mean'], '.2f', 10)} {_f(r['ttft_ms_p50'], '.2f', 9)} "
             f"{_f(r['ttft_ms_p99'], '.2f', 9)} {_f(r['tpot_ms_mean'], '.3f', 10)} {_f(r['tpot_ms_p50'], '.3f', 8)} "
             f"{_f(r['tpot_ms_p99'], '.3f', 8)} {_f(r['e2e_ms_p50'], '.1f', 9)} {_f(r['e2e_ms_p99'], '.1f', 9)} "
             f"{_f(r['throughput_tok_s'], '.0f', 8)} {_f(100 * r['comm_share'], '.1f', 6)} "
             f"{_f(r['host_comm_ms'], '.1f', 10)} {_f(r['embedding_wire_bytes'] / 1e6, '.1f', 10)} "
-            f"{_f(gain['ttft_gain_vs_ring'], '.1f', 6)}% {_f(gain['tpot_gain_vs_ring'], '.1f', 6)}%")
+            f"{_pct(r.get('ttft_gain_vs_ring'))} {_pct(r.get('tpot_gain_vs_ring'))}")
 
 
 def write_json(path: str, records: Sequence[dict]) -> None:
