@@ -105,13 +105,15 @@ def test_same_seed_same_metrics_across_runs_ranks_and_executors(nicemu, tmp_path
     eight, proc8 = _run_json(nicemu, tmp_path, args, n=8, name="eight.json")
     assert _metrics(one) == _metrics(model_a)
     assert _metrics(eight) == _metrics(model_a)
-    # every call with real data (3 ranks: one rank hosts nodes of both stages) gives the memoised times
-    every, proc3 = _run_json(nicemu, tmp_path, [*args[:-1], "omniccl", "--real-data", "all"], n=3, name="all.json")
-    no_gain = [{k: v for k, v in r.items() if not k.endswith("gain_vs_ring")} for r in _metrics(model_a[2:])]
-    assert [{k: v for k, v in r.items() if not k.endswith("gain_vs_ring")} for r in _metrics(every)] == no_gain
+    # every call with real data (3 ranks: one rank hosts nodes of both stages) gives the memoised times;
+    # the first two requests only, to keep it cheap
+    few = [*args[:-1], "omniccl", "--requests", "2"]
+    every, proc3 = _run_json(nicemu, tmp_path, [*few, "--real-data", "all"], n=3, name="all.json")
+    model_few, _ = _run_json(nicemu, tmp_path, [*few, "--executor", "model"], name="few.json")
+    assert _metrics(every) == _metrics(model_few)
     for recs in (one, eight, every):
         assert all(r["wrong"] == 0 and r["checked_elements"] > 0 for r in recs)
-    assert every[0]["real_data_calls"] == every[0]["collectives"] > one[2]["real_data_calls"]
+    assert every[0]["real_data_calls"] == every[0]["collectives"] > every[0]["iterations"] * 2 * LAYERS
     assert all("0 wrong OK" in p.stdout for p in (proc1, proc8, proc3))
     other_seed, _ = _run_json(nicemu, tmp_path, [*args, "--executor", "model", "--seed", "4"], name="c.json")
     assert [r["embedding_wire_bytes"] for r in other_seed] != [r["embedding_wire_bytes"] for r in model_a]
