@@ -109,7 +109,7 @@ def parse_args(argv: list[str] | None, rank: int) -> argparse.Namespace:
     ap.add_argument("--sizes", default=DEFAULT_SIZES,
                     help=f"bytes per rank: 64K, 1K,256K,1G or MIN:MAX[:FACTOR] (default {DEFAULT_SIZES})")
     ap.add_argument("--iters", type=_whole(1, "--iters 20"), default=None,
-                    help="timed iterations per size (default adaptive: max(10, min(200, 4 MiB / size)))")
+                    help="timed iterations per size (default adaptive: max(20, min(200, 4 MiB / size)))")
     ap.add_argument("--warmup", type=_whole(0, "--warmup 2"), default=2, help="untimed iterations per size (default 2)")
     ap.add_argument("--json", metavar="FILE", help="write one record per size as a JSON list")
     ap.add_argument("--csv", metavar="FILE", help="write one record per size as CSV")
@@ -133,7 +133,7 @@ def parse_args(argv: list[str] | None, rank: int) -> argparse.Namespace:
 
 def iterations(size: int, fixed: int | None) -> int:
     """Timed iterations: ``--iters`` if given, else more for small sizes."""
-    return fixed if fixed is not None else max(10, min(200, (1 << 22) // size))
+    return fixed if fixed is not None else max(20, min(200, (1 << 22) // size))
 
 
 # --------------------------------------------------------------------------- checks before any data moves
