@@ -91,7 +91,7 @@ def measure(spec: str, algo: str, nbytes: int, profile, repeats: int) -> dict:
 def fit(records: list[dict], min_s: float) -> tuple[float, float, int]:
     """(slope, intercept, points used) of log10(wall) against log10(nodes x steps)."""
     pts = [(r["nodes_x_steps"], r["wall_s"]) for r in records if r["wall_s"] >= min_s]
-    if len(pts) < 2:
+    if len({x for x, _ in pts}) < 2:       # a line needs two distinct sizes
         return float("nan"), float("nan"), len(pts)
     x = np.log10([p[0] for p in pts])
     y = np.log10([p[1] for p in pts])
