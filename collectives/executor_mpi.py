@@ -10,8 +10,11 @@ between two nodes of the same rank never touch MPI.
 
 What a rank does in each step depends only on the schedule, the element count
 and the dtype, so it is compiled once into a :class:`RankPlan` and reused by
-later calls (a benchmark repeats the same collective many times). With one node
-per rank the timing runs on Python floats instead of one-element arrays.
+later calls (a benchmark repeats the same collective many times). With exactly
+one node per rank on every rank, and no link faults or stragglers, a call takes
+the lean path instead (collectives/lean_path.py): times packed into the message
+of a small chunk, persistent requests, and the timing on Python floats
+(nic/scalar_agent.py), with the same emulated times.
 
 Every wait goes through a :class:`~collectives.watchdog.Watchdog`: a peer that
 stalls or disappears turns into :class:`~collectives.watchdog.CollectiveStalled`
