@@ -19,6 +19,9 @@ UNITS = (f"{'':>13} {'(ms)':>10} {'(ms)':>9} {'(ms)':>9} {'(ms)':>10} {'(ms)':>8
          f"{'vs ring':>7} {'vs ring':>7}")
 
 
+LINESTYLES = ("-", "--", ":", "-.")
+
+
 def _f(value, fmt: str, width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:{width}{fmt}}"
 
@@ -69,7 +72,7 @@ def write_cdf_plot(path: str, rows: Sequence[dict], title: str) -> None:
             values = np.sort([r[key] for r in rows if r["algo"] == algo and r[key] is not None])
             if values.size:
                 ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", color=f"C{i}",
-                        label=algo)
+                        linestyle=LINESTYLES[i % len(LINESTYLES)], label=algo)   # close curves stay visible
         ax.set_xlabel(label)
         ax.set_ylabel("fraction of requests")
         ax.grid(True, alpha=0.3)
