@@ -36,7 +36,24 @@ COMMANDS = {
 
 
 class _Parser(argparse.ArgumentParser):
+    _argv: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):  # argparse would print on every rank and exit
+        option, _, problem = message.partition(": ")
+        if problem == "expected one argument" and option.startswith("argument -"):
+            # e.g. --sizes -1K:1M: argparse takes "-1K:1M" for an option and says only this
+            flags = option.split()[1].split("/")
+            argv = self._argv
+            for i, word in enumerate(argv[:-1]):
+                value = argv[i + 1]
+                if word in flags and value.startswith("-") and \
+                        value.split("=")[0] not in self._option_string_actions:
+                    message += f"; a value that starts with '-' must be attached with '=': {word}={value}"
+                    break
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 

@@ -103,6 +103,8 @@ CASES = [
     # sizes: zero, negative, overflowing
     case("bench-size-zero-in-range", ["bench", "--sizes", "0:1K"], "positive"),
     case("bench-size-negative-range", ["bench", "--sizes=-1K:1M"], "-1K"),
+    case("bench-size-negative-unattached", ["bench", "--sizes", "-1K:1M"], "--sizes", "--sizes=-1K:1M"),
+    case("bench-size-missing-value", ["bench", "--sizes"], "--sizes", "expected one argument"),
     case("bench-size-overflow-bytes", ["bench", "--sizes", "99999999999999999999999"], "larger than"),
     case("bench-size-overflow-suffix", ["bench", "--sizes", "16777216G", "--executor", "model"], "16777216G"),
     case("bench-size-empty-item", ["bench", "--sizes", "1K,"], "bad size"),
