@@ -357,7 +357,11 @@ class MpiComm(_Backend):
         if self.real_data == "all":
             todo = list(records)
         else:
-            todo = [rec for k, rec, _ in groups if k not in self.memo]
+            new: dict[tuple, TrafficRecord] = {}        # attn_out and mlp_out share a key: run it once
+            for k, rec, _ in groups:
+                if k not in self.memo:
+                    new.setdefault(k, rec)
+            todo = list(new.values())
         agreed = np.zeros((len(todo), 3))
         if todo:
             vals = np.zeros_like(agreed)
