@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -224,10 +225,15 @@ def run_lean(ex: MpiExecutor, lean: LeanPlan, schedule: Schedule, data: np.ndarr
     scalar.reset()
     send, receive = scalar.send, scalar.receive
     pack, unpack = _TIMES.pack_into, _TIMES.unpack_from
+    wall = time.time
     k = -1
     for k, g in enumerate(lean.groups):
         if fault is not None:
             fault.at_step(k, f"{schedule.algo} {schedule.collective}")
+        # a stall is reported by the rank that waits longest; counting this step's waits from
+        # before its sends makes that rank the one next to the culprit (a rank downstream can
+        # only begin its step after this one sent), however the ranks are scheduled
+        began = wall()
         if g.packed:
             recvs, recv_owner, sends, send_owner = g.recvs, g.recv_owner, g.sends, g.send_owner
             for req in recvs:              # receives first: an eager message finds its receive posted
@@ -242,7 +248,7 @@ def run_lean(ex: MpiExecutor, lean: LeanPlan, schedule: Schedule, data: np.ndarr
                     ls.send_req.Start()
         else:
             recvs, recv_owner, sends, send_owner = _post_unpacked(ex, g, raw, send)
-        wait(recvs, describe, schedule, lean.plans, g.plans, True, recv_owner)
+        wait(recvs, describe, schedule, lean.plans, g.plans, True, recv_owner, began=began)
 
         for ls in g.steps:
             if ls.recv_peer < 0:
@@ -264,7 +270,7 @@ def run_lean(ex: MpiExecutor, lean: LeanPlan, schedule: Schedule, data: np.ndarr
                     dest = row[ls.elem_a:ls.elem_b]
                     ufunc(dest, ex._scratch[ls.scratch_slot][:nb].view(dtype), out=dest)
             receive(ls.recv_costs, first, last)
-        wait(sends, describe, schedule, lean.plans, g.plans, False, send_owner)
+        wait(sends, describe, schedule, lean.plans, g.plans, False, send_owner, began=began)
     if fault is not None:
         fault.at_step(k + 1, f"{schedule.algo} {schedule.collective} (final timing reduction)")
     local = ex._final_local

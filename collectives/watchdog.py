@@ -196,6 +196,7 @@ class Watchdog:
             ub = comm.Get_attr(MPI.TAG_UB)
             self.notice_tag = int(ub) if ub is not None else 32767
         self._notices: list[MPI.Request] = []
+        self._wait_began = 0.0    # wall-clock start of the current wait (time.time())
         #: how long :meth:`wait` polls without yielding the CPU (0: yield from the first miss;
         #: oversubscribed ranks must let their peers run), and how long it spins (yielding)
         #: before it sleeps. The MPI executor sets 50 µs and ``math.inf`` when every rank has a
@@ -212,7 +213,7 @@ class Watchdog:
     # ---- waits ---------------------------------------------------------------------
 
     def wait(self, requests: list[MPI.Request], describe: Describe, *context,
-             spin_s: float | None = None) -> None:
+             spin_s: float | None = None, began: float | None = None) -> None:
         """Complete ``requests`` (like ``MPI.Request.Waitall``) or raise :class:`CollectiveStalled`.
 
         ``describe(elapsed_s, pending, *context)`` builds the message, only on a
@@ -222,6 +223,8 @@ class Watchdog:
         advances only while every rank drives MPI progress, so sleeping ranks
         would hold up the others (measured: 4 ranks on 2 cores, an
         ``Iallreduce`` of 3 doubles went from 0.1 ms to several ms).
+        ``began`` (``time.time()``) is when the wait counts as begun for the
+        election of the reporting rank (default: now, if the first test fails).
         """
         if self.limit <= 0:
             MPI.Request.Waitall(requests)
@@ -231,6 +234,9 @@ class Watchdog:
         testall = MPI.Request.Testall
         clock = time.perf_counter
         t0 = clock()
+        # the election compares wait starts, and with one node per rank the waits of neighbouring
+        # ranks start microseconds apart: take the start now, not as "now - elapsed" at the timeout
+        self._wait_began = time.time() if began is None else began
         busy_end = t0 + self.busy_s
         spin_end = max(t0 + (self.spin_s if spin_s is None else spin_s), busy_end)
         deadline = t0 + self.limit
@@ -264,6 +270,7 @@ class Watchdog:
             iprobe = comm.Iprobe
             clock = time.perf_counter
             t0 = clock()
+            self._wait_began = time.time()
             spin_end = t0 + SPIN_S
             deadline = t0 + self.limit
             nap = NAP_FIRST_S
@@ -298,9 +305,9 @@ class Watchdog:
 
     def _stalled(self, elapsed: float, describe: Describe, *args) -> None:
         """Raise :class:`CollectiveStalled`, secondary unless this rank is the one to report."""
-        first = self._notice_from()
+        first = self._earlier_notice(self._wait_began)
         if first is None:
-            first = self._elect(time.time() - elapsed)
+            first = self._elect(self._wait_began)
         message = describe(*args)
         if first is not None:
             raise CollectiveStalled(f"{message} (rank {first} reported the stall)", secondary=True)
@@ -317,6 +324,27 @@ class Watchdog:
         status = MPI.Status()
         if self.comm.Iprobe(MPI.ANY_SOURCE, self.notice_tag, status):
             return status.Get_source()
+        return None
+
+    def _earlier_notice(self, started: float) -> int | None:
+        """The rank of a stall notice already waiting from a wait that began before this one's, or None.
+
+        A notice from a rank that began later does not make this rank stand down: ranks a step
+        apart begin microseconds apart, and scheduling noise can make the later one fire first.
+        This rank then elects, and the other rank, still in its grace period, stands down.
+        """
+        if not self._usable():
+            return None
+        status = MPI.Status()
+        other = np.empty(2)
+        best = None
+        while self.comm.Iprobe(MPI.ANY_SOURCE, self.notice_tag, status):
+            self.comm.Recv(other, status.Get_source(), self.notice_tag)
+            cand = (float(other[0]), int(other[1]))
+            if best is None or cand < best:
+                best = cand
+        if best is not None and best < (started, self.comm.rank):
+            return best[1]
         return None
 
     def _elect(self, started: float) -> int | None:

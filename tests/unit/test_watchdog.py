@@ -191,8 +191,23 @@ def test_secondary_when_a_notice_is_waiting(comm, unmatched):
         assert info.value.secondary
         assert "rank 0 reported the stall" in str(info.value)
     finally:
-        comm.Recv(np.empty(2), 0, wd.notice_tag)
+        if comm.Iprobe(0, wd.notice_tag):      # the watchdog reads a waiting notice to compare starts
+            comm.Recv(np.empty(2), 0, wd.notice_tag)
         notice.Wait()
+
+
+def test_notice_from_a_later_wait_does_not_make_this_rank_stand_down(comm, unmatched):
+    """A notice from a wait that began after this one (scheduling put it first): this rank reports."""
+    wd = Watchdog(LIMIT, comm)
+    late = comm.Isend(np.array([time.time() + 3600.0, 0.0]), 0, wd.notice_tag)
+    try:
+        with pytest.raises(CollectiveStalled) as info:
+            wd.wait([unmatched], describe)
+        assert not info.value.secondary
+    finally:
+        while comm.Iprobe(0, wd.notice_tag):     # this rank's own election notice
+            comm.Recv(np.empty(2), 0, wd.notice_tag)
+        late.Wait()
 
 
 # --------------------------------------------------------------------------- probe
