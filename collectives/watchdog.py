@@ -44,7 +44,7 @@ sends every other rank of the communicator a small *stall notice* (tag
 ``MPI.TAG_UB``, carrying when its wait began), then listens for
 :data:`NOTICE_GRACE_S` for notices of ranks that fired at about the same time;
 the earliest start wins (ties: the lower rank). A rank that finds a notice
-already waiting when its own watchdog fires, or whose spot-protocol loop
+from an earlier-begun wait already waiting when its own watchdog fires, or whose spot-protocol loop
 receives one, raises a *secondary* :class:`CollectiveStalled`
 (``exc.secondary`` is true), which the CLI does not print.
 
