@@ -65,7 +65,10 @@ def cpu_per_rank(comm: MPI.Comm) -> bool:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:
         cpus = os.cpu_count() or 1
-    return bool(comm.allreduce(ranks_here <= cpus, op=MPI.LAND))
+    fits = np.array([1 if ranks_here <= cpus else 0], dtype=np.int32)
+    every = np.empty(1, dtype=np.int32)
+    comm.Allreduce(fits, every, op=MPI.MIN)
+    return bool(every[0])
 
 
 def _plain_step(step) -> bool:
