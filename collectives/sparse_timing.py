@@ -52,6 +52,7 @@ from collectives.link_faults import FaultStats
 from collectives.spot_protocol import CREDIT_BYTES, INDEX_BYTES, RECORD_HEADER_BYTES, Plan, Round
 from nic.faults import FaultSpec, transfer_faults
 from nic.profile import Profile
+from nic.stragglers import node_factors, per_node
 from nic.streams import us_per_byte
 
 
@@ -149,11 +150,22 @@ _CHUNK = 1 << 18          # (slot, worker) pairs held at once (a few MiB per arr
 _NEG = -np.inf
 
 
+class _PerWorker:
+    """Slot ``j``'s cost per worker, ``add + x[j] * rate`` over the workers, made when read."""
+
+    def __init__(self, x: np.ndarray, rate: np.ndarray, add: np.ndarray | None = None) -> None:
+        self.x, self.rate, self.add = x.tolist(), rate, add
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        v = self.x[j] * self.rate
+        return v if self.add is None else self.add + v
+
+
 class _Timer:
     """State of the shared resources while the rounds are timed (see the module docstring)."""
 
     def __init__(self, plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec | None = None,
-                 call: int = 0) -> None:
+                 call: int = 0, slow: np.ndarray | None = None) -> None:
         cfg, lay = plan.cfg, plan.layout
         self.faults, self.call = faults, call
         self.fault_stats = FaultStats()
@@ -173,6 +185,14 @@ class _Timer:
         ends = n + (k if self.dedicated else 0)      # endpoints: nodes, then dedicated aggregators
         agg_end = (n + np.arange(k)) if self.dedicated else lay.aggregator_node
         self.slot_g = np.asarray(agg_end, dtype=np.int64)[lay.slot_agg]
+        # --straggler: per-endpoint service parameters (scalar x factor, so a factor of 1 gives
+        # the scalar itself); None keeps the scalars and the shared-constant shortcuts
+        self.slow = slow
+        if slow is not None:
+            fe = np.ones(ends)
+            fe[:n] = slow
+            self.pi_e, self.a_p_e, self.gamma_e = self.pi * fe, self.a_p * fe, self.gamma * fe
+            self.o_h_e, self.nu_e, self.a_n_e = self.o_h * fe, self.nu * fe, self.a_n * fe
         self.far = n if self.dedicated else n - 1     # workers a result is scattered to
         self.out_free = np.zeros(ends)
         self.in_free = np.zeros(ends)
@@ -304,7 +324,7 @@ class _Timer:
                 top[some] = np.maximum.reduceat(vals, ptr[some])
                 low[some] = np.minimum.reduceat(vals, ptr[some])
         # the same count from every worker of a slot (always so for OmniReduce): one per row
-        const = bool(((top == low) | (length_j == 0)).all())
+        const = self.slow is None and bool(((top == low) | (length_j == 0)).all())
 
         # Rows (slots) are stored grouped by their position within their aggregator, so that
         # the aggregators' work below takes contiguous blocks; the workers' loop still walks
@@ -328,7 +348,17 @@ class _Timer:
         data = sval * bb
         msg = sval * (bb + INDEX_BYTES) + RECORD_HEADER_BYTES
         msg_b = msg * self.beta
-        data_pi = data * self.pi
+        slow = self.slow is not None
+        if slow:     # --straggler: each record's worker and aggregator serve at their own rates
+            if dense:
+                wk = np.broadcast_to(np.arange(n), (m, width))
+            else:
+                wk = np.zeros((m, width), dtype=np.int64)
+                wk[pos_of[row], np.arange(len(flat)) - ptr[row]] = who
+            data_pi = data * self.pi_e[wk]                   # the worker's DMA read
+            data_pi_agg = data * self.pi_e[g_p][:, None]     # the aggregator's DMA write
+        else:
+            data_pi = data_pi_agg = data * self.pi
         if const:
             has_all = ((data[:, 0] > 0) | (length == 0)).tolist()
         elif dense:
@@ -337,8 +367,12 @@ class _Timer:
             has_all = ((data > 0) | ~valid).all(axis=1).tolist()
         if cfg.host_packing:
             window = ((rnd.hi[j0:j1] - rnd.lo[j0:j1]) * bb)[order]
-            pack = (window[:, None] + data) * self.gamma
-            pack_busy = self.o_h + pack
+            if slow:
+                pack = (window[:, None] + data) * self.gamma_e[wk]
+                pack_busy = self.o_h_e[wk] + pack
+            else:
+                pack = (window[:, None] + data) * self.gamma
+                pack_busy = self.o_h + pack
             if const:
                 pack_l, pack_busy_l = pack[:, 0].tolist(), pack_busy[:, 0].tolist()
         if const:
@@ -367,6 +401,8 @@ class _Timer:
         host_free, host_busy, rd_free, out_free = self.host_free, self.host_busy, self.rd_free, self.out_free
         clock = self.clock
         a_p, o_h, alpha = self.a_p, self.o_h, self.alpha
+        if slow:     # the workers' own overhead and DMA latency (arrays over the nodes)
+            a_p, o_h = self.a_p_e[:n], self.o_h_e[:n]
         first_round = clock is None or rnd.index == 0
         slot_l, g_l, pos_l = slots.tolist(), g.tolist(), pos_of.tolist()
         workers = slice(0, n)
@@ -418,10 +454,10 @@ class _Timer:
             # DMA-reads them; (OmNICCL) the NIC reads them straight from the LLC (DCA).
             if cfg.host_packing:
                 if clock is None:
-                    h = host_free[idx] + o_h
+                    h = host_free[idx] + per_node(o_h, idx)
                 else:
                     h = np.maximum(ready, host_free[idx])
-                    h += o_h
+                    h += per_node(o_h, idx)
                 if const:
                     h += pack_l[p]
                     host_free[idx] = h
@@ -436,12 +472,12 @@ class _Timer:
             if has_all[p]:
                 start += data_pi_l[p] if const else data_pi[p, :ln]
                 rd_free[idx] = start
-                ready = start + a_p
+                ready = start + per_node(a_p, idx)
             else:
                 has = (data[p, 0] > 0) if const else (data[p, :ln] > 0)
                 rdv = np.where(has, start + (data_pi_l[p] if const else data_pi[p, :ln]), r0)
                 rd_free[idx] = rdv
-                ready = np.where(has, rdv + a_p, ready)
+                ready = np.where(has, rdv + per_node(a_p, idx), ready)
             # upstream: worker link out (the aggregator's own record stays in its node)
             of = np.maximum(ready, out_free[idx])
             of += msg_b_l[p] if const else msg_b[p, :ln]
@@ -504,7 +540,7 @@ class _Timer:
             if not dense:
                 np.copyto(arrival, _NEG, where=~valid[b])
             arrival[lq - b.start, local_pos[lq]] = ready_local[lq]
-            self._aggregate(gs, ss, tx, arrival, csum[b], data[b], data_pi[b],
+            self._aggregate(gs, ss, tx, arrival, csum[b], data[b], data_pi_agg[b],
                             None if dense else valid[b], length[b], sval[b], rb_data[b], const,
                             j0 + order[b])
 
@@ -521,18 +557,26 @@ class _Timer:
                    const, rows) -> None:
         """Aggregation into the Tx spot (round mod T), once that spot's readers are done."""
         cfg = self.cfg
-        a_p, o_h = self.a_p, self.o_h
+        a_p, o_h, pi, gamma, nu, a_n = self.a_p, self.o_h, self.pi, self.gamma, self.nu, self.a_n
+        a_p_c = o_h_c = pi_c = gamma_c = nu_c = None   # --straggler: per-aggregator, as columns
+        if self.slow is not None:
+            a_p, o_h, pi, gamma, nu, a_n = (x[gs] for x in (self.a_p_e, self.o_h_e, self.pi_e,
+                                                             self.gamma_e, self.nu_e, self.a_n_e))
+            a_p_c, o_h_c, pi_c, gamma_c, nu_c = (x[:, None] for x in (a_p, o_h, pi, gamma, nu))
         tx_free = self.tx_free[ss, tx]
         if cfg.aggregation == "nic":
             if self.spilled:
-                arrival += 2 * a_p + 2 * data * self.pi
+                if a_p_c is None:
+                    arrival += 2 * a_p + 2 * data * pi
+                else:
+                    arrival += 2 * a_p_c + 2 * data * pi_c
             first = np.maximum(tx_free, self.nic_free[gs])
-            svc = data * self.nu
+            svc = data * (nu if nu_c is None else nu_c)
             self.nic_free[gs] = self._scan(first, arrival, svc, valid, length, const, csum, "agg")[1]
             self.nic_busy[gs] += (self._const_sums(svc[:, 0], length) if const
                                   else _row_sums(svc, length))
-            consumed = self.nic_free[gs] + self.a_n
-            ready_at = consumed + (a_p + rb_data * self.pi) if self.spilled else consumed
+            consumed = self.nic_free[gs] + a_n
+            ready_at = consumed + (a_p + rb_data * pi) if self.spilled else consumed
         elif cfg.aggregation == "cpu":
             landed = self._scan(self.wr_free[gs], arrival, data_pi, valid, length, const, csum, "agg")[1]
             some = length > 0
@@ -540,21 +584,25 @@ class _Timer:
             last = np.where(some, landed, 0.0) + a_p
             start = np.maximum(np.maximum(last, self.host_free[gs]), tx_free) + o_h
             dsum = (sval[:, 0] * length if const else sval.sum(axis=1)) * self.bb   # exact: integers
-            self.host_free[gs] = start + dsum * self.gamma
-            self.host_busy[gs] += o_h + dsum * self.gamma
+            self.host_free[gs] = start + dsum * gamma
+            self.host_busy[gs] += o_h + dsum * gamma
             consumed = self.host_free[gs]
-            ready_at = self.host_free[gs] + a_p + rb_data * self.pi
+            ready_at = self.host_free[gs] + a_p + rb_data * pi
         else:   # dedicated CPU aggregator: each message handled as it arrives
             start0 = np.maximum(self.host_free[gs], tx_free)
-            svc = o_h + data * self.gamma
-            arrival += a_p
+            if o_h_c is None:
+                svc = o_h + data * gamma
+                arrival += a_p
+            else:
+                svc = o_h_c + data * gamma_c
+                arrival += a_p_c
             arrival += data_pi
             self.host_free[gs] = self._scan(start0, arrival, svc, valid, length, const, csum, "agg")[1]
             self.host_busy[gs] += (self._const_sums(svc[:, 0], length) if const
                                    else _row_sums(np.where(valid, svc, 0.0) if valid is not None else svc,
                                                   length))
             consumed = self.host_free[gs]
-            ready_at = self.host_free[gs] + a_p + rb_data * self.pi
+            ready_at = self.host_free[gs] + a_p + rb_data * pi
         self.consumed[rows] = consumed
         self.ready_at[rows] = ready_at
 
@@ -598,12 +646,19 @@ class _Timer:
         in_free, wr_free, host_free = self.in_free[:n], self.wr_free[:n], self.host_free[:n]
         host_busy, done, clock = self.host_busy[:n], self.done, self.clock
         pack = cfg.host_packing
-        rbd_pi = (rb_data * self.pi).tolist()
-        if pack:
-            rbd_g = rb_data * self.gamma
-            unpack_busy = (self.o_h + rbd_g).tolist()
-            rbd_g = rbd_g.tolist()
         a_p, o_h, alpha, cb = self.a_p, self.o_h, self.alpha, self.cb
+        if self.slow is None:
+            rbd_pi = (rb_data * self.pi).tolist()
+            if pack:
+                rbd_g = rb_data * self.gamma
+                unpack_busy = (self.o_h + rbd_g).tolist()
+                rbd_g = rbd_g.tolist()
+        else:           # --straggler: every worker lands and unpacks at its own rates
+            a_p, o_h = self.a_p_e[:n], self.o_h_e[:n]
+            rbd_pi = _PerWorker(rb_data, self.pi_e[:n])
+            if pack:
+                rbd_g = _PerWorker(rb_data, self.gamma_e[:n])
+                unpack_busy = _PerWorker(rb_data, self.gamma_e[:n], o_h)
         clock_landed = clock is not None and not cfg.credits
         # landed times are needed slot by slot only to unpack, for a self-clock, or for `done`
         per_slot_landed = pack or clock_landed or not self.monotone
@@ -700,9 +755,12 @@ class _Timer:
 
 
 def sparse_time(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec | None = None,
-                call: int = 0) -> SparseTiming:
-    """Emulated time of the plan; ``faults`` delay the Rx-spot writes (docs/model.md §11.5)."""
-    t = _Timer(plan, profile, itemsize, faults if faults is not None and faults.active else None, call)
+                call: int = 0, stragglers: dict[int, float] | None = None) -> SparseTiming:
+    """Emulated time of the plan; ``faults`` delay the Rx-spot writes (docs/model.md §11.5),
+    ``stragglers`` slow the service times of nodes (worker or aggregator; docs/model.md §12)."""
+    slow = node_factors(stragglers or {}, 0, plan.layout.nodes)
+    t = _Timer(plan, profile, itemsize, faults if faults is not None and faults.active else None, call,
+               slow)
     for rnd in plan.rounds:
         t.phase1(rnd)
         t.phase2(rnd)

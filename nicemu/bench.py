@@ -20,7 +20,7 @@ from collectives import ALGORITHMS, COLLECTIVES, Emulator, build_schedule
 from collectives.algorithms import SPARSE
 from collectives.api import check_algo, check_collective, check_dtype_op, fault_options
 from collectives.executor_model import run_model
-from collectives.omniccl import check_no_stragglers, check_sparse_call, model_sparse, sparse_config
+from collectives.omniccl import check_sparse_call, model_sparse, sparse_config
 from collectives.schedule import final_segments
 from collectives.sparse_patterns import check_pattern, pattern_mask
 from nic.ops import DTYPES, OPS
@@ -267,10 +267,6 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
                          "--collective")
     if faults is not None and args.collective == "alltoall":
         raise UsageError("--faults does not support --collective alltoall yet; drop --faults")
-    if stragglers:
-        for a in algos:
-            if a in SPARSE:
-                check_no_stragglers(stragglers)
     rank0 = comm.rank == 0
     emu = None
     if args.executor == "mpi":

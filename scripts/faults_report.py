@@ -7,7 +7,8 @@ and the slowdown under:
   each drawing its own faults), with the drops, corruptions and resent bytes
   per call;
 * the same faults on one link only (``link=3->4``);
-* one straggler node (``--straggler 3:2`` and ``3:4``; dense algorithms only).
+* one straggler node (``--straggler 3:2`` and ``3:4``; with the sparse algorithms node 3
+  is a worker and the aggregator of one shard).
 
 It uses the model executor, whose times equal the MPI executor's bit for bit
 (tests/mpi/test_faults_mpi.py, tests/e2e/test_faults_bench.py). Writes
@@ -47,7 +48,7 @@ def timing(algo, topo, profile, count, density, faults=None, call=0, stragglers=
         cfg = sparse_config(algo, topo.nodes)
         masks = np.stack([pattern_mask(n, topo.nodes, count, cfg.block_size, density, "random", 0)
                           for n in range(topo.nodes)])
-        return model_sparse(cfg, masks, profile, 4, faults, call)
+        return model_sparse(cfg, masks, profile, 4, faults, call, stragglers)
     schedule = build_schedule("allreduce", algo, topo, count, profile.topology.bidirectional)
     return run_model(schedule, profile, 4, faults, call, stragglers)
 
@@ -88,8 +89,8 @@ def main() -> int:
             clean = timing(algo, topo, profile, count, density).emulated_us
             t_all, drops, corr, resent = mean_faulty(algo, topo, profile, count, density, every, args.calls)
             t_one = mean_faulty(algo, topo, profile, count, density, one, args.calls)[0]
-            slow = {f: (timing(algo, topo, profile, count, density, stragglers={3: f}).emulated_us
-                        if algo in DENSE else None) for f in (2.0, 4.0)}
+            slow = {f: timing(algo, topo, profile, count, density, stragglers={3: f}).emulated_us
+                    for f in (2.0, 4.0)}
             row = {"algo": algo, "topology": topo.name, "bytes": nbytes, "density": density,
                    "clean_us": clean, "faults_us": t_all, "slowdown": t_all / clean,
                    "drops_per_call": drops, "corruptions_per_call": corr, "resent_bytes_per_call": resent,
@@ -98,7 +99,7 @@ def main() -> int:
             rows.append(row)
 
             def ratio(v, clean=clean):
-                return "—" if v is None else f"{v / clean:.2f}×"
+                return f"{v / clean:.2f}×"
             name = algo if algo in DENSE else f"{algo} (density {density:g})"
             table.append(f"| {name} | {format_size(nbytes)} | {clean:,.1f} | {t_all:,.1f} | "
                          f"{t_all / clean:.2f}× | {drops + corr:.1f} | {resent / 1e6:.3f} MB | "

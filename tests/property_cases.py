@@ -297,6 +297,5 @@ def fault_cases(draw, max_nodes: int = 32, min_nodes: int = 2) -> FaultCase:
         shape, draw(counts(nodes, 2000)), draw(st.sampled_from(sorted(DTYPES))), algo, collective,
         draw(st.sampled_from([0.0, 1e-3, 0.05, 0.3])), draw(st.sampled_from([0.0, 1e-3, 0.05, 0.3])),
         draw(st.integers(0, 2**31)), draw(st.booleans()),
-        None if algo in SPARSE_ALGOS else    # stragglers are modelled for the dense algorithms only
         draw(st.none() | st.tuples(st.integers(0, nodes - 1), st.sampled_from([1.0, 1.5, 4.0]))),
         draw(st.integers(0, 5)), draw(values_strategy))

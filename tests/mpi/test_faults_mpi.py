@@ -139,3 +139,27 @@ def test_sparse_rx_writes_recovered(algo):
             assert timing.faults == model.faults
             events += timing.faults["drops"] + timing.faults["corruptions"]
         assert events > 0
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("algo", ["omniccl", "omniccl-cpu", "omnireduce"])
+def test_sparse_straggler_slows_and_matches_model(algo):
+    """A straggling node (worker and aggregator of a shard) on real ranks: exact sums, and the
+    time is the model's, which the straggler makes longer."""
+    from collectives.omniccl import model_sparse, sparse_config
+    from collectives.sparse_patterns import block_mask
+
+    count, block = 8 * 128 * 3 + 9, 128
+    with Emulator(COMM, "ring:8", PROFILE, stragglers="3:4") as emu:
+        rng = np.random.default_rng(4)
+        x = rng.integers(-1000, 1000, size=(8, count))
+        x[:, 128 * 2:128 * 9] = 0
+        x[1::2, 128 * 12:128 * 16] = 0
+        work = x[emu.node_range.start:emu.node_range.stop].copy()
+        timing = emu.run_inplace("allreduce", work, "sum", algo, {"block_size": block})
+        for row in work:
+            np.testing.assert_array_equal(row, x.sum(axis=0))
+        cfg = sparse_config(algo, 8, block_size=block)
+        masks = block_mask(x, block)
+        assert timing.emulated_us == model_sparse(cfg, masks, PROFILE, 8, stragglers={3: 4.0}).emulated_us
+        assert timing.emulated_us > model_sparse(cfg, masks, PROFILE, 8).emulated_us

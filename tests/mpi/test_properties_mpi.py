@@ -140,7 +140,7 @@ def test_fault_properties_on_ranks(drawn: tuple[int, FaultCase]):
             assert_collective(c.collective, rows, emu.node_range, x, "sum", off, cnt)
             if sparse:
                 model = model_sparse(sparse_config(c.algo, n, **opts), block_mask(x, 8), profile,
-                                     x.dtype.itemsize, emu.faults, c.call)
+                                     x.dtype.itemsize, emu.faults, c.call, emu.stragglers)
             else:
                 model = model_time(c.collective, c.algo, emu.topology, profile, c.count, c.dtype,
                                    faults=c.faults, call=c.call, stragglers=c.stragglers)
