@@ -14,9 +14,11 @@ same metrics for the same seed.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
+import numpy as np
 from mpi4py import MPI
 
 from collectives.algorithms import ALGORITHMS, SPARSE
@@ -43,6 +45,7 @@ from workloads import (
 from workloads.comm_backends import DTYPE, ModelComm, MpiComm, algos_for, has_alltoall
 
 DEFAULT_ALGOS = "ring,directreduce,omniccl"
+TAG_RESULTS = 41    # --executor model under mpiexec: records sent to rank 0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -155,14 +158,23 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
         print("#")
         print("#" + HEADER[1:])
         print("#" + UNITS[1:])
+    # --executor model under mpiexec: the algorithms are independent, so rank r times algos[r::size]
+    # and rank 0 collects the records (with --traffic rank 0 times them all, to keep the file in order)
+    fan_out = args.executor == "model" and comm.size > 1
+    if not fan_out:
+        mine = algos
+    elif args.traffic:
+        mine = algos if rank0 else []
+    else:
+        mine = algos[comm.rank::comm.size]
     out_tokens = sum(r.output_tokens for r in requests)
-    progress = Progress(len(algos) * out_tokens, rank0 and (args.progress or sys.stderr.isatty()))
+    progress = Progress(len(mine) * out_tokens, rank0 and (args.progress or sys.stderr.isatty()))
     backend_mpi = MpiComm(comm, topology, profile, model, args.seed, args.real_data) if args.executor == "mpi" else None
     traffic = TrafficCsv(args.traffic) if (args.traffic and rank0) else None
     records, rows = [], []
     wrong_total = 0
     try:
-        for algo in algos:
+        for algo in mine:
             layer_algo, emb_algo, a2a_algo, p2p_label = algos_for(algo)
             if backend_mpi is not None:
                 backend_mpi.reset_stats()
@@ -205,6 +217,8 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
             traffic.close()
         if backend_mpi is not None:
             backend_mpi.free()
+    if fan_out:
+        records, rows = _collect(comm, algos, records, rows)
     _gains(records)
     if rank0:
         if progress.enabled:
@@ -236,3 +250,34 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
                                             f"{len(requests)} requests, profile {profile.name}")
             print(f"# wrote TTFT/TPOT CDFs to {args.plot}")
     return 1 if wrong_total else 0
+
+
+def _idle_wait(requests: list[MPI.Request]) -> None:
+    """Wait without spinning: ranks that wait here share the CPUs with ranks still computing."""
+    while not MPI.Request.Testall(requests):
+        time.sleep(0.005)
+
+
+def _collect(comm: MPI.Comm, algos: list[str], records: list[dict], rows: list[dict]
+             ) -> tuple[list[dict], list[dict]]:
+    """Bring every rank's records and request rows to rank 0, in ``algos`` order (JSON bytes, no pickle)."""
+    if comm.rank == 0:
+        got_records, got_rows = list(records), list(rows)
+        for peer in range(1, comm.size):
+            size = np.empty(1, dtype=np.int64)
+            _idle_wait([comm.Irecv(size, peer, TAG_RESULTS)])
+            buf = np.empty(int(size[0]), dtype=np.uint8)
+            _idle_wait([comm.Irecv(buf, peer, TAG_RESULTS)])
+            part = json.loads(buf.tobytes().decode())
+            got_records += part["records"]
+            got_rows += part["rows"]
+        order = {a: i for i, a in enumerate(algos)}
+        got_records.sort(key=lambda r: order[r["algo"]])
+        got_rows.sort(key=lambda r: order[r["algo"]])      # stable: each algorithm's rows keep their order
+    else:
+        payload = np.frombuffer(json.dumps({"records": records, "rows": rows}).encode(), dtype=np.uint8)
+        size = np.array([payload.size], dtype=np.int64)
+        _idle_wait([comm.Isend(size, 0, TAG_RESULTS), comm.Isend(payload, 0, TAG_RESULTS)])
+        got_records, got_rows = records, rows
+    _idle_wait([comm.Ibarrier()])
+    return got_records, got_rows

@@ -130,3 +130,14 @@ def test_plot(nicemu, tmp_path):
     pytest.importorskip("matplotlib")
     _, proc = _run_json(nicemu, tmp_path, [*SMALL, "--executor", "model", "--plot", "cdf.png"])
     assert (tmp_path / "cdf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", str(proc)
+
+
+def test_model_executor_shares_algorithms_over_ranks(nicemu, tmp_path):
+    """Under mpiexec the model executor times algos[r::size] on rank r; rank 0's output is unchanged."""
+    args = [*SMALL, "--algo", "ring,directreduce,omniccl", "--executor", "model"]
+    alone, _ = _run_json(nicemu, tmp_path, [*args, "--csv", "alone.csv"], name="alone.json")
+    shared, proc = _run_json(nicemu, tmp_path, [*args, "--csv", "two.csv"], n=2, name="two.json")
+    assert [r["algo"] for r in shared] == ["ring", "directreduce", "omniccl"]
+    assert _metrics(shared) == _metrics(alone)
+    assert (tmp_path / "two.csv").read_text() == (tmp_path / "alone.csv").read_text()
+    assert proc.stdout.count("# nicemu serve:") == 1
