@@ -34,3 +34,18 @@ def output_file(text: str) -> str:
     if not os.access(folder, os.W_OK):
         raise argparse.ArgumentTypeError(f"cannot write {text}: directory {folder} is not writable")
     return text
+
+
+class ScriptParser(argparse.ArgumentParser):
+    """argparse for the MPI scripts in scripts/: a bad option raises UsageError (printed once by the
+    script's error handler) instead of printing usage on every rank; help is printed by rank 0 only."""
+
+    rank = 0
+
+    def error(self, message: str):
+        from nicemu.errors import UsageError
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+    def _print_message(self, message: str, file=None) -> None:
+        if self.rank == 0:
+            super()._print_message(message, file)

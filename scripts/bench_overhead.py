@@ -54,6 +54,7 @@ import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 from collectives import Emulator  # noqa: E402
+from nicemu.argtypes import ScriptParser  # noqa: E402
 from nicemu.errors import UsageError  # noqa: E402
 from nicemu.memory import available_bytes  # noqa: E402
 from nicemu.progress import Progress  # noqa: E402
@@ -76,19 +77,6 @@ KiB = 1 << 10
 
 # --------------------------------------------------------------------------- arguments
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing on every rank; help only on rank 0."""
-
-    rank = 0
-
-    def error(self, message: str):
-        raise UsageError(f"{message} (see {self.prog} --help)")
-
-    def _print_message(self, message: str, file=None) -> None:
-        if self.rank == 0:
-            super()._print_message(message, file)
-
-
 def _whole(minimum: int, example: str) -> Callable[[str], int]:
     def convert(text: str) -> int:
         try:
@@ -102,8 +90,8 @@ def _whole(minimum: int, example: str) -> Callable[[str], int]:
 
 
 def parse_args(argv: list[str] | None, rank: int) -> argparse.Namespace:
-    _Parser.rank = rank
-    ap = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+    ScriptParser.rank = rank
+    ap = ScriptParser(prog=PROG, description=__doc__.split("\n\n")[0],
                  formatter_class=argparse.RawDescriptionHelpFormatter,
                  epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     ap.add_argument("--sizes", default=DEFAULT_SIZES,

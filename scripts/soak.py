@@ -66,6 +66,7 @@ from collectives.errors import CollectiveError  # noqa: E402
 from nic.errors import FaultSpecError, ProfileError  # noqa: E402
 from nic.faults import parse_faults  # noqa: E402
 from nic.profile import load_profile  # noqa: E402
+from nicemu.argtypes import ScriptParser  # noqa: E402
 from nicemu.errors import UsageError  # noqa: E402
 from topologies import parse_topology  # noqa: E402
 from topologies.errors import TopologyError  # noqa: E402
@@ -82,20 +83,9 @@ UFUNC = {"sum": np.add, "max": np.maximum, "min": np.minimum}
 HELD = ("windows", "requests", "persistent", "shm_mappings")
 
 
-class _Parser(argparse.ArgumentParser):
-    rank = 0
-
-    def error(self, message: str):
-        raise UsageError(f"{message} (see {self.prog} --help)")
-
-    def _print_message(self, message: str, file=None) -> None:
-        if self.rank == 0:
-            super()._print_message(message, file)
-
-
 def parse_args(argv: list[str] | None, comm: MPI.Comm) -> argparse.Namespace:
-    _Parser.rank = comm.rank
-    ap = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+    ScriptParser.rank = comm.rank
+    ap = ScriptParser(prog=PROG, description=__doc__.split("\n\n")[0],
                  formatter_class=argparse.RawDescriptionHelpFormatter,
                  epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     ap.add_argument("--calls", type=int, default=10_000,
