@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import traceback
 
 import numpy as np
 from mpi4py import MPI
@@ -97,6 +99,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write every collective and transfer issued as CSV "
                         "(iteration, phase, layer, collective, bytes, algo)")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="model executor without mpiexec: processes that time the algorithms side by side "
+                        "(default: the CPUs available, at most one per algorithm; 1: one after another)")
     # --faults / --straggler (as in bench) belong here once bench has them; they would go to the backends.
 
 
@@ -131,6 +136,8 @@ def _validate(args: argparse.Namespace, comm: MPI.Comm):
         requests = synthetic_requests(args.requests, args.rate, args.input_len, args.output_len, args.cv, args.seed)
     if args.plot:
         check_plot()
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     if args.executor == "mpi" and comm.size > topology.nodes:
         raise UsageError(f"{comm.size} ranks for {topology.name} ({topology.nodes} nodes): run with at most "
                          f"{topology.nodes} ranks")
@@ -147,6 +154,7 @@ def _gains(records: list[dict]) -> None:
 
 def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
     algos, model, par, topology, profile, acc, sched, requests = _validate(args, comm)
+    setup = (model, par, topology, profile, acc, sched, requests)
     rank0 = comm.rank == 0
     ranks = comm.size if args.executor == "mpi" else 1
     source = args.trace or f"{args.requests} synthetic requests at {args.rate:g}/s (cv {args.cv:g})"
@@ -158,65 +166,37 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
         print("#")
         print("#" + HEADER[1:])
         print("#" + UNITS[1:])
-    # --executor model under mpiexec: the algorithms are independent, so rank r times algos[r::size]
-    # and rank 0 collects the records (with --traffic rank 0 times them all, to keep the file in order)
+    # --executor model: the algorithms are independent. Under mpiexec each rank times a share of them
+    # and rank 0 collects the records; alone, --jobs forked processes share them out the same way. With
+    # --traffic one process times them all, to keep the file in issue order.
     fan_out = args.executor == "model" and comm.size > 1
+    jobs = 1
     if not fan_out:
         mine = algos
+        if args.executor == "model" and not args.traffic:
+            jobs = max(1, min(args.jobs or _cpus(), len(algos)))
     elif args.traffic:
         mine = algos if rank0 else []
     else:
-        mine = algos[comm.rank::comm.size]
+        mine = _shares(algos, comm.size)[comm.rank]
+    shares = _shares(mine, jobs)
+    children = [_fork_share(share, lambda share: _time_algos(args, share, comm, Progress(0, False),
+                                                             None, None, ranks, *setup))
+                for share in shares[1:] if share]
+    mine = shares[0]
     out_tokens = sum(r.output_tokens for r in requests)
     progress = Progress(len(mine) * out_tokens, rank0 and (args.progress or sys.stderr.isatty()))
     backend_mpi = MpiComm(comm, topology, profile, model, args.seed, args.real_data) if args.executor == "mpi" else None
     traffic = TrafficCsv(args.traffic) if (args.traffic and rank0) else None
-    records, rows = [], []
-    wrong_total = 0
     try:
-        for algo in mine:
-            layer_algo, emb_algo, a2a_algo, p2p_label = algos_for(algo)
-            if backend_mpi is not None:
-                backend_mpi.reset_stats()
-                backend = backend_mpi
-            else:
-                backend = ModelComm(topology, profile, model, args.seed)
-            timer = IterationTimer(model, acc, par, backend, layer_algo, emb_algo, a2a_algo,
-                                   dtype_bytes=DTYPE.itemsize, p2p_algo=p2p_label,
-                                   on_traffic=traffic.write if traffic is not None else None)
-
-            def step(it, _timer=timer, _label=algo):
-                duration = _timer(it)
-                progress.advance(it.batch.sampled_tokens, f"{_label} iteration {it.index}")
-                return duration
-
-            t0 = time.monotonic()
-            result = run_schedule(requests, step, sched)
-            wall_s = time.monotonic() - t0
-            rec = {"algo": algo, **summarize(result, timer.costs)}
-            st = backend.stats
-            rec.update(layer_algo=layer_algo, embedding_algo=emb_algo, p2p_path=p2p_label.removeprefix("p2p-"),
-                       model=model.name, tp=par.tp, pp=par.pp, ep=par.ep, topology=topology.name,
-                       nodes=topology.nodes, accelerator=acc.name, profile=profile.name,
-                       executor=args.executor, ranks=ranks, seed=args.seed,
-                       compute_ms=sum(c.compute_us for c in timer.costs) / 1e3,
-                       comm_ms=sum(c.comm_us for c in timer.costs) / 1e3,
-                       collectives=sum(c.collectives for c in timer.costs),
-                       embedding_wire_bytes=st.embedding_wire_bytes, embedding_comm_ms=st.embedding_us / 1e3,
-                       layer_wire_bytes=st.layer_wire_bytes, p2p_ms=st.p2p_us / 1e3, wall_s=wall_s)
-            if backend_mpi is not None:
-                runs, checked, wrong = backend_mpi.totals()
-                rec.update(real_data=args.real_data, real_data_calls=runs, checked_elements=checked, wrong=wrong)
-                wrong_total += wrong
-            else:
-                rec.update(real_data=None, real_data_calls=0, checked_elements=0, wrong=None)
-            records.append(rec)
-            rows.extend({"algo": algo, **row} for row in request_rows(result))
+        records, rows, wrong_total = _time_algos(args, mine, comm, progress, backend_mpi, traffic, ranks, *setup)
     finally:
         if traffic is not None:
             traffic.close()
         if backend_mpi is not None:
             backend_mpi.free()
+    if children:
+        records, rows = _join_shares(algos, records, rows, children)
     if fan_out:
         records, rows = _collect(comm, algos, records, rows)
     _gains(records)
@@ -250,6 +230,123 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
                                             f"{len(requests)} requests, profile {profile.name}")
             print(f"# wrote TTFT/TPOT CDFs to {args.plot}")
     return 1 if wrong_total else 0
+
+
+def _time_algos(args: argparse.Namespace, algos: list[str], comm: MPI.Comm, progress: Progress,
+                backend_mpi: MpiComm | None, traffic: TrafficCsv | None, ranks: int, model, par, topology,
+                profile, acc, sched, requests) -> tuple[list[dict], list[dict], int]:
+    """Serve the requests once per algorithm: a record per algorithm, the per-request rows, wrong elements."""
+    records: list[dict] = []
+    rows: list[dict] = []
+    wrong_total = 0
+    for algo in algos:
+        layer_algo, emb_algo, a2a_algo, p2p_label = algos_for(algo)
+        if backend_mpi is not None:
+            backend_mpi.reset_stats()
+            backend = backend_mpi
+        else:
+            backend = ModelComm(topology, profile, model, args.seed)
+        timer = IterationTimer(model, acc, par, backend, layer_algo, emb_algo, a2a_algo,
+                               dtype_bytes=DTYPE.itemsize, p2p_algo=p2p_label,
+                               on_traffic=traffic.write if traffic is not None else None)
+
+        def step(it, _timer=timer, _label=algo):
+            duration = _timer(it)
+            progress.advance(it.batch.sampled_tokens, f"{_label} iteration {it.index}")
+            return duration
+
+        t0 = time.monotonic()
+        result = run_schedule(requests, step, sched)
+        wall_s = time.monotonic() - t0
+        rec = {"algo": algo, **summarize(result, timer.costs)}
+        st = backend.stats
+        rec.update(layer_algo=layer_algo, embedding_algo=emb_algo, p2p_path=p2p_label.removeprefix("p2p-"),
+                   model=model.name, tp=par.tp, pp=par.pp, ep=par.ep, topology=topology.name,
+                   nodes=topology.nodes, accelerator=acc.name, profile=profile.name,
+                   executor=args.executor, ranks=ranks, seed=args.seed,
+                   compute_ms=sum(c.compute_us for c in timer.costs) / 1e3,
+                   comm_ms=sum(c.comm_us for c in timer.costs) / 1e3,
+                   collectives=sum(c.collectives for c in timer.costs),
+                   embedding_wire_bytes=st.embedding_wire_bytes, embedding_comm_ms=st.embedding_us / 1e3,
+                   layer_wire_bytes=st.layer_wire_bytes, p2p_ms=st.p2p_us / 1e3, wall_s=wall_s)
+        if backend_mpi is not None:
+            runs, checked, wrong = backend_mpi.totals()
+            rec.update(real_data=args.real_data, real_data_calls=runs, checked_elements=checked, wrong=wrong)
+            wrong_total += wrong
+        else:
+            rec.update(real_data=None, real_data_calls=0, checked_elements=0, wrong=None)
+        records.append(rec)
+        rows.extend({"algo": algo, **row} for row in request_rows(result))
+    return records, rows, wrong_total
+
+
+def _shares(algos: list[str], workers: int) -> list[list[str]]:
+    """Split the algorithms over workers, the costliest first, each to the least-loaded worker (worker 0
+    gets the costliest, so the progress bar it shows lasts the whole run). A sparse algorithm weighs 4:
+    timing the spot protocol for every distinct embedding size dominates its run (README "Serving")."""
+    load = [0] * workers
+    out: list[list[str]] = [[] for _ in range(workers)]
+    for algo in sorted(algos, key=lambda a: -(4 if a in SPARSE else 1)):
+        w = load.index(min(load))
+        out[w].append(algo)
+        load[w] += 4 if algo in SPARSE else 1
+    return [sorted(share, key=algos.index) for share in out]
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _fork_share(share: list[str], work) -> tuple[int, int]:
+    """Time ``share`` in a forked child (model executor only: the child never calls MPI).
+
+    The child writes ``{"records": ..., "rows": ...}`` (or ``{"error": traceback}``) as JSON to a pipe
+    and leaves with ``os._exit``, so MPI's exit handlers run in the parent only.
+    """
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        try:
+            records, rows, _ = work(share)
+            payload = {"records": records, "rows": rows}
+        except BaseException:
+            payload = {"error": traceback.format_exc(limit=-4)}
+        try:
+            with os.fdopen(write_fd, "wb") as f:
+                f.write(json.dumps(payload).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    return pid, read_fd
+
+
+def _join_shares(algos: list[str], records: list[dict], rows: list[dict], children: list[tuple[int, int]]
+                 ) -> tuple[list[dict], list[dict]]:
+    """The forked children's records and rows merged with this process's, in ``algos`` order."""
+    records, rows = list(records), list(rows)
+    errors = []
+    for pid, read_fd in children:
+        with os.fdopen(read_fd, "rb") as f:
+            text = f.read()
+        os.waitpid(pid, 0)
+        part = json.loads(text.decode()) if text else {"error": "the worker process died without a result"}
+        if "error" in part:
+            errors.append(part["error"])
+            continue
+        records += part["records"]
+        rows += part["rows"]
+    if errors:
+        raise RuntimeError("a --jobs worker process failed:\n" + errors[0])
+    order = {a: i for i, a in enumerate(algos)}
+    records.sort(key=lambda r: order[r["algo"]])
+    rows.sort(key=lambda r: order[r["algo"]])      # stable: each algorithm's rows keep their order
+    return records, rows
 
 
 def _idle_wait(requests: list[MPI.Request]) -> None:

@@ -143,6 +143,7 @@ CASES = [
     case("serve-trace-negative-tokens", [*SERVE, "--trace", "negative_tokens.csv"], "ContextTokens", "-3"),
     case("serve-trace-header-only", [*SERVE, "--trace", "header_only.csv"], "no requests"),
     case("serve-trace-missing-file", [*SERVE, "--trace", "missing.csv"], "missing.csv"),
+    case("serve-jobs-zero", [*SERVE, "--executor", "model", "--jobs", "0"], "--jobs", ">= 1"),
     # serve: config.json with missing fields, wrong types, broken JSON
     case("serve-config-missing-fields", [*SERVE, "--model", "config_missing.json"], "missing key",
          "num_attention_heads", "vocab_size"),

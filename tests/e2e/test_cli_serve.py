@@ -132,12 +132,15 @@ def test_plot(nicemu, tmp_path):
     assert (tmp_path / "cdf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", str(proc)
 
 
-def test_model_executor_shares_algorithms_over_ranks(nicemu, tmp_path):
-    """Under mpiexec the model executor times algos[r::size] on rank r; rank 0's output is unchanged."""
-    args = [*SMALL, "--algo", "ring,directreduce,omniccl", "--executor", "model"]
-    alone, _ = _run_json(nicemu, tmp_path, [*args, "--csv", "alone.csv"], name="alone.json")
-    shared, proc = _run_json(nicemu, tmp_path, [*args, "--csv", "two.csv"], n=2, name="two.json")
-    assert [r["algo"] for r in shared] == ["ring", "directreduce", "omniccl"]
-    assert _metrics(shared) == _metrics(alone)
-    assert (tmp_path / "two.csv").read_text() == (tmp_path / "alone.csv").read_text()
-    assert proc.stdout.count("# nicemu serve:") == 1
+def test_model_executor_shares_algorithms_over_processes_and_ranks(nicemu, tmp_path):
+    """The model executor spreads the algorithms over forked processes (--jobs) or over the ranks of
+    mpiexec; the output equals the one-after-another run, in the --algo order."""
+    args = [*SMALL, "--algo", "ring,omniccl,directreduce", "--executor", "model"]
+    serial, _ = _run_json(nicemu, tmp_path, [*args, "--jobs", "1", "--csv", "serial.csv"], name="serial.json")
+    assert [r["algo"] for r in serial] == ["ring", "omniccl", "directreduce"]
+    for extra, n, name in ((["--jobs", "3"], None, "jobs"), ([], 2, "two"), ([], 3, "three")):
+        shared, proc = _run_json(nicemu, tmp_path, [*args, *extra, "--csv", f"{name}.csv"], n=n,
+                                 name=f"{name}.json")
+        assert _metrics(shared) == _metrics(serial), name
+        assert (tmp_path / f"{name}.csv").read_text() == (tmp_path / "serial.csv").read_text(), name
+        assert proc.stdout.count("# nicemu serve:") == 1, name
