@@ -62,9 +62,11 @@ class Run:
                 f"--- stdout ---\n{self.stdout[-4000:]}\n--- stderr ---\n{self.stderr[-4000:]}")
 
 
-def run_nicemu(args: list, cwd: Path, nprocs: int | None = None, timeout: float = TIMEOUT_S) -> Run:
-    """Run ``python -m nicemu ARGS`` (under ``mpiexec -n NPROCS`` if given) in ``cwd``."""
-    cmd = [sys.executable, "-m", "nicemu", *map(str, args)]
+def run_python(args: list, cwd: Path, nprocs: int | None = None, timeout: float = TIMEOUT_S,
+               what: str = "the command", env: dict[str, str] | None = None) -> Run:
+    """Run ``python ARGS`` in ``cwd`` (under ``mpiexec -n NPROCS`` if given), outside any enclosing MPI
+    job, with a hang guard: past ``timeout`` the test fails naming ``what`` and showing the output."""
+    cmd = [sys.executable, *map(str, args)]
     if nprocs is not None:
         mpiexec = mpiexec_path()
         if mpiexec is None:
@@ -72,15 +74,20 @@ def run_nicemu(args: list, cwd: Path, nprocs: int | None = None, timeout: float 
         cmd = [mpiexec, "-n", str(nprocs), *cmd]
     t0 = time.monotonic()
     try:
-        proc = subprocess.run(cmd, cwd=cwd, env=_child_env(), capture_output=True, text=True,
+        proc = subprocess.run(cmd, cwd=cwd, env=_child_env() | (env or {}), capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(
-            f"nicemu did not finish within {timeout:.0f} s (hang?): {' '.join(cmd)}\n"
+            f"{what} did not finish within {timeout:.0f} s (hang?): {' '.join(cmd)}\n"
             f"--- stdout ---\n{_text(exc.stdout)[-3000:]}\n--- stderr ---\n{_text(exc.stderr)[-3000:]}",
             pytrace=False,
         )
     return Run(cmd, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
+
+
+def run_nicemu(args: list, cwd: Path, nprocs: int | None = None, timeout: float = TIMEOUT_S) -> Run:
+    """Run ``python -m nicemu ARGS`` (under ``mpiexec -n NPROCS`` if given) in ``cwd``."""
+    return run_python(["-m", "nicemu", *args], cwd, nprocs, timeout, "nicemu")
 
 
 @pytest.fixture

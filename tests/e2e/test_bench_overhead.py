@@ -13,14 +13,12 @@ import csv
 import importlib.util
 import json
 import math
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TIMEOUT_S, Run, _child_env, _text, mpiexec_path
+from conftest import TIMEOUT_S, Run, run_python
 
 pytestmark = pytest.mark.e2e
 
@@ -32,23 +30,8 @@ ERROR_TIMEOUT_S = 60
 
 
 def run_script(args: list[str], cwd: Path, nprocs: int | None, timeout: float = TIMEOUT_S) -> Run:
-    """``python scripts/bench_overhead.py ARGS`` in ``cwd``, under ``mpiexec -n NPROCS`` if given
-    (the same environment and hang guard as ``conftest.run_nicemu``)."""
-    cmd = [sys.executable, str(SCRIPT), *args]
-    if nprocs is not None:
-        mpiexec = mpiexec_path()
-        if mpiexec is None:
-            pytest.skip("mpiexec not found next to python or on PATH")
-        cmd = [mpiexec, "-n", str(nprocs), *cmd]
-    t0 = time.monotonic()
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, env=_child_env(), capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"bench_overhead did not finish within {timeout:.0f} s (hang?): {' '.join(cmd)}\n"
-                    f"--- stdout ---\n{_text(exc.stdout)[-3000:]}\n--- stderr ---\n{_text(exc.stderr)[-3000:]}",
-                    pytrace=False)
-    return Run(cmd, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
+    """``python scripts/bench_overhead.py ARGS`` in ``cwd``, under ``mpiexec -n NPROCS`` if given."""
+    return run_python([SCRIPT, *args], cwd, nprocs, timeout, "bench_overhead")
 
 
 @pytest.mark.parametrize("nprocs", [2, 3])

@@ -16,13 +16,10 @@ The counts are small (a few hundred elements per node) so that the four runs
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT_S, Run, _child_env, _text, mpiexec_path
+from conftest import TIMEOUT_S, Run, run_python
 
 pytestmark = pytest.mark.e2e
 
@@ -119,21 +116,8 @@ for spec in ("torus:4x4x4", "torus:3x3x3x3"):
 
 
 def run_script(script: Path, nprocs: int, timeout: float = TIMEOUT_S) -> Run:
-    mpiexec = mpiexec_path()
-    if mpiexec is None:
-        pytest.skip("mpiexec not found next to python or on PATH")
-    cmd = [mpiexec, "-n", str(nprocs), sys.executable, str(script)]
-    env = _child_env()
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    t0 = time.monotonic()
-    try:
-        proc = subprocess.run(cmd, cwd=script.parent, env=env, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"did not finish within {timeout:.0f} s (hang?): {' '.join(cmd)}\n"
-                    f"--- stdout ---\n{_text(exc.stdout)[-3000:]}\n--- stderr ---\n{_text(exc.stderr)[-3000:]}",
-                    pytrace=False)
-    return Run(cmd, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
+    return run_python([script], script.parent, nprocs, timeout,
+                      env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
 
 
 def fields(line: str) -> dict[str, str]:

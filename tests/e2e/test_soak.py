@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import Run, _child_env, _text, mpiexec_path
+from conftest import Run, run_python
 
 from collectives.algorithms import ALGORITHMS
 
@@ -27,19 +24,7 @@ CALLS = 10_000 if FULL else 300
 
 
 def run_soak(args: list[str], cwd: Path, nprocs: int, timeout: float) -> Run:
-    mpiexec = mpiexec_path()
-    if mpiexec is None:
-        pytest.skip("mpiexec not found next to python or on PATH")
-    cmd = [mpiexec, "-n", str(nprocs), sys.executable, str(SCRIPT), *args]
-    t0 = time.monotonic()
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, env=_child_env(), capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"soak did not finish within {timeout:.0f} s (hang?): {' '.join(cmd)}\n"
-                    f"--- stdout ---\n{_text(exc.stdout)[-3000:]}\n--- stderr ---\n{_text(exc.stderr)[-3000:]}",
-                    pytrace=False)
-    return Run(cmd, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
+    return run_python([SCRIPT, *args], cwd, nprocs, timeout, "soak")
 
 
 def test_soak_at_four_ranks(tmp_path: Path):
