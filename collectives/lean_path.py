@@ -54,6 +54,14 @@ TAG_DATA = 12
 _TIMES = struct.Struct("=2d")    # the packed header: first_us, last_us (native float64)
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def cpu_per_rank(comm: MPI.Comm) -> bool:
     """True when no host runs more ranks of ``comm`` than it has CPUs (collective)."""
     host = comm.Split_type(MPI.COMM_TYPE_SHARED)
@@ -61,11 +69,7 @@ def cpu_per_rank(comm: MPI.Comm) -> bool:
         ranks_here = host.size
     finally:
         host.Free()
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    fits = np.array([1 if ranks_here <= cpus else 0], dtype=np.int32)
+    fits = np.array([1 if ranks_here <= available_cpus() else 0], dtype=np.int32)
     every = np.empty(1, dtype=np.int32)
     comm.Allreduce(fits, every, op=MPI.MIN)
     return bool(every[0])

@@ -25,6 +25,7 @@ from mpi4py import MPI
 
 from collectives.algorithms import ALGORITHMS, SPARSE
 from collectives.api import check_algo
+from collectives.lean_path import available_cpus
 from nic.profile import load_profile
 from nicemu import argtypes
 from nicemu.errors import UsageError
@@ -174,7 +175,7 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
     if not fan_out:
         mine = algos
         if args.executor == "model" and not args.traffic:
-            jobs = max(1, min(args.jobs or _cpus(), len(algos)))
+            jobs = max(1, min(args.jobs or available_cpus(), len(algos)))
     elif args.traffic:
         mine = algos if rank0 else []
     else:
@@ -284,20 +285,16 @@ def _shares(algos: list[str], workers: int) -> list[list[str]]:
     """Split the algorithms over workers, the costliest first, each to the least-loaded worker (worker 0
     gets the costliest, so the progress bar it shows lasts the whole run). A sparse algorithm weighs 4:
     timing the spot protocol for every distinct embedding size dominates its run (README "Serving")."""
+    def weight(algo: str) -> int:
+        return 4 if algo in SPARSE else 1
+
     load = [0] * workers
     out: list[list[str]] = [[] for _ in range(workers)]
-    for algo in sorted(algos, key=lambda a: -(4 if a in SPARSE else 1)):
+    for algo in sorted(algos, key=weight, reverse=True):
         w = load.index(min(load))
         out[w].append(algo)
-        load[w] += 4 if algo in SPARSE else 1
+        load[w] += weight(algo)
     return [sorted(share, key=algos.index) for share in out]
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _fork_share(share: list[str], work) -> tuple[int, int]:
@@ -343,10 +340,14 @@ def _join_shares(algos: list[str], records: list[dict], rows: list[dict], childr
         rows += part["rows"]
     if errors:
         raise RuntimeError("a --jobs worker process failed:\n" + errors[0])
+    return _in_algo_order(algos, records, rows)
+
+
+def _in_algo_order(algos: list[str], records: list[dict], rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Records and request rows from several workers, sorted into ``--algo`` order (the sort is stable,
+    so each algorithm's rows keep their order)."""
     order = {a: i for i, a in enumerate(algos)}
-    records.sort(key=lambda r: order[r["algo"]])
-    rows.sort(key=lambda r: order[r["algo"]])      # stable: each algorithm's rows keep their order
-    return records, rows
+    return sorted(records, key=lambda r: order[r["algo"]]), sorted(rows, key=lambda r: order[r["algo"]])
 
 
 def _idle_wait(requests: list[MPI.Request]) -> None:
@@ -368,9 +369,7 @@ def _collect(comm: MPI.Comm, algos: list[str], records: list[dict], rows: list[d
             part = json.loads(buf.tobytes().decode())
             got_records += part["records"]
             got_rows += part["rows"]
-        order = {a: i for i, a in enumerate(algos)}
-        got_records.sort(key=lambda r: order[r["algo"]])
-        got_rows.sort(key=lambda r: order[r["algo"]])      # stable: each algorithm's rows keep their order
+        got_records, got_rows = _in_algo_order(algos, got_records, got_rows)
     else:
         payload = np.frombuffer(json.dumps({"records": records, "rows": rows}).encode(), dtype=np.uint8)
         size = np.array([payload.size], dtype=np.int64)
