@@ -1,8 +1,41 @@
-"""Collective algorithms, their schedules, the two executors and the public API."""
+"""Collective algorithms in four layers, plus the registry that names them.
 
-from collectives.algorithms import ALGORITHM_HELP, ALGORITHMS, COLLECTIVES
-from collectives.api import Emulator, Result, build_schedule, model_time
-from collectives.errors import CollectiveError
+* ``schedules/``: what moves where (plain-data steps; no timing, no MPI);
+* ``model/``: how long it takes (the model executor, sparse timing; no MPI);
+* ``mpi/``: how real data moves over MPI (the step loop and its transports);
+* ``api/``: the public API, re-exported here.
 
-__all__ = ["ALGORITHMS", "ALGORITHM_HELP", "COLLECTIVES", "CollectiveError", "Emulator",
-           "Result", "build_schedule", "model_time"]
+``Emulator`` and ``Result`` need MPI and are imported on first use, so
+``from nicemu.collectives import model_time`` works without ``mpi4py.MPI``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nicemu.collectives.api.checks import check_algo, check_collective, check_dtype_op
+from nicemu.collectives.api.model import build_schedule, model_time
+from nicemu.collectives.model.executor import Timing
+from nicemu.collectives.model.p2p_timing import p2p_time
+from nicemu.collectives.model.sparse_timing import model_sparse
+from nicemu.collectives.registry import ALGORITHMS, COLLECTIVES, REGISTRY, Algorithm, names, sparse_config
+
+from nicemu.errors import CollectiveError
+
+if TYPE_CHECKING:
+    from nicemu.collectives.api.emulator import Emulator, Result
+    from nicemu.collectives.mpi.p2p import run_p2p
+
+__all__ = ["ALGORITHMS", "COLLECTIVES", "REGISTRY", "Algorithm", "CollectiveError", "Emulator", "Result",
+           "Timing", "build_schedule", "check_algo", "check_collective", "check_dtype_op", "model_sparse",
+           "model_time", "names", "p2p_time", "run_p2p", "sparse_config"]
+
+
+def __getattr__(name: str):
+    if name in ("Emulator", "Result"):
+        from nicemu.collectives.api import emulator
+        return getattr(emulator, name)
+    if name == "run_p2p":
+        from nicemu.collectives.mpi import p2p
+        return p2p.run_p2p
+    raise AttributeError(f"module 'nicemu.collectives' has no attribute '{name}'")

@@ -1,6 +1,7 @@
 """The SmartNIC agent, its parts, the hardware profile and packet-stream timing."""
 
-from nic.errors import ProfileError
-from nic.profile import Profile, load_profile, shipped_profiles
+from nicemu.nic.profile import Profile, load_profile, shipped_profiles
+
+from nicemu.errors import ProfileError
 
 __all__ = ["Profile", "ProfileError", "load_profile", "shipped_profiles"]

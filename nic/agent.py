@@ -19,15 +19,14 @@ works on an index array, so both executors run exactly the same arithmetic.
 from __future__ import annotations
 
 import numpy as np
-
-from nic.compute_enhancer import ComputeEnhancer
-from nic.datadirector import DataDirector
-from nic.gatekeeper import GateKeeper
-from nic.host import HostCpu
-from nic.link import Links
-from nic.pcie import Pcie
-from nic.profile import Profile
-from nic.streams import vmax
+from nicemu.nic.compute_enhancer import ComputeEnhancer
+from nicemu.nic.datadirector import DataDirector
+from nicemu.nic.gatekeeper import GateKeeper
+from nicemu.nic.host import HostCpu
+from nicemu.nic.link import Links
+from nicemu.nic.pcie import Pcie
+from nicemu.nic.profile import Profile
+from nicemu.nic.streams import vmax
 
 
 class NicAgents:
@@ -48,7 +47,7 @@ class NicAgents:
         self.clock = np.zeros(nodes)
         self.nic_ready = np.zeros(nodes)  # when its last output is available in the NIC buffer
         self.nic_first = np.zeros(nodes)  # first packet of the last chunk the DataDirector steered
-        #: link fault injection (collectives/link_faults.py), None when off
+        #: link fault injection (collectives/model/link_faults.py), None when off
         self.faults = None
         self.slowed = False   # stragglers: some service times are per-node arrays
         #: some node of the topology straggles (the same on every rank, unlike ``slowed``)

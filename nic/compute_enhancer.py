@@ -10,11 +10,10 @@ whole chunk is done one packet-time after its last packet arrived.
 from __future__ import annotations
 
 import numpy as np
-
-from nic.ops import reduce_into
-from nic.profile import Profile
-from nic.stragglers import per_node
-from nic.streams import as_float, join, stage, us_per_byte
+from nicemu.nic.ops import reduce_into
+from nicemu.nic.profile import Profile
+from nicemu.nic.stragglers import per_node
+from nicemu.nic.streams import as_float, join, stage, us_per_byte
 
 
 class ComputeEnhancer:

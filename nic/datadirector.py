@@ -9,11 +9,10 @@ next step can forward it without reading it back over PCIe.
 from __future__ import annotations
 
 import numpy as np
-
-from nic.pcie import Pcie
-from nic.profile import Profile
-from nic.stragglers import per_node
-from nic.streams import stage
+from nicemu.nic.pcie import Pcie
+from nicemu.nic.profile import Profile
+from nicemu.nic.stragglers import per_node
+from nicemu.nic.streams import stage
 
 
 class DataDirector:

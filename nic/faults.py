@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nic.errors import FaultSpecError
+from nicemu.errors import FaultSpecError
 
 #: the largest per-packet probability accepted for drop and for corrupt
 MAX_PROBABILITY = 0.5

@@ -11,9 +11,8 @@ overlaps the link latency instead of adding to it.
 from __future__ import annotations
 
 import numpy as np
-
-from nic.pcie import Pcie
-from nic.streams import join
+from nicemu.nic.pcie import Pcie
+from nicemu.nic.streams import join
 
 
 class GateKeeper:

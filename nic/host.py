@@ -8,11 +8,10 @@ chunk in one pass at ``host.reduce_GBps``. Nothing is pipelined with the link.
 from __future__ import annotations
 
 import numpy as np
-
-from nic.ops import reduce_into
-from nic.profile import Profile
-from nic.stragglers import per_node
-from nic.streams import as_float, us_per_byte, whole_message
+from nicemu.nic.ops import reduce_into
+from nicemu.nic.profile import Profile
+from nicemu.nic.stragglers import per_node
+from nicemu.nic.streams import as_float, us_per_byte, whole_message
 
 
 class HostCpu:

@@ -8,10 +8,9 @@ the local operand and to deliver final data.
 from __future__ import annotations
 
 import numpy as np
-
-from nic.profile import Profile
-from nic.stragglers import per_node
-from nic.streams import stage, us_per_byte
+from nicemu.nic.profile import Profile
+from nicemu.nic.stragglers import per_node
+from nicemu.nic.streams import stage, us_per_byte
 
 
 class Pcie:

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from nic.errors import ProfileError
+from nicemu.errors import ProfileError
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 _SUFFIX = ".yml"

@@ -1,6 +1,6 @@
 """One node's NIC timing on Python floats: the MPI executor's one-node-per-rank fast path.
 
-:class:`~nic.agent.NicAgents` keeps every node's state in numpy arrays, which
+:class:`~nicemu.nic.agent.NicAgents` keeps every node's state in numpy arrays, which
 is what the model executor needs for 262,144 nodes. With one node per rank
 that costs ~8 µs of numpy-scalar and call overhead per step, more than a
 1 KiB message takes to cross. :class:`ScalarAgent` does the *same floating
@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from nic.profile import Profile
-from nic.streams import packet_split, us_per_byte
+from nicemu.nic.profile import Profile
+from nicemu.nic.streams import packet_split, us_per_byte
 
 
 def _later(a: float, b: float) -> float:
-    """nic.streams.vmax on scalars."""
+    """nicemu.nic.streams.vmax on scalars."""
     return a if a >= b else b
 
 
@@ -42,7 +42,7 @@ class StageCosts:
         return StageCosts(first_pkt * us_per_B, float(nbytes) * us_per_B, last_pkt * us_per_B, latency_us)
 
     def run(self, first_in: float, last_in: float, free_at: float) -> tuple[float, float, float]:
-        """nic.streams.stage: (first_out, last_out, busy_until)."""
+        """nicemu.nic.streams.stage: (first_out, last_out, busy_until)."""
         start = first_in if first_in >= free_at else free_at
         first_out = start + self.first_pkt_us + self.latency_us
         a = start + self.whole_us
@@ -94,7 +94,7 @@ class ScalarAgent:
         self.host_free = self.host_busy = 0.0
 
     def costs(self, step, nbytes: int) -> StepCosts:
-        """Precompute a step (a collectives.schedule.Step's flags) for a transfer of ``nbytes``."""
+        """Precompute a step (a nicemu.collectives.schedules.steps.Step's flags) for a transfer of ``nbytes``."""
         pkt = self.packet_bytes
         host_rate = self.host_us_per_B if step.reduce else 0.0
         host_work = float(nbytes) * host_rate

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from nic.errors import FaultSpecError
+from nicemu.errors import FaultSpecError
 
 
 def parse_stragglers(items: Iterable[str] | str | None) -> dict[int, float]:

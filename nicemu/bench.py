@@ -14,22 +14,26 @@ import statistics
 import sys
 
 import numpy as np
-from mpi4py import MPI
 
-from collectives import ALGORITHMS, COLLECTIVES, Emulator, build_schedule
-from collectives.algorithms import SPARSE
-from collectives.api import check_algo, check_collective, check_dtype_op, fault_options
-from collectives.executor_model import run_model
-from collectives.omniccl import check_sparse_call, model_sparse, sparse_config
-from collectives.schedule import final_segments
-from collectives.sparse_patterns import check_pattern, pattern_mask
-from nic.ops import DTYPES, OPS
-from nic.profile import load_profile
-from nic.stragglers import describe as describe_stragglers
 from nicemu import argtypes
 from nicemu import data as bench_data
+from nicemu.collectives import ALGORITHMS, COLLECTIVES, build_schedule, model_sparse, sparse_config
+from nicemu.collectives.api.checks import (
+    check_algo,
+    check_collective,
+    check_dtype_op,
+    check_sparse_call,
+    fault_options,
+)
+from nicemu.collectives.model.executor import run_model
+from nicemu.collectives.registry import get, is_sparse
+from nicemu.collectives.schedules.sparse_patterns import check_pattern, pattern_mask
+from nicemu.collectives.schedules.steps import final_segments
 from nicemu.errors import UsageError
 from nicemu.memory import check_fits
+from nicemu.nic.ops import DTYPES, OPS
+from nicemu.nic.profile import load_profile
+from nicemu.nic.stragglers import describe as describe_stragglers
 from nicemu.progress import Progress
 from nicemu.report import (
     FAULT_HEADER,
@@ -43,7 +47,7 @@ from nicemu.report import (
     write_plot,
 )
 from nicemu.sizes import format_size, parse_sizes
-from topologies import parse_topology, ring
+from nicemu.topologies import parse_topology, ring
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,7 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
 
 
-def _validate(args: argparse.Namespace, comm: MPI.Comm):
+def _validate(args: argparse.Namespace, comm):
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
     if not algos:
         raise UsageError("--algo is empty; e.g. --algo ring,directreduce")
@@ -101,9 +105,9 @@ def _validate(args: argparse.Namespace, comm: MPI.Comm):
     check_collective(args.collective)
     dtype = check_dtype_op(args.dtype, args.op)
     for a in algos:
-        if a in SPARSE:
+        if is_sparse(a):
             check_sparse_call(a, args.collective, args.op)
-    if args.executor == "model" and "mpi" in algos:
+    if args.executor == "model" and any(not get(a).emulated for a in algos):
         raise UsageError("--algo mpi measures MPI's own collective and needs --executor mpi; drop it "
                          "from --algo for the model executor")
     if not 0.0 < args.density <= 1.0:
@@ -130,7 +134,7 @@ def _validate(args: argparse.Namespace, comm: MPI.Comm):
                     f"nodes of {topology.name}; use sizes that are multiples of "
                     f"{topology.nodes * dtype.itemsize} B")
     for a in algos:
-        if a in SPARSE:
+        if is_sparse(a):
             sparse_config(a, topology.nodes, **sparse_options(args))
     if args.plot:
         try:
@@ -165,7 +169,8 @@ def _sparse_fields(timing) -> dict:
             "spots_spilled": timing.spilled}
 
 
-def _run_mpi(emu: Emulator, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
+def _run_mpi(emu, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
+    from mpi4py import MPI  # only the MPI executor gets here
     comm = emu.comm
     count = nbytes // dtype.itemsize
     nodes = list(emu.node_range)
@@ -235,7 +240,7 @@ def _fault_fields(timed: list) -> dict:
 
 def _model_timing(topology, profile, args, algo: str, dtype: np.dtype, count: int, faults=None,
                   call: int = 0, stragglers=None):
-    if algo in SPARSE:
+    if is_sparse(algo):
         cfg = sparse_config(algo, topology.nodes, **sparse_options(args))
         masks = np.stack([pattern_mask(n, topology.nodes, count, cfg.block_size, args.density,
                                        args.overlap, args.seed) for n in range(topology.nodes)])
@@ -259,7 +264,7 @@ def _run_model(topology, profile, args, algo: str, dtype: np.dtype, nbytes: int,
     return rec
 
 
-def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
+def run(args: argparse.Namespace, comm) -> int:
     algos, dtype, sizes, topology, profile = _validate(args, comm)
     faults, stragglers = fault_options(args.faults, args.straggler, topology)
     if faults is not None and args.collective == "alltoall":
@@ -270,6 +275,7 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
     rank0 = comm.rank == 0
     emu = None
     if args.executor == "mpi":
+        from nicemu.collectives.api.emulator import Emulator
         emu = Emulator(comm, topology, profile, faults=faults, stragglers=stragglers)
         check_fits(comm, emu.local_nodes, max(sizes), dtype.itemsize, "mpi", args.collective)
     ranks = comm.size if args.executor == "mpi" else 1

@@ -9,7 +9,7 @@ rank prints ``nicemu: internal error on rank R:`` and a short traceback, then
 calls ``Abort(1)``.
 
 A collective that stalls (a peer hangs or is gone) is turned into
-:class:`~collectives.watchdog.CollectiveStalled` by the watchdog after
+:class:`~nicemu.errors.CollectiveStalled` by the watchdog after
 ``$NICEMU_WATCHDOG_S`` seconds (default 60; 0 disables it). The first rank to
 notice prints the one-line ``nicemu: error: ...`` that names the waiting node,
 the peer and the step, and aborts the job (status 1); ranks that learn of the
@@ -25,7 +25,8 @@ import time
 import traceback
 
 from nicemu import bench, info, schedule_cmd, serve
-from nicemu.errors import UsageError
+from nicemu.errors import CollectiveStalled, NicemuError, UsageError
+from nicemu.launch import world
 
 COMMANDS = {
     "bench": (bench, "sweep sizes and algorithms, nccl-tests style"),
@@ -54,7 +55,9 @@ class _Parser(argparse.ArgumentParser):
                         value.split("=")[0] not in self._option_string_actions:
                     message += f"; a value that starts with '-' must be attached with '=': {word}={value}"
                     break
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+        # the CLI prefixes "nicemu: error: "; name the subcommand only (not "nicemu" twice)
+        where = self.prog.removeprefix("nicemu").strip()
+        raise UsageError(f"{where + ': ' if where else ''}{message} (see {self.prog} --help)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -66,38 +69,34 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    from collectives.errors import CollectiveError
-    from nic.errors import ProfileError
-    from topologies.errors import TopologyError
-    from workloads.errors import WorkloadError
-    return (UsageError, CollectiveError, ProfileError, TopologyError, WorkloadError)
+def _needs_mpi(args: argparse.Namespace | None) -> bool:
+    """Data really moves (``--executor mpi``): MPI must be initialised even without a launcher."""
+    return args is not None and getattr(args, "executor", None) == "mpi"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mpi4py import MPI
-
-    from collectives.watchdog import SECONDARY_GRACE_S, CollectiveStalled
-    comm = MPI.COMM_WORLD
+    comm = world(False)        # MPI.COMM_WORLD under a launcher; parse errors are reported by rank 0
     try:
         args = make_parser().parse_args(argv)
+        comm = world(_needs_mpi(args))
         if args.command is None:
             if comm.rank == 0:
                 make_parser().print_help()
             return 2
         return COMMANDS[args.command][0].run(args, comm)
-    except _user_errors() as exc:
-        if comm.rank == 0:
-            print(f"nicemu: error: {exc}", file=sys.stderr, flush=True)
-        return 2
     except CollectiveStalled as exc:
         if exc.secondary and comm.size > 1:
+            from nicemu.collectives.mpi.watchdog import SECONDARY_GRACE_S  # MPI is up: a stall needs it
             time.sleep(SECONDARY_GRACE_S)   # the first reporter's Abort normally ends us first
         else:
             print(f"nicemu: error: {exc}", file=sys.stderr, flush=True)
         if comm.size > 1:
             comm.Abort(1)
         return 1
+    except NicemuError as exc:     # the same verdict on every rank: rank 0 says it once
+        if comm.rank == 0:
+            print(f"nicemu: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     except KeyboardInterrupt:
         if comm.size > 1:
             comm.Abort(130)

@@ -4,7 +4,7 @@ Node ``n`` contributes ``v(n, j) = ((7 j + 13 n) mod 17) - 8``, with 0 replaced
 by 9: small non-zero integers, so every dtype holds them exactly and sums,
 maxima and minima have an exact reference in float64 whatever order the
 algorithm reduces in. ``--density``, ``--overlap`` and ``--seed`` zero whole
-blocks of ``--block-size`` elements per node (see collectives/sparse_patterns.py),
+blocks of ``--block-size`` elements per node (see collectives/schedules/sparse_patterns.py),
 which is what the sparse algorithms exploit; dense algorithms still move every byte.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from collectives.sparse_patterns import pattern_mask
-from nic.ops import OPS
+from nicemu.collectives.schedules.sparse_patterns import pattern_mask
+from nicemu.nic.ops import OPS
 
 
 def node_input(node: int, nodes: int, count: int, dtype: np.dtype, density: float = 1.0,

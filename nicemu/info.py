@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from mpi4py import MPI
-
-from collectives import ALGORITHM_HELP, COLLECTIVES
-from nic.ops import DTYPES, OPS
-from nic.profile import load_profile, shipped_profiles
-from topologies import topology_kinds
+from nicemu.collectives import COLLECTIVES, REGISTRY
+from nicemu.nic.ops import DTYPES, OPS
+from nicemu.nic.profile import load_profile, shipped_profiles
+from nicemu.topologies import topology_kinds
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", help="print every field of this profile")
 
 
-def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
+def run(args: argparse.Namespace, comm) -> int:
     if args.profile:
         prof = load_profile(args.profile)
         if comm.rank == 0:
@@ -32,8 +30,9 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
     for line in topology_kinds():
         print(f"  {line}")
     print("algorithms:")
-    for name, text in ALGORITHM_HELP.items():
-        print(f"  {name:<14} {text}")
+    for a in REGISTRY.values():
+        what = f"{a.kind}, {a.engine}" if a.emulated else "reference"
+        print(f"  {a.name:<14} [{what}; {', '.join(a.collectives)}] {a.summary}")
     print(f"collectives:  {', '.join(COLLECTIVES)}")
     print(f"dtypes:       {', '.join(DTYPES)}")
     print(f"ops:          {', '.join(OPS)}")
@@ -41,7 +40,7 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
     for name in shipped_profiles():
         print(f"  {name:<20} {load_profile(name).description}")
     print("executors:    mpi (real data over MPI ranks), model (timing only, vectorised)")
-    from workloads import ACCELERATORS, PRESETS
+    from nicemu.workloads import ACCELERATORS, PRESETS
     print("models (nicemu serve --model, or a config.json path):")
     for m in PRESETS.values():
         moe = f", {m.experts} experts top-{m.top_k}" if m.is_moe else ""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from mpi4py import MPI
 
 from nicemu.errors import UsageError
 from nicemu.sizes import format_size
@@ -39,11 +38,12 @@ def mpi_executor_bytes(local_nodes: int, nbytes: int, itemsize: int,
     return 2.0 * local_nodes * nbytes + 8.0 * (nbytes // itemsize) + nbytes
 
 
-def check_fits(comm: MPI.Comm, local_nodes: int, max_bytes: int, itemsize: int,
+def check_fits(comm, local_nodes: int, max_bytes: int, itemsize: int,
                executor: str, collective: str = "allreduce") -> None:
     """Collective: every rank raises the same UsageError if some host would run out of memory."""
     if executor != "mpi":
         return
+    from mpi4py import MPI  # the MPI executor only
     need = mpi_executor_bytes(local_nodes, max_bytes, itemsize, collective)
     host = comm.Split_type(MPI.COMM_TYPE_SHARED)
     need_host = np.array([need])

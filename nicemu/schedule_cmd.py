@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from mpi4py import MPI
-
-from collectives import build_schedule
+from nicemu.collectives import build_schedule, names
 from nicemu.errors import UsageError
-from topologies import parse_topology
+from nicemu.topologies import parse_topology
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--algo", default="directreduce", help="ring or directreduce")
+    p.add_argument("--algo", default="directreduce",
+                   help=f"one of {', '.join(names(kind='dense', emulated=True))} "
+                        "(the algorithms with a fixed schedule)")
     p.add_argument("--collective", default="allreduce",
                    help="allreduce, reducescatter, allgather or alltoall (count: a multiple of the nodes)")
     p.add_argument("--topology", default="ring:4")
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="split every chunk over both directions of each ring")
 
 
-def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
+def run(args: argparse.Namespace, comm) -> int:
     if args.count < 1:
         raise UsageError(f"--count {args.count} must be at least 1")
     sched = build_schedule(args.collective, args.algo, parse_topology(args.topology), args.count,

@@ -21,18 +21,17 @@ import time
 import traceback
 
 import numpy as np
-from mpi4py import MPI
 
-from collectives.algorithms import ALGORITHMS, SPARSE
-from collectives.api import check_algo
-from collectives.lean_path import available_cpus
-from nic.profile import load_profile
 from nicemu import argtypes
+from nicemu.collectives.api.checks import check_algo
+from nicemu.collectives.registry import get, is_sparse, names
 from nicemu.errors import UsageError
+from nicemu.hostinfo import available_cpus
+from nicemu.nic.profile import load_profile
 from nicemu.progress import Progress
 from nicemu.serve_report import HEADER, UNITS, check_plot, table_row, write_cdf_plot, write_json, write_request_csv
-from topologies import parse_topology, ring
-from workloads import (
+from nicemu.topologies import parse_topology, ring
+from nicemu.workloads import (
     IterationTimer,
     Parallelism,
     SchedulerConfig,
@@ -45,7 +44,7 @@ from workloads import (
     summarize,
     synthetic_requests,
 )
-from workloads.comm_backends import DTYPE, ModelComm, MpiComm, algos_for, has_alltoall
+from nicemu.workloads.comm_backends import DTYPE, ModelComm, algos_for, has_alltoall
 
 DEFAULT_ALGOS = "ring,directreduce,omniccl"
 TAG_RESULTS = 41    # --executor model under mpiexec: records sent to rank 0
@@ -77,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=int, default=512, help="prefill chunk per request and iteration (default 512)")
     p.add_argument("--max-running", type=int, default=256, help="requests in the running batch (default 256)")
     p.add_argument("--algo", default=DEFAULT_ALGOS,
-                   help=f"comma list of {', '.join(a for a in ALGORITHMS if a != 'mpi')} "
+                   help=f"comma list of {', '.join(names(emulated=True))} "
                         f"(default {DEFAULT_ALGOS}); a sparse one runs the embedding AllReduce, "
                         f"the per-layer AllReduces use its dense partner")
     p.add_argument("--topology", default=None, help="default ring:TP*PP (times 2 when disaggregated)")
@@ -106,14 +105,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # --faults / --straggler (as in bench) belong here once bench has them; they would go to the backends.
 
 
-def _validate(args: argparse.Namespace, comm: MPI.Comm):
+def _validate(args: argparse.Namespace, comm):
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
     if not algos:
         raise UsageError(f"--algo is empty; e.g. --algo {DEFAULT_ALGOS}")
     for a in algos:
         check_algo(a)
-        if a == "mpi":
-            raise UsageError("--algo mpi has no emulated time, so it cannot time a serving run; drop it")
+        if not get(a).emulated:
+            raise UsageError(f"--algo {a} has no emulated time, so it cannot time a serving run; drop it")
     if args.disaggregated:
         raise UsageError("--disaggregated is not implemented yet in nicemu serve; drop it")
     model = load_model(args.model)
@@ -153,7 +152,7 @@ def _gains(records: list[dict]) -> None:
             r[key] = (1.0 - r[metric] / base) if (base and r["algo"] != "ring" and r[metric] is not None) else None
 
 
-def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
+def run(args: argparse.Namespace, comm) -> int:
     algos, model, par, topology, profile, acc, sched, requests = _validate(args, comm)
     setup = (model, par, topology, profile, acc, sched, requests)
     rank0 = comm.rank == 0
@@ -187,7 +186,10 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
     mine = shares[0]
     out_tokens = sum(r.output_tokens for r in requests)
     progress = Progress(len(mine) * out_tokens, rank0 and (args.progress or sys.stderr.isatty()))
-    backend_mpi = MpiComm(comm, topology, profile, model, args.seed, args.real_data) if args.executor == "mpi" else None
+    backend_mpi = None
+    if args.executor == "mpi":
+        from nicemu.workloads.comm_mpi import MpiComm
+        backend_mpi = MpiComm(comm, topology, profile, model, args.seed, args.real_data)
     traffic = TrafficCsv(args.traffic) if (args.traffic and rank0) else None
     try:
         records, rows, wrong_total = _time_algos(args, mine, comm, progress, backend_mpi, traffic, ranks, *setup)
@@ -211,7 +213,7 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
             print(f"# real data: {sum(r['real_data_calls'] for r in records)} calls ({args.real_data} "
                   f"occurrence of each distinct collective), {checked} elements checked, {wrong_total} wrong "
                   f"{'OK' if wrong_total == 0 else 'FAILED'}")
-        sparse = [r for r in records if r["embedding_algo"] in SPARSE]
+        sparse = [r for r in records if is_sparse(r["embedding_algo"])]
         for r in sparse:
             dense = next((d for d in records if d["algo"] == r["layer_algo"]), None)
             if dense and dense["embedding_wire_bytes"]:
@@ -233,8 +235,8 @@ def run(args: argparse.Namespace, comm: MPI.Comm) -> int:
     return 1 if wrong_total else 0
 
 
-def _time_algos(args: argparse.Namespace, algos: list[str], comm: MPI.Comm, progress: Progress,
-                backend_mpi: MpiComm | None, traffic: TrafficCsv | None, ranks: int, model, par, topology,
+def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Progress,
+                backend_mpi, traffic: TrafficCsv | None, ranks: int, model, par, topology,
                 profile, acc, sched, requests) -> tuple[list[dict], list[dict], int]:
     """Serve the requests once per algorithm: a record per algorithm, the per-request rows, wrong elements."""
     records: list[dict] = []
@@ -286,7 +288,7 @@ def _shares(algos: list[str], workers: int) -> list[list[str]]:
     gets the costliest, so the progress bar it shows lasts the whole run). A sparse algorithm weighs 4:
     timing the spot protocol for every distinct embedding size dominates its run (README "Serving")."""
     def weight(algo: str) -> int:
-        return 4 if algo in SPARSE else 1
+        return 4 if is_sparse(algo) else 1
 
     load = [0] * workers
     out: list[list[str]] = [[] for _ in range(workers)]
@@ -350,13 +352,14 @@ def _in_algo_order(algos: list[str], records: list[dict], rows: list[dict]) -> t
     return sorted(records, key=lambda r: order[r["algo"]]), sorted(rows, key=lambda r: order[r["algo"]])
 
 
-def _idle_wait(requests: list[MPI.Request]) -> None:
+def _idle_wait(requests: list) -> None:
     """Wait without spinning: ranks that wait here share the CPUs with ranks still computing."""
+    from mpi4py import MPI  # only ranks of an MPI job get here
     while not MPI.Request.Testall(requests):
         time.sleep(0.005)
 
 
-def _collect(comm: MPI.Comm, algos: list[str], records: list[dict], rows: list[dict]
+def _collect(comm, algos: list[str], records: list[dict], rows: list[dict]
              ) -> tuple[list[dict], list[dict]]:
     """Bring every rank's records and request rows to rank 0, in ``algos`` order (JSON bytes, no pickle)."""
     if comm.rank == 0:

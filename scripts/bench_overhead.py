@@ -52,8 +52,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
+from nicemu.collectives import Emulator  # noqa: E402
 
-from collectives import Emulator  # noqa: E402
 from nicemu.argtypes import ScriptParser  # noqa: E402
 from nicemu.errors import UsageError  # noqa: E402
 from nicemu.memory import available_bytes  # noqa: E402

@@ -30,12 +30,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collectives import spot_protocol  # noqa: E402
-from collectives.omniccl import sparse_config  # noqa: E402
-from collectives.sparse_patterns import nblocks_of, pattern_mask  # noqa: E402
-from collectives.sparse_timing import sparse_time  # noqa: E402
-from nic.profile import load_profile  # noqa: E402
-from topologies import parse_topology  # noqa: E402
+from nicemu.collectives import (
+    sparse_config,  # noqa: E402
+    spot_protocol,  # noqa: E402
+)
+from nicemu.collectives.model.sparse_timing import sparse_time  # noqa: E402
+from nicemu.collectives.schedules.sparse_patterns import nblocks_of, pattern_mask  # noqa: E402
+from nicemu.nic.profile import load_profile  # noqa: E402
+from nicemu.topologies import parse_topology  # noqa: E402
 
 ALGOS = ("omniccl", "omniccl-cpu", "omnireduce")
 
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one", action="store_true", help="run a single algo/density in this process")
     args = ap.parse_args(argv)
     if args.packed and not hasattr(spot_protocol, "PackedMasks"):
-        ap.error("this version of collectives.spot_protocol has no PackedMasks")
+        ap.error("this version of nicemu.collectives.schedules.spot_protocol has no PackedMasks")
     algos = args.algos.split(",")
     densities = [float(d) for d in args.densities.split(",")]
     if args.one:

@@ -29,15 +29,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collectives.api import build_schedule  # noqa: E402
-from collectives.executor_model import run_model  # noqa: E402
-from collectives.omniccl import model_sparse, sparse_config  # noqa: E402
-from collectives.sparse_patterns import pattern_mask  # noqa: E402
-from nic.faults import parse_faults  # noqa: E402
-from nic.profile import load_profile  # noqa: E402
+from nicemu.collectives import (  # noqa: E402
+    build_schedule,  # noqa: E402
+    model_sparse,
+    sparse_config,
+)
+from nicemu.collectives.model.executor import run_model  # noqa: E402
+from nicemu.collectives.schedules.sparse_patterns import pattern_mask  # noqa: E402
+from nicemu.nic.faults import parse_faults  # noqa: E402
+from nicemu.nic.profile import load_profile  # noqa: E402
+from nicemu.topologies import parse_topology  # noqa: E402
+
 from nicemu.report import write_result_files  # noqa: E402
 from nicemu.sizes import format_size, parse_sizes  # noqa: E402
-from topologies import parse_topology  # noqa: E402
 
 DENSE = ("ring", "directreduce")
 SPARSE = ("omniccl", "omniccl-cpu", "omnireduce")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Growth of the model executor's wall time with nodes x steps (issue 4: "no worse than linear").
 
-Times one AllReduce per point with the model executor (``collectives.model_time``,
+Times one AllReduce per point with the model executor (``nicemu.collectives.model_time``,
 float32) on 6D tori ``torus:k^6`` and flat rings ``ring:N``, for ``ring`` and
 ``directreduce``, and records the wall time against the work the schedule
 describes: nodes x steps (every node takes part in every step, so this is the
@@ -31,12 +31,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+from nicemu.collectives import (
+    build_schedule,  # noqa: E402
+    model_time,  # noqa: E402
+)
+from nicemu.nic.profile import load_profile  # noqa: E402
+from nicemu.topologies import parse_topology  # noqa: E402
 
-from collectives import model_time  # noqa: E402
-from collectives.api import build_schedule  # noqa: E402
-from nic.profile import load_profile  # noqa: E402
 from nicemu.sizes import format_size, parse_sizes  # noqa: E402
-from topologies import parse_topology  # noqa: E402
 
 PROG = "growth_curve"
 ITEMSIZE = 4

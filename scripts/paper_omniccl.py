@@ -20,12 +20,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collectives import model_time  # noqa: E402
-from collectives.omniccl import model_sparse, sparse_config  # noqa: E402
-from collectives.sparse_patterns import pattern_mask  # noqa: E402
-from nic.profile import load_profile  # noqa: E402
+from nicemu.collectives import (  # noqa: E402
+    model_sparse,
+    model_time,  # noqa: E402
+    sparse_config,
+)
+from nicemu.collectives.schedules.sparse_patterns import pattern_mask  # noqa: E402
+from nicemu.nic.profile import load_profile  # noqa: E402
+from nicemu.topologies import parse_topology  # noqa: E402
+
 from nicemu.report import write_result_files  # noqa: E402
-from topologies import parse_topology  # noqa: E402
 
 DENSITIES = [1.0, 0.8, 0.4, 0.2, 0.1, 0.08, 0.04, 0.02, 0.01]
 VARIANTS = [("omniccl", {}), ("omniccl tx1", {"tx_spots": 1}), ("omniccl-cpu", {}), ("omnireduce", {})]

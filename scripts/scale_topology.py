@@ -4,7 +4,7 @@
 Sweeps K in {3, 4, 6, 8} (729, 4,096, 46,656 and 262,144 nodes) and message
 sizes M = 1 KiB .. 1 GiB (x4 steps) for the algorithms ``ring`` and
 ``directreduce``, timing every point with the model executor
-(``collectives.model_time``, float32, count = M / 4). Writes PREFIX.csv and
+(``nicemu.collectives.model_time``, float32, count = M / 4). Writes PREFIX.csv and
 PREFIX.json (one record per point), PREFIX.md (a Markdown table), and the
 figures PREFIX_time_vs_nodes.png and PREFIX_gain_heatmap.png (redraw them
 with ``scripts/plot_scaling.py PREFIX``).
@@ -43,13 +43,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from collectives import CollectiveError, model_time  # noqa: E402
-from collectives.algorithms import SCHEDULED  # noqa: E402
-from nic.profile import Profile, load_profile  # noqa: E402
+from nicemu.collectives import CollectiveError, model_time, names  # noqa: E402
+from nicemu.nic.profile import Profile, load_profile  # noqa: E402
+from nicemu.topologies import Torus, parse_topology  # noqa: E402
+
 from nicemu.errors import UsageError  # noqa: E402
 from nicemu.progress import Progress  # noqa: E402
 from nicemu.sizes import format_size, parse_sizes  # noqa: E402
-from topologies import Torus, parse_topology  # noqa: E402
+
+SCHEDULED = names(kind="dense", emulated=True)
 
 PROG = "scale_topology"
 DIMS = 6

@@ -59,17 +59,20 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
+from nicemu.collectives import Emulator  # noqa: E402
+from nicemu.collectives.registry import ALGORITHMS, SPARSE  # noqa: E402
+from nicemu.nic.faults import parse_faults  # noqa: E402
+from nicemu.nic.profile import load_profile  # noqa: E402
+from nicemu.topologies import parse_topology  # noqa: E402
 
-from collectives import Emulator  # noqa: E402
-from collectives.algorithms import ALGORITHMS, SPARSE  # noqa: E402
-from collectives.errors import CollectiveError  # noqa: E402
-from nic.errors import FaultSpecError, ProfileError  # noqa: E402
-from nic.faults import parse_faults  # noqa: E402
-from nic.profile import load_profile  # noqa: E402
 from nicemu.argtypes import ScriptParser  # noqa: E402
-from nicemu.errors import UsageError  # noqa: E402
-from topologies import parse_topology  # noqa: E402
-from topologies.errors import TopologyError  # noqa: E402
+from nicemu.errors import (  # noqa: E402
+    CollectiveError,  # noqa: E402
+    FaultSpecError,
+    ProfileError,
+    TopologyError,  # noqa: E402
+    UsageError,  # noqa: E402
+)
 
 PROG = "soak"
 #: 24 small counts (more than the executor's plan cache of 16 keeps), some below the node count

@@ -4,8 +4,10 @@ This package knows nothing of MPI or algorithms; it only answers "which node is
 where, and which links connect them".
 """
 
+from nicemu.errors import TopologyError
+
 from .astra import load_astra_network
-from .errors import TopologyError
+from .placement import node_blocks
 from .ring import ring
 from .spec import parse_topology, topology_kinds
 from .torus import LinkParams, Torus
@@ -15,6 +17,7 @@ __all__ = [
     "TopologyError",
     "Torus",
     "load_astra_network",
+    "node_blocks",
     "parse_topology",
     "ring",
     "topology_kinds",

@@ -19,7 +19,8 @@ import re
 
 import yaml
 
-from .errors import TopologyError
+from nicemu.errors import TopologyError
+
 from .torus import MAX_NODES, LinkParams, Torus
 
 _REQUIRED = ("topology", "npus_count")

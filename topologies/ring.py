@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import operator
 
-from .errors import TopologyError
+from nicemu.errors import TopologyError
+
 from .torus import Torus
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 
+from nicemu.errors import TopologyError
+
 from .astra import load_astra_network
-from .errors import TopologyError
 from .ring import ring
 from .torus import MAX_NODES, Torus
 

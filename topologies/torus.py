@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import TopologyError
+from nicemu.errors import TopologyError
 
 #: Largest node count a topology may have; keeps int64 ids and numpy arrays sane.
 MAX_NODES = 2**24

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from workloads.errors import WorkloadError
+from nicemu.errors import WorkloadError
 
 
 @dataclass(frozen=True)

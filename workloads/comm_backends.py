@@ -1,11 +1,11 @@
 """Timing every collective and transfer of a serving run on the emulator: model or MPI executor.
 
 Both backends answer ``iteration_cost(iteration, records)`` for the records
-:func:`workloads.traffic.iteration_traffic` issues, and both give the same
+:func:`nicemu.workloads.traffic.iteration_traffic` issues, and both give the same
 numbers for the same records (the emulator's two executors agree exactly).
 
-Group mapping. A TP group is a set of consecutive node ids (DESIGN §1, TP
-innermost). Its collectives run on the *group topology*:
+Group mapping. A TP group is a set of consecutive node ids (TP innermost, as
+Megatron and vLLM number ranks). Its collectives run on the *group topology*:
 
 * the whole topology when the group is all of it (PP = 1, not disaggregated);
 * else the sub-torus of the trailing dimensions whose sizes multiply to the
@@ -16,11 +16,11 @@ innermost). Its collectives run on the *group topology*:
   approximation; a torus whose trailing dimensions equal TP avoids it).
 
 Point-to-point transfers (PP activations, KV cache) run on the whole topology
-(collectives/p2p.py), so their routes and shared links are real.
+(collectives/schedules/p2p.py), so their routes and shared links are real.
 
-What runs with real data (``MpiComm``). Ranks host nodes in contiguous
+What runs with real data (``MpiComm``, workloads/comm_mpi.py). Ranks host nodes in contiguous
 blocks; each group's collectives run on a sub-communicator of the ranks that
-host its nodes, through an :class:`~collectives.Emulator` on the group
+host its nodes, through an :class:`~nicemu.collectives.Emulator` on the group
 topology, and ranks outside the group skip them. A collective's emulated time
 is a deterministic function of (collective, algorithm, size, group topology,
 and for the sparse embedding the block pattern). With ``real_data="first"``
@@ -37,34 +37,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from mpi4py import MPI
-
-from collectives import COLLECTIVES, Emulator, model_time
-from collectives.algorithms import SPARSE
-from collectives.executor_model import Timing
-from collectives.executor_mpi import node_blocks
-from collectives.omniccl import model_sparse, sparse_config
-from collectives.p2p import p2p_time, run_p2p
-from nic.profile import Profile
-from topologies import Torus
-from workloads.embedding_shards import batch_token_ids, embedding_block_mask, embedding_rows, row_owner
-from workloads.errors import WorkloadError
-from workloads.iteration_time import CommCost
-from workloads.models import Model
-from workloads.traffic import TrafficRecord
+from nicemu.collectives import COLLECTIVES, Timing, model_sparse, model_time, p2p_time, sparse_config
+from nicemu.collectives.registry import get, is_sparse
+from nicemu.nic.profile import Profile
+from nicemu.topologies import Torus
+from nicemu.workloads.embedding_shards import batch_token_ids, embedding_block_mask
+from nicemu.workloads.iteration_time import CommCost
+from nicemu.workloads.models import Model
+from nicemu.workloads.traffic import TrafficRecord
 
 DTYPE = np.dtype("float16")        # 2-byte activations (bf16 on the accelerators; same size on the wire)
 PATTERN_PERIOD = 4099              # dense inputs repeat with this (prime) period, see dense_input
-#: the dense algorithm that runs the per-layer AllReduces when --algo is a sparse one (README "Serving")
-DENSE_PARTNER = {"omniccl": "directreduce", "omniccl-cpu": "ring", "omnireduce": "ring"}
-#: which p2p path (collectives/p2p.py) each algorithm's transfers take
-P2P_PATH = {"ring": "host", "directreduce": "nic", "omniccl": "nic", "omniccl-cpu": "host", "omnireduce": "host"}
 
 
 def algos_for(algo: str) -> tuple[str, str, str, str]:
     """(per-layer AllReduce, embedding AllReduce, all-to-all, p2p label) of a ``--algo`` entry."""
-    dense = DENSE_PARTNER.get(algo, algo)
-    return dense, algo, dense, f"p2p-{P2P_PATH[algo]}"
+    entry = get(algo)
+    dense = entry.dense_partner or algo
+    return dense, algo, dense, f"p2p-{entry.engine}"
 
 
 def group_topology(topology: Torus, nodes: Sequence[int]) -> Torus:
@@ -185,14 +175,14 @@ class _Backend:
 
 
 class ModelComm(_Backend):
-    """Timing only: ``collectives.model_time``, the sparse model and ``p2p_time``, memoised by key."""
+    """Timing only: ``nicemu.collectives.model_time``, the sparse model and ``p2p_time``, memoised by key."""
 
     def model_cost(self, rec: TrafficRecord) -> CommCost:
         if rec.collective == "p2p":
             return _as_cost(p2p_time(self.topology, self.profile, self.pairs(rec), rec.bytes,
                                      rec.algo.removeprefix("p2p-")))
         group = self.group(rec.nodes)
-        if rec.algo in SPARSE:
+        if is_sparse(rec.algo):
             cfg = sparse_config(rec.algo, group.nodes)
             if rec.what == "embedding":
                 ids = batch_token_ids(self.tokens_of(rec), self.model.vocab, self.seed)
@@ -231,159 +221,3 @@ def dense_reference(nodes: Sequence[int], count: int, seed: int) -> np.ndarray:
     for n in nodes:
         total += np.random.default_rng([seed, 7, n]).integers(-4, 5, PATTERN_PERIOD)
     return np.resize(total, count)
-
-
-class MpiComm(_Backend):
-    """Real data on MPI ranks: one Emulator per TP group on the ranks hosting it (see the module docstring)."""
-
-    def __init__(self, comm: MPI.Comm, topology: Torus, profile: Profile, model: Model, seed: int,
-                 real_data: str = "first") -> None:
-        super().__init__(topology, profile, model, seed)
-        if comm.size > topology.nodes:
-            raise WorkloadError(f"{comm.size} ranks for {topology.nodes} nodes: run with at most "
-                                f"{topology.nodes} ranks")
-        if real_data not in ("first", "all"):
-            raise WorkloadError(f"--real-data must be first or all, got {real_data!r}")
-        self.comm, self.real_data = comm, real_data
-        self.bounds = node_blocks(topology.nodes, comm.size)
-        self.node_rank = np.searchsorted(self.bounds, np.arange(topology.nodes), side="right") - 1
-        self._emulators: dict[tuple[tuple[int, ...], bool], Emulator | None] = {}
-
-    def reset_stats(self) -> None:
-        """Fresh totals for the next algorithm (the emulators and the memo are kept)."""
-        self.stats = CommStats()
-
-    def free(self) -> None:
-        for emu in self._emulators.values():
-            if emu is not None:
-                emu.free()
-        self._emulators.clear()
-
-    def emulator(self, nodes: tuple[int, ...], sparse: bool = False) -> Emulator | None:
-        """The group's Emulator on this rank, or None if this rank hosts none of its nodes (collective).
-
-        Sparse calls get their own Emulator (own communicator): the spot protocol receives from any
-        source and tag, so a fast rank's next dense call must not be able to reach it.
-        """
-        key = (nodes, sparse)
-        if key not in self._emulators:
-            ranks = sorted({int(self.node_rank[n]) for n in nodes})
-            sub = self.comm.Create(self.comm.group.Incl(ranks))
-            self._emulators[key] = None
-            if sub != MPI.COMM_NULL:
-                self._emulators[key] = Emulator(sub, self.group(nodes), self.profile)
-                sub.Free()
-        return self._emulators[key]
-
-    # ---- one record with real data ----------------------------------------------------
-
-    def _check(self, got: np.ndarray, want: np.ndarray) -> None:
-        """Exact comparison; ``want`` may be one period of a periodic reference (it is tiled over ``got``)."""
-        self.stats.checked_elements += got.size
-        want16 = want if want.dtype == DTYPE else want.astype(DTYPE)
-        if want16 is not want and not np.array_equal(want16.astype(np.float64), want):
-            raise RuntimeError("reference not exact in float16")   # inputs are chosen so that it always is
-        period = want16.size
-        whole = got.size - got.size % period
-        self.stats.wrong += int(np.count_nonzero(got[:whole].reshape(-1, period) != want16))
-        self.stats.wrong += int(np.count_nonzero(got[whole:] != want16[:got.size - whole]))
-
-    def _run_dense(self, emu: Emulator, rec: TrafficRecord) -> Timing:
-        count = self.count_of(rec)
-        local = [rec.nodes[i] for i in emu.node_range]
-        work = np.stack([dense_input(n, count, self.seed) for n in local])
-        t = emu.run_inplace(rec.collective, work, "sum", rec.algo)
-        if rec.collective == "alltoall":    # block j of node i becomes block i of node j
-            p = len(rec.nodes)
-            sent = np.stack([dense_input(n, count, self.seed) for n in rec.nodes]).reshape(p, p, -1)
-            for row, j in zip(work, emu.node_range):
-                self._check(row, sent[:, j, :].reshape(-1).astype(np.float64))
-            return t
-        ref = dense_reference(rec.nodes, min(count, PATTERN_PERIOD), self.seed)   # one period
-        for row in work:
-            self._check(row, ref)
-        return t
-
-    def _run_embedding(self, emu: Emulator, rec: TrafficRecord) -> Timing:
-        """Each TP rank contributes the embedding rows of the tokens in its vocabulary shard, zeros elsewhere."""
-        tp, h, vocab = len(rec.nodes), self.model.hidden, self.model.vocab
-        ids = batch_token_ids(self.tokens_of(rec), vocab, self.seed)
-        owner = row_owner(ids, vocab, tp)
-        full = embedding_rows(ids, h, DTYPE)
-        work = np.zeros((emu.local_nodes, full.size), dtype=DTYPE)
-        for i, pos in enumerate(emu.node_range):
-            view = work[i].reshape(-1, h)
-            view[owner == pos] = full[owner == pos]
-        t = emu.run_inplace("allreduce", work, "sum", rec.algo)   # sparse algorithms: default spot options
-        ref = full.reshape(-1)      # the table's rows for every token: what the sum must give
-        for row in work:
-            self._check(row, ref)
-        return t
-
-    def _run_p2p(self, rec: TrafficRecord) -> Timing:
-        pairs = self.pairs(rec)
-        buffers = {}
-        for a, _ in pairs:
-            if self.node_rank[a] == self.comm.rank:
-                buffers[a] = np.random.default_rng([self.seed, 11, a]).integers(0, 256, rec.bytes, dtype=np.uint8)
-        for _, b in pairs:
-            if self.node_rank[b] == self.comm.rank:
-                buffers[b] = np.zeros(rec.bytes, dtype=np.uint8)
-        t = run_p2p(self.comm, self.node_rank, self.topology, self.profile, pairs, buffers,
-                    rec.algo.removeprefix("p2p-"))
-        for a, b in pairs:
-            if self.node_rank[b] == self.comm.rank:
-                want = np.random.default_rng([self.seed, 11, a]).integers(0, 256, rec.bytes, dtype=np.uint8)
-                self.stats.checked_elements += rec.bytes
-                self.stats.wrong += int(np.count_nonzero(buffers[b] != want))
-        return t
-
-    def run_record(self, rec: TrafficRecord) -> CommCost | None:
-        """Run one record with real data; None on ranks that host none of its nodes (they skip it)."""
-        if rec.collective == "p2p":          # every rank joins: the ends move data, all agree on the time
-            self.stats.real_runs += 1
-            return _as_cost(self._run_p2p(rec))
-        emu = self.emulator(rec.nodes, rec.algo in SPARSE)
-        self.stats.real_runs += 1
-        if emu is None:
-            return None
-        if rec.what == "embedding":
-            return _as_cost(self._run_embedding(emu, rec))
-        return _as_cost(self._run_dense(emu, rec))
-
-    def iteration_cost(self, iteration: int, records: Sequence[TrafficRecord]) -> CommCost:
-        """Run what is new (or everything, with real_data="all"), then agree on the times in one Allreduce."""
-        groups = self.unique(records)
-        if self.real_data == "all":
-            todo = list(records)
-        else:
-            new: dict[tuple, TrafficRecord] = {}        # attn_out and mlp_out share a key: run it once
-            for k, rec, _ in groups:
-                if k not in self.memo:
-                    new.setdefault(k, rec)
-            todo = list(new.values())
-        agreed = np.zeros((len(todo), 3))
-        if todo:
-            vals = np.zeros_like(agreed)
-            for i, rec in enumerate(todo):
-                c = self.run_record(rec)
-                if c is not None:
-                    vals[i] = (c.emulated_us, c.host_busy_us, c.wire_bytes)
-            self.comm.Allreduce(vals, agreed, op=MPI.MAX)
-        resolved = [CommCost(float(v[0]), float(v[1]), int(v[2])) for v in agreed]
-        if self.real_data == "all":   # every call ran; same keys give the same times, so sum them as grouped
-            got: dict[tuple, CommCost] = {}
-            for rec, c in zip(todo, resolved):
-                if got.setdefault(self.key(rec), c) != c:   # the premise of real_data="first"
-                    raise RuntimeError(f"iteration {iteration}: two {rec.what} {rec.collective} calls of "
-                                       f"{rec.bytes} B with {rec.algo} took different emulated times")
-            return self._total(groups, [got[k] for k, _, _ in groups])
-        self.memo.update((self.key(rec), c) for rec, c in zip(todo, resolved))
-        return self._total(groups, [self.memo[k] for k, _, _ in groups])
-
-    def totals(self) -> tuple[int, int, int]:
-        """(real-data calls, checked elements, wrong elements) summed over ranks (collective)."""
-        mine = np.array([self.stats.checked_elements, self.stats.wrong], dtype=np.int64)
-        out = np.empty_like(mine)
-        self.comm.Allreduce(mine, out, op=MPI.SUM)
-        return self.stats.real_runs, int(out[0]), int(out[1])

@@ -3,7 +3,7 @@
 Every operator is timed as ``max(flops / peak_flops, bytes / hbm_bandwidth)``
 with the per-rank share of its work (Williams, Waterman & Patterson,
 "Roofline", CACM 2009). Communication is not included: the collectives are
-emulated separately and added by :mod:`workloads.iteration_time`.
+emulated separately and added by :mod:`nicemu.workloads.iteration_time`.
 
 Notation: T tokens in the batch (prefill chunk tokens + one per decode),
 h hidden, hd head_dim, H heads, K kv_heads, I intermediate, V vocab, b bytes
@@ -44,10 +44,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workloads.accelerators import Accelerator
-from workloads.batch import Batch, make_batch
-from workloads.models import Model
-from workloads.parallelism import Parallelism
+from nicemu.workloads.accelerators import Accelerator
+from nicemu.workloads.batch import Batch, make_batch
+from nicemu.workloads.models import Model
+from nicemu.workloads.parallelism import Parallelism
 
 
 @dataclass(frozen=True)

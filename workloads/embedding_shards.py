@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workloads.errors import WorkloadError
+from nicemu.errors import WorkloadError
 
 
 def vocab_shard_size(vocab: int, tp: int) -> int:

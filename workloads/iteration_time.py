@@ -6,7 +6,7 @@ on the critical path between two GEMMs, and a pipeline stage waits for the
 previous stage's activations. The stages of one batch run one after the other.
 
 The caller passes the function that times one
-:class:`~workloads.traffic.TrafficRecord`: ``collectives.model_time`` for the
+:class:`~nicemu.workloads.traffic.TrafficRecord`: ``nicemu.collectives.model_time`` for the
 model executor, or ``Emulator.run_inplace`` on real data. ``workloads`` may
 import ``collectives`` (DESIGN §2), but taking the function as an argument
 keeps this module free of MPI, testable alone, and lets the CLI pick the
@@ -19,12 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from workloads.accelerators import Accelerator
-from workloads.compute import iteration_compute
-from workloads.models import Model
-from workloads.parallelism import Parallelism
-from workloads.scheduler import Iteration
-from workloads.traffic import TrafficRecord, iteration_traffic
+from nicemu.workloads.accelerators import Accelerator
+from nicemu.workloads.compute import iteration_compute
+from nicemu.workloads.models import Model
+from nicemu.workloads.parallelism import Parallelism
+from nicemu.workloads.scheduler import Iteration
+from nicemu.workloads.traffic import TrafficRecord, iteration_traffic
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,14 @@ class IterationComm(Protocol):
 
 
 class IterationTimer:
-    """The duration callback for :class:`~workloads.scheduler.Scheduler`; keeps every iteration's cost.
+    """The duration callback for :class:`~nicemu.workloads.scheduler.Scheduler`; keeps every iteration's cost.
 
     Args:
         comm_time: times one record (it is called for every record in issue
             order, so under MPI every rank must run the same schedule), or an
             :class:`IterationComm` that times an iteration's records at once.
         on_traffic: optional sink for each iteration's records (e.g. a
-            :class:`~workloads.traffic.TrafficCsv`'s ``write``).
+            :class:`~nicemu.workloads.traffic.TrafficCsv`'s ``write``).
     """
 
     def __init__(self, model: Model, accelerator: Accelerator, par: Parallelism, comm_time: CommFn | IterationComm,

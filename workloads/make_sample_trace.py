@@ -10,11 +10,11 @@ be replayed with the same loader.
 
 How it was made (deterministic; rerunning gives the same bytes)::
 
-    python -m workloads.make_sample_trace --seed 2023 --requests 200 \\
+    python -m nicemu.workloads.make_sample_trace --seed 2023 --requests 200 \\
         --out workloads/data/sample_azure_conv.csv
 
 - 200 requests (``--requests``), seed 2023 (``--seed``), through
-  :func:`workloads.requests.synthetic_requests`.
+  :func:`nicemu.workloads.requests.synthetic_requests`.
 - Arrivals: Poisson at 4 requests/s (exponential gaps, cv = 1), first request
   at 0; numpy ``default_rng([seed, 0])``.
 - ContextTokens: lognormal with mean 1,155 and sigma 0.8 (mu = ln 1155 - 0.32),
@@ -25,7 +25,7 @@ How it was made (deterministic; rerunning gives the same bytes)::
   written with 7 fractional digits as in the Azure files. The year 2000 marks
   it as synthetic.
 - The first lines are ``#`` comments saying the file is synthetic
-  (:func:`workloads.requests.load_trace` skips them).
+  (:func:`nicemu.workloads.requests.load_trace` skips them).
 
 Realised statistics of the shipped file (printed by this script): 200 requests
 over 50.4 s (3.97 req/s), inter-arrival cv 0.96, mean 1,147 input and 203
@@ -39,8 +39,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-
-from workloads.requests import LogNormal, Request, synthetic_requests, write_trace
+from nicemu.workloads.requests import LogNormal, Request, synthetic_requests, write_trace
 
 RATE_PER_S = 4.0
 INPUT = LogNormal(1155.0, 0.8, max_tokens=8192)
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     reqs = sample_requests(args.requests, args.seed)
     comment = (f"SYNTHETIC sample in the Azure LLM inference trace format; NOT the real Azure trace. "
-               f"Made by: python -m workloads.make_sample_trace --seed {args.seed} --requests {args.requests}",
+               f"Made by: python -m nicemu.workloads.make_sample_trace --seed {args.seed} --requests {args.requests}",
                f"Poisson {RATE_PER_S} req/s; ContextTokens lognormal(mean {INPUT.mean:g}, sigma {INPUT.sigma:g}, "
                f"max {INPUT.max_tokens}); GeneratedTokens lognormal(mean {OUTPUT.mean:g}, "
                f"sigma {OUTPUT.sigma:g}, max {OUTPUT.max_tokens})")

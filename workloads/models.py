@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workloads.errors import WorkloadError
+from nicemu.errors import WorkloadError
 
 
 @dataclass(frozen=True)

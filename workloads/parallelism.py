@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workloads.errors import WorkloadError
-from workloads.models import Model
+from nicemu.workloads.models import Model
+
+from nicemu.errors import WorkloadError
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workloads.errors import WorkloadError
+from nicemu.errors import WorkloadError
 
 TRACE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 _ISO = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")

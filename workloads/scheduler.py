@@ -24,9 +24,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from workloads.batch import Batch, Decode, PrefillChunk
-from workloads.errors import WorkloadError
-from workloads.requests import Request
+from nicemu.workloads.batch import Batch, Decode, PrefillChunk
+from nicemu.workloads.requests import Request
+
+from nicemu.errors import WorkloadError
 
 
 @dataclass(frozen=True)

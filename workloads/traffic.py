@@ -4,11 +4,11 @@ Per forward pass of T tokens, h hidden, b bytes per element, in issue order:
 
 - ``embedding``: with TP > 1, one AllReduce of ``T h b`` bytes on the first
   stage's TP group, layer -1. Its rows are block-sparse by construction
-  (:mod:`workloads.embedding_shards`), so it may use a sparse algorithm.
+  (:mod:`nicemu.workloads.embedding_shards`), so it may use a sparse algorithm.
 - per layer, on its stage's TP group, with TP > 1 (Megatron/vLLM):
   ``attn_out`` AllReduce after the attention output projection and
   ``mlp_out`` AllReduce after the MLP down projection, each ``T h b`` bytes.
-- MoE layers with EP > 1 (EP = TP, see :mod:`workloads.parallelism`): the
+- MoE layers with EP > 1 (EP = TP, see :mod:`nicemu.workloads.parallelism`): the
   ``mlp_out`` AllReduce is replaced by an all-to-all ``dispatch`` before the
   experts and an all-to-all ``combine`` after them. Each moves
   ``T top_k h b`` bytes in total over the EP group (each rank sends
@@ -32,9 +32,9 @@ import csv
 from pathlib import Path
 from typing import NamedTuple
 
-from workloads.batch import Batch
-from workloads.models import Model
-from workloads.parallelism import Parallelism
+from nicemu.workloads.batch import Batch
+from nicemu.workloads.models import Model
+from nicemu.workloads.parallelism import Parallelism
 
 TRAFFIC_COLUMNS = ("iteration", "phase", "layer", "collective", "bytes", "algo")
 PHASES = ("prefill", "decode", "mixed", "embedding")

@@ -1,7 +1,7 @@
 """Clean aborts end to end: a failing rank ends the whole ``mpiexec`` job, promptly and legibly.
 
 ``nicemu bench`` runs under ``mpiexec -n 4`` with the executors' test hook
-(collectives/watchdog.py) making rank 1 fail at step 2 of the first call, for a
+(collectives/mpi/watchdog.py) making rank 1 fail at step 2 of the first call, for a
 dense algorithm (``ring``, MPI executor) and a sparse one (``omniccl``, spot
 protocol), in three ways:
 
@@ -41,8 +41,7 @@ from pathlib import Path
 
 import pytest
 from conftest import _child_env, mpiexec_path
-
-from collectives.watchdog import FAIL_EXIT_STATUS
+from nicemu.collectives.mpi.watchdog import FAIL_EXIT_STATUS
 
 pytestmark = pytest.mark.e2e
 

@@ -98,8 +98,8 @@ def test_bare_ring_chunks_match_the_emulator(monkeypatch: pytest.MonkeyPatch):
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)   # dataclasses look their module up there
     spec.loader.exec_module(module)
-    from collectives.schedule import final_segments
-    from topologies import ring
+    from nicemu.collectives.schedules.steps import final_segments
+    from nicemu.topologies import ring
 
     for ranks in (2, 3, 5, 8):
         for count in (1, 2, ranks - 1, ranks, ranks + 1, 1000, 16411):

@@ -31,10 +31,10 @@ import hashlib
 import numpy as np
 from mpi4py import MPI
 
-from collectives import Emulator, model_time
-from collectives.omniccl import model_sparse, sparse_config
-from collectives.sparse_patterns import block_mask
-from nic.profile import load_profile
+from nicemu.collectives import Emulator, model_time
+from nicemu.collectives import model_sparse, sparse_config
+from nicemu.collectives.schedules.sparse_patterns import block_mask
+from nicemu.nic.profile import load_profile
 
 COMM = MPI.COMM_WORLD
 DENSE = load_profile("directreduce-paper")

@@ -9,10 +9,9 @@ equal the model executor's exactly, whatever the node-to-rank mapping.
 import numpy as np
 import pytest
 from mpi4py import MPI
-
-from collectives import Emulator, model_time
-from nic.profile import load_profile
-from topologies import parse_topology
+from nicemu.collectives import Emulator, model_time
+from nicemu.nic.profile import load_profile
+from nicemu.topologies import parse_topology
 
 PROFILE = load_profile("directreduce-paper")
 COMM = MPI.COMM_WORLD
@@ -65,7 +64,7 @@ def test_alltoall_on_ranks(topology, algo):
 
 @pytest.mark.mpi(min_size=2)
 def test_alltoall_count_not_divisible_fails_on_every_rank():
-    from collectives import CollectiveError
+    from nicemu.collectives import CollectiveError
     with Emulator(COMM, f"ring:{COMM.size}", PROFILE) as emu:
         with pytest.raises(CollectiveError, match="divisible"):
             emu.alltoall(np.zeros(COMM.size + 1, dtype=np.float32))

@@ -8,9 +8,8 @@ executor's bit for bit, whatever the node-to-rank mapping.
 import numpy as np
 import pytest
 from mpi4py import MPI
-
-from collectives import Emulator, model_time
-from nic.profile import load_profile
+from nicemu.collectives import Emulator, model_time
+from nicemu.nic.profile import load_profile
 
 PROFILE = load_profile("directreduce-paper")
 COMM = MPI.COMM_WORLD
@@ -23,7 +22,7 @@ def topologies():
 
 
 def _nodes(spec):
-    from topologies import parse_topology
+    from nicemu.topologies import parse_topology
     return parse_topology(spec).nodes
 
 

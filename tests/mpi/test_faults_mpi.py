@@ -1,7 +1,7 @@
 """Link faults and stragglers on real MPI ranks (run under mpiexec by tests/test_mpi_suite.py).
 
 With drops and corruptions on the links the data really is damaged or lost in
-flight and resent (collectives/reliable.py): every result must still equal the
+flight and resent (collectives/mpi/reliable.py): every result must still equal the
 reference exactly, and the emulated time and the fault statistics must equal
 the model executor's, call by call, at any rank count.
 
@@ -14,10 +14,9 @@ import os
 import numpy as np
 import pytest
 from mpi4py import MPI
-
-from collectives import Emulator, model_time
-from collectives.algorithms import SCHEDULED
-from nic.profile import load_profile
+from nicemu.collectives import Emulator, model_time
+from nicemu.collectives.registry import names
+from nicemu.nic.profile import load_profile
 
 COMM = MPI.COMM_WORLD
 #: small packets so that a small message has many packets and faults are frequent
@@ -45,7 +44,7 @@ CASES = [("ring:8", c) for c in ("allreduce", "reducescatter", "allgather")] + [
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("topology, collective", CASES)
-@pytest.mark.parametrize("algo", list(SCHEDULED))
+@pytest.mark.parametrize("algo", names(kind="dense", emulated=True))
 def test_faults_exact_and_model_equal(topology, algo, collective):
     count = 1531   # odd: short last packets and uneven chunks
     with Emulator(COMM, topology, PROFILE, faults=HEAVY, stragglers="2:3") as emu:
@@ -66,7 +65,7 @@ def test_faults_exact_and_model_equal(topology, algo, collective):
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("algo", [*SCHEDULED, "omniccl", "omniccl-cpu", "omnireduce"])
+@pytest.mark.parametrize("algo", [*names(kind="dense", emulated=True), "omniccl", "omniccl-cpu", "omnireduce"])
 def test_many_allreduces_exact(algo):
     """The issue's acceptance run, reduced in CI: drop=corrupt=1e-3 on every link, all exact.
 
@@ -102,7 +101,7 @@ def test_straggler_slows_and_matches_model():
     count = 4096
     with Emulator(COMM, "ring:8", PROFILE) as fast, Emulator(COMM, "ring:8", PROFILE, stragglers="5:4") as slow:
         x = np.ones((fast.local_nodes, count), dtype=np.float32)
-        for algo in SCHEDULED:
+        for algo in names(kind="dense", emulated=True):
             a = fast.run("allreduce", x, "sum", algo)
             b = slow.run("allreduce", x, "sum", algo)
             assert b.emulated_us > a.emulated_us
@@ -115,8 +114,8 @@ def test_straggler_slows_and_matches_model():
 @pytest.mark.parametrize("algo", ["omniccl", "omniccl-cpu", "omnireduce"])
 def test_sparse_rx_writes_recovered(algo):
     """Lost and corrupted Rx-spot writes are found by CRC32 at the aggregator and Put again."""
-    from collectives.omniccl import model_sparse, sparse_config
-    from collectives.sparse_patterns import block_mask
+    from nicemu.collectives import model_sparse, sparse_config
+    from nicemu.collectives.schedules.sparse_patterns import block_mask
 
     count, block = 8 * 256 * 6 + 77, 256
     faults = "drop=0.05,corrupt=0.05,seed=3"
@@ -146,8 +145,8 @@ def test_sparse_rx_writes_recovered(algo):
 def test_sparse_straggler_slows_and_matches_model(algo):
     """A straggling node (worker and aggregator of a shard) on real ranks: exact sums, and the
     time is the model's, which the straggler makes longer."""
-    from collectives.omniccl import model_sparse, sparse_config
-    from collectives.sparse_patterns import block_mask
+    from nicemu.collectives import model_sparse, sparse_config
+    from nicemu.collectives.schedules.sparse_patterns import block_mask
 
     count, block = 8 * 128 * 3 + 9, 128
     with Emulator(COMM, "ring:8", PROFILE, stragglers="3:4") as emu:

@@ -1,4 +1,4 @@
-"""The lean one-node-per-rank path (collectives/lean_path.py) on real ranks.
+"""The lean one-node-per-rank path (collectives/mpi/lean_path.py) on real ranks.
 
 With ``ring:R`` or a torus of R nodes on R ranks every call takes the lean
 path. Chunk sizes straddle :data:`PACK_MAX_BYTES` (times packed with the data
@@ -15,10 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mpi4py import MPI
-
-from collectives import Emulator, model_time
-from collectives.lean_path import PACK_MAX_BYTES
-from nic.profile import load_profile
+from nicemu.collectives import Emulator, model_time
+from nicemu.collectives.mpi.lean_path import PACK_MAX_BYTES
+from nicemu.nic.profile import load_profile
 
 COMM = MPI.COMM_WORLD
 

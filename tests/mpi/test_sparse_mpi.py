@@ -9,11 +9,10 @@ import resource
 import numpy as np
 import pytest
 from mpi4py import MPI
+from nicemu.collectives import Emulator, model_sparse, sparse_config
+from nicemu.collectives.schedules.sparse_patterns import block_mask
+from nicemu.nic.profile import load_profile
 
-from collectives import Emulator
-from collectives.omniccl import model_sparse, sparse_config
-from collectives.sparse_patterns import block_mask
-from nic.profile import load_profile
 from tests.sparse_cases import CASES, case_inputs, check_sum
 
 COMM = MPI.COMM_WORLD

@@ -24,12 +24,10 @@ import time
 import numpy as np
 import pytest
 from mpi4py import MPI
-
-from collectives import Emulator, model_time
-from collectives.omniccl import model_sparse, sparse_config
-from collectives.sparse_patterns import block_mask
-from nic.profile import load_profile
-from topologies import parse_topology
+from nicemu.collectives import Emulator, model_sparse, model_time, sparse_config
+from nicemu.collectives.schedules.sparse_patterns import block_mask
+from nicemu.nic.profile import load_profile
+from nicemu.topologies import parse_topology
 
 COMM = MPI.COMM_WORLD
 PROFILE = load_profile("directreduce-paper")

@@ -1,4 +1,4 @@
-"""AllToAll (collectives/alltoall.py): data against numpy, closed forms, and the NIC-vs-host finding.
+"""AllToAll (collectives/schedules/alltoall.py): data against numpy, closed forms, and the NIC-vs-host finding.
 
 All nodes live in one process here; tests/mpi/test_alltoall_mpi.py runs the same
 checks on real ranks.
@@ -7,10 +7,9 @@ checks on real ranks.
 import numpy as np
 import pytest
 from mpi4py import MPI
-
-from collectives import CollectiveError, Emulator, build_schedule, model_time
-from nic.profile import load_profile
-from topologies import parse_topology
+from nicemu.collectives import CollectiveError, Emulator, build_schedule, model_time
+from nicemu.nic.profile import load_profile
+from nicemu.topologies import parse_topology
 
 PAPER = load_profile("directreduce-paper")
 IDEAL = load_profile("ideal")

@@ -3,10 +3,9 @@
 import math
 
 import pytest
-
-from collectives import model_time
-from nic.profile import load_profile
-from topologies import parse_topology
+from nicemu.collectives import model_time
+from nicemu.nic.profile import load_profile
+from nicemu.topologies import parse_topology
 
 IDEAL = load_profile("ideal")
 ALPHA = IDEAL.link.latency_us

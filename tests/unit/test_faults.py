@@ -1,4 +1,4 @@
-"""Link faults (nic/faults.py, collectives/link_faults.py) and stragglers, without MPI.
+"""Link faults (nic/faults.py, collectives/model/link_faults.py) and stragglers, without MPI.
 
 The closed-form go-back-N cost is checked against a packet-by-packet simulation
 that walks every attempt; fault-free runs must be bit-identical to the plain
@@ -9,15 +9,15 @@ import math
 
 import numpy as np
 import pytest
+from nicemu.collectives import build_schedule, model_time
+from nicemu.collectives.model.executor import run_model
+from nicemu.collectives.registry import names
+from nicemu.nic.faults import FaultSpec, expected_delay_us, parse_faults, transfer_faults, transfer_keys, uniforms
+from nicemu.nic.profile import load_profile
+from nicemu.nic.stragglers import parse_stragglers
+from nicemu.topologies import parse_topology
 
-from collectives.algorithms import SCHEDULED
-from collectives.api import build_schedule, model_time
-from collectives.executor_model import run_model
-from nic.errors import FaultSpecError
-from nic.faults import FaultSpec, expected_delay_us, parse_faults, transfer_faults, transfer_keys, uniforms
-from nic.profile import load_profile
-from nic.stragglers import parse_stragglers
-from topologies import parse_topology
+from nicemu.errors import FaultSpecError
 
 PROFILE = load_profile("directreduce-paper")
 
@@ -119,7 +119,7 @@ def test_draws_depend_on_every_key_part():
         assert other[0] != base[0]
 
 
-@pytest.mark.parametrize("algo", list(SCHEDULED))
+@pytest.mark.parametrize("algo", names(kind="dense", emulated=True))
 @pytest.mark.parametrize("collective", ["allreduce", "reducescatter", "allgather"])
 @pytest.mark.parametrize("topology", ["ring:8", "torus:3x2x2"])
 def test_no_faults_is_bit_identical(algo, collective, topology):
@@ -137,7 +137,7 @@ def test_no_faults_is_bit_identical(algo, collective, topology):
     assert slow_by_one.emulated_us == plain.emulated_us
 
 
-@pytest.mark.parametrize("algo", list(SCHEDULED))
+@pytest.mark.parametrize("algo", names(kind="dense", emulated=True))
 def test_faults_and_stragglers_slow_down(algo):
     topo = parse_topology("ring:8")
     clean = model_time("allreduce", algo, topo, PROFILE, 1 << 18)
@@ -188,12 +188,11 @@ def test_profile_retransmit_timeout():
         load_profile("ideal", ("nic.retransmit_timeout_us=-1",))
 
 
-@pytest.mark.parametrize("algo", list(SCHEDULED))
+@pytest.mark.parametrize("algo", names(kind="dense", emulated=True))
 def test_single_process_faults_exact_and_model_equal(algo):
     """All nodes in one process: every transfer goes through the in-memory attempts (loopback)."""
     from mpi4py import MPI
-
-    from collectives import Emulator
+    from nicemu.collectives import Emulator
 
     faults = "drop=0.03,corrupt=0.03,seed=4"
     prof = load_profile("directreduce-paper", ("nic.packet_bytes=256",))

@@ -30,7 +30,7 @@ def test_fit_recovers_a_power_law_and_skips_short_points(slope):
 
 
 def test_step_counts_are_the_schedules():
-    from topologies import parse_topology
+    from nicemu.topologies import parse_topology
     assert gc.step_count("ring", parse_topology("ring:8"), 1024) == 2 * 7
     assert gc.step_count("directreduce", parse_topology("torus:3^6"), 1024) == 2 * 6 * 2   # 2 sum(k-1)
 

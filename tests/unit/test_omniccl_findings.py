@@ -9,12 +9,10 @@ OmniReduce at 128 MiB too, is `python scripts/paper_omniccl.py`.
 
 import numpy as np
 import pytest
-
-from collectives import model_time
-from collectives.omniccl import model_sparse, sparse_config
-from collectives.sparse_patterns import pattern_mask
-from nic.profile import load_profile
-from topologies import parse_topology
+from nicemu.collectives import model_sparse, model_time, sparse_config
+from nicemu.collectives.schedules.sparse_patterns import pattern_mask
+from nicemu.nic.profile import load_profile
+from nicemu.topologies import parse_topology
 
 PROF = load_profile("omniccl-paper")
 N = 8

@@ -1,13 +1,14 @@
-"""Point-to-point transfers (collectives/p2p.py): routes, the closed form under ``ideal``, contention, paths."""
+"""Point-to-point transfers (collectives/schedules/p2p.py): routes, the closed form under ``ideal``, contention, paths."""
 
 import numpy as np
 import pytest
 from mpi4py import MPI
+from nicemu.collectives import p2p_time, run_p2p
+from nicemu.collectives.schedules.p2p import route
+from nicemu.nic.profile import load_profile
+from nicemu.topologies import parse_topology, ring
 
-from collectives.errors import CollectiveError
-from collectives.p2p import p2p_time, route, run_p2p
-from nic.profile import load_profile
-from topologies import parse_topology, ring
+from nicemu.errors import CollectiveError
 
 IDEAL = load_profile("ideal")
 PAPER = load_profile("directreduce-paper")

@@ -6,10 +6,9 @@ resemble ring results.
 """
 
 import pytest
-
-from collectives import model_time
-from nic.profile import load_profile
-from topologies import parse_topology
+from nicemu.collectives import model_time
+from nicemu.nic.profile import load_profile
+from nicemu.topologies import parse_topology
 
 PAPER = load_profile("directreduce-paper")
 SIZES = [1 << e for e in range(10, 31)]   # 1 KiB .. 1 GiB, every power of two

@@ -5,9 +5,7 @@ import math
 from dataclasses import FrozenInstanceError
 
 import pytest
-
-from nic.errors import ProfileError
-from nic.profile import (
+from nicemu.nic.profile import (
     HostSpec,
     LinkSpec,
     NicSpec,
@@ -18,6 +16,8 @@ from nic.profile import (
     profile_from_dict,
     shipped_profiles,
 )
+
+from nicemu.errors import ProfileError
 
 GOOD_YAML = """\
 link: {bandwidth_GBps: 12.5, latency_us: 1.0}
@@ -89,7 +89,7 @@ def test_directreduce_paper_values_are_consistent():
 
 
 def test_shipped_files_have_comment_headers():
-    from nic.profile import PROFILE_DIR
+    from nicemu.nic.profile import PROFILE_DIR
 
     for name in shipped_profiles():
         first = (PROFILE_DIR / f"{name}.yml").read_text().splitlines()[0]

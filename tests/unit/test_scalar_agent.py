@@ -13,11 +13,10 @@ import itertools
 
 import numpy as np
 import pytest
-
-from collectives.schedule import Step
-from nic.agent import NicAgents
-from nic.profile import load_profile
-from nic.scalar_agent import ScalarAgent
+from nicemu.collectives.schedules.steps import Step
+from nicemu.nic.agent import NicAgents
+from nicemu.nic.profile import load_profile
+from nicemu.nic.scalar_agent import ScalarAgent
 
 EMPTY = np.zeros(0, dtype=np.int64)
 

@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from collectives import model_time
-from nic.profile import load_profile
-from topologies import parse_topology
+from nicemu.collectives import model_time
+from nicemu.nic.profile import load_profile
+from nicemu.topologies import parse_topology
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "scale_topology.py"
 _spec = importlib.util.spec_from_file_location("scale_topology", SCRIPT)

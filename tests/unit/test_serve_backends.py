@@ -3,22 +3,21 @@
 import numpy as np
 import pytest
 from mpi4py import MPI
-
-from collectives import model_time
-from nic.profile import load_profile
-from topologies import LinkParams, Torus, parse_topology, ring
-from workloads import PRESETS, Parallelism, make_batch
-from workloads.comm_backends import (
+from nicemu.collectives import model_time
+from nicemu.nic.profile import load_profile
+from nicemu.topologies import LinkParams, Torus, parse_topology, ring
+from nicemu.workloads import PRESETS, Parallelism, make_batch
+from nicemu.workloads.comm_backends import (
     PATTERN_PERIOD,
     ModelComm,
-    MpiComm,
     algos_for,
     dense_input,
     dense_reference,
     group_topology,
 )
-from workloads.embedding_shards import embedding_rows
-from workloads.traffic import iteration_traffic
+from nicemu.workloads.comm_mpi import MpiComm
+from nicemu.workloads.embedding_shards import embedding_rows
+from nicemu.workloads.traffic import iteration_traffic
 
 PAPER = load_profile("directreduce-paper")
 L7 = PRESETS["Llama-2-7B"]

@@ -18,21 +18,21 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
-
-from collectives import sparse_timing, spot_protocol
-from collectives.omniccl import model_sparse, sparse_config
-from collectives.sparse_patterns import pattern_mask
-from collectives.sparse_timing import _max_plus_rows, _max_plus_scan, _row_sums, sparse_time
-from collectives.spot_protocol import PackedMasks, SparseConfig, plan_rounds
-from nic.profile import Profile, load_profile
-from nic.streams import us_per_byte
+from nicemu.collectives import model_sparse, sparse_config
+from nicemu.collectives.model import sparse_timing
+from nicemu.collectives.schedules import spot_protocol
+from nicemu.collectives.model.sparse_timing import _max_plus_rows, _max_plus_scan, _row_sums, sparse_time
+from nicemu.collectives.schedules.sparse_patterns import pattern_mask
+from nicemu.collectives.schedules.spot_protocol import PackedMasks, SparseConfig, plan_rounds
+from nicemu.nic.profile import Profile, load_profile
+from nicemu.nic.streams import us_per_byte
 
 INDEX_BYTES = 8
 RECORD_HEADER_BYTES = 16
 CREDIT_BYTES = 16
 
 # ---------------------------------------------------------------------------------------
-# Frozen reference: collectives/spot_protocol.py and collectives/sparse_timing.py as of
+# Frozen reference: collectives/schedules/spot_protocol.py and collectives/model/sparse_timing.py as of
 # commit a708821, verbatim apart from the names (prefixed so that nothing is shared).
 # ---------------------------------------------------------------------------------------
 

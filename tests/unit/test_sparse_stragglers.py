@@ -1,4 +1,4 @@
-"""``--straggler`` with the sparse algorithms (collectives/sparse_timing.py, docs/model.md §12).
+"""``--straggler`` with the sparse algorithms (collectives/model/sparse_timing.py, docs/model.md §12).
 
 A straggler's host, NIC and PCIe service times are F times longer, whether
 the node is a worker or an aggregator; links are not slowed.
@@ -7,12 +7,10 @@ the node is a worker or an aggregator; links are not slowed.
 import numpy as np
 import pytest
 from mpi4py import MPI
-
-from collectives import Emulator
-from collectives.omniccl import SPARSE_ALGOS, model_sparse, sparse_config
-from collectives.sparse_patterns import block_mask
-from collectives.spot_protocol import plan_rounds
-from nic.profile import load_profile
+from nicemu.collectives import Emulator, model_sparse, names, sparse_config
+from nicemu.collectives.schedules.sparse_patterns import block_mask
+from nicemu.collectives.schedules.spot_protocol import plan_rounds
+from nicemu.nic.profile import load_profile
 
 PROFILE = load_profile("omniccl-paper")
 PAPER = load_profile("directreduce-paper")
@@ -41,7 +39,7 @@ def same(a, b) -> None:
     assert (a.host_busy_us, a.nic_busy_us, a.wire_bytes) == (b.host_busy_us, b.nic_busy_us, b.wire_bytes)
 
 
-@pytest.mark.parametrize("algo", list(SPARSE_ALGOS))
+@pytest.mark.parametrize("algo", names(kind="sparse"))
 @pytest.mark.parametrize("kind", ["dense", "random", "same"])
 @pytest.mark.parametrize("aggregators", [None, 2])
 def test_factor_one_is_bit_identical(algo, kind, aggregators):
@@ -52,7 +50,7 @@ def test_factor_one_is_bit_identical(algo, kind, aggregators):
 
 
 @pytest.mark.parametrize("profile", [PROFILE, PAPER], ids=["omniccl-paper", "directreduce-paper"])
-@pytest.mark.parametrize("algo", list(SPARSE_ALGOS))
+@pytest.mark.parametrize("algo", names(kind="sparse"))
 @pytest.mark.parametrize("kind", ["dense", "random"])
 def test_slower_with_the_factor(profile, algo, kind):
     """Every service time only grows with F and the order of service is fixed, so the
@@ -107,7 +105,7 @@ def test_omnireduce_worker_host_busy_scales_by_the_factor():
     assert slow == pytest.approx(2.5 * clean, rel=1e-12)
 
 
-@pytest.mark.parametrize("algo", list(SPARSE_ALGOS))
+@pytest.mark.parametrize("algo", names(kind="sparse"))
 def test_mpi_executor_equals_model_with_a_straggler(algo):
     """One process holding every node: real data through RMA, time from the same function."""
     rng = np.random.default_rng(2)

@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-
-from nic.streams import join, packet_split, stage, us_per_byte, whole_message
+from nicemu.nic.streams import join, packet_split, stage, us_per_byte, whole_message
 
 
 def packet_sim(arrivals, sizes, free, us_per_B, latency):

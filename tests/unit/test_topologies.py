@@ -7,8 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
-from topologies import (
+from nicemu.topologies import (
     LinkParams,
     TopologyError,
     Torus,

@@ -1,4 +1,4 @@
-"""The watchdog's waits (collectives/watchdog.py) in one process, on ``MPI.COMM_SELF``.
+"""The watchdog's waits (collectives/mpi/watchdog.py) in one process, on ``MPI.COMM_SELF``.
 
 A request that never completes is an ``Irecv`` that no one matches; it is
 cancelled afterwards. Limits are tiny (0.2 s), so the timeouts are quick; the
@@ -16,13 +16,9 @@ import time
 import numpy as np
 import pytest
 from mpi4py import MPI
-
-from collectives import Emulator
-from collectives.api import build_schedule
-from collectives.errors import CollectiveError
-from collectives.executor_mpi import MpiExecutor, node_blocks
-from collectives.schedule import step_groups
-from collectives.watchdog import (
+from nicemu.collectives import Emulator, build_schedule
+from nicemu.collectives.mpi.executor import MpiExecutor, node_blocks
+from nicemu.collectives.mpi.watchdog import (
     DEFAULT_LIMIT_S,
     ENV_FAIL_MODE,
     ENV_FAIL_RANK,
@@ -38,8 +34,11 @@ from collectives.watchdog import (
     nodes_text,
     resolve_limit,
 )
-from nic.profile import load_profile
-from topologies import parse_topology
+from nicemu.collectives.schedules.steps import step_groups
+from nicemu.nic.profile import load_profile
+from nicemu.topologies import parse_topology
+
+from nicemu.errors import CollectiveError
 
 LIMIT = 0.2
 TAG = 4242

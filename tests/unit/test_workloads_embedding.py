@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-
-from collectives.sparse_patterns import block_mask
-from workloads.embedding_shards import (
+from nicemu.collectives.schedules.sparse_patterns import block_mask
+from nicemu.workloads.embedding_shards import (
     embedding_block_mask,
     embedding_density,
     embedding_input,
@@ -13,7 +12,8 @@ from workloads.embedding_shards import (
     token_ids,
     vocab_shard_size,
 )
-from workloads.errors import WorkloadError
+
+from nicemu.errors import WorkloadError
 
 
 def test_shards_and_owner():

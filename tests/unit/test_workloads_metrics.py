@@ -2,16 +2,16 @@
 
 from pathlib import Path
 
+import nicemu.workloads
 import pytest
+from nicemu.workloads.iteration_time import CommCost, IterationCost, IterationTimer
+from nicemu.workloads.metrics import e2e_us, itl_us, request_rows, stats, summarize, tpot_us, ttft_us
+from nicemu.workloads.requests import Request, load_trace
+from nicemu.workloads.scheduler import RequestTiming, ScheduleResult, run_schedule
 
-import workloads
-from workloads.errors import WorkloadError
-from workloads.iteration_time import CommCost, IterationCost, IterationTimer
-from workloads.metrics import e2e_us, itl_us, request_rows, stats, summarize, tpot_us, ttft_us
-from workloads.requests import Request, load_trace
-from workloads.scheduler import RequestTiming, ScheduleResult, run_schedule
+from nicemu.errors import WorkloadError
 
-SAMPLE = Path(workloads.__file__).parent / "data" / "sample_azure_conv.csv"
+SAMPLE = Path(nicemu.workloads.__file__).parent / "data" / "sample_azure_conv.csv"
 
 
 def timing(rid, arrival, tokens, inp=10):
@@ -80,10 +80,10 @@ def fake_comm(rec):
 
 
 def run_sample(algo, requests=None):
-    model = workloads.load_model("llama3-70b")
-    par = workloads.Parallelism(tp=8)
+    model = nicemu.workloads.load_model("llama3-70b")
+    par = nicemu.workloads.Parallelism(tp=8)
     seen = []
-    timer = IterationTimer(model, workloads.load_accelerator("h100"), par, fake_comm, algo=algo,
+    timer = IterationTimer(model, nicemu.workloads.load_accelerator("h100"), par, fake_comm, algo=algo,
                            on_traffic=seen.append)
     res = run_schedule(requests or load_trace(SAMPLE, limit=20), timer)
     return res, timer, seen
@@ -114,13 +114,13 @@ def test_sample_trace_end_to_end_is_deterministic_and_host_free_on_nic():
 
 def test_timer_checks_the_deployment():
     with pytest.raises(WorkloadError, match="heads"):
-        IterationTimer(workloads.load_model("llama3-8b"), workloads.load_accelerator("a100"),
-                       workloads.Parallelism(tp=5), fake_comm)
+        IterationTimer(nicemu.workloads.load_model("llama3-8b"), nicemu.workloads.load_accelerator("a100"),
+                       nicemu.workloads.Parallelism(tp=5), fake_comm)
 
 
 def test_faster_collectives_lower_ttft_and_tpot():
     reqs = [Request(i, i * 20_000.0, 600, 30) for i in range(20)]
-    model, acc, par = workloads.load_model("llama3-8b"), workloads.load_accelerator("h100"), workloads.Parallelism(8)
+    model, acc, par = nicemu.workloads.load_model("llama3-8b"), nicemu.workloads.load_accelerator("h100"), nicemu.workloads.Parallelism(8)
     out = {}
     for name, scale in (("slow", 1.0), ("fast", 0.75)):
         timer = IterationTimer(model, acc, par, lambda r, s=scale: CommCost(s * fake_comm(r).emulated_us))

@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from nicemu.workloads.models import PRESETS, Model, find_preset, load_model, model_from_config
+from nicemu.workloads.parallelism import Parallelism
 
-from workloads.errors import WorkloadError
-from workloads.models import PRESETS, Model, find_preset, load_model, model_from_config
-from workloads.parallelism import Parallelism
+from nicemu.errors import WorkloadError
 
 # DESIGN §1: hidden / layers / heads / kv_heads / intermediate / vocab
 TABLE = {

@@ -4,9 +4,7 @@ import math
 
 import numpy as np
 import pytest
-
-from workloads.errors import WorkloadError
-from workloads.requests import (
+from nicemu.workloads.requests import (
     Fixed,
     LogNormal,
     Uniform,
@@ -14,6 +12,8 @@ from workloads.requests import (
     parse_lengths,
     synthetic_requests,
 )
+
+from nicemu.errors import WorkloadError
 
 
 def gaps(times):

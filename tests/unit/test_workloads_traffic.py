@@ -3,11 +3,10 @@
 import csv
 
 import pytest
-
-from workloads.batch import Batch, PrefillChunk, make_batch
-from workloads.models import PRESETS
-from workloads.parallelism import Parallelism
-from workloads.traffic import (
+from nicemu.workloads.batch import Batch, PrefillChunk, make_batch
+from nicemu.workloads.models import PRESETS
+from nicemu.workloads.parallelism import Parallelism
+from nicemu.workloads.traffic import (
     TRAFFIC_COLUMNS,
     TrafficCsv,
     count_by,

@@ -1,6 +1,6 @@
 """Emulated time of the spot protocol (OmNICCL, its CPU-aggregator variant, OmniReduce).
 
-The rounds come from :mod:`collectives.spot_protocol`. Time is advanced
+The rounds come from :mod:`nicemu.collectives.schedules.spot_protocol`. Time is advanced
 round by round and, within a round, slot by slot in ascending order, so every
 shared resource (a node's link in each direction, its PCIe engines, its NIC
 reduction engine, its host CPU) serves messages in one canonical order. That
@@ -47,13 +47,21 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from collectives.link_faults import FaultStats
-from collectives.spot_protocol import CREDIT_BYTES, INDEX_BYTES, RECORD_HEADER_BYTES, Plan, Round
-from nic.faults import FaultSpec, transfer_faults
-from nic.profile import Profile
-from nic.stragglers import node_factors, per_node
-from nic.streams import us_per_byte
+from nicemu.collectives.model.executor import Timing
+from nicemu.collectives.model.link_faults import FaultStats
+from nicemu.collectives.schedules.spot_protocol import (
+    CREDIT_BYTES,
+    INDEX_BYTES,
+    RECORD_HEADER_BYTES,
+    Plan,
+    Round,
+    SparseConfig,
+    plan_rounds,
+)
+from nicemu.nic.faults import FaultSpec, transfer_faults
+from nicemu.nic.profile import Profile
+from nicemu.nic.stragglers import node_factors, per_node
+from nicemu.nic.streams import us_per_byte
 
 
 @dataclass
@@ -767,3 +775,17 @@ def sparse_time(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec |
     stats = None if t.faults is None else FaultStats.summary(t.fault_stats.rows())
     return SparseTiming(float(t.done.max()), t.done, float(t.host_busy.max()), float(t.nic_busy.max()),
                         t.up + t.down, t.up, t.down, bool(t.spilled), stats)
+
+
+def as_timing(t: SparseTiming) -> Timing:
+    return Timing(t.emulated_us, t.node_done_us, t.host_busy_us, t.nic_busy_us, t.wire_bytes,
+                  upstream_bytes=t.upstream_bytes, downstream_bytes=t.downstream_bytes,
+                  spilled=t.spilled, faults=t.faults)
+
+
+def model_sparse(cfg: SparseConfig, masks: np.ndarray, profile: Profile, itemsize: int,
+                 faults: FaultSpec | None = None, call: int = 0,
+                 stragglers: dict[int, float] | None = None) -> Timing:
+    """Emulated time from the block masks alone (nodes x nblocks); faults on the Rx-spot writes,
+    stragglers slow their nodes' host, NIC and PCIe service times."""
+    return as_timing(sparse_time(plan_rounds(masks, cfg), profile, itemsize, faults, call, stragglers))

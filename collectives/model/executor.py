@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from collectives.link_faults import FaultStats, install
-from collectives.schedule import Schedule, step_groups
-from collectives.timing import make_agents, part_bytes, receive_half, send_half
-from nic.faults import FaultSpec
-from nic.profile import Profile
+from nicemu.collectives.model.link_faults import FaultStats, install
+from nicemu.collectives.model.step_timing import make_agents, part_bytes, receive_half, send_half
+from nicemu.collectives.schedules.steps import Schedule, step_groups
+from nicemu.nic.faults import FaultSpec
+from nicemu.nic.profile import Profile
 
 
 @dataclass
@@ -35,7 +34,7 @@ class Timing:
 
 def run_model(schedule: Schedule, profile: Profile, itemsize: int, faults: FaultSpec | None = None,
               call: int = 0, stragglers: dict[int, float] | None = None) -> Timing:
-    """Emulated timing of ``schedule``; ``faults`` and ``stragglers`` as in collectives/link_faults.py."""
+    """Emulated timing of ``schedule``; ``faults`` and ``stragglers`` as in collectives/model/link_faults.py."""
     topo = schedule.topology
     agents = make_agents(topo, profile, topo.nodes)
     if faults is not None or stragglers:

@@ -1,24 +1,23 @@
 """Link faults and stragglers wired into a schedule's timing (both executors).
 
-:class:`LinkFaultRun` sits on a :class:`~nic.agent.NicAgents` (``agents.faults``)
-and is consulted by the sender half of every step (collectives/timing.py):
+:class:`LinkFaultRun` sits on a :class:`~nicemu.nic.agent.NicAgents` (``agents.faults``)
+and is consulted by the sender half of every step (collectives/model/step_timing.py):
 it draws the step's fault events (nic/faults.py), adds the go-back-N delay to
 the packet stream and to the link's busy-until, counts drops, corruptions and
 resent bytes per directed link, and keeps the events of the step for the MPI
-executor's real-data protocol (collectives/reliable.py). Without ``--faults``
+executor's real-data protocol (collectives/mpi/reliable.py). Without ``--faults``
 the attribute is None and nothing here runs, so fault-free times are untouched.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from collectives.schedule import Step
-from nic.agent import NicAgents
-from nic.faults import FaultSpec, TransferFaults, transfer_faults
-from nic.profile import Profile
-from nic.stragglers import node_factors
-from topologies import Torus
+from nicemu.collectives.schedules.steps import Step
+from nicemu.nic.agent import NicAgents
+from nicemu.nic.faults import FaultSpec, TransferFaults, transfer_faults
+from nicemu.nic.profile import Profile
+from nicemu.nic.stragglers import node_factors
+from nicemu.topologies import Torus
 
 STAT_KEYS = ("drops", "corruptions", "retransmit_bytes")
 

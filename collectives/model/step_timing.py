@@ -9,11 +9,10 @@ both on all nodes at once.
 from __future__ import annotations
 
 import numpy as np
-
-from collectives.schedule import Step
-from nic.agent import NicAgents
-from nic.profile import Profile
-from topologies import LinkParams, Torus
+from nicemu.collectives.schedules.steps import Step
+from nicemu.nic.agent import NicAgents
+from nicemu.nic.profile import Profile
+from nicemu.topologies import LinkParams, Torus
 
 
 def link_params(topology: Torus, profile: Profile) -> list[tuple[float, float]]:
@@ -31,7 +30,7 @@ def send_half(agents: NicAgents, step: Step, local_src: np.ndarray, nbytes: np.n
               host_nbytes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     first, last = agents.send(local_src, step.dim, step.direction, nbytes, step.from_host,
                               step.cut_through, host_nbytes)
-    if agents.faults is not None:   # --faults: go-back-N delays (collectives/link_faults.py)
+    if agents.faults is not None:   # --faults: go-back-N delays (collectives/model/link_faults.py)
         first, last = agents.faults.delay(agents, step, local_src, nbytes, first, last)
     return first, last
 

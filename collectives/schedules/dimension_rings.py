@@ -24,9 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import numpy as np
-
-from collectives.schedule import Step, split
-from topologies import Torus
+from nicemu.collectives.schedules.steps import Step, split
+from nicemu.topologies import Torus
 
 #: policy(phase, step_index, ring_size, first_ring, last_ring, follows_rs) -> Step kwargs.
 #: first_ring/last_ring: whether this ring is the first/last of its phase; follows_rs:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from collectives.errors import CollectiveError
+from nicemu.errors import CollectiveError
 
 OVERLAPS = ("random", "all", "none")
 

@@ -27,9 +27,9 @@ the link transfer instead of following it.
 
 from __future__ import annotations
 
-from collectives.dimension_rings import dimension_ring_steps
-from collectives.schedule import Schedule, final_segments
-from topologies import Torus
+from nicemu.collectives.schedules.dimension_rings import dimension_ring_steps
+from nicemu.collectives.schedules.steps import Schedule, final_segments
+from nicemu.topologies import Torus
 
 
 def nic_policy(phase: str, index: int, ring_size: int, first_ring: bool, last_ring: bool,

@@ -17,14 +17,14 @@ Each rank runs the workers and aggregators it hosts as one event loop:
 
 Blocks that are zero on every worker are never written, sent or touched: the
 output starts as zeros. The emulated time does not come from this loop (its
-message order depends on the wall clock) but from :mod:`collectives.sparse_timing`
+message order depends on the wall clock) but from :mod:`nicemu.collectives.model.sparse_timing`
 on the exchanged block masks; as it runs, the loop checks that the windows the
 workers' real pointers produce are exactly the planned ones.
 
 Every wait (the event loop's probe, receives, the aggregator's wait for a Tx
 spot's scatter, the final sends) goes through a
-:class:`~collectives.watchdog.Watchdog`, which turns a stalled peer into
-:class:`~collectives.watchdog.CollectiveStalled` naming what each local node
+:class:`~nicemu.collectives.mpi.watchdog.Watchdog`, which turns a stalled peer into
+:class:`~nicemu.collectives.mpi.watchdog.CollectiveStalled` naming what each local node
 waits for and from whom; ``Flush`` and ``Unlock_all``, which cannot be polled,
 are guarded by the watchdog's thread. The ``NICEMU_TEST_FAIL_*`` test hook is
 checked before every event.
@@ -39,9 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from mpi4py import MPI
-
-from collectives.spot_protocol import INDEX_BYTES, RECORD_HEADER_BYTES, Plan
-from collectives.watchdog import (
+from nicemu.collectives.mpi.watchdog import (
     CollectiveStalled,
     Watchdog,
     culprit_text,
@@ -50,16 +48,14 @@ from collectives.watchdog import (
     nodes_text,
     ranks_text,
 )
-from nic.faults import FaultSpec, transfer_faults
-from nic.spots import RecordLayout, SpotWindows
+from nicemu.collectives.schedules.spot_protocol import INDEX_BYTES, RECORD_HEADER_BYTES, Plan
+from nicemu.nic.faults import FaultSpec, transfer_faults
+from nicemu.nic.spots import RecordLayout, SpotWindows
+
+from nicemu.errors import ProtocolError
 
 TAG_RECORD, TAG_CREDIT, TAG_TXCREDIT, TAG_NACK, TAG_RESULT = 21, 22, 23, 24, 100
 NOTE_WORDS = 7   # a record's notification: slot, round, worker, count, next, bytes, CRC32
-ALGO_NAMES = {"nic": "omniccl", "cpu": "omniccl-cpu", "dedicated": "omnireduce"}
-
-
-class ProtocolError(RuntimeError):
-    """The spot protocol saw something its plan rules out (a bug, never a user error)."""
 
 
 @dataclass
@@ -87,7 +83,7 @@ class SpotRun:
                  watchdog: Watchdog | None = None, faults: FaultSpec | None = None, call: int = 0,
                  packet_bytes: int = 1024) -> None:
         """``faults``: Rx-spot writes are damaged or cut short in flight, as the fault draws of
-        call ``call`` say (the same draws as collectives/sparse_timing.py), and recovered."""
+        call ``call`` say (the same draws as collectives/model/sparse_timing.py), and recovered."""
         self.comm, self.plan, self.wins = comm, plan, wins
         self.faults = faults if faults is not None and faults.active else None
         self.call, self.packet_bytes = call, packet_bytes
@@ -383,7 +379,7 @@ class SpotRun:
     # ---- watchdog messages (built only when a wait times out) -----------------------
 
     def _algo(self) -> str:
-        return ALGO_NAMES.get(self.cfg.aggregation, "sparse")
+        return self.cfg.name
 
     def _local_nodes(self) -> list[int]:
         return list(range(self.lo, self.lo + self.work.shape[0]))
@@ -453,3 +449,13 @@ class SpotRun:
     def _describe_blocked(self, elapsed: float, what: str, ranks: list[int]) -> str:
         target = f" ({ranks_text(ranks)})" if ranks else ""
         return self._stall(elapsed, [], f"in {what}{target}", ranks)
+
+
+def gather_masks(comm: MPI.Comm, local: np.ndarray, bounds: np.ndarray, nblocks: int) -> np.ndarray:
+    """Every node's block mask on every rank (one Allgatherv of packed bits)."""
+    packed = np.packbits(local, axis=1)
+    width = packed.shape[1]
+    counts = [int(bounds[r + 1] - bounds[r]) * width for r in range(comm.size)]
+    everything = np.empty(sum(counts), dtype=np.uint8)
+    comm.Allgatherv(np.ascontiguousarray(packed).reshape(-1), [everything, counts])
+    return np.unpackbits(everything.reshape(-1, width), axis=1, count=nblocks).astype(bool)

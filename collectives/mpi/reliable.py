@@ -2,7 +2,7 @@
 
 With ``--faults`` the MPI executor runs its schedule through :func:`run_reliable`
 instead of its plain step loop. Timing is exactly the plain loop's (the sender
-half already holds the go-back-N delays, collectives/link_faults.py); what
+half already holds the go-back-N delays, collectives/model/link_faults.py); what
 changes is how a chunk's bytes travel. Every transfer is an exchange of
 attempts, receiver-driven:
 
@@ -33,21 +33,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from mpi4py import MPI
+from nicemu.collectives.model.executor import Timing
+from nicemu.collectives.model.link_faults import FaultStats
+from nicemu.collectives.model.step_timing import receive_half, send_half
+from nicemu.collectives.mpi.executor import TAG_TIME
+from nicemu.collectives.mpi.watchdog import culprit_text, nodes_text
+from nicemu.collectives.schedules.steps import Schedule, step_groups
 
-from collectives.executor_model import Timing
-from collectives.executor_mpi import TAG_TIME
-from collectives.link_faults import FaultStats
-from collectives.schedule import Schedule, step_groups
-from collectives.timing import receive_half, send_half
-from collectives.watchdog import culprit_text, nodes_text
+from nicemu.errors import ProtocolError
 
 TAG_HDR = 21
 TAG_PAYLOAD = 22
 TAG_ACK = 23
-
-
-class ProtocolError(RuntimeError):
-    """The retransmission protocol saw something its fault draws cannot explain."""
 
 
 def packet_crcs(data: np.ndarray, first: int, stop: int, packet_bytes: int) -> list[int]:

@@ -20,8 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from topologies import Torus
+from nicemu.topologies import Torus
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class Step:
     to_host: bool              # the result must be DMA-written to host memory
     operand_from_host: bool = True  # nic engine: the local operand is fetched from host memory
     group: int = -1            # steps of one group run concurrently (bidirectional rings)
-    # All-to-all only (collectives/alltoall.py); the defaults leave every other schedule as it was.
+    # All-to-all only (collectives/schedules/alltoall.py); the defaults leave every other schedule as it was.
     dst_offset: np.ndarray | None = None   # first element at the receiver (None: same as offset)
     host_count: np.ndarray | None = None   # nic engine: elements of a NIC-resident chunk that are DMA-read
     final_count: np.ndarray | None = None  # nic engine: elements that reach their destination (DMA-written)

@@ -12,14 +12,14 @@ What a rank does in each step depends only on the schedule, the element count
 and the dtype, so it is compiled once into a :class:`RankPlan` and reused by
 later calls (a benchmark repeats the same collective many times). With exactly
 one node per rank on every rank, and no link faults or stragglers, a call takes
-the lean path instead (collectives/lean_path.py): times packed into the message
+the lean path instead (collectives/mpi/lean_path.py): times packed into the message
 of a small chunk, persistent requests, and the timing on Python floats
 (nic/scalar_agent.py), with the same emulated times.
 
-Every wait goes through a :class:`~collectives.watchdog.Watchdog`: a peer that
-stalls or disappears turns into :class:`~collectives.watchdog.CollectiveStalled`
+Every wait goes through a :class:`~nicemu.collectives.mpi.watchdog.Watchdog`: a peer that
+stalls or disappears turns into :class:`~nicemu.collectives.mpi.watchdog.CollectiveStalled`
 naming the waiting node, the peer and the step, instead of a hang. The
-``NICEMU_TEST_FAIL_*`` test hook (see collectives/watchdog.py) is checked at the
+``NICEMU_TEST_FAIL_*`` test hook (see collectives/mpi/watchdog.py) is checked at the
 start of every step group.
 """
 
@@ -31,18 +31,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from mpi4py import MPI
-
-from collectives.executor_model import Timing
-from collectives.lean_path import LeanPlan, cpu_per_rank, lean_plan_ok, run_lean, schedule_fits
-from collectives.schedule import Schedule, Step, step_groups
-from collectives.timing import link_params, make_agents, receive_half, send_half
-from collectives.watchdog import Watchdog, culprit_text, local_fault_hook, nodes_text
-from nic.compute_enhancer import ComputeEnhancer
-from nic.datadirector import DataDirector
-from nic.host import HostCpu
-from nic.profile import Profile
-from nic.scalar_agent import ScalarAgent
-from topologies import Torus
+from nicemu.collectives.model.executor import Timing
+from nicemu.collectives.model.step_timing import link_params, make_agents, receive_half, send_half
+from nicemu.collectives.mpi.lean_path import LeanPlan, cpu_per_rank, lean_plan_ok, run_lean, schedule_fits
+from nicemu.collectives.mpi.watchdog import Watchdog, culprit_text, local_fault_hook, nodes_text
+from nicemu.collectives.schedules.steps import Schedule, Step, step_groups
+from nicemu.nic.compute_enhancer import ComputeEnhancer
+from nicemu.nic.datadirector import DataDirector
+from nicemu.nic.host import HostCpu
+from nicemu.nic.profile import Profile
+from nicemu.nic.scalar_agent import ScalarAgent
+from nicemu.topologies import Torus, node_blocks
 
 TAG_TIME = 11
 TAG_DATA = 12
@@ -51,11 +50,6 @@ PLAN_CACHE = 16
 #: arrives within it; a yield on a loaded machine can cost a whole time slice)
 BUSY_POLL_S = 50e-6
 PHASE_NAMES = {"rs": "reduce-scatter", "ag": "allgather"}
-
-
-def node_blocks(nodes: int, ranks: int) -> np.ndarray:
-    """First node of every rank (and ``nodes`` at the end): contiguous, near-equal blocks."""
-    return np.array([r * nodes // ranks for r in range(ranks + 1)], dtype=np.int64)
 
 
 @dataclass
@@ -107,7 +101,7 @@ class MpiExecutor:
         self._agents = make_agents(topology, profile, self.local_nodes)
         self.watchdog = Watchdog(watchdog_s, comm)
         self._fault = local_fault_hook(self.rank)
-        # the lean path (collectives/lean_path.py): one node per rank
+        # the lean path (collectives/mpi/lean_path.py): one node per rank
         self._scalar = ScalarAgent(profile, link_params(topology, profile))
         self._lean: OrderedDict[tuple, LeanPlan | None] = OrderedDict()
         self._last_lean: tuple = (None, 0, None, 0)   # (schedule, itemsize, lean plan, wire bytes)
@@ -251,8 +245,8 @@ class MpiExecutor:
 
     def run(self, schedule: Schedule, data: np.ndarray, op: str) -> Timing:
         """Run ``schedule`` in place on ``data`` (local nodes x count)."""
-        if self._agents.faults is not None:   # --faults: data moves by go-back-N (collectives/reliable.py)
-            from collectives.reliable import run_reliable
+        if self._agents.faults is not None:   # --faults: data moves by go-back-N (collectives/mpi/reliable.py)
+            from nicemu.collectives.mpi.reliable import run_reliable
             return run_reliable(self, schedule, data, op)
         if (self.topology.nodes == self.size and not schedule.width
                 and not self._agents.stragglers_anywhere):   # one node per rank: the lean path

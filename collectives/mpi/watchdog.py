@@ -80,7 +80,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from mpi4py import MPI
 
-from collectives.errors import CollectiveError
+from nicemu.errors import CollectiveError, CollectiveStalled  # noqa: F401 (re-exported)
 
 ENV_LIMIT = "NICEMU_WATCHDOG_S"
 DEFAULT_LIMIT_S = 60.0
@@ -101,18 +101,6 @@ ENV_FAIL_MODE = "NICEMU_TEST_FAIL_MODE"
 ENV_FAIL_STEP = "NICEMU_TEST_FAIL_STEP"
 FAIL_MODES = ("raise", "exit", "stall")
 FAIL_EXIT_STATUS = 3
-
-
-class CollectiveStalled(RuntimeError):
-    """A wait saw no progress for the watchdog limit; the message names who waited for whom.
-
-    ``secondary`` is true when another rank reported a stall first (its message
-    is the one to show).
-    """
-
-    def __init__(self, message: str, secondary: bool = False) -> None:
-        super().__init__(message)
-        self.secondary = secondary
 
 
 class InjectedFault(RuntimeError):

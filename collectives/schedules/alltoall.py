@@ -47,12 +47,10 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+from nicemu.collectives.schedules.steps import Schedule, Step
+from nicemu.topologies import Torus
 
-from collectives.errors import CollectiveError
-from collectives.schedule import Schedule, Step
-from topologies import Torus
-
-VARIANTS = {"ring": "host", "directreduce": "nic"}
+from nicemu.errors import CollectiveError
 
 
 def check_count(topology: Torus, count: int) -> int:
@@ -157,24 +155,10 @@ def alltoall_steps(topology: Torus, count: int, engine: str) -> Iterator[Step]:
                        **_flags(engine, d, s, topology.shape, block, p))
 
 
-def build(algo: str, topology: Torus, count: int) -> Schedule:
-    """The all-to-all schedule of ``algo`` (``ring``: host variant, ``directreduce``: NIC variant)."""
+def build(algo: str, engine: str, topology: Torus, count: int) -> Schedule:
+    """The all-to-all schedule of ``algo``: engine ``host`` (store-and-forward through every host)
+    or ``nic`` (the NIC forwards transit blocks cut-through)."""
     check_count(topology, count)
-    engine = VARIANTS[algo]
     return Schedule("alltoall", algo, topology, count,
                     lambda: alltoall_steps(topology, count, engine), width=2 * count,
                     make_relayouts=lambda: relayouts(topology.shape))
-
-
-def run_staged(executor, schedule: Schedule, work: np.ndarray, staging: np.ndarray,
-               pack: np.ndarray, unpack: np.ndarray):
-    """Run an all-to-all schedule on ``work`` (local nodes x count) through ``staging`` (x 2·count)."""
-    nloc, count = work.shape
-    p = schedule.topology.nodes
-    rows = np.arange(nloc)[:, None]
-    blocks = work.reshape(nloc, p, count // p)
-    stage = staging.reshape(nloc, 2 * p, count // p)
-    stage[:, :p] = blocks[rows, pack]
-    timing = executor.run(schedule, staging, "sum")
-    blocks[:] = stage[rows, unpack]
-    return timing

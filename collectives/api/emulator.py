@@ -1,7 +1,7 @@
 """The Python API: an emulated fabric on an mpi4py communicator.
 
     from mpi4py import MPI
-    from collectives import Emulator
+    from nicemu.collectives import Emulator
     emu = Emulator(MPI.COMM_WORLD, topology="ring:8", profile="directreduce-paper")
     res = emu.allreduce(x, op="sum", algo="directreduce")
     res.data, res.emulated_us, res.host_busy_us, res.wire_bytes
@@ -12,8 +12,8 @@ shape (local_nodes, count), one row per node.
 
 ``watchdog_s`` bounds every wait of a call (default: ``$NICEMU_WATCHDOG_S``,
 else 60 s; 0 disables it): a peer that stalls or dies raises
-:class:`collectives.watchdog.CollectiveStalled` naming the waiting node, the
-peer and the step, instead of hanging (see collectives/watchdog.py).
+:class:`nicemu.collectives.mpi.watchdog.CollectiveStalled` naming the waiting node, the
+peer and the step, instead of hanging (see collectives/mpi/watchdog.py).
 """
 
 from __future__ import annotations
@@ -22,25 +22,31 @@ from dataclasses import dataclass
 
 import numpy as np
 from mpi4py import MPI
+from nicemu.collectives.api.checks import (
+    check_algo,
+    check_collective,
+    check_dtype_op,
+    check_sparse_call,
+    fault_options,
+)
+from nicemu.collectives.api.model import build_schedule
+from nicemu.collectives.model.executor import Timing
+from nicemu.collectives.model.link_faults import install as install_faults
+from nicemu.collectives.model.sparse_timing import model_sparse
+from nicemu.collectives.mpi.executor import MpiExecutor
+from nicemu.collectives.mpi.native import run_native, run_native_alltoall
+from nicemu.collectives.mpi.spot_executor import SpotRun, gather_masks
+from nicemu.collectives.registry import is_sparse, sparse_config
+from nicemu.collectives.schedules import alltoall
+from nicemu.collectives.schedules.sparse_patterns import block_mask, nblocks_of
+from nicemu.collectives.schedules.spot_protocol import plan_rounds
+from nicemu.collectives.schedules.steps import Schedule, final_segments
+from nicemu.nic.faults import FaultSpec
+from nicemu.nic.profile import Profile, load_profile
+from nicemu.nic.spots import RecordLayout, SpotWindows
+from nicemu.topologies import Torus, parse_topology, ring
 
-from collectives import alltoall
-from collectives.algorithms import ALGORITHMS, COLLECTIVES, SCHEDULED, SPARSE
-from collectives.errors import CollectiveError
-from collectives.executor_model import Timing, run_model
-from collectives.executor_mpi import MpiExecutor
-from collectives.link_faults import install as install_faults
-from collectives.mpi_native import run_native, run_native_alltoall
-from collectives.omniccl import check_sparse_call, gather_masks, model_sparse, sparse_config
-from collectives.schedule import Schedule, final_segments
-from collectives.sparse_patterns import block_mask, nblocks_of
-from collectives.spot_executor import SpotRun
-from collectives.spot_protocol import plan_rounds
-from nic.faults import FaultSpec, parse_faults
-from nic.ops import DTYPES, OPS
-from nic.profile import Profile, load_profile
-from nic.spots import RecordLayout, SpotWindows
-from nic.stragglers import check_stragglers, parse_stragglers
-from topologies import Torus, parse_topology, ring
+from nicemu.errors import CollectiveError
 
 
 @dataclass
@@ -54,62 +60,6 @@ class Result:
     wire_bytes: int | None
     node_done_us: np.ndarray | None = None        # per local node (per node under the model executor)
     faults: dict | None = None                    # with faults: drops, corruptions, retransmit_bytes, per_link
-
-
-def check_algo(algo: str) -> None:
-    if algo not in ALGORITHMS:
-        raise CollectiveError(f"unknown algorithm '{algo}'; use one of {', '.join(ALGORITHMS)}")
-
-
-def check_collective(collective: str) -> None:
-    if collective not in COLLECTIVES:
-        raise CollectiveError(
-            f"unknown collective '{collective}'; use one of {', '.join(COLLECTIVES)}")
-
-
-def check_dtype_op(dtype: str | np.dtype, op: str) -> np.dtype:
-    dt = np.dtype(dtype)
-    if dt.name not in DTYPES:
-        raise CollectiveError(f"unsupported dtype '{dt.name}'; use one of {', '.join(DTYPES)}")
-    if op not in OPS:
-        raise CollectiveError(f"unknown op '{op}'; use one of {', '.join(OPS)}")
-    return dt
-
-
-def build_schedule(collective: str, algo: str, topology: Torus, count: int,
-                   bidirectional: bool = False) -> Schedule:
-    check_collective(collective)
-    check_algo(algo)
-    if collective == "alltoall" and algo in SPARSE:
-        check_sparse_call(algo, collective, "sum")
-    if collective == "alltoall" and algo in SCHEDULED:
-        return alltoall.build(algo, topology, count)
-    if algo not in SCHEDULED:
-        raise CollectiveError(f"algorithm '{algo}' has no fixed schedule: "
-                              + ("its rounds depend on the data (see model_time_sparse)" if algo in SPARSE
-                                 else "it is MPI's own collective"))
-    return SCHEDULED[algo](collective, topology, count, bidirectional)
-
-
-def model_time(collective: str, algo: str, topology: Torus, profile: Profile, count: int,
-               dtype: str | np.dtype = "float32", faults: str | FaultSpec | None = None,
-               call: int = 0, stragglers: str | list | dict | None = None) -> Timing:
-    """Emulated timing without data (the model executor); ``call`` numbers the fault draws."""
-    dt = np.dtype(dtype)
-    schedule = build_schedule(collective, algo, topology, count, profile.topology.bidirectional)
-    spec, slow = fault_options(faults, stragglers, topology)
-    return run_model(schedule, profile, dt.itemsize, spec, call, slow)
-
-
-def fault_options(faults: str | FaultSpec | None, stragglers: str | list | dict | None,
-                  topology: Torus) -> tuple[FaultSpec | None, dict[int, float]]:
-    """Parse and check ``--faults`` / ``--straggler`` values (strings or already parsed)."""
-    spec = parse_faults(faults) if isinstance(faults, str) or faults is None else faults
-    slow = stragglers if isinstance(stragglers, dict) else parse_stragglers(stragglers)
-    if spec is not None:
-        spec.check_nodes(topology.nodes)
-    check_stragglers(slow, topology.nodes)
-    return (spec if spec is not None and spec.active else None), slow
 
 
 class Emulator:
@@ -191,7 +141,7 @@ class Emulator:
             ex._agents.faults.begin(call)
         if collective == "alltoall":
             return self._run_alltoall(work, algo)
-        if algo in SPARSE:
+        if is_sparse(algo):
             return self._run_sparse(collective, work, op, algo, sparse or {}, jitter_us, call)
         if algo == "mpi":
             seg_off, seg_cnt = final_segments(self.topology, work.shape[1])
@@ -207,10 +157,10 @@ class Emulator:
         return ex.run(schedule, work, op)
 
     def _run_alltoall(self, work: np.ndarray, algo: str) -> Timing | None:
-        """All-to-all through a staging row of 2·count per node (collectives/alltoall.py)."""
+        """All-to-all through a staging row of 2·count per node (collectives/schedules/alltoall.py)."""
         ex = self.executor
         count = work.shape[1]
-        if algo in SPARSE:
+        if is_sparse(algo):
             check_sparse_call(algo, "alltoall", "sum")
         alltoall.check_count(self.topology, count)
         if getattr(ex._agents, "faults", None) is not None:
@@ -229,7 +179,7 @@ class Emulator:
         if self._a2a_staging is None or self._a2a_staging.shape != (work.shape[0], 2 * count) \
                 or self._a2a_staging.dtype != work.dtype:
             self._a2a_staging = np.empty((work.shape[0], 2 * count), dtype=work.dtype)
-        return alltoall.run_staged(ex, schedule, work, self._a2a_staging, *self._a2a_index)
+        return _run_staged(ex, schedule, work, self._a2a_staging, *self._a2a_index)
 
     def _run_sparse(self, collective: str, work: np.ndarray, op: str, algo: str, sparse: dict,
                     jitter_us: float, call: int = 0) -> Timing:
@@ -300,3 +250,17 @@ class Emulator:
     def segments(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(offset, count) of the range every node owns after a reduce-scatter."""
         return final_segments(self.topology, count)
+
+
+def _run_staged(executor: MpiExecutor, schedule: Schedule, work: np.ndarray, staging: np.ndarray,
+                pack: np.ndarray, unpack: np.ndarray) -> Timing:
+    """Run an all-to-all schedule on ``work`` (local nodes x count) through ``staging`` (x 2·count)."""
+    nloc, count = work.shape
+    p = schedule.topology.nodes
+    rows = np.arange(nloc)[:, None]
+    blocks = work.reshape(nloc, p, count // p)
+    stage = staging.reshape(nloc, 2 * p, count // p)
+    stage[:, :p] = blocks[rows, pack]
+    timing = executor.run(schedule, staging, "sum")
+    blocks[:] = stage[rows, unpack]
+    return timing

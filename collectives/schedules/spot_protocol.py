@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from collectives.errors import CollectiveError
+from nicemu.errors import CollectiveError
 
 INDEX_BYTES = 8          # one block index
 RECORD_HEADER_BYTES = 16  # block count + next-non-zero pointer (Rx record) / next window (Tx record)
@@ -56,6 +56,7 @@ class SparseConfig:
     host_packing: bool = False       # OmniReduce: worker hosts find and pack non-zero blocks
     credits: bool = True             # OmNICCL: Rx credits (with the next window) precede the result;
                                      # False: self-clocked by the result (OmniReduce)
+    name: str = "sparse"             # the registered algorithm (for messages)
 
     def check(self, nodes: int) -> None:
         for name in ("block_size", "spots", "spot_blocks", "tx_spots"):
@@ -211,7 +212,7 @@ class Round:
     ``sent`` and ``reports`` are (active slots, nodes); a plan made by
     :func:`plan_rounds` computes them from the masks when first read (they are
     the bulk of a plan: 4,096 nodes x 32,768 slots is 512 MiB per round), and
-    :func:`~collectives.sparse_timing.sparse_time` reads them in slices with
+    :func:`~nicemu.collectives.model.sparse_timing.sparse_time` reads them in slices with
     :meth:`sent_rows` and :meth:`reports_rows` without keeping them.
     """
 

@@ -1,6 +1,6 @@
 """The MPI executor's lean path: one topology node per rank, as in ``mpiexec -n N`` on ``ring:N``.
 
-The general path (collectives/executor_mpi.py) handles any number of nodes per
+The general path (collectives/mpi/executor.py) handles any number of nodes per
 rank with index arrays and one-element numpy timing. With exactly one node per
 rank, every step sends at most one chunk to one peer and receives at most one,
 so most of that machinery is overhead on a small message. This path keeps the
@@ -28,7 +28,6 @@ goes on the wire. Link faults and stragglers keep the general path.
 
 from __future__ import annotations
 
-import os
 import struct
 import time
 from dataclasses import dataclass, field
@@ -36,14 +35,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from mpi4py import MPI
+from nicemu.collectives.model.executor import Timing
+from nicemu.collectives.schedules.steps import Schedule, step_groups
+from nicemu.nic.ops import OPS
+from nicemu.nic.scalar_agent import ScalarAgent, StepCosts
 
-from collectives.executor_model import Timing
-from collectives.schedule import Schedule, step_groups
-from nic.ops import OPS
-from nic.scalar_agent import ScalarAgent, StepCosts
+from nicemu.hostinfo import available_cpus
 
 if TYPE_CHECKING:
-    from collectives.executor_mpi import MpiExecutor, StepPlan
+    from nicemu.collectives.mpi.executor import MpiExecutor, StepPlan
 
 #: largest chunk sent in one message together with its times (bytes); above it, two messages
 PACK_MAX_BYTES = 16 * 1024
@@ -52,14 +52,6 @@ TAG_PACKED = 13
 TAG_TIME = 11     # same tags as the general path
 TAG_DATA = 12
 _TIMES = struct.Struct("=2d")    # the packed header: first_us, last_us (native float64)
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def cpu_per_rank(comm: MPI.Comm) -> bool:

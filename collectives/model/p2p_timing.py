@@ -1,0 +1,87 @@
+"""Timing of point-to-point transfers (collectives/schedules/p2p.py), shared by both executors.
+
+The sender half (:func:`arrivals`) pushes each transfer's packet stream through
+the sender's PCIe read and every link of its route; the receiver half
+(:func:`receive_done`) through the receiver's PCIe write and, on the host path,
+the host's completion. docs/model.md §14 gives the closed form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from nicemu.collectives.model.executor import Timing
+from nicemu.collectives.model.step_timing import link_params
+from nicemu.collectives.schedules.p2p import check_pairs, route
+from nicemu.nic.profile import Profile
+from nicemu.nic.streams import stage, us_per_byte
+from nicemu.topologies import Torus
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A transfer's packet stream at the receiver's NIC (before its PCIe write)."""
+
+    first_us: float
+    last_us: float
+    hops: int
+
+
+def arrivals(topology: Torus, profile: Profile, pairs: list[tuple[int, int]], nbytes: int,
+             path: str) -> list[Arrival]:
+    """Sender half of every transfer, in order: DMA read, then each link (shared links serialise)."""
+    check_pairs(topology, pairs, nbytes, path)
+    pkt = profile.nic.packet_bytes
+    pcie_rate, pcie_lat = us_per_byte(profile.pcie.bandwidth_GBps), profile.pcie.latency_us
+    links = [(us_per_byte(bw), lat) for bw, lat in link_params(topology, profile)]
+    post_us = profile.host.overhead_us if path == "host" else 0.0
+    read_free: dict[int, float] = {}
+    link_free: dict[tuple[int, int, int], float] = {}
+    out = []
+    for a, b in pairs:
+        ready = post_us
+        first, last, busy = stage(ready, ready, nbytes, read_free.get(a, 0.0), pcie_rate, pcie_lat, pkt)
+        read_free[a] = busy
+        hops = route(topology, a, b)
+        for hop in hops:
+            rate, lat = links[hop[1]]
+            first, last, busy = stage(first, last, nbytes, link_free.get(hop, 0.0), rate, lat, pkt)
+            link_free[hop] = busy
+        out.append(Arrival(first, last, len(hops)))
+    return out
+
+
+def receive_done(profile: Profile, arrived: list[tuple[int, Arrival]], nbytes: int, path: str) -> list[float]:
+    """Receiver half, in order: DMA write per receiving node, then the host's completion on the host path."""
+    pkt = profile.nic.packet_bytes
+    rate, lat = us_per_byte(profile.pcie.bandwidth_GBps), profile.pcie.latency_us
+    write_free: dict[int, float] = {}
+    done = []
+    for node, arr in arrived:
+        _, last, busy = stage(arr.first_us, arr.last_us, nbytes, write_free.get(node, 0.0), rate, lat, pkt)
+        write_free[node] = busy
+        done.append(last + (profile.host.overhead_us if path == "host" else 0.0))
+    return done
+
+
+def host_busy(profile: Profile, pairs: list[tuple[int, int]], path: str) -> float:
+    """Busiest host's time: one overhead per transfer it sends or receives on the host path."""
+    if path != "host" or not pairs:
+        return 0.0
+    per_node: dict[int, int] = {}
+    for a, b in pairs:
+        per_node[a] = per_node.get(a, 0) + 1
+        per_node[b] = per_node.get(b, 0) + 1
+    return max(per_node.values()) * profile.host.overhead_us
+
+
+def p2p_time(topology: Torus, profile: Profile, pairs: list[tuple[int, int]], nbytes: int,
+             path: str) -> Timing:
+    """Emulated time of transfers issued together, without data (the model executor)."""
+    arr = arrivals(topology, profile, pairs, nbytes, path)
+    done = receive_done(profile, [(b, x) for (_, b), x in zip(pairs, arr)], nbytes, path)
+    wire = sum(x.hops for x in arr) * nbytes
+    return Timing(max(done, default=0.0), np.asarray(done), host_busy(profile, pairs, path), 0.0, wire)
+
+

@@ -1,0 +1,121 @@
+"""The algorithm registry: the one list of algorithm names that everything else reads.
+
+Each algorithm declares what it is (its collectives, who does the work, dense
+or sparse, the topologies it runs on) and how its schedule is built. The CLI's
+``--algo`` choices and help, ``nicemu info``, the benches, serving and the
+study scripts all iterate over :data:`REGISTRY`. Adding an algorithm is one
+module (its schedule under ``schedules/``) plus one :class:`Algorithm` entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nicemu.collectives.schedules import alltoall, directreduce, host_ring, omniccl
+from nicemu.collectives.schedules.spot_protocol import SparseConfig
+from nicemu.collectives.schedules.steps import Schedule
+from nicemu.topologies import Torus
+
+from nicemu.errors import CollectiveError
+
+#: every collective the emulator implements
+COLLECTIVES = ("allreduce", "reducescatter", "allgather", "alltoall")
+#: topology kinds (the part of a spec before the colon)
+TOPOLOGY_KINDS = ("ring", "torus", "astra")
+
+Builder = Callable[[str, Torus, int, bool], Schedule]   # (collective, topology, count, bidirectional)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One algorithm a user can name with ``--algo``."""
+
+    name: str
+    summary: str                       # one line for --help and ``nicemu info``
+    collectives: tuple[str, ...]
+    engine: str                        # who handles arriving data: "host", "nic", or "mpi" (MPI's own)
+    build: Builder | None = None       # dense: compiles a collective into a schedule
+    sparse: SparseConfig | None = None  # sparse: the spot-protocol configuration
+    dense_partner: str | None = None   # sparse: the dense algorithm on the same hardware (serving's
+                                       # per-layer AllReduces and all-to-all run on it)
+    topologies: tuple[str, ...] = TOPOLOGY_KINDS
+
+    @property
+    def kind(self) -> str:
+        return "sparse" if self.sparse is not None else "dense"
+
+    @property
+    def emulated(self) -> bool:
+        """False for MPI's own collective: it has a wall time but no emulated time."""
+        return self.engine != "mpi"
+
+    @property
+    def scheduled(self) -> bool:
+        """Compiles to a fixed schedule that both executors run."""
+        return self.build is not None
+
+
+def _host_ring(collective: str, topology: Torus, count: int, bidirectional: bool = False) -> Schedule:
+    if collective == "alltoall":
+        return alltoall.build("ring", "host", topology, count)
+    return host_ring.build(collective, topology, count, bidirectional)
+
+
+def _directreduce(collective: str, topology: Torus, count: int, bidirectional: bool = False) -> Schedule:
+    if collective == "alltoall":
+        return alltoall.build("directreduce", "nic", topology, count)
+    return directreduce.build(collective, topology, count, bidirectional)
+
+
+REGISTRY: dict[str, Algorithm] = {a.name: a for a in (
+    Algorithm("ring", "host-based Ring-AllReduce: every step crosses PCIe twice and the host reduces "
+              "(alltoall: store-and-forward through every host)",
+              COLLECTIVES, "host", build=_host_ring),
+    Algorithm("directreduce", "DirectReduce: in-NIC reduction with packet-level stream aggregation "
+              "(alltoall: the NIC forwards transit blocks cut-through)",
+              COLLECTIVES, "nic", build=_directreduce),
+    Algorithm("omniccl", "OmNICCL: zero-block-sparse AllReduce aggregated on SmartNICs (Rx/Tx spots, DCA)",
+              ("allreduce",), "nic", sparse=omniccl.OMNICCL, dense_partner="directreduce"),
+    Algorithm("omniccl-cpu", "the OmNICCL protocol aggregated by the aggregator node's host CPU",
+              ("allreduce",), "host", sparse=omniccl.OMNICCL_CPU, dense_partner="ring"),
+    Algorithm("omnireduce", "OmniReduce: sparse AllReduce with dedicated CPU aggregators (baseline)",
+              ("allreduce",), "host", sparse=omniccl.OMNIREDUCE, dense_partner="ring"),
+    Algorithm("mpi", "MPI's own collective (wall-time reference, no emulated time; alltoall: Alltoallv)",
+              COLLECTIVES, "mpi"),
+)}
+
+#: names in registry order, for choices and help
+ALGORITHMS = tuple(REGISTRY)
+
+
+def names(*, kind: str | None = None, emulated: bool | None = None, collective: str | None = None) -> list[str]:
+    """Algorithm names, filtered: ``names(kind="sparse")``, ``names(emulated=True)``, ..."""
+    return [a.name for a in REGISTRY.values()
+            if (kind is None or a.kind == kind) and (emulated is None or a.emulated == emulated)
+            and (collective is None or collective in a.collectives)]
+
+
+def get(name: str) -> Algorithm:
+    """The registered algorithm, or a one-line error listing the known ones."""
+    algo = REGISTRY.get(name)
+    if algo is None:
+        raise CollectiveError(f"unknown algorithm '{name}'; use one of {', '.join(ALGORITHMS)}")
+    return algo
+
+
+def is_sparse(name: str) -> bool:
+    algo = REGISTRY.get(name)
+    return algo is not None and algo.sparse is not None
+
+
+def sparse_config(name: str, nodes: int, block_size: int | None = None, aggregators: int | None = None,
+                  spots: int | None = None, spot_blocks: int | None = None,
+                  tx_spots: int | None = None) -> SparseConfig:
+    """A sparse algorithm's configuration with the user's overrides (None keeps the default)."""
+    algo = get(name)
+    if algo.sparse is None:
+        raise CollectiveError(f"{name} is a dense algorithm; sparse options apply to "
+                              f"{', '.join(names(kind='sparse'))}")
+    return omniccl.configure(algo.sparse, nodes, block_size=block_size, aggregators=aggregators,
+                             spots=spots, spot_blocks=spot_blocks, tx_spots=tx_spots)
