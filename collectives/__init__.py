@@ -19,7 +19,6 @@ from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.p2p_timing import p2p_time
 from nicemu.collectives.model.sparse_timing import model_sparse
 from nicemu.collectives.registry import ALGORITHMS, COLLECTIVES, REGISTRY, Algorithm, names, sparse_config
-
 from nicemu.errors import CollectiveError
 
 if TYPE_CHECKING:

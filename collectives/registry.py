@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from nicemu.collectives.schedules import alltoall, directreduce, host_ring, omniccl
 from nicemu.collectives.schedules.spot_protocol import SparseConfig
 from nicemu.collectives.schedules.steps import Schedule
-from nicemu.topologies import Torus
-
 from nicemu.errors import CollectiveError
+from nicemu.topologies import Torus
 
 #: every collective the emulator implements
 COLLECTIVES = ("allreduce", "reducescatter", "allgather", "alltoall")

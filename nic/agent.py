@@ -19,6 +19,7 @@ works on an index array, so both executors run exactly the same arithmetic.
 from __future__ import annotations
 
 import numpy as np
+
 from nicemu.nic.compute_enhancer import ComputeEnhancer
 from nicemu.nic.datadirector import DataDirector
 from nicemu.nic.gatekeeper import GateKeeper

@@ -10,6 +10,7 @@ whole chunk is done one packet-time after its last packet arrived.
 from __future__ import annotations
 
 import numpy as np
+
 from nicemu.nic.ops import reduce_into
 from nicemu.nic.profile import Profile
 from nicemu.nic.stragglers import per_node

@@ -9,6 +9,7 @@ next step can forward it without reading it back over PCIe.
 from __future__ import annotations
 
 import numpy as np
+
 from nicemu.nic.pcie import Pcie
 from nicemu.nic.profile import Profile
 from nicemu.nic.stragglers import per_node

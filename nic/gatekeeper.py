@@ -11,6 +11,7 @@ overlaps the link latency instead of adding to it.
 from __future__ import annotations
 
 import numpy as np
+
 from nicemu.nic.pcie import Pcie
 from nicemu.nic.streams import join
 

@@ -8,6 +8,7 @@ chunk in one pass at ``host.reduce_GBps``. Nothing is pipelined with the link.
 from __future__ import annotations
 
 import numpy as np
+
 from nicemu.nic.ops import reduce_into
 from nicemu.nic.profile import Profile
 from nicemu.nic.stragglers import per_node

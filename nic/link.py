@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from nicemu.nic.streams import stage, us_per_byte
 
 

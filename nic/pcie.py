@@ -8,6 +8,7 @@ the local operand and to deliver final data.
 from __future__ import annotations
 
 import numpy as np
+
 from nicemu.nic.profile import Profile
 from nicemu.nic.stragglers import per_node
 from nicemu.nic.streams import stage, us_per_byte

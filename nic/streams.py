@@ -4,7 +4,7 @@ A stream of ``k`` packets is never simulated packet by packet. It is described
 by two times: when its *first* packet is complete at some point of the data
 path, and when its *last* byte is. Between them the packets are spaced by the
 slowest stage they went through, so pushing a stream through one more stage is
-O(1) whatever the packet count (DESIGN §2.3).
+O(1) whatever the packet count (docs/model.md §2).
 
 All functions are plain numpy arithmetic and work elementwise on scalars or on
 arrays of streams, so the model executor can push every node's stream through a

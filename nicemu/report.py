@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nicemu.errors import UsageError
 
-#: the JSON/CSV record keys, in order (DESIGN §3)
+#: the JSON/CSV record keys, in order (docs/usage.md, "Records")
 KEYS = ["collective", "algo", "topology", "nodes", "ranks", "executor", "bytes", "count", "dtype",
         "op", "density", "block_size", "overlap", "iters", "emulated_us", "wall_us", "algbw_GBps",
         "busbw_GBps", "host_busy_us", "nic_busy_us", "wire_bytes", "wrong", "profile",

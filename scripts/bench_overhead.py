@@ -52,9 +52,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
-from nicemu.collectives import Emulator  # noqa: E402
 
 from nicemu.argtypes import ScriptParser  # noqa: E402
+from nicemu.collectives import Emulator  # noqa: E402
 from nicemu.errors import UsageError  # noqa: E402
 from nicemu.memory import available_bytes  # noqa: E402
 from nicemu.progress import Progress  # noqa: E402

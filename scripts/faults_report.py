@@ -38,10 +38,9 @@ from nicemu.collectives.model.executor import run_model  # noqa: E402
 from nicemu.collectives.schedules.sparse_patterns import pattern_mask  # noqa: E402
 from nicemu.nic.faults import parse_faults  # noqa: E402
 from nicemu.nic.profile import load_profile  # noqa: E402
-from nicemu.topologies import parse_topology  # noqa: E402
-
 from nicemu.report import write_result_files  # noqa: E402
 from nicemu.sizes import format_size, parse_sizes  # noqa: E402
+from nicemu.topologies import parse_topology  # noqa: E402
 
 DENSE = ("ring", "directreduce")
 SPARSE = ("omniccl", "omniccl-cpu", "omnireduce")

@@ -31,14 +31,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+
 from nicemu.collectives import (
     build_schedule,  # noqa: E402
     model_time,  # noqa: E402
 )
 from nicemu.nic.profile import load_profile  # noqa: E402
-from nicemu.topologies import parse_topology  # noqa: E402
-
 from nicemu.sizes import format_size, parse_sizes  # noqa: E402
+from nicemu.topologies import parse_topology  # noqa: E402
 
 PROG = "growth_curve"
 ITEMSIZE = 4

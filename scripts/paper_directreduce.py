@@ -19,10 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nicemu.collectives import model_time  # noqa: E402
 from nicemu.nic.profile import load_profile  # noqa: E402
-from nicemu.topologies import parse_topology  # noqa: E402
-
 from nicemu.report import write_result_files  # noqa: E402
 from nicemu.sizes import format_size  # noqa: E402
+from nicemu.topologies import parse_topology  # noqa: E402
 
 RING8_SIZES = [1 << e for e in range(10, 31, 2)]
 PAPER_SIZES = [1 << 10, 1 << 18, 1 << 28, 1 << 30]

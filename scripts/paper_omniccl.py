@@ -27,9 +27,8 @@ from nicemu.collectives import (  # noqa: E402
 )
 from nicemu.collectives.schedules.sparse_patterns import pattern_mask  # noqa: E402
 from nicemu.nic.profile import load_profile  # noqa: E402
-from nicemu.topologies import parse_topology  # noqa: E402
-
 from nicemu.report import write_result_files  # noqa: E402
+from nicemu.topologies import parse_topology  # noqa: E402
 
 DENSITIES = [1.0, 0.8, 0.4, 0.2, 0.1, 0.08, 0.04, 0.02, 0.01]
 VARIANTS = [("omniccl", {}), ("omniccl tx1", {"tx_spots": 1}), ("omniccl-cpu", {}), ("omnireduce", {})]

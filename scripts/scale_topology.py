@@ -44,12 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nicemu.collectives import CollectiveError, model_time, names  # noqa: E402
-from nicemu.nic.profile import Profile, load_profile  # noqa: E402
-from nicemu.topologies import Torus, parse_topology  # noqa: E402
-
 from nicemu.errors import UsageError  # noqa: E402
+from nicemu.nic.profile import Profile, load_profile  # noqa: E402
 from nicemu.progress import Progress  # noqa: E402
 from nicemu.sizes import format_size, parse_sizes  # noqa: E402
+from nicemu.topologies import Torus, parse_topology  # noqa: E402
 
 SCHEDULED = names(kind="dense", emulated=True)
 

@@ -59,13 +59,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
-from nicemu.collectives import Emulator  # noqa: E402
-from nicemu.collectives.registry import ALGORITHMS, SPARSE  # noqa: E402
-from nicemu.nic.faults import parse_faults  # noqa: E402
-from nicemu.nic.profile import load_profile  # noqa: E402
-from nicemu.topologies import parse_topology  # noqa: E402
 
 from nicemu.argtypes import ScriptParser  # noqa: E402
+from nicemu.collectives import Emulator  # noqa: E402
+from nicemu.collectives.registry import ALGORITHMS, SPARSE  # noqa: E402
 from nicemu.errors import (  # noqa: E402
     CollectiveError,  # noqa: E402
     FaultSpecError,
@@ -73,6 +70,9 @@ from nicemu.errors import (  # noqa: E402
     TopologyError,  # noqa: E402
     UsageError,  # noqa: E402
 )
+from nicemu.nic.faults import parse_faults  # noqa: E402
+from nicemu.nic.profile import load_profile  # noqa: E402
+from nicemu.topologies import parse_topology  # noqa: E402
 
 PROG = "soak"
 #: 24 small counts (more than the executor's plan cache of 16 keeps), some below the node count

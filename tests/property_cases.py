@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import HealthCheck, assume, settings
 from hypothesis import strategies as st
+
 from nicemu.nic.ops import DTYPES, OPS
 
 MAX_NODES = 64           # cap on drawn topologies: keeps one example in the milliseconds

@@ -13,6 +13,7 @@ The pieces, in the order a serving run uses them:
 - :mod:`nicemu.workloads.metrics`: TTFT, TPOT, end-to-end latency, throughput.
 """
 
+from nicemu.errors import WorkloadError
 from nicemu.workloads.accelerators import ACCELERATORS, Accelerator, load_accelerator
 from nicemu.workloads.batch import Batch, Decode, PrefillChunk, make_batch
 from nicemu.workloads.compute import IterationCompute, OperatorTime, iteration_compute, iteration_compute_us
@@ -30,8 +31,6 @@ from nicemu.workloads.parallelism import Parallelism
 from nicemu.workloads.requests import Request, load_trace, parse_lengths, synthetic_requests
 from nicemu.workloads.scheduler import Iteration, Scheduler, SchedulerConfig, ScheduleResult, run_schedule
 from nicemu.workloads.traffic import TRAFFIC_COLUMNS, TrafficCsv, TrafficRecord, iteration_traffic, write_traffic_csv
-
-from nicemu.errors import WorkloadError
 
 __all__ = [
     "ACCELERATORS", "PRESETS", "TRAFFIC_COLUMNS", "Accelerator", "Batch", "CommCost", "Decode", "Iteration",

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 from mpi4py import MPI
+
 from nicemu.collectives import Emulator, Timing, run_p2p
 from nicemu.collectives.registry import is_sparse
+from nicemu.errors import WorkloadError
 from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus, node_blocks
 from nicemu.workloads.comm_backends import (
@@ -24,8 +26,6 @@ from nicemu.workloads.embedding_shards import batch_token_ids, embedding_rows, r
 from nicemu.workloads.iteration_time import CommCost
 from nicemu.workloads.models import Model
 from nicemu.workloads.traffic import TrafficRecord
-
-from nicemu.errors import WorkloadError
 
 
 class MpiComm(_Backend):

@@ -8,7 +8,7 @@ previous stage's activations. The stages of one batch run one after the other.
 The caller passes the function that times one
 :class:`~nicemu.workloads.traffic.TrafficRecord`: ``nicemu.collectives.model_time`` for the
 model executor, or ``Emulator.run_inplace`` on real data. ``workloads`` may
-import ``collectives`` (DESIGN §2), but taking the function as an argument
+import ``collectives`` (workloads sit above it), but taking the function as an argument
 keeps this module free of MPI, testable alone, and lets the CLI pick the
 executor.
 """

@@ -3,7 +3,7 @@
 This is not the Azure LLM inference trace, and no part of it comes from
 that trace. It is synthetic, in the Azure trace's CSV format
 (``TIMESTAMP,ContextTokens,GeneratedTokens``), with lengths chosen to resemble
-the published statistics of its conversation part (DESIGN §1: mean 1,155 input
+the published statistics of its conversation part (mean 1,155 input
 and 211 output tokens, near-Poisson arrivals). It exists so that ``nicemu
 serve --trace`` can be tried without downloading anything. The real trace can
 be replayed with the same loader.
@@ -39,6 +39,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+
 from nicemu.workloads.requests import LogNormal, Request, synthetic_requests, write_trace
 
 RATE_PER_S = 4.0

@@ -17,10 +17,10 @@ deterministic. Times are emulated microseconds inside, milliseconds out.
 from __future__ import annotations
 
 import numpy as np
-from nicemu.workloads.iteration_time import IterationCost
-from nicemu.workloads.scheduler import RequestTiming, ScheduleResult
 
 from nicemu.errors import WorkloadError
+from nicemu.workloads.iteration_time import IterationCost
+from nicemu.workloads.scheduler import RequestTiming, ScheduleResult
 
 
 def ttft_us(r: RequestTiming) -> float:

@@ -1,4 +1,4 @@
-"""Transformer model shapes: the presets of DESIGN §1 and HuggingFace-style ``config.json`` files.
+"""Transformer model shapes: the shipped presets and HuggingFace-style ``config.json`` files.
 
 Only the shapes that set compute time and traffic are kept (hidden size,
 layers, attention and KV heads, MLP width, vocabulary, experts). Parameter
@@ -111,7 +111,7 @@ class Model:
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
 
 
-#: DESIGN §1: hidden / layers / heads / kv_heads / intermediate / vocab (Mixtral: 8 experts, top-2)
+#: hidden / layers / heads / kv_heads / intermediate / vocab (Mixtral: 8 experts, top-2)
 PRESETS: dict[str, Model] = {m.name: m for m in (
     Model("Llama-2-7B", 4096, 32, 32, 32, 11008, 32000),
     Model("Llama-3-8B", 4096, 32, 32, 8, 14336, 128256),

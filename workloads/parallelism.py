@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nicemu.workloads.models import Model
-
 from nicemu.errors import WorkloadError
+from nicemu.workloads.models import Model
 
 
 @dataclass(frozen=True)

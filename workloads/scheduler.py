@@ -24,10 +24,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from nicemu.errors import WorkloadError
 from nicemu.workloads.batch import Batch, Decode, PrefillChunk
 from nicemu.workloads.requests import Request
-
-from nicemu.errors import WorkloadError
 
 
 @dataclass(frozen=True)

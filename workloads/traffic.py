@@ -1,4 +1,4 @@
-"""The collectives and transfers one forward pass issues, as plain records (DESIGN §1).
+"""The collectives and transfers one forward pass issues, as plain records (docs/model.md, serving).
 
 Per forward pass of T tokens, h hidden, b bytes per element, in issue order:
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+
 from nicemu.collectives.registry import COLLECTIVES, get, names
+from nicemu.errors import CollectiveError
 from nicemu.nic.faults import FaultSpec, parse_faults
 from nicemu.nic.ops import DTYPES, OPS
 from nicemu.nic.stragglers import check_stragglers, parse_stragglers
 from nicemu.topologies import Torus
-
-from nicemu.errors import CollectiveError
 
 
 def check_algo(algo: str) -> None:

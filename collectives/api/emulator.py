@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from mpi4py import MPI
+
 from nicemu.collectives.api.checks import (
     check_algo,
     check_collective,
@@ -41,12 +42,11 @@ from nicemu.collectives.schedules import alltoall
 from nicemu.collectives.schedules.sparse_patterns import block_mask, nblocks_of
 from nicemu.collectives.schedules.spot_protocol import plan_rounds
 from nicemu.collectives.schedules.steps import Schedule, final_segments
+from nicemu.errors import CollectiveError
 from nicemu.nic.faults import FaultSpec
 from nicemu.nic.profile import Profile, load_profile
 from nicemu.nic.spots import RecordLayout, SpotWindows
 from nicemu.topologies import Torus, parse_topology, ring
-
-from nicemu.errors import CollectiveError
 
 
 @dataclass

@@ -8,15 +8,15 @@
 from __future__ import annotations
 
 import numpy as np
+
 from nicemu.collectives.api.checks import check_collective, check_sparse_call, fault_options
 from nicemu.collectives.model.executor import Timing, run_model
 from nicemu.collectives.registry import get
 from nicemu.collectives.schedules.steps import Schedule
+from nicemu.errors import CollectiveError
 from nicemu.nic.faults import FaultSpec
 from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus
-
-from nicemu.errors import CollectiveError
 
 
 def build_schedule(collective: str, algo: str, topology: Torus, count: int,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from nicemu.collectives.model.link_faults import FaultStats, install
 from nicemu.collectives.model.step_timing import make_agents, part_bytes, receive_half, send_half
 from nicemu.collectives.schedules.steps import Schedule, step_groups

@@ -12,6 +12,7 @@ the attribute is None and nothing here runs, so fault-free times are untouched.
 from __future__ import annotations
 
 import numpy as np
+
 from nicemu.collectives.schedules.steps import Step
 from nicemu.nic.agent import NicAgents
 from nicemu.nic.faults import FaultSpec, TransferFaults, transfer_faults

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.step_timing import link_params
 from nicemu.collectives.schedules.p2p import check_pairs, route

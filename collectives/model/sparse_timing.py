@@ -47,6 +47,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.link_faults import FaultStats
 from nicemu.collectives.schedules.spot_protocol import (

@@ -9,6 +9,7 @@ both on all nodes at once.
 from __future__ import annotations
 
 import numpy as np
+
 from nicemu.collectives.schedules.steps import Step
 from nicemu.nic.agent import NicAgents
 from nicemu.nic.profile import Profile

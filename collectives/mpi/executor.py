@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from mpi4py import MPI
+
 from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.step_timing import link_params, make_agents, receive_half, send_half
 from nicemu.collectives.mpi.lean_path import LeanPlan, cpu_per_rank, lean_plan_ok, run_lean, schedule_fits

@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from mpi4py import MPI
+
 from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.schedules.steps import Schedule, step_groups
+from nicemu.hostinfo import available_cpus
 from nicemu.nic.ops import OPS
 from nicemu.nic.scalar_agent import ScalarAgent, StepCosts
-
-from nicemu.hostinfo import available_cpus
 
 if TYPE_CHECKING:
     from nicemu.collectives.mpi.executor import MpiExecutor, StepPlan

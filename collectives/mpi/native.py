@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from mpi4py import MPI
+
 from nicemu.nic.ops import OPS
 
 MPI_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}

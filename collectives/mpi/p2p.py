@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 from mpi4py import MPI
+
 from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.p2p_timing import Arrival, arrivals, host_busy, receive_done
+from nicemu.errors import CollectiveError
 from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus
-
-from nicemu.errors import CollectiveError
 
 TAG_P2P_TIME = 21
 TAG_P2P_DATA = 22

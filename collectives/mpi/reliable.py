@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from mpi4py import MPI
+
 from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.link_faults import FaultStats
 from nicemu.collectives.model.step_timing import receive_half, send_half
 from nicemu.collectives.mpi.executor import TAG_TIME
 from nicemu.collectives.mpi.watchdog import culprit_text, nodes_text
 from nicemu.collectives.schedules.steps import Schedule, step_groups
-
 from nicemu.errors import ProtocolError
 
 TAG_HDR = 21

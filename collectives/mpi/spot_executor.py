@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from mpi4py import MPI
+
 from nicemu.collectives.mpi.watchdog import (
     CollectiveStalled,
     Watchdog,
@@ -49,10 +50,9 @@ from nicemu.collectives.mpi.watchdog import (
     ranks_text,
 )
 from nicemu.collectives.schedules.spot_protocol import INDEX_BYTES, RECORD_HEADER_BYTES, Plan
+from nicemu.errors import ProtocolError
 from nicemu.nic.faults import FaultSpec, transfer_faults
 from nicemu.nic.spots import RecordLayout, SpotWindows
-
-from nicemu.errors import ProtocolError
 
 TAG_RECORD, TAG_CREDIT, TAG_TXCREDIT, TAG_NACK, TAG_RESULT = 21, 22, 23, 24, 100
 NOTE_WORDS = 7   # a record's notification: slot, round, worker, count, next, bytes, CRC32

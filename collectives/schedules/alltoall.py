@@ -47,10 +47,10 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
-from nicemu.collectives.schedules.steps import Schedule, Step
-from nicemu.topologies import Torus
 
+from nicemu.collectives.schedules.steps import Schedule, Step
 from nicemu.errors import CollectiveError
+from nicemu.topologies import Torus
 
 
 def check_count(topology: Torus, count: int) -> int:

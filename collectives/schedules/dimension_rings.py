@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import numpy as np
+
 from nicemu.collectives.schedules.steps import Step, split
 from nicemu.topologies import Torus
 

@@ -37,9 +37,8 @@ the model's exactly.
 
 from __future__ import annotations
 
-from nicemu.topologies import Torus
-
 from nicemu.errors import CollectiveError
+from nicemu.topologies import Torus
 
 PATHS = ("host", "nic")
 

@@ -21,7 +21,7 @@ protocol), in three ways:
 
 Every case asserts a non-zero exit, at most one traceback, a short stderr, and
 that the job ended within :data:`END_S` (plus the watchdog limit for a stall)
-of the hook firing. That bound is the issue's contract ("ends the whole job
+of the hook firing. That bound is the abort contract ("ends the whole job
 within 10 s") measured from the failure, not from the start, and is ~10x what
 it takes here; it separates "ended" from "hung", it is not a performance
 assertion. A run that outlives :data:`RUN_TIMEOUT_S` is killed and fails.
@@ -41,6 +41,7 @@ from pathlib import Path
 
 import pytest
 from conftest import _child_env, mpiexec_path
+
 from nicemu.collectives.mpi.watchdog import FAIL_EXIT_STATUS
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +50,7 @@ NPROCS = 4
 FAIL_RANK = 1
 FAIL_STEP = 2
 WATCHDOG_S = 5
-#: from the hook firing to the end of the job (the issue: "within 10 s")
+#: from the hook firing to the end of the job (the contract: "within 10 s")
 END_S = 10.0
 RUN_TIMEOUT_S = 60
 ALGOS = {

@@ -1,6 +1,6 @@
 """Bad inputs across ``nicemu bench`` and ``nicemu serve`` (issue 6, input hardening).
 
-The categories of the issue, each with several cases: dtype/op combinations;
+The categories of bad input, each with several cases: dtype/op combinations;
 sizes of 0, negative and overflowing; tori that do not match; profile YAML
 with unknown keys or wrong types; ``--set`` on keys that do not exist; traces
 with a timestamp that goes back; config.json files with missing fields; plus

@@ -1,6 +1,6 @@
 """Bad inputs to the ``nicemu`` CLI, under ``mpiexec`` and alone.
 
-The contract (nicemu/cli.py, DESIGN §3): a user error exits non-zero (status 2)
+The contract (nicemu/cli.py, docs/usage.md): a user error exits non-zero (status 2)
 promptly on every rank, with exactly one ``nicemu: error: ...`` line on stderr
 (printed by rank 0 only) that names the problem, and never a Python traceback.
 """

@@ -1,7 +1,7 @@
 """One program under ``mpiexec -n 1, 2, 4, 8``: identical results and emulated times.
 
-DESIGN §2.4 (virtual nodes): any number of ranks from 1 to the node count must
-give the same results. The script below runs every algorithm on the issue's
+Virtual nodes: any number of ranks from 1 to the node count must
+give the same results. The script below runs every algorithm on the
 virtual-node tori (``torus:4x4x4``, 64 nodes, and ``torus:3x3x3x3``, 81 nodes)
 with real data, gathers every node's result to rank 0 and prints, per case, the
 emulated time, wire bytes and busy times (``repr``, so exact), a sha256 of the

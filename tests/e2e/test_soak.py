@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Run, run_python
+
 from nicemu.collectives.registry import ALGORITHMS
 
 pytestmark = pytest.mark.e2e

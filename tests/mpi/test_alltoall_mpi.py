@@ -9,6 +9,7 @@ equal the model executor's exactly, whatever the node-to-rank mapping.
 import numpy as np
 import pytest
 from mpi4py import MPI
+
 from nicemu.collectives import Emulator, model_time
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import parse_topology

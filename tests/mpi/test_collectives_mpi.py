@@ -8,6 +8,7 @@ executor's bit for bit, whatever the node-to-rank mapping.
 import numpy as np
 import pytest
 from mpi4py import MPI
+
 from nicemu.collectives import Emulator, model_time
 from nicemu.nic.profile import load_profile
 

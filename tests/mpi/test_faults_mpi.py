@@ -6,7 +6,7 @@ reference exactly, and the emulated time and the fault statistics must equal
 the model executor's, call by call, at any rank count.
 
 ``NICEMU_FAULT_CALLS`` sets the number of AllReduces per algorithm in
-``test_many_allreduces_exact`` (default 4 in CI; the issue's full run is 200).
+``test_many_allreduces_exact`` (default 4 in CI; the full acceptance run is 200).
 """
 
 import os
@@ -14,6 +14,7 @@ import os
 import numpy as np
 import pytest
 from mpi4py import MPI
+
 from nicemu.collectives import Emulator, model_time
 from nicemu.collectives.registry import names
 from nicemu.nic.profile import load_profile

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mpi4py import MPI
+
 from nicemu.collectives import Emulator, model_time
 from nicemu.collectives.mpi.lean_path import PACK_MAX_BYTES
 from nicemu.nic.profile import load_profile

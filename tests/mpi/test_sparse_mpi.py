@@ -9,10 +9,10 @@ import resource
 import numpy as np
 import pytest
 from mpi4py import MPI
+
 from nicemu.collectives import Emulator, model_sparse, sparse_config
 from nicemu.collectives.schedules.sparse_patterns import block_mask
 from nicemu.nic.profile import load_profile
-
 from tests.sparse_cases import CASES, case_inputs, check_sum
 
 COMM = MPI.COMM_WORLD

@@ -1,6 +1,6 @@
 """Virtual nodes on real ranks: results and emulated times do not depend on the rank count.
 
-DESIGN §2.4: a rank may host several topology nodes, and any number of ranks
+Virtual nodes: a rank may host several topology nodes, and any number of ranks
 from 1 to the node count must give the same results. The suite runs this module
 at 2, 3, 4 and 8 ranks (tests/test_mpi_suite.py). Instead of comparing runs at
 different rank counts with each other, every run here is compared with values
@@ -24,6 +24,7 @@ import time
 import numpy as np
 import pytest
 from mpi4py import MPI
+
 from nicemu.collectives import Emulator, model_sparse, model_time, sparse_config
 from nicemu.collectives.schedules.sparse_patterns import block_mask
 from nicemu.nic.profile import load_profile
@@ -33,7 +34,7 @@ COMM = MPI.COMM_WORLD
 PROFILE = load_profile("directreduce-paper")
 SPARSE_PROFILE = load_profile("omniccl-paper")
 
-#: up to 81 nodes; the last two are the issue's virtual-node tori (64 and 81 nodes)
+#: up to 81 nodes; the last two are virtual-node tori (64 and 81 nodes)
 TOPOLOGIES = ["ring:2", "ring:5", "ring:8", "torus:2x2x2", "torus:3x3", "torus:4x4x4", "torus:3x3x3x3"]
 VIRTUAL = ("torus:4x4x4", "torus:3x3x3x3")
 #: 1 is below every node count; 1000 is a multiple of none of 3, 9, 64 and 81;

@@ -7,6 +7,7 @@ checks on real ranks.
 import numpy as np
 import pytest
 from mpi4py import MPI
+
 from nicemu.collectives import CollectiveError, Emulator, build_schedule, model_time
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import parse_topology

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from nicemu.collectives import model_time
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import parse_topology

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 from mpi4py import MPI
-from nicemu.collectives import Emulator, model_time
-from nicemu.nic.profile import load_profile
 
+from nicemu.collectives import Emulator, model_time
 from nicemu.errors import CollectiveError
+from nicemu.nic.profile import load_profile
 
 PROFILE = load_profile("directreduce-paper")
 TOPOLOGIES = ["ring:2", "ring:5", "ring:8", "torus:2x2x2", "torus:3x3", "torus:3x2x2"]

@@ -9,15 +9,15 @@ import math
 
 import numpy as np
 import pytest
+
 from nicemu.collectives import build_schedule, model_time
 from nicemu.collectives.model.executor import run_model
 from nicemu.collectives.registry import names
+from nicemu.errors import FaultSpecError
 from nicemu.nic.faults import FaultSpec, expected_delay_us, parse_faults, transfer_faults, transfer_keys, uniforms
 from nicemu.nic.profile import load_profile
 from nicemu.nic.stragglers import parse_stragglers
 from nicemu.topologies import parse_topology
-
-from nicemu.errors import FaultSpecError
 
 PROFILE = load_profile("directreduce-paper")
 
@@ -192,6 +192,7 @@ def test_profile_retransmit_timeout():
 def test_single_process_faults_exact_and_model_equal(algo):
     """All nodes in one process: every transfer goes through the in-memory attempts (loopback)."""
     from mpi4py import MPI
+
     from nicemu.collectives import Emulator
 
     faults = "drop=0.03,corrupt=0.03,seed=4"

@@ -9,6 +9,7 @@ OmniReduce at 128 MiB too, is `python scripts/paper_omniccl.py`.
 
 import numpy as np
 import pytest
+
 from nicemu.collectives import model_sparse, model_time, sparse_config
 from nicemu.collectives.schedules.sparse_patterns import pattern_mask
 from nicemu.nic.profile import load_profile

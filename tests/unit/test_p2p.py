@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 from mpi4py import MPI
+
 from nicemu.collectives import p2p_time, run_p2p
 from nicemu.collectives.schedules.p2p import route
+from nicemu.errors import CollectiveError
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import parse_topology, ring
-
-from nicemu.errors import CollectiveError
 
 IDEAL = load_profile("ideal")
 PAPER = load_profile("directreduce-paper")

@@ -6,6 +6,7 @@ resemble ring results.
 """
 
 import pytest
+
 from nicemu.collectives import model_time
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import parse_topology

@@ -5,6 +5,8 @@ import math
 from dataclasses import FrozenInstanceError
 
 import pytest
+
+from nicemu.errors import ProfileError
 from nicemu.nic.profile import (
     HostSpec,
     LinkSpec,
@@ -16,8 +18,6 @@ from nicemu.nic.profile import (
     profile_from_dict,
     shipped_profiles,
 )
-
-from nicemu.errors import ProfileError
 
 GOOD_YAML = """\
 link: {bandwidth_GBps: 12.5, latency_us: 1.0}

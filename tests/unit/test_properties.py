@@ -18,10 +18,10 @@ import math
 import numpy as np
 from hypothesis import given
 from mpi4py import MPI
+
 from nicemu.collectives import Emulator, model_sparse, model_time, sparse_config
 from nicemu.collectives.schedules.sparse_patterns import block_mask
 from nicemu.nic.profile import load_profile
-
 from tests.property_cases import (
     SPARSE_ALGOS,
     DenseCase,

@@ -13,6 +13,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from nicemu.collectives.schedules.steps import Step
 from nicemu.nic.agent import NicAgents
 from nicemu.nic.profile import load_profile

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from nicemu.collectives import model_time
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import parse_topology

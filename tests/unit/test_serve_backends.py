@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from mpi4py import MPI
+
 from nicemu.collectives import model_time
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import LinkParams, Torus, parse_topology, ring

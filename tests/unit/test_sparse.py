@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 from mpi4py import MPI
+
 from nicemu.collectives import CollectiveError, Emulator, model_sparse, sparse_config
 from nicemu.collectives.schedules.sparse_patterns import block_mask, pattern_mask, sparse_input
 from nicemu.collectives.schedules.spot_protocol import INDEX_BYTES, RECORD_HEADER_BYTES, plan_rounds
 from nicemu.nic.profile import load_profile
-
 from tests.sparse_cases import CASES, case_inputs, check_sum
 
 PROFILE = load_profile("omniccl-paper")

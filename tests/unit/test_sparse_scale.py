@@ -18,10 +18,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
+
 from nicemu.collectives import model_sparse, sparse_config
 from nicemu.collectives.model import sparse_timing
-from nicemu.collectives.schedules import spot_protocol
 from nicemu.collectives.model.sparse_timing import _max_plus_rows, _max_plus_scan, _row_sums, sparse_time
+from nicemu.collectives.schedules import spot_protocol
 from nicemu.collectives.schedules.sparse_patterns import pattern_mask
 from nicemu.collectives.schedules.spot_protocol import PackedMasks, SparseConfig, plan_rounds
 from nicemu.nic.profile import Profile, load_profile

@@ -7,6 +7,7 @@ the node is a worker or an aggregator; links are not slowed.
 import numpy as np
 import pytest
 from mpi4py import MPI
+
 from nicemu.collectives import Emulator, model_sparse, names, sparse_config
 from nicemu.collectives.schedules.sparse_patterns import block_mask
 from nicemu.collectives.schedules.spot_protocol import plan_rounds

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from nicemu.nic.streams import join, packet_split, stage, us_per_byte, whole_message
 
 

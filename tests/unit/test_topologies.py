@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+
 from nicemu.topologies import (
     LinkParams,
     TopologyError,

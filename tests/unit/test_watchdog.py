@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 from mpi4py import MPI
+
 from nicemu.collectives import Emulator, build_schedule
 from nicemu.collectives.mpi.executor import MpiExecutor, node_blocks
 from nicemu.collectives.mpi.watchdog import (
@@ -35,10 +36,9 @@ from nicemu.collectives.mpi.watchdog import (
     resolve_limit,
 )
 from nicemu.collectives.schedules.steps import step_groups
+from nicemu.errors import CollectiveError
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import parse_topology
-
-from nicemu.errors import CollectiveError
 
 LIMIT = 0.2
 TAG = 4242

@@ -1,13 +1,13 @@
 """Accelerator presets and the roofline compute model (workloads/compute.py)."""
 
 import pytest
+
+from nicemu.errors import WorkloadError
 from nicemu.workloads.accelerators import ACCELERATORS, Accelerator, load_accelerator
 from nicemu.workloads.batch import Batch, Decode, PrefillChunk, make_batch
 from nicemu.workloads.compute import expected_experts_hit, iteration_compute, iteration_compute_us
 from nicemu.workloads.models import PRESETS
 from nicemu.workloads.parallelism import Parallelism
-
-from nicemu.errors import WorkloadError
 
 H100 = ACCELERATORS["H100-SXM"]
 A100 = ACCELERATORS["A100-80G"]

@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
+
 from nicemu.collectives.schedules.sparse_patterns import block_mask
+from nicemu.errors import WorkloadError
 from nicemu.workloads.embedding_shards import (
     embedding_block_mask,
     embedding_density,
@@ -12,8 +14,6 @@ from nicemu.workloads.embedding_shards import (
     token_ids,
     vocab_shard_size,
 )
-
-from nicemu.errors import WorkloadError
 
 
 def test_shards_and_owner():

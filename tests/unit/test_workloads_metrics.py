@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-import nicemu.workloads
 import pytest
+
+import nicemu.workloads
+from nicemu.errors import WorkloadError
 from nicemu.workloads.iteration_time import CommCost, IterationCost, IterationTimer
 from nicemu.workloads.metrics import e2e_us, itl_us, request_rows, stats, summarize, tpot_us, ttft_us
 from nicemu.workloads.requests import Request, load_trace
 from nicemu.workloads.scheduler import RequestTiming, ScheduleResult, run_schedule
-
-from nicemu.errors import WorkloadError
 
 SAMPLE = Path(nicemu.workloads.__file__).parent / "data" / "sample_azure_conv.csv"
 

@@ -1,14 +1,14 @@
-"""Model presets (DESIGN §1), HuggingFace config.json loading, and deployment checks."""
+"""Model presets, HuggingFace config.json loading, and deployment checks."""
 
 import json
 
 import pytest
+
+from nicemu.errors import WorkloadError
 from nicemu.workloads.models import PRESETS, Model, find_preset, load_model, model_from_config
 from nicemu.workloads.parallelism import Parallelism
 
-from nicemu.errors import WorkloadError
-
-# DESIGN §1: hidden / layers / heads / kv_heads / intermediate / vocab
+# hidden / layers / heads / kv_heads / intermediate / vocab
 TABLE = {
     "Llama-2-7B": (4096, 32, 32, 32, 11008, 32000),
     "Llama-3-8B": (4096, 32, 32, 8, 14336, 128256),

@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 import pytest
+
+from nicemu.errors import WorkloadError
 from nicemu.workloads.requests import (
     Fixed,
     LogNormal,
@@ -12,8 +14,6 @@ from nicemu.workloads.requests import (
     parse_lengths,
     synthetic_requests,
 )
-
-from nicemu.errors import WorkloadError
 
 
 def gaps(times):

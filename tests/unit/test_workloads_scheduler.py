@@ -1,10 +1,10 @@
 """Continuous batching with chunked prefill (workloads/scheduler.py)."""
 
 import pytest
-from nicemu.workloads.requests import Request, synthetic_requests
-from nicemu.workloads.scheduler import Scheduler, SchedulerConfig, run_schedule
 
 from nicemu.errors import WorkloadError
+from nicemu.workloads.requests import Request, synthetic_requests
+from nicemu.workloads.scheduler import Scheduler, SchedulerConfig, run_schedule
 
 
 class Recorder:

@@ -3,14 +3,14 @@
 from datetime import datetime
 from pathlib import Path
 
-import nicemu.workloads
 import numpy as np
 import pytest
+
+import nicemu.workloads
+from nicemu.errors import WorkloadError
 from nicemu.workloads.make_sample_trace import main as make_sample
 from nicemu.workloads.make_sample_trace import sample_requests
 from nicemu.workloads.requests import Request, load_trace, write_trace
-
-from nicemu.errors import WorkloadError
 
 SAMPLE = Path(nicemu.workloads.__file__).parent / "data" / "sample_azure_conv.csv"
 HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"

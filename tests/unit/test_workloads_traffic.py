@@ -1,8 +1,9 @@
-"""Collectives per iteration: counted and sized against the formulas of DESIGN §1."""
+"""Collectives per iteration: counted and sized against the formulas of docs/model.md (serving)."""
 
 import csv
 
 import pytest
+
 from nicemu.workloads.batch import Batch, PrefillChunk, make_batch
 from nicemu.workloads.models import PRESETS
 from nicemu.workloads.parallelism import Parallelism
