@@ -32,15 +32,15 @@ from nicemu.progress import Progress
 from nicemu.serve_report import HEADER, UNITS, check_plot, table_row, write_cdf_plot, write_json, write_request_csv
 from nicemu.topologies import parse_topology, ring
 from nicemu.workloads import (
+    BatchingConfig,
     IterationTimer,
     Parallelism,
-    SchedulerConfig,
     TrafficCsv,
     load_accelerator,
     load_model,
     load_trace,
     request_rows,
-    run_schedule,
+    run_batching,
     summarize,
     synthetic_requests,
 )
@@ -129,7 +129,7 @@ def _validate(args: argparse.Namespace, comm):
     acc = load_accelerator(args.accelerator)
     if args.requests < 1:
         raise UsageError(f"--requests must be >= 1, got {args.requests}")
-    sched = SchedulerConfig(args.token_budget, args.chunk, args.max_running)
+    sched = BatchingConfig(args.token_budget, args.chunk, args.max_running)
     if args.trace:
         requests = load_trace(args.trace, limit=args.requests)
     else:
@@ -259,7 +259,7 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
             return duration
 
         t0 = time.monotonic()
-        result = run_schedule(requests, step, sched)
+        result = run_batching(requests, step, sched)
         wall_s = time.monotonic() - t0
         rec = {"algo": algo, **summarize(result, timer.costs)}
         st = backend.stats

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from nicemu.workloads.accelerators import Accelerator
+from nicemu.workloads.batching import Iteration
 from nicemu.workloads.compute import iteration_compute
 from nicemu.workloads.models import Model
 from nicemu.workloads.parallelism import Parallelism
-from nicemu.workloads.scheduler import Iteration
 from nicemu.workloads.traffic import TrafficRecord, iteration_traffic
 
 
@@ -60,11 +60,11 @@ class IterationComm(Protocol):
 
 
 class IterationTimer:
-    """The duration callback for :class:`~nicemu.workloads.scheduler.Scheduler`; keeps every iteration's cost.
+    """The duration callback for :class:`~nicemu.workloads.batching.Batcher`; keeps every iteration's cost.
 
     Args:
         comm_time: times one record (it is called for every record in issue
-            order, so under MPI every rank must run the same schedule), or an
+            order, so under MPI every rank must batch identically), or an
             :class:`IterationComm` that times an iteration's records at once.
         on_traffic: optional sink for each iteration's records (e.g. a
             :class:`~nicemu.workloads.traffic.TrafficCsv`'s ``write``).

@@ -1,4 +1,4 @@
-"""Serving metrics from a finished schedule: TTFT, TPOT, end-to-end latency, throughput.
+"""Serving metrics from a finished serving run: TTFT, TPOT, end-to-end latency, throughput.
 
 Definitions (as in vLLM's ``benchmark_serving``), per request:
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from nicemu.errors import WorkloadError
+from nicemu.workloads.batching import BatchingResult, RequestTiming
 from nicemu.workloads.iteration_time import IterationCost
-from nicemu.workloads.scheduler import RequestTiming, ScheduleResult
 
 
 def ttft_us(r: RequestTiming) -> float:
@@ -51,7 +51,7 @@ def stats(values: list[float] | np.ndarray) -> dict[str, float | None]:
     return {"mean": float(arr.mean()), "p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99))}
 
 
-def _finished(result: ScheduleResult) -> list[RequestTiming]:
+def _finished(result: BatchingResult) -> list[RequestTiming]:
     if not result.requests:
         raise WorkloadError("no requests to summarise")
     unfinished = [r.id for r in result.requests if not r.done]
@@ -60,7 +60,7 @@ def _finished(result: ScheduleResult) -> list[RequestTiming]:
     return result.requests
 
 
-def summarize(result: ScheduleResult, costs: list[IterationCost] | None = None) -> dict:
+def summarize(result: BatchingResult, costs: list[IterationCost] | None = None) -> dict:
     """One record of serving metrics (ms, tokens/s); with ``costs`` also the communication share.
 
     Keys: requests, ttft_ms_{mean,p50,p99}, tpot_ms_*, itl_ms_*, e2e_ms_*,
@@ -98,7 +98,7 @@ def summarize(result: ScheduleResult, costs: list[IterationCost] | None = None) 
     return out
 
 
-def request_rows(result: ScheduleResult) -> list[dict]:
+def request_rows(result: BatchingResult) -> list[dict]:
     """One row per request for ``--csv``: id, arrival_ms, tokens, ttft_ms, tpot_ms, e2e_ms."""
     rows = []
     for r in _finished(result):

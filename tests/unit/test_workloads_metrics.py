@@ -6,10 +6,10 @@ import pytest
 
 import nicemu.workloads
 from nicemu.errors import WorkloadError
+from nicemu.workloads.batching import BatchingResult, RequestTiming, run_batching
 from nicemu.workloads.iteration_time import CommCost, IterationCost, IterationTimer
 from nicemu.workloads.metrics import e2e_us, itl_us, request_rows, stats, summarize, tpot_us, ttft_us
 from nicemu.workloads.requests import Request, load_trace
-from nicemu.workloads.scheduler import RequestTiming, ScheduleResult, run_schedule
 
 SAMPLE = Path(nicemu.workloads.__file__).parent / "data" / "sample_azure_conv.csv"
 
@@ -37,7 +37,7 @@ def test_summary_values_in_ms_and_throughput():
     reqs = [timing(0, 0.0, [1000.0, 2000.0, 3000.0], inp=100),
             timing(1, 500.0, [2500.0], inp=50),
             timing(2, 1000.0, [4000.0, 6000.0], inp=10)]
-    s = summarize(ScheduleResult(reqs, []))
+    s = summarize(BatchingResult(reqs, []))
     assert s["requests"] == 3
     assert s["ttft_ms_mean"] == pytest.approx((1000 + 2000 + 3000) / 3 / 1e3)
     assert s["ttft_ms_p50"] == pytest.approx(2.0)
@@ -53,20 +53,20 @@ def test_summary_values_in_ms_and_throughput():
 def test_summary_with_costs():
     reqs = [timing(0, 0.0, [10.0])]
     costs = [IterationCost(0, 300.0, 100.0, 40.0, 0, 3), IterationCost(1, 500.0, 100.0, 0.0, 0, 3)]
-    s = summarize(ScheduleResult(reqs, []), costs)
+    s = summarize(BatchingResult(reqs, []), costs)
     assert s["comm_share"] == pytest.approx(200 / 1000)
     assert s["host_comm_ms"] == pytest.approx(0.04)
 
 
 def test_unfinished_and_empty_are_errors():
     with pytest.raises(WorkloadError, match="did not finish"):
-        summarize(ScheduleResult([RequestTiming(0, 0.0, 10, 3, [5.0])], []))
+        summarize(BatchingResult([RequestTiming(0, 0.0, 10, 3, [5.0])], []))
     with pytest.raises(WorkloadError, match="no requests"):
-        summarize(ScheduleResult([], []))
+        summarize(BatchingResult([], []))
 
 
 def test_request_rows():
-    rows = request_rows(ScheduleResult([timing(4, 1000.0, [3000.0, 5000.0])], []))
+    rows = request_rows(BatchingResult([timing(4, 1000.0, [3000.0, 5000.0])], []))
     assert rows == [{"id": 4, "arrival_ms": 1.0, "input_tokens": 10, "output_tokens": 2, "ttft_ms": 2.0,
                      "tpot_ms": 2.0, "e2e_ms": 4.0}]
 
@@ -85,7 +85,7 @@ def run_sample(algo, requests=None):
     seen = []
     timer = IterationTimer(model, nicemu.workloads.load_accelerator("h100"), par, fake_comm, algo=algo,
                            on_traffic=seen.append)
-    res = run_schedule(requests or load_trace(SAMPLE, limit=20), timer)
+    res = run_batching(requests or load_trace(SAMPLE, limit=20), timer)
     return res, timer, seen
 
 
@@ -124,6 +124,6 @@ def test_faster_collectives_lower_ttft_and_tpot():
     out = {}
     for name, scale in (("slow", 1.0), ("fast", 0.75)):
         timer = IterationTimer(model, acc, par, lambda r, s=scale: CommCost(s * fake_comm(r).emulated_us))
-        out[name] = summarize(run_schedule(reqs, timer), timer.costs)
+        out[name] = summarize(run_batching(reqs, timer), timer.costs)
     assert out["fast"]["ttft_ms_mean"] < out["slow"]["ttft_ms_mean"]
     assert out["fast"]["tpot_ms_mean"] < out["slow"]["tpot_ms_mean"]

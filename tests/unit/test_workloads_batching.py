@@ -1,10 +1,10 @@
-"""Continuous batching with chunked prefill (workloads/scheduler.py)."""
+"""Continuous batching with chunked prefill (workloads/batching.py)."""
 
 import pytest
 
 from nicemu.errors import WorkloadError
+from nicemu.workloads.batching import Batcher, BatchingConfig, run_batching
 from nicemu.workloads.requests import Request, synthetic_requests
-from nicemu.workloads.scheduler import Scheduler, SchedulerConfig, run_schedule
 
 
 class Recorder:
@@ -20,7 +20,7 @@ class Recorder:
 
 def test_single_request_chunks_then_decodes():
     rec = Recorder()
-    res = run_schedule([Request(0, 0.0, 1200, 4)], rec)
+    res = run_batching([Request(0, 0.0, 1200, 4)], rec)
     chunks = [(c.tokens, c.context_tokens, c.completes_prompt) for it in rec.iterations for c in it.batch.prefills]
     assert chunks == [(512, 0, False), (512, 512, False), (176, 1024, True)]
     decodes = [d.context_tokens for it in rec.iterations for d in it.batch.decodes]
@@ -33,9 +33,9 @@ def test_single_request_chunks_then_decodes():
 
 def test_budget_respected_and_decodes_first():
     reqs = synthetic_requests(60, 50.0, "uniform:100:3000", "uniform:1:50", seed=2)
-    cfg = SchedulerConfig(token_budget=1024, chunk_tokens=256)
+    cfg = BatchingConfig(token_budget=1024, chunk_tokens=256)
     rec = Recorder()
-    res = Scheduler(cfg).run(reqs, rec)
+    res = Batcher(cfg).run(reqs, rec)
     assert all(r.done for r in res.requests)
     seen_decode_with_prefill = False
     for it in rec.iterations:
@@ -54,7 +54,7 @@ def test_budget_respected_and_decodes_first():
 def test_chunks_continue_before_new_admissions_fcfs():
     reqs = [Request(0, 0.0, 1000, 2), Request(1, 0.0, 1000, 2)]
     rec = Recorder()
-    run_schedule(reqs, rec, SchedulerConfig(token_budget=600, chunk_tokens=512))
+    run_batching(reqs, rec, BatchingConfig(token_budget=600, chunk_tokens=512))
     first = [(c.request_id, c.tokens) for c in rec.iterations[0].batch.prefills]
     second = [(c.request_id, c.tokens) for c in rec.iterations[1].batch.prefills]
     assert first == [(0, 512), (1, 88)]
@@ -65,7 +65,7 @@ def test_decode_budget_leaves_room_accounting():
     # 3 decoding requests, budget 4: only 1 prefill token fits next to the 3 decodes
     reqs = [Request(i, 0.0, 1, 10) for i in range(3)] + [Request(3, 0.0, 50, 1)]
     rec = Recorder()
-    run_schedule(reqs, rec, SchedulerConfig(token_budget=4, chunk_tokens=512, max_running=4))
+    run_batching(reqs, rec, BatchingConfig(token_budget=4, chunk_tokens=512, max_running=4))
     it = rec.iterations[1]
     assert len(it.batch.decodes) == 3 and [c.tokens for c in it.batch.prefills] == [1]
 
@@ -73,17 +73,17 @@ def test_decode_budget_leaves_room_accounting():
 def test_max_running_and_kv_capacity_admission():
     reqs = [Request(i, 0.0, 10, 5) for i in range(6)]
     rec = Recorder()
-    run_schedule(reqs, rec, SchedulerConfig(max_running=2))
+    run_batching(reqs, rec, BatchingConfig(max_running=2))
     assert all(len(it.batch.prefills) + len(it.batch.decodes) <= 2 for it in rec.iterations)
     rec = Recorder()
-    run_schedule(reqs, rec, SchedulerConfig(max_kv_tokens=45))     # room for 3 requests of 15
+    run_batching(reqs, rec, BatchingConfig(max_kv_tokens=45))     # room for 3 requests of 15
     assert max(len(it.batch.prefills) + len(it.batch.decodes) for it in rec.iterations) == 3
     with pytest.raises(WorkloadError, match="KV-cache capacity"):
-        run_schedule([Request(0, 0.0, 100, 100)], rec, SchedulerConfig(max_kv_tokens=150))
+        run_batching([Request(0, 0.0, 100, 100)], rec, BatchingConfig(max_kv_tokens=150))
 
 
 def test_idle_gap_jumps_to_next_arrival():
-    res = run_schedule([Request(0, 0.0, 10, 1), Request(1, 5e6, 10, 1)], lambda it: 1000.0)
+    res = run_batching([Request(0, 0.0, 10, 1), Request(1, 5e6, 10, 1)], lambda it: 1000.0)
     assert res.requests[0].first_token_us == 1000.0
     assert res.requests[1].first_token_us == 5e6 + 1000.0
     assert [log.start_us for log in res.iterations] == [0.0, 5e6]
@@ -91,37 +91,37 @@ def test_idle_gap_jumps_to_next_arrival():
 
 
 def test_arrival_during_iteration_waits_for_next_iteration():
-    res = run_schedule([Request(0, 0.0, 10, 3), Request(1, 50.0, 10, 1)], lambda it: 100.0)
+    res = run_batching([Request(0, 0.0, 10, 3), Request(1, 50.0, 10, 1)], lambda it: 100.0)
     assert res.requests[1].first_token_us == 200.0     # admitted at t=100, prefilled in the 2nd iteration
 
 
 def test_single_output_token_finishes_at_prefill():
-    res = run_schedule([Request(0, 0.0, 700, 1)], lambda it: 10.0)
+    res = run_batching([Request(0, 0.0, 700, 1)], lambda it: 10.0)
     r = res.requests[0]
     assert r.done and r.first_token_us == r.finish_us == 20.0
 
 
 def test_deterministic():
     reqs = synthetic_requests(80, 20.0, "lognormal:1155:0.8", "lognormal:211:0.8", seed=5)
-    a = run_schedule(reqs, Recorder())
-    b = run_schedule(reqs, Recorder())
+    a = run_batching(reqs, Recorder())
+    b = run_batching(reqs, Recorder())
     assert [r.token_us for r in a.requests] == [r.token_us for r in b.requests]
     assert a.iterations == b.iterations
 
 
 def test_bad_duration_and_bad_config():
     with pytest.raises(WorkloadError, match="duration"):
-        run_schedule([Request(0, 0.0, 10, 2)], lambda it: -1.0)
+        run_batching([Request(0, 0.0, 10, 2)], lambda it: -1.0)
     with pytest.raises(WorkloadError, match="duration"):
-        run_schedule([Request(0, 0.0, 10, 2)], lambda it: float("nan"))
+        run_batching([Request(0, 0.0, 10, 2)], lambda it: float("nan"))
     with pytest.raises(WorkloadError, match="token_budget"):
-        SchedulerConfig(token_budget=0)
+        BatchingConfig(token_budget=0)
     with pytest.raises(WorkloadError, match="unique"):
-        run_schedule([Request(0, 0.0, 10, 2), Request(0, 1.0, 10, 2)], lambda it: 1.0)
+        run_batching([Request(0, 0.0, 10, 2), Request(0, 1.0, 10, 2)], lambda it: 1.0)
     with pytest.raises(WorkloadError, match=">= 1"):
-        run_schedule([Request(0, 0.0, 0, 2)], lambda it: 1.0)
+        run_batching([Request(0, 0.0, 0, 2)], lambda it: 1.0)
 
 
 def test_empty_request_list():
-    res = run_schedule([], lambda it: 1.0)
+    res = run_batching([], lambda it: 1.0)
     assert res.requests == [] and res.iterations == [] and res.end_us == 0.0

@@ -13,8 +13,8 @@ Each iteration (one forward pass) is filled under a token budget, in this order:
 A request's first output token appears at the end of the iteration that
 prefills its last prompt token; each later token at the end of one decode
 iteration. The clock advances by the duration the caller's callback returns,
-so the same scheduler serves any compute and communication model. Given the
-same requests and durations, the schedule is identical on every run and rank.
+so the same batcher serves any compute and communication model. Given the
+same requests and durations, the batches are identical on every run and rank.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from nicemu.workloads.requests import Request
 
 
 @dataclass(frozen=True)
-class SchedulerConfig:
+class BatchingConfig:
     token_budget: int = 2048          # tokens per iteration (vLLM max_num_batched_tokens)
     chunk_tokens: int = 512           # prefill tokens per request per iteration
     max_running: int = 256            # requests in the running batch (vLLM max_num_seqs)
@@ -39,9 +39,9 @@ class SchedulerConfig:
     def __post_init__(self) -> None:
         for key in ("token_budget", "chunk_tokens", "max_running"):
             if getattr(self, key) < 1:
-                raise WorkloadError(f"scheduler {key} must be >= 1, got {getattr(self, key)}")
+                raise WorkloadError(f"batching {key} must be >= 1, got {getattr(self, key)}")
         if self.max_kv_tokens is not None and self.max_kv_tokens < 1:
-            raise WorkloadError(f"scheduler max_kv_tokens must be >= 1, got {self.max_kv_tokens}")
+            raise WorkloadError(f"batching max_kv_tokens must be >= 1, got {self.max_kv_tokens}")
 
 
 @dataclass
@@ -94,7 +94,7 @@ class RequestTiming:
 
 
 @dataclass
-class ScheduleResult:
+class BatchingResult:
     requests: list[RequestTiming]
     iterations: list[IterationLog]
 
@@ -106,11 +106,11 @@ class ScheduleResult:
 DurationFn = Callable[[Iteration], float]
 
 
-class Scheduler:
+class Batcher:
     """Runs requests to completion, one iteration at a time; see the module docstring."""
 
-    def __init__(self, config: SchedulerConfig | None = None) -> None:
-        self.config = config or SchedulerConfig()
+    def __init__(self, config: BatchingConfig | None = None) -> None:
+        self.config = config or BatchingConfig()
 
     def _check(self, requests: list[Request]) -> None:
         cap = self.config.max_kv_tokens
@@ -153,7 +153,7 @@ class Scheduler:
             chunk(r)
         return Batch(tuple(prefills), tuple(decodes))
 
-    def run(self, requests: list[Request], iteration_time_us: DurationFn) -> ScheduleResult:
+    def run(self, requests: list[Request], iteration_time_us: DurationFn) -> BatchingResult:
         """Serve every request; ``iteration_time_us(iteration)`` gives each forward pass's duration."""
         self._check(requests)
         states = {r.id: RequestTiming(r.id, r.arrival_us, r.input_tokens, r.output_tokens) for r in requests}
@@ -172,7 +172,7 @@ class Scheduler:
                 continue
             batch = self.next_batch(waiting, running)
             if not batch:
-                raise WorkloadError(f"scheduler made no progress at {now_us} us; check SchedulerConfig")
+                raise WorkloadError(f"batching made no progress at {now_us} us; check BatchingConfig")
             it = Iteration(len(logs), now_us, batch)
             duration_us = float(iteration_time_us(it))
             if not (duration_us >= 0 and math.isfinite(duration_us)):
@@ -188,10 +188,10 @@ class Scheduler:
             for d in batch.decodes:
                 states[d.request_id].token_us.append(now_us)
             running = [r for r in running if not r.done]
-        return ScheduleResult([states[r.id] for r in requests], logs)
+        return BatchingResult([states[r.id] for r in requests], logs)
 
 
-def run_schedule(requests: list[Request], iteration_time_us: DurationFn,
-                 config: SchedulerConfig | None = None) -> ScheduleResult:
-    """Shortcut for ``Scheduler(config).run(requests, iteration_time_us)``."""
-    return Scheduler(config).run(requests, iteration_time_us)
+def run_batching(requests: list[Request], iteration_time_us: DurationFn,
+                 config: BatchingConfig | None = None) -> BatchingResult:
+    """Shortcut for ``Batcher(config).run(requests, iteration_time_us)``."""
+    return Batcher(config).run(requests, iteration_time_us)
