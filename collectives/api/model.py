@@ -27,7 +27,7 @@ def build_schedule(collective: str, algo: str, topology: Torus, count: int,
         check_sparse_call(algo, collective, "sum")
     if entry.build is None:
         raise CollectiveError(f"algorithm '{algo}' has no fixed schedule: "
-                              + ("its rounds depend on the data (time it with model_sparse_time)"
+                              + ("its rounds depend on the data (time it with model_sparse)"
                                  if entry.sparse is not None else "it is MPI's own collective"))
     return entry.build(collective, topology, count, bidirectional)
 
