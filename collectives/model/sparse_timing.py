@@ -58,7 +58,8 @@ from nicemu.nic.faults import FaultSpec
 from nicemu.nic.profile import Profile
 from nicemu.nic.stragglers import node_factors
 
-__all__ = ["SparseTiming", "as_timing", "model_sparse", "sparse_time", "spot_memory_bytes"]
+__all__ = ["SparseTiming", "as_timing", "model_sparse", "plan_sparse", "sparse_time", "spot_memory_bytes",
+           "time_sparse_plan"]
 
 
 @dataclass
@@ -104,3 +105,18 @@ def model_sparse(cfg: SparseConfig, masks: np.ndarray, profile: Profile, itemsiz
     """Emulated time from the block masks alone (nodes x nblocks); faults on the Rx-spot writes,
     stragglers slow their nodes' host, NIC and PCIe service times."""
     return as_timing(sparse_time(plan_rounds(masks, cfg), profile, itemsize, faults, call, stragglers))
+
+
+def plan_sparse(cfg: SparseConfig, masks) -> Plan:
+    """The rounds of the spot protocol for these block masks (a bool array or ``PackedMasks``).
+
+    ``model_sparse`` is ``time_sparse_plan(plan_sparse(...))``; the two halves are
+    public so that a bench can time and size them apart.
+    """
+    return plan_rounds(masks, cfg)
+
+
+def time_sparse_plan(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec | None = None,
+                     call: int = 0, stragglers: dict[int, float] | None = None) -> Timing:
+    """Emulated time of planned rounds: the second half of ``model_sparse``."""
+    return as_timing(sparse_time(plan, profile, itemsize, faults, call, stragglers))
