@@ -398,7 +398,7 @@ def findings(records: Sequence[dict]) -> list[str]:
             text = (f"{algo_name(algo)} ({variant} links): the gain over the ring runs from "
                     f"{100 * lo['gain_vs_ring']:.2f}% (M/N = {_per_node(lo['bytes_per_node'])} B, {lo['topology']}) "
                     f"to {100 * hi['gain_vs_ring']:.2f}% (M/N = {_per_node(hi['bytes_per_node'])} B, "
-                    f"{hi['topology']}): it grows with the bytes per node, not with N.")
+                    f"{hi['topology']}): it follows the bytes per node M/N.")
             if big:
                 text += (f" Wherever M/N ≥ 1 KiB it is {100 * min(r['gain_vs_ring'] for r in big):.2f}% to "
                          f"{100 * max(r['gain_vs_ring'] for r in big):.2f}%.")
@@ -416,9 +416,8 @@ def page_lines(cfg: Config, records: Sequence[dict], figures: Sequence[str]) -> 
     name = cfg.profile.name + (f" ({', '.join(cfg.overrides)})" if cfg.overrides else "")
     about = (intro(name) + f" Also writes {Path(cfg.prefix).name}.json and .csv; "
              "`scripts/plot_scaling.py` redraws the figures from the JSON.")
-    body = [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
-    return page(cfg.command, PROG, about, [*body, *([""] if body else []), *table_lines(records, cfg.algos)],
-                findings(records))
+    body = [line for f in figures for line in (f"![{Path(f).stem}]({Path(f).name})", "")]
+    return page(cfg.command, PROG, about, [*body, *table_lines(records, cfg.algos)], findings(records))
 
 
 def write_outputs(cfg: Config, records: list[dict]) -> list[str]:
