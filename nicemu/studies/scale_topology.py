@@ -119,7 +119,7 @@ def profile_fingerprint(profile: Profile) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def make_config(k: str | None = None, sizes: str | None = None, algo: str = "ring,directreduce",
+def make_config(k: str | None = None, sizes: str | None = None, algo: str = ",".join(SCHEDULED),
                 profile: str = "directreduce-paper", overrides: Sequence[str] = (),
                 variants: str = "unidirectional", out: str = "docs/results/scale_topology", quick: bool = False,
                 progress: bool = False, fresh: bool = False, clean: bool = False, no_plots: bool = False,

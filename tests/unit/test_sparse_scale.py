@@ -603,3 +603,20 @@ def test_exhaustive_small_masks():
 
 
 _UNUSED = (SparseConfig, us_per_byte, CREDIT_BYTES)   # names the frozen reference relies on
+
+
+@pytest.mark.parametrize("algo", ["omniccl", "omniccl-cpu", "omnireduce"])
+def test_public_halves_give_model_sparse(algo):
+    """plan_sparse then time_sparse_plan (what the sparse model bench times apart) is model_sparse."""
+    from nicemu.collectives import PackedMasks, names, plan_sparse, time_sparse_plan
+    assert algo in names(kind="sparse")
+    n, count = 6, 5000
+    cfg = sparse_config(algo, n, block_size=64)
+    masks = np.stack([pattern_mask(w, n, count, 64, 0.3, "random", 1) for w in range(n)])
+    prof = load_profile("omniccl-paper")
+    want = model_sparse(cfg, masks, prof, 4, stragglers={2: 2.5})
+    plan = plan_sparse(cfg, PackedMasks(np.packbits(masks, axis=1), masks.shape[1]))
+    got = time_sparse_plan(plan, prof, 4, stragglers={2: 2.5})
+    assert got.emulated_us == want.emulated_us and got.wire_bytes == want.wire_bytes
+    assert np.array_equal(got.node_done_us, want.node_done_us)
+    assert (got.host_busy_us, got.nic_busy_us, got.spilled) == (want.host_busy_us, want.nic_busy_us, want.spilled)
