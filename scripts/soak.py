@@ -4,7 +4,7 @@
     mpiexec -n 4 python scripts/soak.py --calls 10000 --comm-probe
 
 One Emulator runs ``--calls`` AllReduces in a row, cycling through the
-algorithms (ring, directreduce, omniccl, omniccl-cpu, omnireduce, mpi). The
+algorithms (every one of the registry, ``nicemu info`` lists them). The
 calls come in cycles of ``--cycle`` calls. Each call of a cycle has its own
 count (24 different ones from 1 to 4,099 elements, more than the executor's
 plan cache holds, so plans are evicted and rebuilt), dtype (int32, int64,
