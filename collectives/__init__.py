@@ -17,17 +17,18 @@ from nicemu.collectives.api.checks import check_algo, check_collective, check_dt
 from nicemu.collectives.api.model import build_schedule, model_time
 from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.p2p_timing import p2p_time
-from nicemu.collectives.model.sparse_timing import model_sparse
+from nicemu.collectives.model.sparse_timing import model_sparse, plan_sparse, time_sparse_plan
 from nicemu.collectives.registry import ALGORITHMS, COLLECTIVES, REGISTRY, Algorithm, names, sparse_config
+from nicemu.collectives.schedules.spot_protocol import PackedMasks
 from nicemu.errors import CollectiveError
 
 if TYPE_CHECKING:
     from nicemu.collectives.api.emulator import Emulator, Result
     from nicemu.collectives.mpi.p2p import run_p2p
 
-__all__ = ["ALGORITHMS", "COLLECTIVES", "REGISTRY", "Algorithm", "CollectiveError", "Emulator", "Result",
-           "Timing", "build_schedule", "check_algo", "check_collective", "check_dtype_op", "model_sparse",
-           "model_time", "names", "p2p_time", "run_p2p", "sparse_config"]
+__all__ = ["ALGORITHMS", "COLLECTIVES", "REGISTRY", "Algorithm", "CollectiveError", "Emulator", "PackedMasks",
+           "Result", "Timing", "build_schedule", "check_algo", "check_collective", "check_dtype_op", "model_sparse",
+           "model_time", "names", "p2p_time", "plan_sparse", "run_p2p", "sparse_config", "time_sparse_plan"]
 
 
 def __getattr__(name: str):

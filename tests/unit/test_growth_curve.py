@@ -1,4 +1,4 @@
-"""scripts/growth_curve.py: the fit, the step counts, and a small sweep end to end."""
+"""nicemu.studies.growth_curve and scripts/growth_curve.py: the fit, the step counts, and a small sweep end to end."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from nicemu.studies import growth_curve as study
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "growth_curve.py"
 _spec = importlib.util.spec_from_file_location("growth_curve", SCRIPT)
@@ -22,8 +24,8 @@ def test_fit_recovers_a_power_law_and_skips_short_points(slope):
     xs = np.logspace(3, 8, 12)
     records = [{"nodes_x_steps": float(x), "wall_s": 2e-7 * x ** slope, "topology": "torus:3^6"} for x in xs]
     records.append({"nodes_x_steps": 1e3, "wall_s": 1e-9, "topology": "torus:3^6"})   # below min_s: ignored
-    got, intercept, used = gc.fit(records, min_s=1e-6)
-    assert np.isnan(gc.fit(records[:1] * 2, min_s=0)[0])        # one distinct size: no line
+    got, intercept, used = study.fit(records, min_s=1e-6)
+    assert np.isnan(study.fit(records[:1] * 2, min_s=0)[0])        # one distinct size: no line
     assert got == pytest.approx(slope, rel=1e-9)
     assert intercept == pytest.approx(np.log10(2e-7), rel=1e-9)
     assert used == sum(1 for r in records if r["wall_s"] >= 1e-6)
@@ -31,8 +33,8 @@ def test_fit_recovers_a_power_law_and_skips_short_points(slope):
 
 def test_step_counts_are_the_schedules():
     from nicemu.topologies import parse_topology
-    assert gc.step_count("ring", parse_topology("ring:8"), 1024) == 2 * 7
-    assert gc.step_count("directreduce", parse_topology("torus:3^6"), 1024) == 2 * 6 * 2   # 2 sum(k-1)
+    assert study.step_count("ring", parse_topology("ring:8"), 1024) == 2 * 7
+    assert study.step_count("directreduce", parse_topology("torus:3^6"), 1024) == 2 * 6 * 2   # 2 sum(k-1)
 
 
 def test_small_sweep_writes_outputs_and_refits_from_json(tmp_path):
@@ -47,3 +49,6 @@ def test_small_sweep_writes_outputs_and_refits_from_json(tmp_path):
     again = tmp_path / "h"
     assert gc.main(["--from-json", str(out.with_suffix(".json")), "--fit-min-s", "0", "--out", str(again)]) == 0
     assert json.loads(again.with_suffix(".json").read_text())["slope"] == saved["slope"]
+    page = again.with_suffix(".md").read_text().splitlines()
+    assert page[0] == f"Regenerate (from the repository root): `{saved['command']}`"   # the measuring run's
+    assert saved["command"].startswith("python scripts/growth_curve.py --k 2,3")

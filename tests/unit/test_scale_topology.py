@@ -1,4 +1,5 @@
-"""scripts/scale_topology.py: outputs, gains, resume after a finished or interrupted run, bad input."""
+"""scripts/scale_topology.py and nicemu.studies.scale_topology: outputs, gains, resume after a finished or
+interrupted run, bad input."""
 
 import csv
 import importlib.util
@@ -10,6 +11,7 @@ import pytest
 
 from nicemu.collectives import model_time
 from nicemu.nic.profile import load_profile
+from nicemu.studies import scale_topology as study
 from nicemu.topologies import parse_topology
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "scale_topology.py"
@@ -48,13 +50,13 @@ def test_writes_every_output_with_one_record_per_point(full_run):
     assert {(r["k"], r["nodes"], r["bytes"], r["algo"], r["variant"]) for r in records} == {
         (3, 729, m, a, "unidirectional") for m in (1 << 10, 1 << 20) for a in ("ring", "directreduce")}
     for r in records:
-        assert set(st.FIELDS) <= set(r)
+        assert set(study.FIELDS) <= set(r)
         assert r["bytes_per_node"] == r["bytes"] / r["nodes"]
         assert r["count"] == r["bytes"] // 4
         assert r["emulated_us"] > 0 and r["model_wall_s"] > 0
     with open(f"{prefix}.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 4 and list(rows[0]) == st.FIELDS
+    assert len(rows) == 4 and list(rows[0]) == study.FIELDS
     assert len(lines(Path(f"{prefix}.partial.jsonl"))) == 4
 
 
@@ -68,6 +70,9 @@ def test_gains_are_one_minus_directreduce_over_ring(full_run):
         assert t[(m, "directreduce")]["gain_vs_ring"] == pytest.approx(expected, rel=1e-12)
     assert t[(1 << 20, "directreduce")]["gain_vs_ring"] > 0.15   # M/N > 1 KB: the paper's 15-36 %
     table = Path(f"{prefix}.md").read_text()
+    assert table.splitlines()[0] == ("Regenerate (from the repository root): `python scripts/scale_topology.py "
+                                     f"{' '.join(SMALL)} --out {prefix}`")
+    assert "![st_gain_heatmap](st_gain_heatmap.png)" in table
     assert "| 3 | 729 | 1M |" in table
     assert f"{100 * t[(1 << 20, 'directreduce')]['gain_vs_ring']:.2f}%" in table
 
@@ -90,7 +95,7 @@ def test_second_run_reuses_everything(tmp_path, monkeypatch, capsys):
     def boom(*args, **kwargs):
         raise AssertionError("a finished point was computed again")
 
-    monkeypatch.setattr(st, "model_time", boom)
+    monkeypatch.setattr(study, "model_time", boom)
     capsys.readouterr()
     code, _ = run(tmp_path, "--no-plots")
     assert code == 0
@@ -122,8 +127,8 @@ def test_resumes_from_partial_file_with_a_cut_last_line(tmp_path, monkeypatch):
     partial = tmp_path / "st.partial.jsonl"
     partial.write_text(done[0] + "\n" + done[1] + "\n" + done[2][: len(done[2]) // 2])
     calls = []
-    real = st.model_time
-    monkeypatch.setattr(st, "model_time", lambda *a, **k: calls.append(a[:2]) or real(*a, **k))
+    real = study.model_time
+    monkeypatch.setattr(study, "model_time", lambda *a, **k: calls.append(a[:2]) or real(*a, **k))
     code, prefix = run(tmp_path, "--no-plots")
     assert code == 0
     assert len(calls) == 2                      # only the two missing points ran
@@ -136,7 +141,7 @@ def test_resumes_from_partial_file_with_a_cut_last_line(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_leaves_whole_lines_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
-    real = st.model_time
+    real = study.model_time
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -145,7 +150,7 @@ def test_ctrl_c_leaves_whole_lines_and_says_how_to_resume(tmp_path, monkeypatch,
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(st, "model_time", interrupted)
+    monkeypatch.setattr(study, "model_time", interrupted)
     code, prefix = run(tmp_path, "--no-plots")
     assert code == 130
     err = capsys.readouterr().err.strip().splitlines()
@@ -154,7 +159,7 @@ def test_ctrl_c_leaves_whole_lines_and_says_how_to_resume(tmp_path, monkeypatch,
     assert [json.loads(x)["algo"] for x in lines(partial)] == ["ring", "directreduce"]
     assert not Path(f"{prefix}.json").exists()
 
-    monkeypatch.setattr(st, "model_time", real)
+    monkeypatch.setattr(study, "model_time", real)
     code, _ = run(tmp_path, "--no-plots")
     assert code == 0 and len(lines(partial)) == 4
 

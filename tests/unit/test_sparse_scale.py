@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 from nicemu.collectives import model_sparse, sparse_config
-from nicemu.collectives.model import sparse_timing
-from nicemu.collectives.model.sparse_timing import _max_plus_rows, _max_plus_scan, _row_sums, sparse_time
+from nicemu.collectives.model.sparse import state as sparse_state
+from nicemu.collectives.model.sparse.maxplus import max_plus_rows, max_plus_scan, row_sums
+from nicemu.collectives.model.sparse_timing import sparse_time
 from nicemu.collectives.schedules import spot_protocol
 from nicemu.collectives.schedules.sparse_patterns import pattern_mask
 from nicemu.collectives.schedules.spot_protocol import PackedMasks, SparseConfig, plan_rounds
@@ -163,7 +164,7 @@ def _reference_spot_memory_bytes(nodes: int, cfg, block_bytes: int) -> int:
     return cfg.spots * (nodes + cfg.tx_spots) * record
 
 
-def _reference_max_plus_scan(start: float, ready: np.ndarray, service: np.ndarray) -> np.ndarray:
+def _referencemax_plus_scan(start: float, ready: np.ndarray, service: np.ndarray) -> np.ndarray:
     """Completion times of FIFO jobs in order: done_j = max(done_{j-1}, ready_j) + service_j."""
     if len(ready) == 0:
         return ready
@@ -231,7 +232,7 @@ def _reference_sparse_time(plan: _RefPlan, profile: Profile, itemsize: int) -> _
             start = np.maximum(ready[remote], out_free[who[remote]])
             out_free[who[remote]] = start + msg[remote] * beta
             arrival = ready.copy()
-            arrival[remote] = _reference_max_plus_scan(in_free[g], out_free[who[remote]] + alpha - msg[remote] * beta,
+            arrival[remote] = _referencemax_plus_scan(in_free[g], out_free[who[remote]] + alpha - msg[remote] * beta,
                                              msg[remote] * beta)
             if remote.any():
                 in_free[g] = arrival[remote][-1]
@@ -243,13 +244,13 @@ def _reference_sparse_time(plan: _RefPlan, profile: Profile, itemsize: int) -> _
             if cfg.aggregation == "nic":
                 arr = arrival + (2 * a_p + 2 * data * pi if spilled else 0.0)
                 first = max(tx_free[s, tx], nic_free[g])
-                finish = _reference_max_plus_scan(first, arr, data * nu)
+                finish = _referencemax_plus_scan(first, arr, data * nu)
                 nic_free[g] = finish[-1] if len(finish) else first
                 nic_busy[g] += float((data * nu).sum())
                 consumed[j] = nic_free[g] + a_n
                 ready_at[j] = consumed[j] + ((a_p + rb_data * pi) if spilled else 0.0)
             elif cfg.aggregation == "cpu":
-                landed = _reference_max_plus_scan(wr_free[g], arrival, data * pi)
+                landed = _referencemax_plus_scan(wr_free[g], arrival, data * pi)
                 if len(landed):
                     wr_free[g] = landed[-1]
                 last = (landed[-1] if len(landed) else 0.0) + a_p
@@ -260,7 +261,7 @@ def _reference_sparse_time(plan: _RefPlan, profile: Profile, itemsize: int) -> _
                 ready_at[j] = host_free[g] + a_p + rb_data * pi
             else:   # dedicated CPU aggregator: each message handled as it arrives
                 start0 = max(host_free[g], tx_free[s, tx])
-                finish = _reference_max_plus_scan(start0, arrival + a_p + data * pi, o_h + data * gamma)
+                finish = _referencemax_plus_scan(start0, arrival + a_p + data * pi, o_h + data * gamma)
                 host_free[g] = finish[-1] if len(finish) else start0
                 host_busy[g] += float((o_h + data * gamma).sum())
                 consumed[j] = host_free[g]
@@ -410,10 +411,10 @@ def check_case(masks, cfg, profile, itemsize) -> None:
 def chunks(request, monkeypatch):
     """Force the chunked code paths: a few (slot, worker) pairs and mask bytes per chunk."""
     if request.param == "tiny":
-        monkeypatch.setattr(sparse_timing, "_CHUNK", 1)
+        monkeypatch.setattr(sparse_state, "CHUNK", 1)
         monkeypatch.setattr(spot_protocol, "_COUNT_CHUNK", 1)
     elif request.param == "small":
-        monkeypatch.setattr(sparse_timing, "_CHUNK", 23)
+        monkeypatch.setattr(sparse_state, "CHUNK", 23)
         monkeypatch.setattr(spot_protocol, "_COUNT_CHUNK", 57)
     return request.param
 
@@ -545,7 +546,7 @@ def test_row_scan_matches_scan_with_neutral_entries():
         ready = nrng.random(length) * 10 ** rng.randint(-3, 6)
         service = nrng.random(length) * 10 ** rng.randint(-3, 4)
         start = float(nrng.random() * 100)
-        want = _max_plus_scan(start, ready, service)
+        want = max_plus_scan(start, ready, service)
         # hide neutral entries anywhere and pad the end
         width = length + rng.randint(0, 5)
         keep = sorted(rng.sample(range(width), length))
@@ -553,10 +554,10 @@ def test_row_scan_matches_scan_with_neutral_entries():
         s = np.zeros((2, width + 3))
         r[0, keep], s[0, keep] = ready, service
         r[1, :length], s[1, :length] = ready, service
-        got = _max_plus_rows(np.array([start, start]), r, s)
+        got = max_plus_rows(np.array([start, start]), r, s)
         assert np.array_equal(got[0, keep], want) and np.array_equal(got[1, :length], want)
         assert got[0, -1] == want[-1] == got[1, -1]
-    empty = _max_plus_rows(np.array([3.5]), np.full((1, 4), -np.inf), np.zeros((1, 4)))
+    empty = max_plus_rows(np.array([3.5]), np.full((1, 4), -np.inf), np.zeros((1, 4)))
     assert np.array_equal(empty, np.full((1, 4), 3.5))
 
 
@@ -564,7 +565,7 @@ def test_row_sums_keep_numpys_pairwise_order():
     nrng = np.random.default_rng(2)
     lengths = np.array([1, 7, 8, 9, 127, 128, 129, 255, 256, 1000, 4096, 4097, 9000])
     m = nrng.random((len(lengths), 9100)) * 10.0 ** nrng.integers(-8, 8, (len(lengths), 9100))
-    got = _row_sums(m, lengths)
+    got = row_sums(m, lengths)
     for i, ell in enumerate(lengths):
         assert got[i] == np.ascontiguousarray(m[i, :ell]).sum()
 
@@ -602,3 +603,20 @@ def test_exhaustive_small_masks():
 
 
 _UNUSED = (SparseConfig, us_per_byte, CREDIT_BYTES)   # names the frozen reference relies on
+
+
+@pytest.mark.parametrize("algo", ["omniccl", "omniccl-cpu", "omnireduce"])
+def test_public_halves_give_model_sparse(algo):
+    """plan_sparse then time_sparse_plan (what the sparse model bench times apart) is model_sparse."""
+    from nicemu.collectives import PackedMasks, names, plan_sparse, time_sparse_plan
+    assert algo in names(kind="sparse")
+    n, count = 6, 5000
+    cfg = sparse_config(algo, n, block_size=64)
+    masks = np.stack([pattern_mask(w, n, count, 64, 0.3, "random", 1) for w in range(n)])
+    prof = load_profile("omniccl-paper")
+    want = model_sparse(cfg, masks, prof, 4, stragglers={2: 2.5})
+    plan = plan_sparse(cfg, PackedMasks(np.packbits(masks, axis=1), masks.shape[1]))
+    got = time_sparse_plan(plan, prof, 4, stragglers={2: 2.5})
+    assert got.emulated_us == want.emulated_us and got.wire_bytes == want.wire_bytes
+    assert np.array_equal(got.node_done_us, want.node_done_us)
+    assert (got.host_busy_us, got.nic_busy_us, got.spilled) == (want.host_busy_us, want.nic_busy_us, want.spilled)

@@ -1,0 +1,98 @@
+"""What the spot-protocol timing carries from one round to the next.
+
+The cost parameters of the profile (per byte and per message, and, with
+``--straggler``, per endpoint), and every shared resource's free time: each
+endpoint's link in each direction, its PCIe read and write engines, its host
+CPU and its NIC reduction engine, plus the Tx spots' reuse times and the
+workers' self-clock. Endpoints are the nodes, then any dedicated aggregators.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nicemu.collectives.model.link_faults import FaultStats
+from nicemu.collectives.model.sparse.maxplus import Workspace
+from nicemu.collectives.schedules.spot_protocol import (
+    CREDIT_BYTES,
+    INDEX_BYTES,
+    RECORD_HEADER_BYTES,
+    Plan,
+    SparseConfig,
+)
+from nicemu.nic.faults import FaultSpec
+from nicemu.nic.profile import Profile
+from nicemu.nic.streams import us_per_byte
+
+#: (slot, worker) pairs held at once (a few MiB per array: cache-sized); tests lower it
+CHUNK = 1 << 18
+
+
+def spot_memory_bytes(nodes: int, cfg: SparseConfig, block_bytes: int) -> int:
+    """NIC memory one aggregator needs for its Rx spots (one region per worker) and Tx spots."""
+    record = cfg.spot_blocks * (block_bytes + INDEX_BYTES) + RECORD_HEADER_BYTES
+    return cfg.spots * (nodes + cfg.tx_spots) * record
+
+
+class SpotState:
+    """Cost parameters and resource free times while the rounds of one plan are timed."""
+
+    def __init__(self, plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec | None = None,
+                 call: int = 0, slow: np.ndarray | None = None) -> None:
+        cfg, lay = plan.cfg, plan.layout
+        self.cfg, self.lay = cfg, lay
+        n = self.n = lay.nodes
+        self.chunk = CHUNK
+        self.faults, self.call = faults, call
+        self.fault_stats = FaultStats()
+        self.rto_us, self.packet_bytes = profile.nic.retransmit_timeout_us, profile.nic.packet_bytes
+        self.bb = cfg.block_size * itemsize
+        self.beta, self.alpha = us_per_byte(profile.link.bandwidth_GBps), profile.link.latency_us
+        self.pi, self.a_p = us_per_byte(profile.pcie.bandwidth_GBps), profile.pcie.latency_us
+        self.gamma, self.o_h = us_per_byte(profile.host.reduce_GBps), profile.host.overhead_us
+        self.nu, self.a_n = us_per_byte(profile.nic.reduce_GBps), profile.nic.latency_us
+        self.cb = CREDIT_BYTES * self.beta
+        self.dedicated = cfg.aggregation == "dedicated"
+        self.spilled = (cfg.aggregation == "nic"
+                        and spot_memory_bytes(n, cfg, self.bb) > profile.nic.memory_KiB * 1024)
+        k = len(lay.aggregator_node)
+        ends = n + (k if self.dedicated else 0)
+        agg_end = (n + np.arange(k)) if self.dedicated else lay.aggregator_node
+        self.slot_g = np.asarray(agg_end, dtype=np.int64)[lay.slot_agg]   # per slot: its aggregator endpoint
+        self.far = n if self.dedicated else n - 1     # workers a result is scattered to
+        self._per_endpoint(slow, ends)
+        self.out_free = np.zeros(ends)
+        self.in_free = np.zeros(ends)
+        self.rd_free = np.zeros(ends)
+        self.wr_free = np.zeros(ends)
+        self.host_free = np.zeros(ends)
+        self.nic_free = np.zeros(ends)
+        self.host_busy = np.zeros(ends)
+        self.nic_busy = np.zeros(ends)
+        self.tx_free = np.zeros((lay.slots, cfg.tx_spots))
+        self.done = np.zeros(n)
+        self.up = self.down = 0
+        # With finite non-negative costs every free time only grows. Then a worker's latest
+        # landed result is its latest done time, the latest arrival on a link is the latest
+        # arrival of any message, and (OmniReduce) the self-clock, a copy of the worker
+        # host's free time, never exceeds that host's free time when it is read.
+        self.monotone = all(math.isfinite(x) and x >= 0
+                            for x in (self.beta, self.alpha, self.pi, self.a_p, self.gamma, self.o_h))
+        self.skip_clock = cfg.host_packing and not cfg.credits and self.monotone
+        # the self-clock per (slot, worker): calloc'ed, only rows of slots that go on are touched
+        self.clock = None if self.skip_clock else np.zeros((lay.slots, n))
+        self.consumed = self.ready_at = np.zeros(0)   # per slot of the round: Rx spot free, result ready
+        self.ws = Workspace(n)
+
+    def _per_endpoint(self, slow: np.ndarray | None, ends: int) -> None:
+        """--straggler: per-endpoint service parameters (scalar x factor, so a factor of 1 gives
+        the scalar itself); None keeps the scalars and the shared-constant shortcuts."""
+        self.slow = slow
+        if slow is None:
+            return
+        fe = np.ones(ends)
+        fe[:self.n] = slow
+        self.pi_e, self.a_p_e, self.gamma_e = self.pi * fe, self.a_p * fe, self.gamma * fe
+        self.o_h_e, self.nu_e, self.a_n_e = self.o_h * fe, self.nu * fe, self.a_n * fe
