@@ -13,11 +13,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 from nicemu.collectives import model_time
 from nicemu.nic.profile import Profile, load_profile
-from nicemu.report import write_result_files
+from nicemu.report import write_plot, write_result_files
 from nicemu.sizes import format_size
 from nicemu.studies.pages import page
 from nicemu.topologies import parse_topology
@@ -25,6 +26,8 @@ from nicemu.topologies import parse_topology
 RING8_SIZES = [1 << e for e in range(10, 31, 2)]
 PAPER_SIZES = [1 << 10, 1 << 18, 1 << 28, 1 << 30]
 SCRIPT = "paper_directreduce"
+#: the ring:8 figure, beside the page
+FIGURE = "directreduce_ring8.png"
 
 
 def configs(full: bool) -> list[tuple[str, int]]:
@@ -95,13 +98,31 @@ def findings(rows: Sequence[dict]) -> list[str]:
     return out
 
 
+def ring8_figure(path: str | Path, rows: Sequence[dict], profile_name: str) -> bool:
+    """Latency and gain vs size on ring:8 (the bench plot's layout); False without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    ring8 = [r for r in rows if r["topology"] == "ring:8"]
+    records = [{"algo": "ring", "bytes": r["bytes"], "emulated_us": r["ring_us"], "gain_vs_ring": None}
+               for r in ring8]
+    records += [{"algo": "directreduce", "bytes": r["bytes"], "emulated_us": r["directreduce_us"],
+                 "gain_vs_ring": r["gain"]} for r in ring8]
+    write_plot(str(path), records, f"allreduce on ring:8, profile {profile_name}")
+    return True
+
+
 def reproduce(out: str, profile_name: str = "directreduce-paper", overrides: Sequence[str] = (),
               full: bool = True, command: str = "") -> list[dict]:
-    """Run the sweep, write ``out.{json,csv,md}`` and print the table; returns the records."""
+    """Run the sweep, write ``out.{json,csv,md}`` and the ring:8 figure, print the table; returns the records."""
     rows = sweep(load_profile(profile_name, list(overrides)), full)
+    figure = Path(out).parent / FIGURE
+    drawn = ring8_figure(figure, rows, profile_name)
     about = ("host ring vs DirectReduce, float32 AllReduce, model executor, profile "
              f"{profile_name}{' (' + ', '.join(overrides) + ')' if overrides else ''}; gain = 1 − t_DR / t_ring. "
-             f"Also writes {out}.json and {out}.csv.")
-    write_result_files(out, rows, page(command, SCRIPT, about, table(rows), findings(rows)))
+             f"Also writes {out}.json and {out}.csv" + (f", and the figure {figure}." if drawn else "."))
+    body = ([f"![allreduce on ring:8: latency and DirectReduce's gain vs size]({FIGURE})", ""] if drawn else [])
+    write_result_files(out, rows, page(command, SCRIPT, about, body + table(rows), findings(rows)))
     print("\n".join(table(rows)))
     return rows
