@@ -55,9 +55,18 @@ class _Parser(argparse.ArgumentParser):
                         value.split("=")[0] not in self._option_string_actions:
                     message += f"; a value that starts with '-' must be attached with '=': {word}={value}"
                     break
+        prog = self.prog
+        if message.startswith("argument command: invalid choice: "):
+            word = message.removeprefix("argument command: invalid choice: ").split(" (choose")[0]
+            message = f"unknown command {word}; use one of {', '.join(COMMANDS)}"
+        if message.startswith("unrecognized arguments") and prog == "nicemu":
+            # argparse reports a subcommand's unknown flags from the top-level parser: name the subcommand
+            command = next((w for w in self._argv if not w.startswith("-")), None)
+            if command in COMMANDS:
+                prog = f"nicemu {command}"
         # the CLI prefixes "nicemu: error: "; name the subcommand only (not "nicemu" twice)
-        where = self.prog.removeprefix("nicemu").strip()
-        raise UsageError(f"{where + ': ' if where else ''}{message} (see {self.prog} --help)")
+        where = prog.removeprefix("nicemu").strip()
+        raise UsageError(f"{where + ': ' if where else ''}{message} (see {prog} --help)")
 
 
 def make_parser() -> argparse.ArgumentParser:
