@@ -334,6 +334,13 @@ def test_section_not_a_mapping():
         ("nic", "latency_us", [1], r"nic\.latency_us must be a finite number from 0 to 1e\+09, got a list"),
         ("topology", "bidirectional", 1, r"topology\.bidirectional must be true or false, got 1"),
         ("topology", "bidirectional", "yes please", r"topology\.bidirectional must be true or false"),
+        # bounds that keep every emulated time finite (these gave inf or NaN times, or an OverflowError)
+        ("link", "bandwidth_GBps", 1e-320, r"link\.bandwidth_GBps must be a number >= 1e-06"),
+        ("nic", "reduce_GBps", 1e-7, r"nic\.reduce_GBps must be a number >= 1e-06.*got 1e-07"),
+        ("link", "latency_us", 1e308, r"link\.latency_us must be a finite number from 0 to 1e\+09, got 1e\+308"),
+        ("nic", "retransmit_timeout_us", 2e9, r"nic\.retransmit_timeout_us must be a finite number from 0 to 1e\+09"),
+        ("nic", "packet_bytes", 10**23, r"nic\.packet_bytes must be an integer from 1 to 2\*\*40, got 10{23}"),
+        ("nic", "packet_bytes", 2**40 + 1, r"nic\.packet_bytes must be an integer from 1 to 2\*\*40"),
     ],
 )
 def test_bad_values(section, key, value, pattern):
@@ -470,3 +477,13 @@ def test_dataclass_defaults():
     )
     assert p.topology == TopologySpec(bidirectional=False)
     assert p.description == ""
+
+
+def test_bounds_are_inclusive():
+    """The bounds themselves are valid values."""
+    data = good_dict()
+    data["link"]["bandwidth_GBps"] = 1e-6
+    data["link"]["latency_us"] = 1e9
+    data["nic"]["packet_bytes"] = 2**40
+    p = profile_from_dict(data, "x")
+    assert (p.link.bandwidth_GBps, p.link.latency_us, p.nic.packet_bytes) == (1e-6, 1e9, 2**40)
