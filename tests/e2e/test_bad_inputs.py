@@ -14,7 +14,8 @@ holds the first table (flags, sizes, topologies, sparse options) run under
 ``mpiexec``.
 
 Every case must end with status 2, exactly one line ``nicemu: error: ...`` that
-names the problem (the keywords), no traceback, within ``ERROR_TIMEOUT_S``. The
+names the problem (the keywords), no traceback, before the hang guard
+``ERROR_TIMEOUT_S``. The
 table runs in-process through ``nicemu.cli.main`` (what the console script
 calls), which keeps 50+ cases cheap; ``MPI_CASES`` run again under
 ``mpiexec -n 2`` in a subprocess, where each rank records its own exit status,
@@ -41,7 +42,8 @@ from nicemu.cli import main
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-ERROR_TIMEOUT_S = 60
+#: hang guard only: an error is found before any work, but a loaded machine may be slow to start
+ERROR_TIMEOUT_S = 300
 USAGE_STATUS = 2
 BENCH = ["bench", "--iters", "1", "--warmup", "0", "--sizes", "1K"]
 SERVE = ["serve", "--tp", "2", "--requests", "4"]

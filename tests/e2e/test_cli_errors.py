@@ -1,6 +1,6 @@
 """Bad inputs to the ``nicemu`` CLI, under ``mpiexec`` and alone.
 
-The contract (nicemu/cli.py, docs/usage.md): a user error exits non-zero (status 2)
+The contract (nicemu/cli.py): a user error exits non-zero (status 2)
 promptly on every rank, with exactly one ``nicemu: error: ...`` line on stderr
 (printed by rank 0 only) that names the problem, and never a Python traceback.
 """
@@ -13,8 +13,9 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-#: errors are found before any data moves: a run that takes longer than this has hung
-ERROR_TIMEOUT_S = 60
+#: errors are found before any data moves: a run that takes longer than this has hung (generous: a
+#: loaded machine may be slow to start the ranks)
+ERROR_TIMEOUT_S = 300
 USAGE_STATUS = 2
 BENCH = ["bench", "--iters", "1", "--warmup", "0"]
 SERVE = ["serve", "--executor", "model", "--requests", "2"]
