@@ -113,6 +113,9 @@ def _validate(args: argparse.Namespace, comm):
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
     if not algos:
         raise UsageError(f"--algo is empty; e.g. --algo {DEFAULT_ALGOS}")
+    twice = sorted({a for a in algos if algos.count(a) > 1})
+    if twice:
+        raise UsageError(f"--algo names {', '.join(twice)} more than once; give each algorithm once")
     for a in algos:
         check_algo(a)
         if not get(a).emulated:

@@ -242,6 +242,8 @@ CASES = [
     case("serve-config-hidden-huge", [*SERVE, "--model", "config_hidden_huge.json"], "hidden", "1,048,576"),
     case("serve-config-head-dim-negative", [*SERVE, "--model", "config_head_dim.json"], "head_dim", "-4"),
     case("serve-topology-empty", [*SERVE, "--topology", ""], "empty topology"),  # used the default ring
+    case("bench-algo-twice", [*BENCH, "--algo", "ring,directreduce,ring"], "ring more than once"),  # 2 records
+    case("serve-algo-twice", [*SERVE, "--algo", "omniccl,omniccl"], "omniccl more than once"),  # 2 records
 ]
 
 BY_ID = {c.id: c for c in CASES}
