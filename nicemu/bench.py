@@ -63,7 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma list of algorithms: {', '.join(ALGORITHMS)} (default: ring,directreduce)")
     p.add_argument("--collective", default="allreduce", help=f"one of {', '.join(COLLECTIVES)}")
     p.add_argument("--topology", default=None,
-                   help="ring:N, torus:AxBxC, torus:K^D or astra:FILE.yml "
+                   help="ring:N, torus:AxBxC, torus:K^D or astra:FILE.yml, at most 2**24 nodes; a dense "
+                        "algorithm's schedule at most 2**30 transfers, i.e. rings of up to about 23,000 nodes "
                         "(default: ring of the number of ranks, ring:8 when run alone)")
     p.add_argument("--sizes", default="1K:16M",
                    help="bytes per node: 64K, 1K,256K,1G or MIN:MAX[:FACTOR], at most 1T (default 1K:16M)")

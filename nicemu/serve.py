@@ -70,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"prompt tokens: N, uniform:LO:HI or lognormal:MEAN:SIGMA[:MAX], at most {MAX_TOKENS:,} "
                         "(2**24) per request (default lognormal:1155:0.8:8192, Azure conversation-like)")
     p.add_argument("--output-len", default="lognormal:211:0.8:2048",
-                   help="output tokens, same forms (default lognormal:211:0.8:2048)")
+                   help="output tokens, same forms and cap (default lognormal:211:0.8:2048)")
     p.add_argument("--trace", help="replay an Azure-format CSV (TIMESTAMP,ContextTokens,GeneratedTokens) "
                                    "instead of synthetic arrivals")
     p.add_argument("--requests", type=int, default=100,
