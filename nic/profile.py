@@ -111,18 +111,22 @@ class Profile:
 # --------------------------------------------------------------------------
 # Schema
 
-# Kinds of field, each with its own type and range check.
-_RATE = "rate"  # number > 0, .inf allowed
-_TIME = "time"  # finite number >= 0
+# Kinds of field, each with its own type and range check. The bounds keep every emulated time finite:
+# 1 TiB at 1 kB/s over 2**24 nodes' steps is still far below the largest float.
+MIN_RATE = 1e-6  # GB/s: 1 kB/s
+MAX_TIME = 1e9  # us: 1000 s per step
+MAX_COUNT = 1 << 40  # e.g. packet_bytes: the largest message
+_RATE = "rate"  # number >= MIN_RATE, .inf allowed
+_TIME = "time"  # finite number in [0, MAX_TIME]
 _SIZE = "size"  # finite number >= 0
-_COUNT = "count"  # integer >= 1
+_COUNT = "count"  # integer in [1, MAX_COUNT]
 _FLAG = "flag"  # boolean
 
 _EXPECT = {
-    _RATE: "must be a number > 0 (.inf allowed, meaning the term vanishes)",
-    _TIME: "must be a finite number >= 0",
+    _RATE: f"must be a number >= {MIN_RATE:g} (.inf allowed, meaning the term vanishes)",
+    _TIME: f"must be a finite number from 0 to {MAX_TIME:g}",
     _SIZE: "must be a finite number >= 0",
-    _COUNT: "must be an integer >= 1",
+    _COUNT: "must be an integer from 1 to 2**40",
     _FLAG: "must be true or false",
 }
 
@@ -194,17 +198,17 @@ def _check_value(kind: str, value: Any) -> float | int | bool:
             return value
         raise _BadValue
     if kind == _COUNT:
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and 1 <= value <= MAX_COUNT:
             return int(value)
         raise _BadValue
     number = _as_float(value)
     if number is None or math.isnan(number):
         raise _BadValue
     if kind == _RATE:
-        if number > 0:
+        if number >= MIN_RATE:
             return number
         raise _BadValue
-    if math.isfinite(number) and number >= 0:  # _TIME, _SIZE
+    if math.isfinite(number) and number >= 0 and (kind != _TIME or number <= MAX_TIME):  # _TIME, _SIZE
         return number
     raise _BadValue
 

@@ -22,6 +22,7 @@ from nicemu.collectives.api.checks import (
     check_algo,
     check_collective,
     check_dtype_op,
+    check_schedule_size,
     check_sparse_call,
     fault_options,
 )
@@ -30,7 +31,7 @@ from nicemu.collectives.registry import get, is_sparse
 from nicemu.collectives.schedules.sparse_patterns import check_pattern, pattern_mask
 from nicemu.collectives.schedules.steps import final_segments
 from nicemu.errors import UsageError
-from nicemu.memory import check_fits
+from nicemu.memory import MODEL_BYTES_PER_NODE, check_fits, check_model_fits, sparse_bytes, spot_window_bytes
 from nicemu.nic.ops import DTYPES, OPS
 from nicemu.nic.profile import load_profile
 from nicemu.nic.stragglers import describe as describe_stragglers
@@ -49,34 +50,47 @@ from nicemu.report import (
 from nicemu.sizes import format_size, parse_sizes
 from nicemu.topologies import parse_topology, ring
 
+#: caps of the numeric options (stated in --help): far beyond any real setting, small enough that a
+#: typo cannot start a run that never ends or allocates terabytes
+MAX_ITERS = 100_000
+MAX_BLOCK_SIZE = 1 << 20
+MAX_SPOTS = 1 << 16
+MAX_SPOT_BLOCKS = 1 << 20
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algo", default="ring,directreduce",
                    help=f"comma list of algorithms: {', '.join(ALGORITHMS)} (default: ring,directreduce)")
     p.add_argument("--collective", default="allreduce", help=f"one of {', '.join(COLLECTIVES)}")
     p.add_argument("--topology", default=None,
-                   help="ring:N, torus:AxBxC, torus:K^D or astra:FILE.yml "
+                   help="ring:N, torus:AxBxC, torus:K^D or astra:FILE.yml, at most 2**24 nodes; a dense "
+                        "algorithm's schedule at most 2**30 transfers, i.e. rings of up to about 23,000 nodes "
                         "(default: ring of the number of ranks, ring:8 when run alone)")
     p.add_argument("--sizes", default="1K:16M",
-                   help="bytes per node: 64K, 1K,256K,1G or MIN:MAX[:FACTOR] (default 1K:16M)")
-    p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)}")
+                   help="bytes per node: 64K, 1K,256K,1G or MIN:MAX[:FACTOR], at most 1T (default 1K:16M)")
+    p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)} (default float32)")
     p.add_argument("--op", default="sum", help=f"one of {', '.join(OPS)}")
     p.add_argument("--density", type=float, default=1.0,
-                   help="fraction of non-zero blocks per node, 0 < D <= 1 (default 1)")
-    p.add_argument("--block-size", type=int, default=256, help="elements per block (default 256)")
+                   help="fraction of non-zero blocks per node, 0 <= D <= 1; 0 is an all-zero input (default 1)")
+    p.add_argument("--block-size", type=int, default=256,
+                   help=f"elements per block, 1 to {MAX_BLOCK_SIZE:,} (2**20; default 256)")
     p.add_argument("--overlap", default="random", choices=["random", "all", "none"],
                    help="whether nodes' non-zero blocks coincide (default random)")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the sparse block pattern")
     p.add_argument("--aggregators", type=int, default=None,
                    help="sparse algorithms: aggregator NICs (default: every node aggregates a shard)")
     p.add_argument("--spots", type=int, default=None,
-                   help="sparse algorithms: Rx spots (slots) per aggregator (omniccl 1, omnireduce 8)")
+                   help=f"sparse algorithms: Rx spots (slots) per aggregator, at most {MAX_SPOTS:,} "
+                        "(omniccl 1, omnireduce 8)")
     p.add_argument("--spot-blocks", type=int, default=None,
-                   help="sparse algorithms: spot capacity in blocks per worker (omniccl 32, omnireduce 1)")
+                   help=f"sparse algorithms: spot capacity in blocks per worker, at most {MAX_SPOT_BLOCKS:,} "
+                        "(omniccl 32, omnireduce 1)")
     p.add_argument("--tx-spots", type=int, default=None, choices=[1, 2],
                    help="sparse algorithms: Tx spots; 1 turns double buffering off (default 2)")
-    p.add_argument("--iters", type=int, default=5, help="timed iterations per size (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default 1)")
+    p.add_argument("--iters", type=int, default=5,
+                   help=f"timed iterations per size, 1 to {MAX_ITERS:,} (default 5)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help=f"untimed iterations first, 0 to {MAX_ITERS:,} (default 1)")
     p.add_argument("--executor", default="mpi", choices=["mpi", "model"],
                    help="mpi: real data on MPI ranks; model: timing only, any size")
     p.add_argument("--profile", default="directreduce-paper",
@@ -100,9 +114,14 @@ def _validate(args: argparse.Namespace, comm):
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
     if not algos:
         raise UsageError("--algo is empty; e.g. --algo ring,directreduce")
+    twice = sorted({a for a in algos if algos.count(a) > 1})
+    if twice:
+        raise UsageError(f"--algo names {', '.join(twice)} more than once; give each algorithm once")
     for a in algos:
         check_algo(a)
     check_collective(args.collective)
+    if args.dtype not in DTYPES:     # the names only: numpy would read e.g. ">f4" or "f" as well
+        raise UsageError(f"unknown --dtype {args.dtype!r}; use one of {', '.join(DTYPES)}")
     dtype = check_dtype_op(args.dtype, args.op)
     for a in algos:
         if is_sparse(a):
@@ -110,18 +129,20 @@ def _validate(args: argparse.Namespace, comm):
     if args.executor == "model" and any(not get(a).emulated for a in algos):
         raise UsageError("--algo mpi measures MPI's own collective and needs --executor mpi; drop it "
                          "from --algo for the model executor")
-    if not 0.0 < args.density <= 1.0:
-        raise UsageError(f"--density {args.density} is outside (0, 1]; e.g. --density 0.1")
-    if args.block_size < 1:
-        raise UsageError(f"--block-size {args.block_size} must be at least 1 element")
-    if args.iters < 1 or args.warmup < 0:
-        raise UsageError("--iters must be >= 1 and --warmup >= 0")
+    if not 0.0 <= args.density <= 1.0:     # NaN fails too
+        raise UsageError(f"--density {args.density} is outside [0, 1]; e.g. --density 0.1")
+    for flag, value, low, high in (("--block-size", args.block_size, 1, MAX_BLOCK_SIZE),
+                                   ("--spots", args.spots, 1, MAX_SPOTS),
+                                   ("--spot-blocks", args.spot_blocks, 1, MAX_SPOT_BLOCKS),
+                                   ("--iters", args.iters, 1, MAX_ITERS), ("--warmup", args.warmup, 0, MAX_ITERS)):
+        if value is not None and not low <= value <= high:
+            raise UsageError(f"{flag} {value} is outside {low}..{high:,}")
     sizes = parse_sizes(args.sizes)
     for s in sizes:
         if s % dtype.itemsize:
             raise UsageError(f"size {s} B is not a multiple of {dtype.name} ({dtype.itemsize} B); "
                              f"use a multiple of {dtype.itemsize}")
-    topology = (parse_topology(args.topology) if args.topology
+    topology = (parse_topology(args.topology) if args.topology is not None
                 else ring(comm.size if comm.size > 1 else 8))
     profile = load_profile(args.profile, args.overrides)
     check_pattern(topology.nodes, args.density, args.overlap)
@@ -136,6 +157,10 @@ def _validate(args: argparse.Namespace, comm):
     for a in algos:
         if is_sparse(a):
             sparse_config(a, topology.nodes, **sparse_options(args))
+        elif get(a).scheduled:
+            check_schedule_size(topology, args.collective, a)
+    if args.executor == "model":
+        _check_model_memory(args, algos, topology, dtype, max(sizes))
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -145,6 +170,34 @@ def _validate(args: argparse.Namespace, comm):
         raise UsageError(f"{comm.size} ranks for {topology.name} ({topology.nodes} nodes): run with at "
                          f"most {topology.nodes} ranks, or a larger topology")
     return algos, dtype, sizes, topology, profile
+
+
+def _check_model_memory(args: argparse.Namespace, algos: list[str], topology, dtype: np.dtype,
+                        nbytes: int) -> None:
+    """The model executor's memory grows with the nodes (dense) or nodes x blocks (sparse): refuse a run
+    that would not fit, before any of it starts."""
+    where = f"--executor model on {topology.name}"
+    for a in algos:
+        if is_sparse(a):
+            cfg = sparse_config(a, topology.nodes, **sparse_options(args))
+            check_model_fits(sparse_bytes(cfg, topology.nodes, nbytes, dtype.itemsize),
+                             f"{a} {where} at {format_size(nbytes)} per node ({topology.nodes} nodes' block masks)",
+                             "use a larger --block-size, smaller --sizes or fewer nodes")
+        else:
+            check_model_fits(MODEL_BYTES_PER_NODE * topology.nodes, f"{a} {where} ({topology.nodes} nodes)",
+                             "use a topology with fewer nodes")
+
+
+def sparse_extra_bytes(args: argparse.Namespace, algos: list[str], topology, ranks: int, itemsize: int,
+                       nbytes: int) -> float:
+    """The MPI executor's memory beyond the data on one rank: the sparse algorithms' masks and spot windows."""
+    extra = 0.0
+    for a in algos:
+        if is_sparse(a):
+            cfg = sparse_config(a, topology.nodes, **sparse_options(args))
+            extra = max(extra, sparse_bytes(cfg, topology.nodes, nbytes, itemsize)
+                        + spot_window_bytes(cfg, topology.nodes, ranks, itemsize))
+    return extra
 
 
 def _reference(args: argparse.Namespace, topology, count: int) -> np.ndarray:
@@ -270,14 +323,13 @@ def run(args: argparse.Namespace, comm) -> int:
     if faults is not None and args.collective == "alltoall":
         raise UsageError("--faults is not supported for alltoall yet; drop --faults or use another "
                          "--collective")
-    if faults is not None and args.collective == "alltoall":
-        raise UsageError("--faults does not support --collective alltoall yet; drop --faults")
     rank0 = comm.rank == 0
     emu = None
     if args.executor == "mpi":
         from nicemu.collectives.api.emulator import Emulator
         emu = Emulator(comm, topology, profile, faults=faults, stragglers=stragglers)
-        check_fits(comm, emu.local_nodes, max(sizes), dtype.itemsize, "mpi", args.collective)
+        check_fits(comm, emu.local_nodes, max(sizes), dtype.itemsize, "mpi", args.collective,
+                   sparse_extra_bytes(args, algos, topology, comm.size, dtype.itemsize, max(sizes)))
     ranks = comm.size if args.executor == "mpi" else 1
     if rank0:
         print(f"# nicemu bench: {args.collective} on {topology.describe()}, {ranks} rank(s), "

@@ -5,8 +5,8 @@ can fix (bad flags, topologies, profiles, sizes) are printed once, by rank 0,
 as one line, and every rank exits with status 2: the arguments are the same on
 every rank, so every rank reaches the same verdict without talking. Anything
 unexpected aborts the whole MPI job so no rank is left waiting: the failing
-rank prints ``nicemu: internal error on rank R:`` and a short traceback, then
-calls ``Abort(1)``.
+rank prints ``nicemu: internal error on rank R:`` and a short traceback, gives
+the launcher :data:`ABORT_GRACE_S` to forward it, then calls ``Abort(1)``.
 
 A collective that stalls (a peer hangs or is gone) is turned into
 :class:`~nicemu.errors.CollectiveStalled` by the watchdog after
@@ -55,9 +55,18 @@ class _Parser(argparse.ArgumentParser):
                         value.split("=")[0] not in self._option_string_actions:
                     message += f"; a value that starts with '-' must be attached with '=': {word}={value}"
                     break
+        prog = self.prog
+        if message.startswith("argument command: invalid choice: "):
+            word = message.removeprefix("argument command: invalid choice: ").split(" (choose")[0]
+            message = f"unknown command {word}; use one of {', '.join(COMMANDS)}"
+        if message.startswith("unrecognized arguments") and prog == "nicemu":
+            # argparse reports a subcommand's unknown flags from the top-level parser: name the subcommand
+            command = next((w for w in self._argv if not w.startswith("-")), None)
+            if command in COMMANDS:
+                prog = f"nicemu {command}"
         # the CLI prefixes "nicemu: error: "; name the subcommand only (not "nicemu" twice)
-        where = self.prog.removeprefix("nicemu").strip()
-        raise UsageError(f"{where + ': ' if where else ''}{message} (see {self.prog} --help)")
+        where = prog.removeprefix("nicemu").strip()
+        raise UsageError(f"{where + ': ' if where else ''}{message} (see {prog} --help)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -67,6 +76,18 @@ def make_parser() -> argparse.ArgumentParser:
     for name, (module, text) in COMMANDS.items():
         module.add_arguments(sub.add_parser(name, help=text, description=module.__doc__))
     return parser
+
+
+#: before MPI_Abort: the launcher forwards a rank's output asynchronously and may drop what it has not
+#: read yet when the abort kills the job (more likely on a loaded machine); well below the 3 s a rank
+#: that learnt of a stall from another one waits before aborting itself
+ABORT_GRACE_S = 0.5
+
+
+def _let_the_launcher_forward(comm) -> None:
+    """Give ``mpiexec`` time to forward the lines just written before ``Abort`` ends every rank."""
+    if comm.size > 1:
+        time.sleep(ABORT_GRACE_S)
 
 
 def _needs_mpi(args: argparse.Namespace | None) -> bool:
@@ -90,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(SECONDARY_GRACE_S)   # the first reporter's Abort normally ends us first
         else:
             print(f"nicemu: error: {exc}", file=sys.stderr, flush=True)
+            _let_the_launcher_forward(comm)
         if comm.size > 1:
             comm.Abort(1)
         return 1
@@ -104,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         sys.stderr.write(f"nicemu: internal error on rank {comm.rank}:\n{traceback.format_exc(limit=-4)}")
         sys.stderr.flush()
+        _let_the_launcher_forward(comm)
         if comm.size > 1:
             comm.Abort(1)
         return 1

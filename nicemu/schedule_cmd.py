@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from nicemu.collectives import build_schedule, names
+from nicemu.collectives.api.checks import MAX_COUNT
 from nicemu.errors import UsageError
 from nicemu.topologies import parse_topology
 
@@ -16,15 +17,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--collective", default="allreduce",
                    help="allreduce, reducescatter, allgather or alltoall (count: a multiple of the nodes)")
     p.add_argument("--topology", default="ring:4")
-    p.add_argument("--count", type=int, default=8, help="elements per node")
-    p.add_argument("--limit", type=int, default=8, help="transfers shown per step")
+    p.add_argument("--count", type=int, default=8, help="elements per node, 1 to 2**40 (default 8)")
+    p.add_argument("--limit", type=int, default=8, help="transfers shown per step, >= 0 (default 8)")
     p.add_argument("--bidirectional", action="store_true",
                    help="split every chunk over both directions of each ring")
 
 
 def run(args: argparse.Namespace, comm) -> int:
-    if args.count < 1:
-        raise UsageError(f"--count {args.count} must be at least 1")
+    if not 1 <= args.count <= MAX_COUNT:
+        raise UsageError(f"--count {args.count} is outside 1..2**40 elements per node")
+    if args.limit < 0:
+        raise UsageError(f"--limit {args.limit} must be >= 0 (0 shows only the step headers)")
     sched = build_schedule(args.collective, args.algo, parse_topology(args.topology), args.count,
                            args.bidirectional)
     if comm.rank == 0:

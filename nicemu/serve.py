@@ -45,6 +45,7 @@ from nicemu.workloads import (
     synthetic_requests,
 )
 from nicemu.workloads.comm_backends import DTYPE, ModelComm, algos_for, has_alltoall
+from nicemu.workloads.requests import MAX_CV, MAX_REQUESTS, MAX_TOKENS, MIN_CV, MIN_RATE
 
 DEFAULT_ALGOS = "ring,directreduce,omniccl"
 TAG_RESULTS = 41    # --executor model under mpiexec: records sent to rank 0
@@ -60,18 +61,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disaggregated", action="store_true",
                    help="separate prefill and decode instances with KV-cache transfer (not implemented yet)")
     p.add_argument("--accelerator", default="H100-SXM", help="H100-SXM or A100-80G (default H100-SXM)")
-    p.add_argument("--rate", type=float, default=1.0, help="mean arrival rate, requests/s (default 1; inf: all at 0)")
+    p.add_argument("--rate", type=float, default=1.0,
+                   help=f"mean arrival rate, requests/s, at least {MIN_RATE:g} (default 1; inf: all at 0)")
     p.add_argument("--cv", type=float, default=1.0,
-                   help="coefficient of variation of the gaps: 1 Poisson, otherwise Gamma (default 1)")
+                   help=f"coefficient of variation of the gaps, {MIN_CV:g} to {MAX_CV:g}: 1 Poisson, otherwise "
+                        "Gamma (default 1)")
     p.add_argument("--input-len", default="lognormal:1155:0.8:8192",
-                   help="prompt tokens: N, uniform:LO:HI or lognormal:MEAN:SIGMA[:MAX] "
-                        "(default lognormal:1155:0.8:8192, Azure conversation-like)")
+                   help=f"prompt tokens: N, uniform:LO:HI or lognormal:MEAN:SIGMA[:MAX], at most {MAX_TOKENS:,} "
+                        "(2**24) per request (default lognormal:1155:0.8:8192, Azure conversation-like)")
     p.add_argument("--output-len", default="lognormal:211:0.8:2048",
-                   help="output tokens, same forms (default lognormal:211:0.8:2048)")
+                   help="output tokens, same forms and cap (default lognormal:211:0.8:2048)")
     p.add_argument("--trace", help="replay an Azure-format CSV (TIMESTAMP,ContextTokens,GeneratedTokens) "
                                    "instead of synthetic arrivals")
     p.add_argument("--requests", type=int, default=100,
-                   help="number of requests (with --trace: the first N rows; default 100)")
+                   help=f"number of synthetic requests, at most {MAX_REQUESTS:,} (with --trace: the first N "
+                        "rows; default 100)")
     p.add_argument("--token-budget", type=int, default=2048, help="tokens per iteration (default 2048)")
     p.add_argument("--chunk", type=int, default=512, help="prefill chunk per request and iteration (default 512)")
     p.add_argument("--max-running", type=int, default=256, help="requests in the running batch (default 256)")
@@ -109,6 +113,9 @@ def _validate(args: argparse.Namespace, comm):
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
     if not algos:
         raise UsageError(f"--algo is empty; e.g. --algo {DEFAULT_ALGOS}")
+    twice = sorted({a for a in algos if algos.count(a) > 1})
+    if twice:
+        raise UsageError(f"--algo names {', '.join(twice)} more than once; give each algorithm once")
     for a in algos:
         check_algo(a)
         if not get(a).emulated:
@@ -121,7 +128,8 @@ def _validate(args: argparse.Namespace, comm):
     if model.is_moe and par.ep > 1 and not has_alltoall():
         raise UsageError(f"{model.name} with --ep {par.ep} needs the alltoall collective, which this build "
                          f"lacks; use --ep 1 (experts sharded by TP)")
-    topology = parse_topology(args.topology) if args.topology else (ring(par.nodes) if par.nodes > 1 else None)
+    topology = (parse_topology(args.topology) if args.topology is not None
+                else ring(par.nodes) if par.nodes > 1 else None)
     if topology is None:
         raise UsageError("--tp 1 --pp 1 is a single node: nothing to communicate; use --tp 2 or more")
     par.check_nodes(topology.nodes)
@@ -130,7 +138,9 @@ def _validate(args: argparse.Namespace, comm):
     if args.requests < 1:
         raise UsageError(f"--requests must be >= 1, got {args.requests}")
     sched = BatchingConfig(args.token_budget, args.chunk, args.max_running)
-    if args.trace:
+    if args.trace is not None:
+        if not args.trace.strip():
+            raise UsageError("--trace is empty; give the path of an Azure-format CSV")
         requests = load_trace(args.trace, limit=args.requests)
     else:
         requests = synthetic_requests(args.requests, args.rate, args.input_len, args.output_len, args.cv, args.seed)

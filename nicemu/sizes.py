@@ -7,6 +7,8 @@ import re
 from nicemu.errors import UsageError
 
 SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+#: bytes per node: 1 TiB, far beyond one node's memory (the model executor needs no data), and
+#: 2**40 elements at most, which keeps offsets and byte counts inside int64
 MAX_BYTES = 1 << 40
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(I?B)?\s*$", re.IGNORECASE)
 
@@ -14,17 +16,18 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(I?B)?\s*$", re.IGNORECASE)
 def parse_size(text: str) -> int:
     m = _SIZE.match(text)
     if not m:
-        raise UsageError(f"bad size '{text}'; write bytes or a number with K, M or G (binary), e.g. 64K")
+        raise UsageError(f"bad size '{text}'; write bytes or a whole number with K, M, G or T (binary), e.g. 64K "
+                         "(at most 1T per node)")
     value = int(m.group(1)) * SUFFIX[m.group(2).upper()]
     if value <= 0:
         raise UsageError(f"size '{text}' must be positive; the smallest useful size is one element")
     if value > MAX_BYTES:
-        raise UsageError(f"size '{text}' is larger than 1T per node; use a smaller size")
+        raise UsageError(f"size '{text}' is larger than the limit of 1T per node; use a smaller size")
     return value
 
 
 def format_size(nbytes: int) -> str:
-    for suffix, unit in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+    for suffix, unit in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
         if nbytes >= unit and nbytes % unit == 0:
             return f"{nbytes // unit}{suffix}"
     return str(nbytes)

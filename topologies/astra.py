@@ -27,6 +27,10 @@ _REQUIRED = ("topology", "npus_count")
 _OPTIONAL = ("bandwidth", "latency")
 _KNOWN = _REQUIRED + _OPTIONAL
 _UNSUPPORTED = "only Ring dimensions are supported yet (FullyConnected and Switch are not supported yet)"
+#: the ranges a hardware profile accepts for its links (nic/profile.py), so every emulated time stays finite
+_RANGE = {"bandwidth": (1e-6, math.inf), "latency": (0.0, 1e12)}   # GB/s; ns (1e12 ns = 1000 s)
+# PyYAML follows YAML 1.1, which reads "5e2" (no dot) as a string: accept that spelling as a number
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _one_line(text: str) -> str:
@@ -70,12 +74,18 @@ def _list(path: str, data: dict, key: str) -> list:
 
 
 def _positive_numbers(path: str, key: str, values: list, unit: str) -> list[float]:
+    low, high = _RANGE[key]
     out = []
     for i, value in enumerate(values):
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+            value = float(value)
         if not _is_number(value):
             raise TopologyError(f"{path}: {key}[{i}] is {value!r}; it must be a number ({unit})")
         if not math.isfinite(value) or value <= 0:
             raise TopologyError(f"{path}: {key}[{i}] is {value!r}; it must be a positive finite number ({unit})")
+        if not low <= value <= high:
+            bound = f"at least {low:g}" if value < low else f"at most {high:g}"
+            raise TopologyError(f"{path}: {key}[{i}] is {value!r}; it must be {bound} {unit}")
         out.append(float(value))
     return out
 

@@ -15,6 +15,12 @@ from pathlib import Path
 
 from nicemu.errors import WorkloadError
 
+#: largest accepted shape values: 10-100x the largest published models (e.g. 126 layers, hidden 16,384,
+#: 256 experts), so a typo in a config.json is an error instead of a run that never ends (every
+#: iteration issues two AllReduces per layer)
+MAX_SHAPE = {"hidden": 1 << 20, "layers": 4096, "heads": 1 << 16, "kv_heads": 1 << 16, "intermediate": 1 << 22,
+             "vocab": 1 << 24, "experts": 1 << 16, "top_k": 1 << 16, "head_dim": 1 << 16}
+
 
 @dataclass(frozen=True)
 class Model:
@@ -38,6 +44,12 @@ class Model:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise WorkloadError(f"model {self.name}: {key} must be a positive integer, got {value!r}")
+            if value > MAX_SHAPE[key]:
+                raise WorkloadError(f"model {self.name}: {key} {value} is over the limit of {MAX_SHAPE[key]:,}")
+        if not isinstance(self.head_dim, int) or isinstance(self.head_dim, bool) or \
+                not 0 <= self.head_dim <= MAX_SHAPE["head_dim"]:
+            raise WorkloadError(f"model {self.name}: head_dim must be an integer in 0..{MAX_SHAPE['head_dim']:,} "
+                                f"(0: hidden / heads), got {self.head_dim!r}")
         if self.head_dim == 0:
             if self.hidden % self.heads:
                 raise WorkloadError(f"model {self.name}: hidden {self.hidden} is not a multiple of "
@@ -197,6 +209,9 @@ def load_config(path: str | Path) -> Model:
     p = Path(path)
     if p.is_dir():
         p = p / "config.json"
+    if p.exists() and not p.is_file():
+        raise WorkloadError(f"model config {p} is not a regular file; give a preset name "
+                            f"({', '.join(PRESETS)}) or the path of a config.json")
     if not p.is_file():
         raise WorkloadError(f"model config {p} does not exist; give a preset name "
                             f"({', '.join(PRESETS)}) or the path of a config.json")
@@ -211,6 +226,9 @@ def load_config(path: str | Path) -> Model:
 def load_model(name_or_path: str | Path) -> Model:
     """A preset name, or the path of a config.json (or of the directory that holds it)."""
     text = str(name_or_path)
+    if not text.strip():
+        raise WorkloadError(f"the model name is empty; give a preset name ({', '.join(PRESETS)}) "
+                            f"or the path of a config.json")
     if isinstance(name_or_path, Path) or text.endswith(".json") or Path(text).exists():
         return load_config(text)
     return find_preset(text)

@@ -29,6 +29,22 @@ TRACE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 _ISO = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")
 _STREAM_ARRIVALS, _STREAM_INPUT, _STREAM_OUTPUT = 0, 1, 2
 
+#: tokens of one request's prompt or output: 2**24 (16.7M) covers the longest contexts in use; every
+#: output token is one decode iteration, so this also bounds how long one request can run
+MAX_TOKENS = 1 << 24
+#: synthetic requests in one run: a million (each is a Python object; the arrivals of more take minutes)
+MAX_REQUESTS = 1_000_000
+#: arrival rate, requests/s: below one per 1000 s the arrival times (us) of a million requests would
+#: outgrow the float64 resolution that per-request latencies need
+MIN_RATE = 1e-3
+#: a trace's last arrival after its first, us (31.7 years): beyond it float64 arrival times lose the
+#: sub-microsecond resolution that per-request latencies need
+MAX_ARRIVAL_US = 1e15
+#: coefficient of variation of the gaps: 1/cv^2 is the Gamma shape, finite and non-zero in this range
+MIN_CV, MAX_CV = 1e-3, 1e3
+#: lognormal sigma: e^(10 sigma) already spans far beyond MAX_TOKENS
+MAX_SIGMA = 10.0
+
 
 @dataclass(frozen=True)
 class Request:
@@ -61,7 +77,8 @@ class Uniform:
 
 @dataclass(frozen=True)
 class LogNormal:
-    """Lognormal with the given mean (mu = ln(mean) - sigma^2 / 2), rounded, at least 1, at most ``max_tokens``."""
+    """Lognormal with the given mean (mu = ln(mean) - sigma^2 / 2), rounded, at least 1, at most ``max_tokens``
+    (or :data:`MAX_TOKENS`)."""
 
     mean: float
     sigma: float
@@ -69,15 +86,17 @@ class LogNormal:
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         mu = math.log(self.mean) - self.sigma ** 2 / 2
-        x = np.maximum(np.rint(rng.lognormal(mu, self.sigma, size=n)), 1).astype(np.int64)
-        return x if self.max_tokens is None else np.minimum(x, self.max_tokens)
+        # clipped while still float: a heavy tail must not overflow the cast to int64
+        top = MAX_TOKENS if self.max_tokens is None else self.max_tokens
+        return np.clip(np.rint(rng.lognormal(mu, self.sigma, size=n)), 1, top).astype(np.int64)
 
 
 LengthDist = Fixed | Uniform | LogNormal
 
 
 def parse_lengths(spec: str) -> LengthDist:
-    """``1024`` / ``fixed:1024``, ``uniform:LOW:HIGH`` or ``lognormal:MEAN:SIGMA[:MAX]``."""
+    """``1024`` / ``fixed:1024``, ``uniform:LOW:HIGH`` or ``lognormal:MEAN:SIGMA[:MAX]``; token counts in
+    1..:data:`MAX_TOKENS`, sigma in 0..:data:`MAX_SIGMA`."""
     parts = str(spec).strip().split(":")
     kind, args = (parts[0].lower(), parts[1:]) if not parts[0].isdigit() else ("fixed", parts)
     usage = "use N, fixed:N, uniform:LOW:HIGH or lognormal:MEAN:SIGMA[:MAX]"
@@ -98,6 +117,16 @@ def parse_lengths(spec: str) -> LengthDist:
     if not ok:
         raise WorkloadError(f"bad length distribution '{spec}': token counts must be >= 1 "
                             f"(and sigma >= 0, low <= high)")
+    if isinstance(dist, Fixed):
+        largest = dist.tokens
+    elif isinstance(dist, Uniform):
+        largest = dist.high
+    else:
+        largest = max(dist.mean, dist.max_tokens or 0)
+    if largest > MAX_TOKENS:
+        raise WorkloadError(f"bad length distribution '{spec}': at most {MAX_TOKENS:,} (2**24) tokens per request")
+    if isinstance(dist, LogNormal) and dist.sigma > MAX_SIGMA:
+        raise WorkloadError(f"bad length distribution '{spec}': sigma must be at most {MAX_SIGMA:g}")
     return dist
 
 
@@ -110,10 +139,18 @@ def arrival_times_us(n: int, rate_per_s: float, cv: float = 1.0, seed: int = 0) 
     """
     if n < 0:
         raise WorkloadError(f"number of requests must be >= 0, got {n}")
+    if n > MAX_REQUESTS:
+        raise WorkloadError(f"{n:,} synthetic requests is over the limit of {MAX_REQUESTS:,}; replay a --trace "
+                            f"for more")
     if not rate_per_s > 0:
         raise WorkloadError(f"arrival rate must be > 0 requests/s, got {rate_per_s}")
-    if not (cv > 0 and math.isfinite(cv)):
-        raise WorkloadError(f"coefficient of variation --cv must be > 0, got {cv}")
+    if rate_per_s < MIN_RATE:
+        raise WorkloadError(f"arrival rate {rate_per_s:g} requests/s is below the limit of {MIN_RATE:g} (one request "
+                            f"per {1 / MIN_RATE:g} s)")
+    if not MIN_CV <= cv <= MAX_CV:
+        if not cv > 0:
+            raise WorkloadError(f"coefficient of variation --cv must be > 0, got {cv}")
+        raise WorkloadError(f"coefficient of variation --cv {cv:g} is outside {MIN_CV:g}..{MAX_CV:g}")
     if n == 0 or math.isinf(rate_per_s):
         return np.zeros(n)
     rng = np.random.default_rng([seed, _STREAM_ARRIVALS])
@@ -167,6 +204,8 @@ def _parse_count(where: str, column: str, text: str) -> int:
         raise WorkloadError(f"{where}: {column} '{text}' is not a whole number") from None
     if value < 1:
         raise WorkloadError(f"{where}: {column} must be >= 1, got {value}")
+    if value > MAX_TOKENS:
+        raise WorkloadError(f"{where}: {column} {value} is over the limit of {MAX_TOKENS:,} (2**24) tokens")
     return value
 
 
@@ -211,6 +250,9 @@ def load_trace(path: str | Path, limit: int | None = None, speedup: float = 1.0)
         elif stamp[0] != first[0]:
             raise WorkloadError(f"{where}: TIMESTAMP is in {stamp[0]} format but the first row uses {first[0]}")
         arrival_us = round(((stamp[1] - first[1]) + (stamp[2] - first[2])) * 1e6 / speedup, 3)  # ns resolution
+        if arrival_us > MAX_ARRIVAL_US:
+            raise WorkloadError(f"{where}: TIMESTAMP is {arrival_us / 1e6:.3g} s after the first row, over the "
+                                f"limit of {MAX_ARRIVAL_US / 1e6:g} s (31 years)")
         if arrival_us < prev_us:
             raise WorkloadError(f"{where}: TIMESTAMP goes back in time (earlier than line {prev_line}); "
                                 f"sort the trace by TIMESTAMP")

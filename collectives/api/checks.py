@@ -1,6 +1,14 @@
-"""Checks of a call's arguments, shared by the API, the CLI and serving (no MPI)."""
+"""Checks of a call's arguments, shared by the API, the CLI and serving (no MPI).
+
+Every value a user passes is checked here before it reaches numpy or MPI, so
+a wrong type or an absurd size is a one-line :class:`CollectiveError` instead
+of a numpy traceback, a MemoryError or a run that never ends.
+"""
 
 from __future__ import annotations
+
+import numbers
+import operator
 
 import numpy as np
 
@@ -8,8 +16,15 @@ from nicemu.collectives.registry import COLLECTIVES, get, names
 from nicemu.errors import CollectiveError
 from nicemu.nic.faults import FaultSpec, parse_faults
 from nicemu.nic.ops import DTYPES, OPS
+from nicemu.nic.profile import Profile, load_profile
 from nicemu.nic.stragglers import check_stragglers, parse_stragglers
-from nicemu.topologies import Torus
+from nicemu.topologies import Torus, parse_topology
+
+#: elements per node (1 TiB of bytes): byte counts and offsets stay far inside int64
+MAX_COUNT = 1 << 40
+#: transfers in one dense schedule (nodes x ring steps); the model executor times 10**6 to 10**7
+#: transfers per second (fewer on more nodes), so this bound is minutes of work, not days
+MAX_TRANSFERS = 1 << 30
 
 
 def check_algo(algo: str) -> None:
@@ -22,13 +37,102 @@ def check_collective(collective: str) -> None:
             f"unknown collective '{collective}'; use one of {', '.join(COLLECTIVES)}")
 
 
-def check_dtype_op(dtype: str | np.dtype, op: str) -> np.dtype:
-    dt = np.dtype(dtype)
+def check_dtype(dtype: str | np.dtype | type) -> np.dtype:
+    """A supported element type in native byte order: a name (``"float32"``), a numpy dtype or a
+    scalar type (``np.float32``). Anything else is refused before numpy is asked to interpret it."""
+    accepted = ", ".join(DTYPES)
+    if dtype is None or isinstance(dtype, bool):
+        raise CollectiveError(f"dtype {dtype!r} is not an element type; use one of {accepted}")
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError, SyntaxError):
+        raise CollectiveError(f"unknown dtype {str(dtype)[:40]!r}; use one of {accepted}") from None
     if dt.name not in DTYPES:
-        raise CollectiveError(f"unsupported dtype '{dt.name}'; use one of {', '.join(DTYPES)}")
-    if op not in OPS:
-        raise CollectiveError(f"unknown op '{op}'; use one of {', '.join(OPS)}")
+        raise CollectiveError(f"unsupported dtype '{dt.name}'; use one of {accepted}")
+    if not dt.isnative:
+        raise CollectiveError(f"dtype {dt.str!r} ({dt.name}) is not in this machine's byte order; convert "
+                              f"with x.astype(x.dtype.newbyteorder('='))")
+    return DTYPES[dt.name]
+
+
+def check_dtype_op(dtype: str | np.dtype | type, op: str) -> np.dtype:
+    dt = check_dtype(dtype)
+    check_op(op)
     return dt
+
+
+def check_op(op: str) -> None:
+    if not isinstance(op, str) or op not in OPS:
+        raise CollectiveError(f"unknown op {op!r}; use one of {', '.join(OPS)}")
+
+
+def check_count(count: int, what: str = "count") -> int:
+    """Elements per node: a whole number in [0, MAX_COUNT] (numpy integers too; not floats or bools)."""
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral):
+        raise CollectiveError(f"{what} must be a whole number of elements, got {count!r}")
+    count = operator.index(count)
+    if count < 0:
+        raise CollectiveError(f"{what} {count} is negative; give the number of elements per node")
+    if count > MAX_COUNT:
+        raise CollectiveError(f"{what} {count} is over the limit of 2**40 elements per node")
+    return count
+
+
+def schedule_transfers(topology: Torus, collective: str) -> int:
+    """Transfers of a dense schedule (a bound): every node sends once per ring step of every dimension,
+    reduce-scatter and allgather each take k-1 steps in a dimension of k nodes (allreduce both)."""
+    steps = sum(k - 1 for k in topology.shape)
+    return topology.nodes * steps * (2 if collective == "allreduce" else 1)
+
+
+def check_schedule_size(topology: Torus, collective: str, algo: str) -> None:
+    """Refuse a dense schedule too large to time: a ring of N nodes has about 2N**2 transfers."""
+    transfers = schedule_transfers(topology, collective)
+    if transfers > MAX_TRANSFERS:
+        raise CollectiveError(
+            f"{algo} {collective} on {topology.name} has {transfers:.3g} transfers ({topology.nodes} nodes x "
+            f"{transfers // topology.nodes} ring steps), over the limit of 2**30 (an hour of work); fold the "
+            f"nodes into a torus with short rings (e.g. torus:{_torus_hint(topology.nodes)}) or use fewer nodes")
+
+
+def _torus_hint(nodes: int) -> str:
+    side = max(2, round(nodes ** 0.5))
+    return f"{side}x{max(2, nodes // side)}"
+
+
+def as_topology(topology: str | Torus) -> Torus:
+    """A :class:`Torus`, or a spec string parsed into one."""
+    if isinstance(topology, Torus):
+        return topology
+    if isinstance(topology, str):
+        return parse_topology(topology)
+    raise CollectiveError(f"topology must be a spec such as 'ring:8' or a Torus, got {type(topology).__name__}")
+
+
+def as_profile(profile: str | Profile, overrides: tuple[str, ...] | list[str] | str = ()) -> Profile:
+    """A :class:`Profile`, or a shipped name / YAML path loaded into one, with ``overrides`` applied."""
+    if isinstance(profile, Profile):
+        return profile.with_overrides(overrides) if overrides else profile
+    if isinstance(profile, str):
+        return load_profile(profile, overrides)
+    raise CollectiveError(f"profile must be a shipped profile name, a YAML path or a Profile, got "
+                          f"{type(profile).__name__}")
+
+
+def check_work(work: np.ndarray, local_nodes: int) -> None:
+    """An in-place buffer: writeable, C-contiguous, (local nodes, count), a supported dtype."""
+    if not isinstance(work, np.ndarray):
+        raise CollectiveError(f"work must be a numpy array, got {type(work).__name__}")
+    if work.ndim != 2 or work.shape[0] != local_nodes:
+        raise CollectiveError(f"this rank hosts {local_nodes} nodes: work must have shape ({local_nodes}, count), "
+                              f"got {work.shape}")
+    if work.dtype.name not in DTYPES or not work.dtype.isnative:
+        check_dtype(work.dtype)
+    if not work.flags.c_contiguous:
+        raise CollectiveError("work must be C-contiguous (np.ascontiguousarray), got a strided or Fortran-"
+                              "ordered array")
+    if not work.flags.writeable:
+        raise CollectiveError("work must be writeable: the result is written into it; pass a copy")
 
 
 def check_sparse_call(algo: str, collective: str, op: str) -> None:
@@ -41,12 +145,41 @@ def check_sparse_call(algo: str, collective: str, op: str) -> None:
                               "zero is not the identity of max/min; use --op sum or a dense algorithm")
 
 
+def check_call_number(call: int) -> int:
+    """``call`` numbers the fault draws: a whole number >= 0."""
+    if isinstance(call, bool) or not isinstance(call, numbers.Integral) or call < 0:
+        raise CollectiveError(f"call must be a whole number >= 0 (it numbers the fault draws), got {call!r}")
+    return operator.index(call)
+
+
 def fault_options(faults: str | FaultSpec | None, stragglers: str | list | dict | None,
                   topology: Torus) -> tuple[FaultSpec | None, dict[int, float]]:
     """Parse and check ``--faults`` / ``--straggler`` values (strings or already parsed)."""
+    if faults is not None and not isinstance(faults, (str, FaultSpec)):
+        raise CollectiveError(f"faults must be a string such as 'drop=1e-3,seed=1' or a FaultSpec, got "
+                              f"{type(faults).__name__}")
+    if stragglers is not None and not isinstance(stragglers, (str, list, tuple, dict)):
+        raise CollectiveError(f"stragglers must be 'NODE:FACTOR,...', a list of those or {{node: factor}}, got "
+                              f"{type(stragglers).__name__}")
     spec = parse_faults(faults) if isinstance(faults, str) or faults is None else faults
-    slow = stragglers if isinstance(stragglers, dict) else parse_stragglers(stragglers)
+    if isinstance(stragglers, dict):   # checked like the text form: whole node ids, finite factors >= 1
+        stragglers = [_straggler_text(node, factor) for node, factor in stragglers.items()]
+    elif isinstance(stragglers, (list, tuple)):
+        bad = [item for item in stragglers if not isinstance(item, str)]
+        if bad:
+            raise CollectiveError(f"stragglers: {bad[0]!r} is not a 'NODE:FACTOR' string")
+        stragglers = list(stragglers)
+    slow = parse_stragglers(stragglers)
     if spec is not None:
         spec.check_nodes(topology.nodes)
     check_stragglers(slow, topology.nodes)
     return (spec if spec is not None and spec.active else None), slow
+
+
+def _straggler_text(node: object, factor: object) -> str:
+    """``{node: factor}`` entry as ``NODE:FACTOR`` text (exact: a float's repr reads back unchanged)."""
+    if isinstance(node, bool) or not isinstance(node, numbers.Integral) or \
+            isinstance(factor, bool) or not isinstance(factor, numbers.Real):
+        raise CollectiveError(f"stragglers {{node: factor}} needs a whole node id and a number, got "
+                              f"{node!r}: {factor!r}")
+    return f"{int(node)}:{float(factor)!r}"

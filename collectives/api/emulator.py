@@ -24,10 +24,14 @@ import numpy as np
 from mpi4py import MPI
 
 from nicemu.collectives.api.checks import (
+    as_profile,
+    as_topology,
     check_algo,
     check_collective,
     check_dtype_op,
+    check_op,
     check_sparse_call,
+    check_work,
     fault_options,
 )
 from nicemu.collectives.api.model import build_schedule
@@ -44,9 +48,9 @@ from nicemu.collectives.schedules.spot_protocol import plan_rounds
 from nicemu.collectives.schedules.steps import Schedule, final_segments
 from nicemu.errors import CollectiveError
 from nicemu.nic.faults import FaultSpec
-from nicemu.nic.profile import Profile, load_profile
+from nicemu.nic.profile import Profile
 from nicemu.nic.spots import RecordLayout, SpotWindows
-from nicemu.topologies import Torus, parse_topology, ring
+from nicemu.topologies import Torus, ring
 
 
 @dataclass
@@ -70,12 +74,11 @@ class Emulator:
         """``faults``: ``"drop=P,corrupt=Q,seed=S[,link=A->B]"`` or a FaultSpec; ``stragglers``:
         ``"NODE:FACTOR,..."``, a list of those, or {node: factor} (docs/model.md §11, §12)."""
         comm = MPI.COMM_WORLD if comm is None else comm
+        if not isinstance(comm, MPI.Comm):
+            raise CollectiveError(f"comm must be an mpi4py communicator, got {type(comm).__name__}")
+        self.topology = ring(max(comm.size, 2)) if topology is None else as_topology(topology)
+        self.profile = as_profile(profile, overrides)
         self.comm = comm.Dup()
-        if topology is None:
-            topology = ring(max(self.comm.size, 2))
-        self.topology = parse_topology(topology) if isinstance(topology, str) else topology
-        self.profile = (load_profile(profile, overrides) if isinstance(profile, str)
-                        else profile.with_overrides(overrides))
         if self.comm.size > self.topology.nodes:
             raise CollectiveError(
                 f"{self.comm.size} ranks for {self.topology.name} ({self.topology.nodes} nodes): "
@@ -134,6 +137,8 @@ class Emulator:
         counter of this emulator's calls); the model executor given the same number
         draws the same faults.
         """
+        check_work(work, self.local_nodes)
+        check_op(op)
         ex = self.executor
         call = self._calls if call is None else call
         self._calls += 1
@@ -184,6 +189,8 @@ class Emulator:
     def _run_sparse(self, collective: str, work: np.ndarray, op: str, algo: str, sparse: dict,
                     jitter_us: float, call: int = 0) -> Timing:
         check_sparse_call(algo, collective, op)
+        if work.shape[1] == 0:
+            raise CollectiveError(f"{algo} needs at least one element per node (it works on blocks)")
         ex = self.executor
         cfg = sparse_config(algo, self.topology.nodes, **sparse)
         nblocks = nblocks_of(work.shape[1], cfg.block_size)

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from nicemu.collectives.api.checks import check_collective, check_sparse_call, fault_options
+from nicemu.collectives.api.checks import (
+    as_profile,
+    as_topology,
+    check_call_number,
+    check_collective,
+    check_count,
+    check_dtype,
+    check_schedule_size,
+    check_sparse_call,
+    fault_options,
+)
 from nicemu.collectives.model.executor import Timing, run_model
 from nicemu.collectives.registry import get
 from nicemu.collectives.schedules.steps import Schedule
@@ -19,8 +29,9 @@ from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus
 
 
-def build_schedule(collective: str, algo: str, topology: Torus, count: int,
+def build_schedule(collective: str, algo: str, topology: Torus | str, count: int,
                    bidirectional: bool = False) -> Schedule:
+    """The chunk-level program of a dense algorithm; every argument is checked first (one-line errors)."""
     check_collective(collective)
     entry = get(algo)
     if entry.sparse is not None:
@@ -29,16 +40,25 @@ def build_schedule(collective: str, algo: str, topology: Torus, count: int,
         raise CollectiveError(f"algorithm '{algo}' has no fixed schedule: "
                               + ("its rounds depend on the data (time it with model_sparse)"
                                  if entry.sparse is not None else "it is MPI's own collective"))
-    return entry.build(collective, topology, count, bidirectional)
+    topology = as_topology(topology)
+    count = check_count(count)
+    if not isinstance(bidirectional, (bool, np.bool_)):
+        raise CollectiveError(f"bidirectional must be True or False, got {bidirectional!r}")
+    check_schedule_size(topology, collective, algo)
+    return entry.build(collective, topology, count, bool(bidirectional))
 
 
-def model_time(collective: str, algo: str, topology: Torus, profile: Profile, count: int,
+def model_time(collective: str, algo: str, topology: Torus | str, profile: Profile | str, count: int,
                dtype: str | np.dtype = "float32", faults: str | FaultSpec | None = None,
                call: int = 0, stragglers: str | list | dict | None = None) -> Timing:
-    """Emulated timing without data (the model executor); ``call`` numbers the fault draws."""
-    dt = np.dtype(dtype)
+    """Emulated timing without data (the model executor); ``call`` numbers the fault draws.
+
+    ``topology`` and ``profile`` may be given as a spec string and a profile name (or YAML path).
+    """
+    dt = check_dtype(dtype)
+    topology, profile = as_topology(topology), as_profile(profile)
     schedule = build_schedule(collective, algo, topology, count, profile.topology.bidirectional)
     spec, slow = fault_options(faults, stragglers, topology)
-    return run_model(schedule, profile, dt.itemsize, spec, call, slow)
+    return run_model(schedule, profile, dt.itemsize, spec, check_call_number(call), slow)
 
 

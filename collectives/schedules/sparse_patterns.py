@@ -29,8 +29,8 @@ def nblocks_of(count: int, block_size: int) -> int:
 def check_pattern(nodes: int, density: float, overlap: str) -> None:
     if overlap not in OVERLAPS:
         raise CollectiveError(f"unknown overlap '{overlap}'; use one of {', '.join(OVERLAPS)}")
-    if not 0.0 <= density <= 1.0:
-        raise CollectiveError(f"density {density} is outside [0, 1]")
+    if not 0.0 <= density <= 1.0:     # NaN fails too
+        raise CollectiveError(f"density {density} is outside [0, 1]; 0 is an all-zero input, 1 a dense one")
     if overlap == "none" and density * nodes > 1.0 + 1e-12:
         raise CollectiveError(
             f"overlap none needs density <= 1/nodes = {1 / nodes:.4g} so that the {nodes} nodes' "
@@ -44,6 +44,8 @@ def pattern_mask(node: int, nodes: int, count: int, block_size: int, density: fl
     nb = nblocks_of(count, block_size)
     if density >= 1.0:
         return np.ones(nb, dtype=bool)
+    if density <= 0.0:          # an all-zero input (e.g. a frozen layer's gradient): no draws needed
+        return np.zeros(nb, dtype=bool)
     if overlap == "random":
         return np.random.default_rng([seed, node]).random(nb) < density
     k = int(round(density * nb))

@@ -315,25 +315,32 @@ def test_section_not_a_mapping():
 @pytest.mark.parametrize(
     ("section", "key", "value", "pattern"),
     [
-        ("link", "bandwidth_GBps", True, r"link\.bandwidth_GBps must be a number > 0.*got true \(a boolean\)"),
-        ("link", "bandwidth_GBps", "fast", r"link\.bandwidth_GBps must be a number > 0.*got 'fast'"),
-        ("link", "bandwidth_GBps", "12.5", r"link\.bandwidth_GBps must be a number > 0.*got '12\.5'"),
-        ("link", "bandwidth_GBps", 0, r"link\.bandwidth_GBps must be a number > 0"),
-        ("pcie", "bandwidth_GBps", -1.0, r"pcie\.bandwidth_GBps must be a number > 0"),
-        ("host", "reduce_GBps", -math.inf, r"host\.reduce_GBps must be a number > 0.*got -\.inf"),
-        ("nic", "reduce_GBps", math.nan, r"nic\.reduce_GBps must be a number > 0.*got \.nan"),
-        ("link", "latency_us", -0.1, r"link\.latency_us must be a finite number >= 0, got -0\.1"),
-        ("pcie", "latency_us", math.inf, r"pcie\.latency_us must be a finite number >= 0.*only allowed for bandwidths"),
-        ("host", "overhead_us", None, r"host\.overhead_us must be a finite number >= 0, got nothing"),
+        ("link", "bandwidth_GBps", True, r"link\.bandwidth_GBps must be a number >= 1e-06.*got true \(a boolean\)"),
+        ("link", "bandwidth_GBps", "fast", r"link\.bandwidth_GBps must be a number >= 1e-06.*got 'fast'"),
+        ("link", "bandwidth_GBps", "12.5", r"link\.bandwidth_GBps must be a number >= 1e-06.*got '12\.5'"),
+        ("link", "bandwidth_GBps", 0, r"link\.bandwidth_GBps must be a number >= 1e-06"),
+        ("pcie", "bandwidth_GBps", -1.0, r"pcie\.bandwidth_GBps must be a number >= 1e-06"),
+        ("host", "reduce_GBps", -math.inf, r"host\.reduce_GBps must be a number >= 1e-06.*got -\.inf"),
+        ("nic", "reduce_GBps", math.nan, r"nic\.reduce_GBps must be a number >= 1e-06.*got \.nan"),
+        ("link", "latency_us", -0.1, r"link\.latency_us must be a finite number from 0 to 1e\+09, got -0\.1"),
+        ("pcie", "latency_us", math.inf, r"pcie\.latency_us must be a finite number from 0 to 1e\+09.*only allowed for bandwidths"),
+        ("host", "overhead_us", None, r"host\.overhead_us must be a finite number from 0 to 1e\+09, got nothing"),
         ("nic", "memory_KiB", -1, r"nic\.memory_KiB must be a finite number >= 0"),
         ("nic", "memory_KiB", math.inf, r"nic\.memory_KiB must be a finite number >= 0"),
-        ("nic", "packet_bytes", 0, r"nic\.packet_bytes must be an integer >= 1, got 0"),
-        ("nic", "packet_bytes", 1.5, r"nic\.packet_bytes must be an integer >= 1, got 1\.5"),
-        ("nic", "packet_bytes", 1024.0, r"nic\.packet_bytes must be an integer >= 1, got 1024\.0 \(write it without a decimal point\)"),
-        ("nic", "packet_bytes", True, r"nic\.packet_bytes must be an integer >= 1, got true"),
-        ("nic", "latency_us", [1], r"nic\.latency_us must be a finite number >= 0, got a list"),
+        ("nic", "packet_bytes", 0, r"nic\.packet_bytes must be an integer from 1 to 2\*\*40, got 0"),
+        ("nic", "packet_bytes", 1.5, r"nic\.packet_bytes must be an integer from 1 to 2\*\*40, got 1\.5"),
+        ("nic", "packet_bytes", 1024.0, r"nic\.packet_bytes must be an integer from 1 to 2\*\*40, got 1024\.0 \(write it without a decimal point\)"),
+        ("nic", "packet_bytes", True, r"nic\.packet_bytes must be an integer from 1 to 2\*\*40, got true"),
+        ("nic", "latency_us", [1], r"nic\.latency_us must be a finite number from 0 to 1e\+09, got a list"),
         ("topology", "bidirectional", 1, r"topology\.bidirectional must be true or false, got 1"),
         ("topology", "bidirectional", "yes please", r"topology\.bidirectional must be true or false"),
+        # bounds that keep every emulated time finite (these gave inf or NaN times, or an OverflowError)
+        ("link", "bandwidth_GBps", 1e-320, r"link\.bandwidth_GBps must be a number >= 1e-06"),
+        ("nic", "reduce_GBps", 1e-7, r"nic\.reduce_GBps must be a number >= 1e-06.*got 1e-07"),
+        ("link", "latency_us", 1e308, r"link\.latency_us must be a finite number from 0 to 1e\+09, got 1e\+308"),
+        ("nic", "retransmit_timeout_us", 2e9, r"nic\.retransmit_timeout_us must be a finite number from 0 to 1e\+09"),
+        ("nic", "packet_bytes", 10**23, r"nic\.packet_bytes must be an integer from 1 to 2\*\*40, got 10{23}"),
+        ("nic", "packet_bytes", 2**40 + 1, r"nic\.packet_bytes must be an integer from 1 to 2\*\*40"),
     ],
 )
 def test_bad_values(section, key, value, pattern):
@@ -398,11 +405,11 @@ def test_profile_from_dict_rejects_non_mapping():
         ("switch.ports=8", r"^--set switch\.ports=8: no such section 'switch'; valid sections: link, pcie, host, nic, topology$"),
         ("nic.packet_bytes", r"^--set nic\.packet_bytes: missing '='"),
         ("packet_bytes=4096", r"expected section\.key=value"),
-        ("nic.packet_bytes=1.5", r"^--set nic\.packet_bytes=1\.5: nic\.packet_bytes must be an integer >= 1, got 1\.5"),
-        ("nic.packet_bytes=0", r"must be an integer >= 1, got 0"),
-        ("link.latency_us=-1", r"^--set link\.latency_us=-1: link\.latency_us must be a finite number >= 0"),
+        ("nic.packet_bytes=1.5", r"^--set nic\.packet_bytes=1\.5: nic\.packet_bytes must be an integer from 1 to 2\*\*40, got 1\.5"),
+        ("nic.packet_bytes=0", r"must be an integer from 1 to 2\*\*40, got 0"),
+        ("link.latency_us=-1", r"^--set link\.latency_us=-1: link\.latency_us must be a finite number from 0 to 1e\+09"),
         ("link.latency_us=.inf", r"only allowed for bandwidths"),
-        ("link.bandwidth_GBps=0", r"link\.bandwidth_GBps must be a number > 0"),
+        ("link.bandwidth_GBps=0", r"link\.bandwidth_GBps must be a number >= 1e-06"),
         ("link.bandwidth_GBps=true", r"got true \(a boolean\)"),
         ("link.bandwidth_GBps=fast", r"got 'fast'"),
         ("host.overhead_us=", r"got nothing"),
@@ -470,3 +477,13 @@ def test_dataclass_defaults():
     )
     assert p.topology == TopologySpec(bidirectional=False)
     assert p.description == ""
+
+
+def test_bounds_are_inclusive():
+    """The bounds themselves are valid values."""
+    data = good_dict()
+    data["link"]["bandwidth_GBps"] = 1e-6
+    data["link"]["latency_us"] = 1e9
+    data["nic"]["packet_bytes"] = 2**40
+    p = profile_from_dict(data, "x")
+    assert (p.link.bandwidth_GBps, p.link.latency_us, p.nic.packet_bytes) == (1e-6, 1e9, 2**40)

@@ -491,6 +491,13 @@ def test_astra_malformed_yaml(tmp_path):
         ("topology: [ Ring ]\nnpus_count: [ '4' ]\n", r"npus_count\[0\] is '4'"),
         ("topology: [ 3 ]\nnpus_count: [ 4 ]\n", r"dimension 0 type is 3"),
         ("topology: [ Ring, Ring ]\nnpus_count: [ 8192, 8192 ]\n", r"67108864 NPUs is over the limit"),
+        # the link ranges of a hardware profile: emulated times stay finite
+        ("topology: [ Ring ]\nnpus_count: [ 4 ]\nbandwidth: [ 1.0e-300 ]\nlatency: [ 5 ]\n",
+         r"bandwidth\[0\] is 1e-300; it must be at least 1e-06 GB/s"),
+        ("topology: [ Ring ]\nnpus_count: [ 4 ]\nbandwidth: [ 50 ]\nlatency: [ 1.0e+300 ]\n",
+         r"latency\[0\] is 1e\+300; it must be at most 1e\+12 ns"),
+        ("topology: [ Ring ]\nnpus_count: [ 1099511627776 ]\n", r"1099511627776 NPUs is over the limit"),
+        ("topology: [ Ring ]\nnpus_count: [ true ]\n", r"npus_count\[0\] is True; it must be a whole number"),
     ],
 )
 def test_astra_bad_files(tmp_path, text, pattern):
@@ -499,3 +506,12 @@ def test_astra_bad_files(tmp_path, text, pattern):
         load_astra_network(path)
     message = str(info.value)
     assert message.startswith(path) and "\n" not in message
+
+
+def test_astra_numbers_in_exponent_form(tmp_path):
+    """YAML 1.1 reads 5e2 (no dot) as a string; it is a number in a network file, as in a profile."""
+    plain = load_astra_network(write(tmp_path, "topology: [Ring]\nnpus_count: [4]\nbandwidth: [25.0]\n"
+                                                "latency: [500.0]\n", "plain.yml"))
+    exponent = load_astra_network(write(tmp_path, "topology: [Ring]\nnpus_count: [4]\nbandwidth: [2.5e1]\n"
+                                                   "latency: [5e2]\n", "exp.yml"))
+    assert exponent.dim_links == plain.dim_links == (LinkParams(25.0, 0.5),)
