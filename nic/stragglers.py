@@ -16,6 +16,9 @@ import numpy as np
 
 from nicemu.errors import FaultSpecError
 
+#: the largest slowdown accepted: beyond it emulated times stop meaning anything
+MAX_FACTOR = 1e6
+
 
 def parse_stragglers(items: Iterable[str] | str | None) -> dict[int, float]:
     """``["3:2.0", "5:1.5,6:4"]`` -> {3: 2.0, 5: 1.5, 6: 4.0}; one-line errors."""
@@ -37,17 +40,24 @@ def parse_stragglers(items: Iterable[str] | str | None) -> dict[int, float]:
                 node, factor = -1, math.nan
             if not sep or node < 0:
                 raise FaultSpecError(f"--straggler {part}: write NODE:FACTOR, e.g. --straggler 3:2.0")
-            if not (math.isfinite(factor) and factor >= 1.0):
-                raise FaultSpecError(f"--straggler {part}: FACTOR must be a finite number >= 1 "
-                                     f"(how many times slower), e.g. 3:2.0")
+            _check_factor(factor, part)
             if node in out:
                 raise FaultSpecError(f"--straggler: node {node} given twice; give it once")
             out[node] = factor
     return out
 
 
+def _check_factor(factor: float, what: str) -> None:
+    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and 1.0 <= factor <= MAX_FACTOR):
+        raise FaultSpecError(f"--straggler {what}: FACTOR must be a number from 1 to {MAX_FACTOR:g} "
+                             f"(how many times slower), e.g. 3:2.0")
+
+
 def check_stragglers(stragglers: dict[int, float], nodes: int) -> None:
-    for node in stragglers:
+    for node, factor in stragglers.items():
+        if not isinstance(node, (int, np.integer)) or node < 0:
+            raise FaultSpecError(f"--straggler {node!r}: a node is an integer >= 0")
+        _check_factor(factor, f"{node}:{factor}")
         if node >= nodes:
             raise FaultSpecError(f"--straggler {node}: the topology has nodes 0..{nodes - 1}")
 

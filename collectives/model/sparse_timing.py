@@ -53,7 +53,8 @@ from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.link_faults import FaultStats
 from nicemu.collectives.model.sparse import downstream, upstream
 from nicemu.collectives.model.sparse.state import SpotState, spot_memory_bytes
-from nicemu.collectives.schedules.spot_protocol import Plan, SparseConfig, plan_rounds
+from nicemu.collectives.schedules.spot_protocol import PackedMasks, Plan, SparseConfig, plan_rounds
+from nicemu.errors import CollectiveError
 from nicemu.nic.faults import FaultSpec
 from nicemu.nic.profile import Profile
 from nicemu.nic.stragglers import node_factors
@@ -104,6 +105,13 @@ def model_sparse(cfg: SparseConfig, masks: np.ndarray, profile: Profile, itemsiz
                  stragglers: dict[int, float] | None = None) -> Timing:
     """Emulated time from the block masks alone (nodes x nblocks); faults on the Rx-spot writes,
     stragglers slow their nodes' host, NIC and PCIe service times."""
+    if not isinstance(masks, PackedMasks):
+        masks = np.asarray(masks)
+        if masks.ndim != 2 or masks.shape[0] < 2 or masks.dtype != bool:
+            raise CollectiveError(f"block masks must be a bool array of shape (nodes >= 2, blocks), got "
+                                  f"{masks.dtype} {masks.shape}")
+    if isinstance(itemsize, bool) or not isinstance(itemsize, (int, np.integer)) or itemsize < 1:
+        raise CollectiveError(f"itemsize must be a whole number of bytes >= 1, got {itemsize!r}")
     return as_timing(sparse_time(plan_rounds(masks, cfg), profile, itemsize, faults, call, stragglers))
 
 

@@ -60,7 +60,10 @@ class SparseConfig:
 
     def check(self, nodes: int) -> None:
         for name in ("block_size", "spots", "spot_blocks", "tx_spots"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise CollectiveError(f"{name.replace('_', '-')} must be a whole number, got {value!r}")
+            if value < 1:
                 raise CollectiveError(f"{name.replace('_', '-')} must be at least 1")
         if self.tx_spots > 2:
             raise CollectiveError("tx-spots must be 1 (no double buffering) or 2")

@@ -247,3 +247,32 @@ def test_model_shape_caps(field, value):
         shape["top_k"] = 2
     with pytest.raises(WorkloadError, match="over the limit"):
         Model("m", **shape)
+
+
+# --- the sparse model and stragglers given through the API -------------------------------------------
+
+def _sparse_calls():
+    from nicemu.collectives import model_sparse, sparse_config
+    cfg = sparse_config("omniccl", 4)
+    prof = load_profile("ideal")
+    return [
+        ("1-D masks", lambda: model_sparse(cfg, np.ones(8, bool), prof, 4), "shape"),    # IndexError before
+        ("int masks", lambda: model_sparse(cfg, np.ones((4, 8), int), prof, 4), "bool"),
+        ("itemsize 0", lambda: model_sparse(cfg, np.ones((4, 8), bool), prof, 0), "itemsize"),
+        ("float block", lambda: sparse_config("omniccl", 4, block_size=2.5), "whole number"),
+        ("str block", lambda: sparse_config("omniccl", 4, block_size="8"), "whole number"),   # TypeError before
+    ]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_sparse_model_arguments(index):
+    _, call, word = _sparse_calls()[index]
+    with pytest.raises(CollectiveError, match=word):
+        call()
+
+
+@pytest.mark.parametrize("stragglers", ["0:1e300", {0: 1e300}, {0: 0.5}, {-1: 2.0}, {"0": 2.0}])
+def test_straggler_factors_are_bounded(stragglers):
+    # 1e300 gave emulated times of 1e300 us; a dict skipped the text form's checks
+    with pytest.raises(NicemuError, match="straggler"):
+        model_time("allreduce", "ring", RING4, PROFILE, 1024, stragglers=stragglers)
