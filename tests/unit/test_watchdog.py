@@ -19,6 +19,7 @@ from mpi4py import MPI
 
 from nicemu.collectives import Emulator, build_schedule
 from nicemu.collectives.mpi.executor import MpiExecutor, node_blocks
+from nicemu.collectives.mpi.plans import request_owners
 from nicemu.collectives.mpi.watchdog import (
     DEFAULT_LIMIT_S,
     ENV_FAIL_MODE,
@@ -35,7 +36,6 @@ from nicemu.collectives.mpi.watchdog import (
     nodes_text,
     resolve_limit,
 )
-from nicemu.collectives.schedules.steps import step_groups
 from nicemu.errors import CollectiveError
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import parse_topology
@@ -284,14 +284,14 @@ def _as_rank(ex: MpiExecutor, rank: int, size: int) -> None:
     ex.bounds = node_blocks(nodes, size)
     ex.lo, ex.hi = int(ex.bounds[rank]), int(ex.bounds[rank + 1])
     ex.node_rank = np.searchsorted(ex.bounds, np.arange(nodes), side="right") - 1
-    ex._plans.clear()
+    ex.plans.clear()
 
 
-def _requests(group, receiving: bool) -> int:
-    if receiving:
-        return sum(1 + sum(1 for nb, slot, _, _ in items if slot >= 0 or nb)
-                   for plan in group for _, _, items in plan.recvs)
-    return sum(1 + sum(1 for _, _, nb in items if nb) for plan in group for _, _, items in plan.sends)
+def _describe_all(ex: MpiExecutor, elapsed: float, schedule, plan, group, receiving: bool) -> str:
+    """The message for a group whose every request (as the plain transport makes them) is pending."""
+    owner = group.recv_owner if receiving else group.send_owner
+    assert owner == request_owners(group.steps, receiving)
+    return ex.describe_wait(elapsed, list(range(len(owner))), schedule, plan.plans, group.steps, receiving, owner)
 
 
 def test_executor_message_names_node_peer_and_step():
@@ -299,18 +299,16 @@ def test_executor_message_names_node_peer_and_step():
     ex = MpiExecutor(MPI.COMM_SELF, topo, load_profile("directreduce-paper"), watchdog_s=LIMIT)
     _as_rank(ex, 2, 4)                       # rank 2 hosts nodes 4 and 5
     schedule = build_schedule("allreduce", "ring", topo, 1000)
-    plans = ex._plan(schedule, 4)
-    group = list(step_groups(plans))[2]
-    pending = list(range(_requests(group, True)))
-    assert ex._describe_wait(30.0, pending, schedule, plans, group, True) == (
+    plan = ex.rank_plan(schedule, 4)
+    group = plan.groups[2]
+    assert _describe_all(ex, 30.0, schedule, plan, group, True) == (
         "ring allreduce: node 4 (rank 2) waited 30.0 s in reduce-scatter step 2 of dim 0 for data from "
         "node 3 (rank 1); that rank is stalled or gone")
-    pending = list(range(_requests(group, False)))
-    assert ex._describe_wait(30.0, pending, schedule, plans, group, False) == (
+    assert _describe_all(ex, 30.0, schedule, plan, group, False) == (
         "ring allreduce: node 5 (rank 2) waited 30.0 s in reduce-scatter step 2 of dim 0 for node 6 "
         "(rank 3) to receive its data; that rank is stalled or gone")
-    ag = list(step_groups(plans))[8]
-    text = ex._describe_wait(1.5, [0], schedule, plans, ag, True)
+    ag = plan.groups[8]
+    text = ex.describe_wait(1.5, [0], schedule, plan.plans, ag.steps, True, ag.recv_owner)
     assert text.startswith("ring allreduce: node 4 (rank 2) waited 1.5 s in allgather step 1 of dim 0 ")
 
 
@@ -319,9 +317,10 @@ def test_executor_message_bidirectional_torus():
     ex = MpiExecutor(MPI.COMM_SELF, topo, load_profile("directreduce-paper"), watchdog_s=LIMIT)
     _as_rank(ex, 1, 4)
     schedule = build_schedule("allreduce", "directreduce", topo, 1000, True)
-    plans = ex._plan(schedule, 4)
-    group = list(step_groups(plans))[1]
-    text = ex._describe_wait(2.0, list(range(_requests(group, True))), schedule, plans, group, True)
+    plan = ex.rank_plan(schedule, 4)
+    group = plan.groups[1]
+    assert [p.step.direction for p in group.steps] == [1, -1]
+    text = _describe_all(ex, 2.0, schedule, plan, group, True)
     assert text == ("directreduce allreduce: nodes 2, 3 (rank 1) waited 2.0 s in reduce-scatter step 0 of "
                     "dim 1 (direction +1) for data from node 1 (rank 0); and in reduce-scatter step 0 of dim 1 "
                     "(direction -1) for data from node 0 (rank 0); that rank is stalled or gone")
