@@ -209,31 +209,58 @@ def test_notice_from_a_later_wait_does_not_make_this_rank_stand_down(comm, unmat
         late.Wait()
 
 
-# --------------------------------------------------------------------------- probe
+# --------------------------------------------------------------------------- wait_any
 
-def test_probe_returns_a_waiting_message(comm):
+def test_wait_any_returns_the_completed_request(comm, unmatched):
     wd = Watchdog(LIMIT, comm)
+    inp = np.empty(5, dtype=np.int64)
+    reqs = [unmatched, comm.Irecv(inp, 0, 7)]
     send = comm.Isend(np.arange(5, dtype=np.int64), 0, 7)
-    status = MPI.Status()
-    wd.probe(comm, status, lambda elapsed: "unused")
-    assert (status.Get_source(), status.Get_tag(), status.Get_count(MPI.INT64_T)) == (0, 7, 5)
-    comm.Recv(np.empty(5, dtype=np.int64), 0, 7)
+    assert wd.wait_any(reqs, describe) == 1
+    np.testing.assert_array_equal(inp, np.arange(5))
+    assert reqs[1] == MPI.REQUEST_NULL and reqs[0] is unmatched
     send.Wait()
 
 
-def test_probe_times_out_with_the_message(comm):
+def test_wait_any_completes_after_the_spin(comm, unmatched):
+    wd = Watchdog(HUNG_S, comm)
+    inp = np.empty(3)
+    reqs = [unmatched, comm.Irecv(inp, 0, TAG + 2)]
+    timer = threading.Timer(0.05, lambda: comm.Send(np.arange(3.0), 0, TAG + 2))
+    timer.start()
+    assert wd.wait_any(reqs, describe) == 1
+    timer.join()
+    np.testing.assert_array_equal(inp, np.arange(3.0))
+
+
+def test_wait_any_with_nothing_active(comm):
     wd = Watchdog(LIMIT, comm)
-    with pytest.raises(CollectiveStalled, match=r"^nothing came after 0\.2 s$"):
-        wd.probe(comm, MPI.Status(), lambda elapsed: f"nothing came after {elapsed:.1f} s")
+    assert wd.wait_any([MPI.REQUEST_NULL], describe) == MPI.UNDEFINED
 
 
-def test_probe_turns_a_notice_into_a_secondary_stall(comm):
+def test_wait_any_times_out_with_the_message(comm, unmatched):
+    wd = Watchdog(LIMIT, comm)
+    with pytest.raises(CollectiveStalled, match=r"^waited 0\.2 s; pending \[0\]; context \('loop',\)$"):
+        wd.wait_any([unmatched], describe, "loop")
+
+
+def test_wait_any_turns_a_notice_into_a_secondary_stall(comm, unmatched):
     wd = Watchdog(HUNG_S, comm)
     send = comm.Isend(np.array([0.0, 0.0]), 0, wd.notice_tag)
     with pytest.raises(CollectiveStalled) as info:
-        wd.probe(comm, MPI.Status(), lambda elapsed: "unused")
+        wd.wait_any([unmatched], describe)
     assert info.value.secondary and "rank 0" in str(info.value)
-    send.Wait()                              # the notice was consumed by the probe
+    send.Wait()                              # the notice was consumed by the wait
+    assert not comm.Iprobe(0, wd.notice_tag)
+
+
+def test_notice_tag_is_above_every_protocol_tag(comm):
+    from nicemu.collectives.mpi import tags
+    wd = Watchdog(LIMIT, comm)
+    protocol = [v for k, v in vars(tags).items() if k.isupper() and isinstance(v, int) and k != "MIN_TAG_UB"]
+    assert wd.notice_tag == tags.tag_ub(comm) >= tags.MIN_TAG_UB
+    assert max(protocol) < wd.notice_tag
+    assert len(set(protocol)) == len(protocol)      # no two kinds of message share a tag
 
 
 # --------------------------------------------------------------------------- blocking sections
