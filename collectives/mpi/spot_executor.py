@@ -233,6 +233,9 @@ class SpotRun:
     def _on_credit(self, msg: np.ndarray) -> None:
         slot, rnd, worker, nxt = (int(v) for v in msg)
         self.credits_due -= 1
+        if self.credits_due < 0:
+            raise ProtocolError(f"slot {slot}: an Rx credit for worker {worker} round {rnd} that the plan "
+                                "does not have")
         if nxt < int(self.lay.slot_hi[slot]):
             self._write_record(worker, slot, rnd + 1, nxt)
 
@@ -426,7 +429,7 @@ class SpotRun:
             for s in active:
                 for w in workers:
                     self._write_record(w, s, 0, int(lay.slot_lo[s]))
-            while self.workers_left or self.credits_due or any(not a.finished for a in self.aggs.values()):
+            while self.workers_left or self.credits_due > 0 or any(not a.finished for a in self.aggs.values()):
                 self.events += 1
                 if fault is not None:
                     fault.at_step(self.events, f"{self._algo()} allreduce (spot protocol)")
