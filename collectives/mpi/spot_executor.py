@@ -348,7 +348,6 @@ class SpotRun:
         """One receive per (peer rank, kind of control message) this rank can get, and one per
         (slot, local worker) for the results (see the module docstring)."""
         lay, cfg = self.lay, self.cfg
-        tags.check_spot_results(self.comm, len(lay.slot_hi), self.n)
         if self.aggs:                                  # records and Tx credits come from every rank
             for kind in (tags.SPOT_RECORD, tags.SPOT_TXCREDIT):
                 for peer in range(self.comm.size):
@@ -403,6 +402,7 @@ class SpotRun:
 
     def run(self) -> None:
         lay, cfg = self.lay, self.cfg
+        tags.check_spot_results(self.comm, len(lay.slot_hi), self.n)    # the same verdict on every rank
         active = [int(s) for s in np.flatnonzero(lay.slot_hi > lay.slot_lo)]
         self.aggs: dict[int, AggSlot] = {}
         for s in active:
