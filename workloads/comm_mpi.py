@@ -9,7 +9,6 @@ import numpy as np
 from mpi4py import MPI
 
 from nicemu.collectives import Emulator, Timing, run_p2p
-from nicemu.collectives.registry import is_sparse
 from nicemu.errors import WorkloadError
 from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus, node_blocks
@@ -42,7 +41,7 @@ class MpiComm(_Backend):
         self.comm, self.real_data = comm, real_data
         self.bounds = node_blocks(topology.nodes, comm.size)
         self.node_rank = np.searchsorted(self.bounds, np.arange(topology.nodes), side="right") - 1
-        self._emulators: dict[tuple[tuple[int, ...], bool], Emulator | None] = {}
+        self._emulators: dict[tuple[int, ...], Emulator | None] = {}
 
     def reset_stats(self) -> None:
         """Fresh totals for the next algorithm (the emulators and the memo are kept)."""
@@ -54,13 +53,14 @@ class MpiComm(_Backend):
                 emu.free()
         self._emulators.clear()
 
-    def emulator(self, nodes: tuple[int, ...], sparse: bool = False) -> Emulator | None:
+    def emulator(self, nodes: tuple[int, ...]) -> Emulator | None:
         """The group's Emulator on this rank, or None if this rank hosts none of its nodes (collective).
 
-        Sparse calls get their own Emulator (own communicator): the spot protocol receives from any
-        source and tag, so a fast rank's next dense call must not be able to reach it.
+        Dense and sparse calls of a group share it: every protocol receives from named sources with
+        tags of its own (collectives/mpi/tags.py), so a fast rank's next call cannot take a message
+        of the call a slower rank is still in.
         """
-        key = (nodes, sparse)
+        key = nodes
         if key not in self._emulators:
             ranks = sorted({int(self.node_rank[n]) for n in nodes})
             sub = self.comm.Create(self.comm.group.Incl(ranks))
@@ -138,7 +138,7 @@ class MpiComm(_Backend):
         if rec.collective == "p2p":          # every rank joins: the ends move data, all agree on the time
             self.stats.real_runs += 1
             return _as_cost(self._run_p2p(rec))
-        emu = self.emulator(rec.nodes, is_sparse(rec.algo))
+        emu = self.emulator(rec.nodes)
         self.stats.real_runs += 1
         if emu is None:
             return None

@@ -85,7 +85,7 @@ class Emulator:
                 f"run with at most {self.topology.nodes} ranks")
         self.executor = MpiExecutor(self.comm, self.topology, self.profile, watchdog_s)
         self.faults, self.stragglers = fault_options(faults, stragglers, self.topology)
-        install_faults(self.executor._agents, self.profile, self.topology, self.executor.lo,
+        install_faults(self.executor.agents, self.profile, self.topology, self.executor.lo,
                        self.faults, self.stragglers)
         self._calls = 0
         self._schedules: dict[tuple, Schedule] = {}
@@ -142,8 +142,8 @@ class Emulator:
         ex = self.executor
         call = self._calls if call is None else call
         self._calls += 1
-        if ex._agents.faults is not None:
-            ex._agents.faults.begin(call)
+        if ex.agents.faults is not None:
+            ex.agents.faults.begin(call)
         if collective == "alltoall":
             return self._run_alltoall(work, algo)
         if is_sparse(algo):
@@ -168,7 +168,7 @@ class Emulator:
         if is_sparse(algo):
             check_sparse_call(algo, "alltoall", "sum")
         alltoall.check_count(self.topology, count)
-        if getattr(ex._agents, "faults", None) is not None:
+        if ex.agents.faults is not None:
             raise CollectiveError("faults are not supported for alltoall yet; run it without faults")
         if algo == "mpi":
             run_native_alltoall(self.comm, work, ex.bounds)

@@ -1,10 +1,11 @@
 """The MPI executor's lean path: one topology node per rank, as in ``mpiexec -n N`` on ``ring:N``.
 
-The general path (collectives/mpi/executor.py) handles any number of nodes per
+The plain transport (collectives/mpi/plain.py) handles any number of nodes per
 rank with index arrays and one-element numpy timing. With exactly one node per
 rank, every step sends at most one chunk to one peer and receives at most one,
-so most of that machinery is overhead on a small message. This path keeps the
-same schedule, the same watchdog and the same emulated times, and trims:
+so most of that machinery is overhead on a small message. :class:`LeanTransport`
+runs in the same step loop (collectives/mpi/step_loop.py), with the same
+schedule, watchdog and emulated times, and trims:
 
 * **One message per transfer for small chunks.** A chunk of at most
   :data:`PACK_MAX_BYTES` travels in one message together with its 16-byte
@@ -18,53 +19,37 @@ same schedule, the same watchdog and the same emulated times, and trims:
   ``Prequest.Start`` on every call.
 * **Receives are posted before sends**, so an eager message finds its receive
   already posted instead of being copied through MPI's unexpected queue.
-* **Timing on Python floats** (nic/scalar_agent.py, bit-identical to
-  NicAgents), with every per-step product computed once per plan.
+* **Timing on Python floats** (the step loop's ``ScalarClock`` on
+  nic/scalar_agent.py, bit-identical to NicAgents), with every per-step product
+  computed once per plan.
 
 Whether a call takes this path is decided identically on every rank (from the
 topology, the communicator size and the schedule), because it changes what
-goes on the wire. Link faults and stragglers keep the general path.
+goes on the wire. Link faults and stragglers keep the vectorised clock and
+another transport.
 """
 
 from __future__ import annotations
 
 import struct
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 from mpi4py import MPI
 
-from nicemu.collectives.model.executor import Timing
+from nicemu.collectives.mpi import tags
+from nicemu.collectives.mpi.plans import RankPlan, Scratch, StepPlan
+from nicemu.collectives.mpi.step_loop import Transport
+from nicemu.collectives.mpi.watchdog import Watchdog
 from nicemu.collectives.schedules.steps import Schedule, step_groups
-from nicemu.hostinfo import available_cpus
 from nicemu.nic.ops import OPS
 from nicemu.nic.scalar_agent import ScalarAgent, StepCosts
-
-if TYPE_CHECKING:
-    from nicemu.collectives.mpi.executor import MpiExecutor, StepPlan
 
 #: largest chunk sent in one message together with its times (bytes); above it, two messages
 PACK_MAX_BYTES = 16 * 1024
 HEADER_BYTES = 16
-TAG_PACKED = 13
-TAG_TIME = 11     # same tags as the general path
-TAG_DATA = 12
 _TIMES = struct.Struct("=2d")    # the packed header: first_us, last_us (native float64)
-
-
-def cpu_per_rank(comm: MPI.Comm) -> bool:
-    """True when no host runs more ranks of ``comm`` than it has CPUs (collective)."""
-    host = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        ranks_here = host.size
-    finally:
-        host.Free()
-    fits = np.array([1 if ranks_here <= available_cpus() else 0], dtype=np.int32)
-    every = np.empty(1, dtype=np.int32)
-    comm.Allreduce(fits, every, op=MPI.MIN)
-    return bool(every[0])
 
 
 def _plain_step(step) -> bool:
@@ -110,6 +95,8 @@ class LeanStep:
     recv_req: MPI.Prequest | None = None
     time_in: np.ndarray = field(default_factory=lambda: np.empty(2))    # unpacked times received
     time_out: np.ndarray = field(default_factory=lambda: np.empty(2))   # unpacked times sent
+    sending: bool = False          # for the step loop: this node sends in this step ...
+    receiving: bool = False        # ... and receives
 
     def free(self) -> None:
         for req in (self.send_req, self.recv_req):
@@ -137,7 +124,6 @@ class LeanPlan:
     def __init__(self, comm: MPI.Comm, plans: list[StepPlan], scalar: ScalarAgent) -> None:
         self.plans = plans
         self.groups: list[LeanGroup] = []
-        self.final_guard = None
         for group in step_groups(plans):
             steps, slot = [], 0
             for plan in group:
@@ -150,7 +136,7 @@ class LeanPlan:
                     if ls.packed_send:
                         ls.send_buf = np.empty(HEADER_BYTES + nb, dtype=np.uint8)
                         ls.send_payload = memoryview(ls.send_buf)[HEADER_BYTES:]
-                        ls.send_req = comm.Send_init(ls.send_buf, peer, TAG_PACKED)
+                        ls.send_req = comm.Send_init(ls.send_buf, peer, tags.STEP_PACKED)
                 if plan.recvs:
                     (peer, _, [(nb, _, _, boff)]), = plan.recvs
                     ls.recv_peer, ls.recv_nb, ls.recv_boff = peer, nb, boff
@@ -159,13 +145,14 @@ class LeanPlan:
                         ls.recv_buf = np.empty(HEADER_BYTES + nb, dtype=np.uint8)
                         ls.recv_payload = ls.recv_buf[HEADER_BYTES:]
                         ls.recv_payload_bytes = memoryview(ls.recv_payload)
-                        ls.recv_req = comm.Recv_init(ls.recv_buf, peer, TAG_PACKED)
+                        ls.recv_req = comm.Recv_init(ls.recv_buf, peer, tags.STEP_PACKED)
                     elif nb and plan.step.reduce:
                         ls.scratch_slot, slot = slot, slot + 1
                 if plan.ops:        # a reduction (chunks that are only placed have no op)
                     (_, a, b, _, _), = plan.ops
                     ls.elem_a, ls.elem_b = a, b
                 ls.reduce = plan.step.reduce
+                ls.sending, ls.receiving = ls.send_peer >= 0, ls.recv_peer >= 0
                 steps.append(ls)
             packed = all((ls.send_peer < 0 or ls.packed_send) and (ls.recv_peer < 0 or ls.packed_recv)
                          for ls in steps)
@@ -194,7 +181,7 @@ def lean_plan_ok(plans: list[StepPlan]) -> bool:
     """Every step of this rank: at most one send and one receive, one transfer each, nothing local.
 
     Holds whenever :func:`schedule_fits` does (a schedule's steps send and receive at most one
-    chunk per node); the executor treats a violation as an internal error.
+    chunk per node); :meth:`LeanTransport.compile` treats a violation as an internal error.
     """
     for plan in plans:
         if len(plan.local_pos) or len(plan.sends) > 1 or len(plan.recvs) > 1:
@@ -206,119 +193,114 @@ def lean_plan_ok(plans: list[StepPlan]) -> bool:
     return True
 
 
-def run_lean(ex: MpiExecutor, lean: LeanPlan, schedule: Schedule, data: np.ndarray, op: str,
-             wire_bytes: int) -> Timing:
-    """Run ``schedule`` in place on ``data`` (shape (1, count)) on the lean path.
+class LeanTransport(Transport):
+    """The lean path's messages (see the module docstring); steps are :class:`LeanStep`."""
 
-    The executor sends only calls without stragglers or link faults here, so the
-    node's timing is the :class:`ScalarAgent`'s.
-    """
-    raw = memoryview(data).cast("B")       # bytes of the node's row (C-contiguous)
-    row = data[0]
-    dtype = data.dtype
-    wait = ex.watchdog.wait
-    describe = ex._describe_wait
-    fault = ex._fault
-    ufunc = OPS[op]
-    scalar = ex._scalar
-    scalar.reset()
-    send, receive = scalar.send, scalar.receive
-    pack, unpack = _TIMES.pack_into, _TIMES.unpack_from
-    wall = time.time
-    k = -1
-    for k, g in enumerate(lean.groups):
-        if fault is not None:
-            fault.at_step(k, f"{schedule.algo} {schedule.collective}")
-        # a stall is reported by the rank that waits longest; counting this step's waits from
-        # before its sends makes that rank the one next to the culprit (a rank downstream can
-        # only begin its step after this one sent), however the ranks are scheduled
-        began = wall()
-        if g.packed:
-            recvs, recv_owner, sends, send_owner = g.recvs, g.recv_owner, g.sends, g.send_owner
-            for req in recvs:              # receives first: an eager message finds its receive posted
+    name = "lean"
+
+    def __init__(self, comm: MPI.Comm, watchdog: Watchdog, scratch: Scratch, describe: Callable[..., str],
+                 scalar: ScalarAgent) -> None:
+        """``describe``: the executor's stall message (as for the plain transport); ``scalar``: the
+        agent whose step costs the plans precompute."""
+        self.comm, self.watchdog, self.scratch, self.describe = comm, watchdog, scratch, describe
+        self.scalar = scalar
+        self.rank_plan: RankPlan | None = None
+        self.raw = memoryview(b"")
+        self.row = np.empty(0)
+        self.dtype = np.dtype(np.float32)
+        self.ufunc = OPS["sum"]
+        self.recvs: list = []
+        self.recv_owner: list = []
+        self.sends: list = []
+        self.send_owner: list = []
+
+    def compile(self, plan: RankPlan) -> LeanPlan:
+        """``plan``'s lean compilation (persistent requests included); the executor caches it."""
+        if not lean_plan_ok(plan.plans):
+            raise RuntimeError(f"{plan.where}: a step sends or receives more than one chunk per node "
+                               "(schedule invariant broken)")
+        return LeanPlan(self.comm, plan.plans, self.scalar)
+
+    def start(self, plan: RankPlan, data: np.ndarray, op: str) -> list[LeanGroup]:
+        """``data``: shape (1, count), C-contiguous."""
+        self.rank_plan = plan
+        self.raw = memoryview(data).cast("B")       # bytes of the node's row
+        self.row = data[0]
+        self.dtype = data.dtype
+        self.ufunc = OPS[op]
+        return plan.lean.groups
+
+    def open(self, g: LeanGroup) -> None:
+        if g.packed:          # the requests are fixed: restart them
+            self.recvs, self.recv_owner, self.sends, self.send_owner = g.recvs, g.recv_owner, g.sends, g.send_owner
+            for req in g.recvs:
                 req.Start()
-            # sender halves first: in a group every sender sees the state from before it
-            for ls in g.steps:
-                if ls.send_peer >= 0:
-                    first, last = send(ls.send_costs)
-                    pack(ls.send_buf, 0, first, last)
-                    if ls.send_nb:
-                        ls.send_payload[:] = raw[ls.send_boff:ls.send_boff + ls.send_nb]
-                    ls.send_req.Start()
-        else:
-            recvs, recv_owner, sends, send_owner = _post_unpacked(ex, g, raw, send)
-        wait(recvs, describe, schedule, lean.plans, g.plans, True, recv_owner, began=began)
-
-        for ls in g.steps:
-            if ls.recv_peer < 0:
+            return
+        # a chunk above PACK_MAX_BYTES: times and data as separate messages (the data straight
+        # from and into the user's array, or a scratch buffer for a reduction)
+        comm, raw = self.comm, self.raw
+        recvs, recv_owner = self.recvs, self.recv_owner = [], []
+        self.sends, self.send_owner = [], []
+        for gi, ls in enumerate(g.steps):
+            peer = ls.recv_peer
+            if peer < 0:
                 continue
-            nb = ls.recv_nb
             if ls.packed_recv:
-                first, last = unpack(ls.recv_buf, 0)
-                if nb and ls.reduce:
-                    chunk = ls.typed.get(dtype)
-                    if chunk is None:
-                        chunk = ls.typed[dtype] = ls.recv_payload.view(dtype)
-                    dest = row[ls.elem_a:ls.elem_b]
-                    ufunc(dest, chunk, out=dest)
-                elif nb:
-                    raw[ls.recv_boff:ls.recv_boff + nb] = ls.recv_payload_bytes
+                ls.recv_req.Start()
+                recvs.append(ls.recv_req)
+                recv_owner.append((gi, peer))
+                continue
+            recvs.append(comm.Irecv(ls.time_in, peer, tags.STEP_TIME))
+            if ls.scratch_slot >= 0:
+                buf = self.scratch.take(ls.scratch_slot, ls.recv_nb)
             else:
-                first, last = ls.time_in.tolist()
-                if ls.scratch_slot >= 0:
-                    dest = row[ls.elem_a:ls.elem_b]
-                    ufunc(dest, ex._scratch[ls.scratch_slot][:nb].view(dtype), out=dest)
-            receive(ls.recv_costs, first, last)
-        wait(sends, describe, schedule, lean.plans, g.plans, False, send_owner, began=began)
-    if fault is not None:
-        fault.at_step(k + 1, f"{schedule.algo} {schedule.collective} (final timing reduction)")
-    local = ex._final_local
-    local[0], local[1], local[2] = scalar.clock, scalar.host_busy, scalar.compute_busy
-    glob = ex._final_global
-    if lean.final_guard is None:       # the watchdog's guard of the final Allreduce, made once
-        lean.final_guard = ex.watchdog.blocking(ex._describe_final, schedule)
-    with lean.final_guard:
-        ex.comm.Allreduce(local, glob, op=MPI.MAX)
-    return Timing(float(glob[0]), np.array([scalar.clock]), float(glob[1]), float(glob[2]), wire_bytes)
+                buf = raw[ls.recv_boff:ls.recv_boff + ls.recv_nb]
+            recvs.append(comm.Irecv(buf, peer, tags.STEP_DATA))
+            recv_owner += [(gi, peer), (gi, peer)]
 
-
-def _post_unpacked(ex: MpiExecutor, g: LeanGroup, raw: memoryview, send) -> tuple[list, list, list, list]:
-    """Post a group with a chunk above PACK_MAX_BYTES: times and data as separate messages (the
-    data straight from and into the user's array, or a scratch buffer for a reduction)."""
-    comm = ex.comm
-    times = [send(ls.send_costs) if ls.send_peer >= 0 else None for ls in g.steps]
-    recvs, recv_owner, sends, send_owner = [], [], [], []
-    for gi, ls in enumerate(g.steps):
-        peer = ls.recv_peer
-        if peer < 0:
-            continue
-        if ls.packed_recv:
-            ls.recv_req.Start()
-            recvs.append(ls.recv_req)
-            recv_owner.append((gi, peer))
-            continue
-        recvs.append(comm.Irecv(ls.time_in, peer, TAG_TIME))
-        recv_owner.append((gi, peer))
-        if ls.scratch_slot >= 0:
-            buf = ex._scratch_buffer(ls.scratch_slot, ls.recv_nb)
-        else:
-            buf = raw[ls.recv_boff:ls.recv_boff + ls.recv_nb]
-        recvs.append(comm.Irecv(buf, peer, TAG_DATA))
-        recv_owner.append((gi, peer))
-    for gi, (ls, t) in enumerate(zip(g.steps, times)):
-        if t is None:
-            continue
-        peer = ls.send_peer
-        send_owner.append((gi, peer))
+    def send(self, g: LeanGroup, i: int, first: float, last: float) -> None:
+        ls = g.steps[i]
         if ls.packed_send:
-            _TIMES.pack_into(ls.send_buf, 0, *t)
+            _TIMES.pack_into(ls.send_buf, 0, first, last)
             if ls.send_nb:
-                ls.send_payload[:] = raw[ls.send_boff:ls.send_boff + ls.send_nb]
+                ls.send_payload[:] = self.raw[ls.send_boff:ls.send_boff + ls.send_nb]
             ls.send_req.Start()
-            sends.append(ls.send_req)
-            continue
-        ls.time_out[0], ls.time_out[1] = t
-        sends.append(comm.Isend(ls.time_out, peer, TAG_TIME))
-        sends.append(comm.Isend(raw[ls.send_boff:ls.send_boff + ls.send_nb], peer, TAG_DATA))
-        send_owner.append((gi, peer))
-    return recvs, recv_owner, sends, send_owner
+            if not g.packed:
+                self.sends.append(ls.send_req)
+                self.send_owner.append((i, ls.send_peer))
+            return
+        peer = ls.send_peer
+        ls.time_out[0], ls.time_out[1] = first, last
+        self.sends += [self.comm.Isend(ls.time_out, peer, tags.STEP_TIME),
+                       self.comm.Isend(self.raw[ls.send_boff:ls.send_boff + ls.send_nb], peer, tags.STEP_DATA)]
+        self.send_owner += [(i, peer), (i, peer)]
+
+    def wait_receives(self, g: LeanGroup, began: float) -> None:
+        rp = self.rank_plan
+        self.watchdog.wait(self.recvs, self.describe, rp.schedule, rp.plans, g.plans, True, self.recv_owner,
+                           began=began)
+
+    def deliver(self, g: LeanGroup, i: int) -> tuple[float, float]:
+        ls = g.steps[i]
+        nb = ls.recv_nb
+        if ls.packed_recv:
+            first, last = _TIMES.unpack_from(ls.recv_buf, 0)
+            if nb and ls.reduce:
+                chunk = ls.typed.get(self.dtype)
+                if chunk is None:
+                    chunk = ls.typed[self.dtype] = ls.recv_payload.view(self.dtype)
+                dest = self.row[ls.elem_a:ls.elem_b]
+                self.ufunc(dest, chunk, out=dest)
+            elif nb:
+                self.raw[ls.recv_boff:ls.recv_boff + nb] = ls.recv_payload_bytes
+            return first, last
+        if ls.scratch_slot >= 0:
+            dest = self.row[ls.elem_a:ls.elem_b]
+            self.ufunc(dest, self.scratch.buffers[ls.scratch_slot][:nb].view(self.dtype), out=dest)
+        first, last = ls.time_in.tolist()
+        return first, last
+
+    def wait_sends(self, g: LeanGroup, began: float) -> None:
+        rp = self.rank_plan
+        self.watchdog.wait(self.sends, self.describe, rp.schedule, rp.plans, g.plans, False, self.send_owner,
+                           began=began)

@@ -1,6 +1,10 @@
 """Point-to-point transfers with real data: ``Isend``/``Irecv`` of a uint8 view between the ranks
 hosting the two nodes, with the packet stream's arrival times carried alongside; the emulated time
-equals the model's (collectives/model/p2p_timing.py) exactly."""
+equals the model's (collectives/model/p2p_timing.py) exactly.
+
+Every pair's times and data use the fixed tags ``P2P_TIME`` and ``P2P_DATA`` (collectives/mpi/tags.py):
+both ends post their operations in pair order, so MPI's non-overtaking rule matches two pairs between
+the same two ranks in that order, and the tags never run out however many pairs a call has."""
 
 from __future__ import annotations
 
@@ -9,12 +13,10 @@ from mpi4py import MPI
 
 from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.p2p_timing import Arrival, arrivals, host_busy, receive_done
+from nicemu.collectives.mpi import tags
 from nicemu.errors import CollectiveError
 from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus
-
-TAG_P2P_TIME = 21
-TAG_P2P_DATA = 22
 
 
 def run_p2p(comm: MPI.Comm, node_rank: np.ndarray, topology: Torus, profile: Profile,
@@ -41,14 +43,14 @@ def run_p2p(comm: MPI.Comm, node_rank: np.ndarray, topology: Torus, profile: Pro
             continue
         if src_rank == me:
             stamp = np.array([x.first_us, x.last_us])
-            requests.append(comm.Isend([stamp, MPI.DOUBLE], dest=dst_rank, tag=TAG_P2P_TIME + 100 * i))
+            requests.append(comm.Isend([stamp, MPI.DOUBLE], dest=dst_rank, tag=tags.P2P_TIME))
             requests.append(comm.Isend([buffers[a].view(np.uint8).reshape(-1), MPI.BYTE], dest=dst_rank,
-                                       tag=TAG_P2P_DATA + 100 * i))
+                                       tag=tags.P2P_DATA))
         if dst_rank == me:
             stamp = np.empty(2)
-            requests.append(comm.Irecv([stamp, MPI.DOUBLE], source=src_rank, tag=TAG_P2P_TIME + 100 * i))
+            requests.append(comm.Irecv([stamp, MPI.DOUBLE], source=src_rank, tag=tags.P2P_TIME))
             requests.append(comm.Irecv([buffers[b].view(np.uint8).reshape(-1), MPI.BYTE], source=src_rank,
-                                       tag=TAG_P2P_DATA + 100 * i))
+                                       tag=tags.P2P_DATA))
             times_in.append((i, stamp))
     MPI.Request.Waitall(requests)
     received = [(i, pairs[i][1], Arrival(float(s[0]), float(s[1]), arr[i].hops)) for i, s in times_in]

@@ -1,9 +1,10 @@
 """Reliable delivery of real data over faulty links: CRC32 per packet and go-back-N.
 
-With ``--faults`` the MPI executor runs its schedule through :func:`run_reliable`
-instead of its plain step loop. Timing is exactly the plain loop's (the sender
-half already holds the go-back-N delays, collectives/model/link_faults.py); what
-changes is how a chunk's bytes travel. Every transfer is an exchange of
+With ``--faults`` the MPI executor's step loop (collectives/mpi/step_loop.py)
+runs on :class:`ReliableTransport` instead of the plain transport. Timing is
+exactly the plain transport's (the sender half already holds the go-back-N
+delays, collectives/model/link_faults.py); what changes is how a chunk's bytes
+travel. Every transfer is an exchange of
 attempts, receiver-driven:
 
 1. The sender sends an attempt: from the first packet the receiver has not
@@ -29,22 +30,21 @@ memory.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
 from nicemu.collectives.model.executor import Timing
-from nicemu.collectives.model.link_faults import FaultStats
-from nicemu.collectives.model.step_timing import receive_half, send_half
-from nicemu.collectives.mpi.executor import TAG_TIME
-from nicemu.collectives.mpi.watchdog import culprit_text, nodes_text
-from nicemu.collectives.schedules.steps import Schedule, step_groups
+from nicemu.collectives.model.link_faults import FaultStats, LinkFaultRun
+from nicemu.collectives.mpi import tags
+from nicemu.collectives.mpi.plain import PlainTransport
+from nicemu.collectives.mpi.plans import PlanGroup, RankPlan, Scratch
+from nicemu.collectives.mpi.watchdog import Watchdog, culprit_text
 from nicemu.errors import ProtocolError
-
-TAG_HDR = 21
-TAG_PAYLOAD = 22
-TAG_ACK = 23
+from nicemu.nic.agent import NicAgents
 
 
 def packet_crcs(data: np.ndarray, first: int, stop: int, packet_bytes: int) -> list[int]:
@@ -141,7 +141,7 @@ def loopback(true: np.ndarray, events: list[tuple[int, bool]], packet_bytes: int
 
 
 def exchange(comm: MPI.Comm, outgoing: list[Outgoing], incoming: list[Incoming], wait,
-             describe) -> None:
+             describe, began: float | None = None) -> None:
     """Rounds of attempts and ACKs until every chunk of this rank is delivered intact.
 
     Both ends know which transfers are unfinished (the receiver from its own ACKs,
@@ -158,20 +158,21 @@ def exchange(comm: MPI.Comm, outgoing: list[Outgoing], incoming: list[Incoming],
         by_peer: dict[int, list[Outgoing]] = {}
         for o in outs:
             header, payload = o.attempt()
-            sends += [comm.Isend(header, o.peer, TAG_HDR), comm.Isend(payload, o.peer, TAG_PAYLOAD)]
+            sends += [comm.Isend(header, o.peer, tags.RELIABLE_HEADER),
+                      comm.Isend(payload, o.peer, tags.RELIABLE_PAYLOAD)]
             by_peer.setdefault(o.peer, []).append(o)
         ack_bufs = []
         for peer, group in by_peer.items():
             buf = np.empty(len(group), dtype=np.int64)
             ack_bufs.append((group, buf))
-            ack_recvs.append(comm.Irecv(buf, peer, TAG_ACK))
+            ack_recvs.append(comm.Irecv(buf, peer, tags.RELIABLE_ACK))
         headers = []
         for i in ins:
             header = np.empty(1 + i.packets - i.start, dtype=np.int64)
             headers.append(header)
-            recvs += [comm.Irecv(header, i.peer, TAG_HDR),
-                      comm.Irecv(i.dest[i.start * i.packet_bytes:], i.peer, TAG_PAYLOAD)]
-        wait(recvs, describe, rnd, [i.peer for i in ins], True)
+            recvs += [comm.Irecv(header, i.peer, tags.RELIABLE_HEADER),
+                      comm.Irecv(i.dest[i.start * i.packet_bytes:], i.peer, tags.RELIABLE_PAYLOAD)]
+        wait(recvs, describe, rnd, [i.peer for i in ins], True, began=began)
         acks: dict[int, list[int]] = {}
         for i, header in zip(ins, headers):
             ack = first_bad_packet(i.dest, i.start, header[1:], int(header[0]), i.packet_bytes)
@@ -179,8 +180,8 @@ def exchange(comm: MPI.Comm, outgoing: list[Outgoing], incoming: list[Incoming],
             i.done = ack >= i.packets
             acks.setdefault(i.peer, []).append(ack)
         ack_arrays = [np.array(v, dtype=np.int64) for v in acks.values()]
-        sends += [comm.Isend(a, peer, TAG_ACK) for peer, a in zip(acks, ack_arrays)]
-        wait(ack_recvs + sends, describe, rnd, list(by_peer), False)
+        sends += [comm.Isend(a, peer, tags.RELIABLE_ACK) for peer, a in zip(acks, ack_arrays)]
+        wait(ack_recvs + sends, describe, rnd, list(by_peer), False, began=began)
         for group, buf in ack_bufs:
             for o, ack in zip(group, buf.tolist()):
                 o.acknowledged(ack)
@@ -191,85 +192,80 @@ def _events_at(tf, pos: int) -> list[tuple[int, bool]]:
     return [(int(i[pos]), bool(d[pos])) for mask, i, d in tf.events if mask[pos]]
 
 
-def run_reliable(ex, schedule: Schedule, data: np.ndarray, op: str) -> Timing:
-    """:meth:`MpiExecutor.run` with the data moved by the retransmission protocol."""
-    raw = data.view(np.uint8).reshape(data.shape[0], -1)
-    agents = ex._agents
-    agents.reset()
-    faults = agents.faults
-    P = faults.packet_bytes
-    comm = ex.comm
-    wait = ex.watchdog.wait
-    plans = ex._plan(schedule, data.dtype.itemsize)
-    where = f"{schedule.algo} {schedule.collective}"
+class ReliableTransport(PlainTransport):
+    """The plain transport with every chunk moved by :func:`exchange` (times travel as in the plain
+    transport: they already hold the go-back-N delays)."""
 
-    def describe(elapsed, pending, rnd, peers, receiving):
+    name = "reliable"
+
+    def __init__(self, comm: MPI.Comm, watchdog: Watchdog, scratch: Scratch, describe: Callable[..., str],
+                 agents: NicAgents, who: str) -> None:
+        """``agents``: the rank's, with their link faults installed; ``who``: its nodes and rank, for
+        messages."""
+        super().__init__(comm, watchdog, scratch, describe)
+        self.agents = agents
+        self.faults: LinkFaultRun | None = None
+        self.who = who
+        self.outgoing: list[Outgoing] = []
+        self.incoming: list[Incoming] = []
+
+    def start(self, plan: RankPlan, data: np.ndarray, op: str) -> list[PlanGroup]:
+        self.faults = self.agents.faults
+        if self.faults is None:
+            raise ProtocolError("the reliable transport runs only with link faults installed")
+        return super().start(plan, data, op)
+
+    def describe_round(self, elapsed: float, pending: list[int], rnd: int, peers: list[int],
+                       receiving: bool) -> str:
         what = "data from" if receiving else "the acknowledgements of"
-        return (f"{where}: {nodes_text(range(ex.lo, ex.hi))} (rank {ex.rank}) waited {elapsed:.1f} s "
-                f"in retransmission round {rnd} for {what} rank(s) {sorted(set(peers))}; "
-                f"{culprit_text(sorted(set(peers)))}")
+        return (f"{self.rank_plan.where}: {self.who} waited {elapsed:.1f} s in retransmission round {rnd} "
+                f"for {what} rank(s) {sorted(set(peers))}; {culprit_text(sorted(set(peers)))}")
 
-    k = -1
-    for k, group in enumerate(step_groups(plans)):
-        if ex._fault is not None:
-            ex._fault.at_step(k, where)
-        requests, outs, outgoing, incoming, time_bufs = [], [], [], [], []
-        for plan in group:
-            if plan.relayout is not None:   # all-to-all between torus dimensions
-                rows = data.reshape(data.shape[0], len(plan.relayout), -1)
-                rows[:] = rows[:, plan.relayout]
-            first_out, last_out = send_half(agents, plan.step, plan.send_ix, plan.send_nbytes,
-                                            plan.send_host_nbytes)
-            outs.append((first_out, last_out))
-            tf = faults.last[2]
-            for peer, pos, items in plan.sends:
-                if plan.single:
-                    times = np.array([[first_out, last_out]])
-                else:
-                    times = np.stack([first_out[pos], last_out[pos]], axis=1)
-                requests.append(comm.Isend(times, peer, TAG_TIME))
-                for m, (src_local, boff, nb) in enumerate(items):
-                    if nb:
-                        outgoing.append(Outgoing(peer, raw[src_local, boff:boff + nb],
-                                                 _events_at(tf, int(pos[m])), P))
-            if tf.any:
-                send_ix = np.atleast_1d(plan.send_ix)
-                size = data.dtype.itemsize
-                for j, (_, a, b, src_local, _) in enumerate(plan.ops):
-                    if src_local >= 0:
-                        p = int(np.flatnonzero(send_ix == src_local)[0])
-                        events = _events_at(tf, p)
-                        start = a if plan.src_starts is None else plan.src_starts[j]
-                        if events:
-                            loopback(raw[src_local, start * size:(start + b - a) * size], events, P)
-        recv_requests = []
-        base = 0
-        for plan in group:
-            bufs = []
-            for peer, pos, items in plan.recvs:
-                tbuf = np.empty((len(items), 2))
-                bufs.append((pos, tbuf))
-                recv_requests.append(comm.Irecv(tbuf, peer, TAG_TIME))
-                for nb, slot, dst_local, boff in items:
-                    if slot >= 0:
-                        incoming.append(Incoming(peer, ex._scratch_buffer(base + slot, nb), P))
-                    elif nb:
-                        incoming.append(Incoming(peer, raw[dst_local, boff:boff + nb], P))
-            time_bufs.append((base, bufs))
-            base += plan.nslots
-        exchange(comm, outgoing, incoming, wait, describe)
-        wait(recv_requests, describe, -1, [p for plan in group for p, _, _ in plan.recvs], True)
-        for plan, (first_out, last_out), (base, bufs) in zip(group, outs, time_bufs):
-            first_in, last_in = ex._arrivals(plan, first_out, last_out, bufs)
-            ex._data_ops(plan, data, op, base)
-            receive_half(agents, plan.step, plan.recv_ix, first_in, last_in, plan.recv_nbytes,
-                         plan.recv_final_nbytes)
-        wait(requests, describe, -1, [p for plan in group for p, _, _ in plan.sends], False)
-    if ex._fault is not None:
-        ex._fault.at_step(k + 1, f"{where} (final timing reduction)")
-    timing = ex._gather_timing(agents, ex._wire[ex._plan_key(schedule, data.dtype.itemsize)], schedule)
-    timing.faults = FaultStats.summary(gather_rows(comm, faults.stats.rows()))
-    return timing
+    def open(self, group: PlanGroup) -> None:
+        self.outgoing, self.incoming = [], []
+        super().open(group)
+
+    def receive_chunk(self, peer: int, buf: np.ndarray) -> None:
+        self.incoming.append(Incoming(peer, buf, self.faults.packet_bytes))
+
+    def send(self, group: PlanGroup, i: int, first: Any, last: Any) -> None:
+        """Times as the plain transport sends them; the chunks become :class:`Outgoing` transfers
+        with the fault events the sender half just drew, and a local transfer hit by faults goes
+        through :func:`loopback`."""
+        tf = self.faults.last[2]
+        super().send(group, i, first, last)
+        if not tf.any:
+            return
+        plan = group.steps[i]
+        raw, P = self.raw, self.faults.packet_bytes
+        send_ix = np.atleast_1d(plan.send_ix)
+        size = self.data.dtype.itemsize
+        for j, (_, a, b, src_local, _) in enumerate(plan.ops):
+            if src_local >= 0:
+                p = int(np.flatnonzero(send_ix == src_local)[0])
+                events = _events_at(tf, p)
+                start = a if plan.src_starts is None else plan.src_starts[j]
+                if events:
+                    loopback(raw[src_local, start * size:(start + b - a) * size], events, P)
+
+    def send_chunk(self, peer: int, position: int, buf: np.ndarray) -> None:
+        self.outgoing.append(Outgoing(peer, buf, _events_at(self.faults.last[2], position),
+                                      self.faults.packet_bytes))
+
+    def wait_receives(self, group: PlanGroup, began: float) -> None:
+        wait = self.watchdog.wait
+        exchange(self.comm, self.outgoing, self.incoming, wait, self.describe_round, began)
+        wait(self.recvs, self.describe_round, -1, [p for plan in group.steps for p, _, _ in plan.recvs], True,
+             began=began)
+
+    def wait_sends(self, group: PlanGroup, began: float) -> None:
+        self.watchdog.wait(self.sends, self.describe_round, -1,
+                           [p for plan in group.steps for p, _, _ in plan.sends], False, began=began)
+
+    def finish(self, timing: Timing) -> Timing:
+        """Every rank's per-link fault statistics, summed (collective)."""
+        timing.faults = FaultStats.summary(gather_rows(self.comm, self.faults.stats.rows()))
+        return timing
 
 
 def gather_rows(comm: MPI.Comm, rows: np.ndarray) -> np.ndarray:

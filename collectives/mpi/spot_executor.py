@@ -21,8 +21,21 @@ message order depends on the wall clock) but from :mod:`nicemu.collectives.model
 on the exchanged block masks; as it runs, the loop checks that the windows the
 workers' real pointers produce are exactly the planned ones.
 
-Every wait (the event loop's probe, receives, the aggregator's wait for a Tx
-spot's scatter, the final sends) goes through a
+Every receive names its source and its tag (collectives/mpi/tags.py), so a
+fast rank's next call (dense, point-to-point or sparse, on the same
+communicator) can never take this call's messages. The event loop keeps one
+receive posted per peer rank and kind of control message it can get (records
+and Tx credits from every rank, on a rank hosting aggregators; Rx credits and
+NACKs from the ranks hosting aggregators), and one per (slot, local worker) for
+the results, each into a buffer of its own; it handles whichever completes
+first and posts it again. When the loop ends every message it expected has
+arrived: a worker counts its Rx credits (a credit need not precede the last
+result of its slot), the rest comes causally before the results and Tx credits
+the loop waits for. The receives still posted are cancelled, and one that
+matched a message instead is a protocol error.
+
+Every wait (the event loop's, the aggregator's wait for a Tx spot's scatter,
+the final sends) goes through a
 :class:`~nicemu.collectives.mpi.watchdog.Watchdog`, which turns a stalled peer into
 :class:`~nicemu.collectives.mpi.watchdog.CollectiveStalled` naming what each local node
 waits for and from whom; ``Flush`` and ``Unlock_all``, which cannot be polled,
@@ -40,6 +53,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from mpi4py import MPI
 
+from nicemu.collectives.mpi import tags
 from nicemu.collectives.mpi.watchdog import (
     CollectiveStalled,
     Watchdog,
@@ -54,8 +68,10 @@ from nicemu.errors import ProtocolError
 from nicemu.nic.faults import FaultSpec, transfer_faults
 from nicemu.nic.spots import RecordLayout, SpotWindows
 
-TAG_RECORD, TAG_CREDIT, TAG_TXCREDIT, TAG_NACK, TAG_RESULT = 21, 22, 23, 24, 100
 NOTE_WORDS = 7   # a record's notification: slot, round, worker, count, next, bytes, CRC32
+#: words of each control message, by tag
+CONTROL_WORDS = {tags.SPOT_RECORD: NOTE_WORDS, tags.SPOT_CREDIT: 4, tags.SPOT_TXCREDIT: 3, tags.SPOT_NACK: 3}
+RESULT = -1      # the kind of a posted result receive
 
 
 @dataclass
@@ -115,7 +131,10 @@ class SpotRun:
         self.out = np.zeros_like(self.blocks)
         self.requests: list[MPI.Request] = []
         self.staging: dict[tuple[int, int], np.ndarray] = {}
-        self.landing = np.empty(self.rec.nbytes, dtype=np.uint8)
+        # the event loop's posted receives, and for each: (tag or RESULT, source, buffer, (slot, worker))
+        self.posted: list[MPI.Request] = []
+        self.posted_info: list[tuple[int, int, np.ndarray, tuple[int, int]]] = []
+        self.credits_due = 0     # Rx credits this rank's workers still expect
         # expected planned windows per slot, for the self-check
         self.planned: dict[int, list[tuple[int, int, int]]] = {}
         for rnd in plan.rounds:
@@ -130,7 +149,7 @@ class SpotRun:
             time.sleep(self.rng.random() * self.jitter_us * 1e-6)
 
     def _result_tag(self, slot: int, worker: int) -> int:
-        return TAG_RESULT + slot * self.n + worker
+        return tags.spot_result(slot, worker, self.n)
 
     def _isend(self, buf: np.ndarray, dest: int, tag: int) -> MPI.Request:
         req = self.comm.Isend(buf, dest, tag)
@@ -205,7 +224,7 @@ class SpotRun:
             self.wins.win.Flush(target)
         count, nxt = (int(v) for v in buf[:16].view(np.int64))
         note = np.array([slot, rnd, worker, count, nxt, used, zlib.crc32(buf[:used])], dtype=np.int64)
-        self._isend(note, target, TAG_RECORD)
+        self._isend(note, target, tags.SPOT_RECORD)
 
     def _on_nack(self, msg: np.ndarray) -> None:
         slot, rnd, worker = (int(v) for v in msg)
@@ -213,16 +232,20 @@ class SpotRun:
 
     def _on_credit(self, msg: np.ndarray) -> None:
         slot, rnd, worker, nxt = (int(v) for v in msg)
+        self.credits_due -= 1
+        if self.credits_due < 0:
+            raise ProtocolError(f"slot {slot}: an Rx credit for worker {worker} round {rnd} that the plan "
+                                "does not have")
         if nxt < int(self.lay.slot_hi[slot]):
             self._write_record(worker, slot, rnd + 1, nxt)
 
-    def _on_result(self, slot: int, worker: int, source: int) -> None:
-        count, nxt, idx, rows = self.rec.read(self.landing)
+    def _on_result(self, slot: int, worker: int, source: int, landing: np.ndarray) -> None:
+        count, nxt, idx, rows = self.rec.read(landing)
         local = worker - self.lo
         self.out[local, idx] = rows.view(self.work.dtype).reshape(count, self.bs)
         self.worker_rounds[(worker, slot)] += 1
         credit = np.array([slot, self.worker_rounds[(worker, slot)] - 1, worker], dtype=np.int64)
-        self._isend(credit, source, TAG_TXCREDIT)
+        self._isend(credit, source, tags.SPOT_TXCREDIT)
         if nxt >= int(self.lay.slot_hi[slot]):
             self.workers_left.discard((worker, slot))
         elif not self.cfg.credits:
@@ -251,7 +274,7 @@ class SpotRun:
             got = self.wins.view(self.wins.rx_offset(a.local_agg, spot, worker))[:used]
             if zlib.crc32(got) != crc:     # cut short or corrupted in flight: ask for it again
                 self._isend(np.array([slot, rnd, worker], dtype=np.int64), int(self.node_rank[worker]),
-                            TAG_NACK)
+                            tags.SPOT_NACK)
                 return
         a.arrived[worker] = (count, nxt)
         a.pointers[worker] = nxt
@@ -287,7 +310,7 @@ class SpotRun:
         if self.cfg.credits and nxt < a.hi:
             for w in range(self.n):
                 self._isend(np.array([a.slot, a.round, w, nxt], dtype=np.int64),
-                            int(self.node_rank[w]), TAG_CREDIT)
+                            int(self.node_rank[w]), tags.SPOT_CREDIT)
         self._jitter()
         reqs = [self.comm.Isend(txbuf[:used], int(self.node_rank[w]), self._result_tag(a.slot, w))
                 for w in range(self.n)]
@@ -310,8 +333,76 @@ class SpotRun:
 
     # ---- the loop ------------------------------------------------------------------
 
+    def _post(self, index: int) -> None:
+        """(Re)post receive ``index`` of the event loop."""
+        kind, source, buf, key = self.posted_info[index]
+        tag = self._result_tag(*key) if kind == RESULT else kind
+        self.posted[index] = self.comm.Irecv(buf, source, tag)
+
+    def _expect(self, kind: int, source: int, buf: np.ndarray, key: tuple[int, int] = (-1, -1)) -> None:
+        self.posted_info.append((kind, source, buf, key))
+        self.posted.append(MPI.REQUEST_NULL)
+        self._post(len(self.posted) - 1)
+
+    def _post_receives(self, active: list[int], workers: range) -> None:
+        """One receive per (peer rank, kind of control message) this rank can get, and one per
+        (slot, local worker) for the results (see the module docstring)."""
+        lay, cfg = self.lay, self.cfg
+        if self.aggs:                                  # records and Tx credits come from every rank
+            for kind in (tags.SPOT_RECORD, tags.SPOT_TXCREDIT):
+                for peer in range(self.comm.size):
+                    self._expect(kind, peer, np.empty(CONTROL_WORDS[kind], dtype=np.int64))
+        agg_ranks = sorted({int(self.agg_rank[int(lay.slot_agg[s])]) for s in active})
+        kinds = ([tags.SPOT_CREDIT] if cfg.credits else []) + ([tags.SPOT_NACK] if self.faults is not None else [])
+        for kind in kinds:
+            for peer in agg_ranks:
+                self._expect(kind, peer, np.empty(CONTROL_WORDS[kind], dtype=np.int64))
+        for s in active:
+            source = int(self.agg_rank[int(lay.slot_agg[s])])
+            for w in workers:
+                self._expect(RESULT, source, np.empty(self.rec.nbytes, dtype=np.uint8), (s, w))
+        if cfg.credits:        # one per local worker, slot and round that has a next one
+            per_worker = sum(1 for s in active for _, _, nxt in self.planned[s] if nxt < int(lay.slot_hi[s]))
+            self.credits_due = per_worker * len(workers)
+
+    def _cancel_receives(self) -> None:
+        """Cancel the receives still posted; one that matched a message instead is a protocol error."""
+        matched = []
+        for req, (kind, source, _, key) in zip(self.posted, self.posted_info):
+            if req == MPI.REQUEST_NULL:
+                continue
+            req.Cancel()
+            status = MPI.Status()
+            req.Wait(status)
+            if not status.Is_cancelled():
+                matched.append(f"tag {self._result_tag(*key) if kind == RESULT else kind} from rank {source}")
+        self.posted = []
+        if matched:
+            raise ProtocolError(f"{self._algo()} allreduce: messages nobody expected arrived: "
+                                f"{', '.join(matched)}")
+
+    def _handle(self, index: int) -> None:
+        """Handle what receive ``index`` got, and post it again while more can come."""
+        kind, source, buf, key = self.posted_info[index]
+        if kind == RESULT:
+            slot, worker = key
+            self._on_result(slot, worker, source, buf)
+            if (worker, slot) in self.workers_left:
+                self._post(index)
+            return
+        if kind == tags.SPOT_RECORD:
+            self._on_record(buf)
+        elif kind == tags.SPOT_NACK:
+            self._on_nack(buf)
+        elif kind == tags.SPOT_CREDIT:
+            self._on_credit(buf)
+        else:
+            self._on_txcredit(buf)
+        self._post(index)
+
     def run(self) -> None:
         lay, cfg = self.lay, self.cfg
+        tags.check_spot_results(self.comm, len(lay.slot_hi), self.n)    # the same verdict on every rank
         active = [int(s) for s in np.flatnonzero(lay.slot_hi > lay.slot_lo)]
         self.aggs: dict[int, AggSlot] = {}
         for s in active:
@@ -331,43 +422,33 @@ class SpotRun:
         fault = local_fault_hook(self.rank)
         win.Lock_all()
         try:
+            # receives first: a record or result never waits in MPI's unexpected queue for them
+            self._post_receives(active, workers)
             if fault is not None:
                 fault.at_step(0, f"{self._algo()} allreduce (spot protocol)")
             for s in active:
                 for w in workers:
                     self._write_record(w, s, 0, int(lay.slot_lo[s]))
-            status = MPI.Status()
-            ctrl = np.empty(NOTE_WORDS, dtype=np.int64)
-            while self.workers_left or any(not a.finished for a in self.aggs.values()):
+            while self.workers_left or self.credits_due > 0 or any(not a.finished for a in self.aggs.values()):
                 self.events += 1
                 if fault is not None:
                     fault.at_step(self.events, f"{self._algo()} allreduce (spot protocol)")
-                wd.probe(self.comm, status, self._describe_loop)
-                tag, source = status.Get_tag(), status.Get_source()
-                if tag >= TAG_RESULT:
-                    wd.wait([self.comm.Irecv(self.landing, source, tag)], self._describe_recv, source, tag)
-                    slot, worker = divmod(tag - TAG_RESULT, self.n)
-                    self._on_result(slot, worker, source)
-                    continue
-                size = status.Get_count(MPI.INT64_T)
-                wd.wait([self.comm.Irecv(ctrl[:size], source, tag)], self._describe_recv, source, tag)
-                if tag == TAG_RECORD:
-                    self._on_record(ctrl[:NOTE_WORDS])
-                elif tag == TAG_NACK:
-                    self._on_nack(ctrl[:3])
-                elif tag == TAG_CREDIT:
-                    self._on_credit(ctrl[:4])
-                elif tag == TAG_TXCREDIT:
-                    self._on_txcredit(ctrl[:3])
-                else:
-                    raise ProtocolError(f"unexpected message tag {tag} from rank {source}")
+                index = wd.wait_any(self.posted, self._describe_loop)
+                if index == MPI.UNDEFINED:
+                    raise ProtocolError(f"{self._algo()} allreduce: rank {self.rank} waits for a message "
+                                        "but has no receive posted")
+                self._handle(index)
             wd.wait(self.requests, self._describe_sends)
             for a in self.aggs.values():
                 for reqs in a.tx_requests:
                     wd.wait(reqs, self._describe_scatter, a)
+            self._cancel_receives()
         except CollectiveStalled:
             raise    # Unlock_all would wait for the stalled peer; the job is ending
         except BaseException:
+            for req in self.posted:           # best effort: the call failed, its receives must go
+                if req != MPI.REQUEST_NULL:
+                    req.Cancel()
             with wd.blocking(self._describe_blocked, "win.Unlock_all of the spot windows", []):
                 win.Unlock_all()
             raise
@@ -389,7 +470,7 @@ class SpotRun:
                 f"waited {elapsed:.1f} s in the spot protocol (event {self.events}) {what}; "
                 f"{culprit_text([r for r in ranks if r != self.rank] or ranks)}")
 
-    def _describe_loop(self, elapsed: float) -> str:
+    def _describe_loop(self, elapsed: float, pending: list[int]) -> str:
         """What every local node still waits for, and from which node and rank."""
         waiting, items, credits, ranks = [], [], [], []
         for a in self.aggs.values():
@@ -419,6 +500,11 @@ class SpotRun:
             rnd = f"{rounds[0]}" if len(rounds) == 1 else f"{rounds[0]}-{rounds[-1]}"
             items.append(f"the round {rnd} result of {listing('slot', slots)} for "
                          f"{nodes_text(workers)} from aggregator {nodes_text(agg_nodes)} (rank {agg_rank})")
+        if self.credits_due and not by_rank:
+            agg_ranks = sorted({int(self.agg_rank[int(self.lay.slot_agg[sl])]) for _, sl in self.worker_rounds})
+            ranks += agg_ranks
+            waiting += self._local_nodes()
+            items.append(f"{self.credits_due} Rx credit(s) from the aggregators ({ranks_text(agg_ranks)})")
         if credits:           # last: they name no peer
             items.append(f"{sum(c for _, c in credits)} Tx credit(s) of "
                          f"{listing('slot', [sl for sl, _ in credits])} from the workers")
@@ -426,10 +512,6 @@ class SpotRun:
             items = items[:3] + [f"{len(items) - 3} more"]
         what = "for " + "; ".join(items) if items else "for a message"
         return self._stall(elapsed, waiting, what, ranks)
-
-    def _describe_recv(self, elapsed: float, pending: list[int], source: int, tag: int) -> str:
-        what = ("for the rest of a result record" if tag >= TAG_RESULT else "for the rest of a control message")
-        return self._stall(elapsed, [], f"{what} from rank {source}", [source])
 
     def _describe_scatter(self, elapsed: float, pending: list[int], a: AggSlot) -> str:
         agg_node = int(self.lay.aggregator_node[int(self.lay.slot_agg[a.slot])])

@@ -13,8 +13,9 @@ Every wait of the MPI executor and of the spot protocol goes through a
   could not run. When every rank has a CPU, the MPI executor makes the wait
   poll without yielding for its first 50 µs and never sleep
   (``Watchdog.busy_s``, ``Watchdog.spin_s``);
-* :meth:`Watchdog.probe` does the same with ``Iprobe`` for the spot protocol's
-  event loop (any source, any tag);
+* :meth:`Watchdog.wait_any` does the same with ``Testany`` for the spot
+  protocol's event loop, which keeps one receive posted per peer and kind of
+  message and handles whichever completes first;
 * :meth:`Watchdog.blocking` covers the few calls that are not polled (RMA
   ``Flush`` and ``Unlock_all``, which may need the target's progress, and the
   MPI executor's final ``Allreduce``, which is faster blocking): a daemon
@@ -33,20 +34,28 @@ The limit counts from the moment this rank started the wait, so time spent
 computing elsewhere never counts. It comes from ``Emulator(..., watchdog_s=...)``
 or else from the environment variable ``NICEMU_WATCHDOG_S`` (default
 :data:`DEFAULT_LIMIT_S`, 60 s); ``0`` disables the watchdog and restores the
-blocking ``Waitall``/``Probe``. After a stall the communicator is in an
+blocking ``Waitall``/``Waitany``. After a stall the communicator is in an
 undefined state: the only sensible reaction is to end the job (the ``nicemu``
 CLI prints the message once and calls ``Abort``).
 
 Only one rank should report a stall: the one that has waited longest, which is
 the one closest to the culprit (the others wait, directly or not, for it). All
 limits are equal, so it is normally the first whose watchdog fires. That rank
-sends every other rank of the communicator a small *stall notice* (tag
-``MPI.TAG_UB``, carrying when its wait began), then listens for
-:data:`NOTICE_GRACE_S` for notices of ranks that fired at about the same time;
-the earliest start wins (ties: the lower rank). A rank that finds a notice
-from an earlier-begun wait already waiting when its own watchdog fires, or whose spot-protocol loop
-receives one, raises a *secondary* :class:`CollectiveStalled`
-(``exc.secondary`` is true), which the CLI does not print.
+sends every other rank of the communicator a small *stall notice* (carrying
+when its wait began), then listens for :data:`NOTICE_GRACE_S` for notices of
+ranks that fired at about the same time; the earliest start wins (ties: the
+lower rank). A rank that finds a notice from an earlier-begun wait already
+waiting when its own watchdog fires, or whose spot-protocol loop receives one,
+raises a *secondary* :class:`CollectiveStalled` (``exc.secondary`` is true),
+which the CLI does not print.
+
+The notice channel is the one place that receives from any source: any rank
+may report. It shares the executor's communicator but has a tag of its own,
+``MPI.TAG_UB`` (collectives/mpi/tags.py), above every protocol's range, and its
+receives (``Iprobe``/``Recv``) name that tag, so a notice never matches a
+protocol receive and a protocol message never matches a notice receive. A
+duplicated communicator would do the same at the cost of one more
+communicator per Emulator and a collective ``Dup`` when it is made.
 
 Test hook (for tests/e2e/test_aborts.py; never set it in normal use)
 ---------------------------------------------------------------------
@@ -80,11 +89,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from mpi4py import MPI
 
+from nicemu.collectives.mpi import tags
 from nicemu.errors import CollectiveError, CollectiveStalled  # noqa: F401 (re-exported)
 
 ENV_LIMIT = "NICEMU_WATCHDOG_S"
 DEFAULT_LIMIT_S = 60.0
-#: tight Testall/Iprobe loop before the first sleep (fast paths never sleep)
+#: tight Testall/Testany loop before the first sleep (fast paths never sleep)
 SPIN_S = 1e-3
 #: first sleep of the back-off, doubled up to NAP_MAX_S
 NAP_FIRST_S = 50e-6
@@ -181,8 +191,7 @@ class Watchdog:
         self.abort = abort if abort is not None else self._abort_job
         self.notice_tag = -1
         if comm is not None and comm != MPI.COMM_NULL:
-            ub = comm.Get_attr(MPI.TAG_UB)
-            self.notice_tag = int(ub) if ub is not None else 32767
+            self.notice_tag = tags.notice_tag(comm)
         self._notices: list[MPI.Request] = []
         self._wait_began = 0.0    # wall-clock start of the current wait (time.time())
         #: how long :meth:`wait` polls without yielding the CPU (0: yield from the first miss;
@@ -247,34 +256,53 @@ class Watchdog:
             if testall(requests):
                 return
 
-    def probe(self, comm: MPI.Comm, status: MPI.Status, describe: Describe, *context) -> None:
-        """``comm.Probe(ANY_SOURCE, ANY_TAG, status)`` with the limit; ``describe(elapsed_s, *context)``.
+    def wait_any(self, requests: list[MPI.Request], describe: Describe, *context) -> int:
+        """Complete one of ``requests`` (like ``MPI.Request.Waitany``) and return its index, or raise
+        :class:`CollectiveStalled`; ``MPI.UNDEFINED`` when none is active.
 
-        A stall notice from another rank raises a secondary :class:`CollectiveStalled`.
+        ``describe(elapsed_s, pending, *context)`` builds the message, only on a timeout. While it
+        waits, a stall notice from another rank raises a secondary :class:`CollectiveStalled` at
+        once (the spot protocol's event loop waits here for whatever comes next, so this is where
+        it learns that the job is ending).
         """
         if self.limit <= 0:
-            comm.Probe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
-        elif not comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status):
-            iprobe = comm.Iprobe
-            clock = time.perf_counter
-            t0 = clock()
-            self._wait_began = time.time()
-            spin_end = t0 + SPIN_S
-            deadline = t0 + self.limit
-            nap = NAP_FIRST_S
-            while not iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status):
-                now = clock()
-                if now < spin_end:
-                    _yield()
-                    continue
-                if now >= deadline:
-                    self._stalled(now - t0, describe, now - t0, *context)
+            return MPI.Request.Waitany(requests)
+        testany = MPI.Request.Testany
+        index, done = testany(requests)
+        if done:
+            return index
+        clock = time.perf_counter
+        t0 = clock()
+        self._wait_began = time.time()
+        busy_end = t0 + self.busy_s
+        spin_end = max(t0 + self.spin_s, busy_end)
+        deadline = t0 + self.limit
+        nap = NAP_FIRST_S
+        while True:
+            now = clock()
+            if now >= deadline:
+                index, done = testany(requests)
+                if done:
+                    return index
+                self._stalled(now - t0, describe, now - t0, list(range(len(requests))), *context)
+            self._notice_raises()
+            if now < busy_end:
+                pass
+            elif now < spin_end:
+                _yield()
+            else:
                 time.sleep(nap)
                 if nap < NAP_MAX_S:
                     nap = min(nap * 2, NAP_MAX_S)
-        if status.Get_tag() == self.notice_tag and comm == self.comm:
-            source = status.Get_source()
-            comm.Recv(np.empty(2), source, self.notice_tag)
+            index, done = testany(requests)
+            if done:
+                return index
+
+    def _notice_raises(self) -> None:
+        """Raise a secondary :class:`CollectiveStalled` if another rank's stall notice is waiting."""
+        source = self._notice_from()
+        if source is not None:
+            self.comm.Recv(np.empty(2), source, self.notice_tag)
             raise CollectiveStalled(f"rank {self.comm.rank} stops: rank {source} reported a stalled "
                                     f"collective first", secondary=True)
 

@@ -124,3 +124,81 @@ def test_bidirectional_rings_with_real_data(topology, collective, algo, count):
             expect = np.concatenate([x[i, off[i]:off[i] + cnt[i]] for i in range(n)])
             np.testing.assert_array_equal(res.data, np.broadcast_to(expect, (n, count)))
         assert res.emulated_us == model_time(collective, algo, e.topology, prof, count, "int64").emulated_us
+
+
+# --------------------------------------------------------------------------- the step loop itself
+
+def test_step_loop_runs_halves_and_transport_in_order():
+    """Per group: hook, open (receives first), every sender half before any receive, the receiver
+    halves after the receives completed, the sends last; steps that neither send nor receive skip
+    their half. Recorded with a transport and a clock that only log."""
+    from types import SimpleNamespace
+
+    from nicemu.collectives.mpi.step_loop import Transport, run_steps
+
+    log = []
+
+    class Clock:
+        def reset(self):
+            log.append("reset")
+
+        def send(self, s):
+            log.append(f"send-half {s.name}")
+            return (s.name, "first"), (s.name, "last")
+
+        def receive(self, s, first, last):
+            log.append(f"receive-half {s.name} {first} {last}")
+
+    class Logged(Transport):
+        def start(self, plan, data, op):
+            return plan
+
+        def open(self, g):
+            log.append(f"open {g.name}")
+
+        def send(self, g, i, first, last):
+            log.append(f"send {g.steps[i].name} {first[0]}")
+
+        def wait_receives(self, g, began):
+            log.append(f"wait-receives {g.name}")
+
+        def deliver(self, g, i):
+            log.append(f"deliver {g.steps[i].name}")
+            return 1.0, 2.0
+
+        def wait_sends(self, g, began):
+            log.append(f"wait-sends {g.name}")
+
+    class Hook:
+        def at_step(self, k, where):
+            log.append(f"hook {k} {where}")
+
+    def step(name, sending=True, receiving=True):
+        return SimpleNamespace(name=name, sending=sending, receiving=receiving)
+
+    groups = [SimpleNamespace(name="g0", steps=[step("a"), step("b", receiving=False)]),
+              SimpleNamespace(name="g1", steps=[step("c", sending=False)])]
+    run_steps(Logged(), Clock(), groups, Hook(), "ring allreduce")
+    assert log == [
+        "reset",
+        "hook 0 ring allreduce", "open g0", "send-half a", "send a a", "send-half b", "send b b",
+        "wait-receives g0", "deliver a", "receive-half a 1.0 2.0", "wait-sends g0",
+        "hook 1 ring allreduce", "open g1", "wait-receives g1", "deliver c", "receive-half c 1.0 2.0",
+        "wait-sends g1",
+        "hook 2 ring allreduce (final timing reduction)"]
+
+
+@pytest.mark.parametrize("faults, stragglers, transport", [
+    (None, None, "plain"), ("drop=1e-3,seed=1", None, "reliable"), (None, "1:2", "plain")])
+def test_transport_choice_in_one_process(faults, stragglers, transport):
+    """Several nodes per rank never take the lean path; link faults take the reliable transport."""
+    with Emulator(MPI.COMM_SELF, "ring:4", PROFILE, faults=faults, stragglers=stragglers) as e:
+        e.allreduce(np.ones((4, 64), dtype=np.float32), algo="ring")
+        assert e.executor.last_transport.name == transport
+
+
+def test_spot_result_tags_must_fit_below_the_notice_tag():
+    from nicemu.collectives.mpi import tags
+    tags.check_spot_results(MPI.COMM_SELF, 64, 64)
+    with pytest.raises(CollectiveError, match="result tags"):
+        tags.check_spot_results(MPI.COMM_SELF, tags.tag_ub(MPI.COMM_SELF), 2)

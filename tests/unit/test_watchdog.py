@@ -19,6 +19,7 @@ from mpi4py import MPI
 
 from nicemu.collectives import Emulator, build_schedule
 from nicemu.collectives.mpi.executor import MpiExecutor, node_blocks
+from nicemu.collectives.mpi.plans import request_owners
 from nicemu.collectives.mpi.watchdog import (
     DEFAULT_LIMIT_S,
     ENV_FAIL_MODE,
@@ -35,7 +36,6 @@ from nicemu.collectives.mpi.watchdog import (
     nodes_text,
     resolve_limit,
 )
-from nicemu.collectives.schedules.steps import step_groups
 from nicemu.errors import CollectiveError
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import parse_topology
@@ -209,31 +209,58 @@ def test_notice_from_a_later_wait_does_not_make_this_rank_stand_down(comm, unmat
         late.Wait()
 
 
-# --------------------------------------------------------------------------- probe
+# --------------------------------------------------------------------------- wait_any
 
-def test_probe_returns_a_waiting_message(comm):
+def test_wait_any_returns_the_completed_request(comm, unmatched):
     wd = Watchdog(LIMIT, comm)
+    inp = np.empty(5, dtype=np.int64)
+    reqs = [unmatched, comm.Irecv(inp, 0, 7)]
     send = comm.Isend(np.arange(5, dtype=np.int64), 0, 7)
-    status = MPI.Status()
-    wd.probe(comm, status, lambda elapsed: "unused")
-    assert (status.Get_source(), status.Get_tag(), status.Get_count(MPI.INT64_T)) == (0, 7, 5)
-    comm.Recv(np.empty(5, dtype=np.int64), 0, 7)
+    assert wd.wait_any(reqs, describe) == 1
+    np.testing.assert_array_equal(inp, np.arange(5))
+    assert reqs[1] == MPI.REQUEST_NULL and reqs[0] is unmatched
     send.Wait()
 
 
-def test_probe_times_out_with_the_message(comm):
+def test_wait_any_completes_after_the_spin(comm, unmatched):
+    wd = Watchdog(HUNG_S, comm)
+    inp = np.empty(3)
+    reqs = [unmatched, comm.Irecv(inp, 0, TAG + 2)]
+    timer = threading.Timer(0.05, lambda: comm.Send(np.arange(3.0), 0, TAG + 2))
+    timer.start()
+    assert wd.wait_any(reqs, describe) == 1
+    timer.join()
+    np.testing.assert_array_equal(inp, np.arange(3.0))
+
+
+def test_wait_any_with_nothing_active(comm):
     wd = Watchdog(LIMIT, comm)
-    with pytest.raises(CollectiveStalled, match=r"^nothing came after 0\.2 s$"):
-        wd.probe(comm, MPI.Status(), lambda elapsed: f"nothing came after {elapsed:.1f} s")
+    assert wd.wait_any([MPI.REQUEST_NULL], describe) == MPI.UNDEFINED
 
 
-def test_probe_turns_a_notice_into_a_secondary_stall(comm):
+def test_wait_any_times_out_with_the_message(comm, unmatched):
+    wd = Watchdog(LIMIT, comm)
+    with pytest.raises(CollectiveStalled, match=r"^waited 0\.2 s; pending \[0\]; context \('loop',\)$"):
+        wd.wait_any([unmatched], describe, "loop")
+
+
+def test_wait_any_turns_a_notice_into_a_secondary_stall(comm, unmatched):
     wd = Watchdog(HUNG_S, comm)
     send = comm.Isend(np.array([0.0, 0.0]), 0, wd.notice_tag)
     with pytest.raises(CollectiveStalled) as info:
-        wd.probe(comm, MPI.Status(), lambda elapsed: "unused")
+        wd.wait_any([unmatched], describe)
     assert info.value.secondary and "rank 0" in str(info.value)
-    send.Wait()                              # the notice was consumed by the probe
+    send.Wait()                              # the notice was consumed by the wait
+    assert not comm.Iprobe(0, wd.notice_tag)
+
+
+def test_notice_tag_is_above_every_protocol_tag(comm):
+    from nicemu.collectives.mpi import tags
+    wd = Watchdog(LIMIT, comm)
+    protocol = [v for k, v in vars(tags).items() if k.isupper() and isinstance(v, int) and k != "MIN_TAG_UB"]
+    assert wd.notice_tag == tags.tag_ub(comm) >= tags.MIN_TAG_UB
+    assert max(protocol) < wd.notice_tag
+    assert len(set(protocol)) == len(protocol)      # no two kinds of message share a tag
 
 
 # --------------------------------------------------------------------------- blocking sections
@@ -284,14 +311,14 @@ def _as_rank(ex: MpiExecutor, rank: int, size: int) -> None:
     ex.bounds = node_blocks(nodes, size)
     ex.lo, ex.hi = int(ex.bounds[rank]), int(ex.bounds[rank + 1])
     ex.node_rank = np.searchsorted(ex.bounds, np.arange(nodes), side="right") - 1
-    ex._plans.clear()
+    ex.plans.clear()
 
 
-def _requests(group, receiving: bool) -> int:
-    if receiving:
-        return sum(1 + sum(1 for nb, slot, _, _ in items if slot >= 0 or nb)
-                   for plan in group for _, _, items in plan.recvs)
-    return sum(1 + sum(1 for _, _, nb in items if nb) for plan in group for _, _, items in plan.sends)
+def _describe_all(ex: MpiExecutor, elapsed: float, schedule, plan, group, receiving: bool) -> str:
+    """The message for a group whose every request (as the plain transport makes them) is pending."""
+    owner = group.recv_owner if receiving else group.send_owner
+    assert owner == request_owners(group.steps, receiving)
+    return ex.describe_wait(elapsed, list(range(len(owner))), schedule, plan.plans, group.steps, receiving, owner)
 
 
 def test_executor_message_names_node_peer_and_step():
@@ -299,18 +326,16 @@ def test_executor_message_names_node_peer_and_step():
     ex = MpiExecutor(MPI.COMM_SELF, topo, load_profile("directreduce-paper"), watchdog_s=LIMIT)
     _as_rank(ex, 2, 4)                       # rank 2 hosts nodes 4 and 5
     schedule = build_schedule("allreduce", "ring", topo, 1000)
-    plans = ex._plan(schedule, 4)
-    group = list(step_groups(plans))[2]
-    pending = list(range(_requests(group, True)))
-    assert ex._describe_wait(30.0, pending, schedule, plans, group, True) == (
+    plan = ex.rank_plan(schedule, 4)
+    group = plan.groups[2]
+    assert _describe_all(ex, 30.0, schedule, plan, group, True) == (
         "ring allreduce: node 4 (rank 2) waited 30.0 s in reduce-scatter step 2 of dim 0 for data from "
         "node 3 (rank 1); that rank is stalled or gone")
-    pending = list(range(_requests(group, False)))
-    assert ex._describe_wait(30.0, pending, schedule, plans, group, False) == (
+    assert _describe_all(ex, 30.0, schedule, plan, group, False) == (
         "ring allreduce: node 5 (rank 2) waited 30.0 s in reduce-scatter step 2 of dim 0 for node 6 "
         "(rank 3) to receive its data; that rank is stalled or gone")
-    ag = list(step_groups(plans))[8]
-    text = ex._describe_wait(1.5, [0], schedule, plans, ag, True)
+    ag = plan.groups[8]
+    text = ex.describe_wait(1.5, [0], schedule, plan.plans, ag.steps, True, ag.recv_owner)
     assert text.startswith("ring allreduce: node 4 (rank 2) waited 1.5 s in allgather step 1 of dim 0 ")
 
 
@@ -319,9 +344,10 @@ def test_executor_message_bidirectional_torus():
     ex = MpiExecutor(MPI.COMM_SELF, topo, load_profile("directreduce-paper"), watchdog_s=LIMIT)
     _as_rank(ex, 1, 4)
     schedule = build_schedule("allreduce", "directreduce", topo, 1000, True)
-    plans = ex._plan(schedule, 4)
-    group = list(step_groups(plans))[1]
-    text = ex._describe_wait(2.0, list(range(_requests(group, True))), schedule, plans, group, True)
+    plan = ex.rank_plan(schedule, 4)
+    group = plan.groups[1]
+    assert [p.step.direction for p in group.steps] == [1, -1]
+    text = _describe_all(ex, 2.0, schedule, plan, group, True)
     assert text == ("directreduce allreduce: nodes 2, 3 (rank 1) waited 2.0 s in reduce-scatter step 0 of "
                     "dim 1 (direction +1) for data from node 1 (rank 0); and in reduce-scatter step 0 of dim 1 "
                     "(direction -1) for data from node 0 (rank 0); that rank is stalled or gone")
