@@ -20,6 +20,7 @@ has not ended them within a few seconds.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         if comm.rank == 0:
             print(f"nicemu: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except BrokenPipeError:       # `nicemu info | head`: the reader has gone, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit
+        return 0
     except KeyboardInterrupt:
         if comm.size > 1:
             comm.Abort(130)

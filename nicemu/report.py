@@ -125,7 +125,7 @@ def write_plot(path: str, records: Sequence[dict], title: str) -> None:
 
 
 def write_result_files(stem: str | Path, rows: Sequence[dict], table: Sequence[str]) -> None:
-    """A script's sweep as ``stem.json``, ``stem.csv`` and a Markdown ``stem.md`` (the README tables)."""
+    """A sweep as ``stem.json``, ``stem.csv`` and a Markdown ``stem.md`` (a results page under docs/results)."""
     out = Path(stem)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps([{k: _clean(v) for k, v in r.items()} for r in rows],

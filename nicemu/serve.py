@@ -48,7 +48,6 @@ from nicemu.workloads.comm_backends import DTYPE, ModelComm, algos_for, has_allt
 from nicemu.workloads.requests import MAX_CV, MAX_REQUESTS, MAX_TOKENS, MIN_CV, MIN_RATE
 
 DEFAULT_ALGOS = "ring,directreduce,omniccl"
-TAG_RESULTS = 41    # --executor model under mpiexec: records sent to rank 0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -296,7 +295,7 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
 def _shares(algos: list[str], workers: int) -> list[list[str]]:
     """Split the algorithms over workers, the costliest first, each to the least-loaded worker (worker 0
     gets the costliest, so the progress bar it shows lasts the whole run). A sparse algorithm weighs 4:
-    timing the spot protocol for every distinct embedding size dominates its run (README "Serving")."""
+    timing the spot protocol for every distinct embedding size dominates its run (docs/results/serve.md)."""
     def weight(algo: str) -> int:
         return 4 if is_sparse(algo) else 1
 
@@ -372,6 +371,7 @@ def _idle_wait(requests: list) -> None:
 def _collect(comm, algos: list[str], records: list[dict], rows: list[dict]
              ) -> tuple[list[dict], list[dict]]:
     """Bring every rank's records and request rows to rank 0, in ``algos`` order (JSON bytes, no pickle)."""
+    from nicemu.collectives.mpi.tags import SERVE_RESULTS as TAG_RESULTS  # MPI is up: ranks of a job
     if comm.rank == 0:
         got_records, got_rows = list(records), list(rows)
         for peer in range(1, comm.size):

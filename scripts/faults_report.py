@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What link faults and stragglers cost each algorithm (the README table "Faults and stragglers").
+"""What link faults and stragglers cost each algorithm (docs/results/faults_report.md).
 
 For every algorithm and message size it reports the fault-free emulated time
 and the slowdown under faults on every link, faults on one link only, and one

@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-#: record keys every bench record has (at least these; README documents them)
+#: record keys every bench record has (at least these; docs/usage.md documents them)
 RECORD_KEYS = {
     "collective", "algo", "topology", "nodes", "ranks", "executor", "bytes", "count", "dtype", "op",
     "density", "block_size", "iters", "emulated_us", "wall_us", "algbw_GBps", "busbw_GBps",

@@ -197,3 +197,24 @@ def test_unknown_flag_exact_line(nicemu, argv, nprocs):
     assert proc.returncode == USAGE_STATUS, str(proc)
     assert proc.stderr == EXACT[argv], str(proc)
     assert proc.stdout == "", str(proc)
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(tmp_path):
+    """``nicemu schedule ... | head -1``: the closed pipe ends the output quietly with status 0."""
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import _child_env
+    cmd = [sys.executable, "-m", "nicemu", "schedule", "--topology", "torus:16x16", "--count", "100000",
+           "--limit", "256"]      # about 340 KB: more than a pipe holds, so the writer meets the closed end
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    try:
+        err = proc.stderr.read().decode()
+        status = proc.wait(timeout=300)
+    finally:
+        proc.kill()
+    assert first.startswith(b"allreduce directreduce on torus:16x16")
+    assert status == 0 and "Traceback" not in err and "internal error" not in err, err

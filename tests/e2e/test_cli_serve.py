@@ -1,7 +1,7 @@
 """``nicemu serve`` end to end: traffic counted against the formulas, determinism, executors, outputs.
 
 Runs are tiny (Llama-2-7B, a handful of short requests) so the module costs
-seconds, not minutes; the headline runs are documented in README "Serving".
+seconds, not minutes; the headline runs are documented in docs/results/serve.md.
 """
 
 from __future__ import annotations
