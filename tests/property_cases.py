@@ -28,13 +28,14 @@ import numpy as np
 from hypothesis import HealthCheck, assume, settings
 from hypothesis import strategies as st
 
+from nicemu.collectives.registry import names
 from nicemu.nic.ops import DTYPES, OPS
 
 MAX_NODES = 64           # cap on drawn topologies: keeps one example in the milliseconds
 MAX_DIMS = 6
 DIM_SIZES = (2, 5)       # nodes per dimension, as in issue 6
 DENSE_ALGOS = ("ring", "directreduce", "mpi")
-SPARSE_ALGOS = ("omniccl", "omniccl-cpu", "omnireduce")
+SPARSE_ALGOS = tuple(names(kind="sparse"))
 COLLECTIVES = ("allreduce", "reducescatter", "allgather", "alltoall")
 PROFILES = ("directreduce-paper", "ideal", "omniccl-paper")
 MAX_SPARSE_BLOCKS = 32
@@ -291,7 +292,7 @@ class FaultCase:
 def fault_cases(draw, max_nodes: int = 32, min_nodes: int = 2) -> FaultCase:
     shape = draw(torus_shapes(max_nodes, min_nodes))
     nodes = math.prod(shape)
-    algo = draw(st.sampled_from(("ring", "directreduce", *SPARSE_ALGOS)))
+    algo = draw(st.sampled_from(tuple(names(emulated=True))))
     collective = "allreduce" if algo in SPARSE_ALGOS else draw(st.sampled_from(COLLECTIVES[:3]))
     return FaultCase(
         shape, draw(counts(nodes, 2000)), draw(st.sampled_from(sorted(DTYPES))), algo, collective,

@@ -31,6 +31,7 @@ import hashlib
 import numpy as np
 from mpi4py import MPI
 
+from nicemu.collectives.registry import names
 from nicemu.collectives import Emulator, model_time
 from nicemu.collectives import model_sparse, sparse_config
 from nicemu.collectives.schedules.sparse_patterns import block_mask
@@ -105,7 +106,7 @@ for spec in ("torus:4x4x4", "torus:3x3x3x3"):
             model = model_time("allgather", algo, topo, DENSE, 700, "float32").emulated_us
             report(f"{spec} allgather {algo} float32 700", np.atleast_2d(res.data), res, model, x,
                    expect=expect)
-        for algo in ("omniccl", "omniccl-cpu", "omnireduce"):
+        for algo in tuple(names(kind="sparse")):
             x = inputs(n, 700, "float32", seed=5, density=0.3, block=SPARSE_OPTS["block_size"])
             work = x[lo:hi].copy()
             t = sp.run_inplace("allreduce", work, "sum", algo, dict(SPARSE_OPTS))

@@ -66,7 +66,7 @@ def test_faults_exact_and_model_equal(topology, algo, collective):
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("algo", [*names(kind="dense", emulated=True), "omniccl", "omniccl-cpu", "omnireduce"])
+@pytest.mark.parametrize("algo", names(emulated=True))
 def test_many_allreduces_exact(algo):
     """The issue's acceptance run, reduced in CI: drop=corrupt=1e-3 on every link, all exact.
 
@@ -112,7 +112,7 @@ def test_straggler_slows_and_matches_model():
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("algo", ["omniccl", "omniccl-cpu", "omnireduce"])
+@pytest.mark.parametrize("algo", tuple(names(kind="sparse")))
 def test_sparse_rx_writes_recovered(algo):
     """Lost and corrupted Rx-spot writes are found by CRC32 at the aggregator and Put again."""
     from nicemu.collectives import model_sparse, sparse_config
@@ -142,7 +142,7 @@ def test_sparse_rx_writes_recovered(algo):
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("algo", ["omniccl", "omniccl-cpu", "omnireduce"])
+@pytest.mark.parametrize("algo", tuple(names(kind="sparse")))
 def test_sparse_straggler_slows_and_matches_model(algo):
     """A straggling node (worker and aggregator of a shard) on real ranks: exact sums, and the
     time is the model's, which the straggler makes longer."""

@@ -11,6 +11,7 @@ import pytest
 from mpi4py import MPI
 
 from nicemu.collectives import Emulator, model_sparse, sparse_config
+from nicemu.collectives.registry import names
 from nicemu.collectives.schedules.sparse_patterns import block_mask
 from nicemu.nic.profile import load_profile
 from tests.sparse_cases import CASES, case_inputs, check_sum
@@ -23,7 +24,7 @@ TOPOLOGIES = [t for t in ("ring:8", f"ring:{max(COMM.size, 2)}", "torus:3x3") if
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("topology", list(dict.fromkeys(TOPOLOGIES)))
-@pytest.mark.parametrize("algo", ["omniccl", "omniccl-cpu", "omnireduce"])
+@pytest.mark.parametrize("algo", tuple(names(kind="sparse")))
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", ["float32", "int64"])
 @pytest.mark.parametrize("count,block", [(700, 16), (5, 4)])

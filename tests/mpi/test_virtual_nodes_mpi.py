@@ -26,6 +26,7 @@ import pytest
 from mpi4py import MPI
 
 from nicemu.collectives import Emulator, model_sparse, model_time, sparse_config
+from nicemu.collectives.registry import names
 from nicemu.collectives.schedules.sparse_patterns import block_mask
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import parse_topology
@@ -235,7 +236,7 @@ def test_virtual_tori_every_dtype(single, topology, algo, dtype, op):
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("count", COUNTS)
-@pytest.mark.parametrize("algo", ["omniccl", "omniccl-cpu", "omnireduce"])
+@pytest.mark.parametrize("algo", tuple(names(kind="sparse")))
 def test_sparse_matches_model_and_reference(sparse_emu, single, algo, count):
     spec = sparse_emu.topology.name
     n = sparse_emu.topology.nodes

@@ -9,6 +9,7 @@ import pytest
 from mpi4py import MPI
 
 from nicemu.collectives import CollectiveError, Emulator, build_schedule, model_time
+from nicemu.collectives.registry import names
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import parse_topology
 
@@ -161,7 +162,7 @@ def test_count_not_divisible_is_a_clear_error(emu):
         model_time("alltoall", "ring", emu.topology, PAPER, p + 1)
 
 
-@pytest.mark.parametrize("algo", ["omniccl", "omniccl-cpu", "omnireduce"])
+@pytest.mark.parametrize("algo", tuple(names(kind="sparse")))
 def test_sparse_algorithms_refuse_alltoall(algo):
     topo = parse_topology("ring:4")
     with pytest.raises(CollectiveError, match=f"{algo} implements AllReduce only"):

@@ -5,13 +5,14 @@ import pytest
 from mpi4py import MPI
 
 from nicemu.collectives import CollectiveError, Emulator, model_sparse, sparse_config
+from nicemu.collectives.registry import names
 from nicemu.collectives.schedules.sparse_patterns import block_mask, pattern_mask, sparse_input
 from nicemu.collectives.schedules.spot_protocol import INDEX_BYTES, RECORD_HEADER_BYTES, plan_rounds
 from nicemu.nic.profile import load_profile
 from tests.sparse_cases import CASES, case_inputs, check_sum
 
 PROFILE = load_profile("omniccl-paper")
-SPARSE = ["omniccl", "omniccl-cpu", "omnireduce"]
+SPARSE = tuple(names(kind="sparse"))
 
 
 @pytest.fixture(scope="module", params=["ring:4", "ring:5", "torus:2x2x2"])

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pytest
 
-from nicemu.collectives import model_sparse, sparse_config
+from nicemu.collectives import model_sparse, names, sparse_config
 from nicemu.collectives.model.sparse import state as sparse_state
 from nicemu.collectives.model.sparse.maxplus import max_plus_rows, max_plus_scan, row_sums
 from nicemu.collectives.model.sparse_timing import sparse_time
@@ -323,7 +323,7 @@ def _reference_sparse_time(plan: _RefPlan, profile: Profile, itemsize: int) -> _
 # Equivalence of the new code with the reference
 # ---------------------------------------------------------------------------------------
 
-ALGOS = ("omniccl", "omniccl-cpu", "omnireduce")
+ALGOS = tuple(names(kind="sparse"))
 PROFILES = {
     "omniccl-paper": load_profile("omniccl-paper"),
     "directreduce-paper": load_profile("directreduce-paper"),
@@ -605,7 +605,7 @@ def test_exhaustive_small_masks():
 _UNUSED = (SparseConfig, us_per_byte, CREDIT_BYTES)   # names the frozen reference relies on
 
 
-@pytest.mark.parametrize("algo", ["omniccl", "omniccl-cpu", "omnireduce"])
+@pytest.mark.parametrize("algo", tuple(names(kind="sparse")))
 def test_public_halves_give_model_sparse(algo):
     """plan_sparse then time_sparse_plan (what the sparse model bench times apart) is model_sparse."""
     from nicemu.collectives import PackedMasks, names, plan_sparse, time_sparse_plan
