@@ -49,7 +49,7 @@ def parse_stragglers(items: Iterable[str] | str | None) -> dict[int, float]:
 
 def _check_factor(factor: float, what: str) -> None:
     if not (isinstance(factor, (int, float)) and math.isfinite(factor) and 1.0 <= factor <= MAX_FACTOR):
-        raise FaultSpecError(f"--straggler {what}: FACTOR must be a number from 1 to {MAX_FACTOR:g} "
+        raise FaultSpecError(f"--straggler {what}: FACTOR must be a number >= 1 and <= {MAX_FACTOR:g} "
                              f"(how many times slower), e.g. 3:2.0")
 
 
