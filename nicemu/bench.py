@@ -317,6 +317,36 @@ def _run_model(topology, profile, args, algo: str, dtype: np.dtype, nbytes: int,
     return rec
 
 
+def base_record(args: argparse.Namespace, algo: str, topology, ranks: int, dtype: np.dtype, nbytes: int,
+                profile) -> dict:
+    """One point's record before timing: every bench key, the measured ones still None (shared with sweep)."""
+    return {"collective": args.collective, "algo": algo, "topology": topology.name,
+            "nodes": topology.nodes, "ranks": ranks, "executor": args.executor,
+            "bytes": nbytes, "count": nbytes // dtype.itemsize, "dtype": dtype.name,
+            "op": "none" if args.collective == "alltoall" else args.op,   # nccl-tests' redop
+            "density": args.density, "block_size": args.block_size,
+            "overlap": args.overlap,
+            "iters": args.iters, "emulated_us": None, "wall_us": None, "algbw_GBps": None,
+            "busbw_GBps": None, "host_busy_us": None, "nic_busy_us": None,
+            "wire_bytes": None, "wrong": None, "profile": profile.name, "gain_vs_ring": None}
+
+
+def add_bandwidth(rec: dict, collective: str, nodes: int) -> None:
+    """nccl-tests' algbw and busbw from the emulated time (left None when there is none)."""
+    if rec["emulated_us"]:
+        rec["algbw_GBps"] = rec["bytes"] / (rec["emulated_us"] * 1e3)
+        rec["busbw_GBps"] = rec["algbw_GBps"] * bus_factor(collective, nodes)
+
+
+def model_record(args: argparse.Namespace, algo: str, topology, profile, dtype: np.dtype, nbytes: int,
+                 faults=None, stragglers=None) -> dict:
+    """The model executor's full record of one (algorithm, size) point: what bench and sweep both report."""
+    rec = base_record(args, algo, topology, 1, dtype, nbytes, profile)
+    rec.update(_run_model(topology, profile, args, algo, dtype, nbytes, faults, stragglers))
+    add_bandwidth(rec, args.collective, topology.nodes)
+    return rec
+
+
 def run(args: argparse.Namespace, comm) -> int:
     algos, dtype, sizes, topology, profile = _validate(args, comm)
     faults, stragglers = fault_options(args.faults, args.straggler, topology)
@@ -350,28 +380,18 @@ def run(args: argparse.Namespace, comm) -> int:
     for nbytes in sizes:
         group = []
         for algo in algos:
-            base = {"collective": args.collective, "algo": algo, "topology": topology.name,
-                    "nodes": topology.nodes, "ranks": ranks, "executor": args.executor,
-                    "bytes": nbytes, "count": nbytes // dtype.itemsize, "dtype": dtype.name,
-                    "op": "none" if args.collective == "alltoall" else args.op,   # nccl-tests' redop
-                    "density": args.density, "block_size": args.block_size,
-                    "overlap": args.overlap,
-                    "iters": args.iters, "emulated_us": None, "wall_us": None, "algbw_GBps": None,
-                    "busbw_GBps": None, "host_busy_us": None, "nic_busy_us": None,
-                    "wire_bytes": None, "wrong": None, "profile": profile.name, "gain_vs_ring": None}
             if emu is not None:
+                base = base_record(args, algo, topology, ranks, dtype, nbytes, profile)
                 base.update(_run_mpi(emu, args, algo, dtype, nbytes))
             else:
-                base.update(_run_model(topology, profile, args, algo, dtype, nbytes, faults, stragglers))
+                base = model_record(args, algo, topology, profile, dtype, nbytes, faults, stragglers)
             if (faults is not None or stragglers) and base["emulated_us"] is not None:
                 clean = _model_timing(topology, profile, args, algo, dtype, nbytes // dtype.itemsize)
                 base.update(faults=faults.describe() if faults else None,
                             stragglers=describe_stragglers(stragglers) or None,
                             clean_emulated_us=clean.emulated_us,
                             slowdown_vs_clean=base["emulated_us"] / clean.emulated_us)
-            if base["emulated_us"]:
-                base["algbw_GBps"] = nbytes / (base["emulated_us"] * 1e3)
-                base["busbw_GBps"] = base["algbw_GBps"] * bus_factor(args.collective, topology.nodes)
+            add_bandwidth(base, args.collective, topology.nodes)
             group.append(base)
             progress.update(f"{format_size(nbytes)} {algo}")
         ring_t = next((r["emulated_us"] for r in group if r["algo"] == "ring"), None)
