@@ -25,7 +25,7 @@ import sys
 import time
 import traceback
 
-from nicemu import bench, info, schedule_cmd, serve
+from nicemu import bench, info, schedule_cmd, serve, sweep
 from nicemu.errors import CollectiveStalled, NicemuError, UsageError
 from nicemu.launch import world
 
@@ -34,6 +34,7 @@ COMMANDS = {
     "info": (info, "list topologies, algorithms, profiles"),
     "schedule": (schedule_cmd, "print an algorithm's chunk-level schedule"),
     "serve": (serve, "replay LLM-serving traffic; TTFT, TPOT and throughput per algorithm"),
+    "sweep": (sweep, "run a YAML grid of sizes, topologies, algorithms and profile values (model executor)"),
 }
 
 
