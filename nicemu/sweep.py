@@ -19,7 +19,7 @@ import time
 import traceback
 
 from nicemu import argtypes, bench
-from nicemu.errors import UsageError
+from nicemu.errors import NicemuError, UsageError
 from nicemu.grid import Grid, load_grid, point_label
 from nicemu.hostinfo import available_cpus
 from nicemu.launch import SoloComm
@@ -72,7 +72,7 @@ def _prepare(point: dict):
     args = bench_args(point)
     try:
         algos, dtype, sizes, topology, profile = bench._validate(args, SoloComm())
-    except UsageError as exc:
+    except NicemuError as exc:     # unknown algorithm, dense-only collective, bad profile key, ...
         raise UsageError(f"grid point {point_label(point)} cannot run: {exc}") from None
     return args, algos[0], dtype, sizes[0], topology, profile
 

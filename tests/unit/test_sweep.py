@@ -1,0 +1,199 @@
+"""``nicemu sweep``: grid parsing, point order, exclusions, resume, keep-going, --jobs and bad grids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nicemu import bench, cli, sweep
+from nicemu.collectives.api.model import model_time
+from nicemu.errors import UsageError
+from nicemu.grid import parse_grid
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _sweep(tmp_path: Path, grid: str, *extra: str, out: str = "out.json") -> tuple[int, list[dict]]:
+    (tmp_path / "grid.yml").write_text(grid)
+    rc = cli.main(["sweep", str(tmp_path / "grid.yml"), "--json", str(tmp_path / out), *extra])
+    path = tmp_path / out
+    return rc, json.loads(path.read_text()) if path.exists() else []
+
+
+def test_product_size_and_order():
+    grid = parse_grid("topology: [ring:4, ring:8]\nalgo: [ring, directreduce]\nsizes: [1K, 4K:16K:4]\n")
+    points = grid.points()
+    assert len(points) == 2 * 2 * 3
+    # topology outermost, then sizes, algo innermost
+    assert [(p["topology"], p["bytes"], p["algo"]) for p in points[:4]] == [
+        ("ring:4", 1024, "ring"), ("ring:4", 1024, "directreduce"),
+        ("ring:4", 4096, "ring"), ("ring:4", 4096, "directreduce")]
+    assert points[-1] == {"topology": "ring:8", "bytes": 16384, "algo": "directreduce"}
+
+
+def test_scalar_is_a_one_element_list():
+    assert parse_grid("topology: ring:8\nalgo: ring\nsizes: 1K\n").points() == [
+        {"topology": "ring:8", "bytes": 1024, "algo": "ring"}]
+
+
+def test_exclude_skips_matching_points():
+    grid = parse_grid("topology: [ring:4, ring:8]\nalgo: [ring, directreduce]\nsizes: [1K, 2K]\n"
+                      "exclude:\n  - {topology: ring:4, sizes: 2K}\n  - {algo: directreduce, topology: ring:8}\n")
+    got = [(p["topology"], p["bytes"], p["algo"]) for p in grid.points()]
+    assert got == [("ring:4", 1024, "ring"), ("ring:4", 1024, "directreduce"),
+                   ("ring:8", 1024, "ring"), ("ring:8", 2048, "ring")]
+
+
+def test_set_axes_become_columns_and_overrides(tmp_path):
+    rc, recs = _sweep(tmp_path, "topology: ring:8\nalgo: directreduce\nsizes: 1M\n"
+                      "set: {nic.packet_bytes: [1024, 4096]}\n", "--jobs", "1")
+    assert rc == 0
+    assert [r["nic.packet_bytes"] for r in recs] == [1024, 4096]
+    for r in recs:
+        want = model_time("allreduce", "directreduce", "ring:8", _profile(r["nic.packet_bytes"]), 1 << 18)
+        assert r["emulated_us"] == want.emulated_us
+    assert recs[0]["emulated_us"] != recs[1]["emulated_us"]
+
+
+def _profile(packet_bytes: int):
+    from nicemu.nic.profile import load_profile
+    return load_profile("directreduce-paper", [f"nic.packet_bytes={packet_bytes}"])
+
+
+def test_point_equals_model_time_and_bench_record(tmp_path):
+    rc, recs = _sweep(tmp_path, "topology: torus:2x3\ncollective: [allreduce, allgather]\nalgo: [ring, directreduce]\n"
+                      "sizes: 96K\n", "--jobs", "1")
+    assert rc == 0 and len(recs) == 4
+    for r in recs:
+        t = model_time(r["collective"], r["algo"], "torus:2x3", "directreduce-paper", 96 * 1024 // 4)
+        assert r["emulated_us"] == t.emulated_us
+        assert r["status"] == "ok" and r["error"] is None and r["wall_us"] is None and r["wrong"] is None
+        ref = bench.model_record(sweep.bench_args(_point(r)), r["algo"], *_prepared(r))
+        assert {k: r[k] for k in ref} == json.loads(json.dumps(ref))
+
+
+def _point(r: dict) -> dict:
+    return {"topology": "torus:2x3", "collective": r["collective"], "bytes": r["bytes"], "algo": r["algo"]}
+
+
+def _prepared(r: dict):
+    args, _, dtype, nbytes, topology, profile = sweep._prepare(_point(r))
+    return topology, profile, dtype, nbytes
+
+
+def test_resume_runs_only_new_points(tmp_path, monkeypatch):
+    grid = "topology: ring:8\nalgo: [ring, directreduce]\nsizes: [1K, 4K]\n"
+    rc, first = _sweep(tmp_path, grid, "--jobs", "1")
+    assert rc == 0 and len(first) == 4
+    before = (tmp_path / "out.json").read_bytes()
+    calls = []
+    real = bench.model_record
+    monkeypatch.setattr(bench, "model_record", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    rc, _ = _sweep(tmp_path, grid, "--jobs", "1", "--resume")
+    assert rc == 0 and calls == []
+    assert (tmp_path / "out.json").read_bytes() == before
+    rc, recs = _sweep(tmp_path, grid.replace("[1K, 4K]", "[1K, 4K, 16K]"), "--jobs", "1", "--resume")
+    assert rc == 0 and len(calls) == 2 and len(recs) == 6
+    assert [r["bytes"] for r in recs] == [1024, 1024, 4096, 4096, 16384, 16384]
+    assert recs[:4] == first
+
+
+def test_keep_going_records_failures(tmp_path, capsys):
+    rc, recs = _sweep(tmp_path, "topology: ring:3\ncollective: [allreduce, alltoall]\nalgo: ring\n"
+                      "sizes: [12, 16]\n", "--keep-going", "--jobs", "1")
+    assert rc == 1
+    assert [r["status"] for r in recs] == ["ok", "ok", "ok", "failed"]
+    bad = recs[3]
+    assert bad["collective"] == "alltoall" and bad["bytes"] == 16 and bad["emulated_us"] is None
+    assert bad["error"].startswith("grid point topology=ring:3 collective=alltoall bytes=16 algo=ring cannot run")
+    assert "# failed: " in capsys.readouterr().out
+
+
+def test_jobs_one_and_two_write_identical_files(tmp_path):
+    grid = "topology: [ring:4, torus:2x2]\nalgo: [ring, directreduce, omniccl]\nsizes: 1K:64K:4\ndensity: [1, 0.3]\n"
+    assert _sweep(tmp_path, grid, "--jobs", "1", out="a.json")[0] == 0
+    assert _sweep(tmp_path, grid, "--jobs", "2", "--csv", str(tmp_path / "b.csv"), out="b.json")[0] == 0
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    assert (tmp_path / "b.csv").read_text().count("\n") == 1 + 2 * 3 * 4 * 2
+
+
+BAD = [
+    ("topolgy: ring:8\n", "unknown grid key 'topolgy'"),
+    ("algo: []\n", "grid key 'algo' is an empty list"),
+    ("block_size: [256, big]\n", "grid key 'block_size' has 'big' (str)"),
+    ("density: true\n", "grid key 'density' has True (bool)"),
+    ("algo: [ring\n", "is malformed YAML"),
+    ("- ring\n", "must be a YAML mapping"),
+    ("algo: ring\nexclude: [{algorithm: ring}]\n", "'exclude' names unknown key 'algorithm'"),
+    ("set: {nic.packet_bytes: []}\n", "grid key 'set.nic.packet_bytes' is an empty list"),
+    ("set: [1]\n", "grid key 'set' must map profile keys"),
+    ("sizes: [1K, 2Q]\n", "bad size '2Q'"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD)
+def test_bad_grid_parse(text, message):
+    with pytest.raises(UsageError) as info:
+        parse_grid(text, "grid.yml")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+UNRUNNABLE = [
+    ("topology: ring:8\nalgo: ring\nsizes: 6\n", "grid point topology=ring:8 bytes=6 algo=ring cannot run: size 6 B"),
+    ("topology: ring:3\ncollective: alltoall\nalgo: ring\nsizes: 16\n",
+     "grid point topology=ring:3 collective=alltoall bytes=16 algo=ring cannot run: --collective alltoall"),
+    ("collective: allgather\nalgo: omniccl\nsizes: 1K\n", "grid point collective=allgather bytes=1K algo=omniccl"),
+    ("algo: ring\nset: {nic.no_such_key: [1]}\n", "grid point nic.no_such_key=1 algo=ring cannot run"),
+]
+
+
+@pytest.mark.parametrize("text,message", UNRUNNABLE)
+def test_unrunnable_point_stops_before_any_run(tmp_path, capsys, text, message, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "model_record", lambda *a, **k: calls.append(a))
+    rc, recs = _sweep(tmp_path, text, "--jobs", "1")
+    err = capsys.readouterr().err
+    assert rc == 2 and calls == [] and recs == []
+    assert err.count("\n") == 1 and err.startswith("nicemu: error: ") and message in err, err
+
+
+def test_plot_lines_and_heatmap(tmp_path):
+    pytest.importorskip("matplotlib")
+    grid = "topology: [ring:4, ring:8]\nalgo: [ring, directreduce]\nsizes: 1K:1M:32\n"
+    assert _sweep(tmp_path, grid, "--jobs", "1", "--plot", str(tmp_path / "l.png"))[0] == 0
+    assert _sweep(tmp_path, grid, "--jobs", "1", "--plot", str(tmp_path / "h.png"),
+                  "--plot-spec", "x=bytes,y=topology,z=emulated_us", "--resume")[0] == 0
+    assert (tmp_path / "l.png").stat().st_size > 0 and (tmp_path / "h.png").stat().st_size > 0
+
+
+def test_bad_plot_spec(tmp_path, capsys):
+    rc, _ = _sweep(tmp_path, "algo: ring\n", "--plot", str(tmp_path / "p.png"), "--plot-spec", "x=bytes")
+    assert rc == 2 and "bad --plot-spec 'x=bytes'" in capsys.readouterr().err
+
+
+def test_ring8_study_matches_committed_results(tmp_path):
+    """sweeps/paper_directreduce_ring8.yml reproduces the ring:8 rows of docs/results/paper_directreduce.json."""
+    out = tmp_path / "r8.json"
+    assert cli.main(["sweep", str(REPO / "sweeps/paper_directreduce_ring8.yml"), "--json", str(out)]) == 0
+    recs = json.loads(out.read_text())
+    ref = {r["bytes"]: r for r in json.loads((REPO / "docs/results/paper_directreduce.json").read_text())
+           if r["topology"] == "ring:8"}
+    assert len(recs) == 2 * len(ref) == 22
+    for r in recs:
+        assert r["emulated_us"] == ref[r["bytes"]][f"{r['algo']}_us"]
+
+
+def test_scale_topology_grid_matches_committed_results():
+    """sweeps/scale_topology.yml holds the points of docs/results/scale_topology.json; a sample of
+    them (the small tori, every algorithm) reproduces its emulated times exactly."""
+    grid = sweep.load_grid(str(REPO / "sweeps/scale_topology.yml"))
+    ref = {(r["topology"], r["bytes"], r["algo"]): r
+           for r in json.loads((REPO / "docs/results/scale_topology.json").read_text())}
+    points = grid.points()
+    assert {(p["topology"], p["bytes"], p["algo"]) for p in points} == set(ref)
+    sample = [p for p in points if p["topology"] in ("torus:3^6", "torus:4^6") and p["bytes"] in (1024, 1 << 20)]
+    assert len(sample) == 8
+    for p in sample:
+        assert sweep.run_point(p)["emulated_us"] == ref[(p["topology"], p["bytes"], p["algo"])]["emulated_us"]
