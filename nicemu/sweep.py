@@ -61,7 +61,11 @@ def bench_args(point: dict) -> argparse.Namespace:
     ns.executor = "model"
     for col, value in point.items():
         if col in _FLAGS:
-            setattr(ns, _FLAGS[col], str(value) if col in ("bytes", "topology") else value)
+            if col in ("bytes", "topology"):
+                value = str(value)
+            elif col == "density":
+                value = float(value)       # as bench's --density reads it: 1 is 1.0
+            setattr(ns, _FLAGS[col], value)
         else:
             text = str(value).lower() if isinstance(value, bool) else str(value)
             ns.overrides.append(f"{col}={text}")
@@ -204,6 +208,23 @@ def write_plot(path: str, records: list[dict], spec: dict[str, str], title: str)
     plt.close(fig)
 
 
+def _add_gains(records: list[dict], points: list[dict]) -> bool:
+    """bench's ``gain_vs_ring`` (1 - t / t_ring) for points whose grid values differ from a ring point's only
+    in ``algo``; True when any record changed."""
+    ring_t = {}
+    for r, p in zip(records, points):
+        if p.get("algo") == "ring" and r.get("emulated_us"):
+            ring_t[tuple((k, v) for k, v in p.items() if k != "algo")] = r["emulated_us"]
+    changed = False
+    for r, p in zip(records, points):
+        t = ring_t.get(tuple((k, v) for k, v in p.items() if k != "algo"))
+        if t and p.get("algo") != "ring" and r.get("emulated_us") is not None:
+            gain = 1.0 - r["emulated_us"] / t
+            changed |= r.get("gain_vs_ring") != gain
+            r["gain_vs_ring"] = gain
+    return changed
+
+
 def _fork_worker(points: list[tuple[int, dict]], keep_going: bool) -> tuple[int, int]:
     """Run ``points`` in a forked child that writes one JSON line per finished point to a pipe
     (``[index, record]``, or ``["error", traceback]``) and leaves with ``os._exit``."""
@@ -316,6 +337,8 @@ def run(args: argparse.Namespace, comm) -> int:
         progress.finish()
         save()
     records = [results[i] for i in range(len(points))]
+    if _add_gains(records, points):
+        save()
     failed = [r for r in records if r.get("status") != "ok"]
     for r in failed:
         print(f"# failed: {r['error']}")

@@ -71,6 +71,7 @@ def test_point_equals_model_time_and_bench_record(tmp_path):
         assert r["emulated_us"] == t.emulated_us
         assert r["status"] == "ok" and r["error"] is None and r["wall_us"] is None and r["wrong"] is None
         ref = bench.model_record(sweep.bench_args(_point(r)), r["algo"], *_prepared(r))
+        ref.pop("gain_vs_ring")     # bench sets it per size group, sweep across the grid
         assert {k: r[k] for k in ref} == json.loads(json.dumps(ref))
 
 
@@ -197,3 +198,31 @@ def test_scale_topology_grid_matches_committed_results():
     assert len(sample) == 8
     for p in sample:
         assert sweep.run_point(p)["emulated_us"] == ref[(p["topology"], p["bytes"], p["algo"])]["emulated_us"]
+
+
+def test_interrupted_sweep_keeps_finished_points(tmp_path, monkeypatch):
+    """OUT.json is saved as points finish: after an interrupt --resume runs only the rest."""
+    grid = "topology: ring:8\nalgo: [ring, directreduce]\nsizes: [1K, 4K, 16K]\n"
+    monkeypatch.setattr(sweep, "SAVE_EVERY_S", 0.0)
+    real = sweep.run_point
+    calls = []
+
+    def interrupted(point, keep_going=False):
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        calls.append(point)
+        return real(point, keep_going)
+
+    monkeypatch.setattr(sweep, "run_point", interrupted)
+    rc, recs = _sweep(tmp_path, grid, "--jobs", "1")
+    assert rc == 130 and len(recs) == 4
+    monkeypatch.setattr(sweep, "run_point", real)
+    rc, recs = _sweep(tmp_path, grid, "--jobs", "1", "--resume")
+    assert rc == 0 and [r["bytes"] for r in recs] == [1024, 1024, 4096, 4096, 16384, 16384]
+    assert _sweep(tmp_path, grid, "--jobs", "1", out="fresh.json")[1] == recs
+
+
+def test_gain_vs_ring_and_density_as_bench(tmp_path):
+    rc, recs = _sweep(tmp_path, "topology: ring:8\nalgo: [ring, directreduce]\nsizes: 1M\ndensity: 1\n", "--jobs", "1")
+    assert rc == 0 and recs[0]["gain_vs_ring"] is None and recs[0]["density"] == 1.0
+    assert recs[1]["gain_vs_ring"] == 1.0 - recs[1]["emulated_us"] / recs[0]["emulated_us"]
