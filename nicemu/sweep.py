@@ -208,6 +208,14 @@ def write_plot(path: str, records: list[dict], spec: dict[str, str], title: str)
     plt.close(fig)
 
 
+def _short(label: str, width: int = 28) -> str:
+    """The innermost grid values of a point label that fit the progress bar's label field."""
+    words = label.split()
+    while len(words) > 1 and len(" ".join(words)) > width:
+        words.pop(0)
+    return " ".join(words)[-width:]
+
+
 def _add_gains(records: list[dict], points: list[dict]) -> bool:
     """bench's ``gain_vs_ring`` (1 - t / t_ring) for points whose grid values differ from a ring point's only
     in ``algo``; True when any record changed."""
@@ -322,7 +330,7 @@ def run(args: argparse.Namespace, comm) -> int:
     def done(index: int, rec: dict) -> None:
         nonlocal last_save
         results[index] = rec
-        progress.update(rec["point"][-28:])
+        progress.update(_short(rec["point"]))
         if time.monotonic() - last_save >= SAVE_EVERY_S:
             save()
             last_save = time.monotonic()

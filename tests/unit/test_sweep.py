@@ -226,3 +226,21 @@ def test_gain_vs_ring_and_density_as_bench(tmp_path):
     rc, recs = _sweep(tmp_path, "topology: ring:8\nalgo: [ring, directreduce]\nsizes: 1M\ndensity: 1\n", "--jobs", "1")
     assert rc == 0 and recs[0]["gain_vs_ring"] is None and recs[0]["density"] == 1.0
     assert recs[1]["gain_vs_ring"] == 1.0 - recs[1]["emulated_us"] / recs[0]["emulated_us"]
+
+
+def test_sweep_never_imports_mpi(tmp_path):
+    """The sweep is a model-executor run: a fresh interpreter running it (with --jobs 2) never loads MPI."""
+    import os
+    import subprocess
+    import sys
+
+    from nicemu.launch import LAUNCHER_ENV
+    (tmp_path / "grid.yml").write_text("topology: ring:4\nalgo: [ring, omniccl]\nsizes: [1K, 64K]\n")
+    script = ("import sys\nfrom nicemu.cli import main\n"
+              "rc = main(['sweep', 'grid.yml', '--json', 'out.json', '--jobs', '2'])\n"
+              "print(rc, 'mpi4py.MPI' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in LAUNCHER_ENV and not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDI_", "HYDRA_", "MPIR_"))}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.stdout.split()[-2:] == ["0", "False"], proc.stderr
