@@ -32,6 +32,8 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "algo": ((str,), "a string such as ring"),
 }
 KNOWN = (*AXES, "set", "exclude")
+#: the sizes of a grid without ``sizes``: those of ``nicemu bench`` without ``--sizes``
+DEFAULT_SIZES = "1K:16M"
 
 
 @dataclass
@@ -120,11 +122,10 @@ def parse_grid(text: str, where: str = "grid") -> Grid:
         if key in axes:
             ordered[key] = axes[key]
     ordered.update(sets)
-    if "sizes" in doc:
-        values = _as_list("sizes", doc["sizes"])
-        for v in values:
-            _check_type("sizes", v, *_TYPES["sizes"])
-        ordered["bytes"] = _size_values(values)
+    values = _as_list("sizes", doc.get("sizes", DEFAULT_SIZES))
+    for v in values:
+        _check_type("sizes", v, *_TYPES["sizes"])
+    ordered["bytes"] = _size_values(values)
     if "algo" in axes:
         ordered["algo"] = axes["algo"]
     return Grid(ordered, _parse_exclude(doc.get("exclude", []), ordered, where))

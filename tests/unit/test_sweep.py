@@ -38,6 +38,10 @@ def test_scalar_is_a_one_element_list():
         {"topology": "ring:8", "bytes": 1024, "algo": "ring"}]
 
 
+def test_no_sizes_takes_bench_default():
+    assert [p["bytes"] for p in parse_grid("algo: ring\n").points()] == [1 << k for k in range(10, 25)]
+
+
 def test_exclude_skips_matching_points():
     grid = parse_grid("topology: [ring:4, ring:8]\nalgo: [ring, directreduce]\nsizes: [1K, 2K]\n"
                       "exclude:\n  - {topology: ring:4, sizes: 2K}\n  - {algo: directreduce, topology: ring:8}\n")
@@ -146,7 +150,7 @@ UNRUNNABLE = [
     ("topology: ring:3\ncollective: alltoall\nalgo: ring\nsizes: 16\n",
      "grid point topology=ring:3 collective=alltoall bytes=16 algo=ring cannot run: --collective alltoall"),
     ("collective: allgather\nalgo: omniccl\nsizes: 1K\n", "grid point collective=allgather bytes=1K algo=omniccl"),
-    ("algo: ring\nset: {nic.no_such_key: [1]}\n", "grid point nic.no_such_key=1 algo=ring cannot run"),
+    ("algo: ring\nset: {nic.no_such_key: [1]}\n", "grid point nic.no_such_key=1 bytes=1K algo=ring cannot run"),
 ]
 
 
