@@ -34,6 +34,8 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 KNOWN = (*AXES, "set", "exclude")
 #: the sizes of a grid without ``sizes``: those of ``nicemu bench`` without ``--sizes``
 DEFAULT_SIZES = "1K:16M"
+#: the algorithms of a grid without ``algo``: those of ``nicemu bench`` without ``--algo``
+DEFAULT_ALGOS = ["ring", "directreduce"]
 
 
 @dataclass
@@ -126,8 +128,7 @@ def parse_grid(text: str, where: str = "grid") -> Grid:
     for v in values:
         _check_type("sizes", v, *_TYPES["sizes"])
     ordered["bytes"] = _size_values(values)
-    if "algo" in axes:
-        ordered["algo"] = axes["algo"]
+    ordered["algo"] = axes.get("algo", DEFAULT_ALGOS)
     return Grid(ordered, _parse_exclude(doc.get("exclude", []), ordered, where))
 
 

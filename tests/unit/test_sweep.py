@@ -38,8 +38,9 @@ def test_scalar_is_a_one_element_list():
         {"topology": "ring:8", "bytes": 1024, "algo": "ring"}]
 
 
-def test_no_sizes_takes_bench_default():
+def test_no_sizes_or_algo_takes_bench_defaults():
     assert [p["bytes"] for p in parse_grid("algo: ring\n").points()] == [1 << k for k in range(10, 25)]
+    assert [p["algo"] for p in parse_grid("sizes: 1K\n").points()] == ["ring", "directreduce"]
 
 
 def test_exclude_skips_matching_points():
