@@ -104,6 +104,8 @@ def parse_grid(text: str, where: str = "grid") -> Grid:
         values = _as_list(key, doc[key])
         for v in values:
             _check_type(key, v, *_TYPES[key])
+            if key == "algo" and "," in v:
+                raise UsageError(f"grid key 'algo' has '{v}'; write a YAML list, e.g. algo: [ring, directreduce]")
         axes[key] = values
     sets: dict[str, list] = {}
     if "set" in doc:

@@ -136,6 +136,7 @@ BAD = [
     ("set: {nic.packet_bytes: []}\n", "grid key 'set.nic.packet_bytes' is an empty list"),
     ("set: [1]\n", "grid key 'set' must map profile keys"),
     ("sizes: [1K, 2Q]\n", "bad size '2Q'"),
+    ("algo: ring,directreduce\n", "write a YAML list, e.g. algo: [ring, directreduce]"),
 ]
 
 
