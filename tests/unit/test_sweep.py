@@ -250,3 +250,11 @@ def test_sweep_never_imports_mpi(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600, stdin=subprocess.DEVNULL)
     assert proc.stdout.split()[-2:] == ["0", "False"], proc.stderr
+
+
+def test_plot_without_matplotlib_is_one_line(tmp_path, capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # import matplotlib now raises ImportError
+    rc, recs = _sweep(tmp_path, "algo: ring\nsizes: 1K\n", "--plot", str(tmp_path / "p.png"))
+    err = capsys.readouterr().err
+    assert rc == 2 and recs == [] and err == "nicemu: error: --plot needs matplotlib: pip install 'nicemu[plot]'\n"
