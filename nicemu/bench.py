@@ -110,7 +110,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
 
 
-def _validate(args: argparse.Namespace, comm):
+def validate(args: argparse.Namespace, comm):
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
     if not algos:
         raise UsageError("--algo is empty; e.g. --algo ring,directreduce")
@@ -348,7 +348,7 @@ def model_record(args: argparse.Namespace, algo: str, topology, profile, dtype: 
 
 
 def run(args: argparse.Namespace, comm) -> int:
-    algos, dtype, sizes, topology, profile = _validate(args, comm)
+    algos, dtype, sizes, topology, profile = validate(args, comm)
     faults, stragglers = fault_options(args.faults, args.straggler, topology)
     if faults is not None and args.collective == "alltoall":
         raise UsageError("--faults is not supported for alltoall yet; drop --faults or use another "

@@ -75,7 +75,7 @@ def bench_args(point: dict) -> argparse.Namespace:
 def _prepare(point: dict):
     args = bench_args(point)
     try:
-        algos, dtype, sizes, topology, profile = bench._validate(args, SoloComm())
+        algos, dtype, sizes, topology, profile = bench.validate(args, SoloComm())
     except NicemuError as exc:     # unknown algorithm, dense-only collective, bad profile key, ...
         raise UsageError(f"grid point {point_label(point)} cannot run: {exc}") from None
     return args, algos[0], dtype, sizes[0], topology, profile
