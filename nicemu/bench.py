@@ -111,6 +111,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def validate(args: argparse.Namespace, comm):
+    """Check every argument before anything runs (the same verdict on every rank); returns
+    (algos, dtype, sizes, topology, profile). ``nicemu sweep`` checks each grid point with it."""
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
     if not algos:
         raise UsageError("--algo is empty; e.g. --algo ring,directreduce")
