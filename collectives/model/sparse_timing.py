@@ -59,6 +59,9 @@ from nicemu.nic.faults import FaultSpec
 from nicemu.nic.profile import Profile
 from nicemu.nic.stragglers import node_factors
 
+#: (slot, worker) counts of a whole plan read from the masks in one go when they fit; 0 = round by round
+COUNT_ALL_LIMIT = 1 << 21
+
 __all__ = ["SparseTiming", "as_timing", "model_sparse", "plan_sparse", "sparse_time", "spot_memory_bytes",
            "time_sparse_plan"]
 
@@ -82,6 +85,8 @@ def sparse_time(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec |
                 call: int = 0, stragglers: dict[int, float] | None = None) -> SparseTiming:
     """Emulated time of the plan; ``faults`` delay the Rx-spot writes (docs/model.md §11.5),
     ``stragglers`` slow the service times of nodes (worker or aggregator; docs/model.md §12)."""
+    if isinstance(plan, Plan):
+        plan.count_all(COUNT_ALL_LIMIT)
     slow = node_factors(stragglers or {}, 0, plan.layout.nodes)
     t = SpotState(plan, profile, itemsize, faults if faults is not None and faults.active else None, call,
                   slow)
