@@ -6,7 +6,8 @@ Two checks over many random masks, configs, profiles, faults and stragglers:
   statistics) of a fixed set of random cases, recorded with the round-by-round code
   before the fast paths existed. Any change of any emulated time changes it.
 * with the fast paths switched off (``COUNT_ALL_LIMIT = 0``: counts read round by
-  round) the same cases give the same numbers.
+  round; ``upstream.BY_WORKER = False``: records sent slot by slot) the same cases
+  give the same numbers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 
 from nicemu.collectives import model_sparse, names, sparse_config
 from nicemu.collectives.model import sparse_timing
+from nicemu.collectives.model.sparse import upstream
 from nicemu.nic.faults import FaultSpec
 from nicemu.nic.profile import load_profile
 from nicemu.workloads.embedding_shards import batch_token_ids, embedding_block_mask
@@ -106,4 +108,5 @@ def test_numbers_are_those_of_the_round_by_round_code(seed):
 def test_fast_paths_off_give_the_same_numbers(seed, monkeypatch):
     fast = digest(40, 100 + seed)
     monkeypatch.setattr(sparse_timing, "COUNT_ALL_LIMIT", 0)
+    monkeypatch.setattr(upstream, "BY_WORKER", False)
     assert digest(40, 100 + seed) == fast
