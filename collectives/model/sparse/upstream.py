@@ -88,36 +88,47 @@ class _Senders:
         order = np.argsort(who, kind="stable")          # per worker, its records in slot order
         rank = rank_in_group(who[order])
         ranked = np.argsort(rank, kind="stable")
-        by_rank = order[ranked]                          # first records of all workers, then second, ...
-        bounds = np.searchsorted(rank[ranked], np.arange(int(rank.max(initial=-1)) + 2))
+        rec = order[ranked]                              # first records of all workers, then second, ...
+        bounds = np.searchsorted(rank[ranked], np.arange(int(rank.max(initial=-1)) + 2)).tolist()
+        # per record, in that order
+        w_all, j_all, c_all = who[rec], ch.row[rec], ch.col[rec]
+        p_all = ch.pos_of[j_all]
+        at = (p_all, 0 if ch.const else c_all)
+        has_all = ch.data[at] > 0
+        dpi_all, msg_all = ch.data_pi[at], ch.msg_b[at]
+        fb_all = None if fb is None else fb[p_all, c_all]
+        clock_all = None if self.first_round else st.clock[ch.slots[j_all], w_all]
+        local_all = None if st.dedicated else w_all == ch.g[j_all]
+        rin_all = np.empty(len(rec))
         rd_free, out_free = st.rd_free, st.out_free
         for k in range(len(bounds) - 1):
-            sel = by_rank[bounds[k]:bounds[k + 1]]
-            w, j = who[sel], ch.row[sel]
-            p = ch.pos_of[j]
-            col = 0 if ch.const else ch.col[sel]
-            ready = 0.0 if self.first_round else st.clock[ch.slots[j], w]
+            b = slice(bounds[k], bounds[k + 1])
+            w = w_all[b]
+            ready = 0.0 if clock_all is None else clock_all[b]
             r0 = rd_free[w]
             start = np.maximum(ready, r0)
-            has = ch.data[p, col] > 0
-            rdv = np.where(has, start + ch.data_pi[p, col], r0)
+            has = has_all[b]
+            rdv = np.where(has, start + dpi_all[b], r0)
             rd_free[w] = rdv
             ready = np.where(has, rdv + self.a_p, ready)
             of = np.maximum(ready, out_free[w])
-            of += ch.msg_b[p, col]
-            if fb is not None:
-                of += fb[p, ch.col[sel]]
-            if st.dedicated:
+            of += msg_all[b]
+            if fb_all is not None:
+                of += fb_all[b]
+            if local_all is None:
                 out_free[w] = of
             else:
-                local = w == ch.g[j]
-                far = ~local
-                out_free[w[far]] = of[far]
+                local = local_all[b]
                 if local.any():
-                    lp = p[local]
-                    self.local_pos[lp] = ch.col[sel][local]
+                    far = ~local
+                    out_free[w[far]] = of[far]
+                    lp = p_all[b][local]
+                    self.local_pos[lp] = c_all[b][local]
                     self.ready_local[lp] = ready[local]
-            self.rin[p, ch.col[sel]] = of + st.alpha
+                else:
+                    out_free[w] = of
+            np.add(of, st.alpha, out=rin_all[b])
+        self.rin[p_all, c_all] = rin_all
 
     def _full_row(self, s: int, gj: int, p: int) -> None:
         """Every worker writes a non-empty record: the steps of ``_some``, in place on the arrays."""
