@@ -34,6 +34,14 @@ fault delays, the two phases and the aggregation); this module runs them.
   of the worker host's free time) never exceeds that free time when read.
 * Slots are taken in chunks of bounded size, and the workers' block counts are
   read from the masks per chunk (``Round.sent_rows``), so memory stays small.
+  A plan whose counts fit in ``COUNT_ALL_LIMIT`` entries has them all read in one
+  pass first (``Plan.count_all``): its windows are disjoint, so that is one read
+  of the masks instead of one per round.
+* When a chunk's slots are not all written by every worker (and no host packs
+  or straggles), a worker's records are timed as its first, second, ... record
+  of the chunk, for all workers at once: its records use only its own PCIe read
+  engine and link out, in slot order, so each value is the same operation on
+  the same operands as slot by slot, with far fewer numpy calls per round.
 
 The sparse algorithms run on a switched fabric, as in the OmNICCL and
 OmniReduce testbeds: every node (and every dedicated aggregator) has one
