@@ -80,8 +80,11 @@ def _writers(st: SpotState, rnd: Round, j0: int, j1: int) -> Chunk:
     """Who writes a record into each slot, and with how many blocks."""
     n, m = st.n, j1 - j0
     if hasattr(rnd, "sent_rows"):
-        small = np.uint8 if int((rnd.hi[j0:j1] - rnd.lo[j0:j1]).max()) < 256 else np.int32
-        sent = rnd.sent_rows(j0, j1, small)
+        if getattr(rnd, "_sent", None) is not None:      # counted already (Plan.count_all)
+            sent = rnd.sent_rows(j0, j1)
+        else:
+            small = np.uint8 if int((rnd.hi[j0:j1] - rnd.lo[j0:j1]).max()) < 256 else np.int32
+            sent = rnd.sent_rows(j0, j1, small)
         rep = np.asarray(rnd.reports_rows(j0, j1, sent), dtype=bool)
     else:                           # rounds given as plain arrays
         sent, rep = rnd.sent[j0:j1], np.asarray(rnd.reports[j0:j1], dtype=bool)
