@@ -34,6 +34,14 @@ fault delays, the two phases and the aggregation); this module runs them.
   of the worker host's free time) never exceeds that free time when read.
 * Slots are taken in chunks of bounded size, and the workers' block counts are
   read from the masks per chunk (``Round.sent_rows``), so memory stays small.
+  A plan whose counts fit in ``COUNT_ALL_LIMIT`` entries has them all read in one
+  pass first (``Plan.count_all``): its windows are disjoint, so that is one read
+  of the masks instead of one per round.
+* When a chunk's slots are not all written by every worker (and no host packs
+  or straggles), a worker's records are timed as its first, second, ... record
+  of the chunk, for all workers at once: its records use only its own PCIe read
+  engine and link out, in slot order, so each value is the same operation on
+  the same operands as slot by slot, with far fewer numpy calls per round.
 
 The sparse algorithms run on a switched fabric, as in the OmNICCL and
 OmniReduce testbeds: every node (and every dedicated aggregator) has one
@@ -59,6 +67,9 @@ from nicemu.nic.faults import FaultSpec
 from nicemu.nic.profile import Profile
 from nicemu.nic.stragglers import node_factors
 
+#: (slot, worker) counts of a whole plan read from the masks in one go when they fit; 0 = round by round
+COUNT_ALL_LIMIT = 1 << 21
+
 __all__ = ["SparseTiming", "as_timing", "model_sparse", "plan_sparse", "sparse_time", "spot_memory_bytes",
            "time_sparse_plan"]
 
@@ -82,6 +93,8 @@ def sparse_time(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec |
                 call: int = 0, stragglers: dict[int, float] | None = None) -> SparseTiming:
     """Emulated time of the plan; ``faults`` delay the Rx-spot writes (docs/model.md §11.5),
     ``stragglers`` slow the service times of nodes (worker or aggregator; docs/model.md §12)."""
+    if isinstance(plan, Plan):
+        plan.count_all(COUNT_ALL_LIMIT)
     slow = node_factors(stragglers or {}, 0, plan.layout.nodes)
     t = SpotState(plan, profile, itemsize, faults if faults is not None and faults.active else None, call,
                   slow)

@@ -288,6 +288,32 @@ class Plan:
     cfg: SparseConfig
     rounds: list[Round] = field(default_factory=list)
 
+    def count_all(self, limit: int = _COUNT_CHUNK) -> bool:
+        """Count what every worker writes in every round at once, if the counts fit in ``limit``
+        entries; True if they are now held by the rounds.
+
+        A plan's windows are disjoint (each slot walks its own range forward), so all of
+        them, taken in ascending order, are one read of the masks instead of one per
+        round; the counts are the integers ``sent_rows`` would give round by round.
+        """
+        todo = [r for r in self.rounds if r._sent is None and not r._dense and r._counter is not None]
+        if not todo:
+            return True
+        counter = todo[0]._counter
+        total = sum(len(r.slots) for r in todo)
+        if any(r._counter is not counter for r in todo) or total * counter.nodes > limit:
+            return False
+        lo = np.concatenate([r.lo for r in todo])
+        hi = np.concatenate([r.hi for r in todo])
+        order = np.argsort(lo, kind="stable")
+        sent = np.empty((total, counter.nodes), dtype=np.int32)
+        sent[order] = counter.counts(lo[order], hi[order], np.int32)
+        start = 0
+        for r in todo:
+            r._sent = sent[start:start + len(r.slots)]
+            start += len(r.slots)
+        return True
+
     def upstream_bytes(self, block_bytes: int) -> np.ndarray:
         """Bytes each worker writes into Rx spots over the whole call (data + metadata)."""
         out = np.zeros(self.layout.nodes, dtype=np.int64)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nicemu.collectives.model.sparse.maxplus import NEG, rank_in_group
+from nicemu.collectives.model.sparse.maxplus import NEG
 from nicemu.collectives.model.sparse.state import SpotState
 from nicemu.collectives.schedules.spot_protocol import CREDIT_BYTES, INDEX_BYTES, RECORD_HEADER_BYTES, Round
 
@@ -62,7 +62,7 @@ def _aggregators_send(st: SpotState, res: _Results) -> None:
     """Rx credits, then the result, leave one after the other on each aggregator's link out."""
     nact, f = len(res.slots), st.far
     res.c0, res.e0 = np.zeros(nact), np.zeros(nact)
-    rank = rank_in_group(st.lay.slot_agg[res.slots])
+    rank = st.slot_rank(res.slots)
     for q in range(int(rank.max()) + 1):
         rows = np.flatnonzero(rank == q)
         gs = res.g[rows]

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from nicemu.collectives.model.sparse.maxplus import rank_in_group
 from nicemu.collectives.model.sparse.state import SpotState
 from nicemu.collectives.schedules.spot_protocol import INDEX_BYTES, RECORD_HEADER_BYTES, Round
 
@@ -71,7 +70,7 @@ class Chunk:
 def build_chunk(st: SpotState, rnd: Round, j0: int, j1: int) -> Chunk:
     """Every per-record quantity of slots ``j0..j1`` of ``rnd``."""
     ch = _writers(st, rnd, j0, j1)
-    _order_by_aggregator(ch, st)
+    _order_by_aggregator(ch, st, rnd)
     _record_sizes(ch, st)
     _record_service(ch, st, rnd)
     return ch
@@ -81,8 +80,11 @@ def _writers(st: SpotState, rnd: Round, j0: int, j1: int) -> Chunk:
     """Who writes a record into each slot, and with how many blocks."""
     n, m = st.n, j1 - j0
     if hasattr(rnd, "sent_rows"):
-        small = np.uint8 if int((rnd.hi[j0:j1] - rnd.lo[j0:j1]).max()) < 256 else np.int32
-        sent = rnd.sent_rows(j0, j1, small)
+        if getattr(rnd, "_sent", None) is not None:      # counted already (Plan.count_all)
+            sent = rnd.sent_rows(j0, j1)
+        else:
+            small = np.uint8 if int((rnd.hi[j0:j1] - rnd.lo[j0:j1]).max()) < 256 else np.int32
+            sent = rnd.sent_rows(j0, j1, small)
         rep = np.asarray(rnd.reports_rows(j0, j1, sent), dtype=bool)
     else:                           # rounds given as plain arrays
         sent, rep = rnd.sent[j0:j1], np.asarray(rnd.reports[j0:j1], dtype=bool)
@@ -111,10 +113,10 @@ def _writers(st: SpotState, rnd: Round, j0: int, j1: int) -> Chunk:
     return ch
 
 
-def _order_by_aggregator(ch: Chunk, st: SpotState) -> None:
+def _order_by_aggregator(ch: Chunk, st: SpotState, rnd: Round) -> None:
     """Rows grouped by the slot's position within its aggregator (stable, so slots stay ascending)."""
     m = ch.m
-    rank = rank_in_group(st.lay.slot_agg[ch.slots])
+    rank = st.slot_rank(rnd.slots if ch.m == len(rnd.slots) else ch.slots)
     ch.order = order = np.argsort(rank, kind="stable")
     ch.pos_of = np.empty(m, dtype=np.int64)
     ch.pos_of[order] = np.arange(m)

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from nicemu.collectives.model.link_faults import FaultStats
-from nicemu.collectives.model.sparse.maxplus import Workspace
+from nicemu.collectives.model.sparse.maxplus import Workspace, rank_in_group
 from nicemu.collectives.schedules.spot_protocol import (
     CREDIT_BYTES,
     INDEX_BYTES,
@@ -85,6 +85,17 @@ class SpotState:
         self.clock = None if self.skip_clock else np.zeros((lay.slots, n))
         self.consumed = self.ready_at = np.zeros(0)   # per slot of the round: Rx spot free, result ready
         self.ws = Workspace(n)
+        self._rank: tuple[np.ndarray, np.ndarray] | None = None
+
+    def slot_rank(self, slots: np.ndarray) -> np.ndarray:
+        """Position of each slot among the consecutive ``slots`` of its aggregator.
+
+        Both phases of a round ask for the round's slots: the last answer is kept
+        for the same array.
+        """
+        if self._rank is None or self._rank[0] is not slots:
+            self._rank = (slots, rank_in_group(self.lay.slot_agg[slots]))
+        return self._rank[1]
 
     def _per_endpoint(self, slow: np.ndarray | None, ends: int) -> None:
         """--straggler: per-endpoint service parameters (scalar x factor, so a factor of 1 gives

@@ -17,11 +17,14 @@ import numpy as np
 
 from nicemu.collectives.model.sparse.aggregation import Block, aggregate
 from nicemu.collectives.model.sparse.fault_delays import record_delays
-from nicemu.collectives.model.sparse.maxplus import NEG, max_plus_rows
+from nicemu.collectives.model.sparse.maxplus import NEG, max_plus_rows, rank_in_group
 from nicemu.collectives.model.sparse.records import Chunk, build_chunk
 from nicemu.collectives.model.sparse.state import SpotState
 from nicemu.collectives.schedules.spot_protocol import INDEX_BYTES, RECORD_HEADER_BYTES, Round
 from nicemu.nic.stragglers import per_node
+
+#: time sparse chunks' records per worker (``_Senders._by_worker``); False: slot by slot (tests compare)
+BY_WORKER = True
 
 
 def time_round(st: SpotState, rnd: Round) -> None:
@@ -64,11 +67,68 @@ class _Senders:
 
     def run(self) -> None:
         ch = self.ch
+        if BY_WORKER and not ch.dense and not self.st.cfg.host_packing and self.st.slow is None:
+            self._by_worker()
+            return
         for j, (s, gj, p) in enumerate(zip(ch.slots.tolist(), ch.g.tolist(), ch.pos_of.tolist())):
             if ch.dense and ch.has_all[p]:
                 self._full_row(s, gj, p)
             else:
                 self._some(j, s, gj, p)
+
+    def _by_worker(self) -> None:
+        """``_some`` for every slot, taken as each worker's first record, then its second, ...
+
+        A worker's records use only its own PCIe read engine and link out, in slot order,
+        so the k-th records of all workers are timed together: every value comes from the
+        same operations, in the same order, as slot by slot.
+        """
+        st, ch, fb = self.st, self.ch, self.fb
+        who = ch.who
+        order = np.argsort(who, kind="stable")          # per worker, its records in slot order
+        rank = rank_in_group(who[order])
+        ranked = np.argsort(rank, kind="stable")
+        rec = order[ranked]                              # first records of all workers, then second, ...
+        bounds = np.searchsorted(rank[ranked], np.arange(int(rank.max(initial=-1)) + 2)).tolist()
+        # per record, in that order
+        w_all, j_all, c_all = who[rec], ch.row[rec], ch.col[rec]
+        p_all = ch.pos_of[j_all]
+        at = (p_all, 0 if ch.const else c_all)
+        has_all = ch.data[at] > 0
+        dpi_all, msg_all = ch.data_pi[at], ch.msg_b[at]
+        fb_all = None if fb is None else fb[p_all, c_all]
+        clock_all = None if self.first_round else st.clock[ch.slots[j_all], w_all]
+        local_all = None if st.dedicated else w_all == ch.g[j_all]
+        rin_all = np.empty(len(rec))
+        rd_free, out_free = st.rd_free, st.out_free
+        for k in range(len(bounds) - 1):
+            b = slice(bounds[k], bounds[k + 1])
+            w = w_all[b]
+            ready = 0.0 if clock_all is None else clock_all[b]
+            r0 = rd_free[w]
+            start = np.maximum(ready, r0)
+            has = has_all[b]
+            rdv = np.where(has, start + dpi_all[b], r0)
+            rd_free[w] = rdv
+            ready = np.where(has, rdv + self.a_p, ready)
+            of = np.maximum(ready, out_free[w])
+            of += msg_all[b]
+            if fb_all is not None:
+                of += fb_all[b]
+            if local_all is None:
+                out_free[w] = of
+            else:
+                local = local_all[b]
+                if local.any():
+                    far = ~local
+                    out_free[w[far]] = of[far]
+                    lp = p_all[b][local]
+                    self.local_pos[lp] = c_all[b][local]
+                    self.ready_local[lp] = ready[local]
+                else:
+                    out_free[w] = of
+            np.add(of, st.alpha, out=rin_all[b])
+        self.rin[p_all, c_all] = rin_all
 
     def _full_row(self, s: int, gj: int, p: int) -> None:
         """Every worker writes a non-empty record: the steps of ``_some``, in place on the arrays."""

@@ -1,0 +1,112 @@
+"""The fast paths of the spot-protocol timing give the numbers of the round-by-round code, bit for bit.
+
+Two checks over many random masks, configs, profiles, faults and stragglers:
+
+* ``FROZEN``: a digest of every number (times as raw float bits, byte counts, fault
+  statistics) of a fixed set of random cases, recorded with the round-by-round code
+  before the fast paths existed. Any change of any emulated time changes it.
+* with the fast paths switched off (``COUNT_ALL_LIMIT = 0``: counts read round by
+  round; ``upstream.BY_WORKER = False``: records sent slot by slot) the same cases
+  give the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import numpy as np
+import pytest
+
+from nicemu.collectives import model_sparse, names, sparse_config
+from nicemu.collectives.model import sparse_timing
+from nicemu.collectives.model.sparse import upstream
+from nicemu.nic.faults import FaultSpec
+from nicemu.nic.profile import load_profile
+from nicemu.workloads.embedding_shards import batch_token_ids, embedding_block_mask
+
+ALGOS = tuple(names(kind="sparse"))
+BASE = ("omniccl-paper", "directreduce-paper")
+
+
+def _masks(rng: np.random.Generator, nodes: int) -> np.ndarray:
+    kind = int(rng.integers(5))
+    if kind == 0:       # an embedding batch: each token's row is non-zero on the rank that owns it
+        ids = batch_token_ids(int(rng.integers(1, 80)), 4096, int(rng.integers(1000)))
+        return embedding_block_mask(ids, 4096, nodes, int(rng.choice([64, 256, 1024])), 16)
+    nblocks = int(rng.choice([int(rng.integers(1, 40)), int(rng.integers(40, 600))]))
+    if kind == 1:
+        return np.ones((nodes, nblocks), dtype=bool)
+    if kind == 2:       # runs of zero blocks: windows get skipped
+        keep = rng.random(nblocks) < 0.2
+        return (rng.random((nodes, nblocks)) < rng.random()) & keep
+    if kind == 3:       # one worker holds everything
+        m = np.zeros((nodes, nblocks), dtype=bool)
+        m[rng.integers(nodes)] = rng.random(nblocks) < 0.3
+        return m
+    return rng.random((nodes, nblocks)) < rng.choice([0.02, 0.1, 0.5, 0.9])
+
+
+def _profile(rng: np.random.Generator):
+    sets = []
+    if rng.random() < 0.5:
+        def num(lo: float, hi: float) -> str:
+            return repr(float(np.exp(rng.uniform(np.log(lo), np.log(hi)))))
+        sets = [f"link.bandwidth_GBps={num(0.5, 400)}", f"link.latency_us={num(0.01, 20)}",
+                f"pcie.bandwidth_GBps={num(1, 200)}", f"pcie.latency_us={num(0.01, 5)}",
+                f"host.reduce_GBps={num(0.5, 100)}", f"host.overhead_us={num(0.01, 30)}",
+                f"nic.reduce_GBps={num(0.5, 300)}", f"nic.memory_KiB={num(1, 4096)}"]
+    return load_profile(BASE[int(rng.integers(2))], sets)
+
+
+def cases(count: int, seed: int):
+    """``count`` random (cfg, masks, profile, itemsize, faults, call, stragglers)."""
+    rng = np.random.default_rng([seed, 5150])
+    for _ in range(count):
+        nodes = int(rng.integers(2, 10))
+        algo = ALGOS[int(rng.integers(len(ALGOS)))]
+        cfg = sparse_config(algo, nodes, block_size=int(rng.choice([1, 16, 256])),
+                            aggregators=[None, 1, 2][int(rng.integers(3))], spots=int(rng.integers(1, 5)),
+                            spot_blocks=int(rng.choice([1, 3, 16, 32])), tx_spots=int(rng.integers(1, 3)))
+        faults = None
+        if rng.random() < 0.3:
+            faults = FaultSpec(drop=float(rng.choice([1e-3, 0.05])), corrupt=float(rng.choice([0.0, 0.02])),
+                               seed=int(rng.integers(100)))
+        stragglers = None
+        if rng.random() < 0.3:
+            stragglers = {int(rng.integers(nodes)): float(rng.choice([1.5, 3.25]))}
+        yield (cfg, _masks(rng, nodes), _profile(rng), int(rng.choice([2, 4])), faults,
+               int(rng.integers(5)), stragglers)
+
+
+def digest(count: int, seed: int) -> str:
+    """Every number of the cases' timings, hashed (floats by their bits)."""
+    h = hashlib.sha256()
+    for cfg, masks, profile, itemsize, faults, call, stragglers in cases(count, seed):
+        t = model_sparse(cfg, masks, profile, itemsize, faults, call, stragglers)
+        h.update(struct.pack("<3d", t.emulated_us, t.host_busy_us, t.nic_busy_us))
+        h.update(np.asarray(t.node_done_us, dtype=np.float64).tobytes())
+        h.update(repr((int(t.wire_bytes), int(t.upstream_bytes), int(t.downstream_bytes), bool(t.spilled),
+                       t.faults)).encode())
+    return h.hexdigest()
+
+
+#: digest(60, seed) per seed, recorded with the round-by-round timing
+FROZEN = {
+    0: "de6807568a363fc2e4b9dcc97f072dee3a3f685944e343cd22bb5443719fe4be",
+    1: "6ad9f68f37b526706a79b18e1be2dbb4c730d888fc1c76584e5fb5f935354545",
+    2: "eb1354eda4246da8d3396121cb497b40fbc92c9ea2d1cead266351697df83e66",
+}
+
+
+@pytest.mark.parametrize("seed", sorted(FROZEN))
+def test_numbers_are_those_of_the_round_by_round_code(seed):
+    assert digest(60, seed) == FROZEN[seed]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_paths_off_give_the_same_numbers(seed, monkeypatch):
+    fast = digest(40, 100 + seed)
+    monkeypatch.setattr(sparse_timing, "COUNT_ALL_LIMIT", 0)
+    monkeypatch.setattr(upstream, "BY_WORKER", False)
+    assert digest(40, 100 + seed) == fast
