@@ -433,11 +433,12 @@ class SpotRun:
                 self.events += 1
                 if fault is not None:
                     fault.at_step(self.events, f"{self._algo()} allreduce (spot protocol)")
-                index = wd.wait_any(self.posted, self._describe_loop)
-                if index == MPI.UNDEFINED:
+                ready = wd.wait_some(self.posted, self._describe_loop)
+                if not ready:
                     raise ProtocolError(f"{self._algo()} allreduce: rank {self.rank} waits for a message "
                                         "but has no receive posted")
-                self._handle(index)
+                for index in ready:       # each posted receive completes at most once per scan
+                    self._handle(index)
             wd.wait(self.requests, self._describe_sends)
             for a in self.aggs.values():
                 for reqs in a.tx_requests:

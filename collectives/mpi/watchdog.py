@@ -13,9 +13,9 @@ Every wait of the MPI executor and of the spot protocol goes through a
   could not run. When every rank has a CPU, the MPI executor makes the wait
   poll without yielding for its first 50 µs and never sleep
   (``Watchdog.busy_s``, ``Watchdog.spin_s``);
-* :meth:`Watchdog.wait_any` does the same with ``Testany`` for the spot
+* :meth:`Watchdog.wait_some` does the same with ``Testsome`` for the spot
   protocol's event loop, which keeps one receive posted per peer and kind of
-  message and handles whichever completes first;
+  message and handles every one that has completed;
 * :meth:`Watchdog.blocking` covers the few calls that are not polled (RMA
   ``Flush`` and ``Unlock_all``, which may need the target's progress, and the
   MPI executor's final ``Allreduce``, which is faster blocking): a daemon
@@ -256,9 +256,11 @@ class Watchdog:
             if testall(requests):
                 return
 
-    def wait_any(self, requests: list[MPI.Request], describe: Describe, *context) -> int:
-        """Complete one of ``requests`` (like ``MPI.Request.Waitany``) and return its index, or raise
-        :class:`CollectiveStalled`; ``MPI.UNDEFINED`` when none is active.
+    def wait_some(self, requests: list[MPI.Request], describe: Describe, *context) -> list[int]:
+        """Complete at least one of ``requests`` (like ``MPI.Request.Waitsome``) and return the indices of
+        all that completed, in increasing order, or raise :class:`CollectiveStalled`; an empty list when
+        none is active. One scan hands back every message that has arrived, so a loop over thousands of
+        posted receives pays the scan once per batch, not once per message.
 
         ``describe(elapsed_s, pending, *context)`` builds the message, only on a timeout. While it
         waits, a stall notice from another rank raises a secondary :class:`CollectiveStalled` at
@@ -266,11 +268,13 @@ class Watchdog:
         it learns that the job is ending).
         """
         if self.limit <= 0:
-            return MPI.Request.Waitany(requests)
-        testany = MPI.Request.Testany
-        index, done = testany(requests)
+            return sorted(MPI.Request.Waitsome(requests) or [])
+        testsome = MPI.Request.Testsome
+        done = testsome(requests)
+        if done is None:
+            return []
         if done:
-            return index
+            return sorted(done)
         clock = time.perf_counter
         t0 = clock()
         self._wait_began = time.time()
@@ -281,9 +285,9 @@ class Watchdog:
         while True:
             now = clock()
             if now >= deadline:
-                index, done = testany(requests)
+                done = testsome(requests)
                 if done:
-                    return index
+                    return sorted(done)
                 self._stalled(now - t0, describe, now - t0, list(range(len(requests))), *context)
             self._notice_raises()
             if now < busy_end:
@@ -294,9 +298,11 @@ class Watchdog:
                 time.sleep(nap)
                 if nap < NAP_MAX_S:
                     nap = min(nap * 2, NAP_MAX_S)
-            index, done = testany(requests)
+            done = testsome(requests)
+            if done is None:
+                return []
             if done:
-                return index
+                return sorted(done)
 
     def _notice_raises(self) -> None:
         """Raise a secondary :class:`CollectiveStalled` if another rank's stall notice is waiting."""

@@ -209,46 +209,46 @@ def test_notice_from_a_later_wait_does_not_make_this_rank_stand_down(comm, unmat
         late.Wait()
 
 
-# --------------------------------------------------------------------------- wait_any
+# --------------------------------------------------------------------------- wait_some
 
-def test_wait_any_returns_the_completed_request(comm, unmatched):
+def test_wait_some_returns_the_completed_request(comm, unmatched):
     wd = Watchdog(LIMIT, comm)
     inp = np.empty(5, dtype=np.int64)
     reqs = [unmatched, comm.Irecv(inp, 0, 7)]
     send = comm.Isend(np.arange(5, dtype=np.int64), 0, 7)
-    assert wd.wait_any(reqs, describe) == 1
+    assert wd.wait_some(reqs, describe) == [1]
     np.testing.assert_array_equal(inp, np.arange(5))
     assert reqs[1] == MPI.REQUEST_NULL and reqs[0] is unmatched
     send.Wait()
 
 
-def test_wait_any_completes_after_the_spin(comm, unmatched):
+def test_wait_some_completes_after_the_spin(comm, unmatched):
     wd = Watchdog(HUNG_S, comm)
     inp = np.empty(3)
     reqs = [unmatched, comm.Irecv(inp, 0, TAG + 2)]
     timer = threading.Timer(0.05, lambda: comm.Send(np.arange(3.0), 0, TAG + 2))
     timer.start()
-    assert wd.wait_any(reqs, describe) == 1
+    assert wd.wait_some(reqs, describe) == [1]
     timer.join()
     np.testing.assert_array_equal(inp, np.arange(3.0))
 
 
-def test_wait_any_with_nothing_active(comm):
+def test_wait_some_with_nothing_active(comm):
     wd = Watchdog(LIMIT, comm)
-    assert wd.wait_any([MPI.REQUEST_NULL], describe) == MPI.UNDEFINED
+    assert wd.wait_some([MPI.REQUEST_NULL], describe) == []
 
 
-def test_wait_any_times_out_with_the_message(comm, unmatched):
+def test_wait_some_times_out_with_the_message(comm, unmatched):
     wd = Watchdog(LIMIT, comm)
     with pytest.raises(CollectiveStalled, match=r"^waited 0\.2 s; pending \[0\]; context \('loop',\)$"):
-        wd.wait_any([unmatched], describe, "loop")
+        wd.wait_some([unmatched], describe, "loop")
 
 
-def test_wait_any_turns_a_notice_into_a_secondary_stall(comm, unmatched):
+def test_wait_some_turns_a_notice_into_a_secondary_stall(comm, unmatched):
     wd = Watchdog(HUNG_S, comm)
     send = comm.Isend(np.array([0.0, 0.0]), 0, wd.notice_tag)
     with pytest.raises(CollectiveStalled) as info:
-        wd.wait_any([unmatched], describe)
+        wd.wait_some([unmatched], describe)
     assert info.value.secondary and "rank 0" in str(info.value)
     send.Wait()                              # the notice was consumed by the wait
     assert not comm.Iprobe(0, wd.notice_tag)
