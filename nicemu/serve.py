@@ -26,7 +26,7 @@ from nicemu import argtypes
 from nicemu.collectives.api.checks import check_algo
 from nicemu.collectives.registry import get, is_sparse, names
 from nicemu.errors import UsageError
-from nicemu.hostinfo import available_cpus
+from nicemu.hostinfo import available_cpus, fork_writer
 from nicemu.nic.profile import load_profile
 from nicemu.progress import Progress
 from nicemu.serve_report import HEADER, UNITS, check_plot, table_row, write_cdf_plot, write_json, write_request_csv
@@ -314,24 +314,15 @@ def _fork_share(share: list[str], work) -> tuple[int, int]:
     The child writes ``{"records": ..., "rows": ...}`` (or ``{"error": traceback}``) as JSON to a pipe
     and leaves with ``os._exit``, so MPI's exit handlers run in the parent only.
     """
-    read_fd, write_fd = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
+    def write(out) -> None:
         try:
             records, rows, _ = work(share)
             payload = {"records": records, "rows": rows}
         except BaseException:
             payload = {"error": traceback.format_exc(limit=-4)}
-        try:
-            with os.fdopen(write_fd, "wb") as f:
-                f.write(json.dumps(payload).encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    return pid, read_fd
+        out.write(json.dumps(payload))
+
+    return fork_writer(write)
 
 
 def _join_shares(algos: list[str], records: list[dict], rows: list[dict], children: list[tuple[int, int]]

@@ -21,7 +21,7 @@ import traceback
 from nicemu import argtypes, bench
 from nicemu.errors import NicemuError, UsageError
 from nicemu.grid import Grid, load_grid, point_label
-from nicemu.hostinfo import available_cpus
+from nicemu.hostinfo import available_cpus, fork_writer
 from nicemu.launch import SoloComm
 from nicemu.progress import Progress
 from nicemu.report import KEYS
@@ -236,24 +236,15 @@ def _add_gains(records: list[dict], points: list[dict]) -> bool:
 def _fork_worker(points: list[tuple[int, dict]], keep_going: bool) -> tuple[int, int]:
     """Run ``points`` in a forked child that writes one JSON line per finished point to a pipe
     (``[index, record]``, or ``["error", traceback]``) and leaves with ``os._exit``."""
-    read_fd, write_fd = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
+    def write(out) -> None:
         try:
-            with os.fdopen(write_fd, "w") as out:
-                try:
-                    for i, point in points:
-                        out.write(json.dumps([i, run_point(point, keep_going)]) + "\n")
-                        out.flush()
-                except BaseException:
-                    out.write(json.dumps(["error", traceback.format_exc(limit=-4)]) + "\n")
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    return pid, read_fd
+            for i, point in points:
+                out.write(json.dumps([i, run_point(point, keep_going)]) + "\n")
+                out.flush()
+        except BaseException:
+            out.write(json.dumps(["error", traceback.format_exc(limit=-4)]) + "\n")
+
+    return fork_writer(write)
 
 
 def _run_forked(todo: list[tuple[int, dict]], jobs: int, keep_going: bool, done) -> None:
