@@ -4,10 +4,13 @@ Every rank allocates one window with ``Win.Allocate`` holding, for each
 aggregator it hosts, ``S`` Rx spots with one record region per worker and
 ``T`` Tx spots per Rx spot. A record is::
 
-    int64 count | int64 next | int64 index[C] | block[C]   (block = block_bytes)
+    int64 count | int64 next | int64 slot | int64 round | int64 index[C] | block[C]   (block = block_bytes)
 
 In an Rx record ``next`` is the worker's next-non-zero pointer; in a Tx record
-it is the start of the slot's next window. Workers ``Put`` their records into
+it is the start of the slot's next window. ``slot`` and ``round`` let a rank
+keep one result receive per aggregator rank and still know what each result
+is; the emulated wire bytes do not count them (the timing charges the
+published 16-byte header, collectives/schedules/spot_protocol.py). Workers ``Put`` their records into
 the Rx regions; the aggregator reads and reduces them in its own memory and
 scatters Tx records. The window is kept for reuse across calls and freed with
 :meth:`SpotWindows.free` (or ``with``), so no window is ever leaked.
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-HEADER_WORDS = 2
+HEADER_WORDS = 4
 
 
 @dataclass(frozen=True)
@@ -33,10 +36,10 @@ class RecordLayout:
         return 8 * (HEADER_WORDS + self.capacity) + self.capacity * self.block_bytes
 
     def fill(self, buf: np.ndarray, count: int, nxt: int, indices: np.ndarray,
-             blocks: np.ndarray) -> int:
+             blocks: np.ndarray, slot: int = -1, rnd: int = -1) -> int:
         """Write a record into a uint8 buffer; returns its used length in bytes."""
         words = buf[:8 * (HEADER_WORDS + self.capacity)].view(np.int64)
-        words[0], words[1] = count, nxt
+        words[0], words[1], words[2], words[3] = count, nxt, slot, rnd
         words[HEADER_WORDS:HEADER_WORDS + count] = indices
         data_at = 8 * (HEADER_WORDS + self.capacity)
         buf[data_at:data_at + count * self.block_bytes] = blocks.reshape(-1)[:count * self.block_bytes]
@@ -49,6 +52,12 @@ class RecordLayout:
         data_at = 8 * (HEADER_WORDS + self.capacity)
         blocks = buf[data_at:data_at + count * self.block_bytes].reshape(count, self.block_bytes)
         return count, nxt, words[HEADER_WORDS:HEADER_WORDS + count], blocks
+
+    @staticmethod
+    def origin(buf: np.ndarray) -> tuple[int, int]:
+        """(slot, round) written into a record by :meth:`fill`."""
+        words = buf[:8 * HEADER_WORDS].view(np.int64)
+        return int(words[2]), int(words[3])
 
 
 class SpotWindows:

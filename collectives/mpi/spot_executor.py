@@ -15,6 +15,12 @@ Each rank runs the workers and aggregators it hosts as one event loop:
   sends from it have completed, so with one Tx spot the next round waits for
   the whole scatter, and with two it overlaps it.
 
+Credits and results are the same for every worker, so the aggregator sends
+each once per *rank* (not per hosted node): the rank applies it to all its
+workers and returns one Tx credit for them. With virtual nodes (64 nodes on 4
+ranks) this divides the scatter's messages by the nodes per rank; the
+emulated time is unaffected, as it comes from the model (below).
+
 Blocks that are zero on every worker are never written, sent or touched: the
 output starts as zeros. The emulated time does not come from this loop (its
 message order depends on the wall clock) but from :mod:`nicemu.collectives.model.sparse_timing`
@@ -24,14 +30,15 @@ workers' real pointers produce are exactly the planned ones.
 Every receive names its source and its tag (collectives/mpi/tags.py), so a
 fast rank's next call (dense, point-to-point or sparse, on the same
 communicator) can never take this call's messages. The event loop keeps one
-receive posted per peer rank and kind of control message it can get (records
-and Tx credits from every rank, on a rank hosting aggregators; Rx credits and
-NACKs from the ranks hosting aggregators), and one per (slot, local worker) for
-the results, each into a buffer of its own; it handles whichever completes
-first and posts it again. When the loop ends every message it expected has
-arrived: a worker counts its Rx credits (a credit need not precede the last
-result of its slot), the rest comes causally before the results and Tx credits
-the loop waits for. The receives still posted are cancelled, and one that
+receive posted per peer rank and kind of message it can get (records and Tx
+credits from every rank, on a rank hosting aggregators; Rx credits, NACKs and
+results from the ranks hosting aggregators), each into a buffer of its own, so
+the receives it polls grow with the ranks, not with the slots or nodes; a
+result names its slot and round in its record header. The loop handles every
+receive that has completed and posts it again. When the loop ends every
+message it expected has arrived: a rank counts its Rx credits (a credit need
+not precede the last result of its slot), the rest comes causally before the
+results and Tx credits the loop waits for. The receives still posted are cancelled, and one that
 matched a message instead is a protocol error.
 
 Every wait (the event loop's, the aggregator's wait for a Tx spot's scatter,
@@ -69,9 +76,9 @@ from nicemu.nic.faults import FaultSpec, transfer_faults
 from nicemu.nic.spots import RecordLayout, SpotWindows
 
 NOTE_WORDS = 7   # a record's notification: slot, round, worker, count, next, bytes, CRC32
-#: words of each control message, by tag
-CONTROL_WORDS = {tags.SPOT_RECORD: NOTE_WORDS, tags.SPOT_CREDIT: 4, tags.SPOT_TXCREDIT: 3, tags.SPOT_NACK: 3}
-RESULT = -1      # the kind of a posted result receive
+#: words of each control message, by tag (an Rx credit: slot, round, next; a Tx credit: slot, round,
+#: workers; a NACK: slot, round, worker)
+CONTROL_WORDS = {tags.SPOT_RECORD: NOTE_WORDS, tags.SPOT_CREDIT: 3, tags.SPOT_TXCREDIT: 3, tags.SPOT_NACK: 3}
 
 
 @dataclass
@@ -85,7 +92,8 @@ class AggSlot:
     pointers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     arrived: dict[int, tuple[int, int]] = field(default_factory=dict)   # worker -> (count, next)
     expected: set[int] = field(default_factory=set)
-    tx_pending: list[int] = field(default_factory=list)                  # credits still out, per Tx spot
+    tx_pending: list[set[int]] = field(default_factory=list)   # ranks whose Tx credit is out, per Tx spot
+    tx_round: list[int] = field(default_factory=list)          # the round each Tx spot last held
     tx_requests: list[list] = field(default_factory=list)
     done: bool = False
     finished: bool = False     # done, and every Tx credit is back
@@ -131,10 +139,11 @@ class SpotRun:
         self.out = np.zeros_like(self.blocks)
         self.requests: list[MPI.Request] = []
         self.staging: dict[tuple[int, int], np.ndarray] = {}
-        # the event loop's posted receives, and for each: (tag or RESULT, source, buffer, (slot, worker))
+        # the event loop's posted receives, and for each: (tag, source, buffer)
         self.posted: list[MPI.Request] = []
-        self.posted_info: list[tuple[int, int, np.ndarray, tuple[int, int]]] = []
-        self.credits_due = 0     # Rx credits this rank's workers still expect
+        self.posted_info: list[tuple[int, int, np.ndarray]] = []
+        self.credits_due = 0     # Rx credits this rank still expects (one per slot and round with a next)
+        self.readers = [int(r) for r in np.unique(node_rank[:self.n])]   # ranks that host workers
         # expected planned windows per slot, for the self-check
         self.planned: dict[int, list[tuple[int, int, int]]] = {}
         for rnd in plan.rounds:
@@ -147,9 +156,6 @@ class SpotRun:
     def _jitter(self) -> None:
         if self.jitter_us > 0:
             time.sleep(self.rng.random() * self.jitter_us * 1e-6)
-
-    def _result_tag(self, slot: int, worker: int) -> int:
-        return tags.spot_result(slot, worker, self.n)
 
     def _isend(self, buf: np.ndarray, dest: int, tag: int) -> MPI.Request:
         req = self.comm.Isend(buf, dest, tag)
@@ -231,25 +237,30 @@ class SpotRun:
         self._put_record(worker, slot, rnd)
 
     def _on_credit(self, msg: np.ndarray) -> None:
-        slot, rnd, worker, nxt = (int(v) for v in msg)
+        slot, rnd, nxt = (int(v) for v in msg)
         self.credits_due -= 1
         if self.credits_due < 0:
-            raise ProtocolError(f"slot {slot}: an Rx credit for worker {worker} round {rnd} that the plan "
-                                "does not have")
+            raise ProtocolError(f"slot {slot}: an Rx credit for round {rnd} that the plan does not have")
         if nxt < int(self.lay.slot_hi[slot]):
-            self._write_record(worker, slot, rnd + 1, nxt)
+            for worker in self.workers:
+                self._write_record(worker, slot, rnd + 1, nxt)
 
-    def _on_result(self, slot: int, worker: int, source: int, landing: np.ndarray) -> None:
+    def _on_result(self, source: int, landing: np.ndarray) -> None:
+        """A Tx record for every worker of this rank: keep it, return one Tx credit, go on."""
+        slot, rnd = self.rec.origin(landing)
+        if slot not in self.slots_left or rnd != self.slot_rounds[slot]:
+            raise ProtocolError(f"slot {slot}: a round {rnd} result from rank {source} that the plan does "
+                                f"not have here")
         count, nxt, idx, rows = self.rec.read(landing)
-        local = worker - self.lo
-        self.out[local, idx] = rows.view(self.work.dtype).reshape(count, self.bs)
-        self.worker_rounds[(worker, slot)] += 1
-        credit = np.array([slot, self.worker_rounds[(worker, slot)] - 1, worker], dtype=np.int64)
-        self._isend(credit, source, tags.SPOT_TXCREDIT)
+        self.out[:, idx] = rows.view(self.work.dtype).reshape(count, self.bs)
+        self.slot_rounds[slot] = rnd + 1
+        self._isend(np.array([slot, rnd, len(self.workers)], dtype=np.int64), source, tags.SPOT_TXCREDIT)
         if nxt >= int(self.lay.slot_hi[slot]):
-            self.workers_left.discard((worker, slot))
+            self.slots_left.discard(slot)
+            self.open_by_source[source].discard(slot)
         elif not self.cfg.credits:
-            self._write_record(worker, slot, self.worker_rounds[(worker, slot)], nxt)
+            for worker in self.workers:
+                self._write_record(worker, slot, rnd + 1, nxt)
 
     # ---- aggregator side -----------------------------------------------------------
 
@@ -284,7 +295,7 @@ class SpotRun:
         if a.done or len(a.arrived) < len(a.expected):
             return
         tx = a.round % self.cfg.tx_spots
-        if a.tx_pending[tx] > 0:
+        if a.tx_pending[tx]:
             return                       # readers of this Tx spot are not all done yet
         self.watchdog.wait(a.tx_requests[tx], self._describe_scatter, a)
         a.tx_requests[tx] = []
@@ -306,28 +317,28 @@ class SpotRun:
             raise ProtocolError(f"slot {a.slot} round {a.round}: window {start}, {len(union)} blocks, "
                                 f"next {nxt}; the plan has {expect}")
         txbuf = self.wins.view(self.wins.tx_offset(a.local_agg, spot, tx))
-        used = self.rec.fill(txbuf, len(union), nxt, union, acc.view(np.uint8))
+        used = self.rec.fill(txbuf, len(union), nxt, union, acc.view(np.uint8), a.slot, a.round)
         if self.cfg.credits and nxt < a.hi:
-            for w in range(self.n):
-                self._isend(np.array([a.slot, a.round, w, nxt], dtype=np.int64),
-                            int(self.node_rank[w]), tags.SPOT_CREDIT)
+            for r in self.readers:
+                self._isend(np.array([a.slot, a.round, nxt], dtype=np.int64), r, tags.SPOT_CREDIT)
         self._jitter()
-        reqs = [self.comm.Isend(txbuf[:used], int(self.node_rank[w]), self._result_tag(a.slot, w))
-                for w in range(self.n)]
-        a.tx_requests[tx] = reqs
-        a.tx_pending[tx] = self.n
+        a.tx_requests[tx] = [self.comm.Isend(txbuf[:used], r, tags.SPOT_RESULT) for r in self.readers]
+        a.tx_pending[tx] = set(self.readers)
+        a.tx_round[tx] = a.round
         a.round += 1
         if nxt >= a.hi:
             a.done = True
         else:
             self._open_round(a, nxt)
 
-    def _on_txcredit(self, msg: np.ndarray) -> None:
+    def _on_txcredit(self, source: int, msg: np.ndarray) -> None:
         slot, rnd, _ = (int(v) for v in msg)
         a = self.aggs[slot]
         tx = rnd % self.cfg.tx_spots
-        a.tx_pending[tx] -= 1
-        if a.done and sum(a.tx_pending) == 0:
+        if rnd != a.tx_round[tx] or source not in a.tx_pending[tx]:
+            raise ProtocolError(f"slot {slot}: a Tx credit of rank {source} for round {rnd} that is not due")
+        a.tx_pending[tx].discard(source)
+        if a.done and not any(a.tx_pending):
             a.finished = True
         self._try_aggregate(a)
 
@@ -335,47 +346,41 @@ class SpotRun:
 
     def _post(self, index: int) -> None:
         """(Re)post receive ``index`` of the event loop."""
-        kind, source, buf, key = self.posted_info[index]
-        tag = self._result_tag(*key) if kind == RESULT else kind
+        tag, source, buf = self.posted_info[index]
         self.posted[index] = self.comm.Irecv(buf, source, tag)
 
-    def _expect(self, kind: int, source: int, buf: np.ndarray, key: tuple[int, int] = (-1, -1)) -> None:
-        self.posted_info.append((kind, source, buf, key))
+    def _expect(self, tag: int, source: int, buf: np.ndarray) -> None:
+        self.posted_info.append((tag, source, buf))
         self.posted.append(MPI.REQUEST_NULL)
         self._post(len(self.posted) - 1)
 
-    def _post_receives(self, active: list[int], workers: range) -> None:
-        """One receive per (peer rank, kind of control message) this rank can get, and one per
-        (slot, local worker) for the results (see the module docstring)."""
+    def _post_receives(self, active: list[int]) -> None:
+        """One receive per (peer rank, kind of message) this rank can get (see the module docstring)."""
         lay, cfg = self.lay, self.cfg
         if self.aggs:                                  # records and Tx credits come from every rank
             for kind in (tags.SPOT_RECORD, tags.SPOT_TXCREDIT):
                 for peer in range(self.comm.size):
                     self._expect(kind, peer, np.empty(CONTROL_WORDS[kind], dtype=np.int64))
-        agg_ranks = sorted({int(self.agg_rank[int(lay.slot_agg[s])]) for s in active})
         kinds = ([tags.SPOT_CREDIT] if cfg.credits else []) + ([tags.SPOT_NACK] if self.faults is not None else [])
         for kind in kinds:
-            for peer in agg_ranks:
+            for peer in sorted(self.open_by_source):
                 self._expect(kind, peer, np.empty(CONTROL_WORDS[kind], dtype=np.int64))
-        for s in active:
-            source = int(self.agg_rank[int(lay.slot_agg[s])])
-            for w in workers:
-                self._expect(RESULT, source, np.empty(self.rec.nbytes, dtype=np.uint8), (s, w))
-        if cfg.credits:        # one per local worker, slot and round that has a next one
-            per_worker = sum(1 for s in active for _, _, nxt in self.planned[s] if nxt < int(lay.slot_hi[s]))
-            self.credits_due = per_worker * len(workers)
+        for peer in sorted(self.open_by_source):
+            self._expect(tags.SPOT_RESULT, peer, np.empty(self.rec.nbytes, dtype=np.uint8))
+        if cfg.credits:        # one per slot and round that has a next one
+            self.credits_due = sum(1 for s in active for _, _, nxt in self.planned[s] if nxt < int(lay.slot_hi[s]))
 
     def _cancel_receives(self) -> None:
         """Cancel the receives still posted; one that matched a message instead is a protocol error."""
         matched = []
-        for req, (kind, source, _, key) in zip(self.posted, self.posted_info):
+        for req, (tag, source, _) in zip(self.posted, self.posted_info):
             if req == MPI.REQUEST_NULL:
                 continue
             req.Cancel()
             status = MPI.Status()
             req.Wait(status)
             if not status.Is_cancelled():
-                matched.append(f"tag {self._result_tag(*key) if kind == RESULT else kind} from rank {source}")
+                matched.append(f"tag {tag} from rank {source}")
         self.posted = []
         if matched:
             raise ProtocolError(f"{self._algo()} allreduce: messages nobody expected arrived: "
@@ -383,26 +388,24 @@ class SpotRun:
 
     def _handle(self, index: int) -> None:
         """Handle what receive ``index`` got, and post it again while more can come."""
-        kind, source, buf, key = self.posted_info[index]
-        if kind == RESULT:
-            slot, worker = key
-            self._on_result(slot, worker, source, buf)
-            if (worker, slot) in self.workers_left:
+        tag, source, buf = self.posted_info[index]
+        if tag == tags.SPOT_RESULT:
+            self._on_result(source, buf)
+            if self.open_by_source[source]:
                 self._post(index)
             return
-        if kind == tags.SPOT_RECORD:
+        if tag == tags.SPOT_RECORD:
             self._on_record(buf)
-        elif kind == tags.SPOT_NACK:
+        elif tag == tags.SPOT_NACK:
             self._on_nack(buf)
-        elif kind == tags.SPOT_CREDIT:
+        elif tag == tags.SPOT_CREDIT:
             self._on_credit(buf)
         else:
-            self._on_txcredit(buf)
+            self._on_txcredit(source, buf)
         self._post(index)
 
     def run(self) -> None:
         lay, cfg = self.lay, self.cfg
-        tags.check_spot_results(self.comm, len(lay.slot_hi), self.n)    # the same verdict on every rank
         active = [int(s) for s in np.flatnonzero(lay.slot_hi > lay.slot_lo)]
         self.aggs: dict[int, AggSlot] = {}
         for s in active:
@@ -410,26 +413,30 @@ class SpotRun:
             if int(self.agg_rank[agg]) == self.rank:
                 a = AggSlot(s, int(self.agg_local[agg]), int(lay.slot_lo[s]), int(lay.slot_hi[s]))
                 a.pointers = np.full(self.n, -1, dtype=np.int64)
-                a.tx_pending = [0] * cfg.tx_spots
+                a.tx_pending = [set() for _ in range(cfg.tx_spots)]
+                a.tx_round = [-1] * cfg.tx_spots
                 a.tx_requests = [[] for _ in range(cfg.tx_spots)]
                 self._open_round(a, a.lo)
                 self.aggs[s] = a
-        workers = range(self.lo, self.lo + self.work.shape[0])
-        self.worker_rounds = {(w, s): 0 for w in workers for s in active}
-        self.workers_left = {(w, s) for w in workers for s in active}
+        self.workers = workers = range(self.lo, self.lo + self.work.shape[0])
+        self.slot_rounds = {s: 0 for s in active}     # results received, per slot
+        self.slots_left = set(active)                 # slots whose last result has not come
+        self.open_by_source: dict[int, set[int]] = {}  # aggregator rank -> its slots in slots_left
+        for s in active:
+            self.open_by_source.setdefault(int(self.agg_rank[int(lay.slot_agg[s])]), set()).add(s)
         win = self.wins.win
         wd = self.watchdog
         fault = local_fault_hook(self.rank)
         win.Lock_all()
         try:
             # receives first: a record or result never waits in MPI's unexpected queue for them
-            self._post_receives(active, workers)
+            self._post_receives(active)
             if fault is not None:
                 fault.at_step(0, f"{self._algo()} allreduce (spot protocol)")
             for s in active:
                 for w in workers:
                     self._write_record(w, s, 0, int(lay.slot_lo[s]))
-            while self.workers_left or self.credits_due > 0 or any(not a.finished for a in self.aggs.values()):
+            while self.slots_left or self.credits_due > 0 or any(not a.finished for a in self.aggs.values()):
                 self.events += 1
                 if fault is not None:
                     fault.at_step(self.events, f"{self._algo()} allreduce (spot protocol)")
@@ -488,27 +495,28 @@ class SpotRun:
                     continue
             if any(a.tx_pending):
                 waiting.append(agg_node)
-                credits.append((a.slot, sum(a.tx_pending)))
-        by_rank: dict[int, list[tuple[int, int, int, int]]] = {}
-        for worker, slot in sorted(self.workers_left):
-            agg = int(self.lay.slot_agg[slot])
-            by_rank.setdefault(int(self.agg_rank[agg]), []).append(
-                (worker, slot, int(self.lay.aggregator_node[agg]), self.worker_rounds[(worker, slot)]))
-        for agg_rank, entries in sorted(by_rank.items()):
-            workers, slots, agg_nodes, rounds = (sorted({e[i] for e in entries}) for i in range(4))
+                owed = sorted(set().union(*a.tx_pending))
+                ranks += owed
+                rounds = sorted(a.tx_round[tx] for tx, p in enumerate(a.tx_pending) if p)
+                credits.append(f"the round {'/'.join(map(str, rounds))} Tx credit(s) of slot {a.slot} from "
+                               f"{ranks_text(owed)}")
+        by_rank: dict[int, list[int]] = {}
+        for slot in sorted(self.slots_left):
+            by_rank.setdefault(int(self.agg_rank[int(self.lay.slot_agg[slot])]), []).append(slot)
+        for agg_rank, slots in sorted(by_rank.items()):
+            agg_nodes = [int(self.lay.aggregator_node[int(self.lay.slot_agg[sl])]) for sl in slots]
+            rounds = sorted({self.slot_rounds[sl] for sl in slots})
             ranks.append(agg_rank)
-            waiting += workers
+            waiting += self._local_nodes()
             rnd = f"{rounds[0]}" if len(rounds) == 1 else f"{rounds[0]}-{rounds[-1]}"
-            items.append(f"the round {rnd} result of {listing('slot', slots)} for "
-                         f"{nodes_text(workers)} from aggregator {nodes_text(agg_nodes)} (rank {agg_rank})")
+            items.append(f"the round {rnd} result of {listing('slot', slots)} from aggregator "
+                         f"{nodes_text(agg_nodes)} (rank {agg_rank})")
         if self.credits_due and not by_rank:
-            agg_ranks = sorted({int(self.agg_rank[int(self.lay.slot_agg[sl])]) for _, sl in self.worker_rounds})
+            agg_ranks = sorted({int(self.agg_rank[int(self.lay.slot_agg[sl])]) for sl in self.slot_rounds})
             ranks += agg_ranks
             waiting += self._local_nodes()
             items.append(f"{self.credits_due} Rx credit(s) from the aggregators ({ranks_text(agg_ranks)})")
-        if credits:           # last: they name no peer
-            items.append(f"{sum(c for _, c in credits)} Tx credit(s) of "
-                         f"{listing('slot', [sl for sl, _ in credits])} from the workers")
+        items += credits
         if len(items) > 3:
             items = items[:3] + [f"{len(items) - 3} more"]
         what = "for " + "; ".join(items) if items else "for a message"
@@ -516,8 +524,8 @@ class SpotRun:
 
     def _describe_scatter(self, elapsed: float, pending: list[int], a: AggSlot) -> str:
         agg_node = int(self.lay.aggregator_node[int(self.lay.slot_agg[a.slot])])
-        workers = [w for w in pending if w < self.n]      # one send per worker, in worker order
-        ranks = sorted({int(self.node_rank[w]) for w in workers})
+        ranks = sorted({self.readers[i] for i in pending})     # one send per reader rank, in rank order
+        workers = [w for w in range(self.n) if int(self.node_rank[w]) in ranks]
         return self._stall(elapsed, [agg_node], f"for the result of slot {a.slot} to reach "
                            f"{nodes_text(workers)} ({ranks_text(ranks)})", ranks)
 

@@ -14,8 +14,7 @@ dense step loop            10-12        collectives/mpi/step_loop.py and its tra
 reliable delivery          20-22        collectives/mpi/reliable.py (with link faults)
 point-to-point             30-31        collectives/mpi/p2p.py
 serve's result gathering   41           nicemu/serve.py (reserved here)
-spot protocol, control     60-63        collectives/mpi/spot_executor.py
-spot protocol, results     1000-...     one tag per (slot, worker), below the notice
+spot protocol              60-64        collectives/mpi/spot_executor.py
 watchdog stall notice      ``TAG_UB``   collectives/mpi/watchdog.py (from any rank)
 =========================  ===========  =============================================
 
@@ -28,8 +27,6 @@ message.
 from __future__ import annotations
 
 from mpi4py import MPI
-
-from nicemu.errors import CollectiveError
 
 #: the dense step loop: a transfer's packet-stream times, its data, or both in one packed message
 STEP_TIME = 10
@@ -53,9 +50,8 @@ SPOT_RECORD = 60
 SPOT_CREDIT = 61
 SPOT_TXCREDIT = 62
 SPOT_NACK = 63
-
-#: the spot protocol's results: SPOT_RESULT_BASE + slot * nodes + worker
-SPOT_RESULT_BASE = 1000
+#: the spot protocol's Tx records (results); the record's header names its slot and round
+SPOT_RESULT = 64
 
 #: what MPI guarantees every communicator allows (the standard's minimum ``TAG_UB``)
 MIN_TAG_UB = 32767
@@ -71,16 +67,3 @@ def notice_tag(comm: MPI.Comm) -> int:
     """The watchdog's stall notice: the largest tag, above every other range."""
     return tag_ub(comm)
 
-
-def spot_result(slot: int, worker: int, nodes: int) -> int:
-    """The tag of the results of ``slot`` for ``worker``."""
-    return SPOT_RESULT_BASE + slot * nodes + worker
-
-
-def check_spot_results(comm: MPI.Comm, slots: int, nodes: int) -> None:
-    """Raise :class:`CollectiveError` when a sparse call needs more result tags than ``comm`` has."""
-    last = spot_result(slots - 1, nodes - 1, nodes) if slots and nodes else SPOT_RESULT_BASE
-    if last >= notice_tag(comm):
-        raise CollectiveError(f"the spot protocol needs result tags up to {last} ({slots} slots x {nodes} "
-                              f"nodes) but this MPI allows tags up to {tag_ub(comm) - 1}; use fewer "
-                              "aggregators or spots")

@@ -195,10 +195,3 @@ def test_transport_choice_in_one_process(faults, stragglers, transport):
     with Emulator(MPI.COMM_SELF, "ring:4", PROFILE, faults=faults, stragglers=stragglers) as e:
         e.allreduce(np.ones((4, 64), dtype=np.float32), algo="ring")
         assert e.executor.last_transport.name == transport
-
-
-def test_spot_result_tags_must_fit_below_the_notice_tag():
-    from nicemu.collectives.mpi import tags
-    tags.check_spot_results(MPI.COMM_SELF, 64, 64)
-    with pytest.raises(CollectiveError, match="result tags"):
-        tags.check_spot_results(MPI.COMM_SELF, tags.tag_ub(MPI.COMM_SELF), 2)
