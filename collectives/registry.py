@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nicemu.collectives.schedules import alltoall, directreduce, host_ring, omniccl
+from nicemu.collectives.schedules import alltoall, directreduce, host_ring, omniccl, recursive, tree
 from nicemu.collectives.schedules.spot_protocol import SparseConfig
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
@@ -21,7 +21,7 @@ from nicemu.topologies import Torus
 #: every collective the emulator implements
 COLLECTIVES = ("allreduce", "reducescatter", "allgather", "alltoall")
 #: topology kinds (the part of a spec before the colon)
-TOPOLOGY_KINDS = ("ring", "torus", "astra")
+TOPOLOGY_KINDS = ("ring", "switch", "torus", "astra")
 
 Builder = Callable[[str, Torus, int, bool], Schedule]   # (collective, topology, count, bidirectional)
 
@@ -39,6 +39,7 @@ class Algorithm:
     dense_partner: str | None = None   # sparse: the dense algorithm on the same hardware (serving's
                                        # per-layer AllReduces and all-to-all run on it)
     topologies: tuple[str, ...] = TOPOLOGY_KINDS
+    link_faults: bool = True           # runs with --faults (go-back-N on neighbour links)
 
     @property
     def kind(self) -> str:
@@ -74,6 +75,16 @@ REGISTRY: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("directreduce", "DirectReduce: in-NIC reduction with packet-level stream aggregation "
               "(alltoall: the NIC forwards transit blocks cut-through)",
               COLLECTIVES, "nic", build=_directreduce),
+    Algorithm("recursive-doubling", "MPICH's short-message AllReduce: lg p exchanges of the whole vector "
+              "with partners 2^k apart (non-powers of two fold in first); allgather by recursive doubling",
+              ("allreduce", "allgather"), "host", build=recursive.build_recursive_doubling, link_faults=False),
+    Algorithm("rabenseifner", "MPICH's long-message AllReduce: reduce-scatter by recursive halving, then "
+              "allgather by recursive doubling (non-powers of two fold in first)",
+              ("allreduce", "reducescatter", "allgather"), "host", build=recursive.build_rabenseifner,
+              link_faults=False),
+    Algorithm("tree", "binomial-tree reduce to node 0, then binomial broadcast (MPICH's rooted short-message "
+              "algorithms); the whole vector on every edge", ("allreduce",), "host", build=tree.build,
+              link_faults=False),
     Algorithm("omniccl", "OmNICCL: zero-block-sparse AllReduce aggregated on SmartNICs (Rx/Tx spots, DCA)",
               ("allreduce",), "nic", sparse=omniccl.OMNICCL, dense_partner="directreduce"),
     Algorithm("omniccl-cpu", "the OmNICCL protocol aggregated by the aggregator node's host CPU",
@@ -88,11 +99,22 @@ REGISTRY: dict[str, Algorithm] = {a.name: a for a in (
 ALGORITHMS = tuple(REGISTRY)
 
 
-def names(*, kind: str | None = None, emulated: bool | None = None, collective: str | None = None) -> list[str]:
+def names(*, kind: str | None = None, emulated: bool | None = None, collective: str | None = None,
+          link_faults: bool | None = None) -> list[str]:
     """Algorithm names, filtered: ``names(kind="sparse")``, ``names(emulated=True)``, ..."""
     return [a.name for a in REGISTRY.values()
             if (kind is None or a.kind == kind) and (emulated is None or a.emulated == emulated)
-            and (collective is None or collective in a.collectives)]
+            and (collective is None or collective in a.collectives)
+            and (link_faults is None or a.link_faults == link_faults)]
+
+
+def check_link_faults(name: str) -> None:
+    """Refuse --faults for an algorithm whose steps the fault model does not cover."""
+    algo = get(name)
+    if algo.emulated and not algo.link_faults:
+        raise CollectiveError(f"link faults are modelled on neighbour links only; {name} sends to partners "
+                              f"further away: run it without --faults (stragglers work), or use "
+                              f"{', '.join(names(link_faults=True, emulated=True, kind='dense'))}")
 
 
 def get(name: str) -> Algorithm:

@@ -33,12 +33,12 @@ from nicemu.nic.streams import vmax
 class NicAgents:
     """Timing state of the NICs, PCIe engines, host CPUs and links of ``nodes`` nodes."""
 
-    def __init__(self, profile: Profile, nodes: int, link_params: list[tuple[float, float]]
-                 ) -> None:
+    def __init__(self, profile: Profile, nodes: int, link_params: list[tuple[float, float]],
+                 shared_port: bool = False) -> None:
         self.profile = profile
         self.nodes = nodes
         self.pcie = Pcie(profile, nodes)
-        self.links = Links(nodes, link_params, profile.nic.packet_bytes)
+        self.links = Links(nodes, link_params, profile.nic.packet_bytes, shared_port)
         self.gatekeeper = GateKeeper(self.pcie)
         self.datadirector = DataDirector(profile, self.pcie)
         self.compute = ComputeEnhancer(profile, nodes)
@@ -85,6 +85,13 @@ class NicAgents:
                                                self.nic_first[ix] if cut_through else None,
                                                host_nbytes)
         return self.links.transmit(ix, dim, direction, first, last, nbytes)
+
+    def send_routed(self, ix: np.ndarray, route, nbytes: np.ndarray, from_host: bool
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sender side of a step whose partners are not neighbours (nic/link.py ``transmit_routed``)."""
+        first, last = self.gatekeeper.outgoing(ix, from_host, self.clock[ix], self.nic_ready[ix], nbytes,
+                                               None, None)
+        return self.links.transmit_routed(ix, route, first, last, nbytes)
 
     # A node's clock only moves forward: a step's completion is never earlier than the
     # node's previous one, and the two halves of a bidirectional step complete together.

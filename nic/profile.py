@@ -70,6 +70,13 @@ class NicSpec:
 
 
 @dataclass(frozen=True)
+class SwitchSpec:
+    """The switch of a ``switch:N`` topology: port-to-port latency added once to every message."""
+
+    latency_us: float = 0.3
+
+
+@dataclass(frozen=True)
 class TopologySpec:
     """Optional topology-wide switches (e.g. whether links carry both directions at once)."""
 
@@ -86,6 +93,7 @@ class Profile:
     host: HostSpec
     nic: NicSpec
     topology: TopologySpec = TopologySpec()
+    switch: SwitchSpec = SwitchSpec()
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,8 +148,9 @@ _SECTIONS: dict[str, tuple[type, dict[str, str]]] = {
          "retransmit_timeout_us": _TIME},
     ),
     "topology": (TopologySpec, {"bidirectional": _FLAG}),
+    "switch": (SwitchSpec, {"latency_us": _TIME}),
 }
-_OPTIONAL_SECTIONS = frozenset({"topology"})
+_OPTIONAL_SECTIONS = frozenset({"topology", "switch"})
 _OPTIONAL_KEYS = frozenset({("nic", "retransmit_timeout_us")})  # have a default in their spec
 _TEXT_KEYS = ("description", "name")  # optional top-level strings
 _TOP_LEVEL = (*_SECTIONS, *_TEXT_KEYS)

@@ -73,8 +73,10 @@ class StepCosts:
 class ScalarAgent:
     """The timing state of one node (NIC, PCIe engines, host CPU, its outgoing links)."""
 
-    def __init__(self, profile: Profile, link_params: Sequence[tuple[float, float]]) -> None:
+    def __init__(self, profile: Profile, link_params: Sequence[tuple[float, float]],
+                 shared_port: bool = False) -> None:
         self.packet_bytes = profile.nic.packet_bytes
+        self.shared_port = shared_port
         self.pcie_us_per_B = us_per_byte(profile.pcie.bandwidth_GBps)
         self.pcie_latency_us = profile.pcie.latency_us
         self.link_us_per_B = [us_per_byte(bw) for bw, _ in link_params]
@@ -99,7 +101,7 @@ class ScalarAgent:
         host_rate = self.host_us_per_B if step.reduce else 0.0
         host_work = float(nbytes) * host_rate
         return StepCosts(
-            link_slot=2 * step.dim + (0 if step.direction > 0 else 1),
+            link_slot=2 * step.dim + (0 if step.direction > 0 or self.shared_port else 1),
             from_host=step.from_host, engine=step.engine, reduce=step.reduce, to_host=step.to_host,
             operand_from_host=step.operand_from_host,
             pcie=StageCosts.of(nbytes, self.pcie_us_per_B, self.pcie_latency_us, pkt),

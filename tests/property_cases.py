@@ -292,7 +292,7 @@ class FaultCase:
 def fault_cases(draw, max_nodes: int = 32, min_nodes: int = 2) -> FaultCase:
     shape = draw(torus_shapes(max_nodes, min_nodes))
     nodes = math.prod(shape)
-    algo = draw(st.sampled_from(tuple(names(emulated=True))))
+    algo = draw(st.sampled_from(tuple(names(emulated=True, link_faults=True))))
     collective = "allreduce" if algo in SPARSE_ALGOS else draw(st.sampled_from(COLLECTIVES[:3]))
     return FaultCase(
         shape, draw(counts(nodes, 2000)), draw(st.sampled_from(sorted(DTYPES))), algo, collective,

@@ -1,4 +1,4 @@
-"""Parsing of topology spec strings (``ring:8``, ``torus:4x4x2``, ``torus:8^6``, ``astra:FILE``).
+"""Parsing of topology spec strings (``ring:8``, ``switch:8``, ``torus:4x4x2``, ``torus:8^6``, ``astra:FILE``).
 
 One parser serves the CLI, the Python API and the scripts, so every entry
 point accepts the same specs and reports the same errors.
@@ -12,9 +12,10 @@ from nicemu.errors import TopologyError
 
 from .astra import load_astra_network
 from .ring import ring
+from .switch import switch
 from .torus import MAX_NODES, Torus
 
-_USAGE = "use ring:N, torus:AxBxC, torus:K^D or astra:FILE.yml"
+_USAGE = "use ring:N, switch:N, torus:AxBxC, torus:K^D or astra:FILE.yml"
 _TORUS_EXAMPLE = "e.g. torus:4x4x2, torus:8^6 or torus:4^2x2"
 _PART = re.compile(r"(\d+)(?:\^(\d+))?")
 
@@ -26,13 +27,13 @@ def _whole(text: str, spec: str, what: str) -> int:
         raise TopologyError(f"{spec}: {what} {text[:20]}... is too large; {_TORUS_EXAMPLE}") from None
 
 
-def _parse_ring(arg: str, spec: str) -> Torus:
+def _parse_ring(arg: str, spec: str, kind: str = "ring") -> Torus:
     if not re.fullmatch(r"\d+", arg):
-        raise TopologyError(f"{spec}: N must be a whole number of nodes; e.g. ring:8")
+        raise TopologyError(f"{spec}: N must be a whole number of nodes; e.g. {kind}:8")
     n = _whole(arg, spec, "node count")
     if n > MAX_NODES:
-        raise TopologyError(f"{spec}: {n} nodes is over the limit of {MAX_NODES} (2**24); use a smaller ring")
-    return ring(n)
+        raise TopologyError(f"{spec}: {n} nodes is over the limit of {MAX_NODES} (2**24); use a smaller {kind}")
+    return ring(n) if kind == "ring" else switch(n)
 
 
 def _parse_torus(arg: str, spec: str) -> Torus:
@@ -72,7 +73,7 @@ def parse_topology(spec: str) -> Torus:
         raise TopologyError(f"empty topology spec; {_USAGE}")
     kind, sep, arg = text.partition(":")
     kind = kind.strip().lower()
-    if not sep or kind not in ("ring", "torus", "astra"):
+    if not sep or kind not in ("ring", "switch", "torus", "astra"):
         raise TopologyError(f"unknown topology {text!r}; {_USAGE}")
     if kind == "astra":
         path = arg.strip()
@@ -81,8 +82,8 @@ def parse_topology(spec: str) -> Torus:
         return load_astra_network(path)
     arg = re.sub(r"\s+", "", arg).lower()
     canonical = f"{kind}:{arg}"
-    if kind == "ring":
-        return _parse_ring(arg, canonical)
+    if kind in ("ring", "switch"):
+        return _parse_ring(arg, canonical, kind)
     return _parse_torus(arg, canonical)
 
 
@@ -90,6 +91,7 @@ def topology_kinds() -> list[str]:
     """Short help lines describing each accepted spec, for ``nicemu info``."""
     return [
         "ring:N           ring of N nodes (N >= 2), e.g. ring:8",
+        "switch:N         N nodes on one non-blocking switch, one full-duplex port each, e.g. switch:8",
         "torus:AxBx...    N-D torus, node ids row-major (last dim fastest), e.g. torus:4x4x2",
         "torus:K^D        D-dimensional torus with K nodes per dimension, e.g. torus:8^6 (262,144 nodes)",
         "torus:K^DxB...   powers and sizes mix, e.g. torus:4^2x2 = torus:4x4x2",

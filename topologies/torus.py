@@ -50,14 +50,18 @@ def _default_name(shape: tuple[int, ...]) -> str:
 class Torus:
     """N-dimensional torus; a ring is a 1-D torus. Node ids are row-major over `shape` (last dim fastest)."""
 
-    __slots__ = ("_shape_arr", "_strides_arr", "dim_links", "name", "ndim", "nodes", "shape", "strides")
+    __slots__ = ("_shape_arr", "_strides_arr", "dim_links", "name", "ndim", "nodes", "shape", "strides",
+                 "switched")
 
     def __init__(
         self,
         shape: Sequence[int],
         name: str | None = None,
         dim_links: Sequence[LinkParams | None] | None = None,
+        switched: bool = False,
     ) -> None:
+        """``switched``: the nodes hang off one non-blocking switch (``switch:N``), one full-duplex port
+        each; the ring structure is then only the order ring algorithms use (see topologies/switch.py)."""
         label = name if name is not None else "torus"
         try:
             dims = tuple(operator.index(k) for k in shape)
@@ -116,19 +120,24 @@ class Torus:
         self.strides: tuple[int, ...] = tuple(strides)
         self._shape_arr = np.asarray(dims, dtype=np.int64)
         self._strides_arr = np.asarray(strides, dtype=np.int64)
+        self.switched: bool = bool(switched)
+        if self.switched and len(dims) != 1:
+            raise TopologyError(f"{label}: a switch has one dimension (its node order)")
 
     # --- value semantics -------------------------------------------------------------------
 
     def __repr__(self) -> str:
-        return f"Torus(shape={self.shape!r}, name={self.name!r}, dim_links={self.dim_links!r})"
+        extra = ", switched=True" if self.switched else ""
+        return f"Torus(shape={self.shape!r}, name={self.name!r}, dim_links={self.dim_links!r}{extra})"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Torus):
             return NotImplemented
-        return (self.shape, self.name, self.dim_links) == (other.shape, other.name, other.dim_links)
+        return ((self.shape, self.name, self.dim_links, self.switched)
+                == (other.shape, other.name, other.dim_links, other.switched))
 
     def __hash__(self) -> int:
-        return hash((self.shape, self.name, self.dim_links))
+        return hash((self.shape, self.name, self.dim_links, self.switched))
 
     # --- argument checks -------------------------------------------------------------------
 
@@ -211,6 +220,8 @@ class Torus:
         """One-line summary for logs and ``nicemu info``."""
         dims = f"{self.ndim} dim" + ("" if self.ndim == 1 else "s")
         extra = ""
+        if self.switched:
+            return f"{self.name} ({self.nodes} nodes on one non-blocking switch)"
         if self.name != _default_name(self.shape) and not self.name.startswith("torus:"):
             extra = ", shape " + "x".join(str(k) for k in self.shape)
         return f"{self.name} ({self.nodes} nodes, {dims}{extra})"

@@ -41,7 +41,7 @@ from nicemu.collectives.model.sparse_timing import model_sparse
 from nicemu.collectives.mpi.executor import MpiExecutor
 from nicemu.collectives.mpi.native import run_native, run_native_alltoall
 from nicemu.collectives.mpi.spot_executor import SpotRun, gather_masks
-from nicemu.collectives.registry import is_sparse, sparse_config
+from nicemu.collectives.registry import check_link_faults, is_sparse, sparse_config
 from nicemu.collectives.schedules import alltoall
 from nicemu.collectives.schedules.sparse_patterns import block_mask, nblocks_of
 from nicemu.collectives.schedules.spot_protocol import plan_rounds
@@ -143,6 +143,7 @@ class Emulator:
         call = self._calls if call is None else call
         self._calls += 1
         if ex.agents.faults is not None:
+            check_link_faults(algo)
             ex.agents.faults.begin(call)
         if collective == "alltoall":
             return self._run_alltoall(work, algo)

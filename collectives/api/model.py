@@ -21,7 +21,7 @@ from nicemu.collectives.api.checks import (
     fault_options,
 )
 from nicemu.collectives.model.executor import Timing, run_model
-from nicemu.collectives.registry import get
+from nicemu.collectives.registry import check_link_faults, get
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
 from nicemu.nic.faults import FaultSpec
@@ -59,6 +59,8 @@ def model_time(collective: str, algo: str, topology: Torus | str, profile: Profi
     topology, profile = as_topology(topology), as_profile(profile)
     schedule = build_schedule(collective, algo, topology, count, profile.topology.bidirectional)
     spec, slow = fault_options(faults, stragglers, topology)
+    if spec is not None and spec.active:
+        check_link_faults(algo)
     return run_model(schedule, profile, dt.itemsize, spec, check_call_number(call), slow)
 
 

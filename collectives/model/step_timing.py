@@ -11,24 +11,34 @@ from __future__ import annotations
 import numpy as np
 
 from nicemu.collectives.schedules.steps import Step
+from nicemu.errors import CollectiveError
 from nicemu.nic.agent import NicAgents
 from nicemu.nic.profile import Profile
 from nicemu.topologies import LinkParams, Torus
 
 
 def link_params(topology: Torus, profile: Profile) -> list[tuple[float, float]]:
-    """(bandwidth_GBps, latency_us) per dimension: the topology's override or the profile's link."""
+    """(bandwidth_GBps, latency_us) per dimension: the topology's override or the profile's link.
+
+    On ``switch:N`` a message crosses the switch once, so its latency is the link's plus the switch's.
+    """
     default = LinkParams(profile.link.bandwidth_GBps, profile.link.latency_us)
-    return [(p.bandwidth_GBps, p.latency_us)
+    extra = profile.switch.latency_us if topology.switched else 0.0
+    return [(p.bandwidth_GBps, p.latency_us + extra)
             for p in (topology.link_params(d, default) for d in range(topology.ndim))]
 
 
 def make_agents(topology: Torus, profile: Profile, nodes: int) -> NicAgents:
-    return NicAgents(profile, nodes, link_params(topology, profile))
+    return NicAgents(profile, nodes, link_params(topology, profile), shared_port=topology.switched)
 
 
 def send_half(agents: NicAgents, step: Step, local_src: np.ndarray, nbytes: np.ndarray,
               host_nbytes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    if step.route is not None:
+        if agents.faults is not None:
+            raise CollectiveError("link faults are modelled for neighbour steps only; run recursive-doubling, "
+                                  "rabenseifner and tree without --faults (stragglers work)")
+        return agents.send_routed(local_src, step.route, nbytes, step.from_host)
     first, last = agents.send(local_src, step.dim, step.direction, nbytes, step.from_host,
                               step.cut_through, host_nbytes)
     if agents.faults is not None:   # --faults: go-back-N delays (collectives/model/link_faults.py)

@@ -46,7 +46,9 @@ PLAN_CACHE = 16
 #: pure polling before a wait starts yielding the CPU, when every rank has a CPU (a short message
 #: arrives within it; a yield on a loaded machine can cost a whole time slice)
 BUSY_POLL_S = 50e-6
-PHASE_NAMES = {"rs": "reduce-scatter", "ag": "allgather"}
+PHASE_NAMES = {"rs": "reduce-scatter", "ag": "allgather", "rd": "recursive-doubling exchange",
+               "fold": "fold-in (non-power-of-two)", "unfold": "fold-out (non-power-of-two)",
+               "reduce": "tree reduce", "bcast": "tree broadcast"}
 
 
 def cpu_per_rank(comm: MPI.Comm) -> bool:
@@ -82,7 +84,7 @@ class MpiExecutor:
         self._last: tuple = (None, 0, None)      # (schedule, itemsize, its RankPlan): a repeated call
         scratch = Scratch()
         self.vector_clock = VectorClock(self.agents)
-        self.scalar_clock = ScalarClock(ScalarAgent(profile, link_params(topology, profile)))
+        self.scalar_clock = ScalarClock(ScalarAgent(profile, link_params(topology, profile), topology.switched))
         self.plain = PlainTransport(comm, self.watchdog, scratch, self.describe_wait)
         self.lean = LeanTransport(comm, self.watchdog, scratch, self.describe_wait, self.scalar_clock.scalar)
         self.reliable = ReliableTransport(comm, self.watchdog, scratch, self.describe_wait, self.agents,
@@ -176,7 +178,9 @@ class MpiExecutor:
                 culprits.add(peer)
                 peer_nodes = nodes_text(other[sel]) if sel.any() else "a node"
                 parts.append(f"{peer_nodes} (rank {peer})")
-            where = f"{PHASE_NAMES.get(step.phase, step.phase)} step {step.index} of dim {step.dim}"
+            where = f"{PHASE_NAMES.get(step.phase, step.phase)} step {step.index}"
+            if step.route is None:
+                where += f" of dim {step.dim}"
             if schedule.bidirectional:
                 where += f" (direction {step.direction:+d})"
             peers = " and ".join(parts)

@@ -52,8 +52,14 @@ def arrivals(plan: StepPlan, first_out: Any, last_out: Any, bufs: list[tuple[np.
 def apply_ops(plan: StepPlan, data: np.ndarray, op: str, scratch: Scratch) -> None:
     """Reduce or place every chunk ``plan`` delivers, from a local row or a scratch buffer."""
     step = plan.step
+    before = None
+    if step.exchange:     # nodes of this rank swap vectors: read every local source before writing
+        before = [data[src, (a if plan.src_starts is None else plan.src_starts[i]):][:b - a].copy()
+                  if src >= 0 else None for i, (_, a, b, src, _) in enumerate(plan.ops)]
     for i, (dst_local, a, b, src_local, slot) in enumerate(plan.ops):
-        if src_local >= 0:
+        if before is not None and src_local >= 0:
+            chunk = before[i]
+        elif src_local >= 0:
             sa = a if plan.src_starts is None else plan.src_starts[i]
             chunk = data[src_local, sa:sa + b - a]
         else:

@@ -67,6 +67,11 @@ class PlanGroup:
     def plans(self) -> list[StepPlan]:
         return self.steps
 
+    @property
+    def exchange(self) -> bool:
+        """Some node receives into a range it sends: the sends complete before the data ops."""
+        return any(plan.step.exchange for plan in self.steps)
+
 
 @dataclass
 class RankPlan:
@@ -160,7 +165,8 @@ def plan_step(step: Step, itemsize: int, rank: int, lo: int, node_rank: np.ndarr
 
     flags = Step(step.phase, step.dim, step.direction, step.index, step.src[:0], step.dst[:0],
                  step.offset[:0], step.count[:0], step.engine, step.reduce, step.from_host,
-                 step.to_host, step.operand_from_host, step.group, cut_through=step.cut_through)
+                 step.to_host, step.operand_from_host, step.group, cut_through=step.cut_through,
+                 route=None if step.route is None else step.route.take(out_idx), exchange=step.exchange)
     host_nb = None if step.host_count is None else _one_or_array(step.host_count[out_idx] * itemsize)
     final_nb = None if step.final_count is None else _one_or_array(step.final_count[in_idx] * itemsize)
     return StepPlan(
@@ -193,7 +199,8 @@ def compile_plan(schedule: Schedule, itemsize: int, rank: int, lo: int, node_ran
     plans, wire = [], 0
     for step in schedule.steps():
         plans.append(plan_step(step, itemsize, rank, lo, node_rank))
-        wire += int(step.count.sum()) * itemsize
+        hops = 1 if step.route is None else step.route.total
+        wire += int((step.count * hops).sum()) * itemsize
     if schedule.make_relayouts is not None:
         for i, perm in schedule.make_relayouts().items():
             plans[i].relayout = perm

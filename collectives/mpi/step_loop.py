@@ -12,7 +12,8 @@ For every step group the loop
 4. has the transport wait for the group's receives;
 5. has the transport apply each step's data ops (reduce or place what arrived)
    and return the arrival times, and runs the step's receiver half;
-6. has the transport wait for the group's sends.
+6. has the transport wait for the group's sends (before step 5 in an
+   ``exchange`` group, whose data ops overwrite what its sends read).
 
 After the last group, the slowest node's completion and the busiest host and
 NIC come from one ``Allreduce`` (:func:`reduce_timing`), and the transport may
@@ -170,11 +171,15 @@ def run_steps(transport: Transport, clock: VectorClock | ScalarClock, groups: Se
                 first, last = send(s)
                 post(g, i, first, last)
         wait_receives(g, began)
+        exchange = getattr(g, "exchange", False)
+        if exchange:          # the data ops overwrite what the sends read (recursive doubling)
+            wait_sends(g, began)
         for i, s in enumerate(steps):
             if s.receiving:
                 first, last = deliver(g, i)
                 receive(s, first, last)
-        wait_sends(g, began)
+        if not exchange:
+            wait_sends(g, began)
     if hook is not None:
         hook.at_step(k + 1, f"{where} (final timing reduction)")
 

@@ -9,7 +9,9 @@ schedule (``describe``) shows the whole algorithm as a chunk-level program.
 
 Within one step every node sends at most one chunk and receives at most one,
 and no node writes a range it sends in the same step, so a step can run in any
-order. Consecutive steps with the same ``group`` run concurrently: every
+order; the one exception is an ``exchange`` step (recursive doubling), whose
+nodes swap whole vectors with their partners: its sends read the state from
+before the step. Consecutive steps with the same ``group`` run concurrently: every
 sender half of the group sees the node state from before the group (this is
 how a bidirectional ring sends one half of each chunk each way at once).
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nicemu.collectives.schedules.routing import Route
 from nicemu.topologies import Torus
 
 
@@ -45,6 +48,11 @@ class Step:
     host_count: np.ndarray | None = None   # nic engine: elements of a NIC-resident chunk that are DMA-read
     final_count: np.ndarray | None = None  # nic engine: elements that reach their destination (DMA-written)
     cut_through: bool = False  # forward the previous step's incoming stream as its packets arrive
+    # Partners that are not neighbours (recursive doubling, Rabenseifner, trees; collectives/schedules/routing.py):
+    # the transfers' routes and link sharing; ``dim``/``direction`` are then unused.
+    route: Route | None = None
+    exchange: bool = False     # a node receives into the range it sends: every send reads the state
+                               # from before the step (the transports complete the sends first)
 
     def describe(self, limit: int = 4) -> str:
         head = (f"{self.phase} dim={self.dim} dir={self.direction:+d} step={self.index} "
@@ -53,6 +61,8 @@ class Step:
                 + ("" if self.engine == "host" or not self.reduce
                    else f" operand_from_host={self.operand_from_host}")
                 + (" cut_through" if self.cut_through else "")
+                + ("" if self.route is None else f" routed(load={self.route.load})")
+                + (" exchange" if self.exchange else "")
                 + ("" if self.host_count is None else f" host_count={int(self.host_count[0])}")
                 + ("" if self.final_count is None else f" final_count={int(self.final_count[0])}"))
         if self.dst_offset is None:

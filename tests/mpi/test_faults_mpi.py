@@ -45,7 +45,7 @@ CASES = [("ring:8", c) for c in ("allreduce", "reducescatter", "allgather")] + [
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("topology, collective", CASES)
-@pytest.mark.parametrize("algo", names(kind="dense", emulated=True))
+@pytest.mark.parametrize("algo", names(kind="dense", emulated=True, link_faults=True))
 def test_faults_exact_and_model_equal(topology, algo, collective):
     count = 1531   # odd: short last packets and uneven chunks
     with Emulator(COMM, topology, PROFILE, faults=HEAVY, stragglers="2:3") as emu:
@@ -66,7 +66,7 @@ def test_faults_exact_and_model_equal(topology, algo, collective):
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("algo", names(emulated=True))
+@pytest.mark.parametrize("algo", names(emulated=True, link_faults=True))
 def test_many_allreduces_exact(algo):
     """The issue's acceptance run, reduced in CI: drop=corrupt=1e-3 on every link, all exact.
 

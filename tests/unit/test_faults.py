@@ -119,7 +119,7 @@ def test_draws_depend_on_every_key_part():
         assert other[0] != base[0]
 
 
-@pytest.mark.parametrize("algo", names(kind="dense", emulated=True))
+@pytest.mark.parametrize("algo", names(kind="dense", emulated=True, link_faults=True))
 @pytest.mark.parametrize("collective", ["allreduce", "reducescatter", "allgather"])
 @pytest.mark.parametrize("topology", ["ring:8", "torus:3x2x2"])
 def test_no_faults_is_bit_identical(algo, collective, topology):
@@ -137,7 +137,7 @@ def test_no_faults_is_bit_identical(algo, collective, topology):
     assert slow_by_one.emulated_us == plain.emulated_us
 
 
-@pytest.mark.parametrize("algo", names(kind="dense", emulated=True))
+@pytest.mark.parametrize("algo", names(kind="dense", emulated=True, link_faults=True))
 def test_faults_and_stragglers_slow_down(algo):
     topo = parse_topology("ring:8")
     clean = model_time("allreduce", algo, topo, PROFILE, 1 << 18)
@@ -188,7 +188,7 @@ def test_profile_retransmit_timeout():
         load_profile("ideal", ("nic.retransmit_timeout_us=-1",))
 
 
-@pytest.mark.parametrize("algo", names(kind="dense", emulated=True))
+@pytest.mark.parametrize("algo", names(kind="dense", emulated=True, link_faults=True))
 def test_single_process_faults_exact_and_model_equal(algo):
     """All nodes in one process: every transfer goes through the in-memory attempts (loopback)."""
     from mpi4py import MPI

@@ -170,7 +170,7 @@ def test_to_dict_roundtrip(name):
     p = load_profile(name)
     d = p.to_dict()
     assert d["name"] == name
-    assert set(d) == {"name", "description", "link", "pcie", "host", "nic", "topology"}
+    assert set(d) == {"name", "description", "link", "pcie", "host", "nic", "topology", "switch"}
     assert all(isinstance(d[s], dict) for s in ("link", "pcie", "host", "nic", "topology"))
     assert profile_from_dict(d, "other") == p
     # Also survives JSON (Python's json writes Infinity for inf).
@@ -273,8 +273,8 @@ def test_unknown_key_names_key_and_lists_valid_ones(tmp_path):
 
 
 def test_unknown_section(tmp_path):
-    path = write(tmp_path, GOOD_YAML + "switch: {ports: 8}\n")
-    with pytest.raises(ProfileError, match=r"unknown section 'switch'; valid top-level keys: link, pcie"):
+    path = write(tmp_path, GOOD_YAML + "fabric: {ports: 8}\n")
+    with pytest.raises(ProfileError, match=r"unknown section 'fabric'; valid top-level keys: link, pcie"):
         load_profile(path)
 
 
@@ -402,7 +402,7 @@ def test_profile_from_dict_rejects_non_mapping():
     ("override", "pattern"),
     [
         ("nic.foo=1", r"^--set nic\.foo=1: no such key; valid keys in nic: reduce_GBps, latency_us, packet_bytes, memory_KiB, retransmit_timeout_us$"),
-        ("switch.ports=8", r"^--set switch\.ports=8: no such section 'switch'; valid sections: link, pcie, host, nic, topology$"),
+        ("fabric.ports=8", r"^--set fabric\.ports=8: no such section 'fabric'; valid sections: link, pcie, host, nic, topology, switch$"),
         ("nic.packet_bytes", r"^--set nic\.packet_bytes: missing '='"),
         ("packet_bytes=4096", r"expected section\.key=value"),
         ("nic.packet_bytes=1.5", r"^--set nic\.packet_bytes=1\.5: nic\.packet_bytes must be an integer from 1 to 2\*\*40, got 1\.5"),

@@ -338,7 +338,7 @@ def test_parse_valid_specs(spec, shape, name):
 @pytest.mark.parametrize(
     "spec, pattern",
     [
-        ("mesh:4", r"^unknown topology 'mesh:4'; use ring:N, torus:AxBxC, torus:K\^D or astra:FILE\.yml$"),
+        ("mesh:4", r"^unknown topology 'mesh:4'; use ring:N, switch:N, torus:AxBxC, torus:K\^D or astra:FILE\.yml$"),
         ("ring8", r"unknown topology 'ring8'"),
         ("", r"empty topology spec; use ring:N"),
         ("   ", r"empty topology spec"),
