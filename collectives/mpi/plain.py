@@ -85,6 +85,8 @@ def send_times(plan: StepPlan, pos: np.ndarray, first_out: Any, last_out: Any) -
     """The (first, last) rows a peer receives, for the sends at positions ``pos``."""
     if plan.single:
         return np.array([[first_out, last_out]])
+    if np.ndim(first_out) == 0:     # one sending node, but not one receiving node (a tree's leaf)
+        return np.array([[first_out, last_out]] * len(pos))
     return np.stack([first_out[pos], last_out[pos]], axis=1)
 
 
