@@ -85,6 +85,9 @@ REGISTRY: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("tree", "binomial-tree reduce to node 0, then binomial broadcast (MPICH's rooted short-message "
               "algorithms); the whole vector on every edge", ("allreduce",), "host", build=tree.build,
               link_faults=False),
+    Algorithm("host-best", "the fastest host algorithm for this collective, size and topology (timed with the "
+              "model, as MPI's tuning tables choose one); records say which in best_host_algo",
+              ("allreduce", "reducescatter", "allgather"), "host", link_faults=False),
     Algorithm("omniccl", "OmNICCL: zero-block-sparse AllReduce aggregated on SmartNICs (Rx/Tx spots, DCA)",
               ("allreduce",), "nic", sparse=omniccl.OMNICCL, dense_partner="directreduce"),
     Algorithm("omniccl-cpu", "the OmNICCL protocol aggregated by the aggregator node's host CPU",
@@ -100,12 +103,13 @@ ALGORITHMS = tuple(REGISTRY)
 
 
 def names(*, kind: str | None = None, emulated: bool | None = None, collective: str | None = None,
-          link_faults: bool | None = None) -> list[str]:
+          link_faults: bool | None = None, scheduled: bool | None = None) -> list[str]:
     """Algorithm names, filtered: ``names(kind="sparse")``, ``names(emulated=True)``, ..."""
     return [a.name for a in REGISTRY.values()
             if (kind is None or a.kind == kind) and (emulated is None or a.emulated == emulated)
             and (collective is None or collective in a.collectives)
-            and (link_faults is None or a.link_faults == link_faults)]
+            and (link_faults is None or a.link_faults == link_faults)
+            and (scheduled is None or a.scheduled == scheduled)]
 
 
 def check_link_faults(name: str) -> None:

@@ -26,6 +26,9 @@ from nicemu.collectives.api.checks import (
     check_sparse_call,
     fault_options,
 )
+from nicemu.collectives.api.host_best import NAME as HOST_BEST
+from nicemu.collectives.api.host_best import best_host
+from nicemu.collectives.api.model import resolve_host_best
 from nicemu.collectives.model.executor import run_model
 from nicemu.collectives.registry import get, is_sparse
 from nicemu.collectives.schedules.sparse_patterns import check_pattern, pattern_mask
@@ -300,6 +303,11 @@ def _model_timing(topology, profile, args, algo: str, dtype: np.dtype, count: in
         masks = np.stack([pattern_mask(n, topology.nodes, count, cfg.block_size, args.density,
                                        args.overlap, args.seed) for n in range(topology.nodes)])
         return model_sparse(cfg, masks, profile, dtype.itemsize, faults, call, stragglers)
+    if algo == HOST_BEST:
+        chosen = resolve_host_best(args.collective, topology, profile, count, dtype.itemsize)
+        timing = _model_timing(topology, profile, args, chosen, dtype, count, faults, call, stragglers)
+        timing.chosen_algo = chosen
+        return timing
     schedule = build_schedule(args.collective, algo, topology, count, profile.topology.bidirectional)
     return run_model(schedule, profile, dtype.itemsize, faults, call, stragglers)
 
@@ -330,7 +338,20 @@ def base_record(args: argparse.Namespace, algo: str, topology, ranks: int, dtype
             "overlap": args.overlap,
             "iters": args.iters, "emulated_us": None, "wall_us": None, "algbw_GBps": None,
             "busbw_GBps": None, "host_busy_us": None, "nic_busy_us": None,
-            "wire_bytes": None, "wrong": None, "profile": profile.name, "gain_vs_ring": None}
+            "wire_bytes": None, "wrong": None, "profile": profile.name, "gain_vs_ring": None,
+            "gain_vs_best_host": None, "best_host_algo": None}
+
+
+def add_best_host(group: list[dict], collective: str, topology, profile, dtype: np.dtype, nbytes: int) -> None:
+    """``best_host_algo`` and ``gain_vs_best_host`` (1 - t / t_best) of every record of one size: the best
+    host algorithm is timed fault-free by the model (collectives/api/host_best.py)."""
+    if collective not in get(HOST_BEST).collectives:
+        return
+    name, timing = best_host(collective, topology, profile, nbytes // dtype.itemsize, dtype.itemsize)
+    for r in group:
+        r["best_host_algo"] = name
+        if r["emulated_us"] is not None and r["algo"] != HOST_BEST and timing.emulated_us > 0:
+            r["gain_vs_best_host"] = 1.0 - r["emulated_us"] / timing.emulated_us
 
 
 def add_bandwidth(rec: dict, collective: str, nodes: int) -> None:
@@ -397,6 +418,7 @@ def run(args: argparse.Namespace, comm) -> int:
             group.append(base)
             progress.update(f"{format_size(nbytes)} {algo}")
         ring_t = next((r["emulated_us"] for r in group if r["algo"] == "ring"), None)
+        add_best_host(group, args.collective, topology, profile, dtype, nbytes)
         for r in group:
             if ring_t and r["emulated_us"] is not None and r["algo"] != "ring":
                 r["gain_vs_ring"] = 1.0 - r["emulated_us"] / ring_t

@@ -14,18 +14,18 @@ from nicemu.errors import UsageError
 KEYS = ["collective", "algo", "topology", "nodes", "ranks", "executor", "bytes", "count", "dtype",
         "op", "density", "block_size", "overlap", "iters", "emulated_us", "wall_us", "algbw_GBps",
         "busbw_GBps", "host_busy_us", "nic_busy_us", "wire_bytes", "wrong", "profile",
-        "gain_vs_ring", "upstream_bytes", "downstream_bytes", "spots_spilled",
+        "gain_vs_ring", "gain_vs_best_host", "best_host_algo", "upstream_bytes", "downstream_bytes", "spots_spilled",
         # --faults / --straggler (nicemu/bench.py): totals over the timed calls, the fault-free
         # time of the same call, emulated_us / clean_emulated_us, and the per-link breakdown
         "faults", "stragglers", "drops", "corruptions", "retransmit_bytes", "clean_emulated_us",
         "slowdown_vs_clean", "fault_links"]
 
-HEADER = (f"{'size':>10} {'count':>11} {'type':>7} {'redop':>5} {'algo':>13} {'emul(us)':>12} "
+HEADER = (f"{'size':>10} {'count':>11} {'type':>7} {'redop':>5} {'algo':>18} {'emul(us)':>12} "
           f"{'wall(us)':>10} {'algbw':>8} {'busbw':>8} {'host(us)':>10} {'nic(us)':>9} "
-          f"{'wire(B)':>12} {'vs ring':>8} {'#wrong':>6}")
-UNITS = (f"{'(B)':>10} {'(elements)':>11} {'':>7} {'':>5} {'':>13} {'emulated':>12} "
+          f"{'wire(B)':>12} {'vs ring':>8} {'vs best':>8} {'#wrong':>6}")
+UNITS = (f"{'(B)':>10} {'(elements)':>11} {'':>7} {'':>5} {'':>18} {'emulated':>12} "
          f"{'median':>10} {'(GB/s)':>8} {'(GB/s)':>8} {'busy':>10} {'busy':>9} "
-         f"{'all links':>12} {'gain':>8} {'':>6}")
+         f"{'all links':>12} {'gain':>8} {'host':>8} {'':>6}")
 
 
 def bus_factor(collective: str, nodes: int) -> float:
@@ -45,9 +45,12 @@ def _num(value: float | int | None, fmt: str, width: int) -> str:
 
 
 def table_row(r: dict) -> str:
-    gain = None if r["gain_vs_ring"] is None else 100.0 * r["gain_vs_ring"]
-    gain_s = f"{'-':>8}" if gain is None else f"{gain:7.1f}%"
-    return (f"{r['bytes']:>10} {r['count']:>11} {r['dtype']:>7} {r['op']:>5} {r['algo']:>13} "
+    gains = []
+    for key in ("gain_vs_ring", "gain_vs_best_host"):
+        gain = r.get(key)
+        gains.append(f"{'-':>8}" if gain is None else f"{100.0 * gain:7.1f}%")
+    gain_s = " ".join(gains)
+    return (f"{r['bytes']:>10} {r['count']:>11} {r['dtype']:>7} {r['op']:>5} {r['algo']:>18} "
             f"{_num(r['emulated_us'], '.3f', 12)} {_num(r['wall_us'], '.1f', 10)} "
             f"{_num(r['algbw_GBps'], '.3f', 8)} {_num(r['busbw_GBps'], '.3f', 8)} "
             f"{_num(r['host_busy_us'], '.2f', 10)} {_num(r['nic_busy_us'], '.2f', 9)} "

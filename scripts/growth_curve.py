@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nicemu.collectives import names
 from nicemu.nic.profile import load_profile
 from nicemu.sizes import parse_sizes
 from nicemu.studies import growth_curve
@@ -36,8 +35,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--k", default="3,4,5,6,7,8", help="6D torus sizes per dimension (default 3,4,5,6,7,8)")
     ap.add_argument("--rings", default="64,256,1024,4096", help="flat ring sizes (default 64,256,1024,4096)")
     ap.add_argument("--sizes", default="1K,1G", help="message sizes per node (default 1K,1G)")
-    ap.add_argument("--algo", default=",".join(names(kind="dense", emulated=True)),
-                    help="comma list (default: every dense emulated algorithm)")
+    ap.add_argument("--algo", default="ring,directreduce",
+                    help="comma list of scheduled dense algorithms (default: ring,directreduce)")
     ap.add_argument("--profile", default="directreduce-paper")
     ap.add_argument("--repeats", type=int, default=2, help="runs per point, the fastest is kept (default 2)")
     ap.add_argument("--fit-min-s", type=float, default=0.01,

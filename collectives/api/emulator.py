@@ -34,7 +34,8 @@ from nicemu.collectives.api.checks import (
     check_work,
     fault_options,
 )
-from nicemu.collectives.api.model import build_schedule
+from nicemu.collectives.api.host_best import NAME as HOST_BEST
+from nicemu.collectives.api.model import build_schedule, resolve_host_best
 from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.link_faults import install as install_faults
 from nicemu.collectives.model.sparse_timing import model_sparse
@@ -64,6 +65,7 @@ class Result:
     wire_bytes: int | None
     node_done_us: np.ndarray | None = None        # per local node (per node under the model executor)
     faults: dict | None = None                    # with faults: drops, corruptions, retransmit_bytes, per_link
+    chosen_algo: str | None = None                # host-best: the host algorithm it ran
 
 
 class Emulator:
@@ -139,6 +141,13 @@ class Emulator:
         """
         check_work(work, self.local_nodes)
         check_op(op)
+        if algo == HOST_BEST:
+            if self.executor.agents.faults is not None:
+                check_link_faults(algo)
+            chosen = resolve_host_best(collective, self.topology, self.profile, work.shape[1], work.dtype.itemsize)
+            timing = self.run_inplace(collective, work, op, chosen, call=call)
+            timing.chosen_algo = chosen
+            return timing
         ex = self.executor
         call = self._calls if call is None else call
         self._calls += 1
@@ -149,6 +158,7 @@ class Emulator:
             return self._run_alltoall(work, algo)
         if is_sparse(algo):
             return self._run_sparse(collective, work, op, algo, sparse or {}, jitter_us, call)
+
         if algo == "mpi":
             seg_off, seg_cnt = final_segments(self.topology, work.shape[1])
             run_native(self.comm, collective, work, op, seg_off, seg_cnt, ex.lo, ex.hi, ex.bounds)
@@ -237,7 +247,7 @@ class Emulator:
         if timing is None:
             return Result(out, None, None, None, None)
         return Result(out, timing.emulated_us, timing.host_busy_us, timing.nic_busy_us,
-                      timing.wire_bytes, timing.node_done_us, timing.faults)
+                      timing.wire_bytes, timing.node_done_us, timing.faults, timing.chosen_algo)
 
     def allreduce(self, data: np.ndarray, op: str = "sum", algo: str = "directreduce") -> Result:
         return self.run("allreduce", data, op, algo)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nicemu.collectives.api import host_best
 from nicemu.collectives.api.checks import (
     as_profile,
     as_topology,
@@ -29,6 +30,15 @@ from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus
 
 
+def resolve_host_best(collective: str, topology: Torus, profile: Profile, count: int, itemsize: int) -> str:
+    """The host algorithm ``host-best`` runs for this call (collectives/api/host_best.py)."""
+    check_collective(collective)
+    if collective not in get(host_best.NAME).collectives:
+        raise CollectiveError(f"host-best does not run {collective}; use one of "
+                              f"{', '.join(get(host_best.NAME).collectives)}")
+    return host_best.best_host(collective, topology, profile, check_count(count), itemsize)[0]
+
+
 def build_schedule(collective: str, algo: str, topology: Torus | str, count: int,
                    bidirectional: bool = False) -> Schedule:
     """The chunk-level program of a dense algorithm; every argument is checked first (one-line errors)."""
@@ -39,7 +49,9 @@ def build_schedule(collective: str, algo: str, topology: Torus | str, count: int
     if entry.build is None:
         raise CollectiveError(f"algorithm '{algo}' has no fixed schedule: "
                               + ("its rounds depend on the data (time it with model_sparse)"
-                                 if entry.sparse is not None else "it is MPI's own collective"))
+                                 if entry.sparse is not None else
+                                 "it picks a host algorithm per call (resolve_host_best names it)"
+                                 if algo == host_best.NAME else "it is MPI's own collective"))
     topology = as_topology(topology)
     count = check_count(count)
     if not isinstance(bidirectional, (bool, np.bool_)):
@@ -57,10 +69,15 @@ def model_time(collective: str, algo: str, topology: Torus | str, profile: Profi
     """
     dt = check_dtype(dtype)
     topology, profile = as_topology(topology), as_profile(profile)
-    schedule = build_schedule(collective, algo, topology, count, profile.topology.bidirectional)
     spec, slow = fault_options(faults, stragglers, topology)
     if spec is not None and spec.active:
         check_link_faults(algo)
+    if algo == host_best.NAME:
+        algo = resolve_host_best(collective, topology, profile, count, dt.itemsize)
+        timing = model_time(collective, algo, topology, profile, count, dt, faults, call, stragglers)
+        timing.chosen_algo = algo
+        return timing
+    schedule = build_schedule(collective, algo, topology, count, profile.topology.bidirectional)
     return run_model(schedule, profile, dt.itemsize, spec, check_call_number(call), slow)
 
 

@@ -31,6 +31,7 @@ class Timing:
     downstream_bytes: int | None = None   # sparse algorithms: aggregator -> worker
     spilled: bool | None = None           # sparse algorithms: spots did not fit in NIC memory
     faults: dict | None = None            # --faults: drops, corruptions, retransmit_bytes, per_link
+    chosen_algo: str | None = None        # host-best: the algorithm it ran
 
 
 def run_model(schedule: Schedule, profile: Profile, itemsize: int, faults: FaultSpec | None = None,

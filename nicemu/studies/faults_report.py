@@ -94,7 +94,7 @@ def sweep(topo: Torus, profile: Profile, sizes: Sequence[int], density: float = 
     p = probability
     every = parse_faults(f"drop={p:g},corrupt={p:g},seed={seed}")
     one = parse_faults(f"drop={p:g},corrupt={p:g},seed={seed},link=3->4")
-    dense, sparse = names(kind="dense", emulated=True), names(kind="sparse")
+    dense, sparse = names(kind="dense", emulated=True, link_faults=True), names(kind="sparse")
     rows = []
     for nbytes in sizes:
         for algo in dense + sparse:

@@ -41,7 +41,7 @@ from nicemu.studies.pages import page
 from nicemu.studies.scaling_plots import algo_name, write_figures
 from nicemu.topologies import Torus, parse_topology
 
-SCHEDULED = names(kind="dense", emulated=True)
+SCHEDULED = names(kind="dense", emulated=True, scheduled=True)
 
 PROG = "scale_topology"
 DIMS = 6

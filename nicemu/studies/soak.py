@@ -115,6 +115,11 @@ def make_options(comm_size: int, calls: int = 10_000, cycle: int = 100, warmup_c
     load_profile(profile)
     if faults:
         parse_faults(faults).check_nodes(nodes)
+        no_faults = [a for a in algo_list if a not in names(link_faults=True) and a != "mpi"]
+        if no_faults and algos == ",".join(ALGORITHMS):    # the default list: keep what faults cover
+            algo_list = [a for a in algo_list if a not in no_faults]
+        elif no_faults:
+            raise UsageError(f"--faults covers neighbour links only; drop {', '.join(no_faults)} from --algos")
     if comm_size > nodes:
         raise UsageError(f"{comm_size} ranks for {topology} ({nodes} nodes): use a larger --topology")
     return SoakOptions(cycles * cycle, cycle, warmup_cycles * cycle, algo_list, topology, profile, faults,

@@ -99,3 +99,18 @@ def test_faults_are_refused_on_every_rank():
             emu.run("allreduce", x, "sum", "rabenseifner")
         res = emu.run("allreduce", x, "sum", "ring")       # the emulator is still usable
         assert (np.atleast_2d(res.data) == p).all()
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("count", [16, 1 << 16])
+def test_host_best_runs_its_choice_with_real_data(count):
+    p = max(8, COMM.size)
+    with Emulator(COMM, f"switch:{p}", PROFILE) as emu:
+        x = np.arange(p * count, dtype=np.int64).reshape(p, count) % 1000
+        lo, hi = emu.node_range.start, emu.node_range.stop
+        res = emu.run("allreduce", x[lo:hi], "sum", "host-best")
+        model = model_time("allreduce", "host-best", emu.topology, PROFILE, count, "int64")
+        assert res.emulated_us == model.emulated_us
+        assert res.chosen_algo == model.chosen_algo == ("recursive-doubling" if count == 16 else res.chosen_algo)
+        for row in np.atleast_2d(res.data):
+            np.testing.assert_array_equal(row, x.sum(axis=0))

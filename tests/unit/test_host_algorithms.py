@@ -158,3 +158,33 @@ def test_routed_wire_bytes_count_every_link():
     count = 1 << 16
     t = model_time("allreduce", "recursive-doubling", "ring:8", IDEAL, count, "float32")
     assert t.wire_bytes == 8 * count * 4 * (1 + 2 + 4)
+
+
+@pytest.mark.parametrize("topology", ["switch:8", "ring:8", "torus:4x4", "switch:6"])
+@pytest.mark.parametrize("collective", ["allreduce", "reducescatter", "allgather"])
+@pytest.mark.parametrize("count", [16, 4096, 1 << 22])
+def test_host_best_is_the_fastest_host_algorithm(topology, collective, count):
+    from nicemu.collectives.api.host_best import candidates
+    profile = load_profile("directreduce-paper")
+    best = model_time(collective, "host-best", topology, profile, count, "float32")
+    times = {a: model_time(collective, a, topology, profile, count, "float32").emulated_us
+             for a in candidates(collective)}
+    assert best.chosen_algo in times
+    assert best.emulated_us == min(times.values()) == times[best.chosen_algo]
+
+
+def test_host_best_follows_mpich_on_a_switch():
+    """Recursive doubling for short messages, Rabenseifner (or the ring) for long ones."""
+    profile = load_profile("directreduce-paper")
+    short = model_time("allreduce", "host-best", "switch:16", profile, 64, "float32")
+    long = model_time("allreduce", "host-best", "switch:16", profile, 1 << 24, "float32")
+    assert short.chosen_algo == "recursive-doubling"
+    assert long.chosen_algo in ("rabenseifner", "ring")
+
+
+def test_host_best_refuses_faults_and_alltoall():
+    from nicemu.errors import CollectiveError
+    with pytest.raises(CollectiveError, match="neighbour links only"):
+        model_time("allreduce", "host-best", "ring:4", IDEAL, 64, faults="drop=1e-3,seed=1")
+    with pytest.raises(CollectiveError, match="host-best does not run alltoall"):
+        model_time("alltoall", "host-best", "ring:4", IDEAL, 64)
