@@ -147,7 +147,7 @@ def _readonly(shape):
     (lambda: np.zeros((4, 16), np.float32)[:, ::2], "C-contiguous"),                # ValueError
     (lambda: np.asfortranarray(np.zeros((4, 8), np.float32)), "C-contiguous"),      # ValueError
     (lambda: _readonly((4, 8)), "writeable"),                                       # ValueError
-    (lambda: np.zeros((4, 8), np.uint8), "uint8"),                                  # ran on bytes
+    (lambda: np.zeros((4, 8), np.int16), "int16"),                                  # ran on bytes
     (lambda: np.zeros((4, 8), object), "object"),                                   # TypeError
     (lambda: np.zeros((4, 8), np.float32).astype(">f4" if np.little_endian else "<f4"), "byte order"),
     (lambda: [[0.0] * 8] * 4, "numpy array"),
