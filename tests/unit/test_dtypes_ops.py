@@ -11,8 +11,9 @@ from mpi4py import MPI
 from nicemu import data
 from nicemu.collectives import Emulator, model_time
 from nicemu.collectives.api.checks import check_dtype, check_dtype_op, check_sparse_call
+from nicemu.collectives.schedules.sparse_patterns import block_mask
 from nicemu.errors import CollectiveError
-from nicemu.nic.ops import ALIASES, DTYPES, OPS, divide, unit_roundoff
+from nicemu.nic.ops import ALIASES, DTYPES, OPS, divide, is_integer, unit_roundoff
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import ring
 
@@ -133,3 +134,16 @@ def test_every_dtype_and_op_on_one_process(emu, name, op):
         want = _node_order_sum(x)
         for row in out["omniccl"]:
             np.testing.assert_array_equal(row.view(np.uint8), want.view(np.uint8))
+
+
+@pytest.mark.parametrize("name", ["bfloat16", "float8_e4m3fn", "float8_e5m2", "uint8", "int8"])
+def test_zero_blocks_are_found_by_value_in_every_type(name):
+    """A block is zero when every element equals zero (-0.0 too); NaN makes it non-zero, so it travels."""
+    dt = DTYPES[name]
+    x = np.zeros((1, 12), dtype=dt)
+    x[0, 5] = 3                      # block 1 of 4-element blocks
+    if not is_integer(dt):
+        x[0, 0] = -0.0               # block 0: negative zero only, still a zero block
+        x[0, 9] = np.nan             # block 2: NaN
+    mask = block_mask(x, 4)[0]
+    assert mask.tolist() == [False, True, not is_integer(dt)]
