@@ -19,6 +19,7 @@ from nicemu import argtypes
 from nicemu import data as bench_data
 from nicemu.collectives import ALGORITHMS, COLLECTIVES, build_schedule, model_sparse, sparse_config
 from nicemu.collectives.api.checks import (
+    accepted_dtypes,
     check_algo,
     check_collective,
     check_dtype_op,
@@ -34,7 +35,7 @@ from nicemu.collectives.schedules.sparse_patterns import check_pattern, pattern_
 from nicemu.collectives.schedules.steps import final_segments
 from nicemu.errors import UsageError
 from nicemu.memory import MODEL_BYTES_PER_NODE, check_fits, check_model_fits, sparse_bytes, spot_window_bytes
-from nicemu.nic.ops import DTYPES, OPS
+from nicemu.nic.ops import ALIASES, DTYPES, OPS
 from nicemu.nic.profile import load_profile
 from nicemu.nic.stragglers import describe as describe_stragglers
 from nicemu.progress import Progress
@@ -70,8 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: ring of the number of ranks, ring:8 when run alone)")
     p.add_argument("--sizes", default="1K:16M",
                    help="bytes per node: 64K, 1K,256K,1G or MIN:MAX[:FACTOR], at most 1T (default 1K:16M)")
-    p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)} (default float32)")
-    p.add_argument("--op", default="sum", help=f"one of {', '.join(OPS)}")
+    p.add_argument("--dtype", default="float32",
+                   help=f"one of {', '.join(DTYPES)}, or nccl-tests' {', '.join(ALIASES)} (default float32)")
+    p.add_argument("--op", default="sum", help=f"one of {', '.join(OPS)} (avg: the sum divided by the nodes)")
     p.add_argument("--density", type=float, default=1.0,
                    help="fraction of non-zero blocks per node, 0 <= D <= 1; 0 is an all-zero input (default 1)")
     p.add_argument("--block-size", type=int, default=256,
@@ -124,8 +126,8 @@ def validate(args: argparse.Namespace, comm):
     for a in algos:
         check_algo(a)
     check_collective(args.collective)
-    if args.dtype not in DTYPES:     # the names only: numpy would read e.g. ">f4" or "f" as well
-        raise UsageError(f"unknown --dtype {args.dtype!r}; use one of {', '.join(DTYPES)}")
+    if args.dtype not in DTYPES and args.dtype not in ALIASES:   # the names only: numpy reads ">f4" or "f" too
+        raise UsageError(f"unknown --dtype {args.dtype!r}; use one of {accepted_dtypes()}")
     dtype = check_dtype_op(args.dtype, args.op)
     for a in algos:
         if is_sparse(a):
@@ -204,14 +206,17 @@ def sparse_extra_bytes(args: argparse.Namespace, algos: list[str], topology, ran
     return extra
 
 
-def _reference(args: argparse.Namespace, topology, count: int) -> np.ndarray:
-    """The expected result in float64, computed independently of any algorithm."""
+def _reference(args: argparse.Namespace, topology, count: int, dtype: np.dtype
+               ) -> tuple[np.ndarray, np.ndarray | float]:
+    """(expected result, error bound per element), computed independently of any algorithm: exact for
+    integers and for what is only moved, float64 with the format's rounding bound for reductions
+    (nicemu/data.py)."""
     if args.collective == "allgather":
         off, cnt = final_segments(topology, count)
         return bench_data.gathered_reference(off, cnt, count, args.density, args.block_size,
-                                             args.overlap, args.seed)
+                                             args.overlap, args.seed, dtype), 0.0
     return bench_data.reduced_reference(topology.nodes, count, args.op, args.density,
-                                        args.block_size, args.overlap, args.seed)
+                                        args.block_size, args.overlap, args.seed, dtype)
 
 
 def sparse_options(args: argparse.Namespace) -> dict:
@@ -231,8 +236,9 @@ def _run_mpi(emu, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
     comm = emu.comm
     count = nbytes // dtype.itemsize
     nodes = list(emu.node_range)
+    op = "sum" if args.collective in ("allgather", "alltoall") else args.op     # prod has its own inputs
     inputs = np.stack([bench_data.node_input(n, emu.topology.nodes, count, dtype, args.density,
-                                             args.block_size, args.overlap, args.seed)
+                                             args.block_size, args.overlap, args.seed, op=op)
                        for n in nodes])
     work = np.empty_like(inputs)
     walls = []
@@ -250,21 +256,21 @@ def _run_mpi(emu, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
     local = np.array(walls)
     slowest = np.empty_like(local)
     comm.Allreduce(local, slowest, op=MPI.MAX)
-    ref = None if args.collective == "alltoall" else _reference(args, emu.topology, count)
+    ref, bound = (None, 0.0) if args.collective == "alltoall" else _reference(args, emu.topology, count, dtype)
     wrong = 0
     if args.collective == "alltoall":
         for row, n in zip(work, nodes):
             expect = bench_data.alltoall_reference(n, emu.topology.nodes, count, args.density,
-                                                   args.block_size, args.overlap, args.seed)
-            wrong += bench_data.count_wrong(row, expect, emu.topology.nodes)
+                                                   args.block_size, args.overlap, args.seed, dtype)
+            wrong += bench_data.count_wrong(row, expect)
     elif args.collective == "reducescatter":
         off, cnt = final_segments(emu.topology, count)
         for row, n in zip(work, nodes):
-            wrong += bench_data.count_wrong(row[off[n]:off[n] + cnt[n]], ref[off[n]:off[n] + cnt[n]],
-                                            emu.topology.nodes)
+            part = slice(off[n], off[n] + cnt[n])
+            wrong += bench_data.count_wrong(row[part], ref[part], bound[part] if np.ndim(bound) else bound)
     else:
         for row in work:
-            wrong += bench_data.count_wrong(row, ref, emu.topology.nodes)
+            wrong += bench_data.count_wrong(row, ref, bound)
     wrong_all = np.zeros(1, dtype=np.int64)
     comm.Allreduce(np.array([wrong], dtype=np.int64), wrong_all, op=MPI.SUM)
     rec = {"wall_us": statistics.median(slowest.tolist()) * 1e6, "wrong": int(wrong_all[0])}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from nicemu.collectives import COLLECTIVES, REGISTRY
-from nicemu.nic.ops import DTYPES, OPS
+from nicemu.nic.ops import ALIASES, DTYPES, OPS
 from nicemu.nic.profile import load_profile, shipped_profiles
 from nicemu.topologies import topology_kinds
 
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace, comm) -> int:
         print(f"  {a.name:<14} [{what}; {', '.join(a.collectives)}] {a.summary}")
     print(f"collectives:  {', '.join(COLLECTIVES)}")
     print(f"dtypes:       {', '.join(DTYPES)}")
+    print(f"              aliases (nccl-tests): {', '.join(f'{a}={n}' for a, n in ALIASES.items())}")
     print(f"ops:          {', '.join(OPS)}")
     print("profiles:")
     for name in shipped_profiles():

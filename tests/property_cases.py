@@ -29,7 +29,13 @@ from hypothesis import HealthCheck, assume, settings
 from hypothesis import strategies as st
 
 from nicemu.collectives.registry import names
-from nicemu.nic.ops import DTYPES, OPS
+from nicemu.nic.ops import OPS
+
+#: the types and ops drawn here (the original set, so the drawn examples stay the same); the nccl-tests
+#: additions (bf16, fp8, 8-bit and unsigned integers, prod, avg) are checked in test_dtypes_ops.py and
+#: tests/mpi/test_dtypes_mpi.py
+DTYPES = ("float16", "float32", "float64", "int32", "int64")
+DRAWN_OPS = ("max", "min", "sum")
 
 MAX_NODES = 64           # cap on drawn topologies: keeps one example in the milliseconds
 MAX_DIMS = 6
@@ -204,7 +210,7 @@ def dense_cases(draw, max_nodes: int = MAX_NODES, min_nodes: int = 2,
     else:
         count = draw(counts(nodes))
     return DenseCase(shape, count, draw(st.sampled_from(sorted(DTYPES))),
-                     draw(st.sampled_from(sorted(OPS))), draw(st.sampled_from(algos)),
+                     draw(st.sampled_from(DRAWN_OPS)), draw(st.sampled_from(algos)),
                      collective, draw(st.sampled_from(PROFILES)),
                      draw(st.sampled_from([64, 1024, 4096])), draw(st.booleans()), draw(values_strategy))
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 
 from nicemu.collectives import COLLECTIVES, Timing, model_sparse, model_time, p2p_time, sparse_config
@@ -47,7 +48,7 @@ from nicemu.workloads.iteration_time import CommCost
 from nicemu.workloads.models import Model
 from nicemu.workloads.traffic import TrafficRecord
 
-DTYPE = np.dtype("float16")        # 2-byte activations (bf16 on the accelerators; same size on the wire)
+DTYPE = np.dtype(ml_dtypes.bfloat16)   # the models' 2-byte activations, as on the accelerators
 PATTERN_PERIOD = 4099              # dense inputs repeat with this (prime) period, see dense_input
 
 
@@ -205,11 +206,12 @@ class ModelComm(_Backend):
 
 
 def dense_input(node: int, count: int, seed: int) -> np.ndarray:
-    """A node's activations: small integers (|x| <= 4) repeating with period PATTERN_PERIOD.
+    """A node's activations: -1, 0 or 1, repeating with period PATTERN_PERIOD.
 
-    Integers keep every float16 partial sum exact, so the result can be compared exactly.
+    No partial sum of a group of up to 256 nodes leaves the integers bfloat16 holds exactly
+    (|x| <= 256), so the result can be compared exactly in any reduction order.
     """
-    base = np.random.default_rng([seed, 7, node]).integers(-4, 5, PATTERN_PERIOD)
+    base = np.random.default_rng([seed, 7, node]).integers(-1, 2, PATTERN_PERIOD)
     return np.resize(base, count).astype(DTYPE)
 
 
@@ -220,5 +222,5 @@ def dense_reference(nodes: Sequence[int], count: int, seed: int) -> np.ndarray:
     """
     total = np.zeros(PATTERN_PERIOD)
     for n in nodes:
-        total += np.random.default_rng([seed, 7, n]).integers(-4, 5, PATTERN_PERIOD)
+        total += np.random.default_rng([seed, 7, n]).integers(-1, 2, PATTERN_PERIOD)
     return np.resize(total, count)

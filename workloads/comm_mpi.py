@@ -77,7 +77,7 @@ class MpiComm(_Backend):
         self.stats.checked_elements += got.size
         want16 = want if want.dtype == DTYPE else want.astype(DTYPE)
         if want16 is not want and not np.array_equal(want16.astype(np.float64), want):
-            raise RuntimeError("reference not exact in float16")   # inputs are chosen so that it always is
+            raise RuntimeError(f"reference not exact in {DTYPE.name}")   # inputs are chosen so that it always is
         period = want16.size
         whole = got.size - got.size % period
         self.stats.wrong += int(np.count_nonzero(got[:whole].reshape(-1, period) != want16))

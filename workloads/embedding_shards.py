@@ -45,10 +45,10 @@ def batch_token_ids(tokens: int, vocab: int, seed: int = 0) -> np.ndarray:
 ROW_PATTERNS = 257   # distinct embedding rows of the synthetic table (a prime, so neighbouring ids differ)
 
 
-def embedding_rows(ids: np.ndarray, hidden: int, dtype: str | np.dtype = "float16") -> np.ndarray:
+def embedding_rows(ids: np.ndarray, hidden: int, dtype: str | np.dtype = "bfloat16") -> np.ndarray:
     """(tokens, hidden) embedding output after the AllReduce: row ``t`` is row ``t mod 257`` of a fixed table.
 
-    Entries are non-zero integers in [-4, 4], so sums stay exact in float16 and
+    Entries are non-zero integers in [-4, 4], so sums stay exact in bfloat16 and
     the zero blocks of each rank's input are exactly the rows it does not own.
     """
     v = (np.arange(ROW_PATTERNS)[:, None] * 7 + np.arange(hidden)[None, :] * 13) % 8

@@ -15,7 +15,7 @@ import numpy as np
 from nicemu.collectives.registry import COLLECTIVES, get, names
 from nicemu.errors import CollectiveError
 from nicemu.nic.faults import FaultSpec, parse_faults
-from nicemu.nic.ops import DTYPES, OPS
+from nicemu.nic.ops import ALIASES, DTYPES, OPS
 from nicemu.nic.profile import Profile, load_profile
 from nicemu.nic.stragglers import check_stragglers, parse_stragglers
 from nicemu.topologies import Torus, parse_topology
@@ -37,18 +37,28 @@ def check_collective(collective: str) -> None:
             f"unknown collective '{collective}'; use one of {', '.join(COLLECTIVES)}")
 
 
+def accepted_dtypes() -> str:
+    """The names ``--dtype`` and ``check_dtype`` accept, for error messages and help."""
+    return ", ".join([*DTYPES, *(f"{a} ({n})" for a, n in ALIASES.items())])
+
+
 def check_dtype(dtype: str | np.dtype | type) -> np.dtype:
-    """A supported element type in native byte order: a name (``"float32"``), a numpy dtype or a
-    scalar type (``np.float32``). Anything else is refused before numpy is asked to interpret it."""
-    accepted = ", ".join(DTYPES)
+    """A supported element type in native byte order: a name (``"float32"``, ``"bfloat16"``), an
+    nccl-tests alias (``"half"``, ``"float"``, ``"double"``, ``"f8e4m3"``, ``"f8e5m2"``), a numpy dtype
+    or a scalar type (``np.float32``, ``ml_dtypes.bfloat16``). Anything else is refused before numpy is
+    asked to interpret it. Returns the canonical dtype (its ``name`` is what records report)."""
     if dtype is None or isinstance(dtype, bool):
-        raise CollectiveError(f"dtype {dtype!r} is not an element type; use one of {accepted}")
+        raise CollectiveError(f"dtype {dtype!r} is not an element type; use one of {accepted_dtypes()}")
+    if isinstance(dtype, str) and dtype in ALIASES:
+        dtype = ALIASES[dtype]
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
     try:
         dt = np.dtype(dtype)
     except (TypeError, ValueError, SyntaxError):
-        raise CollectiveError(f"unknown dtype {str(dtype)[:40]!r}; use one of {accepted}") from None
+        raise CollectiveError(f"unknown dtype {str(dtype)[:40]!r}; use one of {accepted_dtypes()}") from None
     if dt.name not in DTYPES:
-        raise CollectiveError(f"unsupported dtype '{dt.name}'; use one of {accepted}")
+        raise CollectiveError(f"unsupported dtype '{dt.name}'; use one of {accepted_dtypes()}")
     if not dt.isnative:
         raise CollectiveError(f"dtype {dt.str!r} ({dt.name}) is not in this machine's byte order; convert "
                               f"with x.astype(x.dtype.newbyteorder('='))")
@@ -136,13 +146,13 @@ def check_work(work: np.ndarray, local_nodes: int) -> None:
 
 
 def check_sparse_call(algo: str, collective: str, op: str) -> None:
-    """A sparse algorithm implements AllReduce with sum only."""
+    """A sparse algorithm implements AllReduce with sum (and avg, a sum divided at the end) only."""
     if collective not in get(algo).collectives:
         dense = " or ".join(names(kind="dense", emulated=True, collective=collective))
         raise CollectiveError(f"{algo} implements AllReduce only; use {dense} for {collective}")
-    if op != "sum":
+    if op not in ("sum", "avg"):
         raise CollectiveError(f"{algo} cannot compute '{op}': blocks that are zero are skipped, and "
-                              "zero is not the identity of max/min; use --op sum or a dense algorithm")
+                              f"zero is not the identity of {op}; use --op sum or avg, or a dense algorithm")
 
 
 def check_call_number(call: int) -> int:

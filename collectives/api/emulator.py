@@ -49,6 +49,7 @@ from nicemu.collectives.schedules.spot_protocol import plan_rounds
 from nicemu.collectives.schedules.steps import Schedule, final_segments
 from nicemu.errors import CollectiveError
 from nicemu.nic.faults import FaultSpec
+from nicemu.nic.ops import finish
 from nicemu.nic.profile import Profile
 from nicemu.nic.spots import RecordLayout, SpotWindows
 from nicemu.topologies import Torus, ring
@@ -157,11 +158,14 @@ class Emulator:
         if collective == "alltoall":
             return self._run_alltoall(work, algo)
         if is_sparse(algo):
-            return self._run_sparse(collective, work, op, algo, sparse or {}, jitter_us, call)
-
+            timing = self._run_sparse(collective, work, op, algo, sparse or {}, jitter_us, call)
+            finish(op, work, self.topology.nodes)
+            return timing
         if algo == "mpi":
             seg_off, seg_cnt = final_segments(self.topology, work.shape[1])
             run_native(self.comm, collective, work, op, seg_off, seg_cnt, ex.lo, ex.hi, ex.bounds)
+            if collective != "allgather":
+                finish(op, work, self.topology.nodes)
             return None
         key = (collective, algo, work.shape[1])
         schedule = self._schedules.get(key)
@@ -170,7 +174,10 @@ class Emulator:
                                                              self.profile.topology.bidirectional)
             if len(self._schedules) > 64:
                 self._schedules.pop(next(iter(self._schedules)))
-        return ex.run(schedule, work, op)
+        timing = ex.run(schedule, work, op)
+        if collective != "allgather":
+            finish(op, work, self.topology.nodes)   # avg: the sum divided once, by the contributing nodes
+        return timing
 
     def _run_alltoall(self, work: np.ndarray, algo: str) -> Timing | None:
         """All-to-all through a staging row of 2·count per node (collectives/schedules/alltoall.py)."""

@@ -225,7 +225,7 @@ class LeanTransport(Transport):
     def start(self, plan: RankPlan, data: np.ndarray, op: str) -> list[LeanGroup]:
         """``data``: shape (1, count), C-contiguous."""
         self.rank_plan = plan
-        self.raw = memoryview(data).cast("B")       # bytes of the node's row
+        self.raw = memoryview(data.view(np.uint8).reshape(-1))   # bytes of the node's row (any dtype)
         self.row = data[0]
         self.dtype = data.dtype
         self.ufunc = OPS[op]

@@ -2,6 +2,10 @@
 
 Nodes that share a rank are first combined locally with numpy, then the ranks
 call ``Allreduce`` / ``Reduce_scatter`` / ``Allgatherv`` on their blocks.
+MPI has no bfloat16 or fp8 datatype: those travel as a contiguous datatype of
+their size in bytes, reduced by a user-defined (commutative) MPI op that applies
+the numpy/ml-dtypes ufunc in the type. ``avg`` is MPI's sum, divided afterwards
+(nicemu.nic.ops.finish, called by the caller).
 """
 
 from __future__ import annotations
@@ -9,9 +13,33 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from nicemu.nic.ops import OPS
+from nicemu.nic.ops import NON_MPI_DTYPES, OPS
 
-MPI_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+MPI_OPS = {"sum": MPI.SUM, "prod": MPI.PROD, "max": MPI.MAX, "min": MPI.MIN, "avg": MPI.SUM}
+_USER: dict[tuple[str, str], tuple[MPI.Datatype, MPI.Op]] = {}     # (dtype, op) -> committed type, op
+
+
+def _user_op(dtype: np.dtype, op: str) -> tuple[MPI.Datatype, MPI.Op]:
+    """A datatype of ``dtype.itemsize`` bytes and an MPI op reducing it in ``dtype`` (made once)."""
+    key = (dtype.name, op)
+    if key not in _USER:
+        ufunc = OPS[op]
+
+        def apply(inbuf, inoutbuf, datatype) -> None:     # MPI's contract: inout <- in (op) inout
+            inout = np.frombuffer(inoutbuf, dtype=dtype)
+            ufunc(np.frombuffer(inbuf, dtype=dtype), inout, out=inout)
+
+        _USER[key] = (MPI.BYTE.Create_contiguous(dtype.itemsize).Commit(), MPI.Op.Create(apply, commute=True))
+    return _USER[key]
+
+
+def _buffers(local: np.ndarray, result: np.ndarray, op: str):
+    """The send and receive buffer specs and the MPI op for ``local``'s type."""
+    if local.dtype.name not in NON_MPI_DTYPES:
+        return local, result, MPI_OPS[op]
+    datatype, mpi_op = _user_op(local.dtype, op)
+    return ([local.view(np.uint8), local.size, datatype], [result.view(np.uint8), result.size, datatype],
+            mpi_op)
 
 
 def run_native(comm: MPI.Comm, collective: str, data: np.ndarray, op: str,
@@ -23,19 +51,24 @@ def run_native(comm: MPI.Comm, collective: str, data: np.ndarray, op: str,
                                for i in range(lo, hi)])
         counts = [int(seg_cnt[bounds[r]:bounds[r + 1]].sum()) for r in range(comm.size)]
         full = np.empty(data.shape[1], dtype=data.dtype)
-        comm.Allgatherv(mine, [full, counts])
+        comm.Allgatherv(mine.view(np.uint8), [full.view(np.uint8), [c * data.dtype.itemsize for c in counts]])
         data[:] = full
         return
     local = (OPS[op].reduce(data, axis=0, dtype=data.dtype) if data.shape[0] > 1
              else data[0].copy())
     result = np.empty_like(local)
     if collective == "allreduce":
-        comm.Allreduce(local, result, op=MPI_OPS[op])
+        send, recv, mpi_op = _buffers(local, result, op)
+        comm.Allreduce(send, recv, op=mpi_op)
         data[:] = result
         return
     counts = [int(seg_cnt[bounds[r]:bounds[r + 1]].sum()) for r in range(comm.size)]
     mine = np.empty(counts[comm.rank], dtype=data.dtype)
-    comm.Reduce_scatter(local, mine, counts, op=MPI_OPS[op])
+    if local.dtype.name in NON_MPI_DTYPES:
+        datatype, mpi_op = _user_op(local.dtype, op)
+        comm.Reduce_scatter([local.view(np.uint8), datatype], [mine.view(np.uint8), datatype], counts, op=mpi_op)
+    else:
+        comm.Reduce_scatter(local, mine, counts, op=MPI_OPS[op])
     start = int(seg_off[lo]) if hi > lo else 0
     for i in range(lo, hi):
         a = int(seg_off[i]) - start

@@ -112,7 +112,12 @@ def case(id: str, args: list[str], *keywords: str) -> Case:
 
 CASES = [
     # dtype / op combinations
-    case("bench-dtype-int8", [*BENCH, "--dtype", "int8"], "int8", "float32"),
+    case("bench-dtype-int16", [*BENCH, "--dtype", "int16"], "int16", "bfloat16", "half (float16)"),  # not NCCL's
+    case("bench-dtype-bf16-spelling", [*BENCH, "--dtype", "bf16"], "'bf16'", "bfloat16"),
+    case("bench-dtype-fp8-no-fn", [*BENCH, "--dtype", "float8_e4m3"], "float8_e4m3", "float8_e4m3fn"),
+    case("bench-op-mulsum", [*BENCH, "--op", "mulsum"], "'mulsum'", "prod", "avg"),
+    case("bench-sparse-prod", [*BENCH, "--algo", "omniccl", "--op", "prod", "--dtype", "bfloat16"],
+         "prod", "identity", "avg"),
     case("bench-dtype-complex64", [*BENCH, "--dtype", "complex64"], "complex64"),
     case("bench-op-uppercase", [*BENCH, "--op", "SUM"], "'SUM'", "sum"),
     case("bench-sparse-min-int32", [*BENCH, "--algo", "omnireduce", "--op", "min", "--dtype", "int32"],
@@ -248,7 +253,7 @@ CASES = [
 
 BY_ID = {c.id: c for c in CASES}
 #: also run under mpiexec -n 2: one or two per category, bench and serve
-MPI_CASES = ["bench-dtype-int8", "profile-type-string", "set-unknown-section", "bench-seed-negative",
+MPI_CASES = ["bench-dtype-int16", "profile-type-string", "set-unknown-section", "bench-seed-negative",
              "serve-trace-back-in-time", "serve-config-missing-fields", "bench-dtype-unknown-name",
              "bench-mpi-spot-window-memory", "serve-requests-huge"]
 

@@ -180,20 +180,37 @@ def test_csv_matches_json(nicemu, tmp_path):
         ("reducescatter", "float32", "sum", "torus:3x3", ("--density", "0.5", "--block-size", "16")),
         # int32 sum: numpy's add.reduce widens int32 to int64, which the mpi algorithm must not pass on
         ("reducescatter", "int32", "sum", "ring:8", ()),
+        # the nccl-tests types and ops: low-precision floats within the rounding bound, wrapping integers
+        ("allreduce", "bfloat16", "avg", "ring:8", ()),
+        ("reducescatter", "float8_e4m3fn", "sum", "torus:2x2x2", ()),
+        ("allreduce", "uint8", "prod", "torus:3x3", ()),
+        ("allreduce", "half", "max", "ring:8", ()),       # nccl-tests' alias, recorded as float16
     ],
     ids=lambda v: " ".join(v) if isinstance(v, tuple) else str(v),
 )
 def test_collectives_dtypes_ops(bench_json, collective, dtype, op, topology, extra):
-    itemsize = {"float16": 2, "float32": 4, "int32": 4, "float64": 8, "int64": 8}[dtype]
+    name = {"half": "float16"}.get(dtype, dtype)
+    itemsize = {"float16": 2, "float32": 4, "int32": 4, "float64": 8, "int64": 8, "bfloat16": 2,
+                "float8_e4m3fn": 1, "uint8": 1}[name]
     args = _bench_args(topology, ALL_ALGOS, extra=("--collective", collective, "--dtype", dtype, "--op", op, *extra))
     records = bench_json(args, n=4)
     nodes = {"ring:8": 8, "torus:2x2x2": 8, "torus:3x3": 9}[topology]
     _check_records(records, SIZES, ALL_ALGOS, ranks=4, executor="mpi", nodes=nodes, collective=collective,
                    itemsize=itemsize)
-    assert all(r["dtype"] == dtype and r["op"] == op for r in records)
+    assert all(r["dtype"] == name and r["op"] == op for r in records)
     model = bench_json(_bench_args(topology, EMULATED_ALGOS, executor="model",
                                    extra=("--collective", collective, "--dtype", dtype, "--op", op, *extra)))
     assert _emulated(records) == _emulated(model)
+
+
+def test_sparse_avg_in_bfloat16(bench_json):
+    """The sparse algorithms take avg (a sum, divided once at the end) in any float type."""
+    extra = ("--dtype", "bfloat16", "--op", "avg", "--density", "0.3", "--block-size", "64")
+    algos = ["ring", "omniccl", "omnireduce"]
+    records = bench_json(_bench_args("ring:8", algos, extra=extra), n=4)
+    _check_records(records, SIZES, algos, ranks=4, executor="mpi", nodes=8, itemsize=2)
+    assert all(r["dtype"] == "bfloat16" and r["op"] == "avg" for r in records)
+    assert _emulated(records) == _emulated(bench_json(_bench_args("ring:8", algos, executor="model", extra=extra)))
 
 
 # --- ASTRA-sim network files ------------------------------------------------------------------------

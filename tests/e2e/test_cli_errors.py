@@ -72,7 +72,7 @@ CASES = [
     case("size-range-reversed", [*BENCH, "--sizes", "1M:1K"], "1M:1K"),
     case("size-range-bad-factor", [*BENCH, "--sizes", "1K:1M:1"], "factor"),
     case("unknown-dtype", [*BENCH, "--sizes", "1K", "--dtype", "float128"], "float128"),
-    case("unknown-op", [*BENCH, "--sizes", "1K", "--op", "prod"], "prod"),
+    case("unknown-op", [*BENCH, "--sizes", "1K", "--op", "mulsum"], "mulsum", "avg"),
     case("unknown-collective", [*BENCH, "--sizes", "1K", "--collective", "gather"], "gather"),
     case("density-nan", [*BENCH, "--sizes", "1K", "--density", "nan"], "--density", "[0, 1]"),
     case("density-above-one", [*BENCH, "--sizes", "1K", "--density", "1.5"], "--density", "1.5"),

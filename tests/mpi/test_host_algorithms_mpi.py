@@ -33,7 +33,8 @@ def cases():
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("topology", topologies())
 @pytest.mark.parametrize("algo, collective", cases())
-@pytest.mark.parametrize("dtype, op", [("int64", "sum"), ("int32", "max"), ("float64", "sum"), ("float32", "min")])
+@pytest.mark.parametrize("dtype, op", [("int64", "sum"), ("int32", "max"), ("float64", "sum"), ("float32", "min"),
+                                       ("int64", "avg")])
 def test_real_data_and_model_agree(topology, algo, collective, dtype, op):
     count = 1003      # odd: uneven pieces everywhere
     with Emulator(COMM, topology, PROFILE) as emu:
@@ -44,7 +45,11 @@ def test_real_data_and_model_agree(topology, algo, collective, dtype, op):
         else:
             x = rng.standard_normal((n, count)).astype(dtype)
         lo, hi = emu.node_range.start, emu.node_range.stop
-        ref = UFUNC[op].reduce(x.astype(np.float64), axis=0)
+        if op == "avg":    # NCCL's integer avg: the sum divided by the node count, truncated toward zero
+            total = x.sum(axis=0)
+            ref = (np.sign(total) * (np.abs(total) // n)).astype(np.float64)
+        else:
+            ref = UFUNC[op].reduce(x.astype(np.float64), axis=0)
         off, cnt = emu.segments(count)
         res = emu.run(collective, x[lo:hi], op, algo)
         rows = res.data if isinstance(res.data, list) else list(np.atleast_2d(res.data))
@@ -60,7 +65,7 @@ def test_real_data_and_model_agree(topology, algo, collective, dtype, op):
                 np.testing.assert_array_equal(row, want.astype(dtype))
             else:
                 np.testing.assert_allclose(row.astype(np.float64), want, rtol=tol, atol=tol)
-        if collective == "allreduce" and np.dtype(dtype).kind == "i":
+        if collective == "allreduce" and np.dtype(dtype).kind == "i" and op != "avg":
             local = UFUNC[op].reduce(x[lo:hi], axis=0)
             mpi_ref = np.empty_like(local)
             COMM.Allreduce(local, mpi_ref, op={"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op])
