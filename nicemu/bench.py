@@ -17,7 +17,7 @@ import numpy as np
 
 from nicemu import argtypes
 from nicemu import data as bench_data
-from nicemu.collectives import ALGORITHMS, COLLECTIVES, build_schedule, model_sparse, sparse_config
+from nicemu.collectives import ALGORITHMS, COLLECTIVES, build_schedule, model_sparse, model_time, sparse_config
 from nicemu.collectives.api.checks import (
     accepted_dtypes,
     check_algo,
@@ -311,6 +311,8 @@ def _model_timing(topology, profile, args, algo: str, dtype: np.dtype, count: in
                                        args.overlap, args.seed) for n in range(topology.nodes)])
         return model_sparse(cfg, masks, profile, dtype.itemsize, faults, call, stragglers)
     if algo == HOST_BEST:
+        if faults is None and not stragglers:
+            return model_time(args.collective, HOST_BEST, topology, profile, count, dtype)
         chosen = resolve_host_best(args.collective, topology, profile, count, dtype.itemsize)
         timing = _model_timing(topology, profile, args, chosen, dtype, count, faults, call, stragglers)
         timing.chosen_algo = chosen

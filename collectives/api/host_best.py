@@ -29,7 +29,7 @@ def candidates(collective: str) -> list[str]:
             if REGISTRY[a].engine == "host" and REGISTRY[a].build is not None]
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=32)
 def best_host(collective: str, topology: Torus, profile: Profile, count: int, itemsize: int) -> tuple[str, Timing]:
     """(name, fault-free model timing) of the fastest host algorithm for this call."""
     from nicemu.collectives.api.model import build_schedule  # api.model imports this module

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from nicemu.collectives.api import host_best
@@ -74,6 +76,9 @@ def model_time(collective: str, algo: str, topology: Torus | str, profile: Profi
         check_link_faults(algo)
     if algo == host_best.NAME:
         algo = resolve_host_best(collective, topology, profile, count, dt.itemsize)
+        if spec is None and not slow:       # the choice was timed under exactly these conditions
+            return replace(host_best.best_host(collective, topology, profile, count, dt.itemsize)[1],
+                           chosen_algo=algo)
         timing = model_time(collective, algo, topology, profile, count, dt, faults, call, stragglers)
         timing.chosen_algo = algo
         return timing
