@@ -17,9 +17,10 @@ import numpy as np
 
 from nicemu import argtypes
 from nicemu import data as bench_data
-from nicemu.collectives import ALGORITHMS, COLLECTIVES, build_schedule, model_sparse, sparse_config
+from nicemu.collectives import ALGORITHMS, COLLECTIVES, build_schedule, model_sparse, segment_elems, sparse_config
 from nicemu.collectives.api.checks import (
     check_algo,
+    check_algo_collective,
     check_collective,
     check_dtype_op,
     check_schedule_size,
@@ -128,6 +129,8 @@ def validate(args: argparse.Namespace, comm):
     for a in algos:
         if is_sparse(a):
             check_sparse_call(a, args.collective, args.op)
+        else:
+            check_algo_collective(a, args.collective)
     if args.executor == "model" and any(not get(a).emulated for a in algos):
         raise UsageError("--algo mpi measures MPI's own collective and needs --executor mpi; drop it "
                          "from --algo for the model executor")
@@ -300,7 +303,8 @@ def _model_timing(topology, profile, args, algo: str, dtype: np.dtype, count: in
         masks = np.stack([pattern_mask(n, topology.nodes, count, cfg.block_size, args.density,
                                        args.overlap, args.seed) for n in range(topology.nodes)])
         return model_sparse(cfg, masks, profile, dtype.itemsize, faults, call, stragglers)
-    schedule = build_schedule(args.collective, algo, topology, count, profile.topology.bidirectional)
+    schedule = build_schedule(args.collective, algo, topology, count, profile.topology.bidirectional,
+                              segment_elems(profile, dtype.itemsize))
     return run_model(schedule, profile, dtype.itemsize, faults, call, stragglers)
 
 

@@ -34,14 +34,14 @@ from nicemu.collectives.api.checks import (
     check_work,
     fault_options,
 )
-from nicemu.collectives.api.model import build_schedule
+from nicemu.collectives.api.model import build_schedule, segment_elems
 from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.link_faults import install as install_faults
 from nicemu.collectives.model.sparse_timing import model_sparse
 from nicemu.collectives.mpi.executor import MpiExecutor
 from nicemu.collectives.mpi.native import run_native, run_native_alltoall
 from nicemu.collectives.mpi.spot_executor import SpotRun, gather_masks
-from nicemu.collectives.registry import is_sparse, sparse_config
+from nicemu.collectives.registry import get, is_sparse, sparse_config
 from nicemu.collectives.schedules import alltoall
 from nicemu.collectives.schedules.sparse_patterns import block_mask, nblocks_of
 from nicemu.collectives.schedules.spot_protocol import plan_rounds
@@ -152,11 +152,12 @@ class Emulator:
             seg_off, seg_cnt = final_segments(self.topology, work.shape[1])
             run_native(self.comm, collective, work, op, seg_off, seg_cnt, ex.lo, ex.hi, ex.bounds)
             return None
-        key = (collective, algo, work.shape[1])
+        seg = segment_elems(self.profile, work.dtype.itemsize) if get(algo).segmented else 0
+        key = (collective, algo, work.shape[1], seg)
         schedule = self._schedules.get(key)
         if schedule is None:
             schedule = self._schedules[key] = build_schedule(collective, algo, self.topology, work.shape[1],
-                                                             self.profile.topology.bidirectional)
+                                                             self.profile.topology.bidirectional, seg or None)
             if len(self._schedules) > 64:
                 self._schedules.pop(next(iter(self._schedules)))
         return ex.run(schedule, work, op)
