@@ -63,7 +63,7 @@ ALGO = "ring-pipelined"
 
 @dataclass(frozen=True)
 class RingStep:
-    """One ring step of a run: its phase, its index in that phase, and the node ranges it splits."""
+    """One ring step of a run: its phase and its index in that phase's ring."""
 
     phase: str                 # "rs" or "ag"
     index: int                 # step within its phase's ring (0 .. k-2)
