@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nicemu.collectives.api.checks import check_algo, check_collective, check_dtype_op
-from nicemu.collectives.api.model import build_schedule, model_time
+from nicemu.collectives.api.model import build_schedule, model_time, segment_elems
 from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.p2p_timing import p2p_time
 from nicemu.collectives.model.sparse_timing import model_sparse, plan_sparse, time_sparse_plan
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ALGORITHMS", "COLLECTIVES", "REGISTRY", "Algorithm", "CollectiveError", "Emulator", "PackedMasks",
            "Result", "Timing", "build_schedule", "check_algo", "check_collective", "check_dtype_op", "model_sparse",
-           "model_time", "names", "p2p_time", "plan_sparse", "run_p2p", "sparse_config", "time_sparse_plan"]
+           "model_time", "names", "p2p_time", "plan_sparse", "run_p2p", "segment_elems", "sparse_config",
+           "time_sparse_plan"]
 
 
 def __getattr__(name: str):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nicemu.collectives.schedules import alltoall, directreduce, host_ring, omniccl, recursive, tree
+from nicemu.collectives.schedules import alltoall, directreduce, host_ring, omniccl, recursive, ring_pipelined, tree
 from nicemu.collectives.schedules.spot_protocol import SparseConfig
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
@@ -23,7 +23,9 @@ COLLECTIVES = ("allreduce", "reducescatter", "allgather", "alltoall")
 #: topology kinds (the part of a spec before the colon)
 TOPOLOGY_KINDS = ("ring", "switch", "torus", "astra")
 
-Builder = Callable[[str, Torus, int, bool], Schedule]   # (collective, topology, count, bidirectional)
+#: (collective, topology, count, bidirectional); a ``segmented`` algorithm's builder also takes the
+#: keyword ``segment_elems`` (elements per pipeline segment, from ``host.segment_KiB`` and the dtype)
+Builder = Callable[..., Schedule]
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Algorithm:
                                        # per-layer AllReduces and all-to-all run on it)
     topologies: tuple[str, ...] = TOPOLOGY_KINDS
     link_faults: bool = True           # runs with --faults (go-back-N on neighbour links)
+    segmented: bool = False            # dense: ``build`` takes ``segment_elems=`` (see Builder)
 
     @property
     def kind(self) -> str:
@@ -68,10 +71,18 @@ def _directreduce(collective: str, topology: Torus, count: int, bidirectional: b
     return directreduce.build(collective, topology, count, bidirectional)
 
 
+def _ring_pipelined(collective: str, topology: Torus, count: int, bidirectional: bool = False, *,
+                    segment_elems: int) -> Schedule:
+    return ring_pipelined.build(collective, topology, count, bidirectional, segment_elems=segment_elems)
+
+
 REGISTRY: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("ring", "host-based Ring-AllReduce: every step crosses PCIe twice and the host reduces "
               "(alltoall: store-and-forward through every host)",
               COLLECTIVES, "host", build=_host_ring),
+    Algorithm("ring-pipelined", "host ring with segmented chunks: the host reduces a segment while the next "
+              "arrives and forwards it at once, across ring steps (segment: host.segment_KiB)",
+              ("allreduce", "reducescatter", "allgather"), "host", build=_ring_pipelined, segmented=True),
     Algorithm("directreduce", "DirectReduce: in-NIC reduction with packet-level stream aggregation "
               "(alltoall: the NIC forwards transit blocks cut-through)",
               COLLECTIVES, "nic", build=_directreduce),

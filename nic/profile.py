@@ -48,12 +48,23 @@ class PcieSpec:
     latency_us: float
 
 
+#: ``host.segment_KiB`` when a profile leaves it out: Open MPI's segment for its pipelined ring
+#: AllReduce (docs/model.md §7)
+DEFAULT_SEGMENT_KiB = 1024.0
+
+
 @dataclass(frozen=True)
 class HostSpec:
-    """Host CPU reduction: result bytes per second (1e9) and a fixed cost per step it takes part in."""
+    """Host CPU reduction: result bytes per second (1e9), a fixed cost per step it takes part in,
+    and the segment size of the pipelined host ring (``ring-pipelined``)."""
 
     reduce_GBps: float
     overhead_us: float
+    segment_KiB: float = DEFAULT_SEGMENT_KiB
+
+    def segment_elems(self, itemsize: int) -> int:
+        """Elements of ``itemsize`` bytes in one pipeline segment (at least 1)."""
+        return max(1, int(self.segment_KiB * 1024) // itemsize)
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,7 @@ MAX_COUNT = 1 << 40  # e.g. packet_bytes: the largest message
 _RATE = "rate"  # number >= MIN_RATE, .inf allowed
 _TIME = "time"  # finite number in [0, MAX_TIME]
 _SIZE = "size"  # finite number >= 0
+_POSITIVE = "positive"  # number > 0 and <= MAX_COUNT
 _COUNT = "count"  # integer in [1, MAX_COUNT]
 _FLAG = "flag"  # boolean
 
@@ -134,6 +146,7 @@ _EXPECT = {
     _RATE: f"must be a number >= {MIN_RATE:g} (.inf allowed, meaning the term vanishes)",
     _TIME: f"must be a finite number from 0 to {MAX_TIME:g}",
     _SIZE: "must be a finite number >= 0",
+    _POSITIVE: "must be a number > 0 and at most 2**40",
     _COUNT: "must be an integer from 1 to 2**40",
     _FLAG: "must be true or false",
 }
@@ -141,7 +154,7 @@ _EXPECT = {
 _SECTIONS: dict[str, tuple[type, dict[str, str]]] = {
     "link": (LinkSpec, {"bandwidth_GBps": _RATE, "latency_us": _TIME}),
     "pcie": (PcieSpec, {"bandwidth_GBps": _RATE, "latency_us": _TIME}),
-    "host": (HostSpec, {"reduce_GBps": _RATE, "overhead_us": _TIME}),
+    "host": (HostSpec, {"reduce_GBps": _RATE, "overhead_us": _TIME, "segment_KiB": _POSITIVE}),
     "nic": (
         NicSpec,
         {"reduce_GBps": _RATE, "latency_us": _TIME, "packet_bytes": _COUNT, "memory_KiB": _SIZE,
@@ -151,7 +164,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, str]]] = {
     "switch": (SwitchSpec, {"latency_us": _TIME}),
 }
 _OPTIONAL_SECTIONS = frozenset({"topology", "switch"})
-_OPTIONAL_KEYS = frozenset({("nic", "retransmit_timeout_us")})  # have a default in their spec
+_OPTIONAL_KEYS = frozenset({("nic", "retransmit_timeout_us"),   # have a default in their spec
+                            ("host", "segment_KiB")})
 _TEXT_KEYS = ("description", "name")  # optional top-level strings
 _TOP_LEVEL = (*_SECTIONS, *_TEXT_KEYS)
 
@@ -217,6 +231,10 @@ def _check_value(kind: str, value: Any) -> float | int | bool:
         if number >= MIN_RATE:
             return number
         raise _BadValue
+    if kind == _POSITIVE:
+        if 0 < number <= MAX_COUNT:
+            return number
+        raise _BadValue
     if math.isfinite(number) and number >= 0 and (kind != _TIME or number <= MAX_TIME):  # _TIME, _SIZE
         return number
     raise _BadValue
@@ -231,7 +249,7 @@ def _check_field(section: str, key: str, value: Any) -> float | int | bool:
         hint = ""
         if kind == _COUNT and isinstance(value, float) and value.is_integer():
             hint = " (write it without a decimal point)"
-        elif kind in (_TIME, _SIZE) and isinstance(value, float) and math.isinf(value):
+        elif kind in (_TIME, _SIZE, _POSITIVE) and isinstance(value, float) and math.isinf(value):
             hint = " (.inf is only allowed for bandwidths and rates)"
         raise _BadValue(f"{section}.{key} {_EXPECT[kind]}, got {_show(value)}{hint}") from None
 

@@ -17,10 +17,19 @@ import numpy as np
 
 from nicemu import argtypes
 from nicemu import data as bench_data
-from nicemu.collectives import ALGORITHMS, COLLECTIVES, build_schedule, model_sparse, model_time, sparse_config
+from nicemu.collectives import (
+    ALGORITHMS,
+    COLLECTIVES,
+    build_schedule,
+    model_sparse,
+    model_time,
+    segment_elems,
+    sparse_config,
+)
 from nicemu.collectives.api.checks import (
     accepted_dtypes,
     check_algo,
+    check_algo_collective,
     check_collective,
     check_dtype_op,
     check_schedule_size,
@@ -132,6 +141,8 @@ def validate(args: argparse.Namespace, comm):
     for a in algos:
         if is_sparse(a):
             check_sparse_call(a, args.collective, args.op)
+        else:
+            check_algo_collective(a, args.collective)
     if args.executor == "model" and any(not get(a).emulated for a in algos):
         raise UsageError("--algo mpi measures MPI's own collective and needs --executor mpi; drop it "
                          "from --algo for the model executor")
@@ -317,7 +328,8 @@ def _model_timing(topology, profile, args, algo: str, dtype: np.dtype, count: in
         timing = _model_timing(topology, profile, args, chosen, dtype, count, faults, call, stragglers)
         timing.chosen_algo = chosen
         return timing
-    schedule = build_schedule(args.collective, algo, topology, count, profile.topology.bidirectional)
+    schedule = build_schedule(args.collective, algo, topology, count, profile.topology.bidirectional,
+                              segment_elems(profile, dtype.itemsize))
     return run_model(schedule, profile, dtype.itemsize, faults, call, stragglers)
 
 

@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=8, help="transfers shown per step, >= 0 (default 8)")
     p.add_argument("--bidirectional", action="store_true",
                    help="split every chunk over both directions of each ring")
+    p.add_argument("--segment-elems", type=int, default=None,
+                   help="ring-pipelined: elements per pipeline segment, >= 1 (default: host.segment_KiB "
+                        "of the profiles, 1 MiB, in float32 elements)")
 
 
 def run(args: argparse.Namespace, comm) -> int:
@@ -28,8 +31,10 @@ def run(args: argparse.Namespace, comm) -> int:
         raise UsageError(f"--count {args.count} is outside 1..2**40 elements per node")
     if args.limit < 0:
         raise UsageError(f"--limit {args.limit} must be >= 0 (0 shows only the step headers)")
+    if args.segment_elems is not None and not 1 <= args.segment_elems <= MAX_COUNT:
+        raise UsageError(f"--segment-elems {args.segment_elems} is outside 1..2**40 elements")
     sched = build_schedule(args.collective, args.algo, parse_topology(args.topology), args.count,
-                           args.bidirectional)
+                           args.bidirectional, args.segment_elems)
     if comm.rank == 0:
         print(sched.describe(args.limit))
     return 0

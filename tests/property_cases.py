@@ -40,7 +40,7 @@ DRAWN_OPS = ("max", "min", "sum")
 MAX_NODES = 64           # cap on drawn topologies: keeps one example in the milliseconds
 MAX_DIMS = 6
 DIM_SIZES = (2, 5)       # nodes per dimension, as in issue 6
-DENSE_ALGOS = ("ring", "directreduce", "mpi")
+DENSE_ALGOS = ("ring", "ring-pipelined", "directreduce", "mpi")
 SPARSE_ALGOS = tuple(names(kind="sparse"))
 COLLECTIVES = ("allreduce", "reducescatter", "allgather", "alltoall")
 PROFILES = ("directreduce-paper", "ideal", "omniccl-paper")
@@ -193,10 +193,12 @@ class DenseCase:
     packet_bytes: int
     bidirectional: bool
     values: Values
+    segment_KiB: float = 1024.0    # ring-pipelined's segment; small ones give many segments per chunk
 
     @property
     def overrides(self) -> tuple[str, ...]:
-        return (f"nic.packet_bytes={self.packet_bytes}", f"topology.bidirectional={str(self.bidirectional).lower()}")
+        return (f"nic.packet_bytes={self.packet_bytes}", f"topology.bidirectional={str(self.bidirectional).lower()}",
+                f"host.segment_KiB={self.segment_KiB!r}")
 
 
 @st.composite
@@ -204,15 +206,17 @@ def dense_cases(draw, max_nodes: int = MAX_NODES, min_nodes: int = 2,
                 algos: tuple[str, ...] = DENSE_ALGOS) -> DenseCase:
     shape = draw(torus_shapes(max_nodes, min_nodes))
     nodes = math.prod(shape)
-    collective = draw(st.sampled_from(COLLECTIVES))
+    algo = draw(st.sampled_from(algos))
+    collective = draw(st.sampled_from(COLLECTIVES if algo != "ring-pipelined" else COLLECTIVES[:3]))
     if collective == "alltoall":      # one equal block per node
         count = nodes * draw(st.integers(1, max(1, 3000 // nodes)))
     else:
         count = draw(counts(nodes))
     return DenseCase(shape, count, draw(st.sampled_from(sorted(DTYPES))),
-                     draw(st.sampled_from(DRAWN_OPS)), draw(st.sampled_from(algos)),
+                     draw(st.sampled_from(DRAWN_OPS)), algo,
                      collective, draw(st.sampled_from(PROFILES)),
-                     draw(st.sampled_from([64, 1024, 4096])), draw(st.booleans()), draw(values_strategy))
+                     draw(st.sampled_from([64, 1024, 4096])), draw(st.booleans()), draw(values_strategy),
+                     draw(st.sampled_from([0.25, 4.0, 1024.0])))
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ import ml_dtypes
 import numpy as np
 
 from nicemu.collectives import COLLECTIVES, Timing, model_sparse, model_time, p2p_time, sparse_config
-from nicemu.collectives.registry import get, is_sparse
+from nicemu.collectives.registry import REGISTRY, get, is_sparse
 from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus
 from nicemu.workloads.embedding_shards import batch_token_ids, embedding_block_mask
@@ -53,10 +53,18 @@ PATTERN_PERIOD = 4099              # dense inputs repeat with this (prime) perio
 
 
 def algos_for(algo: str) -> tuple[str, str, str, str]:
-    """(per-layer AllReduce, embedding AllReduce, all-to-all, p2p label) of a ``--algo`` entry."""
+    """(per-layer AllReduce, embedding AllReduce, all-to-all, p2p label) of a ``--algo`` entry.
+
+    A dense algorithm without an all-to-all (``ring-pipelined``) moves its all-to-alls with the first
+    registered algorithm on the same engine that has one (``ring``).
+    """
     entry = get(algo)
     dense = entry.dense_partner or algo
-    return dense, algo, dense, f"p2p-{entry.engine}"
+    a2a = dense
+    if "alltoall" not in get(dense).collectives:
+        a2a = next(a.name for a in REGISTRY.values() if a.scheduled and a.engine == get(dense).engine
+                   and "alltoall" in a.collectives)
+    return dense, algo, a2a, f"p2p-{entry.engine}"
 
 
 def group_topology(topology: Torus, nodes: Sequence[int]) -> Torus:

@@ -31,6 +31,14 @@ def check_algo(algo: str) -> None:
     get(algo)
 
 
+def check_algo_collective(algo: str, collective: str) -> None:
+    """A dense algorithm that does not implement ``collective`` (e.g. ring-pipelined's all-to-all)."""
+    entry = get(algo)
+    if entry.sparse is None and collective not in entry.collectives:
+        others = ", ".join(names(kind="dense", emulated=True, collective=collective))
+        raise CollectiveError(f"{algo} does not implement {collective}; use one of {others}")
+
+
 def check_collective(collective: str) -> None:
     if collective not in COLLECTIVES:
         raise CollectiveError(

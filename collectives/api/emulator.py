@@ -35,14 +35,14 @@ from nicemu.collectives.api.checks import (
     fault_options,
 )
 from nicemu.collectives.api.host_best import NAME as HOST_BEST
-from nicemu.collectives.api.model import build_schedule, resolve_host_best
+from nicemu.collectives.api.model import build_schedule, resolve_host_best, segment_elems
 from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.link_faults import install as install_faults
 from nicemu.collectives.model.sparse_timing import model_sparse
 from nicemu.collectives.mpi.executor import MpiExecutor
 from nicemu.collectives.mpi.native import run_native, run_native_alltoall
 from nicemu.collectives.mpi.spot_executor import SpotRun, gather_masks
-from nicemu.collectives.registry import check_link_faults, is_sparse, sparse_config
+from nicemu.collectives.registry import check_link_faults, get, is_sparse, sparse_config
 from nicemu.collectives.schedules import alltoall
 from nicemu.collectives.schedules.sparse_patterns import block_mask, nblocks_of
 from nicemu.collectives.schedules.spot_protocol import plan_rounds
@@ -167,11 +167,12 @@ class Emulator:
             if collective != "allgather":
                 finish(op, work, self.topology.nodes)
             return None
-        key = (collective, algo, work.shape[1])
+        seg = segment_elems(self.profile, work.dtype.itemsize) if get(algo).segmented else 0
+        key = (collective, algo, work.shape[1], seg)
         schedule = self._schedules.get(key)
         if schedule is None:
             schedule = self._schedules[key] = build_schedule(collective, algo, self.topology, work.shape[1],
-                                                             self.profile.topology.bidirectional)
+                                                             self.profile.topology.bidirectional, seg or None)
             if len(self._schedules) > 64:
                 self._schedules.pop(next(iter(self._schedules)))
         timing = ex.run(schedule, work, op)

@@ -35,7 +35,8 @@ def best_host(collective: str, topology: Torus, profile: Profile, count: int, it
     from nicemu.collectives.api.model import build_schedule  # api.model imports this module
     best: tuple[str, Timing] | None = None
     for algo in candidates(collective):
-        schedule = build_schedule(collective, algo, topology, count, profile.topology.bidirectional)
+        schedule = build_schedule(collective, algo, topology, count, profile.topology.bidirectional,
+                                  profile.host.segment_elems(itemsize))
         timing = run_model(schedule, profile, itemsize)
         if best is None or timing.emulated_us < best[1].emulated_us:
             best = (algo, timing)

@@ -13,8 +13,10 @@ import numpy as np
 
 from nicemu.collectives.api import host_best
 from nicemu.collectives.api.checks import (
+    MAX_TRANSFERS,
     as_profile,
     as_topology,
+    check_algo_collective,
     check_call_number,
     check_collective,
     check_count,
@@ -28,7 +30,7 @@ from nicemu.collectives.registry import check_link_faults, get
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
 from nicemu.nic.faults import FaultSpec
-from nicemu.nic.profile import Profile
+from nicemu.nic.profile import DEFAULT_SEGMENT_KiB, Profile
 from nicemu.topologies import Torus
 
 
@@ -41,9 +43,18 @@ def resolve_host_best(collective: str, topology: Torus, profile: Profile, count:
     return host_best.best_host(collective, topology, profile, check_count(count), itemsize)[0]
 
 
+def segment_elems(profile: Profile, itemsize: int) -> int:
+    """Elements per pipeline segment of the segmented algorithms: ``host.segment_KiB`` in ``itemsize``."""
+    return profile.host.segment_elems(itemsize)
+
+
 def build_schedule(collective: str, algo: str, topology: Torus | str, count: int,
-                   bidirectional: bool = False) -> Schedule:
-    """The chunk-level program of a dense algorithm; every argument is checked first (one-line errors)."""
+                   bidirectional: bool = False, segment_elems: int | None = None) -> Schedule:
+    """The chunk-level program of a dense algorithm; every argument is checked first (one-line errors).
+
+    ``segment_elems`` reaches only the algorithms the registry marks ``segmented`` (``ring-pipelined``);
+    None means the default ``host.segment_KiB`` of float32 elements.
+    """
     check_collective(collective)
     entry = get(algo)
     if entry.sparse is not None:
@@ -54,12 +65,26 @@ def build_schedule(collective: str, algo: str, topology: Torus | str, count: int
                                  if entry.sparse is not None else
                                  "it picks a host algorithm per call (resolve_host_best names it)"
                                  if algo == host_best.NAME else "it is MPI's own collective"))
+    check_algo_collective(algo, collective)
     topology = as_topology(topology)
     count = check_count(count)
     if not isinstance(bidirectional, (bool, np.bool_)):
         raise CollectiveError(f"bidirectional must be True or False, got {bidirectional!r}")
     check_schedule_size(topology, collective, algo)
-    return entry.build(collective, topology, count, bool(bidirectional))
+    if not entry.segmented:
+        return entry.build(collective, topology, count, bool(bidirectional))
+    if segment_elems is None:
+        segment_elems = int(DEFAULT_SEGMENT_KiB * 1024) // 4
+    segment_elems = check_count(segment_elems, "segment_elems")
+    if segment_elems < 1:
+        raise CollectiveError("segment_elems must be at least 1 element")
+    schedule = entry.build(collective, topology, count, bool(bidirectional), segment_elems=segment_elems)
+    if schedule.transfers > MAX_TRANSFERS:
+        raise CollectiveError(
+            f"{algo} {collective} on {topology.name} with segments of {segment_elems} elements has "
+            f"{schedule.transfers:.3g} transfers, over the limit of 2**30; raise host.segment_KiB "
+            f"(e.g. --set host.segment_KiB=1024) or use fewer nodes")
+    return schedule
 
 
 def model_time(collective: str, algo: str, topology: Torus | str, profile: Profile | str, count: int,
@@ -82,7 +107,8 @@ def model_time(collective: str, algo: str, topology: Torus | str, profile: Profi
         timing = model_time(collective, algo, topology, profile, count, dt, faults, call, stragglers)
         timing.chosen_algo = algo
         return timing
-    schedule = build_schedule(collective, algo, topology, count, profile.topology.bidirectional)
+    schedule = build_schedule(collective, algo, topology, count, profile.topology.bidirectional,
+                              segment_elems(profile, dt.itemsize))
     return run_model(schedule, profile, dt.itemsize, spec, check_call_number(call), slow)
 
 

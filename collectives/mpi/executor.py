@@ -107,7 +107,8 @@ class MpiExecutor:
 
     def rank_plan(self, schedule: Schedule, itemsize: int) -> RankPlan:
         """``schedule`` compiled for this rank (cached: the latest :data:`PLAN_CACHE` schedules)."""
-        key = (schedule.collective, schedule.algo, schedule.count, itemsize, schedule.bidirectional)
+        key = (schedule.collective, schedule.algo, schedule.count, itemsize, schedule.bidirectional,
+               schedule.segment_elems)
         plan = self.plans.get(key)
         if plan is None:
             plan = compile_plan(schedule, itemsize, self.rank, self.lo, self.node_rank)

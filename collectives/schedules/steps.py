@@ -13,7 +13,9 @@ order; the one exception is an ``exchange`` step (recursive doubling), whose
 nodes swap whole vectors with their partners: its sends read the state from
 before the step. Consecutive steps with the same ``group`` run concurrently: every
 sender half of the group sees the node state from before the group (this is
-how a bidirectional ring sends one half of each chunk each way at once).
+how a bidirectional ring sends one half of each chunk each way at once, and
+how the pipelined ring sends several segments of different ring steps in one
+wavefront); no node writes, anywhere in a group, a range it sends in that group.
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ class Schedule:
     #: all-to-all: {step index: block permutation applied to every node's row before that step}.
     #: It only re-indexes host memory between torus dimensions, so it takes no emulated time.
     make_relayouts: Callable[[], dict[int, np.ndarray]] | None = field(repr=False, default=None)
+    #: segmented algorithms (``ring-pipelined``): elements per pipeline segment (0: not segmented)
+    segment_elems: int = 0
+    #: segmented algorithms: transfers in the whole schedule, known before it is generated (0: not counted)
+    transfers: int = 0
 
     def steps(self) -> Iterator[Step]:
         """Steps are generated lazily: a 262,144-node schedule never sits in memory whole."""
@@ -101,6 +107,8 @@ class Schedule:
 
     def describe(self, limit: int = 4) -> str:
         lines = [f"{self.collective} {self.algo} on {self.topology.describe()}, count={self.count}"]
+        if self.segment_elems:
+            lines[0] += f", segments of at most {self.segment_elems} elements"
         if self.width:
             lines[0] += f", staging row of {self.width} elements"
         relayouts = self.make_relayouts() if self.make_relayouts is not None else {}
@@ -108,7 +116,7 @@ class Schedule:
             if i in relayouts:
                 lines.append(f"  relayout: every node regroups its {len(relayouts[i])} staging blocks "
                              f"for dim {s.dim} (host memory, no emulated time)")
-            lines.append("  " + s.describe(limit))
+            lines.append("  " + (f"[group {s.group}] " if self.segment_elems else "") + s.describe(limit))
         return "\n".join(lines)
 
 

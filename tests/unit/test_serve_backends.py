@@ -42,6 +42,7 @@ def test_sparse_algorithms_pair_with_a_dense_one():
     assert algos_for("directreduce") == ("directreduce", "directreduce", "directreduce", "p2p-nic")
     assert algos_for("omniccl") == ("directreduce", "omniccl", "directreduce", "p2p-nic")
     assert algos_for("omniccl-cpu")[0] == "ring" and algos_for("omnireduce")[0] == "ring"
+    assert algos_for("ring-pipelined") == ("ring-pipelined", "ring-pipelined", "ring", "p2p-host")
 
 
 def test_dense_inputs_sum_to_the_reference_exactly_in_bfloat16():
