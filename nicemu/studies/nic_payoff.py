@@ -198,7 +198,7 @@ def findings_sizes(records: Sequence[dict], profile: Profile) -> list[str]:
     by_topo = (lambda r: r["topology"], str)
     wins = [r for r in records if r["gain_vs_best_host"] > 0]
     losses = [r for r in records if r["gain_vs_best_host"] <= 0]
-    text = (f"Against host-best, DirectReduce pays off from these sizes per node on (and at every larger size): "
+    text = (f"Against host-best, DirectReduce pays off at and above these sizes per node: "
             f"{_crossovers(records, 'gain_vs_best_host', *by_topo)}.")
     if wins:
         top = max(wins, key=lambda r: r["gain_vs_best_host"])
@@ -249,7 +249,7 @@ def findings_sizes(records: Sequence[dict], profile: Profile) -> list[str]:
            if extra else "."))
     ring_cross = _crossovers(records, "gain_vs_ring", *by_topo)
     out.append(f"Against the ring (DirectReduce paper's baseline) it pays off much earlier: from {ring_cross}; "
-               f"it never loses more than {_pct(min(r['gain_vs_ring'] for r in records))}.")
+               f"it is never more than {-100 * min(r['gain_vs_ring'] for r in records):.1f}% slower.")
     return out
 
 
