@@ -1,0 +1,443 @@
+"""When does in-NIC reduction pay off? DirectReduce against the host ring and the best host algorithm.
+
+Two sweeps with the model executor (``model_time``, float32 AllReduce), each
+point timing ``directreduce``, ``ring`` and ``host-best`` (the fastest host
+algorithm of the registry for that call, docs/model.md §16.4):
+
+- **sizes x nodes** on the ``400g-gen5`` profile: message sizes 1 KiB .. 1 GiB
+  on rings of 4 to 64 nodes, 2D and 3D tori, and ``switch:N`` (where MPICH's
+  recursive doubling and Rabenseifner send to their partners in one hop);
+- **link x PCIe**: the same sizes with ``link.bandwidth_GBps`` at 100, 200 and
+  400 Gb/s and ``pcie.bandwidth_GBps`` at Gen4 and Gen5 x16 (profile overrides,
+  as ``--set``), on a few topologies.
+
+Every record carries the three times and ``gain_vs_ring = 1 - t_dr / t_ring``,
+``gain_vs_best_host = 1 - t_dr / t_host_best``. ``run`` writes PREFIX.json,
+PREFIX.csv, the page PREFIX.md and two heat maps beside it.
+
+    from nicemu.studies import nic_payoff
+    records = nic_payoff.sweep(quick=True)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from nicemu.collectives import model_time
+from nicemu.nic.profile import Profile, load_profile
+from nicemu.report import write_result_files
+from nicemu.sizes import format_size
+from nicemu.studies.pages import page
+from nicemu.topologies import parse_topology
+
+SCRIPT = "nic_payoff"
+PROFILE = "400g-gen5"
+DTYPE, ITEMSIZE = "float32", 4
+ALGO, RING, HOST_BEST = "directreduce", "ring", "host-best"
+
+SIZES = [1 << e for e in range(10, 31, 2)]                  # 1 KiB .. 1 GiB, x4
+QUICK_SIZES = [1 << 10, 1 << 20, 1 << 26]
+TOPOLOGIES = ["ring:4", "ring:8", "ring:16", "ring:32", "ring:64", "torus:4x4", "torus:8x8", "torus:4x4x4",
+              "switch:8", "switch:16", "switch:64"]
+QUICK_TOPOLOGIES = ["ring:4", "torus:2x4", "switch:4"]
+#: link rates swept (Gb/s per direction; GB/s = Gb/s / 8)
+LINK_GBPS = (100, 200, 400)
+#: PCIe x16 rates after encoding and TLP/DLLP overhead (docs/model.md §7: Gen4 as directreduce-paper, Gen5 as
+#: 400g-gen5)
+PCIE_GBPS = {"Gen4": 25.0, "Gen5": 50.0}
+LINK_TOPOLOGIES = ["ring:8", "switch:8", "switch:64"]
+QUICK_LINK_TOPOLOGIES = ["ring:4"]
+
+SIZE_SWEEP, LINK_SWEEP = "sizes_nodes", "link_pcie"
+FIGURES = {SIZE_SWEEP: f"{SCRIPT}_sizes.png", LINK_SWEEP: f"{SCRIPT}_links.png"}
+
+
+# --------------------------------------------------------------------------
+# The sweeps
+
+
+def link_overrides(link_gbps: int, pcie: str) -> list[str]:
+    """The --set overrides for one link rate and PCIe generation."""
+    return [f"link.bandwidth_GBps={link_gbps / 8:g}", f"pcie.bandwidth_GBps={PCIE_GBPS[pcie]:g}"]
+
+
+def point(sweep_name: str, topo_spec: str, nbytes: int, profile: Profile, overrides: Sequence[str]) -> dict:
+    """One record: DirectReduce, ring and host-best on one topology, size and profile, with both gains."""
+    topo = parse_topology(topo_spec)
+    count = nbytes // ITEMSIZE
+    t_dr = model_time("allreduce", ALGO, topo, profile, count, DTYPE).emulated_us
+    t_ring = model_time("allreduce", RING, topo, profile, count, DTYPE).emulated_us
+    best = model_time("allreduce", HOST_BEST, topo, profile, count, DTYPE)
+    return {"sweep": sweep_name, "topology": topo_spec, "kind": topo_spec.split(":")[0], "nodes": topo.nodes,
+            "bytes": nbytes, "bytes_per_node": nbytes / topo.nodes, "dtype": DTYPE,
+            "link_Gbps": 8 * profile.link.bandwidth_GBps, "pcie_GBps": profile.pcie.bandwidth_GBps,
+            "profile": profile.name, "overrides": ";".join(overrides),
+            "directreduce_us": float(t_dr), "ring_us": float(t_ring), "host_best_us": float(best.emulated_us),
+            "best_host_algo": best.chosen_algo,
+            "gain_vs_ring": 1.0 - t_dr / t_ring, "gain_vs_best_host": 1.0 - t_dr / best.emulated_us}
+
+
+def sweep(quick: bool = False, profile_name: str = PROFILE, log: TextIO | None = None) -> list[dict]:
+    """Both sweeps, in order: sizes x nodes on the profile, then link x PCIe on a few topologies."""
+    sizes = QUICK_SIZES if quick else SIZES
+    base = load_profile(profile_name)
+    todo: list[tuple[str, str, int, Profile, list[str]]] = [
+        (SIZE_SWEEP, t, m, base, []) for t in (QUICK_TOPOLOGIES if quick else TOPOLOGIES) for m in sizes]
+    for link in LINK_GBPS:
+        for gen in PCIE_GBPS:
+            sets = link_overrides(link, gen)
+            prof = base.with_overrides(sets)
+            todo += [(LINK_SWEEP, t, m, prof, sets)
+                     for t in (QUICK_LINK_TOPOLOGIES if quick else LINK_TOPOLOGIES) for m in sizes]
+    records = []
+    for i, (name, topo, m, prof, sets) in enumerate(todo, 1):
+        rec = point(name, topo, m, prof, sets)
+        rec["pcie"] = next((g for g, v in PCIE_GBPS.items() if v == rec["pcie_GBps"]), f"{rec['pcie_GBps']:g} GB/s")
+        records.append(rec)
+        if log is not None and (i % 20 == 0 or i == len(todo)):
+            print(f"[{i}/{len(todo)}] {name} {topo} {format_size(m)}", file=log)
+    return records
+
+
+# --------------------------------------------------------------------------
+# Reading the records
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:+.1f}%"
+
+
+def _of(records: Sequence[dict], sweep_name: str) -> list[dict]:
+    return [r for r in records if r["sweep"] == sweep_name]
+
+
+def _rows(records: Sequence[dict], key) -> list:
+    return list(dict.fromkeys(key(r) for r in records))
+
+
+def crossover(rows: Sequence[dict], key: str) -> int | None:
+    """The smallest size from which DirectReduce beats the baseline at every larger size (None: never)."""
+    rows = sorted(rows, key=lambda r: r["bytes"])
+    first = None
+    for r in rows:
+        if r[key] > 0:
+            first = r["bytes"] if first is None else first
+        else:
+            first = None
+    return first
+
+
+def gain_table(records: Sequence[dict], key: str, row_key, row_label) -> list[str]:
+    """Markdown: one row per row_key, one column per size, cells the gain in percent."""
+    sizes = sorted({r["bytes"] for r in records})
+    cell = {(row_key(r), r["bytes"]): r[key] for r in records}
+    lines = ["| " + " | ".join(["", *(format_size(m) for m in sizes)]) + " |",
+             "|---|" + "---:|" * len(sizes)]
+    for row in _rows(records, row_key):
+        lines.append("| " + " | ".join([row_label(row), *(
+            _pct(cell[(row, m)]) if (row, m) in cell else "—" for m in sizes)]) + " |")
+    return lines
+
+
+def host_best_picks(records: Sequence[dict]) -> list[str]:
+    """Markdown: which host algorithm host-best ran, per topology, as size ranges."""
+    lines = ["| topology | host-best runs |", "|---|---|"]
+    for topo in _rows(records, lambda r: r["topology"]):
+        runs: list[list] = []
+        for r in sorted((r for r in records if r["topology"] == topo), key=lambda r: r["bytes"]):
+            if runs and runs[-1][0] == r["best_host_algo"]:
+                runs[-1][2] = r["bytes"]
+            else:
+                runs.append([r["best_host_algo"], r["bytes"], r["bytes"]])
+        text = ", ".join(f"`{a}` {format_size(lo)}" + (f"–{format_size(hi)}" if hi != lo else "")
+                         for a, lo, hi in runs)
+        lines.append(f"| {topo} | {text} |")
+    return lines
+
+
+def _terms(profile: Profile) -> dict[str, float]:
+    """The profile's per-step fixed costs and per-byte costs (docs/model.md §1, §3.6)."""
+    per_byte = {k: (0.0 if v == float("inf") else 1.0 / (1e3 * v)) for k, v in (
+        ("beta", profile.link.bandwidth_GBps), ("pi", profile.pcie.bandwidth_GBps),
+        ("gamma", profile.host.reduce_GBps))}
+    return {**per_byte, "alpha": profile.link.latency_us, "alpha_p": profile.pcie.latency_us,
+            "o_h": profile.host.overhead_us, "alpha_n": profile.nic.latency_us,
+            "switch": profile.switch.latency_us}
+
+
+def _ceiling(profile: Profile) -> float:
+    """The large-message gain of in-NIC reduction over a bandwidth-optimal host algorithm: γ / (2β + γ)."""
+    t = _terms(profile)
+    return t["gamma"] / (2 * t["beta"] + t["gamma"])
+
+
+def _slower(gain: float) -> str:
+    """A negative gain as the ratio 'N.N×' of the times (t / t_base = 1 − gain)."""
+    return f"{1 - gain:.1f}×"
+
+
+def _crossovers(records: Sequence[dict], key: str, row_key, row_label) -> str:
+    out = []
+    for row in _rows(records, row_key):
+        c = crossover([r for r in records if row_key(r) == row], key)
+        out.append(f"{row_label(row)} {format_size(c) if c else 'never'}")
+    return ", ".join(out)
+
+
+def findings_sizes(records: Sequence[dict], profile: Profile) -> list[str]:
+    """What the sizes x nodes sweep shows, read from its records."""
+    out = []
+    big, small = max(r["bytes"] for r in records), min(r["bytes"] for r in records)
+    at_big = [r for r in records if r["bytes"] == big]
+    at_small = [r for r in records if r["bytes"] == small]
+    t = _terms(profile)
+    by_topo = (lambda r: r["topology"], str)
+    wins = [r for r in records if r["gain_vs_best_host"] > 0]
+    losses = [r for r in records if r["gain_vs_best_host"] <= 0]
+    text = (f"Against host-best, DirectReduce pays off at and above these sizes per node: "
+            f"{_crossovers(records, 'gain_vs_best_host', *by_topo)}.")
+    if wins:
+        top = max(wins, key=lambda r: r["gain_vs_best_host"])
+        text += (f" Above them it cuts the latency by {100 * min(r['gain_vs_best_host'] for r in at_big):.1f}% "
+                 f"to {100 * max(r['gain_vs_best_host'] for r in at_big):.1f}% at {format_size(big)}, at most "
+                 f"{100 * top['gain_vs_best_host']:.1f}% ({top['topology']}, {format_size(top['bytes'])}).")
+    out.append(text)
+    if losses:
+        worst = min(losses, key=lambda r: r["gain_vs_best_host"])
+        out.append(f"Below them it does not pay off: at {format_size(small)} DirectReduce is "
+                   f"{_slower(max(r['gain_vs_best_host'] for r in at_small))} to "
+                   f"{_slower(worst['gain_vs_best_host'])} slower than host-best (the worst: {worst['topology']}). The "
+                   "switch is where the host algorithms are strongest: their partners are one hop away, while "
+                   "DirectReduce's ring still walks 2(p − 1) steps.")
+    algos = sorted({r["best_host_algo"] for r in at_small})
+    host_step = t["alpha"] + 2 * t["alpha_p"] + t["o_h"]
+    nic_step = t["alpha"] + t["alpha_n"]
+    pow2 = sorted({r["nodes"] for r in records if r["nodes"] > 1 and r["nodes"] & (r["nodes"] - 1) == 0})
+    out.append(
+        f"Why, at small sizes: the per-step fixed costs decide. A host step costs α + 2α_P + o_H = "
+        f"{host_step:g} µs beyond its bytes, a DirectReduce step α + α_N = {nic_step:g} µs"
+        + (" (equal: nic.latency_us is calibrated so, model.md §7)" if abs(host_step - nic_step) < 1e-12 else "")
+        + f", so against the ring DirectReduce is {_pct(min(r['gain_vs_ring'] for r in at_small))} to "
+        f"{_pct(max(r['gain_vs_ring'] for r in at_small))} at {format_size(small)}: it saves only the "
+        "bytes of one small chunk per step and pays its first PCIe fetch and last write once. "
+        f"host-best runs {', '.join(f'`{a}`' for a in algos)} there"
+        + (", whose lg p steps beat the rings' 2(p − 1)"
+           + (" (" + ", ".join(f"{2 * (p - 1) / (p.bit_length() - 1):.1f}× fewer for p = {p}"
+                               for p in (pow2[0], pow2[-1])) + ")" if pow2 else "")
+           if algos == ["recursive-doubling"] else "")
+        + ".")
+    ceiling = _ceiling(profile)
+    extra = [r for r in at_big if r["kind"] == "torus"]
+    tori_at_big = ", ".join(f"{r['topology']} {_pct(r['gain_vs_best_host'])}" for r in extra)
+    out.append(
+        f"Why, at large sizes: the bandwidth terms decide. The ring and Rabenseifner move 2(p − 1)/p · M over "
+        f"the links and reduce (p − 1)/p · M on the host CPU; DirectReduce reduces in the NIC while the link "
+        f"streams, so its gain tends to γ / (2β + γ) = {100 * ceiling:.1f}% with this profile (β = "
+        f"{1e6 * t['beta']:g} ps/B, γ = {1e6 * t['gamma']:g} ps/B). What keeps it below: in DirectReduce's "
+        "first step one PCIe read engine fetches both the chunk it sends and the operand it reduces, "
+        + ("which costs about c₀(2π − β) more than the link when 2π > β, as here (PCIe x16 at "
+           f"{profile.pcie.bandwidth_GBps:g} GB/s against a {profile.link.bandwidth_GBps:g} GB/s link); "
+           if 2 * t["pi"] > t["beta"] else "hidden behind the link with this profile; ")
+        + "c₀ = M/k₀ is the first ring's chunk"
+        + (f", larger on a torus (M/{parse_topology(extra[0]['topology']).shape[0]} on {extra[0]['topology']}) "
+           f"than on a ring of as many nodes, so tori stay further from the ceiling "
+           f"({tori_at_big})."
+           if extra else "."))
+    ring_cross = _crossovers(records, "gain_vs_ring", *by_topo)
+    out.append(f"Against the ring (DirectReduce paper's baseline) it pays off much earlier: from {ring_cross}; "
+               f"it is never more than {-100 * min(r['gain_vs_ring'] for r in records):.1f}% slower.")
+    return out
+
+
+def findings_links(records: Sequence[dict], base: Profile) -> list[str]:
+    """What the link x PCIe sweep shows, read from its records."""
+    out = []
+    big, small = max(r["bytes"] for r in records), min(r["bytes"] for r in records)
+    cell = {(r["topology"], r["bytes"], round(r["link_Gbps"]), r["pcie"]): r for r in records}
+    combos = [(link, gen) for link in LINK_GBPS for gen in PCIE_GBPS]
+    for topo in _rows(records, lambda r: r["topology"]):
+        cells = [f"{link}G/{gen} {_pct(cell[(topo, big, link, gen)]['gain_vs_best_host'])}"
+                 for link, gen in combos if (topo, big, link, gen) in cell]
+        out.append(f"{topo} at {format_size(big)}, gain over host-best: " + ", ".join(cells) + ".")
+    ceilings = ", ".join(
+        f"{link} Gb/s {100 * _ceiling(base.with_overrides([f'link.bandwidth_GBps={link / 8:g}'])):.1f}%"
+        for link in LINK_GBPS)
+    out.append(f"The faster the link, the larger the share of a host algorithm's time that is the host's own "
+               f"reduction, so the large-message gain grows with the link rate, as γ / (2β + γ) = {ceilings} "
+               f"(host.reduce_GBps = {base.host.reduce_GBps:g}).")
+    gen4, gen5 = list(PCIE_GBPS)[0], list(PCIE_GBPS)[-1]
+    top, below = LINK_GBPS[-1], LINK_GBPS[-2]
+    pairs = [(topo, cell.get((topo, big, top, gen4)), cell.get((topo, big, below, gen4)),
+              cell.get((topo, big, top, gen5))) for topo in _rows(records, lambda r: r["topology"])]
+    pairs = [p for p in pairs if all(p[1:])]
+    if pairs:
+        out.append(
+            f"PCIe {gen4} x16 ({PCIE_GBPS[gen4]:g} GB/s) holds a {top} Gb/s link back: at {format_size(big)} the "
+            f"gain with {top}G/{gen4} is " + ", ".join(
+                f"{_pct(a['gain_vs_best_host'])} on {topo} ({below}G/{gen4}: {_pct(b['gain_vs_best_host'])}, "
+                f"{top}G/{gen5}: {_pct(c['gain_vs_best_host'])})" for topo, a, b, c in pairs)
+            + ". Data that crosses PCIe on every step (the host algorithms' chunks, DirectReduce's operands "
+            "in its first ring and its results in the allgather) streams at the PCIe rate, so only with "
+            f"{gen5} does a {top} Gb/s link pay its full share.")
+    cross = "; ".join(_crossovers([r for r in records if r["topology"] == topo], "gain_vs_best_host",
+                                  lambda r: (round(r["link_Gbps"]), r["pcie"]), lambda x: f"{x[0]}G/{x[1]}")
+                      + f" on {topo}" for topo in _rows(records, lambda r: r["topology"]))
+    out.append(f"Where it starts to pay off against host-best: {cross}.")
+    at_small = [r["gain_vs_best_host"] for r in records if r["bytes"] == small]
+    out.append(f"The link rate does not rescue small messages: at {format_size(small)} DirectReduce stays "
+               f"{_slower(max(at_small))} to {_slower(min(at_small))} slower than host-best, latency-bound "
+               "whatever the bandwidth.")
+    return out
+
+
+NOT_MODELLED = [
+    "processes per node: every node is one process with one NIC, so a host algorithm's intra-node "
+    "steps, and the NIC shared by several ranks, are not there;",
+    "host memory bandwidth: DMA and the reducing core each run at their own rate, DDR5 or not, with no "
+    "contention between them;",
+    "DDIO: whether the DMA-written operand is in the LLC is not modelled (the host reduces at "
+    "host.reduce_GBps either way), nor is the LLC capacity;",
+    "packet headers: the whole line rate carries payload, which flatters every algorithm alike at large "
+    "sizes and the one-packet steps at small ones;",
+    "pipelining across torus dimensions: ring-pipelined pipelines within a ring only (docs/model.md "
+    "§4.5), so on tori host-best's large-message time is conservative.",
+]
+
+
+# --------------------------------------------------------------------------
+# Figures
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def heatmap(records: Sequence[dict], path: str | Path, row_key, row_label, title: str) -> None:
+    """Two panels, the gain over ring and over host-best, rows by row_key and columns by size."""
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+    plt = _pyplot()
+    rows = _rows(records, row_key)
+    sizes = sorted({r["bytes"] for r in records})
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#eeeeee")
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (0.62 * len(sizes) + 2.8), 0.42 * len(rows) + 2.2), squeeze=False)
+    for ax, key, name in zip(axes[0], ("gain_vs_ring", "gain_vs_best_host"), ("ring", "host-best")):
+        cell = {(row_key(r), r["bytes"]): r[key] for r in records}
+        data = np.array([[100 * cell.get((row, m), np.nan) for m in sizes] for row in rows], dtype=float)
+        top = max(1.0, float(np.nanmax(data)))
+        norm = TwoSlopeNorm(vmin=-100.0, vcenter=0.0, vmax=top)   # below -100 % clips to the darkest red
+        im = ax.imshow(np.ma.masked_invalid(np.clip(data, -100.0, None)), cmap=cmap, norm=norm, aspect="auto")
+        for i in range(len(rows)):
+            for j in range(len(sizes)):
+                if np.isnan(data[i, j]):
+                    continue
+                r, g, b, _ = cmap(norm(max(data[i, j], -100.0)))
+                ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+                label = f"{data[i, j]:.0f}"
+                ax.text(j, i, "0" if label == "-0" else label, ha="center", va="center", fontsize=7, color=ink)
+        ax.set_xticks(range(len(sizes)))
+        ax.set_xticklabels([format_size(m) for m in sizes], rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([row_label(row) for row in rows], fontsize=8)
+        ax.set_xlabel("message size per node M")
+        ax.set_title(f"DirectReduce vs {name}: 1 − t_DR / t_{name} (%)", fontsize=9)
+        fig.colorbar(im, ax=ax, pad=0.01, label="gain (%), clipped at −100")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _link_row(r: dict) -> tuple:
+    return (r["topology"], round(r["link_Gbps"]), r["pcie"])
+
+
+def _link_label(row: tuple) -> str:
+    return f"{row[0]} {row[1]}G {row[2]}"
+
+
+def write_figures(records: Sequence[dict], folder: Path, profile_name: str) -> list[str]:
+    """The two heat maps beside the page; [] without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return []
+    sizes, links = _of(records, SIZE_SWEEP), _of(records, LINK_SWEEP)
+    out = []
+    if sizes:
+        path = folder / FIGURES[SIZE_SWEEP]
+        heatmap(sizes, path, lambda r: r["topology"], str,
+                f"float32 AllReduce, model executor, profile {profile_name}")
+        out.append(str(path))
+    if links:
+        path = folder / FIGURES[LINK_SWEEP]
+        heatmap(links, path, _link_row, _link_label,
+                f"float32 AllReduce, profile {profile_name} with link and PCIe rates overridden")
+        out.append(str(path))
+    return out
+
+
+# --------------------------------------------------------------------------
+# The page
+
+
+def page_body(records: Sequence[dict], profile: Profile, figures: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The page's body (figures and tables) and its findings."""
+    sizes, links = _of(records, SIZE_SWEEP), _of(records, LINK_SWEEP)
+    names = {Path(f).name for f in figures}
+    body: list[str] = []
+    shows: list[str] = []
+    if sizes:
+        body += ["## Message size × nodes", "",
+                 f"Profile `{profile.name}` ({profile.description.rstrip('.')}; "
+                 "[model.md §7](../model.md#7-shipped-profiles)).", ""]
+        if FIGURES[SIZE_SWEEP] in names:
+            body += [f"![gain of DirectReduce over ring and host-best]({FIGURES[SIZE_SWEEP]})", ""]
+        body += ["Gain over host-best, 1 − t_DR / t_host-best:", "",
+                 *gain_table(sizes, "gain_vs_best_host", lambda r: r["topology"], str), "",
+                 "Gain over ring, 1 − t_DR / t_ring:", "",
+                 *gain_table(sizes, "gain_vs_ring", lambda r: r["topology"], str), "",
+                 "The host algorithm host-best ran:", "", *host_best_picks(sizes), ""]
+        shows += findings_sizes(sizes, profile)
+    if links:
+        body += ["## Link rate × PCIe generation", "",
+                 f"Profile `{profile.name}` with `--set link.bandwidth_GBps=` "
+                 + ", ".join(f"{x / 8:g}" for x in LINK_GBPS) + " (" + ", ".join(f"{x} Gb/s" for x in LINK_GBPS)
+                 + ") and `--set pcie.bandwidth_GBps=` "
+                 + ", ".join(f"{v:g} ({k} x16)" for k, v in PCIE_GBPS.items()) + ".", ""]
+        if FIGURES[LINK_SWEEP] in names:
+            body += [f"![gain by link rate and PCIe generation]({FIGURES[LINK_SWEEP]})", ""]
+        body += ["Gain over host-best:", "", *gain_table(links, "gain_vs_best_host", _link_row, _link_label), "",
+                 "Gain over ring:", "", *gain_table(links, "gain_vs_ring", _link_row, _link_label), ""]
+        shows += findings_links(links, profile)
+    body += ["## When it pays off"]
+    return body, shows
+
+
+def run(out: str, quick: bool = False, profile_name: str = PROFILE, command: str = "",
+        log: TextIO | None = sys.stderr) -> list[dict]:
+    """Sweep, write ``out.{json,csv,md}`` and the heat maps; returns the records."""
+    t0 = time.perf_counter()
+    records = sweep(quick, profile_name, log)
+    profile = load_profile(profile_name)
+    folder = Path(out).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(records, folder, profile.name)
+    body, shows = page_body(records, profile, figures)
+    about = (f"DirectReduce against `ring` and `host-best`, float32 AllReduce, model executor; "
+             f"gain = 1 − t_DR / t_baseline. Also writes {Path(out).name}.json and .csv"
+             + (" and the heat maps " + ", ".join(Path(f).name for f in figures) if figures else "") + ".")
+    lines = page(command, SCRIPT, about, body, shows)
+    lines += ["", "## What the model does not have yet", "", *(f"- {line}" for line in NOT_MODELLED)]
+    write_result_files(out, records, lines)
+    if log is not None:
+        print(f"# {len(records)} points in {time.perf_counter() - t0:.1f} s; wrote {out}.md, .json, .csv"
+              + "".join(f", {f}" for f in figures), file=log)
+    return records

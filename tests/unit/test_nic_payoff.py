@@ -1,0 +1,48 @@
+"""The nic_payoff study in its quick mode: outputs exist, and every gain follows from the record's own times."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+from nicemu.collectives.api import host_best
+from nicemu.studies import nic_payoff
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "nic_payoff.py"
+_spec = importlib.util.spec_from_file_location("nic_payoff_script", SCRIPT)
+script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(script)
+
+
+def test_quick_run_writes_page_json_csv_and_figures(tmp_path):
+    out = tmp_path / "nic_payoff"
+    assert script.main(["--quick", "--out", str(out)]) == 0
+    for suffix in (".md", ".json", ".csv"):
+        assert out.with_suffix(suffix).is_file(), suffix
+    for name in nic_payoff.FIGURES.values():
+        assert (tmp_path / name).stat().st_size > 0, name
+    text = out.with_suffix(".md").read_text()
+    assert text.startswith(f"Regenerate (from the repository root): `python scripts/nic_payoff.py --quick --out {out}`")
+
+    records = json.loads(out.with_suffix(".json").read_text())
+    sweeps = {r["sweep"] for r in records}
+    assert sweeps == {nic_payoff.SIZE_SWEEP, nic_payoff.LINK_SWEEP}
+    expected = (len(nic_payoff.QUICK_TOPOLOGIES) + len(nic_payoff.LINK_GBPS) * len(nic_payoff.PCIE_GBPS)
+                * len(nic_payoff.QUICK_LINK_TOPOLOGIES)) * len(nic_payoff.QUICK_SIZES)
+    assert len(records) == expected
+    for r in records:
+        assert r["gain_vs_ring"] == 1 - r["directreduce_us"] / r["ring_us"]
+        assert r["gain_vs_best_host"] == 1 - r["directreduce_us"] / r["host_best_us"]
+        # host-best is the fastest host algorithm, so never slower than the ring, and it names a registry entry
+        assert r["host_best_us"] <= r["ring_us"]
+        assert r["best_host_algo"] in host_best.candidates("allreduce")
+    # the link sweep's overrides are the ones the profile saw
+    for r in records:
+        if r["sweep"] == nic_payoff.LINK_SWEEP:
+            assert r["overrides"] == ";".join(nic_payoff.link_overrides(round(r["link_Gbps"]), r["pcie"]))
+            assert r["pcie_GBps"] == nic_payoff.PCIE_GBPS[r["pcie"]]
+
+
+def test_crossover_is_the_start_of_the_last_winning_run():
+    rows = [{"bytes": m, "g": g} for m, g in ((1, -0.5), (2, 0.1), (4, -0.1), (8, 0.2), (16, 0.3))]
+    assert nic_payoff.crossover(rows, "g") == 8
+    assert nic_payoff.crossover(rows[:3], "g") is None
