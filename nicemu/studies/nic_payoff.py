@@ -233,11 +233,21 @@ def findings_sizes(records: Sequence[dict], profile: Profile) -> list[str]:
     ceiling = _ceiling(profile)
     extra = [r for r in at_big if r["kind"] == "torus"]
     tori_at_big = ", ".join(f"{r['topology']} {_pct(r['gain_vs_best_host'])}" for r in extra)
+    big_algos = ", ".join(f"`{a}`" for a in sorted({r["best_host_algo"] for r in at_big}))
     out.append(
         f"Why, at large sizes: the bandwidth terms decide. The ring and Rabenseifner move 2(p − 1)/p · M over "
-        f"the links and reduce (p − 1)/p · M on the host CPU; DirectReduce reduces in the NIC while the link "
-        f"streams, so its gain tends to γ / (2β + γ) = {100 * ceiling:.1f}% with this profile (β = "
-        f"{1e6 * t['beta']:g} ps/B, γ = {1e6 * t['gamma']:g} ps/B). What keeps it below: in DirectReduce's "
+        f"the links and reduce (p − 1)/p · M on the host CPU after each transfer; DirectReduce reduces in the "
+        f"NIC while the link streams, so against them its gain tends to γ / (2β + γ) = {100 * ceiling:.1f}% with "
+        f"this profile (β = {1e6 * t['beta']:g} ps/B, γ = {1e6 * t['gamma']:g} ps/B). At "
+        f"{format_size(big)} host-best runs {big_algos}"
+        + ((": the segmented ring reduces one segment while the next arrives, so its pipeline runs at the "
+            "slower of the link and the host's reduction, and DirectReduce keeps an edge over it only "
+            + ("because the host's reduction (γ) is slower than the link (β) here. "
+               if t["gamma"] > t["beta"] else
+               "in latency terms: with this profile the link (β), not the host's reduction (γ), is the "
+               "slower stage. "))
+           if big_algos == "`ring-pipelined`" else ". ")
+        + "What else keeps it below the ceiling: in DirectReduce's "
         "first step one PCIe read engine fetches both the chunk it sends and the operand it reduces, "
         + ("which costs about c₀(2π − β) more than the link when 2π > β, as here (PCIe x16 at "
            f"{profile.pcie.bandwidth_GBps:g} GB/s against a {profile.link.bandwidth_GBps:g} GB/s link); "
