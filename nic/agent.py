@@ -38,7 +38,7 @@ class NicAgents:
         self.profile = profile
         self.nodes = nodes
         self.pcie = Pcie(profile, nodes)
-        self.links = Links(nodes, link_params, profile.nic.packet_bytes, shared_port)
+        self.links = Links(nodes, link_params, profile.nic.packet_bytes, shared_port, profile.link.header_bytes)
         self.gatekeeper = GateKeeper(self.pcie)
         self.datadirector = DataDirector(profile, self.pcie)
         self.compute = ComputeEnhancer(profile, nodes)
@@ -71,6 +71,7 @@ class NicAgents:
                     self.host.busy_us):
             arr.fill(0.0)
         self.links.bytes_sent = 0
+        self.links.framed_sent = 0
 
     def send(self, ix: np.ndarray, dim: int, direction: int, nbytes: np.ndarray,
              from_host: bool, cut_through: bool = False, host_nbytes: np.ndarray | None = None

@@ -172,7 +172,8 @@ class TransferFaults:
 
 
 def transfer_faults(spec: FaultSpec, rto_us: float, packet_bytes: int, us_per_B: float,
-                    latency_us: float, call: int, step, src, dst, nbytes) -> TransferFaults:
+                    latency_us: float, call: int, step, src, dst, nbytes,
+                    header_bytes: float = 0.0) -> TransferFaults:
     """Go-back-N cost of every transfer of one step on links (src -> dst), in closed form.
 
     Attempts are a Bernoulli sequence with failure probability ``e``; a failure does not
@@ -181,7 +182,8 @@ def transfer_faults(spec: FaultSpec, rto_us: float, packet_bytes: int, us_per_B:
     ``D + s_i`` (``D = rto_us`` for a drop, ``2·latency_us`` for a corruption caught by
     the receiver's CRC and NACKed; ``s_i`` the packet's serialisation) and resends
     ``s_i`` plus the packets sent while the sender did not yet know:
-    ``min(floor(D / (P·β)), k-1-i)`` of them.
+    ``min(floor(D / (P·β)), k-1-i)`` of them. Serialisation counts every packet's
+    ``header_bytes``; ``retransmit_bytes`` counts payload.
     """
     src = np.atleast_1d(np.asarray(src, dtype=np.int64))
     dst = np.atleast_1d(np.asarray(dst, dtype=np.int64))
@@ -206,7 +208,7 @@ def transfer_faults(spec: FaultSpec, rto_us: float, packet_bytes: int, us_per_B:
     last_size = size - (packets - 1) * packet_bytes
     log_ok = math.log1p(-e)
     drop_share = spec.drop / e
-    full_us = packet_bytes * us_per_B
+    full_us = (packet_bytes + header_bytes) * us_per_B
     pos = np.zeros(n, dtype=np.int64)
     j = 0
     while True:
@@ -221,7 +223,7 @@ def transfer_faults(spec: FaultSpec, rto_us: float, packet_bytes: int, us_per_B:
         i = np.where(live, pos, 0)
         pkt = np.where(i == packets - 1, last_size, packet_bytes)
         detect = np.where(is_drop, rto_us, 2.0 * latency_us)
-        cost = detect + pkt * us_per_B
+        cost = detect + (pkt + header_bytes) * us_per_B
         behind = packets - 1 - i
         if full_us > 0.0:
             inflight = np.minimum(np.floor(detect / full_us), behind.astype(np.float64)).astype(np.int64)

@@ -20,13 +20,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nicemu.nic.streams import stage, us_per_byte
+from nicemu.nic.streams import framed, stage, us_per_byte
 
 
 class Links:
     def __init__(self, nodes: int, per_dim: Sequence[tuple[float, float]],
-                 packet_bytes: int, shared_port: bool = False) -> None:
-        """``per_dim`` holds (bandwidth_GBps, latency_us) for every dimension."""
+                 packet_bytes: int, shared_port: bool = False, header_bytes: float = 0.0) -> None:
+        """``per_dim`` holds (bandwidth_GBps, latency_us) for every dimension; every packet carries
+        ``header_bytes`` of framing on the wire (``framed_sent`` counts them, ``bytes_sent`` does not)."""
+        self.header_bytes = header_bytes
+        self.framed_sent = 0
         self.us_per_B = [us_per_byte(bw) for bw, _ in per_dim]
         self.latency_us = [lat for _, lat in per_dim]
         self.packet_bytes = packet_bytes
@@ -39,9 +42,11 @@ class Links:
         """(first, last) packet arrival at the far NIC."""
         d = 0 if direction > 0 or self.shared_port else 1
         first, last, busy = stage(first, last, nbytes, self.free[ix, dim, d],
-                                  self.us_per_B[dim], self.latency_us[dim], self.packet_bytes)
+                                  self.us_per_B[dim], self.latency_us[dim], self.packet_bytes, self.header_bytes)
         self.free[ix, dim, d] = busy
         self.bytes_sent += int(nbytes.sum()) if isinstance(nbytes, np.ndarray) else int(nbytes)
+        if self.header_bytes:
+            self.framed_sent += int(np.sum(framed(nbytes, self.packet_bytes, self.header_bytes)))
         return first, last
 
     def transmit_routed(self, ix: np.ndarray | int, route, first, last, nbytes) -> tuple:
@@ -56,15 +61,18 @@ class Links:
         d0 = route.first_dim
         slot = np.where((route.first_dir > 0) | self.shared_port, 0, 1)
         first, last, busy = stage(first, last, nbytes, self.free[ix, d0, slot], rate[d0], lat[d0],
-                                  self.packet_bytes)
+                                  self.packet_bytes, self.header_bytes)
         self.free[ix, d0, slot] = busy
         total = route.total
         for j in range(1, int(total.max(initial=0))):
             m = total > j
             dj = route.dim_of_hop(j, m)
-            f, l_, _ = stage(first[m], last[m], nbytes[m], 0.0, rate[dj], lat[dj], self.packet_bytes)
+            f, l_, _ = stage(first[m], last[m], nbytes[m], 0.0, rate[dj], lat[dj], self.packet_bytes,
+                             self.header_bytes)
             first[m], last[m] = f, l_
         self.bytes_sent += int((nbytes * total).sum())
+        if self.header_bytes:
+            self.framed_sent += int((framed(nbytes, self.packet_bytes, self.header_bytes) * total).sum())
         if scalar:
             return float(first[0]), float(last[0])
         return first, last

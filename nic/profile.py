@@ -34,10 +34,11 @@ _SUFFIX = ".yml"
 
 @dataclass(frozen=True)
 class LinkSpec:
-    """One network link, per direction."""
+    """One network link, per direction; ``header_bytes`` of framing travel with every packet."""
 
     bandwidth_GBps: float
     latency_us: float
+    header_bytes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ _EXPECT = {
 }
 
 _SECTIONS: dict[str, tuple[type, dict[str, str]]] = {
-    "link": (LinkSpec, {"bandwidth_GBps": _RATE, "latency_us": _TIME}),
+    "link": (LinkSpec, {"bandwidth_GBps": _RATE, "latency_us": _TIME, "header_bytes": _SIZE}),
     "pcie": (PcieSpec, {"bandwidth_GBps": _RATE, "latency_us": _TIME}),
     "host": (HostSpec, {"reduce_GBps": _RATE, "overhead_us": _TIME, "segment_KiB": _POSITIVE}),
     "nic": (
@@ -165,7 +166,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, str]]] = {
 }
 _OPTIONAL_SECTIONS = frozenset({"topology", "switch"})
 _OPTIONAL_KEYS = frozenset({("nic", "retransmit_timeout_us"),   # have a default in their spec
-                            ("host", "segment_KiB")})
+                            ("host", "segment_KiB"), ("link", "header_bytes")})
 _TEXT_KEYS = ("description", "name")  # optional top-level strings
 _TOP_LEVEL = (*_SECTIONS, *_TEXT_KEYS)
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nicemu.nic.profile import Profile
-from nicemu.nic.streams import packet_split, us_per_byte
+from nicemu.nic.streams import framed_split, us_per_byte
 
 
 def _later(a: float, b: float) -> float:
@@ -37,9 +37,10 @@ class StageCosts:
     latency_us: float
 
     @staticmethod
-    def of(nbytes: int, us_per_B: float, latency_us: float, packet_bytes: int) -> StageCosts:
-        first_pkt, last_pkt = packet_split(nbytes, packet_bytes)
-        return StageCosts(first_pkt * us_per_B, float(nbytes) * us_per_B, last_pkt * us_per_B, latency_us)
+    def of(nbytes: int, us_per_B: float, latency_us: float, packet_bytes: int,
+           header_bytes: float = 0.0) -> StageCosts:
+        whole, first_pkt, last_pkt = framed_split(nbytes, packet_bytes, header_bytes)
+        return StageCosts(first_pkt * us_per_B, whole * us_per_B, last_pkt * us_per_B, latency_us)
 
     def run(self, first_in: float, last_in: float, free_at: float) -> tuple[float, float, float]:
         """nicemu.nic.streams.stage: (first_out, last_out, busy_until)."""
@@ -76,6 +77,7 @@ class ScalarAgent:
     def __init__(self, profile: Profile, link_params: Sequence[tuple[float, float]],
                  shared_port: bool = False) -> None:
         self.packet_bytes = profile.nic.packet_bytes
+        self.header_bytes = profile.link.header_bytes
         self.shared_port = shared_port
         self.pcie_us_per_B = us_per_byte(profile.pcie.bandwidth_GBps)
         self.pcie_latency_us = profile.pcie.latency_us
@@ -105,7 +107,8 @@ class ScalarAgent:
             from_host=step.from_host, engine=step.engine, reduce=step.reduce, to_host=step.to_host,
             operand_from_host=step.operand_from_host,
             pcie=StageCosts.of(nbytes, self.pcie_us_per_B, self.pcie_latency_us, pkt),
-            link=StageCosts.of(nbytes, self.link_us_per_B[step.dim], self.link_latency_us[step.dim], pkt),
+            link=StageCosts.of(nbytes, self.link_us_per_B[step.dim], self.link_latency_us[step.dim], pkt,
+                               self.header_bytes),
             compute=StageCosts.of(nbytes, self.ce_us_per_B, self.nic_latency_us, pkt),
             steer=StageCosts.of(nbytes, 0.0, self.nic_latency_us, pkt),
             host_work_us=host_work, host_busy_us=self.host_overhead_us + host_work,

@@ -71,6 +71,31 @@ def packet_split(nbytes: ArrayLike, packet_bytes: int) -> tuple[ArrayLike, Array
     return first, last
 
 
+def packets(nbytes: ArrayLike, packet_bytes: int) -> ArrayLike:
+    """Packets of a stream of ``nbytes`` (0 for an empty stream)."""
+    if not _is_array(nbytes):
+        return -(-int(nbytes) // packet_bytes)
+    return -(-np.asarray(nbytes, dtype=np.int64) // packet_bytes)
+
+
+def framed(nbytes: ArrayLike, packet_bytes: int, header_bytes: float) -> ArrayLike:
+    """Bytes on the wire: the payload plus ``header_bytes`` per packet (RoCEv2 framing, docs/model.md §18)."""
+    return as_float(nbytes) + packets(nbytes, packet_bytes) * float(header_bytes)
+
+
+def framed_split(nbytes: ArrayLike, packet_bytes: int, header_bytes: float
+                 ) -> tuple[ArrayLike, ArrayLike, ArrayLike]:
+    """(whole stream, first packet, last packet) in wire bytes, headers included; an empty stream is 0."""
+    first, last = packet_split(nbytes, packet_bytes)
+    if not header_bytes:
+        return as_float(nbytes), first, last
+    h = float(header_bytes)
+    if not _is_array(nbytes):
+        return framed(nbytes, packet_bytes, h), (first + h if nbytes else 0.0), (last + h if nbytes else 0.0)
+    some = np.asarray(nbytes) > 0
+    return framed(nbytes, packet_bytes, h), np.where(some, first + h, 0.0), np.where(some, last + h, 0.0)
+
+
 def as_float(nbytes: ArrayLike) -> ArrayLike:
     return np.asarray(nbytes, dtype=np.float64) if _is_array(nbytes) else float(nbytes)
 
@@ -83,6 +108,7 @@ def stage(
     us_per_B: float,
     latency_us: float,
     packet_bytes: int,
+    header_bytes: float = 0.0,
 ) -> tuple[ArrayLike, ArrayLike, ArrayLike]:
     """Push a stream through one FIFO stage (a link, a DMA engine, a reduction unit).
 
@@ -93,12 +119,14 @@ def stage(
     when the stage is the bottleneck, and (b) the arrival of the last packet
     plus the service of that packet, when an upstream stage is.
 
+    ``header_bytes`` (links only): every packet carries that many more bytes on the wire.
+
     Returns ``(first_out, last_out, busy_until)``.
     """
-    first_pkt, last_pkt = packet_split(nbytes, packet_bytes)
+    whole, first_pkt, last_pkt = framed_split(nbytes, packet_bytes, header_bytes)
     start = vmax(first_in, free_at)
     first_out = start + first_pkt * us_per_B + latency_us
-    busy = vmax(start + as_float(nbytes) * us_per_B, last_in + last_pkt * us_per_B)
+    busy = vmax(start + whole * us_per_B, last_in + last_pkt * us_per_B)
     return first_out, busy + latency_us, busy
 
 

@@ -287,7 +287,8 @@ def _run_mpi(emu, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
     rec = {"wall_us": statistics.median(slowest.tolist()) * 1e6, "wrong": int(wrong_all[0])}
     if timing is not None:
         rec.update(emulated_us=timing.emulated_us, host_busy_us=timing.host_busy_us,
-                   nic_busy_us=timing.nic_busy_us, wire_bytes=timing.wire_bytes, **_sparse_fields(timing))
+                   nic_busy_us=timing.nic_busy_us, wire_bytes=timing.wire_bytes,
+                   framed_bytes=timing.framed_bytes, **_sparse_fields(timing))
         if timing.chosen_algo is not None:
             rec["best_host_algo"] = timing.chosen_algo
         if emu.faults is not None or emu.stragglers:
@@ -338,6 +339,7 @@ def _run_model(topology, profile, args, algo: str, dtype: np.dtype, nbytes: int,
     count = nbytes // dtype.itemsize
     t = _model_timing(topology, profile, args, algo, dtype, count)
     rec = {"emulated_us": t.emulated_us, "host_busy_us": t.host_busy_us, "best_host_algo": t.chosen_algo,
+           "framed_bytes": t.framed_bytes,
            "nic_busy_us": t.nic_busy_us, "wire_bytes": t.wire_bytes, **_sparse_fields(t)}
     if faults is not None or stragglers:
         # the same call numbers as the MPI executor's timed calls draw the same faults
@@ -360,7 +362,7 @@ def base_record(args: argparse.Namespace, algo: str, topology, ranks: int, dtype
             "iters": args.iters, "emulated_us": None, "wall_us": None, "algbw_GBps": None,
             "busbw_GBps": None, "host_busy_us": None, "nic_busy_us": None,
             "wire_bytes": None, "wrong": None, "profile": profile.name, "gain_vs_ring": None,
-            "gain_vs_best_host": None, "best_host_algo": None}
+            "gain_vs_best_host": None, "best_host_algo": None, "framed_bytes": None}
 
 
 def add_best_host(group: list[dict]) -> None:

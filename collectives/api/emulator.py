@@ -67,6 +67,7 @@ class Result:
     node_done_us: np.ndarray | None = None        # per local node (per node under the model executor)
     faults: dict | None = None                    # with faults: drops, corruptions, retransmit_bytes, per_link
     chosen_algo: str | None = None                # host-best: the host algorithm it ran
+    framed_bytes: int | None = None               # wire_bytes plus link.header_bytes per packet (dense)
 
 
 class Emulator:
@@ -255,7 +256,8 @@ class Emulator:
         if timing is None:
             return Result(out, None, None, None, None)
         return Result(out, timing.emulated_us, timing.host_busy_us, timing.nic_busy_us,
-                      timing.wire_bytes, timing.node_done_us, timing.faults, timing.chosen_algo)
+                      timing.wire_bytes, timing.node_done_us, timing.faults, timing.chosen_algo,
+                      timing.framed_bytes)
 
     def allreduce(self, data: np.ndarray, op: str = "sum", algo: str = "directreduce") -> Result:
         return self.run("allreduce", data, op, algo)

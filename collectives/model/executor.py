@@ -32,6 +32,7 @@ class Timing:
     spilled: bool | None = None           # sparse algorithms: spots did not fit in NIC memory
     faults: dict | None = None            # --faults: drops, corruptions, retransmit_bytes, per_link
     chosen_algo: str | None = None        # host-best: the algorithm it ran
+    framed_bytes: int | None = None       # wire_bytes plus link.header_bytes per packet (dense algorithms)
 
 
 def run_model(schedule: Schedule, profile: Profile, itemsize: int, faults: FaultSpec | None = None,
@@ -52,6 +53,8 @@ def run_model(schedule: Schedule, profile: Profile, itemsize: int, faults: Fault
     stats = agents.stats()
     fault_stats = (None if agents.faults is None
                    else FaultStats.summary(agents.faults.stats.rows()))
+    links = agents.links
     return Timing(float(np.max(agents.clock)), agents.clock.copy(),
                   float(np.max(stats["host_busy_us"])), float(np.max(stats["nic_busy_us"])),
-                  agents.links.bytes_sent, faults=fault_stats)
+                  links.bytes_sent, faults=fault_stats,
+                  framed_bytes=links.framed_sent if links.header_bytes else links.bytes_sent)

@@ -84,7 +84,8 @@ class LinkFaultRun:
         dst = np.atleast_1d(self.topology.neighbor(src, step.dim, step.direction))
         dim = step.dim
         tf = transfer_faults(self.spec, self.rto_us, self.packet_bytes, agents.links.us_per_B[dim],
-                             agents.links.latency_us[dim], self.call, self.step, src, dst, nbytes)
+                             agents.links.latency_us[dim], self.call, self.step, src, dst, nbytes,
+                             agents.links.header_bytes)
         self.step += 1
         self.last = (src, dst, tf)
         if not tf.any:

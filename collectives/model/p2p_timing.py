@@ -47,7 +47,8 @@ def arrivals(topology: Torus, profile: Profile, pairs: list[tuple[int, int]], nb
         hops = route(topology, a, b)
         for hop in hops:
             rate, lat = links[hop[1]]
-            first, last, busy = stage(first, last, nbytes, link_free.get(hop, 0.0), rate, lat, pkt)
+            first, last, busy = stage(first, last, nbytes, link_free.get(hop, 0.0), rate, lat, pkt,
+                                      profile.link.header_bytes)
             link_free[hop] = busy
         out.append(Arrival(first, last, len(hops)))
     return out

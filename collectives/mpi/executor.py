@@ -111,7 +111,8 @@ class MpiExecutor:
                schedule.segment_elems)
         plan = self.plans.get(key)
         if plan is None:
-            plan = compile_plan(schedule, itemsize, self.rank, self.lo, self.node_rank)
+            plan = compile_plan(schedule, itemsize, self.rank, self.lo, self.node_rank,
+                                self.profile.nic.packet_bytes, self.profile.link.header_bytes)
             # the same answer on every rank: it changes what goes on the wire
             plan.lean_fits = (self.topology.nodes == self.size
                               and schedule_fits(schedule, self.topology.nodes, self.size))
@@ -147,7 +148,9 @@ class MpiExecutor:
         transport, clock = self.transport(plan)
         self.last_transport = transport
         run_steps(transport, clock, transport.start(plan, data, op), self.fault_hook, plan.where)
-        return transport.finish(reduce_timing(self.comm, plan.final_guard, clock, plan.wire_bytes))
+        timing = reduce_timing(self.comm, plan.final_guard, clock, plan.wire_bytes)
+        timing.framed_bytes = plan.framed_bytes
+        return transport.finish(timing)
 
     # ---- watchdog messages (built only when a wait times out) -----------------------
 

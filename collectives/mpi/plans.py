@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from nicemu.collectives.schedules.steps import Schedule, Step, step_groups
+from nicemu.nic.streams import framed
 
 
 @dataclass
@@ -85,6 +86,7 @@ class RankPlan:
     lean_fits: bool = False             # the lean path may run it (collectives/mpi/lean_path.py)
     lean: Any = None                    # its LeanPlan, made on first use
     final_guard: Any = None             # the watchdog's guard of the final reduction, made once
+    framed_bytes: int = 0               # wire_bytes with link.header_bytes per packet
 
     def free(self) -> None:
         """Release the lean plan's persistent requests."""
@@ -194,13 +196,16 @@ def request_owners(group: list[StepPlan], receiving: bool) -> list[tuple[int, in
     return owner
 
 
-def compile_plan(schedule: Schedule, itemsize: int, rank: int, lo: int, node_rank: np.ndarray) -> RankPlan:
+def compile_plan(schedule: Schedule, itemsize: int, rank: int, lo: int, node_rank: np.ndarray,
+                 packet_bytes: int = 1, header_bytes: float = 0.0) -> RankPlan:
     """Every step of ``schedule`` for ``rank``, grouped as the step loop runs them."""
-    plans, wire = [], 0
+    plans, wire, framed_wire = [], 0, 0
     for step in schedule.steps():
         plans.append(plan_step(step, itemsize, rank, lo, node_rank))
         hops = 1 if step.route is None else step.route.total
         wire += int((step.count * hops).sum()) * itemsize
+        if header_bytes:
+            framed_wire += int((framed(step.count * itemsize, packet_bytes, header_bytes) * hops).sum())
     if schedule.make_relayouts is not None:
         for i, perm in schedule.make_relayouts().items():
             plans[i].relayout = perm
@@ -211,4 +216,5 @@ def compile_plan(schedule: Schedule, itemsize: int, rank: int, lo: int, node_ran
             plan.slot_base = base
             base += plan.nslots
         groups.append(PlanGroup(group, request_owners(group, True), request_owners(group, False)))
-    return RankPlan(schedule, plans, groups, wire, f"{schedule.algo} {schedule.collective}")
+    return RankPlan(schedule, plans, groups, wire, f"{schedule.algo} {schedule.collective}",
+                    framed_bytes=framed_wire if header_bytes else wire)

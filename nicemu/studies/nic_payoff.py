@@ -311,8 +311,8 @@ NOT_MODELLED = [
     "contention between them;",
     "DDIO: whether the DMA-written operand is in the LLC is not modelled (the host reduces at "
     "host.reduce_GBps either way), nor is the LLC capacity;",
-    "packet headers: the whole line rate carries payload, which flatters every algorithm alike at large "
-    "sizes and the one-packet steps at small ones;",
+    "packet headers are charged (82 B per packet, RoCEv2; docs/model.md §18), but the PCIe link's own "
+    "framing is folded into its effective rate;",
     "pipelining across torus dimensions: ring-pipelined pipelines within a ring only (docs/model.md "
     "§4.5), so on tori host-best's large-message time is conservative.",
 ]

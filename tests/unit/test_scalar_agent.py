@@ -34,7 +34,8 @@ def random_profile(rng: np.random.Generator):
         f"pcie.bandwidth_GBps={rate()}", f"pcie.latency_us={latency()}",
         f"host.reduce_GBps={rate()}", f"host.overhead_us={latency()}",
         f"nic.reduce_GBps={rate()}", f"nic.latency_us={latency()}",
-        f"nic.packet_bytes={int(rng.choice([64, 1000, 1024, 4096]))}"])
+        f"nic.packet_bytes={int(rng.choice([64, 1000, 1024, 4096]))}",
+        f"link.header_bytes={int(rng.choice([0, 0, 58, 82]))}"])
 
 
 def random_step(rng: np.random.Generator, ndim: int) -> Step:

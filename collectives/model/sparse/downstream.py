@@ -54,7 +54,7 @@ class _Results:
         rb = res * (bb + INDEX_BYTES) + RECORD_HEADER_BYTES
         goes_on = rnd.next_lo < st.lay.slot_hi[slots]
         cont = goes_on if st.cfg.credits else np.zeros(len(slots), dtype=bool)
-        return cls(slots, st.slot_g[slots], rnd.index % st.cfg.tx_spots, res * bb, rb, rb * st.beta,
+        return cls(slots, st.slot_g[slots], rnd.index % st.cfg.tx_spots, res * bb, rb, st.wire_us(rb),
                    goes_on, cont)
 
 

@@ -30,7 +30,7 @@ def record_delays(st: SpotState, rnd: Round, ch: Chunk) -> np.ndarray | None:
     f_bytes = np.rint(ch.msg[f_p, 0 if ch.const else f_col]).astype(np.int64)
     f_bytes[f_who == f_g] = 0         # the aggregator's own record crosses no link
     tf = transfer_faults(st.faults, st.rto_us, st.packet_bytes, st.beta, st.alpha,
-                         st.call, rnd.index * 2**32 + ch.slots[f_row], f_who, f_g, f_bytes)
+                         st.call, rnd.index * 2**32 + ch.slots[f_row], f_who, f_g, f_bytes, st.header)
     if not tf.any:
         return None
     st.fault_stats.add(f_who, f_g, tf)

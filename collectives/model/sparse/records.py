@@ -138,7 +138,7 @@ def _record_sizes(ch: Chunk, st: SpotState) -> None:
         ch.sval[ch.pos_of[ch.row], ch.col] = ch.vals
     ch.data = data = ch.sval * st.bb
     ch.msg = ch.sval * (st.bb + INDEX_BYTES) + RECORD_HEADER_BYTES
-    ch.msg_b = ch.msg * st.beta
+    ch.msg_b = st.wire_us(ch.msg)
     if ch.const:
         ch.has_all = ((data[:, 0] > 0) | (ch.length == 0)).tolist()
     elif ch.dense:

@@ -24,7 +24,7 @@ from nicemu.collectives.schedules.spot_protocol import (
 )
 from nicemu.nic.faults import FaultSpec
 from nicemu.nic.profile import Profile
-from nicemu.nic.streams import us_per_byte
+from nicemu.nic.streams import framed, us_per_byte
 
 #: (slot, worker) pairs held at once (a few MiB per array: cache-sized); tests lower it
 CHUNK = 1 << 18
@@ -53,7 +53,8 @@ class SpotState:
         self.pi, self.a_p = us_per_byte(profile.pcie.bandwidth_GBps), profile.pcie.latency_us
         self.gamma, self.o_h = us_per_byte(profile.host.reduce_GBps), profile.host.overhead_us
         self.nu, self.a_n = us_per_byte(profile.nic.reduce_GBps), profile.nic.latency_us
-        self.cb = CREDIT_BYTES * self.beta
+        self.header = profile.link.header_bytes
+        self.cb = self.wire_us(CREDIT_BYTES)
         self.dedicated = cfg.aggregation == "dedicated"
         self.spilled = (cfg.aggregation == "nic"
                         and spot_memory_bytes(n, cfg, self.bb) > profile.nic.memory_KiB * 1024)
@@ -86,6 +87,13 @@ class SpotState:
         self.consumed = self.ready_at = np.zeros(0)   # per slot of the round: Rx spot free, result ready
         self.ws = Workspace(n)
         self._rank: tuple[np.ndarray, np.ndarray] | None = None
+
+    def wire_us(self, nbytes):
+        """Link time of whole messages of ``nbytes`` (integral, float or array), their packets' headers
+        included (docs/model.md §18)."""
+        if not self.header:
+            return nbytes * self.beta
+        return framed(np.rint(nbytes).astype(np.int64), self.packet_bytes, self.header) * self.beta
 
     def slot_rank(self, slots: np.ndarray) -> np.ndarray:
         """Position of each slot among the consecutive ``slots`` of its aggregator.
