@@ -98,9 +98,10 @@ def sparse_time(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec |
     slow = node_factors(stragglers or {}, 0, plan.layout.nodes)
     t = SpotState(plan, profile, itemsize, faults if faults is not None and faults.active else None, call,
                   slow)
-    for rnd in plan.rounds:
+    rounds = plan.rounds
+    for i, rnd in enumerate(rounds):
         upstream.time_round(t, rnd)
-        downstream.time_round(t, rnd)
+        downstream.time_round(t, rnd, rounds[i + 1] if i + 1 < len(rounds) else None)
     stats = None if t.faults is None else FaultStats.summary(t.fault_stats.rows())
     return SparseTiming(float(t.done.max()), t.done, float(t.host_busy.max()), float(t.nic_busy.max()),
                         t.up + t.down, t.up, t.down, bool(t.spilled), stats)

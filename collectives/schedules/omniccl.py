@@ -25,7 +25,9 @@ from nicemu.collectives.schedules.spot_protocol import SparseConfig
 OMNICCL = SparseConfig(aggregation="nic", spots=1, name="omniccl")
 OMNICCL_CPU = SparseConfig(aggregation="cpu", spots=1, name="omniccl-cpu")
 OMNIREDUCE = SparseConfig(aggregation="dedicated", dense_first_round=True, host_packing=True,
-                          spots=8, spot_blocks=1, credits=False, name="omnireduce")
+                          spots=64, spot_blocks=1, credits=False, host_threads=8, host_event_us=0.0,
+                          pack_on_result=True,
+                          name="omnireduce")
 
 
 def configure(base: SparseConfig, nodes: int, block_size: int | None = None,
