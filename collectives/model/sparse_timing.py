@@ -30,8 +30,11 @@ fault delays, the two phases and the aggregation); this module runs them.
 * Shortcuts that rest on "free times only grow" (every cost is finite and
   non-negative, as validated profiles guarantee; otherwise they are off): the
   latest landed result is the latest done time, the largest arrival of a
-  scatter follows from the previous one, and OmniReduce's self-clock (a copy
-  of the worker host's free time) never exceeds that free time when read.
+  scatter follows from the previous one, and a host-packing self-clock (a
+  copy of the worker host's free time) never exceeds that free time when read.
+  OmniReduce packs on the result (``pack_on_result``), so it keeps its
+  self-clock per (slot, worker): only rows of slots that run a second round
+  are touched.
 * Slots are taken in chunks of bounded size, and the workers' block counts are
   read from the masks per chunk (``Round.sent_rows``), so memory stays small.
   A plan whose counts fit in ``COUNT_ALL_LIMIT`` entries has them all read in one

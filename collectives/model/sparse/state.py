@@ -83,8 +83,9 @@ class SpotState:
         self.up = self.down = 0
         # With finite non-negative costs every free time only grows. Then a worker's latest
         # landed result is its latest done time, the latest arrival on a link is the latest
-        # arrival of any message, and (OmniReduce) the self-clock, a copy of the worker
-        # host's free time, never exceeds that host's free time when it is read.
+        # arrival of any message, and a host-packing self-clock, a copy of the worker
+        # host's free time, never exceeds that host's free time when it is read (not so
+        # when the next record is packed on the result: OmniReduce keeps its clock).
         self.monotone = all(math.isfinite(x) and x >= 0
                             for x in (self.beta, self.alpha, self.pi, self.a_p, self.gamma, self.o_h))
         self.skip_clock = cfg.host_packing and not cfg.credits and self.monotone and not cfg.pack_on_result
