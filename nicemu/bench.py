@@ -94,7 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sparse algorithms: aggregator NICs (default: every node aggregates a shard)")
     p.add_argument("--spots", type=int, default=None,
                    help=f"sparse algorithms: Rx spots (slots) per aggregator, at most {MAX_SPOTS:,} "
-                        "(omniccl 1, omnireduce 8)")
+                        "(omniccl 1, omnireduce 64)")
     p.add_argument("--spot-blocks", type=int, default=None,
                    help=f"sparse algorithms: spot capacity in blocks per worker, at most {MAX_SPOT_BLOCKS:,} "
                         "(omniccl 32, omnireduce 1)")

@@ -30,8 +30,11 @@ fault delays, the two phases and the aggregation); this module runs them.
 * Shortcuts that rest on "free times only grow" (every cost is finite and
   non-negative, as validated profiles guarantee; otherwise they are off): the
   latest landed result is the latest done time, the largest arrival of a
-  scatter follows from the previous one, and OmniReduce's self-clock (a copy
-  of the worker host's free time) never exceeds that free time when read.
+  scatter follows from the previous one, and a host-packing self-clock (a
+  copy of the worker host's free time) never exceeds that free time when read.
+  OmniReduce packs on the result (``pack_on_result``), so it keeps its
+  self-clock per (slot, worker): only rows of slots that run a second round
+  are touched.
 * Slots are taken in chunks of bounded size, and the workers' block counts are
   read from the masks per chunk (``Round.sent_rows``), so memory stays small.
   A plan whose counts fit in ``COUNT_ALL_LIMIT`` entries has them all read in one
@@ -98,9 +101,10 @@ def sparse_time(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec |
     slow = node_factors(stragglers or {}, 0, plan.layout.nodes)
     t = SpotState(plan, profile, itemsize, faults if faults is not None and faults.active else None, call,
                   slow)
-    for rnd in plan.rounds:
+    rounds = plan.rounds
+    for i, rnd in enumerate(rounds):
         upstream.time_round(t, rnd)
-        downstream.time_round(t, rnd)
+        downstream.time_round(t, rnd, rounds[i + 1] if i + 1 < len(rounds) else None)
     stats = None if t.faults is None else FaultStats.summary(t.fault_stats.rows())
     return SparseTiming(float(t.done.max()), t.done, float(t.host_busy.max()), float(t.nic_busy.max()),
                         t.up + t.down, t.up, t.down, bool(t.spilled), stats)

@@ -13,7 +13,12 @@ collectives/registry.py):
   CPU, which pays PCIe crossings, a wake-up per round and host reduction rate;
 * ``omnireduce``: dedicated CPU aggregators one switch hop away, host-driven
   workers that scan and pack every window, a dense first round, one block per
-  message and 8 self-clocked slots per aggregator.
+  message, and self-clocked slots. As in OmniReduce's public RDMA code (its
+  example configuration and defaults; docs/model.md §10.6 gives the values):
+  8 busy-polling host threads on every worker and aggregator (no wake-up per
+  message: ``host_event_us=0``), 8 slots per thread and aggregator (64 per
+  aggregator), and a thread that packs a slot's next message in the same pass
+  that unpacks its result (``pack_on_result``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from nicemu.collectives.schedules.spot_protocol import SparseConfig
 OMNICCL = SparseConfig(aggregation="nic", spots=1, name="omniccl")
 OMNICCL_CPU = SparseConfig(aggregation="cpu", spots=1, name="omniccl-cpu")
 OMNIREDUCE = SparseConfig(aggregation="dedicated", dense_first_round=True, host_packing=True,
-                          spots=8, spot_blocks=1, credits=False, name="omnireduce")
+                          spots=64, spot_blocks=1, credits=False, host_threads=8, host_event_us=0.0,
+                          pack_on_result=True,
+                          name="omnireduce")
 
 
 def configure(base: SparseConfig, nodes: int, block_size: int | None = None,

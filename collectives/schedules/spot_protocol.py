@@ -56,6 +56,12 @@ class SparseConfig:
     host_packing: bool = False       # OmniReduce: worker hosts find and pack non-zero blocks
     credits: bool = True             # OmNICCL: Rx credits (with the next window) precede the result;
                                      # False: self-clocked by the result (OmniReduce)
+    host_threads: int = 1            # host threads per endpoint; a slot's host work runs on thread
+                                     # spot * host_threads // spots (OmniReduce: 8 polling threads)
+    host_event_us: float | None = None   # host cost per event (message or round); None: the
+                                         # profile's host.overhead_us (a wake-up); OmniReduce: 0 (polling)
+    pack_on_result: bool = False     # OmniReduce: a worker thread packs a slot's next record in the
+                                     # same pass that unpacks its result (host_packing only)
     name: str = "sparse"             # the registered algorithm (for messages)
 
     def check(self, nodes: int) -> None:
@@ -65,6 +71,13 @@ class SparseConfig:
                 raise CollectiveError(f"{name.replace('_', '-')} must be a whole number, got {value!r}")
             if value < 1:
                 raise CollectiveError(f"{name.replace('_', '-')} must be at least 1")
+        if isinstance(self.host_threads, bool) or not isinstance(self.host_threads, (int, np.integer)) \
+                or self.host_threads < 1:
+            raise CollectiveError(f"host-threads must be a whole number >= 1, got {self.host_threads!r}")
+        if self.host_event_us is not None and not (np.isfinite(self.host_event_us) and self.host_event_us >= 0):
+            raise CollectiveError(f"host-event-us must be finite and >= 0, got {self.host_event_us!r}")
+        if self.pack_on_result and not self.host_packing:
+            raise CollectiveError("pack-on-result needs host packing (the host packs the records)")
         if self.tx_spots > 2:
             raise CollectiveError("tx-spots must be 1 (no double buffering) or 2")
         if self.aggregators is not None and not 1 <= self.aggregators <= nodes:

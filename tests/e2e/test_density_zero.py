@@ -16,7 +16,8 @@ minimum, derived from collectives/schedules/spot_protocol.py:
   record): every one of the ``N`` workers sends its slot's first block dense
   (``B + 8`` B of block and index, 16 B header), receives the one-block result
   (as much) and returns a credit (16 B): ``N (2 (B + 24) + 16)`` bytes per
-  slot, with ``min(nblocks, 8 N)`` slots non-empty (8 spots per aggregator).
+  slot, with ``min(nblocks, 64 N)`` slots non-empty (64 spots per aggregator: 8 per
+  host thread, 8 threads).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ ARGS = [*BASE, "--density", "0"]
 def minimum_wire_bytes(algo: str, nbytes: int) -> int:
     nblocks = -(-nbytes // ITEM // BLOCK)
     if algo == "omnireduce":
-        return min(nblocks, 8 * NODES) * NODES * (2 * (BLOCK * ITEM + 24) + 16)
+        return min(nblocks, 64 * NODES) * NODES * (2 * (BLOCK * ITEM + 24) + 16)
     return min(nblocks, NODES) * (NODES - 1) * 48
 
 

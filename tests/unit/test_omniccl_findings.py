@@ -5,6 +5,11 @@ OmNICCL (SIGCOMM NAIC 2024): up to 7.24x faster than dense AllReduce on
 at 128 MB and 25-75% block sparsity the SmartNIC aggregator is modestly faster
 than a CPU aggregator running the same protocol. The full sweep, with
 OmniReduce at 128 MiB too, is `python scripts/paper_omniccl.py`.
+
+The model does not reproduce the gain over OmniReduce: OmniReduce's dedicated
+aggregators add N machines and N links, and its polling threads keep those
+links busy, so it is faster than omniccl here (docs/model.md §10.6 says why).
+The OmniReduce tests below check its own costs instead.
 """
 
 import numpy as np
@@ -56,9 +61,27 @@ def test_single_tx_spot_is_measurably_slower(sweep_128m):
     assert max(res[d]["tx1"] / res[d]["omniccl"] - 1 for d in res) > 0.005
 
 
-@pytest.mark.parametrize("density", [1.0, 0.1, 0.01])
-def test_omniccl_never_slower_than_omnireduce(density):
+def test_omnireduce_dense_runs_at_line_rate():
+    """Busy-polling threads and 64 slots per aggregator keep OmniReduce's link busy: at density 1
+    every worker sends each block once in its own message of 16 + b + 8 bytes, so the worker's
+    link out takes nb (b + 24) beta; the rest is filling and draining the pipeline."""
     count = (16 << 20) // 4
-    om, red = t("omniccl", count, density), t("omnireduce", count, density)
-    assert om <= red
-    assert red / om >= 1.76   # the paper's smallest gain over the best earlier sparse AllReduce
+    nb, b = count // 256, 256 * 4
+    line = nb * (b + 24) / (PROF.link.bandwidth_GBps * 1e3)
+    red = t("omnireduce", count, 1.0)
+    assert line < red < 1.1 * line, (line, red)
+
+
+def test_omnireduce_pays_no_wake_up_per_message():
+    """Its threads poll: the profile's wake-up (host.overhead_us) does not enter its time."""
+    count = (1 << 20) // 4
+    slow_wake = load_profile("omniccl-paper", ["host.overhead_us=50"])
+    cfg, m = sparse_config("omnireduce", N), masks(count, 0.1)
+    assert model_sparse(cfg, m, slow_wake, 4).emulated_us == model_sparse(cfg, m, PROF, 4).emulated_us
+
+
+def test_omnireduce_speedup_over_ring_grows_as_density_falls():
+    count = (16 << 20) // 4
+    ring = model_time("allreduce", "ring", parse_topology("ring:8"), PROF, count).emulated_us
+    speedups = [ring / t("omnireduce", count, d) for d in (1.0, 0.5, 0.25, 0.1, 0.01)]
+    assert all(b > a for a, b in zip(speedups, speedups[1:])), speedups

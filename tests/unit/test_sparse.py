@@ -1,5 +1,7 @@
 """Zero-block-sparse AllReduce (omniccl, omniccl-cpu, omnireduce) in one process, nodes virtual."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -56,6 +58,15 @@ def test_bad_spot_options():
         sparse_config("omniccl", 8, aggregators=9)
     with pytest.raises(CollectiveError, match="spots"):
         sparse_config("omniccl", 8, spots=0)
+
+
+@pytest.mark.parametrize("extra,named", [(dict(host_threads=0), "host-threads"),
+                                         (dict(host_event_us=-1.0), "host-event-us"),
+                                         (dict(host_event_us=float("inf")), "host-event-us"),
+                                         (dict(pack_on_result=True, host_packing=False), "pack-on-result")])
+def test_bad_host_options(extra, named):
+    with pytest.raises(CollectiveError, match=named):
+        replace(sparse_config("omnireduce", 8), **extra).check(8)
 
 
 def test_aggregator_count_and_spots(emu):

@@ -8,6 +8,14 @@ therefore owns a frozen copy of the original functions (the ``_reference_*``
 code below, copied verbatim from commit a708821, only renamed) and checks the
 new code against it on many small random configurations, with the chunk sizes
 forced down so that every chunked path runs.
+
+The reference was extended once, when OmniReduce got its polling threads
+(docs/model.md §10.5): the host cost per event may come from the configuration
+(``host_event_us``), the host has ``host_threads`` FIFO threads (a slot's host
+work runs on thread ``spot * threads // spots``), and with ``pack_on_result`` a
+worker packs a slot's next record right after unpacking its result. Each
+extension is marked ``# extension`` below; with the defaults (one thread, the
+profile's overhead, no packing on the result) the code is the original.
 """
 
 from __future__ import annotations
@@ -180,6 +188,8 @@ def _reference_sparse_time(plan: _RefPlan, profile: Profile, itemsize: int) -> _
     beta, alpha = us_per_byte(profile.link.bandwidth_GBps), profile.link.latency_us
     pi, a_p = us_per_byte(profile.pcie.bandwidth_GBps), profile.pcie.latency_us
     gamma, o_h = us_per_byte(profile.host.reduce_GBps), profile.host.overhead_us
+    if cfg.host_event_us is not None:   # extension: the configuration's own host event cost
+        o_h = float(cfg.host_event_us)
     nu, a_n = us_per_byte(profile.nic.reduce_GBps), profile.nic.latency_us
     dedicated = cfg.aggregation == "dedicated"
     spilled = (cfg.aggregation == "nic"
@@ -192,7 +202,8 @@ def _reference_sparse_time(plan: _RefPlan, profile: Profile, itemsize: int) -> _
     in_free = np.zeros(ends)
     rd_free = np.zeros(ends)
     wr_free = np.zeros(ends)
-    host_free = np.zeros(ends)
+    host_thr = np.zeros((cfg.host_threads, ends))   # extension: per host thread and endpoint
+    slot_thread = ((np.arange(lay.slots) - lay.slot_agg * cfg.spots) * cfg.host_threads) // cfg.spots
     nic_free = np.zeros(ends)
     host_busy = np.zeros(ends)
     nic_busy = np.zeros(ends)
@@ -202,12 +213,14 @@ def _reference_sparse_time(plan: _RefPlan, profile: Profile, itemsize: int) -> _
     up = down = 0
     workers = np.arange(n)
 
-    for rnd in plan.rounds:
+    for i_rnd, rnd in enumerate(plan.rounds):
+        nxt = plan.rounds[i_rnd + 1] if i_rnd + 1 < len(plan.rounds) else None
         # phase 1, slot by slot: contributions travel up and are aggregated
         ready_at = np.zeros(len(rnd.slots))   # result complete in the Tx spot
         consumed = np.zeros(len(rnd.slots))   # every Rx record of the round consumed
         for j, s in enumerate(rnd.slots):
             g = int(agg_end[lay.slot_agg[s]])
+            host_free = host_thr[slot_thread[s]]      # extension: the slot's thread (a view)
             who = np.flatnonzero(rnd.reports[j])
             sent = rnd.sent[j, who].astype(np.float64)
             data = sent * bb
@@ -216,7 +229,7 @@ def _reference_sparse_time(plan: _RefPlan, profile: Profile, itemsize: int) -> _
 
             # worker side: (OmniReduce) the host finds and packs the blocks, then the NIC
             # DMA-reads them; (OmNICCL) the NIC reads them straight from the LLC (DCA).
-            if cfg.host_packing:
+            if cfg.host_packing and (rnd.index == 0 or not cfg.pack_on_result):   # extension
                 window = (rnd.hi[j] - rnd.lo[j]) * bb
                 start = np.maximum(ready, host_free[who]) + o_h
                 host_free[who] = start + (window + data) * gamma
@@ -270,6 +283,7 @@ def _reference_sparse_time(plan: _RefPlan, profile: Profile, itemsize: int) -> _
         # phase 2, slot by slot: results scatter to every worker and land in host memory
         for j, s in enumerate(rnd.slots):
             g = int(agg_end[lay.slot_agg[s]])
+            host_free = host_thr[slot_thread[s]]      # extension: the slot's thread (a view)
             tx = rnd.index % cfg.tx_spots
             rb_data = float(rnd.result[j]) * bb
             rb = float(rnd.result[j]) * (bb + INDEX_BYTES) + RECORD_HEADER_BYTES
@@ -311,9 +325,17 @@ def _reference_sparse_time(plan: _RefPlan, profile: Profile, itemsize: int) -> _
                 host_free[:n] = start + rb_data * gamma
                 host_busy[:n] += o_h + rb_data * gamma
                 landed = host_free[:n].copy()
+            done = np.maximum(done, landed)
+            if cfg.host_packing and cfg.pack_on_result and nxt is not None and s in nxt.slots:
+                # extension: the thread packs the slot's next record right after the unpack
+                k = int(np.flatnonzero(nxt.slots == s)[0])
+                who2 = np.flatnonzero(nxt.reports[k])
+                cost = ((nxt.hi[k] - nxt.lo[k]) * bb + nxt.sent[k, who2].astype(np.float64) * bb) * gamma
+                host_free[who2] = host_free[who2] + o_h + cost
+                host_busy[who2] += o_h + cost
+                landed = host_free[:n].copy()
             # a worker writes its next record once it may (credit) or once it has the result
             clock[s] = credit if cfg.credits else landed   # (unused after a slot's last round)
-            done = np.maximum(done, landed)
 
     return _RefSparseTiming(float(done.max()), done, float(host_busy.max()), float(nic_busy.max()),
                         up + down, up, down, bool(spilled))
@@ -470,7 +492,7 @@ def test_hand_made_rounds_match_reference(seed):
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("prof", list(PROFILES))
 @pytest.mark.parametrize("tx_spots,spots,spot_blocks,aggregators",
-                         [(1, 1, 1, None), (2, 3, 5, 2), (2, 2, 3, 1), (1, 3, 2, 2)])
+                         [(1, 1, 1, None), (2, 3, 5, 2), (2, 2, 3, 1), (1, 3, 2, 2), (2, 16, 1, None)])
 def test_grid_matches_reference(algo, prof, tx_spots, spots, spot_blocks, aggregators, chunks):
     rng = np.random.default_rng([tx_spots, spots, spot_blocks, aggregators or 0, len(algo)])
     for nodes, nblocks, density in ((2, 3, 1.0), (5, 64, 0.3), (9, 150, 0.05), (7, 2, 0.5), (3, 200, 0.0)):

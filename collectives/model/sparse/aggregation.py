@@ -99,23 +99,25 @@ def _on_nic(st: SpotState, blk: Block, r: _Rates, tx_free: np.ndarray) -> tuple[
 
 def _on_host(st: SpotState, blk: Block, r: _Rates, tx_free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     gs, length = blk.gs, blk.length
+    thr = st.slot_thread[blk.ss]
     landed = st.ws.scan(st.wr_free[gs], blk.arrival, blk.data_pi, blk.valid, length, blk.const, blk.csum,
                         "agg")[1]
     some = length > 0
     st.wr_free[gs] = np.where(some, landed, st.wr_free[gs])
     last = np.where(some, landed, 0.0) + r.a_p
-    start = np.maximum(np.maximum(last, st.host_free[gs]), tx_free) + r.o_h
+    start = np.maximum(np.maximum(last, st.host_thr[thr, gs]), tx_free) + r.o_h
     dsum = (blk.sval[:, 0] * length if blk.const else blk.sval.sum(axis=1)) * st.bb   # exact: integers
-    st.host_free[gs] = start + dsum * r.gamma
+    consumed = start + dsum * r.gamma
+    st.host_thr[thr, gs] = consumed
     st.host_busy[gs] += r.o_h + dsum * r.gamma
-    consumed = st.host_free[gs]
-    ready_at = st.host_free[gs] + r.a_p + blk.rb_data * r.pi
+    ready_at = consumed + r.a_p + blk.rb_data * r.pi
     return consumed, ready_at
 
 
 def _on_dedicated(st: SpotState, blk: Block, r: _Rates, tx_free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     gs, arrival, data, valid = blk.gs, blk.arrival, blk.data, blk.valid
-    start0 = np.maximum(st.host_free[gs], tx_free)
+    thr = st.slot_thread[blk.ss]      # the aggregator thread that serves the slot
+    start0 = np.maximum(st.host_thr[thr, gs], tx_free)
     if r.o_h_c is None:
         svc = r.o_h + data * r.gamma
         arrival += r.a_p
@@ -123,9 +125,9 @@ def _on_dedicated(st: SpotState, blk: Block, r: _Rates, tx_free: np.ndarray) -> 
         svc = r.o_h_c + data * r.gamma_c
         arrival += r.a_p_c
     arrival += blk.data_pi
-    st.host_free[gs] = st.ws.scan(start0, arrival, svc, valid, blk.length, blk.const, blk.csum, "agg")[1]
+    consumed = st.ws.scan(start0, arrival, svc, valid, blk.length, blk.const, blk.csum, "agg")[1]
+    st.host_thr[thr, gs] = consumed
     st.host_busy[gs] += (st.ws.const_sums(svc[:, 0], blk.length) if blk.const
                          else row_sums(np.where(valid, svc, 0.0) if valid is not None else svc, blk.length))
-    consumed = st.host_free[gs]
-    ready_at = st.host_free[gs] + r.a_p + blk.rb_data * r.pi
+    ready_at = consumed + r.a_p + blk.rb_data * r.pi
     return consumed, ready_at

@@ -21,13 +21,17 @@ from nicemu.collectives.model.sparse.state import SpotState
 from nicemu.collectives.schedules.spot_protocol import CREDIT_BYTES, INDEX_BYTES, RECORD_HEADER_BYTES, Round
 
 
-def time_round(st: SpotState, rnd: Round) -> None:
-    """Advance the links, the workers' landing and the Tx spots' reuse times by one round."""
+def time_round(st: SpotState, rnd: Round, nxt: Round | None = None) -> None:
+    """Advance the links, the workers' landing and the Tx spots' reuse times by one round.
+
+    ``nxt``: the next round, whose records are packed here when the configuration packs
+    on the result (``pack_on_result``)."""
     if len(rnd.slots) == 0:
         return
     res = _Results.of(st, rnd)
     _aggregators_send(st, res)
-    got_max = _Receivers(st, res).run()
+    on_result = st.cfg.pack_on_result and st.cfg.host_packing
+    got_max = _Receivers(st, res, nxt if on_result else None).run()
     back = (got_max + st.cb) + st.alpha if st.far else np.zeros(len(res.slots))
     st.tx_free[res.slots, res.tx] = np.maximum(back, 0.0 if st.dedicated else st.ready_at)
 
@@ -91,10 +95,11 @@ class _PerWorker:
 class _Receivers:
     """The workers receive the round's credits and results, slot by slot."""
 
-    def __init__(self, st: SpotState, res: _Results) -> None:
+    def __init__(self, st: SpotState, res: _Results, nxt: Round | None = None) -> None:
         n, cfg = st.n, st.cfg
-        self.st, self.res = st, res
-        self.in_free, self.wr_free, self.host_free = st.in_free[:n], st.wr_free[:n], st.host_free[:n]
+        self.st, self.res, self.nxt = st, res, nxt
+        self.next_pack: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.in_free, self.wr_free = st.in_free[:n], st.wr_free[:n]
         self.host_busy = st.host_busy[:n]
         self.pack = cfg.host_packing
         self._landing_costs()
@@ -138,6 +143,8 @@ class _Receivers:
         for j0 in range(0, nact, step):
             j1 = min(nact, j0 + step)
             leave, c_leave = self._leave_times(j0, j1)
+            if self.nxt is not None:
+                self._next_records(j0, j1)
             for j in range(j0, j1):
                 if self.cont_l[j]:
                     self._credits(j, c_leave[j - j0])
@@ -146,8 +153,36 @@ class _Receivers:
             # every free time only grew: the last landed result is each worker's latest
             if not self.pack:
                 np.add(self.wr_free, self.a_p, out=self.landed)
-            np.maximum(self.st.done, self.host_free if self.pack else self.landed, out=self.st.done)
+            # (with host threads, a worker's latest unpack is the latest over its threads)
+            last = self.st.host_thr[:, :n].max(axis=0) if self.pack else self.landed
+            np.maximum(self.st.done, last, out=self.st.done)
         return self.got_max
+
+    def _next_records(self, j0: int, j1: int) -> None:
+        """``pack_on_result``: per slot ``j0..j1`` that runs a next round, who writes a record in it
+        and the host time to find and pack it (as ``records._record_service`` prices it)."""
+        st, nxt, n = self.st, self.nxt, self.st.n
+        slots = self.res.slots[j0:j1]
+        pos = np.searchsorted(nxt.slots, slots)
+        there = pos < len(nxt.slots)
+        there[there] = nxt.slots[pos[there]] == slots[there]
+        self.next_pack = {}
+        if not there.any():
+            return
+        k0, k1 = int(pos[there][0]), int(pos[there][-1]) + 1
+        if hasattr(nxt, "sent_rows"):
+            sent = nxt.sent_rows(k0, k1)
+            rep = np.asarray(nxt.reports_rows(k0, k1, sent), dtype=bool)
+        else:                           # rounds given as plain arrays
+            sent, rep = nxt.sent[k0:k1], np.asarray(nxt.reports[k0:k1], dtype=bool)
+        window = (nxt.hi[k0:k1] - nxt.lo[k0:k1]) * st.bb
+        data = sent.astype(np.float64) * st.bb
+        gamma = st.gamma if st.slow is None else st.gamma_e[:n]
+        pack = (window[:, None] + data) * gamma
+        o_h = self.o_h
+        for j in np.flatnonzero(there).tolist():
+            k = int(pos[j]) - k0
+            self.next_pack[j0 + j] = (rep[k], pack[k], o_h + pack[k])
 
     def _leave_times(self, j0: int, j1: int) -> tuple[np.ndarray, np.ndarray | None]:
         """When each worker's copy of the result (and of the Rx credit) leaves its aggregator, plus
@@ -213,7 +248,8 @@ class _Receivers:
 
     def _land(self, j: int, got: np.ndarray) -> None:
         """The result is DMA-written to host memory and (OmniReduce) unpacked by the host."""
-        st, wr_free, host_free, host_busy = self.st, self.wr_free, self.host_free, self.host_busy
+        st, wr_free, host_busy = self.st, self.wr_free, self.host_busy
+        host_free = st.host_of(self.slot_l[j])[:st.n]     # the slot's host thread, in place
         np.maximum(got, wr_free, out=wr_free)
         wr_free += self.rbd_pi[j]
         if not self.per_slot_landed:
@@ -225,8 +261,17 @@ class _Receivers:
             host_free += self.rbd_g[j]
             host_busy += self.unpack_busy[j]
         latest = host_free if self.pack else self.landed
-        # a worker writes its next record once it may (credit) or once it has the result
-        if self.clock_landed and self.goes_l[j]:
-            st.clock[self.slot_l[j]] = latest
         if not st.monotone:
             np.maximum(st.done, latest, out=st.done)
+        nxt = self.next_pack.get(j)
+        if nxt is not None:
+            # the polling thread that unpacked the result packs the slot's next record at once
+            rep, pack, busy = nxt
+            h = host_free + self.o_h
+            h += pack
+            np.copyto(host_free, h, where=rep)
+            host_busy += np.where(rep, busy, 0.0)
+        # a worker writes its next record once it may (credit) or once it has the result
+        # (and, packing on the result, once that record is packed)
+        if self.clock_landed and self.goes_l[j]:
+            st.clock[self.slot_l[j]] = host_free if self.pack else latest

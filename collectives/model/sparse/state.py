@@ -51,7 +51,10 @@ class SpotState:
         self.bb = cfg.block_size * itemsize
         self.beta, self.alpha = us_per_byte(profile.link.bandwidth_GBps), profile.link.latency_us
         self.pi, self.a_p = us_per_byte(profile.pcie.bandwidth_GBps), profile.pcie.latency_us
-        self.gamma, self.o_h = us_per_byte(profile.host.reduce_GBps), profile.host.overhead_us
+        # a host event (a message handled, a round reduced): the profile's wake-up, or the
+        # configuration's own cost (OmniReduce's busy-polling threads)
+        o_h = profile.host.overhead_us if cfg.host_event_us is None else float(cfg.host_event_us)
+        self.gamma, self.o_h = us_per_byte(profile.host.reduce_GBps), o_h
         self.nu, self.a_n = us_per_byte(profile.nic.reduce_GBps), profile.nic.latency_us
         self.header = profile.link.header_bytes
         self.cb = self.wire_us(CREDIT_BYTES)
@@ -68,7 +71,11 @@ class SpotState:
         self.in_free = np.zeros(ends)
         self.rd_free = np.zeros(ends)
         self.wr_free = np.zeros(ends)
-        self.host_free = np.zeros(ends)
+        # per host thread and endpoint; a slot's host work runs on its thread (``slot_thread``)
+        self.host_thr = np.zeros((cfg.host_threads, ends))
+        self.host_free = self.host_thr[0]
+        spot = np.arange(lay.slots) - lay.slot_agg * cfg.spots
+        self.slot_thread = (spot * cfg.host_threads) // cfg.spots
         self.nic_free = np.zeros(ends)
         self.host_busy = np.zeros(ends)
         self.nic_busy = np.zeros(ends)
@@ -77,11 +84,12 @@ class SpotState:
         self.up = self.down = 0
         # With finite non-negative costs every free time only grows. Then a worker's latest
         # landed result is its latest done time, the latest arrival on a link is the latest
-        # arrival of any message, and (OmniReduce) the self-clock, a copy of the worker
-        # host's free time, never exceeds that host's free time when it is read.
+        # arrival of any message, and a host-packing self-clock, a copy of the worker
+        # host's free time, never exceeds that host's free time when it is read (not so
+        # when the next record is packed on the result: OmniReduce keeps its clock).
         self.monotone = all(math.isfinite(x) and x >= 0
                             for x in (self.beta, self.alpha, self.pi, self.a_p, self.gamma, self.o_h))
-        self.skip_clock = cfg.host_packing and not cfg.credits and self.monotone
+        self.skip_clock = cfg.host_packing and not cfg.credits and self.monotone and not cfg.pack_on_result
         # the self-clock per (slot, worker): calloc'ed, only rows of slots that go on are touched
         self.clock = None if self.skip_clock else np.zeros((lay.slots, n))
         self.consumed = self.ready_at = np.zeros(0)   # per slot of the round: Rx spot free, result ready
@@ -94,6 +102,10 @@ class SpotState:
         if not self.header:
             return nbytes * self.beta
         return framed(np.rint(nbytes).astype(np.int64), self.packet_bytes, self.header) * self.beta
+
+    def host_of(self, slot: int) -> np.ndarray:
+        """The host free times (over the endpoints, a view) of the thread that serves ``slot``."""
+        return self.host_thr[self.slot_thread[slot]]
 
     def slot_rank(self, slots: np.ndarray) -> np.ndarray:
         """Position of each slot among the consecutive ``slots`` of its aggregator.

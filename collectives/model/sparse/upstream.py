@@ -61,8 +61,10 @@ class _Senders:
         # the workers' own overhead and DMA latency (--straggler: arrays over the nodes)
         self.a_p, self.o_h = (st.a_p_e[:n], st.o_h_e[:n]) if st.slow is not None else (st.a_p, st.o_h)
         self.first_round = st.clock is None or rnd.index == 0
+        # the host packs here, unless it packed this round's records on the last result
+        self.pack_here = st.cfg.host_packing and (rnd.index == 0 or not st.cfg.pack_on_result)
         self.tmp = np.empty(n)
-        self.hf, self.hb, self.rdf, self.off = st.host_free[:n], st.host_busy[:n], st.rd_free[:n], st.out_free[:n]
+        self.hb, self.rdf, self.off = st.host_busy[:n], st.rd_free[:n], st.out_free[:n]
         self.ptr_l = None if ch.dense else ch.ptr.tolist()
 
     def run(self) -> None:
@@ -134,9 +136,10 @@ class _Senders:
         """Every worker writes a non-empty record: the steps of ``_some``, in place on the arrays."""
         st, ch, fb = self.st, self.ch, self.fb
         const, tmp = ch.const, self.tmp
-        hf, hb, rdf, off = self.hf, self.hb, self.rdf, self.off
+        hb, rdf, off = self.hb, self.rdf, self.off
         ready = 0.0 if self.first_round else st.clock[s]
-        if st.cfg.host_packing:
+        if self.pack_here:
+            hf = st.host_of(s)[:st.n]     # the slot's host thread, in place
             if st.clock is None:
                 np.add(hf, self.o_h, out=hf)
             else:
@@ -174,26 +177,27 @@ class _Senders:
             idx = ch.who[self.ptr_l[j]:self.ptr_l[j + 1]]
             ln = len(idx)
         ready = 0.0 if self.first_round else st.clock[s, idx]
-        if st.cfg.host_packing:
-            ready = self._pack(idx, ln, p, ready)
+        if self.pack_here:
+            ready = self._pack(s, idx, ln, p, ready)
         ready = self._dma_read(idx, ln, p, ready)
         self._link_out(idx, ln, gj, p, ready)
 
-    def _pack(self, idx, ln: int, p: int, ready):
-        """OmniReduce: the worker's host finds and packs the blocks."""
+    def _pack(self, s: int, idx, ln: int, p: int, ready):
+        """OmniReduce: the worker's host (the slot's thread) finds and packs the blocks."""
         st, ch = self.st, self.ch
+        host_free = st.host_of(s)
         if st.clock is None:
-            h = st.host_free[idx] + per_node(self.o_h, idx)
+            h = host_free[idx] + per_node(self.o_h, idx)
         else:
-            h = np.maximum(ready, st.host_free[idx])
+            h = np.maximum(ready, host_free[idx])
             h += per_node(self.o_h, idx)
         if ch.const:
             h += ch.pack_l[p]
-            st.host_free[idx] = h
+            host_free[idx] = h
             st.host_busy[idx] += ch.pack_busy_l[p]
         else:
             h += ch.pack[p, :ln]
-            st.host_free[idx] = h
+            host_free[idx] = h
             st.host_busy[idx] += ch.pack_busy[p, :ln]
         return h
 
