@@ -23,6 +23,9 @@ COLLECTIVES = ("allreduce", "reducescatter", "allgather", "alltoall")
 #: topology kinds (the part of a spec before the colon)
 TOPOLOGY_KINDS = ("ring", "switch", "torus", "astra")
 
+#: the keyword options of a sparse algorithm (``Emulator.allreduce(..., block_size=256)``, ``sparse_config``)
+SPARSE_OPTIONS = ("block_size", "aggregators", "spots", "spot_blocks", "tx_spots")
+
 #: (collective, topology, count, bidirectional); a ``segmented`` algorithm's builder also takes the
 #: keyword ``segment_elems`` (elements per pipeline segment, from ``host.segment_KiB`` and the dtype)
 Builder = Callable[..., Schedule]
@@ -46,7 +49,13 @@ class Algorithm:
 
     @property
     def kind(self) -> str:
+        """``"sparse"`` (the spot protocol) or ``"dense"`` (a schedule, MPI's own, or host-best)."""
         return "sparse" if self.sparse is not None else "dense"
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The keyword options a call of this algorithm accepts: the spot options if sparse, else none."""
+        return SPARSE_OPTIONS if self.sparse is not None else ()
 
     @property
     def emulated(self) -> bool:
@@ -141,6 +150,7 @@ def get(name: str) -> Algorithm:
 
 
 def is_sparse(name: str) -> bool:
+    """True for a registered sparse algorithm (omniccl, omniccl-cpu, omnireduce); False otherwise."""
     algo = REGISTRY.get(name)
     return algo is not None and algo.sparse is not None
 
