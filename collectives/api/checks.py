@@ -200,8 +200,10 @@ def check_call_number(call: int) -> int:
 
 
 def fault_options(faults: str | FaultSpec | None, stragglers: str | list | dict | None,
-                  topology: Torus) -> tuple[FaultSpec | None, dict[int, float]]:
-    """Parse and check ``--faults`` / ``--straggler`` values (strings or already parsed)."""
+                  topology: Torus | int) -> tuple[FaultSpec | None, dict[int, float]]:
+    """Parse and check ``--faults`` / ``--straggler`` values (strings or already parsed) for a topology
+    (or a node count)."""
+    nodes = topology if isinstance(topology, int) else topology.nodes
     if faults is not None and not isinstance(faults, (str, FaultSpec)):
         raise CollectiveError(f"faults must be a string such as 'drop=1e-3,seed=1' or a FaultSpec, got "
                               f"{type(faults).__name__}")
@@ -218,8 +220,8 @@ def fault_options(faults: str | FaultSpec | None, stragglers: str | list | dict 
         stragglers = list(stragglers)
     slow = parse_stragglers(stragglers)
     if spec is not None:
-        spec.check_nodes(topology.nodes)
-    check_stragglers(slow, topology.nodes)
+        spec.check_nodes(nodes)
+    check_stragglers(slow, nodes)
     return (spec if spec is not None and spec.active else None), slow
 
 

@@ -113,7 +113,7 @@ class PackedMasks:
     def __init__(self, bits: np.ndarray, nblocks: int) -> None:
         bits = np.ascontiguousarray(bits, dtype=np.uint8)
         if bits.ndim != 2 or bits.shape[1] != (nblocks + 7) // 8:
-            raise ValueError(f"packed masks of {nblocks} blocks need shape (nodes, {(nblocks + 7) // 8}), "
+            raise CollectiveError(f"packed masks of {nblocks} blocks need shape (nodes, {(nblocks + 7) // 8}), "
                              f"not {bits.shape}")
         self.bits = bits
         self.nblocks = int(nblocks)
