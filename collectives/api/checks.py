@@ -101,7 +101,9 @@ def check_dtype(dtype: str | np.dtype | type) -> np.dtype:
 
 
 def check_dtype_op(dtype: str | np.dtype | type, op: str) -> np.dtype:
-    """``check_dtype`` and ``check_op`` together; returns the canonical dtype (:class:`CollectiveError`)."""
+    """Check an element type (a name, an nccl-tests alias, a numpy dtype or scalar type) and a reduction
+    (sum, prod, max, min, avg); returns the canonical dtype. Raises :class:`CollectiveError` naming the
+    accepted values."""
     dt = check_dtype(dtype)
     check_op(op)
     return dt

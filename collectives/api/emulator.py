@@ -30,6 +30,7 @@ from nicemu.collectives.api.checks import (
     check_algo,
     check_algo_collective,
     check_collective,
+    check_count,
     check_dtype_op,
     check_op,
     check_options,
@@ -124,7 +125,9 @@ class Emulator:
         self._spot_windows: dict[tuple, SpotWindows] = {}
 
     def free(self) -> None:
-        """Release the RMA windows, persistent requests and the duplicated communicator (collective)."""
+        """Release the RMA windows, persistent requests and the duplicated communicator (collective).
+
+        Every rank calls it; the ``with`` block does. Raises nothing of its own (MPI errors abort)."""
         for wins in self._spot_windows.values():
             wins.free()
         self._spot_windows.clear()
@@ -140,12 +143,12 @@ class Emulator:
 
     @property
     def local_nodes(self) -> int:
-        """How many topology nodes this rank hosts: the rows of the arrays it passes."""
+        """How many topology nodes this rank hosts: the rows of the arrays it passes (raises nothing)."""
         return self.executor.local_nodes
 
     @property
     def node_range(self) -> range:
-        """The ids of the nodes this rank hosts, in row order (contiguous blocks, rank 0 first)."""
+        """The ids of the nodes this rank hosts, in row order (contiguous blocks, rank 0 first; raises nothing)."""
         return range(self.executor.lo, self.executor.hi)
 
     def _as_rows(self, data: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -166,7 +169,8 @@ class Emulator:
         ``work`` is (local nodes x count), C-contiguous and writeable; the result is None for algo="mpi".
         The collective methods (``allreduce(..., out=x)`` for in place) are the API; this form, used
         by the CLI and serving, skips their agreement between ranks, so a bad argument on one rank may
-        leave the others waiting.
+        leave the others waiting. Raises :class:`CollectiveError` (bad ``work``, algorithm, op or
+        options) and :class:`CollectiveStalled` (a peer stopped answering).
 
         ``sparse`` holds overrides for the sparse algorithms (block_size, aggregators,
         spots, spot_blocks, tx_spots); ``jitter_us`` adds random sleeps to their
@@ -245,7 +249,7 @@ class Emulator:
         if work.shape[1] == 0:
             raise CollectiveError(f"{algo} needs at least one element per node (it works on blocks)")
         ex = self.executor
-        cfg = sparse_config(algo, self.topology.nodes, **sparse)
+        cfg = sparse_config(algo, self.topology.nodes, **check_options(algo, sparse))
         nblocks = nblocks_of(work.shape[1], cfg.block_size)
         masks = gather_masks(self.comm, block_mask(work, cfg.block_size).reshape(work.shape[0], -1),
                              ex.bounds, nblocks)
@@ -420,8 +424,9 @@ class Emulator:
 
     def segments(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(offsets, counts) in elements, two int arrays over all nodes: the range every node owns after a
-        reduce-scatter of ``count`` elements (and reads in an allgather)."""
-        return final_segments(self.topology, count)
+        reduce-scatter of ``count`` elements (and reads in an allgather). Local, no communication; raises
+        :class:`CollectiveError` for a count that is not a whole number >= 0."""
+        return final_segments(self.topology, check_count(count))
 
 
 #: longest error message one rank broadcasts to the others (bytes of UTF-8)

@@ -148,7 +148,12 @@ def _pairs(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def build_schedule(collective: str, algo: str, topology: Torus | str, count: int,
                    bidirectional: bool = False, segment_elems: int | None = None) -> Schedule:
-    """The chunk-level program of a dense algorithm; every argument is checked first (one-line errors).
+    """The chunk-level program (``Schedule``) of a dense algorithm, which both executors run.
+
+    ``topology`` is a spec or a ``Torus``, ``count`` elements per node; ``schedule.describe()`` prints it.
+    Raises :class:`CollectiveError` for an unknown or sparse algorithm, one without a fixed schedule
+    (``host-best``, ``mpi``), a collective it does not implement, or a schedule over 2**30 transfers;
+    :class:`TopologyError` for a bad spec.
 
     ``segment_elems`` reaches only the algorithms the registry marks ``segmented`` (``ring-pipelined``);
     None means the default ``host.segment_KiB`` of float32 elements.
@@ -188,9 +193,19 @@ def build_schedule(collective: str, algo: str, topology: Torus | str, count: int
 def model_time(collective: str, algo: str, topology: Torus | str, profile: Profile | str, count: int,
                dtype: str | np.dtype = "float32", faults: str | FaultSpec | None = None,
                call: int = 0, stragglers: str | list | dict | None = None) -> Timing:
-    """Emulated timing without data (the model executor); ``call`` numbers the fault draws.
+    """Emulated timing of a dense algorithm without data (the model executor, no MPI).
 
-    ``topology`` and ``profile`` may be given as a spec string and a profile name (or YAML path).
+    Args:
+        collective: ``allreduce``, ``reducescatter``, ``allgather`` or ``alltoall``.
+        algo: a dense algorithm's name (``host-best`` included).
+        topology: a spec (``"ring:8"``) or a ``Torus``; profile: a shipped name, a YAML path or a ``Profile``.
+        count: elements per node; dtype: a type name (``"bfloat16"``, ``"half"``) or a numpy dtype.
+        faults, stragglers: as ``Emulator`` takes them; ``call`` numbers the fault draws, so the MPI
+            executor's call ``n`` and ``call=n`` see the same faults.
+
+    Returns a ``Timing`` in emulated microseconds and bytes, equal bit for bit to the MPI executor's.
+    Raises :class:`CollectiveError`, :class:`TopologyError`, :class:`ProfileError` or
+    :class:`FaultSpecError` with a one-line message.
     """
     dt = check_dtype(dtype)
     topology, profile = as_topology(topology), as_profile(profile)

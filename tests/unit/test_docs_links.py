@@ -123,3 +123,13 @@ def test_ci_runs_the_readme_test_command_in_a_fresh_venv():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert command in ci, f".ci/run must run the README's test command: {command}"
     assert ci.index("rm -rf .venv") < ci.index(command)
+
+
+def test_readme_api_example_is_the_example_program():
+    """README's API section shows examples/directreduce_vs_ring.py as it is (tests/e2e runs the file)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### The Python API"):]
+    block = section[section.index("```python\n") + len("```python\n"):]
+    block = block[:block.index("```\n")]
+    program = (ROOT / "examples" / "directreduce_vs_ring.py").read_text(encoding="utf-8")
+    assert block.strip("\n") == program[program.index('"""', 3) + 3:].strip("\n")
