@@ -29,6 +29,7 @@ from nicemu.collectives.api.checks import (
     as_topology,
     check_algo,
     check_algo_collective,
+    check_call_number,
     check_collective,
     check_count,
     check_dtype_op,
@@ -281,7 +282,7 @@ class Emulator:
         """
         problem, rows, flat, work = None, None, False, None
         try:
-            rows, flat, work, options = self._prepare(collective, data, op, algo, out, options)
+            rows, flat, work, options = self._prepare(collective, data, op, algo, out, call, options)
         except NicemuError as exc:
             problem = str(exc)
         self._agree(problem, collective, algo, op, rows, options)
@@ -306,7 +307,7 @@ class Emulator:
                       timing.framed_bytes)
 
     def _prepare(self, collective: str, data: np.ndarray, op: str, algo: str, out: np.ndarray | None,
-                 options: dict) -> tuple[np.ndarray, bool, np.ndarray, dict]:
+                 call: int | None, options: dict) -> tuple[np.ndarray, bool, np.ndarray, dict]:
         """Check one rank's arguments; returns (input rows, 1-D?, the working rows, the options)."""
         check_collective(collective)
         check_algo(algo)
@@ -314,6 +315,8 @@ class Emulator:
             check_sparse_call(algo, collective, op)
         else:
             check_algo_collective(algo, collective)
+        if call is not None:
+            check_call_number(call)
         options = check_options(algo, options)
         if options:
             sparse_config(algo, self.topology.nodes, **options)

@@ -106,6 +106,7 @@ def test_bad_input_on_one_rank_is_refused_on_every_rank():
     _refused(lambda: e.allreduce(x, algo="omniccl", op="max"), "cannot compute 'max'", 0)
     _refused(lambda: e.allreduce(x, algo="no-such"), "unknown algorithm", 0)
     _refused(lambda: e.allreduce(list(x), algo="ring"), "numpy array", 0)
+    _refused(lambda: e.allreduce(x, algo="ring", call=-1 if me == last else None), "call must be", last)
     _refused(lambda: e.allreduce(x if me != last else x[:, :COUNT // 2].copy(), algo="ring"), "disagree", last)
     res = e.allreduce(x, algo="ring")                     # the emulator still works afterwards
     assert np.array_equal(res.data, np.broadcast_to(inputs(np.float32).sum(axis=0), x.shape))
