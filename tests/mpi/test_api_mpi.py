@@ -9,8 +9,9 @@ from nicemu.collectives import COLLECTIVES, CollectiveError, Emulator, model_spa
 from nicemu.collectives.schedules.sparse_patterns import block_mask
 
 COMM = MPI.COMM_WORLD
-TOPOLOGY = "ring:4"
-COUNT = 96                       # a multiple of 4 nodes (alltoall) and of the block size below
+NODES = 4 if COMM.size <= 4 else 8
+TOPOLOGY = f"ring:{NODES}"
+COUNT = 96                       # a multiple of the nodes (alltoall) and of the block size below
 EMU = {}
 
 
@@ -22,7 +23,7 @@ def emu() -> Emulator:
 
 
 def inputs(dtype=np.int64) -> np.ndarray:
-    rows = np.arange(4 * COUNT, dtype=np.int64).reshape(4, COUNT) % 7 - 3
+    rows = np.arange(NODES * COUNT, dtype=np.int64).reshape(NODES, COUNT) % 7 - 3
     rows[:, 32:64] = 0                                # a zero block for the sparse algorithms
     return rows.astype(dtype)
 
@@ -33,10 +34,10 @@ def expected(collective: str, x: np.ndarray) -> np.ndarray:
         return np.broadcast_to(x.sum(axis=0), x.shape)
     off, cnt = emu().segments(COUNT)
     if collective == "allgather":
-        row = np.concatenate([x[i, off[i]:off[i] + cnt[i]] for i in range(4)])
+        row = np.concatenate([x[i, off[i]:off[i] + cnt[i]] for i in range(NODES)])
         return np.broadcast_to(row, x.shape)
-    blocks = x.reshape(4, 4, COUNT // 4)
-    return blocks.transpose(1, 0, 2).reshape(4, COUNT)
+    blocks = x.reshape(NODES, NODES, COUNT // NODES)
+    return blocks.transpose(1, 0, 2).reshape(NODES, COUNT)
 
 
 CASES = [(c, a) for c in COLLECTIVES for a in names(collective=c)]
@@ -72,8 +73,8 @@ def test_every_algorithm_through_the_methods(collective, algo):
         assert res.emulated_us == model_time(collective, algo, TOPOLOGY, "directreduce-paper", COUNT,
                                              dtype="int64").emulated_us
     elif algo in names(kind="sparse"):                                  # block_size=32 reached the protocol
-        masks = block_mask(x, 32).reshape(4, -1)
-        cfg = sparse_config(algo, 4, block_size=32)
+        masks = block_mask(x, 32).reshape(NODES, -1)
+        cfg = sparse_config(algo, NODES, block_size=32)
         assert res.emulated_us == model_sparse(cfg, masks, "directreduce-paper", 8).emulated_us
         assert res.emulated_us != model_sparse(algo, masks, "directreduce-paper", 8).emulated_us
 
