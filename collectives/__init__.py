@@ -14,17 +14,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nicemu.collectives.api.checks import check_algo, check_collective, check_dtype_op
-from nicemu.collectives.api.model import build_schedule, model_time, segment_elems
+from nicemu.collectives.api.model import (
+    build_schedule,
+    model_sparse,
+    model_time,
+    p2p_time,
+    plan_sparse,
+    segment_elems,
+    time_sparse_plan,
+)
 from nicemu.collectives.model.executor import Timing
-from nicemu.collectives.model.p2p_timing import p2p_time
-from nicemu.collectives.model.sparse_timing import model_sparse, plan_sparse, time_sparse_plan
 from nicemu.collectives.registry import ALGORITHMS, COLLECTIVES, REGISTRY, Algorithm, names, sparse_config
 from nicemu.collectives.schedules.spot_protocol import PackedMasks
 from nicemu.errors import CollectiveError
 
 if TYPE_CHECKING:
     from nicemu.collectives.api.emulator import Emulator, Result
-    from nicemu.collectives.mpi.p2p import run_p2p
+    from nicemu.collectives.api.p2p import run_p2p
 
 __all__ = ["ALGORITHMS", "COLLECTIVES", "REGISTRY", "Algorithm", "CollectiveError", "Emulator", "PackedMasks",
            "Result", "Timing", "build_schedule", "check_algo", "check_collective", "check_dtype_op", "model_sparse",
@@ -37,6 +43,6 @@ def __getattr__(name: str):
         from nicemu.collectives.api import emulator
         return getattr(emulator, name)
     if name == "run_p2p":
-        from nicemu.collectives.mpi import p2p
+        from nicemu.collectives.api import p2p
         return p2p.run_p2p
     raise AttributeError(f"module 'nicemu.collectives' has no attribute '{name}'")

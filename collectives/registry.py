@@ -23,6 +23,9 @@ COLLECTIVES = ("allreduce", "reducescatter", "allgather", "alltoall")
 #: topology kinds (the part of a spec before the colon)
 TOPOLOGY_KINDS = ("ring", "switch", "torus", "astra")
 
+#: the keyword options of a sparse algorithm (``Emulator.allreduce(..., block_size=256)``, ``sparse_config``)
+SPARSE_OPTIONS = ("block_size", "aggregators", "spots", "spot_blocks", "tx_spots")
+
 #: (collective, topology, count, bidirectional); a ``segmented`` algorithm's builder also takes the
 #: keyword ``segment_elems`` (elements per pipeline segment, from ``host.segment_KiB`` and the dtype)
 Builder = Callable[..., Schedule]
@@ -30,7 +33,14 @@ Builder = Callable[..., Schedule]
 
 @dataclass(frozen=True)
 class Algorithm:
-    """One algorithm a user can name with ``--algo``."""
+    """One algorithm a user can name with ``--algo``: a frozen entry of :data:`REGISTRY`.
+
+    Fields: ``name``; ``summary`` (one line for help); ``collectives`` it implements; ``engine`` (``host``,
+    ``nic`` or ``mpi``); ``build`` (dense: the schedule builder) or ``sparse`` (the spot-protocol
+    configuration) with its ``dense_partner``; the topology kinds it runs on; whether it runs with link
+    faults; whether its builder is ``segmented``. Properties: ``kind``, ``options``, ``emulated``,
+    ``scheduled``. Plain data: constructing one raises nothing.
+    """
 
     name: str
     summary: str                       # one line for --help and ``nicemu info``
@@ -46,7 +56,13 @@ class Algorithm:
 
     @property
     def kind(self) -> str:
+        """``"sparse"`` (the spot protocol) or ``"dense"`` (a schedule, MPI's own, or host-best)."""
         return "sparse" if self.sparse is not None else "dense"
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The keyword options a call of this algorithm accepts: the spot options if sparse, else none."""
+        return SPARSE_OPTIONS if self.sparse is not None else ()
 
     @property
     def emulated(self) -> bool:
@@ -76,6 +92,7 @@ def _ring_pipelined(collective: str, topology: Torus, count: int, bidirectional:
     return ring_pipelined.build(collective, topology, count, bidirectional, segment_elems=segment_elems)
 
 
+#: every algorithm by name: ``REGISTRY["directreduce"]`` is its :class:`Algorithm` entry
 REGISTRY: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("ring", "host-based Ring-AllReduce: every step crosses PCIe twice and the host reduces "
               "(alltoall: store-and-forward through every host)",
@@ -115,7 +132,8 @@ ALGORITHMS = tuple(REGISTRY)
 
 def names(*, kind: str | None = None, emulated: bool | None = None, collective: str | None = None,
           link_faults: bool | None = None, scheduled: bool | None = None) -> list[str]:
-    """Algorithm names, filtered: ``names(kind="sparse")``, ``names(emulated=True)``, ..."""
+    """Algorithm names in registry order, filtered: ``names(kind="sparse")``, ``names(emulated=True)``,
+    ``names(collective="alltoall")``. A filter no algorithm matches gives an empty list; it raises nothing."""
     return [a.name for a in REGISTRY.values()
             if (kind is None or a.kind == kind) and (emulated is None or a.emulated == emulated)
             and (collective is None or collective in a.collectives)
@@ -133,7 +151,7 @@ def check_link_faults(name: str) -> None:
 
 
 def get(name: str) -> Algorithm:
-    """The registered algorithm, or a one-line error listing the known ones."""
+    """The registered :class:`Algorithm`; an unknown name raises :class:`CollectiveError` listing the known ones."""
     algo = REGISTRY.get(name)
     if algo is None:
         raise CollectiveError(f"unknown algorithm '{name}'; use one of {', '.join(ALGORITHMS)}")
@@ -141,6 +159,7 @@ def get(name: str) -> Algorithm:
 
 
 def is_sparse(name: str) -> bool:
+    """True for a registered sparse algorithm (omniccl, omniccl-cpu, omnireduce); False otherwise."""
     algo = REGISTRY.get(name)
     return algo is not None and algo.sparse is not None
 
@@ -148,7 +167,12 @@ def is_sparse(name: str) -> bool:
 def sparse_config(name: str, nodes: int, block_size: int | None = None, aggregators: int | None = None,
                   spots: int | None = None, spot_blocks: int | None = None,
                   tx_spots: int | None = None) -> SparseConfig:
-    """A sparse algorithm's configuration with the user's overrides (None keeps the default)."""
+    """A sparse algorithm's configuration for ``nodes`` nodes with the user's overrides (None keeps the default).
+
+    ``block_size`` is in elements, ``spot_blocks`` in blocks per Rx spot, ``aggregators``, ``spots`` (per
+    aggregator) and ``tx_spots`` (1 or 2) are counts. Raises :class:`CollectiveError` for an unknown or
+    dense algorithm, or a value out of range (the message names the limit).
+    """
     algo = get(name)
     if algo.sparse is None:
         raise CollectiveError(f"{name} is a dense algorithm; sparse options apply to "

@@ -97,7 +97,10 @@ class TopologySpec:
 
 @dataclass(frozen=True)
 class Profile:
-    """A complete, validated hardware profile."""
+    """A complete, validated hardware profile: ``link``, ``pcie``, ``host``, ``nic`` and ``topology``
+    sections whose field names carry their units (``bandwidth_GBps``: 1e9 bytes/s, ``latency_us``,
+    ``packet_bytes``, ``memory_KiB``). Built by ``load_profile``; ``profile.with_overrides(["nic.packet_bytes=4096"])``
+    returns a changed copy and raises :class:`ProfileError` for an unknown key or a bad value."""
 
     name: str
     link: LinkSpec
@@ -264,7 +267,9 @@ def _valid_keys(section: str) -> str:
 
 
 def profile_from_dict(data: dict, name: str) -> Profile:
-    """Validate a parsed profile mapping and build a Profile; ``name`` is used unless the data has one."""
+    """Validate a parsed profile mapping and build a Profile; ``name`` is used unless the data has one.
+
+    Raises :class:`ProfileError` for a missing or unknown key, a wrong type, or a value out of range."""
     return _build(data, name, source=name)
 
 
@@ -392,7 +397,7 @@ def _parse_override(text: str) -> tuple[str, str, float | int | bool]:
 
 
 def shipped_profiles() -> list[str]:
-    """Names of the profiles shipped with nicemu, so the CLI can list and resolve them."""
+    """Names of the profiles shipped with nicemu, sorted, so the CLI can list and resolve them (raises nothing)."""
     if not PROFILE_DIR.is_dir():
         return []
     return sorted(p.stem for p in PROFILE_DIR.glob(f"*{_SUFFIX}") if p.is_file())
@@ -402,7 +407,9 @@ def load_profile(name_or_path: str, overrides: Sequence[str] = ()) -> Profile:
     """Load a shipped profile by name, or a user's YAML file by path, then apply overrides.
 
     A shipped name wins over a file of the same name in the working directory;
-    write ``./ideal`` to force the file.
+    write ``./ideal`` to force the file. ``overrides`` are ``--set`` strings (``"nic.packet_bytes=4096"``).
+    Raises :class:`ProfileError` for an unknown name, an unreadable or malformed file, an unknown key or
+    a value out of range.
     """
     shipped = shipped_profiles()
     if name_or_path in shipped:

@@ -18,7 +18,7 @@ def mpiexec() -> str:
     local = Path(sys.executable).parent / "mpiexec"
     found = str(local) if local.exists() else shutil.which("mpiexec")
     if not found:
-        pytest.fail("mpiexec not found: install the 'mpich' wheel (pip install -e .) or a system MPI")
+        pytest.fail("mpiexec not found: install the 'mpich' wheel (pip install -e '.[mpich]') or a system MPI")
     return found
 
 

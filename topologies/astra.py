@@ -91,7 +91,11 @@ def _positive_numbers(path: str, key: str, values: list, unit: str) -> list[floa
 
 
 def load_astra_network(path: str) -> Torus:
-    """Read an ASTRA-sim network YAML into a :class:`Torus` with per-dimension link overrides."""
+    """Read an ASTRA-sim network YAML into a :class:`Torus` with per-dimension link overrides.
+
+    ``bandwidth`` is read in GB/s and ``latency`` in ns (converted to microseconds). Raises
+    :class:`TopologyError` for a missing or unreadable file, malformed YAML, or a dimension type other
+    than Ring."""
     path = os.fspath(path)
     data = _read(path)
     if data is None:

@@ -10,7 +10,9 @@ from .torus import Torus
 
 
 def ring(n: int) -> Torus:
-    """Build a ring of ``n`` nodes; a 1-D torus so every algorithm handles it the same way."""
+    """Build a ring of ``n`` nodes; a 1-D torus so every algorithm handles it the same way.
+
+    Raises :class:`TopologyError` unless ``n`` is a whole number from 2 to 2**24."""
     try:
         n = operator.index(n)
     except TypeError:

@@ -65,7 +65,10 @@ def _parse_torus(arg: str, spec: str) -> Torus:
 
 
 def parse_topology(spec: str) -> Torus:
-    """Turn a topology spec string into a :class:`Torus`; raises :class:`TopologyError` with the fix."""
+    """Turn a topology spec string into a :class:`Torus`; raises :class:`TopologyError` with the fix.
+
+    Specs: ``ring:N``, ``switch:N``, ``torus:AxBxC``, ``torus:K^D`` (mixable: ``torus:4^2x2``) and
+    ``astra:FILE.yml``."""
     if not isinstance(spec, str):
         raise TopologyError(f"topology spec must be a string, got {type(spec).__name__}; {_USAGE}")
     text = spec.strip()
@@ -88,7 +91,7 @@ def parse_topology(spec: str) -> Torus:
 
 
 def topology_kinds() -> list[str]:
-    """Short help lines describing each accepted spec, for ``nicemu info``."""
+    """Short help lines describing each accepted spec, for ``nicemu info`` (raises nothing)."""
     return [
         "ring:N           ring of N nodes (N >= 2), e.g. ring:8",
         "switch:N         N nodes on one non-blocking switch, one full-duplex port each, e.g. switch:8",

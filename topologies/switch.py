@@ -22,7 +22,9 @@ from .torus import Torus
 
 
 def switch(n: int) -> Torus:
-    """``n`` nodes on one non-blocking switch."""
+    """``n`` nodes on one non-blocking switch, one full-duplex port each (``switch:N``).
+
+    Raises :class:`TopologyError` unless ``n`` is a whole number from 2 to 2**24."""
     try:
         n = operator.index(n)
     except TypeError:

@@ -23,7 +23,9 @@ MAX_NODES = 2**24
 
 @dataclass(frozen=True)
 class LinkParams:
-    """Bandwidth and latency of one directed link, so per-dimension overrides travel as one value."""
+    """Bandwidth (1e9 bytes/s, per direction) and latency (microseconds) of one directed link, so
+    per-dimension overrides travel as one value. Raises :class:`TopologyError` for a non-number, NaN, a
+    bandwidth <= 0 or a negative latency."""
 
     bandwidth_GBps: float  # per direction, 1e9 bytes/s
     latency_us: float
@@ -48,7 +50,12 @@ def _default_name(shape: tuple[int, ...]) -> str:
 
 
 class Torus:
-    """N-dimensional torus; a ring is a 1-D torus. Node ids are row-major over `shape` (last dim fastest)."""
+    """N-dimensional torus; a ring is a 1-D torus. Node ids are row-major over `shape` (last dim fastest).
+
+    ``Torus(shape, name=None, dim_links=None, switched=False)``: ``shape`` gives the nodes per dimension
+    (each >= 2, at most 2**24 nodes in all), ``dim_links`` optional per-dimension ``LinkParams``. Usually
+    built by ``parse_topology``, ``ring`` or ``switch``. Raises :class:`TopologyError` for a bad shape.
+    """
 
     __slots__ = ("_shape_arr", "_strides_arr", "dim_links", "name", "ndim", "nodes", "shape", "strides",
                  "switched")

@@ -12,7 +12,7 @@ import operator
 
 import numpy as np
 
-from nicemu.collectives.registry import COLLECTIVES, get, names
+from nicemu.collectives.registry import COLLECTIVES, SPARSE_OPTIONS, get, names
 from nicemu.errors import CollectiveError
 from nicemu.nic.faults import FaultSpec, parse_faults
 from nicemu.nic.ops import ALIASES, DTYPES, OPS
@@ -28,7 +28,33 @@ MAX_TRANSFERS = 1 << 30
 
 
 def check_algo(algo: str) -> None:
+    """Refuse a name that is not in the registry: :class:`CollectiveError` listing the known names."""
+    if not isinstance(algo, str):
+        raise CollectiveError(f"algo must be an algorithm name such as 'directreduce', got {type(algo).__name__}")
     get(algo)
+
+
+def check_options(algo: str, options: dict) -> dict:
+    """The keyword options of a call, checked against what ``algo`` declares (``Algorithm.options``).
+
+    A dense algorithm takes none; the sparse ones take the spot options (``block_size``, ``aggregators``,
+    ``spots``, ``spot_blocks``, ``tx_spots``; None keeps the default). Returns the options without the
+    None values. Raises :class:`CollectiveError` naming the option and the algorithms that take it.
+    """
+    accepted = get(algo).options
+    for key in options:
+        if key in accepted:
+            continue
+        if key in SPARSE_OPTIONS:
+            raise CollectiveError(f"{key}= is a sparse option and {algo} is dense; drop it, or use one of "
+                                  f"{', '.join(names(kind='sparse'))}")
+        takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
+        raise CollectiveError(f"unknown option {key}= for {algo}; {takes}")
+    given = {k: v for k, v in options.items() if v is not None}
+    for key, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise CollectiveError(f"{key}= must be a whole number, got {value!r}")
+    return given
 
 
 def check_algo_collective(algo: str, collective: str) -> None:
@@ -40,6 +66,7 @@ def check_algo_collective(algo: str, collective: str) -> None:
 
 
 def check_collective(collective: str) -> None:
+    """Refuse a collective the emulator does not implement (:class:`CollectiveError` listing them)."""
     if collective not in COLLECTIVES:
         raise CollectiveError(
             f"unknown collective '{collective}'; use one of {', '.join(COLLECTIVES)}")
@@ -74,12 +101,16 @@ def check_dtype(dtype: str | np.dtype | type) -> np.dtype:
 
 
 def check_dtype_op(dtype: str | np.dtype | type, op: str) -> np.dtype:
+    """Check an element type (a name, an nccl-tests alias, a numpy dtype or scalar type) and a reduction
+    (sum, prod, max, min, avg); returns the canonical dtype. Raises :class:`CollectiveError` naming the
+    accepted values."""
     dt = check_dtype(dtype)
     check_op(op)
     return dt
 
 
 def check_op(op: str) -> None:
+    """Refuse a reduction that is not sum, prod, max, min or avg (:class:`CollectiveError`)."""
     if not isinstance(op, str) or op not in OPS:
         raise CollectiveError(f"unknown op {op!r}; use one of {', '.join(OPS)}")
 
@@ -171,8 +202,10 @@ def check_call_number(call: int) -> int:
 
 
 def fault_options(faults: str | FaultSpec | None, stragglers: str | list | dict | None,
-                  topology: Torus) -> tuple[FaultSpec | None, dict[int, float]]:
-    """Parse and check ``--faults`` / ``--straggler`` values (strings or already parsed)."""
+                  topology: Torus | int) -> tuple[FaultSpec | None, dict[int, float]]:
+    """Parse and check ``--faults`` / ``--straggler`` values (strings or already parsed) for a topology
+    (or a node count)."""
+    nodes = topology if isinstance(topology, int) else topology.nodes
     if faults is not None and not isinstance(faults, (str, FaultSpec)):
         raise CollectiveError(f"faults must be a string such as 'drop=1e-3,seed=1' or a FaultSpec, got "
                               f"{type(faults).__name__}")
@@ -189,8 +222,8 @@ def fault_options(faults: str | FaultSpec | None, stragglers: str | list | dict 
         stragglers = list(stragglers)
     slow = parse_stragglers(stragglers)
     if spec is not None:
-        spec.check_nodes(topology.nodes)
-    check_stragglers(slow, topology.nodes)
+        spec.check_nodes(nodes)
+    check_stragglers(slow, nodes)
     return (spec if spec is not None and spec.active else None), slow
 
 

@@ -18,6 +18,7 @@ peer and the step, instead of hanging (see collectives/mpi/watchdog.py).
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,9 +28,13 @@ from nicemu.collectives.api.checks import (
     as_profile,
     as_topology,
     check_algo,
+    check_algo_collective,
+    check_call_number,
     check_collective,
+    check_count,
     check_dtype_op,
     check_op,
+    check_options,
     check_sparse_call,
     check_work,
     fault_options,
@@ -42,14 +47,14 @@ from nicemu.collectives.model.sparse_timing import model_sparse
 from nicemu.collectives.mpi.executor import MpiExecutor
 from nicemu.collectives.mpi.native import run_native, run_native_alltoall
 from nicemu.collectives.mpi.spot_executor import SpotRun, gather_masks
-from nicemu.collectives.registry import check_link_faults, get, is_sparse, sparse_config
+from nicemu.collectives.registry import ALGORITHMS, COLLECTIVES, check_link_faults, get, is_sparse, sparse_config
 from nicemu.collectives.schedules import alltoall
 from nicemu.collectives.schedules.sparse_patterns import block_mask, nblocks_of
 from nicemu.collectives.schedules.spot_protocol import plan_rounds
 from nicemu.collectives.schedules.steps import Schedule, final_segments
-from nicemu.errors import CollectiveError
+from nicemu.errors import CollectiveError, NicemuError
 from nicemu.nic.faults import FaultSpec
-from nicemu.nic.ops import finish
+from nicemu.nic.ops import DTYPES, OPS, finish
 from nicemu.nic.profile import Profile
 from nicemu.nic.spots import RecordLayout, SpotWindows
 from nicemu.topologies import Torus, ring
@@ -57,7 +62,13 @@ from nicemu.topologies import Torus, ring
 
 @dataclass
 class Result:
-    """Output of one emulated collective call."""
+    """Output of one emulated collective call: the data, and its emulated time and statistics.
+
+    Times are emulated microseconds (``emulated_us``: the slowest node's completion; ``host_busy_us`` and
+    ``nic_busy_us``: the busiest host CPU and NIC reduction engine), ``wire_bytes`` the payload bytes over
+    all links and ``framed_bytes`` those plus ``link.header_bytes`` per packet. For ``algo="mpi"`` the
+    timing fields are None (MPI's own collective has only a wall time).
+    """
 
     data: np.ndarray | list[np.ndarray] | None   # None under the model executor
     emulated_us: float | None                    # None for algo="mpi"
@@ -71,12 +82,29 @@ class Result:
 
 
 class Emulator:
+    """An emulated fabric on an mpi4py communicator: topology nodes on the ranks, a hardware profile, and
+    the collectives (``allreduce``, ``reduce_scatter``, ``allgather``, ``alltoall``) on numpy arrays.
+
+    Args:
+        comm: an mpi4py communicator (default ``MPI.COMM_WORLD``), duplicated; at most one rank per node.
+        topology: a spec (``"ring:8"``, ``"torus:4x4"``, ``"switch:8"``, ``"astra:FILE.yml"``) or a
+            ``Torus``; default a ring of the rank count (at least 2 nodes).
+        profile: a shipped profile name, a YAML path or a ``Profile``; default ``"ideal"``.
+        overrides: ``--set``-style strings (``"nic.packet_bytes=4096"``).
+        watchdog_s: seconds a wait may see no progress (default ``$NICEMU_WATCHDOG_S``, else 60; 0: off).
+        faults: ``"drop=P,corrupt=Q,seed=S[,link=A->B]"`` or a ``FaultSpec`` (docs/model.md §11).
+        stragglers: ``"NODE:FACTOR,..."``, a list of those, or ``{node: factor}`` (docs/model.md §12).
+
+    Collective (every rank of ``comm`` constructs it). Raises :class:`TopologyError`,
+    :class:`ProfileError`, :class:`FaultSpecError` or :class:`CollectiveError` (more ranks than nodes,
+    a communicator that is not one) with a one-line message. Use it as a context manager, or call
+    ``free()``.
+    """
+
     def __init__(self, comm: MPI.Comm | None = None, topology: str | Torus | None = None,
                  profile: str | Profile = "ideal", overrides: tuple[str, ...] = (),
                  watchdog_s: float | None = None, faults: str | FaultSpec | None = None,
                  stragglers: str | list | dict | None = None) -> None:
-        """``faults``: ``"drop=P,corrupt=Q,seed=S[,link=A->B]"`` or a FaultSpec; ``stragglers``:
-        ``"NODE:FACTOR,..."``, a list of those, or {node: factor} (docs/model.md §11, §12)."""
         comm = MPI.COMM_WORLD if comm is None else comm
         if not isinstance(comm, MPI.Comm):
             raise CollectiveError(f"comm must be an mpi4py communicator, got {type(comm).__name__}")
@@ -98,7 +126,9 @@ class Emulator:
         self._spot_windows: dict[tuple, SpotWindows] = {}
 
     def free(self) -> None:
-        """Release the RMA windows and the duplicated communicator (collective)."""
+        """Release the RMA windows, persistent requests and the duplicated communicator (collective).
+
+        Every rank calls it; the ``with`` block does. Raises nothing of its own (MPI errors abort)."""
         for wins in self._spot_windows.values():
             wins.free()
         self._spot_windows.clear()
@@ -114,10 +144,12 @@ class Emulator:
 
     @property
     def local_nodes(self) -> int:
+        """How many topology nodes this rank hosts: the rows of the arrays it passes (raises nothing)."""
         return self.executor.local_nodes
 
     @property
     def node_range(self) -> range:
+        """The ids of the nodes this rank hosts, in row order (contiguous blocks, rank 0 first; raises nothing)."""
         return range(self.executor.lo, self.executor.hi)
 
     def _as_rows(self, data: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -133,7 +165,13 @@ class Emulator:
     def run_inplace(self, collective: str, work: np.ndarray, op: str, algo: str,
                     sparse: dict | None = None, jitter_us: float = 0.0,
                     call: int | None = None) -> Timing | None:
-        """Run on ``work`` (local nodes x count, C-contiguous) in place; None timing for algo="mpi".
+        """The low-level form of the collectives: run on ``work`` in place and return the model's Timing.
+
+        ``work`` is (local nodes x count), C-contiguous and writeable; the result is None for algo="mpi".
+        The collective methods (``allreduce(..., out=x)`` for in place) are the API; this form, used
+        by the CLI and serving, skips their agreement between ranks, so a bad argument on one rank may
+        leave the others waiting. Raises :class:`CollectiveError` (bad ``work``, algorithm, op or
+        options) and :class:`CollectiveStalled` (a peer stopped answering).
 
         ``sparse`` holds overrides for the sparse algorithms (block_size, aggregators,
         spots, spot_blocks, tx_spots); ``jitter_us`` adds random sleeps to their
@@ -212,7 +250,7 @@ class Emulator:
         if work.shape[1] == 0:
             raise CollectiveError(f"{algo} needs at least one element per node (it works on blocks)")
         ex = self.executor
-        cfg = sparse_config(algo, self.topology.nodes, **sparse)
+        cfg = sparse_config(algo, self.topology.nodes, **check_options(algo, sparse))
         nblocks = nblocks_of(work.shape[1], cfg.block_size)
         masks = gather_masks(self.comm, block_mask(work, cfg.block_size).reshape(work.shape[0], -1),
                              ex.bounds, nblocks)
@@ -234,50 +272,182 @@ class Emulator:
                 faults=self.faults, call=call, packet_bytes=self.profile.nic.packet_bytes).run()
         return timing
 
-    def run(self, collective: str, data: np.ndarray, op: str = "sum",
-            algo: str = "directreduce") -> Result:
-        """Run a collective on a working copy; the caller's array is not modified."""
-        check_collective(collective)
-        check_algo(algo)
-        rows, flat = self._as_rows(data)
-        check_dtype_op(rows.dtype, op)
-        work = np.array(rows, order="C", copy=True)
-        timing = self.run_inplace(collective, work, op, algo)
+    def run(self, collective: str, data: np.ndarray, op: str = "sum", algo: str = "directreduce", *,
+            out: np.ndarray | None = None, call: int | None = None, **options: int | None) -> Result:
+        """Run ``collective`` by name (``allreduce``, ``reducescatter``, ``allgather``, ``alltoall``).
+
+        The same as the method of that name (``allreduce`` and so on), which documents the arguments.
+        Collective: every rank calls it with the same collective, algorithm, op, dtype, count and options.
+        Raises :class:`CollectiveError` on every rank when any rank's arguments are wrong.
+        """
+        problem, rows, flat, work = None, None, False, None
+        try:
+            rows, flat, work, options = self._prepare(collective, data, op, algo, out, call, options)
+        except NicemuError as exc:
+            problem = str(exc)
+        self._agree(problem, collective, algo, op, rows, options)
+        timing = self.run_inplace(collective, work, op, algo, options or None, call=call)
         ex = self.executor
-        out: np.ndarray | list[np.ndarray] = work
+        result: np.ndarray | list[np.ndarray] = work
         if collective == "reducescatter":
             seg_off, seg_cnt = final_segments(self.topology, work.shape[1])
-            out = [work[i - ex.lo, seg_off[i]:seg_off[i] + seg_cnt[i]].copy()
-                   for i in range(ex.lo, ex.hi)]
+            result = [work[i - ex.lo, seg_off[i]:seg_off[i] + seg_cnt[i]] for i in range(ex.lo, ex.hi)]
+            if out is None:
+                result = [part.copy() for part in result]
             if flat:
-                out = out[0]
+                result = result[0]
+        elif out is not None:
+            result = out
         elif flat:
-            out = work[0]
+            result = work[0]
         if timing is None:
-            return Result(out, None, None, None, None)
-        return Result(out, timing.emulated_us, timing.host_busy_us, timing.nic_busy_us,
+            return Result(result, None, None, None, None)
+        return Result(result, timing.emulated_us, timing.host_busy_us, timing.nic_busy_us,
                       timing.wire_bytes, timing.node_done_us, timing.faults, timing.chosen_algo,
                       timing.framed_bytes)
 
-    def allreduce(self, data: np.ndarray, op: str = "sum", algo: str = "directreduce") -> Result:
-        return self.run("allreduce", data, op, algo)
+    def _prepare(self, collective: str, data: np.ndarray, op: str, algo: str, out: np.ndarray | None,
+                 call: int | None, options: dict) -> tuple[np.ndarray, bool, np.ndarray, dict]:
+        """Check one rank's arguments; returns (input rows, 1-D?, the working rows, the options)."""
+        check_collective(collective)
+        check_algo(algo)
+        if get(algo).sparse is not None:
+            check_sparse_call(algo, collective, op)
+        else:
+            check_algo_collective(algo, collective)
+        if call is not None:
+            check_call_number(call)
+        options = check_options(algo, options)
+        if options:
+            sparse_config(algo, self.topology.nodes, **options)
+        if not isinstance(data, np.ndarray):
+            raise CollectiveError(f"x must be a numpy array (np.asarray(x)), got {type(data).__name__}")
+        rows, flat = self._as_rows(data)
+        check_dtype_op(rows.dtype, op)
+        if out is None:
+            return rows, flat, np.array(rows, order="C", copy=True), options
+        if not isinstance(out, np.ndarray):
+            raise CollectiveError(f"out must be a numpy array (or x itself, for in place), got {type(out).__name__}")
+        if out.shape != data.shape or out.dtype != data.dtype:
+            raise CollectiveError(f"out must have the shape and dtype of x, {data.shape} {data.dtype}; got "
+                                  f"{out.shape} {out.dtype} (np.empty_like(x), or out=x for in place)")
+        if not out.flags.writeable:
+            raise CollectiveError("out is read-only: the result is written into it; pass a writeable array "
+                                  "(np.empty_like(x)) or leave out= away")
+        if not out.flags.c_contiguous:
+            raise CollectiveError("out must be C-contiguous (np.ascontiguousarray(x), then out= that array), "
+                                  "got a strided or Fortran-ordered array")
+        work = out.reshape(rows.shape)
+        if not _same_memory(out, data):
+            if np.shares_memory(out, data):
+                raise CollectiveError("out overlaps x without being x: pass out=x for in place, or a separate "
+                                      "array")
+            np.copyto(work, rows)
+        return rows, flat, work, options
 
-    def reduce_scatter(self, data: np.ndarray, op: str = "sum",
-                       algo: str = "directreduce") -> Result:
-        """Node ``i`` gets the ``i``-th contiguous range (see ``segments``)."""
-        return self.run("reducescatter", data, op, algo)
+    def _agree(self, problem: str | None, collective: str, algo: str, op: str, rows: np.ndarray | None,
+               options: dict) -> None:
+        """Every rank reaches the same verdict: a problem on any rank, or ranks that disagree on the call,
+        raises :class:`CollectiveError` on all of them (one small Allgather, and a Bcast on failure)."""
+        def code(value: object, table: tuple | dict) -> int:
+            return list(table).index(value) if value in table else -1
+        sig = np.array([problem is not None, code(collective, COLLECTIVES), code(algo, ALGORITHMS),
+                        code(op, OPS), -1 if rows is None else code(rows.dtype.name, DTYPES),
+                        -1 if rows is None else rows.shape[1],
+                        zlib.crc32(repr(sorted(options.items())).encode())], dtype=np.int64)
+        every = np.empty((self.comm.size, sig.size), dtype=np.int64)
+        self.comm.Allgather(sig, every)
+        failed = np.flatnonzero(every[:, 0])
+        if failed.size:
+            root = int(failed[0])
+            text = np.zeros(_MESSAGE_BYTES, dtype=np.uint8)
+            if self.comm.rank == root:
+                raw = problem.encode()[:_MESSAGE_BYTES]
+                text[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+            self.comm.Bcast(text, root=root)
+            message = bytes(text).rstrip(b"\0").decode(errors="replace")
+            raise CollectiveError(message if self.comm.rank == root else f"rank {root}: {message}")
+        differ = np.flatnonzero((every != every[0]).any(axis=1))
+        if differ.size:
+            r = int(differ[0])
+            what = (f"{_describe(every[0])} vs {_describe(every[r])}" if (every[0, :6] != every[r, :6]).any()
+                    else "different options")
+            raise CollectiveError(f"ranks 0 and {r} disagree on the call ({what}); every rank must pass the "
+                                  f"same collective, algo, op, dtype, count and options")
 
-    def alltoall(self, data: np.ndarray, algo: str = "directreduce") -> Result:
-        """Block j (of ``count/p`` elements) of node i's row becomes block i of node j's row."""
-        return self.run("alltoall", data, "sum", algo)
+    def allreduce(self, x: np.ndarray, op: str = "sum", algo: str = "directreduce", *,
+                  out: np.ndarray | None = None, call: int | None = None, **options: int | None) -> Result:
+        """AllReduce: every node gets the reduction (``op``) of all nodes' rows.
 
-    def allgather(self, data: np.ndarray, algo: str = "directreduce") -> Result:
-        """``data`` holds full-length rows; only each node's own range (``segments``) is read."""
-        return self.run("allgather", data, "sum", algo)
+        Args:
+            x: this rank's rows, shape (local_nodes, count), one per hosted node; a 1-D array of count
+                elements when the rank hosts one node. Any supported dtype; ``x`` is only read.
+            op: ``sum``, ``prod``, ``max``, ``min`` or ``avg`` (the sparse algorithms: sum or avg).
+            algo: a registry name (``nicemu info``); ``host-best`` runs the fastest host algorithm.
+            out: where to write the result, shaped and typed like ``x``, writeable and C-contiguous;
+                ``out=x`` reduces in place (mpi4py's ``MPI.IN_PLACE``). Default: a new array.
+            call: numbers the fault draws (default: this emulator's call counter).
+            **options: a sparse algorithm's spot options ``block_size`` (elements per block),
+                ``aggregators``, ``spots``, ``spot_blocks``, ``tx_spots``; a dense algorithm takes none.
+
+        Returns a :class:`Result` (times in microseconds, bytes in bytes). Collective: every rank calls it
+        with the same arguments. Raises :class:`CollectiveError` on every rank for a wrong shape or dtype,
+        an unknown algorithm, op or option, an ``out`` that is read-only or not C-contiguous, or ranks
+        that disagree; :class:`CollectiveStalled` if a peer stops answering for ``watchdog_s``.
+        """
+        return self.run("allreduce", x, op, algo, out=out, call=call, **options)
+
+    def reduce_scatter(self, x: np.ndarray, op: str = "sum", algo: str = "directreduce", *,
+                       out: np.ndarray | None = None, call: int | None = None, **options: int | None) -> Result:
+        """ReduceScatter: node ``i`` gets the ``i``-th contiguous range of the reduction (see ``segments``).
+
+        Arguments and errors as for ``allreduce``. ``Result.data`` is a list with one array per hosted
+        node (one array for 1-D input); with ``out=`` they are views into ``out``, whose other elements
+        are left as scratch.
+        """
+        return self.run("reducescatter", x, op, algo, out=out, call=call, **options)
+
+    def allgather(self, x: np.ndarray, algo: str = "directreduce", *, out: np.ndarray | None = None,
+                  call: int | None = None, **options: int | None) -> Result:
+        """AllGather: every node gets every node's own range (``segments``) of its row.
+
+        ``x`` holds full-length rows, of which only each node's own range is read. Arguments and errors
+        as for ``allreduce`` (no ``op``).
+        """
+        return self.run("allgather", x, "sum", algo, out=out, call=call, **options)
+
+    def alltoall(self, x: np.ndarray, algo: str = "directreduce", *, out: np.ndarray | None = None,
+                 call: int | None = None, **options: int | None) -> Result:
+        """AllToAll: block ``j`` (of count/nodes elements) of node ``i``'s row becomes block ``i`` of node ``j``'s.
+
+        ``count`` must be a multiple of the node count. Arguments and errors as for ``allreduce``
+        (no ``op``); ``algo="ring"`` is the host variant, ``"mpi"`` MPI's ``Alltoallv``.
+        """
+        return self.run("alltoall", x, "sum", algo, out=out, call=call, **options)
 
     def segments(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """(offset, count) of the range every node owns after a reduce-scatter."""
-        return final_segments(self.topology, count)
+        """(offsets, counts) in elements, two int arrays over all nodes: the range every node owns after a
+        reduce-scatter of ``count`` elements (and reads in an allgather). Local, no communication; raises
+        :class:`CollectiveError` for a count that is not a whole number >= 0."""
+        return final_segments(self.topology, check_count(count))
+
+
+#: longest error message one rank broadcasts to the others (bytes of UTF-8)
+_MESSAGE_BYTES = 512
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """``a`` and ``b`` are views of the same elements (``out=x``): same start, shape and strides."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.shape == b.shape
+            and a.strides == b.strides)
+
+
+def _describe(sig: np.ndarray) -> str:
+    """One rank's call signature (from ``Emulator._agree``) in words."""
+    def name(table: tuple | dict, i: int) -> str:
+        return list(table)[i] if 0 <= i < len(table) else "?"
+    return (f"{name(COLLECTIVES, sig[1])} {name(ALGORITHMS, sig[2])} {name(OPS, sig[3])} "
+            f"{name(DTYPES, sig[4])} count {sig[5]}")
 
 
 def _run_staged(executor: MpiExecutor, schedule: Schedule, work: np.ndarray, staging: np.ndarray,

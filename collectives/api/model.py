@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import replace
 
 import numpy as np
@@ -26,7 +27,12 @@ from nicemu.collectives.api.checks import (
     fault_options,
 )
 from nicemu.collectives.model.executor import Timing, run_model
-from nicemu.collectives.registry import check_link_faults, get
+from nicemu.collectives.model.p2p_timing import p2p_time as _p2p_time
+from nicemu.collectives.model.sparse_timing import model_sparse as _model_sparse
+from nicemu.collectives.model.sparse_timing import plan_sparse as _plan_sparse
+from nicemu.collectives.model.sparse_timing import time_sparse_plan as _time_sparse_plan
+from nicemu.collectives.registry import check_link_faults, get, sparse_config
+from nicemu.collectives.schedules.spot_protocol import PackedMasks, Plan, SparseConfig
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
 from nicemu.nic.faults import FaultSpec
@@ -43,14 +49,111 @@ def resolve_host_best(collective: str, topology: Torus, profile: Profile, count:
     return host_best.best_host(collective, topology, profile, check_count(count), itemsize)[0]
 
 
-def segment_elems(profile: Profile, itemsize: int) -> int:
-    """Elements per pipeline segment of the segmented algorithms: ``host.segment_KiB`` in ``itemsize``."""
-    return profile.host.segment_elems(itemsize)
+def segment_elems(profile: Profile | str, itemsize: int) -> int:
+    """Elements per pipeline segment of ``ring-pipelined``: the profile's ``host.segment_KiB`` in elements of
+    ``itemsize`` bytes. ``profile`` is a ``Profile``, a shipped name or a YAML path (:class:`ProfileError`)."""
+    return as_profile(profile).host.segment_elems(_itemsize(itemsize))
+
+
+def _itemsize(itemsize: int) -> int:
+    if isinstance(itemsize, bool) or not isinstance(itemsize, (int, np.integer)) or itemsize < 1:
+        raise CollectiveError(f"itemsize must be a whole number of bytes >= 1 (x.dtype.itemsize), got {itemsize!r}")
+    return int(itemsize)
+
+
+def _sparse_cfg(cfg: SparseConfig | str, nodes: int) -> SparseConfig:
+    """A ``SparseConfig``, or a sparse algorithm's name turned into its default configuration."""
+    if isinstance(cfg, str):
+        return sparse_config(cfg, nodes)
+    if not isinstance(cfg, SparseConfig):
+        raise CollectiveError(f"cfg must be a sparse algorithm's name (omniccl, ...) or sparse_config(...), got "
+                              f"{type(cfg).__name__}")
+    return cfg
+
+
+def _mask_nodes(masks: np.ndarray | PackedMasks) -> int:
+    if isinstance(masks, PackedMasks):
+        return masks.shape[0]
+    shape = np.shape(masks)
+    if len(shape) != 2 or shape[0] < 2:
+        raise CollectiveError(f"block masks must be a bool array of shape (nodes >= 2, blocks), got shape {shape}")
+    return shape[0]
+
+
+def model_sparse(cfg: SparseConfig | str, masks: np.ndarray | PackedMasks, profile: Profile | str, itemsize: int,
+                 faults: str | FaultSpec | None = None, call: int = 0,
+                 stragglers: str | list | dict | None = None) -> Timing:
+    """Emulated time of a sparse AllReduce from its block masks alone (the model executor, no data).
+
+    Args:
+        cfg: ``sparse_config(name, nodes, ...)`` or an algorithm name (``"omniccl"``: its defaults).
+        masks: (nodes, blocks) bool, True where a node's block is non-zero, or ``PackedMasks``.
+        profile: a ``Profile``, a shipped name or a YAML path.
+        itemsize: bytes per element (4 for float32).
+        faults, call, stragglers: as for ``model_time``; faults hit the Rx-spot writes.
+
+    Returns a ``Timing`` in microseconds and bytes, with ``upstream_bytes``, ``downstream_bytes`` and
+    ``spilled``. Raises :class:`CollectiveError`, :class:`ProfileError` or :class:`FaultSpecError`.
+    """
+    nodes = _mask_nodes(masks)
+    spec, slow = fault_options(faults, stragglers, nodes)
+    return _model_sparse(_sparse_cfg(cfg, nodes), masks, as_profile(profile), _itemsize(itemsize), spec,
+                         check_call_number(call), slow)
+
+
+def plan_sparse(cfg: SparseConfig | str, masks: np.ndarray | PackedMasks) -> Plan:
+    """The rounds of the spot protocol for these block masks: the first half of ``model_sparse``.
+
+    ``cfg`` and ``masks`` as for ``model_sparse``; raises :class:`CollectiveError`.
+    """
+    return _plan_sparse(_sparse_cfg(cfg, _mask_nodes(masks)), masks)
+
+
+def time_sparse_plan(plan: Plan, profile: Profile | str, itemsize: int, faults: str | FaultSpec | None = None,
+                     call: int = 0, stragglers: str | list | dict | None = None) -> Timing:
+    """Emulated time of planned rounds (``plan_sparse``): the second half of ``model_sparse``.
+
+    Arguments, units and errors as for ``model_sparse``.
+    """
+    if not isinstance(plan, Plan):
+        raise CollectiveError(f"plan must come from plan_sparse(...), got {type(plan).__name__}")
+    spec, slow = fault_options(faults, stragglers, plan.layout.nodes)
+    return _time_sparse_plan(plan, as_profile(profile), _itemsize(itemsize), spec, check_call_number(call), slow)
+
+
+def p2p_time(topology: Torus | str, profile: Profile | str, pairs: list[tuple[int, int]], nbytes: int,
+             path: str) -> Timing:
+    """Emulated time of point-to-point transfers issued together, without data (routed over the links).
+
+    Args:
+        topology, profile: specs or objects, as for ``model_time``.
+        pairs: (source node, destination node) per transfer.
+        nbytes: bytes per transfer.
+        path: ``"host"`` (the host posts and completes each transfer) or ``"nic"``.
+
+    Returns a ``Timing`` (microseconds; ``wire_bytes`` counts every hop). Raises :class:`CollectiveError`
+    for a node outside the topology, a transfer to itself, a negative size or an unknown path.
+    """
+    return _p2p_time(as_topology(topology), as_profile(profile), _pairs(pairs),
+                     check_count(nbytes, "nbytes"), path)
+
+
+def _pairs(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    try:
+        out = [(operator.index(a), operator.index(b)) for a, b in pairs]
+    except (TypeError, ValueError):
+        raise CollectiveError("pairs must be a list of (source node, destination node) whole numbers") from None
+    return out
 
 
 def build_schedule(collective: str, algo: str, topology: Torus | str, count: int,
                    bidirectional: bool = False, segment_elems: int | None = None) -> Schedule:
-    """The chunk-level program of a dense algorithm; every argument is checked first (one-line errors).
+    """The chunk-level program (``Schedule``) of a dense algorithm, which both executors run.
+
+    ``topology`` is a spec or a ``Torus``, ``count`` elements per node; ``schedule.describe()`` prints it.
+    Raises :class:`CollectiveError` for an unknown or sparse algorithm, one without a fixed schedule
+    (``host-best``, ``mpi``), a collective it does not implement, or a schedule over 2**30 transfers;
+    :class:`TopologyError` for a bad spec.
 
     ``segment_elems`` reaches only the algorithms the registry marks ``segmented`` (``ring-pipelined``);
     None means the default ``host.segment_KiB`` of float32 elements.
@@ -90,9 +193,19 @@ def build_schedule(collective: str, algo: str, topology: Torus | str, count: int
 def model_time(collective: str, algo: str, topology: Torus | str, profile: Profile | str, count: int,
                dtype: str | np.dtype = "float32", faults: str | FaultSpec | None = None,
                call: int = 0, stragglers: str | list | dict | None = None) -> Timing:
-    """Emulated timing without data (the model executor); ``call`` numbers the fault draws.
+    """Emulated timing of a dense algorithm without data (the model executor, no MPI).
 
-    ``topology`` and ``profile`` may be given as a spec string and a profile name (or YAML path).
+    Args:
+        collective: ``allreduce``, ``reducescatter``, ``allgather`` or ``alltoall``.
+        algo: a dense algorithm's name (``host-best`` included).
+        topology: a spec (``"ring:8"``) or a ``Torus``; profile: a shipped name, a YAML path or a ``Profile``.
+        count: elements per node; dtype: a type name (``"bfloat16"``, ``"half"``) or a numpy dtype.
+        faults, stragglers: as ``Emulator`` takes them; ``call`` numbers the fault draws, so the MPI
+            executor's call ``n`` and ``call=n`` see the same faults.
+
+    Returns a ``Timing`` in emulated microseconds and bytes, equal bit for bit to the MPI executor's.
+    Raises :class:`CollectiveError`, :class:`TopologyError`, :class:`ProfileError` or
+    :class:`FaultSpecError` with a one-line message.
     """
     dt = check_dtype(dtype)
     topology, profile = as_topology(topology), as_profile(profile)

@@ -20,7 +20,15 @@ from nicemu.nic.profile import Profile
 
 @dataclass
 class Timing:
-    """Emulated outcome of one collective call."""
+    """Emulated outcome of one collective call, from either executor (plain data; raises nothing).
+
+    ``emulated_us`` is the slowest node's completion and ``node_done_us`` each node's, in emulated
+    microseconds; ``host_busy_us`` and ``nic_busy_us`` the busiest host CPU and NIC reduction engine;
+    ``wire_bytes`` the payload bytes over all links, ``framed_bytes`` those plus ``link.header_bytes`` per
+    packet (dense). Sparse algorithms add ``upstream_bytes``, ``downstream_bytes`` and ``spilled`` (the
+    spots did not fit in NIC memory); ``faults`` holds drops, corruptions, retransmit_bytes and per_link;
+    ``chosen_algo`` is the host algorithm ``host-best`` ran.
+    """
 
     emulated_us: float            # completion of the slowest node
     node_done_us: np.ndarray      # completion per node (the executor's own nodes)

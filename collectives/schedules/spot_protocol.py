@@ -120,14 +120,16 @@ class PackedMasks:
 
     An alternative to the ``(nodes, nblocks)`` bool array that takes an eighth of
     the memory (4,096 nodes x 131,072 blocks: 64 MiB instead of 512 MiB).
-    :func:`plan_rounds` accepts either and plans the same rounds.
+    :func:`plan_rounds` accepts either and plans the same rounds. ``PackedMasks.pack(masks)`` packs a
+    bool array; ``PackedMasks(bits, nblocks)`` raises :class:`CollectiveError` if ``bits`` is not
+    (nodes, ceil(nblocks / 8)) bytes.
     """
 
     def __init__(self, bits: np.ndarray, nblocks: int) -> None:
         bits = np.ascontiguousarray(bits, dtype=np.uint8)
         if bits.ndim != 2 or bits.shape[1] != (nblocks + 7) // 8:
-            raise ValueError(f"packed masks of {nblocks} blocks need shape (nodes, {(nblocks + 7) // 8}), "
-                             f"not {bits.shape}")
+            raise CollectiveError(f"packed masks of {nblocks} blocks need shape (nodes, {(nblocks + 7) // 8}), "
+                                  f"not {bits.shape}")
         self.bits = bits
         self.nblocks = int(nblocks)
 

@@ -114,3 +114,22 @@ def test_checker_finds_broken_links_and_skips_code(tmp_path: Path):
         encoding="utf-8")
     assert broken(page) == ["2: missing.md (no such file)", "2: there.md#nope (no heading with that anchor)",
                             "7: missing-too.md (no such file)"]
+
+
+def test_ci_runs_the_readme_test_command_in_a_fresh_venv():
+    """``.ci/run`` builds its own venv from scratch and runs exactly the README's test command."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    (command,) = [line for line in readme if line.startswith("python3 -m venv") and "pytest" in line]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert command in ci, f".ci/run must run the README's test command: {command}"
+    assert ci.index("rm -rf .venv") < ci.index(command)
+
+
+def test_readme_api_example_is_the_example_program():
+    """README's API section shows examples/directreduce_vs_ring.py as it is (tests/e2e runs the file)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### The Python API"):]
+    block = section[section.index("```python\n") + len("```python\n"):]
+    block = block[:block.index("```\n")]
+    program = (ROOT / "examples" / "directreduce_vs_ring.py").read_text(encoding="utf-8")
+    assert block.strip("\n") == program[program.index('"""', 3) + 3:].strip("\n")

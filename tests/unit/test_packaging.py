@@ -55,3 +55,15 @@ def test_package_data_is_in_the_wheel(wheel_names):
     for name in ("nicemu/nic/profiles/ideal.yml", "nicemu/nic/profiles/directreduce-paper.yml",
                  "nicemu/workloads/data/sample_azure_conv.csv"):
         assert name in wheel_names
+
+
+def test_mpi_runtime_is_an_extra():
+    """mpi4py is a dependency; the MPICH wheel is the ``mpich`` extra (and part of ``test``, whose suite runs
+    under mpiexec), so a cluster install keeps the site's MPI."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = [d.split(">")[0].split(";")[0].strip() for d in project["dependencies"]]
+    assert "mpi4py" in deps and "mpich" not in deps
+    extras = project["optional-dependencies"]
+    for extra in ("mpich", "test"):
+        assert any(d.startswith("mpich") for d in extras[extra]), extra
