@@ -19,7 +19,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import _child_env
 
 pytestmark = pytest.mark.e2e
