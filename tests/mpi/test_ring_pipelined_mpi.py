@@ -9,6 +9,7 @@ emulated times against the model executor, bit for bit, whatever the node-to-ran
 import numpy as np
 import pytest
 from mpi4py import MPI
+from test_collectives_mpi import inputs
 
 from nicemu.collectives import Emulator, model_time
 from nicemu.nic.profile import load_profile
@@ -39,13 +40,6 @@ def profile(topology, count, itemsize, bidirectional=False, S=3):
 def _shape(spec):
     from nicemu.topologies import parse_topology
     return parse_topology(spec).shape
-
-
-def inputs(nodes, count, dtype, seed):
-    rng = np.random.default_rng(seed)   # same on every rank: each rank slices its own nodes
-    if np.dtype(dtype).kind == "i":
-        return rng.integers(-10**6, 10**6, size=(nodes, count)).astype(dtype)
-    return rng.standard_normal((nodes, count)).astype(dtype)
 
 
 @pytest.mark.mpi(min_size=2)
