@@ -24,6 +24,7 @@ from nicemu.nic.compute_enhancer import ComputeEnhancer
 from nicemu.nic.datadirector import DataDirector
 from nicemu.nic.gatekeeper import GateKeeper
 from nicemu.nic.host import HostCpu
+from nicemu.nic.host_memory import HostMemory
 from nicemu.nic.link import Links
 from nicemu.nic.pcie import Pcie
 from nicemu.nic.profile import Profile
@@ -34,15 +35,17 @@ class NicAgents:
     """Timing state of the NICs, PCIe engines, host CPUs and links of ``nodes`` nodes."""
 
     def __init__(self, profile: Profile, nodes: int, link_params: list[tuple[float, float]],
-                 shared_port: bool = False) -> None:
+                 shared_port: bool = False, ranks_per_node: int = 1) -> None:
+        """``nodes`` counts ranks (one NIC each); ``ranks_per_node`` of them share a host's DRAM."""
         self.profile = profile
         self.nodes = nodes
-        self.pcie = Pcie(profile, nodes)
+        self.memory = HostMemory(profile, nodes, ranks_per_node)
+        self.pcie = Pcie(profile, nodes, self.memory)
         self.links = Links(nodes, link_params, profile.nic.packet_bytes, shared_port, profile.link.header_bytes)
         self.gatekeeper = GateKeeper(self.pcie)
         self.datadirector = DataDirector(profile, self.pcie)
         self.compute = ComputeEnhancer(profile, nodes)
-        self.host = HostCpu(profile, nodes)
+        self.host = HostCpu(profile, nodes, self.memory)
         # when the node has finished its last step (result in host memory, or in the NIC
         # buffer for DirectReduce steps whose output is not final)
         self.clock = np.zeros(nodes)
@@ -68,19 +71,24 @@ class NicAgents:
         """Back to an idle fabric at time 0 (every collective call starts idle)."""
         for arr in (self.clock, self.nic_ready, self.nic_first, self.pcie.read_free, self.pcie.write_free,
                     self.links.free, self.compute.free, self.compute.busy_us, self.host.free,
-                    self.host.busy_us):
+                    self.host.busy_us, self.memory.free):
             arr.fill(0.0)
         self.links.bytes_sent = 0
         self.links.framed_sent = 0
 
     def send(self, ix: np.ndarray, dim: int, direction: int, nbytes: np.ndarray,
-             from_host: bool, cut_through: bool = False, host_nbytes: np.ndarray | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
+             from_host: bool, cut_through: bool = False, host_nbytes: np.ndarray | None = None,
+             local: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Sender side of a step: packet stream (first, last) arriving at the peer's NIC.
 
         ``cut_through``: the chunk is the part of the previous incoming stream that
         travels on, forwarded as its packets arrive (all-to-all, NIC variant).
+        ``local``: the peer is a rank of the same node; it reads the chunk from this rank's
+        memory once the rank is done with its previous step (no NIC, no link).
         """
+        if local:
+            ready = self.clock[ix].copy()
+            return ready, ready
         first, last = self.gatekeeper.outgoing(ix, from_host, self.clock[ix],
                                                self.nic_ready[ix], nbytes,
                                                self.nic_first[ix] if cut_through else None,
@@ -98,15 +106,17 @@ class NicAgents:
     # node's previous one, and the two halves of a bidirectional step complete together.
     def receive(self, ix: np.ndarray, first: np.ndarray, last: np.ndarray,
                 nbytes: np.ndarray, engine: str, reduce: bool, to_host: bool,
-                operand_from_host: bool = True, deliver_nbytes: np.ndarray | None = None) -> None:
+                operand_from_host: bool = True, deliver_nbytes: np.ndarray | None = None,
+                local: bool = False, dram_per_byte: float | None = None) -> None:
         """Receiver side of a step: advances the receiving nodes' clocks.
 
         ``deliver_nbytes`` (nic engine): only this part of the chunk is final and
         DMA-written to host memory; the rest stays in the NIC to travel on.
         """
         if engine == "host":
-            first, last = self.pcie.write(ix, first, last, nbytes)
-            done = self.host.timing(ix, last, nbytes, reduce)
+            if not local:
+                first, last = self.pcie.write(ix, first, last, nbytes)
+            done = self.host.timing(ix, last, nbytes, reduce, local, dram_per_byte)
             self.clock[ix] = vmax(self.clock[ix], done)
             self.nic_ready[ix] = vmax(self.nic_ready[ix], done)
             return

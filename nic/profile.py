@@ -57,11 +57,15 @@ DEFAULT_SEGMENT_KiB = 1024.0
 @dataclass(frozen=True)
 class HostSpec:
     """Host CPU reduction: result bytes per second (1e9), a fixed cost per step it takes part in,
-    and the segment size of the pipelined host ring (``ring-pipelined``)."""
+    the segment size of the pipelined host ring (``ring-pipelined``), the node's DRAM bandwidth
+    (``memory_GBps``, shared by its ranks, NIC DMA and reducing cores; .inf: not charged) and the
+    LLC share DMA writes land in (``ddio_KiB``, Intel DDIO; beyond it they spill to DRAM)."""
 
     reduce_GBps: float
     overhead_us: float
     segment_KiB: float = DEFAULT_SEGMENT_KiB
+    memory_GBps: float = math.inf
+    ddio_KiB: float = 0.0
 
     def segment_elems(self, itemsize: int) -> int:
         """Elements of ``itemsize`` bytes in one pipeline segment (at least 1)."""
@@ -158,7 +162,8 @@ _EXPECT = {
 _SECTIONS: dict[str, tuple[type, dict[str, str]]] = {
     "link": (LinkSpec, {"bandwidth_GBps": _RATE, "latency_us": _TIME, "header_bytes": _SIZE}),
     "pcie": (PcieSpec, {"bandwidth_GBps": _RATE, "latency_us": _TIME}),
-    "host": (HostSpec, {"reduce_GBps": _RATE, "overhead_us": _TIME, "segment_KiB": _POSITIVE}),
+    "host": (HostSpec, {"reduce_GBps": _RATE, "overhead_us": _TIME, "segment_KiB": _POSITIVE,
+                        "memory_GBps": _RATE, "ddio_KiB": _SIZE}),
     "nic": (
         NicSpec,
         {"reduce_GBps": _RATE, "latency_us": _TIME, "packet_bytes": _COUNT, "memory_KiB": _SIZE,
@@ -169,7 +174,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, str]]] = {
 }
 _OPTIONAL_SECTIONS = frozenset({"topology", "switch"})
 _OPTIONAL_KEYS = frozenset({("nic", "retransmit_timeout_us"),   # have a default in their spec
-                            ("host", "segment_KiB"), ("link", "header_bytes")})
+                            ("host", "segment_KiB"), ("link", "header_bytes"),
+                            ("host", "memory_GBps"), ("host", "ddio_KiB")})
 _TEXT_KEYS = ("description", "name")  # optional top-level strings
 _TOP_LEVEL = (*_SECTIONS, *_TEXT_KEYS)
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from nicemu.nic.host import pass_dram
+from nicemu.nic.host_memory import HostMemory
 from nicemu.nic.profile import Profile
-from nicemu.nic.streams import framed_split, us_per_byte
+from nicemu.nic.streams import framed_split, memory_stage, us_per_byte
 
 
 def _later(a: float, b: float) -> float:
@@ -69,13 +71,16 @@ class StepCosts:
     host_work_us: float            # nbytes x host rate (0 when the host only places the chunk)
     host_busy_us: float            # overhead + host_work_us, as HostCpu.timing accumulates it
     compute_busy_us: float
+    nbytes: int = 0                # the transfer (host DRAM traffic, nic/host_memory.py)
+    spill: float = 0.0             # its DRAM bytes when DMA-written (past the DDIO share)
+    pass_dram: float = 0.0         # DRAM bytes of the host's pass over it
 
 
 class ScalarAgent:
     """The timing state of one node (NIC, PCIe engines, host CPU, its outgoing links)."""
 
     def __init__(self, profile: Profile, link_params: Sequence[tuple[float, float]],
-                 shared_port: bool = False) -> None:
+                 shared_port: bool = False, ranks_per_node: int = 1) -> None:
         self.packet_bytes = profile.nic.packet_bytes
         self.header_bytes = profile.link.header_bytes
         self.shared_port = shared_port
@@ -87,6 +92,8 @@ class ScalarAgent:
         self.nic_latency_us = profile.nic.latency_us
         self.host_us_per_B = us_per_byte(profile.host.reduce_GBps)
         self.host_overhead_us = profile.host.overhead_us
+        memory = HostMemory(profile, 1, ranks_per_node)
+        self.memory = memory if memory.active else None
         self.reset()
 
     def reset(self) -> None:
@@ -96,6 +103,7 @@ class ScalarAgent:
         self.link_free = [0.0] * (2 * len(self.link_us_per_B))
         self.compute_free = self.compute_busy = 0.0
         self.host_free = self.host_busy = 0.0
+        self.mem_free = 0.0
 
     def costs(self, step, nbytes: int) -> StepCosts:
         """Precompute a step (a nicemu.collectives.schedules.steps.Step's flags) for a transfer of ``nbytes``."""
@@ -112,12 +120,35 @@ class ScalarAgent:
             compute=StageCosts.of(nbytes, self.ce_us_per_B, self.nic_latency_us, pkt),
             steer=StageCosts.of(nbytes, 0.0, self.nic_latency_us, pkt),
             host_work_us=host_work, host_busy_us=self.host_overhead_us + host_work,
-            compute_busy_us=float(nbytes) * self.ce_us_per_B)
+            compute_busy_us=float(nbytes) * self.ce_us_per_B, nbytes=nbytes,
+            spill=0.0 if self.memory is None else self.memory.spill(nbytes),
+            pass_dram=0.0 if self.memory is None else pass_dram(self.memory, nbytes, step.reduce, False))
+
+    # Host DRAM (nic/host_memory.py), in HostMemory's operations and order; only when it is charged.
+    def _dram(self, first: float, last: float, c: StepCosts, dram: float) -> tuple[float, float]:
+        first, last, self.mem_free = memory_stage(first, last, c.nbytes, dram, self.mem_free,
+                                                  self.memory.us_per_B, self.packet_bytes)
+        return first, last
+
+    def _read(self, c: StepCosts, ready: float) -> tuple[float, float]:
+        """Pcie.read: DRAM, then the DMA read engine."""
+        first = last = ready
+        if self.memory is not None:
+            first, last = self._dram(ready, ready, c, float(c.nbytes))
+        first, last, self.read_free = c.pcie.run(first, last, self.read_free)
+        return first, last
+
+    def _write(self, c: StepCosts, first: float, last: float) -> tuple[float, float]:
+        """Pcie.write: the DMA write engine, then what spills past DDIO to DRAM."""
+        first, last, self.write_free = c.pcie.run(first, last, self.write_free)
+        if self.memory is not None:
+            first, last = self._dram(first, last, c, c.spill)
+        return first, last
 
     def send(self, c: StepCosts) -> tuple[float, float]:
         """NicAgents.send: the packet stream (first, last) arriving at the peer's NIC."""
         if c.from_host:
-            first, last, self.read_free = c.pcie.run(self.clock, self.clock, self.read_free)
+            first, last = self._read(c, self.clock)
         else:
             first = last = self.nic_ready
         slot = c.link_slot
@@ -127,17 +158,25 @@ class ScalarAgent:
     def receive(self, c: StepCosts, first: float, last: float) -> None:
         """NicAgents.receive: advances the node's clock."""
         if c.engine == "host":
-            first, last, self.write_free = c.pcie.run(first, last, self.write_free)
+            first, last = self._write(c, first, last)
             start = (last if last >= self.host_free else self.host_free) + self.host_overhead_us
             done = start + c.host_work_us
+            if self.memory is None:
+                self.host_busy += c.host_busy_us
+            else:       # HostCpu.timing's roofline
+                mem_done = start
+                if c.pass_dram > 0.0:
+                    mem_done = _later(start, self.mem_free) + c.pass_dram * self.memory.us_per_B
+                    self.mem_free = mem_done
+                done = _later(done, mem_done)
+                self.host_busy += self.host_overhead_us + (done - start)
             self.host_free = done
-            self.host_busy += c.host_busy_us
             self.clock = _later(self.clock, done)
             self.nic_ready = _later(self.nic_ready, done)
             return
         if c.reduce:
             if c.operand_from_host:
-                op_first, op_last, self.read_free = c.pcie.run(self.clock, self.clock, self.read_free)
+                op_first, op_last = self._read(c, self.clock)
             else:
                 op_first = op_last = self.nic_ready
             first, last = _later(first, op_first), _later(last, op_last)
@@ -147,5 +186,5 @@ class ScalarAgent:
             first, last, _ = c.steer.run(first, last, first)
         self.nic_ready = _later(self.nic_ready, last)
         if c.to_host:
-            _, last, self.write_free = c.pcie.run(first, last, self.write_free)
+            _, last = self._write(c, first, last)
         self.clock = _later(self.clock, last)

@@ -130,6 +130,42 @@ def stage(
     return first_out, busy + latency_us, busy
 
 
+def memory_stage(
+    first_in: ArrayLike,
+    last_in: ArrayLike,
+    nbytes: ArrayLike,
+    dram: ArrayLike,
+    free_at: ArrayLike,
+    us_per_B: float,
+    packet_bytes: int,
+) -> tuple[ArrayLike, ArrayLike, ArrayLike]:
+    """Pass a stream of ``nbytes`` that moves ``dram`` bytes through host DRAM (nic/host_memory.py).
+
+    DRAM is a work-conserving server: from ``start`` (first packet in, DRAM free) it does the stream's
+    ``dram`` bytes of work at ``us_per_B``, and is free again when that work is done (``free``), however
+    slowly the stream itself arrives. Each packet carries its share ``dram / nbytes`` of the work. A stream
+    with no DRAM bytes (it fits in the LLC) passes untouched and leaves DRAM as it was.
+
+    Returns ``(first_out, last_out, free)``.
+    """
+    first_pkt, last_pkt = packet_split(nbytes, packet_bytes)
+    n, d = as_float(nbytes), as_float(dram)
+    if not (_is_array(n) or _is_array(d)):
+        if d <= 0.0:
+            return first_in, last_in, free_at
+        ratio = d / n
+        start = vmax(first_in, free_at)
+        done = start + d * us_per_B
+        return start + first_pkt * ratio * us_per_B, vmax(done, last_in + last_pkt * ratio * us_per_B), done
+    some = d > 0.0
+    ratio = np.divide(d, n, out=np.zeros(np.shape(some)), where=some)
+    start = vmax(first_in, free_at)
+    done = start + d * us_per_B
+    return (np.where(some, start + first_pkt * ratio * us_per_B, first_in),
+            np.where(some, vmax(done, last_in + last_pkt * ratio * us_per_B), last_in),
+            np.where(some, done, free_at))
+
+
 def join(first_a: ArrayLike, last_a: ArrayLike, first_b: ArrayLike,
          last_b: ArrayLike) -> tuple[ArrayLike, ArrayLike]:
     """Two streams consumed packet by packet together (operand A and operand B of a reduction)."""

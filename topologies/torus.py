@@ -57,8 +57,8 @@ class Torus:
     built by ``parse_topology``, ``ring`` or ``switch``. Raises :class:`TopologyError` for a bad shape.
     """
 
-    __slots__ = ("_shape_arr", "_strides_arr", "dim_links", "name", "ndim", "nodes", "shape", "strides",
-                 "switched")
+    __slots__ = ("_shape_arr", "_strides_arr", "dim_links", "name", "ndim", "nodes", "ranks_per_node", "shape",
+                 "strides", "switched")
 
     def __init__(
         self,
@@ -66,9 +66,15 @@ class Torus:
         name: str | None = None,
         dim_links: Sequence[LinkParams | None] | None = None,
         switched: bool = False,
+        ranks_per_node: int = 1,
     ) -> None:
         """``switched``: the nodes hang off one non-blocking switch (``switch:N``), one full-duplex port
-        each; the ring structure is then only the order ring algorithms use (see topologies/switch.py)."""
+        each; the ring structure is then only the order ring algorithms use (see topologies/switch.py).
+
+        ``ranks_per_node`` > 1: the last dimension, of that size, numbers the ranks of one node (they
+        share its host memory and talk through it; each has its own NIC on the dimensions before). The
+        ids are then ranks, node-major (rank ``r`` of node ``v`` is ``v * P + r``), and ``nodes`` counts
+        ranks; build it with :meth:`with_ranks_per_node`."""
         label = name if name is not None else "torus"
         try:
             dims = tuple(operator.index(k) for k in shape)
@@ -128,23 +134,58 @@ class Torus:
         self._shape_arr = np.asarray(dims, dtype=np.int64)
         self._strides_arr = np.asarray(strides, dtype=np.int64)
         self.switched: bool = bool(switched)
-        if self.switched and len(dims) != 1:
+        self.ranks_per_node: int = operator.index(ranks_per_node)
+        local = self.ranks_per_node > 1
+        if local and dims[-1] != self.ranks_per_node:
+            raise TopologyError(f"{label}: the last dimension must number the {self.ranks_per_node} ranks of a node")
+        if self.switched and len(dims) != 1 + local:
             raise TopologyError(f"{label}: a switch has one dimension (its node order)")
 
     # --- value semantics -------------------------------------------------------------------
 
     def __repr__(self) -> str:
         extra = ", switched=True" if self.switched else ""
+        if self.ranks_per_node > 1:
+            extra += f", ranks_per_node={self.ranks_per_node}"
         return f"Torus(shape={self.shape!r}, name={self.name!r}, dim_links={self.dim_links!r}{extra})"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Torus):
             return NotImplemented
-        return ((self.shape, self.name, self.dim_links, self.switched)
-                == (other.shape, other.name, other.dim_links, other.switched))
+        return ((self.shape, self.name, self.dim_links, self.switched, self.ranks_per_node)
+                == (other.shape, other.name, other.dim_links, other.switched, other.ranks_per_node))
 
     def __hash__(self) -> int:
-        return hash((self.shape, self.name, self.dim_links, self.switched))
+        return hash((self.shape, self.name, self.dim_links, self.switched, self.ranks_per_node))
+
+    # --- ranks per node ----------------------------------------------------------------------
+
+    def with_ranks_per_node(self, ranks_per_node: int) -> Torus:
+        """The ranks of this topology's nodes, ``ranks_per_node`` per node (``--ranks-per-node``); 1: itself.
+
+        Raises :class:`TopologyError` for a count below 1, or when ranks would exceed 2**24."""
+        p = operator.index(ranks_per_node)
+        if p < 1:
+            raise TopologyError(f"ranks per node must be at least 1, got {p}")
+        if self.ranks_per_node > 1:
+            raise TopologyError(f"{self.name} already has {self.ranks_per_node} ranks per node")
+        if p == 1:
+            return self
+        local = LinkParams(math.inf, 0.0)   # never used: ranks of a node talk through host memory
+        return Torus((*self.shape, p), name=self.name, dim_links=(*self.dim_links, local),
+                     switched=self.switched, ranks_per_node=p)
+
+    @property
+    def node_topology(self) -> Torus:
+        """The topology of the nodes (without the ranks-per-node dimension)."""
+        if self.ranks_per_node == 1:
+            return self
+        return Torus(self.shape[:-1], name=self.name, dim_links=self.dim_links[:-1], switched=self.switched)
+
+    @property
+    def network_ndim(self) -> int:
+        """Dimensions made of network links (all but the ranks-per-node one)."""
+        return self.ndim - (self.ranks_per_node > 1)
 
     # --- argument checks -------------------------------------------------------------------
 
@@ -206,13 +247,14 @@ class Torus:
     def directed_links(self) -> Iterator[tuple[int, int, int, int]]:
         """Yield every directed link as (src, dst, dim, direction).
 
-        Ordered by dimension, then direction (+1 before -1), then source node.
+        Ordered by dimension, then direction (+1 before -1), then source node; the ranks of a node
+        (``ranks_per_node``) have no links between them.
         In a dimension of size 2 both neighbours are the same node, so only
         direction +1 is yielded there (one link per node and direction pair).
         """
         src = np.arange(self.nodes, dtype=np.int64)
         src_list = src.tolist()
-        for dim, k in enumerate(self.shape):
+        for dim, k in enumerate(self.shape[:self.network_ndim]):
             for direction in ((1,) if k == 2 else (1, -1)):
                 dst_list = self.neighbor(src, dim, direction).tolist()
                 for s, d in zip(src_list, dst_list):
@@ -225,6 +267,8 @@ class Torus:
 
     def describe(self) -> str:
         """One-line summary for logs and ``nicemu info``."""
+        if self.ranks_per_node > 1:
+            return f"{self.node_topology.describe()} x {self.ranks_per_node} ranks per node"
         dims = f"{self.ndim} dim" + ("" if self.ndim == 1 else "s")
         extra = ""
         if self.switched:

@@ -32,6 +32,7 @@ from nicemu.collectives.model.sparse_timing import model_sparse as _model_sparse
 from nicemu.collectives.model.sparse_timing import plan_sparse as _plan_sparse
 from nicemu.collectives.model.sparse_timing import time_sparse_plan as _time_sparse_plan
 from nicemu.collectives.registry import check_link_faults, get, sparse_config
+from nicemu.collectives.schedules import hierarchical
 from nicemu.collectives.schedules.spot_protocol import PackedMasks, Plan, SparseConfig
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
@@ -174,14 +175,25 @@ def build_schedule(collective: str, algo: str, topology: Torus | str, count: int
     if not isinstance(bidirectional, (bool, np.bool_)):
         raise CollectiveError(f"bidirectional must be True or False, got {bidirectional!r}")
     check_schedule_size(topology, collective, algo)
-    if not entry.segmented:
-        return entry.build(collective, topology, count, bool(bidirectional))
-    if segment_elems is None:
-        segment_elems = int(DEFAULT_SEGMENT_KiB * 1024) // 4
-    segment_elems = check_count(segment_elems, "segment_elems")
-    if segment_elems < 1:
-        raise CollectiveError("segment_elems must be at least 1 element")
-    schedule = entry.build(collective, topology, count, bool(bidirectional), segment_elems=segment_elems)
+    if entry.segmented:
+        if segment_elems is None:
+            segment_elems = int(DEFAULT_SEGMENT_KiB * 1024) // 4
+        segment_elems = check_count(segment_elems, "segment_elems")
+        if segment_elems < 1:
+            raise CollectiveError("segment_elems must be at least 1 element")
+
+    def one(topo: Torus, n: int) -> Schedule:
+        if not entry.segmented:
+            return entry.build(collective, topo, n, bool(bidirectional))
+        return entry.build(collective, topo, n, bool(bidirectional), segment_elems=segment_elems)
+
+    if topology.ranks_per_node > 1:
+        if collective != "allreduce":
+            raise CollectiveError(f"{collective} runs with one rank per node; with --ranks-per-node "
+                                  f"{topology.ranks_per_node} use --collective allreduce")
+        schedule = hierarchical.build(one, topology, count)
+    else:
+        schedule = one(topology, count)
     if schedule.transfers > MAX_TRANSFERS:
         raise CollectiveError(
             f"{algo} {collective} on {topology.name} with segments of {segment_elems} elements has "

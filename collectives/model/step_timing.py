@@ -29,7 +29,8 @@ def link_params(topology: Torus, profile: Profile) -> list[tuple[float, float]]:
 
 
 def make_agents(topology: Torus, profile: Profile, nodes: int) -> NicAgents:
-    return NicAgents(profile, nodes, link_params(topology, profile), shared_port=topology.switched)
+    return NicAgents(profile, nodes, link_params(topology, profile), shared_port=topology.switched,
+                     ranks_per_node=topology.ranks_per_node)
 
 
 def send_half(agents: NicAgents, step: Step, local_src: np.ndarray, nbytes: np.ndarray,
@@ -40,7 +41,9 @@ def send_half(agents: NicAgents, step: Step, local_src: np.ndarray, nbytes: np.n
                                   "rabenseifner and tree without --faults (stragglers work)")
         return agents.send_routed(local_src, step.route, nbytes, step.from_host)
     first, last = agents.send(local_src, step.dim, step.direction, nbytes, step.from_host,
-                              step.cut_through, host_nbytes)
+                              step.cut_through, host_nbytes, step.local)
+    if step.local:
+        return first, last
     if agents.faults is not None:   # --faults: go-back-N delays (collectives/model/link_faults.py)
         first, last = agents.faults.delay(agents, step, local_src, nbytes, first, last)
     return first, last
@@ -49,7 +52,7 @@ def send_half(agents: NicAgents, step: Step, local_src: np.ndarray, nbytes: np.n
 def receive_half(agents: NicAgents, step: Step, local_dst: np.ndarray, first: np.ndarray,
                  last: np.ndarray, nbytes: np.ndarray, final_nbytes: np.ndarray | None = None) -> None:
     agents.receive(local_dst, first, last, nbytes, step.engine, step.reduce, step.to_host,
-                   step.operand_from_host, final_nbytes)
+                   step.operand_from_host, final_nbytes, step.local, step.dram_per_byte)
 
 
 def part_bytes(counts: np.ndarray | None, itemsize: int) -> np.ndarray | None:

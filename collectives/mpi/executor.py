@@ -84,7 +84,8 @@ class MpiExecutor:
         self._last: tuple = (None, 0, None)      # (schedule, itemsize, its RankPlan): a repeated call
         scratch = Scratch()
         self.vector_clock = VectorClock(self.agents)
-        self.scalar_clock = ScalarClock(ScalarAgent(profile, link_params(topology, profile), topology.switched))
+        self.scalar_clock = ScalarClock(ScalarAgent(profile, link_params(topology, profile), topology.switched,
+                                                    topology.ranks_per_node))
         self.plain = PlainTransport(comm, self.watchdog, scratch, self.describe_wait)
         self.lean = LeanTransport(comm, self.watchdog, scratch, self.describe_wait, self.scalar_clock.scalar)
         self.reliable = ReliableTransport(comm, self.watchdog, scratch, self.describe_wait, self.agents,

@@ -57,6 +57,7 @@ def _plain_step(step) -> bool:
     return (getattr(step, "dst_offset", None) is None and getattr(step, "host_count", None) is None
             and getattr(step, "final_count", None) is None and not getattr(step, "cut_through", False)
             and getattr(step, "route", None) is None and not getattr(step, "exchange", False)
+            and not getattr(step, "local", False)
             and not np.any(step.src == step.dst))
 
 

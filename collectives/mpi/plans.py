@@ -11,7 +11,7 @@ of them changes one during a call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -165,10 +165,10 @@ def plan_step(step: Step, itemsize: int, rank: int, lo: int, node_rank: np.ndarr
         ops.append((int(step.dst[t] - lo), a, b, src_local, slot_of.get(int(t), -1)))
         src_starts.append(int(step.offset[t]))
 
-    flags = Step(step.phase, step.dim, step.direction, step.index, step.src[:0], step.dst[:0],
-                 step.offset[:0], step.count[:0], step.engine, step.reduce, step.from_host,
-                 step.to_host, step.operand_from_host, step.group, cut_through=step.cut_through,
-                 route=None if step.route is None else step.route.take(out_idx), exchange=step.exchange)
+    # every flag of the step, none of its per-transfer arrays (the plan holds this rank's part)
+    flags = replace(step, src=step.src[:0], dst=step.dst[:0], offset=step.offset[:0], count=step.count[:0],
+                    dst_offset=None, host_count=None, final_count=None,
+                    route=None if step.route is None else step.route.take(out_idx))
     host_nb = None if step.host_count is None else _one_or_array(step.host_count[out_idx] * itemsize)
     final_nb = None if step.final_count is None else _one_or_array(step.final_count[in_idx] * itemsize)
     return StepPlan(

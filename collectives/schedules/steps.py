@@ -55,6 +55,8 @@ class Step:
     route: Route | None = None
     exchange: bool = False     # a node receives into the range it sends: every send reads the state
                                # from before the step (the transports complete the sends first)
+    local: bool = False        # ranks of one node (--ranks-per-node): through host memory, no NIC or link
+    dram_per_byte: float | None = None  # local steps: host DRAM bytes per byte of the receiver's pass
 
     def describe(self, limit: int = 4) -> str:
         head = (f"{self.phase} dim={self.dim} dir={self.direction:+d} step={self.index} "
@@ -65,6 +67,7 @@ class Step:
                 + (" cut_through" if self.cut_through else "")
                 + ("" if self.route is None else f" routed(load={self.route.load})")
                 + (" exchange" if self.exchange else "")
+                + (f" local(dram {self.dram_per_byte:g} B/B)" if self.local else "")
                 + ("" if self.host_count is None else f" host_count={int(self.host_count[0])}")
                 + ("" if self.final_count is None else f" final_count={int(self.final_count[0])}"))
         if self.dst_offset is None:
