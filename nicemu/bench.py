@@ -32,6 +32,7 @@ from nicemu.collectives.api.checks import (
     check_algo_collective,
     check_collective,
     check_dtype_op,
+    check_ranks_per_node,
     check_schedule_size,
     check_sparse_call,
     fault_options,
@@ -78,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ring:N, torus:AxBxC, torus:K^D or astra:FILE.yml, at most 2**24 nodes; a dense "
                         "algorithm's schedule at most 2**30 transfers, i.e. rings of up to about 23,000 nodes "
                         "(default: ring of the number of ranks, ring:8 when run alone)")
+    p.add_argument("--ranks-per-node", type=int, default=1, metavar="P",
+                   help="ranks on every topology node, each with its own NIC, sharing the node's host memory; "
+                        "the AllReduce then runs intra-node, over the nodes, intra-node (default 1)")
     p.add_argument("--sizes", default="1K:16M",
                    help="bytes per node: 64K, 1K,256K,1G or MIN:MAX[:FACTOR], at most 1T (default 1K:16M)")
     p.add_argument("--dtype", default="float32",
@@ -159,8 +163,13 @@ def validate(args: argparse.Namespace, comm):
         if s % dtype.itemsize:
             raise UsageError(f"size {s} B is not a multiple of {dtype.name} ({dtype.itemsize} B); "
                              f"use a multiple of {dtype.itemsize}")
+    per_node = getattr(args, "ranks_per_node", 1)
+    if per_node < 1:
+        raise UsageError(f"--ranks-per-node {per_node} must be at least 1")
     topology = (parse_topology(args.topology) if args.topology is not None
-                else ring(comm.size if comm.size > 1 else 8))
+                else ring(max(comm.size // per_node, 2) if comm.size > 1 else 8)).with_ranks_per_node(per_node)
+    for a in algos:
+        check_ranks_per_node(topology, a, args.collective)
     profile = load_profile(args.profile, args.overrides)
     check_pattern(topology.nodes, args.density, args.overlap)
     if args.collective == "alltoall":
@@ -184,7 +193,9 @@ def validate(args: argparse.Namespace, comm):
         except ImportError:
             raise UsageError("--plot needs matplotlib: pip install 'nicemu[plot]'") from None
     if args.executor == "mpi" and comm.size > topology.nodes:
-        raise UsageError(f"{comm.size} ranks for {topology.name} ({topology.nodes} nodes): run with at "
+        what = (f"{topology.nodes} nodes" if per_node == 1 else
+                f"{topology.nodes // per_node} nodes x {per_node} ranks per node")
+        raise UsageError(f"{comm.size} ranks for {topology.name} ({what}): run with at "
                          f"most {topology.nodes} ranks, or a larger topology")
     return algos, dtype, sizes, topology, profile
 
@@ -354,7 +365,8 @@ def base_record(args: argparse.Namespace, algo: str, topology, ranks: int, dtype
                 profile) -> dict:
     """One point's record before timing: every bench key, the measured ones still None (shared with sweep)."""
     return {"collective": args.collective, "algo": algo, "topology": topology.name,
-            "nodes": topology.nodes, "ranks": ranks, "executor": args.executor,
+            "nodes": topology.nodes // topology.ranks_per_node, "ranks": ranks,
+            "ranks_per_node": topology.ranks_per_node, "executor": args.executor,
             "bytes": nbytes, "count": nbytes // dtype.itemsize, "dtype": dtype.name,
             "op": "none" if args.collective == "alltoall" else args.op,   # nccl-tests' redop
             "density": args.density, "block_size": args.block_size,

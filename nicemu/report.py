@@ -11,7 +11,7 @@ from pathlib import Path
 from nicemu.errors import UsageError
 
 #: the JSON/CSV record keys, in order (docs/usage.md, "Records")
-KEYS = ["collective", "algo", "topology", "nodes", "ranks", "executor", "bytes", "count", "dtype",
+KEYS = ["collective", "algo", "topology", "nodes", "ranks", "ranks_per_node", "executor", "bytes", "count", "dtype",
         "op", "density", "block_size", "overlap", "iters", "emulated_us", "wall_us", "algbw_GBps",
         "busbw_GBps", "host_busy_us", "nic_busy_us", "wire_bytes", "framed_bytes", "wrong", "profile",
         "gain_vs_ring", "gain_vs_best_host", "best_host_algo", "upstream_bytes", "downstream_bytes", "spots_spilled",

@@ -149,13 +149,31 @@ def _torus_hint(nodes: int) -> str:
     return f"{side}x{max(2, nodes // side)}"
 
 
-def as_topology(topology: str | Torus) -> Torus:
-    """A :class:`Torus`, or a spec string parsed into one."""
-    if isinstance(topology, Torus):
-        return topology
+def as_topology(topology: str | Torus, ranks_per_node: int = 1) -> Torus:
+    """A :class:`Torus`, or a spec string parsed into one; with ``ranks_per_node`` ranks on each node."""
     if isinstance(topology, str):
-        return parse_topology(topology)
-    raise CollectiveError(f"topology must be a spec such as 'ring:8' or a Torus, got {type(topology).__name__}")
+        topology = parse_topology(topology)
+    elif not isinstance(topology, Torus):
+        raise CollectiveError(f"topology must be a spec such as 'ring:8' or a Torus, got {type(topology).__name__}")
+    if isinstance(ranks_per_node, bool) or not isinstance(ranks_per_node, (int, np.integer)) or ranks_per_node < 1:
+        raise CollectiveError(f"ranks_per_node must be a whole number >= 1, got {ranks_per_node!r}")
+    if ranks_per_node == 1 or topology.ranks_per_node == ranks_per_node:
+        return topology
+    return topology.with_ranks_per_node(int(ranks_per_node))
+
+
+def check_ranks_per_node(topology: Torus, algo: str, collective: str) -> None:
+    """Several ranks per node run the dense AllReduce (collectives/schedules/hierarchical.py) and MPI's own."""
+    p = topology.ranks_per_node
+    if p == 1:
+        return
+    if collective != "allreduce":
+        raise CollectiveError(f"{collective} runs with one rank per node; with --ranks-per-node {p} use "
+                              f"--collective allreduce")
+    if get(algo).sparse is not None:
+        raise CollectiveError(f"{algo} runs with one rank per node (its aggregation is per node); with "
+                              f"--ranks-per-node {p} use a dense algorithm "
+                              f"({', '.join(names(kind='dense', emulated=True))})")
 
 
 def as_profile(profile: str | Profile, overrides: tuple[str, ...] | list[str] | str = ()) -> Profile:

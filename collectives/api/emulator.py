@@ -35,6 +35,7 @@ from nicemu.collectives.api.checks import (
     check_dtype_op,
     check_op,
     check_options,
+    check_ranks_per_node,
     check_sparse_call,
     check_work,
     fault_options,
@@ -94,6 +95,9 @@ class Emulator:
         watchdog_s: seconds a wait may see no progress (default ``$NICEMU_WATCHDOG_S``, else 60; 0: off).
         faults: ``"drop=P,corrupt=Q,seed=S[,link=A->B]"`` or a ``FaultSpec`` (docs/model.md §11).
         stragglers: ``"NODE:FACTOR,..."``, a list of those, or ``{node: factor}`` (docs/model.md §12).
+        ranks_per_node: ranks on every topology node (``--ranks-per-node``, docs/model.md §19): they share
+            its host memory, each with its own NIC; node ids then number ranks (``node * P + r``). The
+            dense AllReduce runs hierarchically; other collectives and the sparse algorithms refuse it.
 
     Collective (every rank of ``comm`` constructs it). Raises :class:`TopologyError`,
     :class:`ProfileError`, :class:`FaultSpecError` or :class:`CollectiveError` (more ranks than nodes,
@@ -104,11 +108,14 @@ class Emulator:
     def __init__(self, comm: MPI.Comm | None = None, topology: str | Torus | None = None,
                  profile: str | Profile = "ideal", overrides: tuple[str, ...] = (),
                  watchdog_s: float | None = None, faults: str | FaultSpec | None = None,
-                 stragglers: str | list | dict | None = None) -> None:
+                 stragglers: str | list | dict | None = None, ranks_per_node: int = 1) -> None:
         comm = MPI.COMM_WORLD if comm is None else comm
         if not isinstance(comm, MPI.Comm):
             raise CollectiveError(f"comm must be an mpi4py communicator, got {type(comm).__name__}")
-        self.topology = ring(max(comm.size, 2)) if topology is None else as_topology(topology)
+        if topology is None:
+            topology = ring(max(comm.size // ranks_per_node if isinstance(ranks_per_node, int) and
+                                ranks_per_node > 0 else comm.size, 2))
+        self.topology = as_topology(topology, ranks_per_node)
         self.profile = as_profile(profile, overrides)
         self.comm = comm.Dup()
         if self.comm.size > self.topology.nodes:
@@ -181,6 +188,7 @@ class Emulator:
         """
         check_work(work, self.local_nodes)
         check_op(op)
+        check_ranks_per_node(self.topology, algo, collective)
         if algo == HOST_BEST:
             if self.executor.agents.faults is not None:
                 check_link_faults(algo)
@@ -311,6 +319,7 @@ class Emulator:
         """Check one rank's arguments; returns (input rows, 1-D?, the working rows, the options)."""
         check_collective(collective)
         check_algo(algo)
+        check_ranks_per_node(self.topology, algo, collective)
         if get(algo).sparse is not None:
             check_sparse_call(algo, collective, op)
         else:

@@ -22,6 +22,7 @@ from nicemu.collectives.api.checks import (
     check_collective,
     check_count,
     check_dtype,
+    check_ranks_per_node,
     check_schedule_size,
     check_sparse_call,
     fault_options,
@@ -204,7 +205,7 @@ def build_schedule(collective: str, algo: str, topology: Torus | str, count: int
 
 def model_time(collective: str, algo: str, topology: Torus | str, profile: Profile | str, count: int,
                dtype: str | np.dtype = "float32", faults: str | FaultSpec | None = None,
-               call: int = 0, stragglers: str | list | dict | None = None) -> Timing:
+               call: int = 0, stragglers: str | list | dict | None = None, ranks_per_node: int = 1) -> Timing:
     """Emulated timing of a dense algorithm without data (the model executor, no MPI).
 
     Args:
@@ -214,13 +215,15 @@ def model_time(collective: str, algo: str, topology: Torus | str, profile: Profi
         count: elements per node; dtype: a type name (``"bfloat16"``, ``"half"``) or a numpy dtype.
         faults, stragglers: as ``Emulator`` takes them; ``call`` numbers the fault draws, so the MPI
             executor's call ``n`` and ``call=n`` see the same faults.
+        ranks_per_node: ranks on every node, sharing its host memory (``Emulator`` and docs/model.md §19).
 
     Returns a ``Timing`` in emulated microseconds and bytes, equal bit for bit to the MPI executor's.
     Raises :class:`CollectiveError`, :class:`TopologyError`, :class:`ProfileError` or
     :class:`FaultSpecError` with a one-line message.
     """
     dt = check_dtype(dtype)
-    topology, profile = as_topology(topology), as_profile(profile)
+    topology, profile = as_topology(topology, ranks_per_node), as_profile(profile)
+    check_ranks_per_node(topology, algo, collective)
     spec, slow = fault_options(faults, stragglers, topology)
     if spec is not None and spec.active:
         check_link_faults(algo)

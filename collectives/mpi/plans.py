@@ -202,6 +202,8 @@ def compile_plan(schedule: Schedule, itemsize: int, rank: int, lo: int, node_ran
     plans, wire, framed_wire = [], 0, 0
     for step in schedule.steps():
         plans.append(plan_step(step, itemsize, rank, lo, node_rank))
+        if step.local:          # ranks of one node: through host memory, on no link
+            continue
         hops = 1 if step.route is None else step.route.total
         wire += int((step.count * hops).sum()) * itemsize
         if header_bytes:

@@ -35,7 +35,9 @@ def random_profile(rng: np.random.Generator):
         f"host.reduce_GBps={rate()}", f"host.overhead_us={latency()}",
         f"nic.reduce_GBps={rate()}", f"nic.latency_us={latency()}",
         f"nic.packet_bytes={int(rng.choice([64, 1000, 1024, 4096]))}",
-        f"link.header_bytes={int(rng.choice([0, 0, 58, 82]))}"])
+        f"link.header_bytes={int(rng.choice([0, 0, 58, 82]))}",
+        f"host.memory_GBps={'.inf' if rng.random() < 0.3 else repr(rng.uniform(5.0, 400.0))}",
+        f"host.ddio_KiB={float(rng.choice([0.0, 1.0, rng.uniform(1.0, 1 << 16)]))!r}"])
 
 
 def random_step(rng: np.random.Generator, ndim: int) -> Step:
@@ -52,12 +54,12 @@ def random_nbytes(rng: np.random.Generator, packet: int) -> int:
 
 def state(a: NicAgents) -> tuple:
     return (a.clock[0], a.nic_ready[0], a.pcie.read_free[0], a.pcie.write_free[0], a.compute.free[0],
-            a.compute.busy_us[0], a.host.free[0], a.host.busy_us[0], *a.links.free[0].ravel())
+            a.compute.busy_us[0], a.host.free[0], a.host.busy_us[0], a.memory.free[0], *a.links.free[0].ravel())
 
 
 def scalar_state(s: ScalarAgent) -> tuple:
     return (s.clock, s.nic_ready, s.read_free, s.write_free, s.compute_free, s.compute_busy, s.host_free,
-            s.host_busy, *s.link_free)
+            s.host_busy, s.mem_free, *s.link_free)
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -66,8 +68,9 @@ def test_scalar_agent_equals_nic_agents_bit_for_bit(seed):
     profile = random_profile(rng)
     ndim = int(rng.integers(1, 4))
     links = [(float(rng.uniform(1.0, 50.0)), float(rng.uniform(0.0, 2.0))) for _ in range(ndim)]
-    ref = NicAgents(profile, 1, links)
-    fast = ScalarAgent(profile, links)
+    ranks_per_node = int(rng.choice([1, 1, 2, 8]))      # each rank's share of host DRAM and DDIO
+    ref = NicAgents(profile, 1, links, ranks_per_node=ranks_per_node)
+    fast = ScalarAgent(profile, links, ranks_per_node=ranks_per_node)
     for _call in range(2):          # reset between calls must restore the idle state
         ref.reset()
         fast.reset()
