@@ -158,3 +158,12 @@ def test_baseline_bullet_names_the_host_algorithm(small):
     r = small[0]
     assert f"`host-best` runs {r['host_best_algo']} in {r['host_best_us']:,.0f} µs" in first
     assert f"{r['ring_us'] / r['host_best_us']:.2f}× the speed of `ring`" in first
+
+
+def test_model_md_quotes_the_current_times_table():
+    """docs/model.md §10 copies the page's times table: the copy must be the page's."""
+    page = (RESULTS / "paper_omniccl.md").read_text().splitlines()
+    start = next(i for i, ln in enumerate(page) if ln.startswith("| overlap | sparsity | density |"))
+    end = next(i for i in range(start, len(page)) if not page[i].startswith("|"))
+    model = (RESULTS.parent / "model.md").read_text()
+    assert "\n".join(page[start:end]) in model
