@@ -172,13 +172,15 @@ def findings(rows: Sequence[dict]) -> list[str]:
                        f"`host-best`: " + "; ".join(_against_best(band, a) for a in algos) + ".")
     losses, never = [], []
     for algo in algos:
+        lost = False
         for base, key in (("host-best", "host_best"), ("ring", "ring")):
             slow = [(overlap, [r for r in rows if r["overlap"] == overlap and r[f"{algo}_speedup_vs_{key}"] < 1])
                     for overlap in overlaps]
             slow = [f"{_where(s)} sparsity ({overlap})" for overlap, s in slow if s]
             if slow:
                 losses.append(f"{algo} is slower than `{base}` at " + " and ".join(slow))
-        if not any(loss.split(" is slower")[0] == algo for loss in losses):
+                lost = True
+        if not lost:
             never.append(algo)
     out.append("Where a sparse algorithm loses to a dense baseline: " + ("; ".join(losses) if losses else "nowhere")
                + (f"; {_and(never)} beat{'s' if len(never) == 1 else ''} both at every point"
