@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Reproduce the OmNICCL comparison with the model executor.
 
-128 MiB float32 per node on 8 nodes, block density swept over OmniReduce's
-values (1.0 … 0.01), random and all-overlapping block placement, for dense
-ring AllReduce, every sparse algorithm (and omniccl with --tx-spots 1), with
-the `omniccl-paper` profile. Writes JSON, CSV and a Markdown page
-(nicemu.studies.paper_omniccl does the work).
+128 MiB float32 per node on 8 nodes, block sparsity 0, 25, 50, 75% and
+90, 95, 98, 99% (densities 1 … 0.01), random and all-overlapping block
+placement, for the dense baselines ring and host-best, every sparse algorithm
+(and omniccl with --tx-spots 1), with the `omniccl-paper` profile. Writes JSON,
+CSV and a Markdown page (nicemu.studies.paper_omniccl does the work).
 
     python scripts/paper_omniccl.py --out docs/results/paper_omniccl
 """
