@@ -9,7 +9,10 @@ algorithm of the registry for that call, docs/model.md §16.4):
   recursive doubling and Rabenseifner send to their partners in one hop);
 - **link x PCIe**: the same sizes with ``link.bandwidth_GBps`` at 100, 200 and
   400 Gb/s and ``pcie.bandwidth_GBps`` at Gen4 and Gen5 x16 (profile overrides,
-  as ``--set``), on a few topologies.
+  as ``--set``), on a few topologies;
+- **ranks per node**: the same sizes with 1, 2, 4 and 8 ranks per node sharing
+  its host DRAM (``--ranks-per-node``, docs/model.md §19), each point also timed
+  without its intra-node phases (the rails alone) to separate the two.
 
 Every record carries the three times and ``gain_vs_ring = 1 - t_dr / t_ring``,
 ``gain_vs_best_host = 1 - t_dr / t_host_best``. ``run`` writes PREFIX.json,
@@ -52,8 +55,15 @@ PCIE_GBPS = {"Gen4": 25.0, "Gen5": 50.0}
 LINK_TOPOLOGIES = ["ring:8", "switch:8", "switch:64"]
 QUICK_LINK_TOPOLOGIES = ["ring:4"]
 
-SIZE_SWEEP, LINK_SWEEP = "sizes_nodes", "link_pcie"
-FIGURES = {SIZE_SWEEP: f"{SCRIPT}_sizes.png", LINK_SWEEP: f"{SCRIPT}_links.png"}
+#: ranks per node swept (docs/model.md §19.3)
+RANKS = (1, 2, 4, 8)
+QUICK_RANKS = (1, 2)
+RANK_TOPOLOGIES = ["ring:8", "switch:8"]
+QUICK_RANK_TOPOLOGIES = ["ring:4"]
+
+SIZE_SWEEP, LINK_SWEEP, RANK_SWEEP = "sizes_nodes", "link_pcie", "ranks_per_node"
+FIGURES = {SIZE_SWEEP: f"{SCRIPT}_sizes.png", LINK_SWEEP: f"{SCRIPT}_links.png",
+           RANK_SWEEP: f"{SCRIPT}_ranks.png"}
 
 
 # --------------------------------------------------------------------------
@@ -65,27 +75,53 @@ def link_overrides(link_gbps: int, pcie: str) -> list[str]:
     return [f"link.bandwidth_GBps={link_gbps / 8:g}", f"pcie.bandwidth_GBps={PCIE_GBPS[pcie]:g}"]
 
 
-def point(sweep_name: str, topo_spec: str, nbytes: int, profile: Profile, overrides: Sequence[str]) -> dict:
-    """One record: DirectReduce, ring and host-best on one topology, size and profile, with both gains."""
-    topo = parse_topology(topo_spec)
+def rail_profile(profile: Profile, ranks_per_node: int) -> Profile:
+    """What one rail of a node with that many ranks sees: its share of host DRAM and DDIO (model.md §19)."""
+    mem = profile.host.memory_GBps / ranks_per_node
+    return profile.with_overrides([f"host.memory_GBps={'.inf' if mem == float('inf') else repr(mem)}",
+                                   f"host.ddio_KiB={profile.host.ddio_KiB / ranks_per_node!r}"])
+
+
+def point(sweep_name: str, topo_spec: str, nbytes: int, profile: Profile, overrides: Sequence[str],
+          ranks_per_node: int = 1) -> dict:
+    """One record: DirectReduce, ring and host-best on one topology, size and profile, with both gains.
+
+    With several ranks per node, also the rails alone (phase 2 of docs/model.md §19.3: the algorithm on the
+    nodes with a 1/P shard and a 1/P share of DRAM), as ``rail_*`` keys."""
+    nodes = parse_topology(topo_spec)
+    topo = nodes.with_ranks_per_node(ranks_per_node)
     count = nbytes // ITEMSIZE
     t_dr = model_time("allreduce", ALGO, topo, profile, count, DTYPE).emulated_us
     t_ring = model_time("allreduce", RING, topo, profile, count, DTYPE).emulated_us
     best = model_time("allreduce", HOST_BEST, topo, profile, count, DTYPE)
-    return {"sweep": sweep_name, "topology": topo_spec, "kind": topo_spec.split(":")[0], "nodes": topo.nodes,
-            "bytes": nbytes, "bytes_per_node": nbytes / topo.nodes, "dtype": DTYPE,
-            "link_Gbps": 8 * profile.link.bandwidth_GBps, "pcie_GBps": profile.pcie.bandwidth_GBps,
-            "profile": profile.name, "overrides": ";".join(overrides),
-            "directreduce_us": float(t_dr), "ring_us": float(t_ring), "host_best_us": float(best.emulated_us),
-            "best_host_algo": best.chosen_algo,
-            "gain_vs_ring": 1.0 - t_dr / t_ring, "gain_vs_best_host": 1.0 - t_dr / best.emulated_us}
+    rec = {"sweep": sweep_name, "topology": topo_spec, "kind": topo_spec.split(":")[0], "nodes": nodes.nodes,
+           "ranks_per_node": ranks_per_node,
+           "bytes": nbytes, "bytes_per_node": nbytes / nodes.nodes, "dtype": DTYPE,
+           "link_Gbps": 8 * profile.link.bandwidth_GBps, "pcie_GBps": profile.pcie.bandwidth_GBps,
+           "profile": profile.name, "overrides": ";".join(overrides),
+           "directreduce_us": float(t_dr), "ring_us": float(t_ring), "host_best_us": float(best.emulated_us),
+           "best_host_algo": best.chosen_algo,
+           "gain_vs_ring": 1.0 - t_dr / t_ring, "gain_vs_best_host": 1.0 - t_dr / best.emulated_us}
+    rec.update(dict.fromkeys(("rail_directreduce_us", "rail_host_best_us", "rail_best_host_algo",
+                              "rail_gain_vs_best_host", "intra_node_share")))   # the ranks sweep only
+    if sweep_name == RANK_SWEEP:
+        rail = rail_profile(profile, ranks_per_node)
+        shard = count // ranks_per_node
+        r_dr = model_time("allreduce", ALGO, nodes, rail, shard, DTYPE).emulated_us
+        r_best = model_time("allreduce", HOST_BEST, nodes, rail, shard, DTYPE)
+        rec.update({"rail_directreduce_us": float(r_dr), "rail_host_best_us": float(r_best.emulated_us),
+                    "rail_best_host_algo": r_best.chosen_algo,
+                    "rail_gain_vs_best_host": 1.0 - r_dr / r_best.emulated_us,
+                    "intra_node_share": 1.0 - r_best.emulated_us / best.emulated_us})
+    return rec
 
 
 def sweep(quick: bool = False, profile_name: str = PROFILE, log: TextIO | None = None) -> list[dict]:
-    """Both sweeps, in order: sizes x nodes on the profile, then link x PCIe on a few topologies."""
+    """The three sweeps, in order: sizes x nodes on the profile, link x PCIe and ranks per node on a few
+    topologies."""
     sizes = QUICK_SIZES if quick else SIZES
     base = load_profile(profile_name)
-    todo: list[tuple[str, str, int, Profile, list[str]]] = [
+    todo: list[tuple] = [
         (SIZE_SWEEP, t, m, base, []) for t in (QUICK_TOPOLOGIES if quick else TOPOLOGIES) for m in sizes]
     for link in LINK_GBPS:
         for gen in PCIE_GBPS:
@@ -93,9 +129,12 @@ def sweep(quick: bool = False, profile_name: str = PROFILE, log: TextIO | None =
             prof = base.with_overrides(sets)
             todo += [(LINK_SWEEP, t, m, prof, sets)
                      for t in (QUICK_LINK_TOPOLOGIES if quick else LINK_TOPOLOGIES) for m in sizes]
+    todo = [(*t, 1) for t in todo]
+    todo += [(RANK_SWEEP, t, m, base, [], p) for t in (QUICK_RANK_TOPOLOGIES if quick else RANK_TOPOLOGIES)
+             for p in (QUICK_RANKS if quick else RANKS) for m in sizes]
     records = []
-    for i, (name, topo, m, prof, sets) in enumerate(todo, 1):
-        rec = point(name, topo, m, prof, sets)
+    for i, (name, topo, m, prof, sets, per_node) in enumerate(todo, 1):
+        rec = point(name, topo, m, prof, sets, per_node)
         rec["pcie"] = next((g for g, v in PCIE_GBPS.items() if v == rec["pcie_GBps"]), f"{rec['pcie_GBps']:g} GB/s")
         records.append(rec)
         if log is not None and (i % 20 == 0 or i == len(todo)):
@@ -304,17 +343,48 @@ def findings_links(records: Sequence[dict], base: Profile) -> list[str]:
     return out
 
 
+def _rank_row(r: dict) -> tuple:
+    return (r["topology"], r["ranks_per_node"])
+
+
+def _rank_label(row: tuple) -> str:
+    return f"{row[0]} x{row[1]}"
+
+
+def findings_ranks(records: Sequence[dict], profile: Profile) -> list[str]:
+    """What the ranks-per-node sweep shows, read from its records."""
+    out = []
+    big = max(r["bytes"] for r in records)
+    cell = {(r["topology"], r["ranks_per_node"], r["bytes"]): r for r in records}
+    ranks = sorted({r["ranks_per_node"] for r in records})
+    for topo in _rows(records, lambda r: r["topology"]):
+        row = [cell[(topo, p, big)] for p in ranks if (topo, p, big) in cell]
+        out.append(
+            f"{topo} at {format_size(big)} per rank, P = " + "/".join(str(r["ranks_per_node"]) for r in row)
+            + " ranks per node: gain over host-best " + " / ".join(_pct(r["gain_vs_best_host"]) for r in row)
+            + "; the rails alone " + " / ".join(_pct(r["rail_gain_vs_best_host"]) for r in row)
+            + "; the intra-node phases take " + " / ".join(f"{100 * r['intra_node_share']:.0f}%" for r in row)
+            + " of host-best's time.")
+    mem = profile.host.memory_GBps
+    out.append(
+        f"Why: the P ranks of a node share its {mem:g} GB/s of DRAM ({mem / max(ranks):g} GB/s each at "
+        f"P = {max(ranks)}). A host algorithm moves 3 to 5 DRAM bytes per byte it reduces (its DMA read and "
+        "write, and the core's two reads and one write, less what DDIO keeps in the LLC); DirectReduce "
+        "reads only its operand. So as P grows the rails of the host algorithms turn DRAM-bound and "
+        "DirectReduce's edge on the rails grows, as the DirectReduce paper says it does with processes per "
+        "node. Over the whole call that edge is diluted: the intra-node reduce-scatter and allgather, which "
+        "every algorithm runs through host DRAM, grow with P and take the share given above "
+        "(docs/model.md §19).")
+    return out
+
+
 NOT_MODELLED = [
-    "processes per node: every node is one process with one NIC, so a host algorithm's intra-node "
-    "steps, and the NIC shared by several ranks, are not there;",
-    "host memory bandwidth: DMA and the reducing core each run at their own rate, DDR5 or not, with no "
-    "contention between them;",
-    "DDIO: whether the DMA-written operand is in the LLC is not modelled (the host reduces at "
-    "host.reduce_GBps either way), nor is the LLC capacity;",
     "packet headers are charged (82 B per packet, RoCEv2; docs/model.md §18), but the PCIe link's own "
     "framing is folded into its effective rate;",
     "pipelining across torus dimensions: ring-pipelined pipelines within a ring only (docs/model.md "
-    "§4.5), so on tori host-best's large-message time is conservative.",
+    "§4.5), so on tori host-best's large-message time is conservative;",
+    "with several ranks per node, the intra-node phases run through host DRAM for every algorithm: no "
+    "NVLink-class intra-node fabric, and no NIC help inside a node (docs/model.md §19.3).",
 ]
 
 
@@ -379,8 +449,13 @@ def write_figures(records: Sequence[dict], folder: Path, profile_name: str) -> l
         import matplotlib  # noqa: F401
     except ImportError:
         return []
-    sizes, links = _of(records, SIZE_SWEEP), _of(records, LINK_SWEEP)
+    sizes, links, ranks = _of(records, SIZE_SWEEP), _of(records, LINK_SWEEP), _of(records, RANK_SWEEP)
     out = []
+    if ranks:
+        path = folder / FIGURES[RANK_SWEEP]
+        heatmap(ranks, path, _rank_row, _rank_label,
+                f"float32 AllReduce, profile {profile_name}, P ranks per node sharing host DRAM")
+        out.append(str(path))
     if sizes:
         path = folder / FIGURES[SIZE_SWEEP]
         heatmap(sizes, path, lambda r: r["topology"], str,
@@ -400,7 +475,7 @@ def write_figures(records: Sequence[dict], folder: Path, profile_name: str) -> l
 
 def page_body(records: Sequence[dict], profile: Profile, figures: Sequence[str]) -> tuple[list[str], list[str]]:
     """The page's body (figures and tables) and its findings."""
-    sizes, links = _of(records, SIZE_SWEEP), _of(records, LINK_SWEEP)
+    sizes, links, ranks = _of(records, SIZE_SWEEP), _of(records, LINK_SWEEP), _of(records, RANK_SWEEP)
     names = {Path(f).name for f in figures}
     body: list[str] = []
     shows: list[str] = []
@@ -427,6 +502,21 @@ def page_body(records: Sequence[dict], profile: Profile, figures: Sequence[str])
         body += ["Gain over host-best:", "", *gain_table(links, "gain_vs_best_host", _link_row, _link_label), "",
                  "Gain over ring:", "", *gain_table(links, "gain_vs_ring", _link_row, _link_label), ""]
         shows += findings_links(links, profile)
+    if ranks:
+        body += ["## Ranks per node", "",
+                 f"Profile `{profile.name}` with `--ranks-per-node` " + ", ".join(
+                     str(p) for p in sorted({r['ranks_per_node'] for r in ranks}))
+                 + ": P ranks per node, each with its own NIC, sharing the node's "
+                 f"{profile.host.memory_GBps:g} GB/s of DRAM and {profile.host.ddio_KiB:g} KiB of DDIO; sizes are "
+                 "per rank ([model.md §19](../model.md#19-host-dram-ddio-and-ranks-per-node)).", ""]
+        if FIGURES[RANK_SWEEP] in names:
+            body += [f"![gain by ranks per node]({FIGURES[RANK_SWEEP]})", ""]
+        body += ["Gain over host-best:", "", *gain_table(ranks, "gain_vs_best_host", _rank_row, _rank_label), "",
+                 "Gain over ring:", "", *gain_table(ranks, "gain_vs_ring", _rank_row, _rank_label), "",
+                 "The rails alone (phase 2: each algorithm on the nodes with a 1/P shard and 1/P of DRAM), "
+                 "gain over host-best:", "",
+                 *gain_table(ranks, "rail_gain_vs_best_host", _rank_row, _rank_label), ""]
+        shows += findings_ranks(ranks, profile)
     body += ["## When it pays off"]
     return body, shows
 
