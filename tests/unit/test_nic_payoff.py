@@ -4,7 +4,9 @@ import importlib.util
 import json
 from pathlib import Path
 
+from nicemu.collectives import model_time
 from nicemu.collectives.api import host_best
+from nicemu.nic.profile import load_profile
 from nicemu.studies import nic_payoff
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "nic_payoff.py"
@@ -25,9 +27,10 @@ def test_quick_run_writes_page_json_csv_and_figures(tmp_path):
 
     records = json.loads(out.with_suffix(".json").read_text())
     sweeps = {r["sweep"] for r in records}
-    assert sweeps == {nic_payoff.SIZE_SWEEP, nic_payoff.LINK_SWEEP}
+    assert sweeps == {nic_payoff.SIZE_SWEEP, nic_payoff.LINK_SWEEP, nic_payoff.RANK_SWEEP}
     expected = (len(nic_payoff.QUICK_TOPOLOGIES) + len(nic_payoff.LINK_GBPS) * len(nic_payoff.PCIE_GBPS)
-                * len(nic_payoff.QUICK_LINK_TOPOLOGIES)) * len(nic_payoff.QUICK_SIZES)
+                * len(nic_payoff.QUICK_LINK_TOPOLOGIES) + len(nic_payoff.QUICK_RANK_TOPOLOGIES)
+                * len(nic_payoff.QUICK_RANKS)) * len(nic_payoff.QUICK_SIZES)
     assert len(records) == expected
     for r in records:
         assert r["gain_vs_ring"] == 1 - r["directreduce_us"] / r["ring_us"]
@@ -35,6 +38,24 @@ def test_quick_run_writes_page_json_csv_and_figures(tmp_path):
         # host-best is the fastest host algorithm, so never slower than the ring, and it names a registry entry
         assert r["host_best_us"] <= r["ring_us"]
         assert r["best_host_algo"] in host_best.candidates("allreduce")
+    # the ranks sweep: P = 1 is the plain call, the rails alone are the algorithm on the nodes with a 1/P
+    # shard and a 1/P share of DRAM, and the intra-node phases are what the whole call adds to them
+    profile = load_profile(nic_payoff.PROFILE)
+    for r in records:
+        if r["sweep"] != nic_payoff.RANK_SWEEP:
+            assert r["rail_gain_vs_best_host"] is None
+            continue
+        p, count = r["ranks_per_node"], r["bytes"] // 4
+        whole = model_time("allreduce", "directreduce", r["topology"], profile, count, ranks_per_node=p)
+        assert r["directreduce_us"] == whole.emulated_us
+        rail = nic_payoff.rail_profile(profile, p)
+        assert rail.host.memory_GBps == profile.host.memory_GBps / p
+        alone = model_time("allreduce", "directreduce", r["topology"], rail, count // p).emulated_us
+        assert r["rail_directreduce_us"] == alone
+        if p == 1:
+            assert r["rail_gain_vs_best_host"] == r["gain_vs_best_host"] and r["intra_node_share"] == 0
+        else:
+            assert 0 < r["intra_node_share"] < 1 and r["directreduce_us"] > alone
     # the link sweep's overrides are the ones the profile saw
     for r in records:
         if r["sweep"] == nic_payoff.LINK_SWEEP:
