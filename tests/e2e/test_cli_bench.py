@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 #: record keys every bench record has (at least these; docs/usage.md documents them)
 RECORD_KEYS = {
-    "collective", "algo", "topology", "nodes", "ranks", "executor", "bytes", "count", "dtype", "op",
+    "collective", "algo", "topology", "nodes", "ranks", "ranks_per_node", "executor", "bytes", "count", "dtype", "op",
     "density", "block_size", "iters", "emulated_us", "wall_us", "algbw_GBps", "busbw_GBps",
     "host_busy_us", "nic_busy_us", "wire_bytes", "wrong",
 }
@@ -71,7 +71,7 @@ def _check_records(records: list[dict], sizes: list[int], algos: list[str], *, r
         assert isinstance(t, float) and math.isfinite(t) and t > 0, r
         # nccl-tests conventions, decimal GB/s, from the emulated time
         assert r["algbw_GBps"] == pytest.approx(r["bytes"] / (t * 1e3), rel=1e-9), r
-        n = r["nodes"]
+        n = r["nodes"] * r["ranks_per_node"]      # nccl-tests' n: every rank
         factor = 2 * (n - 1) / n if collective == "allreduce" else (n - 1) / n
         assert r["busbw_GBps"] == pytest.approx(r["algbw_GBps"] * factor, rel=1e-9), r
 
@@ -130,6 +130,17 @@ def test_mpiexec_torus_matches_model(bench_json, topology, nodes):
     _check_records(records, [1024, 4100, 65536], ALL_ALGOS, ranks=4, executor="mpi", nodes=nodes)
     model = bench_json(_bench_args(topology, EMULATED_ALGOS, sizes, executor="model"))
     assert _emulated(records) == _emulated(model)
+
+
+def test_ranks_per_node_under_mpiexec_matches_model(bench_json):
+    """--ranks-per-node 2 on ring:2: four ranks, real data right, the model's times; records say N and P."""
+    algos = ["ring", "directreduce", "host-best", "mpi"]
+    extra = ("--ranks-per-node", "2")
+    records = bench_json(_bench_args("ring:2", algos, "1K,4100", extra=extra), n=4)
+    _check_records(records, [1024, 4100], algos, ranks=4, executor="mpi", nodes=2)
+    model = bench_json(_bench_args("ring:2", algos[:-1], "1K,4100", executor="model", extra=extra))
+    assert _emulated(records) == _emulated(model)
+    assert {r["ranks_per_node"] for r in records + model} == {2}   # busbw over N * P ranks: _check_records
 
 
 def test_model_executor_huge_torus(nicemu, tmp_path):
