@@ -22,7 +22,7 @@ import numpy as np
 
 from nicemu.nic.compute_enhancer import ComputeEnhancer
 from nicemu.nic.datadirector import DataDirector
-from nicemu.nic.gatekeeper import GateKeeper
+from nicemu.nic.gatekeeper import GateKeeper, budget_bytes, host_part, host_share, overflow
 from nicemu.nic.host import HostCpu
 from nicemu.nic.host_memory import HostMemory
 from nicemu.nic.link import Links
@@ -51,6 +51,12 @@ class NicAgents:
         self.clock = np.zeros(nodes)
         self.nic_ready = np.zeros(nodes)  # when its last output is available in the NIC buffer
         self.nic_first = np.zeros(nodes)  # first packet of the last chunk the DataDirector steered
+        # NIC memory (docs/model.md §4.3): the share of the chunk a node forwards next, and of its
+        # intermediate segment (a torus's later operands), that did not fit and sits in host memory
+        self.memory_KiB = profile.nic.memory_KiB
+        self.spill_share = np.zeros(nodes)
+        self.pool_share = np.zeros(nodes)
+        self.spill_bytes = np.zeros(nodes)   # bytes read back from host memory because they did not fit
         #: link fault injection (collectives/model/link_faults.py), None when off
         self.faults = None
         self.slowed = False   # stragglers: some service times are per-node arrays
@@ -69,7 +75,8 @@ class NicAgents:
 
     def reset(self) -> None:
         """Back to an idle fabric at time 0 (every collective call starts idle)."""
-        for arr in (self.clock, self.nic_ready, self.nic_first, self.pcie.read_free, self.pcie.write_free,
+        for arr in (self.clock, self.nic_ready, self.nic_first, self.spill_share, self.pool_share, self.spill_bytes,
+                    self.pcie.read_free, self.pcie.write_free,
                     self.links.free, self.compute.free, self.compute.busy_us, self.host.free,
                     self.host.busy_us, self.memory.free):
             arr.fill(0.0)
@@ -78,13 +85,18 @@ class NicAgents:
 
     def send(self, ix: np.ndarray, dim: int, direction: int, nbytes: np.ndarray,
              from_host: bool, cut_through: bool = False, host_nbytes: np.ndarray | None = None,
-             local: bool = False) -> tuple[np.ndarray, np.ndarray]:
+             local: bool = False, engine: str = "host", reduce: bool = False, nic_share: float = 1.0,
+             new_pool: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Sender side of a step: packet stream (first, last) arriving at the peer's NIC.
 
         ``cut_through``: the chunk is the part of the previous incoming stream that
         travels on, forwarded as its packets arrive (all-to-all, NIC variant).
         ``local``: the peer is a rank of the same node; it reads the chunk from this rank's
         memory once the rank is done with its previous step (no NIC, no link).
+        ``engine="nic"`` with a chunk from the NIC buffer: the part that did not fit in NIC memory is
+        read back from host memory (``reduce``: the share the previous step left there; else the chunk's
+        overflow of its ``nic_share`` of the memory). ``new_pool``: the first step of a later torus
+        dimension; the intermediate segment it takes its operands from is the previous output.
         """
         if local:
             ready = self.clock[ix].copy()
@@ -93,6 +105,12 @@ class NicAgents:
                                                self.nic_ready[ix], nbytes,
                                                self.nic_first[ix] if cut_through else None,
                                                host_nbytes)
+        if engine == "nic" and not from_host and not cut_through and host_nbytes is None:
+            if new_pool:
+                self.pool_share[ix] = self.spill_share[ix]
+            host = (host_part(nbytes, self.spill_share[ix]) if reduce
+                    else overflow(nbytes, budget_bytes(self.memory_KiB, nic_share)))
+            first, last = self.gatekeeper.read_back(ix, self.clock[ix], host, first, last, self.spill_bytes)
         return self.links.transmit(ix, dim, direction, first, last, nbytes)
 
     def send_routed(self, ix: np.ndarray, route, nbytes: np.ndarray, from_host: bool
@@ -107,11 +125,14 @@ class NicAgents:
     def receive(self, ix: np.ndarray, first: np.ndarray, last: np.ndarray,
                 nbytes: np.ndarray, engine: str, reduce: bool, to_host: bool,
                 operand_from_host: bool = True, deliver_nbytes: np.ndarray | None = None,
-                local: bool = False, dram_per_byte: float | None = None) -> None:
+                local: bool = False, dram_per_byte: float | None = None, nic_share: float = 1.0) -> None:
         """Receiver side of a step: advances the receiving nodes' clocks.
 
         ``deliver_nbytes`` (nic engine): only this part of the chunk is final and
         DMA-written to host memory; the rest stays in the NIC to travel on.
+        A reduced chunk keeps at most its ``nic_share`` of NIC memory (on a torus's later dimensions,
+        at most the share its intermediate segment kept); the rest is DMA-written to host memory
+        as it is produced, unless the whole chunk is final and written anyway.
         """
         if engine == "host":
             if not local:
@@ -124,16 +145,26 @@ class NicAgents:
             if operand_from_host:
                 operand = self.gatekeeper.prefetch_operand(ix, self.clock[ix], nbytes)
             else:
-                operand = (self.nic_ready[ix], self.nic_ready[ix])
+                ready = self.nic_ready[ix]
+                operand = self.gatekeeper.read_back(ix, self.clock[ix], host_part(nbytes, self.pool_share[ix]),
+                                                    ready, ready, self.spill_bytes)
             first, last = self.compute.timing(ix, (first, last), operand, nbytes)
+            share = host_share(nbytes, budget_bytes(self.memory_KiB, nic_share))
+            if not operand_from_host:
+                share = vmax(share, self.pool_share[ix])
+            self.spill_share[ix] = share
         else:
             first, last = self.datadirector.steer(first, last, nbytes, ix)
             self.nic_first[ix] = first
         self.nic_ready[ix] = vmax(self.nic_ready[ix], last)
+        done = last
         if to_host:
-            _, last = self.datadirector.deliver(ix, first, last,
+            _, done = self.datadirector.deliver(ix, first, last,
                                                 nbytes if deliver_nbytes is None else deliver_nbytes)
-        self.clock[ix] = vmax(self.clock[ix], last)
+        elif reduce:
+            done = self.datadirector.spill(ix, first, last, host_part(nbytes, share), done)
+        self.clock[ix] = vmax(self.clock[ix], done)
 
     def stats(self, ix: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
-        return {"host_busy_us": self.host.busy_us[ix], "nic_busy_us": self.compute.busy_us[ix]}
+        return {"host_busy_us": self.host.busy_us[ix], "nic_busy_us": self.compute.busy_us[ix],
+                "nic_spill_bytes": self.spill_bytes[ix]}

@@ -13,7 +13,7 @@ import numpy as np
 from nicemu.nic.pcie import Pcie
 from nicemu.nic.profile import Profile
 from nicemu.nic.stragglers import per_node
-from nicemu.nic.streams import stage
+from nicemu.nic.streams import ArrayLike, stage, vmax
 
 
 class DataDirector:
@@ -33,6 +33,26 @@ class DataDirector:
                 nbytes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """DMA-write final data into host memory."""
         return self.pcie.write(ix, first, last, nbytes)
+
+    def spill(self, ix, first: ArrayLike, last: ArrayLike, host_nbytes: ArrayLike, done: ArrayLike) -> ArrayLike:
+        """DMA-write the part of a produced chunk that does not fit in the NIC, beside the reduction.
+
+        Returns ``done`` moved to the end of that write where there is one (nodes with nothing to
+        write leave the write engine as it was).
+        """
+        if not isinstance(host_nbytes, np.ndarray):
+            if host_nbytes <= 0.0:
+                return done
+            _, end = self.pcie.write(ix, first, last, host_nbytes)
+            return vmax(done, end)
+        sel = host_nbytes > 0.0
+        if not sel.any():
+            return done
+        _, end = self.pcie.write(np.asarray(ix)[sel], np.asarray(first)[sel], np.asarray(last)[sel],
+                                 host_nbytes[sel])
+        done = np.array(done, dtype=np.float64)
+        done[sel] = vmax(done[sel], end)
+        return done
 
     @staticmethod
     def place(dest: np.ndarray, incoming: np.ndarray) -> None:

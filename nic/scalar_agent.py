@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from nicemu.nic.gatekeeper import budget_bytes, host_part, host_share, overflow
 from nicemu.nic.host import pass_dram
 from nicemu.nic.host_memory import HostMemory
 from nicemu.nic.profile import Profile
@@ -74,6 +75,11 @@ class StepCosts:
     nbytes: int = 0                # the transfer (host DRAM traffic, nic/host_memory.py)
     spill: float = 0.0             # its DRAM bytes when DMA-written (past the DDIO share)
     pass_dram: float = 0.0         # DRAM bytes of the host's pass over it
+    # NIC memory (nic/gatekeeper.py, docs/model.md §4.3); nic engine only
+    read_back: bool = False        # sent from the NIC buffer: read back what did not fit
+    place_host: float = 0.0        # allgather sends: the chunk's overflow of its share of NIC memory
+    new_pool: bool = False         # first step of a later torus dimension (operand segment changes)
+    own_share: float = 0.0         # reduce: the share of the produced chunk that does not fit
 
 
 class ScalarAgent:
@@ -92,6 +98,7 @@ class ScalarAgent:
         self.nic_latency_us = profile.nic.latency_us
         self.host_us_per_B = us_per_byte(profile.host.reduce_GBps)
         self.host_overhead_us = profile.host.overhead_us
+        self.memory_KiB = profile.nic.memory_KiB
         memory = HostMemory(profile, 1, ranks_per_node)
         self.memory = memory if memory.active else None
         self.reset()
@@ -104,12 +111,15 @@ class ScalarAgent:
         self.compute_free = self.compute_busy = 0.0
         self.host_free = self.host_busy = 0.0
         self.mem_free = 0.0
+        self.spill_share = self.pool_share = self.spill_bytes = 0.0
 
     def costs(self, step, nbytes: int) -> StepCosts:
         """Precompute a step (a nicemu.collectives.schedules.steps.Step's flags) for a transfer of ``nbytes``."""
         pkt = self.packet_bytes
         host_rate = self.host_us_per_B if step.reduce else 0.0
         host_work = float(nbytes) * host_rate
+        nic = step.engine == "nic"
+        budget = budget_bytes(self.memory_KiB, step.nic_share)
         return StepCosts(
             link_slot=2 * step.dim + (0 if step.direction > 0 or self.shared_port else 1),
             from_host=step.from_host, engine=step.engine, reduce=step.reduce, to_host=step.to_host,
@@ -122,7 +132,11 @@ class ScalarAgent:
             host_work_us=host_work, host_busy_us=self.host_overhead_us + host_work,
             compute_busy_us=float(nbytes) * self.ce_us_per_B, nbytes=nbytes,
             spill=0.0 if self.memory is None else self.memory.spill(nbytes),
-            pass_dram=0.0 if self.memory is None else pass_dram(self.memory, nbytes, step.reduce, False))
+            pass_dram=0.0 if self.memory is None else pass_dram(self.memory, nbytes, step.reduce, False),
+            read_back=nic and not step.from_host and not step.cut_through and step.host_count is None,
+            place_host=overflow(nbytes, budget) if nic and not step.reduce else 0.0,
+            new_pool=nic and step.reduce and not step.from_host and step.index == 0,
+            own_share=host_share(nbytes, budget) if nic and step.reduce else 0.0)
 
     # Host DRAM (nic/host_memory.py), in HostMemory's operations and order; only when it is charged.
     def _dram(self, first: float, last: float, c: StepCosts, dram: float) -> tuple[float, float]:
@@ -145,12 +159,35 @@ class ScalarAgent:
             first, last = self._dram(first, last, c, c.spill)
         return first, last
 
+    def _read_bytes(self, nbytes: float, ready: float) -> tuple[float, float]:
+        """Pcie.read of ``nbytes`` that are not the step's chunk (NIC memory read-back)."""
+        first = last = ready
+        if self.memory is not None:
+            first, last, self.mem_free = memory_stage(ready, ready, nbytes, nbytes, self.mem_free,
+                                                      self.memory.us_per_B, self.packet_bytes)
+        costs = StageCosts.of(nbytes, self.pcie_us_per_B, self.pcie_latency_us, self.packet_bytes)
+        first, last, self.read_free = costs.run(first, last, self.read_free)
+        return first, last
+
+    def _read_back(self, nbytes: float, first: float, last: float) -> tuple[float, float]:
+        """GateKeeper.read_back: join with the read of the ``nbytes`` that did not fit in the NIC."""
+        if nbytes <= 0.0:
+            return first, last
+        self.spill_bytes += nbytes
+        f_host, l_host = self._read_bytes(nbytes, self.clock)
+        return _later(first, f_host), _later(last, l_host)
+
     def send(self, c: StepCosts) -> tuple[float, float]:
         """NicAgents.send: the packet stream (first, last) arriving at the peer's NIC."""
         if c.from_host:
             first, last = self._read(c, self.clock)
         else:
             first = last = self.nic_ready
+            if c.read_back:
+                if c.new_pool:
+                    self.pool_share = self.spill_share
+                host = host_part(c.nbytes, self.spill_share) if c.reduce else c.place_host
+                first, last = self._read_back(host, first, last)
         slot = c.link_slot
         first, last, self.link_free[slot] = c.link.run(first, last, self.link_free[slot])
         return first, last
@@ -178,13 +215,26 @@ class ScalarAgent:
             if c.operand_from_host:
                 op_first, op_last = self._read(c, self.clock)
             else:
-                op_first = op_last = self.nic_ready
+                op_first, op_last = self._read_back(host_part(c.nbytes, self.pool_share),
+                                                    self.nic_ready, self.nic_ready)
             first, last = _later(first, op_first), _later(last, op_last)
             first, last, self.compute_free = c.compute.run(first, last, self.compute_free)
             self.compute_busy += c.compute_busy_us
+            share = c.own_share if c.operand_from_host else _later(c.own_share, self.pool_share)
+            self.spill_share = share
         else:
             first, last, _ = c.steer.run(first, last, first)
         self.nic_ready = _later(self.nic_ready, last)
+        done = last
         if c.to_host:
-            _, last = self._write(c, first, last)
-        self.clock = _later(self.clock, last)
+            _, done = self._write(c, first, last)
+        elif c.reduce:
+            host = host_part(c.nbytes, share)
+            if host > 0.0:     # DataDirector.spill: the part that does not fit, DMA-written
+                costs = StageCosts.of(host, self.pcie_us_per_B, self.pcie_latency_us, self.packet_bytes)
+                w_first, end, self.write_free = costs.run(first, last, self.write_free)
+                if self.memory is not None:
+                    _, end, self.mem_free = memory_stage(w_first, end, host, self.memory.spill(host),
+                                                         self.mem_free, self.memory.us_per_B, self.packet_bytes)
+                done = _later(done, end)
+        self.clock = _later(self.clock, done)

@@ -67,8 +67,9 @@ class Result:
 
     Times are emulated microseconds (``emulated_us``: the slowest node's completion; ``host_busy_us`` and
     ``nic_busy_us``: the busiest host CPU and NIC reduction engine), ``wire_bytes`` the payload bytes over
-    all links and ``framed_bytes`` those plus ``link.header_bytes`` per packet. For ``algo="mpi"`` the
-    timing fields are None (MPI's own collective has only a wall time).
+    all links and ``framed_bytes`` those plus ``link.header_bytes`` per packet; ``nic_spill_bytes`` the most
+    bytes one NIC read back from host memory because they did not fit in ``nic.memory_KiB`` (dense). For
+    ``algo="mpi"`` the timing fields are None (MPI's own collective has only a wall time).
     """
 
     data: np.ndarray | list[np.ndarray] | None   # None under the model executor
@@ -80,6 +81,7 @@ class Result:
     faults: dict | None = None                    # with faults: drops, corruptions, retransmit_bytes, per_link
     chosen_algo: str | None = None                # host-best: the host algorithm it ran
     framed_bytes: int | None = None               # wire_bytes plus link.header_bytes per packet (dense)
+    nic_spill_bytes: int | None = None            # dense: most bytes one NIC read back (did not fit)
 
 
 class Emulator:
@@ -312,7 +314,7 @@ class Emulator:
             return Result(result, None, None, None, None)
         return Result(result, timing.emulated_us, timing.host_busy_us, timing.nic_busy_us,
                       timing.wire_bytes, timing.node_done_us, timing.faults, timing.chosen_algo,
-                      timing.framed_bytes)
+                      timing.framed_bytes, timing.nic_spill_bytes)
 
     def _prepare(self, collective: str, data: np.ndarray, op: str, algo: str, out: np.ndarray | None,
                  call: int | None, options: dict) -> tuple[np.ndarray, bool, np.ndarray, dict]:

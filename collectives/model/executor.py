@@ -27,7 +27,8 @@ class Timing:
     ``wire_bytes`` the payload bytes over all links, ``framed_bytes`` those plus ``link.header_bytes`` per
     packet (dense). Sparse algorithms add ``upstream_bytes``, ``downstream_bytes`` and ``spilled`` (the
     spots did not fit in NIC memory); ``faults`` holds drops, corruptions, retransmit_bytes and per_link;
-    ``chosen_algo`` is the host algorithm ``host-best`` ran.
+    ``chosen_algo`` is the host algorithm ``host-best`` ran; ``nic_spill_bytes`` (dense) the most bytes
+    one node's NIC read back from host memory because they did not fit in ``nic.memory_KiB``.
     """
 
     emulated_us: float            # completion of the slowest node
@@ -41,6 +42,7 @@ class Timing:
     faults: dict | None = None            # --faults: drops, corruptions, retransmit_bytes, per_link
     chosen_algo: str | None = None        # host-best: the algorithm it ran
     framed_bytes: int | None = None       # wire_bytes plus link.header_bytes per packet (dense algorithms)
+    nic_spill_bytes: int | None = None    # dense: most bytes one NIC read back because they did not fit
 
 
 def run_model(schedule: Schedule, profile: Profile, itemsize: int, faults: FaultSpec | None = None,
@@ -65,4 +67,5 @@ def run_model(schedule: Schedule, profile: Profile, itemsize: int, faults: Fault
     return Timing(float(np.max(agents.clock)), agents.clock.copy(),
                   float(np.max(stats["host_busy_us"])), float(np.max(stats["nic_busy_us"])),
                   links.bytes_sent, faults=fault_stats,
-                  framed_bytes=links.framed_sent if links.header_bytes else links.bytes_sent)
+                  framed_bytes=links.framed_sent if links.header_bytes else links.bytes_sent,
+                  nic_spill_bytes=int(np.max(stats["nic_spill_bytes"], initial=0.0)))

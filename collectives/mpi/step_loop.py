@@ -96,8 +96,8 @@ class VectorClock:
 
     def __init__(self, agents: NicAgents) -> None:
         self.agents = agents
-        self.local = np.zeros(3)
-        self.glob = np.zeros(3)
+        self.local = np.zeros(4)
+        self.glob = np.zeros(4)
 
     def reset(self) -> None:
         self.agents.reset()
@@ -110,12 +110,13 @@ class VectorClock:
                      plan.recv_final_nbytes)
 
     def local_stats(self) -> np.ndarray:
-        """[latest node completion, busiest host, busiest NIC] of this rank."""
+        """[latest node completion, busiest host, busiest NIC, most NIC read-back bytes] of this rank."""
         agents = self.agents
         stats = agents.stats()
         local = self.local
-        local[0], local[1], local[2] = (agents.clock.max(), stats["host_busy_us"].max(),
-                                        stats["nic_busy_us"].max())
+        local[0], local[1], local[2], local[3] = (agents.clock.max(initial=0.0), stats["host_busy_us"].max(initial=0.0),
+                                                  stats["nic_busy_us"].max(initial=0.0),
+                                                  stats["nic_spill_bytes"].max(initial=0.0))
         return local
 
     def node_done(self) -> np.ndarray:
@@ -127,8 +128,8 @@ class ScalarClock:
 
     def __init__(self, scalar: ScalarAgent) -> None:
         self.scalar = scalar
-        self.local = np.zeros(3)
-        self.glob = np.zeros(3)
+        self.local = np.zeros(4)
+        self.glob = np.zeros(4)
 
     def reset(self) -> None:
         self.scalar.reset()
@@ -141,7 +142,7 @@ class ScalarClock:
 
     def local_stats(self) -> np.ndarray:
         s, local = self.scalar, self.local
-        local[0], local[1], local[2] = s.clock, s.host_busy, s.compute_busy
+        local[0], local[1], local[2], local[3] = s.clock, s.host_busy, s.compute_busy, s.spill_bytes
         return local
 
     def node_done(self) -> np.ndarray:
@@ -194,4 +195,5 @@ def reduce_timing(comm: MPI.Comm, guard: Any, clock: VectorClock | ScalarClock, 
     local, glob = clock.local_stats(), clock.glob
     with guard:
         comm.Allreduce(local, glob, op=MPI.MAX)
-    return Timing(float(glob[0]), clock.node_done(), float(glob[1]), float(glob[2]), wire_bytes)
+    return Timing(float(glob[0]), clock.node_done(), float(glob[1]), float(glob[2]), wire_bytes,
+                  nic_spill_bytes=int(glob[3]))

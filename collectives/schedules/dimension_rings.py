@@ -60,10 +60,10 @@ def dimension_ring_steps(topology: Torus, count: int, collective: str,
                     yield Step("rs", d, 1, s, nodes, nxt, off, cnt, **flags, group=group)
                 else:
                     (o1, c1), _ = _halves(off, cnt)
-                    yield Step("rs", d, 1, s, nodes, nxt, o1, c1, **flags, group=group)
+                    yield Step("rs", d, 1, s, nodes, nxt, o1, c1, **flags, group=group, nic_share=0.5)
                     off, cnt = split(seg_off, seg_cnt, k, (pos + s + 1) % k)
                     _, (o2, c2) = _halves(off, cnt)
-                    yield Step("rs", d, -1, s, nodes, prv, o2, c2, **flags, group=group)
+                    yield Step("rs", d, -1, s, nodes, prv, o2, c2, **flags, group=group, nic_share=0.5)
                 group += 1
         before.append((seg_off, seg_cnt))
         seg_off, seg_cnt = split(seg_off, seg_cnt, k, pos)
@@ -84,8 +84,8 @@ def dimension_ring_steps(topology: Torus, count: int, collective: str,
                 yield Step("ag", d, 1, s, nodes, nxt, off, cnt, **flags, group=group)
             else:
                 (o1, c1), _ = _halves(off, cnt)
-                yield Step("ag", d, 1, s, nodes, nxt, o1, c1, **flags, group=group)
+                yield Step("ag", d, 1, s, nodes, nxt, o1, c1, **flags, group=group, nic_share=0.5)
                 off, cnt = split(seg_off, seg_cnt, k, (pos + s) % k)
                 _, (o2, c2) = _halves(off, cnt)
-                yield Step("ag", d, -1, s, nodes, prv, o2, c2, **flags, group=group)
+                yield Step("ag", d, -1, s, nodes, prv, o2, c2, **flags, group=group, nic_share=0.5)
             group += 1

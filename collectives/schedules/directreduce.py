@@ -17,8 +17,9 @@ The data path of one reduce-scatter step at the receiving node (see
    final: it is written to the host and forwarded from the NIC buffer in the
    next step.
 
-The model assumes the NIC buffer holds the chunk of one step (see
-docs/model.md, "DirectReduce buffering").
+The NIC buffer holds the chunk of one step (one per direction) up to
+``nic.memory_KiB``; the rest goes to host memory and is read back when sent
+(nic/gatekeeper.py; docs/model.md, "DirectReduce buffering and NIC memory").
 
 Compared with the host ring, each step saves a PCIe write, a host
 notification, a host reduction pass and a PCIe read; the reduction overlaps

@@ -57,6 +57,8 @@ class Step:
                                # from before the step (the transports complete the sends first)
     local: bool = False        # ranks of one node (--ranks-per-node): through host memory, no NIC or link
     dram_per_byte: float | None = None  # local steps: host DRAM bytes per byte of the receiver's pass
+    nic_share: float = 1.0     # nic engine: the share of nic.memory_KiB this transfer's chunk may hold
+                               # (the two directions of a bidirectional ring hold one chunk each at once)
 
     def describe(self, limit: int = 4) -> str:
         head = (f"{self.phase} dim={self.dim} dir={self.direction:+d} step={self.index} "

