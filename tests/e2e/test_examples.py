@@ -16,7 +16,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CASES = {
     "directreduce_vs_ring.py": (2, [], "directreduce vs ring: 16.2% lower latency"),
     "sparse_gradient.py": (2, [], "omniccl speedup over ring: 2.45x"),
-    "model_sweep.py": (None, [], "    ring:8   67108864    12356.901          9420.395   23.8%"),
+    "model_sweep.py": (None, [], "    ring:8   67108864    12356.971          9428.030   23.7%"),
     "faults_stragglers.py": (4, [], "model executor agrees: True"),
     "test_allreduce_mpi.py": (2, None, "5 passed"),
 }
