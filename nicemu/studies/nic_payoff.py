@@ -219,6 +219,59 @@ def _slower(gain: float) -> str:
     return f"{1 - gain:.1f}×"
 
 
+def win_ranges(rows: Sequence[dict], key: str) -> list[tuple[int, int]]:
+    """The maximal runs of consecutive sizes at which DirectReduce beats the baseline, as (first, last)."""
+    runs: list[list[int]] = []
+    prev_won = False
+    for r in sorted(rows, key=lambda r: r["bytes"]):
+        won = r[key] > 0
+        if won and prev_won:
+            runs[-1][1] = r["bytes"]
+        elif won:
+            runs.append([r["bytes"], r["bytes"]])
+        prev_won = won
+    return [(a, b) for a, b in runs]
+
+
+def _wins(records: Sequence[dict], key: str, row_key, row_label) -> str:
+    out = []
+    for row in _rows(records, row_key):
+        runs = win_ranges([r for r in records if row_key(r) == row], key)
+        text = " and ".join(format_size(a) + (f"–{format_size(b)}" if b != a else "") for a, b in runs)
+        out.append(f"{row_label(row)} {text or 'never'}")
+    return ", ".join(out)
+
+
+def first_chunk(r: dict) -> float:
+    """Bytes of DirectReduce's first-ring chunk at a record's size (M over the first dimension's nodes)."""
+    return r["bytes"] / parse_topology(r["topology"]).shape[0]
+
+
+def _nic_buffer_note(records: Sequence[dict], profile: Profile) -> str | None:
+    """Why DirectReduce can lose again at the largest sizes: its chunks outgrow the NIC buffer."""
+    limit = profile.nic.memory_KiB * 1024
+    spill = [r for r in records if first_chunk(r) > limit]
+    if not spill:
+        return None
+    big = max(r["bytes"] for r in records)
+    starts = ", ".join(f"{topo} from {format_size(min(r['bytes'] for r in spill if r['topology'] == topo))}"
+                       for topo in _rows(spill, lambda r: r["topology"]))
+    at_big = [r for r in records if r["bytes"] == big]
+    t = _terms(profile)
+    return (f"Why it can lose again at the largest sizes: the NIC keeps at most nic.memory_KiB = "
+            f"{profile.nic.memory_KiB:g} KiB of a chunk it forwards (model.md §4.3). Once a chunk does not fit "
+            f"({starts}), the rest goes to host memory and is read back over PCIe in every step, beside the "
+            f"operand, so the PCIe read engine carries up to twice the link's bytes"
+            + (f"; with PCIe x16 at {profile.pcie.bandwidth_GBps:g} GB/s, no faster than the "
+               f"{profile.link.bandwidth_GBps:g} GB/s link, that read is the bottleneck"
+               if t["pi"] >= t["beta"] else "")
+            + f". At {format_size(big)} the gain over host-best is "
+            f"{_pct(min(r['gain_vs_best_host'] for r in at_big))} to "
+            f"{_pct(max(r['gain_vs_best_host'] for r in at_big))}. This is the conservative end: a DirectReduce "
+            "that forwarded each reduced packet at once, across ring steps, would hold only a window of a "
+            "chunk; the model does not pipeline across steps (model.md §8).")
+
+
 def _crossovers(records: Sequence[dict], key: str, row_key, row_label) -> str:
     out = []
     for row in _rows(records, row_key):
@@ -237,17 +290,17 @@ def findings_sizes(records: Sequence[dict], profile: Profile) -> list[str]:
     by_topo = (lambda r: r["topology"], str)
     wins = [r for r in records if r["gain_vs_best_host"] > 0]
     losses = [r for r in records if r["gain_vs_best_host"] <= 0]
-    text = (f"Against host-best, DirectReduce pays off at and above these sizes per node: "
-            f"{_crossovers(records, 'gain_vs_best_host', *by_topo)}.")
+    text = (f"Against host-best, DirectReduce pays off at these sizes per node: "
+            f"{_wins(records, 'gain_vs_best_host', *by_topo)}.")
     if wins:
         top = max(wins, key=lambda r: r["gain_vs_best_host"])
-        text += (f" Above them it cuts the latency by {100 * min(r['gain_vs_best_host'] for r in at_big):.1f}% "
-                 f"to {100 * max(r['gain_vs_best_host'] for r in at_big):.1f}% at {format_size(big)}, at most "
+        text += (f" At {format_size(big)} its gain is {_pct(min(r['gain_vs_best_host'] for r in at_big))} to "
+                 f"{_pct(max(r['gain_vs_best_host'] for r in at_big))}; at most "
                  f"{100 * top['gain_vs_best_host']:.1f}% ({top['topology']}, {format_size(top['bytes'])}).")
     out.append(text)
     if losses:
-        worst = min(losses, key=lambda r: r["gain_vs_best_host"])
-        out.append(f"Below them it does not pay off: at {format_size(small)} DirectReduce is "
+        worst = min(at_small, key=lambda r: r["gain_vs_best_host"])
+        out.append(f"At small sizes it does not pay off: at {format_size(small)} DirectReduce is "
                    f"{_slower(max(r['gain_vs_best_host'] for r in at_small))} to "
                    f"{_slower(worst['gain_vs_best_host'])} slower than host-best (the worst: {worst['topology']}). The "
                    "switch is where the host algorithms are strongest: their partners are one hop away, while "
@@ -296,6 +349,9 @@ def findings_sizes(records: Sequence[dict], profile: Profile) -> list[str]:
            f"than on a ring of as many nodes, so tori stay further from the ceiling "
            f"({tori_at_big})."
            if extra else "."))
+    note = _nic_buffer_note(records, profile)
+    if note:
+        out.append(note)
     ring_cross = _crossovers(records, "gain_vs_ring", *by_topo)
     out.append(f"Against the ring (DirectReduce paper's baseline) it pays off much earlier: from {ring_cross}; "
                f"it is never more than {-100 * min(r['gain_vs_ring'] for r in records):.1f}% slower.")
@@ -332,10 +388,10 @@ def findings_links(records: Sequence[dict], base: Profile) -> list[str]:
             + ". Data that crosses PCIe on every step (the host algorithms' chunks, DirectReduce's operands "
             "in its first ring and its results in the allgather) streams at the PCIe rate, so only with "
             f"{gen5} does a {top} Gb/s link pay its full share.")
-    cross = "; ".join(_crossovers([r for r in records if r["topology"] == topo], "gain_vs_best_host",
+    cross = "; ".join(_wins([r for r in records if r["topology"] == topo], "gain_vs_best_host",
                                   lambda r: (round(r["link_Gbps"]), r["pcie"]), lambda x: f"{x[0]}G/{x[1]}")
                       + f" on {topo}" for topo in _rows(records, lambda r: r["topology"]))
-    out.append(f"Where it starts to pay off against host-best: {cross}.")
+    out.append(f"Where it pays off against host-best: {cross}.")
     at_small = [r["gain_vs_best_host"] for r in records if r["bytes"] == small]
     out.append(f"The link rate does not rescue small messages: at {format_size(small)} DirectReduce stays "
                f"{_slower(max(at_small))} to {_slower(min(at_small))} slower than host-best, latency-bound "

@@ -63,6 +63,12 @@ def test_quick_run_writes_page_json_csv_and_figures(tmp_path):
             assert r["pcie_GBps"] == nic_payoff.PCIE_GBPS[r["pcie"]]
 
 
+def test_win_ranges_are_the_runs_of_consecutive_winning_sizes():
+    rows = [{"bytes": m, "g": g} for m, g in ((1, -0.5), (2, 0.1), (4, 0.2), (8, -0.1), (16, 0.3), (32, -0.2))]
+    assert nic_payoff.win_ranges(rows, "g") == [(2, 4), (16, 16)]
+    assert nic_payoff.win_ranges(rows[:1], "g") == []
+
+
 def test_crossover_is_the_start_of_the_last_winning_run():
     rows = [{"bytes": m, "g": g} for m, g in ((1, -0.5), (2, 0.1), (4, -0.1), (8, 0.2), (16, 0.3))]
     assert nic_payoff.crossover(rows, "g") == 8
