@@ -362,7 +362,7 @@ class Emulator:
         return rows, flat, work, options
 
     def _agree(self, problem: str | None, collective: str, algo: str, op: str, rows: np.ndarray | None,
-               options: dict, root: object = 0) -> None:
+               options: dict, root_node: object = 0) -> None:
         """Every rank reaches the same verdict: a problem on any rank, or ranks that disagree on the call,
         raises :class:`CollectiveError` on all of them (one small Allgather, and a Bcast on failure)."""
         def code(value: object, table: tuple | dict) -> int:
@@ -371,7 +371,8 @@ class Emulator:
                         code(op, OPS), -1 if rows is None else code(rows.dtype.name, DTYPES),
                         -1 if rows is None else rows.shape[1],
                         zlib.crc32(repr(sorted(options.items())).encode()),
-                        root if isinstance(root, int) and 0 <= root < 1 << 62 else -1], dtype=np.int64)
+                        root_node if isinstance(root_node, int) and 0 <= root_node < 1 << 62 else -1],
+                       dtype=np.int64)
         every = np.empty((self.comm.size, sig.size), dtype=np.int64)
         self.comm.Allgather(sig, every)
         failed = np.flatnonzero(every[:, 0])

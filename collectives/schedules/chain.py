@@ -14,8 +14,12 @@ segments take ``p + S - 2`` wavefronts. Every transfer is host to host (DMA
 read, link, DMA write, host pass), routed over the topology (on a torus the
 chain in node order takes a few non-neighbour hops).
 
-Under the α-β-γ model on ``switch:p`` with segments of ``s`` elements
-(``n = S s``): broadcast ``(p + S - 2)(α + sβ)``, reduce ``(p + S - 2)(α + sβ + sγ)``.
+A node posts its sends as soon as it has the data, so the root (which never
+waits) streams its segments back to back, and so does every node behind it.
+Under the α-β-γ model on ``switch:p`` with segments of ``s`` bytes
+(``n = S s``): broadcast ``(p - 1)α + (p + S - 2)sβ``; reduce
+``(p - 1)(α + sγ) + (p + S - 2)sβ`` while the host reduces a segment no slower
+than it arrives (γ <= β).
 """
 
 from __future__ import annotations
