@@ -154,7 +154,8 @@ REGISTRY: dict[str, Algorithm] = {a.name: a for a in (
               ("allreduce",), "host", sparse=omniccl.OMNICCL_CPU, dense_partner="ring"),
     Algorithm("omnireduce", "OmniReduce: sparse AllReduce with dedicated CPU aggregators (baseline)",
               ("allreduce",), "host", sparse=omniccl.OMNIREDUCE, dense_partner="ring"),
-    Algorithm("mpi", "MPI's own collective (wall-time reference, no emulated time; alltoall: Alltoallv)",
+    Algorithm("mpi", "MPI's own collective (wall-time reference, no emulated time; alltoall: Alltoallv; "
+              "broadcast, reduce: Bcast, Reduce)",
               COLLECTIVES, "mpi"),
 )}
 
