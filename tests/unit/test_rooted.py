@@ -79,6 +79,11 @@ def test_reduce_scatter_gather_closed_forms(p, n):
     nb = count * 4
     ring = 2 * (p - 1) * ALPHA + 2 * (p - 1) / p * nb * BETA + (p - 1) / p * nb * GAMMA
     assert ideal("reduce", "ring", p, count) == pytest.approx(ring, rel=1e-9)
+    # DirectReduce: the same steps, the reduction in the NIC (free under ideal)
+    assert ideal("reduce", "directreduce", p, count) == pytest.approx(ring - (p - 1) / p * nb * GAMMA, rel=1e-9)
+    if p & (p - 1) == 0:
+        assert ideal("broadcast", "directreduce", p, count) == pytest.approx(
+            (lg(p) + p - 1) * ALPHA + 2 * (p - 1) / p * nb * BETA, rel=1e-9)
     if p & (p - 1) == 0:                          # recursive halving + binomial gather
         raben = 2 * lg(p) * ALPHA + 2 * (p - 1) / p * nb * BETA + (p - 1) / p * nb * GAMMA
         assert ideal("reduce", "rabenseifner", p, count) == pytest.approx(raben, rel=1e-9)
@@ -205,3 +210,19 @@ def test_broadcast_on_one_process_every_root(emu, algo, count):
     for root in range(p):
         res = emu.broadcast(x, root=root, algo=algo)
         assert np.array_equal(res.data, np.broadcast_to(x[root], x.shape))
+
+
+def test_bench_records_root_busbw_and_refusals(tmp_path, capsys):
+    from nicemu.cli import main
+    out = tmp_path / "r.json"
+    assert main(["bench", "--executor", "model", "--collective", "reduce", "--root", "5", "--topology", "ring:8",
+                 "--algo", "tree,directreduce", "--sizes", "4K", "--json", str(out)]) == 0
+    import json
+    recs = json.loads(out.read_text())
+    assert [r["root"] for r in recs] == [5, 5] and all(r["busbw_GBps"] == r["algbw_GBps"] for r in recs)
+    assert recs[0]["emulated_us"] == model_time("reduce", "tree", "ring:8", "directreduce-paper", 1024,
+                                                root=5).emulated_us
+    assert "root 5" in capsys.readouterr().out
+    assert main(["bench", "--executor", "model", "--collective", "broadcast", "--root", "8", "--topology", "ring:8",
+                 "--sizes", "4K"]) != 0
+    assert "root 8 is not a node of ring:8" in capsys.readouterr().err
