@@ -12,14 +12,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nicemu.collectives.schedules import alltoall, directreduce, host_ring, omniccl, recursive, ring_pipelined, tree
+from nicemu.collectives.schedules import (
+    alltoall,
+    chain,
+    directreduce,
+    host_ring,
+    omniccl,
+    recursive,
+    ring_pipelined,
+    scatter_gather,
+    tree,
+)
+from nicemu.collectives.schedules.rooted import ROOTED
 from nicemu.collectives.schedules.spot_protocol import SparseConfig
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
 from nicemu.topologies import Torus
 
 #: every collective the emulator implements
-COLLECTIVES = ("allreduce", "reducescatter", "allgather", "alltoall")
+COLLECTIVES = ("allreduce", "reducescatter", "allgather", "alltoall", "broadcast", "reduce")
+#: the collectives with a root node (``root=``, ``--root``): broadcast from it, reduce to it
+ROOTED_COLLECTIVES = ROOTED
 #: topology kinds (the part of a spec before the colon)
 TOPOLOGY_KINDS = ("ring", "switch", "torus", "astra")
 
@@ -27,7 +40,8 @@ TOPOLOGY_KINDS = ("ring", "switch", "torus", "astra")
 SPARSE_OPTIONS = ("block_size", "aggregators", "spots", "spot_blocks", "tx_spots")
 
 #: (collective, topology, count, bidirectional); a ``segmented`` algorithm's builder also takes the
-#: keyword ``segment_elems`` (elements per pipeline segment, from ``host.segment_KiB`` and the dtype)
+#: keyword ``segment_elems`` (elements per pipeline segment, from ``host.segment_KiB`` and the dtype), and
+#: the builder of a rooted collective (broadcast, reduce) the keyword ``root`` (a node id)
 Builder = Callable[..., Schedule]
 
 
@@ -75,20 +89,35 @@ class Algorithm:
         return self.build is not None
 
 
-def _host_ring(collective: str, topology: Torus, count: int, bidirectional: bool = False) -> Schedule:
+def _host_ring(collective: str, topology: Torus, count: int, bidirectional: bool = False,
+               root: int = 0) -> Schedule:
     if collective == "alltoall":
         return alltoall.build("ring", "host", topology, count)
+    if collective in ROOTED:
+        return scatter_gather.build("ring", collective, topology, count, root)
     return host_ring.build(collective, topology, count, bidirectional)
 
 
-def _directreduce(collective: str, topology: Torus, count: int, bidirectional: bool = False) -> Schedule:
+def _directreduce(collective: str, topology: Torus, count: int, bidirectional: bool = False,
+                  root: int = 0) -> Schedule:
     if collective == "alltoall":
         return alltoall.build("directreduce", "nic", topology, count)
+    if collective in ROOTED:
+        return scatter_gather.build("directreduce", collective, topology, count, root)
     return directreduce.build(collective, topology, count, bidirectional)
 
 
+def _rabenseifner(collective: str, topology: Torus, count: int, bidirectional: bool = False,
+                  root: int = 0) -> Schedule:
+    if collective in ROOTED:
+        return scatter_gather.build("rabenseifner", collective, topology, count, root)
+    return recursive.build_rabenseifner(collective, topology, count, bidirectional)
+
+
 def _ring_pipelined(collective: str, topology: Torus, count: int, bidirectional: bool = False, *,
-                    segment_elems: int) -> Schedule:
+                    segment_elems: int, root: int = 0) -> Schedule:
+    if collective in ROOTED:
+        return chain.build(collective, topology, count, segment_elems=segment_elems, root=root)
     return ring_pipelined.build(collective, topology, count, bidirectional, segment_elems=segment_elems)
 
 
@@ -98,31 +127,35 @@ REGISTRY: dict[str, Algorithm] = {a.name: a for a in (
               "(alltoall: store-and-forward through every host)",
               COLLECTIVES, "host", build=_host_ring),
     Algorithm("ring-pipelined", "host ring with segmented chunks: the host reduces a segment while the next "
-              "arrives and forwards it at once, across ring steps (segment: host.segment_KiB)",
-              ("allreduce", "reducescatter", "allgather"), "host", build=_ring_pipelined, segmented=True),
+              "arrives and forwards it at once, across ring steps (segment: host.segment_KiB; broadcast and "
+              "reduce: a segmented chain through the nodes)",
+              ("allreduce", "reducescatter", "allgather", *ROOTED), "host", build=_ring_pipelined, segmented=True),
     Algorithm("directreduce", "DirectReduce: in-NIC reduction with packet-level stream aggregation "
-              "(alltoall: the NIC forwards transit blocks cut-through)",
+              "(alltoall: the NIC forwards transit blocks cut-through; broadcast: scatter, then the NIC "
+              "allgather; reduce: the NIC reduce-scatter, then a ring gather to the root)",
               COLLECTIVES, "nic", build=_directreduce),
     Algorithm("recursive-doubling", "MPICH's short-message AllReduce: lg p exchanges of the whole vector "
               "with partners 2^k apart (non-powers of two fold in first); allgather by recursive doubling",
               ("allreduce", "allgather"), "host", build=recursive.build_recursive_doubling, link_faults=False),
     Algorithm("rabenseifner", "MPICH's long-message AllReduce: reduce-scatter by recursive halving, then "
-              "allgather by recursive doubling (non-powers of two fold in first)",
-              ("allreduce", "reducescatter", "allgather"), "host", build=recursive.build_rabenseifner,
+              "allgather by recursive doubling (non-powers of two fold in first); broadcast: binomial scatter "
+              "+ recursive-doubling allgather; reduce: recursive halving + binomial gather",
+              ("allreduce", "reducescatter", "allgather", *ROOTED), "host", build=_rabenseifner,
               link_faults=False),
     Algorithm("tree", "binomial-tree reduce to node 0, then binomial broadcast (MPICH's rooted short-message "
-              "algorithms); the whole vector on every edge", ("allreduce",), "host", build=tree.build,
-              link_faults=False),
+              "algorithms); the whole vector on every edge; broadcast and reduce: one tree from/to the root",
+              ("allreduce", *ROOTED), "host", build=tree.build, link_faults=False),
     Algorithm("host-best", "the fastest host algorithm for this collective, size and topology (timed with the "
               "model, as MPI's tuning tables choose one); records say which in best_host_algo",
-              ("allreduce", "reducescatter", "allgather"), "host", link_faults=False),
+              ("allreduce", "reducescatter", "allgather", *ROOTED), "host", link_faults=False),
     Algorithm("omniccl", "OmNICCL: zero-block-sparse AllReduce aggregated on SmartNICs (Rx/Tx spots, DCA)",
               ("allreduce",), "nic", sparse=omniccl.OMNICCL, dense_partner="directreduce"),
     Algorithm("omniccl-cpu", "the OmNICCL protocol aggregated by the aggregator node's host CPU",
               ("allreduce",), "host", sparse=omniccl.OMNICCL_CPU, dense_partner="ring"),
     Algorithm("omnireduce", "OmniReduce: sparse AllReduce with dedicated CPU aggregators (baseline)",
               ("allreduce",), "host", sparse=omniccl.OMNIREDUCE, dense_partner="ring"),
-    Algorithm("mpi", "MPI's own collective (wall-time reference, no emulated time; alltoall: Alltoallv)",
+    Algorithm("mpi", "MPI's own collective (wall-time reference, no emulated time; alltoall: Alltoallv; "
+              "broadcast, reduce: Bcast, Reduce)",
               COLLECTIVES, "mpi"),
 )}
 
@@ -141,9 +174,13 @@ def names(*, kind: str | None = None, emulated: bool | None = None, collective: 
             and (scheduled is None or a.scheduled == scheduled)]
 
 
-def check_link_faults(name: str) -> None:
-    """Refuse --faults for an algorithm whose steps the fault model does not cover."""
+def check_link_faults(name: str, collective: str | None = None) -> None:
+    """Refuse --faults for an algorithm (or a rooted collective) whose steps the fault model does not cover."""
     algo = get(name)
+    if collective in ROOTED and algo.emulated:
+        raise CollectiveError(f"link faults are not modelled for {collective} (its scatter, gather and chain "
+                              f"reach partners that are not neighbours); run it without --faults "
+                              f"(stragglers work)")
     if algo.emulated and not algo.link_faults:
         raise CollectiveError(f"link faults are modelled on neighbour links only; {name} sends to partners "
                               f"further away: run it without --faults (stragglers work), or use "

@@ -33,6 +33,7 @@ from nicemu.collectives.api.checks import (
     check_collective,
     check_dtype_op,
     check_ranks_per_node,
+    check_root,
     check_schedule_size,
     check_sparse_call,
     fault_options,
@@ -40,7 +41,7 @@ from nicemu.collectives.api.checks import (
 from nicemu.collectives.api.host_best import NAME as HOST_BEST
 from nicemu.collectives.api.model import resolve_host_best
 from nicemu.collectives.model.executor import run_model
-from nicemu.collectives.registry import get, is_sparse
+from nicemu.collectives.registry import ROOTED_COLLECTIVES, check_link_faults, get, is_sparse
 from nicemu.collectives.schedules.sparse_patterns import check_pattern, pattern_mask
 from nicemu.collectives.schedules.steps import final_segments
 from nicemu.errors import UsageError
@@ -75,6 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algo", default="ring,directreduce",
                    help=f"comma list of algorithms: {', '.join(ALGORITHMS)} (default: ring,directreduce)")
     p.add_argument("--collective", default="allreduce", help=f"one of {', '.join(COLLECTIVES)}")
+    p.add_argument("--root", type=int, default=0, metavar="N",
+                   help="broadcast and reduce: the root node, 0 to nodes-1 (default 0)")
     p.add_argument("--topology", default=None,
                    help="ring:N, torus:AxBxC, torus:K^D or astra:FILE.yml, at most 2**24 nodes; a dense "
                         "algorithm's schedule at most 2**30 transfers, i.e. rings of up to about 23,000 nodes "
@@ -170,6 +173,7 @@ def validate(args: argparse.Namespace, comm):
                 else ring(max(comm.size // per_node, 2) if comm.size > 1 else 8)).with_ranks_per_node(per_node)
     for a in algos:
         check_ranks_per_node(topology, a, args.collective)
+    check_root(getattr(args, "root", 0), topology, args.collective)
     profile = load_profile(args.profile, args.overrides)
     check_pattern(topology.nodes, args.density, args.overlap)
     if args.collective == "alltoall":
@@ -237,6 +241,9 @@ def _reference(args: argparse.Namespace, topology, count: int, dtype: np.dtype
         off, cnt = final_segments(topology, count)
         return bench_data.gathered_reference(off, cnt, count, args.density, args.block_size,
                                              args.overlap, args.seed, dtype), 0.0
+    if args.collective == "broadcast":
+        return bench_data.broadcast_reference(args.root, topology.nodes, count, args.density, args.block_size,
+                                              args.overlap, args.seed, dtype), 0.0
     return bench_data.reduced_reference(topology.nodes, count, args.op, args.density,
                                         args.block_size, args.overlap, args.seed, dtype)
 
@@ -258,7 +265,8 @@ def _run_mpi(emu, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
     comm = emu.comm
     count = nbytes // dtype.itemsize
     nodes = list(emu.node_range)
-    op = "sum" if args.collective in ("allgather", "alltoall") else args.op     # prod has its own inputs
+    op = "sum" if args.collective in ("allgather", "alltoall", "broadcast") else args.op  # prod: own inputs
+    root = getattr(args, "root", 0)
     inputs = np.stack([bench_data.node_input(n, emu.topology.nodes, count, dtype, args.density,
                                              args.block_size, args.overlap, args.seed, op=op)
                        for n in nodes])
@@ -270,7 +278,7 @@ def _run_mpi(emu, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
         np.copyto(work, inputs)
         comm.Barrier()
         t0 = MPI.Wtime()
-        timing = emu.run_inplace(args.collective, work, args.op, algo, sparse_options(args), call=it)
+        timing = emu.run_inplace(args.collective, work, args.op, algo, sparse_options(args), call=it, root=root)
         t1 = MPI.Wtime()
         if it >= args.warmup:
             walls.append(t1 - t0)
@@ -290,6 +298,9 @@ def _run_mpi(emu, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
         for row, n in zip(work, nodes):
             part = slice(off[n], off[n] + cnt[n])
             wrong += bench_data.count_wrong(row[part], ref[part], bound[part] if np.ndim(bound) else bound)
+    elif args.collective == "reduce":       # only the root's row is defined (nccl-tests checks it alone)
+        if root in emu.node_range:
+            wrong += bench_data.count_wrong(work[root - emu.node_range.start], ref, bound)
     else:
         for row in work:
             wrong += bench_data.count_wrong(row, ref, bound)
@@ -333,15 +344,16 @@ def _model_timing(topology, profile, args, algo: str, dtype: np.dtype, count: in
         masks = np.stack([pattern_mask(n, topology.nodes, count, cfg.block_size, args.density,
                                        args.overlap, args.seed) for n in range(topology.nodes)])
         return model_sparse(cfg, masks, profile, dtype.itemsize, faults, call, stragglers)
+    root = getattr(args, "root", 0)
     if algo == HOST_BEST:
         if faults is None and not stragglers:
-            return model_time(args.collective, HOST_BEST, topology, profile, count, dtype)
-        chosen = resolve_host_best(args.collective, topology, profile, count, dtype.itemsize)
+            return model_time(args.collective, HOST_BEST, topology, profile, count, dtype, root=root)
+        chosen = resolve_host_best(args.collective, topology, profile, count, dtype.itemsize, root)
         timing = _model_timing(topology, profile, args, chosen, dtype, count, faults, call, stragglers)
         timing.chosen_algo = chosen
         return timing
     schedule = build_schedule(args.collective, algo, topology, count, profile.topology.bidirectional,
-                              segment_elems(profile, dtype.itemsize))
+                              segment_elems(profile, dtype.itemsize), root=root)
     return run_model(schedule, profile, dtype.itemsize, faults, call, stragglers)
 
 
@@ -368,7 +380,8 @@ def base_record(args: argparse.Namespace, algo: str, topology, ranks: int, dtype
             "nodes": topology.nodes // topology.ranks_per_node, "ranks": ranks,
             "ranks_per_node": topology.ranks_per_node, "executor": args.executor,
             "bytes": nbytes, "count": nbytes // dtype.itemsize, "dtype": dtype.name,
-            "op": "none" if args.collective == "alltoall" else args.op,   # nccl-tests' redop
+            "op": "none" if args.collective in ("alltoall", "broadcast") else args.op,   # nccl-tests' redop
+            "root": getattr(args, "root", 0) if args.collective in ROOTED_COLLECTIVES else None,
             "density": args.density, "block_size": args.block_size,
             "overlap": args.overlap,
             "iters": args.iters, "emulated_us": None, "wall_us": None, "algbw_GBps": None,
@@ -412,6 +425,9 @@ def run(args: argparse.Namespace, comm) -> int:
     if faults is not None and args.collective == "alltoall":
         raise UsageError("--faults is not supported for alltoall yet; drop --faults or use another "
                          "--collective")
+    if faults is not None and args.collective in ROOTED_COLLECTIVES:
+        for a in algos:
+            check_link_faults(a, args.collective)
     rank0 = comm.rank == 0
     emu = None
     if args.executor == "mpi":
@@ -423,7 +439,8 @@ def run(args: argparse.Namespace, comm) -> int:
     if rank0:
         print(f"# nicemu bench: {args.collective} on {topology.describe()}, {ranks} rank(s), "
               f"executor {args.executor}, profile {profile.name}")
-        print(f"# dtype {dtype.name}, op {args.op}, density {args.density:g}, block {args.block_size}, "
+        rooted = f", root {args.root}" if args.collective in ROOTED_COLLECTIVES else ""
+        print(f"# dtype {dtype.name}, op {args.op}{rooted}, density {args.density:g}, block {args.block_size}, "
               f"iters {args.iters}, warmup {args.warmup}; times in microseconds")
         extra = faults is not None or bool(stragglers)
         if extra:

@@ -122,6 +122,12 @@ def gathered_reference(seg_off: np.ndarray, seg_cnt: np.ndarray, count: int, den
     return out
 
 
+def broadcast_reference(root: int, nodes: int, count: int, density: float, block_size: int, overlap: str,
+                        seed: int, dtype: np.dtype = F64) -> np.ndarray:
+    """What every node holds after a broadcast: the root's input (exactly: nothing is computed)."""
+    return _exact(node_input(root, nodes, count, dtype, density, block_size, overlap, seed))
+
+
 def alltoall_reference(node: int, nodes: int, count: int, density: float, block_size: int,
                        overlap: str, seed: int, dtype: np.dtype = F64) -> np.ndarray:
     """What node ``node`` holds after an all-to-all: block ``i`` is block ``node`` of node ``i``'s input."""

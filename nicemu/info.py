@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from nicemu.collectives import COLLECTIVES, REGISTRY
+from nicemu.collectives.registry import ROOTED_COLLECTIVES
 from nicemu.nic.ops import ALIASES, DTYPES, OPS
 from nicemu.nic.profile import load_profile, shipped_profiles
 from nicemu.topologies import topology_kinds
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace, comm) -> int:
         what = f"{a.kind}, {a.engine}" if a.emulated else "reference"
         print(f"  {a.name:<14} [{what}; {', '.join(a.collectives)}] {a.summary}")
     print(f"collectives:  {', '.join(COLLECTIVES)}")
+    print(f"              rooted: {', '.join(ROOTED_COLLECTIVES)} (bench --root N, root= in the API; default 0)")
     print(f"dtypes:       {', '.join(DTYPES)}")
     print(f"              aliases (nccl-tests): {', '.join(f'{a}={n}' for a, n in ALIASES.items())}")
     print(f"ops:          {', '.join(OPS)}")

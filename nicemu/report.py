@@ -12,7 +12,7 @@ from nicemu.errors import UsageError
 
 #: the JSON/CSV record keys, in order (docs/usage.md, "Records")
 KEYS = ["collective", "algo", "topology", "nodes", "ranks", "ranks_per_node", "executor", "bytes", "count", "dtype",
-        "op", "density", "block_size", "overlap", "iters", "emulated_us", "wall_us", "algbw_GBps",
+        "op", "root", "density", "block_size", "overlap", "iters", "emulated_us", "wall_us", "algbw_GBps",
         "busbw_GBps", "host_busy_us", "nic_busy_us", "wire_bytes", "framed_bytes", "wrong", "profile",
         "gain_vs_ring", "gain_vs_best_host", "best_host_algo", "upstream_bytes", "downstream_bytes", "spots_spilled",
         # --faults / --straggler (nicemu/bench.py): totals over the timed calls, the fault-free
@@ -30,9 +30,12 @@ UNITS = (f"{'(B)':>10} {'(elements)':>11} {'':>7} {'':>5} {'':>18} {'emulated':>
 
 def bus_factor(collective: str, nodes: int) -> float:
     """nccl-tests' busbw factor: 2(n-1)/n for AllReduce, (n-1)/n for ReduceScatter, AllGather and
-    AllToAll (for AllToAll nccl-tests counts the (n-1)/n of each row that leaves the rank)."""
+    AllToAll (for AllToAll nccl-tests counts the (n-1)/n of each row that leaves the rank), 1 for
+    Broadcast and Reduce."""
     if collective == "allreduce":
         return 2.0 * (nodes - 1) / nodes
+    if collective in ("broadcast", "reduce"):
+        return 1.0
     if collective in ("reducescatter", "allgather", "alltoall"):
         return (nodes - 1) / nodes
     raise ValueError(f"no busbw convention for collective '{collective}'")

@@ -15,7 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"one of {', '.join(names(kind='dense', emulated=True))} "
                         "(the algorithms with a fixed schedule)")
     p.add_argument("--collective", default="allreduce",
-                   help="allreduce, reducescatter, allgather or alltoall (count: a multiple of the nodes)")
+                   help="allreduce, reducescatter, allgather, alltoall (count: a multiple of the nodes), "
+                        "broadcast or reduce")
+    p.add_argument("--root", type=int, default=0, help="broadcast and reduce: the root node (default 0)")
     p.add_argument("--topology", default="ring:4")
     p.add_argument("--count", type=int, default=8, help="elements per node, 1 to 2**40 (default 8)")
     p.add_argument("--limit", type=int, default=8, help="transfers shown per step, >= 0 (default 8)")
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace, comm) -> int:
     if args.segment_elems is not None and not 1 <= args.segment_elems <= MAX_COUNT:
         raise UsageError(f"--segment-elems {args.segment_elems} is outside 1..2**40 elements")
     sched = build_schedule(args.collective, args.algo, parse_topology(args.topology), args.count,
-                           args.bidirectional, args.segment_elems)
+                           args.bidirectional, args.segment_elems, root=args.root)
     if comm.rank == 0:
         print(sched.describe(args.limit))
     return 0

@@ -12,7 +12,7 @@ import operator
 
 import numpy as np
 
-from nicemu.collectives.registry import COLLECTIVES, SPARSE_OPTIONS, get, names
+from nicemu.collectives.registry import COLLECTIVES, ROOTED_COLLECTIVES, SPARSE_OPTIONS, get, names
 from nicemu.errors import CollectiveError
 from nicemu.nic.faults import FaultSpec, parse_faults
 from nicemu.nic.ops import ALIASES, DTYPES, OPS
@@ -127,11 +127,28 @@ def check_count(count: int, what: str = "count") -> int:
     return count
 
 
+def check_root(root: int, topology: Torus, collective: str) -> int:
+    """The root of a rooted collective: a node id of ``topology``; other collectives take root 0 only."""
+    if isinstance(root, bool) or not isinstance(root, numbers.Integral):
+        raise CollectiveError(f"root must be a whole node number, got {root!r}")
+    root = operator.index(root)
+    if collective not in ROOTED_COLLECTIVES:
+        if root != 0:
+            raise CollectiveError(f"root {root} applies to {' and '.join(ROOTED_COLLECTIVES)} only; drop it for "
+                                  f"{collective}")
+        return 0
+    if not 0 <= root < topology.nodes:
+        raise CollectiveError(f"root {root} is not a node of {topology.name}; use a root from 0 to "
+                              f"{topology.nodes - 1}")
+    return root
+
+
 def schedule_transfers(topology: Torus, collective: str) -> int:
     """Transfers of a dense schedule (a bound): every node sends once per ring step of every dimension,
-    reduce-scatter and allgather each take k-1 steps in a dimension of k nodes (allreduce both)."""
+    reduce-scatter and allgather each take k-1 steps in a dimension of k nodes (allreduce both; broadcast
+    and reduce: a scatter or gather besides the ring phase, counted as a second phase)."""
     steps = sum(k - 1 for k in topology.shape)
-    return topology.nodes * steps * (2 if collective == "allreduce" else 1)
+    return topology.nodes * steps * (1 if collective in ("reducescatter", "allgather", "alltoall") else 2)
 
 
 def check_schedule_size(topology: Torus, collective: str, algo: str) -> None:

@@ -36,6 +36,7 @@ from nicemu.collectives.api.checks import (
     check_op,
     check_options,
     check_ranks_per_node,
+    check_root,
     check_sparse_call,
     check_work,
     fault_options,
@@ -173,7 +174,7 @@ class Emulator:
 
     def run_inplace(self, collective: str, work: np.ndarray, op: str, algo: str,
                     sparse: dict | None = None, jitter_us: float = 0.0,
-                    call: int | None = None) -> Timing | None:
+                    call: int | None = None, root: int = 0) -> Timing | None:
         """The low-level form of the collectives: run on ``work`` in place and return the model's Timing.
 
         ``work`` is (local nodes x count), C-contiguous and writeable; the result is None for algo="mpi".
@@ -186,23 +187,25 @@ class Emulator:
         spots, spot_blocks, tx_spots); ``jitter_us`` adds random sleeps to their
         protocol steps (for stress tests). ``call`` numbers the fault draws (default: a
         counter of this emulator's calls); the model executor given the same number
-        draws the same faults.
+        draws the same faults. ``root`` is the root node of ``broadcast`` and ``reduce``.
         """
         check_work(work, self.local_nodes)
         check_op(op)
         check_ranks_per_node(self.topology, algo, collective)
+        root = check_root(root, self.topology, collective)
         if algo == HOST_BEST:
             if self.executor.agents.faults is not None:
-                check_link_faults(algo)
-            chosen = resolve_host_best(collective, self.topology, self.profile, work.shape[1], work.dtype.itemsize)
-            timing = self.run_inplace(collective, work, op, chosen, call=call)
+                check_link_faults(algo, collective)
+            chosen = resolve_host_best(collective, self.topology, self.profile, work.shape[1], work.dtype.itemsize,
+                                       root)
+            timing = self.run_inplace(collective, work, op, chosen, call=call, root=root)
             timing.chosen_algo = chosen
             return timing
         ex = self.executor
         call = self._calls if call is None else call
         self._calls += 1
         if ex.agents.faults is not None:
-            check_link_faults(algo)
+            check_link_faults(algo, collective)
             ex.agents.faults.begin(call)
         if collective == "alltoall":
             return self._run_alltoall(work, algo)
@@ -212,20 +215,21 @@ class Emulator:
             return timing
         if algo == "mpi":
             seg_off, seg_cnt = final_segments(self.topology, work.shape[1])
-            run_native(self.comm, collective, work, op, seg_off, seg_cnt, ex.lo, ex.hi, ex.bounds)
-            if collective != "allgather":
+            run_native(self.comm, collective, work, op, seg_off, seg_cnt, ex.lo, ex.hi, ex.bounds, root)
+            if collective not in ("allgather", "broadcast"):
                 finish(op, work, self.topology.nodes)
             return None
         seg = segment_elems(self.profile, work.dtype.itemsize) if get(algo).segmented else 0
-        key = (collective, algo, work.shape[1], seg)
+        key = (collective, algo, work.shape[1], seg, root)
         schedule = self._schedules.get(key)
         if schedule is None:
             schedule = self._schedules[key] = build_schedule(collective, algo, self.topology, work.shape[1],
-                                                             self.profile.topology.bidirectional, seg or None)
+                                                             self.profile.topology.bidirectional, seg or None,
+                                                             root=root)
             if len(self._schedules) > 64:
                 self._schedules.pop(next(iter(self._schedules)))
         timing = ex.run(schedule, work, op)
-        if collective != "allgather":
+        if collective not in ("allgather", "broadcast"):
             finish(op, work, self.topology.nodes)   # avg: the sum divided once, by the contributing nodes
         return timing
 
@@ -283,8 +287,10 @@ class Emulator:
         return timing
 
     def run(self, collective: str, data: np.ndarray, op: str = "sum", algo: str = "directreduce", *,
-            out: np.ndarray | None = None, call: int | None = None, **options: int | None) -> Result:
-        """Run ``collective`` by name (``allreduce``, ``reducescatter``, ``allgather``, ``alltoall``).
+            out: np.ndarray | None = None, call: int | None = None, root: int = 0,
+            **options: int | None) -> Result:
+        """Run ``collective`` by name (``allreduce``, ``reducescatter``, ``allgather``, ``alltoall``,
+        ``broadcast``, ``reduce``; ``root``: the root node of the last two).
 
         The same as the method of that name (``allreduce`` and so on), which documents the arguments.
         Collective: every rank calls it with the same collective, algorithm, op, dtype, count and options.
@@ -293,10 +299,11 @@ class Emulator:
         problem, rows, flat, work = None, None, False, None
         try:
             rows, flat, work, options = self._prepare(collective, data, op, algo, out, call, options)
+            root = check_root(root, self.topology, collective)
         except NicemuError as exc:
             problem = str(exc)
-        self._agree(problem, collective, algo, op, rows, options)
-        timing = self.run_inplace(collective, work, op, algo, options or None, call=call)
+        self._agree(problem, collective, algo, op, rows, options, root)
+        timing = self.run_inplace(collective, work, op, algo, options or None, call=call, root=root)
         ex = self.executor
         result: np.ndarray | list[np.ndarray] = work
         if collective == "reducescatter":
@@ -357,7 +364,7 @@ class Emulator:
         return rows, flat, work, options
 
     def _agree(self, problem: str | None, collective: str, algo: str, op: str, rows: np.ndarray | None,
-               options: dict) -> None:
+               options: dict, root_node: object = 0) -> None:
         """Every rank reaches the same verdict: a problem on any rank, or ranks that disagree on the call,
         raises :class:`CollectiveError` on all of them (one small Allgather, and a Bcast on failure)."""
         def code(value: object, table: tuple | dict) -> int:
@@ -365,7 +372,9 @@ class Emulator:
         sig = np.array([problem is not None, code(collective, COLLECTIVES), code(algo, ALGORITHMS),
                         code(op, OPS), -1 if rows is None else code(rows.dtype.name, DTYPES),
                         -1 if rows is None else rows.shape[1],
-                        zlib.crc32(repr(sorted(options.items())).encode())], dtype=np.int64)
+                        zlib.crc32(repr(sorted(options.items())).encode()),
+                        root_node if isinstance(root_node, int) and 0 <= root_node < 1 << 62 else -1],
+                       dtype=np.int64)
         every = np.empty((self.comm.size, sig.size), dtype=np.int64)
         self.comm.Allgather(sig, every)
         failed = np.flatnonzero(every[:, 0])
@@ -382,9 +391,10 @@ class Emulator:
         if differ.size:
             r = int(differ[0])
             what = (f"{_describe(every[0])} vs {_describe(every[r])}" if (every[0, :6] != every[r, :6]).any()
+                    else f"root {every[0, 7]} vs {every[r, 7]}" if every[0, 7] != every[r, 7]
                     else "different options")
             raise CollectiveError(f"ranks 0 and {r} disagree on the call ({what}); every rank must pass the "
-                                  f"same collective, algo, op, dtype, count and options")
+                                  f"same collective, algo, op, dtype, count, root and options")
 
     def allreduce(self, x: np.ndarray, op: str = "sum", algo: str = "directreduce", *,
                   out: np.ndarray | None = None, call: int | None = None, **options: int | None) -> Result:
@@ -435,6 +445,26 @@ class Emulator:
         (no ``op``); ``algo="ring"`` is the host variant, ``"mpi"`` MPI's ``Alltoallv``.
         """
         return self.run("alltoall", x, "sum", algo, out=out, call=call, **options)
+
+    def broadcast(self, x: np.ndarray, root: int = 0, algo: str = "directreduce", *, out: np.ndarray | None = None,
+                  call: int | None = None) -> Result:
+        """Broadcast (``MPI_Bcast``): every node ends with node ``root``'s row.
+
+        ``x`` holds every hosted node's row; only the root's is read (the others are receive buffers, as
+        in MPI). ``root`` is a node id of the topology. Arguments and errors as for ``allreduce`` (no
+        ``op``); ``algo`` is one of ``names(collective="broadcast")``.
+        """
+        return self.run("broadcast", x, "sum", algo, out=out, call=call, root=root)
+
+    def reduce(self, x: np.ndarray, op: str = "sum", root: int = 0, algo: str = "directreduce", *,
+               out: np.ndarray | None = None, call: int | None = None) -> Result:
+        """Reduce (``MPI_Reduce``): node ``root``'s row becomes the reduction (``op``) of all nodes' rows.
+
+        Only the root's row of the result is defined: the other hosted nodes' rows are left as scratch
+        (partial reductions that depend on the algorithm; ``algo="mpi"`` leaves them as they were), as
+        MPI leaves a non-root receive buffer undefined. Arguments and errors as for ``allreduce``.
+        """
+        return self.run("reduce", x, op, algo, out=out, call=call, root=root)
 
     def segments(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(offsets, counts) in elements, two int arrays over all nodes: the range every node owns after a

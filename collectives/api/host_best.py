@@ -30,13 +30,15 @@ def candidates(collective: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=32)
-def best_host(collective: str, topology: Torus, profile: Profile, count: int, itemsize: int) -> tuple[str, Timing]:
-    """(name, fault-free model timing) of the fastest host algorithm for this call."""
+def best_host(collective: str, topology: Torus, profile: Profile, count: int, itemsize: int,
+              root: int = 0) -> tuple[str, Timing]:
+    """(name, fault-free model timing) of the fastest host algorithm for this call (``root``: broadcast and
+    reduce)."""
     from nicemu.collectives.api.model import build_schedule  # api.model imports this module
     best: tuple[str, Timing] | None = None
     for algo in candidates(collective):
         schedule = build_schedule(collective, algo, topology, count, profile.topology.bidirectional,
-                                  profile.host.segment_elems(itemsize))
+                                  profile.host.segment_elems(itemsize), root=root)
         timing = run_model(schedule, profile, itemsize)
         if best is None or timing.emulated_us < best[1].emulated_us:
             best = (algo, timing)

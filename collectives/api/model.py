@@ -23,6 +23,7 @@ from nicemu.collectives.api.checks import (
     check_count,
     check_dtype,
     check_ranks_per_node,
+    check_root,
     check_schedule_size,
     check_sparse_call,
     fault_options,
@@ -32,7 +33,7 @@ from nicemu.collectives.model.p2p_timing import p2p_time as _p2p_time
 from nicemu.collectives.model.sparse_timing import model_sparse as _model_sparse
 from nicemu.collectives.model.sparse_timing import plan_sparse as _plan_sparse
 from nicemu.collectives.model.sparse_timing import time_sparse_plan as _time_sparse_plan
-from nicemu.collectives.registry import check_link_faults, get, sparse_config
+from nicemu.collectives.registry import ROOTED_COLLECTIVES, check_link_faults, get, sparse_config
 from nicemu.collectives.schedules import hierarchical
 from nicemu.collectives.schedules.spot_protocol import PackedMasks, Plan, SparseConfig
 from nicemu.collectives.schedules.steps import Schedule
@@ -42,13 +43,15 @@ from nicemu.nic.profile import DEFAULT_SEGMENT_KiB, Profile
 from nicemu.topologies import Torus
 
 
-def resolve_host_best(collective: str, topology: Torus, profile: Profile, count: int, itemsize: int) -> str:
+def resolve_host_best(collective: str, topology: Torus, profile: Profile, count: int, itemsize: int,
+                      root: int = 0) -> str:
     """The host algorithm ``host-best`` runs for this call (collectives/api/host_best.py)."""
     check_collective(collective)
     if collective not in get(host_best.NAME).collectives:
         raise CollectiveError(f"host-best does not run {collective}; use one of "
                               f"{', '.join(get(host_best.NAME).collectives)}")
-    return host_best.best_host(collective, topology, profile, check_count(count), itemsize)[0]
+    root = check_root(root, topology, collective)
+    return host_best.best_host(collective, topology, profile, check_count(count), itemsize, root)[0]
 
 
 def segment_elems(profile: Profile | str, itemsize: int) -> int:
@@ -149,7 +152,7 @@ def _pairs(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def build_schedule(collective: str, algo: str, topology: Torus | str, count: int,
-                   bidirectional: bool = False, segment_elems: int | None = None) -> Schedule:
+                   bidirectional: bool = False, segment_elems: int | None = None, root: int = 0) -> Schedule:
     """The chunk-level program (``Schedule``) of a dense algorithm, which both executors run.
 
     ``topology`` is a spec or a ``Torus``, ``count`` elements per node; ``schedule.describe()`` prints it.
@@ -158,7 +161,8 @@ def build_schedule(collective: str, algo: str, topology: Torus | str, count: int
     :class:`TopologyError` for a bad spec.
 
     ``segment_elems`` reaches only the algorithms the registry marks ``segmented`` (``ring-pipelined``);
-    None means the default ``host.segment_KiB`` of float32 elements.
+    None means the default ``host.segment_KiB`` of float32 elements. ``root`` is the root node of a
+    broadcast or reduce (other collectives take 0 only); the rooted schedules ignore ``bidirectional``.
     """
     check_collective(collective)
     entry = get(algo)
@@ -173,6 +177,8 @@ def build_schedule(collective: str, algo: str, topology: Torus | str, count: int
     check_algo_collective(algo, collective)
     topology = as_topology(topology)
     count = check_count(count)
+    root = check_root(root, topology, collective)
+    rooted = {"root": root} if root or collective in ROOTED_COLLECTIVES else {}
     if not isinstance(bidirectional, (bool, np.bool_)):
         raise CollectiveError(f"bidirectional must be True or False, got {bidirectional!r}")
     check_schedule_size(topology, collective, algo)
@@ -185,8 +191,8 @@ def build_schedule(collective: str, algo: str, topology: Torus | str, count: int
 
     def one(topo: Torus, n: int) -> Schedule:
         if not entry.segmented:
-            return entry.build(collective, topo, n, bool(bidirectional))
-        return entry.build(collective, topo, n, bool(bidirectional), segment_elems=segment_elems)
+            return entry.build(collective, topo, n, bool(bidirectional), **rooted)
+        return entry.build(collective, topo, n, bool(bidirectional), segment_elems=segment_elems, **rooted)
 
     if topology.ranks_per_node > 1:
         if collective != "allreduce":
@@ -205,17 +211,19 @@ def build_schedule(collective: str, algo: str, topology: Torus | str, count: int
 
 def model_time(collective: str, algo: str, topology: Torus | str, profile: Profile | str, count: int,
                dtype: str | np.dtype = "float32", faults: str | FaultSpec | None = None,
-               call: int = 0, stragglers: str | list | dict | None = None, ranks_per_node: int = 1) -> Timing:
+               call: int = 0, stragglers: str | list | dict | None = None, ranks_per_node: int = 1,
+               root: int = 0) -> Timing:
     """Emulated timing of a dense algorithm without data (the model executor, no MPI).
 
     Args:
-        collective: ``allreduce``, ``reducescatter``, ``allgather`` or ``alltoall``.
+        collective: ``allreduce``, ``reducescatter``, ``allgather``, ``alltoall``, ``broadcast`` or ``reduce``.
         algo: a dense algorithm's name (``host-best`` included).
         topology: a spec (``"ring:8"``) or a ``Torus``; profile: a shipped name, a YAML path or a ``Profile``.
         count: elements per node; dtype: a type name (``"bfloat16"``, ``"half"``) or a numpy dtype.
         faults, stragglers: as ``Emulator`` takes them; ``call`` numbers the fault draws, so the MPI
             executor's call ``n`` and ``call=n`` see the same faults.
         ranks_per_node: ranks on every node, sharing its host memory (``Emulator`` and docs/model.md §19).
+        root: the root node of ``broadcast`` and ``reduce`` (default 0; other collectives take 0 only).
 
     Returns a ``Timing`` in emulated microseconds and bytes, equal bit for bit to the MPI executor's.
     Raises :class:`CollectiveError`, :class:`TopologyError`, :class:`ProfileError` or
@@ -224,19 +232,21 @@ def model_time(collective: str, algo: str, topology: Torus | str, profile: Profi
     dt = check_dtype(dtype)
     topology, profile = as_topology(topology, ranks_per_node), as_profile(profile)
     check_ranks_per_node(topology, algo, collective)
+    check_collective(collective)
+    root = check_root(root, topology, collective)
     spec, slow = fault_options(faults, stragglers, topology)
     if spec is not None and spec.active:
-        check_link_faults(algo)
+        check_link_faults(algo, collective)
     if algo == host_best.NAME:
-        algo = resolve_host_best(collective, topology, profile, count, dt.itemsize)
+        algo = resolve_host_best(collective, topology, profile, count, dt.itemsize, root)
         if spec is None and not slow:       # the choice was timed under exactly these conditions
-            return replace(host_best.best_host(collective, topology, profile, count, dt.itemsize)[1],
+            return replace(host_best.best_host(collective, topology, profile, count, dt.itemsize, root)[1],
                            chosen_algo=algo)
-        timing = model_time(collective, algo, topology, profile, count, dt, faults, call, stragglers)
+        timing = model_time(collective, algo, topology, profile, count, dt, faults, call, stragglers, root=root)
         timing.chosen_algo = algo
         return timing
     schedule = build_schedule(collective, algo, topology, count, profile.topology.bidirectional,
-                              segment_elems(profile, dt.itemsize))
+                              segment_elems(profile, dt.itemsize), root=root)
     return run_model(schedule, profile, dt.itemsize, spec, check_call_number(call), slow)
 
 

@@ -48,7 +48,8 @@ PLAN_CACHE = 16
 BUSY_POLL_S = 50e-6
 PHASE_NAMES = {"rs": "reduce-scatter", "ag": "allgather", "rd": "recursive-doubling exchange",
                "fold": "fold-in (non-power-of-two)", "unfold": "fold-out (non-power-of-two)",
-               "reduce": "tree reduce", "bcast": "tree broadcast"}
+               "reduce": "tree reduce", "bcast": "tree broadcast", "scatter": "scatter to the nodes",
+               "gather": "gather to the root", "chain": "pipelined chain"}
 
 
 def cpu_per_rank(comm: MPI.Comm) -> bool:
@@ -109,7 +110,7 @@ class MpiExecutor:
     def rank_plan(self, schedule: Schedule, itemsize: int) -> RankPlan:
         """``schedule`` compiled for this rank (cached: the latest :data:`PLAN_CACHE` schedules)."""
         key = (schedule.collective, schedule.algo, schedule.count, itemsize, schedule.bidirectional,
-               schedule.segment_elems)
+               schedule.segment_elems, schedule.root)
         plan = self.plans.get(key)
         if plan is None:
             plan = compile_plan(schedule, itemsize, self.rank, self.lo, self.node_rank,

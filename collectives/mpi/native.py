@@ -1,7 +1,8 @@
 """MPI's own collectives: the wall-time reference, with no emulated time.
 
 Nodes that share a rank are first combined locally with numpy, then the ranks
-call ``Allreduce`` / ``Reduce_scatter`` / ``Allgatherv`` on their blocks.
+call ``Allreduce`` / ``Reduce_scatter`` / ``Allgatherv`` / ``Reduce`` on their blocks;
+``Bcast`` sends the root node's row (as bytes) from the rank that hosts it.
 MPI has no bfloat16 or fp8 datatype: those travel as a contiguous datatype of
 their size in bytes, reduced by a user-defined (commutative) MPI op that applies
 the numpy/ml-dtypes ufunc in the type. ``avg`` is MPI's sum, divided afterwards
@@ -44,8 +45,15 @@ def _buffers(local: np.ndarray, result: np.ndarray, op: str):
 
 def run_native(comm: MPI.Comm, collective: str, data: np.ndarray, op: str,
                seg_off: np.ndarray, seg_cnt: np.ndarray, lo: int, hi: int,
-               bounds: np.ndarray) -> None:
-    """In place on ``data`` (local nodes x count), with the same semantics as the schedules."""
+               bounds: np.ndarray, root: int = 0) -> None:
+    """In place on ``data`` (local nodes x count), with the same semantics as the schedules (``root``: the
+    root node of broadcast and reduce)."""
+    root_rank = int(np.searchsorted(bounds, root, side="right")) - 1
+    if collective == "broadcast":
+        row = data[root - lo].copy() if comm.rank == root_rank else np.empty(data.shape[1], dtype=data.dtype)
+        comm.Bcast(row.view(np.uint8), root=root_rank)
+        data[:] = row
+        return
     if collective == "allgather":
         mine = np.concatenate([data[i - lo, seg_off[i]:seg_off[i] + seg_cnt[i]]
                                for i in range(lo, hi)])
@@ -57,6 +65,12 @@ def run_native(comm: MPI.Comm, collective: str, data: np.ndarray, op: str,
     local = (OPS[op].reduce(data, axis=0, dtype=data.dtype) if data.shape[0] > 1
              else data[0].copy())
     result = np.empty_like(local)
+    if collective == "reduce":
+        send, recv, mpi_op = _buffers(local, result, op)
+        comm.Reduce(send, recv, op=mpi_op, root=root_rank)
+        if comm.rank == root_rank:
+            data[root - lo] = result
+        return
     if collective == "allreduce":
         send, recv, mpi_op = _buffers(local, result, op)
         comm.Allreduce(send, recv, op=mpi_op)

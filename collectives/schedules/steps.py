@@ -105,6 +105,8 @@ class Schedule:
     segment_elems: int = 0
     #: segmented algorithms: transfers in the whole schedule, known before it is generated (0: not counted)
     transfers: int = 0
+    #: rooted collectives (broadcast, reduce): the root node (collectives/schedules/rooted.py)
+    root: int = 0
 
     def steps(self) -> Iterator[Step]:
         """Steps are generated lazily: a 262,144-node schedule never sits in memory whole."""
@@ -114,6 +116,8 @@ class Schedule:
         lines = [f"{self.collective} {self.algo} on {self.topology.describe()}, count={self.count}"]
         if self.segment_elems:
             lines[0] += f", segments of at most {self.segment_elems} elements"
+        if self.collective in ("broadcast", "reduce"):
+            lines[0] += f", root {self.root}"
         if self.width:
             lines[0] += f", staging row of {self.width} elements"
         relayouts = self.make_relayouts() if self.make_relayouts is not None else {}

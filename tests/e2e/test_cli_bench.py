@@ -72,7 +72,8 @@ def _check_records(records: list[dict], sizes: list[int], algos: list[str], *, r
         # nccl-tests conventions, decimal GB/s, from the emulated time
         assert r["algbw_GBps"] == pytest.approx(r["bytes"] / (t * 1e3), rel=1e-9), r
         n = r["nodes"] * r["ranks_per_node"]      # nccl-tests' n: every rank
-        factor = 2 * (n - 1) / n if collective == "allreduce" else (n - 1) / n
+        factor = (2 * (n - 1) / n if collective == "allreduce" else 1.0 if collective in ("broadcast", "reduce")
+                  else (n - 1) / n)
         assert r["busbw_GBps"] == pytest.approx(r["algbw_GBps"] * factor, rel=1e-9), r
 
 
@@ -196,6 +197,10 @@ def test_csv_matches_json(nicemu, tmp_path):
         ("reducescatter", "float8_e4m3fn", "sum", "torus:2x2x2", ()),
         ("allreduce", "uint8", "prod", "torus:3x3", ()),
         ("allreduce", "half", "max", "ring:8", ()),       # nccl-tests' alias, recorded as float16
+        # rooted: every node's row against the root's input, the root's row against the reduction
+        ("broadcast", "float8_e4m3fn", "sum", "torus:3x3", ("--root", "7")),
+        ("reduce", "bfloat16", "avg", "ring:8", ("--root", "5")),
+        ("reduce", "int64", "prod", "torus:2x2x2", ("--root", "3")),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, tuple) else str(v),
 )
@@ -208,7 +213,7 @@ def test_collectives_dtypes_ops(bench_json, collective, dtype, op, topology, ext
     nodes = {"ring:8": 8, "torus:2x2x2": 8, "torus:3x3": 9}[topology]
     _check_records(records, SIZES, ALL_ALGOS, ranks=4, executor="mpi", nodes=nodes, collective=collective,
                    itemsize=itemsize)
-    assert all(r["dtype"] == name and r["op"] == op for r in records)
+    assert all(r["dtype"] == name and r["op"] == ("none" if collective == "broadcast" else op) for r in records)
     model = bench_json(_bench_args(topology, EMULATED_ALGOS, executor="model",
                                    extra=("--collective", collective, "--dtype", dtype, "--op", op, *extra)))
     assert _emulated(records) == _emulated(model)

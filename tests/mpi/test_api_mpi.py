@@ -12,6 +12,7 @@ COMM = MPI.COMM_WORLD
 NODES = 4 if COMM.size <= 4 else 8
 TOPOLOGY = f"ring:{NODES}"
 COUNT = 96                       # a multiple of the nodes (alltoall) and of the block size below
+ROOT = NODES - 1                 # broadcast and reduce
 EMU = {}
 
 
@@ -30,8 +31,10 @@ def inputs(dtype=np.int64) -> np.ndarray:
 
 def expected(collective: str, x: np.ndarray) -> np.ndarray:
     """Every node's full output row, from numpy."""
-    if collective in ("allreduce", "reducescatter"):
+    if collective in ("allreduce", "reducescatter", "reduce"):
         return np.broadcast_to(x.sum(axis=0), x.shape)
+    if collective == "broadcast":
+        return np.broadcast_to(x[ROOT], x.shape)
     off, cnt = emu().segments(COUNT)
     if collective == "allgather":
         row = np.concatenate([x[i, off[i]:off[i] + cnt[i]] for i in range(NODES)])
@@ -50,7 +53,8 @@ def test_every_algorithm_through_the_methods(collective, algo):
     x = inputs()
     mine = x[e.node_range.start:e.node_range.stop]
     method = {"allreduce": e.allreduce, "reducescatter": e.reduce_scatter, "allgather": e.allgather,
-              "alltoall": e.alltoall}[collective]
+              "alltoall": e.alltoall, "broadcast": lambda m, **kw: e.broadcast(m, root=ROOT, **kw),
+              "reduce": lambda m, **kw: e.reduce(m, root=ROOT, **kw)}[collective]
     options = {"block_size": 32} if algo in names(kind="sparse") else {}
     res = method(mine, algo=algo, **options)
     out = np.full_like(mine, -99)
@@ -60,6 +64,8 @@ def test_every_algorithm_through_the_methods(collective, algo):
     want = expected(collective, x)[e.node_range.start:e.node_range.stop]
     off, cnt = e.segments(COUNT)
     for i, node in enumerate(e.node_range):
+        if collective == "reduce" and node != ROOT:      # only the root's row is defined
+            continue
         cols = slice(off[node], off[node] + cnt[node]) if collective == "reducescatter" else slice(None)
         got = res.data[i] if not isinstance(res.data, np.ndarray) or res.data.ndim == 2 else res.data
         assert np.array_equal(got, want[i, cols])
@@ -71,7 +77,8 @@ def test_every_algorithm_through_the_methods(collective, algo):
     assert res.emulated_us == res_out.emulated_us
     if algo in names(scheduled=True) or algo == "host-best":
         assert res.emulated_us == model_time(collective, algo, TOPOLOGY, "directreduce-paper", COUNT,
-                                             dtype="int64").emulated_us
+                                             dtype="int64", root=ROOT if collective in ("broadcast", "reduce")
+                                             else 0).emulated_us
     elif algo in names(kind="sparse"):                                  # block_size=32 reached the protocol
         masks = block_mask(x, 32).reshape(NODES, -1)
         cfg = sparse_config(algo, NODES, block_size=32)
