@@ -5,20 +5,18 @@ promptly on every rank, with exactly one ``nicemu: error: ...`` line on stderr
 (printed by rank 0 only) that names the problem, and never a Python traceback.
 
 The cases of one launch (``mpiexec -n 2``, ``-n 4`` or alone) run in one job, case after case, each
-rank recording its own status and output (see ``_DRIVER``); the plain ``[mpiexec -n 2] python -m
+rank recording its own status and output (``run_cli_batch`` in conftest.py); the plain ``[mpiexec -n 2] python -m
 nicemu`` path is checked by ``test_real_entry_point`` and
 ``test_unknown_flag_exact_line_from_the_real_entry_point``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from conftest import run_python
+from conftest import Outcome, run_cli_batch
 
 pytestmark = pytest.mark.e2e
 
@@ -163,69 +161,6 @@ CASES = [
 PARAMS = [pytest.param(c, c.nprocs, id=f"{c.id}-np{c.nprocs}") for c in CASES]
 PARAMS += [pytest.param(c, None, id=f"{c.id}-alone") for c in CASES if c.standalone]
 
-#: One job per launch (``mpiexec -n 2``, ``-n 4``, or plain ``python``) runs every case of that launch in
-#: turn: each rank calls ``nicemu.cli.main`` (what ``python -m nicemu`` calls) in the case's own
-#: directory with its stdout and stderr captured, and records its status and output. A hang, an
-#: ``MPI_Abort`` or a crash ends the job, which fails every case of the launch; a traceback escaping
-#: ``main`` is recorded as the case's output. ``test_real_entry_point`` runs one case the plain way.
-_DRIVER = r"""
-import contextlib, io, json, os, sys, traceback
-from mpi4py import MPI
-from nicemu.cli import main
-
-comm = MPI.COMM_WORLD
-for case_dir in sys.argv[1:]:
-    os.chdir(case_dir)
-    args = json.loads(open("args.json").read())
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main(args)
-        except SystemExit as exc:
-            status = exc.code
-        except BaseException:
-            traceback.print_exc()
-            status = "raised"
-    with open(f"rank{comm.rank}.json", "w") as f:
-        json.dump({"status": status, "stdout": out.getvalue(), "stderr": err.getvalue()}, f)
-    comm.Barrier()
-"""
-
-
-@dataclass(repr=False)
-class Outcome:
-    """One case's result in a batched job: every rank's status, and the ranks' output joined."""
-
-    what: str
-    statuses: list
-    stdout: str
-    stderr: str
-
-    def __repr__(self) -> str:
-        return (f"{self.what}\nper-rank statuses: {self.statuses}\n--- stdout ---\n{self.stdout[-4000:]}\n"
-                f"--- stderr ---\n{self.stderr[-4000:]}")
-
-
-def _run_batch(where: Path, cases: list[tuple[str, list[str]]], nprocs: int | None) -> dict[str, Outcome]:
-    """Run ``cases`` ((id, argv) pairs) in one job of ``nprocs`` ranks (plain python if None)."""
-    dirs = []
-    for cid, argv in cases:
-        d = where / cid
-        d.mkdir()
-        for name, text in FILES.items():
-            (d / name).write_text(text)
-        (d / "args.json").write_text(json.dumps(argv))
-        dirs.append(d)
-    run = run_python(["-c", _DRIVER, *dirs], where, nprocs, ERROR_TIMEOUT_S + 60,
-                     f"the batch of {len(cases)} bad-input cases (mpiexec -n {nprocs})")
-    assert run.returncode == 0, f"the batched job failed (a case aborted or crashed the job?)\n{run}"
-    out = {}
-    for (cid, argv), d in zip(cases, dirs):
-        ranks = [json.loads((d / f"rank{r}.json").read_text()) for r in range(nprocs or 1)]
-        out[cid] = Outcome(f"nicemu {' '.join(argv)} (mpiexec -n {nprocs})", [r["status"] for r in ranks],
-                           "".join(r["stdout"] for r in ranks), "".join(r["stderr"] for r in ranks))
-    return out
-
 
 @pytest.fixture(scope="module")
 def batches(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int | None], dict[str, Outcome]]:
@@ -236,7 +171,8 @@ def batches(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int | None], 
         if nprocs not in made:
             cases = [(f"{c.id}", list(c.args)) for c, n in (p.values for p in PARAMS) if n == nprocs]
             cases += [(f"exact-{i}", list(argv)) for i, argv in enumerate(EXACT) if nprocs in (None, 2)]
-            made[nprocs] = _run_batch(tmp_path_factory.mktemp(f"batch{nprocs}"), cases, nprocs)
+            made[nprocs] = run_cli_batch(tmp_path_factory.mktemp(f"batch{nprocs}"), cases, nprocs, FILES,
+                                         ERROR_TIMEOUT_S)
         return made[nprocs]
 
     return get
