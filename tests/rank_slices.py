@@ -29,4 +29,15 @@ def product_or_slice(main: list[tuple], secondary: list[tuple]) -> list[tuple]:
     if full_product():
         return [m + s for m in main for s in secondary]
     k = len(secondary)
-    return [main[i % len(main)] + secondary[(i + i // k) % k] for i in range(max(len(main), k))]
+    return [main[i % len(main)] + secondary[turn(i, k)] for i in range(max(len(main), k))]
+
+
+def turn(i: int, k: int) -> int:
+    """The secondary case (of ``k``) that main case ``i`` meets in a slice."""
+    return (i + i // k) % k
+
+
+def in_slice(main_index: int, secondary_index: int, k: int) -> bool:
+    """For a test that skips inside: run (main case, secondary case of ``k``) here? Always at
+    ``FULL_PRODUCT_RANKS``; elsewhere only the pair ``product_or_slice`` would keep."""
+    return full_product() or secondary_index == turn(main_index, k)
