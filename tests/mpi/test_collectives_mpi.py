@@ -44,7 +44,7 @@ def mpi_reference(local_rows, op):
     return out
 
 
-#: the full topology x algorithm x count x dtype x op product runs at 2 and 3 ranks; at 4 and 8 every
+#: the full topology x algorithm x count x dtype x op product runs at 2 ranks; at 3, 4 and 8 every
 #: (topology, algorithm, count) runs with one (dtype, op) in turn (tests/rank_slices.py)
 ALLREDUCE_CASES = product_or_slice(
     [(t, a, c) for t in topologies() for a in ("ring", "directreduce") for c in (1, 5, 4099)],

@@ -20,7 +20,7 @@ PROFILE = load_profile("directreduce-paper", ["host.segment_KiB=0.0625"])    # s
 ALGOS = ("recursive-doubling", "rabenseifner", "tree", "ring-pipelined", "host-best")
 
 
-#: every type x op at 2 and 3 ranks; at 4 and 8 every type with one op in turn (tests/rank_slices.py)
+#: every type x op at 2 ranks; at 3, 4 and 8 every type with one op in turn (tests/rank_slices.py)
 CASES = product_or_slice([(n,) for n in DTYPES], [(o,) for o in OPS])
 
 

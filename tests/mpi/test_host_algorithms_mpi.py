@@ -31,7 +31,7 @@ def cases():
     return [(a, c) for a in ALGOS for c in REGISTRY[a].collectives]
 
 
-#: every topology x (algorithm, collective) x (dtype, op) at 2 and 3 ranks; at 4 and 8 every
+#: every topology x (algorithm, collective) x (dtype, op) at 2 ranks; at 3, 4 and 8 every
 #: (topology, algorithm, collective) with one (dtype, op) in turn (tests/rank_slices.py)
 REAL_DATA_CASES = product_or_slice(
     [(t, a, c) for t in topologies() for a, c in cases()],

@@ -35,7 +35,7 @@ def _nodes(spec):
     return parse_topology(spec).nodes
 
 
-#: every layout x algorithm x (dtype, op) at 2 and 3 ranks; at 4 and 8 every (layout, algorithm) with
+#: every layout x algorithm x (dtype, op) at 2 ranks; at 3, 4 and 8 every (layout, algorithm) with
 #: one (dtype, op) in turn (tests/rank_slices.py)
 HIERARCHICAL_CASES = product_or_slice([(t, p, a) for t, p in layouts() for a in ALGOS],
                                       [("int64", "sum"), ("float64", "sum"), ("int32", "max")])

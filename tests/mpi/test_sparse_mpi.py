@@ -23,7 +23,7 @@ TOPOLOGIES = [t for t in ("ring:8", f"ring:{max(COMM.size, 2)}", "torus:3x3") if
     np.prod([int(k) for k in t.split(":")[1].split("x")])) >= COMM.size]
 
 
-#: every topology x algorithm x input case x dtype x (count, block) at 2 and 3 ranks; at 4 and 8 every
+#: every topology x algorithm x input case x dtype x (count, block) at 2 ranks; at 3, 4 and 8 every
 #: (topology, algorithm, input case) with one (dtype, count, block) in turn (tests/rank_slices.py)
 SPARSE_CASES = product_or_slice(
     [(t, a, c) for t in dict.fromkeys(TOPOLOGIES) for a in names(kind="sparse") for c in CASES],

@@ -172,7 +172,7 @@ def test_node_mapping_covers_every_node_once(emu):
 @pytest.mark.parametrize("collective", COLLECTIVES)
 def test_dense_matches_model_and_reference(emu, single, collective, algo, count):
     spec = emu.topology.name
-    # every count at 2 and 3 ranks; at 4 and 8 each (topology, collective, algo) with one count in turn
+    # every count at 2 ranks; at 3, 4 and 8 each (topology, collective, algo) with one count in turn
     main = (TOPOLOGIES.index(spec) * len(COLLECTIVES) + COLLECTIVES.index(collective)) * 2 + ALGOS.index(algo)
     if not in_slice(main, COUNTS.index(count), len(COUNTS)):
         pytest.skip("this count runs for another (topology, collective, algo) here (tests/rank_slices.py)")
@@ -229,7 +229,7 @@ def test_virtual_tori_every_dtype(single, topology, algo, dtype, op):
     """64 and 81 nodes: every dtype (and max/min) at a count no node count divides."""
     if COMM.size > nodes_of(topology):
         pytest.skip("more ranks than nodes")
-    # every (dtype, op) with every (torus, algo) at 2 and 3 ranks; at 4 and 8 the six pairs are shared out
+    # every (dtype, op) with every (torus, algo) at 2 ranks; at 3, 4 and 8 the six pairs are shared out
     # over the four (torus, algo), so each pair runs once
     if not full_product() and TORI_DTYPE_OPS.index((dtype, op)) % 4 != VIRTUAL.index(topology) * 2 + ALGOS.index(algo):
         pytest.skip("this (dtype, op) runs with another (torus, algo) here (tests/rank_slices.py)")
@@ -252,7 +252,7 @@ def test_virtual_tori_every_dtype(single, topology, algo, dtype, op):
 @pytest.mark.parametrize("algo", tuple(names(kind="sparse")))
 def test_sparse_matches_model_and_reference(sparse_emu, single, algo, count):
     spec = sparse_emu.topology.name
-    # every count at 2 and 3 ranks; at 4 and 8 each (topology, algo) with one count in turn
+    # every count at 2 ranks; at 3, 4 and 8 each (topology, algo) with one count in turn
     sparse_algos = tuple(names(kind="sparse"))
     main = TOPOLOGIES.index(spec) * len(sparse_algos) + sparse_algos.index(algo)
     if not in_slice(main, COUNTS.index(count), len(COUNTS)):
