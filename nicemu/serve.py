@@ -47,7 +47,7 @@ from nicemu.workloads import (
 from nicemu.workloads.comm_backends import DTYPE, ModelComm, algos_for, has_alltoall
 from nicemu.workloads.requests import MAX_CV, MAX_REQUESTS, MAX_TOKENS, MIN_CV, MIN_RATE
 
-DEFAULT_ALGOS = "ring,directreduce,omniccl"
+DEFAULT_ALGOS = "ring,host-best,directreduce,omniccl"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -124,3 +124,70 @@ def bench_json(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., list[d
         return cache[key]
 
     return _run
+
+
+#: One job runs several ``nicemu`` invocations in turn: each rank calls ``nicemu.cli.main`` (what
+#: ``python -m nicemu`` calls) in the case's own directory with its stdout and stderr captured, and
+#: records its status and output. A hang, an ``MPI_Abort`` or a crash ends the job, which fails every
+#: case of the batch; a traceback escaping ``main`` is recorded as the case's output.
+_BATCH_DRIVER = r"""
+import contextlib, io, json, os, sys, traceback
+from mpi4py import MPI
+from nicemu.cli import main
+
+comm = MPI.COMM_WORLD
+for case_dir in sys.argv[1:]:
+    os.chdir(case_dir)
+    args = json.loads(open("args.json").read())
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(args)
+        except SystemExit as exc:
+            status = exc.code
+        except BaseException:
+            traceback.print_exc()
+            status = "raised"
+    with open(f"rank{comm.rank}.json", "w") as f:
+        json.dump({"status": status, "stdout": out.getvalue(), "stderr": err.getvalue()}, f)
+    comm.Barrier()
+"""
+
+
+@dataclass(repr=False)
+class Outcome:
+    """One case of a batched job: every rank's status, the ranks' output joined, and its directory."""
+
+    what: str
+    statuses: list
+    stdout: str
+    stderr: str
+    cwd: Path
+
+    def __repr__(self) -> str:
+        return (f"{self.what}\nper-rank statuses: {self.statuses}\n--- stdout ---\n{self.stdout[-4000:]}\n"
+                f"--- stderr ---\n{self.stderr[-4000:]}")
+
+
+def run_cli_batch(where: Path, cases: list[tuple[str, list[str]]], nprocs: int | None,
+                  files: dict[str, str] | None = None, timeout: float = TIMEOUT_S) -> dict[str, Outcome]:
+    """Run ``cases`` ((id, argv) pairs: ``nicemu ARGV``) in one job of ``nprocs`` ranks (plain python
+    if None), each in ``where/id`` with ``files`` written there; the outcomes by id."""
+    dirs = []
+    for cid, argv in cases:
+        d = where / cid
+        d.mkdir()
+        for name, text in (files or {}).items():
+            (d / name).write_text(text)
+        (d / "args.json").write_text(json.dumps(list(map(str, argv))))
+        dirs.append(d)
+    run = run_python(["-c", _BATCH_DRIVER, *dirs], where, nprocs, timeout + 60,
+                     f"the batch of {len(cases)} nicemu runs (mpiexec -n {nprocs})")
+    assert run.returncode == 0, f"the batched job failed (a case aborted or crashed the job?)\n{run}"
+    out = {}
+    for (cid, argv), d in zip(cases, dirs):
+        ranks = [json.loads((d / f"rank{r}.json").read_text()) for r in range(nprocs or 1)]
+        out[cid] = Outcome(f"nicemu {' '.join(map(str, argv))} (mpiexec -n {nprocs})",
+                           [r["status"] for r in ranks], "".join(r["stdout"] for r in ranks),
+                           "".join(r["stderr"] for r in ranks), d)
+    return out

@@ -13,6 +13,7 @@ import json
 import math
 
 import pytest
+from conftest import run_cli_batch
 
 pytestmark = pytest.mark.e2e
 
@@ -179,54 +180,83 @@ def test_csv_matches_json(nicemu, tmp_path):
                 assert row[key] == str(value), (key, row, rec)
 
 
-@pytest.mark.parametrize(
-    "collective, dtype, op, topology, extra",
-    [
-        ("reducescatter", "int64", "max", "ring:8", ()),
-        ("reducescatter", "float64", "sum", "torus:2x2x2", ()),
-        ("allgather", "int64", "max", "torus:2x2x2", ()),
-        ("allgather", "float32", "sum", "ring:8", ()),
-        ("allreduce", "int32", "min", "torus:3x3", ()),
-        ("allreduce", "float16", "sum", "ring:8", ()),
-        ("allreduce", "float64", "sum", "torus:2x2x2", ("--density", "0.3", "--block-size", "64", "--warmup", "1")),
-        ("reducescatter", "float32", "sum", "torus:3x3", ("--density", "0.5", "--block-size", "16")),
-        # int32 sum: numpy's add.reduce widens int32 to int64, which the mpi algorithm must not pass on
-        ("reducescatter", "int32", "sum", "ring:8", ()),
-        # the nccl-tests types and ops: low-precision floats within the rounding bound, wrapping integers
-        ("allreduce", "bfloat16", "avg", "ring:8", ()),
-        ("reducescatter", "float8_e4m3fn", "sum", "torus:2x2x2", ()),
-        ("allreduce", "uint8", "prod", "torus:3x3", ()),
-        ("allreduce", "half", "max", "ring:8", ()),       # nccl-tests' alias, recorded as float16
-        # rooted: every node's row against the root's input, the root's row against the reduction
-        ("broadcast", "float8_e4m3fn", "sum", "torus:3x3", ("--root", "7")),
-        ("reduce", "bfloat16", "avg", "ring:8", ("--root", "5")),
-        ("reduce", "int64", "prod", "torus:2x2x2", ("--root", "3")),
-    ],
-    ids=lambda v: " ".join(v) if isinstance(v, tuple) else str(v),
-)
-def test_collectives_dtypes_ops(bench_json, collective, dtype, op, topology, extra):
+DTYPE_OP_CASES = [
+    ("reducescatter", "int64", "max", "ring:8", ()),
+    ("reducescatter", "float64", "sum", "torus:2x2x2", ()),
+    ("allgather", "int64", "max", "torus:2x2x2", ()),
+    ("allgather", "float32", "sum", "ring:8", ()),
+    ("allreduce", "int32", "min", "torus:3x3", ()),
+    ("allreduce", "float16", "sum", "ring:8", ()),
+    ("allreduce", "float64", "sum", "torus:2x2x2", ("--density", "0.3", "--block-size", "64", "--warmup", "1")),
+    ("reducescatter", "float32", "sum", "torus:3x3", ("--density", "0.5", "--block-size", "16")),
+    # int32 sum: numpy's add.reduce widens int32 to int64, which the mpi algorithm must not pass on
+    ("reducescatter", "int32", "sum", "ring:8", ()),
+    # the nccl-tests types and ops: low-precision floats within the rounding bound, wrapping integers
+    ("allreduce", "bfloat16", "avg", "ring:8", ()),
+    ("reducescatter", "float8_e4m3fn", "sum", "torus:2x2x2", ()),
+    ("allreduce", "uint8", "prod", "torus:3x3", ()),
+    ("allreduce", "half", "max", "ring:8", ()),       # nccl-tests' alias, recorded as float16
+    # rooted: every node's row against the root's input, the root's row against the reduction
+    ("broadcast", "float8_e4m3fn", "sum", "torus:3x3", ("--root", "7")),
+    ("reduce", "bfloat16", "avg", "ring:8", ("--root", "5")),
+    ("reduce", "int64", "prod", "torus:2x2x2", ("--root", "3")),
+]
+SPARSE_AVG = ("--dtype", "bfloat16", "--op", "avg", "--density", "0.3", "--block-size", "64")
+SPARSE_AVG_ALGOS = ["ring", "omniccl", "omnireduce"]
+
+
+def _dtype_op_args(case: tuple, executor: str) -> list[str]:
+    collective, dtype, op, topology, extra = case
+    algos = ALL_ALGOS if executor == "mpi" else EMULATED_ALGOS
+    return _bench_args(topology, algos, executor=executor,
+                       extra=("--collective", collective, "--dtype", dtype, "--op", op, *extra))
+
+
+@pytest.fixture(scope="module")
+def dtype_op_runs(tmp_path_factory):
+    """``(mpi, model)``: the records of every DTYPE_OP_CASES bench (and the sparse avg one), keyed by
+    case index (``"sparse-avg"``): one ``mpiexec -n 4`` job runs all the real-data benches in turn and one
+    plain job all the ``--executor model`` ones (``run_cli_batch``), instead of one launch per bench."""
+    cases = {str(i): c for i, c in enumerate(DTYPE_OP_CASES)}
+    runs = {}
+    for executor, n in (("mpi", 4), ("model", None)):
+        argv = {k: ["bench", *_dtype_op_args(c, executor), "--json", "out.json"] for k, c in cases.items()}
+        argv["sparse-avg"] = ["bench", *_bench_args("ring:8", SPARSE_AVG_ALGOS, executor=executor,
+                                                           extra=SPARSE_AVG),
+                              "--json", "out.json"]
+        outcomes = run_cli_batch(tmp_path_factory.mktemp(f"dtype_op_{executor}"), list(argv.items()), n)
+        records = {}
+        for key, proc in outcomes.items():
+            assert proc.statuses == [0] * (n or 1), str(proc)
+            assert "Traceback" not in proc.stderr, str(proc)
+            records[key] = json.loads((proc.cwd / "out.json").read_text())
+        runs[executor] = records
+    return runs["mpi"], runs["model"]
+
+
+@pytest.mark.parametrize("index", range(len(DTYPE_OP_CASES)),
+                         ids=[" ".join((*c[:4], " ".join(c[4]))) for c in DTYPE_OP_CASES])
+def test_collectives_dtypes_ops(dtype_op_runs, index):
+    collective, dtype, op, topology, extra = DTYPE_OP_CASES[index]
     name = {"half": "float16"}.get(dtype, dtype)
     itemsize = {"float16": 2, "float32": 4, "int32": 4, "float64": 8, "int64": 8, "bfloat16": 2,
                 "float8_e4m3fn": 1, "uint8": 1}[name]
-    args = _bench_args(topology, ALL_ALGOS, extra=("--collective", collective, "--dtype", dtype, "--op", op, *extra))
-    records = bench_json(args, n=4)
+    records, model = dtype_op_runs[0][str(index)], dtype_op_runs[1][str(index)]
     nodes = {"ring:8": 8, "torus:2x2x2": 8, "torus:3x3": 9}[topology]
     _check_records(records, SIZES, ALL_ALGOS, ranks=4, executor="mpi", nodes=nodes, collective=collective,
                    itemsize=itemsize)
     assert all(r["dtype"] == name and r["op"] == ("none" if collective == "broadcast" else op) for r in records)
-    model = bench_json(_bench_args(topology, EMULATED_ALGOS, executor="model",
-                                   extra=("--collective", collective, "--dtype", dtype, "--op", op, *extra)))
+    _check_records(model, SIZES, EMULATED_ALGOS, ranks=1, executor="model", nodes=nodes, collective=collective,
+                   itemsize=itemsize)
     assert _emulated(records) == _emulated(model)
 
 
-def test_sparse_avg_in_bfloat16(bench_json):
+def test_sparse_avg_in_bfloat16(dtype_op_runs):
     """The sparse algorithms take avg (a sum, divided once at the end) in any float type."""
-    extra = ("--dtype", "bfloat16", "--op", "avg", "--density", "0.3", "--block-size", "64")
-    algos = ["ring", "omniccl", "omnireduce"]
-    records = bench_json(_bench_args("ring:8", algos, extra=extra), n=4)
-    _check_records(records, SIZES, algos, ranks=4, executor="mpi", nodes=8, itemsize=2)
+    records, model = dtype_op_runs[0]["sparse-avg"], dtype_op_runs[1]["sparse-avg"]
+    _check_records(records, SIZES, SPARSE_AVG_ALGOS, ranks=4, executor="mpi", nodes=8, itemsize=2)
     assert all(r["dtype"] == "bfloat16" and r["op"] == "avg" for r in records)
-    assert _emulated(records) == _emulated(bench_json(_bench_args("ring:8", algos, executor="model", extra=extra)))
+    assert _emulated(records) == _emulated(model)
 
 
 # --- ASTRA-sim network files ------------------------------------------------------------------------

@@ -3,13 +3,20 @@
 The contract (nicemu/cli.py): a user error exits non-zero (status 2)
 promptly on every rank, with exactly one ``nicemu: error: ...`` line on stderr
 (printed by rank 0 only) that names the problem, and never a Python traceback.
+
+The cases of one launch (``mpiexec -n 2``, ``-n 4`` or alone) run in one job, case after case, each
+rank recording its own status and output (``run_cli_batch`` in conftest.py); the plain ``[mpiexec -n 2] python -m
+nicemu`` path is checked by ``test_real_entry_point`` and
+``test_unknown_flag_exact_line_from_the_real_entry_point``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+from conftest import Outcome, run_cli_batch
 
 pytestmark = pytest.mark.e2e
 
@@ -163,14 +170,28 @@ PARAMS = [pytest.param(c, c.nprocs, id=f"{c.id}-np{c.nprocs}") for c in CASES]
 PARAMS += [pytest.param(c, None, id=f"{c.id}-alone") for c in CASES if c.standalone]
 
 
-@pytest.mark.parametrize("c, nprocs", PARAMS)
-def test_bad_input(nicemu, tmp_path, c: Case, nprocs: int | None):
-    for name, text in FILES.items():
-        (tmp_path / name).write_text(text)
-    proc = nicemu(list(c.args), n=nprocs, timeout=ERROR_TIMEOUT_S)
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int | None], dict[str, Outcome]]:
+    """``batches(nprocs)``: every case of this module launched with ``nprocs``, run in one job (once)."""
+    made: dict[int | None, dict[str, Outcome]] = {}
 
-    assert proc.returncode != 0, f"a bad input exited 0\n{proc}"
-    assert proc.returncode == USAGE_STATUS, f"expected the usage-error status {USAGE_STATUS}\n{proc}"
+    def get(nprocs: int | None) -> dict[str, Outcome]:
+        if nprocs not in made:
+            cases = [(f"{c.id}", list(c.args)) for c, n in (p.values for p in PARAMS) if n == nprocs]
+            cases += [(f"exact-{i}", list(argv)) for i, argv in enumerate(EXACT) if nprocs in (None, 2)]
+            made[nprocs] = run_cli_batch(tmp_path_factory.mktemp(f"batch{nprocs}"), cases, nprocs, FILES,
+                                         ERROR_TIMEOUT_S)
+        return made[nprocs]
+
+    return get
+
+
+def _check_bad_input(c: Case, proc) -> None:
+    if isinstance(proc, Outcome):
+        assert proc.statuses == [USAGE_STATUS] * len(proc.statuses), f"expected status {USAGE_STATUS} on every rank\n{proc}"
+    else:
+        assert proc.returncode != 0, f"a bad input exited 0\n{proc}"
+        assert proc.returncode == USAGE_STATUS, f"expected the usage-error status {USAGE_STATUS}\n{proc}"
     for stream in (proc.stderr, proc.stdout):
         assert "Traceback" not in stream, f"traceback printed\n{proc}"
     assert "internal error" not in proc.stderr, str(proc)
@@ -182,6 +203,18 @@ def test_bad_input(nicemu, tmp_path, c: Case, nprocs: int | None):
     for word in c.keywords:
         assert word.lower() in message, f"the error does not mention {word!r}\n{proc}"
     assert "nicemu: error:" not in proc.stdout, str(proc)
+
+
+@pytest.mark.parametrize("c, nprocs", PARAMS)
+def test_bad_input(batches, c: Case, nprocs: int | None):
+    _check_bad_input(c, batches(nprocs)[c.id])
+
+
+@pytest.mark.parametrize("nprocs", [None, 2], ids=["alone", "np2"])
+def test_real_entry_point(nicemu, tmp_path, nprocs):
+    """One case the way a user runs it, ``[mpiexec -n 2] python -m nicemu ...``: the process's status."""
+    c = next(c for c in CASES if c.id == "unknown-algo")
+    _check_bad_input(c, nicemu(list(c.args), n=nprocs, timeout=ERROR_TIMEOUT_S))
 
 
 # --- unknown flags and commands: the exact one-line shape --------------------------------------------
@@ -200,10 +233,18 @@ EXACT = {
 
 @pytest.mark.parametrize("nprocs", [None, 2], ids=["alone", "np2"])
 @pytest.mark.parametrize("argv", list(EXACT), ids=" ".join)
-def test_unknown_flag_exact_line(nicemu, argv, nprocs):
-    proc = nicemu(list(argv), n=nprocs, timeout=ERROR_TIMEOUT_S)
-    assert proc.returncode == USAGE_STATUS, str(proc)
+def test_unknown_flag_exact_line(batches, argv, nprocs):
+    proc = batches(nprocs)[f"exact-{list(EXACT).index(argv)}"]
+    assert proc.statuses == [USAGE_STATUS] * (nprocs or 1), str(proc)
     assert proc.stderr == EXACT[argv], str(proc)
+    assert proc.stdout == "", str(proc)
+
+
+def test_unknown_flag_exact_line_from_the_real_entry_point(nicemu):
+    """``python -m nicemu bench --bogus`` under ``mpiexec -n 2``: the exact line, once, and status 2."""
+    proc = nicemu(["bench", "--bogus"], n=2, timeout=ERROR_TIMEOUT_S)
+    assert proc.returncode == USAGE_STATUS, str(proc)
+    assert proc.stderr == EXACT[("bench", "--bogus")], str(proc)
     assert proc.stdout == "", str(proc)
 
 

@@ -11,6 +11,7 @@ from mpi4py import MPI
 
 from nicemu.collectives import Emulator, model_time
 from nicemu.nic.profile import load_profile
+from tests.rank_slices import product_or_slice
 
 PROFILE = load_profile("directreduce-paper")
 COMM = MPI.COMM_WORLD
@@ -43,12 +44,15 @@ def mpi_reference(local_rows, op):
     return out
 
 
+#: the full topology x algorithm x count x dtype x op product runs at 2 ranks; at 3, 4 and 8 every
+#: (topology, algorithm, count) runs with one (dtype, op) in turn (tests/rank_slices.py)
+ALLREDUCE_CASES = product_or_slice(
+    [(t, a, c) for t in topologies() for a in ("ring", "directreduce") for c in (1, 5, 4099)],
+    [(d, o) for d in ("float32", "float64", "int32", "int64", "float16") for o in ("sum", "max")])
+
+
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("topology", topologies())
-@pytest.mark.parametrize("algo", ["ring", "directreduce"])
-@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64", "float16"])
-@pytest.mark.parametrize("op", ["sum", "max"])
-@pytest.mark.parametrize("count", [1, 5, 4099])
+@pytest.mark.parametrize("topology, algo, count, dtype, op", ALLREDUCE_CASES)
 def test_allreduce_on_ranks(topology, algo, dtype, op, count):
     with Emulator(COMM, topology, PROFILE) as emu:
         n = emu.topology.nodes

@@ -21,6 +21,7 @@ from nicemu.collectives import Emulator, model_sparse, model_time, sparse_config
 from nicemu.collectives.schedules.sparse_patterns import block_mask
 from nicemu.nic.ops import DTYPES, OPS, divide, is_integer, unit_roundoff
 from nicemu.nic.profile import load_profile
+from tests.rank_slices import product_or_slice
 
 COMM = MPI.COMM_WORLD
 PROFILE = load_profile("directreduce-paper")
@@ -72,9 +73,14 @@ def check(rows: np.ndarray, ref: np.ndarray, bound) -> None:
             assert np.all(diff <= bound), f"{np.count_nonzero(~(diff <= bound))} elements outside the bound"
 
 
+#: every type x op at 2 ranks; at 3, 4 and 8 every type with one op in turn, every op at least once
+#: (tests/rank_slices.py); the same for OmNICCL's sum and avg
+DENSE_CASES = product_or_slice([(n,) for n in DTYPES], [(o,) for o in OPS])
+OMNICCL_CASES = product_or_slice([(n,) for n in DTYPES], [("sum",), ("avg",)])
+
+
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("op", list(OPS))
-@pytest.mark.parametrize("name", list(DTYPES))
+@pytest.mark.parametrize("name, op", DENSE_CASES)
 def test_dense_algorithms_every_dtype_and_op(name, op):
     dt = DTYPES[name]
     with Emulator(COMM, TOPOLOGY, PROFILE) as emu:
@@ -97,8 +103,7 @@ def test_dense_algorithms_every_dtype_and_op(name, op):
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("op", ["sum", "avg"])
-@pytest.mark.parametrize("name", list(DTYPES))
+@pytest.mark.parametrize("name, op", OMNICCL_CASES)
 def test_omniccl_every_dtype(name, op):
     dt, block = DTYPES[name], 8
     with Emulator(COMM, TOPOLOGY, PROFILE) as emu:

@@ -13,15 +13,19 @@ from test_dtypes_mpi import COUNT, check, inputs, reference
 from nicemu.collectives import Emulator, model_time
 from nicemu.nic.ops import DTYPES, OPS
 from nicemu.nic.profile import load_profile
+from tests.rank_slices import product_or_slice
 
 COMM = MPI.COMM_WORLD
 PROFILE = load_profile("directreduce-paper", ["host.segment_KiB=0.0625"])    # several segments per chunk
 ALGOS = ("recursive-doubling", "rabenseifner", "tree", "ring-pipelined", "host-best")
 
 
+#: every type x op at 2 ranks; at 3, 4 and 8 every type with one op in turn (tests/rank_slices.py)
+CASES = product_or_slice([(n,) for n in DTYPES], [(o,) for o in OPS])
+
+
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("op", list(OPS))
-@pytest.mark.parametrize("name", list(DTYPES))
+@pytest.mark.parametrize("name, op", CASES)
 def test_host_algorithms_every_dtype_and_op(name, op):
     dt = DTYPES[name]
     with Emulator(COMM, f"switch:{max(COMM.size, 5)}", PROFILE) as emu:

@@ -13,6 +13,7 @@ from nicemu.collectives import Emulator, model_time
 from nicemu.errors import CollectiveError
 from nicemu.nic.profile import load_profile
 from tests.mpi.test_collectives_mpi import inputs, mpi_reference
+from tests.rank_slices import product_or_slice
 
 # a small DDIO share and pipeline segment, so that DMA writes spill and ring-pipelined segments
 PROFILE = load_profile("directreduce-paper", ["host.ddio_KiB=8", "host.segment_KiB=4"])
@@ -34,10 +35,14 @@ def _nodes(spec):
     return parse_topology(spec).nodes
 
 
+#: every layout x algorithm x (dtype, op) at 2 ranks; at 3, 4 and 8 every (layout, algorithm) with
+#: one (dtype, op) in turn (tests/rank_slices.py)
+HIERARCHICAL_CASES = product_or_slice([(t, p, a) for t, p in layouts() for a in ALGOS],
+                                      [("int64", "sum"), ("float64", "sum"), ("int32", "max")])
+
+
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("topology, per_node", layouts())
-@pytest.mark.parametrize("algo", ALGOS)
-@pytest.mark.parametrize("dtype, op", [("int64", "sum"), ("float64", "sum"), ("int32", "max")])
+@pytest.mark.parametrize("topology, per_node, algo, dtype, op", HIERARCHICAL_CASES)
 def test_hierarchical_allreduce_on_ranks(topology, per_node, algo, dtype, op):
     count = 6 * 1031                      # shards of 1031 elements: odd chunks inside every rail
     with Emulator(COMM, topology, PROFILE, ranks_per_node=per_node) as emu:

@@ -14,6 +14,7 @@ from nicemu.collectives import Emulator, model_sparse, sparse_config
 from nicemu.collectives.registry import names
 from nicemu.collectives.schedules.sparse_patterns import block_mask
 from nicemu.nic.profile import load_profile
+from tests.rank_slices import product_or_slice
 from tests.sparse_cases import CASES, case_inputs, check_sum
 
 COMM = MPI.COMM_WORLD
@@ -22,12 +23,15 @@ TOPOLOGIES = [t for t in ("ring:8", f"ring:{max(COMM.size, 2)}", "torus:3x3") if
     np.prod([int(k) for k in t.split(":")[1].split("x")])) >= COMM.size]
 
 
+#: every topology x algorithm x input case x dtype x (count, block) at 2 ranks; at 3, 4 and 8 every
+#: (topology, algorithm, input case) with one (dtype, count, block) in turn (tests/rank_slices.py)
+SPARSE_CASES = product_or_slice(
+    [(t, a, c) for t in dict.fromkeys(TOPOLOGIES) for a in names(kind="sparse") for c in CASES],
+    [(d, n, b) for d in ("float32", "int64") for n, b in ((700, 16), (5, 4))])
+
+
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("topology", list(dict.fromkeys(TOPOLOGIES)))
-@pytest.mark.parametrize("algo", tuple(names(kind="sparse")))
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("dtype", ["float32", "int64"])
-@pytest.mark.parametrize("count,block", [(700, 16), (5, 4)])
+@pytest.mark.parametrize("topology, algo, case, dtype, count, block", SPARSE_CASES)
 def test_sparse_cases_on_ranks(topology, algo, case, dtype, count, block):
     with Emulator(COMM, topology, PROFILE) as emu:
         n = emu.topology.nodes

@@ -30,6 +30,7 @@ from nicemu.collectives.registry import names
 from nicemu.collectives.schedules.sparse_patterns import block_mask
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import parse_topology
+from tests.rank_slices import full_product, in_slice
 
 COMM = MPI.COMM_WORLD
 PROFILE = load_profile("directreduce-paper")
@@ -42,6 +43,7 @@ VIRTUAL = ("torus:4x4x4", "torus:3x3x3x3")
 #: 4099 is prime, so no node count divides it
 COUNTS = [1, 1000, 4099]
 COLLECTIVES = ["allreduce", "reducescatter", "allgather"]
+ALGOS = ["ring", "directreduce"]
 DTYPES = ["float32", "float64", "float16", "int32", "int64"]
 SPARSE = {"block_size": 8, "spot_blocks": 4}
 #: the data path of the sparse algorithms runs one Python event loop per rank, so its cost
@@ -166,10 +168,14 @@ def test_node_mapping_covers_every_node_once(emu):
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("count", COUNTS)
-@pytest.mark.parametrize("algo", ["ring", "directreduce"])
+@pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("collective", COLLECTIVES)
 def test_dense_matches_model_and_reference(emu, single, collective, algo, count):
     spec = emu.topology.name
+    # every count at 2 ranks; at 3, 4 and 8 each (topology, collective, algo) with one count in turn
+    main = (TOPOLOGIES.index(spec) * len(COLLECTIVES) + COLLECTIVES.index(collective)) * 2 + ALGOS.index(algo)
+    if not in_slice(main, COUNTS.index(count), len(COUNTS)):
+        pytest.skip("this count runs for another (topology, collective, algo) here (tests/rank_slices.py)")
     n = emu.topology.nodes
     lo, hi = emu.node_range.start, emu.node_range.stop
     dtype = dtype_for(spec, count)
@@ -211,15 +217,22 @@ def test_dense_matches_model_and_reference(emu, single, collective, algo, count)
                 np.testing.assert_array_equal(got, want)
 
 
+TORI_DTYPE_OPS = [("float32", "max"), ("int32", "min"), ("float64", "sum"), ("float32", "sum"), ("int64", "sum"),
+                  ("float16", "sum")]
+
+
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("topology", VIRTUAL)
-@pytest.mark.parametrize("algo", ["ring", "directreduce"])
-@pytest.mark.parametrize("dtype,op", [("float32", "max"), ("int32", "min"), ("float64", "sum"),
-                                      ("float32", "sum"), ("int64", "sum"), ("float16", "sum")])
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("dtype,op", TORI_DTYPE_OPS)
 def test_virtual_tori_every_dtype(single, topology, algo, dtype, op):
     """64 and 81 nodes: every dtype (and max/min) at a count no node count divides."""
     if COMM.size > nodes_of(topology):
         pytest.skip("more ranks than nodes")
+    # every (dtype, op) with every (torus, algo) at 2 ranks; at 3, 4 and 8 the six pairs are shared out
+    # over the four (torus, algo), so each pair runs once
+    if not full_product() and TORI_DTYPE_OPS.index((dtype, op)) % 4 != VIRTUAL.index(topology) * 2 + ALGOS.index(algo):
+        pytest.skip("this (dtype, op) runs with another (torus, algo) here (tests/rank_slices.py)")
     count = 515
     with Emulator(COMM, topology, PROFILE) as emu:
         n = emu.topology.nodes
@@ -239,6 +252,11 @@ def test_virtual_tori_every_dtype(single, topology, algo, dtype, op):
 @pytest.mark.parametrize("algo", tuple(names(kind="sparse")))
 def test_sparse_matches_model_and_reference(sparse_emu, single, algo, count):
     spec = sparse_emu.topology.name
+    # every count at 2 ranks; at 3, 4 and 8 each (topology, algo) with one count in turn
+    sparse_algos = tuple(names(kind="sparse"))
+    main = TOPOLOGIES.index(spec) * len(sparse_algos) + sparse_algos.index(algo)
+    if not in_slice(main, COUNTS.index(count), len(COUNTS)):
+        pytest.skip("this count runs for another (topology, algo) here (tests/rank_slices.py)")
     n = sparse_emu.topology.nodes
     lo, hi = sparse_emu.node_range.start, sparse_emu.node_range.stop
     dtype = "int64" if count == 1000 else "float32"
