@@ -45,7 +45,10 @@ def vmax(a: ArrayLike, b: ArrayLike) -> ArrayLike:
     return a if a >= b else b
 
 
-_split_cache: list = [None, 0, None]   # (nbytes array, packet size, result) of the last call
+#: (nbytes array, packet size, result) of the latest calls, newest last: the stages of one step (link, PCIe,
+#: DRAM, the NIC's read-back) see a few size arrays in turn
+_split_cache: list = []
+_SPLIT_CACHE_SIZE = 4
 
 
 def packet_split(nbytes: ArrayLike, packet_bytes: int) -> tuple[ArrayLike, ArrayLike]:
@@ -53,21 +56,24 @@ def packet_split(nbytes: ArrayLike, packet_bytes: int) -> tuple[ArrayLike, Array
 
     The last packet carries the remainder (or a full packet); a stream that fits
     in one packet has first == last == nbytes. An empty stream has both 0.
-    The stages of one step see the same ``nbytes`` array, so the last result is
-    kept (sizes are exact integers, so integer arithmetic gives the same floats).
+    The stages of one step see the same few ``nbytes`` arrays, so the latest results
+    are kept (sizes are exact integers, so integer arithmetic gives the same floats).
     """
     size = float(packet_bytes)
     if not _is_array(nbytes):
         n = float(nbytes)
         rem = n % size
         return min(n, size), (size if rem == 0 and n > 0 else rem)
-    if _split_cache[0] is nbytes and _split_cache[1] == packet_bytes:
-        return _split_cache[2]
-    ints = np.asarray(nbytes, dtype=np.int64)
-    rem = ints % packet_bytes
-    first = np.minimum(ints, packet_bytes).astype(np.float64)
-    last = np.where((rem == 0) & (ints > 0), packet_bytes, rem).astype(np.float64)
-    _split_cache[:] = [nbytes, packet_bytes, (first, last)]
+    for entry in _split_cache:
+        if entry[0] is nbytes and entry[1] == packet_bytes:
+            return entry[2]
+    n = np.asarray(nbytes, dtype=np.float64)      # whole byte counts below 2**53: exact in float64
+    rem = np.fmod(n, size)
+    first = np.minimum(n, size)
+    last = np.where((rem == 0) & (n > 0), size, rem)
+    _split_cache.append((nbytes, packet_bytes, (first, last)))
+    if len(_split_cache) > _SPLIT_CACHE_SIZE:
+        del _split_cache[0]
     return first, last
 
 
@@ -158,11 +164,18 @@ def memory_stage(
         done = start + d * us_per_B
         return start + first_pkt * ratio * us_per_B, vmax(done, last_in + last_pkt * ratio * us_per_B), done
     some = d > 0.0
-    ratio = np.divide(d, n, out=np.zeros(np.shape(some)), where=some)
+    if not some.any():
+        return first_in, last_in, free_at
     start = vmax(first_in, free_at)
     done = start + d * us_per_B
-    return (np.where(some, start + first_pkt * ratio * us_per_B, first_in),
-            np.where(some, vmax(done, last_in + last_pkt * ratio * us_per_B), last_in),
+    if d is n or (_is_array(nbytes) and dram is nbytes):    # a read: every byte from DRAM, ratio 1
+        first_out, last_b = start + first_pkt * us_per_B, last_in + last_pkt * us_per_B
+    else:
+        ratio = np.divide(d, n, out=np.zeros(np.shape(some)), where=some)
+        first_out, last_b = start + first_pkt * ratio * us_per_B, last_in + last_pkt * ratio * us_per_B
+    if some.all():
+        return first_out, vmax(done, last_b), done
+    return (np.where(some, first_out, first_in), np.where(some, vmax(done, last_b), last_in),
             np.where(some, done, free_at))
 
 
