@@ -25,7 +25,8 @@ def test_sweep_jobs_and_resume(nicemu, tmp_path):
 
 
 BAD = [
-    ("sizes: 1K\nranks_per_node: 2\n", "unknown grid key 'ranks_per_node'"),
+    ("sizes: 1K\nnodes_per_rank: 2\n", "unknown grid key 'nodes_per_rank'"),
+    ("sizes: 1K\nranks_per_node: [0]\n", "--ranks-per-node 0 must be at least 1"),
     ("algo: []\n", "grid key 'algo' is an empty list"),
     ("block_size: 1.5\n", "grid key 'block_size' has 1.5 (float)"),
     ("algo: [ring\n", "grid.yml is malformed YAML"),
