@@ -18,13 +18,14 @@ from nicemu.errors import UsageError
 from nicemu.sizes import format_size, parse_sizes
 
 #: the grid keys, outermost first (``algo`` last: innermost); ``sizes`` becomes the ``bytes`` column
-AXES = ("topology", "ranks_per_node", "collective", "dtype", "op", "density", "block_size", "profile", "sizes",
-        "algo")
+AXES = ("topology", "ranks_per_node", "collective", "root", "dtype", "op", "density", "block_size", "profile",
+        "sizes", "algo")
 #: each axis' YAML value types, as users are told in errors
 _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "topology": ((str,), "a string such as ring:8"),
     "ranks_per_node": ((int,), "a whole number >= 1"),
     "collective": ((str,), "a string such as allreduce"),
+    "root": ((int,), "a whole number (broadcast and reduce: the root node)"),
     "dtype": ((str,), "a string such as float32"),
     "op": ((str,), "a string such as sum"),
     "density": ((int, float), "a number in [0, 1]"),

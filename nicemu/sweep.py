@@ -27,16 +27,17 @@ from nicemu.progress import Progress
 from nicemu.report import KEYS
 
 #: the grid columns that set a bench flag of the same meaning (``bytes`` is ``--sizes``)
-_FLAGS = {"topology": "topology", "ranks_per_node": "ranks_per_node", "collective": "collective", "dtype": "dtype",
-          "op": "op", "density": "density", "block_size": "block_size", "profile": "profile", "bytes": "sizes",
-          "algo": "algo"}
+_FLAGS = {"topology": "topology", "ranks_per_node": "ranks_per_node", "collective": "collective", "root": "root",
+          "dtype": "dtype", "op": "op", "density": "density", "block_size": "block_size", "profile": "profile",
+          "bytes": "sizes", "algo": "algo"}
 #: OUT.json is rewritten at most this often while points finish (and always at the end)
 SAVE_EVERY_S = 1.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("grid", metavar="GRID.yml", help="the grid: lists of topology, ranks_per_node, algo, collective, "
-                   "sizes, dtype, density, profile, op, block_size, a 'set' mapping of profile keys, and 'exclude'")
+                   "root, sizes, dtype, density, profile, op, block_size, a 'set' mapping of profile keys, and "
+                   "'exclude'")
     p.add_argument("--json", required=True, type=argtypes.output_file,
                    help="write the records here (rewritten as points finish)")
     p.add_argument("--csv", type=argtypes.output_file, help="also write the records as CSV")

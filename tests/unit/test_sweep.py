@@ -258,3 +258,20 @@ def test_plot_without_matplotlib_is_one_line(tmp_path, capsys, monkeypatch):
     rc, recs = _sweep(tmp_path, "algo: ring\nsizes: 1K\n", "--plot", str(tmp_path / "p.png"))
     err = capsys.readouterr().err
     assert rc == 2 and recs == [] and err == "nicemu: error: --plot needs matplotlib: pip install 'nicemu[plot]'\n"
+
+
+def test_ranks_per_node_and_root_axes_reach_the_timing():
+    """A grid's ranks_per_node and root columns time the same call as model_time with those arguments."""
+    grid = parse_grid("topology: ring:4\nranks_per_node: [1, 2]\ncollective: allreduce\nsizes: [64K]\n"
+                            "algo: [ring, directreduce]\n")
+    for p in grid.points():
+        rec = sweep.run_point(p)
+        want = model_time("allreduce", p["algo"], "ring:4", "directreduce-paper", 16384,
+                          ranks_per_node=p["ranks_per_node"])
+        assert rec["emulated_us"] == want.emulated_us and rec["ranks_per_node"] == p["ranks_per_node"]
+    assert len({sweep.run_point(p)["emulated_us"] for p in grid.points()}) == 4   # P changes the time
+    rooted = parse_grid("topology: switch:5\ncollective: reduce\nroot: [0, 3]\nsizes: [64K]\nalgo: tree\n")
+    for p in rooted.points():
+        rec = sweep.run_point(p)
+        want = model_time("reduce", "tree", "switch:5", "directreduce-paper", 16384, root=p["root"])
+        assert rec["emulated_us"] == want.emulated_us and rec["root"] == p["root"]
