@@ -81,7 +81,7 @@ class Result:
     node_done_us: np.ndarray | None = None        # per local node (per node under the model executor)
     faults: dict | None = None                    # with faults: drops, corruptions, retransmit_bytes, per_link
     chosen_algo: str | None = None                # host-best: the host algorithm it ran
-    framed_bytes: int | None = None               # wire_bytes plus link.header_bytes per packet (dense)
+    framed_bytes: int | None = None               # wire_bytes plus link.header_bytes per packet
     nic_spill_bytes: int | None = None            # dense: most bytes one NIC read back (did not fit)
 
 

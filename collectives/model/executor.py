@@ -25,7 +25,7 @@ class Timing:
     ``emulated_us`` is the slowest node's completion and ``node_done_us`` each node's, in emulated
     microseconds; ``host_busy_us`` and ``nic_busy_us`` the busiest host CPU and NIC reduction engine;
     ``wire_bytes`` the payload bytes over all links, ``framed_bytes`` those plus ``link.header_bytes`` per
-    packet (dense). Sparse algorithms add ``upstream_bytes``, ``downstream_bytes`` and ``spilled`` (the
+    packet. Sparse algorithms add ``upstream_bytes``, ``downstream_bytes`` and ``spilled`` (the
     spots did not fit in NIC memory); ``faults`` holds drops, corruptions, retransmit_bytes and per_link;
     ``chosen_algo`` is the host algorithm ``host-best`` ran; ``nic_spill_bytes`` (dense) the most bytes
     one node's NIC read back from host memory because they did not fit in ``nic.memory_KiB``.
@@ -41,7 +41,7 @@ class Timing:
     spilled: bool | None = None           # sparse algorithms: spots did not fit in NIC memory
     faults: dict | None = None            # --faults: drops, corruptions, retransmit_bytes, per_link
     chosen_algo: str | None = None        # host-best: the algorithm it ran
-    framed_bytes: int | None = None       # wire_bytes plus link.header_bytes per packet (dense algorithms)
+    framed_bytes: int | None = None       # wire_bytes plus link.header_bytes per packet
     nic_spill_bytes: int | None = None    # dense: most bytes one NIC read back because they did not fit
 
 

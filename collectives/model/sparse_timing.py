@@ -90,6 +90,7 @@ class SparseTiming:
     downstream_bytes: int         # aggregator -> worker, over links
     spilled: bool                 # spots did not fit in NIC memory
     faults: dict | None = None    # --faults on the Rx-spot writes: drops, corruptions, ..., per_link
+    framed_bytes: int | None = None   # wire_bytes plus link.header_bytes per packet of every message
 
 
 def sparse_time(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec | None = None,
@@ -107,14 +108,14 @@ def sparse_time(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec |
         downstream.time_round(t, rnd, rounds[i + 1] if i + 1 < len(rounds) else None)
     stats = None if t.faults is None else FaultStats.summary(t.fault_stats.rows())
     return SparseTiming(float(t.done.max()), t.done, float(t.host_busy.max()), float(t.nic_busy.max()),
-                        t.up + t.down, t.up, t.down, bool(t.spilled), stats)
+                        t.up + t.down, t.up, t.down, bool(t.spilled), stats, t.framed_bytes())
 
 
 def as_timing(t: SparseTiming) -> Timing:
     """The executor's common result type."""
     return Timing(t.emulated_us, t.node_done_us, t.host_busy_us, t.nic_busy_us, t.wire_bytes,
                   upstream_bytes=t.upstream_bytes, downstream_bytes=t.downstream_bytes,
-                  spilled=t.spilled, faults=t.faults)
+                  spilled=t.spilled, faults=t.faults, framed_bytes=t.framed_bytes)
 
 
 def model_sparse(cfg: SparseConfig, masks: np.ndarray, profile: Profile, itemsize: int,

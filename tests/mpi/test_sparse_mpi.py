@@ -40,7 +40,9 @@ def test_sparse_cases_on_ranks(topology, algo, case, dtype, count, block):
         t = emu.run_inplace("allreduce", work, "sum", algo, {"block_size": block, "spot_blocks": 3})
         check_sum(work, x)
         cfg = sparse_config(algo, n, block_size=block, spot_blocks=3)
-        assert t.emulated_us == model_sparse(cfg, block_mask(x, block), PROFILE, x.dtype.itemsize).emulated_us
+        model = model_sparse(cfg, block_mask(x, block), PROFILE, x.dtype.itemsize)
+        assert t.emulated_us == model.emulated_us
+        assert t.framed_bytes == model.framed_bytes == t.wire_bytes == model.wire_bytes   # no headers
 
 
 def rss_bytes() -> int:

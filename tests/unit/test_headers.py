@@ -63,3 +63,55 @@ def test_header_key_is_optional_and_checked():
     assert load_profile("directreduce-paper").link.header_bytes == 0
     with pytest.raises(ProfileError, match="header_bytes"):
         load_profile("ideal", ["link.header_bytes=-1"])
+
+
+def _spot_messages(plan, itemsize: int) -> list[tuple[int, int]]:
+    """(bytes, copies) of every message of the spot protocol that crosses a link, walked round by
+    round and slot by slot from the plan: records up (not the aggregator's own), results and Rx
+    credits down to every far worker, Tx credits back up."""
+    from nicemu.collectives.schedules.spot_protocol import CREDIT_BYTES, INDEX_BYTES, RECORD_HEADER_BYTES
+    cfg, lay = plan.cfg, plan.layout
+    dedicated = cfg.aggregation == "dedicated"
+    far = lay.nodes if dedicated else lay.nodes - 1
+    per_block = cfg.block_size * itemsize + INDEX_BYTES
+    out = []
+    for rnd in plan.rounds:
+        for j, slot in enumerate(rnd.slots.tolist()):
+            agg_node = -1 if dedicated else int(lay.aggregator_node[lay.slot_agg[slot]])
+            for w in range(lay.nodes):
+                if rnd.reports[j, w] and w != agg_node:
+                    out.append((RECORD_HEADER_BYTES + int(rnd.sent[j, w]) * per_block, 1))
+            out.append((RECORD_HEADER_BYTES + int(rnd.result[j]) * per_block, far))
+            out.append((CREDIT_BYTES, far))                      # Tx credits
+            if cfg.credits and rnd.next_lo[j] < lay.slot_hi[slot]:
+                out.append((CREDIT_BYTES, far))                  # Rx credits with the next window
+    return out
+
+
+@pytest.mark.parametrize("algo", ["omniccl", "omniccl-cpu", "omnireduce"])
+@pytest.mark.parametrize("density", [0.05, 0.4, 1.0])
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_sparse_framed_bytes_sum_every_message(algo, density, chunk, monkeypatch):
+    """framed_bytes of a sparse run is the sum over its plan's messages of bytes + ⌈bytes/P⌉ H;
+    with H = 0 it is wire_bytes."""
+    from nicemu.collectives.model.sparse import state
+    from nicemu.collectives.model.sparse_timing import plan_sparse
+    if chunk is not None:                # a few (slot, worker) pairs per chunk: many chunks per round
+        monkeypatch.setattr(state, "CHUNK", chunk)
+    nodes, header = 5, 82
+    prof = load_profile("omniccl-paper", [f"link.header_bytes={header}"])
+    cfg = sparse_config(algo, nodes, block_size=256, spot_blocks=8, spots=2)
+    rng = np.random.default_rng(11)
+    masks = rng.random((nodes, 90)) < density
+    masks[:, 40:50] = False                                      # a stretch of blocks zero everywhere
+    masks[0, :16] = True                                         # full records of several packets
+    msgs = _spot_messages(plan_sparse(cfg, masks), 4)
+    pkt = prof.nic.packet_bytes
+    assert any(-(-m // pkt) > 1 for m, _ in msgs)                # some messages span several packets
+    wire = sum(m * c for m, c in msgs)
+    framed_sum = sum((m + -(-m // pkt) * header) * c for m, c in msgs)
+    t = model_sparse(cfg, masks, prof, 4)
+    assert t.wire_bytes == wire
+    assert t.framed_bytes == framed_sum > wire
+    plain = model_sparse(cfg, masks, load_profile("omniccl-paper"), 4)
+    assert plain.framed_bytes == plain.wire_bytes == wire

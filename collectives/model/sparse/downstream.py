@@ -79,6 +79,8 @@ def _aggregators_send(st: SpotState, res: _Results) -> None:
         res.c0[rows], res.e0[rows] = c, e
     st.down += int(np.count_nonzero(res.cont)) * f * CREDIT_BYTES + int((f * res.rb).astype(np.int64).sum())
     st.up += nact * f * CREDIT_BYTES        # every reader returns a Tx credit
+    st.count_packets(CREDIT_BYTES, (int(np.count_nonzero(res.cont)) + nact) * f)
+    st.count_packets(res.rb, f)
 
 
 class _PerWorker:

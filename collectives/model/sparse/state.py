@@ -24,7 +24,7 @@ from nicemu.collectives.schedules.spot_protocol import (
 )
 from nicemu.nic.faults import FaultSpec
 from nicemu.nic.profile import Profile
-from nicemu.nic.streams import framed, us_per_byte
+from nicemu.nic.streams import framed, packets, us_per_byte
 
 #: (slot, worker) pairs held at once (a few MiB per array: cache-sized); tests lower it
 CHUNK = 1 << 18
@@ -82,6 +82,7 @@ class SpotState:
         self.tx_free = np.zeros((lay.slots, cfg.tx_spots))
         self.done = np.zeros(n)
         self.up = self.down = 0
+        self.packets = 0      # packets of the messages ``up`` and ``down`` count (kept with headers only)
         # With finite non-negative costs every free time only grows. Then a worker's latest
         # landed result is its latest done time, the latest arrival on a link is the latest
         # arrival of any message, and a host-packing self-clock, a copy of the worker
@@ -102,6 +103,17 @@ class SpotState:
         if not self.header:
             return nbytes * self.beta
         return framed(np.rint(nbytes).astype(np.int64), self.packet_bytes, self.header) * self.beta
+
+    def count_packets(self, nbytes, times=1) -> None:
+        """With headers on: add the packets of messages of ``nbytes`` (integral, float or array), each
+        sent ``times`` times (a number or an array like ``nbytes``), to ``packets``."""
+        if self.header:
+            pk = packets(np.rint(nbytes).astype(np.int64), self.packet_bytes)
+            self.packets += int(np.sum(pk * times))
+
+    def framed_bytes(self) -> int:
+        """``up + down`` with ``link.header_bytes`` per packet of every message they count."""
+        return int(self.up + self.down + self.packets * float(self.header)) if self.header else self.up + self.down
 
     def host_of(self, slot: int) -> np.ndarray:
         """The host free times (over the endpoints, a view) of the thread that serves ``slot``."""

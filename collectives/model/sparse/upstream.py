@@ -267,7 +267,21 @@ def _link_in_service(st: SpotState, ch: Chunk, sent: _Senders) -> tuple[np.ndarr
     total_sent -= float(sval[loc, 0 if const else local_pos[loc]].sum()) if len(loc) else 0.0
     st.up += ((st.bb + INDEX_BYTES) * int(total_sent)
               + RECORD_HEADER_BYTES * (int(ch.length.sum()) - len(loc)))
+    if st.header:
+        _count_record_packets(st, ch, loc, local_pos)
     return loc, service
+
+
+def _count_record_packets(st: SpotState, ch: Chunk, loc: np.ndarray, local_pos: np.ndarray) -> None:
+    """The packets of the records that cross a link (every record but the aggregator's own)."""
+    if ch.const:        # one record size per row, ``length`` records
+        st.count_packets(ch.msg[:, 0], ch.length)
+        if len(loc):
+            st.count_packets(ch.msg[loc, 0], -1)
+        return
+    st.count_packets(ch.msg, 1 if ch.dense else ch.valid)
+    if len(loc):
+        st.count_packets(ch.msg[loc, local_pos[loc]], -1)
 
 
 def _receive(st: SpotState, rnd: Round, ch: Chunk, sent: _Senders) -> None:
