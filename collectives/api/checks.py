@@ -258,9 +258,6 @@ def fault_options(faults: str | FaultSpec | None, stragglers: str | list | dict 
     slow = parse_stragglers(stragglers)
     if spec is not None:
         spec.check_nodes(nodes)
-        if spec.active and not isinstance(topology, int) and topology.ranks_per_node > 1:
-            raise CollectiveError(f"link faults run with one rank per node; drop --faults or --ranks-per-node "
-                                  f"{topology.ranks_per_node} (stragglers work)")
     check_stragglers(slow, nodes)
     return (spec if spec is not None and spec.active else None), slow
 

@@ -78,6 +78,13 @@ class LinkFaultRun:
         self.stats = FaultStats()
         self.last = None
 
+    def local(self, local_src) -> None:
+        """A step between ranks of one node (``--ranks-per-node``): no link, so no faults and no draw."""
+        src = np.atleast_1d(np.asarray(local_src, dtype=np.int64)) + self.lo
+        none = np.zeros(len(src))
+        self.last = (src, src, TransferFaults(none.astype(np.int64), none.astype(np.int64), none.astype(np.int64),
+                                              none, none))
+
     def delay(self, agents: NicAgents, step: Step, local_src, nbytes, first, last):
         """Add the go-back-N cost of this step's faults to the streams leaving ``local_src``."""
         src = np.atleast_1d(np.asarray(local_src, dtype=np.int64)) + self.lo

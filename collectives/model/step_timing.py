@@ -43,7 +43,9 @@ def send_half(agents: NicAgents, step: Step, local_src: np.ndarray, nbytes: np.n
     first, last = agents.send(local_src, step.dim, step.direction, nbytes, step.from_host,
                               step.cut_through, host_nbytes, step.local, step.engine, step.reduce,
                               step.nic_share, step.reduce and not step.from_host and step.index == 0)
-    if step.local:
+    if step.local:                  # ranks of one node: no link, so no link faults
+        if agents.faults is not None:
+            agents.faults.local(local_src)
         return first, last
     if agents.faults is not None:   # --faults: go-back-N delays (collectives/model/link_faults.py)
         first, last = agents.faults.delay(agents, step, local_src, nbytes, first, last)

@@ -76,8 +76,6 @@ CASES = [
          "omniccl", "one rank per node"),
     case("ranks-per-node-allgather", [*BENCH, "--sizes", "1K", "--ranks-per-node", "2", "--collective",
                                       "allgather"], "allgather", "allreduce"),
-    case("ranks-per-node-faults", [*BENCH, "--sizes", "1K", "--ranks-per-node", "2", "--faults", "drop=0.01"],
-         "faults", "one rank per node"),
     case("ranks-per-node-too-many-ranks", [*BENCH, "--sizes", "1K", "--topology", "ring:2", "--ranks-per-node",
                                            "2"], "ring:2", "ranks per node", nprocs=8),
     case("size-zero", [*BENCH, "--sizes", "0"], "positive", standalone=True),

@@ -67,6 +67,27 @@ def test_hierarchical_allreduce_on_ranks(topology, per_node, algo, dtype, op):
 
 
 @pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("algo", ["ring", "directreduce"])
+def test_link_faults_with_ranks_per_node(algo):
+    """Drops and corruptions on the rails' links (none between the ranks of a node): exact results, and the
+    model's times and fault counts with the same draws."""
+    faults = "drop=0.02,corrupt=0.02,seed=5"
+    topology = f"ring:{COMM.Get_size()}"
+    with Emulator(COMM, topology, PROFILE, faults=faults, ranks_per_node=2) as emu:
+        n = emu.topology.nodes
+        x = inputs(n, 3 * 1031, "int64", seed=n)
+        mine = x[emu.node_range.start:emu.node_range.stop]
+        res = emu.allreduce(mine, algo=algo)
+        for row in np.atleast_2d(res.data):
+            np.testing.assert_array_equal(row, x.sum(axis=0))
+        model = model_time("allreduce", algo, topology, PROFILE, 3 * 1031, "int64", faults=faults,
+                           ranks_per_node=2)
+        assert res.emulated_us == model.emulated_us
+        assert res.faults["drops"] + res.faults["corruptions"] > 0
+        assert (res.faults["drops"], res.faults["corruptions"]) == (model.faults["drops"], model.faults["corruptions"])
+
+
+@pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("algo, collective", [("omniccl", "allreduce"), ("ring", "allgather")])
 def test_what_runs_one_rank_per_node_is_refused_on_every_rank(algo, collective):
     with Emulator(COMM, f"ring:{COMM.Get_size()}", PROFILE, ranks_per_node=2) as emu:
