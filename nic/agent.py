@@ -22,13 +22,13 @@ import numpy as np
 
 from nicemu.nic.compute_enhancer import ComputeEnhancer
 from nicemu.nic.datadirector import DataDirector
-from nicemu.nic.gatekeeper import GateKeeper, budget_bytes, host_part, host_share, overflow
+from nicemu.nic.gatekeeper import GateKeeper, budget_bytes, host_part, host_share
 from nicemu.nic.host import HostCpu
 from nicemu.nic.host_memory import HostMemory
 from nicemu.nic.link import Links
 from nicemu.nic.pcie import Pcie
 from nicemu.nic.profile import Profile
-from nicemu.nic.streams import vmax
+from nicemu.nic.streams import overflow, vmax
 
 
 class NicAgents:

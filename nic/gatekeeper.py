@@ -20,19 +20,12 @@ import math
 import numpy as np
 
 from nicemu.nic.pcie import Pcie
-from nicemu.nic.streams import ArrayLike, as_float, join
+from nicemu.nic.streams import ArrayLike, as_float, join, overflow
 
 
 def budget_bytes(memory_KiB: float, share: float) -> float:
     """Whole bytes of NIC memory one transfer's chunk may hold (``share``: its part of the memory)."""
     return float(math.floor(memory_KiB * 1024.0 * share))
-
-
-def overflow(nbytes: ArrayLike, budget: float) -> ArrayLike:
-    """Bytes of a chunk of ``nbytes`` that do not fit in ``budget``."""
-    if isinstance(nbytes, np.ndarray):
-        return np.maximum(as_float(nbytes) - budget, 0.0)
-    return max(float(nbytes) - budget, 0.0)
 
 
 def host_share(nbytes: ArrayLike, budget: float) -> ArrayLike:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from nicemu.nic.profile import Profile
-from nicemu.nic.streams import ArrayLike, as_float, memory_stage, us_per_byte, vmax
+from nicemu.nic.streams import ArrayLike, as_float, memory_stage, overflow, us_per_byte, vmax
 
 
 class HostMemory:
@@ -38,8 +38,7 @@ class HostMemory:
 
     def spill(self, nbytes: ArrayLike) -> ArrayLike:
         """DRAM bytes of a DMA write of ``nbytes``: what does not fit in the rank's DDIO share."""
-        return np.maximum(as_float(nbytes) - self.ddio_bytes, 0.0) if isinstance(nbytes, np.ndarray) \
-            else max(float(nbytes) - self.ddio_bytes, 0.0)
+        return overflow(nbytes, self.ddio_bytes)
 
     def stream(self, ix, first: ArrayLike, last: ArrayLike, nbytes: ArrayLike, dram: ArrayLike
                ) -> tuple[ArrayLike, ArrayLike]:

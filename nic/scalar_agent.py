@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from nicemu.nic.gatekeeper import budget_bytes, host_part, host_share, overflow
+from nicemu.nic.gatekeeper import budget_bytes, host_part, host_share
 from nicemu.nic.host import pass_dram
 from nicemu.nic.host_memory import HostMemory
 from nicemu.nic.profile import Profile
-from nicemu.nic.streams import framed_split, memory_stage, us_per_byte
+from nicemu.nic.streams import framed_split, memory_stage, overflow, us_per_byte
 
 
 def _later(a: float, b: float) -> float:
@@ -139,8 +139,9 @@ class ScalarAgent:
             own_share=host_share(nbytes, budget) if nic and step.reduce else 0.0)
 
     # Host DRAM (nic/host_memory.py), in HostMemory's operations and order; only when it is charged.
-    def _dram(self, first: float, last: float, c: StepCosts, dram: float) -> tuple[float, float]:
-        first, last, self.mem_free = memory_stage(first, last, c.nbytes, dram, self.mem_free,
+    def _dram(self, first: float, last: float, nbytes: float, dram: float) -> tuple[float, float]:
+        """HostMemory.stream: a stream of ``nbytes`` that moves ``dram`` bytes through DRAM."""
+        first, last, self.mem_free = memory_stage(first, last, nbytes, dram, self.mem_free,
                                                   self.memory.us_per_B, self.packet_bytes)
         return first, last
 
@@ -148,7 +149,7 @@ class ScalarAgent:
         """Pcie.read: DRAM, then the DMA read engine."""
         first = last = ready
         if self.memory is not None:
-            first, last = self._dram(ready, ready, c, float(c.nbytes))
+            first, last = self._dram(ready, ready, c.nbytes, float(c.nbytes))
         first, last, self.read_free = c.pcie.run(first, last, self.read_free)
         return first, last
 
@@ -156,15 +157,14 @@ class ScalarAgent:
         """Pcie.write: the DMA write engine, then what spills past DDIO to DRAM."""
         first, last, self.write_free = c.pcie.run(first, last, self.write_free)
         if self.memory is not None:
-            first, last = self._dram(first, last, c, c.spill)
+            first, last = self._dram(first, last, c.nbytes, c.spill)
         return first, last
 
     def _read_bytes(self, nbytes: float, ready: float) -> tuple[float, float]:
         """Pcie.read of ``nbytes`` that are not the step's chunk (NIC memory read-back)."""
         first = last = ready
         if self.memory is not None:
-            first, last, self.mem_free = memory_stage(ready, ready, nbytes, nbytes, self.mem_free,
-                                                      self.memory.us_per_B, self.packet_bytes)
+            first, last = self._dram(ready, ready, nbytes, nbytes)
         costs = StageCosts.of(nbytes, self.pcie_us_per_B, self.pcie_latency_us, self.packet_bytes)
         first, last, self.read_free = costs.run(first, last, self.read_free)
         return first, last
@@ -234,7 +234,6 @@ class ScalarAgent:
                 costs = StageCosts.of(host, self.pcie_us_per_B, self.pcie_latency_us, self.packet_bytes)
                 w_first, end, self.write_free = costs.run(first, last, self.write_free)
                 if self.memory is not None:
-                    _, end, self.mem_free = memory_stage(w_first, end, host, self.memory.spill(host),
-                                                         self.mem_free, self.memory.us_per_B, self.packet_bytes)
+                    _, end = self._dram(w_first, end, host, self.memory.spill(host))
                 done = _later(done, end)
         self.clock = _later(self.clock, done)

@@ -106,6 +106,13 @@ def as_float(nbytes: ArrayLike) -> ArrayLike:
     return np.asarray(nbytes, dtype=np.float64) if _is_array(nbytes) else float(nbytes)
 
 
+def overflow(nbytes: ArrayLike, budget: float) -> ArrayLike:
+    """Bytes of ``nbytes`` beyond ``budget`` (a buffer's capacity: NIC memory, the DDIO share)."""
+    if _is_array(nbytes):
+        return np.maximum(as_float(nbytes) - budget, 0.0)
+    return max(float(nbytes) - budget, 0.0)
+
+
 def stage(
     first_in: ArrayLike,
     last_in: ArrayLike,
@@ -154,11 +161,11 @@ def memory_stage(
 
     Returns ``(first_out, last_out, free)``.
     """
-    first_pkt, last_pkt = packet_split(nbytes, packet_bytes)
     n, d = as_float(nbytes), as_float(dram)
     if not (_is_array(n) or _is_array(d)):
         if d <= 0.0:
             return first_in, last_in, free_at
+        first_pkt, last_pkt = packet_split(nbytes, packet_bytes)
         ratio = d / n
         start = vmax(first_in, free_at)
         done = start + d * us_per_B
@@ -166,6 +173,7 @@ def memory_stage(
     some = d > 0.0
     if not some.any():
         return first_in, last_in, free_at
+    first_pkt, last_pkt = packet_split(nbytes, packet_bytes)
     start = vmax(first_in, free_at)
     done = start + d * us_per_B
     if d is n or (_is_array(nbytes) and dram is nbytes):    # a read: every byte from DRAM, ratio 1

@@ -172,11 +172,17 @@ def as_topology(topology: str | Torus, ranks_per_node: int = 1) -> Torus:
         topology = parse_topology(topology)
     elif not isinstance(topology, Torus):
         raise CollectiveError(f"topology must be a spec such as 'ring:8' or a Torus, got {type(topology).__name__}")
-    if isinstance(ranks_per_node, bool) or not isinstance(ranks_per_node, (int, np.integer)) or ranks_per_node < 1:
-        raise CollectiveError(f"ranks_per_node must be a whole number >= 1, got {ranks_per_node!r}")
+    ranks_per_node = check_per_node(ranks_per_node)
     if ranks_per_node == 1 or topology.ranks_per_node == ranks_per_node:
         return topology
-    return topology.with_ranks_per_node(int(ranks_per_node))
+    return topology.with_ranks_per_node(ranks_per_node)
+
+
+def check_per_node(ranks_per_node: int) -> int:
+    """A ranks-per-node count: a whole number >= 1 (:class:`CollectiveError` otherwise)."""
+    if isinstance(ranks_per_node, bool) or not isinstance(ranks_per_node, (int, np.integer)) or ranks_per_node < 1:
+        raise CollectiveError(f"ranks_per_node must be a whole number >= 1, got {ranks_per_node!r}")
+    return int(ranks_per_node)
 
 
 def check_ranks_per_node(topology: Torus, algo: str, collective: str) -> None:

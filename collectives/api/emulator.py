@@ -35,6 +35,7 @@ from nicemu.collectives.api.checks import (
     check_dtype_op,
     check_op,
     check_options,
+    check_per_node,
     check_ranks_per_node,
     check_root,
     check_sparse_call,
@@ -116,8 +117,7 @@ class Emulator:
         if not isinstance(comm, MPI.Comm):
             raise CollectiveError(f"comm must be an mpi4py communicator, got {type(comm).__name__}")
         if topology is None:
-            topology = ring(max(comm.size // ranks_per_node if isinstance(ranks_per_node, int) and
-                                ranks_per_node > 0 else comm.size, 2))
+            topology = ring(max(comm.size // check_per_node(ranks_per_node), 2))
         self.topology = as_topology(topology, ranks_per_node)
         self.profile = as_profile(profile, overrides)
         self.comm = comm.Dup()

@@ -158,18 +158,6 @@ def _rows(records: Sequence[dict], key) -> list:
     return list(dict.fromkeys(key(r) for r in records))
 
 
-def crossover(rows: Sequence[dict], key: str) -> int | None:
-    """The smallest size from which DirectReduce beats the baseline at every larger size (None: never)."""
-    rows = sorted(rows, key=lambda r: r["bytes"])
-    first = None
-    for r in rows:
-        if r[key] > 0:
-            first = r["bytes"] if first is None else first
-        else:
-            first = None
-    return first
-
-
 def gain_table(records: Sequence[dict], key: str, row_key, row_label) -> list[str]:
     """Markdown: one row per row_key, one column per size, cells the gain in percent."""
     sizes = sorted({r["bytes"] for r in records})
@@ -231,6 +219,12 @@ def win_ranges(rows: Sequence[dict], key: str) -> list[tuple[int, int]]:
             runs.append([r["bytes"], r["bytes"]])
         prev_won = won
     return [(a, b) for a, b in runs]
+
+
+def crossover(rows: Sequence[dict], key: str) -> int | None:
+    """The smallest size from which DirectReduce beats the baseline at every larger size (None: never)."""
+    runs = win_ranges(rows, key)
+    return runs[-1][0] if runs and runs[-1][1] == max(r["bytes"] for r in rows) else None
 
 
 def _wins(records: Sequence[dict], key: str, row_key, row_label) -> str:
