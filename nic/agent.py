@@ -59,9 +59,21 @@ class NicAgents:
         self.spill_bytes = np.zeros(nodes)   # bytes read back from host memory because they did not fit
         #: link fault injection (collectives/model/link_faults.py), None when off
         self.faults = None
+        self._telemetry = None
         self.slowed = False   # stragglers: some service times are per-node arrays
         #: some node of the topology straggles (the same on every rank, unlike ``slowed``)
         self.stragglers_anywhere = False
+
+    @property
+    def telemetry(self):
+        """Per-link and per-resource accounting of the call (nic/telemetry.py), None when off."""
+        return self._telemetry
+
+    @telemetry.setter
+    def telemetry(self, value) -> None:
+        self._telemetry = value
+        for part in (self.links, self.pcie, self.compute, self.host, self.memory):
+            part.telemetry = value
 
     def slow_down(self, factors: np.ndarray) -> None:
         """Stragglers: scale each node's host, NIC and PCIe service times by its factor (>= 1)."""
@@ -82,6 +94,8 @@ class NicAgents:
             arr.fill(0.0)
         self.links.bytes_sent = 0
         self.links.framed_sent = 0
+        if self._telemetry is not None:
+            self._telemetry.reset()
 
     def send(self, ix: np.ndarray, dim: int, direction: int, nbytes: np.ndarray,
              from_host: bool, cut_through: bool = False, host_nbytes: np.ndarray | None = None,

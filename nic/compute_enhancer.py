@@ -14,7 +14,8 @@ import numpy as np
 from nicemu.nic.ops import reduce_into
 from nicemu.nic.profile import Profile
 from nicemu.nic.stragglers import per_node
-from nicemu.nic.streams import as_float, join, stage, us_per_byte
+from nicemu.nic.streams import as_float, join, stage, us_per_byte, vmax
+from nicemu.nic.telemetry import NIC
 
 
 class ComputeEnhancer:
@@ -24,16 +25,22 @@ class ComputeEnhancer:
         self.packet_bytes = profile.nic.packet_bytes
         self.free = np.zeros(nodes)
         self.busy_us = np.zeros(nodes)
+        self.telemetry = None    # nic/telemetry.py, when the call reports its resources
 
     def timing(self, ix: np.ndarray, incoming: tuple[np.ndarray, np.ndarray],
                operand: tuple[np.ndarray, np.ndarray], nbytes: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
         first, last = join(incoming[0], incoming[1], operand[0], operand[1])
         us_per_B = per_node(self.us_per_B, ix)
-        first, last, busy = stage(first, last, nbytes, self.free[ix], us_per_B,
+        free = self.free[ix]
+        first_in = first
+        first, last, busy = stage(first, last, nbytes, free, us_per_B,
                                   per_node(self.latency_us, ix), self.packet_bytes)
         self.free[ix] = busy
-        self.busy_us[ix] += as_float(nbytes) * us_per_B
+        work = as_float(nbytes) * us_per_B
+        self.busy_us[ix] += work
+        if self.telemetry is not None:
+            self.telemetry.serve(NIC, ix, nbytes, work, vmax(first_in, free), busy)
         return first, last
 
     @staticmethod

@@ -14,6 +14,7 @@ from nicemu.nic.ops import reduce_into
 from nicemu.nic.profile import Profile
 from nicemu.nic.stragglers import per_node
 from nicemu.nic.streams import as_float, us_per_byte, vmax, whole_message
+from nicemu.nic.telemetry import HOST
 
 
 class HostCpu:
@@ -23,6 +24,7 @@ class HostCpu:
         self.overhead_us = profile.host.overhead_us
         self.free = np.zeros(nodes)
         self.busy_us = np.zeros(nodes)
+        self.telemetry = None    # nic/telemetry.py, when the call reports its resources
 
     def timing(self, ix: np.ndarray, last_in_host: np.ndarray, nbytes: np.ndarray,
                reduce: bool, local: bool = False, dram_per_byte: float | None = None) -> np.ndarray:
@@ -34,17 +36,21 @@ class HostCpu:
         """
         rate = per_node(self.us_per_B, ix) if reduce else 0.0
         overhead_us = per_node(self.overhead_us, ix)
+        free = self.free[ix]
         if self.memory is None:
-            done, busy = whole_message(last_in_host, nbytes, self.free[ix], rate, overhead_us)
+            done, busy = whole_message(last_in_host, nbytes, free, rate, overhead_us)
             self.free[ix] = busy
-            self.busy_us[ix] += overhead_us + as_float(nbytes) * rate
-            return done
-        # roofline: the pass ends when both the core's work and its DRAM traffic are done
-        start = vmax(last_in_host, self.free[ix]) + overhead_us
-        mem_done = self.memory.work(ix, start, pass_dram(self.memory, nbytes, reduce, local, dram_per_byte))
-        done = vmax(start + as_float(nbytes) * rate, mem_done)
-        self.free[ix] = done
-        self.busy_us[ix] += overhead_us + (done - start)
+            work = overhead_us + as_float(nbytes) * rate
+        else:
+            # roofline: the pass ends when both the core's work and its DRAM traffic are done
+            start = vmax(last_in_host, free) + overhead_us
+            mem_done = self.memory.work(ix, start, pass_dram(self.memory, nbytes, reduce, local, dram_per_byte))
+            done = vmax(start + as_float(nbytes) * rate, mem_done)
+            self.free[ix] = done
+            work = overhead_us + (done - start)
+        self.busy_us[ix] += work
+        if self.telemetry is not None:
+            self.telemetry.serve(HOST, ix, nbytes, work, vmax(last_in_host, free), done)
         return done
 
     @staticmethod

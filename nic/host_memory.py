@@ -23,6 +23,7 @@ import numpy as np
 
 from nicemu.nic.profile import Profile
 from nicemu.nic.streams import ArrayLike, as_float, memory_stage, overflow, us_per_byte, vmax
+from nicemu.nic.telemetry import DRAM
 
 
 class HostMemory:
@@ -35,6 +36,7 @@ class HostMemory:
         self.ddio_bytes = host.ddio_KiB * 1024.0 / ranks_per_node
         self.packet_bytes = profile.nic.packet_bytes
         self.free = np.zeros(nodes)
+        self.telemetry = None    # nic/telemetry.py, when the call reports its resources
 
     def spill(self, nbytes: ArrayLike) -> ArrayLike:
         """DRAM bytes of a DMA write of ``nbytes``: what does not fit in the rank's DDIO share."""
@@ -43,8 +45,12 @@ class HostMemory:
     def stream(self, ix, first: ArrayLike, last: ArrayLike, nbytes: ArrayLike, dram: ArrayLike
                ) -> tuple[ArrayLike, ArrayLike]:
         """A packet stream of ``nbytes`` that moves ``dram`` bytes to or from DRAM on its way."""
-        first, last, self.free[ix] = memory_stage(first, last, nbytes, dram, self.free[ix], self.us_per_B,
+        free = self.free[ix]
+        first_in = first
+        first, last, self.free[ix] = memory_stage(first, last, nbytes, dram, free, self.us_per_B,
                                                   self.packet_bytes)
+        if self.telemetry is not None:
+            self._report(ix, dram, vmax(first_in, free), self.free[ix])
         return first, last
 
     def work(self, ix, start: ArrayLike, dram: ArrayLike) -> ArrayLike:
@@ -54,6 +60,8 @@ class HostMemory:
         d = as_float(dram)
         free = self.free[ix]
         done = vmax(start, free) + d * self.us_per_B
+        if self.telemetry is not None:
+            self._report(ix, d, vmax(start, free), done)
         if isinstance(done, np.ndarray):
             some = d > 0.0
             self.free[ix] = np.where(some, done, free)
@@ -62,3 +70,7 @@ class HostMemory:
             return start
         self.free[ix] = done
         return done
+
+    def _report(self, ix, dram, start, end) -> None:
+        """Telemetry of DRAM work (streams that move no DRAM bytes leave no event)."""
+        self.telemetry.serve(DRAM, ix, dram, as_float(dram) * self.us_per_B, start, end)

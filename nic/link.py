@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nicemu.nic.streams import framed, stage, us_per_byte
+from nicemu.nic.streams import framed, stage, us_per_byte, vmax
 
 
 class Links:
@@ -36,17 +36,23 @@ class Links:
         self.shared_port = shared_port
         self.free = np.zeros((nodes, len(per_dim), 2))
         self.bytes_sent = 0
+        self.telemetry = None   # nic/telemetry.py, when the call reports per link
 
     def transmit(self, ix: np.ndarray, dim: int, direction: int, first: np.ndarray,
                  last: np.ndarray, nbytes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(first, last) packet arrival at the far NIC."""
         d = 0 if direction > 0 or self.shared_port else 1
-        first, last, busy = stage(first, last, nbytes, self.free[ix, dim, d],
+        free = self.free[ix, dim, d]
+        first_in = first
+        first, last, busy = stage(first, last, nbytes, free,
                                   self.us_per_B[dim], self.latency_us[dim], self.packet_bytes, self.header_bytes)
         self.free[ix, dim, d] = busy
         self.bytes_sent += int(nbytes.sum()) if isinstance(nbytes, np.ndarray) else int(nbytes)
+        on_wire = framed(nbytes, self.packet_bytes, self.header_bytes) if self.header_bytes else nbytes
         if self.header_bytes:
-            self.framed_sent += int(np.sum(framed(nbytes, self.packet_bytes, self.header_bytes)))
+            self.framed_sent += int(np.sum(on_wire))
+        if self.telemetry is not None:
+            self.telemetry.link(ix, dim, d, nbytes, on_wire, vmax(first_in, free), busy)
         return first, last
 
     def transmit_routed(self, ix: np.ndarray | int, route, first, last, nbytes) -> tuple:
@@ -60,7 +66,9 @@ class Links:
         lat = np.asarray(self.latency_us)
         d0 = route.first_dim
         slot = np.where((route.first_dir > 0) | self.shared_port, 0, 1)
-        first, last, busy = stage(first, last, nbytes, self.free[ix, d0, slot], rate[d0], lat[d0],
+        free = self.free[ix, d0, slot]
+        start = vmax(first, free)
+        first, last, busy = stage(first, last, nbytes, free, rate[d0], lat[d0],
                                   self.packet_bytes, self.header_bytes)
         self.free[ix, d0, slot] = busy
         total = route.total
@@ -71,8 +79,11 @@ class Links:
                              self.header_bytes)
             first[m], last[m] = f, l_
         self.bytes_sent += int((nbytes * total).sum())
+        on_wire = framed(nbytes, self.packet_bytes, self.header_bytes) if self.header_bytes else nbytes
         if self.header_bytes:
-            self.framed_sent += int((framed(nbytes, self.packet_bytes, self.header_bytes) * total).sum())
+            self.framed_sent += int((on_wire * total).sum())
+        if self.telemetry is not None:
+            self.telemetry.routed(ix, route, nbytes, on_wire, start, busy)
         if scalar:
             return float(first[0]), float(last[0])
         return first, last

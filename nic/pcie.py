@@ -13,7 +13,8 @@ import numpy as np
 from nicemu.nic.host_memory import HostMemory
 from nicemu.nic.profile import Profile
 from nicemu.nic.stragglers import per_node
-from nicemu.nic.streams import stage, us_per_byte
+from nicemu.nic.streams import as_float, stage, us_per_byte, vmax
+from nicemu.nic.telemetry import READ, WRITE
 
 
 class Pcie:
@@ -26,6 +27,7 @@ class Pcie:
         self.packet_bytes = profile.nic.packet_bytes
         self.read_free = np.zeros(nodes)   # host -> NIC engine busy-until
         self.write_free = np.zeros(nodes)  # NIC -> host engine busy-until
+        self.telemetry = None              # nic/telemetry.py, when the call reports its resources
 
     def read(self, ix: np.ndarray, ready: np.ndarray, nbytes: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -33,19 +35,29 @@ class Pcie:
         first = last = ready
         if self.memory is not None:
             first, last = self.memory.stream(ix, ready, ready, nbytes, nbytes)
-        first, last, busy = stage(first, last, nbytes, self.read_free[ix],
-                                  per_node(self.us_per_B, ix), per_node(self.latency_us, ix),
+        free = self.read_free[ix]
+        rate = per_node(self.us_per_B, ix)
+        if self.telemetry is not None:
+            start = vmax(first, free)
+        first, last, busy = stage(first, last, nbytes, free, rate, per_node(self.latency_us, ix),
                                   self.packet_bytes)
         self.read_free[ix] = busy
+        if self.telemetry is not None:
+            self.telemetry.serve(READ, ix, nbytes, as_float(nbytes) * rate, start, busy)
         return first, last
 
     def write(self, ix: np.ndarray, first: np.ndarray, last: np.ndarray,
               nbytes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stream an incoming packet stream from the NIC into host memory."""
-        first, last, busy = stage(first, last, nbytes, self.write_free[ix],
-                                  per_node(self.us_per_B, ix), per_node(self.latency_us, ix),
+        free = self.write_free[ix]
+        rate = per_node(self.us_per_B, ix)
+        if self.telemetry is not None:
+            start = vmax(first, free)
+        first, last, busy = stage(first, last, nbytes, free, rate, per_node(self.latency_us, ix),
                                   self.packet_bytes)
         self.write_free[ix] = busy
+        if self.telemetry is not None:
+            self.telemetry.serve(WRITE, ix, nbytes, as_float(nbytes) * rate, start, busy)
         if self.memory is not None:
             first, last = self.memory.stream(ix, first, last, nbytes, self.memory.spill(nbytes))
         return first, last

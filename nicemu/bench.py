@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from nicemu import argtypes
+from nicemu import argtypes, link_report
 from nicemu import data as bench_data
 from nicemu.collectives import (
     ALGORITHMS,
@@ -37,6 +37,7 @@ from nicemu.collectives.api.checks import (
     check_schedule_size,
     check_sparse_call,
     fault_options,
+    trace_mask,
 )
 from nicemu.collectives.api.host_best import NAME as HOST_BEST
 from nicemu.collectives.api.model import resolve_host_best
@@ -44,11 +45,12 @@ from nicemu.collectives.model.executor import run_model
 from nicemu.collectives.registry import ROOTED_COLLECTIVES, check_link_faults, get, is_sparse
 from nicemu.collectives.schedules.sparse_patterns import check_pattern, pattern_mask
 from nicemu.collectives.schedules.steps import final_segments
-from nicemu.errors import UsageError
+from nicemu.errors import CollectiveError, UsageError
 from nicemu.memory import MODEL_BYTES_PER_NODE, check_fits, check_model_fits, sparse_bytes, spot_window_bytes
 from nicemu.nic.ops import ALIASES, DTYPES, OPS
 from nicemu.nic.profile import load_profile
 from nicemu.nic.stragglers import describe as describe_stragglers
+from nicemu.nic.trace import EVENT_BYTES, LARGE_TRACE_EVENTS, count_events, write_trace
 from nicemu.progress import Progress
 from nicemu.report import (
     FAULT_HEADER,
@@ -128,6 +130,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="slow that node's host, NIC and PCIe service times by FACTOR (repeatable or a "
                         "comma list; docs/model.md §12)")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+    p.add_argument("--link-stats", type=argtypes.output_file, metavar="FILE",
+                   help="write bytes, busy time and utilisation of every directed link and of every node's "
+                        "PCIe, NIC engine, host and DRAM, per record, as JSON (or CSV for a .csv name); adds "
+                        "the per-dimension summary (docs/usage.md, 'Inside a run')")
+    p.add_argument("--link-summary", action="store_true",
+                   help="the per-dimension link summary in the table and the JSON records, without the file")
+    p.add_argument("--trace", type=argtypes.output_file, metavar="FILE",
+                   help="write a Chrome trace-event JSON of every record (open it in ui.perfetto.dev): one "
+                        "track per link, PCIe direction, NIC engine and host of each traced node")
+    p.add_argument("--trace-nodes", default=None, metavar="LIST",
+                   help="nodes the trace shows: 0-7,12 or all (default: the first 8)")
+    p.add_argument("--plot-links", type=argtypes.output_file, metavar="FILE.png",
+                   help="draw link utilisation (torus: heatmaps per dimension over a 2-D slice; ring: bytes "
+                        "and busy time per link) per record (needs matplotlib)")
 
 
 def validate(args: argparse.Namespace, comm):
@@ -191,17 +207,45 @@ def validate(args: argparse.Namespace, comm):
             check_schedule_size(topology, args.collective, a)
     if args.executor == "model":
         _check_model_memory(args, algos, topology, dtype, max(sizes))
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise UsageError("--plot needs matplotlib: pip install 'nicemu[plot]'") from None
+    for flag, value in (("--plot", args.plot), ("--plot-links", getattr(args, "plot_links", None))):
+        if value:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                raise UsageError(f"{flag} needs matplotlib: pip install 'nicemu[plot]'") from None
+    _check_telemetry(args, algos, topology)
     if args.executor == "mpi" and comm.size > topology.nodes:
         what = (f"{topology.nodes} nodes" if per_node == 1 else
                 f"{topology.nodes // per_node} nodes x {per_node} ranks per node")
         raise UsageError(f"{comm.size} ranks for {topology.name} ({what}): run with at "
                          f"most {topology.nodes} ranks, or a larger topology")
     return algos, dtype, sizes, topology, profile
+
+
+def watching(args: argparse.Namespace) -> bool:
+    """Whether the run collects telemetry (any of --link-stats, --link-summary, --trace, --plot-links)."""
+    return bool(getattr(args, "link_stats", None) or getattr(args, "link_summary", False)
+                or getattr(args, "trace", None) or getattr(args, "plot_links", None))
+
+
+def _check_telemetry(args: argparse.Namespace, algos: list[str], topology) -> None:
+    if getattr(args, "trace_nodes", None) is not None and not getattr(args, "trace", None):
+        raise UsageError("--trace-nodes chooses what --trace shows; add --trace FILE.json")
+    if not watching(args):
+        return
+    args.trace_mask = None
+    if args.trace:
+        try:
+            args.trace_mask = trace_mask(args.trace_nodes, topology.nodes)
+        except CollectiveError as exc:
+            raise UsageError(f"--trace-nodes: {exc}") from None
+    sparse = [a for a in algos if is_sparse(a)]
+    if sparse:
+        raise UsageError(f"link statistics and traces are not available for {', '.join(sparse)} yet; "
+                         "drop it from --algo, or drop --link-stats/--link-summary/--trace/--plot-links")
+    if "mpi" in algos:
+        raise UsageError("--algo mpi has no emulated links to report; drop it from --algo, or drop "
+                         "--link-stats/--link-summary/--trace/--plot-links")
 
 
 def _check_model_memory(args: argparse.Namespace, algos: list[str], topology, dtype: np.dtype,
@@ -307,6 +351,8 @@ def _run_mpi(emu, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
     wrong_all = np.zeros(1, dtype=np.int64)
     comm.Allreduce(np.array([wrong], dtype=np.int64), wrong_all, op=MPI.SUM)
     rec = {"wall_us": statistics.median(slowest.tolist()) * 1e6, "wrong": int(wrong_all[0])}
+    if timing is not None and timing.telemetry is not None:
+        rec[STATS] = timing.telemetry       # the last timed call's
     if timing is not None:
         rec.update(emulated_us=timing.emulated_us, host_busy_us=timing.host_busy_us,
                    nic_busy_us=timing.nic_busy_us, wire_bytes=timing.wire_bytes,
@@ -338,7 +384,7 @@ def _fault_fields(timed: list) -> dict:
 
 
 def _model_timing(topology, profile, args, algo: str, dtype: np.dtype, count: int, faults=None,
-                  call: int = 0, stragglers=None):
+                  call: int = 0, stragglers=None, watch: bool | np.ndarray = False):
     if is_sparse(algo):
         cfg = sparse_config(algo, topology.nodes, **sparse_options(args))
         masks = np.stack([pattern_mask(n, topology.nodes, count, cfg.block_size, args.density,
@@ -346,31 +392,68 @@ def _model_timing(topology, profile, args, algo: str, dtype: np.dtype, count: in
         return model_sparse(cfg, masks, profile, dtype.itemsize, faults, call, stragglers)
     root = getattr(args, "root", 0)
     if algo == HOST_BEST:
-        if faults is None and not stragglers:
+        if faults is None and not stragglers and watch is False:
             return model_time(args.collective, HOST_BEST, topology, profile, count, dtype, root=root)
         chosen = resolve_host_best(args.collective, topology, profile, count, dtype.itemsize, root)
-        timing = _model_timing(topology, profile, args, chosen, dtype, count, faults, call, stragglers)
+        timing = _model_timing(topology, profile, args, chosen, dtype, count, faults, call, stragglers, watch)
         timing.chosen_algo = chosen
         return timing
     schedule = build_schedule(args.collective, algo, topology, count, profile.topology.bidirectional,
                               segment_elems(profile, dtype.itemsize), root=root)
-    return run_model(schedule, profile, dtype.itemsize, faults, call, stragglers)
+    return run_model(schedule, profile, dtype.itemsize, faults, call, stragglers, watch)
+
+
+def _watch(args: argparse.Namespace) -> bool | np.ndarray:
+    """run_model's ``telemetry`` argument for this run."""
+    if not watching(args):
+        return False
+    mask = getattr(args, "trace_mask", None)
+    return True if mask is None else mask
 
 
 def _run_model(topology, profile, args, algo: str, dtype: np.dtype, nbytes: int, faults=None,
                stragglers=None) -> dict:
     count = nbytes // dtype.itemsize
-    t = _model_timing(topology, profile, args, algo, dtype, count)
+    watch = _watch(args)
+    t = _model_timing(topology, profile, args, algo, dtype, count, watch=watch)
     rec = {"emulated_us": t.emulated_us, "host_busy_us": t.host_busy_us, "best_host_algo": t.chosen_algo,
            "framed_bytes": t.framed_bytes,
-           "nic_busy_us": t.nic_busy_us, "wire_bytes": t.wire_bytes, **_sparse_fields(t)}
+           "nic_busy_us": t.nic_busy_us, "wire_bytes": t.wire_bytes, **_sparse_fields(t),
+           STATS: t.telemetry}
     if faults is not None or stragglers:
         # the same call numbers as the MPI executor's timed calls draw the same faults
-        timed = [_model_timing(topology, profile, args, algo, dtype, count, faults, it, stragglers)
+        timed = [_model_timing(topology, profile, args, algo, dtype, count, faults, it, stragglers, watch)
                  for it in range(args.warmup, args.warmup + args.iters)]
         rec.update(host_busy_us=timed[-1].host_busy_us, nic_busy_us=timed[-1].nic_busy_us,
                    **_fault_fields(timed))
+        rec[STATS] = timed[-1].telemetry
     return rec
+
+
+#: where _run_model / _run_mpi leave a record's LinkStats until run() takes it out
+STATS = "_telemetry"
+
+
+def write_telemetry(args: argparse.Namespace, watched: list[dict], topology) -> None:
+    """--link-stats, --trace and --plot-links files of the records in ``watched`` (rank 0)."""
+    if getattr(args, "link_stats", None):
+        link_report.write_link_stats(args.link_stats, watched)
+        links = sum(int(w["stats"].link_bytes.size) for w in watched)
+        print(f"# wrote {links:,} link rows of {len(watched)} records to {args.link_stats}")
+    if getattr(args, "trace", None):
+        calls = [{"label": f"{w['algo']} {w['size']}", **w} for w in watched]
+        events = sum(count_events(w["stats"]) for w in watched)
+        shown = np.flatnonzero(args.trace_mask)
+        cut = topology.nodes - len(shown)
+        if events > LARGE_TRACE_EVENTS:
+            print(f"# warning: the trace holds {events:,} events (about {events * EVENT_BYTES / 1e6:,.0f} MB); "
+                  f"Perfetto opens it, chrome://tracing may not: narrow --trace-nodes or --sizes")
+        write_trace(args.trace, calls, meta={"nodes_traced": len(shown), "nodes": topology.nodes})
+        what = "all nodes" if not cut else f"{len(shown)} of {topology.nodes} nodes ({cut:,} cut; --trace-nodes)"
+        print(f"# wrote a trace of {events:,} events ({what}) to {args.trace}; open it in ui.perfetto.dev")
+    if getattr(args, "plot_links", None):
+        link_report.plot_links(args.plot_links, watched)
+        print(f"# wrote link plot to {args.plot_links}")
 
 
 def base_record(args: argparse.Namespace, algo: str, topology, ranks: int, dtype: np.dtype, nbytes: int,
@@ -432,7 +515,9 @@ def run(args: argparse.Namespace, comm) -> int:
     emu = None
     if args.executor == "mpi":
         from nicemu.collectives.api.emulator import Emulator
-        emu = Emulator(comm, topology, profile, faults=faults, stragglers=stragglers)
+        emu = Emulator(comm, topology, profile, faults=faults, stragglers=stragglers, telemetry=watching(args))
+        if getattr(args, "trace_mask", None) is not None:
+            emu.executor.set_telemetry(True, args.trace_mask)
         check_fits(comm, emu.local_nodes, max(sizes), dtype.itemsize, "mpi", args.collective,
                    sparse_extra_bytes(args, algos, topology, comm.size, dtype.itemsize, max(sizes)))
     ranks = comm.size if args.executor == "mpi" else 1
@@ -453,6 +538,7 @@ def run(args: argparse.Namespace, comm) -> int:
         print("#" + UNITS[1:] + (FAULT_UNITS if extra else ""))
     progress = Progress(len(sizes) * len(algos), rank0 and (args.progress or sys.stderr.isatty()))
     records = []
+    watched: list[dict] = []
     for nbytes in sizes:
         group = []
         for algo in algos:
@@ -468,6 +554,12 @@ def run(args: argparse.Namespace, comm) -> int:
                             clean_emulated_us=clean.emulated_us,
                             slowdown_vs_clean=base["emulated_us"] / clean.emulated_us)
             add_bandwidth(base, args.collective, topology.nodes)
+            stats = base.pop(STATS, None)
+            if stats is not None:
+                base["link_summary"] = stats.summary()
+                base["resource_summary"] = link_report.resource_summary(stats)
+                watched.append({"algo": algo, "bytes": nbytes, "size": format_size(nbytes),
+                                "collective": args.collective, "topology": topology.name, "stats": stats})
             group.append(base)
             progress.update(f"{format_size(nbytes)} {algo}")
         ring_t = next((r["emulated_us"] for r in group if r["algo"] == "ring"), None)
@@ -479,6 +571,8 @@ def run(args: argparse.Namespace, comm) -> int:
                 if progress.enabled and progress.done < progress.total:
                     sys.stderr.write("\r\033[K")
                 print(table_row(r), flush=True)
+                if r.get("link_summary"):
+                    print("\n".join(link_report.summary_lines(r["link_summary"])), flush=True)
         records.extend(group)
     if emu is not None:
         emu.free()
@@ -495,5 +589,6 @@ def run(args: argparse.Namespace, comm) -> int:
         if args.plot:
             write_plot(args.plot, records, f"{args.collective} on {topology.name}, profile {profile.name}")
             print(f"# wrote plot to {args.plot}")
+        write_telemetry(args, watched, topology)
     wrong_total = sum(r["wrong"] or 0 for r in records)
     return 1 if wrong_total else 0

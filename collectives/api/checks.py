@@ -275,3 +275,42 @@ def _straggler_text(node: object, factor: object) -> str:
         raise CollectiveError(f"stragglers {{node: factor}} needs a whole node id and a number, got "
                               f"{node!r}: {factor!r}")
     return f"{int(node)}:{float(factor)!r}"
+
+
+#: nodes traced when no list is given: the first ones (a 262,144-node trace would be unreadable)
+DEFAULT_TRACE_NODES = 8
+
+
+def trace_mask(spec: str | list | tuple | np.ndarray | None, nodes: int) -> np.ndarray:
+    """Which nodes' stream events a trace keeps: ``"0-7,12"``, ``"all"``, a list of node ids, or None
+    (the first :data:`DEFAULT_TRACE_NODES`). Raises :class:`CollectiveError` naming a bad entry."""
+    mask = np.zeros(nodes, dtype=bool)
+    if spec is None:
+        mask[:DEFAULT_TRACE_NODES] = True
+        return mask
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text == "all":
+            mask[:] = True
+            return mask
+        ids: list[int] = []
+        for part in text.split(","):
+            part = part.strip()
+            lo_s, dash, hi_s = part.partition("-")
+            try:
+                lo, hi = int(lo_s), int(hi_s) if dash else int(lo_s)
+            except ValueError:
+                raise CollectiveError(f"trace nodes {spec!r}: {part!r} is not a node or a range; "
+                                      "use e.g. 0-7,12 or all") from None
+            if hi < lo:
+                raise CollectiveError(f"trace nodes {spec!r}: the range {part!r} runs backwards; write {hi}-{lo}")
+            ids.extend(range(lo, min(hi, nodes) + 1) if lo < nodes else [lo])
+    else:
+        ids = [operator.index(n) for n in spec]
+    bad = [n for n in ids if not 0 <= n < nodes]
+    if bad:
+        raise CollectiveError(f"trace node {bad[0]} is outside 0..{nodes - 1}; use e.g. 0-{min(nodes, 8) - 1}")
+    if not ids:
+        raise CollectiveError("the trace node list is empty; use e.g. 0-7 or all")
+    mask[ids] = True
+    return mask

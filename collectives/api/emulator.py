@@ -41,6 +41,7 @@ from nicemu.collectives.api.checks import (
     check_sparse_call,
     check_work,
     fault_options,
+    trace_mask,
 )
 from nicemu.collectives.api.host_best import NAME as HOST_BEST
 from nicemu.collectives.api.model import build_schedule, resolve_host_best, segment_elems
@@ -60,6 +61,7 @@ from nicemu.nic.faults import FaultSpec
 from nicemu.nic.ops import DTYPES, OPS, finish
 from nicemu.nic.profile import Profile
 from nicemu.nic.spots import RecordLayout, SpotWindows
+from nicemu.nic.telemetry import LinkStats
 from nicemu.topologies import Torus, ring
 
 
@@ -84,6 +86,7 @@ class Result:
     chosen_algo: str | None = None                # host-best: the host algorithm it ran
     framed_bytes: int | None = None               # wire_bytes plus link.header_bytes per packet
     nic_spill_bytes: int | None = None            # dense: most bytes one NIC read back (did not fit)
+    telemetry: LinkStats | None = None            # Emulator(telemetry=True): per link and resource, trace
 
 
 class Emulator:
@@ -102,6 +105,10 @@ class Emulator:
         ranks_per_node: ranks on every topology node (``--ranks-per-node``, docs/model.md §19): they share
             its host memory, each with its own NIC; node ids then number ranks (``node * P + r``). The
             dense AllReduce runs hierarchically; other collectives and the sparse algorithms refuse it.
+        telemetry: True gives every call's ``Result.telemetry`` (a ``LinkStats``: bytes, busy time and
+            utilisation per directed link and per node resource; docs/model.md §20).
+        trace_nodes: also keep the stream events of these nodes (``"0-7,12"``, ``"all"`` or a list;
+            ``LinkStats.write_trace`` writes them as a Chrome trace). Implies ``telemetry``.
 
     Collective (every rank of ``comm`` constructs it). Raises :class:`TopologyError`,
     :class:`ProfileError`, :class:`FaultSpecError` or :class:`CollectiveError` (more ranks than nodes,
@@ -112,7 +119,8 @@ class Emulator:
     def __init__(self, comm: MPI.Comm | None = None, topology: str | Torus | None = None,
                  profile: str | Profile = "ideal", overrides: tuple[str, ...] = (),
                  watchdog_s: float | None = None, faults: str | FaultSpec | None = None,
-                 stragglers: str | list | dict | None = None, ranks_per_node: int = 1) -> None:
+                 stragglers: str | list | dict | None = None, ranks_per_node: int = 1,
+                 telemetry: bool = False, trace_nodes: str | list | None = None) -> None:
         comm = MPI.COMM_WORLD if comm is None else comm
         if not isinstance(comm, MPI.Comm):
             raise CollectiveError(f"comm must be an mpi4py communicator, got {type(comm).__name__}")
@@ -129,6 +137,9 @@ class Emulator:
         self.faults, self.stragglers = fault_options(faults, stragglers, self.topology)
         install_faults(self.executor.agents, self.profile, self.topology, self.executor.lo,
                        self.faults, self.stragglers)
+        if telemetry or trace_nodes is not None:
+            self.executor.set_telemetry(True, None if trace_nodes is None
+                                        else trace_mask(trace_nodes, self.topology.nodes))
         self._calls = 0
         self._schedules: dict[tuple, Schedule] = {}
         self._a2a_index: tuple[np.ndarray, np.ndarray] | None = None     # alltoall pack/unpack
@@ -321,7 +332,7 @@ class Emulator:
             return Result(result, None, None, None, None)
         return Result(result, timing.emulated_us, timing.host_busy_us, timing.nic_busy_us,
                       timing.wire_bytes, timing.node_done_us, timing.faults, timing.chosen_algo,
-                      timing.framed_bytes, timing.nic_spill_bytes)
+                      timing.framed_bytes, timing.nic_spill_bytes, timing.telemetry)
 
     def _prepare(self, collective: str, data: np.ndarray, op: str, algo: str, out: np.ndarray | None,
                  call: int | None, options: dict) -> tuple[np.ndarray, bool, np.ndarray, dict]:

@@ -27,6 +27,7 @@ from nicemu.collectives.api.checks import (
     check_schedule_size,
     check_sparse_call,
     fault_options,
+    trace_mask,
 )
 from nicemu.collectives.model.executor import Timing, run_model
 from nicemu.collectives.model.p2p_timing import p2p_time as _p2p_time
@@ -212,7 +213,7 @@ def build_schedule(collective: str, algo: str, topology: Torus | str, count: int
 def model_time(collective: str, algo: str, topology: Torus | str, profile: Profile | str, count: int,
                dtype: str | np.dtype = "float32", faults: str | FaultSpec | None = None,
                call: int = 0, stragglers: str | list | dict | None = None, ranks_per_node: int = 1,
-               root: int = 0) -> Timing:
+               root: int = 0, telemetry: bool = False, trace_nodes: str | list | None = None) -> Timing:
     """Emulated timing of a dense algorithm without data (the model executor, no MPI).
 
     Args:
@@ -224,6 +225,8 @@ def model_time(collective: str, algo: str, topology: Torus | str, profile: Profi
             executor's call ``n`` and ``call=n`` see the same faults.
         ranks_per_node: ranks on every node, sharing its host memory (``Emulator`` and docs/model.md §19).
         root: the root node of ``broadcast`` and ``reduce`` (default 0; other collectives take 0 only).
+        telemetry: also return per-link and per-resource statistics (``Timing.telemetry``, a ``LinkStats``).
+        trace_nodes: keep these nodes' stream events too (``"0-7"``, ``"all"`` or a list); implies telemetry.
 
     Returns a ``Timing`` in emulated microseconds and bytes, equal bit for bit to the MPI executor's.
     Raises :class:`CollectiveError`, :class:`TopologyError`, :class:`ProfileError` or
@@ -237,16 +240,18 @@ def model_time(collective: str, algo: str, topology: Torus | str, profile: Profi
     spec, slow = fault_options(faults, stragglers, topology)
     if spec is not None and spec.active:
         check_link_faults(algo, collective)
+    watch = trace_mask(trace_nodes, topology.nodes) if trace_nodes is not None else bool(telemetry)
     if algo == host_best.NAME:
         algo = resolve_host_best(collective, topology, profile, count, dt.itemsize, root)
-        if spec is None and not slow:       # the choice was timed under exactly these conditions
+        if spec is None and not slow and watch is False:   # the choice was timed under exactly these conditions
             return replace(host_best.best_host(collective, topology, profile, count, dt.itemsize, root)[1],
                            chosen_algo=algo)
-        timing = model_time(collective, algo, topology, profile, count, dt, faults, call, stragglers, root=root)
+        timing = model_time(collective, algo, topology, profile, count, dt, faults, call, stragglers, root=root,
+                            telemetry=telemetry, trace_nodes=trace_nodes)
         timing.chosen_algo = algo
         return timing
     schedule = build_schedule(collective, algo, topology, count, profile.topology.bidirectional,
                               segment_elems(profile, dt.itemsize), root=root)
-    return run_model(schedule, profile, dt.itemsize, spec, check_call_number(call), slow)
+    return run_model(schedule, profile, dt.itemsize, spec, check_call_number(call), slow, watch)
 
 

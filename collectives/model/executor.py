@@ -12,10 +12,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from nicemu.collectives.model.link_faults import FaultStats, install
-from nicemu.collectives.model.step_timing import make_agents, part_bytes, receive_half, send_half
+from nicemu.collectives.model.step_timing import (
+    finish_telemetry,
+    make_agents,
+    make_telemetry,
+    note_step,
+    part_bytes,
+    receive_half,
+    send_half,
+)
 from nicemu.collectives.schedules.steps import Schedule, step_groups
 from nicemu.nic.faults import FaultSpec
 from nicemu.nic.profile import Profile
+from nicemu.nic.telemetry import LinkStats
 
 
 @dataclass
@@ -43,23 +52,42 @@ class Timing:
     chosen_algo: str | None = None        # host-best: the algorithm it ran
     framed_bytes: int | None = None       # wire_bytes plus link.header_bytes per packet
     nic_spill_bytes: int | None = None    # dense: most bytes one NIC read back because they did not fit
+    telemetry: LinkStats | None = None    # per link and resource, and the trace (nic/telemetry.py)
 
 
 def run_model(schedule: Schedule, profile: Profile, itemsize: int, faults: FaultSpec | None = None,
-              call: int = 0, stragglers: dict[int, float] | None = None) -> Timing:
-    """Emulated timing of ``schedule``; ``faults`` and ``stragglers`` as in collectives/model/link_faults.py."""
+              call: int = 0, stragglers: dict[int, float] | None = None,
+              telemetry: bool | np.ndarray = False) -> Timing:
+    """Emulated timing of ``schedule``; ``faults`` and ``stragglers`` as in collectives/model/link_faults.py.
+
+    ``telemetry``: True adds per-link and per-resource statistics (``Timing.telemetry``); a bool array
+    over the nodes also records the stream events of the nodes it marks (the trace)."""
     topo = schedule.topology
     agents = make_agents(topo, profile, topo.nodes)
     if faults is not None or stragglers:
         install(agents, profile, topo, 0, faults, stragglers)
         if agents.faults is not None:
             agents.faults.begin(call)
+    tel = None
+    if telemetry is not False:
+        tel = agents.telemetry = make_telemetry(topo, profile, 0, None if telemetry is True else telemetry)
+    number = 0
+    notes: list[dict] = []
     for group in step_groups(schedule.steps()):
-        arrivals = [send_half(agents, step, step.src, step.count * itemsize,
-                              part_bytes(step.host_count, itemsize)) for step in group]
-        for step, (first, last) in zip(group, arrivals):
+        if tel is not None and tel.traced is not None:
+            notes.extend(note_step(step, itemsize, tel.traced) for step in group)
+        arrivals = []
+        for k, step in enumerate(group):
+            if tel is not None:
+                tel.step, tel.side = number + k, 0
+            arrivals.append(send_half(agents, step, step.src, step.count * itemsize,
+                                      part_bytes(step.host_count, itemsize)))
+        for k, (step, (first, last)) in enumerate(zip(group, arrivals)):
+            if tel is not None:
+                tel.step, tel.side = number + k, 1
             receive_half(agents, step, step.dst, first, last, step.count * itemsize,
                          part_bytes(step.final_count, itemsize))
+        number += len(group)
     stats = agents.stats()
     fault_stats = (None if agents.faults is None
                    else FaultStats.summary(agents.faults.stats.rows()))
@@ -68,4 +96,6 @@ def run_model(schedule: Schedule, profile: Profile, itemsize: int, faults: Fault
                   float(np.max(stats["host_busy_us"])), float(np.max(stats["nic_busy_us"])),
                   links.bytes_sent, faults=fault_stats,
                   framed_bytes=links.framed_sent if links.header_bytes else links.bytes_sent,
-                  nic_spill_bytes=int(np.max(stats["nic_spill_bytes"], initial=0.0)))
+                  nic_spill_bytes=int(np.max(stats["nic_spill_bytes"], initial=0.0)),
+                  telemetry=None if tel is None else finish_telemetry(tel, float(np.max(agents.clock)), profile,
+                                                                      notes))

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from nicemu.collectives.schedules.steps import Step
+from nicemu.collectives.schedules.steps import Schedule, Step
 from nicemu.errors import CollectiveError
 from nicemu.nic.agent import NicAgents
 from nicemu.nic.profile import Profile
+from nicemu.nic.streams import us_per_byte
+from nicemu.nic.telemetry import LinkStats, Telemetry
 from nicemu.topologies import LinkParams, Torus
 
 
@@ -31,6 +33,38 @@ def link_params(topology: Torus, profile: Profile) -> list[tuple[float, float]]:
 def make_agents(topology: Torus, profile: Profile, nodes: int) -> NicAgents:
     return NicAgents(profile, nodes, link_params(topology, profile), shared_port=topology.switched,
                      ranks_per_node=topology.ranks_per_node)
+
+
+def make_telemetry(topology: Torus, profile: Profile, lo: int = 0, traced: np.ndarray | None = None) -> Telemetry:
+    """Telemetry for an agent set whose first node is ``lo`` (``traced``: bool per node, or None)."""
+    rates = [us_per_byte(bw) for bw, _ in link_params(topology, profile)]
+    return Telemetry(topology.shape, topology.strides, topology.network_ndim, topology.switched, rates, lo,
+                     traced)
+
+
+def note_step(step: Step, itemsize: int, traced: np.ndarray | None) -> dict:
+    """What the trace says of a step; for ``traced`` nodes, the chunk (element offset, bytes) each sends
+    and receives."""
+    meta = {"phase": step.phase, "index": step.index, "dim": step.dim, "dir": step.direction,
+            "engine": step.engine, "reduce": step.reduce, "routed": step.route is not None, "local": step.local}
+    if traced is not None:
+        for side, nodes in (("send", step.src), ("recv", step.dst)):
+            sel = np.flatnonzero(traced[nodes])
+            meta[side] = {int(nodes[i]): (int(step.offset[i]), int(step.count[i]) * itemsize) for i in sel}
+    return meta
+
+
+def step_notes(schedule: Schedule, traced: np.ndarray, itemsize: int) -> list[dict]:
+    """``note_step`` of every step of ``schedule``, in order (the trace's step numbers)."""
+    return [note_step(step, itemsize, traced) for step in schedule.steps()]
+
+
+def finish_telemetry(tel: Telemetry, emulated_us: float, profile: Profile, notes: list | None = None) -> LinkStats:
+    """The call's ``LinkStats`` (``emulated_us``: its span); with tracing, the events and the step ``notes``."""
+    stats = tel.stats(emulated_us, profile.link.header_bytes)
+    if tel.traced is not None:
+        stats.events = {**tel.event_table(), "steps": notes or []}
+    return stats
 
 
 def send_half(agents: NicAgents, step: Step, local_src: np.ndarray, nbytes: np.ndarray,

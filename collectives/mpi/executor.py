@@ -29,7 +29,13 @@ import numpy as np
 from mpi4py import MPI
 
 from nicemu.collectives.model.executor import Timing
-from nicemu.collectives.model.step_timing import link_params, make_agents
+from nicemu.collectives.model.step_timing import (
+    finish_telemetry,
+    link_params,
+    make_agents,
+    make_telemetry,
+    step_notes,
+)
 from nicemu.collectives.mpi.lean_path import LeanTransport, schedule_fits
 from nicemu.collectives.mpi.plain import PlainTransport
 from nicemu.collectives.mpi.plans import RankPlan, Scratch, StepPlan, compile_plan
@@ -40,6 +46,7 @@ from nicemu.collectives.schedules.steps import Schedule
 from nicemu.hostinfo import available_cpus
 from nicemu.nic.profile import Profile
 from nicemu.nic.scalar_agent import ScalarAgent
+from nicemu.nic.telemetry import LinkStats
 from nicemu.topologies import Torus, node_blocks
 
 PLAN_CACHE = 16
@@ -63,6 +70,20 @@ def cpu_per_rank(comm: MPI.Comm) -> bool:
     every = np.empty(1, dtype=np.int32)
     comm.Allreduce(fits, every, op=MPI.MIN)
     return bool(every[0])
+
+
+def gather_events(comm: MPI.Comm, events: dict) -> dict:
+    """Every rank's trace events on every rank, in rank order (columns of whole numbers and times,
+    exact in float64)."""
+    names = [k for k in events if k != "steps"]
+    mine = np.stack([np.asarray(events[k], dtype=np.float64) for k in names]) if names else np.zeros((0, 0))
+    counts = np.empty(comm.size, dtype=np.int64)
+    comm.Allgather(np.array([mine.shape[1]], dtype=np.int64), counts)
+    whole = np.empty((len(names), int(counts.sum())))
+    for row in range(len(names)):
+        comm.Allgatherv(np.ascontiguousarray(mine[row]), [whole[row], counts])
+    floats = ("start", "end", "bytes")
+    return {k: (whole[i] if k in floats else whole[i].astype(np.int64)) for i, k in enumerate(names)}
 
 
 class MpiExecutor:
@@ -132,7 +153,7 @@ class MpiExecutor:
         agents = self.agents
         if agents.faults is not None:
             return self.reliable, self.vector_clock
-        if plan.lean_fits and not agents.stragglers_anywhere:
+        if plan.lean_fits and not agents.stragglers_anywhere and agents.telemetry is None:
             if plan.lean is None:
                 plan.lean = self.lean.compile(plan)
             return self.lean, self.scalar_clock
@@ -149,10 +170,35 @@ class MpiExecutor:
             self._last = (schedule, itemsize, plan)
         transport, clock = self.transport(plan)
         self.last_transport = transport
+        tel = self.agents.telemetry
+        if tel is not None:
+            self.vector_clock.numbers = {id(p): i for i, p in enumerate(plan.plans)}
         run_steps(transport, clock, transport.start(plan, data, op), self.fault_hook, plan.where)
         timing = reduce_timing(self.comm, plan.final_guard, clock, plan.wire_bytes)
         timing.framed_bytes = plan.framed_bytes
+        if tel is not None:
+            timing.telemetry = self.gather_telemetry(tel, timing.emulated_us, schedule, itemsize)
         return transport.finish(timing)
+
+    # ---- telemetry ------------------------------------------------------------------------------
+
+    def set_telemetry(self, on: bool, traced: np.ndarray | None = None) -> None:
+        """Per-link and per-resource statistics on every later call (``traced``: bool per node whose
+        stream events are kept too). Collective: every rank sets the same."""
+        self.agents.telemetry = (make_telemetry(self.topology, self.profile, self.lo, traced) if on else None)
+
+    def gather_telemetry(self, tel, emulated_us: float, schedule: Schedule, itemsize: int) -> LinkStats:
+        """The whole call's statistics on every rank: each rank's arrays hold what its nodes' resources
+        served (a link's bytes may come from several ranks' routed transfers), so their sum is the
+        call's; every value is a whole byte count or one rank's own, so the sum is exact."""
+        comm = self.comm
+        for arr in (tel.link_bytes, tel.link_framed, tel.bytes, tel.busy):
+            comm.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM)
+        stats = finish_telemetry(tel, emulated_us, self.profile)
+        if tel.traced is not None:
+            stats.events = gather_events(comm, stats.events)
+            stats.events["steps"] = step_notes(schedule, tel.traced, itemsize)
+        return stats
 
     # ---- watchdog messages (built only when a wait times out) -----------------------
 

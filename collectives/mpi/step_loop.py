@@ -98,14 +98,22 @@ class VectorClock:
         self.agents = agents
         self.local = np.zeros(4)
         self.glob = np.zeros(4)
+        #: with telemetry on: the schedule's number of each plan (``id(plan)``), for the trace's events
+        self.numbers: dict[int, int] = {}
 
     def reset(self) -> None:
         self.agents.reset()
 
     def send(self, plan: StepPlan) -> tuple[Any, Any]:
+        tel = self.agents.telemetry
+        if tel is not None:
+            tel.step, tel.side = self.numbers.get(id(plan), -1), 0
         return send_half(self.agents, plan.step, plan.send_ix, plan.send_nbytes, plan.send_host_nbytes)
 
     def receive(self, plan: StepPlan, first: Any, last: Any) -> None:
+        tel = self.agents.telemetry
+        if tel is not None:
+            tel.step, tel.side = self.numbers.get(id(plan), -1), 1
         receive_half(self.agents, plan.step, plan.recv_ix, first, last, plan.recv_nbytes,
                      plan.recv_final_nbytes)
 

@@ -94,5 +94,6 @@ def _lift(per_rail: tuple[Step, ...], p: int, shard_off: np.ndarray, topology: T
         route = Route(np.concatenate([s.route.cum for s in per_rail]),
                       np.concatenate([s.route.first_dim for s in per_rail]),
                       np.concatenate([s.route.first_dir for s in per_rail]),
-                      max(s.route.load for s in per_rail))
+                      max(s.route.load for s in per_rail),
+                      np.concatenate([s.route.dirs for s in per_rail]))
     return replace(first, src=src, dst=dst, offset=offset, count=count, route=route)

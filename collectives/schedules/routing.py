@@ -35,10 +35,11 @@ class Route:
     first_dim: np.ndarray  # dimension of each transfer's first link
     first_dir: np.ndarray  # its direction (+1 / -1)
     load: int              # transfers of the step crossing its most loaded link (>= 1)
+    dirs: np.ndarray       # (transfers, ndim) direction taken in each dimension (+1 / -1)
 
     @property
     def nbytes(self) -> int:
-        return self.cum.nbytes + self.first_dim.nbytes + self.first_dir.nbytes
+        return self.cum.nbytes + self.first_dim.nbytes + self.first_dir.nbytes + self.dirs.nbytes
 
     @property
     def total(self) -> np.ndarray:
@@ -51,7 +52,7 @@ class Route:
 
     def take(self, idx: np.ndarray) -> Route:
         """The routes of transfers ``idx`` (the step's load stays the whole step's)."""
-        return Route(self.cum[idx], self.first_dim[idx], self.first_dir[idx], self.load)
+        return Route(self.cum[idx], self.first_dim[idx], self.first_dir[idx], self.load, self.dirs[idx])
 
 
 #: routes kept for reuse (least recently used out first): Rabenseifner's halving and doubling, and
@@ -85,7 +86,7 @@ def _route(topology: Torus, src: np.ndarray, dst: np.ndarray) -> Route:
         ones = np.ones((n, 1), dtype=np.int64)
         zeros = np.zeros(n, dtype=np.int64)
         load = max(int(np.bincount(src).max(initial=0)), int(np.bincount(dst).max(initial=0)), 1)
-        return Route(ones, zeros.astype(np.int8), (zeros + 1).astype(np.int8), load)
+        return Route(ones, zeros.astype(np.int8), (zeros + 1).astype(np.int8), load, ones.astype(np.int8))
     here, there = topology.coords(src), topology.coords(dst)
     shape = np.asarray(topology.shape, dtype=np.int64)
     delta = (there - here) % shape
@@ -95,7 +96,7 @@ def _route(topology: Torus, src: np.ndarray, dst: np.ndarray) -> Route:
     rows = np.arange(n)
     first_dir = np.where(positive[rows, first_dim], 1, -1)
     return Route(np.cumsum(hops, axis=1).astype(np.int32), first_dim.astype(np.int8), first_dir.astype(np.int8),
-                 _torus_load(topology, here, there, hops, positive))
+                 _torus_load(topology, here, there, hops, positive), np.where(positive, 1, -1).astype(np.int8))
 
 
 def _torus_load(topology: Torus, here: np.ndarray, there: np.ndarray, hops: np.ndarray,

@@ -1,0 +1,122 @@
+"""Chrome trace-event JSON of traced calls: what Perfetto (ui.perfetto.dev) and chrome://tracing open.
+
+Timestamps are emulated microseconds, the unit of the format. Every traced call is
+drawn from time 0, so calls of one run (algorithms, sizes) line up for comparison:
+each (call, node) pair is one process (a track group named ``ring 64M · node 3``)
+and each resource of the node one thread (a track) in it:
+
+* ``link d0 +1 -> 1``: the node's link in dimension 0, direction +1, towards node 1
+  (``-> switch`` on a switch); a routed transfer shows on the first link it takes;
+* ``PCIe read`` (host to NIC) and ``PCIe write`` (NIC to host);
+* ``NIC engine`` (the ComputeEnhancer's reductions);
+* ``host CPU`` (notification overhead plus the pass);
+* ``host DRAM`` (when the profile charges host memory).
+
+One complete event (``"ph": "X"``) per stream a resource served: from the moment it
+started on the stream to the moment it had served its last byte. Its args carry the
+step number, phase and ring step, the dimension and direction, the engine, the chunk
+(element offset and bytes), the stream's bytes, the algorithm and the call's size.
+A resource serves one stream at a time, so the events of a track never overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from nicemu.nic.telemetry import KINDS, LINK, LinkStats
+
+TRACK_NAMES = {"pcie_read": "PCIe read (host to NIC)", "pcie_write": "PCIe write (NIC to host)",
+               "nic": "NIC engine", "host": "host CPU", "dram": "host DRAM"}
+PHASES = {"rs": "reduce-scatter", "ag": "allgather", "rd": "recursive doubling", "fold": "fold-in",
+          "unfold": "fold-out", "reduce": "tree reduce", "bcast": "tree broadcast", "scatter": "scatter",
+          "gather": "gather", "chain": "chain", "a2a": "all-to-all"}
+#: roughly what one event takes in the file (for the size warning)
+EVENT_BYTES = 260
+#: events beyond which the file is slow to open in a browser
+LARGE_TRACE_EVENTS = 1_000_000
+
+
+def count_events(stats: LinkStats) -> int:
+    return 0 if stats.events is None else len(stats.events["kind"])
+
+
+def _track(kind: int, lane: int, node: int, stats: LinkStats) -> tuple[int, str]:
+    """(thread id, name) of a resource of ``node``; links sort after the node's own resources."""
+    if kind != LINK:
+        return kind + 1, TRACK_NAMES[KINDS[kind]]
+    dim, slot = divmod(lane, 2)
+    direction = -1 if slot else 1
+    if stats.switched:
+        return 10 + lane, "link -> switch"
+    k, stride = stats.shape[dim], stats.strides[dim]
+    c = (node // stride) % k
+    dst = node + (((c + direction) % k) - c) * stride
+    return 10 + lane, f"link d{dim} {direction:+d} -> {dst}"
+
+
+def trace_events(calls: Sequence[dict], first_pid: int = 1) -> list[dict]:
+    """Trace events of ``calls``: dicts with ``label`` (``ring 64M``), ``algo``, ``bytes`` and ``stats``
+    (a traced ``LinkStats``). Process ids count up from ``first_pid``."""
+    out: list[dict] = []
+    pid = first_pid
+    for order, call in enumerate(calls):
+        stats: LinkStats = call["stats"]
+        ev = stats.events
+        if ev is None:
+            continue
+        steps = ev.get("steps") or []
+        nodes = np.unique(ev["node"]).tolist()
+        pids = {}
+        for n in nodes:
+            pids[n] = pid
+            out.append({"ph": "M", "name": "process_name", "pid": pid,
+                        "args": {"name": f"{call['label']} · node {n}"}})
+            out.append({"ph": "M", "name": "process_sort_index", "pid": pid,
+                        "args": {"sort_index": order * 1_000_000 + n}})
+            pid += 1
+        named: set = set()
+        kinds, lanes, where = ev["kind"].tolist(), ev["lane"].tolist(), ev["node"].tolist()
+        starts, ends, sizes = ev["start"].tolist(), ev["end"].tolist(), ev["bytes"].tolist()
+        numbers, sides = ev["step"].tolist(), ev["side"].tolist()
+        for kind, lane, node, start, end, nbytes, number, side in zip(kinds, lanes, where, starts, ends, sizes,
+                                                                     numbers, sides):
+            tid, tname = _track(kind, lane, node, stats)
+            if (node, tid) not in named:
+                named.add((node, tid))
+                out.append({"ph": "M", "name": "thread_name", "pid": pids[node], "tid": tid,
+                            "args": {"name": tname}})
+                out.append({"ph": "M", "name": "thread_sort_index", "pid": pids[node], "tid": tid,
+                            "args": {"sort_index": tid}})
+            meta = steps[number] if 0 <= number < len(steps) else {}
+            args = {"algo": call["algo"], "size_bytes": call["bytes"], "step": number, "bytes": int(nbytes)}
+            name = "stream"
+            if meta:
+                name = f"{PHASES.get(meta['phase'], meta['phase'])} {meta['index']}"
+                args.update(phase=meta["phase"], ring_step=meta["index"], engine=meta["engine"],
+                            reduce=meta["reduce"])
+                if not meta["routed"] and not meta["local"]:
+                    args.update(dim=meta["dim"], dir=meta["dir"])
+                chunk = meta.get("send" if side == 0 else "recv", {}).get(node)
+                if chunk is not None:
+                    args.update(chunk_offset=chunk[0], chunk_bytes=chunk[1])
+            out.append({"ph": "X", "name": name, "cat": KINDS[kind], "pid": pids[node], "tid": tid,
+                        "ts": start, "dur": max(end - start, 0.0), "args": args})
+    return out
+
+
+def write_trace(path: str, calls: Sequence[dict], extra: Sequence[dict] = (), meta: dict | None = None) -> int:
+    """Write the Chrome trace of ``calls`` (see :func:`trace_events`) plus ``extra`` events; returns the
+    number of complete events."""
+    events = trace_events(calls) + list(extra)
+    for e in events:
+        if "ts" in e and not math.isfinite(e["ts"]):
+            raise ValueError(f"trace event {e['name']!r} has a non-finite time")
+    doc = {"traceEvents": events, "displayTimeUnit": "ns",
+           "otherData": {"generator": "nicemu", "time": "emulated microseconds", **(meta or {})}}
+    with open(path, "w") as f:
+        json.dump(doc, f, separators=(",", ":"))
+    return sum(1 for e in events if e.get("ph") == "X")
