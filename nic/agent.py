@@ -29,6 +29,7 @@ from nicemu.nic.link import Links
 from nicemu.nic.pcie import Pcie
 from nicemu.nic.profile import Profile
 from nicemu.nic.streams import overflow, vmax
+from nicemu.nic.telemetry import DRAM, HOST, NIC, READ, RESOURCES, WRITE
 
 
 class NicAgents:
@@ -178,6 +179,19 @@ class NicAgents:
         elif reduce:
             done = self.datadirector.spill(ix, first, last, host_part(nbytes, share), done)
         self.clock[ix] = vmax(self.clock[ix], done)
+
+    def resource_busy(self) -> np.ndarray:
+        """Telemetry: (len(RESOURCES), nodes) busy time of every resource of the call so far, from the bytes
+        the telemetry counted (PCIe, DRAM: at their rates) and the host's and NIC engine's own counters."""
+        tel = self._telemetry
+        served = tel.bytes[:, tel.lo:tel.lo + self.nodes]
+        busy = np.zeros((len(RESOURCES), self.nodes))
+        busy[READ] = served[READ] * self.pcie.us_per_B
+        busy[WRITE] = served[WRITE] * self.pcie.us_per_B
+        busy[NIC] = self.compute.busy_us
+        busy[HOST] = self.host.busy_us
+        busy[DRAM] = served[DRAM] * self.memory.us_per_B
+        return busy
 
     def stats(self, ix: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
         return {"host_busy_us": self.host.busy_us[ix], "nic_busy_us": self.compute.busy_us[ix],

@@ -40,7 +40,7 @@ class ComputeEnhancer:
         work = as_float(nbytes) * us_per_B
         self.busy_us[ix] += work
         if self.telemetry is not None:
-            self.telemetry.serve(NIC, ix, nbytes, work, vmax(first_in, free), busy)
+            self.telemetry.serve(NIC, ix, nbytes, vmax(first_in, free), busy)
         return first, last
 
     @staticmethod

@@ -50,7 +50,7 @@ class HostCpu:
             work = overhead_us + (done - start)
         self.busy_us[ix] += work
         if self.telemetry is not None:
-            self.telemetry.serve(HOST, ix, nbytes, work, vmax(last_in_host, free), done)
+            self.telemetry.serve(HOST, ix, nbytes, vmax(last_in_host, free), done)
         return done
 
     @staticmethod

@@ -73,4 +73,4 @@ class HostMemory:
 
     def _report(self, ix, dram, start, end) -> None:
         """Telemetry of DRAM work (streams that move no DRAM bytes leave no event)."""
-        self.telemetry.serve(DRAM, ix, dram, as_float(dram) * self.us_per_B, start, end)
+        self.telemetry.serve(DRAM, ix, dram, start, end)

@@ -13,7 +13,7 @@ import numpy as np
 from nicemu.nic.host_memory import HostMemory
 from nicemu.nic.profile import Profile
 from nicemu.nic.stragglers import per_node
-from nicemu.nic.streams import as_float, stage, us_per_byte, vmax
+from nicemu.nic.streams import stage, us_per_byte, vmax
 from nicemu.nic.telemetry import READ, WRITE
 
 
@@ -43,7 +43,7 @@ class Pcie:
                                   self.packet_bytes)
         self.read_free[ix] = busy
         if self.telemetry is not None:
-            self.telemetry.serve(READ, ix, nbytes, as_float(nbytes) * rate, start, busy)
+            self.telemetry.serve(READ, ix, nbytes, start, busy)
         return first, last
 
     def write(self, ix: np.ndarray, first: np.ndarray, last: np.ndarray,
@@ -57,7 +57,7 @@ class Pcie:
                                   self.packet_bytes)
         self.write_free[ix] = busy
         if self.telemetry is not None:
-            self.telemetry.serve(WRITE, ix, nbytes, as_float(nbytes) * rate, start, busy)
+            self.telemetry.serve(WRITE, ix, nbytes, start, busy)
         if self.memory is not None:
             first, last = self.memory.stream(ix, first, last, nbytes, self.memory.spill(nbytes))
         return first, last

@@ -14,6 +14,7 @@ CSV has one row per link or resource with the record's ``algo`` and ``bytes`` in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,28 +22,30 @@ import numpy as np
 from nicemu.errors import UsageError
 from nicemu.nic.telemetry import RESOURCES, LinkStats
 
-LINK_KEYS = ("src", "dst", "dim", "dir", "bytes", "framed_bytes", "busy_us", "utilization")
-RESOURCE_KEYS = ("node", "resource", "bytes", "busy_us", "utilization")
+
+def _link_columns(stats: LinkStats) -> list[list]:
+    """The link table as Python lists (whole numbers as ints, so they print without a fraction)."""
+    t = stats.link_table()
+    return [t["src"].tolist(), t["dst"].tolist(), t["dim"].tolist(), t["dir"].tolist(),
+            _whole(t["bytes"]), _whole(t["framed_bytes"]), t["busy_us"].tolist(), t["utilization"].tolist()]
 
 
-def _rows(table: dict, keys: Sequence[str]) -> list[list]:
-    return [table[k].tolist() for k in keys]
+def _resource_columns(stats: LinkStats, quoted: bool = True) -> list[list]:
+    t = stats.resource_table()
+    names = [json.dumps(name) if quoted else name for name in RESOURCES]
+    return [t["node"].tolist(), [names[k] for k in t["resource"].tolist()], _whole(t["bytes"]),
+            t["busy_us"].tolist(), t["utilization"].tolist()]
 
 
-def _format(value) -> str:
-    if isinstance(value, float):
-        return repr(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
-    return str(value)
-
-
-def _resource_table(stats: LinkStats) -> dict:
-    table = stats.resource_table()
-    table["resource"] = np.array(RESOURCES, dtype=object)[table["resource"]]
-    return table
+def _whole(values: np.ndarray) -> list:
+    """Byte counts (whole numbers below 2**53) as ints; framed bytes with fractional headers stay floats."""
+    as_int = values.astype(np.int64)
+    return as_int.tolist() if np.array_equal(as_int, values) else values.tolist()
 
 
 def write_link_stats(path: str, entries: Sequence[dict]) -> None:
-    """Write ``entries`` (record head keys plus ``stats``) as JSON, or as CSV when ``path`` ends in .csv."""
+    """Write ``entries`` (record head keys plus ``stats``) as JSON, or as CSV when ``path`` ends in .csv.
+    Rows are formatted in one pass per record (3 million links take a few seconds)."""
     if path.lower().endswith(".csv"):
         _write_csv(path, entries)
     else:
@@ -50,24 +53,19 @@ def write_link_stats(path: str, entries: Sequence[dict]) -> None:
 
 
 def _write_json(path: str, entries: Sequence[dict]) -> None:
-    import json
     with open(path, "w") as f:
         f.write("[")
         for i, entry in enumerate(entries):
             stats: LinkStats = entry["stats"]
             head = {k: v for k, v in entry.items() if k != "stats"}
             head["emulated_us"] = stats.emulated_us
-            f.write(("," if i else "") + "\n" + json.dumps(head)[:-1] + ', "links": [')
-            cols = _rows(stats.link_table(), LINK_KEYS)
-            for j, row in enumerate(zip(*cols)):
-                f.write(("," if j else "") + "\n{" + ", ".join(f'"{k}": {_format(v)}' for k, v in zip(LINK_KEYS, row))
-                        + "}")
-            f.write('], "resources": [')
-            cols = _rows(_resource_table(stats), RESOURCE_KEYS)
-            for j, row in enumerate(zip(*cols)):
-                f.write(("," if j else "") + "\n{" + ", ".join(
-                    f'"{k}": ' + (json.dumps(v) if k == "resource" else _format(v))
-                    for k, v in zip(RESOURCE_KEYS, row)) + "}")
+            f.write(("," if i else "") + "\n" + json.dumps(head)[:-1] + ', "links": [\n')
+            f.write(",\n".join([f'{{"src": {a}, "dst": {b}, "dim": {c}, "dir": {d}, "bytes": {e}, '
+                                 f'"framed_bytes": {g}, "busy_us": {h!r}, "utilization": {u!r}}}'
+                                 for a, b, c, d, e, g, h, u in zip(*_link_columns(stats))]))
+            f.write('],\n"resources": [\n')
+            f.write(",\n".join([f'{{"node": {a}, "resource": {b}, "bytes": {c}, "busy_us": {h!r}, '
+                                 f'"utilization": {u!r}}}' for a, b, c, h, u in zip(*_resource_columns(stats))]))
             f.write("]}")
         f.write("\n]\n")
 
@@ -80,11 +78,11 @@ def _write_csv(path: str, entries: Sequence[dict]) -> None:
         for entry in entries:
             stats: LinkStats = entry["stats"]
             lead = f"{entry['algo']},{entry['bytes']}"
-            for src, dst, dim, direction, nbytes, framed, busy, util in zip(*_rows(stats.link_table(), LINK_KEYS)):
-                f.write(f"{lead},link,{src},{dst},{dim},{direction},,{_format(nbytes)},{_format(framed)},"
-                        f"{_format(busy)},{_format(util)}\n")
-            for node, res, nbytes, busy, util in zip(*_rows(_resource_table(stats), RESOURCE_KEYS)):
-                f.write(f"{lead},{res},,,,,{node},{_format(nbytes)},,{_format(busy)},{_format(util)}\n")
+            f.write("".join([f"{lead},link,{a},{b},{c},{d},,{e},{g},{h!r},{u!r}\n"
+                             for a, b, c, d, e, g, h, u in zip(*_link_columns(stats))]))
+            node, kind, nbytes, busy, util = _resource_columns(stats, quoted=False)
+            f.write("".join([f"{lead},{b},,,,,{a},{c},,{h!r},{u!r}\n"
+                             for a, b, c, h, u in zip(node, kind, nbytes, busy, util)]))
 
 
 def summary_lines(summary: list[dict]) -> list[str]:
@@ -126,7 +124,7 @@ def plot_links(path: str, entries: Sequence[dict]) -> None:
     ncols = 2 if flat else 1 + first.ndim
     per = 1 if flat else 2
     fig, axes = plt.subplots(per * len(entries), ncols, figsize=(3.0 * ncols, 2.7 * per * len(entries)),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for r, entry in enumerate(entries):
         stats: LinkStats = entry["stats"]
         title = f"{entry['algo']} {entry.get('size', entry['bytes'])}"
@@ -134,22 +132,25 @@ def plot_links(path: str, entries: Sequence[dict]) -> None:
             _plot_ring(axes[r], stats, title)
         else:
             _plot_torus(axes[2 * r], axes[2 * r + 1], stats, title)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def _plot_ring(axes, stats: LinkStats, title: str) -> None:
     nodes = np.arange(stats.nodes)
-    slots = ((0, "+1"),) if stats.switched else ((0, "+1"), (1, "-1"))
+    slots = [(slot, label) for slot, label in (((0, "+1"),) if stats.switched else ((0, "+1"), (1, "-1")))
+             if stats.link_bytes[:, 0, slot].any()] or [(0, "+1")]
     width = 0.8 / len(slots)
     for k, (slot, label) in enumerate(slots):
         axes[0].bar(nodes + k * width, stats.link_bytes[:, 0, slot] / 1e6, width, label=f"dir {label}")
         axes[1].bar(nodes + k * width, stats.link_busy_us[:, 0, slot], width, label=f"dir {label}")
-    axes[0].set(title=f"{title}: bytes per link", xlabel="source node", ylabel="MB")
-    axes[1].set(title=f"{title}: busy time per link", xlabel="source node", ylabel="busy (µs)")
+    axes[0].set_title(f"{title}: bytes per link", fontsize=9)
+    axes[0].set(xlabel="source node", ylabel="MB")
+    axes[1].set_title(f"{title}: busy time per link", fontsize=9)
+    axes[1].set(xlabel="source node", ylabel="busy (µs)")
     axes[1].axhline(stats.emulated_us, color="k", lw=0.8, ls="--", label="call time")
     for ax in axes[:2]:
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=7)
 
 
@@ -169,14 +170,16 @@ def _plot_torus(top, bottom, stats: LinkStats, title: str) -> None:
             ax.set_xlabel("coordinate 1", fontsize=8)
             ax.set_ylabel("coordinate 0", fontsize=8)
     if im is not None:
-        top[-1].figure.colorbar(im, ax=[top[-1], bottom[-1]], fraction=0.05, label="link utilisation")
+        top[-1].figure.colorbar(im, ax=[top[-1], bottom[-1]], shrink=0.8, label="link utilisation")
     dims = np.arange(stats.ndim)
     top[0].bar(dims - 0.2, util.mean(axis=(0, 2)), 0.4, label="mean")
     top[0].bar(dims + 0.2, util.max(axis=(0, 2)), 0.4, label="max")
-    top[0].set(title=f"{title}: links", xlabel="dimension", ylabel="utilisation", ylim=(0, 1.05))
+    top[0].set_title(f"{title}: links", fontsize=9)
+    top[0].set(xlabel="dimension", ylabel="utilisation", ylim=(0, 1.05))
     top[0].legend(fontsize=7)
     res = stats.utilization(stats.resource_busy_us).max(axis=1)
     bottom[0].bar(np.arange(len(RESOURCES)), res)
     bottom[0].set_xticks(np.arange(len(RESOURCES)), [r.replace("_", " ") for r in RESOURCES], rotation=30,
                          fontsize=7)
-    bottom[0].set(title="busiest node's resources", ylabel="utilisation", ylim=(0, 1.05))
+    bottom[0].set_title("busiest node's resources", fontsize=9)
+    bottom[0].set(ylabel="utilisation", ylim=(0, 1.05))

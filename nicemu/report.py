@@ -80,9 +80,14 @@ def _clean(value):
     return value
 
 
+#: keys a record has only when the run asked for them (``--link-stats``/``--link-summary``; JSON only)
+TELEMETRY_KEYS = ["link_summary", "resource_summary"]
+
+
 def write_json(path: str, records: Sequence[dict]) -> None:
     with open(path, "w") as f:
-        json.dump([{k: _clean(r.get(k)) for k in KEYS} for r in records], f, indent=1)
+        json.dump([{**{k: _clean(r.get(k)) for k in KEYS}, **{k: r[k] for k in TELEMETRY_KEYS if k in r}}
+                   for r in records], f, indent=1)
         f.write("\n")
 
 

@@ -304,7 +304,7 @@ def trace_mask(spec: str | list | tuple | np.ndarray | None, nodes: int) -> np.n
                                       "use e.g. 0-7,12 or all") from None
             if hi < lo:
                 raise CollectiveError(f"trace nodes {spec!r}: the range {part!r} runs backwards; write {hi}-{lo}")
-            ids.extend(range(lo, min(hi, nodes) + 1) if lo < nodes else [lo])
+            ids.extend(range(lo, hi + 1) if hi < nodes else [hi])
     else:
         ids = [operator.index(n) for n in spec]
     bad = [n for n in ids if not 0 <= n < nodes]

@@ -19,6 +19,7 @@ from nicemu.collectives.model.step_timing import (
     note_step,
     part_bytes,
     receive_half,
+    resource_busy,
     send_half,
 )
 from nicemu.collectives.schedules.steps import Schedule, step_groups
@@ -97,5 +98,5 @@ def run_model(schedule: Schedule, profile: Profile, itemsize: int, faults: Fault
                   links.bytes_sent, faults=fault_stats,
                   framed_bytes=links.framed_sent if links.header_bytes else links.bytes_sent,
                   nic_spill_bytes=int(np.max(stats["nic_spill_bytes"], initial=0.0)),
-                  telemetry=None if tel is None else finish_telemetry(tel, float(np.max(agents.clock)), profile,
-                                                                      notes))
+                  telemetry=None if tel is None else finish_telemetry(tel, float(np.max(agents.clock)),
+                                                                      resource_busy(agents), notes))

@@ -38,8 +38,8 @@ def make_agents(topology: Torus, profile: Profile, nodes: int) -> NicAgents:
 def make_telemetry(topology: Torus, profile: Profile, lo: int = 0, traced: np.ndarray | None = None) -> Telemetry:
     """Telemetry for an agent set whose first node is ``lo`` (``traced``: bool per node, or None)."""
     rates = [us_per_byte(bw) for bw, _ in link_params(topology, profile)]
-    return Telemetry(topology.shape, topology.strides, topology.network_ndim, topology.switched, rates, lo,
-                     traced)
+    return Telemetry(topology.shape, topology.strides, topology.network_ndim, topology.switched, rates,
+                     profile.link.header_bytes, lo, traced)
 
 
 def note_step(step: Step, itemsize: int, traced: np.ndarray | None) -> dict:
@@ -59,9 +59,18 @@ def step_notes(schedule: Schedule, traced: np.ndarray, itemsize: int) -> list[di
     return [note_step(step, itemsize, traced) for step in schedule.steps()]
 
 
-def finish_telemetry(tel: Telemetry, emulated_us: float, profile: Profile, notes: list | None = None) -> LinkStats:
-    """The call's ``LinkStats`` (``emulated_us``: its span); with tracing, the events and the step ``notes``."""
-    stats = tel.stats(emulated_us, profile.link.header_bytes)
+def resource_busy(agents: NicAgents) -> np.ndarray:
+    """The agents' resource busy times placed in the whole topology's (resources, nodes) array."""
+    tel = agents.telemetry
+    busy = np.zeros_like(tel.bytes)
+    busy[:, tel.lo:tel.lo + agents.nodes] = agents.resource_busy()
+    return busy
+
+
+def finish_telemetry(tel: Telemetry, emulated_us: float, busy: np.ndarray, notes: list | None = None) -> LinkStats:
+    """The call's ``LinkStats`` (``emulated_us``: its span; ``busy``: from :func:`resource_busy`); with
+    tracing, the events and the step ``notes``."""
+    stats = tel.stats(emulated_us, busy)
     if tel.traced is not None:
         stats.events = {**tel.event_table(), "steps": notes or []}
     return stats

@@ -34,6 +34,7 @@ from nicemu.collectives.model.step_timing import (
     link_params,
     make_agents,
     make_telemetry,
+    resource_busy,
     step_notes,
 )
 from nicemu.collectives.mpi.lean_path import LeanTransport, schedule_fits
@@ -192,9 +193,10 @@ class MpiExecutor:
         served (a link's bytes may come from several ranks' routed transfers), so their sum is the
         call's; every value is a whole byte count or one rank's own, so the sum is exact."""
         comm = self.comm
-        for arr in (tel.link_bytes, tel.link_framed, tel.bytes, tel.busy):
+        busy = resource_busy(self.agents)
+        for arr in {id(a): a for a in (tel.link_bytes, tel.link_framed, tel.bytes, busy)}.values():
             comm.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM)
-        stats = finish_telemetry(tel, emulated_us, self.profile)
+        stats = finish_telemetry(tel, emulated_us, busy)
         if tel.traced is not None:
             stats.events = gather_events(comm, stats.events)
             stats.events["steps"] = step_notes(schedule, tel.traced, itemsize)

@@ -11,5 +11,6 @@ calls it.
 * :mod:`.scale_topology` and :mod:`.scaling_plots`: AllReduce on 6D tori up to 262,144 nodes;
 * :mod:`.growth_curve`: the model executor's wall time against nodes x steps;
 * :mod:`.sparse_model_bench`: wall time and memory of the sparse model at scale;
-* :mod:`.soak` and :mod:`.overhead`: MPI runs (leaks over many calls; wall-time overhead).
+* :mod:`.soak` and :mod:`.overhead`: MPI runs (leaks over many calls; wall-time overhead);
+* :mod:`.telemetry_cost`: the per-dimension link summary on a 6-D torus and what telemetry costs.
 """
