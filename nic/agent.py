@@ -25,6 +25,7 @@ from nicemu.nic.datadirector import DataDirector
 from nicemu.nic.gatekeeper import GateKeeper, budget_bytes, host_part, host_share
 from nicemu.nic.host import HostCpu
 from nicemu.nic.host_memory import HostMemory
+from nicemu.nic.intra_node import IntraNode
 from nicemu.nic.link import Links
 from nicemu.nic.pcie import Pcie
 from nicemu.nic.profile import Profile
@@ -47,6 +48,8 @@ class NicAgents:
         self.datadirector = DataDirector(profile, self.pcie)
         self.compute = ComputeEnhancer(profile, nodes)
         self.host = HostCpu(profile, nodes, self.memory)
+        #: ranks of one node on an NVLink-class fabric (nic/intra_node.py); None: through host memory
+        self.intra = IntraNode(profile, nodes) if profile.intra_node.nvlink and ranks_per_node > 1 else None
         # when the node has finished its last step (result in host memory, or in the NIC
         # buffer for DirectReduce steps whose output is not final)
         self.clock = np.zeros(nodes)
@@ -93,6 +96,8 @@ class NicAgents:
                     self.links.free, self.compute.free, self.compute.busy_us, self.host.free,
                     self.host.busy_us, self.memory.free):
             arr.fill(0.0)
+        if self.intra is not None:
+            self.intra.reset()
         self.links.bytes_sent = 0
         self.links.framed_sent = 0
         if self._telemetry is not None:
@@ -115,6 +120,8 @@ class NicAgents:
         """
         if local:
             ready = self.clock[ix].copy()
+            if self.intra is not None:
+                return self.intra.send(ix, ready, nbytes)
             return ready, ready
         first, last = self.gatekeeper.outgoing(ix, from_host, self.clock[ix],
                                                self.nic_ready[ix], nbytes,
@@ -149,6 +156,11 @@ class NicAgents:
         at most the share its intermediate segment kept); the rest is DMA-written to host memory
         as it is produced, unless the whole chunk is final and written anyway.
         """
+        if local and self.intra is not None:
+            done = self.intra.receive(ix, first, last, nbytes, reduce)
+            self.clock[ix] = vmax(self.clock[ix], done)
+            self.nic_ready[ix] = vmax(self.nic_ready[ix], done)
+            return
         if engine == "host":
             if not local:
                 first, last = self.pcie.write(ix, first, last, nbytes)

@@ -92,6 +92,26 @@ class SwitchSpec:
     latency_us: float = 0.3
 
 
+#: ``intra_node`` defaults (docs/model.md §7): NVLink 4 on an H100 SXM, 18 links of 25 GB/s per direction;
+#: the per-hop latency of NCCL's tuning model for NVLink rings with its LL128 protocol; the result rate of a
+#: reduction from HBM3 at 3.35 TB/s (two reads and a write per result byte)
+NVLINK_GBps = 450.0
+NVLINK_LATENCY_us = 1.9
+HBM_REDUCE_GBps = 1116.7
+
+
+@dataclass(frozen=True)
+class IntraNodeSpec:
+    """How the ranks of one node talk (``--ranks-per-node``): through host memory (``nvlink: false``, the
+    default) or over an NVLink-class fabric, each rank with its own port of ``bandwidth_GBps`` per
+    direction and ``latency_us`` per transfer, reducing in its own memory at ``reduce_GBps``."""
+
+    nvlink: bool = False
+    bandwidth_GBps: float = NVLINK_GBps
+    latency_us: float = NVLINK_LATENCY_us
+    reduce_GBps: float = HBM_REDUCE_GBps
+
+
 @dataclass(frozen=True)
 class TopologySpec:
     """Optional topology-wide switches (e.g. whether links carry both directions at once)."""
@@ -113,6 +133,7 @@ class Profile:
     nic: NicSpec
     topology: TopologySpec = TopologySpec()
     switch: SwitchSpec = SwitchSpec()
+    intra_node: IntraNodeSpec = IntraNodeSpec()
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,8 +192,10 @@ _SECTIONS: dict[str, tuple[type, dict[str, str]]] = {
     ),
     "topology": (TopologySpec, {"bidirectional": _FLAG}),
     "switch": (SwitchSpec, {"latency_us": _TIME}),
+    "intra_node": (IntraNodeSpec, {"nvlink": _FLAG, "bandwidth_GBps": _RATE, "latency_us": _TIME,
+                                   "reduce_GBps": _RATE}),
 }
-_OPTIONAL_SECTIONS = frozenset({"topology", "switch"})
+_OPTIONAL_SECTIONS = frozenset({"topology", "switch", "intra_node"})
 _OPTIONAL_KEYS = frozenset({("nic", "retransmit_timeout_us"),   # have a default in their spec
                             ("host", "segment_KiB"), ("link", "header_bytes"),
                             ("host", "memory_GBps"), ("host", "ddio_KiB")})

@@ -94,3 +94,24 @@ def test_what_runs_one_rank_per_node_is_refused_on_every_rank(algo, collective):
         x = np.ones((emu.local_nodes, 64), dtype=np.float32)
         with pytest.raises(CollectiveError, match="one rank per node"):
             emu.run(collective, x, "sum", algo)
+
+
+NVLINK = PROFILE.with_overrides(["intra_node.nvlink=true", "intra_node.reduce_GBps=900"])
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("algo", ["ring", "directreduce", "rabenseifner"])
+def test_nvlink_ranks(algo):
+    """Ranks of a node on an NVLink-class fabric (docs/model.md §19.5): exact integers, the model's times."""
+    topology = f"ring:{max(COMM.Get_size() // 2, 2)}"
+    with Emulator(COMM, topology, NVLINK, ranks_per_node=2) as emu:
+        n = emu.topology.nodes
+        x = inputs(n, 4 * 1031, "int64", seed=n)
+        mine = x[emu.node_range.start:emu.node_range.stop]
+        res = emu.allreduce(mine, algo=algo)
+        for row in np.atleast_2d(res.data):
+            np.testing.assert_array_equal(row, x.sum(axis=0))
+        model = model_time("allreduce", algo, topology, NVLINK, 4 * 1031, "int64", ranks_per_node=2)
+        assert res.emulated_us == model.emulated_us
+        assert model.emulated_us != model_time("allreduce", algo, topology, PROFILE, 4 * 1031, "int64",
+                                               ranks_per_node=2).emulated_us
