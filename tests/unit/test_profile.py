@@ -170,7 +170,7 @@ def test_to_dict_roundtrip(name):
     p = load_profile(name)
     d = p.to_dict()
     assert d["name"] == name
-    assert set(d) == {"name", "description", "link", "pcie", "host", "nic", "topology", "switch"}
+    assert set(d) == {"name", "description", "link", "pcie", "host", "nic", "topology", "switch", "intra_node"}
     assert all(isinstance(d[s], dict) for s in ("link", "pcie", "host", "nic", "topology"))
     assert profile_from_dict(d, "other") == p
     # Also survives JSON (Python's json writes Infinity for inf).
