@@ -402,7 +402,7 @@ def test_profile_from_dict_rejects_non_mapping():
     ("override", "pattern"),
     [
         ("nic.foo=1", r"^--set nic\.foo=1: no such key; valid keys in nic: reduce_GBps, latency_us, packet_bytes, memory_KiB, retransmit_timeout_us$"),
-        ("fabric.ports=8", r"^--set fabric\.ports=8: no such section 'fabric'; valid sections: link, pcie, host, nic, topology, switch$"),
+        ("fabric.ports=8", r"^--set fabric\.ports=8: no such section 'fabric'; valid sections: link, pcie, host, nic, topology, switch, intra_node$"),
         ("nic.packet_bytes", r"^--set nic\.packet_bytes: missing '='"),
         ("packet_bytes=4096", r"expected section\.key=value"),
         ("nic.packet_bytes=1.5", r"^--set nic\.packet_bytes=1\.5: nic\.packet_bytes must be an integer from 1 to 2\*\*40, got 1\.5"),
