@@ -19,7 +19,7 @@ REQUESTS = [(0.0, 40, 3), (0.001, 150, 5), (0.002, 7, 1), (0.010, 64, 4), (0.011
 TRACE = "TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(f"{t},{i},{o}\n" for t, i, o in REQUESTS)
 HIDDEN, LAYERS = 4096, 32      # Llama-2-7B
 SMALL = ["serve", "--model", "llama2-7b", "--tp", "4", "--pp", "2", "--topology", "torus:2x4",
-         "--trace", "trace.csv", "--chunk", "64", "--token-budget", "96", "--seed", "3"]
+         "--arrivals", "trace.csv", "--chunk", "64", "--token-budget", "96", "--seed", "3"]
 METRIC_SKIP = {"wall_s", "executor", "ranks", "real_data", "real_data_calls", "checked_elements", "wrong"}
 
 
