@@ -399,7 +399,8 @@ def _write_trace(args: argparse.Namespace, events: list[dict], records: list[dic
     nested = f"the first {args.trace_iterations:,} with their collectives (--trace-iterations)"
     cut = (f"the first {traced} of {requests} requests (--trace-requests)" if args.trace_requests
            else "no request tracks (--trace-requests 0)")
-    print(f"# wrote a trace of {count:,} events to {args.trace}: {len(records)} algorithms, {cut}; "
+    algos = f"{len(records)} algorithm{'s' if len(records) != 1 else ''}"
+    print(f"# wrote a trace of {count:,} events to {args.trace}: {algos}, {cut}; "
           f"iterations traced: {its}, {nested}; open it in ui.perfetto.dev")
     if count > LARGE_TRACE_EVENTS:
         print(f"# warning: {count:,} events (about {count * EVENT_BYTES / 1e6:,.0f} MB) open slowly; Perfetto "

@@ -24,7 +24,7 @@ no request tracks, every iteration). Nothing is recorded unless ``--trace`` is g
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -75,16 +75,15 @@ class ServeTracer:
         self.events: list[dict] = []
         self.iterations = 0
 
-    def iteration(self, it: Iteration, compute: IterationCompute, records: list[TrafficRecord],
-                  costs: list[CommCost]) -> None:
-        """Record one iteration and its collectives (an IterationHook)."""
+    def iteration(self, it: Iteration, compute: IterationCompute, comm_us: float, records: list[TrafficRecord],
+                  record_costs: Callable[[], list[CommCost]]) -> None:
+        """Record one iteration and, among the first ``nested_iterations``, its collectives (an IterationHook)."""
         if not self.active:
             return
         self.iterations += 1
         pid, tid = self.pid, ITERATION_TID
         start = it.start_us
-        comm_us = sum(c.emulated_us for c in costs)
-        end = start + compute.total_us + comm_us
+        end = start + (compute.total_us + comm_us)     # as the batcher adds it: the same float
         batch = it.batch
         self.events.append(_span(f"iteration · {batch.phase}", pid, tid, start, end, {
             "iteration": it.index, "phase": batch.phase, "prefill_tokens": batch.prefill_tokens,
@@ -93,6 +92,7 @@ class ServeTracer:
         if self.iterations > self.nested_iterations:
             self._count_tokens(it)
             return
+        costs = record_costs()
         segments = _compute_segments(compute)
         t = start + compute.embedding.time_us
         charged = 0                # layer segments on the clock: layer l's are 3l (attention), 3l+1, 3l+2

@@ -195,7 +195,8 @@ class _Backend:
     def last_costs(self, records: Sequence[TrafficRecord]) -> list[CommCost]:
         """The cost of each of ``records`` (the list just timed by ``iteration_cost``), in issue order."""
         by_key = {k: c for (k, _, _), c in zip(*self._last)}
-        return [by_key[self.key(rec)] for rec in records]
+        key = self.key
+        return [by_key[key(rec)] for rec in records]
 
 
 class ModelComm(_Backend):

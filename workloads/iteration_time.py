@@ -52,8 +52,10 @@ class IterationCost:
 
 
 CommFn = Callable[[TrafficRecord], CommCost]
-#: sees every iteration as it is timed: (iteration, its compute, its records in issue order, their costs)
-IterationHook = Callable[[Iteration, IterationCompute, list[TrafficRecord], list[CommCost]], None]
+#: sees every iteration as it is timed: (iteration, its compute, its communication microseconds, its records
+#: in issue order, a function that returns their costs in that order: called only if needed)
+IterationHook = Callable[[Iteration, IterationCompute, float, list[TrafficRecord], Callable[[], list[CommCost]]],
+                         None]
 
 
 class IterationComm(Protocol):
@@ -121,7 +123,8 @@ class IterationTimer:
             comm_us, host_us, wire = total.emulated_us, total.host_busy_us, total.wire_bytes
             by_what = self.comm_time.last_by_what()
             if self.on_iteration is not None:
-                per_record = self.comm_time.last_costs(records)
+                last = self.comm_time.last_costs
+                self.on_iteration(it, compute, comm_us, records, lambda: last(records))
         else:
             comm_us = host_us = 0.0
             wire = 0
@@ -133,7 +136,7 @@ class IterationTimer:
                 wire += cost.wire_bytes
                 by_what[rec.what] = by_what.get(rec.what, 0.0) + cost.emulated_us
                 per_record.append(cost)
+            if self.on_iteration is not None:
+                self.on_iteration(it, compute, comm_us, records, lambda: per_record)
         self.costs.append(IterationCost(it.index, compute_us, comm_us, host_us, wire, len(records), by_what))
-        if self.on_iteration is not None:
-            self.on_iteration(it, compute, records, per_record)
         return compute_us + comm_us

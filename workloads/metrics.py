@@ -67,8 +67,9 @@ def summarize(result: BatchingResult, costs: list[IterationCost] | None = None) 
     Keys: requests, ttft_ms_{mean,p50,p99}, tpot_ms_*, itl_ms_*, e2e_ms_*,
     throughput_tok_s (output tokens/s), total_tok_s (input + output),
     requests_s, duration_s, iterations, and with ``costs``: comm_share (of
-    the summed iteration time) and host_comm_ms (host CPU time spent in
-    communication, 0 on the NIC paths).
+    the summed iteration time), host_comm_ms (host CPU time spent in
+    communication, 0 on the NIC paths) and e2e_split_ms (:func:`time_split`;
+    None unless ``costs`` are the result's iterations, as the batcher made them).
     """
     reqs = _finished(result)
     out: dict = {"requests": len(reqs)}
@@ -96,7 +97,8 @@ def summarize(result: BatchingResult, costs: list[IterationCost] | None = None) 
         total = sum(c.total_us for c in costs)
         out["comm_share"] = sum(c.comm_us for c in costs) / total if total > 0 else 0.0
         out["host_comm_ms"] = sum(c.host_comm_us for c in costs) / 1e3
-        out["e2e_split_ms"] = time_split(result, costs)
+        timed = len(costs) == len(result.iterations) and all(r.admitted_iteration is not None for r in reqs)
+        out["e2e_split_ms"] = time_split(result, costs) if timed else None
     return out
 
 

@@ -144,3 +144,16 @@ def test_model_executor_shares_algorithms_over_processes_and_ranks(nicemu, tmp_p
         assert _metrics(shared) == _metrics(serial), name
         assert (tmp_path / f"{name}.csv").read_text() == (tmp_path / "serial.csv").read_text(), name
         assert proc.stdout.count("# nicemu serve:") == 1, name
+
+
+def test_trace_same_under_every_executor(nicemu, tmp_path):
+    """--trace: the MPI executor (rank 0 traces) and the model executor fanned out over ranks write the
+    trace the model executor writes alone (emulated times are the same; events gathered to rank 0)."""
+    args = [*SMALL, "--algo", "ring,omniccl", "--requests", "3"]
+    _run_json(nicemu, tmp_path, [*args, "--executor", "model", "--jobs", "1", "--trace", "alone.json"])
+    alone = json.loads((tmp_path / "alone.json").read_text())["traceEvents"]
+    assert {e["pid"] for e in alone} == {1, 2} and sum(e["ph"] == "X" for e in alone) > 500
+    for extra, name in ((["--executor", "mpi"], "mpi"), (["--executor", "model"], "fan")):
+        _, proc = _run_json(nicemu, tmp_path, [*args, *extra, "--trace", f"{name}.json"], n=2, name=f"{name}.r.json")
+        assert json.loads((tmp_path / f"{name}.json").read_text())["traceEvents"] == alone, name
+        assert proc.stdout.count("# wrote a trace of") == 1
