@@ -105,7 +105,7 @@ def write_cdf_plot(path: str, rows: Sequence[dict], records: Sequence[dict], tit
     ax.set_title("where a mean request's time went", fontsize=10)
     ax.tick_params(axis="x", labelrotation=20)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
