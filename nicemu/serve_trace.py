@@ -50,7 +50,7 @@ def _us(x: float) -> float:
 def _span(name: str, pid: int, tid: int, start: float, end: float, args: dict, cat: str) -> dict:
     ts = _us(start)
     return {"ph": "X", "name": name, "cat": cat, "pid": pid, "tid": tid, "ts": ts,
-            "dur": max(_us(end) - ts, 0.0), "args": args}
+            "dur": max(round(_us(end) - ts, 3), 0.0), "args": args}
 
 
 def _compute_segments(compute: IterationCompute) -> tuple[float, float, float]:
