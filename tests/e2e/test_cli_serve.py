@@ -153,7 +153,8 @@ def test_trace_same_under_every_executor(nicemu, tmp_path):
     _run_json(nicemu, tmp_path, [*args, "--executor", "model", "--jobs", "1", "--trace", "alone.json"])
     alone = json.loads((tmp_path / "alone.json").read_text())["traceEvents"]
     assert {e["pid"] for e in alone} == {1, 2} and sum(e["ph"] == "X" for e in alone) > 500
-    for extra, name in ((["--executor", "mpi"], "mpi"), (["--executor", "model"], "fan")):
-        _, proc = _run_json(nicemu, tmp_path, [*args, *extra, "--trace", f"{name}.json"], n=2, name=f"{name}.r.json")
+    for extra, n, name in ((["--executor", "mpi"], 2, "mpi2"), (["--executor", "mpi"], 3, "mpi3"),
+                           (["--executor", "model"], 2, "fan")):
+        _, proc = _run_json(nicemu, tmp_path, [*args, *extra, "--trace", f"{name}.json"], n=n, name=f"{name}.r.json")
         assert json.loads((tmp_path / f"{name}.json").read_text())["traceEvents"] == alone, name
         assert proc.stdout.count("# wrote a trace of") == 1
