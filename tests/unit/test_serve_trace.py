@@ -204,3 +204,16 @@ def test_plot_has_the_split(tmp_path, capsys):
     assert algos == ["ring", "omniccl"] and list(parts)[:2] == ["queue", "compute"]
     for i, r in enumerate(records):
         assert sum(p[i] for p in parts.values()) == pytest.approx(r["e2e_ms_mean"], rel=1e-9)
+
+
+def test_write_trace_writes_what_json_dump_would(tmp_path, monkeypatch):
+    """The chunked writer (C encoder) gives the bytes of one json.dump of the document, chunk seams included."""
+    from nicemu.nic import trace
+    monkeypatch.setattr(trace, "WRITE_CHUNK", 3)
+    for n in (0, 1, 3, 7):
+        events = [{"ph": "X", "name": f"e{i} · ü", "pid": 1, "tid": 2, "ts": i * 0.5, "dur": 0.25, "args": {"i": i}}
+                  for i in range(n)]
+        assert trace.write_trace(str(tmp_path / "t.json"), [], extra=events, meta={"k": [1, 2]}) == n
+        doc = {"traceEvents": events, "displayTimeUnit": "ns",
+               "otherData": {"generator": "nicemu", "time": "emulated microseconds", "k": [1, 2]}}
+        assert (tmp_path / "t.json").read_text() == json.dumps(doc, separators=(",", ":"))
