@@ -28,8 +28,10 @@ from nicemu.collectives.registry import get, is_sparse, names
 from nicemu.errors import UsageError
 from nicemu.hostinfo import available_cpus, fork_writer
 from nicemu.nic.profile import load_profile
+from nicemu.nic.trace import EVENT_BYTES, LARGE_TRACE_EVENTS, write_trace
 from nicemu.progress import Progress
 from nicemu.serve_report import HEADER, UNITS, check_plot, table_row, write_cdf_plot, write_json, write_request_csv
+from nicemu.serve_trace import DEFAULT_TRACE_ITERATIONS, DEFAULT_TRACE_REQUESTS, ServeTracer, is_arrivals_csv, trace_ids
 from nicemu.topologies import parse_topology, ring
 from nicemu.workloads import (
     BatchingConfig,
@@ -70,10 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(2**24) per request (default lognormal:1155:0.8:8192, Azure conversation-like)")
     p.add_argument("--output-len", default="lognormal:211:0.8:2048",
                    help="output tokens, same forms and cap (default lognormal:211:0.8:2048)")
-    p.add_argument("--trace", help="replay an Azure-format CSV (TIMESTAMP,ContextTokens,GeneratedTokens) "
-                                   "instead of synthetic arrivals")
+    p.add_argument("--arrivals", metavar="FILE.csv",
+                   help="replay an Azure-format CSV (TIMESTAMP,ContextTokens,GeneratedTokens) "
+                        "instead of synthetic arrivals")
     p.add_argument("--requests", type=int, default=100,
-                   help=f"number of synthetic requests, at most {MAX_REQUESTS:,} (with --trace: the first N "
+                   help=f"number of synthetic requests, at most {MAX_REQUESTS:,} (with --arrivals: the first N "
                         "rows; default 100)")
     p.add_argument("--token-budget", type=int, default=2048, help="tokens per iteration (default 2048)")
     p.add_argument("--chunk", type=int, default=512, help="prefill chunk per request and iteration (default 512)")
@@ -101,6 +104,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--traffic", type=argtypes.output_file,
                    help="write every collective and transfer issued as CSV "
                         "(iteration, phase, layer, collective, bytes, algo)")
+    p.add_argument("--trace", type=argtypes.output_file, metavar="FILE.json",
+                   help="write a Chrome trace-event JSON (open it in ui.perfetto.dev): per algorithm, every "
+                        "iteration with its collectives nested in it, and the traced requests' queued, prefill "
+                        "and decode spans; emulated microseconds")
+    p.add_argument("--trace-requests", type=int, default=DEFAULT_TRACE_REQUESTS, metavar="N",
+                   help=f"--trace: the first N requests get a track, and iterations are traced until they "
+                        f"finish (default {DEFAULT_TRACE_REQUESTS}; 0: no request tracks, every iteration)")
+    p.add_argument("--trace-iterations", type=int, default=DEFAULT_TRACE_ITERATIONS, metavar="N",
+                   help=f"--trace: the first N iterations of each algorithm show their collectives nested in "
+                        f"them, later ones are one span each (default {DEFAULT_TRACE_ITERATIONS})")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     p.add_argument("--jobs", type=int, default=None,
                    help="model executor without mpiexec: processes that time the algorithms side by side "
@@ -109,6 +122,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace, comm):
+    if args.trace is not None and is_arrivals_csv(args.trace):
+        raise UsageError(f"--trace now writes a Chrome trace (JSON); replay an Azure CSV with --arrivals "
+                         f"{args.trace}")
+    for flag, value in (("--trace-requests", args.trace_requests), ("--trace-iterations", args.trace_iterations)):
+        if value < 0:
+            raise UsageError(f"{flag} must be >= 0, got {value}")
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
     if not algos:
         raise UsageError(f"--algo is empty; e.g. --algo {DEFAULT_ALGOS}")
@@ -137,10 +156,10 @@ def _validate(args: argparse.Namespace, comm):
     if args.requests < 1:
         raise UsageError(f"--requests must be >= 1, got {args.requests}")
     sched = BatchingConfig(args.token_budget, args.chunk, args.max_running)
-    if args.trace is not None:
-        if not args.trace.strip():
-            raise UsageError("--trace is empty; give the path of an Azure-format CSV")
-        requests = load_trace(args.trace, limit=args.requests)
+    if args.arrivals is not None:
+        if not args.arrivals.strip():
+            raise UsageError("--arrivals is empty; give the path of an Azure-format CSV")
+        requests = load_trace(args.arrivals, limit=args.requests)
     else:
         requests = synthetic_requests(args.requests, args.rate, args.input_len, args.output_len, args.cv, args.seed)
     if args.plot:
@@ -166,7 +185,7 @@ def run(args: argparse.Namespace, comm) -> int:
     setup = (model, par, topology, profile, acc, sched, requests)
     rank0 = comm.rank == 0
     ranks = comm.size if args.executor == "mpi" else 1
-    source = args.trace or f"{args.requests} synthetic requests at {args.rate:g}/s (cv {args.cv:g})"
+    source = args.arrivals or f"{args.requests} synthetic requests at {args.rate:g}/s (cv {args.cv:g})"
     if rank0:
         print(f"# nicemu serve: {model.name} on {acc.name}, TP {par.tp} PP {par.pp} EP {par.ep}, "
               f"{topology.describe()}, profile {profile.name}, executor {args.executor}, {ranks} rank(s)")
@@ -189,6 +208,7 @@ def run(args: argparse.Namespace, comm) -> int:
     else:
         mine = _shares(algos, comm.size)[comm.rank]
     shares = _shares(mine, jobs)
+    args.trace_pids = {a: i + 1 for i, a in enumerate(algos)}   # one trace process per algorithm
     children = [_fork_share(share, lambda share: _time_algos(args, share, comm, Progress(0, False),
                                                              None, None, ranks, *setup))
                 for share in shares[1:] if share]
@@ -201,16 +221,17 @@ def run(args: argparse.Namespace, comm) -> int:
         backend_mpi = MpiComm(comm, topology, profile, model, args.seed, args.real_data)
     traffic = TrafficCsv(args.traffic) if (args.traffic and rank0) else None
     try:
-        records, rows, wrong_total = _time_algos(args, mine, comm, progress, backend_mpi, traffic, ranks, *setup)
+        records, rows, wrong_total, events = _time_algos(args, mine, comm, progress, backend_mpi, traffic, ranks,
+                                                         *setup)
     finally:
         if traffic is not None:
             traffic.close()
         if backend_mpi is not None:
             backend_mpi.free()
     if children:
-        records, rows = _join_shares(algos, records, rows, children)
+        records, rows, events = _join_shares(algos, records, rows, events, children)
     if fan_out:
-        records, rows = _collect(comm, algos, records, rows)
+        records, rows, events = _collect(comm, algos, records, rows, events)
     _gains(records)
     if rank0:
         if progress.enabled:
@@ -238,19 +259,25 @@ def run(args: argparse.Namespace, comm) -> int:
         if args.traffic:
             print(f"# wrote the traffic of every iteration to {args.traffic}")
         if args.plot:
-            write_cdf_plot(args.plot, rows, f"{model.name}, TP {par.tp} PP {par.pp} on {topology.name}, "
-                                            f"{len(requests)} requests, profile {profile.name}")
-            print(f"# wrote TTFT/TPOT CDFs to {args.plot}")
+            write_cdf_plot(args.plot, rows, records, f"{model.name}, TP {par.tp} PP {par.pp} on {topology.name}, "
+                                                     f"{len(requests)} requests, profile {profile.name}")
+            print(f"# wrote TTFT/TPOT CDFs and where a mean request's time went to {args.plot}")
+        if args.trace:
+            _write_trace(args, events, records, len(requests))
     return 1 if wrong_total else 0
 
 
 def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Progress,
                 backend_mpi, traffic: TrafficCsv | None, ranks: int, model, par, topology,
-                profile, acc, sched, requests) -> tuple[list[dict], list[dict], int]:
-    """Serve the requests once per algorithm: a record per algorithm, the per-request rows, wrong elements."""
+                profile, acc, sched, requests) -> tuple[list[dict], list[dict], int, list[dict]]:
+    """Serve the requests once per algorithm: a record per algorithm, the per-request rows, wrong elements
+    and the --trace events (rank 0 of the MPI executor traces; under the model executor, every worker)."""
     records: list[dict] = []
     rows: list[dict] = []
     wrong_total = 0
+    events: list[dict] = []
+    tracing = bool(args.trace) and (args.executor == "model" or comm.rank == 0)
+    traced = trace_ids(requests, args.trace_requests) if tracing else ([], [])
     for algo in algos:
         layer_algo, emb_algo, a2a_algo, p2p_label = algos_for(algo)
         if backend_mpi is not None:
@@ -258,9 +285,11 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
             backend = backend_mpi
         else:
             backend = ModelComm(topology, profile, model, args.seed)
+        tracer = ServeTracer(args.trace_pids[algo], algo, *traced, args.trace_iterations) if tracing else None
         timer = IterationTimer(model, acc, par, backend, layer_algo, emb_algo, a2a_algo,
                                dtype_bytes=DTYPE.itemsize, p2p_algo=p2p_label,
-                               on_traffic=traffic.write if traffic is not None else None)
+                               on_traffic=traffic.write if traffic is not None else None,
+                               on_iteration=tracer.iteration if tracer is not None else None)
 
         def step(it, _timer=timer, _label=algo):
             duration = _timer(it)
@@ -287,9 +316,12 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
             wrong_total += wrong
         else:
             rec.update(real_data=None, real_data_calls=0, checked_elements=0, wrong=None)
+        if tracer is not None:
+            events += tracer.finish(result)
+            rec["traced_iterations"] = tracer.iterations
         records.append(rec)
         rows.extend({"algo": algo, **row} for row in request_rows(result))
-    return records, rows, wrong_total
+    return records, rows, wrong_total, events
 
 
 def _shares(algos: list[str], workers: int) -> list[list[str]]:
@@ -316,8 +348,8 @@ def _fork_share(share: list[str], work) -> tuple[int, int]:
     """
     def write(out) -> None:
         try:
-            records, rows, _ = work(share)
-            payload = {"records": records, "rows": rows}
+            records, rows, _, events = work(share)
+            payload = {"records": records, "rows": rows, "trace": events}
         except BaseException:
             payload = {"error": traceback.format_exc(limit=-4)}
         out.write(json.dumps(payload))
@@ -325,10 +357,10 @@ def _fork_share(share: list[str], work) -> tuple[int, int]:
     return fork_writer(write)
 
 
-def _join_shares(algos: list[str], records: list[dict], rows: list[dict], children: list[tuple[int, int]]
-                 ) -> tuple[list[dict], list[dict]]:
-    """The forked children's records and rows merged with this process's, in ``algos`` order."""
-    records, rows = list(records), list(rows)
+def _join_shares(algos: list[str], records: list[dict], rows: list[dict], events: list[dict],
+                 children: list[tuple[int, int]]) -> tuple[list[dict], list[dict], list[dict]]:
+    """The forked children's records, rows and trace events merged with this process's, in ``algos`` order."""
+    records, rows, events = list(records), list(rows), list(events)
     errors = []
     for pid, read_fd in children:
         with os.fdopen(read_fd, "rb") as f:
@@ -340,9 +372,10 @@ def _join_shares(algos: list[str], records: list[dict], rows: list[dict], childr
             continue
         records += part["records"]
         rows += part["rows"]
+        events += part["trace"]
     if errors:
         raise RuntimeError("a --jobs worker process failed:\n" + errors[0])
-    return _in_algo_order(algos, records, rows)
+    return (*_in_algo_order(algos, records, rows), _by_pid(events))
 
 
 def _in_algo_order(algos: list[str], records: list[dict], rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -352,6 +385,28 @@ def _in_algo_order(algos: list[str], records: list[dict], rows: list[dict]) -> t
     return sorted(records, key=lambda r: order[r["algo"]]), sorted(rows, key=lambda r: order[r["algo"]])
 
 
+def _by_pid(events: list[dict]) -> list[dict]:
+    """Trace events of several workers, one algorithm's process after another (the sort is stable)."""
+    return sorted(events, key=lambda e: e["pid"])
+
+
+def _write_trace(args: argparse.Namespace, events: list[dict], records: list[dict], requests: int) -> None:
+    """Write --trace and say what it holds; warn when it is too large to open comfortably."""
+    count = write_trace(args.trace, [], extra=events,
+                        meta={"command": "nicemu serve", "trace_requests": args.trace_requests})
+    traced = min(args.trace_requests, requests)
+    its = ", ".join(f"{r['algo']} {r['traced_iterations']:,} of {r['iterations']:,}" for r in records)
+    nested = f"the first {args.trace_iterations:,} with their collectives (--trace-iterations)"
+    cut = (f"the first {traced} of {requests} requests (--trace-requests)" if args.trace_requests
+           else "no request tracks (--trace-requests 0)")
+    algos = f"{len(records)} algorithm{'s' if len(records) != 1 else ''}"
+    print(f"# wrote a trace of {count:,} events to {args.trace}: {algos}, {cut}; "
+          f"iterations traced: {its}, {nested}; open it in ui.perfetto.dev")
+    if count > LARGE_TRACE_EVENTS:
+        print(f"# warning: {count:,} events (about {count * EVENT_BYTES / 1e6:,.0f} MB) open slowly; Perfetto "
+              f"opens it, chrome://tracing may not: lower --trace-requests, --requests or --algo")
+
+
 def _idle_wait(requests: list) -> None:
     """Wait without spinning: ranks that wait here share the CPUs with ranks still computing."""
     from mpi4py import MPI  # only ranks of an MPI job get here
@@ -359,12 +414,13 @@ def _idle_wait(requests: list) -> None:
         time.sleep(0.005)
 
 
-def _collect(comm, algos: list[str], records: list[dict], rows: list[dict]
-             ) -> tuple[list[dict], list[dict]]:
-    """Bring every rank's records and request rows to rank 0, in ``algos`` order (JSON bytes, no pickle)."""
+def _collect(comm, algos: list[str], records: list[dict], rows: list[dict], events: list[dict]
+             ) -> tuple[list[dict], list[dict], list[dict]]:
+    """Bring every rank's records, request rows and trace events to rank 0, in ``algos`` order (JSON bytes,
+    no pickle)."""
     from nicemu.collectives.mpi.tags import SERVE_RESULTS as TAG_RESULTS  # MPI is up: ranks of a job
     if comm.rank == 0:
-        got_records, got_rows = list(records), list(rows)
+        got_records, got_rows, got_events = list(records), list(rows), list(events)
         for peer in range(1, comm.size):
             size = np.empty(1, dtype=np.int64)
             _idle_wait([comm.Irecv(size, peer, TAG_RESULTS)])
@@ -373,11 +429,14 @@ def _collect(comm, algos: list[str], records: list[dict], rows: list[dict]
             part = json.loads(buf.tobytes().decode())
             got_records += part["records"]
             got_rows += part["rows"]
+            got_events += part["trace"]
         got_records, got_rows = _in_algo_order(algos, got_records, got_rows)
+        got_events = _by_pid(got_events)
     else:
-        payload = np.frombuffer(json.dumps({"records": records, "rows": rows}).encode(), dtype=np.uint8)
+        payload = np.frombuffer(json.dumps({"records": records, "rows": rows, "trace": events}).encode(),
+                                dtype=np.uint8)
         size = np.array([payload.size], dtype=np.int64)
         _idle_wait([comm.Isend(size, 0, TAG_RESULTS), comm.Isend(payload, 0, TAG_RESULTS)])
-        got_records, got_rows = records, rows
+        got_records, got_rows, got_events = records, rows, events
     _idle_wait([comm.Ibarrier()])
-    return got_records, got_rows
+    return got_records, got_rows, got_events

@@ -58,14 +58,29 @@ def check_plot() -> None:
         raise UsageError("--plot needs matplotlib: pip install 'nicemu[plot]'") from None
 
 
-def write_cdf_plot(path: str, rows: Sequence[dict], title: str) -> None:
-    """TTFT and TPOT CDFs, one line per algorithm (rows: the per-request CSV rows)."""
+def time_split_bars(records: Sequence[dict]) -> tuple[list[str], dict[str, list[float]]]:
+    """Algorithms and, per part (queue, compute, one per kind of communication), each one's mean ms
+    (the records' ``e2e_split_ms``; an algorithm without a part gets 0)."""
+    algos = [r["algo"] for r in records]
+    parts: dict[str, list[float]] = {}
+    for r in records:
+        for part in r["e2e_split_ms"]:
+            parts.setdefault(part, [0.0] * len(records))
+    for i, r in enumerate(records):
+        for part, ms in r["e2e_split_ms"].items():
+            parts[part][i] = ms
+    return algos, parts
+
+
+def write_cdf_plot(path: str, rows: Sequence[dict], records: Sequence[dict], title: str) -> None:
+    """TTFT and TPOT CDFs, one line per algorithm (rows: the per-request CSV rows), and a stacked bar per
+    algorithm of where a mean request's end-to-end time went (records: ``e2e_split_ms``)."""
     check_plot()
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     algos = list(dict.fromkeys(r["algo"] for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16.5, 4.6))
     for ax, key, label in ((axes[0], "ttft_ms", "time to first token (ms)"),
                            (axes[1], "tpot_ms", "time per output token (ms)")):
         for i, algo in enumerate(algos):
@@ -77,6 +92,20 @@ def write_cdf_plot(path: str, rows: Sequence[dict], title: str) -> None:
         ax.set_ylabel("fraction of requests")
         ax.grid(True, alpha=0.3)
         ax.legend(loc="lower right")
+    ax = axes[2]
+    names, parts = time_split_bars(records)
+    bottom = np.zeros(len(names))
+    colors = {"queue": "0.75", "compute": "0.45"}
+    for j, (part, ms) in enumerate(parts.items()):
+        ax.bar(names, ms, bottom=bottom, label=part, color=colors.get(part, f"C{j}"))
+        bottom += np.asarray(ms)
+    for x, r in enumerate(records):
+        ax.annotate(f"{r['e2e_ms_mean']:.0f}", (x, r["e2e_ms_mean"]), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("mean end-to-end latency (ms)")
+    ax.set_title("where a mean request's time went", fontsize=10)
+    ax.tick_params(axis="x", labelrotation=20)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

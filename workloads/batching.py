@@ -79,6 +79,7 @@ class RequestTiming:
     output_tokens: int
     token_us: list[float] = field(default_factory=list)
     prefilled: int = 0
+    admitted_iteration: int | None = None   # the iteration that prefilled its first prompt chunk
 
     @property
     def first_token_us(self) -> float | None:
@@ -182,6 +183,8 @@ class Batcher:
                                      batch.prefill_tokens, len(batch.decodes)))
             for ch in batch.prefills:
                 r = states[ch.request_id]
+                if r.admitted_iteration is None:
+                    r.admitted_iteration = it.index
                 r.prefilled += ch.tokens
                 if ch.completes_prompt:
                     r.token_us.append(now_us)

@@ -124,6 +124,7 @@ class _Backend:
         self.stats = CommStats()
         self._groups: dict[tuple[int, ...], Torus] = {}
         self._unique: dict[int, tuple] = {}
+        self._last: tuple = ((), ())        # (groups, costs) of the iteration just timed
 
     def group(self, nodes: tuple[int, ...]) -> Torus:
         topo = self._groups.get(nodes)
@@ -181,7 +182,21 @@ class _Backend:
             host += n * c.host_busy_us
             wire += n * c.wire_bytes
             self.stats.add(rec, c, n)
+        self._last = (groups, costs)
         return CommCost(comm, host, wire)
+
+    def last_by_what(self) -> dict[str, float]:
+        """Emulated microseconds of the iteration just timed, per ``what`` (attn_out, embedding, ...)."""
+        out: dict[str, float] = {}
+        for (_, rec, n), c in zip(*self._last):
+            out[rec.what] = out.get(rec.what, 0.0) + n * c.emulated_us
+        return out
+
+    def last_costs(self, records: Sequence[TrafficRecord]) -> list[CommCost]:
+        """The cost of each of ``records`` (the list just timed by ``iteration_cost``), in issue order."""
+        by_key = {k: c for (k, _, _), c in zip(*self._last)}
+        key = self.key
+        return [by_key[key(rec)] for rec in records]
 
 
 class ModelComm(_Backend):

@@ -16,12 +16,12 @@ executor.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from nicemu.workloads.accelerators import Accelerator
 from nicemu.workloads.batching import Iteration
-from nicemu.workloads.compute import iteration_compute
+from nicemu.workloads.compute import IterationCompute, iteration_compute
 from nicemu.workloads.models import Model
 from nicemu.workloads.parallelism import Parallelism
 from nicemu.workloads.traffic import TrafficRecord, iteration_traffic
@@ -44,6 +44,7 @@ class IterationCost:
     host_comm_us: float
     wire_bytes: int
     collectives: int
+    comm_by_what: dict[str, float] = field(default_factory=dict)   # comm_us split by record ``what``
 
     @property
     def total_us(self) -> float:
@@ -51,12 +52,20 @@ class IterationCost:
 
 
 CommFn = Callable[[TrafficRecord], CommCost]
+#: sees every iteration as it is timed: (iteration, its compute, its communication microseconds, its records
+#: in issue order, a function that returns their costs in that order: called only if needed)
+IterationHook = Callable[[Iteration, IterationCompute, float, list[TrafficRecord], Callable[[], list[CommCost]]],
+                         None]
 
 
 class IterationComm(Protocol):
     """A backend that times one iteration's records at once (workloads/comm_backends.py)."""
 
     def iteration_cost(self, iteration: int, records: Sequence[TrafficRecord]) -> CommCost: ...
+
+    def last_by_what(self) -> dict[str, float]: ...
+
+    def last_costs(self, records: Sequence[TrafficRecord]) -> list[CommCost]: ...
 
 
 class IterationTimer:
@@ -68,12 +77,14 @@ class IterationTimer:
             :class:`IterationComm` that times an iteration's records at once.
         on_traffic: optional sink for each iteration's records (e.g. a
             :class:`~nicemu.workloads.traffic.TrafficCsv`'s ``write``).
+        on_iteration: optional :data:`IterationHook` (serve's ``--trace``); when None nothing
+            per record is kept.
     """
 
     def __init__(self, model: Model, accelerator: Accelerator, par: Parallelism, comm_time: CommFn | IterationComm,
                  algo: str = "ring", embedding_algo: str | None = None, alltoall_algo: str | None = None,
                  dtype_bytes: int = 2, on_traffic: Callable[[list[TrafficRecord]], None] | None = None,
-                 p2p_algo: str = "direct") -> None:
+                 p2p_algo: str = "direct", on_iteration: IterationHook | None = None) -> None:
         par.check_model(model)
         self.model, self.accelerator, self.par = model, accelerator, par
         self.comm_time = comm_time
@@ -81,6 +92,7 @@ class IterationTimer:
         self.dtype_bytes = dtype_bytes
         self.on_traffic = on_traffic
         self.p2p_algo = p2p_algo
+        self.on_iteration = on_iteration
         self.costs: list[IterationCost] = []
         self._traffic: dict[tuple, list[TrafficRecord]] = {}
 
@@ -100,20 +112,31 @@ class IterationTimer:
         return recs
 
     def __call__(self, it: Iteration) -> float:
-        compute_us = iteration_compute(self.model, self.accelerator, it.batch, self.par, self.dtype_bytes).total_us
+        compute = iteration_compute(self.model, self.accelerator, it.batch, self.par, self.dtype_bytes)
+        compute_us = compute.total_us
         records = self.records(it)
         if self.on_traffic is not None:
             self.on_traffic([r._replace(iteration=it.index) for r in records])
+        per_record: list[CommCost] = []
         if hasattr(self.comm_time, "iteration_cost"):
             total = self.comm_time.iteration_cost(it.index, records)
             comm_us, host_us, wire = total.emulated_us, total.host_busy_us, total.wire_bytes
+            by_what = self.comm_time.last_by_what()
+            if self.on_iteration is not None:
+                last = self.comm_time.last_costs
+                self.on_iteration(it, compute, comm_us, records, lambda: last(records))
         else:
             comm_us = host_us = 0.0
             wire = 0
+            by_what = {}
             for rec in records:
                 cost = self.comm_time(rec._replace(iteration=it.index))
                 comm_us += cost.emulated_us
                 host_us += cost.host_busy_us
                 wire += cost.wire_bytes
-        self.costs.append(IterationCost(it.index, compute_us, comm_us, host_us, wire, len(records)))
+                by_what[rec.what] = by_what.get(rec.what, 0.0) + cost.emulated_us
+                per_record.append(cost)
+            if self.on_iteration is not None:
+                self.on_iteration(it, compute, comm_us, records, lambda: per_record)
+        self.costs.append(IterationCost(it.index, compute_us, comm_us, host_us, wire, len(records), by_what))
         return compute_us + comm_us

@@ -5,7 +5,7 @@ that trace. It is synthetic, in the Azure trace's CSV format
 (``TIMESTAMP,ContextTokens,GeneratedTokens``), with lengths chosen to resemble
 the published statistics of its conversation part (mean 1,155 input
 and 211 output tokens, near-Poisson arrivals). It exists so that ``nicemu
-serve --trace`` can be tried without downloading anything. The real trace can
+serve --arrivals`` can be tried without downloading anything. The real trace can
 be replayed with the same loader.
 
 How it was made (deterministic; rerunning gives the same bytes)::

@@ -21,6 +21,7 @@ import numpy as np
 from nicemu.errors import WorkloadError
 from nicemu.workloads.batching import BatchingResult, RequestTiming
 from nicemu.workloads.iteration_time import IterationCost
+from nicemu.workloads.traffic import COMM_KINDS
 
 
 def ttft_us(r: RequestTiming) -> float:
@@ -66,8 +67,9 @@ def summarize(result: BatchingResult, costs: list[IterationCost] | None = None) 
     Keys: requests, ttft_ms_{mean,p50,p99}, tpot_ms_*, itl_ms_*, e2e_ms_*,
     throughput_tok_s (output tokens/s), total_tok_s (input + output),
     requests_s, duration_s, iterations, and with ``costs``: comm_share (of
-    the summed iteration time) and host_comm_ms (host CPU time spent in
-    communication, 0 on the NIC paths).
+    the summed iteration time), host_comm_ms (host CPU time spent in
+    communication, 0 on the NIC paths) and e2e_split_ms (:func:`time_split`;
+    None unless ``costs`` are the result's iterations, as the batcher made them).
     """
     reqs = _finished(result)
     out: dict = {"requests": len(reqs)}
@@ -95,7 +97,36 @@ def summarize(result: BatchingResult, costs: list[IterationCost] | None = None) 
         total = sum(c.total_us for c in costs)
         out["comm_share"] = sum(c.comm_us for c in costs) / total if total > 0 else 0.0
         out["host_comm_ms"] = sum(c.host_comm_us for c in costs) / 1e3
+        timed = len(costs) == len(result.iterations) and all(r.admitted_iteration is not None for r in reqs)
+        out["e2e_split_ms"] = time_split(result, costs) if timed else None
     return out
+
+
+def time_split(result: BatchingResult, costs: list[IterationCost]) -> dict[str, float]:
+    """Where a mean request's end-to-end time went, in ms: ``queue`` (arrival to the start of the iteration
+    that admits it), ``compute``, and communication per kind (:data:`COMM_KINDS`), summed over the
+    iterations from admission to its last token. A running request is in every iteration back to back,
+    so the parts add up to the mean end-to-end latency."""
+    reqs = _finished(result)
+    its = result.iterations
+    kinds = list(dict.fromkeys(COMM_KINDS[w] for c in costs for w in c.comm_by_what))
+    kinds.sort(key=list(dict.fromkeys(COMM_KINDS.values())).index)
+    col = {k: i + 1 for i, k in enumerate(kinds)}
+    parts = np.zeros((len(its) + 1, len(kinds) + 1))
+    for c in costs:
+        row = parts[c.index + 1]
+        row[0] = c.compute_us
+        for what, us in c.comm_by_what.items():
+            row[col[COMM_KINDS[what]]] += us
+    prefix = np.cumsum(parts, axis=0)
+    starts = np.array([it.start_us for it in its])
+    ends = np.array([it.start_us + it.duration_us for it in its])
+    first = np.array([r.admitted_iteration for r in reqs])
+    last = np.searchsorted(ends, [r.token_us[-1] for r in reqs])
+    spent = (prefix[last + 1] - prefix[first]).mean(axis=0)
+    queue = float(np.mean(starts[first] - np.array([r.arrival_us for r in reqs])))
+    return {"queue": queue / 1e3, "compute": float(spent[0]) / 1e3,
+            **{k: float(spent[col[k]]) / 1e3 for k in kinds}}
 
 
 def request_rows(result: BatchingResult) -> list[dict]:

@@ -140,7 +140,7 @@ def arrival_times_us(n: int, rate_per_s: float, cv: float = 1.0, seed: int = 0) 
     if n < 0:
         raise WorkloadError(f"number of requests must be >= 0, got {n}")
     if n > MAX_REQUESTS:
-        raise WorkloadError(f"{n:,} synthetic requests is over the limit of {MAX_REQUESTS:,}; replay a --trace "
+        raise WorkloadError(f"{n:,} synthetic requests is over the limit of {MAX_REQUESTS:,}; replay an --arrivals CSV "
                             f"for more")
     if not rate_per_s > 0:
         raise WorkloadError(f"arrival rate must be > 0 requests/s, got {rate_per_s}")

@@ -162,11 +162,11 @@ CASES = [
     case("bench-json-no-directory", [*BENCH, "--json", "no/such/dir/out.json"], "--json", "no/such/dir"),
     case("bench-csv-is-directory", [*BENCH, "--csv", "."], "--csv", "directory"),
     # serve: traces with a timestamp that goes back, and other broken traces
-    case("serve-trace-back-in-time", [*SERVE, "--trace", "back_in_time.csv"], "back in time", "line 3"),
-    case("serve-trace-missing-column", [*SERVE, "--trace", "no_column.csv"], "GeneratedTokens"),
-    case("serve-trace-negative-tokens", [*SERVE, "--trace", "negative_tokens.csv"], "ContextTokens", "-3"),
-    case("serve-trace-header-only", [*SERVE, "--trace", "header_only.csv"], "no requests"),
-    case("serve-trace-missing-file", [*SERVE, "--trace", "missing.csv"], "missing.csv"),
+    case("serve-trace-back-in-time", [*SERVE, "--arrivals", "back_in_time.csv"], "back in time", "line 3"),
+    case("serve-trace-missing-column", [*SERVE, "--arrivals", "no_column.csv"], "GeneratedTokens"),
+    case("serve-trace-negative-tokens", [*SERVE, "--arrivals", "negative_tokens.csv"], "ContextTokens", "-3"),
+    case("serve-trace-header-only", [*SERVE, "--arrivals", "header_only.csv"], "no requests"),
+    case("serve-trace-missing-file", [*SERVE, "--arrivals", "missing.csv"], "missing.csv"),
     case("serve-jobs-zero", [*SERVE, "--executor", "model", "--jobs", "0"], "--jobs", ">= 1"),
     # serve: config.json with missing fields, wrong types, broken JSON
     case("serve-config-missing-fields", [*SERVE, "--model", "config_missing.json"], "missing key",
@@ -239,9 +239,9 @@ CASES = [
     case("serve-uniform-huge", [*SERVE, "--input-len", "uniform:1:99999999999999999999"], "16,777,216"),  # ValueError
     case("serve-lognormal-mean-huge", [*SERVE, "--input-len", "lognormal:1e300:0.8"], "16,777,216"),  # warning
     case("serve-lognormal-sigma-huge", [*SERVE, "--input-len", "lognormal:100:1e300"], "sigma"),  # OverflowError
-    case("serve-trace-empty-path", [*SERVE, "--trace", ""], "--trace"),          # ran synthetic requests
-    case("serve-trace-huge-tokens", [*SERVE, "--trace", "huge_tokens.csv"], "ContextTokens", "line 2"),
-    case("serve-trace-far-future", [*SERVE, "--trace", "far_future.csv"], "line 3", "31 years"),  # precision lost
+    case("serve-trace-empty-path", [*SERVE, "--arrivals", ""], "--arrivals"),          # ran synthetic requests
+    case("serve-trace-huge-tokens", [*SERVE, "--arrivals", "huge_tokens.csv"], "ContextTokens", "line 2"),
+    case("serve-trace-far-future", [*SERVE, "--arrivals", "far_future.csv"], "line 3", "31 years"),  # precision lost
     case("serve-model-empty", [*SERVE, "--model", ""], "model name is empty"),   # read ./config.json
     case("serve-config-layers-huge", [*SERVE, "--model", "config_layers_huge.json"], "layers", "4,096"),
     case("serve-config-hidden-huge", [*SERVE, "--model", "config_hidden_huge.json"], "hidden", "1,048,576"),

@@ -19,7 +19,7 @@ REQUESTS = [(0.0, 40, 3), (0.001, 150, 5), (0.002, 7, 1), (0.010, 64, 4), (0.011
 TRACE = "TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(f"{t},{i},{o}\n" for t, i, o in REQUESTS)
 HIDDEN, LAYERS = 4096, 32      # Llama-2-7B
 SMALL = ["serve", "--model", "llama2-7b", "--tp", "4", "--pp", "2", "--topology", "torus:2x4",
-         "--trace", "trace.csv", "--chunk", "64", "--token-budget", "96", "--seed", "3"]
+         "--arrivals", "trace.csv", "--chunk", "64", "--token-budget", "96", "--seed", "3"]
 METRIC_SKIP = {"wall_s", "executor", "ranks", "real_data", "real_data_calls", "checked_elements", "wrong"}
 
 
@@ -144,3 +144,17 @@ def test_model_executor_shares_algorithms_over_processes_and_ranks(nicemu, tmp_p
         assert _metrics(shared) == _metrics(serial), name
         assert (tmp_path / f"{name}.csv").read_text() == (tmp_path / "serial.csv").read_text(), name
         assert proc.stdout.count("# nicemu serve:") == 1, name
+
+
+def test_trace_same_under_every_executor(nicemu, tmp_path):
+    """--trace: the MPI executor (rank 0 traces) and the model executor fanned out over ranks write the
+    trace the model executor writes alone (emulated times are the same; events gathered to rank 0)."""
+    args = [*SMALL, "--algo", "ring,omniccl", "--requests", "3"]
+    _run_json(nicemu, tmp_path, [*args, "--executor", "model", "--jobs", "1", "--trace", "alone.json"])
+    alone = json.loads((tmp_path / "alone.json").read_text())["traceEvents"]
+    assert {e["pid"] for e in alone} == {1, 2} and sum(e["ph"] == "X" for e in alone) > 500
+    for extra, n, name in ((["--executor", "mpi"], 2, "mpi2"), (["--executor", "mpi"], 3, "mpi3"),
+                           (["--executor", "model"], 2, "fan")):
+        _, proc = _run_json(nicemu, tmp_path, [*args, *extra, "--trace", f"{name}.json"], n=n, name=f"{name}.r.json")
+        assert json.loads((tmp_path / f"{name}.json").read_text())["traceEvents"] == alone, name
+        assert proc.stdout.count("# wrote a trace of") == 1
