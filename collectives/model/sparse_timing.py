@@ -123,7 +123,7 @@ def sparse_time(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec |
 
 def _watch(t: SpotState, profile: Profile, telemetry: bool | np.ndarray) -> None:
     """Turn telemetry on: endpoints are the nodes, then the dedicated aggregators (``nodes + a``); a
-    trace mask over the nodes alone traces the dedicated aggregators too."""
+    trace mask over the nodes alone traces dedicated aggregator ``a`` with node ``a``."""
     ends = len(t.out_free)
     traced = None
     if telemetry is not True:
@@ -131,8 +131,11 @@ def _watch(t: SpotState, profile: Profile, telemetry: bool | np.ndarray) -> None
         if len(mask) not in (t.n, ends):
             raise CollectiveError(f"trace mask has {len(mask)} entries for {t.n} nodes "
                                   f"({ends - t.n} dedicated aggregators): give one per node")
-        traced = np.ones(ends, dtype=bool)
+        traced = np.zeros(ends, dtype=bool)
         traced[:len(mask)] = mask
+        if len(mask) == t.n:
+            k = ends - t.n
+            traced[t.n:] = mask[:k]         # k <= nodes
     t.tel = SpotTelemetry(ends, t.beta, float(t.header), t.packet_bytes, traced)
     t.trace = traced is not None
 

@@ -87,6 +87,7 @@ class SpotTelemetry:
             return
         d = done[rows]
         prev = np.concatenate([first[rows][:, None], d[:, :-1]], axis=1)
+        ready = ready[rows]
         start = np.maximum(prev, ready)
         ok = np.broadcast_to(True, d.shape) if valid is None else valid[rows]
         ok = ok & np.isfinite(ready)
