@@ -112,12 +112,13 @@ def _on_host(st: SpotState, blk: Block, r: _Rates, tx_free: np.ndarray) -> tuple
     some = length > 0
     st.wr_free[gs] = np.where(some, landed, st.wr_free[gs])
     last = np.where(some, landed, 0.0) + r.a_p
-    start = np.maximum(np.maximum(last, st.host_thr[thr, gs]), tx_free) + r.o_h
+    begin = np.maximum(np.maximum(last, st.host_thr[thr, gs]), tx_free)
+    start = begin + r.o_h
     dsum = (blk.sval[:, 0] * length if blk.const else blk.sval.sum(axis=1)) * st.bb   # exact: integers
     consumed = start + dsum * r.gamma
     if st.trace:
         tr = st.tel.traced_rows(gs)
-        st.tel.event(HOST, gs[tr], (start - r.o_h)[tr], consumed[tr], dsum[tr], thr[tr])
+        st.tel.event(HOST, gs[tr], begin[tr], consumed[tr], dsum[tr], thr[tr])
     st.host_thr[thr, gs] = consumed
     st.host_busy[gs] += r.o_h + dsum * r.gamma
     ready_at = consumed + r.a_p + blk.rb_data * r.pi
