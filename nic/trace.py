@@ -18,8 +18,9 @@ and each resource of the node one thread (a track) in it:
 
 One complete event (``"ph": "X"``) per stream a resource served: from the moment it
 started on the stream to the moment it had served its last byte. Its args carry the
-step number, phase and ring step, the dimension and direction, the engine, the chunk
-(element offset and bytes), the stream's bytes, the algorithm and the call's size.
+step number, phase and ring step (sparse algorithms: the protocol round, its half, up or
+down, and its slots), the dimension and direction, the engine, the chunk (element offset
+and bytes), the stream's bytes, the algorithm and the call's size.
 A resource serves one stream at a time, so the events of a track never overlap.
 """
 
