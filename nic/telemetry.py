@@ -27,9 +27,9 @@ import numpy as np
 
 #: node resources besides links, in report order
 RESOURCES = ("pcie_read", "pcie_write", "nic", "host", "dram")
-#: event kinds: the resources, then links
-KINDS = (*RESOURCES, "link")
-READ, WRITE, NIC, HOST, DRAM, LINK = range(len(KINDS))
+#: event kinds: the resources, then links, then the spot protocol's Rx and Tx spots (occupied by a round)
+KINDS = (*RESOURCES, "link", "rx_spot", "tx_spot")
+READ, WRITE, NIC, HOST, DRAM, LINK, RX_SPOT, TX_SPOT = range(len(KINDS))
 
 
 def _index(ix, lo: int):

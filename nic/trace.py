@@ -10,12 +10,17 @@ and each resource of the node one thread (a track) in it:
 * ``PCIe read`` (host to NIC) and ``PCIe write`` (NIC to host);
 * ``NIC engine`` (the ComputeEnhancer's reductions);
 * ``host CPU`` (notification overhead plus the pass);
-* ``host DRAM`` (when the profile charges host memory).
+* ``host DRAM`` (when the profile charges host memory);
+* the spot protocol (sparse algorithms): ``host CPU thread t`` (a host's t-th thread, t > 0),
+  ``Rx spot s`` (the aggregator's s-th Rx spot, from a round's first record in it to the moment
+  they are all consumed) and ``Tx spot s.t`` (the s-th slot's t-th Tx spot, from the start of the
+  aggregation into it to the return of the last reader's credit).
 
 One complete event (``"ph": "X"``) per stream a resource served: from the moment it
 started on the stream to the moment it had served its last byte. Its args carry the
-step number, phase and ring step, the dimension and direction, the engine, the chunk
-(element offset and bytes), the stream's bytes, the algorithm and the call's size.
+step number, phase and ring step (sparse algorithms: the protocol round, its half, up or
+down, and its slots), the dimension and direction, the engine, the chunk (element offset
+and bytes), the stream's bytes, the algorithm and the call's size.
 A resource serves one stream at a time, so the events of a track never overlap.
 """
 
@@ -27,13 +32,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nicemu.nic.telemetry import KINDS, LINK, LinkStats
+from nicemu.nic.telemetry import HOST, KINDS, LINK, RX_SPOT, TX_SPOT, LinkStats
 
 TRACK_NAMES = {"pcie_read": "PCIe read (host to NIC)", "pcie_write": "PCIe write (NIC to host)",
                "nic": "NIC engine", "host": "host CPU", "dram": "host DRAM"}
 PHASES = {"rs": "reduce-scatter", "ag": "allgather", "rd": "recursive doubling", "fold": "fold-in",
           "unfold": "fold-out", "reduce": "tree reduce", "bcast": "tree broadcast", "scatter": "scatter",
-          "gather": "gather", "chain": "chain", "a2a": "all-to-all"}
+          "gather": "gather", "chain": "chain", "a2a": "all-to-all",
+          "up": "upstream round", "down": "downstream round"}
 #: roughly what one event takes in the file (for the size warning)
 EVENT_BYTES = 260
 #: events beyond which the file is slow to open in a browser
@@ -47,7 +53,15 @@ def count_events(stats: LinkStats) -> int:
 
 
 def _track(kind: int, lane: int, node: int, stats: LinkStats) -> tuple[int, str]:
-    """(thread id, name) of a resource of ``node``; links sort after the node's own resources."""
+    """(thread id, name) of a resource of ``node``; links sort after the node's own resources, spots
+    after the links."""
+    if kind == RX_SPOT:
+        return 1000 + lane, f"Rx spot {lane}"
+    if kind == TX_SPOT:
+        tx = max(int((stats.events or {}).get("tx_spots", 1)), 1)
+        return 1_000_000 + lane, f"Tx spot {lane // tx}.{lane % tx}"
+    if kind == HOST and lane:
+        return 100 + lane, f"{TRACK_NAMES['host']} thread {lane}"
     if kind != LINK:
         return kind + 1, TRACK_NAMES[KINDS[kind]]
     dim, slot = divmod(lane, 2)
@@ -96,7 +110,11 @@ def trace_events(calls: Sequence[dict], first_pid: int = 1) -> list[dict]:
             meta = steps[number] if 0 <= number < len(steps) else {}
             args = {"algo": call["algo"], "size_bytes": call["bytes"], "step": number, "bytes": int(nbytes)}
             name = "stream"
-            if meta:
+            if meta and "sides" in meta:        # a round of the spot protocol: its upstream or downstream half
+                phase = meta["sides"][side]
+                name = f"{PHASES.get(phase, phase)} {meta['index']}"
+                args.update(phase=phase, round=meta["index"], slots=meta["slots"])
+            elif meta:
                 name = f"{PHASES.get(meta['phase'], meta['phase'])} {meta['index']}"
                 args.update(phase=meta["phase"], ring_step=meta["index"], engine=meta["engine"],
                             reduce=meta["reduce"])

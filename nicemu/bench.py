@@ -239,10 +239,6 @@ def _check_telemetry(args: argparse.Namespace, algos: list[str], topology) -> No
             args.trace_mask = trace_mask(args.trace_nodes, topology.nodes)
         except CollectiveError as exc:
             raise UsageError(f"--trace-nodes: {exc}") from None
-    sparse = [a for a in algos if is_sparse(a)]
-    if sparse:
-        raise UsageError(f"link statistics and traces are not available for {', '.join(sparse)} yet; "
-                         "drop it from --algo, or drop --link-stats/--link-summary/--trace/--plot-links")
     if "mpi" in algos:
         raise UsageError("--algo mpi has no emulated links to report; drop it from --algo, or drop "
                          "--link-stats/--link-summary/--trace/--plot-links")
@@ -389,7 +385,9 @@ def _model_timing(topology, profile, args, algo: str, dtype: np.dtype, count: in
         cfg = sparse_config(algo, topology.nodes, **sparse_options(args))
         masks = np.stack([pattern_mask(n, topology.nodes, count, cfg.block_size, args.density,
                                        args.overlap, args.seed) for n in range(topology.nodes)])
-        return model_sparse(cfg, masks, profile, dtype.itemsize, faults, call, stragglers)
+        traced = np.flatnonzero(watch).tolist() if isinstance(watch, np.ndarray) else None
+        return model_sparse(cfg, masks, profile, dtype.itemsize, faults, call, stragglers,
+                            telemetry=watch is not False, trace_nodes=traced)
     root = getattr(args, "root", 0)
     if algo == HOST_BEST:
         if faults is None and not stragglers and watch is False:
@@ -438,7 +436,7 @@ def write_telemetry(args: argparse.Namespace, watched: list[dict], topology) -> 
     """--link-stats, --trace and --plot-links files of the records in ``watched`` (rank 0)."""
     if getattr(args, "link_stats", None):
         link_report.write_link_stats(args.link_stats, watched)
-        links = sum(int(w["stats"].link_bytes.size) for w in watched)
+        links = sum(w["stats"].nodes * w["stats"].ndim * (1 if w["stats"].switched else 2) for w in watched)
         print(f"# wrote {links:,} link rows of {len(watched)} records to {args.link_stats}")
     if getattr(args, "trace", None):
         calls = [{"label": f"{w['algo']} {w['size']}", **w} for w in watched]

@@ -280,8 +280,10 @@ class Emulator:
         masks = gather_masks(self.comm, block_mask(work, cfg.block_size).reshape(work.shape[0], -1),
                              ex.bounds, nblocks)
         plan = plan_rounds(masks, cfg)
+        tel = ex.agents.telemetry       # every rank times the whole call: its telemetry is the call's
+        watch = False if tel is None else (True if tel.traced is None else tel.traced)
         timing = model_sparse(cfg, masks, self.profile, work.dtype.itemsize, self.faults, call,
-                              self.stragglers)
+                              self.stragglers, watch)
         record = RecordLayout(cfg.spot_blocks, cfg.block_size * work.dtype.itemsize)
         key = (cfg.aggregators, cfg.spots, cfg.tx_spots, record)
         wins = self._spot_windows.get(key)

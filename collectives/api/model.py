@@ -88,7 +88,8 @@ def _mask_nodes(masks: np.ndarray | PackedMasks) -> int:
 
 def model_sparse(cfg: SparseConfig | str, masks: np.ndarray | PackedMasks, profile: Profile | str, itemsize: int,
                  faults: str | FaultSpec | None = None, call: int = 0,
-                 stragglers: str | list | dict | None = None) -> Timing:
+                 stragglers: str | list | dict | None = None, telemetry: bool = False,
+                 trace_nodes: str | list | None = None) -> Timing:
     """Emulated time of a sparse AllReduce from its block masks alone (the model executor, no data).
 
     Args:
@@ -97,6 +98,10 @@ def model_sparse(cfg: SparseConfig | str, masks: np.ndarray | PackedMasks, profi
         profile: a ``Profile``, a shipped name or a YAML path.
         itemsize: bytes per element (4 for float32).
         faults, call, stragglers: as for ``model_time``; faults hit the Rx-spot writes.
+        telemetry: also return ``Timing.telemetry`` (a ``LinkStats``: one switch port per node, then per
+            dedicated aggregator, numbered after the nodes; docs/model.md "Telemetry of the spot protocol").
+        trace_nodes: keep these nodes' events too (``"0-7"``, ``"all"`` or a list; dedicated aggregator
+            ``a`` is traced with node ``a``); implies telemetry.
 
     Returns a ``Timing`` in microseconds and bytes, with ``upstream_bytes``, ``downstream_bytes`` and
     ``spilled``. Raises :class:`CollectiveError`, :class:`ProfileError` or :class:`FaultSpecError`.
@@ -104,7 +109,11 @@ def model_sparse(cfg: SparseConfig | str, masks: np.ndarray | PackedMasks, profi
     nodes = _mask_nodes(masks)
     spec, slow = fault_options(faults, stragglers, nodes)
     return _model_sparse(_sparse_cfg(cfg, nodes), masks, as_profile(profile), _itemsize(itemsize), spec,
-                         check_call_number(call), slow)
+                         check_call_number(call), slow, _sparse_watch(telemetry, trace_nodes, nodes))
+
+
+def _sparse_watch(telemetry: bool, trace_nodes: str | list | None, nodes: int) -> bool | np.ndarray:
+    return trace_mask(trace_nodes, nodes) if trace_nodes is not None else bool(telemetry)
 
 
 def plan_sparse(cfg: SparseConfig | str, masks: np.ndarray | PackedMasks) -> Plan:
@@ -116,7 +125,8 @@ def plan_sparse(cfg: SparseConfig | str, masks: np.ndarray | PackedMasks) -> Pla
 
 
 def time_sparse_plan(plan: Plan, profile: Profile | str, itemsize: int, faults: str | FaultSpec | None = None,
-                     call: int = 0, stragglers: str | list | dict | None = None) -> Timing:
+                     call: int = 0, stragglers: str | list | dict | None = None, telemetry: bool = False,
+                     trace_nodes: str | list | None = None) -> Timing:
     """Emulated time of planned rounds (``plan_sparse``): the second half of ``model_sparse``.
 
     Arguments, units and errors as for ``model_sparse``.
@@ -124,7 +134,8 @@ def time_sparse_plan(plan: Plan, profile: Profile | str, itemsize: int, faults: 
     if not isinstance(plan, Plan):
         raise CollectiveError(f"plan must come from plan_sparse(...), got {type(plan).__name__}")
     spec, slow = fault_options(faults, stragglers, plan.layout.nodes)
-    return _time_sparse_plan(plan, as_profile(profile), _itemsize(itemsize), spec, check_call_number(call), slow)
+    return _time_sparse_plan(plan, as_profile(profile), _itemsize(itemsize), spec, check_call_number(call), slow,
+                             _sparse_watch(telemetry, trace_nodes, plan.layout.nodes))
 
 
 def p2p_time(topology: Torus | str, profile: Profile | str, pairs: list[tuple[int, int]], nbytes: int,

@@ -64,11 +64,13 @@ from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.link_faults import FaultStats
 from nicemu.collectives.model.sparse import downstream, upstream
 from nicemu.collectives.model.sparse.state import SpotState, spot_memory_bytes
+from nicemu.collectives.model.sparse.telemetry import SpotTelemetry
 from nicemu.collectives.schedules.spot_protocol import PackedMasks, Plan, SparseConfig, plan_rounds
 from nicemu.errors import CollectiveError
 from nicemu.nic.faults import FaultSpec
 from nicemu.nic.profile import Profile
 from nicemu.nic.stragglers import node_factors
+from nicemu.nic.telemetry import LinkStats
 
 #: (slot, worker) counts of a whole plan read from the masks in one go when they fit; 0 = round by round
 COUNT_ALL_LIMIT = 1 << 21
@@ -91,38 +93,66 @@ class SparseTiming:
     spilled: bool                 # spots did not fit in NIC memory
     faults: dict | None = None    # --faults on the Rx-spot writes: drops, corruptions, ..., per_link
     framed_bytes: int | None = None   # wire_bytes plus link.header_bytes per packet of every message
+    telemetry: LinkStats | None = None  # per port and node resource (sparse/telemetry.py), when asked for
 
 
 def sparse_time(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec | None = None,
-                call: int = 0, stragglers: dict[int, float] | None = None) -> SparseTiming:
+                call: int = 0, stragglers: dict[int, float] | None = None,
+                telemetry: bool | np.ndarray = False) -> SparseTiming:
     """Emulated time of the plan; ``faults`` delay the Rx-spot writes (docs/model.md §11.5),
-    ``stragglers`` slow the service times of nodes (worker or aggregator; docs/model.md §12)."""
+    ``stragglers`` slow the service times of nodes (worker or aggregator; docs/model.md §12);
+    ``telemetry``: True, or a bool mask of the endpoints to trace, fills ``SparseTiming.telemetry``."""
     if isinstance(plan, Plan):
         plan.count_all(COUNT_ALL_LIMIT)
     slow = node_factors(stragglers or {}, 0, plan.layout.nodes)
     t = SpotState(plan, profile, itemsize, faults if faults is not None and faults.active else None, call,
                   slow)
+    if telemetry is not False and telemetry is not None:
+        _watch(t, profile, telemetry)
     rounds = plan.rounds
     for i, rnd in enumerate(rounds):
         upstream.time_round(t, rnd)
         downstream.time_round(t, rnd, rounds[i + 1] if i + 1 < len(rounds) else None)
     stats = None if t.faults is None else FaultStats.summary(t.fault_stats.rows())
-    return SparseTiming(float(t.done.max()), t.done, float(t.host_busy.max()), float(t.nic_busy.max()),
-                        t.up + t.down, t.up, t.down, bool(t.spilled), stats, t.framed_bytes())
+    out = SparseTiming(float(t.done.max()), t.done, float(t.host_busy.max()), float(t.nic_busy.max()),
+                       t.up + t.down, t.up, t.down, bool(t.spilled), stats, t.framed_bytes())
+    if t.tel is not None:
+        out.telemetry = t.tel.stats(t, out.emulated_us, [len(r.slots) for r in rounds])
+    return out
+
+
+def _watch(t: SpotState, profile: Profile, telemetry: bool | np.ndarray) -> None:
+    """Turn telemetry on: endpoints are the nodes, then the dedicated aggregators (``nodes + a``); a
+    trace mask over the nodes alone traces dedicated aggregator ``a`` with node ``a``."""
+    ends = len(t.out_free)
+    traced = None
+    if telemetry is not True:
+        mask = np.asarray(telemetry, dtype=bool).ravel()
+        if len(mask) not in (t.n, ends):
+            raise CollectiveError(f"trace mask has {len(mask)} entries for {t.n} nodes "
+                                  f"({ends - t.n} dedicated aggregators): give one per node")
+        traced = np.zeros(ends, dtype=bool)
+        traced[:len(mask)] = mask
+        if len(mask) == t.n:
+            k = ends - t.n
+            traced[t.n:] = mask[:k]         # k <= nodes
+    t.tel = SpotTelemetry(ends, t.beta, float(t.header), t.packet_bytes, traced)
+    t.trace = traced is not None
 
 
 def as_timing(t: SparseTiming) -> Timing:
     """The executor's common result type."""
     return Timing(t.emulated_us, t.node_done_us, t.host_busy_us, t.nic_busy_us, t.wire_bytes,
                   upstream_bytes=t.upstream_bytes, downstream_bytes=t.downstream_bytes,
-                  spilled=t.spilled, faults=t.faults, framed_bytes=t.framed_bytes)
+                  spilled=t.spilled, faults=t.faults, framed_bytes=t.framed_bytes, telemetry=t.telemetry)
 
 
 def model_sparse(cfg: SparseConfig, masks: np.ndarray, profile: Profile, itemsize: int,
                  faults: FaultSpec | None = None, call: int = 0,
-                 stragglers: dict[int, float] | None = None) -> Timing:
+                 stragglers: dict[int, float] | None = None, telemetry: bool | np.ndarray = False) -> Timing:
     """Emulated time from the block masks alone (nodes x nblocks); faults on the Rx-spot writes,
-    stragglers slow their nodes' host, NIC and PCIe service times."""
+    stragglers slow their nodes' host, NIC and PCIe service times; ``telemetry`` (True or a trace
+    mask) fills ``Timing.telemetry``."""
     if not isinstance(masks, PackedMasks):
         masks = np.asarray(masks)
         if masks.ndim != 2 or masks.shape[0] < 2 or masks.dtype != bool:
@@ -130,7 +160,7 @@ def model_sparse(cfg: SparseConfig, masks: np.ndarray, profile: Profile, itemsiz
                                   f"{masks.dtype} {masks.shape}")
     if isinstance(itemsize, bool) or not isinstance(itemsize, (int, np.integer)) or itemsize < 1:
         raise CollectiveError(f"itemsize must be a whole number of bytes >= 1, got {itemsize!r}")
-    return as_timing(sparse_time(plan_rounds(masks, cfg), profile, itemsize, faults, call, stragglers))
+    return as_timing(sparse_time(plan_rounds(masks, cfg), profile, itemsize, faults, call, stragglers, telemetry))
 
 
 def plan_sparse(cfg: SparseConfig, masks) -> Plan:
@@ -143,6 +173,7 @@ def plan_sparse(cfg: SparseConfig, masks) -> Plan:
 
 
 def time_sparse_plan(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec | None = None,
-                     call: int = 0, stragglers: dict[int, float] | None = None) -> Timing:
+                     call: int = 0, stragglers: dict[int, float] | None = None,
+                     telemetry: bool | np.ndarray = False) -> Timing:
     """Emulated time of planned rounds: the second half of ``model_sparse``."""
-    return as_timing(sparse_time(plan, profile, itemsize, faults, call, stragglers))
+    return as_timing(sparse_time(plan, profile, itemsize, faults, call, stragglers, telemetry))

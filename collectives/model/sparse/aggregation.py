@@ -22,6 +22,7 @@ import numpy as np
 
 from nicemu.collectives.model.sparse.maxplus import row_sums
 from nicemu.collectives.model.sparse.state import SpotState
+from nicemu.nic.telemetry import HOST, NIC, WRITE
 
 
 @dataclass
@@ -89,7 +90,10 @@ def _on_nic(st: SpotState, blk: Block, r: _Rates, tx_free: np.ndarray) -> tuple[
             arrival += 2 * r.a_p_c + 2 * data * r.pi_c
     first = np.maximum(tx_free, st.nic_free[gs])
     svc = data * (r.nu if r.nu_c is None else r.nu_c)
-    st.nic_free[gs] = st.ws.scan(first, arrival, svc, blk.valid, blk.length, blk.const, blk.csum, "agg")[1]
+    ready = arrival.copy() if st.trace else None
+    done, st.nic_free[gs] = st.ws.scan(first, arrival, svc, blk.valid, blk.length, blk.const, blk.csum, "agg")
+    if st.trace:
+        st.tel.scan_events(NIC, gs, first, ready, done, blk.valid, data)
     st.nic_busy[gs] += (st.ws.const_sums(svc[:, 0], blk.length) if blk.const
                         else row_sums(svc, blk.length))
     consumed = st.nic_free[gs] + r.a_n
@@ -100,14 +104,21 @@ def _on_nic(st: SpotState, blk: Block, r: _Rates, tx_free: np.ndarray) -> tuple[
 def _on_host(st: SpotState, blk: Block, r: _Rates, tx_free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     gs, length = blk.gs, blk.length
     thr = st.slot_thread[blk.ss]
-    landed = st.ws.scan(st.wr_free[gs], blk.arrival, blk.data_pi, blk.valid, length, blk.const, blk.csum,
-                        "agg")[1]
+    ready, first = (blk.arrival.copy(), st.wr_free[gs].copy()) if st.trace else (None, None)
+    done, landed = st.ws.scan(st.wr_free[gs], blk.arrival, blk.data_pi, blk.valid, length, blk.const, blk.csum,
+                              "agg")
+    if st.trace:
+        st.tel.scan_events(WRITE, gs, first, ready, done, blk.valid, blk.data)
     some = length > 0
     st.wr_free[gs] = np.where(some, landed, st.wr_free[gs])
     last = np.where(some, landed, 0.0) + r.a_p
-    start = np.maximum(np.maximum(last, st.host_thr[thr, gs]), tx_free) + r.o_h
+    begin = np.maximum(np.maximum(last, st.host_thr[thr, gs]), tx_free)
+    start = begin + r.o_h
     dsum = (blk.sval[:, 0] * length if blk.const else blk.sval.sum(axis=1)) * st.bb   # exact: integers
     consumed = start + dsum * r.gamma
+    if st.trace:
+        tr = st.tel.traced_rows(gs)
+        st.tel.event(HOST, gs[tr], begin[tr], consumed[tr], dsum[tr], thr[tr])
     st.host_thr[thr, gs] = consumed
     st.host_busy[gs] += r.o_h + dsum * r.gamma
     ready_at = consumed + r.a_p + blk.rb_data * r.pi
@@ -125,7 +136,10 @@ def _on_dedicated(st: SpotState, blk: Block, r: _Rates, tx_free: np.ndarray) -> 
         svc = r.o_h_c + data * r.gamma_c
         arrival += r.a_p_c
     arrival += blk.data_pi
-    consumed = st.ws.scan(start0, arrival, svc, valid, blk.length, blk.const, blk.csum, "agg")[1]
+    ready = arrival.copy() if st.trace else None
+    done, consumed = st.ws.scan(start0, arrival, svc, valid, blk.length, blk.const, blk.csum, "agg")
+    if st.trace:
+        st.tel.scan_events(HOST, gs, start0, ready, done, valid, data, thr)
     st.host_thr[thr, gs] = consumed
     st.host_busy[gs] += (st.ws.const_sums(svc[:, 0], blk.length) if blk.const
                          else row_sums(np.where(valid, svc, 0.0) if valid is not None else svc, blk.length))

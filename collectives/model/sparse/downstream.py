@@ -18,7 +18,9 @@ import numpy as np
 
 from nicemu.collectives.model.sparse.maxplus import NEG
 from nicemu.collectives.model.sparse.state import SpotState
+from nicemu.collectives.model.sparse.telemetry import HOST, WRITE, credits_back
 from nicemu.collectives.schedules.spot_protocol import CREDIT_BYTES, INDEX_BYTES, RECORD_HEADER_BYTES, Round
+from nicemu.nic.telemetry import LINK, TX_SPOT
 
 
 def time_round(st: SpotState, rnd: Round, nxt: Round | None = None) -> None:
@@ -29,11 +31,44 @@ def time_round(st: SpotState, rnd: Round, nxt: Round | None = None) -> None:
     if len(rnd.slots) == 0:
         return
     res = _Results.of(st, rnd)
+    if st.tel is not None:
+        st.tel.tel.step, st.tel.tel.side = rnd.index, 1
+        _result_bytes(st, res)
     _aggregators_send(st, res)
     on_result = st.cfg.pack_on_result and st.cfg.host_packing
     got_max = _Receivers(st, res, nxt if on_result else None).run()
     back = (got_max + st.cb) + st.alpha if st.far else np.zeros(len(res.slots))
+    if st.trace:
+        was = st.tx_free[res.slots, res.tx].copy()
     st.tx_free[res.slots, res.tx] = np.maximum(back, 0.0 if st.dedicated else st.ready_at)
+    if st.trace:
+        _tx_spot_events(st, res, was)
+
+
+def _result_bytes(st: SpotState, res: _Results) -> None:
+    """Telemetry: the credits and result copies on the ports; every worker DMA-writes (and, packing,
+    unpacks) every result."""
+    tel, f = st.tel, st.far
+    if f:
+        tel.port(res.g[res.cont], CREDIT_BYTES, f)
+        tel.port(res.g, res.rb, f)
+        credits_back(st, tel, res.g)
+    landed = float(res.rb_data.sum())
+    tel.tel.bytes[WRITE, :st.n] += landed
+    if st.cfg.host_packing:
+        tel.tel.bytes[HOST, :st.n] += landed
+
+
+def _tx_spot_events(st: SpotState, res: _Results, was: np.ndarray) -> None:
+    """A traced aggregator's Tx spot is taken from the start of the aggregation into it (not before
+    it is free again) until the last reader's credit is back."""
+    tr = st.tel.traced_rows(res.g)
+    start = np.maximum(was[tr], st.tel.rx_start[tr])
+    ok = np.isfinite(start)
+    tr = tr[ok]
+    spot = res.slots[tr] - st.lay.slot_agg[res.slots[tr]] * st.cfg.spots
+    st.tel.event(TX_SPOT, res.g[tr], start[ok], st.tx_free[res.slots[tr], res.tx], res.rb[tr],
+                 spot * st.cfg.tx_spots + res.tx)
 
 
 @dataclass
@@ -77,6 +112,10 @@ def _aggregators_send(st: SpotState, res: _Results) -> None:
         e = np.maximum(of, st.ready_at[rows])
         st.out_free[gs] = e + f * res.rb_b[rows] if f else of
         res.c0[rows], res.e0[rows] = c, e
+        if st.trace and f:
+            cont = res.cont[rows]
+            st.tel.event(LINK, gs[cont], c[cont], of[cont], f * CREDIT_BYTES)
+            st.tel.event(LINK, gs, e, st.out_free[gs], f * res.rb[rows])
     st.down += int(np.count_nonzero(res.cont)) * f * CREDIT_BYTES + int((f * res.rb).astype(np.int64).sum())
     st.up += nact * f * CREDIT_BYTES        # every reader returns a Tx credit
     st.count_packets(CREDIT_BYTES, (int(np.count_nonzero(res.cont)) + nact) * f)
@@ -119,6 +158,8 @@ class _Receivers:
         self.cont_l, self.goes_l = res.cont.tolist(), res.goes_on.tolist()
         self.rb_b_l = res.rb_b.tolist()
         self.cons_l, self.ready_l = st.consumed.tolist(), st.ready_at.tolist()
+        # telemetry: the traced workers (None: no events)
+        self.traced = np.flatnonzero(st.tel.traced[:n]) if st.trace else None
 
     def _landing_costs(self) -> None:
         """DMA write and (OmniReduce) unpacking of each slot's result; --straggler: per worker."""
@@ -185,6 +226,12 @@ class _Receivers:
         for j in np.flatnonzero(there).tolist():
             k = int(pos[j]) - k0
             self.next_pack[j0 + j] = (rep[k], pack[k], o_h + pack[k])
+        if st.tel is not None:      # the host scans the window and packs the blocks it sends
+            k = pos[there] - k0
+            scanned = np.where(rep[k], window[k, None] + data[k], 0.0)
+            st.tel.tel.bytes[HOST, :n] += scanned.sum(axis=0)
+            if st.trace:
+                self.next_scan = dict(zip((j0 + np.flatnonzero(there)).tolist(), scanned))
 
     def _leave_times(self, j0: int, j1: int) -> tuple[np.ndarray, np.ndarray | None]:
         """When each worker's copy of the result (and of the Rx credit) leaves its aggregator, plus
@@ -252,16 +299,25 @@ class _Receivers:
         """The result is DMA-written to host memory and (OmniReduce) unpacked by the host."""
         st, wr_free, host_busy = self.st, self.wr_free, self.host_busy
         host_free = st.host_of(self.slot_l[j])[:st.n]     # the slot's host thread, in place
+        tr = self.traced
+        if tr is not None:
+            w0 = np.maximum(got[tr], wr_free[tr])
         np.maximum(got, wr_free, out=wr_free)
         wr_free += self.rbd_pi[j]
+        if tr is not None:
+            st.tel.event(WRITE, tr, w0, wr_free[tr], self.res.rb_data[j])
         if not self.per_slot_landed:
             return
         np.add(wr_free, self.a_p, out=self.landed)
         if self.pack:     # OmniReduce's host unpacks the result itself
+            if tr is not None:
+                h0 = np.maximum(self.landed[tr], host_free[tr])
             np.maximum(self.landed, host_free, out=host_free)
             host_free += self.o_h
             host_free += self.rbd_g[j]
             host_busy += self.unpack_busy[j]
+            if tr is not None:
+                st.tel.event(HOST, tr, h0, host_free[tr], self.res.rb_data[j], int(st.slot_thread[self.slot_l[j]]))
         latest = host_free if self.pack else self.landed
         if not st.monotone:
             np.maximum(st.done, latest, out=st.done)
@@ -271,6 +327,9 @@ class _Receivers:
             rep, pack, busy = nxt
             h = host_free + self.o_h
             h += pack
+            if tr is not None:
+                st.tel.event(HOST, tr[rep[tr]], host_free[tr][rep[tr]], h[tr][rep[tr]], self.next_scan[j][tr][rep[tr]],
+                             int(st.slot_thread[self.slot_l[j]]))
             np.copyto(host_free, h, where=rep)
             host_busy += np.where(rep, busy, 0.0)
         # a worker writes its next record once it may (credit) or once it has the result

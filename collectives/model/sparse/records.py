@@ -61,6 +61,7 @@ class Chunk:
     has_all: list | None = None       # per row: every record carries data
     pack: np.ndarray | None = None    # OmniReduce: the worker host finds and packs the blocks
     pack_busy: np.ndarray | None = None
+    window: np.ndarray | None = None  # OmniReduce: per row, the bytes of the slot's window the host scans
     pack_l: list | None = None        # const: the one value per row, as a list
     pack_busy_l: list | None = None
     data_pi_l: list | None = None
@@ -163,6 +164,7 @@ def _record_service(ch: Chunk, st: SpotState, rnd: Round) -> None:
         ch.data_pi = ch.data_pi_agg = data * st.pi
     if st.cfg.host_packing:
         window = ((rnd.hi[ch.j0:ch.j1] - rnd.lo[ch.j0:ch.j1]) * st.bb)[ch.order]
+        ch.window = window
         if slow:
             ch.pack = (window[:, None] + data) * st.gamma_e[wk]
             ch.pack_busy = st.o_h_e[wk] + ch.pack

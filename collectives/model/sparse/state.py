@@ -95,6 +95,8 @@ class SpotState:
         self.clock = None if self.skip_clock else np.zeros((lay.slots, n))
         self.consumed = self.ready_at = np.zeros(0)   # per slot of the round: Rx spot free, result ready
         self.ws = Workspace(n)
+        self.tel = None       # telemetry (sparse/telemetry.py SpotTelemetry), set by the caller
+        self.trace = False    # ... and it keeps the traced endpoints' events
         self._rank: tuple[np.ndarray, np.ndarray] | None = None
 
     def wire_us(self, nbytes):

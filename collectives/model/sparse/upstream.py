@@ -20,8 +20,10 @@ from nicemu.collectives.model.sparse.fault_delays import record_delays
 from nicemu.collectives.model.sparse.maxplus import NEG, max_plus_rows, rank_in_group
 from nicemu.collectives.model.sparse.records import Chunk, build_chunk
 from nicemu.collectives.model.sparse.state import SpotState
+from nicemu.collectives.model.sparse.telemetry import HOST, READ, record_bytes
 from nicemu.collectives.schedules.spot_protocol import INDEX_BYTES, RECORD_HEADER_BYTES, Round
 from nicemu.nic.stragglers import per_node
+from nicemu.nic.telemetry import LINK, RX_SPOT
 
 #: time sparse chunks' records per worker (``_Senders._by_worker``); False: slot by slot (tests compare)
 BY_WORKER = True
@@ -33,6 +35,9 @@ def time_round(st: SpotState, rnd: Round) -> None:
     nact = len(rnd.slots)
     st.consumed = np.zeros(nact)
     st.ready_at = np.zeros(nact)
+    if st.tel is not None:
+        st.tel.tel.step, st.tel.tel.side = rnd.index, 0
+        st.tel.rx_start = np.full(nact, np.nan)
     if st.cfg.host_packing and st.cfg.aggregation == "cpu":
         step = 1      # the aggregator's host also packs its own records: keep strict slot order
     else:
@@ -69,6 +74,10 @@ class _Senders:
 
     def run(self) -> None:
         ch = self.ch
+        if self.st.trace:         # the traced nodes' events are recorded by the slot-by-slot steps
+            for j, (s, gj, p) in enumerate(zip(ch.slots.tolist(), ch.g.tolist(), ch.pos_of.tolist())):
+                self._some(j, s, gj, p)
+            return
         if BY_WORKER and not ch.dense and not self.st.cfg.host_packing and self.st.slow is None:
             self._by_worker()
             return
@@ -191,6 +200,8 @@ class _Senders:
         else:
             h = np.maximum(ready, host_free[idx])
             h += per_node(self.o_h, idx)
+        if st.trace:
+            start = np.array(host_free[idx]) if st.clock is None else np.maximum(ready, host_free[idx])
         if ch.const:
             h += ch.pack_l[p]
             host_free[idx] = h
@@ -199,6 +210,9 @@ class _Senders:
             h += ch.pack[p, :ln]
             host_free[idx] = h
             st.host_busy[idx] += ch.pack_busy[p, :ln]
+        if st.trace:
+            scanned = ch.window[p] + (ch.data[p, 0] if ch.const else ch.data[p, :ln])
+            st.tel.event(HOST, np.arange(st.n)[idx], start, h, scanned, int(st.slot_thread[s]))
         return h
 
     def _dma_read(self, idx, ln: int, p: int, ready) -> np.ndarray:
@@ -206,6 +220,10 @@ class _Senders:
         ch, rd_free = self.ch, self.st.rd_free
         r0 = rd_free[idx]
         start = np.maximum(ready, r0)
+        if self.st.trace:
+            self.st.tel.event(READ, np.arange(self.st.n)[idx], start,
+                              start + (ch.data_pi_l[p] if ch.const else ch.data_pi[p, :ln]),
+                              ch.data[p, 0] if ch.const else ch.data[p, :ln])
         if ch.has_all[p]:
             start += ch.data_pi_l[p] if ch.const else ch.data_pi[p, :ln]
             rd_free[idx] = start
@@ -219,9 +237,16 @@ class _Senders:
         """Upstream on the worker's link (the aggregator's own record stays in its node)."""
         st, ch, out_free = self.st, self.ch, self.st.out_free
         of = np.maximum(ready, out_free[idx])
+        if st.trace:
+            start = of.copy()
         of += ch.msg_b_l[p] if ch.const else ch.msg_b[p, :ln]
         if self.fb is not None:
             of += self.fb[p, :ln]
+        if st.trace:          # the aggregator node's own record does not cross its link
+            who = np.arange(st.n)[idx]
+            far = np.ones(ln, dtype=bool) if st.dedicated else who != gj
+            msg = np.broadcast_to(ch.msg[p, 0] if ch.const else ch.msg[p, :ln], ln)
+            st.tel.event(LINK, who[far], start[far], of[far], msg[far])
         if st.dedicated:
             out_free[idx] = of
         else:
@@ -309,5 +334,31 @@ def _receive(st: SpotState, rnd: Round, ch: Chunk, sent: _Senders) -> None:
         if not ch.dense:
             np.copyto(arrival, NEG, where=~vb)
         arrival[lq - b.start, local_pos[lq]] = ready_local[lq]
-        aggregate(st, Block(gs, ch.slots_p[b], ch.j0 + ch.order[b], arrival, csum[b], ch.data[b],
+        rows = ch.j0 + ch.order[b]
+        if st.trace:
+            first = np.where(np.isfinite(arrival), arrival, np.inf).min(axis=1)
+            st.tel.rx_start[rows] = np.where(ch.length[b] > 0, first, np.nan)
+        aggregate(st, Block(gs, ch.slots_p[b], rows, arrival, csum[b], ch.data[b],
                             ch.data_pi_agg[b], vb, ch.length[b], ch.sval[b], rb_data[b], ch.const), tx)
+        if st.trace:
+            _rx_spot_events(st, ch, b, rows)
+    if st.tel is not None:
+        record_bytes(st, ch, loc, local_pos, sent.pack_here, rb_data)
+
+
+def _rx_spot_events(st: SpotState, ch: Chunk, b: slice, rows: np.ndarray) -> None:
+    """Each traced aggregator's Rx spot is taken from its first record's arrival until all are consumed."""
+    gs = ch.g_p[b]
+    tr = st.tel.traced_rows(gs)
+    if not len(tr):
+        return
+    slots = ch.slots_p[b][tr]
+    spot = slots - st.lay.slot_agg[slots] * st.cfg.spots
+    length = ch.length[b][tr]
+    if ch.const:
+        held = ch.msg[b][tr, 0] * length
+    else:
+        held = np.where(ch.valid[b][tr] if ch.valid is not None else True, ch.msg[b][tr], 0.0).sum(axis=1)
+    start = st.tel.rx_start[rows[tr]]
+    ok = np.isfinite(start)
+    st.tel.event(RX_SPOT, gs[tr][ok], start[ok], st.consumed[rows[tr]][ok], held[ok], spot[ok])
