@@ -30,7 +30,7 @@ from nicemu.nic.link import Links
 from nicemu.nic.pcie import Pcie
 from nicemu.nic.profile import Profile
 from nicemu.nic.streams import overflow, vmax
-from nicemu.nic.telemetry import DRAM, HOST, NIC, READ, RESOURCES, WRITE
+from nicemu.nic.telemetry import DRAM, HOST, NIC, NVLINK, READ, RESOURCES, WRITE
 
 
 class NicAgents:
@@ -76,8 +76,9 @@ class NicAgents:
     @telemetry.setter
     def telemetry(self, value) -> None:
         self._telemetry = value
-        for part in (self.links, self.pcie, self.compute, self.host, self.memory):
-            part.telemetry = value
+        for part in (self.links, self.pcie, self.compute, self.host, self.memory, self.intra):
+            if part is not None:
+                part.telemetry = value
 
     def slow_down(self, factors: np.ndarray) -> None:
         """Stragglers: scale each node's host, NIC and PCIe service times by its factor (>= 1)."""
@@ -203,6 +204,8 @@ class NicAgents:
         busy[NIC] = self.compute.busy_us
         busy[HOST] = self.host.busy_us
         busy[DRAM] = served[DRAM] * self.memory.us_per_B
+        if self.intra is not None:
+            busy[NVLINK] = served[NVLINK] * self.intra.us_per_B
         return busy
 
     def stats(self, ix: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from nicemu.nic.profile import Profile
 from nicemu.nic.streams import stage, us_per_byte, vmax
+from nicemu.nic.telemetry import NVLINK
 
 
 class IntraNode:
@@ -28,6 +29,7 @@ class IntraNode:
         self.packet_bytes = profile.nic.packet_bytes
         self.port_free = np.zeros(nodes)
         self.reduce_free = np.zeros(nodes)
+        self.telemetry = None    # nic/telemetry.py, when the call reports its resources
 
     def reset(self) -> None:
         self.port_free.fill(0.0)
@@ -35,9 +37,11 @@ class IntraNode:
 
     def send(self, ix, ready, nbytes) -> tuple:
         """The chunk leaves the sender's port from ``ready``: (first, last) packet in the peer's memory."""
-        first, last, busy = stage(ready, ready, nbytes, self.port_free[ix], self.us_per_B, self.latency_us,
-                                  self.packet_bytes)
+        free = self.port_free[ix]
+        first, last, busy = stage(ready, ready, nbytes, free, self.us_per_B, self.latency_us, self.packet_bytes)
         self.port_free[ix] = busy
+        if self.telemetry is not None:
+            self.telemetry.serve(NVLINK, ix, nbytes, vmax(ready, free), busy)
         return first, last
 
     def receive(self, ix, first, last, nbytes, reduce: bool):

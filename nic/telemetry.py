@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 #: node resources besides links, in report order
-RESOURCES = ("pcie_read", "pcie_write", "nic", "host", "dram")
+RESOURCES = ("pcie_read", "pcie_write", "nic", "host", "dram", "nvlink")
 #: event kinds: the resources, then links, then the spot protocol's Rx and Tx spots (occupied by a round)
 KINDS = (*RESOURCES, "link", "rx_spot", "tx_spot")
-READ, WRITE, NIC, HOST, DRAM, LINK, RX_SPOT, TX_SPOT = range(len(KINDS))
+READ, WRITE, NIC, HOST, DRAM, NVLINK, LINK, RX_SPOT, TX_SPOT = range(len(KINDS))
 
 
 def _index(ix, lo: int):

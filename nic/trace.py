@@ -35,7 +35,8 @@ import numpy as np
 from nicemu.nic.telemetry import HOST, KINDS, LINK, RX_SPOT, TX_SPOT, LinkStats
 
 TRACK_NAMES = {"pcie_read": "PCIe read (host to NIC)", "pcie_write": "PCIe write (NIC to host)",
-               "nic": "NIC engine", "host": "host CPU", "dram": "host DRAM"}
+               "nic": "NIC engine", "host": "host CPU", "dram": "host DRAM",
+               "nvlink": "NVLink port (to the node's ranks)"}
 PHASES = {"rs": "reduce-scatter", "ag": "allgather", "rd": "recursive doubling", "fold": "fold-in",
           "unfold": "fold-out", "reduce": "tree reduce", "bcast": "tree broadcast", "scatter": "scatter",
           "gather": "gather", "chain": "chain", "a2a": "all-to-all",

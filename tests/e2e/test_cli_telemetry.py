@@ -47,7 +47,7 @@ def test_link_stats_contract(tmp_path, topology, capsys):
         assert all(0.0 <= link["utilization"] <= 1.0 for link in entry["links"])
         assert all(link["busy_us"] <= rec["emulated_us"] * (1 + 1e-12) for link in entry["links"])
         kinds = {r["resource"] for r in entry["resources"]}
-        assert kinds == {"pcie_read", "pcie_write", "nic", "host", "dram"}
+        assert kinds == {"pcie_read", "pcie_write", "nic", "host", "dram", "nvlink"}
         host = max(r["busy_us"] for r in entry["resources"] if r["resource"] == "host")
         assert host == pytest.approx(rec["host_busy_us"], rel=1e-12, abs=1e-12)
         assert rec["link_summary"] and rec["resource_summary"]["host"]["busy_us_max"] == pytest.approx(host)
@@ -67,7 +67,7 @@ def test_link_stats_csv(tmp_path):
     links = [r for r in rows if r["kind"] == "link"]
     assert len(links) == 6 * 2 * 2
     assert sum(int(r["link_bytes"]) for r in links) == rec["wire_bytes"]
-    assert {r["kind"] for r in rows} == {"link", "pcie_read", "pcie_write", "nic", "host", "dram"}
+    assert {r["kind"] for r in rows} == {"link", "pcie_read", "pcie_write", "nic", "host", "dram", "nvlink"}
 
 
 def test_link_summary_without_files(tmp_path, capsys):

@@ -67,3 +67,16 @@ def test_profile_section_is_checked():
     with pytest.raises(ProfileError, match="intra_node.bandwidth_GBps"):
         IDEAL.with_overrides(["intra_node.bandwidth_GBps=0"])
     assert not load_profile("directreduce-paper").intra_node.nvlink
+
+
+def test_nvlink_telemetry():
+    """The NVLink ports' bytes: every rank sends P - 1 shards in each intra-node phase; busy at β_v."""
+    p, count = 4, 4096 * 16
+    n = count // p * 4
+    t = model_time("allreduce", "ring", parse_topology("ring:3").with_ranks_per_node(p), nvlink(), count,
+                   telemetry=True)
+    from nicemu.nic.telemetry import NVLINK
+    st = t.telemetry
+    assert (st.resource_bytes[NVLINK] == 2 * (p - 1) * n).all()
+    assert st.resource_busy_us[NVLINK] == pytest.approx(2 * (p - 1) * n / (1e3 * 450.0), rel=1e-12)
+    assert int(st.link_bytes.sum()) == t.wire_bytes

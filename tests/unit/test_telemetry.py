@@ -19,7 +19,7 @@ from nicemu.collectives.model.executor import run_model
 from nicemu.collectives.registry import REGISTRY, is_sparse
 from nicemu.errors import CollectiveError
 from nicemu.nic.profile import load_profile
-from nicemu.nic.telemetry import RESOURCES
+from nicemu.nic.telemetry import LINK, READ, RESOURCES, WRITE
 from nicemu.nic.trace import write_trace
 from nicemu.topologies import parse_topology
 from tests.trace_format import check_trace_format
@@ -213,7 +213,7 @@ def test_trace_events_match_the_chunks():
     assert len(steps) == 14
     for kind, node, step, side, nbytes in zip(ev["kind"], ev["node"], ev["step"], ev["side"], ev["bytes"]):
         chunk = steps[step]["send" if side == 0 else "recv"][int(node)]
-        if kind in (0, 5, 1):     # PCIe read, link, PCIe write carry the whole chunk
+        if kind in (READ, LINK, WRITE):     # PCIe read, link, PCIe write carry the whole chunk
             assert nbytes == chunk[1]
 
 
