@@ -32,7 +32,7 @@ from nicemu.nic.trace import EVENT_BYTES, LARGE_TRACE_EVENTS, write_trace
 from nicemu.progress import Progress
 from nicemu.serve_report import HEADER, UNITS, check_plot, table_row, write_cdf_plot, write_json, write_request_csv
 from nicemu.serve_trace import DEFAULT_TRACE_ITERATIONS, DEFAULT_TRACE_REQUESTS, ServeTracer, is_arrivals_csv, trace_ids
-from nicemu.topologies import parse_topology, ring
+from nicemu.topologies import Torus, parse_topology, ring
 from nicemu.workloads import (
     BatchingConfig,
     IterationTimer,
@@ -85,7 +85,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma list of {', '.join(names(emulated=True))} "
                         f"(default {DEFAULT_ALGOS}); a sparse one runs the embedding AllReduce, "
                         f"the per-layer AllReduces use its dense partner")
-    p.add_argument("--topology", default=None, help="default ring:TP*PP (times 2 when disaggregated)")
+    p.add_argument("--topology", default=None,
+                   help="the nodes' topology (default ring:TP*PP/P; times 2 when disaggregated)")
+    p.add_argument("--ranks-per-node", type=int, default=1, metavar="P",
+                   help="accelerators (ranks) per node, each with its own NIC; TP groups are numbered innermost, "
+                        "so a group of at most P ranks stays in one node (NVLink with intra_node.nvlink in the "
+                        "profile, else host memory) and a larger one runs the hierarchical AllReduce (default 1)")
     p.add_argument("--profile", default="directreduce-paper",
                    help="shipped profile name or YAML path (default directreduce-paper)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -146,10 +151,15 @@ def _validate(args: argparse.Namespace, comm):
     if model.is_moe and par.ep > 1 and not has_alltoall():
         raise UsageError(f"{model.name} with --ep {par.ep} needs the alltoall collective, which this build "
                          f"lacks; use --ep 1 (experts sharded by TP)")
-    topology = (parse_topology(args.topology) if args.topology is not None
-                else ring(par.nodes) if par.nodes > 1 else None)
-    if topology is None:
+    per_node = _check_ranks_per_node(args, par, algos)
+    if args.topology is not None:
+        topology = parse_topology(args.topology).with_ranks_per_node(per_node)
+    elif par.nodes == 1:
         raise UsageError("--tp 1 --pp 1 is a single node: nothing to communicate; use --tp 2 or more")
+    elif per_node > 1 and par.nodes == per_node:
+        topology = Torus.single_node(per_node)
+    else:
+        topology = ring(par.nodes // per_node).with_ranks_per_node(per_node)
     par.check_nodes(topology.nodes)
     profile = load_profile(args.profile, args.overrides)
     acc = load_accelerator(args.accelerator)
@@ -170,6 +180,32 @@ def _validate(args: argparse.Namespace, comm):
         raise UsageError(f"{comm.size} ranks for {topology.name} ({topology.nodes} nodes): run with at most "
                          f"{topology.nodes} ranks")
     return algos, model, par, topology, profile, acc, sched, requests
+
+
+def _check_ranks_per_node(args: argparse.Namespace, par: Parallelism, algos: list[str]) -> int:
+    """``--ranks-per-node P``: TP groups of whole nodes or inside one node; what P > 1 does not run yet."""
+    p = args.ranks_per_node
+    if p < 1:
+        raise UsageError(f"--ranks-per-node {p} must be at least 1")
+    if p == 1:
+        return 1
+    if par.tp % p and p % par.tp:
+        raise UsageError(f"a TP group of {par.tp} ranks does not divide into nodes of {p} ranks; use a --tp that "
+                         f"divides {p} or is a multiple of it")
+    if par.nodes % p:
+        raise UsageError(f"TP x PP = {par.nodes} ranks do not fill whole nodes of {p} ranks; change --tp, --pp "
+                         "or --ranks-per-node")
+    if par.pp > 1 or par.ep > 1:
+        raise UsageError(f"--ranks-per-node {p} runs tensor parallelism only for now; use --pp 1 and --ep 1, or "
+                         "--ranks-per-node 1")
+    sparse = [a for a in algos if is_sparse(a)]
+    if sparse:
+        if args.algo == DEFAULT_ALGOS:         # the default list: the dense algorithms of it
+            algos[:] = [a for a in algos if not is_sparse(a)]
+        else:
+            raise UsageError(f"{', '.join(sparse)} runs with one rank per node (its aggregation is per node); "
+                             f"drop it from --algo, or use --ranks-per-node 1")
+    return p
 
 
 def _gains(records: list[dict]) -> None:
@@ -303,7 +339,8 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
         st = backend.stats
         rec.update(layer_algo=layer_algo, embedding_algo=emb_algo, p2p_path=p2p_label.removeprefix("p2p-"),
                    model=model.name, tp=par.tp, pp=par.pp, ep=par.ep, topology=topology.name,
-                   nodes=topology.nodes, accelerator=acc.name, profile=profile.name,
+                   nodes=topology.nodes // topology.ranks_per_node, ranks_per_node=topology.ranks_per_node,
+                   accelerator=acc.name, profile=profile.name,
                    executor=args.executor, ranks=ranks, seed=args.seed,
                    compute_ms=sum(c.compute_us for c in timer.costs) / 1e3,
                    comm_ms=sum(c.comm_us for c in timer.costs) / 1e3,

@@ -87,7 +87,10 @@ class Torus:
         if name is None:
             name = _default_name(dims)
             label = name
+        one_node = operator.index(ranks_per_node) > 1 and dims[:-1] == (1,)   # see single_node
         for i, k in enumerate(dims):
+            if k == 1 and one_node and i == 0:
+                continue
             if k == 1:
                 raise TopologyError(
                     f"{label}: every dimension needs at least 2 nodes; drop the size-1 dimension"
@@ -174,6 +177,20 @@ class Torus:
         local = LinkParams(math.inf, 0.0)   # never used: ranks of a node talk through host memory
         return Torus((*self.shape, p), name=self.name, dim_links=(*self.dim_links, local),
                      switched=self.switched, ranks_per_node=p)
+
+    @staticmethod
+    def single_node(ranks: int, name: str | None = None) -> Torus:
+        """One node of ``ranks`` ranks and no network (a tensor-parallel group inside one node): a size-1
+        node dimension, then the ranks. Its AllReduce is the intra-node phases alone."""
+        p = operator.index(ranks)
+        if p < 2:
+            raise TopologyError(f"a single node needs at least 2 ranks, got {p}")
+        return Torus((1, p), name=name or "node", dim_links=(None, LinkParams(math.inf, 0.0)), ranks_per_node=p)
+
+    @property
+    def single(self) -> bool:
+        """One node and its ranks (:meth:`single_node`)."""
+        return self.ranks_per_node > 1 and self.shape[:-1] == (1,)
 
     @property
     def node_topology(self) -> Torus:
@@ -267,6 +284,8 @@ class Torus:
 
     def describe(self) -> str:
         """One-line summary for logs and ``nicemu info``."""
+        if self.single:
+            return f"{self.name} (one node of {self.ranks_per_node} ranks)"
         if self.ranks_per_node > 1:
             return f"{self.node_topology.describe()} x {self.ranks_per_node} ranks per node"
         dims = f"{self.ndim} dim" + ("" if self.ndim == 1 else "s")

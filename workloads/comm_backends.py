@@ -68,10 +68,21 @@ def algos_for(algo: str) -> tuple[str, str, str, str]:
 
 
 def group_topology(topology: Torus, nodes: Sequence[int]) -> Torus:
-    """The topology a TP group's collectives run on (see the module docstring)."""
+    """The topology a TP group's collectives run on (see the module docstring).
+
+    With several ranks per node (``--ranks-per-node P``, ``nodes`` are then ranks): a group inside one
+    node runs on that node alone (``Torus.single_node``: the intra-node phases, NVLink or host memory);
+    a group of whole nodes on the group topology of those nodes, with their P ranks each (the
+    hierarchical AllReduce of collectives/schedules/hierarchical.py)."""
     n = len(nodes)
     if n == topology.nodes:
         return topology
+    p = topology.ranks_per_node
+    if p > 1:
+        if n <= p:
+            return Torus.single_node(n)
+        node_ids = sorted({v // p for v in nodes})
+        return group_topology(topology.node_topology, node_ids).with_ranks_per_node(p)
     size = 1
     for k in range(topology.ndim - 1, 0, -1):
         size *= topology.shape[k]

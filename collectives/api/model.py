@@ -210,7 +210,7 @@ def build_schedule(collective: str, algo: str, topology: Torus | str, count: int
         if collective != "allreduce":
             raise CollectiveError(f"{collective} runs with one rank per node; with --ranks-per-node "
                                   f"{topology.ranks_per_node} use --collective allreduce")
-        schedule = hierarchical.build(one, topology, count)
+        schedule = hierarchical.build(one, topology, count, algo)
     else:
         schedule = one(topology, count)
     if schedule.transfers > MAX_TRANSFERS:

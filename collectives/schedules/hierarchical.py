@@ -31,14 +31,19 @@ from nicemu.errors import CollectiveError
 from nicemu.topologies import Torus
 
 
-def build(base: Callable[[Torus, int], Schedule], topology: Torus, count: int) -> Schedule:
-    """The AllReduce of ``topology``'s ranks whose phase 2 is ``base(node_topology, shard_count)``."""
+def build(base: Callable[[Torus, int], Schedule], topology: Torus, count: int, algo: str = "") -> Schedule:
+    """The AllReduce of ``topology``'s ranks whose phase 2 is ``base(node_topology, shard_count)``; on a
+    single node (``Torus.single_node``) phases 1 and 3 alone, under the name ``algo``."""
     p = topology.ranks_per_node
-    nodes = topology.node_topology
     shard_off, shard_cnt = split(np.zeros(p, np.int64), np.full(p, count, np.int64), p, np.arange(p))
     counts = sorted({int(c) for c in shard_cnt})
-    shards = {c: base(nodes, c) for c in counts}
-    sample = shards[counts[-1]]
+    if topology.single:          # one node: the intra-node phases are the whole AllReduce
+        shards = {}
+        sample = Schedule("allreduce", algo, topology, count, iter, transfers=1)
+    else:
+        nodes = topology.node_topology
+        shards = {c: base(nodes, c) for c in counts}
+        sample = shards[counts[-1]]
     if len({s.transfers for s in shards.values()}) > 1 or len({s.segment_elems for s in shards.values()}) > 1:
         raise CollectiveError(f"{sample.algo} splits shards of {counts[0]} and {counts[-1]} elements into "
                               f"different schedules; use a count that is a multiple of the {p} ranks per node")
@@ -62,7 +67,7 @@ def build(base: Callable[[Torus, int], Schedule], topology: Torus, count: int) -
         yield from local_phase("rs", 0)
         shift, last = p - 1, p - 2
         which = [counts.index(int(c)) for c in shard_cnt]    # each rail's shard schedule
-        for per_count in zip(*(shards[c].steps() for c in counts), strict=True):
+        for per_count in zip(*(shards[c].steps() for c in counts), strict=True) if shards else ():
             step = _lift(tuple(per_count[w] for w in which), p, shard_off, topology)
             if step.group >= 0:
                 step = replace(step, group=step.group + shift)

@@ -37,6 +37,22 @@ def test_group_topology_whole_subtorus_or_ring():
     assert group_topology(links, range(4)).dim_links == (fast,)
 
 
+def test_group_topology_with_ranks_per_node():
+    """TP groups of ranks: inside one node a single-node topology, of whole nodes the hierarchical one."""
+    ranks = ring(4).with_ranks_per_node(8)
+    assert group_topology(ranks, range(32)) == ranks
+    inside = group_topology(ranks, range(8, 16))
+    assert inside.single and inside.nodes == 8
+    half = group_topology(ranks, range(4))
+    assert half.single and half.nodes == 4
+    two = group_topology(ranks, range(16, 32))
+    assert two.ranks_per_node == 8 and two.node_topology.shape == (2,) and two.nodes == 16
+    # the group's AllReduce is the intra-node phases, then (for whole nodes) the rails
+    t = model_time("allreduce", "ring", two, PAPER, 16 * 1024)
+    assert t.emulated_us == model_time("allreduce", "ring", ring(2), PAPER, 16 * 1024, ranks_per_node=8).emulated_us
+    assert model_time("allreduce", "directreduce", inside, PAPER, 8192).wire_bytes == 0
+
+
 def test_sparse_algorithms_pair_with_a_dense_one():
     assert algos_for("ring") == ("ring", "ring", "ring", "p2p-host")
     assert algos_for("directreduce") == ("directreduce", "directreduce", "directreduce", "p2p-nic")
