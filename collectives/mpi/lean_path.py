@@ -7,14 +7,13 @@ so most of that machinery is overhead on a small message. :class:`LeanTransport`
 runs in the same step loop (collectives/mpi/step_loop.py), with the same
 schedule, watchdog and emulated times, and trims:
 
-* **One message per transfer.** A chunk of at most :data:`PACK_MAX_BYTES`
-  travels in one message together with its 16-byte packet-stream times
-  (``[first_us, last_us]`` as float64, then the payload), instead of a separate
-  timing message: one message latency instead of two. The receiver reduces
-  straight out of the packed buffer. A larger chunk is not copied: its message
-  is an MPI struct datatype of two blocks at absolute addresses, the times and
-  the chunk in place in the user's array (or the scratch buffer a reduction
-  receives into), so it still travels as one message (:class:`Joined`).
+* **One message per transfer for small chunks.** A chunk of at most
+  :data:`PACK_MAX_BYTES` travels in one message together with its 16-byte
+  packet-stream times (``[first_us, last_us]`` as float64, then the payload),
+  instead of a separate timing message: one message latency instead of two.
+  Larger chunks keep the timing message separate and move the data straight
+  from and into the user's array (packing them would cost a copy each way).
+  The receiver reduces straight out of the packed buffer.
 * **Persistent requests.** The packed buffers belong to the plan, so their
   requests are made once (``Send_init``/``Recv_init``) and restarted with
   ``Prequest.Start`` on every call.
@@ -101,56 +100,11 @@ class LeanStep:
     sending: bool = False          # for the step loop: this node sends in this step ...
     receiving: bool = False        # ... and receives
 
-    send_joined: Joined | None = None             # above PACK_MAX_BYTES: times and chunk in one message
-    recv_joined: Joined | None = None
-
     def free(self) -> None:
         for req in (self.send_req, self.recv_req):
             if req is not None and req != MPI.REQUEST_NULL:
                 req.Free()
         self.send_req = self.recv_req = None
-        for joined in (self.send_joined, self.recv_joined):
-            if joined is not None:
-                joined.free()
-        self.send_joined = self.recv_joined = None
-
-
-class Joined:
-    """One persistent message of two blocks in place: 16 bytes of times and a chunk at its address.
-
-    The datatype (``Create_struct`` over absolute addresses, sent from ``MPI.BOTTOM``) and its
-    persistent request depend on the chunk's address, so they are made again only when the user's
-    array (or the scratch buffer) moves: a benchmark repeating a call on one array makes them once.
-    """
-
-    def __init__(self, times: np.ndarray) -> None:
-        self.times = times
-        self.address = -1
-        self.nbytes = -1
-        self.dtype: MPI.Datatype | None = None
-        self.req: MPI.Prequest | None = None
-
-    def request(self, comm: MPI.Comm, chunk, peer: int, tag: int, send: bool) -> MPI.Prequest:
-        """The persistent request for ``chunk`` (a writable buffer for a receive), made if it moved."""
-        address = MPI.Get_address(chunk)
-        nbytes = len(memoryview(chunk).cast("B"))
-        if address != self.address or nbytes != self.nbytes:
-            self.free()
-            dtype = MPI.Datatype.Create_struct([2, nbytes], [MPI.Get_address(self.times), address],
-                                               [MPI.DOUBLE, MPI.BYTE])
-            dtype.Commit()
-            self.dtype = dtype
-            spec = [MPI.BOTTOM, 1, dtype]
-            self.req = comm.Send_init(spec, peer, tag) if send else comm.Recv_init(spec, peer, tag)
-            self.address, self.nbytes = address, nbytes
-        return self.req
-
-    def free(self) -> None:
-        if self.req is not None and self.req != MPI.REQUEST_NULL:
-            self.req.Free()
-        if self.dtype is not None:
-            self.dtype.Free()
-        self.req, self.dtype, self.address, self.nbytes = None, None, -1, -1
 
 
 @dataclass
@@ -284,8 +238,8 @@ class LeanTransport(Transport):
             for req in g.recvs:
                 req.Start()
             return
-        # a chunk above PACK_MAX_BYTES: times and chunk in one struct message, the chunk in place in
-        # the user's array, or in a scratch buffer for a reduction
+        # a chunk above PACK_MAX_BYTES: times and data as separate messages (the data straight
+        # from and into the user's array, or a scratch buffer for a reduction)
         comm, raw = self.comm, self.raw
         recvs, recv_owner = self.recvs, self.recv_owner = [], []
         self.sends, self.send_owner = [], []
@@ -298,16 +252,13 @@ class LeanTransport(Transport):
                 recvs.append(ls.recv_req)
                 recv_owner.append((gi, peer))
                 continue
+            recvs.append(comm.Irecv(ls.time_in, peer, tags.STEP_TIME))
             if ls.scratch_slot >= 0:
                 buf = self.scratch.take(ls.scratch_slot, ls.recv_nb)
             else:
                 buf = raw[ls.recv_boff:ls.recv_boff + ls.recv_nb]
-            if ls.recv_joined is None:
-                ls.recv_joined = Joined(ls.time_in)
-            req = ls.recv_joined.request(comm, buf, peer, tags.STEP_DATA, send=False)
-            req.Start()
-            recvs.append(req)
-            recv_owner.append((gi, peer))
+            recvs.append(comm.Irecv(buf, peer, tags.STEP_DATA))
+            recv_owner += [(gi, peer), (gi, peer)]
 
     def send(self, g: LeanGroup, i: int, first: float, last: float) -> None:
         ls = g.steps[i]
@@ -322,13 +273,9 @@ class LeanTransport(Transport):
             return
         peer = ls.send_peer
         ls.time_out[0], ls.time_out[1] = first, last
-        if ls.send_joined is None:
-            ls.send_joined = Joined(ls.time_out)
-        req = ls.send_joined.request(self.comm, self.raw[ls.send_boff:ls.send_boff + ls.send_nb], peer,
-                                     tags.STEP_DATA, send=True)
-        req.Start()
-        self.sends.append(req)
-        self.send_owner.append((i, peer))
+        self.sends += [self.comm.Isend(ls.time_out, peer, tags.STEP_TIME),
+                       self.comm.Isend(self.raw[ls.send_boff:ls.send_boff + ls.send_nb], peer, tags.STEP_DATA)]
+        self.send_owner += [(i, peer), (i, peer)]
 
     def wait_receives(self, g: LeanGroup, began: float) -> None:
         rp = self.rank_plan
