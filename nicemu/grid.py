@@ -5,6 +5,10 @@ lists of values, each one more axis. ``exclude`` lists mappings; a point matchin
 every key of one of them is skipped. Points are enumerated in :data:`AXES` order,
 then the ``set`` axes in file order, with ``algo`` innermost so the algorithms of
 one configuration sit side by side as in ``nicemu bench``.
+
+A file may also hold a YAML list of such mappings: the union of their products, in
+file order (a study whose parts are not one product, e.g. a size sweep on one
+topology plus a node sweep at one size). A point that two parts share runs once.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from nicemu.errors import UsageError
 from nicemu.sizes import format_size, parse_sizes
 
 #: the grid keys, outermost first (``algo`` last: innermost); ``sizes`` becomes the ``bytes`` column
-AXES = ("topology", "ranks_per_node", "collective", "root", "dtype", "op", "density", "block_size", "profile",
-        "sizes", "algo")
+AXES = ("tag", "topology", "ranks_per_node", "collective", "root", "dtype", "op", "overlap", "density", "block_size",
+        "seed", "aggregators", "spot_blocks", "tx_spots", "profile", "sizes", "algo")
 #: each axis' YAML value types, as users are told in errors
 _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "tag": ((str,), "a string (a label copied to the records, e.g. the part of a study)"),
     "topology": ((str,), "a string such as ring:8"),
     "ranks_per_node": ((int,), "a whole number >= 1"),
     "collective": ((str,), "a string such as allreduce"),
@@ -30,6 +35,11 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "op": ((str,), "a string such as sum"),
     "density": ((int, float), "a number in [0, 1]"),
     "block_size": ((int,), "a whole number"),
+    "overlap": ((str,), "random, all or none (the sparse block pattern)"),
+    "seed": ((int,), "a whole number (the seed of the sparse block pattern)"),
+    "aggregators": ((int,), "a whole number (sparse algorithms)"),
+    "spot_blocks": ((int,), "a whole number (sparse algorithms)"),
+    "tx_spots": ((int,), "1 or 2 (omniccl)"),
     "profile": ((str,), "a profile name or YAML path"),
     "sizes": ((str, int), "a size such as 64K or a range such as 1K:1M"),
     "algo": ((str,), "a string such as ring"),
@@ -42,8 +52,8 @@ DEFAULT_ALGOS = ["ring", "directreduce"]
 
 
 @dataclass
-class Grid:
-    """The axes of a sweep (column name -> values, enumeration order) and its exclusions."""
+class GridPart:
+    """One product: the axes (column name -> values, enumeration order) and its exclusions."""
 
     axes: dict[str, list]
     exclude: list[dict]
@@ -56,6 +66,25 @@ class Grid:
             point = dict(zip(names, values))
             if not any(_matches(point, ex) for ex in self.exclude):
                 out.append(point)
+        return out
+
+
+@dataclass
+class Grid:
+    """A sweep: the union of one or more products, in file order."""
+
+    parts: list[GridPart]
+
+    def points(self) -> list[dict]:
+        """Every point of every part, in order; a point already listed by an earlier part is left out."""
+        seen: set[str] = set()
+        out = []
+        for part in self.parts:
+            for point in part.points():
+                label = point_label(point)
+                if label not in seen:
+                    seen.add(label)
+                    out.append(point)
         return out
 
 
@@ -95,8 +124,17 @@ def parse_grid(text: str, where: str = "grid") -> Grid:
         at = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise UsageError(f"{where} is malformed YAML{at}: {problem}; fix the syntax") from None
+    if isinstance(doc, list):
+        if not doc:
+            raise UsageError(f"{where} is an empty list; give at least one mapping of axes")
+        return Grid([_parse_part(part, f"{where} (part {i})") for i, part in enumerate(doc, 1)])
+    return Grid([_parse_part(doc, where)])
+
+
+def _parse_part(doc, where: str) -> GridPart:
     if not isinstance(doc, dict) or not doc:
-        raise UsageError(f"{where} must be a YAML mapping of axes, e.g. 'algo: [ring, directreduce]'")
+        raise UsageError(f"{where} must be a YAML mapping of axes, e.g. 'algo: [ring, directreduce]', "
+                         "or a list of such mappings")
     unknown = [str(k) for k in doc if k not in KNOWN]
     if unknown:
         raise UsageError(f"unknown grid key '{unknown[0]}' in {where}; the known keys are {', '.join(KNOWN)}")
@@ -134,7 +172,7 @@ def parse_grid(text: str, where: str = "grid") -> Grid:
         _check_type("sizes", v, *_TYPES["sizes"])
     ordered["bytes"] = _size_values(values)
     ordered["algo"] = axes.get("algo", DEFAULT_ALGOS)
-    return Grid(ordered, _parse_exclude(doc.get("exclude", []), ordered, where))
+    return GridPart(ordered, _parse_exclude(doc.get("exclude", []), ordered, where))
 
 
 def _parse_exclude(raw, axes: dict[str, list], where: str) -> list[dict]:

@@ -28,8 +28,9 @@ from nicemu.report import KEYS
 
 #: the grid columns that set a bench flag of the same meaning (``bytes`` is ``--sizes``)
 _FLAGS = {"topology": "topology", "ranks_per_node": "ranks_per_node", "collective": "collective", "root": "root",
-          "dtype": "dtype", "op": "op", "density": "density", "block_size": "block_size", "profile": "profile",
-          "bytes": "sizes", "algo": "algo"}
+          "dtype": "dtype", "op": "op", "density": "density", "block_size": "block_size", "overlap": "overlap",
+          "seed": "seed", "aggregators": "aggregators", "spot_blocks": "spot_blocks", "tx_spots": "tx_spots",
+          "profile": "profile", "bytes": "sizes", "algo": "algo"}
 #: OUT.json is rewritten at most this often while points finish (and always at the end)
 SAVE_EVERY_S = 1.0
 
@@ -61,6 +62,8 @@ def bench_args(point: dict) -> argparse.Namespace:
     ns = parser.parse_args([])
     ns.executor = "model"
     for col, value in point.items():
+        if col == "tag":
+            continue
         if col in _FLAGS:
             if col in ("bytes", "topology"):
                 value = str(value)
@@ -99,7 +102,7 @@ def run_point(point: dict, keep_going: bool = False) -> dict:
         rec.update(executor="model", point=point_label(point), status="failed", error=str(exc))
         return rec
     rec = bench.model_record(args, algo, topology, profile, dtype, nbytes)
-    rec.update({k: v for k, v in point.items() if k not in _FLAGS})
+    rec.update({k: v for k, v in point.items() if k not in _FLAGS or k not in rec})   # set columns, seed, ...
     rec.update(point=point_label(point), status="ok", error=None)
     return rec
 
@@ -234,6 +237,39 @@ def _add_gains(records: list[dict], points: list[dict]) -> bool:
     return changed
 
 
+def run_points(todo: list[tuple[int, dict]], jobs: int, keep_going: bool, done) -> None:
+    """Run the (index, point) pairs of ``todo`` in this process (``jobs`` 1) or in forked workers, calling
+    ``done(index, record)`` as each point finishes."""
+    if jobs == 1:
+        for i, point in todo:
+            done(i, run_point(point, keep_going))
+    elif todo:
+        _run_forked(todo, jobs, keep_going, done)
+
+
+def records(points: list[dict], jobs: int | None = None, show_progress: bool = False) -> list[dict]:
+    """The records of ``points`` in order, with ``gain_vs_ring``: what ``nicemu sweep`` writes, for a study
+    that builds its page from a grid. Every point is checked first; a point that cannot run raises
+    :class:`UsageError`."""
+    for point in points:
+        check_point(point)
+    jobs = max(1, min(jobs or available_cpus(), len(points)))
+    results: dict[int, dict] = {}
+    progress = Progress(len(points), show_progress)
+
+    def done(index: int, rec: dict) -> None:
+        results[index] = rec
+        progress.update(_short(rec["point"]))
+
+    try:
+        run_points(list(enumerate(points)), jobs, False, done)
+    finally:
+        progress.finish()
+    out = [results[i] for i in range(len(points))]
+    _add_gains(out, points)
+    return out
+
+
 def _fork_worker(points: list[tuple[int, dict]], keep_going: bool) -> tuple[int, int]:
     """Run ``points`` in a forked child that writes one JSON line per finished point to a pipe
     (``[index, record]``, or ``["error", traceback]``) and leaves with ``os._exit``."""
@@ -328,11 +364,7 @@ def run(args: argparse.Namespace, comm) -> int:
             last_save = time.monotonic()
 
     try:
-        if jobs == 1:
-            for i, point in todo:
-                done(i, run_point(point, args.keep_going))
-        elif todo:
-            _run_forked(todo, jobs, args.keep_going, done)
+        run_points(todo, jobs, args.keep_going, done)
     finally:
         progress.finish()
         save()

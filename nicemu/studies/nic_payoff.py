@@ -30,7 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from nicemu import sweep as grid_sweep
 from nicemu.collectives import model_time
+from nicemu.grid import load_grid
 from nicemu.nic.profile import Profile, load_profile
 from nicemu.report import write_result_files
 from nicemu.sizes import format_size
@@ -42,24 +44,12 @@ PROFILE = "400g-gen5"
 DTYPE, ITEMSIZE = "float32", 4
 ALGO, RING, HOST_BEST = "directreduce", "ring", "host-best"
 
-SIZES = [1 << e for e in range(10, 31, 2)]                  # 1 KiB .. 1 GiB, x4
-QUICK_SIZES = [1 << 10, 1 << 20, 1 << 26]
-TOPOLOGIES = ["ring:4", "ring:8", "ring:16", "ring:32", "ring:64", "torus:4x4", "torus:8x8", "torus:4x4x4",
-              "switch:8", "switch:16", "switch:64"]
-QUICK_TOPOLOGIES = ["ring:4", "torus:2x4", "switch:4"]
-#: link rates swept (Gb/s per direction; GB/s = Gb/s / 8)
-LINK_GBPS = (100, 200, 400)
+#: the points of the study and of its quick mode (relative to the repository root); ``tag`` names the sweep
+GRID = "sweeps/nic_payoff.yml"
+QUICK_GRID = "sweeps/nic_payoff_quick.yml"
 #: PCIe x16 rates after encoding and TLP/DLLP overhead (docs/model.md §7: Gen4 as directreduce-paper, Gen5 as
-#: 400g-gen5)
+#: 400g-gen5): the names the page gives the grid's ``pcie.bandwidth_GBps`` values
 PCIE_GBPS = {"Gen4": 25.0, "Gen5": 50.0}
-LINK_TOPOLOGIES = ["ring:8", "switch:8", "switch:64"]
-QUICK_LINK_TOPOLOGIES = ["ring:4"]
-
-#: ranks per node swept (docs/model.md §19.3)
-RANKS = (1, 2, 4, 8)
-QUICK_RANKS = (1, 2)
-RANK_TOPOLOGIES = ["ring:8", "switch:8"]
-QUICK_RANK_TOPOLOGIES = ["ring:4"]
 
 SIZE_SWEEP, LINK_SWEEP, RANK_SWEEP = "sizes_nodes", "link_pcie", "ranks_per_node"
 FIGURES = {SIZE_SWEEP: f"{SCRIPT}_sizes.png", LINK_SWEEP: f"{SCRIPT}_links.png",
@@ -70,11 +60,6 @@ FIGURES = {SIZE_SWEEP: f"{SCRIPT}_sizes.png", LINK_SWEEP: f"{SCRIPT}_links.png",
 # The sweeps
 
 
-def link_overrides(link_gbps: int, pcie: str) -> list[str]:
-    """The --set overrides for one link rate and PCIe generation."""
-    return [f"link.bandwidth_GBps={link_gbps / 8:g}", f"pcie.bandwidth_GBps={PCIE_GBPS[pcie]:g}"]
-
-
 def rail_profile(profile: Profile, ranks_per_node: int) -> Profile:
     """What one rail of a node with that many ranks sees: its share of host DRAM and DDIO (model.md §19)."""
     mem = profile.host.memory_GBps / ranks_per_node
@@ -82,64 +67,64 @@ def rail_profile(profile: Profile, ranks_per_node: int) -> Profile:
                                    f"host.ddio_KiB={profile.host.ddio_KiB / ranks_per_node!r}"])
 
 
-def point(sweep_name: str, topo_spec: str, nbytes: int, profile: Profile, overrides: Sequence[str],
-          ranks_per_node: int = 1) -> dict:
-    """One record: DirectReduce, ring and host-best on one topology, size and profile, with both gains.
+_LINK, _PCIE = "link.bandwidth_GBps", "pcie.bandwidth_GBps"
 
-    With several ranks per node, also the rails alone (phase 2 of docs/model.md §19.3: the algorithm on the
-    nodes with a 1/P shard and a 1/P share of DRAM), as ``rail_*`` keys."""
-    nodes = parse_topology(topo_spec)
-    topo = nodes.with_ranks_per_node(ranks_per_node)
-    count = nbytes // ITEMSIZE
-    t_dr = model_time("allreduce", ALGO, topo, profile, count, DTYPE).emulated_us
-    t_ring = model_time("allreduce", RING, topo, profile, count, DTYPE).emulated_us
-    best = model_time("allreduce", HOST_BEST, topo, profile, count, DTYPE)
-    rec = {"sweep": sweep_name, "topology": topo_spec, "kind": topo_spec.split(":")[0], "nodes": nodes.nodes,
-           "ranks_per_node": ranks_per_node,
-           "bytes": nbytes, "bytes_per_node": nbytes / nodes.nodes, "dtype": DTYPE,
-           "link_Gbps": 8 * profile.link.bandwidth_GBps, "pcie_GBps": profile.pcie.bandwidth_GBps,
-           "profile": profile.name, "overrides": ";".join(overrides),
-           "directreduce_us": float(t_dr), "ring_us": float(t_ring), "host_best_us": float(best.emulated_us),
-           "best_host_algo": best.chosen_algo,
-           "gain_vs_ring": 1.0 - t_dr / t_ring, "gain_vs_best_host": 1.0 - t_dr / best.emulated_us}
+
+def points(grid: str | Path = GRID, profile_name: str | None = None) -> list[dict]:
+    """The grid's points, with ``profile_name`` (if given) as every point's profile."""
+    pts = load_grid(str(grid)).points()
+    return [{**p, "profile": profile_name} if profile_name else p for p in pts]
+
+
+def _record(rows: dict[str, dict], profile: Profile) -> dict:
+    """One study record from the three algorithms' sweep records of one point."""
+    dr, ring, best = rows[ALGO], rows[RING], rows[HOST_BEST]
+    sets = [f"{k}={dr[k]:g}" for k in (_LINK, _PCIE) if dr.get(k) is not None]
+    prof = profile.with_overrides(sets)
+    nodes = parse_topology(dr["topology"])
+    rec = {"sweep": dr["tag"], "topology": dr["topology"], "kind": dr["topology"].split(":")[0],
+           "nodes": nodes.nodes, "ranks_per_node": dr["ranks_per_node"], "bytes": dr["bytes"],
+           "bytes_per_node": dr["bytes"] / nodes.nodes, "dtype": DTYPE,
+           "link_Gbps": 8 * prof.link.bandwidth_GBps, "pcie_GBps": prof.pcie.bandwidth_GBps,
+           "profile": prof.name, "overrides": ";".join(sets),
+           "directreduce_us": float(dr["emulated_us"]), "ring_us": float(ring["emulated_us"]),
+           "host_best_us": float(best["emulated_us"]), "best_host_algo": best["best_host_algo"],
+           "gain_vs_ring": 1.0 - dr["emulated_us"] / ring["emulated_us"],
+           "gain_vs_best_host": 1.0 - dr["emulated_us"] / best["emulated_us"]}
     rec.update(dict.fromkeys(("rail_directreduce_us", "rail_host_best_us", "rail_best_host_algo",
                               "rail_gain_vs_best_host", "intra_node_share")))   # the ranks sweep only
-    if sweep_name == RANK_SWEEP:
-        rail = rail_profile(profile, ranks_per_node)
-        shard = count // ranks_per_node
-        r_dr = model_time("allreduce", ALGO, nodes, rail, shard, DTYPE).emulated_us
-        r_best = model_time("allreduce", HOST_BEST, nodes, rail, shard, DTYPE)
-        rec.update({"rail_directreduce_us": float(r_dr), "rail_host_best_us": float(r_best.emulated_us),
-                    "rail_best_host_algo": r_best.chosen_algo,
-                    "rail_gain_vs_best_host": 1.0 - r_dr / r_best.emulated_us,
-                    "intra_node_share": 1.0 - r_best.emulated_us / best.emulated_us})
+    if rec["sweep"] == RANK_SWEEP:
+        add_rails(rec, prof)
+    rec["pcie"] = next((g for g, v in PCIE_GBPS.items() if v == rec["pcie_GBps"]), f"{rec['pcie_GBps']:g} GB/s")
     return rec
 
 
-def sweep(quick: bool = False, profile_name: str = PROFILE, log: TextIO | None = None) -> list[dict]:
-    """The three sweeps, in order: sizes x nodes on the profile, link x PCIe and ranks per node on a few
-    topologies."""
-    sizes = QUICK_SIZES if quick else SIZES
-    base = load_profile(profile_name)
-    todo: list[tuple] = [
-        (SIZE_SWEEP, t, m, base, []) for t in (QUICK_TOPOLOGIES if quick else TOPOLOGIES) for m in sizes]
-    for link in LINK_GBPS:
-        for gen in PCIE_GBPS:
-            sets = link_overrides(link, gen)
-            prof = base.with_overrides(sets)
-            todo += [(LINK_SWEEP, t, m, prof, sets)
-                     for t in (QUICK_LINK_TOPOLOGIES if quick else LINK_TOPOLOGIES) for m in sizes]
-    todo = [(*t, 1) for t in todo]
-    todo += [(RANK_SWEEP, t, m, base, [], p) for t in (QUICK_RANK_TOPOLOGIES if quick else RANK_TOPOLOGIES)
-             for p in (QUICK_RANKS if quick else RANKS) for m in sizes]
-    records = []
-    for i, (name, topo, m, prof, sets, per_node) in enumerate(todo, 1):
-        rec = point(name, topo, m, prof, sets, per_node)
-        rec["pcie"] = next((g for g, v in PCIE_GBPS.items() if v == rec["pcie_GBps"]), f"{rec['pcie_GBps']:g} GB/s")
-        records.append(rec)
-        if log is not None and (i % 20 == 0 or i == len(todo)):
-            print(f"[{i}/{len(todo)}] {name} {topo} {format_size(m)}", file=log)
-    return records
+def add_rails(rec: dict, profile: Profile) -> None:
+    """The rails alone (phase 2 of docs/model.md §19.3: the algorithm on the nodes with a 1/P shard and a
+    1/P share of DRAM) as ``rail_*`` keys, and the intra-node phases' share of host-best's time."""
+    p = rec["ranks_per_node"]
+    nodes = parse_topology(rec["topology"])
+    rail = rail_profile(profile, p)
+    shard = rec["bytes"] // ITEMSIZE // p
+    r_dr = model_time("allreduce", ALGO, nodes, rail, shard, DTYPE).emulated_us
+    r_best = model_time("allreduce", HOST_BEST, nodes, rail, shard, DTYPE)
+    rec.update({"rail_directreduce_us": float(r_dr), "rail_host_best_us": float(r_best.emulated_us),
+                "rail_best_host_algo": r_best.chosen_algo,
+                "rail_gain_vs_best_host": 1.0 - r_dr / r_best.emulated_us,
+                "intra_node_share": 1.0 - r_best.emulated_us / rec["host_best_us"]})
+
+
+def sweep(quick: bool = False, profile_name: str = PROFILE, jobs: int | None = None, progress: bool = False,
+          grid: str | Path | None = None) -> list[dict]:
+    """The grid's points on the model executor (as ``nicemu sweep`` runs them), one record per (sweep,
+    topology, ranks per node, link, PCIe, size) with the three algorithms' times and both gains."""
+    pts = points(grid or (QUICK_GRID if quick else GRID), profile_name)
+    by_point: dict[tuple, dict[str, dict]] = {}
+    for r in grid_sweep.records(pts, jobs, progress):
+        key = (r["tag"], r["topology"], r["ranks_per_node"], r.get(_LINK), r.get(_PCIE), r["bytes"])
+        by_point.setdefault(key, {})[r["algo"]] = r
+    profile = load_profile(profile_name)
+    return [_record(rows, profile) for rows in by_point.values()]
 
 
 # --------------------------------------------------------------------------
@@ -352,24 +337,30 @@ def findings_sizes(records: Sequence[dict], profile: Profile) -> list[str]:
     return out
 
 
+def _links(records: Sequence[dict]) -> list[int]:
+    """The link rates (Gb/s) of the link x PCIe sweep, slowest first."""
+    return sorted({round(r["link_Gbps"]) for r in records})
+
+
 def findings_links(records: Sequence[dict], base: Profile) -> list[str]:
     """What the link x PCIe sweep shows, read from its records."""
     out = []
     big, small = max(r["bytes"] for r in records), min(r["bytes"] for r in records)
     cell = {(r["topology"], r["bytes"], round(r["link_Gbps"]), r["pcie"]): r for r in records}
-    combos = [(link, gen) for link in LINK_GBPS for gen in PCIE_GBPS]
+    links = _links(records)
+    combos = [(link, gen) for link in links for gen in PCIE_GBPS]
     for topo in _rows(records, lambda r: r["topology"]):
         cells = [f"{link}G/{gen} {_pct(cell[(topo, big, link, gen)]['gain_vs_best_host'])}"
                  for link, gen in combos if (topo, big, link, gen) in cell]
         out.append(f"{topo} at {format_size(big)}, gain over host-best: " + ", ".join(cells) + ".")
     ceilings = ", ".join(
         f"{link} Gb/s {100 * _ceiling(base.with_overrides([f'link.bandwidth_GBps={link / 8:g}'])):.1f}%"
-        for link in LINK_GBPS)
+        for link in links)
     out.append(f"The faster the link, the larger the share of a host algorithm's time that is the host's own "
                f"reduction, so the large-message gain grows with the link rate, as γ / (2β + γ) = {ceilings} "
                f"(host.reduce_GBps = {base.host.reduce_GBps:g}).")
     gen4, gen5 = list(PCIE_GBPS)[0], list(PCIE_GBPS)[-1]
-    top, below = LINK_GBPS[-1], LINK_GBPS[-2]
+    top, below = links[-1], links[-2]
     pairs = [(topo, cell.get((topo, big, top, gen4)), cell.get((topo, big, below, gen4)),
               cell.get((topo, big, top, gen5))) for topo in _rows(records, lambda r: r["topology"])]
     pairs = [p for p in pairs if all(p[1:])]
@@ -542,9 +533,10 @@ def page_body(records: Sequence[dict], profile: Profile, figures: Sequence[str])
                  "The host algorithm host-best ran:", "", *host_best_picks(sizes), ""]
         shows += findings_sizes(sizes, profile)
     if links:
+        rates = _links(links)
         body += ["## Link rate × PCIe generation", "",
                  f"Profile `{profile.name}` with `--set link.bandwidth_GBps=` "
-                 + ", ".join(f"{x / 8:g}" for x in LINK_GBPS) + " (" + ", ".join(f"{x} Gb/s" for x in LINK_GBPS)
+                 + ", ".join(f"{x / 8:g}" for x in rates) + " (" + ", ".join(f"{x} Gb/s" for x in rates)
                  + ") and `--set pcie.bandwidth_GBps=` "
                  + ", ".join(f"{v:g} ({k} x16)" for k, v in PCIE_GBPS.items()) + ".", ""]
         if FIGURES[LINK_SWEEP] in names:
@@ -572,10 +564,11 @@ def page_body(records: Sequence[dict], profile: Profile, figures: Sequence[str])
 
 
 def run(out: str, quick: bool = False, profile_name: str = PROFILE, command: str = "",
-        log: TextIO | None = sys.stderr) -> list[dict]:
-    """Sweep, write ``out.{json,csv,md}`` and the heat maps; returns the records."""
+        log: TextIO | None = sys.stderr, jobs: int | None = None, progress: bool = False,
+        grid: str | Path | None = None) -> list[dict]:
+    """Run the grid, write ``out.{json,csv,md}`` and the heat maps; returns the records."""
     t0 = time.perf_counter()
-    records = sweep(quick, profile_name, log)
+    records = sweep(quick, profile_name, jobs, progress, grid)
     profile = load_profile(profile_name)
     folder = Path(out).parent
     folder.mkdir(parents=True, exist_ok=True)

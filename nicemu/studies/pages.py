@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
+
+from nicemu.errors import NicemuError
 
 
 def script_command(script: str, argv: Sequence[str]) -> str:
@@ -17,3 +20,13 @@ def page(command: str, script: str, about: str, body: Sequence[str], shows: Sequ
     return [f"Regenerate (from the repository root): `{command}`", "",
             f"Written by `scripts/{script}.py`: {about}", "",
             *body, "", "What it shows:", "", *(f"- {line}" for line in shows)]
+
+
+def guarded(script: str, body: Callable[[], object]) -> int:
+    """Run a study script's ``body``; a bad grid, profile or option is one line on stderr and exit status 2."""
+    try:
+        body()
+    except NicemuError as exc:
+        print(f"{script}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0

@@ -2,59 +2,63 @@
 
 A ring of 8 nodes over 1 KiB .. 1 GiB, rings of 4, 16 and 64 nodes at 256 MiB,
 and 6D tori of 3, 4, 6 and 8 nodes per dimension at the paper's four message
-sizes; float32 AllReduce with the ``directreduce-paper`` profile.
+sizes; float32 AllReduce with the ``directreduce-paper`` profile. The points are
+the grid ``sweeps/paper_directreduce.yml``, run as ``nicemu sweep`` runs it; this
+module turns the records into the page.
 
     from nicemu.studies import paper_directreduce
-    rows = paper_directreduce.sweep(load_profile("directreduce-paper"), full=False)
+    rows = paper_directreduce.sweep("sweeps/paper_directreduce.yml", full=False)
 """
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
 
-from nicemu.collectives import model_time
-from nicemu.nic.profile import Profile, load_profile
+from nicemu import sweep as grid_sweep
+from nicemu.grid import load_grid
 from nicemu.report import write_plot, write_result_files
 from nicemu.sizes import format_size
 from nicemu.studies.pages import page
-from nicemu.topologies import parse_topology
 
-RING8_SIZES = [1 << e for e in range(10, 31, 2)]
-PAPER_SIZES = [1 << 10, 1 << 18, 1 << 28, 1 << 30]
 SCRIPT = "paper_directreduce"
+#: the points of the study (relative to the repository root)
+GRID = "sweeps/paper_directreduce.yml"
 #: the ring:8 figure, beside the page
 FIGURE = "directreduce_ring8.png"
+#: the topology --quick leaves out (262,144 nodes)
+LARGEST = "torus:8^6"
 
 
-def configs(full: bool) -> list[tuple[str, int]]:
-    """(topology, bytes per node) of every point; ``full`` adds torus:8^6 (262,144 nodes)."""
-    out = [("ring:8", m) for m in RING8_SIZES]
-    out += [(f"ring:{n}", 256 << 20) for n in (4, 16, 64)]
-    tori = ["torus:3^6", "torus:4^6", "torus:6^6"] + (["torus:8^6"] if full else [])
-    out += [(t, m) for t in tori for m in PAPER_SIZES]
+def points(grid: str | Path = GRID, profile_name: str = "directreduce-paper", overrides: Sequence[str] = (),
+           full: bool = True) -> list[dict]:
+    """The grid's points with ``profile_name`` and the ``--set`` overrides (as ``set`` columns) on each;
+    ``full`` keeps torus:8^6."""
+    sets = dict(o.split("=", 1) for o in overrides)
+    out = []
+    for p in load_grid(str(grid)).points():
+        if full or p.get("topology") != LARGEST:
+            out.append({**p, "profile": profile_name, **sets})
     return out
 
 
-def sweep(profile: Profile, full: bool = True, log: TextIO | None = sys.stderr) -> list[dict]:
-    """One record per point: both algorithms' emulated times and DirectReduce's gain."""
-    rows = []
-    todo = configs(full)
-    for i, (topo_spec, m) in enumerate(todo, 1):
-        topo = parse_topology(topo_spec)
-        t0 = time.perf_counter()
-        ring = model_time("allreduce", "ring", topo, profile, m // 4).emulated_us
-        dr = model_time("allreduce", "directreduce", topo, profile, m // 4).emulated_us
-        rows.append({"topology": topo_spec, "nodes": topo.nodes, "bytes": m,
-                     "bytes_per_node": m / topo.nodes, "ring_us": ring, "directreduce_us": dr,
-                     "gain": 1 - dr / ring, "model_wall_s": time.perf_counter() - t0})
-        if log is not None:
-            print(f"[{i}/{len(todo)}] {topo_spec:<10} {format_size(m):>5}  ring {ring:14.3f} us  "
-                  f"directreduce {dr:14.3f} us  gain {100 * (1 - dr / ring):6.2f}%", file=log)
-    return rows
+def rows_of(records: Sequence[dict]) -> list[dict]:
+    """One row per (topology, size): both algorithms' emulated times and DirectReduce's gain."""
+    rows: dict[tuple, dict] = {}
+    for r in records:
+        row = rows.setdefault((r["topology"], r["bytes"]), {
+            "topology": r["topology"], "nodes": r["nodes"], "bytes": r["bytes"],
+            "bytes_per_node": r["bytes"] / r["nodes"]})
+        row[f"{r['algo']}_us"] = r["emulated_us"]
+    for row in rows.values():
+        row["gain"] = 1 - row["directreduce_us"] / row["ring_us"]
+    return list(rows.values())
+
+
+def sweep(grid: str | Path = GRID, profile_name: str = "directreduce-paper", overrides: Sequence[str] = (),
+          full: bool = True, jobs: int | None = None, progress: bool = False) -> list[dict]:
+    """Run the grid on the model executor (as ``nicemu sweep``) and return the study's rows."""
+    return rows_of(grid_sweep.records(points(grid, profile_name, overrides, full), jobs, progress))
 
 
 def _per_node(x: float) -> str:
@@ -114,9 +118,10 @@ def ring8_figure(path: str | Path, rows: Sequence[dict], profile_name: str) -> b
 
 
 def reproduce(out: str, profile_name: str = "directreduce-paper", overrides: Sequence[str] = (),
-              full: bool = True, command: str = "") -> list[dict]:
-    """Run the sweep, write ``out.{json,csv,md}`` and the ring:8 figure, print the table; returns the records."""
-    rows = sweep(load_profile(profile_name, list(overrides)), full)
+              full: bool = True, command: str = "", grid: str | Path = GRID, jobs: int | None = None,
+              progress: bool = False) -> list[dict]:
+    """Run the grid, write ``out.{json,csv,md}`` and the ring:8 figure, print the table; returns the rows."""
+    rows = sweep(grid, profile_name, overrides, full, jobs, progress)
     figure = Path(out).parent / FIGURE
     drawn = ring8_figure(figure, rows, profile_name)
     about = ("host ring vs DirectReduce, float32 AllReduce, model executor, profile "

@@ -10,30 +10,30 @@ fastest host algorithm for this size and topology); every sparse algorithm's
 speedup is reported over both.
 
     from nicemu.studies import paper_omniccl
-    rows = paper_omniccl.sweep(nodes=8, nbytes=128 << 20, overlaps=["random"], densities=[0.1])
+    rows = paper_omniccl.sweep("sweeps/paper_omniccl.yml", overlaps=["random"], densities=[0.1])
+
+The points are the grid ``sweeps/paper_omniccl.yml``, run as ``nicemu sweep`` runs
+it; this module turns the records into the page.
 """
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Sequence
-from typing import TextIO
+from pathlib import Path
 
-import numpy as np
-
-from nicemu.collectives import model_sparse, model_time, names, sparse_config
-from nicemu.collectives.schedules.sparse_patterns import pattern_mask
-from nicemu.nic.profile import load_profile
+from nicemu import sweep as grid_sweep
+from nicemu.collectives import names
+from nicemu.grid import load_grid
 from nicemu.report import write_result_files
 from nicemu.studies.pages import page
-from nicemu.topologies import parse_topology
 
 #: block densities: sparsity 0, 25, 50, 75% and 90, 95, 98, 99%
 DENSITIES = [1.0, 0.75, 0.5, 0.25, 0.1, 0.05, 0.02, 0.01]
 #: sparsity ranges the page's findings read separately: (name, lowest, highest sparsity)
 BANDS = (("25–75% sparsity", 0.25, 0.75), ("90–99% sparsity", 0.9, 0.99))
 PROFILE = "omniccl-paper"
+#: the points of the study (relative to the repository root)
+GRID = "sweeps/paper_omniccl.yml"
 SCRIPT = "paper_omniccl"
 
 
@@ -47,36 +47,61 @@ def variants() -> list[tuple[str, str, dict]]:
     return out
 
 
-def sweep(nodes: int = 8, nbytes: int = 128 << 20, overlaps: Sequence[str] = ("random", "all"),
-          densities: Sequence[float] = DENSITIES, log: TextIO | None = sys.stderr) -> list[dict]:
-    """One record per (overlap, density): the dense baselines' times (``ring``, ``host-best`` and the host
+def points(grid: str | Path = GRID, nodes: int | None = None, nbytes: int | None = None,
+           overlaps: Sequence[str] | None = None, densities: Sequence[float] | None = None) -> list[dict]:
+    """The grid's points; ``nodes`` and ``nbytes`` replace its ring and size, ``overlaps`` and ``densities``
+    keep only those of its sparse points."""
+    out = []
+    for p in load_grid(str(grid)).points():
+        if overlaps is not None and "overlap" in p and p["overlap"] not in overlaps:
+            continue
+        if densities is not None and "density" in p and p["density"] not in densities:
+            continue
+        p = dict(p)
+        if nodes is not None:
+            p["topology"] = f"ring:{nodes}"
+        if nbytes is not None:
+            p["bytes"] = nbytes
+        out.append(p)
+    return out
+
+
+def _label(r: dict) -> str:
+    return r["algo"] + (" tx1" if r.get("tx_spots") == 1 else "")
+
+
+def rows_of(records: Sequence[dict]) -> list[dict]:
+    """One row per (overlap, density): the dense baselines' times (``ring``, ``host-best`` and the host
     algorithm it picked), and each variant's time, wire bytes and speedups (baseline time over its time)."""
-    prof = load_profile(PROFILE)
-    count = nbytes // 4
-    topology = parse_topology(f"ring:{nodes}")
-    ring = model_time("allreduce", "ring", topology, prof, count).emulated_us
-    best = model_time("allreduce", "host-best", topology, prof, count)
+    sparse = set(names(kind="sparse"))
+    dense = {r["algo"]: r for r in records if r["algo"] not in sparse}
+    ring, best = dense["ring"]["emulated_us"], dense["host-best"]
+    order = [label for label, _, _ in variants()]
+    found: dict[tuple, dict[str, dict]] = {}
+    for r in records:
+        if r["algo"] in sparse:
+            found.setdefault((r["overlap"], r["density"]), {})[_label(r)] = r
     rows = []
-    for overlap in overlaps:
-        for d in densities:
-            row = {"overlap": overlap, "density": d, "sparsity": round(1.0 - d, 6), "ring_us": ring,
-                   "host_best_us": best.emulated_us, "host_best_algo": best.chosen_algo}
-            masks = np.stack([pattern_mask(w, nodes, count, 256, d, overlap, 0) for w in range(nodes)])
-            for label, algo, extra in variants():
-                t0 = time.perf_counter()
-                t = model_sparse(sparse_config(algo, nodes, **extra), masks, prof, 4)
-                row[f"{label}_us"] = t.emulated_us
-                row[f"{label}_wire_bytes"] = t.wire_bytes
-                row[f"{label}_speedup_vs_ring"] = ring / t.emulated_us
-                row[f"{label}_speedup_vs_host_best"] = best.emulated_us / t.emulated_us
-                if log is not None:
-                    print(f"{overlap:>6} d={d:<5} {label:<12} {t.emulated_us:12.1f} us  "
-                          f"x{ring / t.emulated_us:6.2f} vs ring  x{best.emulated_us / t.emulated_us:6.2f} "
-                          f"vs host-best  ({time.perf_counter() - t0:.1f} s)", file=log)
-            if "omniccl_us" in row and "omniccl-cpu_us" in row:
-                row["nic_over_cpu"] = row["omniccl-cpu_us"] / row["omniccl_us"]
-            rows.append(row)
+    for (overlap, d), by_label in found.items():
+        row = {"overlap": overlap, "density": d, "sparsity": round(1.0 - d, 6), "ring_us": ring,
+               "host_best_us": best["emulated_us"], "host_best_algo": best["best_host_algo"]}
+        for label in sorted(by_label, key=order.index):
+            t = by_label[label]
+            row[f"{label}_us"] = t["emulated_us"]
+            row[f"{label}_wire_bytes"] = t["wire_bytes"]
+            row[f"{label}_speedup_vs_ring"] = ring / t["emulated_us"]
+            row[f"{label}_speedup_vs_host_best"] = best["emulated_us"] / t["emulated_us"]
+        if "omniccl_us" in row and "omniccl-cpu_us" in row:
+            row["nic_over_cpu"] = row["omniccl-cpu_us"] / row["omniccl_us"]
+        rows.append(row)
     return rows
+
+
+def sweep(grid: str | Path = GRID, nodes: int | None = None, nbytes: int | None = None,
+          overlaps: Sequence[str] | None = None, densities: Sequence[float] | None = None,
+          jobs: int | None = None, progress: bool = False) -> list[dict]:
+    """Run the grid's points on the model executor (as ``nicemu sweep`` does) and return the study's rows."""
+    return rows_of(grid_sweep.records(points(grid, nodes, nbytes, overlaps, densities), jobs, progress))
 
 
 def _sparse(rows: Sequence[dict]) -> list[str]:
@@ -206,10 +231,13 @@ def page_lines(out: str, rows: Sequence[dict], command: str, nodes: int = 8, nby
     return page(command, SCRIPT, about, table(rows), findings(rows))
 
 
-def reproduce(out: str, nodes: int = 8, nbytes: int = 128 << 20, overlaps: Sequence[str] = ("random", "all"),
-              densities: Sequence[float] = DENSITIES, command: str = "") -> list[dict]:
-    """Run the sweep, write ``out.{json,csv,md}`` and print the tables; returns the records."""
-    rows = sweep(nodes, nbytes, overlaps, densities)
-    write_result_files(out, rows, page_lines(out, rows, command, nodes, nbytes))
+def reproduce(out: str, nodes: int | None = None, nbytes: int | None = None, overlaps: Sequence[str] | None = None,
+              densities: Sequence[float] | None = None, command: str = "", grid: str | Path = GRID,
+              jobs: int | None = None, progress: bool = False) -> list[dict]:
+    """Run the grid, write ``out.{json,csv,md}`` and print the tables; returns the rows."""
+    pts = points(grid, nodes, nbytes, overlaps, densities)
+    rows = rows_of(grid_sweep.records(pts, jobs, progress))
+    write_result_files(out, rows, page_lines(out, rows, command, int(pts[0]["topology"].split(":")[1]),
+                                             pts[0]["bytes"]))
     print("\n".join(table(rows)))
     return rows

@@ -28,9 +28,8 @@ def test_quick_run_writes_page_json_csv_and_figures(tmp_path):
     records = json.loads(out.with_suffix(".json").read_text())
     sweeps = {r["sweep"] for r in records}
     assert sweeps == {nic_payoff.SIZE_SWEEP, nic_payoff.LINK_SWEEP, nic_payoff.RANK_SWEEP}
-    expected = (len(nic_payoff.QUICK_TOPOLOGIES) + len(nic_payoff.LINK_GBPS) * len(nic_payoff.PCIE_GBPS)
-                * len(nic_payoff.QUICK_LINK_TOPOLOGIES) + len(nic_payoff.QUICK_RANK_TOPOLOGIES)
-                * len(nic_payoff.QUICK_RANKS)) * len(nic_payoff.QUICK_SIZES)
+    grid = nic_payoff.points(Path(__file__).resolve().parents[2] / nic_payoff.QUICK_GRID)
+    expected = len(grid) // 3           # three algorithms per record
     assert len(records) == expected
     for r in records:
         assert r["gain_vs_ring"] == 1 - r["directreduce_us"] / r["ring_us"]
@@ -59,8 +58,11 @@ def test_quick_run_writes_page_json_csv_and_figures(tmp_path):
     # the link sweep's overrides are the ones the profile saw
     for r in records:
         if r["sweep"] == nic_payoff.LINK_SWEEP:
-            assert r["overrides"] == ";".join(nic_payoff.link_overrides(round(r["link_Gbps"]), r["pcie"]))
+            assert r["overrides"] == f"link.bandwidth_GBps={r['link_Gbps'] / 8:g};pcie.bandwidth_GBps={r['pcie_GBps']:g}"
             assert r["pcie_GBps"] == nic_payoff.PCIE_GBPS[r["pcie"]]
+            prof = profile.with_overrides(r["overrides"].split(";"))
+            t = model_time("allreduce", "directreduce", r["topology"], prof, r["bytes"] // 4).emulated_us
+            assert r["directreduce_us"] == t
 
 
 def test_win_ranges_are_the_runs_of_consecutive_winning_sizes():

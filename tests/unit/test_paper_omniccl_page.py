@@ -33,7 +33,8 @@ def host_times(nbytes: int) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def small():
-    return paper_omniccl.sweep(8, SMALL, ["random", "all"], [1.0, 0.75, 0.5, 0.25, 0.01], log=None)
+    return paper_omniccl.sweep(RESULTS.parents[1] / paper_omniccl.GRID, 8, SMALL, ["random", "all"],
+                               [1.0, 0.75, 0.5, 0.25, 0.01], jobs=1)
 
 
 @pytest.fixture(scope="module")

@@ -131,7 +131,9 @@ BAD = [
     ("block_size: [256, big]\n", "grid key 'block_size' has 'big' (str)"),
     ("density: true\n", "grid key 'density' has True (bool)"),
     ("algo: [ring\n", "is malformed YAML"),
-    ("- ring\n", "must be a YAML mapping"),
+    ("- ring\n", "(part 1) must be a YAML mapping"),
+    ("[]\n", "is an empty list; give at least one mapping"),
+    ("tag: [1]\n", "grid key 'tag' has 1 (int)"),
     ("algo: ring\nexclude: [{algorithm: ring}]\n", "'exclude' names unknown key 'algorithm'"),
     ("set: {nic.packet_bytes: []}\n", "grid key 'set.nic.packet_bytes' is an empty list"),
     ("set: [1]\n", "grid key 'set' must map profile keys"),
@@ -180,16 +182,69 @@ def test_bad_plot_spec(tmp_path, capsys):
     assert rc == 2 and "bad --plot-spec 'x=bytes'" in capsys.readouterr().err
 
 
-def test_ring8_study_matches_committed_results(tmp_path):
-    """sweeps/paper_directreduce_ring8.yml reproduces the ring:8 rows of docs/results/paper_directreduce.json."""
-    out = tmp_path / "r8.json"
-    assert cli.main(["sweep", str(REPO / "sweeps/paper_directreduce_ring8.yml"), "--json", str(out)]) == 0
-    recs = json.loads(out.read_text())
-    ref = {r["bytes"]: r for r in json.loads((REPO / "docs/results/paper_directreduce.json").read_text())
-           if r["topology"] == "ring:8"}
-    assert len(recs) == 2 * len(ref) == 22
-    for r in recs:
-        assert r["emulated_us"] == ref[r["bytes"]][f"{r['algo']}_us"]
+def test_paper_directreduce_grid_matches_committed_results():
+    """sweeps/paper_directreduce.yml (a union of three products) holds the points of
+    docs/results/paper_directreduce.json; its ring rows reproduce the committed times exactly."""
+    points = sweep.load_grid(str(REPO / "sweeps/paper_directreduce.yml")).points()
+    ref = {(r["topology"], r["bytes"]): r for r in json.loads((REPO / "docs/results/paper_directreduce.json").read_text())}
+    assert {(p["topology"], p["bytes"]) for p in points} == set(ref)
+    assert len(points) == 2 * len(ref)
+    sample = [p for p in points if p["topology"] in ("ring:8", "ring:4")]
+    assert len(sample) == 2 * 12
+    for r in sweep.records(sample, jobs=1):
+        assert r["emulated_us"] == ref[(r["topology"], r["bytes"])][f"{r['algo']}_us"]
+
+
+def test_paper_omniccl_grid_matches_committed_results():
+    """sweeps/paper_omniccl.yml holds the points of docs/results/paper_omniccl.json; a sparse sample (one
+    density, both placements, every variant incl. tx_spots 1) reproduces the committed times exactly."""
+    points = sweep.load_grid(str(REPO / "sweeps/paper_omniccl.yml")).points()
+    rows = json.loads((REPO / "docs/results/paper_omniccl.json").read_text())
+    assert {(p["overlap"], p["density"]) for p in points if "overlap" in p} == {(r["overlap"], r["density"]) for r in rows}
+    sample = [p for p in points if p.get("density") == 0.1]
+    assert len(sample) == 2 * 4
+    ref = {r["overlap"]: r for r in rows if r["density"] == 0.1}
+    for r in sweep.records(sample, jobs=1):
+        label = r["algo"] + (" tx1" if r.get("tx_spots") == 1 else "")
+        assert r["emulated_us"] == ref[r["overlap"]][f"{label}_us"]
+        assert r["wire_bytes"] == ref[r["overlap"]][f"{label}_wire_bytes"]
+
+
+def test_union_of_parts_in_order_without_repeats():
+    grid = parse_grid("- {topology: ring:8, sizes: [1K, 4K], algo: ring}\n"
+                      "- {topology: [ring:4, ring:8], sizes: 4K, algo: ring}\n")
+    assert [(p["topology"], p["bytes"]) for p in grid.points()] == [
+        ("ring:8", 1024), ("ring:8", 4096), ("ring:4", 4096)]
+
+
+def test_tag_is_a_column_and_not_a_profile_override(tmp_path):
+    rc, recs = _sweep(tmp_path, "- {tag: a, topology: ring:4, sizes: 1K, algo: ring}\n"
+                      "- {tag: b, topology: ring:4, sizes: 1K, algo: ring}\n", "--jobs", "1")
+    assert rc == 0 and [r["tag"] for r in recs] == ["a", "b"]
+    assert recs[0]["emulated_us"] == recs[1]["emulated_us"] == model_time("allreduce", "ring", "ring:4",
+                                                                          "directreduce-paper", 256).emulated_us
+
+
+def test_sparse_axes_reach_the_timing():
+    """overlap, seed, spot_blocks and tx_spots act as bench's flags and are kept as columns."""
+    import numpy as np
+
+    from nicemu.collectives import model_sparse, sparse_config
+    from nicemu.collectives.schedules.sparse_patterns import pattern_mask
+    from nicemu.nic.profile import load_profile
+
+    prof = load_profile("omniccl-paper")
+    points = parse_grid("topology: ring:4\nprofile: omniccl-paper\nsizes: 64K\ndensity: 0.2\nblock_size: 64\n"
+                        "overlap: [all, none]\nseed: [0, 5]\nspot_blocks: 2\ntx_spots: [1, 2]\nalgo: omniccl\n").points()
+    recs = sweep.records(points, jobs=1)
+    times = set()
+    for p, r in zip(points, recs):
+        assert (r["overlap"], r["seed"], r["tx_spots"], r["spot_blocks"]) == (p["overlap"], p["seed"], p["tx_spots"], 2)
+        masks = np.stack([pattern_mask(w, 4, 16384, 64, 0.2, p["overlap"], p["seed"]) for w in range(4)])
+        cfg = sparse_config("omniccl", 4, block_size=64, spot_blocks=2, tx_spots=p["tx_spots"])
+        assert r["emulated_us"] == model_sparse(cfg, masks, prof, 4).emulated_us
+        times.add(r["emulated_us"])
+    assert len(times) > 2
 
 
 def test_scale_topology_grid_matches_committed_results():
