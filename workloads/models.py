@@ -129,7 +129,9 @@ PRESETS: dict[str, Model] = {m.name: m for m in (
     Model("Llama-3-8B", 4096, 32, 32, 8, 14336, 128256),
     Model("Llama-3-70B", 8192, 80, 64, 8, 28672, 128256),
     Model("Llama-3.1-405B", 16384, 126, 128, 8, 53248, 128256),
+    Model("OPT-6.7B", 4096, 32, 32, 32, 16384, 50272, gated_mlp=False, tied_embeddings=True),
     Model("OPT-13B", 5120, 40, 40, 40, 20480, 50272, gated_mlp=False, tied_embeddings=True),
+    Model("OPT-30B", 7168, 48, 56, 56, 28672, 50272, gated_mlp=False, tied_embeddings=True),
     Model("Mixtral-8x7B", 4096, 32, 32, 8, 14336, 32000, experts=8, top_k=2),
 )}
 

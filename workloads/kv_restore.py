@@ -1,0 +1,115 @@
+"""Bringing a KV cache back from host memory: load it, recompute it, or recompute part of it from activations.
+
+When a sequence's KV cache lives in host memory (swapped out, offloaded, or kept for a returning
+conversation), the accelerator needs it again before it can decode. Three ways:
+
+- ``load``: every layer's K and V cross PCIe;
+- ``recompute``: the tokens run through the whole model again (a prefill), nothing crosses PCIe;
+- ``partial`` (I/O-aware partial recomputation): the layer inputs (activations) of the first ``l``
+  tokens cross PCIe instead of their K and V, which are half as large for a multi-head model, and the
+  accelerator recomputes ``K = X W_K`` and ``V = X W_V`` from them while the K and V of the other
+  ``s - l`` tokens stream over PCIe behind them. ``l`` balances the two; it is chosen by trying
+  every value, which is exact for the model below.
+
+The layers form a two-stage pipeline: PCIe carries layer by layer (the activations first, then the
+rest of the KV), and the accelerator recomputes a layer once its activations have landed and the
+previous layer's recomputation is done (docs/model.md §15.6 has the recurrence and its closed form).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nicemu.errors import WorkloadError
+from nicemu.workloads.accelerators import Accelerator
+from nicemu.workloads.batch import make_batch
+from nicemu.workloads.compute import iteration_compute
+from nicemu.workloads.models import Model
+
+METHODS = ("load", "recompute", "partial")
+
+
+@dataclass(frozen=True)
+class Restore:
+    """The cost of bringing back the KV cache of ``batch`` sequences of ``tokens`` tokens each."""
+
+    method: str
+    tokens: int            # s: tokens per sequence whose KV is restored
+    batch: int
+    split: int             # l: tokens per sequence recomputed from activations (partial); s for recompute
+    pcie_bytes: float      # bytes over PCIe, all layers
+    pcie_us: float         # PCIe busy time, all layers
+    compute_us: float      # accelerator busy time, all layers
+    time_us: float         # until the last layer's K and V are on the accelerator
+
+
+def activation_bytes_per_token(model: Model, dtype_bytes: int = 2) -> int:
+    """One layer's input for one token: the hidden vector."""
+    return model.hidden * dtype_bytes
+
+
+def kv_bytes_per_token_layer(model: Model, dtype_bytes: int = 2) -> int:
+    """One layer's K and V for one token (GQA: KV heads, not attention heads)."""
+    return 2 * model.kv_width * dtype_bytes
+
+
+def recompute_kv_us(model: Model, acc: Accelerator, rows: np.ndarray | int, dtype_bytes: int = 2) -> np.ndarray:
+    """One layer's K and V projections for ``rows`` tokens (batch x l), roofline-timed as one GEMM
+    ``[rows x hidden] @ [hidden x 2 kv_width]``; 0 for no rows."""
+    rows = np.asarray(rows, dtype=np.float64)
+    flops = 2.0 * rows * model.hidden * 2 * model.kv_width
+    nbytes = dtype_bytes * (model.hidden * 2 * model.kv_width + rows * model.hidden + rows * 2 * model.kv_width)
+    t = np.maximum(flops / acc.flops_per_us, nbytes / acc.bytes_per_us)
+    return np.where(rows > 0, t, 0.0)
+
+
+def pipeline_us(layers: int, pcie_act_us: np.ndarray, pcie_kv_us: np.ndarray, gpu_us: np.ndarray) -> np.ndarray:
+    """Finish time of the layer pipeline, for every candidate split at once.
+
+    PCIe carries layer i's activations (``pcie_act_us``) then the rest of its KV (``pcie_kv_us``),
+    back to back, layer after layer; the accelerator recomputes layer i (``gpu_us``) once that layer's
+    activations have landed and layer i-1 is recomputed. The restore is done when both are."""
+    per_layer = pcie_act_us + pcie_kv_us
+    gpu_done = np.zeros_like(per_layer)
+    for i in range(layers):
+        landed = i * per_layer + pcie_act_us
+        gpu_done = np.maximum(gpu_done, landed) + gpu_us
+    return np.maximum(layers * per_layer, np.where(gpu_us > 0, gpu_done, 0.0))
+
+
+def restore(method: str, model: Model, acc: Accelerator, tokens: int, batch: int, pcie_GBps: float,
+            dtype_bytes: int = 2, split: int | None = None) -> Restore:
+    """The cost of one restore; ``split`` fixes ``l`` for ``partial`` (default: the best one)."""
+    if method not in METHODS:
+        raise WorkloadError(f"unknown KV restore method '{method}'; use one of {', '.join(METHODS)}")
+    if tokens < 0 or batch < 1:
+        raise WorkloadError(f"a KV restore needs tokens >= 0 and batch >= 1, got {tokens} and {batch}")
+    if not pcie_GBps > 0:
+        raise WorkloadError(f"PCIe bandwidth must be > 0 GB/s, got {pcie_GBps}")
+    per_us = pcie_GBps * 1e3                               # bytes per microsecond
+    L = model.layers
+    if method == "recompute":
+        # the embedding and every layer of a prefill of the s tokens; no LM head (no token is sampled)
+        it = iteration_compute(model, acc, make_batch([(tokens, 0)] * batch, []), None, dtype_bytes) if tokens else None
+        t = it.layers * it.layer_us + it.embedding.time_us if it else 0.0
+        return Restore(method, tokens, batch, tokens, 0.0, 0.0, t, t)
+    act, kv = activation_bytes_per_token(model, dtype_bytes), kv_bytes_per_token_layer(model, dtype_bytes)
+    if method == "load":
+        split = 0
+    if split is None:
+        cand = np.arange(tokens + 1, dtype=np.float64)
+    else:
+        if not 0 <= split <= tokens:
+            raise WorkloadError(f"split {split} is outside 0..{tokens} tokens")
+        cand = np.array([float(split)])
+    act_us = batch * cand * act / per_us
+    kv_us = batch * (tokens - cand) * kv / per_us
+    gpu = recompute_kv_us(model, acc, batch * cand, dtype_bytes)
+    t = pipeline_us(L, act_us, kv_us, gpu)
+    best = int(np.argmin(t))                               # the smallest l among equal times
+    l_best = int(cand[best])
+    pcie_bytes = L * batch * (l_best * act + (tokens - l_best) * kv)
+    return Restore(method, tokens, batch, l_best, float(pcie_bytes), float(pcie_bytes / per_us),
+                   float(L * gpu[best]), float(t[best]))
