@@ -142,7 +142,8 @@ def write_result_files(stem: str | Path, rows: Sequence[dict], table: Sequence[s
     out.with_suffix(".json").write_text(json.dumps([{k: _clean(v) for k, v in r.items()} for r in rows],
                                                    indent=1) + "\n")
     with open(out.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        # the union of the rows' keys in first-seen order: a page may hold rows of two tables
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         w.writeheader()
         w.writerows(rows)
     out.with_suffix(".md").write_text("\n".join(table) + "\n")

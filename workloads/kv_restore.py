@@ -11,9 +11,12 @@ conversation), the accelerator needs it again before it can decode. Three ways:
   ``s - l`` tokens stream over PCIe behind them. ``l`` balances the two; it is chosen by trying
   every value, which is exact for the model below.
 
-The layers form a two-stage pipeline: PCIe carries layer by layer (the activations first, then the
-rest of the KV), and the accelerator recomputes a layer once its activations have landed and the
-previous layer's recomputation is done (docs/model.md §15.6 has the recurrence and its closed form).
+The restore overlaps the decode step that needs it, layer by layer, the way offloading runtimes
+prefetch: PCIe carries layer after layer (the activations first, then the rest of the KV); the
+accelerator recomputes a layer's K and V once its activations have landed, and runs that layer of the
+decode step once the rest of its KV has landed. Recomputation therefore competes with the decode step
+for the accelerator, and the best ``l`` depends on the sequence length and the batch, not only on
+the PCIe rate (docs/model.md §15.2 has the recurrence and its closed forms).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Restore:
     pcie_us: float         # PCIe busy time, all layers
     compute_us: float      # accelerator busy time, all layers
     time_us: float         # until the last layer's K and V are on the accelerator
+    step_us: float         # the decode step that needs them, from its start to its last token
 
 
 def activation_bytes_per_token(model: Model, dtype_bytes: int = 2) -> int:
@@ -65,23 +69,36 @@ def recompute_kv_us(model: Model, acc: Accelerator, rows: np.ndarray | int, dtyp
     return np.where(rows > 0, t, 0.0)
 
 
-def pipeline_us(layers: int, pcie_act_us: np.ndarray, pcie_kv_us: np.ndarray, gpu_us: np.ndarray) -> np.ndarray:
-    """Finish time of the layer pipeline, for every candidate split at once.
+def pipeline_us(layers: int, pcie_act_us: np.ndarray, pcie_kv_us: np.ndarray, gpu_us: np.ndarray,
+                decode_us: float = 0.0, start_us: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The layer pipeline of one decode step, for every candidate split at once.
 
     PCIe carries layer i's activations (``pcie_act_us``) then the rest of its KV (``pcie_kv_us``),
-    back to back, layer after layer; the accelerator recomputes layer i (``gpu_us``) once that layer's
-    activations have landed and layer i-1 is recomputed. The restore is done when both are."""
+    back to back, layer after layer. The accelerator, free from ``start_us`` on, recomputes layer i's
+    K and V (``gpu_us``) once that layer's activations have landed, then runs layer i of the decode
+    step (``decode_us``) once the rest of its KV has landed too. Returns when the last layer's KV is
+    complete on the accelerator (the restore) and when the last layer's decode is done."""
     per_layer = pcie_act_us + pcie_kv_us
-    gpu_done = np.zeros_like(per_layer)
+    gpu = np.full(np.shape(per_layer), float(start_us))
+    recomputed = np.zeros_like(gpu)
     for i in range(layers):
         landed = i * per_layer + pcie_act_us
-        gpu_done = np.maximum(gpu_done, landed) + gpu_us
-    return np.maximum(layers * per_layer, np.where(gpu_us > 0, gpu_done, 0.0))
+        recomputed = np.where(gpu_us > 0, np.maximum(gpu, landed) + gpu_us, recomputed)
+        gpu = np.where(gpu_us > 0, recomputed, gpu)
+        if decode_us:
+            gpu = np.maximum(gpu, (i + 1) * per_layer) + decode_us
+    return np.maximum(layers * per_layer, recomputed), gpu
+
+
+def decode_compute(model: Model, acc: Accelerator, tokens: int, batch: int, dtype_bytes: int = 2):
+    """One decode step of ``batch`` sequences with ``tokens`` tokens of context each (roofline)."""
+    return iteration_compute(model, acc, make_batch([], [tokens] * batch), None, dtype_bytes)
 
 
 def restore(method: str, model: Model, acc: Accelerator, tokens: int, batch: int, pcie_GBps: float,
             dtype_bytes: int = 2, split: int | None = None) -> Restore:
-    """The cost of one restore; ``split`` fixes ``l`` for ``partial`` (default: the best one)."""
+    """The cost of one restore and of the decode step waiting for it; ``split`` fixes ``l`` for
+    ``partial`` (default: the one with the shortest decode step)."""
     if method not in METHODS:
         raise WorkloadError(f"unknown KV restore method '{method}'; use one of {', '.join(METHODS)}")
     if tokens < 0 or batch < 1:
@@ -90,11 +107,12 @@ def restore(method: str, model: Model, acc: Accelerator, tokens: int, batch: int
         raise WorkloadError(f"PCIe bandwidth must be > 0 GB/s, got {pcie_GBps}")
     per_us = pcie_GBps * 1e3                               # bytes per microsecond
     L = model.layers
+    step = decode_compute(model, acc, tokens, batch, dtype_bytes)
     if method == "recompute":
         # the embedding and every layer of a prefill of the s tokens; no LM head (no token is sampled)
         it = iteration_compute(model, acc, make_batch([(tokens, 0)] * batch, []), None, dtype_bytes) if tokens else None
         t = it.layers * it.layer_us + it.embedding.time_us if it else 0.0
-        return Restore(method, tokens, batch, tokens, 0.0, 0.0, t, t)
+        return Restore(method, tokens, batch, tokens, 0.0, 0.0, t, t, t + step.total_us)
     act, kv = activation_bytes_per_token(model, dtype_bytes), kv_bytes_per_token_layer(model, dtype_bytes)
     if method == "load":
         split = 0
@@ -107,9 +125,10 @@ def restore(method: str, model: Model, acc: Accelerator, tokens: int, batch: int
     act_us = batch * cand * act / per_us
     kv_us = batch * (tokens - cand) * kv / per_us
     gpu = recompute_kv_us(model, acc, batch * cand, dtype_bytes)
-    t = pipeline_us(L, act_us, kv_us, gpu)
-    best = int(np.argmin(t))                               # the smallest l among equal times
+    done, layers_done = pipeline_us(L, act_us, kv_us, gpu, step.layer_us, step.embedding.time_us)
+    latency = layers_done + step.lm_head.time_us
+    best = int(np.argmin(latency))                         # the smallest l among equal times
     l_best = int(cand[best])
     pcie_bytes = L * batch * (l_best * act + (tokens - l_best) * kv)
     return Restore(method, tokens, batch, l_best, float(pcie_bytes), float(pcie_bytes / per_us),
-                   float(L * gpu[best]), float(t[best]))
+                   float(L * gpu[best]), float(done[best]), float(latency[best]))

@@ -1,7 +1,7 @@
 """KV restore from host memory (workloads/kv_restore.py): load, recompute and partial recomputation.
 
 Checked against closed forms (load is bytes over PCIe; the layer pipeline in its PCIe-bound and
-accelerator-bound regimes), against an independent event-by-event walk of the pipeline, and by
+accelerator-bound regimes, with and without the decode step it overlaps), against an independent event-by-event walk of the pipeline, and by
 brute force over every split.
 """
 
@@ -30,15 +30,17 @@ OPT = find_preset("OPT-6.7B")
 LLAMA = find_preset("Llama-3-70B")
 
 
-def walk(layers: int, act: float, kv: float, gpu: float) -> float:
-    """The pipeline event by event: one PCIe queue, one accelerator queue."""
-    pcie_free, gpu_free = 0.0, 0.0
+def walk(layers: int, act: float, kv: float, gpu: float, decode: float = 0.0, start: float = 0.0):
+    """The pipeline event by event: one PCIe queue, one accelerator queue; (restore done, decode done)."""
+    pcie_free, gpu_free, recomputed = 0.0, start, 0.0
     for _ in range(layers):
         act_landed = pcie_free + act
         pcie_free = act_landed + kv
         if gpu > 0:
-            gpu_free = max(gpu_free, act_landed) + gpu
-    return max(pcie_free, gpu_free)
+            recomputed = gpu_free = max(gpu_free, act_landed) + gpu
+        if decode:
+            gpu_free = max(gpu_free, pcie_free) + decode
+    return max(pcie_free, recomputed), gpu_free
 
 
 def test_bytes_per_token_follow_the_shape():
@@ -55,18 +57,36 @@ def test_load_is_every_layers_kv_over_pcie():
     assert r.time_us == r.pcie_us == nbytes / 32e3
 
 
-def test_recompute_is_a_prefill_without_lm_head():
+def test_load_overlaps_the_decode_layer_by_layer():
+    # PCIe-bound: the last layer's decode starts when its KV lands; then the LM head
+    s, batch = 1000, 4
+    r = restore("load", OPT, A100, s, batch, 32.0)
+    step = iteration_compute(OPT, A100, make_batch([], [s] * batch))
+    per_layer = batch * s * 2 * 4096 * 2 / 32e3
+    assert step.layer_us < per_layer
+    assert r.step_us == pytest.approx(32 * per_layer + step.layer_us + step.lm_head.time_us, rel=1e-12)
+    # accelerator-bound (a very fast PCIe): the decode never waits after the first layer's KV
+    fast = restore("load", OPT, A100, s, batch, 1e6)
+    first = per_layer * 32.0 / 1e6
+    assert fast.step_us == pytest.approx(max(step.embedding.time_us, first) + 32 * step.layer_us
+                                         + step.lm_head.time_us, rel=1e-12)
+
+
+def test_recompute_is_a_prefill_without_lm_head_then_the_step():
     r = restore("recompute", OPT, A100, 512, 3, 32.0)
     it = iteration_compute(OPT, A100, make_batch([(512, 0)] * 3, []))
+    step = iteration_compute(OPT, A100, make_batch([], [512] * 3))
     assert r.time_us == it.layers * it.layer_us + it.embedding.time_us
+    assert r.step_us == r.time_us + step.total_us
     assert (r.pcie_bytes, r.split) == (0.0, 512)
 
 
 @pytest.mark.parametrize("act,kv,gpu", [(1.0, 2.0, 0.5), (1.0, 2.0, 3.0), (1.0, 0.0, 2.5), (0.0, 4.0, 0.0)])
 def test_pipeline_closed_forms(act, kv, gpu):
     L = 7
-    got = float(pipeline_us(L, np.array([act]), np.array([kv]), np.array([gpu]))[0])
-    assert got == pytest.approx(walk(L, act, kv, gpu), rel=1e-12)
+    done, _ = pipeline_us(L, np.array([act]), np.array([kv]), np.array([gpu]))
+    got = float(done[0])
+    assert got == pytest.approx(walk(L, act, kv, gpu)[0], rel=1e-12)
     if gpu == 0:
         want = L * (act + kv)
     elif gpu <= act + kv:        # PCIe-bound: the accelerator finishes the last layer after its activations land
@@ -78,12 +98,14 @@ def test_pipeline_closed_forms(act, kv, gpu):
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 12), st.lists(st.tuples(st.floats(0, 50), st.floats(0, 50), st.floats(0, 50)), min_size=1,
-                                    max_size=6))
-def test_pipeline_equals_the_event_walk(layers, cases):
+                                    max_size=6), st.floats(0, 50), st.floats(0, 5))
+def test_pipeline_equals_the_event_walk(layers, cases, decode, start):
     act, kv, gpu = (np.array(c) for c in zip(*cases))
-    got = pipeline_us(layers, act, kv, gpu)
+    done, last = pipeline_us(layers, act, kv, gpu, decode, start)
     for i, (a, k, g) in enumerate(cases):
-        assert got[i] == pytest.approx(walk(layers, a, k, g), rel=1e-12, abs=1e-12)
+        want_done, want_last = walk(layers, a, k, g, decode, start)
+        assert done[i] == pytest.approx(want_done, rel=1e-12, abs=1e-12)
+        assert last[i] == pytest.approx(want_last, rel=1e-12, abs=1e-12)
 
 
 @pytest.mark.parametrize("model", ["OPT-6.7B", "OPT-13B", "OPT-30B", "Llama-3-8B"])
@@ -91,17 +113,23 @@ def test_pipeline_equals_the_event_walk(layers, cases):
 def test_partial_picks_the_best_split_and_beats_both_baselines(model, gbps):
     m, s, batch = find_preset(model), 300, 8
     best = restore("partial", m, A100, s, batch, gbps)
-    every = [restore("partial", m, A100, s, batch, gbps, split=l).time_us for l in range(s + 1)]
-    assert best.time_us == min(every) and best.split == every.index(min(every))
-    assert best.time_us <= restore("load", m, A100, s, batch, gbps).time_us
-    assert best.time_us < restore("recompute", m, A100, s, batch, gbps).time_us
-    assert restore("partial", m, A100, s, batch, gbps, split=0).time_us == restore("load", m, A100, s, batch,
-                                                                                      gbps).time_us
+    every = [restore("partial", m, A100, s, batch, gbps, split=k).step_us for k in range(s + 1)]
+    assert best.step_us == min(every) and best.split == every.index(min(every))
+    assert best.step_us <= restore("load", m, A100, s, batch, gbps).step_us
+    assert best.step_us < restore("recompute", m, A100, s, batch, gbps).step_us
+    assert restore("partial", m, A100, s, batch, gbps, split=0).step_us == restore("load", m, A100, s, batch,
+                                                                                      gbps).step_us
 
 
 def test_a_faster_pcie_recomputes_fewer_tokens():
     splits = [restore("partial", find_preset("OPT-30B"), A100, 2048, 16, g).split for g in (16, 32, 64, 128)]
     assert splits == sorted(splits, reverse=True) and splits[0] > splits[-1]
+
+
+def test_longer_sequences_recompute_a_larger_fraction():
+    # the decode step's fixed weight reads share the accelerator with recomputation
+    fractions = [restore("partial", find_preset("OPT-30B"), A100, s, 8, 32.0).split / s for s in (256, 1024, 4096)]
+    assert fractions == sorted(fractions) and fractions[0] < fractions[-1]
 
 
 def test_recompute_kv_roofline_and_zero_rows():
@@ -124,3 +152,21 @@ def test_bad_input(args, message):
         restore(method, OPT, A100, tokens, batch, gbps)
     with pytest.raises(WorkloadError, match="split 11 is outside 0..10"):
         restore("partial", OPT, A100, 10, 1, 32.0, split=11)
+
+
+def test_gqa_models_send_no_activations():
+    # Llama-3-70B: a token's layer input (8,192 values) is larger than its K and V (2 x 8 x 128)
+    r = restore("partial", LLAMA, A100, 1024, 8, 32.0)
+    assert r.split == 0 and r.step_us == restore("load", LLAMA, A100, 1024, 8, 32.0).step_us
+
+
+def test_committed_page_is_current(tmp_path):
+    """docs/results/kv_restore.{md,json} are what scripts/kv_restore.py writes today."""
+    from pathlib import Path
+
+    from nicemu.studies import kv_restore
+
+    results = Path(__file__).resolve().parents[2] / "docs" / "results"
+    kv_restore.reproduce(str(tmp_path / "kv_restore"), command="python scripts/kv_restore.py --out docs/results/kv_restore")
+    for suffix in (".md", ".json", ".csv"):
+        assert (tmp_path / f"kv_restore{suffix}").read_text() == (results / f"kv_restore{suffix}").read_text()
