@@ -47,6 +47,8 @@ from nicemu.workloads import (
     synthetic_requests,
 )
 from nicemu.workloads.comm_backends import DTYPE, ModelComm, algos_for, has_alltoall
+from nicemu.workloads.kv_memory import DEFAULT_BLOCK_TOKENS, DEFAULT_UTILIZATION, PREEMPT_MODES, plan_kv
+from nicemu.workloads.metrics import kv_summary
 from nicemu.workloads.requests import MAX_CV, MAX_REQUESTS, MAX_TOKENS, MIN_CV, MIN_RATE
 
 DEFAULT_ALGOS = "ring,host-best,directreduce,omniccl"
@@ -81,6 +83,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-budget", type=int, default=2048, help="tokens per iteration (default 2048)")
     p.add_argument("--chunk", type=int, default=512, help="prefill chunk per request and iteration (default 512)")
     p.add_argument("--max-running", type=int, default=256, help="requests in the running batch (default 256)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=DEFAULT_UTILIZATION, metavar="F",
+                   help=f"fraction of each accelerator's HBM for weights and KV cache, in (0, 1]; the KV cache "
+                        f"gets what the weights leave (default {DEFAULT_UTILIZATION:g}, as vLLM)")
+    p.add_argument("--kv-block-tokens", type=int, default=DEFAULT_BLOCK_TOKENS, metavar="N",
+                   help=f"tokens per paged KV-cache block (default {DEFAULT_BLOCK_TOKENS})")
+    p.add_argument("--preempt", default="recompute", choices=PREEMPT_MODES,
+                   help="when decoding runs out of KV blocks, the newest running request is preempted: "
+                        "recompute (drop its KV, prefill it again later) or swap (its blocks go to host memory "
+                        "over PCIe and come back; the time is counted) (default recompute)")
     p.add_argument("--algo", default=DEFAULT_ALGOS,
                    help=f"comma list of {', '.join(names(emulated=True))} "
                         f"(default {DEFAULT_ALGOS}); a sparse one runs the embedding AllReduce, "
@@ -165,7 +176,9 @@ def _validate(args: argparse.Namespace, comm):
     acc = load_accelerator(args.accelerator)
     if args.requests < 1:
         raise UsageError(f"--requests must be >= 1, got {args.requests}")
-    sched = BatchingConfig(args.token_budget, args.chunk, args.max_running)
+    kv = plan_kv(model, acc, par, args.gpu_memory_utilization, args.kv_block_tokens, DTYPE.itemsize,
+                 profile.pcie.bandwidth_GBps, profile.pcie.latency_us)
+    sched = BatchingConfig(args.token_budget, args.chunk, args.max_running, kv, args.preempt)
     if args.arrivals is not None:
         if not args.arrivals.strip():
             raise UsageError("--arrivals is empty; give the path of an Azure-format CSV")
@@ -227,6 +240,10 @@ def run(args: argparse.Namespace, comm) -> int:
               f"{topology.describe()}, profile {profile.name}, executor {args.executor}, {ranks} rank(s)")
         print(f"# {len(requests)} requests ({source}); token budget {sched.token_budget}, chunk "
               f"{sched.chunk_tokens}, seed {args.seed}; activations {DTYPE.itemsize} B/element")
+        kv = sched.kv
+        print(f"# KV cache: {kv.blocks:,} blocks of {kv.block_tokens} tokens ({kv.capacity_tokens:,} tokens, "
+              f"{kv.block_bytes / 1e3:g} kB per block per accelerator) beside {kv.weight_bytes / 1e9:.2f} GB of "
+              f"weights, {kv.utilization:g} of {kv.memory_bytes / 1e9:g} GB; preempt by {sched.preempt}")
         print("#")
         print("#" + HEADER[1:])
         print("#" + UNITS[1:])
@@ -279,6 +296,7 @@ def run(args: argparse.Namespace, comm) -> int:
             print(f"# real data: {sum(r['real_data_calls'] for r in records)} calls ({args.real_data} "
                   f"occurrence of each distinct collective), {checked} elements checked, {wrong_total} wrong "
                   f"{'OK' if wrong_total == 0 else 'FAILED'}")
+        _print_memory(records, rows)
         sparse = [r for r in records if is_sparse(r["embedding_algo"])]
         for r in sparse:
             dense = next((d for d in records if d["algo"] == r["layer_algo"]), None)
@@ -335,7 +353,8 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
         t0 = time.monotonic()
         result = run_batching(requests, step, sched)
         wall_s = time.monotonic() - t0
-        rec = {"algo": algo, **summarize(result, timer.costs)}
+        rec = {"algo": algo, **summarize(result, timer.costs), **kv_summary(result)}
+        rec["preempt_mode"] = sched.preempt
         st = backend.stats
         rec.update(layer_algo=layer_algo, embedding_algo=emb_algo, p2p_path=p2p_label.removeprefix("p2p-"),
                    model=model.name, tp=par.tp, pp=par.pp, ep=par.ep, topology=topology.name,
@@ -359,6 +378,20 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
         records.append(rec)
         rows.extend({"algo": algo, **row} for row in request_rows(result))
     return records, rows, wrong_total, events
+
+
+def _print_memory(records: list[dict], rows: list[dict]) -> None:
+    """Say what the KV cache did: rejected requests (with the first reason), preemptions and swaps."""
+    rejected = [row for row in rows if row["rejected"] and row["algo"] == records[0]["algo"]]
+    if rejected:
+        print(f"# {len(rejected)} request(s) rejected, never fitting the KV cache (first: request "
+              f"{rejected[0]['id']}: {rejected[0]['rejected']}); see the per-request CSV")
+    for r in records:
+        if r["preemptions"]:
+            swapped = (f", {r['swapped_blocks']:,} blocks ({r['swapped_bytes'] / 1e9:.2f} GB) swapped over PCIe "
+                       f"in {r['swap_ms']:.1f} ms" if r["swapped_blocks"] else "")
+            print(f"# {r['algo']}: {r['preemptions']} preemption(s) by {r['preempt_mode']}{swapped}; KV cache "
+                  f"{100 * r['kv_peak_fraction']:.1f}% full at peak, {100 * r['kv_mean_fraction']:.1f}% on average")
 
 
 def _shares(algos: list[str], workers: int) -> list[list[str]]:

@@ -13,10 +13,10 @@ from nicemu.errors import UsageError
 
 HEADER = (f"{'algo':>13} {'TTFT mean':>10} {'p50':>9} {'p99':>9} {'TPOT mean':>10} {'p50':>8} {'p99':>8} "
           f"{'E2E p50':>9} {'p99':>9} {'tok/s':>8} {'comm%':>6} {'host comm':>10} {'emb wire':>10} "
-          f"{'TTFT':>7} {'TPOT':>7}")
+          f"{'TTFT':>7} {'TPOT':>7} {'preempt':>8} {'KV peak':>8}")
 UNITS = (f"{'':>13} {'(ms)':>10} {'(ms)':>9} {'(ms)':>9} {'(ms)':>10} {'(ms)':>8} {'(ms)':>8} "
          f"{'(ms)':>9} {'(ms)':>9} {'output':>8} {'':>6} {'(ms)':>10} {'(MB)':>10} "
-         f"{'vs ring':>7} {'vs ring':>7}")
+         f"{'vs ring':>7} {'vs ring':>7} {'':>8} {'':>8}")
 
 
 LINESTYLES = ("-", "--", ":", "-.")
@@ -36,7 +36,8 @@ def table_row(r: dict) -> str:
             f"{_f(r['tpot_ms_p99'], '.3f', 8)} {_f(r['e2e_ms_p50'], '.1f', 9)} {_f(r['e2e_ms_p99'], '.1f', 9)} "
             f"{_f(r['throughput_tok_s'], '.0f', 8)} {_f(100 * r['comm_share'], '.1f', 6)} "
             f"{_f(r['host_comm_ms'], '.1f', 10)} {_f(r['embedding_wire_bytes'] / 1e6, '.1f', 10)} "
-            f"{_pct(r.get('ttft_gain_vs_ring'))} {_pct(r.get('tpot_gain_vs_ring'))}")
+            f"{_pct(r.get('ttft_gain_vs_ring'))} {_pct(r.get('tpot_gain_vs_ring'))} "
+            f"{_f(r.get('preemptions'), 'd', 8)} {_pct(r.get('kv_peak_fraction')):>8}")
 
 
 def write_json(path: str, records: Sequence[dict]) -> None:

@@ -7,8 +7,16 @@ Each iteration (one forward pass) is filled under a token budget, in this order:
 2. requests whose prompt is partly prefilled continue with a chunk of at most
    ``chunk_tokens`` tokens;
 3. waiting requests are admitted first-come first-served, each with a first
-   chunk, while budget, ``max_running`` and the optional KV-cache capacity
+   chunk, while budget, ``max_running`` and the optional paged KV cache
    allow. A request that does not fit blocks the ones behind it (no skipping).
+
+With a KV cache (``BatchingConfig.kv``), blocks follow vLLM v0's block manager
+(:mod:`nicemu.workloads.kv_memory`): admission takes the blocks of the whole
+prompt and leaves the 1% watermark free; a decode that crosses a block boundary
+takes one more block, and when none is free the newest running request is
+preempted (its KV dropped and recomputed later, or swapped to host memory over
+PCIe, whose time is added to the iteration) and goes back to the front of the
+queue. A request that could never fit is rejected up front, with its reason.
 
 A request's first output token appears at the end of the iteration that
 prefills its last prompt token; each later token at the end of one decode
@@ -26,6 +34,7 @@ from dataclasses import dataclass, field
 
 from nicemu.errors import WorkloadError
 from nicemu.workloads.batch import Batch, Decode, PrefillChunk
+from nicemu.workloads.kv_memory import PREEMPT_MODES, BlockPool, KvPlan, blocks_for, rejection
 from nicemu.workloads.requests import Request
 
 
@@ -34,14 +43,15 @@ class BatchingConfig:
     token_budget: int = 2048          # tokens per iteration (vLLM max_num_batched_tokens)
     chunk_tokens: int = 512           # prefill tokens per request per iteration
     max_running: int = 256            # requests in the running batch (vLLM max_num_seqs)
-    max_kv_tokens: int | None = None  # KV-cache capacity in tokens; a request reserves input + output
+    kv: KvPlan | None = None          # paged KV cache; None: memory never limits a batch
+    preempt: str = "recompute"        # recompute | swap, when the KV cache runs out
 
     def __post_init__(self) -> None:
         for key in ("token_budget", "chunk_tokens", "max_running"):
             if getattr(self, key) < 1:
                 raise WorkloadError(f"batching {key} must be >= 1, got {getattr(self, key)}")
-        if self.max_kv_tokens is not None and self.max_kv_tokens < 1:
-            raise WorkloadError(f"batching max_kv_tokens must be >= 1, got {self.max_kv_tokens}")
+        if self.preempt not in PREEMPT_MODES:
+            raise WorkloadError(f"--preempt {self.preempt}: use one of {', '.join(PREEMPT_MODES)}")
 
 
 @dataclass
@@ -63,6 +73,10 @@ class IterationLog:
     phase: str
     prefill_tokens: int
     decodes: int
+    kv_blocks_used: int = 0      # blocks held on the accelerators during the pass
+    preempted: int = 0           # requests preempted when the pass was formed
+    swapped_blocks: int = 0      # blocks moved over PCIe (out and in) before the pass
+    swap_us: float = 0.0         # their PCIe time, part of duration_us
 
     @property
     def tokens(self) -> int:
@@ -80,6 +94,21 @@ class RequestTiming:
     token_us: list[float] = field(default_factory=list)
     prefilled: int = 0
     admitted_iteration: int | None = None   # the iteration that prefilled its first prompt chunk
+    recompute_tokens: int = 0     # output tokens dropped at a preemption, prefilled again with the prompt
+    preemptions: int = 0
+    queue_us: float = 0.0         # time spent waiting: before admission and after each preemption
+    waiting_since_us: float = 0.0
+    rejected: str | None = None   # why it can never be served (then it has no tokens)
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Tokens the current (re-)prefill covers: the prompt, plus the outputs of a recompute."""
+        return self.input_tokens + self.recompute_tokens
+
+    @property
+    def seq_tokens(self) -> int:
+        """Prompt plus generated tokens (vLLM's sequence length)."""
+        return self.input_tokens + len(self.token_us)
 
     @property
     def first_token_us(self) -> float | None:
@@ -98,6 +127,7 @@ class RequestTiming:
 class BatchingResult:
     requests: list[RequestTiming]
     iterations: list[IterationLog]
+    kv: KvPlan | None = None
 
     @property
     def end_us(self) -> float:
@@ -112,55 +142,109 @@ class Batcher:
 
     def __init__(self, config: BatchingConfig | None = None) -> None:
         self.config = config or BatchingConfig()
+        self.pool = BlockPool(self.config.kv) if self.config.kv is not None else None
+        self.now_us = 0.0
+        self._preempted = self._swap_out = self._swap_in = 0    # this iteration's
 
     def _check(self, requests: list[Request]) -> None:
-        cap = self.config.max_kv_tokens
         for r in requests:
             if r.input_tokens < 1 or r.output_tokens < 1:
                 raise WorkloadError(f"request {r.id}: input and output tokens must be >= 1")
-            if cap is not None and r.input_tokens + r.output_tokens > cap:
-                raise WorkloadError(f"request {r.id} needs {r.input_tokens + r.output_tokens} KV tokens, "
-                                    f"more than the KV-cache capacity {cap}")
+
+    def _preempt(self, r: RequestTiming, waiting: deque[RequestTiming]) -> None:
+        """Take ``r`` off the accelerators: swap its blocks out, or drop them and recompute later."""
+        assert self.pool is not None
+        if self.config.preempt == "swap":
+            self._swap_out += self.pool.swap_out(r.id)
+        else:
+            self.pool.release(r.id)
+            r.recompute_tokens = len(r.token_us)
+            r.prefilled = 0
+        r.preemptions += 1
+        r.waiting_since_us = self.now_us
+        self._preempted += 1
+        waiting.appendleft(r)
+
+    def _grow(self, i: int, running: list[RequestTiming], waiting: deque[RequestTiming]) -> bool:
+        """Blocks for ``running[i]``'s next decode, preempting the newest running requests until they
+        are free; False if ``running[i]`` had to go itself (it is the newest left)."""
+        if self.pool is None:
+            return True
+        r = running[i]
+        while not self.pool.grow(r.id, r.seq_tokens):
+            victim = running.pop()
+            self._preempt(victim, waiting)
+            if victim is r:
+                return False
+        return True
+
+    def _admit(self, r: RequestTiming) -> bool:
+        """Blocks for a waiting request (swapped in, or its whole prompt), keeping the watermark free."""
+        pool = self.pool
+        if pool is not None:
+            if r.id in pool.swapped:
+                if not pool.can_admit(max(pool.swapped[r.id], blocks_for(r.seq_tokens, pool.plan.block_tokens))):
+                    return False
+                self._swap_in += pool.swap_in(r.id)
+                pool.grow(r.id, r.seq_tokens)
+            else:
+                if not pool.can_admit(pool.need(r.id, r.prefill_tokens)):
+                    return False
+                pool.grow(r.id, r.prefill_tokens)
+        r.queue_us += self.now_us - r.waiting_since_us
+        return True
 
     def next_batch(self, waiting: deque[RequestTiming], running: list[RequestTiming]) -> Batch:
-        """Fill one iteration (moves admitted requests from ``waiting`` to ``running``)."""
+        """Fill one iteration (moves admitted requests from ``waiting`` to ``running``, preempted ones back)."""
         cfg = self.config
         budget = cfg.token_budget
         decodes: list[Decode] = []
         prefills: list[PrefillChunk] = []
-        for r in running:
-            if r.prefilled == r.input_tokens and budget > 0:
-                decodes.append(Decode(r.id, r.input_tokens + len(r.token_us) - 1))
+        i = 0
+        while i < len(running):
+            r = running[i]
+            if r.prefilled == r.prefill_tokens and budget > 0:
+                if not self._grow(i, running, waiting):
+                    break
+                decodes.append(Decode(r.id, r.seq_tokens - 1))
                 budget -= 1
+            i += 1
 
         def chunk(r: RequestTiming) -> None:
             nonlocal budget
-            n = min(r.input_tokens - r.prefilled, cfg.chunk_tokens, budget)
-            prefills.append(PrefillChunk(r.id, n, r.prefilled, r.prefilled + n == r.input_tokens))
+            n = min(r.prefill_tokens - r.prefilled, cfg.chunk_tokens, budget)
+            prefills.append(PrefillChunk(r.id, n, r.prefilled, r.prefilled + n == r.prefill_tokens))
             budget -= n
 
         for r in running:
-            if r.prefilled < r.input_tokens and budget > 0:
+            if r.prefilled < r.prefill_tokens and budget > 0:
                 chunk(r)
-        reserved = sum(r.input_tokens + r.output_tokens for r in running)
         while waiting and budget > 0 and len(running) < cfg.max_running:
             r = waiting[0]
-            need = r.input_tokens + r.output_tokens
-            if cfg.max_kv_tokens is not None and reserved + need > cfg.max_kv_tokens:
+            if not self._admit(r):
                 break
             waiting.popleft()
             running.append(r)
-            reserved += need
-            chunk(r)
+            if r.prefilled < r.prefill_tokens:
+                chunk(r)
+            else:                      # swapped in after its prompt: it decodes
+                decodes.append(Decode(r.id, r.seq_tokens - 1))
+                budget -= 1
         return Batch(tuple(prefills), tuple(decodes))
 
     def run(self, requests: list[Request], iteration_time_us: DurationFn) -> BatchingResult:
         """Serve every request; ``iteration_time_us(iteration)`` gives each forward pass's duration."""
         self._check(requests)
-        states = {r.id: RequestTiming(r.id, r.arrival_us, r.input_tokens, r.output_tokens) for r in requests}
+        states = {r.id: RequestTiming(r.id, r.arrival_us, r.input_tokens, r.output_tokens,
+                                      waiting_since_us=r.arrival_us) for r in requests}
         if len(states) != len(requests):
             raise WorkloadError("request ids must be unique")
-        pending = deque(sorted(states.values(), key=lambda s: (s.arrival_us, s.id)))
+        plan = self.config.kv
+        if plan is not None:
+            for r in states.values():
+                r.rejected = rejection(plan, r.input_tokens, r.output_tokens)
+        served = [s for s in states.values() if s.rejected is None]
+        pending = deque(sorted(served, key=lambda s: (s.arrival_us, s.id)))
         waiting: deque[RequestTiming] = deque()
         running: list[RequestTiming] = []
         logs: list[IterationLog] = []
@@ -171,6 +255,8 @@ class Batcher:
             if not waiting and not running:
                 now_us = pending[0].arrival_us
                 continue
+            self.now_us = now_us
+            self._preempted = self._swap_out = self._swap_in = 0
             batch = self.next_batch(waiting, running)
             if not batch:
                 raise WorkloadError(f"batching made no progress at {now_us} us; check BatchingConfig")
@@ -178,9 +264,13 @@ class Batcher:
             duration_us = float(iteration_time_us(it))
             if not (duration_us >= 0 and math.isfinite(duration_us)):
                 raise WorkloadError(f"iteration {it.index}: duration {duration_us} us is not a finite value >= 0")
+            swap_us = plan.swap_us(self._swap_out) + plan.swap_us(self._swap_in) if plan is not None else 0.0
+            duration_us += swap_us
             now_us += duration_us
             logs.append(IterationLog(it.index, it.start_us, duration_us, batch.phase,
-                                     batch.prefill_tokens, len(batch.decodes)))
+                                     batch.prefill_tokens, len(batch.decodes),
+                                     self.pool.used if self.pool is not None else 0, self._preempted,
+                                     self._swap_out + self._swap_in, swap_us))
             for ch in batch.prefills:
                 r = states[ch.request_id]
                 if r.admitted_iteration is None:
@@ -190,8 +280,12 @@ class Batcher:
                     r.token_us.append(now_us)
             for d in batch.decodes:
                 states[d.request_id].token_us.append(now_us)
-            running = [r for r in running if not r.done]
-        return BatchingResult([states[r.id] for r in requests], logs)
+            if self.pool is not None:
+                for r in running:
+                    if r.done:
+                        self.pool.release(r.id)
+            running[:] = [r for r in running if not r.done]
+        return BatchingResult([states[r.id] for r in requests], logs, plan)
 
 
 def run_batching(requests: list[Request], iteration_time_us: DurationFn,

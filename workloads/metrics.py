@@ -53,12 +53,37 @@ def stats(values: list[float] | np.ndarray) -> dict[str, float | None]:
 
 
 def _finished(result: BatchingResult) -> list[RequestTiming]:
+    """The served requests (rejected ones left out); every one must have finished."""
     if not result.requests:
         raise WorkloadError("no requests to summarise")
-    unfinished = [r.id for r in result.requests if not r.done]
+    unfinished = [r.id for r in result.requests if not r.done and r.rejected is None]
     if unfinished:
         raise WorkloadError(f"{len(unfinished)} request(s) did not finish (first: {unfinished[0]})")
-    return result.requests
+    return [r for r in result.requests if r.rejected is None]
+
+
+def kv_summary(result: BatchingResult) -> dict:
+    """KV-cache keys of a record: blocks and capacity, use (peak, and mean weighted by iteration time),
+    preemptions, blocks and bytes swapped (out and in, every accelerator's shard), rejected requests and
+    queue-time percentiles (ms, waiting before admission and after each preemption)."""
+    plan, its = result.kv, result.iterations
+    served = [r for r in result.requests if r.rejected is None]
+    queue = np.array([r.queue_us for r in served], dtype=float) / 1e3
+    out: dict = {"rejected": sum(r.rejected is not None for r in result.requests),
+                 "preemptions": sum(r.preemptions for r in result.requests)}
+    for q in (50, 90, 99):
+        out[f"queue_ms_p{q}"] = float(np.percentile(queue, q)) if queue.size else None
+    out["queue_ms_mean"] = float(queue.mean()) if queue.size else None
+    swapped = sum(log.swapped_blocks for log in its)
+    total_us = sum(log.duration_us for log in its)
+    out.update(kv_blocks=plan.blocks if plan else None, kv_block_tokens=plan.block_tokens if plan else None,
+               kv_capacity_tokens=plan.capacity_tokens if plan else None,
+               kv_peak_fraction=max((log.kv_blocks_used for log in its), default=0) / plan.blocks if plan else None,
+               kv_mean_fraction=(sum(log.kv_blocks_used * log.duration_us for log in its) / total_us / plan.blocks
+                                 if plan and total_us > 0 else None),
+               swapped_blocks=swapped, swapped_bytes=swapped * plan.instance_block_bytes if plan else 0,
+               swap_ms=sum(log.swap_us for log in its) / 1e3)
+    return out
 
 
 def summarize(result: BatchingResult, costs: list[IterationCost] | None = None) -> dict:
@@ -73,6 +98,11 @@ def summarize(result: BatchingResult, costs: list[IterationCost] | None = None) 
     """
     reqs = _finished(result)
     out: dict = {"requests": len(reqs)}
+    if not reqs:
+        return out | {"throughput_tok_s": None, "total_tok_s": None, "requests_s": None, "duration_s": 0.0,
+                      "iterations": len(result.iterations)} | {
+            f"{n}_ms_{k}": None for n in ("ttft", "tpot", "itl", "e2e") for k in ("mean", "p50", "p99")} | (
+            {"comm_share": 0.0, "host_comm_ms": 0.0, "e2e_split_ms": None} if costs is not None else {})
     series = {
         "ttft": [ttft_us(r) for r in reqs],
         "tpot": [t for r in reqs if (t := tpot_us(r)) is not None],
@@ -105,14 +135,20 @@ def summarize(result: BatchingResult, costs: list[IterationCost] | None = None) 
 def time_split(result: BatchingResult, costs: list[IterationCost]) -> dict[str, float]:
     """Where a mean request's end-to-end time went, in ms: ``queue`` (arrival to the start of the iteration
     that admits it), ``compute``, and communication per kind (:data:`COMM_KINDS`), summed over the
-    iterations from admission to its last token. A running request is in every iteration back to back,
-    so the parts add up to the mean end-to-end latency."""
+    iterations from admission to its last token, and ``kv_swap`` (PCIe time of swapped KV blocks) when
+    there is any. Iterations follow each other back to back while a request is in the system, so the
+    parts add up to the mean end-to-end latency; time a preempted request waits again is counted in
+    the parts of the iterations it waits through."""
     reqs = _finished(result)
     its = result.iterations
     kinds = list(dict.fromkeys(COMM_KINDS[w] for c in costs for w in c.comm_by_what))
     kinds.sort(key=list(dict.fromkeys(COMM_KINDS.values())).index)
+    if any(log.swap_us for log in its):
+        kinds.append("kv_swap")      # PCIe time of swapped KV blocks: in the iterations, not in the costs
     col = {k: i + 1 for i, k in enumerate(kinds)}
     parts = np.zeros((len(its) + 1, len(kinds) + 1))
+    if "kv_swap" in col:
+        parts[1:, col["kv_swap"]] = [log.swap_us for log in its]
     for c in costs:
         row = parts[c.index + 1]
         row[0] = c.compute_us
@@ -130,11 +166,17 @@ def time_split(result: BatchingResult, costs: list[IterationCost]) -> dict[str, 
 
 
 def request_rows(result: BatchingResult) -> list[dict]:
-    """One row per request for ``--csv``: id, arrival_ms, tokens, ttft_ms, tpot_ms, e2e_ms."""
+    """One row per request for ``--csv``: id, arrival_ms, tokens, ttft_ms, tpot_ms, e2e_ms, queue_ms,
+    preemptions, and ``rejected`` (empty, or why the request could never be served; its times are then
+    empty too)."""
+    _finished(result)
     rows = []
-    for r in _finished(result):
-        tpot = tpot_us(r)
+    for r in result.requests:
+        served = r.rejected is None
+        tpot = tpot_us(r) if served else None
         rows.append({"id": r.id, "arrival_ms": r.arrival_us / 1e3, "input_tokens": r.input_tokens,
-                     "output_tokens": r.output_tokens, "ttft_ms": ttft_us(r) / 1e3,
-                     "tpot_ms": None if tpot is None else tpot / 1e3, "e2e_ms": e2e_us(r) / 1e3})
+                     "output_tokens": r.output_tokens, "ttft_ms": ttft_us(r) / 1e3 if served else None,
+                     "tpot_ms": None if tpot is None else tpot / 1e3, "e2e_ms": e2e_us(r) / 1e3 if served else None,
+                     "queue_ms": r.queue_us / 1e3 if served else None, "preemptions": r.preemptions,
+                     "rejected": r.rejected or ""})
     return rows

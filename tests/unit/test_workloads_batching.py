@@ -70,16 +70,11 @@ def test_decode_budget_leaves_room_accounting():
     assert len(it.batch.decodes) == 3 and [c.tokens for c in it.batch.prefills] == [1]
 
 
-def test_max_running_and_kv_capacity_admission():
+def test_max_running_admission():
     reqs = [Request(i, 0.0, 10, 5) for i in range(6)]
     rec = Recorder()
     run_batching(reqs, rec, BatchingConfig(max_running=2))
     assert all(len(it.batch.prefills) + len(it.batch.decodes) <= 2 for it in rec.iterations)
-    rec = Recorder()
-    run_batching(reqs, rec, BatchingConfig(max_kv_tokens=45))     # room for 3 requests of 15
-    assert max(len(it.batch.prefills) + len(it.batch.decodes) for it in rec.iterations) == 3
-    with pytest.raises(WorkloadError, match="KV-cache capacity"):
-        run_batching([Request(0, 0.0, 100, 100)], rec, BatchingConfig(max_kv_tokens=150))
 
 
 def test_idle_gap_jumps_to_next_arrival():

@@ -68,7 +68,8 @@ def test_unfinished_and_empty_are_errors():
 def test_request_rows():
     rows = request_rows(BatchingResult([timing(4, 1000.0, [3000.0, 5000.0])], []))
     assert rows == [{"id": 4, "arrival_ms": 1.0, "input_tokens": 10, "output_tokens": 2, "ttft_ms": 2.0,
-                     "tpot_ms": 2.0, "e2e_ms": 4.0}]
+                     "tpot_ms": 2.0, "e2e_ms": 4.0, "queue_ms": 0.0, "preemptions": 0,
+                     "rejected": ""}]
 
 
 # ---------------------------------------------------------------- iteration timer
