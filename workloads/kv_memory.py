@@ -190,10 +190,10 @@ def rejection(plan: KvPlan, input_tokens: int, output_tokens: int) -> str | None
     prompt = blocks_for(input_tokens, plan.block_tokens)
     if prompt > limit:
         return (f"prompt of {input_tokens} tokens needs {prompt} KV blocks, more than the {limit} "
-                f"admissible ({plan.blocks} minus the 1% watermark)")
+                f"admissible ({plan.blocks} blocks, {plan.watermark_blocks} kept free)")
     longest = input_tokens + output_tokens - 1
     need = blocks_for(longest, plan.block_tokens)
     if need > limit:
         return (f"{input_tokens} + {output_tokens - 1} tokens need {need} KV blocks, more than the {limit} "
-                f"admissible ({plan.blocks} minus the 1% watermark)")
+                f"admissible ({plan.blocks} blocks, {plan.watermark_blocks} kept free)")
     return None
