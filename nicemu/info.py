@@ -49,6 +49,7 @@ def run(args: argparse.Namespace, comm) -> int:
         moe = f", {m.experts} experts top-{m.top_k}" if m.is_moe else ""
         print(f"  {m.name:<16} hidden {m.hidden}, {m.layers} layers, {m.heads} heads ({m.kv_heads} KV), "
               f"MLP {m.intermediate}, vocab {m.vocab}{moe}")
-    print("accelerators: " + ", ".join(f"{a.name} ({a.peak_bf16_flops / 1e12:g} TFLOP/s bf16, {a.hbm_GBps:g} GB/s)"
+    print("accelerators: " + ", ".join(f"{a.name} ({a.peak_bf16_flops / 1e12:g} TFLOP/s bf16, {a.hbm_GBps:g} GB/s, "
+                                       f"{a.memory_GB:g} GB HBM)"
                                        for a in ACCELERATORS.values()))
     return 0

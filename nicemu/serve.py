@@ -47,7 +47,7 @@ from nicemu.workloads import (
     synthetic_requests,
 )
 from nicemu.workloads.comm_backends import DTYPE, ModelComm, algos_for, has_alltoall
-from nicemu.workloads.kv_memory import DEFAULT_BLOCK_TOKENS, DEFAULT_UTILIZATION, PREEMPT_MODES, plan_kv
+from nicemu.workloads.kv_memory import DEFAULT_BLOCK_TOKENS, DEFAULT_UTILIZATION, PREEMPT_MODES, plan_kv, rejection
 from nicemu.workloads.metrics import kv_summary
 from nicemu.workloads.requests import MAX_CV, MAX_REQUESTS, MAX_TOKENS, MIN_CV, MIN_RATE
 
@@ -331,7 +331,8 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
     wrong_total = 0
     events: list[dict] = []
     tracing = bool(args.trace) and (args.executor == "model" or comm.rank == 0)
-    traced = trace_ids(requests, args.trace_requests) if tracing else ([], [])
+    servable = [r for r in requests if rejection(sched.kv, r.input_tokens, r.output_tokens) is None]
+    traced = trace_ids(servable, args.trace_requests) if tracing else ([], [])
     for algo in algos:
         layer_algo, emb_algo, a2a_algo, p2p_label = algos_for(algo)
         if backend_mpi is not None:

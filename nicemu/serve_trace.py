@@ -148,7 +148,7 @@ class ServeTracer:
         starts = np.array([it.start_us for it in its])
         ends = np.array([it.start_us + it.duration_us for it in its])
         wanted = set(self.traced)
-        for n, r in enumerate(r for r in result.requests if r.id in wanted):
+        for n, r in enumerate(r for r in result.requests if r.id in wanted and r.rejected is None):
             tid = FIRST_REQUEST_TID + n
             out.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
                         "args": {"name": f"request {r.id}"}})

@@ -1,4 +1,5 @@
-"""Accelerator presets for the roofline compute model: peak dense bf16 FLOP/s and HBM bandwidth.
+"""Accelerator presets: peak dense bf16 FLOP/s and HBM bandwidth for the roofline compute model, and
+HBM capacity for the KV cache (workloads/kv_memory.py).
 
 Values are the vendor's datasheet peaks, for dense math (no 2:4 structured
 sparsity). The roofline divides by these peaks, so it gives the fastest an

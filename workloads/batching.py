@@ -240,6 +240,7 @@ class Batcher:
         if len(states) != len(requests):
             raise WorkloadError("request ids must be unique")
         plan = self.config.kv
+        self.pool = BlockPool(plan) if plan is not None else None
         if plan is not None:
             for r in states.values():
                 r.rejected = rejection(plan, r.input_tokens, r.output_tokens)

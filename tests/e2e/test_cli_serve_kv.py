@@ -26,7 +26,8 @@ UTILIZATION = (max(stage_weight_bytes(MODEL, PAR)) + (BLOCKS + 0.5) * 16 * KV_PE
 ARGS = ["serve", "--model", "llama2-7b", "--tp", "4", "--pp", "2", "--topology", "torus:2x4", "--arrivals",
         "trace.csv", "--chunk", "64", "--token-budget", "256", "--algo", "ring,directreduce",
         "--gpu-memory-utilization", repr(UTILIZATION)]
-SKIP = {"wall_s", "executor", "ranks", "real_data", "real_data_calls", "checked_elements", "wrong"}
+SKIP = {"wall_s", "executor", "ranks", "real_data", "real_data_calls", "checked_elements", "wrong",
+        "traced_iterations"}
 
 
 def _run(nicemu, tmp_path, args, name, n=None):
@@ -44,7 +45,10 @@ def _metrics(records):
 
 @pytest.mark.parametrize("mode", ["recompute", "swap"])
 def test_small_cache_preempts_and_executors_agree(nicemu, tmp_path, mode):
-    records, rows, proc = _run(nicemu, tmp_path, [*ARGS, "--preempt", mode, "--executor", "model"], "model")
+    records, rows, proc = _run(nicemu, tmp_path, [*ARGS, "--preempt", mode, "--executor", "model",
+                                                  "--trace", "trace.json"], "model")
+    events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]   # the rejected one has no track
+    assert sum(e["name"] == "queued" for e in events) == 2 * (len(REQUESTS) - 1)
     assert KV_PER_TOKEN == 16 * 2 * 8 * 128 * 2
     block_bytes = 16 * KV_PER_TOKEN * PAR.pp * PAR.tp           # one block over all 8 accelerators
     for rec in records:
