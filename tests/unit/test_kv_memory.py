@@ -211,3 +211,22 @@ def test_preemption_under_load_serves_every_token():
             assert prefilled == sum(r.input_tokens for r in reqs)
         else:
             assert prefilled > sum(r.input_tokens for r in reqs)
+
+
+@pytest.mark.parametrize("mode, b_prefilled", [("recompute", 24 + 28), ("swap", 28)])
+def test_a_request_preempted_mid_prefill(mode, b_prefilled):
+    # 10 blocks of 4 tokens, chunks of 4: A (8-token prompt, 20 outputs) and B (28 tokens, 7 blocks) are
+    # admitted together (9 blocks). A's first token comes at iteration 1; at iteration 6 its decode needs a
+    # 4th block and B, the newest, goes with 24 of its 28 prompt tokens done: recompute starts its prompt
+    # again once A has finished, swap resumes it at token 24.
+    reqs = [Request(0, 0.0, 8, 20), Request(1, 0.0, 28, 2)]
+    rec = Recorder()
+    res = run_batching(reqs, rec, BatchingConfig(chunk_tokens=4, kv=plan(10, swap_us_per_block=1.0),
+                                                 preempt=mode))
+    assert [log.preempted for log in res.iterations[:7]] == [0] * 6 + [1]
+    chunks = [(ch.tokens, ch.context_tokens) for it in rec.iterations for ch in it.batch.prefills if ch.request_id == 1]
+    assert sum(t for t, _ in chunks) == b_prefilled
+    assert chunks[6][1] == (0 if mode == "recompute" else 24)     # where B's first chunk after preemption starts
+    b = res.requests[1]
+    assert b.preemptions == 1 and b.done and b.first_token_us > res.requests[0].finish_us
+    assert sum(log.swapped_blocks for log in res.iterations) == (14 if mode == "swap" else 0)
