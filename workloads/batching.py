@@ -7,7 +7,8 @@ Each iteration (one forward pass) is filled under a token budget, in this order:
 2. requests whose prompt is partly prefilled continue with a chunk of at most
    ``chunk_tokens`` tokens;
 3. waiting requests are admitted first-come first-served, each with a first
-   chunk, while budget, ``max_running`` and the optional KV-cache capacity
+   chunk (or its first decode, when it arrives with its prompt's KV cache
+   from a prefill instance), while budget, ``max_running`` and the optional KV-cache capacity
    allow. A request that does not fit blocks the ones behind it (no skipping).
 
 A request's first output token appears at the end of the iteration that
@@ -151,16 +152,26 @@ class Batcher:
             waiting.popleft()
             running.append(r)
             reserved += need
-            chunk(r)
+            if r.prefilled == r.input_tokens:      # arrived with its prompt's KV (disaggregated decode)
+                decodes.append(Decode(r.id, r.input_tokens + len(r.token_us) - 1))
+                budget -= 1
+            else:
+                chunk(r)
         return Batch(tuple(prefills), tuple(decodes))
 
-    def run(self, requests: list[Request], iteration_time_us: DurationFn) -> BatchingResult:
-        """Serve every request; ``iteration_time_us(iteration)`` gives each forward pass's duration."""
+    def run(self, requests: list[Request], iteration_time_us: DurationFn, prefilled: bool = False) -> BatchingResult:
+        """Serve every request; ``iteration_time_us(iteration)`` gives each forward pass's duration.
+
+        ``prefilled``: the requests arrive with their prompt's KV cache and their first token (the
+        decode instance of a disaggregated deployment): they only decode, from their arrival on."""
         self._check(requests)
         states = {r.id: RequestTiming(r.id, r.arrival_us, r.input_tokens, r.output_tokens) for r in requests}
+        if prefilled:
+            for st in states.values():
+                st.prefilled, st.token_us = st.input_tokens, [st.arrival_us]
         if len(states) != len(requests):
             raise WorkloadError("request ids must be unique")
-        pending = deque(sorted(states.values(), key=lambda s: (s.arrival_us, s.id)))
+        pending = deque(sorted((s for s in states.values() if not s.done), key=lambda s: (s.arrival_us, s.id)))
         waiting: deque[RequestTiming] = deque()
         running: list[RequestTiming] = []
         logs: list[IterationLog] = []
@@ -189,7 +200,10 @@ class Batcher:
                 if ch.completes_prompt:
                     r.token_us.append(now_us)
             for d in batch.decodes:
-                states[d.request_id].token_us.append(now_us)
+                r = states[d.request_id]
+                if r.admitted_iteration is None:
+                    r.admitted_iteration = it.index
+                r.token_us.append(now_us)
             running = [r for r in running if not r.done]
         return BatchingResult([states[r.id] for r in requests], logs)
 
