@@ -47,22 +47,30 @@ from nicemu.workloads import (
     synthetic_requests,
 )
 from nicemu.workloads.comm_backends import DTYPE, ModelComm, algos_for, has_alltoall
+from nicemu.workloads.disaggregation import serve_disaggregated
 from nicemu.workloads.kv_memory import DEFAULT_BLOCK_TOKENS, DEFAULT_UTILIZATION, PREEMPT_MODES, plan_kv, rejection
-from nicemu.workloads.metrics import kv_summary
+from nicemu.workloads.metrics import kv_summary, slo_metrics, stats
 from nicemu.workloads.requests import MAX_CV, MAX_REQUESTS, MAX_TOKENS, MIN_CV, MIN_RATE
+from nicemu.workloads.traffic import TrafficRecord, kv_transfer_records
 
 DEFAULT_ALGOS = "ring,host-best,directreduce,omniccl"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="llama3-70b",
-                   help="preset (llama2-7b, llama3-8b, llama3-70b, llama3.1-405b, opt-13b, mixtral-8x7b) "
-                        "or the path of a HuggingFace config.json (default llama3-70b)")
+                   help="preset (llama2-7b, llama3-8b, llama3-70b, llama3.1-405b, opt-6.7b, opt-13b, opt-30b, "
+                        "mixtral-8x7b) or the path of a HuggingFace config.json (default llama3-70b)")
     p.add_argument("--tp", type=int, default=8, help="tensor-parallel degree (default 8)")
     p.add_argument("--pp", type=int, default=1, help="pipeline stages (default 1)")
     p.add_argument("--ep", type=int, default=1, help="expert parallelism: 1 or equal to --tp (MoE models)")
-    p.add_argument("--disaggregated", action="store_true",
-                   help="separate prefill and decode instances with KV-cache transfer (not implemented yet)")
+    p.add_argument("--disaggregated", metavar="P:D", default=None,
+                   help="P prefill and D decode instances of TP x PP ranks each (DistServe-style): a request is "
+                        "prefilled on one, its KV cache moves over the network, the other decodes it; TTFT "
+                        "includes the transfer (default: one colocated instance)")
+    p.add_argument("--slo-ttft", type=float, default=None, metavar="MS",
+                   help="TTFT objective in ms: report the share of requests meeting every objective given "
+                        "(slo_attainment) and their rate (goodput_req_s)")
+    p.add_argument("--slo-tpot", type=float, default=None, metavar="MS", help="TPOT objective in ms (as --slo-ttft)")
     p.add_argument("--accelerator", default="H100-SXM", help="H100-SXM or A100-80G (default H100-SXM)")
     p.add_argument("--rate", type=float, default=1.0,
                    help=f"mean arrival rate, requests/s, at least {MIN_RATE:g} (default 1; inf: all at 0)")
@@ -97,7 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_ALGOS}); a sparse one runs the embedding AllReduce, "
                         f"the per-layer AllReduces use its dense partner")
     p.add_argument("--topology", default=None,
-                   help="the nodes' topology (default ring:TP*PP/P; times 2 when disaggregated)")
+                   help="the nodes' topology (default ring:TP*PP/P; times P+D instances when disaggregated)")
     p.add_argument("--ranks-per-node", type=int, default=1, metavar="P",
                    help="accelerators (ranks) per node, each with its own NIC; TP groups are numbered innermost, "
                         "so a group of at most P ranks stays in one node (NVLink with intra_node.nvlink in the "
@@ -154,10 +162,14 @@ def _validate(args: argparse.Namespace, comm):
         check_algo(a)
         if not get(a).emulated:
             raise UsageError(f"--algo {a} has no emulated time, so it cannot time a serving run; drop it")
-    if args.disaggregated:
-        raise UsageError("--disaggregated is not implemented yet in nicemu serve; drop it")
+    prefill, decode = _instances(args.disaggregated)
+    if prefill and args.trace is not None:
+        raise UsageError("--trace does not cover --disaggregated runs yet; drop one of them")
+    for flag, value in (("--slo-ttft", args.slo_ttft), ("--slo-tpot", args.slo_tpot)):
+        if value is not None and not value > 0:
+            raise UsageError(f"{flag} must be a time in ms > 0, got {value:g}")
     model = load_model(args.model)
-    par = Parallelism(args.tp, args.pp, args.ep, args.disaggregated)
+    par = Parallelism(args.tp, args.pp, args.ep, prefill, decode)
     par.check_model(model)
     if model.is_moe and par.ep > 1 and not has_alltoall():
         raise UsageError(f"{model.name} with --ep {par.ep} needs the alltoall collective, which this build "
@@ -195,6 +207,17 @@ def _validate(args: argparse.Namespace, comm):
     return algos, model, par, topology, profile, acc, sched, requests
 
 
+def _instances(text: str | None) -> tuple[int, int]:
+    """``--disaggregated P:D`` as (P, D); (0, 0) without it."""
+    if text is None:
+        return 0, 0
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        raise UsageError(f"--disaggregated {text!r}: give P:D, prefill and decode instances, each at least 1 "
+                         "(e.g. 1:1 or 2:1)")
+    return int(parts[0]), int(parts[1])
+
+
 def _check_ranks_per_node(args: argparse.Namespace, par: Parallelism, algos: list[str]) -> int:
     """``--ranks-per-node P``: TP groups of whole nodes or inside one node; what P > 1 does not run yet."""
     p = args.ranks_per_node
@@ -208,6 +231,10 @@ def _check_ranks_per_node(args: argparse.Namespace, par: Parallelism, algos: lis
     if par.nodes % p:
         raise UsageError(f"TP x PP = {par.nodes} ranks do not fill whole nodes of {p} ranks; change --tp, --pp "
                          "or --ranks-per-node")
+    if par.disaggregated and par.instance_nodes % p:
+        raise UsageError(f"--disaggregated: an instance of TP x PP = {par.instance_nodes} ranks does not fill whole "
+                         f"nodes of {p} ranks, so prefill and decode would share a node; use a TP that is a "
+                         f"multiple of {p}")
     if par.pp > 1 or par.ep > 1:
         raise UsageError(f"--ranks-per-node {p} runs tensor parallelism only for now; use --pp 1 and --ep 1, or "
                          "--ranks-per-node 1")
@@ -341,30 +368,39 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
         else:
             backend = ModelComm(topology, profile, model, args.seed)
         tracer = ServeTracer(args.trace_pids[algo], algo, *traced, args.trace_iterations) if tracing else None
-        timer = IterationTimer(model, acc, par, backend, layer_algo, emb_algo, a2a_algo,
-                               dtype_bytes=DTYPE.itemsize, p2p_algo=p2p_label,
-                               on_traffic=traffic.write if traffic is not None else None,
-                               on_iteration=tracer.iteration if tracer is not None else None)
 
-        def step(it, _timer=timer, _label=algo):
-            duration = _timer(it)
-            progress.advance(it.batch.sampled_tokens, f"{_label} iteration {it.index}")
-            return duration
+        def timer_for(instance: int, _algo=algo, _backend=backend, _tracer=tracer):
+            labels = algos_for(_algo)
+            timer = IterationTimer(model, acc, par, _backend, labels[0], labels[1], labels[2],
+                                   dtype_bytes=DTYPE.itemsize, p2p_algo=labels[3],
+                                   on_traffic=traffic.write if traffic is not None else None,
+                                   on_iteration=_tracer.iteration if _tracer is not None else None, instance=instance)
+            return _Step(timer, progress, _algo)
 
         t0 = time.monotonic()
-        result = run_batching(requests, step, sched)
+        split = None
+        if par.disaggregated:
+            dis = _serve_disaggregated(requests, par, model, sched, backend, timer_for, p2p_label, traffic)
+            result, costs, split = dis.result, dis.costs, dis.split_ms()
+        else:
+            step = timer_for(0)
+            result = run_batching(requests, step, sched)
+            costs = step.costs
         wall_s = time.monotonic() - t0
-        rec = {"algo": algo, **summarize(result, timer.costs), **kv_summary(result)}
+        rec = {"algo": algo, **summarize(result, costs), **kv_summary(result)}
         rec["preempt_mode"] = sched.preempt
+        if split is not None:
+            rec["e2e_split_ms"] = split
+        rec.update(slo_metrics(result, args.slo_ttft, args.slo_tpot))
         st = backend.stats
         rec.update(layer_algo=layer_algo, embedding_algo=emb_algo, p2p_path=p2p_label.removeprefix("p2p-"),
                    model=model.name, tp=par.tp, pp=par.pp, ep=par.ep, topology=topology.name,
                    nodes=topology.nodes // topology.ranks_per_node, ranks_per_node=topology.ranks_per_node,
                    accelerator=acc.name, profile=profile.name,
                    executor=args.executor, ranks=ranks, seed=args.seed,
-                   compute_ms=sum(c.compute_us for c in timer.costs) / 1e3,
-                   comm_ms=sum(c.comm_us for c in timer.costs) / 1e3,
-                   collectives=sum(c.collectives for c in timer.costs),
+                   compute_ms=sum(c.compute_us for c in costs) / 1e3,
+                   comm_ms=sum(c.comm_us for c in costs) / 1e3,
+                   collectives=sum(c.collectives for c in costs),
                    embedding_wire_bytes=st.embedding_wire_bytes, embedding_comm_ms=st.embedding_us / 1e3,
                    layer_wire_bytes=st.layer_wire_bytes, p2p_ms=st.p2p_us / 1e3, wall_s=wall_s)
         if backend_mpi is not None:
@@ -376,8 +412,17 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
         if tracer is not None:
             events += tracer.finish(result)
             rec["traced_iterations"] = tracer.iterations
+        if par.disaggregated:
+            kv = [dis.kv_us[r.id] for r in result.requests if r.id in dis.kv_us]
+            rec.update(disaggregated=f"{par.prefill_instances}:{par.decode_instances}",
+                       kv_transfers=len(kv), kv_transfer_bytes=sum(dis.kv_bytes.values()),
+                       **{f"kv_transfer_ms_{k}": None if v is None else v / 1e3 for k, v in stats(kv).items()})
+            extra = {r.id: {"prefill_instance": dis.placement[r.id][0], "decode_instance": dis.placement[r.id][1],
+                            "kv_transfer_ms": dis.kv_us[r.id] / 1e3} for r in result.requests if r.id in dis.kv_us}
         records.append(rec)
-        rows.extend({"algo": algo, **row} for row in request_rows(result))
+        none = {"prefill_instance": None, "decode_instance": None, "kv_transfer_ms": None}   # rejected
+        rows.extend({"algo": algo, **row, **(extra.get(row["id"], none) if par.disaggregated else {})}
+                    for row in request_rows(result))
     return records, rows, wrong_total, events
 
 
@@ -393,6 +438,41 @@ def _print_memory(records: list[dict], rows: list[dict]) -> None:
                        f"in {r['swap_ms']:.1f} ms" if r["swapped_blocks"] else "")
             print(f"# {r['algo']}: {r['preemptions']} preemption(s) by {r['preempt_mode']}{swapped}; KV cache "
                   f"{100 * r['kv_peak_fraction']:.1f}% full at peak, {100 * r['kv_mean_fraction']:.1f}% on average")
+
+
+class _Step:
+    """An instance's duration callback: its ``IterationTimer``, and the progress bar advanced per pass."""
+
+    def __init__(self, timer: IterationTimer, progress: Progress, label: str) -> None:
+        self.timer, self.progress, self.label = timer, progress, label
+
+    @property
+    def costs(self):
+        return self.timer.costs
+
+    def __call__(self, it) -> float:
+        duration = self.timer(it)
+        self.progress.advance(it.batch.sampled_tokens, f"{self.label} iteration {it.index}")
+        return duration
+
+
+def _serve_disaggregated(requests, par: Parallelism, model, sched, backend, timer_for, p2p_label: str,
+                         traffic: TrafficCsv | None):
+    """``--disaggregated P:D`` (workloads/disaggregation.py): the KV transfers are timed (and under the MPI
+    executor moved) by the same backend as every collective, and listed in --traffic one row per request."""
+    def kv_records(prompt: int, source: int, target: int):
+        return kv_transfer_records(prompt, model, par, source, target, p2p_label, DTYPE.itemsize)
+
+    def kv_time(recs):
+        backend.iteration_cost(-1, recs)
+        return backend.last_costs(recs)
+
+    dis = serve_disaggregated(requests, par.prefill_instances, par.decode_instances, timer_for, kv_records,
+                              kv_time, sched)
+    if traffic is not None:
+        traffic.write([TrafficRecord(-1, "prefill", -1, "kv_transfer", dis.kv_bytes[r.id], p2p_label, "kv_cache")
+                       for r in sorted(requests, key=lambda r: (dis.prefill_done_us[r.id], r.id))])
+    return dis
 
 
 def _shares(algos: list[str], workers: int) -> list[list[str]]:

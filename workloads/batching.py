@@ -7,8 +7,10 @@ Each iteration (one forward pass) is filled under a token budget, in this order:
 2. requests whose prompt is partly prefilled continue with a chunk of at most
    ``chunk_tokens`` tokens;
 3. waiting requests are admitted first-come first-served, each with a first
-   chunk, while budget, ``max_running`` and the optional paged KV cache
-   allow. A request that does not fit blocks the ones behind it (no skipping).
+   chunk (or its first decode, when it arrives with its prompt's KV cache
+   from a prefill instance), while budget, ``max_running`` and the optional
+   paged KV cache allow. A request that does not fit blocks the ones behind it
+   (no skipping).
 
 With a KV cache (``BatchingConfig.kv``), blocks follow vLLM v0's block manager
 (:mod:`nicemu.workloads.kv_memory`): admission takes the blocks of the whole
@@ -188,9 +190,9 @@ class Batcher:
                 self._swap_in += pool.swap_in(r.id)
                 pool.grow(r.id, r.seq_tokens)
             else:
-                if not pool.can_admit(pool.need(r.id, r.prefill_tokens)):
+                if not pool.can_admit(pool.need(r.id, r.seq_tokens)):
                     return False
-                pool.grow(r.id, r.prefill_tokens)
+                pool.grow(r.id, r.seq_tokens)
         r.queue_us += self.now_us - r.waiting_since_us
         return True
 
@@ -227,16 +229,22 @@ class Batcher:
             running.append(r)
             if r.prefilled < r.prefill_tokens:
                 chunk(r)
-            else:                      # swapped in after its prompt: it decodes
+            else:       # swapped in, or arrived with its prompt's KV (disaggregated decode): it decodes
                 decodes.append(Decode(r.id, r.seq_tokens - 1))
                 budget -= 1
         return Batch(tuple(prefills), tuple(decodes))
 
-    def run(self, requests: list[Request], iteration_time_us: DurationFn) -> BatchingResult:
-        """Serve every request; ``iteration_time_us(iteration)`` gives each forward pass's duration."""
+    def run(self, requests: list[Request], iteration_time_us: DurationFn, prefilled: bool = False) -> BatchingResult:
+        """Serve every request; ``iteration_time_us(iteration)`` gives each forward pass's duration.
+
+        ``prefilled``: the requests arrive with their prompt's KV cache and their first token (the
+        decode instance of a disaggregated deployment): they only decode, from their arrival on."""
         self._check(requests)
         states = {r.id: RequestTiming(r.id, r.arrival_us, r.input_tokens, r.output_tokens,
                                       waiting_since_us=r.arrival_us) for r in requests}
+        if prefilled:
+            for st in states.values():
+                st.prefilled, st.token_us = st.input_tokens, [st.arrival_us]
         if len(states) != len(requests):
             raise WorkloadError("request ids must be unique")
         plan = self.config.kv
@@ -244,7 +252,7 @@ class Batcher:
         if plan is not None:
             for r in states.values():
                 r.rejected = rejection(plan, r.input_tokens, r.output_tokens)
-        served = [s for s in states.values() if s.rejected is None]
+        served = [s for s in states.values() if s.rejected is None and not s.done]
         pending = deque(sorted(served, key=lambda s: (s.arrival_us, s.id)))
         waiting: deque[RequestTiming] = deque()
         running: list[RequestTiming] = []
@@ -280,7 +288,10 @@ class Batcher:
                 if ch.completes_prompt:
                     r.token_us.append(now_us)
             for d in batch.decodes:
-                states[d.request_id].token_us.append(now_us)
+                r = states[d.request_id]
+                if r.admitted_iteration is None:
+                    r.admitted_iteration = it.index
+                r.token_us.append(now_us)
             if self.pool is not None:
                 for r in running:
                     if r.done:

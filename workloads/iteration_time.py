@@ -79,12 +79,13 @@ class IterationTimer:
             :class:`~nicemu.workloads.traffic.TrafficCsv`'s ``write``).
         on_iteration: optional :data:`IterationHook` (serve's ``--trace``); when None nothing
             per record is kept.
+        instance: the model instance whose nodes run the records (disaggregated prefill/decode).
     """
 
     def __init__(self, model: Model, accelerator: Accelerator, par: Parallelism, comm_time: CommFn | IterationComm,
                  algo: str = "ring", embedding_algo: str | None = None, alltoall_algo: str | None = None,
                  dtype_bytes: int = 2, on_traffic: Callable[[list[TrafficRecord]], None] | None = None,
-                 p2p_algo: str = "direct", on_iteration: IterationHook | None = None) -> None:
+                 p2p_algo: str = "direct", on_iteration: IterationHook | None = None, instance: int = 0) -> None:
         par.check_model(model)
         self.model, self.accelerator, self.par = model, accelerator, par
         self.comm_time = comm_time
@@ -93,19 +94,19 @@ class IterationTimer:
         self.on_traffic = on_traffic
         self.p2p_algo = p2p_algo
         self.on_iteration = on_iteration
+        self.instance = instance           # which model instance's nodes run the records (disaggregated)
         self.costs: list[IterationCost] = []
         self._traffic: dict[tuple, list[TrafficRecord]] = {}
 
     def records(self, it: Iteration) -> list[TrafficRecord]:
-        """The iteration's records; built once per batch shape (tokens, phase, finished prompts), then reused."""
+        """The iteration's records; built once per batch shape (tokens, phase), then reused."""
         batch = it.batch
-        prompts = (tuple(c.context_tokens + c.tokens for c in batch.prefills if c.completes_prompt)
-                   if self.par.disaggregated else ())
-        key = (batch.tokens, batch.phase, prompts)
+        key = (batch.tokens, batch.phase)
         recs = self._traffic.get(key)
         if recs is None:
             recs = iteration_traffic(-1, batch, self.model, self.par, self.algo, self.embedding_algo,
-                                     self.alltoall_algo, self.p2p_algo, dtype_bytes=self.dtype_bytes)
+                                     self.alltoall_algo, self.p2p_algo, dtype_bytes=self.dtype_bytes,
+                                     instance=self.instance)
             if len(self._traffic) > 4096:
                 self._traffic.clear()
             self._traffic[key] = recs

@@ -180,3 +180,20 @@ def request_rows(result: BatchingResult) -> list[dict]:
                      "queue_ms": r.queue_us / 1e3 if served else None, "preemptions": r.preemptions,
                      "rejected": r.rejected or ""})
     return rows
+
+
+def slo_metrics(result: BatchingResult, ttft_ms: float | None, tpot_ms: float | None) -> dict:
+    """Service-level objectives, as DistServe and Splitwise report them: ``slo_attainment`` is the share of
+    requests whose TTFT and TPOT both meet their objective (a one-token output has no TPOT and meets that
+    one), ``goodput_req_s`` those requests per second of the run's makespan. Empty without objectives."""
+    if ttft_ms is None and tpot_ms is None:
+        return {}
+    reqs = _finished(result)
+    ok = 0
+    for r in reqs:
+        tpot = tpot_us(r)
+        ok += ((ttft_ms is None or ttft_us(r) <= ttft_ms * 1e3)
+               and (tpot_ms is None or tpot is None or tpot <= tpot_ms * 1e3))
+    span_s = (max(r.token_us[-1] for r in reqs) - min(r.arrival_us for r in reqs)) / 1e6
+    return {"slo_ttft_ms": ttft_ms, "slo_tpot_ms": tpot_ms, "slo_attainment": ok / len(reqs),
+            "goodput_req_s": ok / span_s if span_s > 0 else None}

@@ -2,8 +2,9 @@
 
 Node numbering follows Megatron/vLLM: TP is innermost, so pipeline stage ``s``
 owns nodes ``s*tp .. s*tp + tp - 1`` and its TP group is that contiguous block.
-With disaggregated prefill/decode, a second instance of the same shape (the
-decode instance) follows the prefill instance.
+With disaggregated prefill/decode (``--disaggregated P:D``), P prefill instances
+and then D decode instances of the same shape follow one another: instance ``i``
+owns nodes ``i*tp*pp .. (i+1)*tp*pp - 1``.
 
 Expert parallelism reuses each stage's TP group (EP = TP, as vLLM's
 ``--enable-expert-parallel`` with one data-parallel replica): attention stays
@@ -24,7 +25,8 @@ class Parallelism:
     tp: int = 1
     pp: int = 1
     ep: int = 1                  # 1, or equal to tp (MoE models only)
-    disaggregated: bool = False  # separate prefill and decode instances, KV cache moved between them
+    prefill_instances: int = 0   # disaggregated prefill/decode: P prefill and D decode instances (0, 0: colocated)
+    decode_instances: int = 0
 
     def __post_init__(self) -> None:
         for key in ("tp", "pp", "ep"):
@@ -34,6 +36,23 @@ class Parallelism:
         if self.ep not in (1, self.tp):
             raise WorkloadError(f"--ep {self.ep} must be 1 or equal to --tp {self.tp}: experts are "
                                 f"spread over each pipeline stage's TP group")
+        p, d = self.prefill_instances, self.decode_instances
+        for value in (p, d):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise WorkloadError(f"--disaggregated P:D needs whole numbers, got {p}:{d}")
+        if (p == 0) != (d == 0):
+            raise WorkloadError(f"--disaggregated {p}:{d} needs at least one prefill and one decode instance; "
+                                "e.g. --disaggregated 1:1")
+
+    @property
+    def disaggregated(self) -> bool:
+        """Separate prefill and decode instances, the KV cache moved from one to the other."""
+        return self.prefill_instances > 0
+
+    @property
+    def instances(self) -> int:
+        """Model instances in the deployment: P + D when disaggregated, else 1."""
+        return self.prefill_instances + self.decode_instances if self.disaggregated else 1
 
     @property
     def instance_nodes(self) -> int:
@@ -42,8 +61,8 @@ class Parallelism:
 
     @property
     def nodes(self) -> int:
-        """Nodes the deployment needs (twice the instance when prefill and decode are disaggregated)."""
-        return self.instance_nodes * (2 if self.disaggregated else 1)
+        """Nodes the deployment needs: one instance, or P + D of them when disaggregated."""
+        return self.instance_nodes * self.instances
 
     def check_model(self, model: Model) -> None:
         """Refuse splits the model's shape does not allow (as Megatron and vLLM do)."""
@@ -65,7 +84,8 @@ class Parallelism:
         if nodes != self.nodes:
             what = f"TP x PP = {self.tp} x {self.pp} = {self.instance_nodes}"
             if self.disaggregated:
-                what += f", times 2 for disaggregated prefill/decode = {self.nodes}"
+                what += (f", times {self.instances} instances for disaggregated prefill/decode "
+                         f"{self.prefill_instances}:{self.decode_instances} = {self.nodes}")
             raise WorkloadError(f"{what} does not match the topology's {nodes} nodes; "
                                 f"change --tp/--pp or --topology")
 
@@ -84,8 +104,17 @@ class Parallelism:
         return out
 
     def tp_group(self, stage: int, instance: int = 0) -> list[int]:
-        """Node ids of a stage's TP group (instance 1 is the decode instance when disaggregated)."""
-        if not 0 <= stage < self.pp or instance not in ((0, 1) if self.disaggregated else (0,)):
+        """Node ids of a stage's TP group in one instance (disaggregated: prefill instances first)."""
+        if not 0 <= stage < self.pp or not 0 <= instance < self.instances:
             raise WorkloadError(f"no stage {stage} / instance {instance} in {self}")
         first = instance * self.instance_nodes + stage * self.tp
         return list(range(first, first + self.tp))
+
+    def instance_nodes_of(self, instance: int) -> list[int]:
+        """Every node of one instance, stage-major (the order of ``tp_group`` over the stages)."""
+        return [n for stage in range(self.pp) for n in self.tp_group(stage, instance)]
+
+    def kv_shard_bytes(self, model: Model, tokens: int, stage: int, dtype_bytes: int = 2) -> int:
+        """K and V of ``tokens`` tokens that one TP rank of ``stage`` holds: its layers, its KV heads."""
+        layers = len(self.stage_layers(model.layers)[stage])
+        return 2 * layers * self.kv_heads_per_rank(model) * model.head_dim * tokens * dtype_bytes

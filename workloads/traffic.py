@@ -17,9 +17,10 @@ Per forward pass of T tokens, h hidden, b bytes per element, in issue order:
   ``activations`` transfer of ``T h b`` bytes to the next stage. Every TP
   rank sends its (replicated) copy to the same TP rank of the next stage, so
   the tp transfers run in parallel; ``bytes`` is one of them.
-- Disaggregated prefill/decode: for every prompt that completes in this pass,
-  a ``kv_cache`` transfer of ``2 layers kv_heads head_dim tokens b`` bytes
-  (the request's whole prompt) from the prefill to the decode instance.
+- Disaggregated prefill/decode: no record in the pass itself. Once a prompt is
+  prefilled, :func:`kv_transfer_records` moves its KV cache from the prefill
+  instance to the decode instance, shard to shard, off the prefill instance's
+  critical path.
 
 For AllReduce, ``bytes`` is each node's contribution (as in ``nicemu bench``).
 ``nodes`` lists the participating node ids; for transfers, the first half
@@ -83,8 +84,8 @@ def iteration_traffic(iteration: int, batch: Batch, model: Model, par: Paralleli
 
     ``algo`` runs the per-layer AllReduces; ``embedding_algo`` (default ``algo``)
     the embedding AllReduce, where a sparse algorithm pays off; ``alltoall_algo``
-    (default ``algo``) the MoE all-to-alls. ``instance`` 1 is the decode
-    instance of a disaggregated deployment.
+    (default ``algo``) the MoE all-to-alls. ``instance`` numbers the model
+    instance of a disaggregated deployment (prefill instances first).
     """
     tokens = batch.tokens
     if not tokens:
@@ -112,14 +113,23 @@ def iteration_traffic(iteration: int, batch: Batch, model: Model, par: Paralleli
                 add(phase, layer, "allreduce", act, algo, "mlp_out", group)
         if stage < par.pp - 1:
             add(phase, layers[-1], "p2p", act, p2p_algo, "activations", group + par.tp_group(stage + 1, instance))
-    if par.disaggregated and instance == 0:
-        prefill_nodes = list(range(par.instance_nodes))
-        decode_nodes = list(range(par.instance_nodes, par.nodes))
-        for chunk in batch.prefills:
-            if chunk.completes_prompt:
-                prompt = chunk.context_tokens + chunk.tokens
-                add("prefill", -1, "p2p", kv_transfer_bytes(prompt, model, dtype_bytes), p2p_algo, "kv_cache",
-                    prefill_nodes + decode_nodes)
+    return out
+
+
+def kv_transfer_records(prompt: int, model: Model, par: Parallelism, source: int, target: int,
+                        p2p_algo: str = "direct", dtype_bytes: int = 2) -> list[TrafficRecord]:
+    """The KV cache of one ``prompt``-token request, from prefill instance ``source`` to decode instance
+    ``target``: both instances share a layout, so every rank sends its shard (its stage's layers, its
+    KV heads) to the rank in the same position, all at once. Stages with the same number of layers
+    share one record (``nodes``: senders, then receivers); with PP not dividing the layers there are two."""
+    by_bytes: dict[int, list[int]] = {}
+    for stage in range(par.pp):
+        by_bytes.setdefault(par.kv_shard_bytes(model, prompt, stage, dtype_bytes), []).append(stage)
+    out = []
+    for nbytes, stages in by_bytes.items():
+        src = [n for s in stages for n in par.tp_group(s, source)]
+        dst = [n for s in stages for n in par.tp_group(s, target)]
+        out.append(TrafficRecord(-1, "prefill", -1, "p2p", nbytes, p2p_algo, "kv_cache", tuple(src + dst)))
     return out
 
 

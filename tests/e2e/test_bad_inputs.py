@@ -249,13 +249,23 @@ CASES = [
     case("serve-topology-empty", [*SERVE, "--topology", ""], "empty topology"),  # used the default ring
     case("bench-algo-twice", [*BENCH, "--algo", "ring,directreduce,ring"], "ring more than once"),  # 2 records
     case("serve-algo-twice", [*SERVE, "--algo", "omniccl,omniccl"], "omniccl more than once"),  # 2 records
+    # disaggregated prefill/decode
+    case("serve-disaggregated-no-decode", [*SERVE, "--disaggregated", "1:0"], "--disaggregated '1:0'", "P:D"),
+    case("serve-disaggregated-not-numbers", [*SERVE, "--disaggregated", "two"], "--disaggregated 'two'", "1:1"),
+    case("serve-disaggregated-topology", [*SERVE, "--disaggregated", "2:1", "--topology", "ring:4"],
+         "times 3 instances", "= 6", "4 nodes"),
+    case("serve-disaggregated-shared-node", [*SERVE, "--disaggregated", "1:1", "--ranks-per-node", "4"],
+         "does not fill whole nodes of 4 ranks"),
+    case("serve-disaggregated-trace", [*SERVE, "--disaggregated", "1:1", "--trace", "t.json"],
+         "--trace", "--disaggregated"),
+    case("serve-slo-negative", [*SERVE, "--slo-ttft=-5"], "--slo-ttft", "> 0"),
 ]
 
 BY_ID = {c.id: c for c in CASES}
 #: also run under mpiexec -n 2: one or two per category, bench and serve
 MPI_CASES = ["bench-dtype-int16", "profile-type-string", "set-unknown-section", "bench-seed-negative",
              "serve-trace-back-in-time", "serve-config-missing-fields", "bench-dtype-unknown-name",
-             "bench-mpi-spot-window-memory", "serve-requests-huge"]
+             "bench-mpi-spot-window-memory", "serve-requests-huge", "serve-disaggregated-topology"]
 
 
 def _write_files(where: Path) -> None:

@@ -230,3 +230,37 @@ def test_a_request_preempted_mid_prefill(mode, b_prefilled):
     b = res.requests[1]
     assert b.preemptions == 1 and b.done and b.first_token_us > res.requests[0].finish_us
     assert sum(log.swapped_blocks for log in res.iterations) == (14 if mode == "swap" else 0)
+
+
+def test_disaggregated_instances_each_have_their_cache():
+    """Prefill and decode instances batch against their own 4 blocks of 4 tokens. A (8-token prompt) and
+    B (4 tokens) prefill together (3 blocks) and finish at 50 + 2 x 12 = 74 us; their KV lands at 76 and
+    75 us (0.25 us per token). On the decode side a request holds its prompt plus its first token: B takes
+    2 blocks and A, needing 3, waits until B has finished. C (40 tokens) can never fit and is rejected."""
+    from nicemu.workloads.disaggregation import serve_disaggregated
+    from nicemu.workloads.iteration_time import CommCost, IterationCost
+    from nicemu.workloads.traffic import TrafficRecord
+
+    class Timer:
+        def __init__(self):
+            self.costs = []
+
+        def __call__(self, it):
+            self.costs.append(IterationCost(it.index, 50.0 + 2 * it.batch.tokens, 0.0, 0.0, 0, 0))
+            return 50.0 + 2 * it.batch.tokens
+
+    def kv_records(prompt, source, target):
+        return [TrafficRecord(-1, "prefill", -1, "p2p", prompt, "p2p-nic", "kv_cache", (source, target))]
+
+    reqs = [Request(0, 0.0, 8, 3), Request(1, 0.0, 4, 3), Request(2, 0.0, 40, 2)]
+    dis = serve_disaggregated(reqs, 1, 1, lambda i: Timer(), kv_records,
+                              lambda recs: [CommCost(0.25 * r.bytes) for r in recs], BatchingConfig(kv=plan(4)))
+    a, b, c = dis.result.requests
+    assert "prompt of 40 tokens needs 10 KV blocks" in c.rejected and 2 not in dis.kv_us
+    assert a.done and b.done and dis.kv_us == {0: 2.0, 1: 1.0}
+    dec = dis.decode[0]
+    assert [log.kv_blocks_used for log in dec.iterations] == [2, 2, 3, 3]
+    starts = [log.start_us for log in dec.iterations]
+    assert starts == [75.0, 127.0, 179.0, 231.0]
+    assert a.queue_us == 179.0 - 76.0 and b.queue_us == 0.0
+    assert kv_summary(dis.result)["rejected"] == 1

@@ -180,10 +180,20 @@ def test_parallelism_nodes_and_groups():
     par.check_nodes(8)
     with pytest.raises(WorkloadError, match="TP x PP = 4 x 2 = 8 does not match the topology's 16 nodes"):
         par.check_nodes(16)
-    dis = Parallelism(tp=4, disaggregated=True)
-    assert dis.nodes == 8 and dis.tp_group(0, instance=1) == [4, 5, 6, 7]
+    dis = Parallelism(tp=4, prefill_instances=1, decode_instances=1)
+    assert dis.nodes == 8 and dis.tp_group(0, instance=1) == [4, 5, 6, 7] and dis.disaggregated
     with pytest.raises(WorkloadError, match="disaggregated"):
         dis.check_nodes(4)
+    three = Parallelism(tp=2, pp=2, prefill_instances=2, decode_instances=1)
+    assert three.instances == 3 and three.nodes == 12
+    assert three.instance_nodes_of(2) == [8, 9, 10, 11] and three.tp_group(1, instance=1) == [6, 7]
+    with pytest.raises(WorkloadError, match="no stage 0 / instance 3"):
+        three.tp_group(0, instance=3)
+    with pytest.raises(WorkloadError, match="at least one prefill and one decode instance"):
+        Parallelism(tp=2, prefill_instances=1)
+    with pytest.raises(WorkloadError, match="whole numbers"):
+        Parallelism(tp=2, prefill_instances=-1, decode_instances=1)
+    assert not Parallelism(tp=2).disaggregated and Parallelism(tp=2).instances == 1
 
 
 def test_stage_layers_even_split_with_remainder_first():

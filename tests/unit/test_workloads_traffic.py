@@ -13,6 +13,7 @@ from nicemu.workloads.traffic import (
     count_by,
     iteration_traffic,
     kv_transfer_bytes,
+    kv_transfer_records,
     write_traffic_csv,
 )
 
@@ -112,19 +113,31 @@ def test_mixtral_without_ep_uses_two_allreduces_per_layer():
 
 
 def test_disaggregated_kv_cache_transfer():
-    par = Parallelism(tp=4, disaggregated=True)
+    par = Parallelism(tp=4, prefill_instances=1, decode_instances=1)
     batch = Batch((PrefillChunk(0, 512, 0, completes_prompt=False), PrefillChunk(1, 200, 1000, True),
                    PrefillChunk(2, 30, 0, True)))
     recs = iteration_traffic(3, batch, L8, par)
-    kv = [r for r in recs if r.what == "kv_cache"]
-    assert [r.bytes for r in kv] == [2 * 32 * 8 * 128 * 1200 * 2, 2 * 32 * 8 * 128 * 30 * 2]
-    assert kv_transfer_bytes(1200, L8) == kv[0].bytes
-    assert all(r.layer == -1 and r.phase == "prefill" and r.collective == "p2p" for r in kv)
-    assert kv[0].nodes == tuple(range(8))
-    assert count_by(recs, "collective")[("allreduce",)] == 65
-    # the decode instance runs on nodes 4..7 and sends no KV cache
+    assert not [r for r in recs if r.what == "kv_cache"]          # the transfer is not part of the pass
+    assert {r.nodes for r in recs} == {(0, 1, 2, 3)} and count_by(recs, "collective")[("allreduce",)] == 65
+    kv = kv_transfer_records(1200, L8, par, 0, 1, "p2p-host")
+    # each of the 4 ranks holds 8 / 4 = 2 KV heads of 128 for all 32 layers
+    assert [r.bytes for r in kv] == [2 * 32 * 2 * 128 * 1200 * 2]
+    assert 4 * kv[0].bytes == kv_transfer_bytes(1200, L8)
+    assert kv[0].nodes == tuple(range(8)) and (kv[0].collective, kv[0].what, kv[0].algo) == ("p2p", "kv_cache",
+                                                                                          "p2p-host")
+    # the decode instance runs on nodes 4..7
     dec = iteration_traffic(4, make_batch([], [10]), L8, par, instance=1)
-    assert {r.nodes for r in dec} == {(4, 5, 6, 7)} and not [r for r in dec if r.what == "kv_cache"]
+    assert {r.nodes for r in dec} == {(4, 5, 6, 7)}
+
+
+def test_kv_transfer_shards_follow_stages_and_instances():
+    # 32 layers over 3 stages: 11, 11, 10; TP 2 (4 KV heads each); prefill instance 1 -> decode instance 2
+    par = Parallelism(tp=2, pp=3, prefill_instances=2, decode_instances=1)
+    kv = kv_transfer_records(100, L8, par, 1, 2)
+    per_layer = 2 * 4 * 128 * 100 * 2
+    assert [(r.bytes, r.nodes) for r in kv] == [(11 * per_layer, (6, 7, 8, 9, 12, 13, 14, 15)),
+                                                (10 * per_layer, (10, 11, 16, 17))]
+    assert sum(r.bytes * len(r.nodes) // 2 for r in kv) == kv_transfer_bytes(100, L8)
 
 
 def test_traffic_csv(tmp_path):

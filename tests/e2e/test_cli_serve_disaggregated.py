@@ -1,0 +1,61 @@
+"""``nicemu serve --disaggregated P:D``: KV transfers as real data, the same metrics on every executor.
+
+The model executor's run is the reference; the MPI executor at 3 ranks (a rank hosting nodes of the
+prefill and the decode instance) and at 8 must give the same metrics, with every KV transfer's
+first occurrence moved and checked. The --traffic file lists one kv_transfer row per request with
+the request's whole KV cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from nicemu.workloads.models import find_preset
+from nicemu.workloads.traffic import kv_transfer_bytes
+
+pytestmark = pytest.mark.e2e
+
+TRACE = "TIMESTAMP,ContextTokens,GeneratedTokens\n0.0,40,3\n0.001,150,5\n0.002,7,1\n0.010,64,4\n0.011,90,2\n"
+ARGS = ["serve", "--model", "llama2-7b", "--tp", "2", "--pp", "2", "--disaggregated", "1:1", "--arrivals",
+        "trace.csv", "--chunk", "64", "--token-budget", "96", "--algo", "ring,directreduce", "--slo-ttft", "60",
+        "--slo-tpot", "20"]
+SKIP = {"wall_s", "executor", "ranks", "real_data", "real_data_calls", "checked_elements", "wrong"}
+
+
+def _run(nicemu, tmp_path, extra, n=None, name="out"):
+    (tmp_path / "trace.csv").write_text(TRACE)
+    proc = nicemu([*ARGS, *extra, "--json", f"{name}.json", "--csv", f"{name}.csv"], n=n)
+    assert proc.returncode == 0, str(proc)
+    recs = json.loads((tmp_path / f"{name}.json").read_text())
+    return [{k: v for k, v in r.items() if k not in SKIP} for r in recs], recs, proc
+
+
+def test_disaggregated_same_metrics_on_every_executor(nicemu, tmp_path):
+    model, _, _ = _run(nicemu, tmp_path, ["--executor", "model", "--traffic", "traffic.csv"], name="model")
+    for n in (3, 8):
+        got, raw, proc = _run(nicemu, tmp_path, [], n=n, name=f"mpi{n}")
+        assert got == model, n
+        assert all(r["wrong"] == 0 and r["checked_elements"] > 0 for r in raw) and "0 wrong OK" in proc.stdout
+        assert (tmp_path / f"mpi{n}.csv").read_text() == (tmp_path / "model.csv").read_text()
+    ring, dr = model
+    assert ring["disaggregated"] == "1:1" and ring["nodes"] == 8 and ring["kv_transfers"] == 5
+    # the NIC path saves the two host wake-ups of every transfer
+    assert dr["kv_transfer_ms_mean"] < ring["kv_transfer_ms_mean"]
+    split = ring["e2e_split_ms"]
+    assert sum(split.values()) == pytest.approx(ring["e2e_ms_mean"], rel=1e-9)
+    assert split["KV transfer"] == pytest.approx(ring["kv_transfer_ms_mean"], rel=1e-9)
+    assert 0 <= ring["slo_attainment"] <= 1 and ring["slo_ttft_ms"] == 60
+    # one kv_transfer row per request and algorithm, each the request's whole KV cache
+    model7 = find_preset("Llama-2-7B")
+    rows = [r for r in csv.DictReader(open(tmp_path / "traffic.csv")) if r["collective"] == "kv_transfer"]
+    prompts = sorted(int(line.split(",")[1]) for line in TRACE.splitlines()[1:])
+    assert sorted(int(r["bytes"]) for r in rows) == sorted(2 * [kv_transfer_bytes(p, model7) for p in prompts])
+    assert ring["kv_transfer_bytes"] == sum(kv_transfer_bytes(p, model7) for p in prompts)
+    per_request = list(csv.DictReader(open(tmp_path / "model.csv")))
+    assert {r["prefill_instance"] for r in per_request} == {"0"} and all(float(r["kv_transfer_ms"]) > 0
+                                                                        for r in per_request)
+    for r in per_request:                   # TTFT includes the transfer
+        assert float(r["ttft_ms"]) > float(r["kv_transfer_ms"])
