@@ -181,7 +181,9 @@ class Batcher:
         return True
 
     def _admit(self, r: RequestTiming) -> bool:
-        """Blocks for a waiting request (swapped in, or its whole prompt), keeping the watermark free."""
+        """Blocks for a waiting request, keeping the watermark free: its swapped blocks back, or blocks for
+        every token it has (its prompt; plus its outputs when recomputed, or its first token when it
+        arrived from a prefill instance)."""
         pool = self.pool
         if pool is not None:
             if r.id in pool.swapped:
