@@ -68,6 +68,7 @@ def segment_elems(profile: Profile | str, itemsize: int, algo: str | None = None
     if topology is None:
         raise CollectiveError(f"segment_elems of {algo} depends on the topology; pass topology='ring:8' or similar")
     check_collective(collective)
+    check_algo_collective(algo, collective)
     return rule(profile, itemsize, as_topology(topology), collective, profile.topology.bidirectional)
 
 
