@@ -16,6 +16,7 @@ from nicemu.collectives.schedules import (
     alltoall,
     chain,
     directreduce,
+    directreduce_pipelined,
     host_ring,
     omniccl,
     recursive,
@@ -27,6 +28,7 @@ from nicemu.collectives.schedules.rooted import ROOTED
 from nicemu.collectives.schedules.spot_protocol import SparseConfig
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
+from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus
 
 #: every collective the emulator implements
@@ -44,6 +46,9 @@ SPARSE_OPTIONS = ("block_size", "aggregators", "spots", "spot_blocks", "tx_spots
 #: the builder of a rooted collective (broadcast, reduce) the keyword ``root`` (a node id)
 Builder = Callable[..., Schedule]
 
+#: (profile, itemsize, topology, collective, bidirectional) -> elements per pipeline segment
+SegmentRule = Callable[[Profile, int, Torus, str, bool], int]
+
 
 @dataclass(frozen=True)
 class Algorithm:
@@ -52,7 +57,8 @@ class Algorithm:
     Fields: ``name``; ``summary`` (one line for help); ``collectives`` it implements; ``engine`` (``host``,
     ``nic`` or ``mpi``); ``build`` (dense: the schedule builder) or ``sparse`` (the spot-protocol
     configuration) with its ``dense_partner``; the topology kinds it runs on; whether it runs with link
-    faults; whether its builder is ``segmented``. Properties: ``kind``, ``options``, ``emulated``,
+    faults; whether its builder is ``segmented``, and the ``segment_rule`` that sizes its segment when not
+    ``host.segment_KiB``. Properties: ``kind``, ``options``, ``emulated``,
     ``scheduled``. Plain data: constructing one raises nothing.
     """
 
@@ -67,6 +73,7 @@ class Algorithm:
     topologies: tuple[str, ...] = TOPOLOGY_KINDS
     link_faults: bool = True           # runs with --faults (go-back-N on neighbour links)
     segmented: bool = False            # dense: ``build`` takes ``segment_elems=`` (see Builder)
+    segment_rule: SegmentRule | None = None  # segmented: its default segment (None: ``host.segment_KiB``)
 
     @property
     def kind(self) -> str:
@@ -121,6 +128,11 @@ def _ring_pipelined(collective: str, topology: Torus, count: int, bidirectional:
     return ring_pipelined.build(collective, topology, count, bidirectional, segment_elems=segment_elems)
 
 
+def _directreduce_pipelined(collective: str, topology: Torus, count: int, bidirectional: bool = False, *,
+                             segment_elems: int) -> Schedule:
+    return directreduce_pipelined.build(collective, topology, count, bidirectional, segment_elems=segment_elems)
+
+
 #: every algorithm by name: ``REGISTRY["directreduce"]`` is its :class:`Algorithm` entry
 REGISTRY: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("ring", "host-based Ring-AllReduce: every step crosses PCIe twice and the host reduces "
@@ -134,6 +146,11 @@ REGISTRY: dict[str, Algorithm] = {a.name: a for a in (
               "(alltoall: the NIC forwards transit blocks cut-through; broadcast: scatter, then the NIC "
               "allgather; reduce: the NIC reduce-scatter, then a ring gather to the root)",
               COLLECTIVES, "nic", build=_directreduce),
+    Algorithm("directreduce-pipelined", "DirectReduce with segmented chunks: the NIC forwards a segment to the "
+              "next ring step as soon as it has reduced it, across ring steps (segment: what one group's "
+              "segments fit in nic.memory_KiB, at most host.segment_KiB)",
+              ("allreduce", "reducescatter", "allgather"), "nic", build=_directreduce_pipelined, segmented=True,
+              segment_rule=directreduce_pipelined.segment_elems),
     Algorithm("recursive-doubling", "MPICH's short-message AllReduce: lg p exchanges of the whole vector "
               "with partners 2^k apart (non-powers of two fold in first); allgather by recursive doubling",
               ("allreduce", "allgather"), "host", build=recursive.build_recursive_doubling, link_faults=False),

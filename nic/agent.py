@@ -55,6 +55,8 @@ class NicAgents:
         self.clock = np.zeros(nodes)
         self.nic_ready = np.zeros(nodes)  # when its last output is available in the NIC buffer
         self.nic_first = np.zeros(nodes)  # first packet of the last chunk the DataDirector steered
+        # the clock when the node began its current step group (its sends), for early operand prefetches
+        self.group_clock = np.zeros(nodes)
         # NIC memory (docs/model.md §4.3): the share of the chunk a node forwards next, and of its
         # intermediate segment (a torus's later operands), that did not fit and sits in host memory
         self.memory_KiB = profile.nic.memory_KiB
@@ -92,7 +94,8 @@ class NicAgents:
 
     def reset(self) -> None:
         """Back to an idle fabric at time 0 (every collective call starts idle)."""
-        for arr in (self.clock, self.nic_ready, self.nic_first, self.spill_share, self.pool_share, self.spill_bytes,
+        for arr in (self.clock, self.nic_ready, self.nic_first, self.group_clock, self.spill_share, self.pool_share,
+                    self.spill_bytes,
                     self.pcie.read_free, self.pcie.write_free,
                     self.links.free, self.compute.free, self.compute.busy_us, self.host.free,
                     self.host.busy_us, self.memory.free):
@@ -107,7 +110,7 @@ class NicAgents:
     def send(self, ix: np.ndarray, dim: int, direction: int, nbytes: np.ndarray,
              from_host: bool, cut_through: bool = False, host_nbytes: np.ndarray | None = None,
              local: bool = False, engine: str = "host", reduce: bool = False, nic_share: float = 1.0,
-             new_pool: bool = False) -> tuple[np.ndarray, np.ndarray]:
+             new_pool: bool = False, mark_group: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Sender side of a step: packet stream (first, last) arriving at the peer's NIC.
 
         ``cut_through``: the chunk is the part of the previous incoming stream that
@@ -118,7 +121,11 @@ class NicAgents:
         read back from host memory (``reduce``: the share the previous step left there; else the chunk's
         overflow of its ``nic_share`` of the memory). ``new_pool``: the first step of a later torus
         dimension; the intermediate segment it takes its operands from is the previous output.
+        ``mark_group``: remember the node's clock as the start of its step group (``early_operand`` receives
+        issue their operand prefetch then); sends run before any receive of their group.
         """
+        if mark_group:
+            self.group_clock[ix] = self.clock[ix]
         if local:
             ready = self.clock[ix].copy()
             if self.intra is not None:
@@ -148,7 +155,8 @@ class NicAgents:
     def receive(self, ix: np.ndarray, first: np.ndarray, last: np.ndarray,
                 nbytes: np.ndarray, engine: str, reduce: bool, to_host: bool,
                 operand_from_host: bool = True, deliver_nbytes: np.ndarray | None = None,
-                local: bool = False, dram_per_byte: float | None = None, nic_share: float = 1.0) -> None:
+                local: bool = False, dram_per_byte: float | None = None, nic_share: float = 1.0,
+                early_operand: bool = False) -> None:
         """Receiver side of a step: advances the receiving nodes' clocks.
 
         ``deliver_nbytes`` (nic engine): only this part of the chunk is final and
@@ -156,6 +164,8 @@ class NicAgents:
         A reduced chunk keeps at most its ``nic_share`` of NIC memory (on a torus's later dimensions,
         at most the share its intermediate segment kept); the rest is DMA-written to host memory
         as it is produced, unless the whole chunk is final and written anyway.
+        ``early_operand``: the operand prefetch is issued when the node began its step group (pipelined
+        DirectReduce: the GateKeeper fetches the group's operands back to back) instead of at its clock.
         """
         if local and self.intra is not None:
             done = self.intra.receive(ix, first, last, nbytes, reduce)
@@ -171,7 +181,8 @@ class NicAgents:
             return
         if reduce:
             if operand_from_host:
-                operand = self.gatekeeper.prefetch_operand(ix, self.clock[ix], nbytes)
+                issue = self.group_clock[ix] if early_operand else self.clock[ix]
+                operand = self.gatekeeper.prefetch_operand(ix, issue, nbytes)
             else:
                 ready = self.nic_ready[ix]
                 operand = self.gatekeeper.read_back(ix, self.clock[ix], host_part(nbytes, self.pool_share[ix]),

@@ -80,6 +80,7 @@ class StepCosts:
     place_host: float = 0.0        # allgather sends: the chunk's overflow of its share of NIC memory
     new_pool: bool = False         # first step of a later torus dimension (operand segment changes)
     own_share: float = 0.0         # reduce: the share of the produced chunk that does not fit
+    early_operand: bool = False    # reduce: prefetch the operand when the group began (Step.early_operand)
 
 
 class ScalarAgent:
@@ -105,7 +106,7 @@ class ScalarAgent:
 
     def reset(self) -> None:
         """Back to an idle node at time 0."""
-        self.clock = self.nic_ready = 0.0
+        self.clock = self.nic_ready = self.group_clock = 0.0
         self.read_free = self.write_free = 0.0
         self.link_free = [0.0] * (2 * len(self.link_us_per_B))
         self.compute_free = self.compute_busy = 0.0
@@ -136,7 +137,8 @@ class ScalarAgent:
             read_back=nic and not step.from_host and not step.cut_through and step.host_count is None,
             place_host=overflow(nbytes, budget) if nic and not step.reduce else 0.0,
             new_pool=nic and step.reduce and not step.from_host and step.index == 0,
-            own_share=host_share(nbytes, budget) if nic and step.reduce else 0.0)
+            own_share=host_share(nbytes, budget) if nic and step.reduce else 0.0,
+            early_operand=step.early_operand)
 
     # Host DRAM (nic/host_memory.py), in HostMemory's operations and order; only when it is charged.
     def _dram(self, first: float, last: float, nbytes: float, dram: float) -> tuple[float, float]:
@@ -179,6 +181,8 @@ class ScalarAgent:
 
     def send(self, c: StepCosts) -> tuple[float, float]:
         """NicAgents.send: the packet stream (first, last) arriving at the peer's NIC."""
+        if c.early_operand:
+            self.group_clock = self.clock
         if c.from_host:
             first, last = self._read(c, self.clock)
         else:
@@ -213,7 +217,7 @@ class ScalarAgent:
             return
         if c.reduce:
             if c.operand_from_host:
-                op_first, op_last = self._read(c, self.clock)
+                op_first, op_last = self._read(c, self.group_clock if c.early_operand else self.clock)
             else:
                 op_first, op_last = self._read_back(host_part(c.nbytes, self.pool_share),
                                                     self.nic_ready, self.nic_ready)

@@ -397,7 +397,7 @@ def _model_timing(topology, profile, args, algo: str, dtype: np.dtype, count: in
         timing.chosen_algo = chosen
         return timing
     schedule = build_schedule(args.collective, algo, topology, count, profile.topology.bidirectional,
-                              segment_elems(profile, dtype.itemsize), root=root)
+                              segment_elems(profile, dtype.itemsize, algo, args.collective, topology), root=root)
     return run_model(schedule, profile, dtype.itemsize, faults, call, stragglers, watch)
 
 

@@ -24,8 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bidirectional", action="store_true",
                    help="split every chunk over both directions of each ring")
     p.add_argument("--segment-elems", type=int, default=None,
-                   help="ring-pipelined: elements per pipeline segment, >= 1 (default: host.segment_KiB "
-                        "of the profiles, 1 MiB, in float32 elements)")
+                   help="ring-pipelined, directreduce-pipelined: elements per pipeline segment, >= 1 (default: "
+                        "host.segment_KiB of the profiles, 1 MiB, in float32 elements)")
 
 
 def run(args: argparse.Namespace, comm) -> int:

@@ -40,7 +40,7 @@ DRAWN_OPS = ("max", "min", "sum")
 MAX_NODES = 64           # cap on drawn topologies: keeps one example in the milliseconds
 MAX_DIMS = 6
 DIM_SIZES = (2, 5)       # nodes per dimension, as in issue 6
-DENSE_ALGOS = ("ring", "ring-pipelined", "directreduce", "mpi")
+DENSE_ALGOS = ("ring", "ring-pipelined", "directreduce", "directreduce-pipelined", "mpi")
 SPARSE_ALGOS = tuple(names(kind="sparse"))
 COLLECTIVES = ("allreduce", "reducescatter", "allgather", "alltoall")
 PROFILES = ("directreduce-paper", "ideal", "omniccl-paper")
@@ -193,7 +193,7 @@ class DenseCase:
     packet_bytes: int
     bidirectional: bool
     values: Values
-    segment_KiB: float = 1024.0    # ring-pipelined's segment; small ones give many segments per chunk
+    segment_KiB: float = 1024.0    # the pipelined rings' segment (cap); small ones give many segments per chunk
 
     @property
     def overrides(self) -> tuple[str, ...]:
@@ -207,7 +207,7 @@ def dense_cases(draw, max_nodes: int = MAX_NODES, min_nodes: int = 2,
     shape = draw(torus_shapes(max_nodes, min_nodes))
     nodes = math.prod(shape)
     algo = draw(st.sampled_from(algos))
-    collective = draw(st.sampled_from(COLLECTIVES if algo != "ring-pipelined" else COLLECTIVES[:3]))
+    collective = draw(st.sampled_from(COLLECTIVES if not algo.endswith("-pipelined") else COLLECTIVES[:3]))
     if collective == "alltoall":      # one equal block per node
         count = nodes * draw(st.integers(1, max(1, 3000 // nodes)))
     else:

@@ -230,7 +230,8 @@ class Emulator:
             if collective not in ("allgather", "broadcast"):
                 finish(op, work, self.topology.nodes)
             return None
-        seg = segment_elems(self.profile, work.dtype.itemsize) if get(algo).segmented else 0
+        seg = (segment_elems(self.profile, work.dtype.itemsize, algo, collective, self.topology)
+               if get(algo).segmented else 0)
         key = (collective, algo, work.shape[1], seg, root)
         schedule = self._schedules.get(key)
         if schedule is None:

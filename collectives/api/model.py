@@ -55,10 +55,21 @@ def resolve_host_best(collective: str, topology: Torus, profile: Profile, count:
     return host_best.best_host(collective, topology, profile, check_count(count), itemsize, root)[0]
 
 
-def segment_elems(profile: Profile | str, itemsize: int) -> int:
-    """Elements per pipeline segment of ``ring-pipelined``: the profile's ``host.segment_KiB`` in elements of
-    ``itemsize`` bytes. ``profile`` is a ``Profile``, a shipped name or a YAML path (:class:`ProfileError`)."""
-    return as_profile(profile).host.segment_elems(_itemsize(itemsize))
+def segment_elems(profile: Profile | str, itemsize: int, algo: str | None = None, collective: str = "allreduce",
+                  topology: Torus | str | None = None) -> int:
+    """Elements per pipeline segment: the profile's ``host.segment_KiB`` in elements of ``itemsize`` bytes
+    (``ring-pipelined``, and any ``algo`` without a segment rule of its own). ``directreduce-pipelined`` (with
+    its ``collective`` and ``topology``) sizes it to NIC memory (docs/model.md §4.6). ``profile`` is a
+    ``Profile``, a shipped name or a YAML path (:class:`ProfileError`)."""
+    profile, itemsize = as_profile(profile), _itemsize(itemsize)
+    rule = get(algo).segment_rule if algo is not None else None
+    if rule is None:
+        return profile.host.segment_elems(itemsize)
+    if topology is None:
+        raise CollectiveError(f"segment_elems of {algo} depends on the topology; pass topology='ring:8' or similar")
+    check_collective(collective)
+    check_algo_collective(algo, collective)
+    return rule(profile, itemsize, as_topology(topology), collective, profile.topology.bidirectional)
 
 
 def _itemsize(itemsize: int) -> int:
@@ -262,7 +273,7 @@ def model_time(collective: str, algo: str, topology: Torus | str, profile: Profi
         timing.chosen_algo = algo
         return timing
     schedule = build_schedule(collective, algo, topology, count, profile.topology.bidirectional,
-                              segment_elems(profile, dt.itemsize), root=root)
+                              segment_elems(profile, dt.itemsize, algo, collective, topology), root=root)
     return run_model(schedule, profile, dt.itemsize, spec, check_call_number(call), slow, watch)
 
 

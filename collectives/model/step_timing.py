@@ -85,7 +85,8 @@ def send_half(agents: NicAgents, step: Step, local_src: np.ndarray, nbytes: np.n
         return agents.send_routed(local_src, step.route, nbytes, step.from_host)
     first, last = agents.send(local_src, step.dim, step.direction, nbytes, step.from_host,
                               step.cut_through, host_nbytes, step.local, step.engine, step.reduce,
-                              step.nic_share, step.reduce and not step.from_host and step.index == 0)
+                              step.nic_share, step.reduce and not step.from_host and step.index == 0,
+                              step.early_operand)
     if step.local:                  # ranks of one node: no link, so no link faults
         if agents.faults is not None:
             agents.faults.local(local_src)
@@ -98,7 +99,8 @@ def send_half(agents: NicAgents, step: Step, local_src: np.ndarray, nbytes: np.n
 def receive_half(agents: NicAgents, step: Step, local_dst: np.ndarray, first: np.ndarray,
                  last: np.ndarray, nbytes: np.ndarray, final_nbytes: np.ndarray | None = None) -> None:
     agents.receive(local_dst, first, last, nbytes, step.engine, step.reduce, step.to_host,
-                   step.operand_from_host, final_nbytes, step.local, step.dram_per_byte, step.nic_share)
+                   step.operand_from_host, final_nbytes, step.local, step.dram_per_byte, step.nic_share,
+                   step.early_operand)
 
 
 def part_bytes(counts: np.ndarray | None, itemsize: int) -> np.ndarray | None:

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nicemu.collectives.schedules.dimension_rings import PHASES
+from nicemu.collectives.schedules.dimension_rings import PHASES, Policy
 from nicemu.collectives.schedules.host_ring import host_policy
 from nicemu.collectives.schedules.steps import Schedule, Step, final_segments, split
 from nicemu.topologies import Torus
@@ -140,8 +140,14 @@ def _chunks(topology: Torus, d: int, base: tuple[np.ndarray, np.ndarray], rs: Ri
 
 
 def pipelined_steps(topology: Torus, count: int, collective: str, segment_elems: int,
-                    bidirectional: bool = False) -> Iterator[Step]:
-    """Every segment transfer, in wavefront groups (see the module docstring)."""
+                    bidirectional: bool = False, policy: Policy = host_policy) -> Iterator[Step]:
+    """Every segment transfer, in wavefront groups (see the module docstring).
+
+    ``policy`` says who handles a ring step (``host_policy`` here, the NIC's for ``directreduce-pipelined``).
+    With the NIC engine every transfer of a group may hold ``1 / (2 x transfers in the group)`` of
+    ``nic.memory_KiB`` (its operand and its result; docs/model.md §4.6): a node's NIC holds the segments of
+    one group, not whole chunks.
+    """
     bases = _bases(topology, count)
     nodes = np.arange(topology.nodes, dtype=np.int64)
     last = topology.ndim - 1
@@ -150,12 +156,16 @@ def pipelined_steps(topology: Torus, count: int, collective: str, segment_elems:
         d, n, S = run.dim, len(run.steps), run.segments
         k = topology.shape[d]
         for g in range(n + S - 1):
-            for t in range(max(0, g - S + 1), min(g, n - 1) + 1):
+            active = range(max(0, g - S + 1), min(g, n - 1) + 1)
+            share = 1.0 / (2 * len(active) * (2 if bidirectional else 1))
+            for t in active:
                 rs = run.steps[t]
                 first_ring = d == (0 if rs.phase == "rs" else last)
                 last_ring = d == (last if rs.phase == "rs" else 0)
                 follows_rs = rs.phase == "ag" and "rs" in PHASES[collective] and d == last
-                flags = host_policy(rs.phase, rs.index, k, first_ring, last_ring, follows_rs)
+                flags = policy(rs.phase, rs.index, k, first_ring, last_ring, follows_rs)
+                if flags["engine"] == "nic":
+                    flags = {**flags, "nic_share": share}
                 which = np.full(topology.nodes, g - t, dtype=np.int64)
                 for direction, dst, off, cnt in _chunks(topology, d, bases[d], rs, bidirectional):
                     o, c = split(off, cnt, S, which)

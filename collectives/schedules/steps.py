@@ -59,6 +59,8 @@ class Step:
     dram_per_byte: float | None = None  # local steps: host DRAM bytes per byte of the receiver's pass
     nic_share: float = 1.0     # nic engine: the share of nic.memory_KiB this transfer's chunk may hold
                                # (the two directions of a bidirectional ring hold one chunk each at once)
+    early_operand: bool = False  # nic engine, reduce: the host-resident operand is prefetched when the
+                                 # receiver's group begins (its sends), not after its earlier receives
 
     def describe(self, limit: int = 4) -> str:
         head = (f"{self.phase} dim={self.dim} dir={self.direction:+d} step={self.index} "
@@ -66,6 +68,7 @@ class Step:
                 f"from_host={self.from_host} to_host={self.to_host}"
                 + ("" if self.engine == "host" or not self.reduce
                    else f" operand_from_host={self.operand_from_host}")
+                + (" early_operand" if self.early_operand else "")
                 + (" cut_through" if self.cut_through else "")
                 + ("" if self.route is None else f" routed(load={self.route.load})")
                 + (" exchange" if self.exchange else "")

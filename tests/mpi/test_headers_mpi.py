@@ -13,7 +13,7 @@ PROFILE = load_profile("directreduce-paper", ["link.header_bytes=82"])
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("algo", ["ring", "directreduce", "ring-pipelined", "rabenseifner"])
+@pytest.mark.parametrize("algo", ["ring", "directreduce", "ring-pipelined", "directreduce-pipelined", "rabenseifner"])
 @pytest.mark.parametrize("count", [7, 5000])
 def test_dense_with_headers(algo, count):
     p = max(4, COMM.size)

@@ -18,7 +18,7 @@ from tests.rank_slices import product_or_slice
 # a small DDIO share and pipeline segment, so that DMA writes spill and ring-pipelined segments
 PROFILE = load_profile("directreduce-paper", ["host.ddio_KiB=8", "host.segment_KiB=4"])
 COMM = MPI.COMM_WORLD
-ALGOS = ["ring", "ring-pipelined", "directreduce", "recursive-doubling", "rabenseifner", "tree", "host-best"]
+ALGOS = ["ring", "ring-pipelined", "directreduce", "directreduce-pipelined", "recursive-doubling", "rabenseifner", "tree", "host-best"]
 
 
 def layouts():

@@ -46,13 +46,14 @@ def random_step(rng: np.random.Generator, ndim: int) -> Step:
     engine = "host" if rng.random() < 0.5 else "nic"
     return Step("rs", int(rng.integers(ndim)), int(rng.choice([1, -1])), int(rng.integers(2)), EMPTY, EMPTY,
                 EMPTY, EMPTY, engine, bool(rng.random() < 0.6), bool(rng.random() < 0.5), bool(rng.random() < 0.5),
-                bool(rng.random() < 0.5), nic_share=float(rng.choice([1.0, 0.5])))
+                bool(rng.random() < 0.5), nic_share=float(rng.choice([1.0, 0.5, 0.125])),
+                early_operand=bool(engine == "nic" and rng.random() < 0.3))
 
 
 def nic_flags(step: Step) -> dict:
     """What send_half passes NicAgents.send beyond the positional arguments."""
     return {"engine": step.engine, "reduce": step.reduce, "nic_share": step.nic_share,
-            "new_pool": step.reduce and not step.from_host and step.index == 0}
+            "new_pool": step.reduce and not step.from_host and step.index == 0, "mark_group": step.early_operand}
 
 
 def random_nbytes(rng: np.random.Generator, packet: int) -> int:
@@ -63,12 +64,12 @@ def random_nbytes(rng: np.random.Generator, packet: int) -> int:
 def state(a: NicAgents) -> tuple:
     return (a.clock[0], a.nic_ready[0], a.pcie.read_free[0], a.pcie.write_free[0], a.compute.free[0],
             a.compute.busy_us[0], a.host.free[0], a.host.busy_us[0], a.memory.free[0], a.spill_share[0],
-            a.pool_share[0], a.spill_bytes[0], *a.links.free[0].ravel())
+            a.pool_share[0], a.spill_bytes[0], a.group_clock[0], *a.links.free[0].ravel())
 
 
 def scalar_state(s: ScalarAgent) -> tuple:
     return (s.clock, s.nic_ready, s.read_free, s.write_free, s.compute_free, s.compute_busy, s.host_free,
-            s.host_busy, s.mem_free, s.spill_share, s.pool_share, s.spill_bytes, *s.link_free)
+            s.host_busy, s.mem_free, s.spill_share, s.pool_share, s.spill_bytes, s.group_clock, *s.link_free)
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -93,7 +94,7 @@ def test_scalar_agent_equals_nic_agents_bit_for_bit(seed):
             first = float(sent[0]) + float(rng.choice([0.0, rng.uniform(0, 50)]))
             last = max(first, float(sent[1]) + float(rng.choice([0.0, rng.uniform(0, 50)])))
             ref.receive(0, first, last, nbytes, step.engine, step.reduce, step.to_host, step.operand_from_host,
-                        nic_share=step.nic_share)
+                        nic_share=step.nic_share, early_operand=step.early_operand)
             fast.receive(costs, first, last)
             assert scalar_state(fast) == tuple(float(x) for x in state(ref))
 
