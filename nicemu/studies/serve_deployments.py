@@ -56,14 +56,16 @@ def rows(requests: int, scratch: Path, progress: bool = False) -> list[dict]:
                         "e2e_ms_mean": r["e2e_ms_mean"], "throughput_tok_s": r["throughput_tok_s"],
                         "comm_share": r["comm_share"], "kv_transfer_ms_mean": r.get("kv_transfer_ms_mean"),
                         "slo_attainment": r["slo_attainment"], "goodput_req_s": r["goodput_req_s"],
+                        "kv_blocks": r["kv_blocks"], "kv_peak_fraction": r["kv_peak_fraction"],
+                        "preemptions": r["preemptions"],
                         "wall_s": r["wall_s"]})
     return out
 
 
 def table(data: Sequence[dict]) -> list[str]:
     lines = ["| deployment | algo | accelerators | TTFT mean / P99 (ms) | TPOT mean / P99 (ms) | KV transfer (ms) "
-             "| comm share | SLO met | TTFT vs ring | TTFT vs host-best |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| comm share | KV peak | SLO met | TTFT vs ring | TTFT vs host-best |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in data:
         base = {b["algo"]: b for b in data if b["deployment"] == r["deployment"]}
         kv = "–" if r["kv_transfer_ms_mean"] is None else f"{r['kv_transfer_ms_mean']:.2f}"
@@ -73,6 +75,7 @@ def table(data: Sequence[dict]) -> list[str]:
         lines.append(f"| {r['deployment']} | `{r['algo']}` | {r['accelerators']} | "
                      f"{r['ttft_ms_mean']:,.1f} / {r['ttft_ms_p99']:,.1f} | {r['tpot_ms_mean']:.2f} / "
                      f"{r['tpot_ms_p99']:.2f} | {kv} | {100 * r['comm_share']:.1f}% | "
+                     f"{100 * r['kv_peak_fraction']:.1f}% | "
                      f"{100 * r['slo_attainment']:.0f}% | {gain('ring')} | {gain('host-best')} |")
     return lines
 
@@ -97,6 +100,11 @@ def findings(data: Sequence[dict]) -> list[str]:
         out.append(f"{r['deployment']}: a mean request's KV cache crosses the rails in "
                    f"{r['kv_transfer_ms_mean']:.2f} ms, {100 * r['kv_transfer_ms_mean'] / r['ttft_ms_mean']:.1f}% "
                    "of its TTFT.")
+    pre = sum(r["preemptions"] for r in data)
+    low, high = min(r["kv_peak_fraction"] for r in data), max(r["kv_peak_fraction"] for r in data)
+    out.append(f"KV-cache memory (90% of HBM, 16-token blocks) peaks at {100 * low:.1f}"
+               f"–{100 * high:.1f}% of its blocks"
+               + (f"; {pre} preemptions in all." if pre else "; no request is preempted at this load."))
     out.append("Disaggregated deployments use twice the accelerators of the colocated ones at the same arrival "
                "rate, so their latencies are not a per-accelerator comparison; data-parallel replicas, which "
                "that comparison needs, are not modelled yet.")
