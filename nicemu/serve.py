@@ -14,6 +14,7 @@ same metrics for the same seed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -100,6 +101,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="when decoding runs out of KV blocks, the newest running request is preempted: "
                         "recompute (drop its KV, prefill it again later) or swap (its blocks go to host memory "
                         "over PCIe and come back; the time is counted) (default recompute)")
+    p.add_argument("--prefix-reuse", type=float, default=0.0, metavar="F",
+                   help="the first F of every prompt (0 <= F < 1) is a prefix whose KV cache waits in host memory, "
+                        "as for a returning conversation; --kv-restore says how it comes back (default 0)")
+    p.add_argument("--kv-restore", default="load", choices=["load", "recompute", "partial"],
+                   help="how a reused prefix's KV comes back: load it over PCIe (shared with the NIC's DMA), "
+                        "recompute it (prefill it again), or partial: send the first l tokens' activations and "
+                        "recompute their K and V while the rest loads (default load)")
     p.add_argument("--algo", default=DEFAULT_ALGOS,
                    help=f"comma list of {', '.join(names(emulated=True))} "
                         f"(default {DEFAULT_ALGOS}); a sparse one runs the embedding AllReduce, "
@@ -197,6 +205,7 @@ def _validate(args: argparse.Namespace, comm):
         requests = load_trace(args.arrivals, limit=args.requests)
     else:
         requests = synthetic_requests(args.requests, args.rate, args.input_len, args.output_len, args.cv, args.seed)
+    requests = _with_prefixes(args, par, requests)
     if args.plot:
         check_plot()
     if args.jobs is not None and args.jobs < 1:
@@ -205,6 +214,21 @@ def _validate(args: argparse.Namespace, comm):
         raise UsageError(f"{comm.size} ranks for {topology.name} ({topology.nodes} nodes): run with at most "
                          f"{topology.nodes} ranks")
     return algos, model, par, topology, profile, acc, sched, requests
+
+
+def _with_prefixes(args: argparse.Namespace, par: Parallelism, requests: list) -> list:
+    """``--prefix-reuse F``: every prompt's first ``floor(F * input)`` tokens (at most input - 1) are a
+    prefix held in host memory. Under ``--kv-restore recompute`` they are simply prefilled again."""
+    f = args.prefix_reuse
+    if not 0.0 <= f < 1.0:
+        raise UsageError(f"--prefix-reuse {f:g}: give the reused share of each prompt, 0 <= F < 1")
+    if f == 0.0 or args.kv_restore == "recompute":
+        return requests
+    if par.pp > 1:
+        raise UsageError("--prefix-reuse with --kv-restore load or partial runs with --pp 1 for now; use --pp 1 "
+                         "or --kv-restore recompute")
+    return [dataclasses.replace(r, cached_tokens=min(int(f * r.input_tokens), r.input_tokens - 1))
+            for r in requests]
 
 
 def _instances(text: str | None) -> tuple[int, int]:
@@ -360,6 +384,7 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
     tracing = bool(args.trace) and (args.executor == "model" or comm.rank == 0)
     servable = [r for r in requests if rejection(sched.kv, r.input_tokens, r.output_tokens) is None]
     traced = trace_ids(servable, args.trace_requests) if tracing else ([], [])
+    restoring = args.kv_restore if any(r.cached_tokens for r in requests) else None
     for algo in algos:
         layer_algo, emb_algo, a2a_algo, p2p_label = algos_for(algo)
         if backend_mpi is not None:
@@ -374,7 +399,8 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
             timer = IterationTimer(model, acc, par, _backend, labels[0], labels[1], labels[2],
                                    dtype_bytes=DTYPE.itemsize, p2p_algo=labels[3],
                                    on_traffic=traffic.write if traffic is not None else None,
-                                   on_iteration=_tracer.iteration if _tracer is not None else None, instance=instance)
+                                   on_iteration=_tracer.iteration if _tracer is not None else None, instance=instance,
+                                   restore=restoring, pcie_GBps=profile.pcie.bandwidth_GBps)
             return _Step(timer, progress, _algo)
 
         t0 = time.monotonic()
@@ -392,6 +418,13 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
         if split is not None:
             rec["e2e_split_ms"] = split
         rec.update(slo_metrics(result, args.slo_ttft, args.slo_tpot))
+        if args.prefix_reuse:
+            rec.update(prefix_reuse=args.prefix_reuse, kv_restore=args.kv_restore,
+                       restored_tokens=sum(r.cached_tokens for r in requests),
+                       restore_ms=sum(c.restore_us for c in costs) / 1e3,
+                       restore_alone_ms=sum(c.restore_alone_us for c in costs) / 1e3,
+                       pcie_kv_ms=sum(c.pcie_kv_us for c in costs) / 1e3,
+                       pcie_nic_ms=sum(c.pcie_nic_us for c in costs) / 1e3 if restoring else None)
         st = backend.stats
         rec.update(layer_algo=layer_algo, embedding_algo=emb_algo, p2p_path=p2p_label.removeprefix("p2p-"),
                    model=model.name, tp=par.tp, pp=par.pp, ep=par.ep, topology=topology.name,

@@ -30,9 +30,24 @@ class Decode:
 
 
 @dataclass(frozen=True)
+class Restore:
+    """A reused prompt prefix whose KV cache comes back from host memory during this pass
+    (``--prefix-reuse``): its first chunk starts after ``tokens`` tokens."""
+
+    request_id: int
+    tokens: int
+
+
+@dataclass(frozen=True)
 class Batch:
     prefills: tuple[PrefillChunk, ...] = field(default_factory=tuple)
     decodes: tuple[Decode, ...] = field(default_factory=tuple)
+    restores: tuple[Restore, ...] = field(default_factory=tuple)
+
+    @property
+    def restore_tokens(self) -> int:
+        """Tokens whose KV the pass brings back from host memory before it can use them."""
+        return sum(r.tokens for r in self.restores)
 
     @property
     def prefill_tokens(self) -> int:

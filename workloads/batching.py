@@ -20,6 +20,12 @@ preempted (its KV dropped and recomputed later, or swapped to host memory over
 PCIe, whose time is added to the iteration) and goes back to the front of the
 queue. A request that could never fit is rejected up front, with its reason.
 
+A request with a reused prefix (``Request.cached_tokens``, KV waiting in host
+memory) starts its first chunk after the prefix; the pass that admits it lists
+the prefix in ``Batch.restores``, and the duration callback charges bringing
+it back (workloads/kv_restore.py). A preempted request that recomputes
+prefills everything again.
+
 A request's first output token appears at the end of the iteration that
 prefills its last prompt token; each later token at the end of one decode
 iteration. The clock advances by the duration the caller's callback returns,
@@ -35,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nicemu.errors import WorkloadError
-from nicemu.workloads.batch import Batch, Decode, PrefillChunk
+from nicemu.workloads.batch import Batch, Decode, PrefillChunk, Restore
 from nicemu.workloads.kv_memory import PREEMPT_MODES, BlockPool, KvPlan, blocks_for, rejection
 from nicemu.workloads.requests import Request
 
@@ -101,6 +107,7 @@ class RequestTiming:
     queue_us: float = 0.0         # time spent waiting: before admission and after each preemption
     waiting_since_us: float = 0.0
     rejected: str | None = None   # why it can never be served (then it has no tokens)
+    cached_tokens: int = 0        # prompt prefix restored from host memory at admission (--prefix-reuse)
 
     @property
     def prefill_tokens(self) -> int:
@@ -152,6 +159,9 @@ class Batcher:
         for r in requests:
             if r.input_tokens < 1 or r.output_tokens < 1:
                 raise WorkloadError(f"request {r.id}: input and output tokens must be >= 1")
+            if not 0 <= r.cached_tokens < r.input_tokens:
+                raise WorkloadError(f"request {r.id}: a reused prefix of {r.cached_tokens} tokens must be shorter "
+                                    f"than its {r.input_tokens}-token prompt")
 
     def _preempt(self, r: RequestTiming, waiting: deque[RequestTiming]) -> None:
         """Take ``r`` off the accelerators: swap its blocks out, or drop them and recompute later."""
@@ -204,6 +214,7 @@ class Batcher:
         budget = cfg.token_budget
         decodes: list[Decode] = []
         prefills: list[PrefillChunk] = []
+        restores: list[Restore] = []
         i = 0
         while i < len(running):
             r = running[i]
@@ -229,12 +240,15 @@ class Batcher:
                 break
             waiting.popleft()
             running.append(r)
+            if r.cached_tokens and r.admitted_iteration is None and r.prefilled == 0 and not r.recompute_tokens:
+                r.prefilled = r.cached_tokens          # its prefix's KV comes back from host memory
+                restores.append(Restore(r.id, r.cached_tokens))
             if r.prefilled < r.prefill_tokens:
                 chunk(r)
             else:       # swapped in, or arrived with its prompt's KV (disaggregated decode): it decodes
                 decodes.append(Decode(r.id, r.seq_tokens - 1))
                 budget -= 1
-        return Batch(tuple(prefills), tuple(decodes))
+        return Batch(tuple(prefills), tuple(decodes), tuple(restores))
 
     def run(self, requests: list[Request], iteration_time_us: DurationFn, prefilled: bool = False) -> BatchingResult:
         """Serve every request; ``iteration_time_us(iteration)`` gives each forward pass's duration.
@@ -243,7 +257,8 @@ class Batcher:
         decode instance of a disaggregated deployment): they only decode, from their arrival on."""
         self._check(requests)
         states = {r.id: RequestTiming(r.id, r.arrival_us, r.input_tokens, r.output_tokens,
-                                      waiting_since_us=r.arrival_us) for r in requests}
+                                      waiting_since_us=r.arrival_us, cached_tokens=r.cached_tokens)
+                  for r in requests}
         if prefilled:
             for st in states.values():
                 st.prefilled, st.token_us = st.input_tokens, [st.arrival_us]

@@ -42,6 +42,7 @@ import numpy as np
 from nicemu.collectives import COLLECTIVES, Timing, model_sparse, model_time, p2p_time, sparse_config
 from nicemu.collectives.registry import REGISTRY, get, is_sparse
 from nicemu.nic.profile import Profile
+from nicemu.nic.telemetry import RESOURCES
 from nicemu.topologies import Torus
 from nicemu.workloads.embedding_shards import batch_token_ids, embedding_block_mask
 from nicemu.workloads.iteration_time import CommCost
@@ -49,6 +50,7 @@ from nicemu.workloads.models import Model
 from nicemu.workloads.traffic import TrafficRecord
 
 DTYPE = np.dtype(ml_dtypes.bfloat16)   # the models' 2-byte activations, as on the accelerators
+PCIE_READ = RESOURCES.index("pcie_read")
 PATTERN_PERIOD = 4099              # dense inputs repeat with this (prime) period, see dense_input
 
 
@@ -136,6 +138,27 @@ class _Backend:
         self._groups: dict[tuple[int, ...], Torus] = {}
         self._unique: dict[int, tuple] = {}
         self._last: tuple = ((), ())        # (groups, costs) of the iteration just timed
+        self._pcie: dict[tuple, float] = {}
+
+    def pcie_read_us(self, rec: TrafficRecord) -> float:
+        """How long the record keeps its busiest node's PCIe busy in the host-to-device direction (the NIC's
+        DMA reads from host memory, docs/model.md §20), from the model executor's telemetry, which both
+        executors share bit for bit. Dense AllReduce and all-to-all only; sparse calls and transfers
+        count 0."""
+        k = self.key(rec)
+        t = self._pcie.get(k)
+        if t is None:
+            t = 0.0
+            if rec.collective in ("allreduce", "alltoall") and not is_sparse(rec.algo):
+                stats = model_time(rec.collective, rec.algo, self.group(rec.nodes), self.profile, self.count_of(rec),
+                                   DTYPE, telemetry=True).telemetry
+                t = float(stats.resource_busy_us[PCIE_READ].max()) if stats is not None else 0.0
+            self._pcie[k] = t
+        return t
+
+    def iteration_pcie_us(self, records: Sequence[TrafficRecord]) -> float:
+        """The collectives' host-to-device PCIe time in one pass (records in issue order)."""
+        return sum(n * self.pcie_read_us(rec) for _, rec, n in self.unique(records))
 
     def group(self, nodes: tuple[int, ...]) -> Torus:
         topo = self._groups.get(nodes)

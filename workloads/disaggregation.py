@@ -93,7 +93,8 @@ def serve_disaggregated(requests: Sequence[Request], prefill: int, decode: int,
     timers = {}
     pre_results: list[BatchingResult] = []
     for i in range(prefill):
-        mine = [Request(r.id, r.arrival_us, r.input_tokens, 1) for r in requests if where[r.id][0] == i]
+        mine = [Request(r.id, r.arrival_us, r.input_tokens, 1, r.cached_tokens) for r in requests
+                if where[r.id][0] == i]
         timers[i] = timer_for(i)
         pre_results.append(Batcher(config).run(mine, timers[i]))
     done_us = {r.id: r.token_us[0] for res in pre_results for r in res.requests}

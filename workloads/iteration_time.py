@@ -22,6 +22,7 @@ from typing import Protocol
 from nicemu.workloads.accelerators import Accelerator
 from nicemu.workloads.batching import Iteration
 from nicemu.workloads.compute import IterationCompute, iteration_compute
+from nicemu.workloads.kv_restore import restore_in_pass
 from nicemu.workloads.models import Model
 from nicemu.workloads.parallelism import Parallelism
 from nicemu.workloads.traffic import TrafficRecord, iteration_traffic
@@ -45,10 +46,14 @@ class IterationCost:
     wire_bytes: int
     collectives: int
     comm_by_what: dict[str, float] = field(default_factory=dict)   # comm_us split by record ``what``
+    restore_us: float = 0.0       # --prefix-reuse: what bringing prefixes' KV back adds to the pass
+    pcie_kv_us: float = 0.0       # ... its PCIe time (host to device), and
+    pcie_nic_us: float = 0.0      # the collectives' PCIe time in the same direction (tracked with a restore)
+    restore_alone_us: float = 0.0  # what the restore would add with the NIC leaving PCIe idle
 
     @property
     def total_us(self) -> float:
-        return self.compute_us + self.comm_us
+        return self.compute_us + self.comm_us + self.restore_us
 
 
 CommFn = Callable[[TrafficRecord], CommCost]
@@ -80,12 +85,16 @@ class IterationTimer:
         on_iteration: optional :data:`IterationHook` (serve's ``--trace``); when None nothing
             per record is kept.
         instance: the model instance whose nodes run the records (disaggregated prefill/decode).
+        restore: ``load`` or ``partial`` (``--kv-restore``): how a pass brings back the KV of the reused
+            prefixes it admits (``Batch.restores``), over PCIe at ``pcie_GBps`` shared with the NIC's DMA
+            reads (:func:`~nicemu.workloads.kv_restore.restore_in_pass`); None: no prefix is reused.
     """
 
     def __init__(self, model: Model, accelerator: Accelerator, par: Parallelism, comm_time: CommFn | IterationComm,
                  algo: str = "ring", embedding_algo: str | None = None, alltoall_algo: str | None = None,
                  dtype_bytes: int = 2, on_traffic: Callable[[list[TrafficRecord]], None] | None = None,
-                 p2p_algo: str = "direct", on_iteration: IterationHook | None = None, instance: int = 0) -> None:
+                 p2p_algo: str = "direct", on_iteration: IterationHook | None = None, instance: int = 0,
+                 restore: str | None = None, pcie_GBps: float = float("inf")) -> None:
         par.check_model(model)
         self.model, self.accelerator, self.par = model, accelerator, par
         self.comm_time = comm_time
@@ -95,6 +104,8 @@ class IterationTimer:
         self.p2p_algo = p2p_algo
         self.on_iteration = on_iteration
         self.instance = instance           # which model instance's nodes run the records (disaggregated)
+        self.restore, self.pcie_GBps = restore, pcie_GBps
+        self.kv_width = par.kv_heads_per_rank(model) * model.head_dim   # one rank's K (or V) columns
         self.costs: list[IterationCost] = []
         self._traffic: dict[tuple, list[TrafficRecord]] = {}
 
@@ -139,5 +150,17 @@ class IterationTimer:
                 per_record.append(cost)
             if self.on_iteration is not None:
                 self.on_iteration(it, compute, comm_us, records, lambda: per_record)
-        self.costs.append(IterationCost(it.index, compute_us, comm_us, host_us, wire, len(records), by_what))
-        return compute_us + comm_us
+        restore_us = pcie_kv = pcie_nic = restore_alone = 0.0
+        if self.restore is not None:
+            pcie_nic = self.comm_time.iteration_pcie_us(records)
+            if it.batch.restores:
+                r = restore_in_pass(self.restore, self.model, self.accelerator, it.batch.restore_tokens,
+                                    compute_us + comm_us, self.pcie_GBps, self.kv_width, pcie_nic, self.dtype_bytes)
+                restore_us, pcie_kv = r.step_us - (compute_us + comm_us), r.pcie_us
+                alone = restore_in_pass(self.restore, self.model, self.accelerator, it.batch.restore_tokens,
+                                        compute_us + comm_us, self.pcie_GBps, self.kv_width, 0.0, self.dtype_bytes)
+                restore_alone = alone.step_us - (compute_us + comm_us)
+                by_what = {**by_what, "kv_restore": restore_us}
+        self.costs.append(IterationCost(it.index, compute_us, comm_us, host_us, wire, len(records), by_what,
+                                        restore_us, pcie_kv, pcie_nic, restore_alone))
+        return compute_us + comm_us + restore_us

@@ -59,12 +59,15 @@ def kv_bytes_per_token_layer(model: Model, dtype_bytes: int = 2) -> int:
     return 2 * model.kv_width * dtype_bytes
 
 
-def recompute_kv_us(model: Model, acc: Accelerator, rows: np.ndarray | int, dtype_bytes: int = 2) -> np.ndarray:
+def recompute_kv_us(model: Model, acc: Accelerator, rows: np.ndarray | int, dtype_bytes: int = 2,
+                    kv_width: int | None = None) -> np.ndarray:
     """One layer's K and V projections for ``rows`` tokens (batch x l), roofline-timed as one GEMM
-    ``[rows x hidden] @ [hidden x 2 kv_width]``; 0 for no rows."""
+    ``[rows x hidden] @ [hidden x 2 kv_width]``; 0 for no rows. ``kv_width``: one TP rank's share
+    (default the whole model's)."""
+    w = model.kv_width if kv_width is None else kv_width
     rows = np.asarray(rows, dtype=np.float64)
-    flops = 2.0 * rows * model.hidden * 2 * model.kv_width
-    nbytes = dtype_bytes * (model.hidden * 2 * model.kv_width + rows * model.hidden + rows * 2 * model.kv_width)
+    flops = 2.0 * rows * model.hidden * 2 * w
+    nbytes = dtype_bytes * (model.hidden * 2 * w + rows * model.hidden + rows * 2 * w)
     t = np.maximum(flops / acc.flops_per_us, nbytes / acc.bytes_per_us)
     return np.where(rows > 0, t, 0.0)
 
@@ -132,3 +135,36 @@ def restore(method: str, model: Model, acc: Accelerator, tokens: int, batch: int
     pcie_bytes = L * batch * (l_best * act + (tokens - l_best) * kv)
     return Restore(method, tokens, batch, l_best, float(pcie_bytes), float(pcie_bytes / per_us),
                    float(L * gpu[best]), float(done[best]), float(latency[best]))
+
+
+def restore_in_pass(method: str, model: Model, acc: Accelerator, tokens: int, pass_us: float, pcie_GBps: float,
+                    kv_width: int | None = None, pcie_busy_us: float = 0.0, dtype_bytes: int = 2) -> Restore:
+    """A serving pass of ``pass_us`` that first needs ``tokens`` tokens' KV back from host memory
+    (``--prefix-reuse``), on one accelerator holding ``kv_width`` of each layer's K and V columns (its
+    TP share; every rank restores its shard over its own PCIe at the same time).
+
+    The pass runs layer by layer (``pass_us / layers`` each) as :func:`pipeline_us` lays out, a layer
+    waiting for its KV; ``pcie_busy_us`` is what the pass's collectives keep the same PCIe direction
+    busy (NIC DMA reads from host memory), spread over the layers, so a host-ring AllReduce slows the
+    restore more than DirectReduce does. ``step_us`` is the pass with the restore; ``load`` is
+    ``partial`` with ``l = 0``, and ``partial`` takes the best ``l``."""
+    if method not in ("load", "partial"):
+        raise WorkloadError(f"a restore inside a pass is load or partial, not '{method}'")
+    if tokens < 0 or pass_us < 0 or pcie_busy_us < 0:
+        raise WorkloadError(f"a restore needs tokens, pass time and PCIe busy time >= 0, got {tokens}, {pass_us}, "
+                            f"{pcie_busy_us}")
+    if not pcie_GBps > 0:
+        raise WorkloadError(f"PCIe bandwidth must be > 0 GB/s, got {pcie_GBps}")
+    w = model.kv_width if kv_width is None else kv_width
+    per_us, L = pcie_GBps * 1e3, model.layers
+    act, kv = activation_bytes_per_token(model, dtype_bytes), 2 * w * dtype_bytes
+    cand = np.arange(tokens + 1, dtype=np.float64) if method == "partial" else np.zeros(1)
+    act_us = cand * act / per_us
+    kv_us = (tokens - cand) * kv / per_us + pcie_busy_us / L
+    gpu = recompute_kv_us(model, acc, cand, dtype_bytes, w)
+    done, last = pipeline_us(L, act_us, kv_us, gpu, pass_us / L, 0.0)
+    best = int(np.argmin(last))
+    l_best = int(cand[best])
+    pcie_bytes = L * (l_best * act + (tokens - l_best) * kv)
+    return Restore(method, tokens, 1, l_best, float(pcie_bytes), float(pcie_bytes / per_us), float(L * gpu[best]),
+                   float(done[best]), float(last[best]))

@@ -52,6 +52,7 @@ class Request:
     arrival_us: float
     input_tokens: int
     output_tokens: int
+    cached_tokens: int = 0      # a prompt prefix whose KV cache waits in host memory (--prefix-reuse)
 
 
 # ---------------------------------------------------------------- length distributions

@@ -42,7 +42,7 @@ PHASES = ("prefill", "decode", "mixed", "embedding")
 #: the kind of communication each record's ``what`` belongs to (serve's time split and trace names)
 COMM_KINDS = {"attn_out": "TP allreduce", "mlp_out": "TP allreduce", "embedding": "embedding allreduce",
               "dispatch": "MoE all-to-all", "combine": "MoE all-to-all", "activations": "pipeline p2p",
-              "kv_cache": "KV transfer"}
+              "kv_cache": "KV transfer", "kv_restore": "KV restore"}
 
 
 class TrafficRecord(NamedTuple):

@@ -259,6 +259,9 @@ CASES = [
     case("serve-disaggregated-trace", [*SERVE, "--disaggregated", "1:1", "--trace", "t.json"],
          "--trace", "--disaggregated"),
     case("serve-slo-negative", [*SERVE, "--slo-ttft=-5"], "--slo-ttft", "> 0"),
+    case("serve-prefix-reuse-whole", [*SERVE, "--prefix-reuse", "1"], "--prefix-reuse 1", "0 <= F < 1"),
+    case("serve-prefix-reuse-pp", [*SERVE, "--pp", "2", "--prefix-reuse", "0.5"], "--pp 1", "--kv-restore recompute"),
+    case("serve-kv-restore-unknown", [*SERVE, "--kv-restore", "fetch"], "--kv-restore", "fetch"),
 ]
 
 BY_ID = {c.id: c for c in CASES}

@@ -170,3 +170,29 @@ def test_committed_page_is_current(tmp_path):
     kv_restore.reproduce(str(tmp_path / "kv_restore"), command="python scripts/kv_restore.py --out docs/results/kv_restore")
     for suffix in (".md", ".json", ".csv"):
         assert (tmp_path / f"kv_restore{suffix}").read_text() == (results / f"kv_restore{suffix}").read_text()
+
+
+# ---------------------------------------------------------------- a restore inside a serving pass (--prefix-reuse)
+
+def test_restore_in_pass_closed_forms():
+    from nicemu.workloads.kv_restore import restore_in_pass
+    L, s, w = OPT.layers, 300, OPT.kv_width
+    K = s * 2 * w * 2 / 32e3                   # one layer's KV over 32 GB/s, in us
+    slow = restore_in_pass("load", OPT, A100, s, 32 * 0.5 * K, 32.0)           # the pass: half a transfer per layer
+    assert slow.split == 0 and slow.step_us == pytest.approx(L * K + 0.5 * K, rel=1e-12)   # PCIe-bound
+    fast = restore_in_pass("load", OPT, A100, s, 32 * 3 * K, 32.0)              # compute-bound: waits for layer 0
+    assert fast.step_us == pytest.approx(K + 32 * 3 * K, rel=1e-12)
+    busy = restore_in_pass("load", OPT, A100, s, 32 * 0.5 * K, 32.0, pcie_busy_us=32 * K)   # NIC DMA: +K per layer
+    assert busy.step_us == pytest.approx(L * 2 * K + 0.5 * K, rel=1e-12) and busy.pcie_us == slow.pcie_us
+    assert restore_in_pass("load", OPT, A100, 0, 1234.5, 32.0).step_us == pytest.approx(1234.5, rel=1e-12)
+
+
+def test_restore_in_pass_partial_needs_activations_smaller_than_the_ranks_kv():
+    from nicemu.workloads.kv_restore import restore_in_pass
+    whole = restore_in_pass("partial", OPT, A100, 2048, 5000.0, 32.0)                       # TP 1: h < 2w
+    assert whole.split > 0 and whole.step_us < restore_in_pass("load", OPT, A100, 2048, 5000.0, 32.0).step_us
+    # TP 4: every rank needs the whole activations but holds a quarter of the KV, so nothing is recomputed
+    share = restore_in_pass("partial", OPT, A100, 2048, 5000.0, 32.0, kv_width=OPT.kv_width // 4)
+    assert share.split == 0
+    with pytest.raises(WorkloadError, match="load or partial"):
+        restore_in_pass("recompute", OPT, A100, 10, 1.0, 32.0)

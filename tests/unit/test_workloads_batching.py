@@ -120,3 +120,18 @@ def test_bad_duration_and_bad_config():
 def test_empty_request_list():
     res = run_batching([], lambda it: 1.0)
     assert res.requests == [] and res.iterations == [] and res.end_us == 0.0
+
+
+def test_a_reused_prefix_is_restored_at_admission_not_prefilled():
+    from nicemu.workloads.batch import Restore
+    seen = []
+
+    def dur(it):
+        seen.append(it.batch)
+        return 10.0
+    res = Batcher(BatchingConfig(chunk_tokens=64)).run([Request(0, 0.0, 200, 2, cached_tokens=150)], dur)
+    assert seen[0].restores == (Restore(0, 150),) and seen[0].prefill_tokens == 50
+    assert seen[0].prefills[0].context_tokens == 150 and seen[0].restore_tokens == 150
+    assert [b.restores for b in seen[1:]] == [()] and res.requests[0].token_us == [10.0, 20.0]
+    with pytest.raises(WorkloadError, match="reused prefix of 200 tokens"):
+        Batcher().run([Request(0, 0.0, 200, 2, cached_tokens=200)], dur)
