@@ -1,0 +1,194 @@
+"""A shared fabric: concurrent flows share directed resources by max-min fairness.
+
+Every nicemu call so far runs alone on an idle machine. On a shared fabric
+concurrent streams contend for the same directed links. This module is the
+flow-level model of that contention, in the family of SimGrid's flow models:
+
+* a *resource* (a directed link, later a PCIe direction or a NIC engine) has
+  a capacity in bytes/µs;
+* a *flow* has a start time (µs), a size (bytes), a route (the resources it
+  crosses, each once) and a latency (µs) paid once, before it starts to
+  share: it joins the sharing at ``start + latency``;
+* between two events (a flow joining or finishing) every rate is constant:
+  the weighted max-min fair allocation of the flows present. A flow's rate
+  is ``weight × level``; progressive filling raises every level together and
+  freezes the flows of a resource once it saturates.
+
+``simulate`` returns every flow's finish time (µs), exact for that definition
+up to floating-point rounding (a flow alone finishes at ``start + latency +
+bytes / capacity`` to the last bit). docs/model.md §21 states the model,
+its algorithm and what it leaves out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from nicemu.errors import NicemuError
+
+#: flows whose projected finish lies within this relative distance of an event finish at it, so
+#: rounding in ``remaining -= rate * dt`` cannot leave a flow a few bytes short and add an event
+_FINISH_RTOL = 1e-12
+
+
+class FabricError(NicemuError, ValueError):
+    """Bad input to the fabric model (a size, a route, a capacity)."""
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Routes in compressed form: flow ``f`` crosses ``resources[offsets[f]:offsets[f + 1]]``."""
+
+    offsets: np.ndarray    # (flows + 1,) int64, starts at 0, non-decreasing
+    resources: np.ndarray  # (entries,) int64 resource ids
+
+    @property
+    def flows(self) -> int:
+        return len(self.offsets) - 1
+
+    def route(self, flow: int) -> list[int]:
+        """The resource ids of one flow, in route order."""
+        return self.resources[self.offsets[flow]:self.offsets[flow + 1]].tolist()
+
+    @staticmethod
+    def from_lists(routes: Sequence[Sequence[int]]) -> Routes:
+        """Pack a list of routes (each a sequence of resource ids)."""
+        lengths = np.fromiter((len(r) for r in routes), dtype=np.int64, count=len(routes))
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        flat = [int(x) for r in routes for x in r] if len(routes) else []
+        return Routes(offsets, np.asarray(flat, dtype=np.int64))
+
+
+def _as_vector(name: str, value, flows: int) -> np.ndarray:
+    try:
+        arr = np.broadcast_to(np.asarray(value, dtype=np.float64), (flows,))
+    except (TypeError, ValueError):
+        raise FabricError(f"{name} must be a number or one number per flow ({flows}); "
+                          f"got {np.shape(value)}") from None
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise FabricError(f"{name} of flow {bad[0]} is {arr[bad[0]]}; give a finite number")
+    return arr
+
+
+def _check(capacity, start_us, nbytes, routes, latency_us, weight):
+    cap = np.asarray(capacity, dtype=np.float64)
+    if cap.ndim != 1:
+        raise FabricError(f"capacity must be one number per resource, got shape {cap.shape}")
+    bad = np.flatnonzero(~(np.isfinite(cap) & (cap > 0)))
+    if bad.size:
+        raise FabricError(f"resource {bad[0]} has capacity {cap[bad[0]]}; every capacity must be a positive, "
+                          "finite number of bytes/us")
+    if not isinstance(routes, Routes):
+        routes = Routes.from_lists(routes)
+    flows = routes.flows
+    start = _as_vector("start_us", start_us, flows)
+    size = _as_vector("bytes", nbytes, flows)
+    lat = _as_vector("latency_us", latency_us, flows)
+    w = _as_vector("weight", 1.0 if weight is None else weight, flows)
+    for name, arr, strict in (("start_us", start, False), ("bytes", size, False), ("latency_us", lat, False),
+                              ("weight", w, True)):
+        neg = np.flatnonzero(arr <= 0 if strict else arr < 0)
+        if neg.size:
+            need = "positive" if strict else "at least 0"
+            raise FabricError(f"{name} of flow {neg[0]} is {arr[neg[0]]}; it must be {need}")
+    lengths = np.diff(routes.offsets)
+    empty = np.flatnonzero(lengths <= 0)
+    if empty.size:
+        raise FabricError(f"flow {empty[0]} has an empty route; give it at least one resource")
+    res = routes.resources
+    out = np.flatnonzero((res < 0) | (res >= len(cap)))
+    if out.size:
+        flow = int(np.searchsorted(routes.offsets, out[0], side="right") - 1)
+        raise FabricError(f"flow {flow} crosses unknown resource {res[out[0]]}; resource ids are 0..{len(cap) - 1}")
+    flow_of = np.repeat(np.arange(flows, dtype=np.int64), lengths)
+    key = flow_of * len(cap) + res
+    if len(np.unique(key)) != len(key):
+        dup = np.flatnonzero(np.bincount(np.unique(key, return_inverse=True)[1]) > 1)[0]
+        flow = int(np.unique(key)[dup] // len(cap))
+        raise FabricError(f"flow {flow} crosses a resource twice; a route lists each resource once")
+    return cap, start, size, lat, w, flow_of, res
+
+
+def max_min_rates(capacity: np.ndarray, flow_of: np.ndarray, resource_of: np.ndarray, weight: np.ndarray,
+                  flows: int) -> np.ndarray:
+    """Weighted max-min fair rates (bytes/µs) of flows whose routes are the pairs (``flow_of``, ``resource_of``).
+
+    Progressive filling, many bottlenecks at a time: a resource whose fair level (remaining capacity
+    over the weights of its unfrozen flows) is no higher than that of every resource its flows cross
+    saturates first whatever else happens (the levels of the others can only rise as flows freeze),
+    so all such resources freeze together in one pass. Entries must be grouped by flow; flows with
+    no entry keep rate 0."""
+    rate = np.zeros(flows)
+    rem = capacity.astype(np.float64, copy=True)
+    ef, er = flow_of, resource_of
+    nres = len(capacity)
+    while len(ef):
+        wsum = np.bincount(er, weights=weight[ef], minlength=nres)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            level = np.where(wsum > 0, np.maximum(rem, 0.0) / wsum, np.inf)
+        lev_e = level[er]
+        starts = np.flatnonzero(np.concatenate(([True], ef[1:] != ef[:-1])))
+        flow_min = np.minimum.reduceat(lev_e, starts)
+        flow_min_e = np.repeat(flow_min, np.diff(np.append(starts, len(ef))))
+        # resources with an entry whose flow sees a lower level elsewhere are not (yet) bottlenecks
+        higher = np.bincount(er, weights=(lev_e > flow_min_e), minlength=nres)
+        bottleneck = (higher == 0) & (wsum > 0)
+        frozen_e = np.repeat(np.add.reduceat(bottleneck[er].astype(np.int64), starts) > 0,
+                             np.diff(np.append(starts, len(ef))))
+        ids = ef[starts]
+        frozen_f = frozen_e[starts]
+        rate[ids[frozen_f]] = weight[ids[frozen_f]] * flow_min[frozen_f]
+        rem -= np.bincount(er[frozen_e], weights=rate[ef[frozen_e]], minlength=nres)
+        keep = ~frozen_e
+        ef, er = ef[keep], er[keep]
+    return rate
+
+
+def simulate(capacity: Sequence[float] | np.ndarray, start_us, nbytes, routes: Routes | Sequence[Sequence[int]],
+             latency_us=0.0, weight=None, intervals: list | None = None) -> np.ndarray:
+    """Finish time (µs) of every flow sharing the resources by (weighted) max-min fairness.
+
+    ``capacity``: bytes/µs per resource; ``start_us``, ``nbytes``, ``latency_us`` and ``weight``: one
+    value per flow or one for all; ``routes``: resource ids per flow (a :class:`Routes` or a list of
+    lists). A flow joins the sharing at ``start + latency`` and leaves when its bytes are through; a
+    flow of 0 bytes finishes on joining. ``intervals``: a list that receives ``(t0, t1, flows, rates)``
+    for every stretch of constant rates (for telemetry and tests). Raises :class:`FabricError` for a
+    negative size, start or latency, a non-positive capacity or weight, an empty route or an unknown
+    resource."""
+    cap, start, size, lat, w, flow_of, res = _check(capacity, start_us, nbytes, routes, latency_us, weight)
+    flows = len(start)
+    join = start + lat
+    finish = np.full(flows, np.nan)
+    zero = size == 0
+    finish[zero] = join[zero]
+    order = np.argsort(join, kind="stable")
+    order = order[~zero[order]]
+    remaining = size.copy()
+    active = np.zeros(flows, dtype=bool)
+    nxt = 0
+    t = 0.0
+    while nxt < len(order) or active.any():
+        if not active.any():
+            t = join[order[nxt]]
+        while nxt < len(order) and join[order[nxt]] <= t:
+            active[order[nxt]] = True
+            nxt += 1
+        entry_active = active[flow_of]
+        rate = max_min_rates(cap, flow_of[entry_active], res[entry_active], w, flows)
+        ids = np.flatnonzero(active)
+        projected = t + remaining[ids] / rate[ids]
+        t_next = float(projected.min())
+        if nxt < len(order):
+            t_next = min(t_next, float(join[order[nxt]]))
+        if intervals is not None:
+            intervals.append((t, t_next, ids, rate[ids]))
+        done = projected <= t_next + _FINISH_RTOL * max(abs(t_next), 1.0)
+        finish[ids[done]] = projected[done]
+        remaining[ids] -= rate[ids] * (t_next - t)
+        active[ids[done]] = False
+        t = t_next
+    return finish
