@@ -34,6 +34,11 @@ from nicemu.errors import NicemuError
 _FINISH_RTOL = 1e-12
 
 
+#: flows whose level lies within this relative distance below that of a leaving flow are filled again
+#: rather than kept, so rounding cannot keep a flow whose true level equals the leaver's
+_KEEP_RTOL = 1e-9
+
+
 class FabricError(NicemuError, ValueError):
     """Bad input to the fabric model (a size, a route, a capacity)."""
 
@@ -113,38 +118,53 @@ def _check(capacity, start_us, nbytes, routes, latency_us, weight):
     return cap, start, size, lat, w, flow_of, res
 
 
+def _fill(rem: np.ndarray, ef: np.ndarray, er: np.ndarray, weight: np.ndarray, rate: np.ndarray) -> None:
+    """Progressive filling of the flows of entries (``ef``, ``er``) (grouped by flow) into the remaining
+    capacities ``rem`` (changed in place); writes their rates into ``rate``.
+
+    Many bottlenecks at a time: a resource whose fair level (remaining capacity over the weights of its
+    unfrozen flows) is no higher than that of every resource its flows cross saturates first whatever
+    else happens (the levels of the others can only rise as flows freeze), so all such resources freeze
+    together in one pass."""
+    nres = len(rem)
+    if not len(ef):
+        return
+    starts = np.flatnonzero(np.concatenate(([True], ef[1:] != ef[:-1])))
+    lengths = np.diff(np.append(starts, len(ef)))
+    ids = ef[starts]
+    while len(ef):
+        wsum = np.bincount(er, weights=weight[ef], minlength=nres)
+        level = np.full(nres, np.inf)
+        np.divide(np.maximum(rem, 0.0), wsum, out=level, where=wsum > 0)
+        lev_e = level[er]
+        flow_min = np.minimum.reduceat(lev_e, starts)
+        # a resource is a bottleneck now unless one of its flows sees a lower level elsewhere
+        higher = np.bincount(er, weights=lev_e > np.repeat(flow_min, lengths), minlength=nres)
+        frozen_f = np.logical_or.reduceat((higher == 0)[er], starts)
+        frozen_e = np.repeat(frozen_f, lengths)
+        got = weight[ids[frozen_f]] * flow_min[frozen_f]
+        rate[ids[frozen_f]] = got
+        rem -= np.bincount(er[frozen_e], weights=np.repeat(got, lengths[frozen_f]), minlength=nres)
+        keep = ~frozen_e
+        ef, er = ef[keep], er[keep]
+        ids, lengths = ids[~frozen_f], lengths[~frozen_f]
+        starts = np.cumsum(lengths) - lengths
+
+
+def _entries_of(ids: np.ndarray, flow_of: np.ndarray, flows: int) -> np.ndarray:
+    mark = np.zeros(flows, dtype=bool)
+    mark[ids] = True
+    return mark[flow_of]
+
+
 def max_min_rates(capacity: np.ndarray, flow_of: np.ndarray, resource_of: np.ndarray, weight: np.ndarray,
                   flows: int) -> np.ndarray:
     """Weighted max-min fair rates (bytes/µs) of flows whose routes are the pairs (``flow_of``, ``resource_of``).
 
-    Progressive filling, many bottlenecks at a time: a resource whose fair level (remaining capacity
-    over the weights of its unfrozen flows) is no higher than that of every resource its flows cross
-    saturates first whatever else happens (the levels of the others can only rise as flows freeze),
-    so all such resources freeze together in one pass. Entries must be grouped by flow; flows with
-    no entry keep rate 0."""
+    Entries must be grouped by flow; flows with no entry get rate 0. Progressive filling (see ``_fill``)."""
     rate = np.zeros(flows)
-    rem = capacity.astype(np.float64, copy=True)
-    ef, er = flow_of, resource_of
-    nres = len(capacity)
-    while len(ef):
-        wsum = np.bincount(er, weights=weight[ef], minlength=nres)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            level = np.where(wsum > 0, np.maximum(rem, 0.0) / wsum, np.inf)
-        lev_e = level[er]
-        starts = np.flatnonzero(np.concatenate(([True], ef[1:] != ef[:-1])))
-        flow_min = np.minimum.reduceat(lev_e, starts)
-        flow_min_e = np.repeat(flow_min, np.diff(np.append(starts, len(ef))))
-        # resources with an entry whose flow sees a lower level elsewhere are not (yet) bottlenecks
-        higher = np.bincount(er, weights=(lev_e > flow_min_e), minlength=nres)
-        bottleneck = (higher == 0) & (wsum > 0)
-        frozen_e = np.repeat(np.add.reduceat(bottleneck[er].astype(np.int64), starts) > 0,
-                             np.diff(np.append(starts, len(ef))))
-        ids = ef[starts]
-        frozen_f = frozen_e[starts]
-        rate[ids[frozen_f]] = weight[ids[frozen_f]] * flow_min[frozen_f]
-        rem -= np.bincount(er[frozen_e], weights=rate[ef[frozen_e]], minlength=nres)
-        keep = ~frozen_e
-        ef, er = ef[keep], er[keep]
+    _fill(np.asarray(capacity, dtype=np.float64).copy(), np.asarray(flow_of), np.asarray(resource_of),
+          np.asarray(weight, dtype=np.float64), rate)
     return rate
 
 
@@ -158,7 +178,13 @@ def simulate(capacity: Sequence[float] | np.ndarray, start_us, nbytes, routes: R
     flow of 0 bytes finishes on joining. ``intervals``: a list that receives ``(t0, t1, flows, rates)``
     for every stretch of constant rates (for telemetry and tests). Raises :class:`FabricError` for a
     negative size, start or latency, a non-positive capacity or weight, an empty route or an unknown
-    resource."""
+    resource.
+
+    At an event, flows whose level (rate / weight) is below the lowest level of the flows leaving, and
+    below a lower bound of the level of those joining, keep their rates: progressive filling reaches
+    their levels before any resource the leavers or joiners cross saturates, so the change alters
+    nothing there (docs/model.md §21). Only the others are filled again, into the capacity the kept
+    flows leave."""
     cap, start, size, lat, w, flow_of, res = _check(capacity, start_us, nbytes, routes, latency_us, weight)
     flows = len(start)
     join = start + lat
@@ -169,26 +195,50 @@ def simulate(capacity: Sequence[float] | np.ndarray, start_us, nbytes, routes: R
     order = order[~zero[order]]
     remaining = size.copy()
     active = np.zeros(flows, dtype=bool)
+    rate = np.zeros(flows)
+    left_level = None          # lowest level of the flows that left at the last event, if only flows left
     nxt = 0
     t = 0.0
     while nxt < len(order) or active.any():
         if not active.any():
             t = join[order[nxt]]
-        while nxt < len(order) and join[order[nxt]] <= t:
-            active[order[nxt]] = True
-            nxt += 1
-        entry_active = active[flow_of]
-        rate = max_min_rates(cap, flow_of[entry_active], res[entry_active], w, flows)
+        joined = order[nxt:nxt + int(np.searchsorted(join[order[nxt:]], t, side="right"))]
+        nxt += len(joined)
+        active[joined] = True
+        if joined.size:   # a joining flow's new level is at least min over its route of capacity / weights there
+            act_e = active[flow_of]
+            wsum = np.bincount(res[act_e], weights=w[flow_of[act_e]], minlength=len(cap))
+            j_e = _entries_of(joined, flow_of, flows)
+            bound = float((cap[res[j_e]] / wsum[res[j_e]]).min())
+            floor = bound if left_level is None else min(bound, left_level)
+        else:
+            floor = left_level
+        if floor is None:
+            kept = np.zeros(flows, dtype=bool)
+        else:
+            kept = active & (rate / w < floor * (1 - _KEEP_RTOL))
+            kept[joined] = False
+        redo = active & ~kept
+        kept_e = kept[flow_of]
+        rem = cap - np.bincount(res[kept_e], weights=rate[flow_of[kept_e]], minlength=len(cap))
+        redo_e = redo[flow_of]
+        _fill(rem, flow_of[redo_e], res[redo_e], w, rate)
         ids = np.flatnonzero(active)
+        if floor is not None and not np.all(rate[ids] > 0):   # rounding starved a flow: fill all again
+            act_e = active[flow_of]
+            _fill(cap.copy(), flow_of[act_e], res[act_e], w, rate)
         projected = t + remaining[ids] / rate[ids]
         t_next = float(projected.min())
         if nxt < len(order):
             t_next = min(t_next, float(join[order[nxt]]))
         if intervals is not None:
-            intervals.append((t, t_next, ids, rate[ids]))
+            intervals.append((t, t_next, ids, rate[ids].copy()))
         done = projected <= t_next + _FINISH_RTOL * max(abs(t_next), 1.0)
         finish[ids[done]] = projected[done]
         remaining[ids] -= rate[ids] * (t_next - t)
-        active[ids[done]] = False
+        gone = ids[done]
+        left_level = float((rate[gone] / w[gone]).min()) if gone.size else None
+        active[gone] = False
+        rate[gone] = 0.0
         t = t_next
     return finish
