@@ -31,6 +31,11 @@ from nicemu.nic.profile import Profile
 from nicemu.topologies import LinkParams, Torus
 
 
+def _num(x: float) -> str:
+    """A double written so that it reads back exactly."""
+    return repr(float(x))
+
+
 @dataclass(frozen=True)
 class FlowSet:
     """Flows between nodes with their routes and route latencies, ready for :func:`simulate`."""
@@ -133,6 +138,32 @@ class Fabric:
         offsets = np.concatenate([[0], np.cumsum(hops.sum(axis=1))]).astype(np.int64)
         lat = hops @ self.dim_latency_us
         return FlowSet(src, dst, Routes(offsets, res[perm]), lat)
+
+    def simgrid_platform(self, fs: FlowSet, latency: bool = True) -> str:
+        """SimGrid platform XML of this fabric for an external check (tests/simgrid/flows.cpp): a host per
+        node, a link per resource (bandwidth in bytes/µs, latency in µs, so SimGrid's seconds read as
+        microseconds), and the route of every (src, dst) pair in ``fs``. ``latency=False``: links of 0 µs."""
+        topo = self.topology
+        lines = ["<?xml version='1.0'?>", '<!DOCTYPE platform SYSTEM "https://simgrid.org/simgrid.dtd">',
+                 '<platform version="4.1">', '<zone id="fabric" routing="Full">']
+        lines += [f'<host id="n{v}" speed="1f"/>' for v in range(topo.nodes)]
+        if topo.switched:   # the whole route latency on the sender's port, none on the receiver's
+            alpha = self.dim_latency_us[0] + self.profile.switch.latency_us
+            lat = {r: (alpha if latency and r < topo.nodes else 0.0) for r in range(self.resources)}
+        else:
+            rid = self.used_resources()
+            per = self.dim_latency_us[(rid % (2 * topo.ndim)) // 2] if latency else np.zeros(len(rid))
+            lat = dict(zip(rid.tolist(), per.tolist()))
+        for r, lat_us in lat.items():
+            lines.append(f'<link id="r{r}" bandwidth="{_num(self.capacity[r])}Bps" latency="{_num(lat_us)}s"/>')
+        seen = set()
+        for i, (a, b) in enumerate(zip(fs.src.tolist(), fs.dst.tolist())):
+            if (a, b) not in seen:
+                seen.add((a, b))
+                links = "".join(f'<link_ctn id="r{r}"/>' for r in fs.routes.route(i))
+                lines.append(f'<route src="n{a}" dst="n{b}" symmetrical="NO">{links}</route>')
+        lines += ["</zone>", "</platform>"]
+        return "\n".join(lines) + "\n"
 
     def simulate(self, src, dst, nbytes, start_us=0.0, latency: bool = True) -> np.ndarray:
         """Finish times (µs) of flows ``src[i] -> dst[i]`` of ``nbytes[i]`` starting at ``start_us[i]``

@@ -1,9 +1,9 @@
 """The shared-fabric model (nic/fabric.py) against SimGrid's flow model, an independent max-min solver.
 
-tests/simgrid/flows.cpp runs the same flows as S4U communications on a platform generated here from the
-same topology and profile (one SimGrid link per fabric resource, one route per flow). SimGrid runs its CM02
-network model with its corrections off: latency and bandwidth factors 1, no cross traffic (a flow does not
-load the reverse path), no TCP window bound (TCP-gamma 0), weight-S 0. That is max-min fair sharing in
+tests/simgrid/flows.cpp runs the same flows as S4U communications on a platform generated from the same
+topology and profile by ``Fabric.simgrid_platform`` (one SimGrid link per fabric resource, one route per
+flow). SimGrid runs its CM02 network model with its corrections off: latency and bandwidth factors 1, no
+cross traffic (a flow does not load the reverse path), no TCP window bound (TCP-gamma 0), weight-S 0. That is max-min fair sharing in
 which a flow pays its route latency before it starts to share, as ours does, with one difference kept in
 view: CM02 weighs a flow with latency L by 1/L (RTT unfairness), so the comparisons with unequal latencies
 give our model the same weights. Bandwidths are written in bytes/us and latencies in us, so SimGrid's
@@ -14,86 +14,28 @@ Skipped when g++, pkg-config or SimGrid (libsimgrid-dev) is missing; see docs/te
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nicemu.collectives.model.fabric import Fabric, FlowSet
+from nicemu.collectives.model.fabric import Fabric
 from nicemu.nic.fabric import simulate
 from nicemu.nic.profile import load_profile
+from nicemu.studies.fabric_bench import compile_simgrid, make_case, run_model, run_simgrid, simgrid_flags
 from nicemu.topologies import parse_topology
 
-SOURCE = Path(__file__).resolve().parents[1] / "simgrid" / "flows.cpp"
 #: relative agreement asked of the two solvers: both work in double precision (SimGrid's precision settings
-#: are tightened below); the worst measured is 1.0e-15 (docs/model.md §21)
+#: are tightened, nicemu/studies/fabric_bench.py); the worst measured is 1.0e-15 (docs/model.md §21)
 RTOL = 1e-9
-CFG = ["--cfg=network/model:CM02", "--cfg=network/crosstraffic:0", "--cfg=network/TCP-gamma:0",
-       "--cfg=network/weight-S:0", "--cfg=network/latency-factor:1", "--cfg=network/bandwidth-factor:1",
-       "--cfg=maxmin/precision:1e-12", "--cfg=surf/precision:1e-12", "--log=root.thres:critical"]
-
-
-def _simgrid_flags() -> list[str] | None:
-    if shutil.which("g++") is None or shutil.which("pkg-config") is None:
-        return None
-    res = subprocess.run(["pkg-config", "--cflags", "--libs", "simgrid"], capture_output=True, text=True)
-    return res.stdout.split() if res.returncode == 0 else None
 
 
 @pytest.fixture(scope="module")
 def flows_exe(tmp_path_factory) -> Path:
-    flags = _simgrid_flags()
+    flags = simgrid_flags()
     if flags is None:
         pytest.skip("SimGrid check needs g++, pkg-config and SimGrid (apt-get install libsimgrid-dev)")
-    exe = tmp_path_factory.mktemp("simgrid") / "flows"
-    res = subprocess.run(["g++", "-O1", "-std=c++17", "-o", str(exe), str(SOURCE), *flags],
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return exe
-
-
-def _num(x: float) -> str:
-    return repr(float(x))
-
-
-def _platform(fabric: Fabric, fs: FlowSet, latency: bool) -> str:
-    """SimGrid XML: a host per node, a link per fabric resource (bytes/us, us), a route per flow."""
-    topo = fabric.topology
-    lines = ["<?xml version='1.0'?>", '<!DOCTYPE platform SYSTEM "https://simgrid.org/simgrid.dtd">',
-             '<platform version="4.1">', '<zone id="fabric" routing="Full">']
-    lines += [f'<host id="n{v}" speed="1f"/>' for v in range(topo.nodes)]
-    if topo.switched:   # the whole route latency on the sender's port, none on the receiver's
-        lat = {r: (fs.latency_us[0] if latency and r < topo.nodes else 0.0) for r in range(fabric.resources)}
-    else:
-        per = fabric.dim_latency_us
-        lat = {int(r): (per[(r % (2 * topo.ndim)) // 2] if latency else 0.0) for r in fabric.used_resources()}
-    for r, lat_us in lat.items():
-        lines.append(f'<link id="r{r}" bandwidth="{_num(fabric.capacity[r])}Bps" latency="{_num(lat_us)}s"/>')
-    seen = set()
-    for i, (a, b) in enumerate(zip(fs.src.tolist(), fs.dst.tolist())):
-        if (a, b) in seen:
-            continue
-        seen.add((a, b))
-        links = "".join(f'<link_ctn id="r{r}"/>' for r in fs.routes.route(i))
-        lines.append(f'<route src="n{a}" dst="n{b}" symmetrical="NO">{links}</route>')
-    lines += ["</zone>", "</platform>"]
-    return "\n".join(lines) + "\n"
-
-
-def _run_simgrid(exe: Path, tmp_path: Path, fabric: Fabric, fs: FlowSet, start, size, latency: bool) -> np.ndarray:
-    plat, flows = tmp_path / "platform.xml", tmp_path / "flows.txt"
-    plat.write_text(_platform(fabric, fs, latency))
-    start = np.broadcast_to(np.asarray(start, dtype=float), fs.src.shape)
-    size = np.broadcast_to(np.asarray(size, dtype=np.int64), fs.src.shape)
-    flows.write_text("".join(f"n{a} n{b} {_num(t)} {int(s)}\n"
-                             for a, b, t, s in zip(fs.src.tolist(), fs.dst.tolist(), start, size)))
-    res = subprocess.run([str(exe), str(plat), str(flows), *CFG], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    out = np.array([float(line.split()[1]) for line in res.stdout.splitlines()])
-    assert len(out) == len(fs.src)
-    return out
+    return compile_simgrid(tmp_path_factory.mktemp("simgrid") / "flows", flags)
 
 
 def _compare(exe, tmp_path, spec, src, dst, start, size, latency=True, overrides=(), unweighted=None):
@@ -102,7 +44,7 @@ def _compare(exe, tmp_path, spec, src, dst, start, size, latency=True, overrides
     lat = fs.latency_us if latency else np.zeros(len(fs.src))
     weight = np.where(lat > 0, 1.0 / np.where(lat > 0, lat, 1.0), 1.0)     # CM02's 1/latency weights
     ours = simulate(fabric.capacity, start, size, fs.routes, lat, weight)
-    theirs = _run_simgrid(exe, tmp_path, fabric, fs, start, size, latency)
+    theirs, _ = run_simgrid(exe, tmp_path, fabric, fs, start, size, latency)
     rel = np.abs(ours - theirs) / np.abs(theirs)
     assert rel.max() <= RTOL, f"worst flow {rel.argmax()}: ours {ours[rel.argmax()]!r}, SimGrid {theirs[rel.argmax()]!r}"
     if unweighted is not None:   # with unequal latencies CM02's 1/latency weights matter (RTT unfairness)
@@ -152,3 +94,12 @@ def test_random_flows_on_a_3d_torus(flows_exe, tmp_path):
     dst = (src + rng.integers(1, n, 256)) % n
     _compare(flows_exe, tmp_path, "torus:4x4x4", src, dst, np.round(rng.uniform(0, 100, 256), 2),
              rng.integers(0, 1 << 20, 256), overrides=("link.bandwidth_GBps=25",))
+
+
+@pytest.mark.parametrize("pattern", ["burst", "random-sizes", "random-arrivals"])
+def test_bench_patterns_on_an_8_cubed_torus(flows_exe, tmp_path, pattern):
+    # 512 flows to random destinations (the patterns of scripts/bench_fabric.py, at 1/8 of its scale)
+    case = make_case(pattern, "torus:8^3", 512, seed=3)
+    ours, _ = run_model(case, weighted=True)
+    theirs, _ = run_simgrid(flows_exe, tmp_path, case.fabric, case.flows, case.start_us, case.nbytes)
+    assert np.max(np.abs(ours - theirs) / theirs) <= RTOL
