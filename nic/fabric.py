@@ -126,16 +126,24 @@ def _fill(rem: np.ndarray, ef: np.ndarray, er: np.ndarray, weight: np.ndarray, r
     unfrozen flows) is no higher than that of every resource its flows cross saturates first whatever
     else happens (the levels of the others can only rise as flows freeze), so all such resources freeze
     together in one pass."""
-    nres = len(rem)
     if not len(ef):
         return
+    # work on the resources these flows cross only (numbered 0..m-1), not on every resource of the fabric
+    mark = np.zeros(len(rem), dtype=bool)
+    mark[er] = True
+    used = np.flatnonzero(mark)
+    local = np.zeros(len(rem), dtype=np.int64)
+    local[used] = np.arange(len(used))
+    er = local[er]
+    left = rem[used]
+    nres = len(used)
     starts = np.flatnonzero(np.concatenate(([True], ef[1:] != ef[:-1])))
     lengths = np.diff(np.append(starts, len(ef)))
     ids = ef[starts]
     while len(ef):
         wsum = np.bincount(er, weights=weight[ef], minlength=nres)
         level = np.full(nres, np.inf)
-        np.divide(np.maximum(rem, 0.0), wsum, out=level, where=wsum > 0)
+        np.divide(np.maximum(left, 0.0), wsum, out=level, where=wsum > 0)
         lev_e = level[er]
         flow_min = np.minimum.reduceat(lev_e, starts)
         # a resource is a bottleneck now unless one of its flows sees a lower level elsewhere
@@ -144,11 +152,12 @@ def _fill(rem: np.ndarray, ef: np.ndarray, er: np.ndarray, weight: np.ndarray, r
         frozen_e = np.repeat(frozen_f, lengths)
         got = weight[ids[frozen_f]] * flow_min[frozen_f]
         rate[ids[frozen_f]] = got
-        rem -= np.bincount(er[frozen_e], weights=np.repeat(got, lengths[frozen_f]), minlength=nres)
+        left -= np.bincount(er[frozen_e], weights=np.repeat(got, lengths[frozen_f]), minlength=nres)
         keep = ~frozen_e
         ef, er = ef[keep], er[keep]
         ids, lengths = ids[~frozen_f], lengths[~frozen_f]
         starts = np.cumsum(lengths) - lengths
+    rem[used] = left
 
 
 def _entries_of(ids: np.ndarray, flow_of: np.ndarray, flows: int) -> np.ndarray:
@@ -196,6 +205,7 @@ def simulate(capacity: Sequence[float] | np.ndarray, start_us, nbytes, routes: R
     remaining = size.copy()
     active = np.zeros(flows, dtype=bool)
     rate = np.zeros(flows)
+    wload = np.zeros(len(cap))  # weights of the flows present, per resource (only bounds a joiner's level)
     left_level = None          # lowest level of the flows that left at the last event, if only flows left
     nxt = 0
     t = 0.0
@@ -206,10 +216,9 @@ def simulate(capacity: Sequence[float] | np.ndarray, start_us, nbytes, routes: R
         nxt += len(joined)
         active[joined] = True
         if joined.size:   # a joining flow's new level is at least min over its route of capacity / weights there
-            act_e = active[flow_of]
-            wsum = np.bincount(res[act_e], weights=w[flow_of[act_e]], minlength=len(cap))
             j_e = _entries_of(joined, flow_of, flows)
-            bound = float((cap[res[j_e]] / wsum[res[j_e]]).min())
+            np.add.at(wload, res[j_e], w[flow_of[j_e]])
+            bound = float((cap[res[j_e]] / wload[res[j_e]]).min())
             floor = bound if left_level is None else min(bound, left_level)
         else:
             floor = left_level
@@ -238,6 +247,9 @@ def simulate(capacity: Sequence[float] | np.ndarray, start_us, nbytes, routes: R
         remaining[ids] -= rate[ids] * (t_next - t)
         gone = ids[done]
         left_level = float((rate[gone] / w[gone]).min()) if gone.size else None
+        if gone.size:
+            g_e = _entries_of(gone, flow_of, flows)
+            np.subtract.at(wload, res[g_e], w[flow_of[g_e]])
         active[gone] = False
         rate[gone] = 0.0
         t = t_next
