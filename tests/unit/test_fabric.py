@@ -295,3 +295,26 @@ def test_builder_errors():
     with pytest.raises(FabricError, match="as many destinations"):
         fab.flows([0, 1], [2])
     assert Routes.from_lists([[1, 2], [0]]).route(1) == [0]
+
+
+def test_simgrid_platform_describes_the_same_fabric():
+    # the platform the SimGrid check runs on (tests/unit/test_fabric_simgrid.py), checked without SimGrid
+    import xml.etree.ElementTree as ET
+
+    fab = Fabric(parse_topology("torus:4x2"), load_profile("ideal", ("link.latency_us=0.75",)))
+    fs = fab.flows([0, 0, 5, 0], [3, 7, 2, 3])
+    zone = ET.fromstring(fab.simgrid_platform(fs)).find("zone")
+    links = {e.get("id"): e for e in zone.findall("link")}
+    assert len(zone.findall("host")) == 8
+    assert sorted(links) == sorted(f"r{r}" for r in fab.used_resources())
+    for rid, e in links.items():
+        assert float(e.get("bandwidth").removesuffix("Bps")) == fab.capacity[int(rid[1:])]
+        assert float(e.get("latency").removesuffix("s")) == 0.75
+    routes = {(e.get("src"), e.get("dst")): [c.get("id") for c in e] for e in zone.findall("route")}
+    assert len(routes) == 3                                         # one per (src, dst) pair
+    for i, (a, b) in enumerate(zip(fs.src.tolist(), fs.dst.tolist())):
+        assert routes[(f"n{a}", f"n{b}")] == [f"r{r}" for r in fs.routes.route(i)]
+    sw = Fabric(parse_topology("switch:3"), load_profile("ideal"))
+    zone = ET.fromstring(sw.simgrid_platform(sw.flows([0], [2]))).find("zone")
+    lat = {e.get("id"): float(e.get("latency").removesuffix("s")) for e in zone.findall("link")}
+    assert lat["r0"] == sw.dim_latency_us[0] + sw.profile.switch.latency_us and lat["r5"] == 0.0
