@@ -318,3 +318,19 @@ def test_simgrid_platform_describes_the_same_fabric():
     zone = ET.fromstring(sw.simgrid_platform(sw.flows([0], [2]))).find("zone")
     lat = {e.get("id"): float(e.get("latency").removesuffix("s")) for e in zone.findall("link")}
     assert lat["r0"] == sw.dim_latency_us[0] + sw.profile.switch.latency_us and lat["r5"] == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_medium_torus_case_matches_the_exact_reference(seed):
+    # 30 flows on torus:3x3: many events and bottleneck layers, joins and leaves at once (integer times)
+    fab = Fabric(parse_topology("torus:3x3"), load_profile("ideal", ("link.bandwidth_GBps=0.004",)))
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, 9, 30)
+    dst = (src + rng.integers(1, 9, 30)) % 9
+    fs = fab.flows(src, dst)
+    start = rng.integers(0, 20, 30).astype(float)
+    size = rng.integers(1, 200, 30).astype(float)
+    fin = simulate(fab.capacity, start, size, fs.routes, fs.latency_us)
+    routes = [set(fs.routes.route(i)) for i in range(30)]
+    ref = _ref_simulate(fab.capacity.tolist(), start.tolist(), size.tolist(), routes, fs.latency_us.tolist(), [1] * 30)
+    assert fin.tolist() == pytest.approx(ref, rel=1e-12)
