@@ -160,10 +160,40 @@ def _fill(rem: np.ndarray, ef: np.ndarray, er: np.ndarray, weight: np.ndarray, r
     rem[used] = left
 
 
-def _entries_of(ids: np.ndarray, flow_of: np.ndarray, flows: int) -> np.ndarray:
-    mark = np.zeros(flows, dtype=bool)
-    mark[ids] = True
-    return mark[flow_of]
+def _join_level(cap: np.ndarray, flow_of: np.ndarray, res: np.ndarray, w: np.ndarray, rate: np.ndarray,
+                active: np.ndarray, joined: np.ndarray, flows: int) -> float:
+    """A level below which no rate changes when ``joined`` join the ``active`` flows (docs/model.md §21.2).
+
+    On a resource ``r`` that joiners cross, the flows already there keep their levels ``l_f`` below the
+    first saturation among such resources, so ``r`` cannot saturate below the root ``mu_r`` of
+    ``sum_f w_f min(l_f, mu) + J_r mu = C_r`` (``J_r``: the joiners' weights on ``r``). The left side is
+    concave and piecewise linear, the minimum of its pieces, so ``mu_r`` is the largest of the pieces'
+    roots. The answer is ``min_r mu_r``: with one joiner, exactly its new level."""
+    is_new = np.zeros(flows, dtype=bool)
+    is_new[joined] = True
+    j_e = is_new[flow_of]
+    jw = np.bincount(res[j_e], weights=w[flow_of[j_e]], minlength=len(cap))
+    on = np.flatnonzero(jw > 0)
+    old = (jw > 0)[res] & active[flow_of] & ~j_e
+    r, f = res[old], flow_of[old]
+    lev = rate[f] / w[f]
+    order = np.lexsort((lev, r))
+    r, lev, wf = r[order], lev[order], w[f[order]]
+    wl = wf * lev
+    mu = cap[on] / jw[on]                                      # the last piece: every flow there below mu
+    if len(r):
+        first = np.flatnonzero(np.concatenate(([True], r[1:] != r[:-1])))
+        size = np.diff(np.append(first, len(r)))
+        start = np.repeat(first, size)
+        cw, cwl = np.cumsum(wf) - wf, np.cumsum(wl) - wl       # exclusive running sums
+        below = cwl - cwl[start]                               # sum of w l over the flows of lower level
+        above = np.repeat(np.add.reduceat(wf, first), size) - (cw - cw[start])   # weights from here on
+        roots = (cap[r] - below) / (jw[r] + above)
+        best = np.full(len(cap), -np.inf)
+        best[r[first]] = np.maximum.reduceat(roots, first)
+        full_wl = np.bincount(r, weights=wl, minlength=len(cap))
+        mu = np.maximum((cap[on] - full_wl[on]) / jw[on], best[on])
+    return float(mu.min())
 
 
 def max_min_rates(capacity: np.ndarray, flow_of: np.ndarray, resource_of: np.ndarray, weight: np.ndarray,
@@ -205,7 +235,6 @@ def simulate(capacity: Sequence[float] | np.ndarray, start_us, nbytes, routes: R
     remaining = size.copy()
     active = np.zeros(flows, dtype=bool)
     rate = np.zeros(flows)
-    wload = np.zeros(len(cap))  # weights of the flows present, per resource (only bounds a joiner's level)
     left_level = None          # lowest level of the flows that left at the last event, if only flows left
     nxt = 0
     t = 0.0
@@ -215,10 +244,8 @@ def simulate(capacity: Sequence[float] | np.ndarray, start_us, nbytes, routes: R
         joined = order[nxt:nxt + int(np.searchsorted(join[order[nxt:]], t, side="right"))]
         nxt += len(joined)
         active[joined] = True
-        if joined.size:   # a joining flow's new level is at least min over its route of capacity / weights there
-            j_e = _entries_of(joined, flow_of, flows)
-            np.add.at(wload, res[j_e], w[flow_of[j_e]])
-            bound = float((cap[res[j_e]] / wload[res[j_e]]).min())
+        if joined.size:
+            bound = _join_level(cap, flow_of, res, w, rate, active, joined, flows)
             floor = bound if left_level is None else min(bound, left_level)
         else:
             floor = left_level
@@ -247,9 +274,6 @@ def simulate(capacity: Sequence[float] | np.ndarray, start_us, nbytes, routes: R
         remaining[ids] -= rate[ids] * (t_next - t)
         gone = ids[done]
         left_level = float((rate[gone] / w[gone]).min()) if gone.size else None
-        if gone.size:
-            g_e = _entries_of(gone, flow_of, flows)
-            np.subtract.at(wload, res[g_e], w[flow_of[g_e]])
         active[gone] = False
         rate[gone] = 0.0
         t = t_next

@@ -334,3 +334,20 @@ def test_medium_torus_case_matches_the_exact_reference(seed):
     routes = [set(fs.routes.route(i)) for i in range(30)]
     ref = _ref_simulate(fab.capacity.tolist(), start.tolist(), size.tolist(), routes, fs.latency_us.tolist(), [1] * 30)
     assert fin.tolist() == pytest.approx(ref, rel=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_instances())
+def test_join_level_is_the_new_flows_level(inst):
+    # the level below which nothing changes when one flow joins is that flow's level in the new allocation
+    from nicemu.nic.fabric import _join_level
+
+    cap, _, _, routes, _, weight = inst
+    cap, w = np.array(cap), np.array(weight)
+    flow_of, res = _entries(routes)
+    g = len(routes) - 1
+    before = max_min_rates(cap, flow_of[flow_of != g], res[flow_of != g], w, len(routes))
+    after = max_min_rates(cap, flow_of, res, w, len(routes))
+    active = np.ones(len(routes), dtype=bool)
+    level = _join_level(cap, flow_of, res, w, before, active, np.array([g]), len(routes))
+    assert level == pytest.approx(after[g] / w[g], rel=1e-12)
