@@ -22,6 +22,7 @@ its algorithm and what it leaves out.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,9 +62,12 @@ class Routes:
     @staticmethod
     def from_lists(routes: Sequence[Sequence[int]]) -> Routes:
         """Pack a list of routes (each a sequence of resource ids)."""
-        lengths = np.fromiter((len(r) for r in routes), dtype=np.int64, count=len(routes))
+        try:
+            lengths = np.fromiter((len(r) for r in routes), dtype=np.int64, count=len(routes))
+            flat = [operator.index(x) for r in routes for x in r]
+        except TypeError:
+            raise FabricError("a route must be a list of whole resource ids, e.g. [[0, 1], [1]]") from None
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        flat = [int(x) for r in routes for x in r] if len(routes) else []
         return Routes(offsets, np.asarray(flat, dtype=np.int64))
 
 
@@ -80,7 +84,10 @@ def _as_vector(name: str, value, flows: int) -> np.ndarray:
 
 
 def _check(capacity, start_us, nbytes, routes, latency_us, weight):
-    cap = np.asarray(capacity, dtype=np.float64)
+    try:
+        cap = np.asarray(capacity, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise FabricError("capacity must be one number (bytes/us) per resource") from None
     if cap.ndim != 1:
         raise FabricError(f"capacity must be one number per resource, got shape {cap.shape}")
     bad = np.flatnonzero(~(np.isfinite(cap) & (cap > 0)))

@@ -168,6 +168,10 @@ def test_intervals_record_constant_rate_stretches():
     (dict(latency_us=[-2.0]), "latency_us of flow 0 is -2.0"),
     (dict(weight=[0.0]), "weight of flow 0 is 0.0"),
     (dict(nbytes=[1.0, 2.0]), "one number per flow (1)"),
+    (dict(routes=[[0.5]]), "whole resource ids"),
+    (dict(routes=[0]), "whole resource ids"),
+    (dict(capacity=["fast"]), "one number (bytes/us) per resource"),
+    (dict(start_us=["soon"]), "start_us must be a number"),
 ])
 def test_bad_input_is_one_line_error(kwargs, words):
     args = dict(capacity=[1.0], start_us=[0.0], nbytes=[1.0], routes=[[0]])
