@@ -1,0 +1,290 @@
+"""The spot-protocol timing of few nodes, record by record in plain Python floats.
+
+Why: with a handful of nodes (a tensor-parallel group of 8) a round holds a few
+slots of a few records, and the numpy code of :mod:`.upstream` and
+:mod:`.downstream` spends its time in the overhead of hundreds of tiny array
+operations per round. Here every record is one Python float computation instead.
+
+Why it is exact: each number is produced by the same IEEE-754 double operations,
+on the same operands, in the same order as the numpy code. The max-plus scans
+keep their closed form (``done_j = max(start, max_i(ready_i - csum_{i-1})) +
+csum_j`` with a sequential running sum, as ``np.cumsum`` computes it; entries
+that are neutral in the numpy rows (a record that does not use the resource,
+padding) are skipped, which changes nothing: they add 0 to the running sum and
+never win a maximum); sums that numpy takes pairwise (``np.sum``) are taken with
+:func:`np_sum`, numpy's pairwise order; block and byte counts are integers.
+tests/unit/test_sparse_scalar.py compares the two paths with ``==``.
+
+It covers OmNICCL and omniccl-cpu (NIC or host aggregation, Rx credits, no host
+packing) with no faults, stragglers, telemetry or packet headers, and costs for
+which free times only grow (``SpotState.monotone``); :func:`applies` says when.
+Everything else, and large node counts (where numpy's vectors pay), takes the
+numpy path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nicemu.collectives.schedules.spot_protocol import CREDIT_BYTES, INDEX_BYTES, RECORD_HEADER_BYTES, Plan, Round
+
+#: largest node count timed here; above it the numpy path is faster (docs/model.md §10.8)
+MAX_NODES = 32
+
+NEG = float("-inf")
+
+
+def np_sum(a: list[float]) -> float:
+    """``float(np.sum(a))`` for float64 values: numpy's pairwise order (8 accumulators per block of
+    up to 128, halves above that), so the rounding is numpy's."""
+    n = len(a)
+    if n < 8:
+        res = 0.0
+        for x in a:
+            res += x
+        return res
+    if n <= 128:
+        r0, r1, r2, r3, r4, r5, r6, r7 = a[:8]
+        i, stop = 8, n - n % 8
+        while i < stop:
+            r0 += a[i]
+            r1 += a[i + 1]
+            r2 += a[i + 2]
+            r3 += a[i + 3]
+            r4 += a[i + 4]
+            r5 += a[i + 5]
+            r6 += a[i + 6]
+            r7 += a[i + 7]
+            i += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        for x in a[i:]:
+            res += x
+        return res
+    half = n // 2
+    half -= half % 8
+    return np_sum(a[:half]) + np_sum(a[half:])
+
+
+def applies(st, plan) -> bool:
+    """True when :func:`time_plan` gives this timing (``st``: a fresh ``SpotState`` of ``plan``)."""
+    cfg = st.cfg
+    return (isinstance(plan, Plan) and all(type(r) is Round for r in plan.rounds)
+            and st.n <= MAX_NODES and st.faults is None and st.slow is None and st.tel is None
+            and not st.header and st.monotone and cfg.aggregation in ("nic", "cpu")
+            and cfg.credits and not cfg.host_packing and not cfg.pack_on_result and st.clock is not None)
+
+
+def time_plan(st, plan: Plan) -> None:
+    """Time every round of ``plan`` into ``st`` (free times, busy times, done, byte counts), as
+    ``upstream.time_round`` and ``downstream.time_round`` would."""
+    _Scalar(st).run(plan)
+
+
+class _Scalar:
+    """The resource free times of ``SpotState`` as Python lists, and the rounds timed on them."""
+
+    def __init__(self, st) -> None:
+        self.st = st
+        self.n = st.n
+        self.out, self.inn = st.out_free.tolist(), st.in_free.tolist()
+        self.rd, self.wr = st.rd_free.tolist(), st.wr_free.tolist()
+        self.nicf, self.nic_busy = st.nic_free.tolist(), st.nic_busy.tolist()
+        self.host_thr, self.host_busy = st.host_thr.tolist(), st.host_busy.tolist()
+        self.tx_free = st.tx_free.tolist()
+        self.done = st.done.tolist()
+        self.clock: dict[int, list[float]] = {}
+        self.slot_g = st.slot_g.tolist()
+        self.slot_thread = st.slot_thread.tolist()
+        self.slot_hi = st.lay.slot_hi.tolist()
+        n = self.n
+        self.kf = [[float((w - g) % n) for w in range(n)] for g in range(n)]
+        self.others = [[w for w in range(n) if w != g] for g in range(n)]
+        self.up = self.down = 0
+
+    def run(self, plan: Plan) -> None:
+        for rnd in plan.rounds:
+            self._round(rnd)
+        st = self.st
+        st.out_free[:], st.in_free[:] = self.out, self.inn
+        st.rd_free[:], st.wr_free[:] = self.rd, self.wr
+        st.nic_free[:], st.nic_busy[:] = self.nicf, self.nic_busy
+        st.host_thr[:], st.host_busy[:] = self.host_thr, self.host_busy
+        st.tx_free[:] = self.tx_free
+        st.done[:] = self.done
+        for s, row in self.clock.items():
+            st.clock[s] = row
+        st.up += self.up
+        st.down += self.down
+
+    def _round(self, rnd: Round) -> None:
+        nact = len(rnd.slots)
+        if nact == 0:
+            return
+        slots = rnd.slots.tolist()
+        sent = rnd.sent_rows(0, nact)
+        rep = np.asarray(rnd.reports_rows(0, nact, sent), dtype=bool).tolist()
+        sent = sent.tolist()
+        result = rnd.result.tolist()
+        consumed, ready_at = [0.0] * nact, [0.0] * nact
+        for j, s in enumerate(slots):
+            consumed[j], ready_at[j] = self._up(rnd.index, s, sent[j], rep[j], result[j])
+        self._down(rnd.index, slots, result, rnd.next_lo.tolist(), consumed, ready_at)
+
+    def _up(self, index: int, s: int, sent: list[int], rep: list[bool], result: int) -> tuple[float, float]:
+        """Phase 1 of slot ``s``: its records leave the workers and are aggregated; returns when the
+        Rx spot is consumed and the result is ready."""
+        st, n = self.st, self.n
+        g = self.slot_g[s]
+        bb, pi, a_p, beta, alpha = st.bb, st.pi, st.a_p, st.beta, st.alpha
+        clock = None if index == 0 else self.clock[s]
+        rd, out = self.rd, self.out
+        # the records, in worker order: (arrival at the aggregator's NIC, payload bytes)
+        arrival: list[float] = []
+        data: list[float] = []
+        blocks = far_blocks = far_records = 0
+        start = self.inn[g]
+        csum, top, last = 0.0, NEG, start      # the scan of the aggregator's link in
+        for w in range(n):
+            if not rep[w]:
+                continue
+            cnt = sent[w]
+            sv = float(cnt)
+            d = sv * bb
+            ready = 0.0 if clock is None else clock[w]
+            if d > 0:               # the NIC DMA-reads the blocks
+                x = rd[w]
+                r = (ready if ready > x else x) + d * pi
+                rd[w] = r
+                ready = r + a_p
+            blocks += cnt
+            data.append(d)
+            if w == g:              # the aggregator's own record stays in its node
+                arrival.append(ready)
+                continue
+            msg_b = (sv * (bb + INDEX_BYTES) + RECORD_HEADER_BYTES) * beta
+            x = out[w]
+            of = (ready if ready > x else x) + msg_b
+            out[w] = of
+            x = ((of + alpha) - msg_b) - csum
+            if x > top:
+                top = x
+            csum += msg_b
+            last = (start if start > top else top) + csum
+            arrival.append(last)
+            far_blocks += cnt
+            far_records += 1
+        self.inn[g] = last
+        self.up += (bb + INDEX_BYTES) * far_blocks + RECORD_HEADER_BYTES * far_records
+        tx_free = self.tx_free[s][index % st.cfg.tx_spots]
+        rb_data = float(result) * bb
+        if st.cfg.aggregation == "nic":
+            return self._on_nic(g, arrival, data, tx_free, rb_data)
+        return self._on_host(g, s, arrival, data, blocks, tx_free, rb_data)
+
+    def _on_nic(self, g: int, arrival: list[float], data: list[float], tx_free: float,
+                rb_data: float) -> tuple[float, float]:
+        """The NIC reduces each record as it arrives (spilled spots: through host memory first)."""
+        st = self.st
+        nu, pi, a_p = st.nu, st.pi, st.a_p
+        if st.spilled:
+            arrival = [x + (2 * a_p + 2 * d * pi) for x, d in zip(arrival, data)]
+        first = max(tx_free, self.nicf[g])
+        svc = [d * nu for d in data]
+        csum, top, last = 0.0, NEG, first
+        for x, v in zip(arrival, svc):
+            x -= csum
+            if x > top:
+                top = x
+            csum += v
+            last = (first if first > top else top) + csum
+        self.nicf[g] = last
+        self.nic_busy[g] += np_sum(svc)
+        consumed = last + st.a_n
+        return consumed, (consumed + (a_p + rb_data * pi) if st.spilled else consumed)
+
+    def _on_host(self, g: int, s: int, arrival: list[float], data: list[float], blocks: int, tx_free: float,
+                 rb_data: float) -> tuple[float, float]:
+        """The records are DMA-written to host memory; the host reduces them once all have landed."""
+        st = self.st
+        pi, a_p, o_h, gamma = st.pi, st.a_p, st.o_h, st.gamma
+        start = self.wr[g]
+        csum, top, landed = 0.0, NEG, start
+        for x, d in zip(arrival, data):
+            top = max(top, x - csum)
+            csum += d * pi
+            landed = max(start, top) + csum
+        if arrival:
+            self.wr[g] = landed
+        last = (landed if arrival else 0.0) + a_p
+        thr = self.slot_thread[s]
+        host = self.host_thr[thr]
+        begin = max(max(last, host[g]), tx_free)
+        dsum = float(blocks) * st.bb
+        consumed = (begin + o_h) + dsum * gamma
+        host[g] = consumed
+        self.host_busy[g] += o_h + dsum * gamma
+        return consumed, consumed + a_p + rb_data * pi
+
+    def _down(self, index: int, slots: list[int], result: list[int], next_lo: list[int],
+              consumed: list[float], ready_at: list[float]) -> None:
+        """Phase 2: Rx credits and results leave the aggregators, reach every worker and land; the
+        Tx spots are freed once every Tx credit is back."""
+        st, n = self.st, self.n
+        f = n - 1           # far workers (nodes >= 2)
+        bb, beta, alpha, cb, pi, a_p = st.bb, st.beta, st.alpha, st.cb, st.pi, st.a_p
+        tx = index % st.cfg.tx_spots
+        out = self.out
+        leaves = []
+        conts = 0
+        for j, s in enumerate(slots):               # the aggregators send
+            g = self.slot_g[s]
+            res = float(result[j])
+            rb = res * (bb + INDEX_BYTES) + RECORD_HEADER_BYTES
+            rb_b = rb * beta
+            cont = next_lo[j] < self.slot_hi[s]
+            of = out[g]
+            c = max(of, consumed[j])
+            if cont:
+                of = c + f * cb
+            e = max(of, ready_at[j])
+            out[g] = e + f * rb_b
+            conts += cont
+            self.down += int(f * rb)
+            leaves.append((g, cont, c, e, rb_b, res * bb * pi))
+        self.down += conts * f * CREDIT_BYTES
+        self.up += len(slots) * f * CREDIT_BYTES
+        inn, wr = self.inn, self.wr
+        for j, s in enumerate(slots):               # the workers receive
+            g, cont, c0, e0, rb_b, rbd_pi = leaves[j]
+            kf, others = self.kf[g], self.others[g]     # (w - g) mod n as floats; the far workers
+            if cont:            # the Rx credit: a worker may write its next record once it has it
+                clock = [0.0] * n
+                clock[g] = consumed[j]
+                for w in others:
+                    t = inn[w] + cb
+                    x = kf[w] * cb + c0 + alpha
+                    if x > t:
+                        t = x
+                    inn[w] = t
+                    clock[w] = t
+                self.clock[s] = clock
+            got = NEG
+            for w in others:    # the result arrives, and is DMA-written to host memory
+                t = inn[w] + rb_b
+                x = kf[w] * rb_b + e0 + alpha
+                if x > t:
+                    t = x
+                inn[w] = t
+                if t > got:
+                    got = t
+                x = wr[w]
+                wr[w] = (t if t > x else x) + rbd_pi
+            t, x = ready_at[j], wr[g]       # the aggregator's node has it at once
+            wr[g] = (t if t > x else x) + rbd_pi
+            back = (got + cb) + alpha
+            self.tx_free[s][tx] = back if back > ready_at[j] else ready_at[j]
+        done = self.done
+        for w in range(n):
+            x = wr[w] + a_p
+            if x > done[w]:
+                done[w] = x
