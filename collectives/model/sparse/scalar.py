@@ -96,9 +96,11 @@ class _Scalar:
         self.slot_g = st.slot_g.tolist()
         self.slot_thread = st.slot_thread.tolist()
         self.slot_hi = st.lay.slot_hi.tolist()
+        self.on_nic = st.cfg.aggregation == "nic"
         n = self.n
         self.kf = [[float((w - g) % n) for w in range(n)] for g in range(n)]
         self.others = [[w for w in range(n) if w != g] for g in range(n)]
+        self.kcb = [[k * st.cb for k in row] for row in self.kf]     # k-th far worker's credit leaves k*cb later
         self.up = self.down = 0
 
     def run(self, plan: Plan) -> None:
@@ -131,16 +133,26 @@ class _Scalar:
         self._down(rnd.index, slots, result, rnd.next_lo.tolist(), consumed, ready_at)
 
     def _up(self, index: int, s: int, sent: list[int], rep: list[bool], result: int) -> tuple[float, float]:
-        """Phase 1 of slot ``s``: its records leave the workers and are aggregated; returns when the
-        Rx spot is consumed and the result is ready."""
+        """Phase 1 of slot ``s``: its records leave the workers, cross the aggregator's link in (a
+        max-plus scan in worker order) and are aggregated; returns when the Rx spot is consumed and
+        the result is ready. The NIC's scan runs in the same pass: it serves the records in the
+        same order."""
         st, n = self.st, self.n
         g = self.slot_g[s]
         bb, pi, a_p, beta, alpha = st.bb, st.pi, st.a_p, st.beta, st.alpha
         clock = None if index == 0 else self.clock[s]
         rd, out = self.rd, self.out
-        # the records, in worker order: (arrival at the aggregator's NIC, payload bytes)
-        arrival: list[float] = []
-        data: list[float] = []
+        tx_free = self.tx_free[s][index % st.cfg.tx_spots]
+        on_nic, spilled, nu = self.on_nic, st.spilled, st.nu
+        if on_nic:
+            first = self.nicf[g]
+            if tx_free > first:
+                first = tx_free
+            svc: list[float] = []
+            ncsum, ntop, nlast = 0.0, NEG, first     # the scan of the NIC reduction engine
+        else:
+            arrival: list[float] = []
+            data: list[float] = []
         blocks = far_blocks = far_records = 0
         start = self.inn[g]
         csum, top, last = 0.0, NEG, start      # the scan of the aggregator's link in
@@ -157,50 +169,42 @@ class _Scalar:
                 rd[w] = r
                 ready = r + a_p
             blocks += cnt
-            data.append(d)
             if w == g:              # the aggregator's own record stays in its node
-                arrival.append(ready)
-                continue
-            msg_b = (sv * (bb + INDEX_BYTES) + RECORD_HEADER_BYTES) * beta
-            x = out[w]
-            of = (ready if ready > x else x) + msg_b
-            out[w] = of
-            x = ((of + alpha) - msg_b) - csum
-            if x > top:
-                top = x
-            csum += msg_b
-            last = (start if start > top else top) + csum
-            arrival.append(last)
-            far_blocks += cnt
-            far_records += 1
+                arr = ready
+            else:
+                msg_b = (sv * (bb + INDEX_BYTES) + RECORD_HEADER_BYTES) * beta
+                x = out[w]
+                of = (ready if ready > x else x) + msg_b
+                out[w] = of
+                x = ((of + alpha) - msg_b) - csum
+                if x > top:
+                    top = x
+                csum += msg_b
+                arr = last = (start if start > top else top) + csum
+                far_blocks += cnt
+                far_records += 1
+            if on_nic:
+                if spilled:         # to host memory and back before the NIC reduces it
+                    arr += 2 * a_p + 2 * d * pi
+                v = d * nu
+                svc.append(v)
+                x = arr - ncsum
+                if x > ntop:
+                    ntop = x
+                ncsum += v
+                nlast = (first if first > ntop else ntop) + ncsum
+            else:
+                arrival.append(arr)
+                data.append(d)
         self.inn[g] = last
         self.up += (bb + INDEX_BYTES) * far_blocks + RECORD_HEADER_BYTES * far_records
-        tx_free = self.tx_free[s][index % st.cfg.tx_spots]
         rb_data = float(result) * bb
-        if st.cfg.aggregation == "nic":
-            return self._on_nic(g, arrival, data, tx_free, rb_data)
-        return self._on_host(g, s, arrival, data, blocks, tx_free, rb_data)
-
-    def _on_nic(self, g: int, arrival: list[float], data: list[float], tx_free: float,
-                rb_data: float) -> tuple[float, float]:
-        """The NIC reduces each record as it arrives (spilled spots: through host memory first)."""
-        st = self.st
-        nu, pi, a_p = st.nu, st.pi, st.a_p
-        if st.spilled:
-            arrival = [x + (2 * a_p + 2 * d * pi) for x, d in zip(arrival, data)]
-        first = max(tx_free, self.nicf[g])
-        svc = [d * nu for d in data]
-        csum, top, last = 0.0, NEG, first
-        for x, v in zip(arrival, svc):
-            x -= csum
-            if x > top:
-                top = x
-            csum += v
-            last = (first if first > top else top) + csum
-        self.nicf[g] = last
+        if not on_nic:
+            return self._on_host(g, s, arrival, data, blocks, tx_free, rb_data)
+        self.nicf[g] = nlast
         self.nic_busy[g] += np_sum(svc)
-        consumed = last + st.a_n
-        return consumed, (consumed + (a_p + rb_data * pi) if st.spilled else consumed)
+        consumed = nlast + st.a_n
+        return consumed, (consumed + (a_p + rb_data * pi) if spilled else consumed)
 
     def _on_host(self, g: int, s: int, arrival: list[float], data: list[float], blocks: int, tx_free: float,
                  rb_data: float) -> tuple[float, float]:
@@ -258,11 +262,12 @@ class _Scalar:
             g, cont, c0, e0, rb_b, rbd_pi = leaves[j]
             kf, others = self.kf[g], self.others[g]     # (w - g) mod n as floats; the far workers
             if cont:            # the Rx credit: a worker may write its next record once it has it
+                kcb = self.kcb[g]
                 clock = [0.0] * n
                 clock[g] = consumed[j]
                 for w in others:
                     t = inn[w] + cb
-                    x = kf[w] * cb + c0 + alpha
+                    x = kcb[w] + c0 + alpha
                     if x > t:
                         t = x
                     inn[w] = t
