@@ -40,6 +40,10 @@ fault delays, the two phases and the aggregation); this module runs them.
   A plan whose counts fit in ``COUNT_ALL_LIMIT`` entries has them all read in one
   pass first (``Plan.count_all``): its windows are disjoint, so that is one read
   of the masks instead of one per round.
+* With few nodes (OmNICCL and omniccl-cpu without faults, stragglers, telemetry or
+  headers), :mod:`nicemu.collectives.model.sparse.scalar` times every record in
+  plain Python floats with the same operations in the same order: a round there
+  is a few records, and numpy's per-call overhead is what costs.
 * When a chunk's slots are not all written by every worker (and no host packs
   or straggles), a worker's records are timed as its first, second, ... record
   of the chunk, for all workers at once: its records use only its own PCIe read
