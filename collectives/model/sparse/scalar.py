@@ -92,7 +92,8 @@ class _Scalar:
         self.host_thr, self.host_busy = st.host_thr.tolist(), st.host_busy.tolist()
         self.tx_free = st.tx_free.tolist()
         self.done = st.done.tolist()
-        self.clock: dict[int, list[float]] = {}
+        self.clock: dict[int, list[float]] = {}     # per slot: when each worker may write again
+        self.zeros = [0.0] * st.n
         self.slot_g = st.slot_g.tolist()
         self.slot_thread = st.slot_thread.tolist()
         self.slot_hi = st.lay.slot_hi.tolist()
@@ -140,7 +141,7 @@ class _Scalar:
         st, n = self.st, self.n
         g = self.slot_g[s]
         bb, pi, a_p, beta, alpha = st.bb, st.pi, st.a_p, st.beta, st.alpha
-        clock = None if index == 0 else self.clock[s]
+        clock = None if index == 0 else self.clock.get(s, self.zeros)
         rd, out = self.rd, self.out
         tx_free = self.tx_free[s][index % st.cfg.tx_spots]
         on_nic, spilled, nu = self.on_nic, st.spilled, st.nu
