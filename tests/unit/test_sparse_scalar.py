@@ -2,10 +2,11 @@
 
 Every case is timed twice, with ``sparse_timing.SCALAR`` on and off, and every number is
 compared with ``==``: emulated time, each node's done time, host and NIC busy time, byte
-counts, spill. The cases cover node counts up to ``scalar.MAX_NODES``, densities and mask
-shapes, block sizes, spot counts, spot capacities, aggregator counts, one or two Tx spots,
-element sizes of 1 to 8 bytes, awkward profiles (spilled spots, an infinitely fast NIC), and
-the 926 embedding AllReduces ``nicemu serve`` times in its default Llama-3-70B run.
+counts, spill. The cases cover the three sparse algorithms (OmniReduce also with its earlier
+settings and other thread counts), node counts up to the scalar path's limits, densities and
+mask shapes, block sizes, spot counts, spot capacities, aggregator counts, one or two Tx
+spots, element sizes of 1 to 8 bytes, awkward profiles (spilled spots, an infinitely fast
+NIC), and the 926 embedding AllReduces ``nicemu serve`` times in its default Llama-3-70B run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from nicemu.nic.profile import load_profile
 from nicemu.workloads.embedding_shards import batch_token_ids, embedding_block_mask
 from tests.serve_embedding_calls import SHAPE, TOKENS
 
-ALGOS = ("omniccl", "omniccl-cpu")
+ALGOS = ("omniccl", "omniccl-cpu", "omnireduce")
+#: OmniReduce's settings before its polling threads (one thread, a wake-up per message, packing before the send)
+LEGACY = dict(host_threads=1, host_event_us=None, pack_on_result=False)
 
 
 @pytest.fixture
@@ -99,12 +102,20 @@ def random_profile(rng: np.random.Generator):
 
 
 def random_case(rng: np.random.Generator):
-    nodes = int(rng.integers(2, 13)) if rng.random() < 0.85 else int(rng.integers(13, scalar.MAX_NODES + 1))
-    cfg = sparse_config(ALGOS[int(rng.integers(2))], nodes, block_size=int(rng.choice([1, 4, 16, 256])),
+    algo = ALGOS[int(rng.integers(3))]
+    top = scalar.MAX_NODES_DEDICATED if algo == "omnireduce" else scalar.MAX_NODES
+    nodes = int(rng.integers(2, 13)) if rng.random() < 0.85 else int(rng.integers(13, top + 1))
+    spots = int(rng.integers(1, 6)) if algo != "omnireduce" or rng.random() < 0.5 else None
+    cfg = sparse_config(algo, nodes, block_size=int(rng.choice([1, 4, 16, 256])),
                         aggregators=[None, 1, 2, int(rng.integers(1, nodes + 1))][int(rng.integers(4))],
-                        spots=int(rng.integers(1, 6)), spot_blocks=int(rng.choice([1, 2, 3, 16, 32, 64])),
+                        spots=spots, spot_blocks=int(rng.choice([1, 2, 3, 16, 32, 64])),
                         tx_spots=int(rng.integers(1, 3)))
-    if rng.random() < 0.1:
+    if algo == "omnireduce":
+        if rng.random() < 0.3:
+            cfg = replace(cfg, **LEGACY)
+        elif rng.random() < 0.3:
+            cfg = replace(cfg, host_threads=int(rng.integers(1, 9)), host_event_us=float(rng.choice([0.0, 0.37])))
+    elif rng.random() < 0.1:
         cfg = replace(cfg, dense_first_round=True)
     return cfg, random_masks(rng, nodes), random_profile(rng), int(rng.choice([1, 2, 4, 8]))
 
@@ -122,11 +133,11 @@ def test_random_cases_are_identical(seed, monkeypatch, used):
 
 
 def test_spilled_and_cpu_cases_are_covered(monkeypatch, used):
-    """Both aggregations, with and without spilled spots, at the defaults of 8 nodes."""
+    """Both OmNICCL aggregations, with and without spilled spots, at the defaults of 8 nodes."""
     rng = np.random.default_rng(3)
     masks = rng.random((8, 3000)) < 0.3
     seen = set()
-    for algo in ALGOS:
+    for algo in ALGOS[:2]:
         for mem in ("1", "100000"):
             prof = load_profile("omniccl-paper", [f"nic.memory_KiB={mem}"])
             fast, slow = both(monkeypatch, sparse_config(algo, 8), masks, prof, 4)
@@ -165,8 +176,8 @@ def _applies(cfg, masks, prof, itemsize=4, faults=None, slow=None, telemetry=Fal
 
 
 def test_the_numpy_path_keeps_what_the_scalar_one_does_not_cover(monkeypatch, used):
-    """Faults, stragglers, telemetry, packet headers, OmniReduce and large node counts take the
-    numpy path; their numbers do not depend on the switch."""
+    """Faults, stragglers, telemetry, packet headers and large node counts take the numpy path;
+    their numbers do not depend on the switch."""
     rng = np.random.default_rng(11)
     masks = rng.random((6, 400)) < 0.4
     prof = load_profile("omniccl-paper")
@@ -176,13 +187,18 @@ def test_the_numpy_path_keeps_what_the_scalar_one_does_not_cover(monkeypatch, us
     assert not _applies(cfg, masks, prof, slow=np.array([1.0, 2.0, 1.0, 1.0, 1.0, 1.0]))
     assert not _applies(cfg, masks, prof, telemetry=True)
     assert not _applies(cfg, masks, load_profile("omniccl-paper", ["link.header_bytes=64"]))
-    assert not _applies(sparse_config("omnireduce", 6), masks, prof)
+    assert _applies(sparse_config("omnireduce", 6), masks, prof)
     big = rng.random((scalar.MAX_NODES + 1, 200)) < 0.4
     assert not _applies(sparse_config("omniccl", scalar.MAX_NODES + 1), big, prof)
+    over = scalar.MAX_NODES_DEDICATED + 1
+    mid = rng.random((over, 200)) < 0.4
+    assert _applies(sparse_config("omniccl", over), mid, prof)
+    assert not _applies(sparse_config("omnireduce", over), mid, prof)
     for args, kw in (((cfg, masks, prof, 4, FaultSpec(drop=0.05, seed=1)), {}),
                      ((cfg, masks, prof, 4), {"stragglers": {2: 3.0}}),
                      ((cfg, masks, prof, 4), {"telemetry": True}),
-                     ((sparse_config("omnireduce", 6), masks, prof, 4), {}),
+                     ((sparse_config("omnireduce", 6), masks, prof, 4), {"stragglers": {1: 2.5}}),
+                     ((sparse_config("omnireduce", over), mid, prof, 4), {}),
                      ((sparse_config("omniccl", scalar.MAX_NODES + 1), big, prof, 4), {})):
         fast, slow = both(monkeypatch, *args, **kw)
         assert_identical(fast, slow)

@@ -16,10 +16,11 @@ never win a maximum); sums that numpy takes pairwise (``np.sum``) are taken with
 tests/unit/test_sparse_scalar.py compares the two paths with ``==``.
 
 It covers OmNICCL and omniccl-cpu (NIC or host aggregation, Rx credits, no host
-packing) with no faults, stragglers, telemetry or packet headers, and costs for
-which free times only grow (``SpotState.monotone``); :func:`applies` says when.
-Everything else, and large node counts (where numpy's vectors pay), takes the
-numpy path.
+packing) and OmniReduce (dedicated aggregators, host packing, self-clocked slots,
+packing on the result or not) with no faults, stragglers, telemetry or packet
+headers, and costs for which free times only grow (``SpotState.monotone``);
+:func:`applies` says when. Everything else, and large node counts (where numpy's
+vectors pay), takes the numpy path.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from nicemu.collectives.schedules.spot_protocol import CREDIT_BYTES, INDEX_BYTES
 
 #: largest node count timed here; above it the numpy path is faster (docs/model.md §10.8)
 MAX_NODES = 32
+#: the same for OmniReduce (dedicated aggregators), whose rounds have many more slots
+MAX_NODES_DEDICATED = 16
 
 NEG = float("-inf")
 
@@ -68,16 +71,19 @@ def np_sum(a: list[float]) -> float:
 def applies(st, plan) -> bool:
     """True when :func:`time_plan` gives this timing (``st``: a fresh ``SpotState`` of ``plan``)."""
     cfg = st.cfg
-    return (isinstance(plan, Plan) and all(type(r) is Round for r in plan.rounds)
+    if not (isinstance(plan, Plan) and all(type(r) is Round for r in plan.rounds)
             and st.n <= MAX_NODES and st.faults is None and st.slow is None and st.tel is None
-            and not st.header and st.monotone and cfg.aggregation in ("nic", "cpu")
-            and cfg.credits and not cfg.host_packing and not cfg.pack_on_result and st.clock is not None)
+            and not st.header and st.monotone):
+        return False
+    if cfg.aggregation == "dedicated":          # OmniReduce
+        return cfg.host_packing and not cfg.credits and st.n <= MAX_NODES_DEDICATED
+    return cfg.credits and not cfg.host_packing and not cfg.pack_on_result and st.clock is not None
 
 
 def time_plan(st, plan: Plan) -> None:
     """Time every round of ``plan`` into ``st`` (free times, busy times, done, byte counts), as
     ``upstream.time_round`` and ``downstream.time_round`` would."""
-    _Scalar(st).run(plan)
+    (_Dedicated if st.cfg.aggregation == "dedicated" else _Scalar)(st).run(plan)
 
 
 class _Scalar:
@@ -292,5 +298,176 @@ class _Scalar:
         done = self.done
         for w in range(n):
             x = wr[w] + a_p
+            if x > done[w]:
+                done[w] = x
+
+
+class _Dedicated(_Scalar):
+    """OmniReduce: dedicated aggregators (endpoints ``n + a``), worker hosts that pack each record and
+    unpack each result on the slot's thread, no credits (a slot is self-clocked by its result)."""
+
+    def __init__(self, st) -> None:
+        super().__init__(st)
+        self.k1 = [w + 1.0 for w in range(self.n)]     # the k-th worker's copy leaves k copies after the first
+        self.on_result = st.cfg.pack_on_result
+        self.clocked = st.clock is not None            # a slot's next record waits for its result
+
+    def run(self, plan: Plan) -> None:
+        rounds = plan.rounds
+        self._next = None
+        for i, rnd in enumerate(rounds):
+            self._next = rounds[i + 1] if self.on_result and i + 1 < len(rounds) else None
+            self._round(rnd)
+        super().run(Plan(plan.layout, plan.cfg))        # no rounds: writes the state back
+
+    def _up(self, index: int, s: int, sent: list[int], rep: list[bool], result: int) -> tuple[float, float]:
+        """Phase 1 of slot ``s``: (first round, or not packing on the result) the worker's host thread
+        packs the record, the NIC reads it, it crosses to the aggregator, whose thread handles each
+        message as it arrives."""
+        st, n = self.st, self.n
+        g = self.slot_g[s]
+        bb, pi, a_p, beta, alpha, gamma, o_h = st.bb, st.pi, st.a_p, st.beta, st.alpha, st.gamma, st.o_h
+        clock = None if (not self.clocked or index == 0) else self.clock.get(s, self.zeros)
+        pack_here = index == 0 or not self.on_result
+        thr = self.slot_thread[s]
+        host, hb = self.host_thr[thr], self.host_busy
+        window = (self._hi[s] - self._lo[s]) * bb
+        rd, out = self.rd, self.out
+        tx_free = self.tx_free[s][index % st.cfg.tx_spots]
+        start0 = host[g]
+        if tx_free > start0:
+            start0 = tx_free
+        svc: list[float] = []
+        acsum, atop, consumed = 0.0, NEG, start0    # the aggregator thread's scan
+        start = self.inn[g]
+        csum, top, last = 0.0, NEG, start           # the scan of the aggregator's link in
+        blocks = records = 0
+        for w in range(n):
+            if not rep[w]:
+                continue
+            cnt = sent[w]
+            sv = float(cnt)
+            d = sv * bb
+            ready = 0.0 if clock is None else clock[w]
+            if pack_here:           # the host thread finds and packs the blocks
+                pack = (window + d) * gamma
+                if not self.clocked:
+                    h = host[w] + o_h
+                else:
+                    x = host[w]
+                    h = (ready if ready > x else x) + o_h
+                h += pack
+                host[w] = h
+                hb[w] += o_h + pack
+                ready = h
+            if d > 0:               # the NIC DMA-reads the record
+                x = rd[w]
+                r = (ready if ready > x else x) + d * pi
+                rd[w] = r
+                ready = r + a_p
+            msg_b = (sv * (bb + INDEX_BYTES) + RECORD_HEADER_BYTES) * beta
+            x = out[w]
+            of = (ready if ready > x else x) + msg_b
+            out[w] = of
+            x = ((of + alpha) - msg_b) - csum
+            if x > top:
+                top = x
+            csum += msg_b
+            last = (start if start > top else top) + csum
+            blocks += cnt
+            records += 1
+            v = o_h + d * gamma     # the aggregator thread: DMA write, then copy
+            svc.append(v)
+            x = ((last + a_p) + d * pi) - acsum
+            if x > atop:
+                atop = x
+            acsum += v
+            consumed = (start0 if start0 > atop else atop) + acsum
+        self.inn[g] = last
+        self.up += (bb + INDEX_BYTES) * blocks + RECORD_HEADER_BYTES * records
+        host[g] = consumed
+        hb[g] += np_sum(svc)
+        return consumed, consumed + a_p + float(result) * bb * pi
+
+    def _round(self, rnd: Round) -> None:
+        self._lo = dict(zip(rnd.slots.tolist(), rnd.lo.tolist()))
+        self._hi = dict(zip(rnd.slots.tolist(), rnd.hi.tolist()))
+        super()._round(rnd)
+
+    def _next_records(self) -> dict[int, tuple[list[bool], list[float]]]:
+        """``pack_on_result``: per slot of the next round, who writes a record in it and the host time
+        to find and pack it."""
+        nxt = self._next
+        if nxt is None or len(nxt.slots) == 0:
+            return {}
+        st, k = self.st, len(nxt.slots)
+        sent = nxt.sent_rows(0, k)
+        rep = np.asarray(nxt.reports_rows(0, k, sent), dtype=bool).tolist()
+        window = ((nxt.hi - nxt.lo) * st.bb).tolist()
+        gamma, bb = st.gamma, st.bb
+        out = {}
+        for s, row, r, win in zip(nxt.slots.tolist(), sent.tolist(), rep, window):
+            out[s] = (r, [(win + float(c) * bb) * gamma for c in row])
+        return out
+
+    def _down(self, index: int, slots: list[int], result: list[int], next_lo: list[int],
+              consumed: list[float], ready_at: list[float]) -> None:
+        """Phase 2: each result goes to every worker, one copy after the other; the worker's NIC writes
+        it to host memory, the slot's host thread unpacks it and (packing on the result) packs the
+        slot's next record in the same pass."""
+        st, n = self.st, self.n
+        f = n
+        bb, beta, alpha, cb, pi, a_p, gamma, o_h = st.bb, st.beta, st.alpha, st.cb, st.pi, st.a_p, st.gamma, st.o_h
+        tx = index % st.cfg.tx_spots
+        out, k1 = self.out, self.k1
+        leaves = []
+        for j, s in enumerate(slots):               # the aggregators send
+            g = self.slot_g[s]
+            res = float(result[j])
+            rb = res * (bb + INDEX_BYTES) + RECORD_HEADER_BYTES
+            rb_b = rb * beta
+            of = out[g]
+            e = max(of, ready_at[j])
+            out[g] = e + f * rb_b
+            self.down += int(f * rb)
+            rbd = res * bb
+            leaves.append((e, rb_b, rbd * pi, rbd * gamma))
+        self.up += len(slots) * f * CREDIT_BYTES
+        nxt = self._next_records() if self._next is not None else {}
+        inn, wr, hb = self.inn, self.wr, self.host_busy
+        for j, s in enumerate(slots):               # the workers receive
+            e0, rb_b, rbd_pi, rbd_g = leaves[j]
+            host = self.host_thr[self.slot_thread[s]]
+            unpack_busy = o_h + rbd_g
+            got = NEG
+            for w in range(n):
+                t = inn[w] + rb_b
+                x = k1[w] * rb_b + e0 + alpha
+                if x > t:
+                    t = x
+                inn[w] = t
+                if t > got:
+                    got = t
+                x = wr[w]
+                x = (t if t > x else x) + rbd_pi
+                wr[w] = x
+                x += a_p                # landed; the host thread unpacks it
+                h = host[w]
+                host[w] = (x if x > h else h) + o_h + rbd_g
+                hb[w] += unpack_busy
+            pk = nxt.get(s)
+            if pk is not None:          # the same pass packs the slot's next record
+                rep, pack = pk
+                for w in range(n):
+                    if rep[w]:
+                        host[w] = host[w] + o_h + pack[w]
+                        hb[w] += o_h + pack[w]
+            if self.clocked and next_lo[j] < self.slot_hi[s]:
+                self.clock[s] = host[:n]
+            back = (got + cb) + alpha
+            self.tx_free[s][tx] = back if back > 0.0 else 0.0
+        done, thr = self.done, self.host_thr
+        for w in range(n):
+            x = max(row[w] for row in thr)
             if x > done[w]:
                 done[w] = x
