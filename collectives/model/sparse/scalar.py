@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nicemu.collectives.model.sparse.state import SpotState
 from nicemu.collectives.schedules.spot_protocol import CREDIT_BYTES, INDEX_BYTES, RECORD_HEADER_BYTES, Plan, Round
 
 #: largest node count timed here; above it the numpy path is faster (docs/model.md §10.8)
@@ -68,7 +69,7 @@ def np_sum(a: list[float]) -> float:
     return np_sum(a[:half]) + np_sum(a[half:])
 
 
-def applies(st, plan) -> bool:
+def applies(st: SpotState, plan: Plan) -> bool:
     """True when :func:`time_plan` gives this timing (``st``: a fresh ``SpotState`` of ``plan``)."""
     cfg = st.cfg
     if not (isinstance(plan, Plan) and all(type(r) is Round for r in plan.rounds)
@@ -80,7 +81,7 @@ def applies(st, plan) -> bool:
     return cfg.credits and not cfg.host_packing and not cfg.pack_on_result and st.clock is not None
 
 
-def time_plan(st, plan: Plan) -> None:
+def time_plan(st: SpotState, plan: Plan) -> None:
     """Time every round of ``plan`` into ``st`` (free times, busy times, done, byte counts), as
     ``upstream.time_round`` and ``downstream.time_round`` would."""
     (_Dedicated if st.cfg.aggregation == "dedicated" else _Scalar)(st).run(plan)
@@ -89,7 +90,7 @@ def time_plan(st, plan: Plan) -> None:
 class _Scalar:
     """The resource free times of ``SpotState`` as Python lists, and the rounds timed on them."""
 
-    def __init__(self, st) -> None:
+    def __init__(self, st: SpotState) -> None:
         self.st = st
         self.n = st.n
         self.out, self.inn = st.out_free.tolist(), st.in_free.tolist()
@@ -111,8 +112,13 @@ class _Scalar:
         self.up = self.down = 0
 
     def run(self, plan: Plan) -> None:
-        for rnd in plan.rounds:
-            self._round(rnd)
+        rounds = plan.rounds
+        for i, rnd in enumerate(rounds):
+            self._round(rnd, rounds[i + 1] if i + 1 < len(rounds) else None)
+        self._write_back()
+
+    def _write_back(self) -> None:
+        """The free times, busy times, byte counts and done times, back into the ``SpotState``."""
         st = self.st
         st.out_free[:], st.in_free[:] = self.out, self.inn
         st.rd_free[:], st.wr_free[:] = self.rd, self.wr
@@ -125,7 +131,8 @@ class _Scalar:
         st.up += self.up
         st.down += self.down
 
-    def _round(self, rnd: Round) -> None:
+    def _round(self, rnd: Round, nxt: Round | None) -> None:
+        """Both phases of one round (``nxt``: the next round, for packing on the result)."""
         nact = len(rnd.slots)
         if nact == 0:
             return
@@ -306,19 +313,13 @@ class _Dedicated(_Scalar):
     """OmniReduce: dedicated aggregators (endpoints ``n + a``), worker hosts that pack each record and
     unpack each result on the slot's thread, no credits (a slot is self-clocked by its result)."""
 
-    def __init__(self, st) -> None:
+    def __init__(self, st: SpotState) -> None:
         super().__init__(st)
         self.k1 = [w + 1.0 for w in range(self.n)]     # the k-th worker's copy leaves k copies after the first
         self.on_result = st.cfg.pack_on_result
         self.clocked = st.clock is not None            # a slot's next record waits for its result
-
-    def run(self, plan: Plan) -> None:
-        rounds = plan.rounds
-        self._next = None
-        for i, rnd in enumerate(rounds):
-            self._next = rounds[i + 1] if self.on_result and i + 1 < len(rounds) else None
-            self._round(rnd)
-        super().run(Plan(plan.layout, plan.cfg))        # no rounds: writes the state back
+        self._next: Round | None = None                 # the round whose records are packed on the result
+        self._window: dict[int, int] = {}               # per slot of the round: its window's bytes
 
     def _up(self, index: int, s: int, sent: list[int], rep: list[bool], result: int) -> tuple[float, float]:
         """Phase 1 of slot ``s``: (first round, or not packing on the result) the worker's host thread
@@ -331,7 +332,7 @@ class _Dedicated(_Scalar):
         pack_here = index == 0 or not self.on_result
         thr = self.slot_thread[s]
         host, hb = self.host_thr[thr], self.host_busy
-        window = (self._hi[s] - self._lo[s]) * bb
+        window = self._window[s]
         rd, out = self.rd, self.out
         tx_free = self.tx_free[s][index % st.cfg.tx_spots]
         start0 = host[g]
@@ -389,10 +390,11 @@ class _Dedicated(_Scalar):
         hb[g] += np_sum(svc)
         return consumed, consumed + a_p + float(result) * bb * pi
 
-    def _round(self, rnd: Round) -> None:
-        self._lo = dict(zip(rnd.slots.tolist(), rnd.lo.tolist()))
-        self._hi = dict(zip(rnd.slots.tolist(), rnd.hi.tolist()))
-        super()._round(rnd)
+    def _round(self, rnd: Round, nxt: Round | None) -> None:
+        self._next = nxt if self.on_result else None
+        # per slot: the bytes of its window, which the host scans to pack the record
+        self._window = dict(zip(rnd.slots.tolist(), ((rnd.hi - rnd.lo) * self.st.bb).tolist()))
+        super()._round(rnd, nxt)
 
     def _next_records(self) -> dict[int, tuple[list[bool], list[float]]]:
         """``pack_on_result``: per slot of the next round, who writes a record in it and the host time
