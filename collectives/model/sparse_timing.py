@@ -40,6 +40,10 @@ fault delays, the two phases and the aggregation); this module runs them.
   A plan whose counts fit in ``COUNT_ALL_LIMIT`` entries has them all read in one
   pass first (``Plan.count_all``): its windows are disjoint, so that is one read
   of the masks instead of one per round.
+* With few nodes (OmNICCL and omniccl-cpu without faults, stragglers, telemetry or
+  headers), :mod:`nicemu.collectives.model.sparse.scalar` times every record in
+  plain Python floats with the same operations in the same order: a round there
+  is a few records, and numpy's per-call overhead is what costs.
 * When a chunk's slots are not all written by every worker (and no host packs
   or straggles), a worker's records are timed as its first, second, ... record
   of the chunk, for all workers at once: its records use only its own PCIe read
@@ -62,7 +66,7 @@ import numpy as np
 
 from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.link_faults import FaultStats
-from nicemu.collectives.model.sparse import downstream, upstream
+from nicemu.collectives.model.sparse import downstream, scalar, upstream
 from nicemu.collectives.model.sparse.state import SpotState, spot_memory_bytes
 from nicemu.collectives.model.sparse.telemetry import SpotTelemetry
 from nicemu.collectives.schedules.spot_protocol import PackedMasks, Plan, SparseConfig, plan_rounds
@@ -74,6 +78,8 @@ from nicemu.nic.telemetry import LinkStats
 
 #: (slot, worker) counts of a whole plan read from the masks in one go when they fit; 0 = round by round
 COUNT_ALL_LIMIT = 1 << 21
+#: time few-node plans record by record in Python floats when ``scalar.applies`` (False: numpy path)
+SCALAR = True
 
 __all__ = ["SparseTiming", "as_timing", "model_sparse", "plan_sparse", "sparse_time", "spot_memory_bytes",
            "time_sparse_plan"]
@@ -110,9 +116,12 @@ def sparse_time(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec |
     if telemetry is not False and telemetry is not None:
         _watch(t, profile, telemetry)
     rounds = plan.rounds
-    for i, rnd in enumerate(rounds):
-        upstream.time_round(t, rnd)
-        downstream.time_round(t, rnd, rounds[i + 1] if i + 1 < len(rounds) else None)
+    if SCALAR and scalar.applies(t, plan):
+        scalar.time_plan(t, plan)
+    else:
+        for i, rnd in enumerate(rounds):
+            upstream.time_round(t, rnd)
+            downstream.time_round(t, rnd, rounds[i + 1] if i + 1 < len(rounds) else None)
     stats = None if t.faults is None else FaultStats.summary(t.fault_stats.rows())
     out = SparseTiming(float(t.done.max()), t.done, float(t.host_busy.max()), float(t.nic_busy.max()),
                        t.up + t.down, t.up, t.down, bool(t.spilled), stats, t.framed_bytes())

@@ -10,8 +10,8 @@ Two checks over many random masks, configs, profiles, faults and stragglers:
   profile's wake-up per message, packing before the send): the new settings are
   switches that leave every other number as it was.
 * with the fast paths switched off (``COUNT_ALL_LIMIT = 0``: counts read round by
-  round; ``upstream.BY_WORKER = False``: records sent slot by slot) the same cases
-  give the same numbers.
+  round; ``SCALAR = False``: no scalar path for few nodes; ``upstream.BY_WORKER = False``:
+  records sent slot by slot) the same cases give the same numbers.
 """
 
 from __future__ import annotations
@@ -111,8 +111,11 @@ FROZEN = {
 }
 
 
+@pytest.mark.parametrize("scalar", [True, False])
 @pytest.mark.parametrize("seed", sorted(FROZEN))
-def test_numbers_are_those_of_the_round_by_round_code(seed):
+def test_numbers_are_those_of_the_round_by_round_code(seed, scalar, monkeypatch):
+    """With the scalar path for few nodes (docs/model.md §10.8) and with the numpy path alone."""
+    monkeypatch.setattr(sparse_timing, "SCALAR", scalar)
     assert digest(60, seed, legacy=True) == FROZEN[seed]
 
 
@@ -120,5 +123,6 @@ def test_numbers_are_those_of_the_round_by_round_code(seed):
 def test_fast_paths_off_give_the_same_numbers(seed, monkeypatch):
     fast = digest(40, 100 + seed)
     monkeypatch.setattr(sparse_timing, "COUNT_ALL_LIMIT", 0)
+    monkeypatch.setattr(sparse_timing, "SCALAR", False)
     monkeypatch.setattr(upstream, "BY_WORKER", False)
     assert digest(40, 100 + seed) == fast

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from nicemu.collectives import model_sparse, names, sparse_config
+from nicemu.collectives.model import sparse_timing
 from nicemu.collectives.model.sparse import state as sparse_state
 from nicemu.collectives.model.sparse.maxplus import max_plus_rows, max_plus_scan, row_sums
 from nicemu.collectives.model.sparse_timing import sparse_time
@@ -431,13 +432,16 @@ def check_case(masks, cfg, profile, itemsize) -> None:
 
 @pytest.fixture(params=["default", "tiny", "small"])
 def chunks(request, monkeypatch):
-    """Force the chunked code paths: a few (slot, worker) pairs and mask bytes per chunk."""
+    """Force the chunked code paths: a few (slot, worker) pairs and mask bytes per chunk. The forced
+    ones run the numpy path (the scalar path for few nodes, docs/model.md §10.8, has no chunks)."""
     if request.param == "tiny":
         monkeypatch.setattr(sparse_state, "CHUNK", 1)
         monkeypatch.setattr(spot_protocol, "_COUNT_CHUNK", 1)
     elif request.param == "small":
         monkeypatch.setattr(sparse_state, "CHUNK", 23)
         monkeypatch.setattr(spot_protocol, "_COUNT_CHUNK", 57)
+    if request.param != "default":
+        monkeypatch.setattr(sparse_timing, "SCALAR", False)
     return request.param
 
 

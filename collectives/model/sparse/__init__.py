@@ -6,5 +6,6 @@
 * :mod:`.fault_delays`: ``--faults``: the retransmission delay of each Rx record;
 * :mod:`.upstream`: phase 1, the records travel up into the Rx spots;
 * :mod:`.aggregation`: the records are reduced into the Tx spot (NIC, host or dedicated CPU);
-* :mod:`.downstream`: phase 2, the results scatter back and the Tx spots are freed.
+* :mod:`.downstream`: phase 2, the results scatter back and the Tx spots are freed;
+* :mod:`.scalar`: both phases record by record in Python floats, for few nodes (exact, and faster there).
 """
