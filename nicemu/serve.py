@@ -48,7 +48,7 @@ from nicemu.workloads import (
     synthetic_requests,
 )
 from nicemu.workloads.comm_backends import DTYPE, ModelComm, algos_for, has_alltoall
-from nicemu.workloads.disaggregation import serve_disaggregated
+from nicemu.workloads.disaggregation import place, serve_disaggregated
 from nicemu.workloads.kv_memory import DEFAULT_BLOCK_TOKENS, DEFAULT_UTILIZATION, PREEMPT_MODES, plan_kv, rejection
 from nicemu.workloads.metrics import kv_summary, slo_metrics, stats
 from nicemu.workloads.requests import MAX_CV, MAX_REQUESTS, MAX_TOKENS, MIN_CV, MIN_RATE
@@ -171,8 +171,6 @@ def _validate(args: argparse.Namespace, comm):
         if not get(a).emulated:
             raise UsageError(f"--algo {a} has no emulated time, so it cannot time a serving run; drop it")
     prefill, decode = _instances(args.disaggregated)
-    if prefill and args.trace is not None:
-        raise UsageError("--trace does not cover --disaggregated runs yet; drop one of them")
     for flag, value in (("--slo-ttft", args.slo_ttft), ("--slo-tpot", args.slo_tpot)):
         if value is not None and not value > 0:
             raise UsageError(f"{flag} must be a time in ms > 0, got {value:g}")
@@ -385,6 +383,7 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
     servable = [r for r in requests if rejection(sched.kv, r.input_tokens, r.output_tokens) is None]
     traced = trace_ids(servable, args.trace_requests) if tracing else ([], [])
     restoring = args.kv_restore if any(r.cached_tokens for r in requests) else None
+    placement = place(servable, par.prefill_instances, par.decode_instances) if par.disaggregated else None
     for algo in algos:
         layer_algo, emb_algo, a2a_algo, p2p_label = algos_for(algo)
         if backend_mpi is not None:
@@ -392,14 +391,16 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
             backend = backend_mpi
         else:
             backend = ModelComm(topology, profile, model, args.seed)
-        tracer = ServeTracer(args.trace_pids[algo], algo, *traced, args.trace_iterations) if tracing else None
+        tracer = ServeTracer(args.trace_pids[algo], algo, *traced, args.trace_iterations, placement,
+                             (par.prefill_instances, par.decode_instances)) if tracing else None
 
         def timer_for(instance: int, _algo=algo, _backend=backend, _tracer=tracer):
             labels = algos_for(_algo)
             timer = IterationTimer(model, acc, par, _backend, labels[0], labels[1], labels[2],
                                    dtype_bytes=DTYPE.itemsize, p2p_algo=labels[3],
                                    on_traffic=traffic.write if traffic is not None else None,
-                                   on_iteration=_tracer.iteration if _tracer is not None else None, instance=instance,
+                                   on_iteration=_tracer.hook(instance) if _tracer is not None else None,
+                                   instance=instance,
                                    restore=restoring, pcie_GBps=profile.pcie.bandwidth_GBps)
             return _Step(timer, progress, _algo)
 
@@ -443,7 +444,7 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
         else:
             rec.update(real_data=None, real_data_calls=0, checked_elements=0, wrong=None)
         if tracer is not None:
-            events += tracer.finish(result)
+            events += tracer.finish(result, dis if par.disaggregated else None)
             rec["traced_iterations"] = tracer.iterations
         if par.disaggregated:
             kv = [dis.kv_us[r.id] for r in result.requests if r.id in dis.kv_us]

@@ -24,12 +24,13 @@ no request tracks, every iteration). Nothing is recorded unless ``--trace`` is g
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from nicemu.workloads.batching import BatchingResult, Iteration
 from nicemu.workloads.compute import IterationCompute
+from nicemu.workloads.disaggregation import Disaggregated
 from nicemu.workloads.iteration_time import CommCost
 from nicemu.workloads.traffic import COMM_KINDS, TrafficRecord
 
@@ -60,41 +61,106 @@ def _compute_segments(compute: IterationCompute) -> tuple[float, float, float]:
     return attn, router, compute.layer_us - attn - router
 
 
+class _Instance:
+    """One instance's iteration track: which traced requests still have tokens to come on it."""
+
+    def __init__(self, tid: int, label: str, left: dict[int, int]) -> None:
+        self.tid, self.label, self.left = tid, label, left
+        self.open = sum(1 for n in left.values() if n > 0)
+        self.active = True
+        self.iterations = 0
+
+
 class ServeTracer:
-    """Collects one algorithm's trace events while serve times it (hook :meth:`iteration` into the
-    IterationTimer, then call :meth:`finish` with the batching result)."""
+    """Collects one algorithm's trace events while serve times it (hook :meth:`hook` of each instance into
+    its IterationTimer, then call :meth:`finish` with the batching result).
+
+    ``placement`` (request id -> (prefill instance, decode instance)) and ``instances`` (P, D) make it
+    trace a disaggregated run: one iteration track per instance, each traced until the traced requests
+    placed on it are done there (none when none of them is), and the first ``nested_iterations`` of each
+    instance with their collectives."""
 
     def __init__(self, pid: int, algo: str, traced_ids: Sequence[int], outputs: Sequence[int],
-                 nested_iterations: int = DEFAULT_TRACE_ITERATIONS) -> None:
+                 nested_iterations: int = DEFAULT_TRACE_ITERATIONS,
+                 placement: Mapping[int, tuple[int, int]] | None = None, instances: tuple[int, int] = (0, 0)
+                 ) -> None:
         self.pid, self.algo = pid, algo
         self.nested_iterations = nested_iterations
         self.traced = list(traced_ids)
-        self._left = {i: n for i, n in zip(traced_ids, outputs)}   # output tokens still to come
-        self._open = sum(1 for n in self._left.values() if n > 0)
-        self.active = True
+        self.placement = placement
+        self.prefill_instances = prefill_instances = instances[0]
+        if placement is None:
+            self._instances = {0: _Instance(ITERATION_TID, "", dict(zip(traced_ids, outputs)))}
+        else:
+            self._instances = {}
+            for i in range(prefill_instances + instances[1]):
+                side = "prefill" if i < prefill_instances else "decode"
+                k = i if i < prefill_instances else i - prefill_instances
+                # a prefill instance owes each request its first token, a decode instance the rest
+                left = {r: (1 if side == "prefill" else n - 1) for r, n in zip(traced_ids, outputs)
+                        if placement[r][0 if side == "prefill" else 1] == k}
+                track = self._instances[i] = _Instance(ITERATION_TID + i, f"{side} {k}", left)
+                track.active = track.open > 0 or not traced_ids     # traced until its own requests are done
         self.events: list[dict] = []
-        self.iterations = 0
+
+    @property
+    def iterations(self) -> int:
+        """Iterations traced, over every instance."""
+        return sum(t.iterations for t in self._instances.values())
+
+    @property
+    def active(self) -> bool:
+        return self._instances[0].active
+
+    def hook(self, instance: int = 0) -> Callable:
+        """The IterationHook of one instance."""
+        track = self._instances[instance]
+
+        def on_iteration(it: Iteration, compute: IterationCompute, comm_us: float, records: list[TrafficRecord],
+                         record_costs: Callable[[], list[CommCost]], restore_us: float = 0.0) -> None:
+            self._iteration(track, it, compute, comm_us, records, record_costs, restore_us)
+        return on_iteration
 
     def iteration(self, it: Iteration, compute: IterationCompute, comm_us: float, records: list[TrafficRecord],
-                  record_costs: Callable[[], list[CommCost]]) -> None:
-        """Record one iteration and, among the first ``nested_iterations``, its collectives (an IterationHook)."""
-        if not self.active:
+                  record_costs: Callable[[], list[CommCost]], restore_us: float = 0.0) -> None:
+        """Record one iteration of a colocated run (an IterationHook)."""
+        self._iteration(self._instances[0], it, compute, comm_us, records, record_costs, restore_us)
+
+    def _iteration(self, track: _Instance, it: Iteration, compute: IterationCompute, comm_us: float,
+                   records: list[TrafficRecord], record_costs: Callable[[], list[CommCost]],
+                   restore_us: float) -> None:
+        """Record one iteration and, among the instance's first ``nested_iterations``, its collectives:
+        the KV swap before the pass, the pass (compute and collectives), then what the KV restore adds."""
+        if not track.active:
             return
-        self.iterations += 1
-        pid, tid = self.pid, ITERATION_TID
+        track.iterations += 1
+        pid, tid = self.pid, track.tid
         start = it.start_us
-        end = start + (compute.total_us + comm_us)     # as the batcher adds it: the same float
+        swap_us = it.swap_us
+        end = start + ((compute.total_us + comm_us + restore_us) + swap_us)   # as the batcher adds it
         batch = it.batch
-        self.events.append(_span(f"iteration · {batch.phase}", pid, tid, start, end, {
-            "iteration": it.index, "phase": batch.phase, "prefill_tokens": batch.prefill_tokens,
-            "decodes": len(batch.decodes), "tokens": batch.tokens, "compute_us": compute.total_us,
-            "comm_us": comm_us, "collectives": len(records)}, "iteration"))
-        if self.iterations > self.nested_iterations:
-            self._count_tokens(it)
+        args = {"iteration": it.index, "phase": batch.phase, "prefill_tokens": batch.prefill_tokens,
+                "decodes": len(batch.decodes), "tokens": batch.tokens, "compute_us": compute.total_us,
+                "comm_us": comm_us, "collectives": len(records)}
+        if swap_us:
+            args["swap_us"] = swap_us
+        if restore_us:
+            args["restore_us"] = restore_us
+        if track.label:
+            args["instance"] = track.label
+        self.events.append(_span(f"iteration · {batch.phase}", pid, tid, start, end, args, "iteration"))
+        if track.iterations > self.nested_iterations:
+            self._count_tokens(track, it)
             return
+        t0 = start + swap_us
+        if swap_us:
+            self.events.append(_span("KV swap", pid, tid, start, t0, {"swap_us": swap_us}, "kv"))
+        if restore_us:     # the restore overlaps the pass; the span is the time it adds after the pass
+            self.events.append(_span("KV restore", pid, tid, t0 + (compute.total_us + comm_us), end, {
+                "restore_us": restore_us, "requests": len(batch.restores), "tokens": batch.restore_tokens}, "kv"))
         costs = record_costs()
         segments = _compute_segments(compute)
-        t = start + compute.embedding.time_us
+        t = t0 + compute.embedding.time_us
         charged = 0                # layer segments on the clock: layer l's are 3l (attention), 3l+1, 3l+2
         for rec, cost in zip(records, costs):
             if rec.what == "attn_out":
@@ -115,54 +181,100 @@ class ServeTracer:
             self.events.append(_span(f"{kind} · {rec.algo}", pid, tid, s, t, {
                 "what": rec.what, "layer": rec.layer, "bytes": rec.bytes, "emulated_us": cost.emulated_us,
                 "wire_bytes": cost.wire_bytes}, "collective"))
-        self._count_tokens(it)
+        self._count_tokens(track, it)
 
-    def _count_tokens(self, it: Iteration) -> None:
-        """Count the traced requests' tokens; stop once the last one has finished."""
-        if not self._open:
+    def _count_tokens(self, track: _Instance, it: Iteration) -> None:
+        """Count the traced requests' tokens; stop the track once the last one has finished on it."""
+        if not track.open:
             return
-        left = self._left
+        left = track.left
         for d in it.batch.decodes:
             if d.request_id in left:
-                self._done_one(d.request_id)
+                self._done_one(track, d.request_id)
         for c in it.batch.prefills:
             if c.completes_prompt and c.request_id in left:
-                self._done_one(c.request_id)
-        self.active = self._open > 0
+                self._done_one(track, c.request_id)
+        track.active = track.open > 0
 
-    def _done_one(self, request_id: int) -> None:
-        self._left[request_id] -= 1
-        if self._left[request_id] == 0:
-            self._open -= 1
+    @staticmethod
+    def _done_one(track: _Instance, request_id: int) -> None:
+        track.left[request_id] -= 1
+        if track.left[request_id] == 0:
+            track.open -= 1
 
-    def finish(self, result: BatchingResult) -> list[dict]:
-        """The process's events: metadata, the iterations recorded, and the traced requests' tracks."""
+    def finish(self, result: BatchingResult, disaggregated: Disaggregated | None = None) -> list[dict]:
+        """The process's events: metadata, the iterations recorded, and the traced requests' tracks
+        (``disaggregated``: the run's per-instance results, placement and KV transfers)."""
         pid = self.pid
         out = [{"ph": "M", "name": "process_name", "pid": pid, "args": {"name": f"{self.algo}"}},
-               {"ph": "M", "name": "process_sort_index", "pid": pid, "args": {"sort_index": pid}},
-               {"ph": "M", "name": "thread_name", "pid": pid, "tid": ITERATION_TID,
-                "args": {"name": "iterations (nested: collectives)"}},
-               {"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": ITERATION_TID,
-                "args": {"sort_index": ITERATION_TID}}]
-        its = result.iterations
-        starts = np.array([it.start_us for it in its])
-        ends = np.array([it.start_us + it.duration_us for it in its])
+               {"ph": "M", "name": "process_sort_index", "pid": pid, "args": {"sort_index": pid}}]
+        for track in self._instances.values():
+            label = f"{track.label} iterations" if track.label else "iterations"
+            out += [{"ph": "M", "name": "thread_name", "pid": pid, "tid": track.tid,
+                     "args": {"name": f"{label} (nested: collectives)"}},
+                    {"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": track.tid,
+                     "args": {"sort_index": track.tid}}]
+        first_tid = max(FIRST_REQUEST_TID, ITERATION_TID + len(self._instances))
         wanted = set(self.traced)
-        for n, r in enumerate(r for r in result.requests if r.id in wanted and r.rejected is None):
-            tid = FIRST_REQUEST_TID + n
+        chosen = [r for r in result.requests if r.id in wanted and r.rejected is None]
+        if disaggregated is None:
+            its = _Iterations(result)
+        else:
+            self._sides = {side: ([_Iterations(res) for res in results],
+                                  [{q.id: q for q in res.requests} for res in results])
+                           for side, results in (("prefill", disaggregated.prefill), ("decode", disaggregated.decode))}
+        for n, r in enumerate(chosen):
+            tid = first_tid + n
             out.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
                         "args": {"name": f"request {r.id}"}})
             out.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid, "args": {"sort_index": tid}})
-            admitted = float(starts[r.admitted_iteration])
             info = {"request": r.id, "input_tokens": r.input_tokens, "output_tokens": r.output_tokens}
-            out.append(_span("queued", pid, tid, r.arrival_us, admitted, info, "request"))
-            out.append(_span("prefill", pid, tid, admitted, r.token_us[0],
-                             {**info, "ttft_us": r.token_us[0] - r.arrival_us}, "request"))
-            idx = np.searchsorted(ends, r.token_us[1:])
-            for k, i in enumerate(idx.tolist(), start=1):
-                out.append(_span("decode", pid, tid, float(starts[i]), r.token_us[k],
-                                 {"request": r.id, "token": k, "iteration": i}, "request"))
+            if disaggregated is None:
+                admitted = its.start(r.admitted_iteration)
+                out.append(_span("queued", pid, tid, r.arrival_us, admitted, info, "request"))
+                out.append(_span("prefill", pid, tid, admitted, r.token_us[0],
+                                 {**info, "ttft_us": r.token_us[0] - r.arrival_us}, "request"))
+                out += its.decodes(pid, tid, r)
+            else:
+                out += self._disaggregated_request(disaggregated, pid, tid, r, info)
         return out + self.events
+
+    def _disaggregated_request(self, dis: Disaggregated, pid: int, tid: int, r, info: dict) -> list[dict]:
+        """queued and prefill on the prefill instance, the KV transfer, queued and decode on the decode one."""
+        i, j = dis.placement[r.id]
+        (pre_its, pre_reqs), (dec_its, dec_reqs) = self._sides["prefill"], self._sides["decode"]
+        pre_its, dec_its, p, d = pre_its[i], dec_its[j], pre_reqs[i][r.id], dec_reqs[j][r.id]
+        admitted = pre_its.start(p.admitted_iteration)
+        done, landed = dis.prefill_done_us[r.id], d.arrival_us
+        out = [_span("queued", pid, tid, r.arrival_us, admitted, {**info, "instance": f"prefill {i}"}, "request"),
+               _span("prefill", pid, tid, admitted, p.token_us[0], {**info, "instance": f"prefill {i}"}, "request"),
+               _span("KV transfer", pid, tid, done, landed, {
+                   "request": r.id, "bytes": dis.kv_bytes[r.id], "source": f"prefill {i}", "target": f"decode {j}",
+                   "source_instance": i, "target_instance": self.prefill_instances + j,
+                   "kv_transfer_us": dis.kv_us[r.id], "ttft_us": landed - r.arrival_us}, "request")]
+        if d.admitted_iteration is not None:          # more than one output token: decoded there
+            out.append(_span("queued", pid, tid, landed, dec_its.start(d.admitted_iteration),
+                             {**info, "instance": f"decode {j}"}, "request"))
+            out += dec_its.decodes(pid, tid, d)
+        return out
+
+
+class _Iterations:
+    """One batching run's iteration starts and ends, to find the iteration that produced a token."""
+
+    def __init__(self, result: BatchingResult) -> None:
+        self.starts = np.array([it.start_us for it in result.iterations])
+        self.ends = np.array([it.start_us + it.duration_us for it in result.iterations])
+
+    def start(self, index: int) -> float:
+        return float(self.starts[index])
+
+    def decodes(self, pid: int, tid: int, r) -> list[dict]:
+        """One ``decode`` span per output token after the first: the iteration that produced it."""
+        idx = np.searchsorted(self.ends, r.token_us[1:])
+        return [_span("decode", pid, tid, float(self.starts[i]), r.token_us[k],
+                      {"request": r.id, "token": k, "iteration": i}, "request")
+                for k, i in enumerate(idx.tolist(), start=1)]
 
 
 def trace_ids(requests: Sequence, limit: int) -> tuple[list[int], list[int]]:

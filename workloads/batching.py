@@ -69,6 +69,7 @@ class Iteration:
     index: int
     start_us: float
     batch: Batch
+    swap_us: float = 0.0     # KV blocks swapped over PCIe before the pass (the batcher adds it to the duration)
 
 
 @dataclass(frozen=True)
@@ -286,11 +287,11 @@ class Batcher:
             batch = self.next_batch(waiting, running)
             if not batch:
                 raise WorkloadError(f"batching made no progress at {now_us} us; check BatchingConfig")
-            it = Iteration(len(logs), now_us, batch)
+            swap_us = plan.swap_us(self._swap_out) + plan.swap_us(self._swap_in) if plan is not None else 0.0
+            it = Iteration(len(logs), now_us, batch, swap_us)
             duration_us = float(iteration_time_us(it))
             if not (duration_us >= 0 and math.isfinite(duration_us)):
                 raise WorkloadError(f"iteration {it.index}: duration {duration_us} us is not a finite value >= 0")
-            swap_us = plan.swap_us(self._swap_out) + plan.swap_us(self._swap_in) if plan is not None else 0.0
             duration_us += swap_us
             now_us += duration_us
             logs.append(IterationLog(it.index, it.start_us, duration_us, batch.phase,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from nicemu.workloads.accelerators import Accelerator
@@ -58,9 +59,10 @@ class IterationCost:
 
 CommFn = Callable[[TrafficRecord], CommCost]
 #: sees every iteration as it is timed: (iteration, its compute, its communication microseconds, its records
-#: in issue order, a function that returns their costs in that order: called only if needed)
-IterationHook = Callable[[Iteration, IterationCompute, float, list[TrafficRecord], Callable[[], list[CommCost]]],
-                         None]
+#: in issue order, a function that returns their costs in that order: called only if needed, and what
+#: restoring reused prefixes' KV adds to the pass in microseconds)
+IterationHook = Callable[[Iteration, IterationCompute, float, list[TrafficRecord], Callable[[], list[CommCost]],
+                          float], None]
 
 
 class IterationComm(Protocol):
@@ -134,9 +136,7 @@ class IterationTimer:
             total = self.comm_time.iteration_cost(it.index, records)
             comm_us, host_us, wire = total.emulated_us, total.host_busy_us, total.wire_bytes
             by_what = self.comm_time.last_by_what()
-            if self.on_iteration is not None:
-                last = self.comm_time.last_costs
-                self.on_iteration(it, compute, comm_us, records, lambda: last(records))
+            record_costs = partial(self.comm_time.last_costs, records)
         else:
             comm_us = host_us = 0.0
             wire = 0
@@ -148,8 +148,7 @@ class IterationTimer:
                 wire += cost.wire_bytes
                 by_what[rec.what] = by_what.get(rec.what, 0.0) + cost.emulated_us
                 per_record.append(cost)
-            if self.on_iteration is not None:
-                self.on_iteration(it, compute, comm_us, records, lambda: per_record)
+            record_costs = partial(list, per_record)
         restore_us = pcie_kv = pcie_nic = restore_alone = 0.0
         if self.restore is not None:
             pcie_nic = self.comm_time.iteration_pcie_us(records)
@@ -163,4 +162,6 @@ class IterationTimer:
                 by_what = {**by_what, "kv_restore": restore_us}
         self.costs.append(IterationCost(it.index, compute_us, comm_us, host_us, wire, len(records), by_what,
                                         restore_us, pcie_kv, pcie_nic, restore_alone))
+        if self.on_iteration is not None:
+            self.on_iteration(it, compute, comm_us, records, record_costs, restore_us)
         return compute_us + comm_us + restore_us
