@@ -256,8 +256,6 @@ CASES = [
          "times 3 instances", "= 6", "4 nodes"),
     case("serve-disaggregated-shared-node", [*SERVE, "--disaggregated", "1:1", "--ranks-per-node", "4"],
          "does not fill whole nodes of 4 ranks"),
-    case("serve-disaggregated-trace", [*SERVE, "--disaggregated", "1:1", "--trace", "t.json"],
-         "--trace", "--disaggregated"),
     case("serve-slo-negative", [*SERVE, "--slo-ttft=-5"], "--slo-ttft", "> 0"),
     case("serve-prefix-reuse-whole", [*SERVE, "--prefix-reuse", "1"], "--prefix-reuse 1", "0 <= F < 1"),
     case("serve-prefix-reuse-pp", [*SERVE, "--pp", "2", "--prefix-reuse", "0.5"], "--pp 1", "--kv-restore recompute"),

@@ -59,3 +59,17 @@ def test_disaggregated_same_metrics_on_every_executor(nicemu, tmp_path):
                                                                         for r in per_request)
     for r in per_request:                   # TTFT includes the transfer
         assert float(r["ttft_ms"]) > float(r["kv_transfer_ms"])
+
+
+def test_disaggregated_trace_same_under_every_executor(nicemu, tmp_path):
+    """--trace --disaggregated: the MPI executor at 3 ranks (rank 0 traces every instance) writes the trace
+    the model executor writes alone, with one iteration track per instance and the KV transfer on the
+    request tracks."""
+    _run(nicemu, tmp_path, ["--executor", "model", "--jobs", "1", "--trace", "alone.trace.json"], name="alone")
+    alone = json.loads((tmp_path / "alone.trace.json").read_text())["traceEvents"]
+    names = {e["args"]["name"] for e in alone if e["name"] == "thread_name"}
+    assert {"prefill 0 iterations (nested: collectives)", "decode 0 iterations (nested: collectives)"} <= names
+    assert sum(e["name"] == "KV transfer" for e in alone) == 2 * 5      # per algorithm, one per request
+    _, _, proc = _run(nicemu, tmp_path, ["--trace", "mpi3.trace.json"], n=3, name="mpi3")
+    assert json.loads((tmp_path / "mpi3.trace.json").read_text())["traceEvents"] == alone
+    assert proc.stdout.count("# wrote a trace of") == 1
