@@ -138,8 +138,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(iteration, phase, layer, collective, bytes, algo)")
     p.add_argument("--trace", type=argtypes.output_file, metavar="FILE.json",
                    help="write a Chrome trace-event JSON (open it in ui.perfetto.dev): per algorithm, every "
-                        "iteration with its collectives nested in it, and the traced requests' queued, prefill "
-                        "and decode spans; emulated microseconds")
+                        "iteration with its collectives (and KV swap / restore) nested in it, and the traced "
+                        "requests' queued, prefill and decode spans (--disaggregated: a track per instance and "
+                        "the KV transfer); emulated microseconds")
     p.add_argument("--trace-requests", type=int, default=DEFAULT_TRACE_REQUESTS, metavar="N",
                    help=f"--trace: the first N requests get a track, and iterations are traced until they "
                         f"finish (default {DEFAULT_TRACE_REQUESTS}; 0: no request tracks, every iteration)")

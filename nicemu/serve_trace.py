@@ -13,6 +13,10 @@ by side. In each process:
   lookup before the embedding AllReduce, a layer's attention before ``attn_out``, its MLP before
   ``mlp_out``, the MoE router before ``dispatch`` and the experts before ``combine``; the LM head last).
   The gaps between them are compute.
+  An iteration that swaps KV blocks (``--preempt swap``) starts with a ``KV swap`` event: the batcher
+  adds the swap to the iteration before the pass, so the pass is laid out after it. One that restores
+  reused prefixes (``--prefix-reuse``) ends with a ``KV restore`` event: the restore overlaps the pass,
+  and the event is the time it adds to it (``restore_us``), after the pass's compute and collectives.
 * one track per traced request (the first ``--trace-requests`` requests, 200 by default): ``queued``
   (arrival to the start of the iteration that admits it), ``prefill`` (to its first token, over as
   many iterations as its chunks take) and one ``decode`` event per later output token (the iteration
@@ -20,6 +24,12 @@ by side. In each process:
 
 Iterations are traced from the start until the last traced request finishes (``--trace-requests 0``:
 no request tracks, every iteration). Nothing is recorded unless ``--trace`` is given.
+
+A disaggregated run (``--disaggregated P:D``) has one iteration track per instance (tid 1 + instance,
+prefill instances first), each traced until the traced requests placed on it are done there and
+nesting collectives in its own first ``--trace-iterations`` iterations; a request's track shows
+``queued`` and ``prefill`` on its prefill instance, ``KV transfer`` from the end of the prefill to the
+landing of its KV cache on the decode instance, then ``queued`` and ``decode`` there.
 """
 
 from __future__ import annotations
