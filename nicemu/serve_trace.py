@@ -118,23 +118,14 @@ class ServeTracer:
         """Iterations traced, over every instance."""
         return sum(t.iterations for t in self._instances.values())
 
-    @property
-    def active(self) -> bool:
-        return self._instances[0].active
-
     def hook(self, instance: int = 0) -> Callable:
-        """The IterationHook of one instance."""
+        """The IterationHook of one instance (0 for a colocated run)."""
         track = self._instances[instance]
 
         def on_iteration(it: Iteration, compute: IterationCompute, comm_us: float, records: list[TrafficRecord],
                          record_costs: Callable[[], list[CommCost]], restore_us: float = 0.0) -> None:
             self._iteration(track, it, compute, comm_us, records, record_costs, restore_us)
         return on_iteration
-
-    def iteration(self, it: Iteration, compute: IterationCompute, comm_us: float, records: list[TrafficRecord],
-                  record_costs: Callable[[], list[CommCost]], restore_us: float = 0.0) -> None:
-        """Record one iteration of a colocated run (an IterationHook)."""
-        self._iteration(self._instances[0], it, compute, comm_us, records, record_costs, restore_us)
 
     def _iteration(self, track: _Instance, it: Iteration, compute: IterationCompute, comm_us: float,
                    records: list[TrafficRecord], record_costs: Callable[[], list[CommCost]],
