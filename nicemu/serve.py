@@ -258,9 +258,13 @@ def _check_ranks_per_node(args: argparse.Namespace, par: Parallelism, algos: lis
         raise UsageError(f"--disaggregated: an instance of TP x PP = {par.instance_nodes} ranks does not fill whole "
                          f"nodes of {p} ranks, so prefill and decode would share a node; use a TP that is a "
                          f"multiple of {p}")
-    if par.pp > 1 or par.ep > 1:
-        raise UsageError(f"--ranks-per-node {p} runs tensor parallelism only for now; use --pp 1 and --ep 1, or "
-                         "--ranks-per-node 1")
+    if par.ep > 1:
+        raise UsageError(f"--ranks-per-node {p} runs expert parallelism with one rank per node only for now; use "
+                         "--ep 1 or --ranks-per-node 1")
+    if par.pp > 1 and par.tp % p:
+        raise UsageError(f"--pp {par.pp} with TP {par.tp} inside nodes of {p} ranks would hand activations from "
+                         "stage to stage inside a node, which the point-to-point model does not cover yet; use a "
+                         f"TP that is a multiple of {p}, or --pp 1")
     sparse = [a for a in algos if is_sparse(a)]
     if sparse:
         if args.algo == DEFAULT_ALGOS:         # the default list: the dense algorithms of it

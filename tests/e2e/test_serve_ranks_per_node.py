@@ -52,7 +52,8 @@ def test_one_rank_per_node_is_unchanged(tmp_path):
 
 @pytest.mark.parametrize("argv, words", [
     (["--model", "opt-13b", "--tp", "10", "--ranks-per-node", "4"], "does not divide into nodes of 4"),
-    (["--tp", "4", "--pp", "2", "--ranks-per-node", "4"], "tensor parallelism only"),
+    (["--tp", "2", "--pp", "2", "--ranks-per-node", "4"], "stage to stage inside a node"),
+    (["--model", "mixtral-8x7b", "--tp", "4", "--ep", "4", "--ranks-per-node", "4"], "expert parallelism"),
     (["--tp", "8", "--ranks-per-node", "4", "--algo", "ring,omniccl"], "one rank per node"),
     (["--tp", "8", "--ranks-per-node", "0"], "at least 1"),
     (["--tp", "8", "--ranks-per-node", "4", "--topology", "ring:3"], "does not match"),
@@ -63,8 +64,10 @@ def test_errors(argv, words, capsys):
     assert len(err) == 1 and err[0].startswith("nicemu: error:") and words in err[0], err
 
 
-def test_real_data_equals_the_model(tmp_path):
-    argv = ["serve", "--model", "llama3-8b", "--requests", "4", "--tp", "8", "--ranks-per-node", "4",
+@pytest.mark.parametrize("layout", [["--tp", "8"], ["--tp", "4", "--pp", "2"]], ids=["tp8", "tp4-pp2"])
+def test_real_data_equals_the_model(tmp_path, layout):
+    """TP across two nodes of 4, and two pipeline stages of one node each (the activations cross the rails)."""
+    argv = ["serve", "--model", "llama3-8b", "--requests", "4", *layout, "--ranks-per-node", "4",
             "--set", "intra_node.nvlink=true", "--algo", "ring,directreduce", "--json", "r.json"]
     got = run_cli_batch(tmp_path, [("mpi", [*argv, "--executor", "mpi"]),
                                    ("model", [*argv, "--executor", "model", "--jobs", "1"])], nprocs=2)
@@ -74,5 +77,6 @@ def test_real_data_equals_the_model(tmp_path):
     model = json.loads((got["model"].cwd / "r.json").read_text())
     for a, b in zip(mpi, model):
         assert a["wrong"] == 0 and a["checked_elements"] > 0
-        for key in ("ttft_ms_mean", "tpot_ms_mean", "e2e_ms_mean", "layer_wire_bytes", "comm_ms"):
+        for key in ("ttft_ms_mean", "tpot_ms_mean", "e2e_ms_mean", "layer_wire_bytes", "comm_ms", "p2p_ms"):
             assert a[key] == b[key], key
+        assert (a["p2p_ms"] > 0) == ("--pp" in layout)
