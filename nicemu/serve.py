@@ -192,6 +192,7 @@ def _validate(args: argparse.Namespace, comm):
         topology = ring(par.nodes // per_node).with_ranks_per_node(per_node)
     par.check_nodes(topology.nodes)
     profile = load_profile(args.profile, args.overrides)
+    _check_transfers_in_node(par, per_node, profile)
     acc = load_accelerator(args.accelerator)
     if args.requests < 1:
         raise UsageError(f"--requests must be >= 1, got {args.requests}")
@@ -241,6 +242,21 @@ def _instances(text: str | None) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def _check_transfers_in_node(par: Parallelism, p: int, profile) -> None:
+    """Pipeline activations or KV caches handed over between ranks of one node go GPU to GPU over NVLink
+    (docs/model.md §14); through host memory that hand-over is not modelled, so it is refused."""
+    if p == 1 or profile.intra_node.nvlink:
+        return
+    if par.disaggregated and par.instance_nodes % p:
+        raise UsageError(f"--disaggregated: an instance of TP x PP = {par.instance_nodes} ranks does not fill whole "
+                         f"nodes of {p} ranks, so a KV cache would move inside a node, which is modelled over "
+                         f"NVLink only; --set intra_node.nvlink=true, or a TP that is a multiple of {p}")
+    if par.pp > 1 and par.tp % p:
+        raise UsageError(f"--pp {par.pp} with TP {par.tp} inside nodes of {p} ranks hands activations from stage to "
+                         "stage inside a node, which is modelled over NVLink only; --set intra_node.nvlink=true, "
+                         f"a TP that is a multiple of {p}, or --pp 1")
+
+
 def _check_ranks_per_node(args: argparse.Namespace, par: Parallelism, algos: list[str]) -> int:
     """``--ranks-per-node P``: TP groups of whole nodes or inside one node; what P > 1 does not run yet."""
     p = args.ranks_per_node
@@ -254,17 +270,9 @@ def _check_ranks_per_node(args: argparse.Namespace, par: Parallelism, algos: lis
     if par.nodes % p:
         raise UsageError(f"TP x PP = {par.nodes} ranks do not fill whole nodes of {p} ranks; change --tp, --pp "
                          "or --ranks-per-node")
-    if par.disaggregated and par.instance_nodes % p:
-        raise UsageError(f"--disaggregated: an instance of TP x PP = {par.instance_nodes} ranks does not fill whole "
-                         f"nodes of {p} ranks, so prefill and decode would share a node; use a TP that is a "
-                         f"multiple of {p}")
     if par.ep > 1:
         raise UsageError(f"--ranks-per-node {p} runs expert parallelism with one rank per node only for now; use "
                          "--ep 1 or --ranks-per-node 1")
-    if par.pp > 1 and par.tp % p:
-        raise UsageError(f"--pp {par.pp} with TP {par.tp} inside nodes of {p} ranks would hand activations from "
-                         "stage to stage inside a node, which the point-to-point model does not cover yet; use a "
-                         f"TP that is a multiple of {p}, or --pp 1")
     sparse = [a for a in algos if is_sparse(a)]
     if sparse:
         if args.algo == DEFAULT_ALGOS:         # the default list: the dense algorithms of it

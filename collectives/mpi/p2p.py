@@ -53,11 +53,12 @@ def run_p2p(comm: MPI.Comm, node_rank: np.ndarray, topology: Torus, profile: Pro
                                        tag=tags.P2P_DATA))
             times_in.append((i, stamp))
     MPI.Request.Waitall(requests)
-    received = [(i, pairs[i][1], Arrival(float(s[0]), float(s[1]), arr[i].hops)) for i, s in times_in]
+    received = [(i, pairs[i][1], Arrival(float(s[0]), float(s[1]), arr[i].hops, arr[i].landed))
+                for i, s in times_in]
     mine = sorted(local + received)
     # the receive half in issue order, over this rank's receiving nodes only (their DMA engines are theirs)
     done = receive_done(profile, [(node, x) for _, node, x in mine], nbytes, path)
     slowest = np.zeros(1)
     comm.Allreduce(np.array([max(done, default=0.0)]), slowest, op=MPI.MAX)
     wire = sum(x.hops for x in arr) * nbytes
-    return Timing(float(slowest[0]), np.asarray(done), host_busy(profile, pairs, path), 0.0, wire)
+    return Timing(float(slowest[0]), np.asarray(done), host_busy(profile, pairs, path, topology), 0.0, wire)

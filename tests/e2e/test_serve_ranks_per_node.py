@@ -64,9 +64,12 @@ def test_errors(argv, words, capsys):
     assert len(err) == 1 and err[0].startswith("nicemu: error:") and words in err[0], err
 
 
-@pytest.mark.parametrize("layout", [["--tp", "8"], ["--tp", "4", "--pp", "2"]], ids=["tp8", "tp4-pp2"])
+@pytest.mark.parametrize("layout", [["--tp", "8"], ["--tp", "4", "--pp", "2"], ["--tp", "2", "--pp", "2"],
+                                    ["--tp", "2", "--disaggregated", "1:1"]],
+                         ids=["tp8", "tp4-pp2", "tp2-pp2-nvlink", "tp2-disaggregated-nvlink"])
 def test_real_data_equals_the_model(tmp_path, layout):
-    """TP across two nodes of 4, and two pipeline stages of one node each (the activations cross the rails)."""
+    """TP across two nodes of 4; two pipeline stages of one node each (the activations cross the rails); two
+    stages, or a prefill and a decode instance, inside one node (activations and KV caches over NVLink)."""
     argv = ["serve", "--model", "llama3-8b", "--requests", "4", *layout, "--ranks-per-node", "4",
             "--set", "intra_node.nvlink=true", "--algo", "ring,directreduce", "--json", "r.json"]
     got = run_cli_batch(tmp_path, [("mpi", [*argv, "--executor", "mpi"]),
@@ -79,4 +82,4 @@ def test_real_data_equals_the_model(tmp_path, layout):
         assert a["wrong"] == 0 and a["checked_elements"] > 0
         for key in ("ttft_ms_mean", "tpot_ms_mean", "e2e_ms_mean", "layer_wire_bytes", "comm_ms", "p2p_ms"):
             assert a[key] == b[key], key
-        assert (a["p2p_ms"] > 0) == ("--pp" in layout)
+        assert (a["p2p_ms"] > 0) == ("--pp" in layout or "--disaggregated" in layout)

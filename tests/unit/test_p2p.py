@@ -106,3 +106,39 @@ def test_real_data_single_process_matches_model_and_delivers_bytes():
         assert np.array_equal(bufs[b], sent[a])
     model = p2p_time(topo, PAPER, pairs[:4], n, "host")
     assert t.emulated_us == model.emulated_us and t.wire_bytes == model.wire_bytes
+
+
+NVLINK = load_profile("400g-gen5").with_overrides(["intra_node.nvlink=true"])
+
+
+@pytest.mark.parametrize("path", ["host", "nic"])
+def test_nvlink_transfer_inside_a_node_closed_form(path):
+    """Two accelerators of one node: the sender's NVLink port, then the receiver's, cut through; no PCIe,
+    no network link, no host (docs/model.md §14)."""
+    topo = ring(2).with_ranks_per_node(4)
+    n, pkt = 1_000_000, NVLINK.nic.packet_bytes
+    beta = 1.0 / (1e3 * NVLINK.intra_node.bandwidth_GBps)
+    t = p2p_time(topo, NVLINK, [(1, 2)], n, path)
+    assert t.emulated_us == pytest.approx(NVLINK.intra_node.latency_us + n * beta + pkt * beta, rel=1e-12)
+    assert (t.wire_bytes, t.host_busy_us) == (0, 0.0)
+    # two senders into one receiver share its port; across nodes the transfer takes the rails as before
+    both = p2p_time(topo, NVLINK, [(0, 2), (1, 2)], n, path)
+    assert both.emulated_us == pytest.approx(NVLINK.intra_node.latency_us + 2 * n * beta + pkt * beta, rel=1e-12)
+    off = load_profile("400g-gen5")
+    assert p2p_time(topo, NVLINK, [(1, 5)], n, path).emulated_us == p2p_time(topo, off, [(1, 5)], n, path).emulated_us
+    assert p2p_time(topo, off, [(1, 2)], n, path).emulated_us > t.emulated_us     # through host memory
+
+
+def test_nvlink_real_data_single_process_matches_model():
+    topo = ring(2).with_ranks_per_node(4)
+    pairs = [(0, 1), (2, 6), (3, 1)]
+    n = 5_000
+    rng = np.random.default_rng(3)
+    sent = {a: rng.integers(0, 256, n, dtype=np.uint8) for a, _ in pairs}
+    bufs = {k: sent.get(k, np.zeros(n, dtype=np.uint8)).copy() for k in range(8)}
+    node_rank = np.zeros(topo.nodes, dtype=np.int64)
+    t = run_p2p(MPI.COMM_SELF, node_rank, topo, NVLINK, pairs[:2], bufs, "nic")
+    for a, b in pairs[:2]:
+        assert np.array_equal(bufs[b], sent[a])
+    model = p2p_time(topo, NVLINK, pairs[:2], n, "nic")
+    assert t.emulated_us == model.emulated_us and t.wire_bytes == model.wire_bytes
