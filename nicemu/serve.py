@@ -407,14 +407,17 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
         tracer = ServeTracer(args.trace_pids[algo], algo, *traced, args.trace_iterations, placement,
                              (par.prefill_instances, par.decode_instances)) if tracing else None
 
-        def timer_for(instance: int, _algo=algo, _backend=backend, _tracer=tracer):
+        restore_log: dict[int, float] = {}
+
+        def timer_for(instance: int, _algo=algo, _backend=backend, _tracer=tracer, _log=restore_log):
             labels = algos_for(_algo)
             timer = IterationTimer(model, acc, par, _backend, labels[0], labels[1], labels[2],
                                    dtype_bytes=DTYPE.itemsize, p2p_algo=labels[3],
                                    on_traffic=traffic.write if traffic is not None else None,
                                    on_iteration=_tracer.hook(instance) if _tracer is not None else None,
                                    instance=instance,
-                                   restore=restoring, pcie_GBps=profile.pcie.bandwidth_GBps)
+                                   restore=restoring, pcie_GBps=profile.pcie.bandwidth_GBps,
+                                   restore_log=_log)
             return _Step(timer, progress, _algo)
 
         t0 = time.monotonic()
@@ -468,8 +471,13 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
                             "kv_transfer_ms": dis.kv_us[r.id] / 1e3} for r in result.requests if r.id in dis.kv_us}
         records.append(rec)
         none = {"prefill_instance": None, "decode_instance": None, "kv_transfer_ms": None}   # rejected
-        rows.extend({"algo": algo, **row, **(extra.get(row["id"], none) if par.disaggregated else {})}
-                    for row in request_rows(result))
+        cached = {r.id: r.cached_tokens for r in requests}
+        for row in request_rows(result):
+            more = extra.get(row["id"], none) if par.disaggregated else {}
+            if args.prefix_reuse:
+                more = {**more, "restored_tokens": cached[row["id"]],
+                        "restore_ms": restore_log.get(row["id"], 0.0) / 1e3}
+            rows.append({"algo": algo, **row, **more})
     return records, rows, wrong_total, events
 
 

@@ -90,13 +90,15 @@ class IterationTimer:
         restore: ``load`` or ``partial`` (``--kv-restore``): how a pass brings back the KV of the reused
             prefixes it admits (``Batch.restores``), over PCIe at ``pcie_GBps`` shared with the NIC's DMA
             reads (:func:`~nicemu.workloads.kv_restore.restore_in_pass`); None: no prefix is reused.
+        restore_log: optional dict that gathers each request's share of the restore time (by its tokens).
     """
 
     def __init__(self, model: Model, accelerator: Accelerator, par: Parallelism, comm_time: CommFn | IterationComm,
                  algo: str = "ring", embedding_algo: str | None = None, alltoall_algo: str | None = None,
                  dtype_bytes: int = 2, on_traffic: Callable[[list[TrafficRecord]], None] | None = None,
                  p2p_algo: str = "direct", on_iteration: IterationHook | None = None, instance: int = 0,
-                 restore: str | None = None, pcie_GBps: float = float("inf")) -> None:
+                 restore: str | None = None, pcie_GBps: float = float("inf"),
+                 restore_log: dict[int, float] | None = None) -> None:
         par.check_model(model)
         self.model, self.accelerator, self.par = model, accelerator, par
         self.comm_time = comm_time
@@ -107,6 +109,7 @@ class IterationTimer:
         self.on_iteration = on_iteration
         self.instance = instance           # which model instance's nodes run the records (disaggregated)
         self.restore, self.pcie_GBps = restore, pcie_GBps
+        self.restore_log = restore_log     # request id -> its share of the restore time, by its tokens
         self.kv_width = par.kv_heads_per_rank(model) * model.head_dim   # one rank's K (or V) columns
         self.costs: list[IterationCost] = []
         self._traffic: dict[tuple, list[TrafficRecord]] = {}
@@ -159,6 +162,11 @@ class IterationTimer:
                 alone = restore_in_pass(self.restore, self.model, self.accelerator, it.batch.restore_tokens,
                                         compute_us + comm_us, self.pcie_GBps, self.kv_width, 0.0, self.dtype_bytes)
                 restore_alone = alone.step_us - (compute_us + comm_us)
+                if self.restore_log is not None and it.batch.restore_tokens:
+                    per_token = restore_us / it.batch.restore_tokens
+                    for rs in it.batch.restores:
+                        log = self.restore_log
+                        log[rs.request_id] = log.get(rs.request_id, 0.0) + per_token * rs.tokens
                 by_what = {**by_what, "kv_restore": restore_us}
         self.costs.append(IterationCost(it.index, compute_us, comm_us, host_us, wire, len(records), by_what,
                                         restore_us, pcie_kv, pcie_nic, restore_alone))

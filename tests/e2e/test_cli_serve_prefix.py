@@ -7,6 +7,7 @@ DirectReduce's, stretches the same restores more.
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -23,7 +24,7 @@ SKIP = {"wall_s", "executor", "ranks", "real_data", "real_data_calls", "checked_
 
 def _run(nicemu, tmp_path, extra, n=None, name="out"):
     (tmp_path / "trace.csv").write_text(TRACE)
-    proc = nicemu([*ARGS, *extra, "--json", f"{name}.json"], n=n)
+    proc = nicemu([*ARGS, *extra, "--json", f"{name}.json", "--csv", f"{name}.csv"], n=n)
     assert proc.returncode == 0, str(proc)
     return [{k: v for k, v in r.items() if k not in SKIP} for r in json.loads((tmp_path / f"{name}.json").read_text())]
 
@@ -48,6 +49,13 @@ def test_prefix_reuse(nicemu, tmp_path):
     assert dr["restore_alone_ms"] < dr["restore_ms"]
     # a restored prefix is not prefilled: less prefill than recomputing it
     assert ring["ttft_ms_mean"] < recompute[0]["ttft_ms_mean"]
+    # per request: its prefix, and its share of its pass's restore time (they add up to the record's)
+    rows = list(csv.DictReader(open(tmp_path / "load.csv")))
+    for rec in load:
+        mine = [r for r in rows if r["algo"] == rec["algo"]]
+        assert sorted(int(r["restored_tokens"]) for r in mine) == sorted(p // 2 for p in prompts)
+        assert sum(float(r["restore_ms"]) for r in mine) == pytest.approx(rec["restore_ms"], rel=1e-9)
+    assert (tmp_path / "mpi.csv").read_text() == (tmp_path / "load.csv").read_text()
     assert recompute[0]["restored_tokens"] == 0 and recompute[0]["pcie_nic_ms"] is None
     # under TP 4 a rank's activations (5,120 values a token) outweigh its KV share (2,560): partial sends none
     assert [(r["ttft_ms_mean"], r["restore_ms"]) for r in partial] == [(r["ttft_ms_mean"], r["restore_ms"])
