@@ -51,6 +51,7 @@ from nicemu.workloads.comm_backends import DTYPE, ModelComm, algos_for, has_allt
 from nicemu.workloads.disaggregation import place, serve_disaggregated
 from nicemu.workloads.kv_memory import DEFAULT_BLOCK_TOKENS, DEFAULT_UTILIZATION, PREEMPT_MODES, plan_kv, rejection
 from nicemu.workloads.metrics import kv_summary, slo_metrics, stats
+from nicemu.workloads.replicas import serve_replicas
 from nicemu.workloads.requests import MAX_CV, MAX_REQUESTS, MAX_TOKENS, MIN_CV, MIN_RATE
 from nicemu.workloads.traffic import TrafficRecord, kv_transfer_records
 
@@ -68,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="P prefill and D decode instances of TP x PP ranks each (DistServe-style): a request is "
                         "prefilled on one, its KV cache moves over the network, the other decodes it; TTFT "
                         "includes the transfer (default: one colocated instance)")
+    p.add_argument("--replicas", type=int, default=1, metavar="R",
+                   help="R colocated data-parallel copies of the TP x PP instance, requests shared round-robin "
+                        "(default 1); the topology holds R x TP x PP ranks")
     p.add_argument("--slo-ttft", type=float, default=None, metavar="MS",
                    help="TTFT objective in ms: report the share of requests meeting every objective given "
                         "(slo_attainment) and their rate (goodput_req_s)")
@@ -176,7 +180,9 @@ def _validate(args: argparse.Namespace, comm):
         if value is not None and not value > 0:
             raise UsageError(f"{flag} must be a time in ms > 0, got {value:g}")
     model = load_model(args.model)
-    par = Parallelism(args.tp, args.pp, args.ep, prefill, decode)
+    if args.replicas > 1 and args.trace is not None:
+        raise UsageError("--trace does not cover --replicas runs yet; drop one of them")
+    par = Parallelism(args.tp, args.pp, args.ep, prefill, decode, args.replicas)
     par.check_model(model)
     if model.is_moe and par.ep > 1 and not has_alltoall():
         raise UsageError(f"{model.name} with --ep {par.ep} needs the alltoall collective, which this build "
@@ -425,12 +431,14 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
         if par.disaggregated:
             dis = _serve_disaggregated(requests, par, model, sched, backend, timer_for, p2p_label, traffic)
             result, costs, split = dis.result, dis.costs, dis.split_ms()
+        elif par.replicas > 1:
+            result, costs, split = serve_replicas(requests, par.replicas, timer_for, sched)
         else:
             step = timer_for(0)
             result = run_batching(requests, step, sched)
             costs = step.costs
         wall_s = time.monotonic() - t0
-        rec = {"algo": algo, **summarize(result, costs), **kv_summary(result)}
+        rec = {"algo": algo, **summarize(result, costs, par.instances == 1), **kv_summary(result)}
         rec["preempt_mode"] = sched.preempt
         if split is not None:
             rec["e2e_split_ms"] = split
@@ -444,7 +452,7 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
                        pcie_nic_ms=sum(c.pcie_nic_us for c in costs) / 1e3 if restoring else None)
         st = backend.stats
         rec.update(layer_algo=layer_algo, embedding_algo=emb_algo, p2p_path=p2p_label.removeprefix("p2p-"),
-                   model=model.name, tp=par.tp, pp=par.pp, ep=par.ep, topology=topology.name,
+                   model=model.name, tp=par.tp, pp=par.pp, ep=par.ep, replicas=par.replicas, topology=topology.name,
                    nodes=topology.nodes // topology.ranks_per_node, ranks_per_node=topology.ranks_per_node,
                    accelerator=acc.name, profile=profile.name,
                    executor=args.executor, ranks=ranks, seed=args.seed,

@@ -86,7 +86,7 @@ def kv_summary(result: BatchingResult) -> dict:
     return out
 
 
-def summarize(result: BatchingResult, costs: list[IterationCost] | None = None) -> dict:
+def summarize(result: BatchingResult, costs: list[IterationCost] | None = None, one_timeline: bool = True) -> dict:
     """One record of serving metrics (ms, tokens/s); with ``costs`` also the communication share.
 
     Keys: requests, ttft_ms_{mean,p50,p99}, tpot_ms_*, itl_ms_*, e2e_ms_*,
@@ -94,7 +94,8 @@ def summarize(result: BatchingResult, costs: list[IterationCost] | None = None) 
     requests_s, duration_s, iterations, and with ``costs``: comm_share (of
     the summed iteration time), host_comm_ms (host CPU time spent in
     communication, 0 on the NIC paths) and e2e_split_ms (:func:`time_split`;
-    None unless ``costs`` are the result's iterations, as the batcher made them).
+    None unless ``costs`` are the result's iterations, as the batcher made them, on ``one_timeline``:
+    False for the merged results of several instances, whose iterations overlap in time).
     """
     reqs = _finished(result)
     out: dict = {"requests": len(reqs)}
@@ -127,7 +128,8 @@ def summarize(result: BatchingResult, costs: list[IterationCost] | None = None) 
         total = sum(c.total_us for c in costs)
         out["comm_share"] = sum(c.comm_us for c in costs) / total if total > 0 else 0.0
         out["host_comm_ms"] = sum(c.host_comm_us for c in costs) / 1e3
-        timed = len(costs) == len(result.iterations) and all(r.admitted_iteration is not None for r in reqs)
+        timed = (one_timeline and len(costs) == len(result.iterations)
+                 and all(r.admitted_iteration is not None for r in reqs))
         out["e2e_split_ms"] = time_split(result, costs) if timed else None
     return out
 

@@ -27,6 +27,7 @@ class Parallelism:
     ep: int = 1                  # 1, or equal to tp (MoE models only)
     prefill_instances: int = 0   # disaggregated prefill/decode: P prefill and D decode instances (0, 0: colocated)
     decode_instances: int = 0
+    replicas: int = 1            # colocated data-parallel copies of the instance (requests shared round-robin)
 
     def __post_init__(self) -> None:
         for key in ("tp", "pp", "ep"):
@@ -40,6 +41,11 @@ class Parallelism:
         for value in (p, d):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise WorkloadError(f"--disaggregated P:D needs whole numbers, got {p}:{d}")
+        if not isinstance(self.replicas, int) or isinstance(self.replicas, bool) or self.replicas < 1:
+            raise WorkloadError(f"--replicas must be a positive integer, got {self.replicas!r}")
+        if p and self.replicas > 1:
+            raise WorkloadError("--replicas and --disaggregated do not combine yet: give P:D instances, or R "
+                                "colocated replicas")
         if (p == 0) != (d == 0):
             raise WorkloadError(f"--disaggregated {p}:{d} needs at least one prefill and one decode instance; "
                                 "e.g. --disaggregated 1:1")
@@ -51,8 +57,8 @@ class Parallelism:
 
     @property
     def instances(self) -> int:
-        """Model instances in the deployment: P + D when disaggregated, else 1."""
-        return self.prefill_instances + self.decode_instances if self.disaggregated else 1
+        """Model instances in the deployment: P + D when disaggregated, else the replicas."""
+        return self.prefill_instances + self.decode_instances if self.disaggregated else self.replicas
 
     @property
     def instance_nodes(self) -> int:
@@ -86,6 +92,8 @@ class Parallelism:
             if self.disaggregated:
                 what += (f", times {self.instances} instances for disaggregated prefill/decode "
                          f"{self.prefill_instances}:{self.decode_instances} = {self.nodes}")
+            elif self.replicas > 1:
+                what += f", times {self.replicas} replicas = {self.nodes}"
             raise WorkloadError(f"{what} does not match the topology's {nodes} nodes; "
                                 f"change --tp/--pp or --topology")
 

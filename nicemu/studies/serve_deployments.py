@@ -26,9 +26,12 @@ COMMON = ["--profile", "400g-gen5", "--set", "intra_node.nvlink=true", "--ranks-
           "--slo-ttft", f"{SLO_TTFT_MS:g}", "--slo-tpot", f"{SLO_TPOT_MS:g}"]
 DEPLOYMENTS: tuple[tuple[str, list[str]], ...] = (
     ("Llama-3-70B, TP 8 in one node", ["--model", "llama3-70b", "--tp", "8"]),
+    ("Llama-3-70B, TP 8 per node, two colocated replicas", ["--model", "llama3-70b", "--tp", "8", "--replicas", "2"]),
     ("Llama-3-70B, TP 8 per node, prefill and decode nodes 1:1",
      ["--model", "llama3-70b", "--tp", "8", "--disaggregated", "1:1"]),
     ("Llama-3.1-405B, TP 16 over two nodes", ["--model", "llama3.1-405b", "--tp", "16"]),
+    ("Llama-3.1-405B, TP 16 over two nodes, two colocated replicas",
+     ["--model", "llama3.1-405b", "--tp", "16", "--replicas", "2"]),
     ("Llama-3.1-405B, TP 16 over two nodes per instance, 1:1",
      ["--model", "llama3.1-405b", "--tp", "16", "--disaggregated", "1:1"]),
 )
@@ -49,7 +52,7 @@ def rows(requests: int, scratch: Path, progress: bool = False) -> list[dict]:
         for r in run_deployment(args, requests, scratch / f"deployment{i}.json"):
             gpus = r["nodes"] * r["ranks_per_node"]
             out.append({"deployment": name, "algo": r["algo"], "requests": r["requests"], "model": r["model"],
-                        "tp": r["tp"],
+                        "tp": r["tp"], "replicas": r["replicas"],
                         "disaggregated": r.get("disaggregated"), "accelerators": gpus,
                         "ttft_ms_mean": r["ttft_ms_mean"], "ttft_ms_p99": r["ttft_ms_p99"],
                         "tpot_ms_mean": r["tpot_ms_mean"], "tpot_ms_p99": r["tpot_ms_p99"],
@@ -105,9 +108,16 @@ def findings(data: Sequence[dict]) -> list[str]:
     out.append(f"KV-cache memory (90% of HBM, 16-token blocks) peaks at {100 * low:.1f}"
                f"–{100 * high:.1f}% of its blocks"
                + (f"; {pre} preemptions in all." if pre else "; no request is preempted at this load."))
-    out.append("Disaggregated deployments use twice the accelerators of the colocated ones at the same arrival "
-               "rate, so their latencies are not a per-accelerator comparison; data-parallel replicas, which "
-               "that comparison needs, are not modelled yet.")
+    for rep in [n for n in names if "replicas" in n]:
+        dis = next((n for n in names if n.startswith(rep.split(",")[0]) and "1:1" in n), None)
+        if dis is None:
+            continue
+        a, d = by[(rep, "directreduce")], by[(dis, "directreduce")]
+        out.append(f"At equal accelerators ({a['accelerators']}), {rep.split(',')[0]} with DirectReduce: two colocated "
+                   f"replicas give TTFT {a['ttft_ms_mean']:.1f} ms (P99 {a['ttft_ms_p99']:.1f}) and TPOT "
+                   f"{a['tpot_ms_mean']:.2f} ms (P99 {a['tpot_ms_p99']:.2f}); prefill and decode apart give "
+                   f"{d['ttft_ms_mean']:.1f} ({d['ttft_ms_p99']:.1f}) and {d['tpot_ms_mean']:.2f} "
+                   f"({d['tpot_ms_p99']:.2f}) at this load.")
     return out
 
 

@@ -73,3 +73,33 @@ def test_disaggregated_trace_same_under_every_executor(nicemu, tmp_path):
     _, _, proc = _run(nicemu, tmp_path, ["--trace", "mpi3.trace.json"], n=3, name="mpi3")
     assert json.loads((tmp_path / "mpi3.trace.json").read_text())["traceEvents"] == alone
     assert proc.stdout.count("# wrote a trace of") == 1
+
+
+def test_replicas_same_metrics_on_every_executor(nicemu, tmp_path):
+    """--replicas 2: two colocated copies on nodes 0-3 and 4-7 share the requests; the MPI executor at 3 ranks
+    gives the model executor's records, and each replica's requests are served as by a one-replica run."""
+    (tmp_path / "trace.csv").write_text(TRACE)
+    base = ["serve", "--model", "llama2-7b", "--tp", "2", "--pp", "2", "--arrivals", "trace.csv", "--chunk", "64",
+            "--token-budget", "96", "--algo", "ring,directreduce"]
+    runs = {}
+    for name, extra, n in (("model", ["--executor", "model", "--replicas", "2"], None),
+                           ("mpi", ["--replicas", "2"], 3)):
+        proc = nicemu([*base, *extra, "--json", f"{name}.json", "--csv", f"{name}.csv"], n=n)
+        assert proc.returncode == 0, str(proc)
+        runs[name] = [{k: v for k, v in r.items() if k not in SKIP}
+                      for r in json.loads((tmp_path / f"{name}.json").read_text())]
+    assert runs["mpi"] == runs["model"]
+    assert (tmp_path / "mpi.csv").read_text() == (tmp_path / "model.csv").read_text()
+    ring = runs["model"][0]
+    assert (ring["replicas"], ring["nodes"]) == (2, 8)
+    assert sum(ring["e2e_split_ms"].values()) == pytest.approx(ring["e2e_ms_mean"], rel=1e-9)
+    # requests 0, 2, 4 on replica 0: the same times as serving those three alone on one instance
+    lines = TRACE.splitlines()
+    (tmp_path / "even.csv").write_text("\n".join([lines[0], *lines[1::2]]) + "\n")
+    even = [a if a != "trace.csv" else "even.csv" for a in base]
+    proc = nicemu([*even, "--executor", "model", "--topology", "ring:4", "--csv", "even_out.csv"])
+    assert proc.returncode == 0, str(proc)
+    # the shorter trace numbers its requests 0, 1, 2: they are requests 0, 2, 4 of the whole one
+    alone = {(r["algo"], str(2 * int(r["id"]))): r["ttft_ms"] for r in csv.DictReader(open(tmp_path / "even_out.csv"))}
+    both = {(r["algo"], r["id"]): r["ttft_ms"] for r in csv.DictReader(open(tmp_path / "model.csv"))}
+    assert {k: both[k] for k in alone} == alone

@@ -21,7 +21,7 @@ def test_rows_are_consistent():
     for r in data:
         assert 0 <= r["slo_attainment"] <= 1
         assert (r["kv_transfer_ms_mean"] is None) == (r["disaggregated"] is None)
-        assert r["accelerators"] == r["tp"] * (2 if r["disaggregated"] else 1)
+        assert r["accelerators"] == r["tp"] * (2 if r["disaggregated"] else r["replicas"])
     # inside one node no byte reaches a NIC: every algorithm gives the same times
     one = [r for r in data if r["deployment"].endswith("in one node")]
     assert len({(r["ttft_ms_mean"], r["tpot_ms_mean"]) for r in one}) == 1
