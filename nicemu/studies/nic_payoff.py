@@ -1,8 +1,10 @@
 """When does in-NIC reduction pay off? DirectReduce against the host ring and the best host algorithm.
 
-Two sweeps with the model executor (``model_time``, float32 AllReduce), each
+Three sweeps with the model executor (``model_time``, float32 AllReduce), each
 point timing ``directreduce``, ``ring`` and ``host-best`` (the fastest host
-algorithm of the registry for that call, docs/model.md §16.4):
+algorithm of the registry for that call, docs/model.md §16.4), and the first two
+also ``directreduce-pipelined`` (segments forwarded across ring steps, sized to
+the NIC memory, docs/model.md §4.6):
 
 - **sizes x nodes** on the ``400g-gen5`` profile: message sizes 1 KiB .. 1 GiB
   on rings of 4 to 64 nodes, 2D and 3D tori, and ``switch:N`` (where MPICH's
@@ -14,9 +16,11 @@ algorithm of the registry for that call, docs/model.md §16.4):
   its host DRAM (``--ranks-per-node``, docs/model.md §19), each point also timed
   without its intra-node phases (the rails alone) to separate the two.
 
-Every record carries the three times and ``gain_vs_ring = 1 - t_dr / t_ring``,
-``gain_vs_best_host = 1 - t_dr / t_host_best``. ``run`` writes PREFIX.json,
-PREFIX.csv, the page PREFIX.md and two heat maps beside it.
+Every record carries the times and ``gain_vs_ring = 1 - t_dr / t_ring``,
+``gain_vs_best_host = 1 - t_dr / t_host_best``; where the grid times the
+pipelined variant, ``pipelined_us`` and its gains over host-best, the ring and
+plain DirectReduce (``pipelined_gain_vs_*``; None in the ranks sweep). ``run`` writes PREFIX.json,
+PREFIX.csv, the page PREFIX.md and three heat maps beside it.
 
     from nicemu.studies import nic_payoff
     records = nic_payoff.sweep(quick=True)
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import TextIO
 
 from nicemu import sweep as grid_sweep
-from nicemu.collectives import model_time
+from nicemu.collectives import model_time, segment_elems
 from nicemu.grid import load_grid
 from nicemu.nic.profile import Profile, load_profile
 from nicemu.report import write_result_files
@@ -43,6 +47,10 @@ SCRIPT = "nic_payoff"
 PROFILE = "400g-gen5"
 DTYPE, ITEMSIZE = "float32", 4
 ALGO, RING, HOST_BEST = "directreduce", "ring", "host-best"
+PIPELINED = "directreduce-pipelined"
+#: the record keys of the pipelined variant (None where the grid does not time it)
+PIPELINED_KEYS = ("pipelined_us", "pipelined_segment_bytes", "pipelined_gain_vs_best_host",
+                  "pipelined_gain_vs_ring", "pipelined_gain_vs_directreduce")
 
 #: the points of the study and of its quick mode (relative to the repository root); ``tag`` names the sweep
 GRID = "sweeps/nic_payoff.yml"
@@ -77,7 +85,7 @@ def points(grid: str | Path = GRID, profile_name: str | None = None) -> list[dic
 
 
 def _record(rows: dict[str, dict], profile: Profile) -> dict:
-    """One study record from the three algorithms' sweep records of one point."""
+    """One study record from the algorithms' sweep records of one point."""
     dr, ring, best = rows[ALGO], rows[RING], rows[HOST_BEST]
     sets = [f"{k}={dr[k]:g}" for k in (_LINK, _PCIE) if dr.get(k) is not None]
     prof = profile.with_overrides(sets)
@@ -91,12 +99,26 @@ def _record(rows: dict[str, dict], profile: Profile) -> dict:
            "host_best_us": float(best["emulated_us"]), "best_host_algo": best["best_host_algo"],
            "gain_vs_ring": 1.0 - dr["emulated_us"] / ring["emulated_us"],
            "gain_vs_best_host": 1.0 - dr["emulated_us"] / best["emulated_us"]}
+    rec.update(dict.fromkeys(PIPELINED_KEYS))
+    if PIPELINED in rows:
+        add_pipelined(rec, rows[PIPELINED], prof, nodes)
     rec.update(dict.fromkeys(("rail_directreduce_us", "rail_host_best_us", "rail_best_host_algo",
                               "rail_gain_vs_best_host", "intra_node_share")))   # the ranks sweep only
     if rec["sweep"] == RANK_SWEEP:
         add_rails(rec, prof)
     rec["pcie"] = next((g for g, v in PCIE_GBPS.items() if v == rec["pcie_GBps"]), f"{rec['pcie_GBps']:g} GB/s")
     return rec
+
+
+def add_pipelined(rec: dict, row: dict, profile: Profile, nodes) -> None:
+    """The pipelined variant's time, its segment (docs/model.md §4.6: sized so a group fits the NIC memory)
+    and its gains over host-best, the ring and plain DirectReduce."""
+    t = float(row["emulated_us"])
+    seg = segment_elems(profile, ITEMSIZE, PIPELINED, "allreduce", nodes)
+    rec.update({"pipelined_us": t, "pipelined_segment_bytes": None if seg is None else seg * ITEMSIZE,
+                "pipelined_gain_vs_best_host": 1.0 - t / rec["host_best_us"],
+                "pipelined_gain_vs_ring": 1.0 - t / rec["ring_us"],
+                "pipelined_gain_vs_directreduce": 1.0 - t / rec["directreduce_us"]})
 
 
 def add_rails(rec: dict, profile: Profile) -> None:
@@ -117,7 +139,7 @@ def add_rails(rec: dict, profile: Profile) -> None:
 def sweep(quick: bool = False, profile_name: str = PROFILE, jobs: int | None = None, progress: bool = False,
           grid: str | Path | None = None) -> list[dict]:
     """The grid's points on the model executor (as ``nicemu sweep`` runs them), one record per (sweep,
-    topology, ranks per node, link, PCIe, size) with the three algorithms' times and both gains."""
+    topology, ranks per node, link, PCIe, size) with the algorithms' times and their gains."""
     pts = points(grid or (QUICK_GRID if quick else GRID), profile_name)
     by_point: dict[tuple, dict[str, dict]] = {}
     for r in grid_sweep.records(pts, jobs, progress):
@@ -226,8 +248,20 @@ def first_chunk(r: dict) -> float:
     return r["bytes"] / parse_topology(r["topology"]).shape[0]
 
 
+def _range(rows: Sequence[dict], key: str) -> str:
+    """'a to b' in percent over rows (one value: just it)."""
+    lo, hi = min(r[key] for r in rows), max(r[key] for r in rows)
+    return _pct(lo) if lo == hi else f"{_pct(lo)} to {_pct(hi)}"
+
+
+def has_pipelined(records: Sequence[dict]) -> bool:
+    """Whether the grid timed directreduce-pipelined at every one of these records."""
+    return bool(records) and all(r.get("pipelined_us") is not None for r in records)
+
+
 def _nic_buffer_note(records: Sequence[dict], profile: Profile) -> str | None:
-    """Why DirectReduce can lose again at the largest sizes: its chunks outgrow the NIC buffer."""
+    """Why plain DirectReduce can lose again at the largest sizes (its chunks outgrow the NIC buffer), and
+    what the pipelined variant, which holds only a window of segments, does there."""
     limit = profile.nic.memory_KiB * 1024
     spill = [r for r in records if first_chunk(r) > limit]
     if not spill:
@@ -237,18 +271,23 @@ def _nic_buffer_note(records: Sequence[dict], profile: Profile) -> str | None:
                        for topo in _rows(spill, lambda r: r["topology"]))
     at_big = [r for r in records if r["bytes"] == big]
     t = _terms(profile)
-    return (f"Why it can lose again at the largest sizes: the NIC keeps at most nic.memory_KiB = "
+    text = (f"Why plain DirectReduce can lose again at the largest sizes: the NIC keeps at most nic.memory_KiB = "
             f"{profile.nic.memory_KiB:g} KiB of a chunk it forwards (model.md §4.3). Once a chunk does not fit "
             f"({starts}), the rest goes to host memory and is read back over PCIe in every step, beside the "
             f"operand, so the PCIe read engine carries up to twice the link's bytes"
             + (f"; with PCIe x16 at {profile.pcie.bandwidth_GBps:g} GB/s, no faster than the "
                f"{profile.link.bandwidth_GBps:g} GB/s link, that read is the bottleneck"
                if t["pi"] >= t["beta"] else "")
-            + f". At {format_size(big)} the gain over host-best is "
-            f"{_pct(min(r['gain_vs_best_host'] for r in at_big))} to "
-            f"{_pct(max(r['gain_vs_best_host'] for r in at_big))}. This is the conservative end: a DirectReduce "
-            "that forwarded each reduced packet at once, across ring steps, would hold only a window of a "
-            "chunk; the model does not pipeline across steps (model.md §8).")
+            + f". At {format_size(big)} its gain over host-best is {_range(at_big, 'gain_vs_best_host')}.")
+    if has_pipelined(at_big):
+        segs = sorted({r["pipelined_segment_bytes"] for r in at_big})
+        seg_text = format_size(segs[0]) + (f" to {format_size(segs[-1])}" if len(segs) > 1 else "")
+        text += (f" `directreduce-pipelined` spills nothing: it forwards each reduced segment on at once, "
+                 f"across ring steps, and cuts segments small enough ({seg_text} here) that a wavefront "
+                 f"group's operands and results fit the NIC (model.md §4.6), so it holds only a window of a "
+                 f"chunk; at {format_size(big)} it is "
+                 f"{_range(at_big, 'pipelined_gain_vs_best_host')} against host-best.")
+    return text
 
 
 def _crossovers(records: Sequence[dict], key: str, row_key, row_label) -> str:
@@ -337,6 +376,69 @@ def findings_sizes(records: Sequence[dict], profile: Profile) -> list[str]:
     return out
 
 
+def stream_bound_us(r: dict, profile: Profile) -> float:
+    """The streaming bound of a bandwidth-optimal AllReduce at a record's rates (µs): each node sends
+    2(p − 1)/p · M over its link, framed (h header bytes per P-byte packet), and moves as many across PCIe,
+    so no such algorithm beats 2(p − 1)/p · M · max(β(1 + h/P), π)."""
+    p = r["nodes"]
+    beta = (1 + profile.link.header_bytes / profile.nic.packet_bytes) / (1e3 * r["link_Gbps"] / 8)
+    return 2 * (p - 1) / p * r["bytes"] * max(beta, 1 / (1e3 * r["pcie_GBps"]))
+
+
+def _excess(rows: Sequence[dict], key: str, profile: Profile) -> str:
+    """'a to b' percent by which the times under key exceed the rows' streaming bound."""
+    xs = [r[key] / stream_bound_us(r, profile) - 1 for r in rows]
+    lo, hi = min(xs), max(xs)
+    return f"{100 * lo:.1f}%" if f"{100 * lo:.1f}" == f"{100 * hi:.1f}" else f"{100 * lo:.1f}% to {100 * hi:.1f}%"
+
+
+def findings_pipelined(records: Sequence[dict], profile: Profile) -> list[str]:
+    """What the pipelined variant adds in the sizes x nodes sweep, read from its records."""
+    if not has_pipelined(records):
+        return []
+    out = []
+    by_topo = (lambda r: r["topology"], str)
+    big = max(r["bytes"] for r in records)
+    at_big = [r for r in records if r["bytes"] == big]
+    top = max(records, key=lambda r: r["pipelined_gain_vs_best_host"])
+    out.append(f"`directreduce-pipelined` (model.md §4.6) beats host-best at: "
+               f"{_wins(records, 'pipelined_gain_vs_best_host', *by_topo)}; at most "
+               f"{100 * top['pipelined_gain_vs_best_host']:.1f}% ({top['topology']}, {format_size(top['bytes'])}). "
+               f"At {format_size(big)} it is {_range(at_big, 'pipelined_gain_vs_best_host')} against host-best, "
+               f"where plain DirectReduce is {_range(at_big, 'gain_vs_best_host')}: host-best takes "
+               f"{_excess(at_big, 'host_best_us', profile)} more than the streaming bound "
+               f"2(p − 1)/p · M · max(β(1 + h/P), π) that no bandwidth-optimal AllReduce beats (h = "
+               f"{profile.link.header_bytes:g} B of header per P = {profile.nic.packet_bytes} B packet), "
+               f"`directreduce-pipelined` {_excess(at_big, 'pipelined_us', profile)} more.")
+    same = [r for r in records if r["pipelined_us"] == r["directreduce_us"]]
+    faster = [r for r in records if r["pipelined_gain_vs_directreduce"] > 0]
+    slower = [r for r in records if r["pipelined_gain_vs_directreduce"] < 0]
+    text = (f"Against plain DirectReduce it is faster at: "
+            f"{_wins(records, 'pipelined_gain_vs_directreduce', *by_topo)}")
+    if faster:
+        best = max(faster, key=lambda r: r["pipelined_gain_vs_directreduce"])
+        text += (f"; by up to {100 * best['pipelined_gain_vs_directreduce']:.1f}% ({best['topology']}, "
+                 f"{format_size(best['bytes'])})")
+    text += "."
+    if same:
+        text += (f" They take the same time at {len(same)} of {len(records)} points, up to "
+                 f"{format_size(max(r['bytes'] for r in same))}"
+                 + (": there every chunk is a single segment and the two run the same schedule."
+                    if all(first_chunk(r) <= r["pipelined_segment_bytes"] for r in same) else "."))
+    if slower:
+        worst = min(slower, key=lambda r: r["pipelined_gain_vs_directreduce"])
+        alpha = profile.link.latency_us
+        text += (f" It is slower at {len(slower)} point{'s' if len(slower) > 1 else ''}, by at most "
+                 f"{-100 * worst['pipelined_gain_vs_directreduce']:.1f}% ({worst['topology']}, "
+                 f"{format_size(worst['bytes'])})"
+                 + (": while plain DirectReduce's chunks still fit the NIC it already streams each one through "
+                    "the NIC at line rate, so cutting them into segments hides no host pass and each extra "
+                    f"wavefront group exposes one more latency (about (S − 1)·α, α = {alpha:g} µs)."
+                    if all(first_chunk(r) <= 1024 * profile.nic.memory_KiB for r in slower) else "."))
+    out.append(text)
+    return out
+
+
 def _links(records: Sequence[dict]) -> list[int]:
     """The link rates (Gb/s) of the link x PCIe sweep, slowest first."""
     return sorted({round(r["link_Gbps"]) for r in records})
@@ -381,6 +483,54 @@ def findings_links(records: Sequence[dict], base: Profile) -> list[str]:
     out.append(f"The link rate does not rescue small messages: at {format_size(small)} DirectReduce stays "
                f"{_slower(max(at_small))} to {_slower(min(at_small))} slower than host-best, latency-bound "
                "whatever the bandwidth.")
+    out += findings_links_pipelined(records, cell, combos, big, base)
+    return out
+
+
+def _combo_names(rows: Sequence[dict]) -> str:
+    return ", ".join(dict.fromkeys(f"{round(r['link_Gbps'])}G/{r['pcie']}" for r in rows))
+
+
+def findings_links_pipelined(records: Sequence[dict], cell: dict, combos: list, big: int,
+                             base: Profile) -> list[str]:
+    """The pipelined variant by link rate and PCIe generation: it gains where PCIe is slower than twice the
+    link (plain DirectReduce's read-back is then the bottleneck), and pays its per-group latency where not."""
+    if not has_pipelined(records):
+        return []
+    out = []
+    for topo in _rows(records, lambda r: r["topology"]):
+        cells = [cell[(topo, big, link, gen)] for link, gen in combos if (topo, big, link, gen) in cell]
+        out.append(f"{topo} at {format_size(big)}, `directreduce-pipelined` against host-best: " + ", ".join(
+            f"{round(r['link_Gbps'])}G/{r['pcie']} {_pct(r['pipelined_gain_vs_best_host'])}" for r in cells)
+            + "; against plain DirectReduce: " + ", ".join(
+            f"{round(r['link_Gbps'])}G/{r['pcie']} {_pct(r['pipelined_gain_vs_directreduce'])}" for r in cells)
+            + ".")
+    at_big = [r for r in records if r["bytes"] == big]
+    wide = [r for r in at_big if r["pcie_GBps"] >= 2 * r["link_Gbps"] / 8]
+    narrow = [r for r in at_big if r["pcie_GBps"] < 2 * r["link_Gbps"] / 8]
+    text = "Why: "
+    if narrow:
+        text += (f"where PCIe is slower than twice the link ({_combo_names(narrow)}), plain DirectReduce's spilled "
+                 f"chunks and its operands share the PCIe read engine and each step runs at the PCIe rate, "
+                 f"while the pipelined NIC reads only operands: at {format_size(big)} it is "
+                 f"{_range(narrow, 'pipelined_gain_vs_directreduce')} against plain DirectReduce. ")
+    if wide:
+        text += (f"Where PCIe is at least twice the link ({_combo_names(wide)}), plain DirectReduce reads its spill "
+                 f"back beside the operands at line rate, so there is nothing to win, and the pipelined ring "
+                 f"is {_range(wide, 'pipelined_gain_vs_directreduce')} against it at {format_size(big)}: "
+                 f"one latency per wavefront group (model.md §4.6).")
+    out.append(text.strip())
+    ahead = [r for r in at_big if r["pipelined_gain_vs_best_host"] > 0]
+    behind = [r for r in at_big if r["pipelined_gain_vs_best_host"] <= 0]
+    if behind:
+        topos = ", ".join(t for t in _rows(at_big, lambda r: r["topology"]) if any(r["topology"] == t for r in behind))
+        out.append(f"Against host-best, in-NIC reduction can win only the time host-best spends above the "
+                   f"streaming bound 2(p − 1)/p · M · max(β(1 + h/P), π). Where the pipelined variant is behind "
+                   f"host-best at {format_size(big)} (on {topos} with {_combo_names(behind)}), host-best is only "
+                   f"{_excess(behind, 'host_best_us', base)} above that bound, and the pipelined ring "
+                   f"{_excess(behind, 'pipelined_us', base)}"
+                   + (f"; where it is ahead, host-best is {_excess(ahead, 'host_best_us', base)} above it and the "
+                      f"pipelined ring {_excess(ahead, 'pipelined_us', base)}." if ahead else "."))
     return out
 
 
@@ -441,15 +591,20 @@ def _pyplot():
 
 
 def heatmap(records: Sequence[dict], path: str | Path, row_key, row_label, title: str) -> None:
-    """Two panels, the gain over ring and over host-best, rows by row_key and columns by size."""
+    """Panels of gains, rows by row_key and columns by size: DirectReduce over ring and over host-best, and
+    directreduce-pipelined over host-best where the records time it."""
     import numpy as np
     from matplotlib.colors import TwoSlopeNorm
     plt = _pyplot()
     rows = _rows(records, row_key)
     sizes = sorted({r["bytes"] for r in records})
     cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#eeeeee")
-    fig, axes = plt.subplots(1, 2, figsize=(2 * (0.62 * len(sizes) + 2.8), 0.42 * len(rows) + 2.2), squeeze=False)
-    for ax, key, name in zip(axes[0], ("gain_vs_ring", "gain_vs_best_host"), ("ring", "host-best")):
+    panels = [("gain_vs_ring", "DirectReduce", "ring"), ("gain_vs_best_host", "DirectReduce", "host-best")]
+    if has_pipelined(records):
+        panels.append(("pipelined_gain_vs_best_host", "directreduce-pipelined", "host-best"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * (0.62 * len(sizes) + 2.8),
+                                                      0.42 * len(rows) + 2.2), squeeze=False)
+    for ax, (key, algo, name) in zip(axes[0], panels):
         cell = {(row_key(r), r["bytes"]): r[key] for r in records}
         data = np.array([[100 * cell.get((row, m), np.nan) for m in sizes] for row in rows], dtype=float)
         top = max(1.0, float(np.nanmax(data)))
@@ -468,7 +623,7 @@ def heatmap(records: Sequence[dict], path: str | Path, row_key, row_label, title
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels([row_label(row) for row in rows], fontsize=8)
         ax.set_xlabel("message size per node M")
-        ax.set_title(f"DirectReduce vs {name}: 1 − t_DR / t_{name} (%)", fontsize=9)
+        ax.set_title(f"{algo} vs {name}: 1 − t / t_{name} (%)", fontsize=9)
         fig.colorbar(im, ax=ax, pad=0.01, label="gain (%), clipped at −100")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -485,7 +640,7 @@ def _link_label(row: tuple) -> str:
 
 
 def write_figures(records: Sequence[dict], folder: Path, profile_name: str) -> list[str]:
-    """The two heat maps beside the page; [] without matplotlib."""
+    """The heat maps beside the page, one per sweep; [] without matplotlib."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -529,9 +684,18 @@ def page_body(records: Sequence[dict], profile: Profile, figures: Sequence[str])
         body += ["Gain over host-best, 1 − t_DR / t_host-best:", "",
                  *gain_table(sizes, "gain_vs_best_host", lambda r: r["topology"], str), "",
                  "Gain over ring, 1 − t_DR / t_ring:", "",
-                 *gain_table(sizes, "gain_vs_ring", lambda r: r["topology"], str), "",
+                 *gain_table(sizes, "gain_vs_ring", lambda r: r["topology"], str), ""]
+        if has_pipelined(sizes):
+            body += ["`directreduce-pipelined` ([model.md §4.6]"
+                     "(../model.md#46-pipelined-directreduce-directreduce-pipelined)), gain over host-best, "
+                     "1 − t_pipelined / t_host-best:", "",
+                     *gain_table(sizes, "pipelined_gain_vs_best_host", lambda r: r["topology"], str), "",
+                     "`directreduce-pipelined`, gain over plain DirectReduce, 1 − t_pipelined / t_DR:", "",
+                     *gain_table(sizes, "pipelined_gain_vs_directreduce", lambda r: r["topology"], str), ""]
+        body += [
                  "The host algorithm host-best ran:", "", *host_best_picks(sizes), ""]
         shows += findings_sizes(sizes, profile)
+        shows += findings_pipelined(sizes, profile)
     if links:
         rates = _links(links)
         body += ["## Link rate × PCIe generation", "",
@@ -543,6 +707,11 @@ def page_body(records: Sequence[dict], profile: Profile, figures: Sequence[str])
             body += [f"![gain by link rate and PCIe generation]({FIGURES[LINK_SWEEP]})", ""]
         body += ["Gain over host-best:", "", *gain_table(links, "gain_vs_best_host", _link_row, _link_label), "",
                  "Gain over ring:", "", *gain_table(links, "gain_vs_ring", _link_row, _link_label), ""]
+        if has_pipelined(links):
+            body += ["`directreduce-pipelined`, gain over host-best:", "",
+                     *gain_table(links, "pipelined_gain_vs_best_host", _link_row, _link_label), "",
+                     "`directreduce-pipelined`, gain over plain DirectReduce:", "",
+                     *gain_table(links, "pipelined_gain_vs_directreduce", _link_row, _link_label), ""]
         shows += findings_links(links, profile)
     if ranks:
         body += ["## Ranks per node", "",
@@ -563,23 +732,31 @@ def page_body(records: Sequence[dict], profile: Profile, figures: Sequence[str])
     return body, shows
 
 
+def write(out: str, records: Sequence[dict], profile_name: str = PROFILE, command: str = "") -> list[str]:
+    """Write ``out.{json,csv,md}`` and the heat maps from the records; returns the figures' paths. The page
+    follows from the records alone, so the committed JSON rebuilds the committed page."""
+    profile = load_profile(profile_name)
+    folder = Path(out).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(records, folder, profile.name)
+    body, shows = page_body(records, profile, figures)
+    about = (f"DirectReduce (`directreduce`, and `directreduce-pipelined` in the first two sections) "
+             f"against `ring` and `host-best`, float32 AllReduce, model executor; gain = 1 − t / t_baseline. "
+             f"Also writes {Path(out).name}.json and .csv"
+             + (" and the heat maps " + ", ".join(Path(f).name for f in figures) if figures else "") + ".")
+    lines = page(command, SCRIPT, about, body, shows)
+    lines += ["", "## What the model does not have yet", "", *(f"- {line}" for line in NOT_MODELLED)]
+    write_result_files(out, list(records), lines)
+    return figures
+
+
 def run(out: str, quick: bool = False, profile_name: str = PROFILE, command: str = "",
         log: TextIO | None = sys.stderr, jobs: int | None = None, progress: bool = False,
         grid: str | Path | None = None) -> list[dict]:
     """Run the grid, write ``out.{json,csv,md}`` and the heat maps; returns the records."""
     t0 = time.perf_counter()
     records = sweep(quick, profile_name, jobs, progress, grid)
-    profile = load_profile(profile_name)
-    folder = Path(out).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    figures = write_figures(records, folder, profile.name)
-    body, shows = page_body(records, profile, figures)
-    about = (f"DirectReduce against `ring` and `host-best`, float32 AllReduce, model executor; "
-             f"gain = 1 − t_DR / t_baseline. Also writes {Path(out).name}.json and .csv"
-             + (" and the heat maps " + ", ".join(Path(f).name for f in figures) if figures else "") + ".")
-    lines = page(command, SCRIPT, about, body, shows)
-    lines += ["", "## What the model does not have yet", "", *(f"- {line}" for line in NOT_MODELLED)]
-    write_result_files(out, records, lines)
+    figures = write(out, records, profile_name, command)
     if log is not None:
         print(f"# {len(records)} points in {time.perf_counter() - t0:.1f} s; wrote {out}.md, .json, .csv"
               + "".join(f", {f}" for f in figures), file=log)

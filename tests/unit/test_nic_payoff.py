@@ -4,10 +4,11 @@ import importlib.util
 import json
 from pathlib import Path
 
-from nicemu.collectives import model_time
+from nicemu.collectives import model_time, segment_elems
 from nicemu.collectives.api import host_best
 from nicemu.nic.profile import load_profile
 from nicemu.studies import nic_payoff
+from nicemu.topologies import parse_topology
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "nic_payoff.py"
 _spec = importlib.util.spec_from_file_location("nic_payoff_script", SCRIPT)
@@ -29,8 +30,10 @@ def test_quick_run_writes_page_json_csv_and_figures(tmp_path):
     sweeps = {r["sweep"] for r in records}
     assert sweeps == {nic_payoff.SIZE_SWEEP, nic_payoff.LINK_SWEEP, nic_payoff.RANK_SWEEP}
     grid = nic_payoff.points(Path(__file__).resolve().parents[2] / nic_payoff.QUICK_GRID)
-    expected = len(grid) // 3           # three algorithms per record
-    assert len(records) == expected
+    # one record per point of the grid without its algo axis (four algorithms in two sweeps, three in one)
+    assert len(records) == len({(p["tag"], p["topology"], p.get("ranks_per_node"), p.get("link.bandwidth_GBps"),
+                                 p.get("pcie.bandwidth_GBps"), p["bytes"]) for p in grid})
+    assert len(grid) == 4 * len(records) - len(nic_payoff._of(records, nic_payoff.RANK_SWEEP))
     for r in records:
         assert r["gain_vs_ring"] == 1 - r["directreduce_us"] / r["ring_us"]
         assert r["gain_vs_best_host"] == 1 - r["directreduce_us"] / r["host_best_us"]
@@ -55,6 +58,28 @@ def test_quick_run_writes_page_json_csv_and_figures(tmp_path):
             assert r["rail_gain_vs_best_host"] == r["gain_vs_best_host"] and r["intra_node_share"] == 0
         else:
             assert 0 < r["intra_node_share"] < 1 and r["directreduce_us"] > alone
+    # directreduce-pipelined: timed in the sizes and link sweeps, recomputed here with model_time on the
+    # record's own profile; its segment is the one §4.6 gives for that topology; absent from the ranks sweep
+    for r in records:
+        if r["sweep"] == nic_payoff.RANK_SWEEP:
+            assert all(r[k] is None for k in nic_payoff.PIPELINED_KEYS)
+            continue
+        prof = profile.with_overrides(r["overrides"].split(";") if r["overrides"] else [])
+        t = model_time("allreduce", "directreduce-pipelined", r["topology"], prof, r["bytes"] // 4).emulated_us
+        assert r["pipelined_us"] == t
+        assert r["pipelined_gain_vs_best_host"] == 1 - t / r["host_best_us"]
+        assert r["pipelined_gain_vs_ring"] == 1 - t / r["ring_us"]
+        assert r["pipelined_gain_vs_directreduce"] == 1 - t / r["directreduce_us"]
+        assert r["pipelined_segment_bytes"] == 4 * segment_elems(prof, 4, "directreduce-pipelined", "allreduce",
+                                                                 parse_topology(r["topology"]))
+    # at 64M on 400g-gen5 plain DirectReduce's 16 MiB chunks (ring:4) spill and the pipelined variant wins
+    r = next(r for r in records if (r["sweep"], r["topology"], r["bytes"]) == (nic_payoff.SIZE_SWEEP, "ring:4", 64 << 20))
+    assert r["bytes"] / 4 > 1024 * profile.nic.memory_KiB and r["pipelined_gain_vs_directreduce"] > 0
+    assert "`directreduce-pipelined`, gain over host-best:" in text
+    assert f"| ring:4 | {nic_payoff._pct(r['pipelined_gain_vs_best_host'])} |" not in text   # a row of 3 sizes
+    row = next(ln for ln in text.split("gain over plain DirectReduce, 1 − t_pipelined / t_DR:")[1].splitlines()
+               if ln.startswith("| ring:4 |"))
+    assert row.split(" | ")[-1].rstrip(" |") == nic_payoff._pct(r["pipelined_gain_vs_directreduce"])
     # the link sweep's overrides are the ones the profile saw
     for r in records:
         if r["sweep"] == nic_payoff.LINK_SWEEP:
@@ -75,3 +100,14 @@ def test_crossover_is_the_start_of_the_last_winning_run():
     rows = [{"bytes": m, "g": g} for m, g in ((1, -0.5), (2, 0.1), (4, -0.1), (8, 0.2), (16, 0.3))]
     assert nic_payoff.crossover(rows, "g") == 8
     assert nic_payoff.crossover(rows[:3], "g") is None
+
+
+def test_committed_page_follows_from_its_json(tmp_path):
+    """docs/results/nic_payoff.md is what the study writes from docs/results/nic_payoff.json: every table cell
+    and finding follows from the committed records (which test_sweep recomputes in part with model_time)."""
+    results = Path(__file__).resolve().parents[2] / "docs" / "results"
+    records = json.loads((results / "nic_payoff.json").read_text())
+    nic_payoff.write(str(tmp_path / "nic_payoff"), records, command="python scripts/nic_payoff.py")
+    assert (tmp_path / "nic_payoff.md").read_text() == (results / "nic_payoff.md").read_text()
+    assert {r["sweep"] for r in records if r["pipelined_us"] is not None} == {nic_payoff.SIZE_SWEEP,
+                                                                              nic_payoff.LINK_SWEEP}

@@ -330,3 +330,37 @@ def test_ranks_per_node_and_root_axes_reach_the_timing():
         rec = sweep.run_point(p)
         want = model_time("reduce", "tree", "switch:5", "directreduce-paper", 16384, root=p["root"])
         assert rec["emulated_us"] == want.emulated_us and rec["root"] == p["root"]
+
+
+def test_nic_payoff_grid_matches_committed_results():
+    """sweeps/nic_payoff.yml holds the points of docs/results/nic_payoff.json (four algorithms in the sizes
+    and link sweeps, three in the ranks sweep); a sample reproduces every committed time exactly, the
+    pipelined variant's included, and each gain is its own ratio of times."""
+    points = sweep.load_grid(str(REPO / "sweeps/nic_payoff.yml")).points()
+    rows = json.loads((REPO / "docs/results/nic_payoff.json").read_text())
+
+    def key(p: dict) -> tuple:
+        link = p.get("link.bandwidth_GBps")
+        return (p["tag"], p["topology"], p.get("ranks_per_node", 1), link and 8 * link, p["bytes"],
+                p.get("pcie.bandwidth_GBps"))
+
+    ref = {(r["sweep"], r["topology"], r["ranks_per_node"], r["link_Gbps"] if r["overrides"] else None, r["bytes"],
+            r["pcie_GBps"] if r["overrides"] else None): r for r in rows}
+    assert {key(p) for p in points} == set(ref) and len(ref) == len(rows)
+    algos = {"directreduce": "directreduce_us", "directreduce-pipelined": "pipelined_us", "ring": "ring_us",
+             "host-best": "host_best_us"}
+    by_key: dict[tuple, set] = {}
+    for p in points:
+        by_key.setdefault(key(p), set()).add(p["algo"])
+    for k, got in by_key.items():
+        assert got == (set(algos) - {"directreduce-pipelined"} if k[0] == "ranks_per_node" else set(algos))
+    sample = [p for p in points if p["topology"] == "ring:8" and (
+        (p["tag"] == "sizes_nodes" and p["bytes"] in (1024, 1 << 20, 64 << 20, 256 << 20))
+        or (p["tag"] == "link_pcie" and p["bytes"] in (64 << 20, 256 << 20)
+            and (p["link.bandwidth_GBps"], p["pcie.bandwidth_GBps"]) == (12.5, 25)))]
+    assert {p["algo"] for p in sample} == set(algos) and len(sample) == 4 * (4 + 2)
+    for p, r in zip(sample, sweep.records(sample, jobs=1)):
+        row = ref[key(p)]
+        assert r["emulated_us"] == row[algos[p["algo"]]], p
+        assert row["pipelined_gain_vs_best_host"] == 1 - row["pipelined_us"] / row["host_best_us"]
+        assert row["pipelined_gain_vs_directreduce"] == 1 - row["pipelined_us"] / row["directreduce_us"]
