@@ -680,7 +680,8 @@ def page_body(records: Sequence[dict], profile: Profile, figures: Sequence[str])
                  f"Profile `{profile.name}` ({profile.description.rstrip('.')}; "
                  "[model.md §7](../model.md#7-shipped-profiles)).", ""]
         if FIGURES[SIZE_SWEEP] in names:
-            body += [f"![gain of DirectReduce over ring and host-best]({FIGURES[SIZE_SWEEP]})", ""]
+            body += ["![gain of DirectReduce over ring and host-best, and of the pipelined variant over host-best]"
+                     f"({FIGURES[SIZE_SWEEP]})", ""]
         body += ["Gain over host-best, 1 − t_DR / t_host-best:", "",
                  *gain_table(sizes, "gain_vs_best_host", lambda r: r["topology"], str), "",
                  "Gain over ring, 1 − t_DR / t_ring:", "",
