@@ -46,6 +46,16 @@ class FlowSet:
     latency_us: np.ndarray
 
 
+def _node_ids(values, what: str) -> np.ndarray:
+    """Node ids as int64; a non-integer id is an error, not a truncation."""
+    raw = np.atleast_1d(np.asarray(values))
+    if raw.dtype.kind not in "iu":
+        as_float = raw.astype(np.float64) if raw.dtype.kind in "fb" else None
+        if as_float is None or not np.all(np.isfinite(as_float)) or np.any(as_float != np.floor(as_float)):
+            raise FabricError(f"{what} node ids must be whole numbers, got {raw.tolist()[:4]}")
+    return raw.astype(np.int64)
+
+
 class Fabric:
     """The directed resources of ``topology`` under ``profile`` and the routes between its nodes."""
 
@@ -100,8 +110,7 @@ class Fabric:
     def flows(self, src, dst) -> FlowSet:
         """Routes (resource ids in hop order) and route latencies of flows ``src[i] -> dst[i]``."""
         topo = self.topology
-        src = np.atleast_1d(np.asarray(src, dtype=np.int64))
-        dst = np.atleast_1d(np.asarray(dst, dtype=np.int64))
+        src, dst = _node_ids(src, "source"), _node_ids(dst, "destination")
         if src.shape != dst.shape:
             raise FabricError(f"give as many destinations as sources ({len(src)} and {len(dst)})")
         bad = np.flatnonzero((src < 0) | (src >= topo.nodes) | (dst < 0) | (dst >= topo.nodes) | (src == dst))

@@ -298,6 +298,11 @@ def test_builder_errors():
         fab.flows([0], [0])
     with pytest.raises(FabricError, match="as many destinations"):
         fab.flows([0, 1], [2])
+    with pytest.raises(FabricError, match="source node ids must be whole numbers"):
+        fab.flows([0.5], [2])
+    with pytest.raises(FabricError, match="destination node ids must be whole numbers"):
+        fab.flows([0], ["two"])
+    assert fab.flows([1.0], [np.int32(3)]).src.tolist() == [1]          # whole floats and numpy ints are ids
     assert Routes.from_lists([[1, 2], [0]]).route(1) == [0]
 
 
