@@ -50,6 +50,7 @@ from nicemu.workloads import (
 from nicemu.workloads.comm_backends import DTYPE, ModelComm, algos_for, has_alltoall
 from nicemu.workloads.disaggregation import place, serve_disaggregated
 from nicemu.workloads.kv_memory import DEFAULT_BLOCK_TOKENS, DEFAULT_UTILIZATION, PREEMPT_MODES, plan_kv, rejection
+from nicemu.workloads.kv_restore import METHODS as RESTORE_METHODS
 from nicemu.workloads.metrics import kv_summary, slo_metrics, stats
 from nicemu.workloads.replicas import serve_replicas
 from nicemu.workloads.requests import MAX_CV, MAX_REQUESTS, MAX_TOKENS, MIN_CV, MIN_RATE
@@ -108,7 +109,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix-reuse", type=float, default=0.0, metavar="F",
                    help="the first F of every prompt (0 <= F < 1) is a prefix whose KV cache waits in host memory, "
                         "as for a returning conversation; --kv-restore says how it comes back (default 0)")
-    p.add_argument("--kv-restore", default="load", choices=["load", "recompute", "partial"],
+    p.add_argument("--kv-restore", default="load", choices=RESTORE_METHODS,
                    help="how a reused prefix's KV comes back: load it over PCIe (shared with the NIC's DMA), "
                         "recompute it (prefill it again), or partial: send the first l tokens' activations and "
                         "recompute their K and V while the rest loads (default load)")

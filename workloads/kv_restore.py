@@ -109,14 +109,12 @@ def restore(method: str, model: Model, acc: Accelerator, tokens: int, batch: int
     if not pcie_GBps > 0:
         raise WorkloadError(f"PCIe bandwidth must be > 0 GB/s, got {pcie_GBps}")
     per_us = pcie_GBps * 1e3                               # bytes per microsecond
-    L = model.layers
     step = decode_compute(model, acc, tokens, batch, dtype_bytes)
     if method == "recompute":
         # the embedding and every layer of a prefill of the s tokens; no LM head (no token is sampled)
         it = iteration_compute(model, acc, make_batch([(tokens, 0)] * batch, []), None, dtype_bytes) if tokens else None
         t = it.layers * it.layer_us + it.embedding.time_us if it else 0.0
         return Restore(method, tokens, batch, tokens, 0.0, 0.0, t, t, t + step.total_us)
-    act, kv = activation_bytes_per_token(model, dtype_bytes), kv_bytes_per_token_layer(model, dtype_bytes)
     if method == "load":
         split = 0
     if split is None:
@@ -125,12 +123,24 @@ def restore(method: str, model: Model, acc: Accelerator, tokens: int, batch: int
         if not 0 <= split <= tokens:
             raise WorkloadError(f"split {split} is outside 0..{tokens} tokens")
         cand = np.array([float(split)])
+    return _best_split(method, model, acc, tokens, batch, cand, per_us, model.kv_width, step.layer_us,
+                       step.embedding.time_us, step.lm_head.time_us, 0.0, dtype_bytes)
+
+
+def _best_split(method: str, model: Model, acc: Accelerator, tokens: int, batch: int, cand: np.ndarray,
+                per_us: float, kv_width: int, layer_us: float, start_us: float, end_us: float, busy_us: float,
+                dtype_bytes: int) -> Restore:
+    """Every candidate split ``l`` of ``cand`` through :func:`pipeline_us` (layers of ``layer_us``, the
+    accelerator free from ``start_us``, ``end_us`` after the last layer, ``busy_us`` of other PCIe traffic
+    spread over the layers); the one with the shortest step, the smallest on ties."""
+    L = model.layers
+    act, kv = activation_bytes_per_token(model, dtype_bytes), 2 * kv_width * dtype_bytes
     act_us = batch * cand * act / per_us
-    kv_us = batch * (tokens - cand) * kv / per_us
-    gpu = recompute_kv_us(model, acc, batch * cand, dtype_bytes)
-    done, layers_done = pipeline_us(L, act_us, kv_us, gpu, step.layer_us, step.embedding.time_us)
-    latency = layers_done + step.lm_head.time_us
-    best = int(np.argmin(latency))                         # the smallest l among equal times
+    kv_us = batch * (tokens - cand) * kv / per_us + busy_us / L
+    gpu = recompute_kv_us(model, acc, batch * cand, dtype_bytes, kv_width)
+    done, layers_done = pipeline_us(L, act_us, kv_us, gpu, layer_us, start_us)
+    latency = layers_done + end_us
+    best = int(np.argmin(latency))
     l_best = int(cand[best])
     pcie_bytes = L * batch * (l_best * act + (tokens - l_best) * kv)
     return Restore(method, tokens, batch, l_best, float(pcie_bytes), float(pcie_bytes / per_us),
@@ -156,15 +166,6 @@ def restore_in_pass(method: str, model: Model, acc: Accelerator, tokens: int, pa
     if not pcie_GBps > 0:
         raise WorkloadError(f"PCIe bandwidth must be > 0 GB/s, got {pcie_GBps}")
     w = model.kv_width if kv_width is None else kv_width
-    per_us, L = pcie_GBps * 1e3, model.layers
-    act, kv = activation_bytes_per_token(model, dtype_bytes), 2 * w * dtype_bytes
     cand = np.arange(tokens + 1, dtype=np.float64) if method == "partial" else np.zeros(1)
-    act_us = cand * act / per_us
-    kv_us = (tokens - cand) * kv / per_us + pcie_busy_us / L
-    gpu = recompute_kv_us(model, acc, cand, dtype_bytes, w)
-    done, last = pipeline_us(L, act_us, kv_us, gpu, pass_us / L, 0.0)
-    best = int(np.argmin(last))
-    l_best = int(cand[best])
-    pcie_bytes = L * (l_best * act + (tokens - l_best) * kv)
-    return Restore(method, tokens, 1, l_best, float(pcie_bytes), float(pcie_bytes / per_us), float(L * gpu[best]),
-                   float(done[best]), float(last[best]))
+    return _best_split(method, model, acc, tokens, 1, cand, pcie_GBps * 1e3, w, pass_us / model.layers, 0.0, 0.0,
+                       pcie_busy_us, dtype_bytes)

@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from nicemu.workloads.batching import Batcher, BatchingConfig, BatchingResult
+from nicemu.workloads.disaggregation import place as place_instances
 from nicemu.workloads.iteration_time import IterationCost
 from nicemu.workloads.metrics import time_split
 from nicemu.workloads.requests import Request
 
 
 def place(requests: Sequence[Request], replicas: int) -> dict[int, int]:
-    """Request id -> replica: round-robin in arrival order."""
-    order = sorted(requests, key=lambda r: (r.arrival_us, r.id))
-    return {r.id: k % replicas for k, r in enumerate(order)}
+    """Request id -> replica: round-robin in arrival order, as disaggregated instances are placed."""
+    return {rid: i for rid, (i, _) in place_instances(requests, replicas, 1).items()}
 
 
 def serve_replicas(requests: Sequence[Request], replicas: int, timer_for: Callable[[int], Callable],
