@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from nicemu.collectives.schedules.dimension_rings import PHASES
 from nicemu.collectives.schedules.directreduce import nic_policy
-from nicemu.collectives.schedules.ring_pipelined import pipelined_steps, plan_runs, transfer_count
-from nicemu.collectives.schedules.steps import Schedule, final_segments
+from nicemu.collectives.schedules.ring_pipelined import pipelined_schedule
+from nicemu.collectives.schedules.steps import Schedule
 from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus
 
@@ -80,11 +80,4 @@ def segment_elems(profile: Profile, itemsize: int, topology: Torus, collective: 
 def build(collective: str, topology: Torus, count: int, bidirectional: bool = False, *,
           segment_elems: int) -> Schedule:
     """Pipelined DirectReduce with segments of ``segment_elems`` elements (at least 1)."""
-    segment_elems = max(1, int(segment_elems))
-    off, cnt = final_segments(topology, count)
-    runs = plan_runs(topology, count, collective, segment_elems, bidirectional)
-    return Schedule(collective, ALGO, topology, count,
-                    lambda: pipelined_steps(topology, count, collective, segment_elems, bidirectional,
-                                            pipelined_nic_policy),
-                    off, cnt, bidirectional, segment_elems=segment_elems,
-                    transfers=transfer_count(topology, runs, bidirectional))
+    return pipelined_schedule(ALGO, collective, topology, count, bidirectional, segment_elems, pipelined_nic_policy)

@@ -173,13 +173,20 @@ def pipelined_steps(topology: Torus, count: int, collective: str, segment_elems:
             group += 1
 
 
-def build(collective: str, topology: Torus, count: int, bidirectional: bool = False, *,
-          segment_elems: int) -> Schedule:
-    """The pipelined host ring with segments of ``segment_elems`` elements (at least 1)."""
+def pipelined_schedule(algo: str, collective: str, topology: Torus, count: int, bidirectional: bool,
+                       segment_elems: int, policy: Policy = host_policy) -> Schedule:
+    """The schedule of a pipelined ring algorithm: :func:`pipelined_steps` with ``policy`` and segments of
+    ``segment_elems`` elements (at least 1)."""
     segment_elems = max(1, int(segment_elems))
     off, cnt = final_segments(topology, count)
     runs = plan_runs(topology, count, collective, segment_elems, bidirectional)
-    return Schedule(collective, ALGO, topology, count,
-                    lambda: pipelined_steps(topology, count, collective, segment_elems, bidirectional),
+    return Schedule(collective, algo, topology, count,
+                    lambda: pipelined_steps(topology, count, collective, segment_elems, bidirectional, policy),
                     off, cnt, bidirectional, segment_elems=segment_elems,
                     transfers=transfer_count(topology, runs, bidirectional))
+
+
+def build(collective: str, topology: Torus, count: int, bidirectional: bool = False, *,
+          segment_elems: int) -> Schedule:
+    """The pipelined host ring with segments of ``segment_elems`` elements (at least 1)."""
+    return pipelined_schedule(ALGO, collective, topology, count, bidirectional, segment_elems)
