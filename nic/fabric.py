@@ -167,6 +167,10 @@ def _fill(rem: np.ndarray, ef: np.ndarray, er: np.ndarray, weight: np.ndarray, r
     rem[used] = left
 
 
+#: progressive filling for other modules (nic/fabric_replay.py)
+fill_rates = _fill
+
+
 def _join_level(cap: np.ndarray, flow_of: np.ndarray, res: np.ndarray, w: np.ndarray, rate: np.ndarray,
                 active: np.ndarray, joined: np.ndarray, flows: int) -> float:
     """A level below which no rate changes when ``joined`` join the ``active`` flows (docs/model.md §21.2).

@@ -1,0 +1,337 @@
+"""Concurrent collectives on one fabric: each call's flows, their dependencies, and the shared replay.
+
+A call runs alone through the model executor's own step timing (the same
+``send_half``/``receive_half`` as ``run_model``), which gives every transfer's
+window (first to last byte at the receiver) and every node's completion. The
+transfers become flows on the physical fabric (collectives/model/fabric.py:
+the directed links of a ring or torus, the ports of a switch), a call's
+logical node ``i`` sitting on physical node ``nodes[i]``. A transfer depends on
+what its sender received and sent in the latest earlier step group it took part
+in. nic/fabric_replay.py then shares the links among all calls' flows and
+returns delays; a node finishes its alone completion plus the largest delay of
+the flows it sent or received. docs/model.md §21.6.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nicemu.collectives.model.fabric import Fabric
+from nicemu.collectives.model.step_timing import make_agents, part_bytes, receive_half, send_half
+from nicemu.collectives.schedules.steps import Schedule, step_groups
+from nicemu.errors import CollectiveError
+from nicemu.nic.fabric import Routes
+from nicemu.nic.fabric_replay import Edges, replay
+from nicemu.nic.profile import Profile
+from nicemu.topologies import LinkParams, Torus, switch
+
+
+@dataclass(frozen=True)
+class Call:
+    """One collective call on the fabric: its schedule (on its own topology) and where its nodes sit."""
+
+    schedule: Schedule
+    nodes: np.ndarray     # physical node of each of the schedule's nodes
+    itemsize: int
+
+
+@dataclass
+class CallFlows:
+    """A call alone: its transfers (logical nodes), their windows, and each node's completion."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    nbytes: np.ndarray        # payload plus headers after the first packet (bytes): what the window moves
+    first: np.ndarray         # first byte at the receiver (µs), alone
+    last: np.ndarray          # last byte at the receiver (µs), alone
+    after_end: tuple[np.ndarray, np.ndarray]    # (dependency, dependent) pairs, call-local flow ids
+    after_start: tuple[np.ndarray, np.ndarray]
+    node_done: np.ndarray     # completion of every node alone (µs)
+    wire_bytes: int
+    uses: np.ndarray          # per flow: the node resources its stream crosses (bits, see _node_uses)
+
+
+@dataclass
+class ConcurrentTiming:
+    """One call's outcome on the shared fabric."""
+
+    emulated_us: float        # slowest node, sharing the fabric
+    alone_us: float           # slowest node, alone
+    node_done_us: np.ndarray  # per node of the call, sharing
+    wire_bytes: int
+    slowed_flows: int         # transfers that ran below their alone rate at some time
+
+    @property
+    def slowdown_vs_alone(self) -> float:
+        return self.emulated_us / self.alone_us if self.alone_us > 0 else 1.0
+
+
+def call_flows(schedule: Schedule, profile: Profile, itemsize: int) -> CallFlows:
+    """Run ``schedule`` alone (as ``run_model`` does) and keep what the replay needs."""
+    topo = schedule.topology
+    if topo.ranks_per_node > 1:
+        raise CollectiveError("concurrent calls run with one rank per node; drop --ranks-per-node")
+    agents = make_agents(topo, profile, topo.nodes)
+    n = topo.nodes
+    recv_group = np.full(n, -1, dtype=np.int64)    # latest group in which each node received
+    src, dst, size, first, last, grp, rg, uses = ([] for _ in range(8))
+    number = 0
+    for group in step_groups(schedule.steps()):
+        arrivals = []
+        for step in group:
+            f, la = send_half(agents, step, step.src, step.count * itemsize, part_bytes(step.host_count, itemsize))
+            arrivals.append((f, la))
+            keep = step.src != step.dst
+            src.append(step.src[keep])
+            dst.append(step.dst[keep])
+            size.append((step.count * itemsize)[keep])
+            first.append(np.broadcast_to(f, step.src.shape)[keep])
+            last.append(np.broadcast_to(la, step.src.shape)[keep])
+            grp.append(np.full(int(keep.sum()), number, dtype=np.int64))
+            rg.append(recv_group[step.src[keep]])
+            uses.append(np.full(int(keep.sum()), _node_uses(step), dtype=np.int64))
+        for step, (f, la) in zip(group, arrivals):
+            receive_half(agents, step, step.dst, f, la, step.count * itemsize, part_bytes(step.final_count, itemsize))
+        for step in group:
+            recv_group[step.dst] = number
+        number += 1
+    src, dst, size = _cat(src, np.int64), _cat(dst, np.int64), _cat(size, np.int64)
+    first, last = _cat(first, np.float64), _cat(last, np.float64)
+    grp, rg, uses = _cat(grp, np.int64), _cat(rg, np.int64), _cat(uses, np.int64)
+    header, packet = profile.link.header_bytes, profile.nic.packet_bytes
+    framed = size + np.ceil(size / packet) * header
+    # a stream's first packet arrives one packet time after it starts: the window holds the rest
+    rest = framed - np.where(size > 0, np.minimum(size, packet) + header, 0)
+    recv_dep, recv_tgt = _depend(grp * n + dst, rg * n + src, rg >= 0)   # what the sender received last
+    by_sender = np.lexsort((np.arange(len(src)), first, src))            # and its previous send
+    same = src[by_sender[1:]] == src[by_sender[:-1]]
+    dep = np.concatenate([recv_dep, by_sender[:-1][same]])
+    tgt = np.concatenate([recv_tgt, by_sender[1:][same]])
+    ends = first[tgt] >= last[dep]
+    starts = ~ends & (first[tgt] >= first[dep])
+    return CallFlows(src, dst, rest, first, last, (dep[ends], tgt[ends]), (dep[starts], tgt[starts]),
+                     agents.clock.copy(), int(agents.links.bytes_sent), uses)
+
+
+#: node resources a stream crosses while it flows, besides links (bits of CallFlows.uses)
+_SRC_PCIE_READ, _DST_NIC = 1, 2
+#: resources per node after the links: PCIe host->NIC (DMA reads), NIC->host (DMA writes), NIC engine
+NODE_RESOURCES = ("pcie_read", "pcie_write", "nic_reduce")
+
+
+def _node_uses(step) -> int:
+    """The node resources a step's streams cross while they flow: the sender's DMA read when the chunk
+    comes from host memory (it feeds the link packet by packet), and the receiver's NIC engine when the
+    NIC reduces (packet by packet as they arrive). The receiver's DMA write and the operand prefetch
+    are left out: in the step model they may lag or lead the stream (docs/model.md §21.6)."""
+    bits = _SRC_PCIE_READ if step.from_host else 0
+    if step.engine == "nic" and step.reduce:
+        bits |= _DST_NIC
+    return bits
+
+
+def _cat(parts: list, dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+
+def _depend(key_of_flow: np.ndarray, wanted: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dependency, dependent) pairs: flow ``t`` depends on every flow whose key equals ``wanted[t]``."""
+    order = np.argsort(key_of_flow, kind="stable")
+    keys = key_of_flow[order]
+    t = np.flatnonzero(valid)
+    lo = np.searchsorted(keys, wanted[t], side="left")
+    hi = np.searchsorted(keys, wanted[t], side="right")
+    cnt = hi - lo
+    tgt = np.repeat(t, cnt)
+    idx = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)
+    return order[idx], tgt
+
+
+def run_concurrent(calls: list[Call], topology: Torus, profile: Profile) -> list[ConcurrentTiming]:
+    """Every call of ``calls`` started at time 0 on the fabric of ``topology`` (docs/model.md §21.6).
+
+    Calls that share no link with any other keep their alone timing exactly. The others are replayed
+    together; a node's delay is what the shared replay adds over the call's replay alone, so a call's
+    own overlaps (which its step model may time without sharing) are not counted as contention."""
+    if not calls:
+        return []
+    fabric = Fabric(topology, profile)
+    alone = [call_flows(c.schedule, profile, c.itemsize) for c in calls]
+    placed = [_placed(fabric, c, a) for c, a in zip(calls, alone)]
+    delays = [np.zeros(len(a.node_done)) for a in alone]
+    slowed = [0] * len(calls)
+    for comp in _components([np.unique(p[0].resources) for p in placed]):
+        if len(comp) < 2:
+            continue
+        own = {}
+        for i in comp:
+            key = (id(calls[i].schedule), np.asarray(calls[i].nodes).tobytes())
+            if key not in own:
+                own[key] = _replay([alone[i]], [placed[i]], fabric)[0][0]
+        shared, counts = _replay([alone[i] for i in comp], [placed[i] for i in comp], fabric)
+        for i, d, c in zip(comp, shared, counts):
+            key = (id(calls[i].schedule), np.asarray(calls[i].nodes).tobytes())
+            delays[i] = np.maximum(d - own[key], 0.0)
+            slowed[i] = c
+    return [ConcurrentTiming(float((a.node_done + d).max()), float(a.node_done.max()), a.node_done + d,
+                             a.wire_bytes, c) for a, d, c in zip(alone, delays, slowed)]
+
+
+def _placed(fabric: Fabric, call: Call, a: CallFlows) -> tuple[Routes, np.ndarray]:
+    """A call's flows on the physical fabric: (routes, alone rate in bytes/µs per flow)."""
+    nodes = np.asarray(call.nodes, dtype=np.int64)
+    topo = call.schedule.topology
+    if nodes.shape != (topo.nodes,) or len(np.unique(nodes)) != len(nodes):
+        raise CollectiveError(f"a call on {topo.name} needs {topo.nodes} distinct physical nodes, got "
+                              f"{len(nodes)} ({len(np.unique(nodes))} distinct)")
+    if not len(a.src):
+        return Routes(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64)), np.zeros(0)
+    fs = fabric.flows(nodes[a.src], nodes[a.dst])
+    links = len(fabric.capacity)
+    span = a.last - a.first
+    own = np.full(len(span), np.inf)
+    np.divide(a.nbytes, span, out=own, where=span > 0)
+    # the window holds what follows the first packet at the stream's rate, at most its slowest link's
+    own = np.minimum(own, np.minimum.reduceat(fabric.capacity[fs.routes.resources], fs.routes.offsets[:-1]))
+    capacity = resource_capacity(fabric)
+    flow = [np.repeat(np.arange(len(a.src)), np.diff(fs.routes.offsets))]
+    res = [fs.routes.resources]
+    for bit, end, slot in ((_SRC_PCIE_READ, a.src, 0), (_DST_NIC, a.dst, 2)):
+        rid = links + 3 * nodes[end] + slot
+        # a node resource slower than the stream does not pace it: the NIC buffers and works after
+        on = np.flatnonzero((a.uses & bit).astype(bool) & (own <= capacity[rid] * (1 + 1e-12)))
+        flow.append(on)
+        res.append(rid[on])
+    flow, res = np.concatenate(flow), np.concatenate(res)
+    order = np.argsort(flow, kind="stable")
+    routes = Routes(np.concatenate([[0], np.cumsum(np.bincount(flow, minlength=len(a.src)))]).astype(np.int64),
+                    res[order])
+    return routes, own
+
+
+def resource_capacity(fabric: Fabric) -> np.ndarray:
+    """Bytes/µs of the fabric's links, then of every node's PCIe read and write sides and NIC engine
+    (an infinite rate, as in ``ideal``, is a resource that never binds)."""
+    prof = fabric.profile
+    per_node = np.array([prof.pcie.bandwidth_GBps, prof.pcie.bandwidth_GBps, prof.nic.reduce_GBps]) * 1e3
+    per_node = np.where(np.isfinite(per_node), per_node, 1e300)
+    return np.concatenate([fabric.capacity, np.tile(per_node, fabric.topology.nodes)])
+
+
+def resource_name(fabric: Fabric, rid: int) -> str:
+    """``5->6/d0+`` for a link (Fabric.resource_name), ``pcie_read@3`` and the like for a node's."""
+    links = len(fabric.capacity)
+    if rid < links:
+        return fabric.resource_name(rid)
+    node, slot = divmod(rid - links, 3)
+    return f"{NODE_RESOURCES[slot]}@{node}"
+
+
+def _components(resources: list[np.ndarray]) -> list[list[int]]:
+    """Groups of calls connected by shared resources (union-find over the resource ids)."""
+    parent = list(range(len(resources)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[int, int] = {}
+    for i, res in enumerate(resources):
+        for r in res.tolist():
+            j = owner.setdefault(r, i)
+            if j != i:
+                parent[root(i)] = root(j)
+    comps: dict[int, list[int]] = {}
+    for i in range(len(resources)):
+        comps.setdefault(root(i), []).append(i)
+    return list(comps.values())
+
+
+def _replay(alone: list[CallFlows], placed: list[tuple[Routes, np.ndarray]], fabric: Fabric
+            ) -> tuple[list[np.ndarray], list[int]]:
+    """Replay these calls together: per call, each node's delay and the flows slowed."""
+    offsets, resources, start, end, rate, ae, ast = [], [], [], [], [], [], []
+    base = res_base = 0
+    for a, (routes, r) in zip(alone, placed):
+        offsets.append(routes.offsets[1:] + res_base)
+        resources.append(routes.resources)
+        res_base += len(routes.resources)
+        start.append(a.first)
+        end.append(a.last)
+        rate.append(r)
+        ae.append((a.after_end[0] + base, a.after_end[1] + base))
+        ast.append((a.after_start[0] + base, a.after_start[1] + base))
+        base += len(a.src)
+    cat = np.concatenate
+    routes = Routes(cat([[0], *offsets]).astype(np.int64), cat(resources).astype(np.int64))
+    out = replay(resource_capacity(fabric), routes, cat(start), cat(end), cat(rate),
+                 Edges.from_pairs(base, cat([p[0] for p in ae]), cat([p[1] for p in ae])),
+                 Edges.from_pairs(base, cat([p[0] for p in ast]), cat([p[1] for p in ast])))
+    delays, counts = [], []
+    base = 0
+    for a in alone:
+        k = len(a.src)
+        d = out.end_delay[base:base + k]
+        node = np.zeros(len(a.node_done))
+        np.maximum.at(node, a.src, d)
+        np.maximum.at(node, a.dst, d)
+        delays.append(node)
+        counts.append(int(out.slowed[base:base + k].sum()))
+        base += k
+    return delays, counts
+
+
+PLACEMENTS = ("same", "disjoint", "interleaved")
+
+
+def place(topology: Torus, profile: Profile, k: int, how: str) -> list[tuple[Torus, np.ndarray]]:
+    """Where ``k`` concurrent calls sit: (the call's own topology, its physical nodes) for each.
+
+    ``same``: every call on every node. ``disjoint``: a torus splits into the sub-tori of its trailing
+    dimensions (``k`` the product of its leading sizes), a switch into ``k`` blocks of nodes. ``interleaved``:
+    on a ring or switch, call ``j`` on nodes ``j, j + k, j + 2k, ...``; on a ring its hops cross ``k``
+    links each (and pay their latencies), so the calls share every link."""
+    if how not in PLACEMENTS:
+        raise CollectiveError(f"unknown placement {how!r}; use one of {', '.join(PLACEMENTS)}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise CollectiveError(f"the number of concurrent calls must be a whole number >= 1, got {k!r}")
+    n = topology.nodes
+    if topology.ranks_per_node > 1:
+        raise CollectiveError("concurrent calls run with one rank per node; drop --ranks-per-node")
+    if how == "same" or k == 1:
+        return [(topology, np.arange(n, dtype=np.int64)) for _ in range(k)]
+    one_dim = topology.ndim == 1
+    if how == "disjoint" and not (one_dim and topology.switched):
+        if one_dim:
+            raise CollectiveError(f"{topology.name} has no disjoint sub-rings; use --concurrent-groups "
+                                  "interleaved or same, or a torus")
+        prods = np.cumprod(topology.shape[:-1]).tolist()
+        if k not in prods:
+            raise CollectiveError(f"{topology.name}: {k} disjoint calls do not split it into sub-tori; use "
+                                  f"K in {', '.join(map(str, prods))} (products of its leading dimensions)")
+        lead = prods.index(k) + 1
+        rest = topology.shape[lead:]
+        links = topology.dim_links[lead:]
+        size = int(np.prod(rest))
+        sub = Torus(rest, dim_links=links)
+        return [(sub, j * size + np.arange(size, dtype=np.int64)) for j in range(k)]
+    if not one_dim:
+        raise CollectiveError(f"interleaved calls run on a ring or a switch; {topology.name} is a torus: use "
+                              "--concurrent-groups disjoint or same")
+    if n % k or n // k < 2:
+        raise CollectiveError(f"{k} {how} calls on {topology.name}: {k} must divide {n} and leave at least "
+                              f"2 nodes per call")
+    m = n // k
+    if topology.switched:
+        sub = switch(m)
+        groups = [np.arange(m, dtype=np.int64) * k + j for j in range(k)] if how == "interleaved" else \
+                 [j * m + np.arange(m, dtype=np.int64) for j in range(k)]
+        return [(sub, g) for g in groups]
+    phys = topology.link_params(0, LinkParams(profile.link.bandwidth_GBps, profile.link.latency_us))
+    hop = LinkParams(phys.bandwidth_GBps, k * phys.latency_us)
+    return [(Torus((m,), name=f"ring:{m}", dim_links=[hop]), np.arange(m, dtype=np.int64) * k + j)
+            for j in range(k)]
