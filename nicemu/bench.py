@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from nicemu import argtypes, link_report
+from nicemu import argtypes, bench_concurrent, link_report
 from nicemu import data as bench_data
 from nicemu.collectives import (
     ALGORITHMS,
@@ -53,6 +53,8 @@ from nicemu.nic.stragglers import describe as describe_stragglers
 from nicemu.nic.trace import EVENT_BYTES, LARGE_TRACE_EVENTS, count_events, write_trace
 from nicemu.progress import Progress
 from nicemu.report import (
+    CONCURRENT_HEADER,
+    CONCURRENT_UNITS,
     FAULT_HEADER,
     FAULT_UNITS,
     HEADER,
@@ -141,6 +143,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "track per link, PCIe direction, NIC engine and host of each traced node")
     p.add_argument("--trace-nodes", default=None, metavar="LIST",
                    help="nodes the trace shows: 0-7,12 or all (default: the first 8)")
+    bench_concurrent.add_arguments(p)
     p.add_argument("--plot-links", type=argtypes.output_file, metavar="FILE.png",
                    help="draw link utilisation (torus: heatmaps per dimension over a 2-D slice; ring: bytes "
                         "and busy time per link) per record (needs matplotlib)")
@@ -219,6 +222,7 @@ def validate(args: argparse.Namespace, comm):
                 f"{topology.nodes // per_node} nodes x {per_node} ranks per node")
         raise UsageError(f"{comm.size} ranks for {topology.name} ({what}): run with at "
                          f"most {topology.nodes} ranks, or a larger topology")
+    bench_concurrent.validate(args, algos, topology, profile, comm, dtype, sizes)
     return algos, dtype, sizes, topology, profile
 
 
@@ -519,6 +523,8 @@ def run(args: argparse.Namespace, comm) -> int:
         check_fits(comm, emu.local_nodes, max(sizes), dtype.itemsize, "mpi", args.collective,
                    sparse_extra_bytes(args, algos, topology, comm.size, dtype.itemsize, max(sizes)))
     ranks = comm.size if args.executor == "mpi" else 1
+    groups = (bench_concurrent.Groups(args, emu, topology, profile)
+              if emu is not None and bench_concurrent.active(args) else None)
     if rank0:
         print(f"# nicemu bench: {args.collective} on {topology.describe()}, {ranks} rank(s), "
               f"executor {args.executor}, profile {profile.name}")
@@ -531,16 +537,26 @@ def run(args: argparse.Namespace, comm) -> int:
                   f"{describe_stragglers(stragglers) or 'none'}; emul(us) is the mean over the timed "
                   f"calls, vs clean compares it with the same call without faults or stragglers, "
                   f"drops/corrupt/resent are totals over the timed calls")
+        conc = bench_concurrent.active(args)
+        if conc:
+            print(f"# {args.concurrent} concurrent calls, groups {args.concurrent_groups}: emul(us) is the slowest "
+                  f"call sharing the fabric, alone(us) the same call alone (docs/model.md §21.6)")
         print("#")
-        print("#" + HEADER[1:] + (FAULT_HEADER if extra else ""))
-        print("#" + UNITS[1:] + (FAULT_UNITS if extra else ""))
+        print("#" + HEADER[1:] + (FAULT_HEADER if extra else "") + (CONCURRENT_HEADER if conc else ""))
+        print("#" + UNITS[1:] + (FAULT_UNITS if extra else "") + (CONCURRENT_UNITS if conc else ""))
     progress = Progress(len(sizes) * len(algos), rank0 and (args.progress or sys.stderr.isatty()))
     records = []
     watched: list[dict] = []
     for nbytes in sizes:
         group = []
         for algo in algos:
-            if emu is not None:
+            if bench_concurrent.active(args):
+                base = base_record(args, algo, topology, ranks, dtype, nbytes, profile)
+                base.update(bench_concurrent.model_fields(args, algo, topology, profile, dtype, nbytes)
+                            if groups is None else
+                            bench_concurrent.mpi_fields(groups, _run_mpi, args, algo, topology, profile, dtype,
+                                                        nbytes))
+            elif emu is not None:
                 base = base_record(args, algo, topology, ranks, dtype, nbytes, profile)
                 base.update(_run_mpi(emu, args, algo, dtype, nbytes))
             else:
@@ -551,7 +567,7 @@ def run(args: argparse.Namespace, comm) -> int:
                             stragglers=describe_stragglers(stragglers) or None,
                             clean_emulated_us=clean.emulated_us,
                             slowdown_vs_clean=base["emulated_us"] / clean.emulated_us)
-            add_bandwidth(base, args.collective, topology.nodes)
+            add_bandwidth(base, args.collective, base.get("nodes_per_call") or topology.nodes)
             stats = base.pop(STATS, None)
             if stats is not None:
                 base["link_summary"] = stats.summary()
@@ -572,6 +588,8 @@ def run(args: argparse.Namespace, comm) -> int:
                 if r.get("link_summary"):
                     print("\n".join(link_report.summary_lines(r["link_summary"])), flush=True)
         records.extend(group)
+    if groups is not None:
+        groups.free()
     if emu is not None:
         emu.free()
     if rank0:

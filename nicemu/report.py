@@ -18,7 +18,10 @@ KEYS = ["collective", "algo", "topology", "nodes", "ranks", "ranks_per_node", "e
         # --faults / --straggler (nicemu/bench.py): totals over the timed calls, the fault-free
         # time of the same call, emulated_us / clean_emulated_us, and the per-link breakdown
         "faults", "stragglers", "drops", "corruptions", "retransmit_bytes", "clean_emulated_us",
-        "slowdown_vs_clean", "fault_links"]
+        "slowdown_vs_clean", "fault_links",
+        # --concurrent K (nicemu/bench_concurrent.py): where the calls sit, each call's node count, the
+        # slowest call alone and sharing the fabric, and every call's time (emulated_us is the slowest)
+        "concurrent", "concurrent_groups", "nodes_per_call", "alone_us", "slowdown_vs_alone", "concurrent_us"]
 
 HEADER = (f"{'size':>10} {'count':>11} {'type':>7} {'redop':>5} {'algo':>18} {'emul(us)':>12} "
           f"{'wall(us)':>10} {'algbw':>8} {'busbw':>8} {'host(us)':>10} {'nic(us)':>9} "
@@ -58,12 +61,23 @@ def table_row(r: dict) -> str:
             f"{_num(r['algbw_GBps'], '.3f', 8)} {_num(r['busbw_GBps'], '.3f', 8)} "
             f"{_num(r['host_busy_us'], '.2f', 10)} {_num(r['nic_busy_us'], '.2f', 9)} "
             f"{_num(r['wire_bytes'], 'd', 12)} {gain_s} {_num(r['wrong'], 'd', 6)}"
-            + fault_columns(r))
+            + fault_columns(r) + concurrent_columns(r))
 
 
 #: extra columns of a run with --faults or --straggler
 FAULT_HEADER = f" {'vs clean':>9} {'drops':>7} {'corrupt':>7} {'resent(B)':>11}"
 FAULT_UNITS = f" {'slowdown':>9} {'':>7} {'':>7} {'':>11}"
+
+
+#: extra columns of a run with --concurrent K
+CONCURRENT_HEADER = f" {'alone(us)':>12} {'vs alone':>9}"
+CONCURRENT_UNITS = f" {'emulated':>12} {'slowdown':>9}"
+
+
+def concurrent_columns(r: dict) -> str:
+    if r.get("slowdown_vs_alone") is None:
+        return ""
+    return f" {_num(r['alone_us'], '.3f', 12)} {r['slowdown_vs_alone']:8.3f}x"
 
 
 def fault_columns(r: dict) -> str:

@@ -68,6 +68,17 @@ class ConcurrentTiming:
         return self.emulated_us / self.alone_us if self.alone_us > 0 else 1.0
 
 
+#: transfers the replay of one run may hold (about 300 bytes each at its peak)
+MAX_FLOWS = 8_000_000
+
+
+def transfers(schedule: Schedule) -> int:
+    """The transfers of a schedule, counted without timing it."""
+    if schedule.transfers:
+        return schedule.transfers
+    return sum(len(step.src) for step in schedule.steps())
+
+
 def call_flows(schedule: Schedule, profile: Profile, itemsize: int) -> CallFlows:
     """Run ``schedule`` alone (as ``run_model`` does) and keep what the replay needs."""
     topo = schedule.topology
@@ -157,6 +168,11 @@ def run_concurrent(calls: list[Call], topology: Torus, profile: Profile) -> list
     own overlaps (which its step model may time without sharing) are not counted as contention."""
     if not calls:
         return []
+    flows = sum(transfers(c.schedule) for c in calls)
+    if flows > MAX_FLOWS:
+        raise CollectiveError(f"{len(calls)} calls of {calls[0].schedule.algo} on {topology.name} make {flows:,} "
+                              f"transfers, over the {MAX_FLOWS:,} the fabric replay holds in memory (about 300 B "
+                              f"each); use fewer calls, a smaller size or topology, or an unsegmented algorithm")
     fabric = Fabric(topology, profile)
     alone = [call_flows(c.schedule, profile, c.itemsize) for c in calls]
     placed = [_placed(fabric, c, a) for c, a in zip(calls, alone)]

@@ -142,6 +142,17 @@ CASES = [
     case("bench-astra-unknown-key", [*BENCH, "--topology", "astra:astra_unknown.yml"], "extra_key"),
     case("bench-astra-wrong-type", [*BENCH, "--topology", "astra:astra_type.yml"], "bandwidth", "fast"),
     case("bench-astra-python-tag", [*BENCH, "--topology", "astra:astra_tag.yml"], "astra_tag.yml"),
+    # concurrent calls on a shared fabric
+    case("bench-concurrent-not-dividing", [*BENCH, "--topology", "ring:8", "--concurrent", "3",
+                                           "--concurrent-groups", "interleaved"], "3 must divide 8"),
+    case("bench-concurrent-sparse", [*BENCH, "--concurrent", "2", "--algo", "omniccl"],
+         "--concurrent does not cover", "omniccl"),
+    case("bench-concurrent-disjoint-ring", [*BENCH, "--topology", "ring:8", "--concurrent", "2",
+                                            "--concurrent-groups", "disjoint"], "no disjoint sub-rings"),
+    case("bench-concurrent-groups-alone", [*BENCH, "--concurrent-groups", "disjoint"], "--concurrent K"),
+    case("bench-concurrent-zero", [*BENCH, "--concurrent", "0"], "--concurrent 0", "1..4096"),
+    case("bench-concurrent-mpi-ranks", [*BENCH, "--topology", "ring:4", "--concurrent", "2"],
+         "one rank per node", "mpiexec -n 4"),
     # profile YAML: unknown keys and wrong types
     case("profile-type-string", [*BENCH, "--profile", "type_str.yml"], "link.bandwidth_GBps", "fast"),
     case("profile-type-float-for-int", [*BENCH, "--profile", "type_float.yml"], "nic.packet_bytes", "1.5"),
@@ -270,7 +281,8 @@ BY_ID = {c.id: c for c in CASES}
 #: also run under mpiexec -n 2: one or two per category, bench and serve
 MPI_CASES = ["bench-dtype-int16", "profile-type-string", "set-unknown-section", "bench-seed-negative",
              "serve-trace-back-in-time", "serve-config-missing-fields", "bench-dtype-unknown-name",
-             "bench-mpi-spot-window-memory", "serve-requests-huge", "serve-disaggregated-topology"]
+             "bench-mpi-spot-window-memory", "serve-requests-huge", "serve-disaggregated-topology",
+             "bench-concurrent-mpi-ranks"]
 
 
 def _write_files(where: Path) -> None:
