@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
+from nicemu.collectives.api import nonblocking
 from nicemu.collectives.api.checks import (
     as_profile,
     as_topology,
@@ -45,6 +46,7 @@ from nicemu.collectives.api.checks import (
 )
 from nicemu.collectives.api.host_best import NAME as HOST_BEST
 from nicemu.collectives.api.model import build_schedule, resolve_host_best, segment_elems
+from nicemu.collectives.api.nonblocking import Request
 from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.link_faults import install as install_faults
 from nicemu.collectives.model.sparse_timing import model_sparse
@@ -145,6 +147,7 @@ class Emulator:
         self._a2a_index: tuple[np.ndarray, np.ndarray] | None = None     # alltoall pack/unpack
         self._a2a_staging: np.ndarray | None = None
         self._spot_windows: dict[tuple, SpotWindows] = {}
+        self._fabric = None     # a group of a split: where it sits on the parent's fabric (nonblocking.py)
 
     def free(self) -> None:
         """Release the RMA windows, persistent requests and the duplicated communicator (collective).
@@ -479,6 +482,55 @@ class Emulator:
         MPI leaves a non-root receive buffer undefined. Arguments and errors as for ``allreduce``.
         """
         return self.run("reduce", x, op, algo, out=out, call=call, root=root)
+
+    # --- non-blocking calls and groups (collectives/api/nonblocking.py, docs/model.md §21.6) ------------
+
+    def iallreduce(self, x: np.ndarray, op: str = "sum", algo: str = "directreduce", *,
+                   out: np.ndarray | None = None, **options: int | None) -> Request:
+        """AllReduce whose data moves now and whose time ``waitall`` settles together with the other
+        requests in flight: they share links, PCIe reads and NIC engines. Dense emulated algorithms only;
+        arguments as :meth:`allreduce`. Collective. Raises :class:`CollectiveError` on every rank for a bad
+        argument, a sparse algorithm or ``algo="mpi"``."""
+        return nonblocking.start(self, "allreduce", x, op, algo, out, options)
+
+    def ireduce_scatter(self, x: np.ndarray, op: str = "sum", algo: str = "directreduce", *,
+                        out: np.ndarray | None = None, **options: int | None) -> Request:
+        """Non-blocking :meth:`reduce_scatter`; raises as :meth:`iallreduce`."""
+        return nonblocking.start(self, "reducescatter", x, op, algo, out, options)
+
+    def iallgather(self, x: np.ndarray, algo: str = "directreduce", *, out: np.ndarray | None = None,
+                   **options: int | None) -> Request:
+        """Non-blocking :meth:`allgather`; raises as :meth:`iallreduce`."""
+        return nonblocking.start(self, "allgather", x, "sum", algo, out, options)
+
+    def ialltoall(self, x: np.ndarray, algo: str = "directreduce", *, out: np.ndarray | None = None,
+                  **options: int | None) -> Request:
+        """Non-blocking :meth:`alltoall`; raises as :meth:`iallreduce`."""
+        return nonblocking.start(self, "alltoall", x, "sum", algo, out, options)
+
+    def waitall(self, requests: list[Request]) -> list[Result]:
+        """Settle ``requests`` together: they start at the same emulated time on this emulator's fabric.
+        On a top-level emulator, requests of its groups (``split``) settle with its own. Collective: every
+        rank passes the requests it holds, in the order it made them. Returns their Results (emulated times
+        sharing the fabric; ``Request.alone_us`` and ``slowdown_vs_alone`` say what sharing cost). Raises
+        :class:`CollectiveError` for a request already settled, one of another emulator, or ranks of a group
+        that pass different requests."""
+        return nonblocking.waitall(self, requests)
+
+    def wait(self, request: Request) -> Result:
+        """Settle one request, alone on the fabric (its blocking call's times). Collective; raises as
+        :meth:`waitall`."""
+        return nonblocking.waitall(self, [request])[0]
+
+    def split(self, groups: list[list[int]], topologies: list | None = None) -> Emulator | None:
+        """Emulators on disjoint groups of nodes, each with its own topology (default a ring of the group)
+        embedded on those nodes: logical node ``i`` of group ``g`` is node ``groups[g][i]``, and its
+        messages take that fabric's routes. Collective: every rank passes the same groups (one rank per
+        node). Returns this rank's group, or None. Requests of the groups settle together in this
+        emulator's ``waitall``. Free the group's emulator (``free()``) before this one. Raises
+        :class:`CollectiveError` for groups that overlap, have fewer than 2 nodes, name unknown nodes or do
+        not match their topologies, and for an emulator with several nodes per rank."""
+        return nonblocking.split(self, groups, topologies)
 
     def segments(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(offsets, counts) in elements, two int arrays over all nodes: the range every node owns after a
