@@ -52,7 +52,7 @@ from nicemu.collectives.mpi.executor import MpiExecutor
 from nicemu.collectives.mpi.native import run_native, run_native_alltoall
 from nicemu.collectives.mpi.spot_executor import SpotRun, gather_masks
 from nicemu.collectives.registry import ALGORITHMS, COLLECTIVES, check_link_faults, get, is_sparse, sparse_config
-from nicemu.collectives.schedules import alltoall
+from nicemu.collectives.schedules import alltoall, hierarchical_alltoall
 from nicemu.collectives.schedules.sparse_patterns import block_mask, nblocks_of
 from nicemu.collectives.schedules.spot_protocol import plan_rounds
 from nicemu.collectives.schedules.steps import Schedule, final_segments
@@ -263,8 +263,8 @@ class Emulator:
             schedule = self._schedules[key] = build_schedule("alltoall", algo, self.topology, count)
         if self._a2a_index is None:
             nodes = np.arange(ex.lo, ex.hi)
-            self._a2a_index = (alltoall.pack_index(self.topology, nodes),
-                               alltoall.unpack_index(self.topology, nodes))
+            layout = hierarchical_alltoall if self.topology.ranks_per_node > 1 else alltoall
+            self._a2a_index = (layout.pack_index(self.topology, nodes), layout.unpack_index(self.topology, nodes))
         if self._a2a_staging is None or self._a2a_staging.shape != (work.shape[0], 2 * count) \
                 or self._a2a_staging.dtype != work.dtype:
             self._a2a_staging = np.empty((work.shape[0], 2 * count), dtype=work.dtype)

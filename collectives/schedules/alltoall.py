@@ -82,7 +82,7 @@ def _positions(shape: tuple[int, ...], d: int) -> np.ndarray:
     return lab[:, d] * (math.prod(shape) // shape[d]) + inner
 
 
-def _final_locations(shape: tuple[int, ...]) -> np.ndarray:
+def final_locations(shape: tuple[int, ...]) -> np.ndarray:
     """Staging block of every label after the last dimension (area = label parity there)."""
     last = len(shape) - 1
     return (_labels(shape)[:, last] % 2) * math.prod(shape) + _positions(shape, last)
@@ -117,7 +117,7 @@ def unpack_index(topology: Torus, nodes: np.ndarray) -> np.ndarray:
     """For each node, the staging block that holds each source's block at the end: (len(nodes), p)."""
     shape = np.array(topology.shape)
     lab = _labels(topology.shape)
-    where = _final_locations(topology.shape)
+    where = final_locations(topology.shape)
     idx = np.empty((len(nodes), topology.nodes), dtype=np.int64)
     for row, x in enumerate(nodes):
         src = (topology.coords(int(x)) - lab) % shape
