@@ -197,7 +197,7 @@ def check_ranks_per_node(topology: Torus, algo: str, collective: str) -> None:
     if get(algo).sparse is not None:
         raise CollectiveError(f"{algo} runs with one rank per node (its aggregation is per node); with "
                               f"--ranks-per-node {p} use a dense algorithm "
-                              f"({', '.join(names(kind='dense', emulated=True))})")
+                              f"({', '.join(names(kind='dense', emulated=True, collective=collective))})")
 
 
 def as_profile(profile: str | Profile, overrides: tuple[str, ...] | list[str] | str = ()) -> Profile:

@@ -57,9 +57,10 @@ def check_count(topology: Torus, count: int) -> int:
     """Elements per block; the count must split into one equal block per node."""
     p = topology.nodes
     if count < 1 or count % p:
+        what, where = ("node", topology.name) if topology.ranks_per_node == 1 else ("rank", topology.describe())
         raise CollectiveError(
-            f"alltoall needs a count divisible by the {p} nodes of {topology.name} (one equal block "
-            f"per node), got {count} elements; use a multiple of {p} elements")
+            f"alltoall needs a count divisible by the {p} {what}s of {where} (one equal block "
+            f"per {what}), got {count} elements; use a multiple of {p} elements")
     return count // p
 
 
