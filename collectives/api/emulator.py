@@ -104,7 +104,8 @@ class Emulator:
         stragglers: ``"NODE:FACTOR,..."``, a list of those, or ``{node: factor}`` (docs/model.md §12).
         ranks_per_node: ranks on every topology node (``--ranks-per-node``, docs/model.md §19): they share
             its host memory, each with its own NIC; node ids then number ranks (``node * P + r``). The
-            dense AllReduce runs hierarchically; other collectives and the sparse algorithms refuse it.
+            dense AllReduce and all-to-all run hierarchically (docs/model.md §19.3, §13.6); other collectives
+            and the sparse algorithms refuse it.
         telemetry: True gives every call's ``Result.telemetry`` (a ``LinkStats``: bytes, busy time and
             utilisation per directed link and per node resource; docs/model.md §20).
         trace_nodes: also keep the stream events of these nodes (``"0-7,12"``, ``"all"`` or a list;
