@@ -136,8 +136,10 @@ def _flags(engine: str, d: int, s: int, shape: tuple[int, ...], block: int, p: i
     return {"engine": "nic", "reduce": False, "from_host": d == 0 and s == 0, "to_host": True,
             "cut_through": s > 0,
             "host_count": full * own if d > 0 and s == 0 else None,
-            # blocks of the arriving super-slot with label 0 in every later dimension are home
-            "final_count": full * (math.prod(shape[:d]) * block)}
+            # blocks of the arriving super-slot with label 0 in every later dimension are home; the
+            # rest of it waits in the NIC for a later dimension (docs/model.md §13.7)
+            "final_count": full * (math.prod(shape[:d]) * block),
+            "hold_count": full * ((p // k - math.prod(shape[:d])) * block)}
 
 
 def alltoall_steps(topology: Torus, count: int, engine: str) -> Iterator[Step]:

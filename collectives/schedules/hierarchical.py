@@ -96,7 +96,7 @@ def lift_rails(per_rail: tuple[Step, ...], p: int, shard_off: np.ndarray, topolo
     extra = {}
     if first.dst_offset is not None:
         extra["dst_offset"] = np.concatenate([s.dst_offset + shard_off[r] for r, s in enumerate(per_rail)])
-    for name in ("host_count", "final_count"):
+    for name in ("host_count", "final_count", "hold_count"):
         if getattr(first, name) is not None:
             extra[name] = np.concatenate([getattr(s, name) for s in per_rail])
     route = None
