@@ -29,7 +29,7 @@ from nicemu.nic.intra_node import IntraNode
 from nicemu.nic.link import Links
 from nicemu.nic.pcie import Pcie
 from nicemu.nic.profile import Profile
-from nicemu.nic.streams import overflow, vmax
+from nicemu.nic.streams import as_float, overflow, vmax
 from nicemu.nic.telemetry import DRAM, HOST, NIC, NVLINK, READ, RESOURCES, WRITE
 
 
@@ -63,6 +63,11 @@ class NicAgents:
         self.spill_share = np.zeros(nodes)
         self.pool_share = np.zeros(nodes)
         self.spill_bytes = np.zeros(nodes)   # bytes read back from host memory because they did not fit
+        # the all-to-all's NIC memory (docs/model.md §13.7): bytes of the bundle forwarded next that lie in host
+        # memory, and the blocks held for a later torus dimension (all of them, and those in host memory)
+        self.a2a_fwd_host = np.zeros(nodes)
+        self.a2a_held = np.zeros(nodes)
+        self.a2a_held_host = np.zeros(nodes)
         #: link fault injection (collectives/model/link_faults.py), None when off
         self.faults = None
         self._telemetry = None
@@ -95,7 +100,7 @@ class NicAgents:
     def reset(self) -> None:
         """Back to an idle fabric at time 0 (every collective call starts idle)."""
         for arr in (self.clock, self.nic_ready, self.nic_first, self.group_clock, self.spill_share, self.pool_share,
-                    self.spill_bytes,
+                    self.spill_bytes, self.a2a_fwd_host, self.a2a_held, self.a2a_held_host,
                     self.pcie.read_free, self.pcie.write_free,
                     self.links.free, self.compute.free, self.compute.busy_us, self.host.free,
                     self.host.busy_us, self.memory.free):
@@ -141,7 +146,42 @@ class NicAgents:
             host = (host_part(nbytes, self.spill_share[ix]) if reduce
                     else overflow(nbytes, budget_bytes(self.memory_KiB, nic_share)))
             first, last = self.gatekeeper.read_back(ix, self.clock[ix], host, first, last, self.spill_bytes)
+        elif engine == "nic" and cut_through:       # all-to-all: the forwarded part that did not fit
+            first, last = self.gatekeeper.read_back(ix, self.clock[ix], self.a2a_fwd_host[ix], first, last,
+                                                    self.spill_bytes)
+        elif engine == "nic" and host_nbytes is not None and not from_host:
+            first, last = self._release_held(ix, nbytes, host_nbytes, first, last)
         return self.links.transmit(ix, dim, direction, first, last, nbytes)
+
+    def _release_held(self, ix, nbytes, own_nbytes, first, last):
+        """All-to-all, first bundle of a later torus dimension: besides the node's own blocks it sends held
+        blocks, of which the share that was spilled to host memory is read back (docs/model.md §13.7)."""
+        released = as_float(nbytes) - as_float(own_nbytes)
+        held, in_host = self.a2a_held[ix], self.a2a_held_host[ix]
+        if isinstance(held, np.ndarray):
+            share = np.divide(in_host, held, out=np.zeros(held.shape), where=held > 0)
+        else:
+            share = float(in_host) / float(held) if held > 0 else 0.0
+        back = host_part(released, share)
+        self.a2a_held[ix] = held - released
+        self.a2a_held_host[ix] = in_host - back
+        return self.gatekeeper.read_back(ix, self.clock[ix], back, first, last, self.spill_bytes)
+
+    def _keep_in_nic(self, ix, nbytes, final_nbytes, hold_nbytes):
+        """All-to-all receive: what of the bundle stays in the NIC and what does not fit in ``nic.memory_KiB``
+        (docs/model.md §13.7). The bundle forwarded next comes first; blocks held for a later dimension take
+        the rest, and those that do not fit (newly arrived or held before) are written to host memory and stay
+        there. Returns the bytes written beside the final ones."""
+        budget = budget_bytes(self.memory_KiB, 1.0)
+        forward = as_float(nbytes) - as_float(final_nbytes) - as_float(hold_nbytes)
+        fwd_host = overflow(forward, budget)
+        self.a2a_fwd_host[ix] = fwd_host
+        held = self.a2a_held[ix] + as_float(hold_nbytes)
+        self.a2a_held[ix] = held
+        before = self.a2a_held_host[ix]
+        in_host = vmax(before, held - vmax(budget - forward, 0.0))
+        self.a2a_held_host[ix] = in_host
+        return fwd_host + (in_host - before)
 
     def send_routed(self, ix: np.ndarray, route, nbytes: np.ndarray, from_host: bool
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +196,7 @@ class NicAgents:
                 nbytes: np.ndarray, engine: str, reduce: bool, to_host: bool,
                 operand_from_host: bool = True, deliver_nbytes: np.ndarray | None = None,
                 local: bool = False, dram_per_byte: float | None = None, nic_share: float = 1.0,
-                early_operand: bool = False) -> None:
+                early_operand: bool = False, hold_nbytes: np.ndarray | None = None) -> None:
         """Receiver side of a step: advances the receiving nodes' clocks.
 
         ``deliver_nbytes`` (nic engine): only this part of the chunk is final and
@@ -166,6 +206,8 @@ class NicAgents:
         as it is produced, unless the whole chunk is final and written anyway.
         ``early_operand``: the operand prefetch is issued when the node began its step group (pipelined
         DirectReduce: the GateKeeper fetches the group's operands back to back) instead of at its clock.
+        ``hold_nbytes`` (all-to-all): the part of the bundle held for a later torus dimension; what of the
+        bundle does not fit in NIC memory is DMA-written with the final part (docs/model.md §13.7).
         """
         if local and self.intra is not None:
             done = self.intra.receive(ix, first, last, nbytes, reduce)
@@ -195,6 +237,8 @@ class NicAgents:
         else:
             first, last = self.datadirector.steer(first, last, nbytes, ix)
             self.nic_first[ix] = first
+            if hold_nbytes is not None:
+                deliver_nbytes = deliver_nbytes + self._keep_in_nic(ix, nbytes, deliver_nbytes, hold_nbytes)
         self.nic_ready[ix] = vmax(self.nic_ready[ix], last)
         done = last
         if to_host:

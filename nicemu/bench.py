@@ -198,11 +198,13 @@ def validate(args: argparse.Namespace, comm):
     if args.collective == "alltoall":
         for s in sizes:
             if (s // dtype.itemsize) % topology.nodes:
+                unit, who = (("node", f"{topology.nodes} nodes of {topology.name}") if topology.ranks_per_node == 1
+                             else ("rank", f"{topology.nodes} ranks of {topology.name} x "
+                                           f"{topology.ranks_per_node} ranks per node"))
                 raise UsageError(
-                    f"--collective alltoall needs one equal block per node: size {s} B is "
-                    f"{s // dtype.itemsize} {dtype.name} elements, not a multiple of the {topology.nodes} "
-                    f"nodes of {topology.name}; use sizes that are multiples of "
-                    f"{topology.nodes * dtype.itemsize} B")
+                    f"--collective alltoall needs one equal block per {unit}: "
+                    f"size {s} B is {s // dtype.itemsize} {dtype.name} elements, not a multiple of the {who}; "
+                    f"use sizes that are multiples of {topology.nodes * dtype.itemsize} B")
     for a in algos:
         if is_sparse(a):
             sparse_config(a, topology.nodes, **sparse_options(args))

@@ -277,9 +277,6 @@ def _check_ranks_per_node(args: argparse.Namespace, par: Parallelism, algos: lis
     if par.nodes % p:
         raise UsageError(f"TP x PP = {par.nodes} ranks do not fill whole nodes of {p} ranks; change --tp, --pp "
                          "or --ranks-per-node")
-    if par.ep > 1:
-        raise UsageError(f"--ranks-per-node {p} runs expert parallelism with one rank per node only for now; use "
-                         "--ep 1 or --ranks-per-node 1")
     sparse = [a for a in algos if is_sparse(a)]
     if sparse:
         if args.algo == DEFAULT_ALGOS:         # the default list: the dense algorithms of it

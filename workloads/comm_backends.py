@@ -75,7 +75,8 @@ def group_topology(topology: Torus, nodes: Sequence[int]) -> Torus:
     With several ranks per node (``--ranks-per-node P``, ``nodes`` are then ranks): a group inside one
     node runs on that node alone (``Torus.single_node``: the intra-node phases, NVLink or host memory);
     a group of whole nodes on the group topology of those nodes, with their P ranks each (the
-    hierarchical AllReduce of collectives/schedules/hierarchical.py)."""
+    hierarchical AllReduce of collectives/schedules/hierarchical.py; an EP group's all-to-all, whose ranks
+    are numbered the same way, collectives/schedules/hierarchical_alltoall.py)."""
     n = len(nodes)
     if n == topology.nodes:
         return topology

@@ -186,17 +186,18 @@ def check_per_node(ranks_per_node: int) -> int:
 
 
 def check_ranks_per_node(topology: Torus, algo: str, collective: str) -> None:
-    """Several ranks per node run the dense AllReduce (collectives/schedules/hierarchical.py) and MPI's own."""
+    """Several ranks per node run the dense AllReduce (collectives/schedules/hierarchical.py), the dense
+    all-to-all (collectives/schedules/hierarchical_alltoall.py) and MPI's own."""
     p = topology.ranks_per_node
     if p == 1:
         return
-    if collective != "allreduce":
+    if collective not in ("allreduce", "alltoall"):
         raise CollectiveError(f"{collective} runs with one rank per node; with --ranks-per-node {p} use "
-                              f"--collective allreduce")
+                              f"--collective allreduce or alltoall")
     if get(algo).sparse is not None:
         raise CollectiveError(f"{algo} runs with one rank per node (its aggregation is per node); with "
                               f"--ranks-per-node {p} use a dense algorithm "
-                              f"({', '.join(names(kind='dense', emulated=True))})")
+                              f"({', '.join(names(kind='dense', emulated=True, collective=collective))})")
 
 
 def as_profile(profile: str | Profile, overrides: tuple[str, ...] | list[str] | str = ()) -> Profile:

@@ -54,7 +54,7 @@ from nicemu.collectives.mpi.executor import MpiExecutor
 from nicemu.collectives.mpi.native import run_native, run_native_alltoall
 from nicemu.collectives.mpi.spot_executor import SpotRun, gather_masks
 from nicemu.collectives.registry import ALGORITHMS, COLLECTIVES, check_link_faults, get, is_sparse, sparse_config
-from nicemu.collectives.schedules import alltoall
+from nicemu.collectives.schedules import alltoall, hierarchical_alltoall
 from nicemu.collectives.schedules.sparse_patterns import block_mask, nblocks_of
 from nicemu.collectives.schedules.spot_protocol import plan_rounds
 from nicemu.collectives.schedules.steps import Schedule, final_segments
@@ -106,7 +106,8 @@ class Emulator:
         stragglers: ``"NODE:FACTOR,..."``, a list of those, or ``{node: factor}`` (docs/model.md §12).
         ranks_per_node: ranks on every topology node (``--ranks-per-node``, docs/model.md §19): they share
             its host memory, each with its own NIC; node ids then number ranks (``node * P + r``). The
-            dense AllReduce runs hierarchically; other collectives and the sparse algorithms refuse it.
+            dense AllReduce and all-to-all run hierarchically (docs/model.md §19.3, §13.6); other collectives
+            and the sparse algorithms refuse it.
         telemetry: True gives every call's ``Result.telemetry`` (a ``LinkStats``: bytes, busy time and
             utilisation per directed link and per node resource; docs/model.md §20).
         trace_nodes: also keep the stream events of these nodes (``"0-7,12"``, ``"all"`` or a list;
@@ -266,8 +267,8 @@ class Emulator:
             schedule = self._schedules[key] = build_schedule("alltoall", algo, self.topology, count)
         if self._a2a_index is None:
             nodes = np.arange(ex.lo, ex.hi)
-            self._a2a_index = (alltoall.pack_index(self.topology, nodes),
-                               alltoall.unpack_index(self.topology, nodes))
+            layout = hierarchical_alltoall if self.topology.ranks_per_node > 1 else alltoall
+            self._a2a_index = (layout.pack_index(self.topology, nodes), layout.unpack_index(self.topology, nodes))
         if self._a2a_staging is None or self._a2a_staging.shape != (work.shape[0], 2 * count) \
                 or self._a2a_staging.dtype != work.dtype:
             self._a2a_staging = np.empty((work.shape[0], 2 * count), dtype=work.dtype)

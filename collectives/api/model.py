@@ -35,7 +35,7 @@ from nicemu.collectives.model.sparse_timing import model_sparse as _model_sparse
 from nicemu.collectives.model.sparse_timing import plan_sparse as _plan_sparse
 from nicemu.collectives.model.sparse_timing import time_sparse_plan as _time_sparse_plan
 from nicemu.collectives.registry import ROOTED_COLLECTIVES, check_link_faults, get, sparse_config
-from nicemu.collectives.schedules import hierarchical
+from nicemu.collectives.schedules import hierarchical, hierarchical_alltoall
 from nicemu.collectives.schedules.spot_protocol import PackedMasks, Plan, SparseConfig
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
@@ -218,10 +218,9 @@ def build_schedule(collective: str, algo: str, topology: Torus | str, count: int
         return entry.build(collective, topo, n, bool(bidirectional), segment_elems=segment_elems, **rooted)
 
     if topology.ranks_per_node > 1:
-        if collective != "allreduce":
-            raise CollectiveError(f"{collective} runs with one rank per node; with --ranks-per-node "
-                                  f"{topology.ranks_per_node} use --collective allreduce")
-        schedule = hierarchical.build(one, topology, count, algo)
+        check_ranks_per_node(topology, algo, collective)
+        build = hierarchical_alltoall.build if collective == "alltoall" else hierarchical.build
+        schedule = build(one, topology, count, algo)
     else:
         schedule = one(topology, count)
     if schedule.transfers > MAX_TRANSFERS:

@@ -87,7 +87,7 @@ def run_model(schedule: Schedule, profile: Profile, itemsize: int, faults: Fault
             if tel is not None:
                 tel.step, tel.side = number + k, 1
             receive_half(agents, step, step.dst, first, last, step.count * itemsize,
-                         part_bytes(step.final_count, itemsize))
+                         part_bytes(step.final_count, itemsize), part_bytes(step.hold_count, itemsize))
         number += len(group)
     stats = agents.stats()
     fault_stats = (None if agents.faults is None

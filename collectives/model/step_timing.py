@@ -97,12 +97,13 @@ def send_half(agents: NicAgents, step: Step, local_src: np.ndarray, nbytes: np.n
 
 
 def receive_half(agents: NicAgents, step: Step, local_dst: np.ndarray, first: np.ndarray,
-                 last: np.ndarray, nbytes: np.ndarray, final_nbytes: np.ndarray | None = None) -> None:
+                 last: np.ndarray, nbytes: np.ndarray, final_nbytes: np.ndarray | None = None,
+                 hold_nbytes: np.ndarray | None = None) -> None:
     agents.receive(local_dst, first, last, nbytes, step.engine, step.reduce, step.to_host,
                    step.operand_from_host, final_nbytes, step.local, step.dram_per_byte, step.nic_share,
-                   step.early_operand)
+                   step.early_operand, hold_nbytes)
 
 
 def part_bytes(counts: np.ndarray | None, itemsize: int) -> np.ndarray | None:
-    """Bytes of an optional per-transfer element count (Step.host_count, Step.final_count)."""
+    """Bytes of an optional per-transfer element count (Step.host_count, final_count, hold_count)."""
     return None if counts is None else counts * itemsize

@@ -39,9 +39,10 @@ class StepPlan:
     #: data ops in receive order: (dst local, elem start, elem stop, src local or -1, scratch slot)
     nslots: int = 0                     # scratch buffers this step receives into
     slot_base: int = 0                  # its first scratch buffer (the steps of a group share them)
-    # all-to-all only (Step.host_count / final_count / dst_offset, Schedule.make_relayouts)
+    # all-to-all only (Step.host_count / final_count / hold_count / dst_offset, Schedule.make_relayouts)
     send_host_nbytes: np.ndarray | int | None = None
     recv_final_nbytes: np.ndarray | int | None = None
+    recv_hold_nbytes: np.ndarray | int | None = None
     relayout: np.ndarray | None = None  # block permutation of every local row before this step
     src_starts: list[int] | None = None  # per op: the local source's first element, when it differs
 
@@ -167,10 +168,11 @@ def plan_step(step: Step, itemsize: int, rank: int, lo: int, node_rank: np.ndarr
 
     # every flag of the step, none of its per-transfer arrays (the plan holds this rank's part)
     flags = replace(step, src=step.src[:0], dst=step.dst[:0], offset=step.offset[:0], count=step.count[:0],
-                    dst_offset=None, host_count=None, final_count=None,
+                    dst_offset=None, host_count=None, final_count=None, hold_count=None,
                     route=None if step.route is None else step.route.take(out_idx))
     host_nb = None if step.host_count is None else _one_or_array(step.host_count[out_idx] * itemsize)
     final_nb = None if step.final_count is None else _one_or_array(step.final_count[in_idx] * itemsize)
+    hold_nb = None if step.hold_count is None else _one_or_array(step.hold_count[in_idx] * itemsize)
     return StepPlan(
         step=flags,
         send_ix=_one_or_array(step.src[out_idx] - lo), send_nbytes=_one_or_array(nbytes[out_idx]),
@@ -178,7 +180,7 @@ def plan_step(step: Step, itemsize: int, rank: int, lo: int, node_rank: np.ndarr
         local_pos=np.array([recv_pos[int(t)] for t in local_in], dtype=np.int64),
         local_from=np.array([send_pos[int(t)] for t in local_in], dtype=np.int64),
         sends=sends, recvs=recvs, ops=ops, nslots=len(slot_of),
-        send_host_nbytes=host_nb, recv_final_nbytes=final_nb,
+        send_host_nbytes=host_nb, recv_final_nbytes=final_nb, recv_hold_nbytes=hold_nb,
         src_starts=None if step.dst_offset is None else src_starts)
 
 

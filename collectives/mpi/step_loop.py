@@ -115,7 +115,7 @@ class VectorClock:
         if tel is not None:
             tel.step, tel.side = self.numbers.get(id(plan), -1), 1
         receive_half(self.agents, plan.step, plan.recv_ix, first, last, plan.recv_nbytes,
-                     plan.recv_final_nbytes)
+                     plan.recv_final_nbytes, plan.recv_hold_nbytes)
 
     def local_stats(self) -> np.ndarray:
         """[latest node completion, busiest host, busiest NIC, most NIC read-back bytes] of this rank."""

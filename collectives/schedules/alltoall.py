@@ -57,9 +57,10 @@ def check_count(topology: Torus, count: int) -> int:
     """Elements per block; the count must split into one equal block per node."""
     p = topology.nodes
     if count < 1 or count % p:
+        what, where = ("node", topology.name) if topology.ranks_per_node == 1 else ("rank", topology.describe())
         raise CollectiveError(
-            f"alltoall needs a count divisible by the {p} nodes of {topology.name} (one equal block "
-            f"per node), got {count} elements; use a multiple of {p} elements")
+            f"alltoall needs a count divisible by the {p} {what}s of {where} (one equal block "
+            f"per {what}), got {count} elements; use a multiple of {p} elements")
     return count // p
 
 
@@ -82,7 +83,7 @@ def _positions(shape: tuple[int, ...], d: int) -> np.ndarray:
     return lab[:, d] * (math.prod(shape) // shape[d]) + inner
 
 
-def _final_locations(shape: tuple[int, ...]) -> np.ndarray:
+def final_locations(shape: tuple[int, ...]) -> np.ndarray:
     """Staging block of every label after the last dimension (area = label parity there)."""
     last = len(shape) - 1
     return (_labels(shape)[:, last] % 2) * math.prod(shape) + _positions(shape, last)
@@ -117,7 +118,7 @@ def unpack_index(topology: Torus, nodes: np.ndarray) -> np.ndarray:
     """For each node, the staging block that holds each source's block at the end: (len(nodes), p)."""
     shape = np.array(topology.shape)
     lab = _labels(topology.shape)
-    where = _final_locations(topology.shape)
+    where = final_locations(topology.shape)
     idx = np.empty((len(nodes), topology.nodes), dtype=np.int64)
     for row, x in enumerate(nodes):
         src = (topology.coords(int(x)) - lab) % shape
@@ -135,8 +136,10 @@ def _flags(engine: str, d: int, s: int, shape: tuple[int, ...], block: int, p: i
     return {"engine": "nic", "reduce": False, "from_host": d == 0 and s == 0, "to_host": True,
             "cut_through": s > 0,
             "host_count": full * own if d > 0 and s == 0 else None,
-            # blocks of the arriving super-slot with label 0 in every later dimension are home
-            "final_count": full * (math.prod(shape[:d]) * block)}
+            # blocks of the arriving super-slot with label 0 in every later dimension are home; the
+            # rest of it waits in the NIC for a later dimension (docs/model.md §13.7)
+            "final_count": full * (math.prod(shape[:d]) * block),
+            "hold_count": full * ((p // k - math.prod(shape[:d])) * block)}
 
 
 def alltoall_steps(topology: Torus, count: int, engine: str) -> Iterator[Step]:

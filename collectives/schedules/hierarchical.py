@@ -68,7 +68,7 @@ def build(base: Callable[[Torus, int], Schedule], topology: Torus, count: int, a
         shift, last = p - 1, p - 2
         which = [counts.index(int(c)) for c in shard_cnt]    # each rail's shard schedule
         for per_count in zip(*(shards[c].steps() for c in counts), strict=True) if shards else ():
-            step = _lift(tuple(per_count[w] for w in which), p, shard_off, topology)
+            step = lift_rails(tuple(per_count[w] for w in which), p, shard_off, topology)
             if step.group >= 0:
                 step = replace(step, group=step.group + shift)
                 last = max(last, step.group)
@@ -80,7 +80,7 @@ def build(base: Callable[[Torus, int], Schedule], topology: Torus, count: int, a
                     sample.bidirectional, segment_elems=sample.segment_elems, transfers=transfers)
 
 
-def _lift(per_rail: tuple[Step, ...], p: int, shard_off: np.ndarray, topology: Torus) -> Step:
+def lift_rails(per_rail: tuple[Step, ...], p: int, shard_off: np.ndarray, topology: Torus) -> Step:
     """One step of every rail's copy as one step over all ranks (rail ``r`` is rank ``r`` of every node)."""
     first = per_rail[0]
     for other in per_rail[1:]:
@@ -88,12 +88,17 @@ def _lift(per_rail: tuple[Step, ...], p: int, shard_off: np.ndarray, topology: T
                 (first.phase, first.dim, first.direction, first.group, len(first.src)):
             raise CollectiveError(f"the rail copies of {first.phase} step {first.index} differ; use a count "
                                   f"that is a multiple of the {p} ranks per node")
-    if first.dst_offset is not None or first.host_count is not None or first.final_count is not None:
-        raise CollectiveError("the all-to-all does not run with several ranks per node")
     src = np.concatenate([s.src * p + r for r, s in enumerate(per_rail)])
     dst = np.concatenate([s.dst * p + r for r, s in enumerate(per_rail)])
     offset = np.concatenate([s.offset + shard_off[r] for r, s in enumerate(per_rail)])
     count = np.concatenate([s.count for s in per_rail])
+    # all-to-all rails (collectives/schedules/hierarchical_alltoall.py) carry their per-transfer fields
+    extra = {}
+    if first.dst_offset is not None:
+        extra["dst_offset"] = np.concatenate([s.dst_offset + shard_off[r] for r, s in enumerate(per_rail)])
+    for name in ("host_count", "final_count", "hold_count"):
+        if getattr(first, name) is not None:
+            extra[name] = np.concatenate([getattr(s, name) for s in per_rail])
     route = None
     if first.route is not None:
         route = Route(np.concatenate([s.route.cum for s in per_rail]),
@@ -101,4 +106,4 @@ def _lift(per_rail: tuple[Step, ...], p: int, shard_off: np.ndarray, topology: T
                       np.concatenate([s.route.first_dir for s in per_rail]),
                       max(s.route.load for s in per_rail),
                       np.concatenate([s.route.dirs for s in per_rail]))
-    return replace(first, src=src, dst=dst, offset=offset, count=count, route=route)
+    return replace(first, src=src, dst=dst, offset=offset, count=count, route=route, **extra)

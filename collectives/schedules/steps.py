@@ -49,6 +49,7 @@ class Step:
     dst_offset: np.ndarray | None = None   # first element at the receiver (None: same as offset)
     host_count: np.ndarray | None = None   # nic engine: elements of a NIC-resident chunk that are DMA-read
     final_count: np.ndarray | None = None  # nic engine: elements that reach their destination (DMA-written)
+    hold_count: np.ndarray | None = None   # nic engine: elements that stay in the NIC for a later torus dimension
     cut_through: bool = False  # forward the previous step's incoming stream as its packets arrive
     # Partners that are not neighbours (recursive doubling, Rabenseifner, trees; collectives/schedules/routing.py):
     # the transfers' routes and link sharing; ``dim``/``direction`` are then unused.
@@ -74,7 +75,9 @@ class Step:
                 + (" exchange" if self.exchange else "")
                 + (f" local(dram {self.dram_per_byte:g} B/B)" if self.local else "")
                 + ("" if self.host_count is None else f" host_count={int(self.host_count[0])}")
-                + ("" if self.final_count is None else f" final_count={int(self.final_count[0])}"))
+                + ("" if self.final_count is None else f" final_count={int(self.final_count[0])}")
+                + ("" if self.hold_count is None or not self.hold_count[0] else
+                   f" hold_count={int(self.hold_count[0])}"))
         if self.dst_offset is None:
             items = [f"{s}->{d}[{o}:{o + c}]" for s, d, o, c in
                      zip(self.src[:limit], self.dst[:limit], self.offset[:limit], self.count[:limit])]

@@ -1,5 +1,6 @@
 """``nicemu serve --ranks-per-node P``: TP groups inside a node (NVLink or host memory) or across nodes
-(the hierarchical AllReduce), P = 1 unchanged, real data equal to the model, and the one-line errors."""
+(the hierarchical AllReduce), expert parallelism (the hierarchical all-to-all), P = 1 unchanged, real
+data equal to the model, and the one-line errors."""
 
 from __future__ import annotations
 
@@ -53,7 +54,6 @@ def test_one_rank_per_node_is_unchanged(tmp_path):
 @pytest.mark.parametrize("argv, words", [
     (["--model", "opt-13b", "--tp", "10", "--ranks-per-node", "4"], "does not divide into nodes of 4"),
     (["--tp", "2", "--pp", "2", "--ranks-per-node", "4"], "stage to stage inside a node"),
-    (["--model", "mixtral-8x7b", "--tp", "4", "--ep", "4", "--ranks-per-node", "4"], "expert parallelism"),
     (["--tp", "8", "--ranks-per-node", "4", "--algo", "ring,omniccl"], "one rank per node"),
     (["--tp", "8", "--ranks-per-node", "0"], "at least 1"),
     (["--tp", "8", "--ranks-per-node", "4", "--topology", "ring:3"], "does not match"),
@@ -83,3 +83,35 @@ def test_real_data_equals_the_model(tmp_path, layout):
         for key in ("ttft_ms_mean", "tpot_ms_mean", "e2e_ms_mean", "layer_wire_bytes", "comm_ms", "p2p_ms"):
             assert a[key] == b[key], key
         assert (a["p2p_ms"] > 0) == ("--pp" in layout or "--disaggregated" in layout)
+
+
+def test_expert_parallelism_inside_one_node_needs_no_nic(tmp_path):
+    """EP 4 on one node of 4 ranks: the all-to-alls and AllReduces stay inside the node (host memory)."""
+    recs = records(tmp_path, "--model", "mixtral-8x7b", "--tp", "4", "--ep", "4", "--ranks-per-node", "4",
+                   "--algo", "ring,directreduce")
+    assert (recs["ring"]["nodes"], recs["ring"]["ranks_per_node"], recs["ring"]["ep"]) == (1, 4, 4)
+    assert recs["ring"]["layer_wire_bytes"] == recs["directreduce"]["layer_wire_bytes"] == 0
+    assert recs["ring"]["ttft_ms_mean"] == recs["directreduce"]["ttft_ms_mean"]
+
+
+@pytest.mark.parametrize("nvlink", [False, True], ids=["host-memory", "nvlink"])
+def test_expert_parallelism_across_nodes_real_data_equals_the_model(tmp_path, nvlink):
+    """EP 8 over two nodes of 4 ranks: each MoE all-to-all runs the rails, then the intra-node exchange, with
+    real data (checked) and the model executor's times."""
+    argv = ["serve", "--model", "mixtral-8x7b", "--requests", "3", "--tp", "8", "--ep", "8", "--ranks-per-node", "4",
+            "--algo", "ring,directreduce", "--json", "r.json", *(["--set", "intra_node.nvlink=true"] if nvlink else [])]
+    got = run_cli_batch(tmp_path, [("mpi", [*argv, "--executor", "mpi"]),
+                                   ("model", [*argv, "--executor", "model", "--jobs", "1"])], nprocs=2)
+    for case in got.values():
+        assert case.statuses == [0, 0], case
+    mpi = json.loads((got["mpi"].cwd / "r.json").read_text())
+    model = json.loads((got["model"].cwd / "r.json").read_text())
+    assert [r["algo"] for r in mpi] == [r["algo"] for r in model] == ["ring", "directreduce"]
+    for a, b in zip(mpi, model):
+        assert (a["nodes"], a["ranks_per_node"], a["ep"]) == (2, 4, 8)
+        assert a["wrong"] == 0 and a["checked_elements"] > 0
+        for key in ("ttft_ms_mean", "tpot_ms_mean", "e2e_ms_mean", "layer_wire_bytes", "comm_ms", "host_comm_ms"):
+            assert a[key] == b[key], key
+    # the same bytes cross the rails whichever algorithm moves them; the NIC variant keeps the host out
+    assert mpi[0]["layer_wire_bytes"] == mpi[1]["layer_wire_bytes"] > 0
+    assert mpi[1]["host_comm_ms"] < mpi[0]["host_comm_ms"]

@@ -69,3 +69,34 @@ def test_alltoall_count_not_divisible_fails_on_every_rank():
     with Emulator(COMM, f"ring:{COMM.size}", PROFILE) as emu:
         with pytest.raises(CollectiveError, match="divisible"):
             emu.alltoall(np.zeros(COMM.size + 1, dtype=np.float32))
+
+
+def rank_layouts():
+    """(node topology, ranks per node) with at least one rank per MPI process; one rank per process too."""
+    size = COMM.Get_size()
+    out = [("ring:3", 2), ("ring:2", 4), ("torus:2x3", 2)]
+    if size % 2 == 0:
+        out.append((f"ring:{max(size // 2, 2)}", 2))
+    return [(t, p) for t, p in dict.fromkeys(out) if parse_topology(t).nodes * p >= size]
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("topology, per_node", rank_layouts())
+@pytest.mark.parametrize("algo", ["ring", "directreduce", "mpi"])
+def test_alltoall_ranks_per_node_on_ranks(topology, per_node, algo):
+    """The hierarchical all-to-all (rails, then inside the node) on real ranks: numpy, and the model's times."""
+    profile = load_profile("400g-gen5", ["intra_node.nvlink=true"]) if per_node == 4 else PROFILE
+    with Emulator(COMM, topology, profile, ranks_per_node=per_node) as emu:
+        n = emu.topology.nodes
+        lo, hi = emu.node_range.start, emu.node_range.stop
+        for i, dtype in enumerate(DTYPES):
+            count = n * (2 + i)
+            x = full_input(n, count, dtype, seed=n + i)
+            res = emu.alltoall(x[lo:hi] if hi - lo > 1 else x[lo], algo=algo)
+            rows = np.atleast_2d(res.data)
+            np.testing.assert_array_equal(rows.view(np.uint8), transposed(x)[lo:hi].view(np.uint8))
+            if algo == "mpi":
+                continue
+            model = model_time("alltoall", algo, emu.topology, profile, count, dtype)
+            assert (res.emulated_us, res.wire_bytes, res.host_busy_us) == \
+                (model.emulated_us, model.wire_bytes, model.host_busy_us)
