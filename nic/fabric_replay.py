@@ -86,7 +86,8 @@ def replay(capacity: np.ndarray, routes: Routes, base_start: np.ndarray, base_en
         raise FabricError("a flow ends before it starts; base_end must be >= base_start")
     span = base_end - base_start
     instant = (span <= 0) | ~(rate_cap > 0) | ~np.isfinite(rate_cap)
-    remaining = np.where(instant, 0.0, rate_cap * span)
+    remaining = np.zeros(flows)
+    remaining[~instant] = rate_cap[~instant] * span[~instant]
     waiting = (np.bincount(after_end.targets, minlength=flows)
                + np.bincount(after_start.targets, minlength=flows)).astype(np.int64)
     start_delay = np.zeros(flows)

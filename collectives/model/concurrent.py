@@ -35,6 +35,9 @@ class Call:
     schedule: Schedule
     nodes: np.ndarray     # physical node of each of the schedule's nodes
     itemsize: int
+    start_us: float = 0.0  # when its first iteration starts
+    repeat: int = 1        # iterations, each after the previous one has finished on every node
+    gap_us: float = 0.0    # idle time between iterations (compute, or nothing)
 
 
 @dataclass
@@ -57,10 +60,10 @@ class CallFlows:
 class ConcurrentTiming:
     """One call's outcome on the shared fabric."""
 
-    emulated_us: float        # slowest node, sharing the fabric
-    alone_us: float           # slowest node, alone
-    node_done_us: np.ndarray  # per node of the call, sharing
-    wire_bytes: int
+    emulated_us: float        # from the call's start to its slowest node's end, sharing the fabric
+    alone_us: float           # the same, alone
+    node_done_us: np.ndarray  # per node of the call, sharing (from its start)
+    wire_bytes: int           # over all its iterations
     slowed_flows: int         # transfers that ran below their alone rate at some time
 
     @property
@@ -168,31 +171,98 @@ def run_concurrent(calls: list[Call], topology: Torus, profile: Profile) -> list
     own overlaps (which its step model may time without sharing) are not counted as contention."""
     if not calls:
         return []
-    flows = sum(transfers(c.schedule) for c in calls)
+    for c in calls:
+        if isinstance(c.repeat, bool) or not isinstance(c.repeat, (int, np.integer)) or c.repeat < 1:
+            raise CollectiveError(f"a call repeats a whole number >= 1 of times, got {c.repeat!r}")
+        if not (np.isfinite(c.start_us) and c.start_us >= 0 and np.isfinite(c.gap_us) and c.gap_us >= 0):
+            raise CollectiveError(f"start_us and gap_us must be finite and >= 0, got {c.start_us}, {c.gap_us}")
+    flows = sum(transfers(c.schedule) * c.repeat for c in calls)
     if flows > MAX_FLOWS:
         raise CollectiveError(f"{len(calls)} calls of {calls[0].schedule.algo} on {topology.name} make {flows:,} "
                               f"transfers, over the {MAX_FLOWS:,} the fabric replay holds in memory (about 300 B "
                               f"each); use fewer calls, a smaller size or topology, or an unsegmented algorithm")
     fabric = Fabric(topology, profile)
     alone = [call_flows(c.schedule, profile, c.itemsize) for c in calls]
-    placed = [_placed(fabric, c, a) for c, a in zip(calls, alone)]
+    placed = [_expand(c, a, *_placed(fabric, c, a)) for c, a in zip(calls, alone)]
     delays = [np.zeros(len(a.node_done)) for a in alone]
     slowed = [0] * len(calls)
-    for comp in _components([np.unique(p[0].resources) for p in placed]):
+    for comp in _components([np.unique(p.routes.resources) for p in placed]):
         if len(comp) < 2:
             continue
         own = {}
         for i in comp:
-            key = (id(calls[i].schedule), np.asarray(calls[i].nodes).tobytes())
+            key = _key(calls[i])
             if key not in own:
-                own[key] = _replay([alone[i]], [placed[i]], fabric)[0][0]
-        shared, counts = _replay([alone[i] for i in comp], [placed[i] for i in comp], fabric)
+                own[key] = _replay([placed[i]], fabric)[0][0]
+        shared, counts = _replay([placed[i] for i in comp], fabric)
         for i, d, c in zip(comp, shared, counts):
-            key = (id(calls[i].schedule), np.asarray(calls[i].nodes).tobytes())
-            delays[i] = np.maximum(d - own[key], 0.0)
+            delays[i] = np.maximum(d - own[_key(calls[i])], 0.0)
             slowed[i] = c
-    return [ConcurrentTiming(float((a.node_done + d).max()), float(a.node_done.max()), a.node_done + d,
-                             a.wire_bytes, c) for a, d, c in zip(alone, delays, slowed)]
+    out = []
+    for c, a, p, d, n in zip(calls, alone, placed, delays, slowed):
+        done = p.before_last + a.node_done + d
+        out.append(ConcurrentTiming(float(done.max()), float(p.before_last + a.node_done.max()), done,
+                                    a.wire_bytes * c.repeat, n))
+    return out
+
+
+def _key(call: Call) -> tuple:
+    """Calls with equal keys replay alone alike."""
+    return (id(call.schedule), np.asarray(call.nodes).tobytes(), call.start_us, call.repeat, call.gap_us)
+
+
+@dataclass
+class _Flows:
+    """A call's flows over all its iterations, ready for the replay (times absolute, µs)."""
+
+    routes: Routes
+    rate: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    after_end: tuple[np.ndarray, np.ndarray]
+    after_start: tuple[np.ndarray, np.ndarray]
+    last_lo: int              # the last iteration's flows are [last_lo, last_lo + len(src))
+    src: np.ndarray           # of one iteration's flows (call nodes)
+    dst: np.ndarray
+    nodes: int
+    before_last: float        # start of the last iteration, relative to the call's start
+
+
+def _expand(call: Call, a: CallFlows, routes: Routes, rate: np.ndarray) -> _Flows:
+    """``call.repeat`` iterations of ``a`` from ``call.start_us``. Iteration ``i + 1`` starts ``gap_us`` after
+    iteration ``i`` ended on every node: between them sits a flow of no time that waits for all of
+    iteration ``i``'s flows (their tails to the nodes' completion are its gaps) and that all of
+    iteration ``i + 1``'s flows wait for."""
+    k, reps = len(a.src), call.repeat
+    span = float(a.node_done.max()) if len(a.node_done) else 0.0
+    period = span + call.gap_us
+    if reps == 1:
+        return _Flows(routes, rate, a.first + call.start_us, a.last + call.start_us, a.after_end, a.after_start,
+                      0, a.src, a.dst, len(a.node_done), 0.0)
+    block = k + 1                                   # an iteration's flows, then its barrier
+    base = np.arange(reps) * block
+    first = np.concatenate([np.append(a.first + call.start_us + i * period, call.start_us + i * period + span)
+                            for i in range(reps)])
+    last = first.copy()
+    for i in range(reps):
+        last[i * block:i * block + k] = a.last + call.start_us + i * period
+    ends = [(a.after_end[0] + b, a.after_end[1] + b) for b in base]
+    starts = [(a.after_start[0] + b, a.after_start[1] + b) for b in base]
+    every = np.arange(k)
+    for i in range(reps):
+        barrier = i * block + k
+        ends.append((i * block + every, np.full(k, barrier)))                 # iteration i, then its barrier
+        if i + 1 < reps:
+            ends.append((np.full(k, barrier), (i + 1) * block + every))       # the barrier, then iteration i+1
+    lengths = np.diff(routes.offsets)
+    all_lengths = np.tile(np.append(lengths, 0), reps)
+    offsets = np.concatenate([[0], np.cumsum(all_lengths)]).astype(np.int64)
+    res = np.tile(routes.resources, reps)
+    rates = np.tile(np.append(rate, np.inf), reps)
+    cat = np.concatenate
+    return _Flows(Routes(offsets, res), rates, first, last, (cat([e[0] for e in ends]), cat([e[1] for e in ends])),
+                  (cat([e[0] for e in starts]), cat([e[1] for e in starts])), (reps - 1) * block, a.src, a.dst,
+                  len(a.node_done), (reps - 1) * period)
 
 
 def _placed(fabric: Fabric, call: Call, a: CallFlows) -> tuple[Routes, np.ndarray]:
@@ -267,21 +337,20 @@ def _components(resources: list[np.ndarray]) -> list[list[int]]:
     return list(comps.values())
 
 
-def _replay(alone: list[CallFlows], placed: list[tuple[Routes, np.ndarray]], fabric: Fabric
-            ) -> tuple[list[np.ndarray], list[int]]:
-    """Replay these calls together: per call, each node's delay and the flows slowed."""
+def _replay(calls: list[_Flows], fabric: Fabric) -> tuple[list[np.ndarray], list[int]]:
+    """Replay these calls together: per call, each node's delay in its last iteration, and the flows slowed."""
     offsets, resources, start, end, rate, ae, ast = [], [], [], [], [], [], []
     base = res_base = 0
-    for a, (routes, r) in zip(alone, placed):
-        offsets.append(routes.offsets[1:] + res_base)
-        resources.append(routes.resources)
-        res_base += len(routes.resources)
-        start.append(a.first)
-        end.append(a.last)
-        rate.append(r)
-        ae.append((a.after_end[0] + base, a.after_end[1] + base))
-        ast.append((a.after_start[0] + base, a.after_start[1] + base))
-        base += len(a.src)
+    for p in calls:
+        offsets.append(p.routes.offsets[1:] + res_base)
+        resources.append(p.routes.resources)
+        res_base += len(p.routes.resources)
+        start.append(p.first)
+        end.append(p.last)
+        rate.append(p.rate)
+        ae.append((p.after_end[0] + base, p.after_end[1] + base))
+        ast.append((p.after_start[0] + base, p.after_start[1] + base))
+        base += len(p.first)
     cat = np.concatenate
     routes = Routes(cat([[0], *offsets]).astype(np.int64), cat(resources).astype(np.int64))
     out = replay(resource_capacity(fabric), routes, cat(start), cat(end), cat(rate),
@@ -289,15 +358,14 @@ def _replay(alone: list[CallFlows], placed: list[tuple[Routes, np.ndarray]], fab
                  Edges.from_pairs(base, cat([p[0] for p in ast]), cat([p[1] for p in ast])))
     delays, counts = [], []
     base = 0
-    for a in alone:
-        k = len(a.src)
-        d = out.end_delay[base:base + k]
-        node = np.zeros(len(a.node_done))
-        np.maximum.at(node, a.src, d)
-        np.maximum.at(node, a.dst, d)
+    for p in calls:
+        d = out.end_delay[base + p.last_lo:base + p.last_lo + len(p.src)]
+        node = np.zeros(p.nodes)
+        np.maximum.at(node, p.src, d)
+        np.maximum.at(node, p.dst, d)
         delays.append(node)
-        counts.append(int(out.slowed[base:base + k].sum()))
-        base += k
+        counts.append(int(out.slowed[base:base + len(p.first)].sum()))
+        base += len(p.first)
     return delays, counts
 
 

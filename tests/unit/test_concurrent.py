@@ -10,6 +10,7 @@ import pytest
 from nicemu.collectives.api.model import build_schedule, segment_elems
 from nicemu.collectives.model.concurrent import (
     Call,
+    _expand,
     _placed,
     _replay,
     call_flows,
@@ -102,7 +103,8 @@ def test_a_ring_replayed_alone_is_never_slowed(spec, profile, algo):
     sched = _schedule(algo, topo, prof, 3 << 20)
     a = call_flows(sched, prof, 4)
     fab = Fabric(topo, prof)
-    delays, slowed = _replay([a], [_placed(fab, Call(sched, np.arange(topo.nodes), 4), a)], fab)
+    call = Call(sched, np.arange(topo.nodes), 4)
+    delays, slowed = _replay([_expand(call, a, *_placed(fab, call, a))], fab)
     assert slowed == [0]
     assert not delays[0].any()
     assert np.array_equal(a.node_done, run_model(sched, prof, 4).node_done_us)
@@ -214,3 +216,41 @@ def test_placements_and_their_errors():
         place(torus, prof, 2, "mixed")
     with pytest.raises(CollectiveError, match="whole number >= 1"):
         place(torus, prof, 0, "same")
+
+
+# --- start times and repeated calls (nicemu jobs) -------------------------------------------------------------
+
+
+def test_repeated_calls_alone_add_up_and_calls_apart_in_time_do_not_meet():
+    topo, prof = parse_topology("ring:6"), load_profile("400g-gen5")
+    sched = _schedule("directreduce", topo, prof, 6 << 20)
+    span = run_model(sched, prof, 4).emulated_us
+    nodes = np.arange(6)
+    (one,) = run_concurrent([Call(sched, nodes, 4, repeat=3, gap_us=10.0)], topo, prof)
+    assert one.emulated_us == 2 * (span + 10.0) + span and one.slowdown_vs_alone == 1.0
+    # the second call starts after the first has ended: they share every link, never at the same time
+    a, b = run_concurrent([Call(sched, nodes, 4, repeat=2), Call(sched, nodes, 4, start_us=2 * span + 1.0)],
+                          topo, prof)
+    assert a.emulated_us == 2 * span and b.emulated_us == span
+
+
+@pytest.mark.parametrize("reps", [1, 2, 5])
+def test_repeated_calls_in_lock_step_share_every_iteration(reps):
+    n, k = 5, 2
+    topo, prof = parse_topology(f"ring:{n}"), load_profile("ideal")
+    nbytes = n * 4096 * 32
+    sched = _schedule("ring", topo, prof, nbytes)
+    out = run_concurrent([Call(sched, np.arange(n), 4, repeat=reps) for _ in range(k)], topo, prof)
+    span = run_model(sched, prof, 4).emulated_us
+    chunk, packet, cap = nbytes // n, prof.nic.packet_bytes, prof.link.bandwidth_GBps * 1e3
+    expect = reps * (span + (k - 1) * 2 * (n - 1) * (chunk - packet) / cap)
+    assert [o.emulated_us for o in out] == pytest.approx([expect] * k, rel=1e-12)
+    assert out[0].alone_us == pytest.approx(reps * span, rel=1e-15)
+
+
+def test_bad_repeats_and_starts_are_refused():
+    topo, prof = parse_topology("ring:4"), load_profile("ideal")
+    sched = _schedule("ring", topo, prof, 4 << 10)
+    for bad in (dict(repeat=0), dict(repeat=1.5), dict(start_us=-1.0), dict(gap_us=float("nan"))):
+        with pytest.raises(CollectiveError):
+            run_concurrent([Call(sched, np.arange(4), 4, **bad)], topo, prof)
