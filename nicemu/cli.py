@@ -25,13 +25,14 @@ import sys
 import time
 import traceback
 
-from nicemu import bench, info, schedule_cmd, serve, sweep
+from nicemu import bench, info, jobs, schedule_cmd, serve, sweep
 from nicemu.errors import CollectiveStalled, NicemuError, UsageError
 from nicemu.launch import world
 
 COMMANDS = {
     "bench": (bench, "sweep sizes and algorithms, nccl-tests style"),
     "info": (info, "list topologies, algorithms, profiles"),
+    "jobs": (jobs, "run jobs of repeated collectives together on one fabric; slowdowns and hot links"),
     "schedule": (schedule_cmd, "print an algorithm's chunk-level schedule"),
     "serve": (serve, "replay LLM-serving traffic; TTFT, TPOT and throughput per algorithm"),
     "sweep": (sweep, "run a YAML grid of sizes, topologies, algorithms and profile values (model executor)"),

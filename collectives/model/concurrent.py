@@ -47,6 +47,7 @@ class CallFlows:
     src: np.ndarray
     dst: np.ndarray
     nbytes: np.ndarray        # payload plus headers after the first packet (bytes): what the window moves
+    framed: np.ndarray        # payload plus headers (bytes)
     first: np.ndarray         # first byte at the receiver (µs), alone
     last: np.ndarray          # last byte at the receiver (µs), alone
     after_end: tuple[np.ndarray, np.ndarray]    # (dependency, dependent) pairs, call-local flow ids
@@ -125,7 +126,7 @@ def call_flows(schedule: Schedule, profile: Profile, itemsize: int) -> CallFlows
     tgt = np.concatenate([recv_tgt, by_sender[1:][same]])
     ends = first[tgt] >= last[dep]
     starts = ~ends & (first[tgt] >= first[dep])
-    return CallFlows(src, dst, rest, first, last, (dep[ends], tgt[ends]), (dep[starts], tgt[starts]),
+    return CallFlows(src, dst, rest, framed, first, last, (dep[ends], tgt[ends]), (dep[starts], tgt[starts]),
                      agents.clock.copy(), int(agents.links.bytes_sent), uses)
 
 
@@ -163,12 +164,15 @@ def _depend(key_of_flow: np.ndarray, wanted: np.ndarray, valid: np.ndarray) -> t
     return order[idx], tgt
 
 
-def run_concurrent(calls: list[Call], topology: Torus, profile: Profile) -> list[ConcurrentTiming]:
+def run_concurrent(calls: list[Call], topology: Torus, profile: Profile,
+                   loads: list | None = None) -> list[ConcurrentTiming]:
     """Every call of ``calls`` started at time 0 on the fabric of ``topology`` (docs/model.md §21.6).
 
     Calls that share no link with any other keep their alone timing exactly. The others are replayed
     together; a node's delay is what the shared replay adds over the call's replay alone, so a call's
-    own overlaps (which its step model may time without sharing) are not counted as contention."""
+    own overlaps (which its step model may time without sharing) are not counted as contention.
+    ``loads``: a list that receives the bytes every resource carried over all calls (ids as
+    :func:`resource_name` reads them), for the hot links of a run."""
     if not calls:
         return []
     for c in calls:
@@ -183,7 +187,14 @@ def run_concurrent(calls: list[Call], topology: Torus, profile: Profile) -> list
                               f"each); use fewer calls, a smaller size or topology, or an unsegmented algorithm")
     fabric = Fabric(topology, profile)
     alone = [call_flows(c.schedule, profile, c.itemsize) for c in calls]
-    placed = [_expand(c, a, *_placed(fabric, c, a)) for c, a in zip(calls, alone)]
+    one = [_placed(fabric, c, a) for c, a in zip(calls, alone)]
+    if loads is not None:
+        carried = np.zeros(len(resource_capacity(fabric)))
+        for c, a, (routes, _) in zip(calls, alone, one):
+            weights = np.repeat(a.framed, np.diff(routes.offsets)) * c.repeat
+            carried += np.bincount(routes.resources, weights=weights, minlength=len(carried))
+        loads.append(carried)
+    placed = [_expand(c, a, *p) for c, a, p in zip(calls, alone, one)]
     delays = [np.zeros(len(a.node_done)) for a in alone]
     slowed = [0] * len(calls)
     for comp in _components([np.unique(p.routes.resources) for p in placed]):

@@ -1,0 +1,73 @@
+"""``nicemu jobs`` end to end: the same report from both executors, every job's data checked under mpiexec,
+and the classic placement question answered the way the fabric model says it must be."""
+
+import json
+
+import pytest
+from conftest import run_nicemu
+
+pytestmark = pytest.mark.e2e
+
+JOBS = """
+topology: ring:4
+profile: 400g-gen5
+jobs:
+  - name: even
+    nodes: "0,2"
+    algo: directreduce
+    size: 256K
+    dtype: int32
+    iterations: 2
+  - name: odd
+    nodes: [1, 3]
+    collective: allgather
+    algo: host-best
+    size: 256K
+    iterations: 3
+    start_us: 5
+    gap_us: 2.5
+"""
+
+
+def _jobs(tmp_path, text, n=None, extra=()):
+    (tmp_path / "jobs.yml").write_text(text)
+    executor = ["--executor", "mpi"] if n else []
+    run = run_nicemu(["jobs", "jobs.yml", "--json", "out.json", *executor, *extra], tmp_path, n)
+    assert run.returncode == 0, str(run)
+    return json.loads((tmp_path / "out.json").read_text()), run
+
+
+def test_both_executors_report_the_same_jobs(tmp_path):
+    model, _ = _jobs(tmp_path, JOBS)
+    real, run = _jobs(tmp_path, JOBS, n=4)
+    assert "out of bounds values : 0 OK" in run.stdout
+    for m, r in zip(model["jobs"], real["jobs"], strict=True):
+        assert r["wrong"] == 0 and m["wrong"] is None
+        for key in ("alone_us", "emulated_us", "slowdown_vs_alone", "iteration_us", "busbw_GBps", "wire_bytes",
+                    "best_host_algo"):
+            assert m[key] == r[key], key
+    assert model["hot_links"] == real["hot_links"] and model["hot_links"]
+    # interleaved on a ring: every hop of one job crosses a link of the other's
+    assert all(j["slowdown_vs_alone"] > 1.0 for j in model["jobs"])
+
+
+def test_contiguous_jobs_on_a_torus_do_not_meet_and_interleaved_ones_do(tmp_path):
+    half = "\n".join(f"  - name: {n}\n    nodes: {{block: \"{b},0-3,0-3\"}}\n    algo: directreduce\n    size: 16M"
+                     for n, b in (("a", "0-1"), ("b", "2-3")))
+    contiguous, _ = _jobs(tmp_path, f"topology: torus:4x4x4\nprofile: 400g-gen5\njobs:\n{half}\n")
+    assert [j["slowdown_vs_alone"] for j in contiguous["jobs"]] == [1.0, 1.0]
+    even = ",".join(str(v) for v in range(0, 64, 2))
+    odd = ",".join(str(v) for v in range(1, 64, 2))
+    mixed = (f"topology: torus:4x4x4\nprofile: 400g-gen5\njobs:\n"
+             f"  - name: a\n    nodes: \"{even}\"\n    topology: torus:4x4x2\n    algo: directreduce\n    size: 16M\n"
+             f"  - name: b\n    nodes: \"{odd}\"\n    topology: torus:4x4x2\n    algo: directreduce\n    size: 16M\n")
+    interleaved, _ = _jobs(tmp_path, mixed)
+    assert all(j["slowdown_vs_alone"] > 1.0 for j in interleaved["jobs"])
+
+
+def test_a_bad_job_is_one_line_on_every_rank(tmp_path):
+    (tmp_path / "jobs.yml").write_text(JOBS.replace("algo: directreduce", "algo: omniccl"))
+    run = run_nicemu(["jobs", "jobs.yml", "--executor", "mpi"], tmp_path, 2)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("nicemu: error:")]
+    assert len(lines) == 1 and "job 'even'" in lines[0] and "omniccl" in lines[0], str(run)
