@@ -505,8 +505,10 @@ def _print_memory(records: list[dict], rows: list[dict]) -> None:
               f"{rejected[0]['id']}: {rejected[0]['rejected']}); see the per-request CSV")
     for r in records:
         if r["preemptions"]:
-            swapped = (f", {r['swapped_blocks']:,} blocks ({r['swapped_bytes'] / 1e9:.2f} GB) swapped over PCIe "
-                       f"in {r['swap_ms']:.1f} ms" if r["swapped_blocks"] else "")
+            how = ("swapped (back through the passes, --kv-restore partial), adding"
+                   if r.get("swap_in") == "partial" else "swapped over PCIe in")
+            swapped = (f", {r['swapped_blocks']:,} blocks ({r['swapped_bytes'] / 1e9:.2f} GB) {how} "
+                       f"{r['swap_ms']:.1f} ms" if r["swapped_blocks"] else "")
             print(f"# {r['algo']}: {r['preemptions']} preemption(s) by {r['preempt_mode']}{swapped}; KV cache "
                   f"{100 * r['kv_peak_fraction']:.1f}% full at peak, {100 * r['kv_mean_fraction']:.1f}% on average")
 
