@@ -82,14 +82,20 @@ def test_replicas_same_metrics_on_every_executor(nicemu, tmp_path):
     base = ["serve", "--model", "llama2-7b", "--tp", "2", "--pp", "2", "--arrivals", "trace.csv", "--chunk", "64",
             "--token-budget", "96", "--algo", "ring,directreduce"]
     runs = {}
-    for name, extra, n in (("model", ["--executor", "model", "--replicas", "2"], None),
+    for name, extra, n in (("model", ["--executor", "model", "--replicas", "2", "--jobs", "1"], None),
                            ("mpi", ["--replicas", "2"], 3)):
-        proc = nicemu([*base, *extra, "--json", f"{name}.json", "--csv", f"{name}.csv"], n=n)
+        proc = nicemu([*base, *extra, "--json", f"{name}.json", "--csv", f"{name}.csv", "--trace",
+                       f"{name}.trace.json"], n=n)
         assert proc.returncode == 0, str(proc)
         runs[name] = [{k: v for k, v in r.items() if k not in SKIP}
                       for r in json.loads((tmp_path / f"{name}.json").read_text())]
     assert runs["mpi"] == runs["model"]
     assert (tmp_path / "mpi.csv").read_text() == (tmp_path / "model.csv").read_text()
+    # --trace: a process per algorithm and replica, the same file under both executors
+    assert (tmp_path / "mpi.trace.json").read_text() == (tmp_path / "model.trace.json").read_text()
+    events = json.loads((tmp_path / "model.trace.json").read_text())["traceEvents"]
+    assert sorted(e["args"]["name"] for e in events if e["name"] == "process_name") == [
+        "directreduce · replica 0", "directreduce · replica 1", "ring · replica 0", "ring · replica 1"]
     ring = runs["model"][0]
     assert (ring["replicas"], ring["nodes"]) == (2, 8)
     assert sum(ring["e2e_split_ms"].values()) == pytest.approx(ring["e2e_ms_mean"], rel=1e-9)
