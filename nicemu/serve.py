@@ -570,7 +570,8 @@ def _tracers(args: argparse.Namespace, algo: str, par: Parallelism, requests: li
         placement = (place([r for r in servable if where[r.id] == k], *instances) if par.disaggregated
                      else None)
         out.append(ServeTracer(args.trace_pids[algo] + k, f"{algo} · replica {k}", ids, outputs,
-                               args.trace_iterations, placement, instances, trace_idle=not args.trace_requests))
+                               args.trace_iterations, placement, instances, trace_idle=not args.trace_requests,
+                               first_instance=k * (par.instances // par.replicas)))
     return out
 
 

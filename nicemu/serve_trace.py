@@ -93,17 +93,20 @@ class ServeTracer:
     trace a disaggregated run: one iteration track per instance, each traced until the traced requests
     placed on it are done there (none when none of them is), and the first ``nested_iterations`` of each
     instance with their collectives. ``trace_idle`` False: with no traced request at all (a replica that
-    serves none of them, ``--replicas``), no iteration is traced either."""
+    serves none of them, ``--replicas``), no iteration is traced either. ``first_instance``: the run's
+    number of the tracer's first instance (replica ``k`` of P:D starts at ``k(P+D)``), for the KV transfer's
+    ``source_instance`` and ``target_instance``."""
 
     def __init__(self, pid: int, algo: str, traced_ids: Sequence[int], outputs: Sequence[int],
                  nested_iterations: int = DEFAULT_TRACE_ITERATIONS,
                  placement: Mapping[int, tuple[int, int]] | None = None, instances: tuple[int, int] = (0, 0),
-                 trace_idle: bool = True) -> None:
+                 trace_idle: bool = True, first_instance: int = 0) -> None:
         self.pid, self.algo = pid, algo
         self.nested_iterations = nested_iterations
         self.traced = list(traced_ids)
         self.placement = placement
         self.prefill_instances = prefill_instances = instances[0]
+        self.first_instance = first_instance      # the run's number of this tracer's instance 0 (--replicas)
         if placement is None:
             track = self._instances = {0: _Instance(ITERATION_TID, "", dict(zip(traced_ids, outputs)))}
             track[0].active = bool(traced_ids) or trace_idle
@@ -264,7 +267,8 @@ class ServeTracer:
                _span("prefill", pid, tid, admitted, p.token_us[0], {**info, "instance": f"prefill {i}"}, "request"),
                _span("KV transfer", pid, tid, done, landed, {
                    "request": r.id, "bytes": dis.kv_bytes[r.id], "source": f"prefill {i}", "target": f"decode {j}",
-                   "source_instance": i, "target_instance": self.prefill_instances + j,
+                   "source_instance": self.first_instance + i,
+                   "target_instance": self.first_instance + self.prefill_instances + j,
                    "kv_transfer_us": dis.kv_us[r.id], "ttft_us": landed - r.arrival_us}, "request")]
         if d.admitted_iteration is not None:          # more than one output token: decoded there
             out.append(_span("queued", pid, tid, landed, dec_its.start(d.admitted_iteration),

@@ -250,4 +250,7 @@ def test_replicas_trace_a_process_per_replica(tmp_path):
     for pid in (1, 2, 3, 4):
         assert {"prefill 0 iterations (nested: collectives)", "decode 0 iterations (nested: collectives)"} <= {
             n for (p, _), n in names.items() if p == pid}
-        assert sum(e["name"] == "KV transfer" and e["pid"] == pid for e in events) == 3
+        kv = [e for e in events if e["name"] == "KV transfer" and e["pid"] == pid]
+        k = (pid - 1) % 2                                       # the replica: instances 2k (prefill), 2k + 1
+        assert len(kv) == 3 and {(e["args"]["source_instance"], e["args"]["target_instance"]) for e in kv} == {
+            (2 * k, 2 * k + 1)}
