@@ -52,7 +52,8 @@ from nicemu.workloads.disaggregation import place, serve_disaggregated
 from nicemu.workloads.kv_memory import DEFAULT_BLOCK_TOKENS, DEFAULT_UTILIZATION, PREEMPT_MODES, plan_kv, rejection
 from nicemu.workloads.kv_restore import METHODS as RESTORE_METHODS
 from nicemu.workloads.metrics import kv_summary, slo_metrics, stats
-from nicemu.workloads.replicas import serve_replicas
+from nicemu.workloads.replicas import place as place_replicas
+from nicemu.workloads.replicas import serve_replicas, serve_replicas_disaggregated
 from nicemu.workloads.requests import MAX_CV, MAX_REQUESTS, MAX_TOKENS, MIN_CV, MIN_RATE
 from nicemu.workloads.traffic import TrafficRecord, kv_transfer_records
 
@@ -71,8 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "prefilled on one, its KV cache moves over the network, the other decodes it; TTFT "
                         "includes the transfer (default: one colocated instance)")
     p.add_argument("--replicas", type=int, default=1, metavar="R",
-                   help="R colocated data-parallel copies of the TP x PP instance, requests shared round-robin "
-                        "(default 1); the topology holds R x TP x PP ranks")
+                   help="R data-parallel copies of the TP x PP instance (with --disaggregated P:D, of the whole "
+                        "P:D deployment), requests shared round-robin (default 1); the topology holds R x TP x PP "
+                        "ranks (R x (P+D) x TP x PP)")
     p.add_argument("--slo-ttft", type=float, default=None, metavar="MS",
                    help="TTFT objective in ms: report the share of requests meeting every objective given "
                         "(slo_attainment) and their rate (goodput_req_s)")
@@ -112,7 +114,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-restore", default="load", choices=RESTORE_METHODS,
                    help="how a reused prefix's KV comes back: load it over PCIe (shared with the NIC's DMA), "
                         "recompute it (prefill it again), or partial: send the first l tokens' activations and "
-                        "recompute their K and V while the rest loads (default load)")
+                        "recompute their K and V while the rest loads; with --preempt swap, partial also brings "
+                        "swapped-out KV back that way, through the pass (default load)")
     p.add_argument("--algo", default=DEFAULT_ALGOS,
                    help=f"comma list of {', '.join(names(emulated=True))} "
                         f"(default {DEFAULT_ALGOS}); a sparse one runs the embedding AllReduce, "
@@ -145,7 +148,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write a Chrome trace-event JSON (open it in ui.perfetto.dev): per algorithm, every "
                         "iteration with its collectives (and KV swap / restore) nested in it, and the traced "
                         "requests' queued, prefill and decode spans (--disaggregated: a track per instance and "
-                        "the KV transfer); emulated microseconds")
+                        "the KV transfer; --replicas: a process per replica); emulated microseconds")
     p.add_argument("--trace-requests", type=int, default=DEFAULT_TRACE_REQUESTS, metavar="N",
                    help=f"--trace: the first N requests get a track, and iterations are traced until they "
                         f"finish (default {DEFAULT_TRACE_REQUESTS}; 0: no request tracks, every iteration)")
@@ -181,8 +184,6 @@ def _validate(args: argparse.Namespace, comm):
         if value is not None and not value > 0:
             raise UsageError(f"{flag} must be a time in ms > 0, got {value:g}")
     model = load_model(args.model)
-    if args.replicas > 1 and args.trace is not None:
-        raise UsageError("--trace does not cover --replicas runs yet; drop one of them")
     par = Parallelism(args.tp, args.pp, args.ep, prefill, decode, args.replicas)
     par.check_model(model)
     if model.is_moe and par.ep > 1 and not has_alltoall():
@@ -205,7 +206,8 @@ def _validate(args: argparse.Namespace, comm):
         raise UsageError(f"--requests must be >= 1, got {args.requests}")
     kv = plan_kv(model, acc, par, args.gpu_memory_utilization, args.kv_block_tokens, DTYPE.itemsize,
                  profile.pcie.bandwidth_GBps, profile.pcie.latency_us)
-    sched = BatchingConfig(args.token_budget, args.chunk, args.max_running, kv, args.preempt)
+    sched = BatchingConfig(args.token_budget, args.chunk, args.max_running, kv, args.preempt,
+                           "partial" if args.kv_restore == "partial" else "load")
     if args.arrivals is not None:
         if not args.arrivals.strip():
             raise UsageError("--arrivals is empty; give the path of an Azure-format CSV")
@@ -231,9 +233,6 @@ def _with_prefixes(args: argparse.Namespace, par: Parallelism, requests: list) -
         raise UsageError(f"--prefix-reuse {f:g}: give the reused share of each prompt, 0 <= F < 1")
     if f == 0.0 or args.kv_restore == "recompute":
         return requests
-    if par.pp > 1:
-        raise UsageError("--prefix-reuse with --kv-restore load or partial runs with --pp 1 for now; use --pp 1 "
-                         "or --kv-restore recompute")
     return [dataclasses.replace(r, cached_tokens=min(int(f * r.input_tokens), r.input_tokens - 1))
             for r in requests]
 
@@ -327,7 +326,8 @@ def run(args: argparse.Namespace, comm) -> int:
     else:
         mine = _shares(algos, comm.size)[comm.rank]
     shares = _shares(mine, jobs)
-    args.trace_pids = {a: i + 1 for i, a in enumerate(algos)}   # one trace process per algorithm
+    # one trace process per algorithm and replica
+    args.trace_pids = {a: i * par.replicas + 1 for i, a in enumerate(algos)}
     children = [_fork_share(share, lambda share: _time_algos(args, share, comm, Progress(0, False),
                                                              None, None, ranks, *setup))
                 for share in shares[1:] if share]
@@ -400,7 +400,8 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
     servable = [r for r in requests if rejection(sched.kv, r.input_tokens, r.output_tokens) is None]
     traced = trace_ids(servable, args.trace_requests) if tracing else ([], [])
     restoring = args.kv_restore if any(r.cached_tokens for r in requests) else None
-    placement = place(servable, par.prefill_instances, par.decode_instances) if par.disaggregated else None
+    swap_in = sched.swap_in if sched.preempt == "swap" else "load"
+    per_replica = par.instances // par.replicas          # instances of one replica
     for algo in algos:
         layer_algo, emb_algo, a2a_algo, p2p_label = algos_for(algo)
         if backend_mpi is not None:
@@ -408,29 +409,30 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
             backend = backend_mpi
         else:
             backend = ModelComm(topology, profile, model, args.seed)
-        tracer = ServeTracer(args.trace_pids[algo], algo, *traced, args.trace_iterations, placement,
-                             (par.prefill_instances, par.decode_instances)) if tracing else None
+        tracers = _tracers(args, algo, par, requests, servable, traced) if tracing else None
 
         restore_log: dict[int, float] = {}
 
-        def timer_for(instance: int, _algo=algo, _backend=backend, _tracer=tracer, _log=restore_log):
+        def timer_for(instance: int, _algo=algo, _backend=backend, _tracers=tracers, _log=restore_log):
             labels = algos_for(_algo)
+            hook = (_tracers[instance // per_replica].hook(instance % per_replica) if _tracers is not None
+                    else None)
             timer = IterationTimer(model, acc, par, _backend, labels[0], labels[1], labels[2],
                                    dtype_bytes=DTYPE.itemsize, p2p_algo=labels[3],
                                    on_traffic=traffic.write if traffic is not None else None,
-                                   on_iteration=_tracer.hook(instance) if _tracer is not None else None,
-                                   instance=instance,
+                                   on_iteration=hook, instance=instance,
                                    restore=restoring, pcie_GBps=profile.pcie.bandwidth_GBps,
-                                   restore_log=_log)
+                                   restore_log=_log, swap_in=swap_in)
             return _Step(timer, progress, _algo)
 
         t0 = time.monotonic()
         split = None
+        parts: list = []         # each replica's own run, for --trace
         if par.disaggregated:
-            dis = _serve_disaggregated(requests, par, model, sched, backend, timer_for, p2p_label, traffic)
+            dis, parts = _serve_disaggregated(requests, par, model, sched, backend, timer_for, p2p_label, traffic)
             result, costs, split = dis.result, dis.costs, dis.split_ms()
         elif par.replicas > 1:
-            result, costs, split = serve_replicas(requests, par.replicas, timer_for, sched)
+            result, costs, split = serve_replicas(requests, par.replicas, timer_for, sched, parts)
         else:
             step = timer_for(0)
             result = run_batching(requests, step, sched)
@@ -438,6 +440,8 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
         wall_s = time.monotonic() - t0
         rec = {"algo": algo, **summarize(result, costs, par.instances == 1), **kv_summary(result)}
         rec["preempt_mode"] = sched.preempt
+        if sched.preempt == "swap":
+            rec["swap_in"] = swap_in
         if split is not None:
             rec["e2e_split_ms"] = split
         rec.update(slo_metrics(result, args.slo_ttft, args.slo_tpot))
@@ -465,9 +469,12 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
             wrong_total += wrong
         else:
             rec.update(real_data=None, real_data_calls=0, checked_elements=0, wrong=None)
-        if tracer is not None:
-            events += tracer.finish(result, dis if par.disaggregated else None)
-            rec["traced_iterations"] = tracer.iterations
+        if tracers is not None:
+            if par.replicas == 1:
+                parts = [dis if par.disaggregated else result]
+            for tracer, part in zip(tracers, parts):
+                events += (tracer.finish(part.result, part) if par.disaggregated else tracer.finish(part))
+            rec["traced_iterations"] = sum(t.iterations for t in tracers)
         if par.disaggregated:
             kv = [dis.kv_us[r.id] for r in result.requests if r.id in dis.kv_us]
             rec.update(disaggregated=f"{par.prefill_instances}:{par.decode_instances}",
@@ -495,8 +502,10 @@ def _print_memory(records: list[dict], rows: list[dict]) -> None:
               f"{rejected[0]['id']}: {rejected[0]['rejected']}); see the per-request CSV")
     for r in records:
         if r["preemptions"]:
-            swapped = (f", {r['swapped_blocks']:,} blocks ({r['swapped_bytes'] / 1e9:.2f} GB) swapped over PCIe "
-                       f"in {r['swap_ms']:.1f} ms" if r["swapped_blocks"] else "")
+            how = ("swapped (back through the passes, --kv-restore partial), adding"
+                   if r.get("swap_in") == "partial" else "swapped over PCIe in")
+            swapped = (f", {r['swapped_blocks']:,} blocks ({r['swapped_bytes'] / 1e9:.2f} GB) {how} "
+                       f"{r['swap_ms']:.1f} ms" if r["swapped_blocks"] else "")
             print(f"# {r['algo']}: {r['preemptions']} preemption(s) by {r['preempt_mode']}{swapped}; KV cache "
                   f"{100 * r['kv_peak_fraction']:.1f}% full at peak, {100 * r['kv_mean_fraction']:.1f}% on average")
 
@@ -528,12 +537,39 @@ def _serve_disaggregated(requests, par: Parallelism, model, sched, backend, time
         backend.iteration_cost(-1, recs)
         return backend.last_costs(recs)
 
-    dis = serve_disaggregated(requests, par.prefill_instances, par.decode_instances, timer_for, kv_records,
-                              kv_time, sched)
+    if par.replicas > 1:
+        dis, parts = serve_replicas_disaggregated(requests, par.replicas, par.prefill_instances, par.decode_instances,
+                                                  timer_for, kv_records, kv_time, sched)
+    else:
+        dis = serve_disaggregated(requests, par.prefill_instances, par.decode_instances, timer_for, kv_records,
+                                  kv_time, sched)
+        parts = [dis]
     if traffic is not None:
         traffic.write([TrafficRecord(-1, "prefill", -1, "kv_transfer", dis.kv_bytes[r.id], p2p_label, "kv_cache")
-                       for r in sorted(requests, key=lambda r: (dis.prefill_done_us[r.id], r.id))])
-    return dis
+                       for r in sorted((r for r in requests if r.id in dis.kv_bytes),     # not the rejected
+                                       key=lambda r: (dis.prefill_done_us[r.id], r.id))])
+    return dis, parts
+
+
+def _tracers(args: argparse.Namespace, algo: str, par: Parallelism, requests: list, servable: list,
+             traced: tuple[list[int], list[int]]) -> list[ServeTracer]:
+    """One ServeTracer per replica (--trace): replica ``k`` of an algorithm is its own trace process (pid
+    ``trace_pids[algo] + k``), with the traced requests it serves and its own instances."""
+    instances = (par.prefill_instances, par.decode_instances)
+    if par.replicas == 1:
+        placement = place(servable, *instances) if par.disaggregated else None
+        return [ServeTracer(args.trace_pids[algo], algo, *traced, args.trace_iterations, placement, instances)]
+    where = place_replicas(requests, par.replicas)
+    out = []
+    for k in range(par.replicas):
+        mine = [(rid, n) for rid, n in zip(*traced) if where[rid] == k]
+        ids, outputs = [rid for rid, _ in mine], [n for _, n in mine]
+        placement = (place([r for r in servable if where[r.id] == k], *instances) if par.disaggregated
+                     else None)
+        out.append(ServeTracer(args.trace_pids[algo] + k, f"{algo} · replica {k}", ids, outputs,
+                               args.trace_iterations, placement, instances, trace_idle=not args.trace_requests,
+                               first_instance=k * (par.instances // par.replicas)))
+    return out
 
 
 def _shares(algos: list[str], workers: int) -> list[list[str]]:

@@ -30,6 +30,10 @@ prefill instances first), each traced until the traced requests placed on it are
 nesting collectives in its own first ``--trace-iterations`` iterations; a request's track shows
 ``queued`` and ``prefill`` on its prefill instance, ``KV transfer`` from the end of the prefill to the
 landing of its KV cache on the decode instance, then ``queued`` and ``decode`` there.
+
+With ``--replicas R`` every replica is a process of its own (``algo · replica k``, pid ``algo's + k``),
+traced as above with the traced requests it serves; a replica that serves none of them traces no
+iteration unless ``--trace-requests 0``.
 """
 
 from __future__ import annotations
@@ -88,19 +92,24 @@ class ServeTracer:
     ``placement`` (request id -> (prefill instance, decode instance)) and ``instances`` (P, D) make it
     trace a disaggregated run: one iteration track per instance, each traced until the traced requests
     placed on it are done there (none when none of them is), and the first ``nested_iterations`` of each
-    instance with their collectives."""
+    instance with their collectives. ``trace_idle`` False: with no traced request at all (a replica that
+    serves none of them, ``--replicas``), no iteration is traced either. ``first_instance``: the run's
+    number of the tracer's first instance (replica ``k`` of P:D starts at ``k(P+D)``), for the KV transfer's
+    ``source_instance`` and ``target_instance``."""
 
     def __init__(self, pid: int, algo: str, traced_ids: Sequence[int], outputs: Sequence[int],
                  nested_iterations: int = DEFAULT_TRACE_ITERATIONS,
-                 placement: Mapping[int, tuple[int, int]] | None = None, instances: tuple[int, int] = (0, 0)
-                 ) -> None:
+                 placement: Mapping[int, tuple[int, int]] | None = None, instances: tuple[int, int] = (0, 0),
+                 trace_idle: bool = True, first_instance: int = 0) -> None:
         self.pid, self.algo = pid, algo
         self.nested_iterations = nested_iterations
         self.traced = list(traced_ids)
         self.placement = placement
         self.prefill_instances = prefill_instances = instances[0]
+        self.first_instance = first_instance      # the run's number of this tracer's instance 0 (--replicas)
         if placement is None:
-            self._instances = {0: _Instance(ITERATION_TID, "", dict(zip(traced_ids, outputs)))}
+            track = self._instances = {0: _Instance(ITERATION_TID, "", dict(zip(traced_ids, outputs)))}
+            track[0].active = bool(traced_ids) or trace_idle
         else:
             self._instances = {}
             for i in range(prefill_instances + instances[1]):
@@ -110,7 +119,8 @@ class ServeTracer:
                 left = {r: (1 if side == "prefill" else n - 1) for r, n in zip(traced_ids, outputs)
                         if placement[r][0 if side == "prefill" else 1] == k}
                 track = self._instances[i] = _Instance(ITERATION_TID + i, f"{side} {k}", left)
-                track.active = track.open > 0 or not traced_ids     # traced until its own requests are done
+                # traced until its own requests are done
+                track.active = track.open > 0 or (not traced_ids and trace_idle)
         self.events: list[dict] = []
 
     @property
@@ -138,7 +148,8 @@ class ServeTracer:
         pid, tid = self.pid, track.tid
         start = it.start_us
         swap_us = it.swap_us
-        end = start + ((compute.total_us + comm_us + restore_us) + swap_us)   # as the batcher adds it
+        swap_in_us = it.swap_in_us
+        end = start + ((compute.total_us + comm_us + restore_us + swap_in_us) + swap_us)   # as the batcher adds it
         batch = it.batch
         args = {"iteration": it.index, "phase": batch.phase, "prefill_tokens": batch.prefill_tokens,
                 "decodes": len(batch.decodes), "tokens": batch.tokens, "compute_us": compute.total_us,
@@ -147,6 +158,8 @@ class ServeTracer:
             args["swap_us"] = swap_us
         if restore_us:
             args["restore_us"] = restore_us
+        if swap_in_us:
+            args["swap_in_us"] = swap_in_us
         if track.label:
             args["instance"] = track.label
         self.events.append(_span(f"iteration · {batch.phase}", pid, tid, start, end, args, "iteration"))
@@ -157,8 +170,11 @@ class ServeTracer:
         if swap_us:
             self.events.append(_span("KV swap", pid, tid, start, t0, {"swap_us": swap_us}, "kv"))
         if restore_us:     # the restore overlaps the pass; the span is the time it adds after the pass
-            self.events.append(_span("KV restore", pid, tid, t0 + (compute.total_us + comm_us), end, {
+            self.events.append(_span("KV restore", pid, tid, t0 + (compute.total_us + comm_us), end - swap_in_us, {
                 "restore_us": restore_us, "requests": len(batch.restores), "tokens": batch.restore_tokens}, "kv"))
+        if swap_in_us:     # swap-ins through the pass (--kv-restore partial): the time they add, last
+            self.events.append(_span("KV swap-in", pid, tid, end - swap_in_us, end, {
+                "swap_in_us": swap_in_us, "requests": len(batch.swap_ins), "tokens": batch.swap_in_tokens}, "kv"))
         costs = record_costs()
         segments = _compute_segments(compute)
         t = t0 + compute.embedding.time_us
@@ -251,7 +267,8 @@ class ServeTracer:
                _span("prefill", pid, tid, admitted, p.token_us[0], {**info, "instance": f"prefill {i}"}, "request"),
                _span("KV transfer", pid, tid, done, landed, {
                    "request": r.id, "bytes": dis.kv_bytes[r.id], "source": f"prefill {i}", "target": f"decode {j}",
-                   "source_instance": i, "target_instance": self.prefill_instances + j,
+                   "source_instance": self.first_instance + i,
+                   "target_instance": self.first_instance + self.prefill_instances + j,
                    "kv_transfer_us": dis.kv_us[r.id], "ttft_us": landed - r.arrival_us}, "request")]
         if d.admitted_iteration is not None:          # more than one output token: decoded there
             out.append(_span("queued", pid, tid, landed, dec_its.start(d.admitted_iteration),

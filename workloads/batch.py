@@ -31,8 +31,9 @@ class Decode:
 
 @dataclass(frozen=True)
 class Restore:
-    """A reused prompt prefix whose KV cache comes back from host memory during this pass
-    (``--prefix-reuse``): its first chunk starts after ``tokens`` tokens."""
+    """KV that comes back from host memory during this pass: a reused prompt prefix (``--prefix-reuse``),
+    whose first chunk starts after ``tokens`` tokens, or the ``tokens`` tokens of a swapped-out request
+    (``--preempt swap --kv-restore partial``)."""
 
     request_id: int
     tokens: int
@@ -43,11 +44,17 @@ class Batch:
     prefills: tuple[PrefillChunk, ...] = field(default_factory=tuple)
     decodes: tuple[Decode, ...] = field(default_factory=tuple)
     restores: tuple[Restore, ...] = field(default_factory=tuple)
+    swap_ins: tuple[Restore, ...] = field(default_factory=tuple)   # swapped-out KV back through the pass
 
     @property
     def restore_tokens(self) -> int:
         """Tokens whose KV the pass brings back from host memory before it can use them."""
         return sum(r.tokens for r in self.restores)
+
+    @property
+    def swap_in_tokens(self) -> int:
+        """Tokens of swapped-out requests whose KV the pass brings back itself (``--kv-restore partial``)."""
+        return sum(r.tokens for r in self.swap_ins)
 
     @property
     def prefill_tokens(self) -> int:

@@ -19,6 +19,9 @@ takes one more block, and when none is free the newest running request is
 preempted (its KV dropped and recomputed later, or swapped to host memory over
 PCIe, whose time is added to the iteration) and goes back to the front of the
 queue. A request that could never fit is rejected up front, with its reason.
+With ``swap_in="partial"`` a swapped request's KV does not come back before the
+pass: the pass that readmits it lists it in ``Batch.swap_ins`` and the duration
+callback charges bringing it back through the pass (workloads/kv_restore.py).
 
 A request with a reused prefix (``Request.cached_tokens``, KV waiting in host
 memory) starts its first chunk after the prefix; the pass that admits it lists
@@ -45,6 +48,8 @@ from nicemu.workloads.batch import Batch, Decode, PrefillChunk, Restore
 from nicemu.workloads.kv_memory import PREEMPT_MODES, BlockPool, KvPlan, blocks_for, rejection
 from nicemu.workloads.requests import Request
 
+SWAP_IN_MODES = ("load", "partial")     # how swapped-out KV comes back (BatchingConfig.swap_in)
+
 
 @dataclass(frozen=True)
 class BatchingConfig:
@@ -53,6 +58,8 @@ class BatchingConfig:
     max_running: int = 256            # requests in the running batch (vLLM max_num_seqs)
     kv: KvPlan | None = None          # paged KV cache; None: memory never limits a batch
     preempt: str = "recompute"        # recompute | swap, when the KV cache runs out
+    swap_in: str = "load"             # load: swapped blocks come back before the pass (vLLM); partial: the
+                                      # pass brings them back itself (Batch.swap_ins, workloads/kv_restore.py)
 
     def __post_init__(self) -> None:
         for key in ("token_budget", "chunk_tokens", "max_running"):
@@ -60,6 +67,8 @@ class BatchingConfig:
                 raise WorkloadError(f"batching {key} must be >= 1, got {getattr(self, key)}")
         if self.preempt not in PREEMPT_MODES:
             raise WorkloadError(f"--preempt {self.preempt}: use one of {', '.join(PREEMPT_MODES)}")
+        if self.swap_in not in SWAP_IN_MODES:
+            raise WorkloadError(f"swap-in {self.swap_in}: use one of {', '.join(SWAP_IN_MODES)}")
 
 
 @dataclass
@@ -70,6 +79,8 @@ class Iteration:
     start_us: float
     batch: Batch
     swap_us: float = 0.0     # KV blocks swapped over PCIe before the pass (the batcher adds it to the duration)
+    swap_in_us: float = 0.0  # what bringing Batch.swap_ins back adds to the pass (set by the duration callback,
+                             # part of the duration it returns; the batcher logs it as swap time)
 
 
 @dataclass(frozen=True)
@@ -154,7 +165,8 @@ class Batcher:
         self.config = config or BatchingConfig()
         self.pool = BlockPool(self.config.kv) if self.config.kv is not None else None
         self.now_us = 0.0
-        self._preempted = self._swap_out = self._swap_in = 0    # this iteration's
+        self._preempted = self._swap_out = self._swap_in = self._swap_in_partial = 0    # this iteration's
+        self._swap_ins: list[Restore] = []                       # ... and its swap-ins through the pass
 
     def _check(self, requests: list[Request]) -> None:
         for r in requests:
@@ -200,7 +212,12 @@ class Batcher:
             if r.id in pool.swapped:
                 if not pool.can_admit(max(pool.swapped[r.id], blocks_for(r.seq_tokens, pool.plan.block_tokens))):
                     return False
-                self._swap_in += pool.swap_in(r.id)
+                blocks = pool.swap_in(r.id)
+                if self.config.swap_in == "partial":   # its KV (prefilled and decoded tokens) through the pass
+                    self._swap_ins.append(Restore(r.id, r.prefilled + max(0, len(r.token_us) - 1)))
+                    self._swap_in_partial += blocks
+                else:
+                    self._swap_in += blocks
                 pool.grow(r.id, r.seq_tokens)
             else:
                 if not pool.can_admit(pool.need(r.id, r.seq_tokens)):
@@ -249,7 +266,7 @@ class Batcher:
             else:       # swapped in, or arrived with its prompt's KV (disaggregated decode): it decodes
                 decodes.append(Decode(r.id, r.seq_tokens - 1))
                 budget -= 1
-        return Batch(tuple(prefills), tuple(decodes), tuple(restores))
+        return Batch(tuple(prefills), tuple(decodes), tuple(restores), tuple(self._swap_ins))
 
     def run(self, requests: list[Request], iteration_time_us: DurationFn, prefilled: bool = False) -> BatchingResult:
         """Serve every request; ``iteration_time_us(iteration)`` gives each forward pass's duration.
@@ -283,7 +300,8 @@ class Batcher:
                 now_us = pending[0].arrival_us
                 continue
             self.now_us = now_us
-            self._preempted = self._swap_out = self._swap_in = 0
+            self._preempted = self._swap_out = self._swap_in = self._swap_in_partial = 0
+            self._swap_ins = []
             batch = self.next_batch(waiting, running)
             if not batch:
                 raise WorkloadError(f"batching made no progress at {now_us} us; check BatchingConfig")
@@ -297,7 +315,8 @@ class Batcher:
             logs.append(IterationLog(it.index, it.start_us, duration_us, batch.phase,
                                      batch.prefill_tokens, len(batch.decodes),
                                      self.pool.used if self.pool is not None else 0, self._preempted,
-                                     self._swap_out + self._swap_in, swap_us))
+                                     self._swap_out + self._swap_in + self._swap_in_partial,
+                                     swap_us + it.swap_in_us))
             for ch in batch.prefills:
                 r = states[ch.request_id]
                 if r.admitted_iteration is None:

@@ -33,7 +33,7 @@ with one small Allreduce, so every rank schedules identically.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import ml_dtypes
@@ -160,6 +160,16 @@ class _Backend:
     def iteration_pcie_us(self, records: Sequence[TrafficRecord]) -> float:
         """The collectives' host-to-device PCIe time in one pass (records in issue order)."""
         return sum(n * self.pcie_read_us(rec) for _, rec, n in self.unique(records))
+
+    def stage_pcie_us(self, records: Sequence[TrafficRecord], groups: Sequence[Collection[int]]) -> list[float]:
+        """:meth:`iteration_pcie_us` per pipeline stage: a record counts for the stage whose TP group
+        (``groups``, one per stage) holds its first node; each stage's PCIe links are its own."""
+        out = [0.0] * len(groups)
+        for _, rec, n in self.unique(records):
+            t = self.pcie_read_us(rec)
+            if t:
+                out[next(i for i, g in enumerate(groups) if rec.nodes[0] in g)] += n * t
+        return out
 
     def group(self, nodes: tuple[int, ...]) -> Torus:
         topo = self._groups.get(nodes)

@@ -91,6 +91,10 @@ class IterationTimer:
             prefixes it admits (``Batch.restores``), over PCIe at ``pcie_GBps`` shared with the NIC's DMA
             reads (:func:`~nicemu.workloads.kv_restore.restore_in_pass`); None: no prefix is reused.
         restore_log: optional dict that gathers each request's share of the restore time (by its tokens).
+        swap_in: ``partial`` (``--preempt swap --kv-restore partial``): the KV of the swapped-out requests a
+            pass readmits (``Batch.swap_ins``) comes back through the pass like a restore, in the same
+            layer pipeline as the pass's prefixes; what it adds goes to ``Iteration.swap_in_us``.
+            ``load``: the batcher swaps them in before the pass.
     """
 
     def __init__(self, model: Model, accelerator: Accelerator, par: Parallelism, comm_time: CommFn | IterationComm,
@@ -98,7 +102,7 @@ class IterationTimer:
                  dtype_bytes: int = 2, on_traffic: Callable[[list[TrafficRecord]], None] | None = None,
                  p2p_algo: str = "direct", on_iteration: IterationHook | None = None, instance: int = 0,
                  restore: str | None = None, pcie_GBps: float = float("inf"),
-                 restore_log: dict[int, float] | None = None) -> None:
+                 restore_log: dict[int, float] | None = None, swap_in: str = "load") -> None:
         par.check_model(model)
         self.model, self.accelerator, self.par = model, accelerator, par
         self.comm_time = comm_time
@@ -110,6 +114,10 @@ class IterationTimer:
         self.instance = instance           # which model instance's nodes run the records (disaggregated)
         self.restore, self.pcie_GBps = restore, pcie_GBps
         self.restore_log = restore_log     # request id -> its share of the restore time, by its tokens
+        self.swap_in = swap_in
+        # pipeline stages: each restores its own layers over its own PCIe (docs/model.md §15.2)
+        self.stage_layers = [len(r) for r in par.stage_layers(model.layers)] if par.pp > 1 else None
+        self.stage_groups = [set(par.tp_group(s, instance)) for s in range(par.pp)] if par.pp > 1 else None
         self.kv_width = par.kv_heads_per_rank(model) * model.head_dim   # one rank's K (or V) columns
         self.costs: list[IterationCost] = []
         self._traffic: dict[tuple, list[TrafficRecord]] = {}
@@ -153,15 +161,11 @@ class IterationTimer:
                 per_record.append(cost)
             record_costs = partial(list, per_record)
         restore_us = pcie_kv = pcie_nic = restore_alone = 0.0
-        if self.restore is not None:
-            pcie_nic = self.comm_time.iteration_pcie_us(records)
+        swapping = self.swap_in == "partial" and it.batch.swap_ins
+        if self.restore is not None or swapping:
+            restore_us, pcie_kv, pcie_nic, restore_alone, it.swap_in_us = self._restore(it, records,
+                                                                                       compute_us + comm_us)
             if it.batch.restores:
-                r = restore_in_pass(self.restore, self.model, self.accelerator, it.batch.restore_tokens,
-                                    compute_us + comm_us, self.pcie_GBps, self.kv_width, pcie_nic, self.dtype_bytes)
-                restore_us, pcie_kv = r.step_us - (compute_us + comm_us), r.pcie_us
-                alone = restore_in_pass(self.restore, self.model, self.accelerator, it.batch.restore_tokens,
-                                        compute_us + comm_us, self.pcie_GBps, self.kv_width, 0.0, self.dtype_bytes)
-                restore_alone = alone.step_us - (compute_us + comm_us)
                 if self.restore_log is not None and it.batch.restore_tokens:
                     per_token = restore_us / it.batch.restore_tokens
                     for rs in it.batch.restores:
@@ -172,4 +176,32 @@ class IterationTimer:
                                         restore_us, pcie_kv, pcie_nic, restore_alone))
         if self.on_iteration is not None:
             self.on_iteration(it, compute, comm_us, records, record_costs, restore_us)
-        return compute_us + comm_us + restore_us
+        return compute_us + comm_us + restore_us + it.swap_in_us
+
+    def _restore(self, it: Iteration, records: list[TrafficRecord], pass_us: float
+                 ) -> tuple[float, float, float, float, float]:
+        """The pass's reused prefixes and (``swap_in`` partial) swap-ins brought back together through it:
+        (restore_us, pcie_kv_us, pcie_nic_us, restore_alone_us, swap_in_us). Prefixes and swap-ins share one
+        layer pipeline, one PCIe link per rank and the accelerator; what they add, their PCIe time and the
+        time without the NIC's reads are split between them by their tokens."""
+        batch = it.batch
+        if self.stage_groups is None:
+            pcie_nic: float | list[float] = self.comm_time.iteration_pcie_us(records)
+            nic_total = pcie_nic
+        else:
+            pcie_nic = self.comm_time.stage_pcie_us(records, self.stage_groups)
+            nic_total = sum(pcie_nic)
+        mine = batch.restore_tokens if self.restore is not None else 0
+        swapped = batch.swap_in_tokens if self.swap_in == "partial" else 0
+        tokens = mine + swapped
+        if not (batch.restores or swapped):
+            return 0.0, 0.0, nic_total, 0.0, 0.0
+        method = "partial" if swapped else self.restore
+        zero = 0.0 if self.stage_groups is None else [0.0] * len(self.stage_groups)
+        shared, alone = (restore_in_pass(method, self.model, self.accelerator, tokens, pass_us, self.pcie_GBps,
+                                         self.kv_width, busy, self.dtype_bytes, self.stage_layers)
+                         for busy in (pcie_nic, zero))
+        added, added_alone = shared.step_us - pass_us, alone.step_us - pass_us
+        share = mine / tokens if tokens else 1.0
+        return (added * share, shared.pcie_us * share, nic_total, added_alone * share if batch.restores else 0.0,
+                added * (1.0 - share))

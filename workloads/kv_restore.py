@@ -21,6 +21,7 @@ the PCIe rate (docs/model.md §15.2 has the recurrence and its closed forms).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,11 +43,12 @@ class Restore:
     tokens: int            # s: tokens per sequence whose KV is restored
     batch: int
     split: int             # l: tokens per sequence recomputed from activations (partial); s for recompute
-    pcie_bytes: float      # bytes over PCIe, all layers
-    pcie_us: float         # PCIe busy time, all layers
+    pcie_bytes: float      # bytes over PCIe, all layers (pipeline stages: summed over the stages' links)
+    pcie_us: float         # PCIe busy time, all layers (likewise summed)
     compute_us: float      # accelerator busy time, all layers
     time_us: float         # until the last layer's K and V are on the accelerator
     step_us: float         # the decode step that needs them, from its start to its last token
+    splits: tuple[int, ...] = ()   # pipeline stages: each stage's l (restore_in_pass with stage_layers)
 
 
 def activation_bytes_per_token(model: Model, dtype_bytes: int = 2) -> int:
@@ -129,11 +131,11 @@ def restore(method: str, model: Model, acc: Accelerator, tokens: int, batch: int
 
 def _best_split(method: str, model: Model, acc: Accelerator, tokens: int, batch: int, cand: np.ndarray,
                 per_us: float, kv_width: int, layer_us: float, start_us: float, end_us: float, busy_us: float,
-                dtype_bytes: int) -> Restore:
-    """Every candidate split ``l`` of ``cand`` through :func:`pipeline_us` (layers of ``layer_us``, the
-    accelerator free from ``start_us``, ``end_us`` after the last layer, ``busy_us`` of other PCIe traffic
-    spread over the layers); the one with the shortest step, the smallest on ties."""
-    L = model.layers
+                dtype_bytes: int, layers: int | None = None) -> Restore:
+    """Every candidate split ``l`` of ``cand`` through :func:`pipeline_us` (``layers`` layers, default the
+    model's, of ``layer_us``, the accelerator free from ``start_us``, ``end_us`` after the last layer, ``busy_us``
+    of other PCIe traffic spread over the layers); the one with the shortest step, the smallest on ties."""
+    L = model.layers if layers is None else layers
     act, kv = activation_bytes_per_token(model, dtype_bytes), 2 * kv_width * dtype_bytes
     act_us = batch * cand * act / per_us
     kv_us = batch * (tokens - cand) * kv / per_us + busy_us / L
@@ -148,24 +150,48 @@ def _best_split(method: str, model: Model, acc: Accelerator, tokens: int, batch:
 
 
 def restore_in_pass(method: str, model: Model, acc: Accelerator, tokens: int, pass_us: float, pcie_GBps: float,
-                    kv_width: int | None = None, pcie_busy_us: float = 0.0, dtype_bytes: int = 2) -> Restore:
+                    kv_width: int | None = None, pcie_busy_us: float | Sequence[float] = 0.0, dtype_bytes: int = 2,
+                    stage_layers: Sequence[int] | None = None) -> Restore:
     """A serving pass of ``pass_us`` that first needs ``tokens`` tokens' KV back from host memory
-    (``--prefix-reuse``), on one accelerator holding ``kv_width`` of each layer's K and V columns (its
-    TP share; every rank restores its shard over its own PCIe at the same time).
+    (``--prefix-reuse``, or a swap-in under ``--kv-restore partial``), on accelerators holding ``kv_width``
+    of each layer's K and V columns (the TP share; every rank restores its shard over its own PCIe at the
+    same time).
 
     The pass runs layer by layer (``pass_us / layers`` each) as :func:`pipeline_us` lays out, a layer
     waiting for its KV; ``pcie_busy_us`` is what the pass's collectives keep the same PCIe direction
     busy (NIC DMA reads from host memory), spread over the layers, so a host-ring AllReduce slows the
     restore more than DirectReduce does. ``step_us`` is the pass with the restore; ``load`` is
-    ``partial`` with ``l = 0``, and ``partial`` takes the best ``l``."""
+    ``partial`` with ``l = 0``, and ``partial`` takes the best ``l``.
+
+    ``stage_layers`` (pipeline parallelism: the layers of each stage, summing to the model's) makes every
+    stage restore its own layers over its own PCIe, all starting with the pass, while stage ``s`` computes
+    from the moment stage ``s - 1`` has finished its last layer; ``pcie_busy_us`` is then one value per
+    stage, and each stage takes its own best ``l`` (greedy per stage is optimal: a stage's end only grows
+    with its start). ``split`` is stage 0's, ``splits`` every stage's."""
     if method not in ("load", "partial"):
         raise WorkloadError(f"a restore inside a pass is load or partial, not '{method}'")
-    if tokens < 0 or pass_us < 0 or pcie_busy_us < 0:
+    stages = [model.layers] if stage_layers is None else [int(n) for n in stage_layers]
+    busy = [float(pcie_busy_us)] if np.ndim(pcie_busy_us) == 0 else [float(b) for b in pcie_busy_us]
+    if sum(stages) != model.layers or min(stages) < 1 or len(busy) != len(stages):
+        raise WorkloadError(f"a restore over pipeline stages needs each stage's layers (>= 1, summing to "
+                            f"{model.layers}) and one PCIe busy time per stage, got {stages} and {busy}")
+    if tokens < 0 or pass_us < 0 or min(busy) < 0:
         raise WorkloadError(f"a restore needs tokens, pass time and PCIe busy time >= 0, got {tokens}, {pass_us}, "
-                            f"{pcie_busy_us}")
+                            f"{min(busy)}")
     if not pcie_GBps > 0:
         raise WorkloadError(f"PCIe bandwidth must be > 0 GB/s, got {pcie_GBps}")
     w = model.kv_width if kv_width is None else kv_width
     cand = np.arange(tokens + 1, dtype=np.float64) if method == "partial" else np.zeros(1)
-    return _best_split(method, model, acc, tokens, 1, cand, pcie_GBps * 1e3, w, pass_us / model.layers, 0.0, 0.0,
-                       pcie_busy_us, dtype_bytes)
+    layer_us = pass_us / model.layers
+    start = 0.0
+    parts = []
+    for n, b in zip(stages, busy):
+        part = _best_split(method, model, acc, tokens, 1, cand, pcie_GBps * 1e3, w, layer_us, start, 0.0, b,
+                           dtype_bytes, layers=n)
+        parts.append(part)
+        start = part.step_us
+    if len(parts) == 1:
+        return parts[0]
+    return Restore(method, tokens, 1, parts[0].split, sum(p.pcie_bytes for p in parts), sum(p.pcie_us for p in parts),
+                   sum(p.compute_us for p in parts), max(p.time_us for p in parts), parts[-1].step_us,
+                   tuple(p.split for p in parts))

@@ -4,7 +4,8 @@ Node numbering follows Megatron/vLLM: TP is innermost, so pipeline stage ``s``
 owns nodes ``s*tp .. s*tp + tp - 1`` and its TP group is that contiguous block.
 With disaggregated prefill/decode (``--disaggregated P:D``), P prefill instances
 and then D decode instances of the same shape follow one another: instance ``i``
-owns nodes ``i*tp*pp .. (i+1)*tp*pp - 1``.
+owns nodes ``i*tp*pp .. (i+1)*tp*pp - 1``. With ``--replicas R`` as well, R such
+P + D groups follow one another (replica ``k``'s instance ``i`` is ``k*(P+D) + i``).
 
 Expert parallelism reuses each stage's TP group (EP = TP, as vLLM's
 ``--enable-expert-parallel`` with one data-parallel replica): attention stays
@@ -43,9 +44,6 @@ class Parallelism:
                 raise WorkloadError(f"--disaggregated P:D needs whole numbers, got {p}:{d}")
         if not isinstance(self.replicas, int) or isinstance(self.replicas, bool) or self.replicas < 1:
             raise WorkloadError(f"--replicas must be a positive integer, got {self.replicas!r}")
-        if p and self.replicas > 1:
-            raise WorkloadError("--replicas and --disaggregated do not combine yet: give P:D instances, or R "
-                                "colocated replicas")
         if (p == 0) != (d == 0):
             raise WorkloadError(f"--disaggregated {p}:{d} needs at least one prefill and one decode instance; "
                                 "e.g. --disaggregated 1:1")
@@ -57,8 +55,8 @@ class Parallelism:
 
     @property
     def instances(self) -> int:
-        """Model instances in the deployment: P + D when disaggregated, else the replicas."""
-        return self.prefill_instances + self.decode_instances if self.disaggregated else self.replicas
+        """Model instances in the deployment: the replicas times P + D when disaggregated, else the replicas."""
+        return self.replicas * (self.prefill_instances + self.decode_instances if self.disaggregated else 1)
 
     @property
     def instance_nodes(self) -> int:
@@ -67,7 +65,7 @@ class Parallelism:
 
     @property
     def nodes(self) -> int:
-        """Nodes the deployment needs: one instance, or P + D of them when disaggregated."""
+        """Nodes the deployment needs: every instance's (R replicas of one, or of P + D when disaggregated)."""
         return self.instance_nodes * self.instances
 
     def check_model(self, model: Model) -> None:
@@ -90,8 +88,9 @@ class Parallelism:
         if nodes != self.nodes:
             what = f"TP x PP = {self.tp} x {self.pp} = {self.instance_nodes}"
             if self.disaggregated:
+                reps = f" x {self.replicas} replicas" if self.replicas > 1 else ""
                 what += (f", times {self.instances} instances for disaggregated prefill/decode "
-                         f"{self.prefill_instances}:{self.decode_instances} = {self.nodes}")
+                         f"{self.prefill_instances}:{self.decode_instances}{reps} = {self.nodes}")
             elif self.replicas > 1:
                 what += f", times {self.replicas} replicas = {self.nodes}"
             raise WorkloadError(f"{what} does not match the topology's {nodes} nodes; "

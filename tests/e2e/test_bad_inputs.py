@@ -269,11 +269,10 @@ CASES = [
          "does not fill whole nodes of 4 ranks"),
     case("serve-slo-negative", [*SERVE, "--slo-ttft=-5"], "--slo-ttft", "> 0"),
     case("serve-replicas-zero", [*SERVE, "--replicas", "0"], "--replicas", "positive"),
-    case("serve-replicas-disaggregated", [*SERVE, "--replicas", "2", "--disaggregated", "1:1"],
-         "--replicas and --disaggregated"),
+    case("serve-replicas-disaggregated-topology", [*SERVE, "--replicas", "2", "--disaggregated", "1:1", "--topology",
+                                                   "ring:4"], "1:1 x 2 replicas = 8", "4 nodes"),
     case("serve-replicas-topology", [*SERVE, "--replicas", "2", "--topology", "ring:2"], "times 2 replicas = 4"),
     case("serve-prefix-reuse-whole", [*SERVE, "--prefix-reuse", "1"], "--prefix-reuse 1", "0 <= F < 1"),
-    case("serve-prefix-reuse-pp", [*SERVE, "--pp", "2", "--prefix-reuse", "0.5"], "--pp 1", "--kv-restore recompute"),
     case("serve-kv-restore-unknown", [*SERVE, "--kv-restore", "fetch"], "--kv-restore", "fetch"),
 ]
 

@@ -82,14 +82,20 @@ def test_replicas_same_metrics_on_every_executor(nicemu, tmp_path):
     base = ["serve", "--model", "llama2-7b", "--tp", "2", "--pp", "2", "--arrivals", "trace.csv", "--chunk", "64",
             "--token-budget", "96", "--algo", "ring,directreduce"]
     runs = {}
-    for name, extra, n in (("model", ["--executor", "model", "--replicas", "2"], None),
+    for name, extra, n in (("model", ["--executor", "model", "--replicas", "2", "--jobs", "1"], None),
                            ("mpi", ["--replicas", "2"], 3)):
-        proc = nicemu([*base, *extra, "--json", f"{name}.json", "--csv", f"{name}.csv"], n=n)
+        proc = nicemu([*base, *extra, "--json", f"{name}.json", "--csv", f"{name}.csv", "--trace",
+                       f"{name}.trace.json"], n=n)
         assert proc.returncode == 0, str(proc)
         runs[name] = [{k: v for k, v in r.items() if k not in SKIP}
                       for r in json.loads((tmp_path / f"{name}.json").read_text())]
     assert runs["mpi"] == runs["model"]
     assert (tmp_path / "mpi.csv").read_text() == (tmp_path / "model.csv").read_text()
+    # --trace: a process per algorithm and replica, the same file under both executors
+    assert (tmp_path / "mpi.trace.json").read_text() == (tmp_path / "model.trace.json").read_text()
+    events = json.loads((tmp_path / "model.trace.json").read_text())["traceEvents"]
+    assert sorted(e["args"]["name"] for e in events if e["name"] == "process_name") == [
+        "directreduce · replica 0", "directreduce · replica 1", "ring · replica 0", "ring · replica 1"]
     ring = runs["model"][0]
     assert (ring["replicas"], ring["nodes"]) == (2, 8)
     assert sum(ring["e2e_split_ms"].values()) == pytest.approx(ring["e2e_ms_mean"], rel=1e-9)
@@ -103,3 +109,40 @@ def test_replicas_same_metrics_on_every_executor(nicemu, tmp_path):
     alone = {(r["algo"], str(2 * int(r["id"]))): r["ttft_ms"] for r in csv.DictReader(open(tmp_path / "even_out.csv"))}
     both = {(r["algo"], r["id"]): r["ttft_ms"] for r in csv.DictReader(open(tmp_path / "model.csv"))}
     assert {k: both[k] for k in alone} == alone
+
+
+def test_replicas_of_disaggregated_same_metrics_and_trace_on_every_executor(nicemu, tmp_path):
+    """--replicas 2 --disaggregated 1:1: two copies of a prefill and a decode instance (TP 2, nodes 0-3 and
+    4-7). The MPI executor at 3 ranks moves the KV caches for real and gives the model executor's records,
+    rows and trace (a process per replica); each replica serves its requests (0, 2, 4 and 1, 3) as a lone
+    1:1 deployment does."""
+    one = ["serve", "--model", "llama2-7b", "--tp", "2", "--disaggregated", "1:1", "--arrivals", "trace.csv",
+           "--chunk", "64", "--token-budget", "96", "--algo", "ring,directreduce"]
+    base = [*one, "--replicas", "2"]
+    (tmp_path / "trace.csv").write_text(TRACE)
+    runs = {}
+    for name, extra, n in (("model", ["--executor", "model", "--jobs", "1"], None), ("mpi", [], 3)):
+        proc = nicemu([*base, *extra, "--json", f"{name}.json", "--csv", f"{name}.csv", "--trace",
+                       f"{name}.trace.json"], n=n)
+        assert proc.returncode == 0, str(proc)
+        raw = json.loads((tmp_path / f"{name}.json").read_text())
+        runs[name] = [{k: v for k, v in r.items() if k not in SKIP} for r in raw]
+    assert all(r["wrong"] == 0 and r["checked_elements"] > 0 for r in raw)
+    assert runs["mpi"] == runs["model"]
+    for suffix in (".csv", ".trace.json"):
+        assert (tmp_path / f"mpi{suffix}").read_text() == (tmp_path / f"model{suffix}").read_text()
+    ring = runs["model"][0]
+    assert (ring["replicas"], ring["nodes"], ring["disaggregated"], ring["kv_transfers"]) == (2, 8, "1:1", 5)
+    assert sum(ring["e2e_split_ms"].values()) == pytest.approx(ring["e2e_ms_mean"], rel=1e-9)
+    rows = list(csv.DictReader(open(tmp_path / "model.csv")))
+    assert {(r["id"], r["prefill_instance"], r["decode_instance"]) for r in rows if r["algo"] == "ring"} == {
+        ("0", "0", "0"), ("2", "0", "0"), ("4", "0", "0"), ("1", "1", "1"), ("3", "1", "1")}
+    lines = TRACE.splitlines()
+    (tmp_path / "even.csv").write_text("\n".join([lines[0], *lines[1::2]]) + "\n")
+    alone = [a if a != "trace.csv" else "even.csv" for a in one]
+    proc = nicemu([*alone, "--executor", "model", "--csv", "even_out.csv"])
+    assert proc.returncode == 0, str(proc)
+    got = {(r["algo"], str(2 * int(r["id"]))): (r["ttft_ms"], r["e2e_ms"], r["kv_transfer_ms"])
+           for r in csv.DictReader(open(tmp_path / "even_out.csv"))}
+    both = {(r["algo"], r["id"]): (r["ttft_ms"], r["e2e_ms"], r["kv_transfer_ms"]) for r in rows}
+    assert {k: both[k] for k in got} == got

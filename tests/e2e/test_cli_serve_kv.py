@@ -102,3 +102,20 @@ def test_default_memory_is_not_short(nicemu, tmp_path):
         assert rec["preemptions"] == rec["rejected"] == rec["swapped_blocks"] == 0
         assert rec["kv_peak_fraction"] < 0.01
     assert all(r["rejected"] == "" and r["preemptions"] == "0" for r in rows)
+
+
+def test_partial_swap_in_executors_agree(nicemu, tmp_path):
+    """--preempt swap --kv-restore partial: swapped-out KV comes back through the readmitting pass (each of the
+    two stages its own layers over its own PCIe) instead of before it; the MPI executor at 3 ranks gives the
+    model executor's records and rows, and the swap-outs stay synchronous, so the swap time falls."""
+    load, _, _ = _run(nicemu, tmp_path, [*ARGS, "--preempt", "swap", "--executor", "model"], "load")
+    records, rows, _ = _run(nicemu, tmp_path, [*ARGS, "--preempt", "swap", "--kv-restore", "partial",
+                                               "--executor", "model"], "model")
+    for rec, base in zip(records, load):
+        assert (rec["swap_in"], base["swap_in"]) == ("partial", "load")
+        assert rec["preemptions"] == base["preemptions"] > 0 and rec["swapped_blocks"] == base["swapped_blocks"]
+        assert 0 < rec["swap_ms"] < base["swap_ms"] and rec["e2e_split_ms"]["kv_swap"] > 0
+        assert sum(rec["e2e_split_ms"].values()) == pytest.approx(rec["e2e_ms_mean"], rel=1e-9)
+    mpi, mpi_rows, _ = _run(nicemu, tmp_path, [*ARGS, "--preempt", "swap", "--kv-restore", "partial"], "mpi", n=3)
+    assert _metrics(mpi) == _metrics(records)
+    assert mpi_rows == rows

@@ -60,3 +60,24 @@ def test_prefix_reuse(nicemu, tmp_path):
     # under TP 4 a rank's activations (5,120 values a token) outweigh its KV share (2,560): partial sends none
     assert [(r["ttft_ms_mean"], r["restore_ms"]) for r in partial] == [(r["ttft_ms_mean"], r["restore_ms"])
                                                                         for r in load]
+
+
+def test_prefix_reuse_with_pipeline_stages(nicemu, tmp_path):
+    """--pp 2: each stage restores its own 20 layers' KV over its own PCIe. The MPI executor (3 ranks on TP 4 x
+    PP 2, 2 ranks on TP 1 x PP 2) gives the model executor's records and rows; the PCIe bytes are every stage's
+    share; at TP 1 (a token's activations half its K and V) partial recomputes and beats load."""
+    pp = ["--tp", "4", "--pp", "2"]
+    load = _run(nicemu, tmp_path, [*pp, "--executor", "model"], name="pp_load")
+    assert _run(nicemu, tmp_path, pp, n=3, name="pp_mpi") == load
+    assert (tmp_path / "pp_mpi.csv").read_text() == (tmp_path / "pp_load.csv").read_text()
+    m = find_preset("OPT-13B")
+    ring, dr = load
+    # two stages of 20 layers; each rank holds a quarter of the KV heads: the shards add up to 40 layers' worth
+    shard = m.layers * 2 * (m.kv_heads // 4) * m.head_dim * 2
+    assert ring["pcie_kv_ms"] == pytest.approx(ring["restored_tokens"] * shard / 25e3 / 1e3, rel=1e-12)
+    assert ring["pcie_nic_ms"] > dr["pcie_nic_ms"] > 0 and ring["restore_ms"] > dr["restore_ms"] > 0
+    one = ["--tp", "1", "--pp", "2", "--algo", "ring"]
+    tp1 = _run(nicemu, tmp_path, [*one, "--executor", "model"], name="tp1_load")
+    partial = _run(nicemu, tmp_path, [*one, "--executor", "model", "--kv-restore", "partial"], name="tp1_partial")
+    assert _run(nicemu, tmp_path, [*one, "--kv-restore", "partial"], n=2, name="tp1_mpi") == partial
+    assert partial[0]["restore_ms"] < tp1[0]["restore_ms"] and partial[0]["pcie_kv_ms"] < tp1[0]["pcie_kv_ms"]

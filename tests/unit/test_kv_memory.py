@@ -4,6 +4,7 @@ import pytest
 
 from nicemu.errors import WorkloadError
 from nicemu.workloads import load_accelerator, load_model
+from nicemu.workloads.batch import Restore
 from nicemu.workloads.batching import BatchingConfig, run_batching
 from nicemu.workloads.kv_memory import (
     KvPlan,
@@ -264,3 +265,44 @@ def test_disaggregated_instances_each_have_their_cache():
     assert starts == [75.0, 127.0, 179.0, 231.0]
     assert a.queue_us == 179.0 - 76.0 and b.queue_us == 0.0
     assert kv_summary(dis.result)["rejected"] == 1
+
+
+class SwapInRecorder(Recorder):
+    """As Recorder, and brings the pass's swap-ins back itself (swap_in="partial") at 5 us a token."""
+
+    def __call__(self, it):
+        it.swap_in_us = 5.0 * it.batch.swap_in_tokens
+        return super().__call__(it) + it.swap_in_us
+
+
+def test_partial_swap_in_goes_through_the_pass():
+    """The scenario of test_swap_moves_blocks_and_charges_pcie_time with swap_in="partial": the swap-out is
+    unchanged; at iteration 10 no synchronous swap-in, the pass lists C's 12 tokens of KV (8 prompt tokens and 4
+    of its 5 outputs: the 5th has no KV yet) and what bringing them back adds is logged as swap time."""
+    reqs = [Request(i, 0.0, 8, 10) for i in range(3)]
+    rec = SwapInRecorder()
+    res = run_batching(reqs, rec, BatchingConfig(kv=plan(10, swap_latency_us=7.0, swap_us_per_block=3.0),
+                                                 preempt="swap", swap_in="partial"))
+    logs = res.iterations
+    assert [(log.index, log.swapped_blocks, log.swap_us) for log in logs if log.swapped_blocks] == [
+        (5, 3, 7.0 + 9.0), (10, 3, 5.0 * 12)]
+    assert [it.batch.swap_ins for it in rec.iterations if it.batch.swap_ins] == [(Restore(2, 12),)]
+    assert rec.iterations[10].swap_us == 0.0
+    assert logs[10].duration_us == 100.0 + 1 + 60.0
+    assert [d.context_tokens for it in rec.iterations[10:] for d in it.batch.decodes] == [12, 13, 14, 15, 16]
+    assert kv_summary(res)["swap_ms"] == (16.0 + 60.0) / 1e3
+    # a request swapped out mid-prefill (test_a_request_preempted_mid_prefill's B, 24 of its 28 prompt tokens
+    # done) brings back the 24 tokens it had prefilled, and resumes its prompt at token 24
+    rec = SwapInRecorder()
+    res = run_batching([Request(0, 0.0, 8, 20), Request(1, 0.0, 28, 2)], rec,
+                       BatchingConfig(chunk_tokens=4, kv=plan(10, swap_us_per_block=1.0), preempt="swap",
+                                      swap_in="partial"))
+    back = [it for it in rec.iterations if it.batch.swap_ins]
+    assert [it.batch.swap_ins for it in back] == [(Restore(1, 24),)] and back[0].swap_in_us == 5.0 * 24
+    assert [(ch.tokens, ch.context_tokens) for ch in back[0].batch.prefills if ch.request_id == 1] == [(4, 24)]
+    assert all(r.done for r in res.requests)
+
+
+def test_swap_in_mode_is_checked():
+    with pytest.raises(WorkloadError, match="swap-in fetch"):
+        BatchingConfig(swap_in="fetch")

@@ -196,3 +196,65 @@ def test_restore_in_pass_partial_needs_activations_smaller_than_the_ranks_kv():
     assert share.split == 0
     with pytest.raises(WorkloadError, match="load or partial"):
         restore_in_pass("recompute", OPT, A100, 10, 1.0, 32.0)
+
+
+# ---------------------------------------------------------------- pipeline stages (--pp > 1): a restore per stage
+
+def test_restore_over_two_stages_by_hand():
+    """OPT-6.7B's 32 layers on two stages of 16; a layer's KV takes K over PCIe, the pass D = K/2 per layer.
+    One stage (PP 1) is PCIe-bound: 32K + D. With two stages, each loads its own 16 layers from time 0 over
+    its own PCIe: stage 0 is PCIe-bound and ends at 16K + D; stage 1 starts then, with every one of its
+    layers landed by 16K, so it runs compute-bound: 16K + D + 16D."""
+    from nicemu.workloads.kv_restore import restore_in_pass
+    s, w = 300, OPT.kv_width
+    K = s * 2 * w * 2 / 32e3
+    D = 0.5 * K
+    one = restore_in_pass("load", OPT, A100, s, 32 * D, 32.0)
+    assert one.step_us == pytest.approx(32 * K + D, rel=1e-12)
+    two = restore_in_pass("load", OPT, A100, s, 32 * D, 32.0, pcie_busy_us=[0.0, 0.0], stage_layers=[16, 16])
+    assert two.step_us == pytest.approx(16 * K + 17 * D, rel=1e-12)
+    assert two.pcie_us == pytest.approx(one.pcie_us, rel=1e-12) and two.pcie_bytes == one.pcie_bytes
+    assert two.time_us == pytest.approx(16 * K, rel=1e-12) and two.splits == (0, 0)
+    # the NIC's reads on stage 0 only (16K spread over its 16 layers): stage 0 ends at 32K + D, and stage 1
+    # then runs its 16 layers back to back
+    busy = restore_in_pass("load", OPT, A100, s, 32 * D, 32.0, pcie_busy_us=[16 * K, 0.0], stage_layers=[16, 16])
+    assert busy.step_us == pytest.approx(32 * K + 17 * D, rel=1e-12)
+    # on stage 1 instead, they delay nothing: its KV (2K per layer) is in by 32K, before its turn
+    late = restore_in_pass("load", OPT, A100, s, 32 * D, 32.0, pcie_busy_us=[0.0, 16 * K], stage_layers=[16, 16])
+    assert late.step_us == pytest.approx(32 * K + D, rel=1e-12)
+    # one stage given explicitly is the default
+    assert restore_in_pass("load", OPT, A100, s, 32 * D, 32.0, pcie_busy_us=[0.0], stage_layers=[32]) == one
+
+
+def test_partial_over_stages_is_each_stage_walked_in_turn_and_the_best_pair_of_splits():
+    """Every stage takes its own l, given when the stage before it ended: checked against the event walk
+    stage after stage, and against the best of every pair (l0, l1) by brute force."""
+    from nicemu.workloads.kv_restore import _best_split, restore_in_pass
+    s, pass_us, gbps, stages = 40, 300.0, 16.0, [24, 16]
+    model = find_preset("OPT-13B")
+    layers = model.layers
+    assert sum(stages) == layers
+    got = restore_in_pass("partial", model, A100, s, pass_us, gbps, pcie_busy_us=[300.0, 0.0], stage_layers=stages)
+    assert len(got.splits) == 2 and got.split == got.splits[0]
+    act, kv = activation_bytes_per_token(model), kv_bytes_per_token_layer(model)
+    start = 0.0
+    for n, busy, split in zip(stages, (300.0, 0.0), got.splits):
+        a, k = split * act / (gbps * 1e3), (s - split) * kv / (gbps * 1e3) + busy / n
+        start = walk(n, a, k, float(recompute_kv_us(model, A100, split)), pass_us / layers, start)[1]
+    assert got.step_us == pytest.approx(start, rel=1e-12)
+    cand = np.arange(s + 1, dtype=np.float64)
+    best = min(_best_split("partial", model, A100, s, 1, cand, gbps * 1e3, model.kv_width, pass_us / layers,
+                           _best_split("partial", model, A100, s, 1, np.array([float(l0)]), gbps * 1e3,
+                                       model.kv_width, pass_us / layers, 0.0, 0.0, 300.0, 2, stages[0]).step_us,
+                           0.0, 0.0, 2, stages[1]).step_us for l0 in range(s + 1))
+    assert got.step_us == pytest.approx(best, rel=1e-12)
+    load = restore_in_pass("load", model, A100, s, pass_us, gbps, pcie_busy_us=[300.0, 0.0], stage_layers=stages)
+    assert got.splits[0] > 0 and got.step_us < load.step_us      # stage 0, behind the NIC's reads, recomputes
+
+
+def test_restore_over_stages_bad_input():
+    from nicemu.workloads.kv_restore import restore_in_pass
+    with pytest.raises(WorkloadError, match="each stage's layers"):
+        restore_in_pass("load", OPT, A100, 10, 1.0, 32.0, pcie_busy_us=[0.0, 0.0], stage_layers=[16, 15])
+    with pytest.raises(WorkloadError, match="one PCIe busy time per stage"):
+        restore_in_pass("load", OPT, A100, 10, 1.0, 32.0, pcie_busy_us=0.0, stage_layers=[16, 16])

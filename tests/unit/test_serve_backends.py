@@ -131,3 +131,18 @@ def test_single_process_real_data_matches_model_and_catches_corruption():
         assert real.stats.wrong == 2
     finally:
         real.free()
+
+
+def test_stage_pcie_us_splits_the_reads_by_stage():
+    """Each pipeline stage's PCIe reads are its own collectives' (the embedding AllReduce on stage 0, the
+    activations' p2p counting 0): they add up to the pass's, and each is the sum of its records'."""
+    par = Parallelism(tp=4, pp=2)
+    recs = iteration_traffic(0, make_batch([(64, 0)], [10, 20]), L7, par, "ring", p2p_algo="p2p-host")
+    backend = ModelComm(parse_topology("torus:2x4"), PAPER, L7, 0)
+    groups = [set(par.tp_group(s)) for s in range(2)]
+    per_stage = backend.stage_pcie_us(recs, groups)
+    for s, g in enumerate(groups):
+        want = sum(backend.pcie_read_us(r) for r in recs if r.nodes[0] in g)
+        assert per_stage[s] == pytest.approx(want, rel=1e-12)
+    assert per_stage[0] > per_stage[1] > 0                       # stage 0 also reads for the embedding
+    assert sum(per_stage) == pytest.approx(backend.iteration_pcie_us(recs), rel=1e-12)

@@ -183,3 +183,74 @@ def test_restore_spans_add_what_the_restore_adds(tmp_path):
         assert it["dur"] == pytest.approx(it["args"]["compute_us"] + it["args"]["comm_us"] + it["args"]["restore_us"],
                                           abs=EPS_US)
     assert sum(s["args"]["restore_us"] for s in restores) / 1e3 == pytest.approx(records[0]["restore_ms"], rel=1e-12)
+
+
+def test_partial_swap_in_is_timed_through_the_pass_and_traced():
+    """--preempt swap --kv-restore partial: the pass that readmits the swapped request brings its 12 tokens of
+    KV back through its layers (restore_in_pass over the pass, with the collectives' PCIe reads), adds what that
+    costs as IterationLog swap time, and ends with a ``KV swap-in`` span of exactly that."""
+    from nicemu.workloads.kv_restore import restore_in_pass
+    model, acc, par = load_model("llama2-7b"), load_accelerator("H100-SXM"), Parallelism(2, 1)
+    layer, emb, a2a, p2p = algos_for("ring")
+    backend = ModelComm(parse_topology("ring:2"), load_profile("directreduce-paper"), model, 0)
+    tracer = ServeTracer(1, "ring", [], [])
+    timer = IterationTimer(model, acc, par, backend, layer, emb, a2a, dtype_bytes=DTYPE.itemsize, p2p_algo=p2p,
+                           on_iteration=tracer.hook(0), pcie_GBps=25.0, swap_in="partial")
+    kv = KvPlan(10, 4, 80e9, 0.9, 0, 1000, 8000, 7.0, 3.0)
+    result = run_batching([Request(i, 0.0, 8, 10) for i in range(3)], timer,
+                          BatchingConfig(kv=kv, preempt="swap", swap_in="partial"))
+    swapped = [log for log in result.iterations if log.swap_us]
+    assert [log.swapped_blocks for log in swapped] == [3, 3]
+    out, back = swapped
+    assert out.swap_us == 7.0 + 3 * 3.0                                 # the swap-out stays synchronous
+    cost = timer.costs[back.index]
+    pass_us = cost.compute_us + cost.comm_us
+    want = restore_in_pass("partial", model, acc, 12, pass_us, 25.0, timer.kv_width,
+                           backend.iteration_pcie_us(timer.records(_iteration(back, result))), DTYPE.itemsize)
+    assert back.swap_us == pytest.approx(want.step_us - pass_us, rel=1e-12) and back.swap_us > 0
+    assert back.duration_us == pytest.approx(pass_us + back.swap_us, rel=1e-12) and cost.restore_us == 0.0
+    events = tracer.finish(result)
+    check_trace_format({"traceEvents": events})
+    (span,) = [e for e in events if e["name"] == "KV swap-in"]
+    assert span["args"]["tokens"] == 12 and span["args"]["swap_in_us"] == back.swap_us
+    assert span["ts"] + span["dur"] == pytest.approx(back.start_us + back.duration_us, abs=EPS_US)
+
+
+def _iteration(log, result):
+    """A stand-in Iteration with the logged pass's shape (the timer's records depend on tokens and phase)."""
+    from nicemu.workloads.batch import Batch, Decode
+    from nicemu.workloads.batching import Iteration
+    return Iteration(log.index, log.start_us, Batch((), tuple(Decode(i, 0) for i in range(log.decodes))))
+
+
+def test_replicas_trace_a_process_per_replica(tmp_path):
+    """--replicas 2: each replica is a process of its own per algorithm, with the requests it serves
+    (round-robin: 0, 2, 4 on replica 0) and its iterations; with --disaggregated 1:1 as well, each replica's
+    process has a prefill and a decode track and the KV transfers of its requests."""
+    args = ["serve", "--model", "llama2-7b", "--tp", "2", "--replicas", "2", "--executor", "model", "--chunk", "64",
+            "--token-budget", "96", "--algo", "ring,directreduce", "--jobs", "1"]
+    doc, records, _ = _serve(tmp_path, args)
+    check_trace_format(doc)
+    events = doc["traceEvents"]
+    procs = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
+    assert procs == {1: "ring · replica 0", 2: "ring · replica 1", 3: "directreduce · replica 0",
+                     4: "directreduce · replica 1"}
+    names = _thread_names(events)
+    assert sorted(n for (pid, _), n in names.items() if pid == 1 and n.startswith("request")) == [
+        "request 0", "request 2", "request 4"]
+    assert sorted(n for (pid, _), n in names.items() if pid == 2 and n.startswith("request")) == [
+        "request 1", "request 3", "request 5"]
+    its = [e for e in events if e.get("cat") == "iteration"]
+    assert len(its) == records[0]["traced_iterations"] + records[1]["traced_iterations"]
+    assert records[0]["traced_iterations"] == records[0]["iterations"]
+    doc, records, _ = _serve(tmp_path, [*args, "--disaggregated", "1:1"], name="d.json")
+    check_trace_format(doc)
+    events = doc["traceEvents"]
+    names = _thread_names(events)
+    for pid in (1, 2, 3, 4):
+        assert {"prefill 0 iterations (nested: collectives)", "decode 0 iterations (nested: collectives)"} <= {
+            n for (p, _), n in names.items() if p == pid}
+        kv = [e for e in events if e["name"] == "KV transfer" and e["pid"] == pid]
+        k = (pid - 1) % 2                                       # the replica: instances 2k (prefill), 2k + 1
+        assert len(kv) == 3 and {(e["args"]["source_instance"], e["args"]["target_instance"]) for e in kv} == {
+            (2 * k, 2 * k + 1)}
