@@ -1,0 +1,31 @@
+"""The shared-fabric study (nicemu/studies/shared_fabric.py) on small cases: what must hold whatever the
+numbers, checked against the replay's own guarantees."""
+
+from __future__ import annotations
+
+from nicemu.studies import shared_fabric
+
+
+def test_one_call_is_alone_and_more_calls_are_slower():
+    rows = shared_fabric.same_node_rows(["ring:4"], ["ideal"], ["ring", "host-best", "directreduce"], 1 << 20,
+                                        [1, 2, 3])
+    for r in rows:
+        if r["k"] == 1:
+            assert r["emulated_us"] == r["alone_us"] and r["slowdown_vs_alone"] == 1.0
+        else:
+            assert r["emulated_us"] > r["alone_us"]
+    by = {(r["algo"], r["k"]): r for r in rows}
+    for algo in ("ring", "host-best", "directreduce"):
+        assert by[(algo, 2)]["emulated_us"] < by[(algo, 3)]["emulated_us"]
+    assert all(r["gain_vs_ring"] == 0.0 for r in rows if r["algo"] == "ring")
+    assert all(r["gain_vs_best_host"] == 0.0 for r in rows if r["algo"] == "host-best")
+
+
+def test_contiguous_jobs_keep_their_alone_times_and_scattered_ones_do_not():
+    rows = shared_fabric.placement_rows(["ring", "directreduce"], [1 << 20])
+    for r in rows:
+        if r["placement"] == "contiguous":
+            assert r["slowdown_vs_alone"] == 1.0
+        elif r["placement"] == "scattered":
+            assert r["slowdown_vs_alone"] > 1.0
+    assert {r["placement"] for r in rows} == {"contiguous", "interleaved", "scattered"}
