@@ -50,7 +50,19 @@ class MemoryTimeline:
         self.dram_bytes[e] += dram
         left = dram * self.us_per_B
         s, f = self.starts[e], self.ends[e]
+        if not f or t >= f[-1]:         # after all the work so far (the common case)
+            end = t + left
+            if f and f[-1] == t:
+                f[-1] = end
+            else:
+                s.append(t)
+                f.append(end)
+            return end
         i = bisect_right(f, t)          # the first interval that ends after t
+        if s[i] > t and left <= s[i] - t:       # idle at t, long enough: the loop below, in one step
+            end = t + left
+            self._take(s, f, i, t, end)
+            return end
         cur = t
         while True:
             if i < len(s) and s[i] <= cur:      # busy at cur: skip to the interval's end
