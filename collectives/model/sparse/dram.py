@@ -36,11 +36,16 @@ def roof_rows(mem: MemoryTimeline, who: np.ndarray, start, end, dram, busy: np.n
     """:func:`roof` for the activities of endpoints ``who`` (in that order); ``start``, ``end`` and
     ``dram`` are numbers or arrays like ``who``. Returns the new ends as an array."""
     k = len(who)
-    s = np.broadcast_to(np.asarray(start, dtype=np.float64), (k,)).tolist()
-    e = np.broadcast_to(np.asarray(end, dtype=np.float64), (k,)).tolist()
-    d = np.broadcast_to(np.asarray(dram, dtype=np.float64), (k,)).tolist()
+    s, e, d = _floats(start, k), _floats(end, k), _floats(dram, k)
     out = [roof(mem, w, si, ei, di, busy) for w, si, ei, di in zip(who.tolist(), s, e, d)]
     return np.array(out, dtype=np.float64)
+
+
+def _floats(x, k: int) -> list[float]:
+    """A number or an array of ``k`` numbers as a list of ``k`` Python floats."""
+    if isinstance(x, np.ndarray) and x.ndim:
+        return x.astype(np.float64, copy=False).tolist()
+    return [float(x)] * k
 
 
 def spill_all(mem: MemoryTimeline, nbytes) -> np.ndarray:
