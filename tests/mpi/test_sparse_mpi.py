@@ -45,6 +45,26 @@ def test_sparse_cases_on_ranks(topology, algo, case, dtype, count, block):
         assert t.framed_bytes == model.framed_bytes == t.wire_bytes == model.wire_bytes   # no headers
 
 
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("algo", names(kind="sparse"))
+@pytest.mark.parametrize("case", ["dense", "random-sparse"])
+def test_sparse_with_host_dram_on_ranks(algo, case):
+    """Host DRAM slow enough to bind (docs/model.md §10.5): real data stays exact, and the MPI
+    executor's metrics are the model's."""
+    prof = load_profile("omniccl-paper", ["host.memory_GBps=3"])
+    with Emulator(COMM, "ring:8", prof) as emu:
+        n = emu.topology.nodes
+        x = case_inputs(case, n, 700, 16, "float32", seed=n)
+        work = x[emu.node_range.start:emu.node_range.stop].copy()
+        t = emu.run_inplace("allreduce", work, "sum", algo, {"block_size": 16, "spot_blocks": 3})
+        check_sum(work, x)
+        cfg = sparse_config(algo, n, block_size=16, spot_blocks=3)
+        model = model_sparse(cfg, block_mask(x, 16), prof, x.dtype.itemsize)
+        assert (t.emulated_us, t.host_busy_us, t.nic_busy_us, t.wire_bytes) == (
+            model.emulated_us, model.host_busy_us, model.nic_busy_us, model.wire_bytes)
+        assert model.emulated_us > model_sparse(cfg, block_mask(x, 16), PROFILE, x.dtype.itemsize).emulated_us
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()

@@ -98,6 +98,8 @@ def random_profile(rng: np.random.Generator):
             f"nic.memory_KiB={num(1, 4096)}"]
     if rng.random() < 0.15:
         sets.append("nic.reduce_GBps=.inf")
+    if rng.random() < 0.4:      # host DRAM slow enough to bind, with or without DDIO (docs/model.md §10.5)
+        sets += [f"host.memory_GBps={num(0.5, 300)}", f"host.ddio_KiB={rng.choice([0, 0.5, 4, 64, 8192])}"]
     return load_profile(base, sets)
 
 
@@ -145,6 +147,27 @@ def test_spilled_and_cpu_cases_are_covered(monkeypatch, used):
             seen.add((algo, fast.spilled))
     assert seen == {("omniccl", True), ("omniccl", False), ("omniccl-cpu", False)}
     assert used[0] == 4
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_dram_cases_are_identical(algo, monkeypatch, used):
+    """Host DRAM that binds (it changes the time), with and without DDIO, spilled spots, one Tx spot."""
+    rng = np.random.default_rng(29)
+    changed = 0
+    for k in range(6):
+        nodes = 3 + 2 * k
+        masks = rng.random((nodes, 900)) < (1.0, 0.5, 0.2, 0.05)[k % 4]
+        cfg = sparse_config(algo, nodes, tx_spots=1 + k % 2)
+        sets = [f"host.memory_GBps={(2.0, 11.3, 5.0)[k % 3]}", f"host.ddio_KiB={(0, 3, 0.5)[k % 3]}"]
+        if algo == "omniccl" and k % 2:
+            sets.append("nic.memory_KiB=1")
+        prof = load_profile("omniccl-paper", sets)
+        fast, slow = both(monkeypatch, cfg, masks, prof, 4)
+        assert_identical(fast, slow)
+        without = model_sparse(cfg, masks, load_profile("omniccl-paper", sets[2:]), 4)
+        changed += fast.emulated_us > without.emulated_us
+    assert changed == 6
+    assert used[0] == 6 + 6
 
 
 def serve_calls() -> list[int]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nicemu.collectives.model.sparse.dram import roof_rows
 from nicemu.collectives.model.sparse.maxplus import NEG
 from nicemu.collectives.model.sparse.state import SpotState
 from nicemu.collectives.model.sparse.telemetry import HOST, WRITE, credits_back
@@ -225,7 +226,8 @@ class _Receivers:
         o_h = self.o_h
         for j in np.flatnonzero(there).tolist():
             k = int(pos[j]) - k0
-            self.next_pack[j0 + j] = (rep[k], pack[k], o_h + pack[k])
+            # the DRAM bytes of the pass: it reads the window and writes the record's blocks
+            self.next_pack[j0 + j] = (rep[k], pack[k], o_h + pack[k], window[k] + data[k])
         if st.tel is not None:      # the host scans the window and packs the blocks it sends
             k = pos[there] - k0
             scanned = np.where(rep[k], window[k, None] + data[k], 0.0)
@@ -302,8 +304,12 @@ class _Receivers:
         tr = self.traced
         if tr is not None:
             w0 = np.maximum(got[tr], wr_free[tr])
+        spill = 0.0 if st.dram is None else st.dram.spill(float(self.res.rb_data[j]))
+        start = np.maximum(got, wr_free) if spill > 0.0 else None
         np.maximum(got, wr_free, out=wr_free)
         wr_free += self.rbd_pi[j]
+        if start is not None:       # what DDIO does not keep of the result goes to DRAM
+            wr_free[:] = roof_rows(st.dram, np.arange(st.n), start, wr_free, spill)
         if tr is not None:
             st.tel.event(WRITE, tr, w0, wr_free[tr], self.res.rb_data[j])
         if not self.per_slot_landed:
@@ -314,8 +320,14 @@ class _Receivers:
                 h0 = np.maximum(self.landed[tr], host_free[tr])
             np.maximum(self.landed, host_free, out=host_free)
             host_free += self.o_h
+            t0 = host_free.copy() if st.dram is not None else None
             host_free += self.rbd_g[j]
             host_busy += self.unpack_busy[j]
+            if t0 is not None:      # the copy reads what DDIO did not keep and writes the result
+                rbd = float(self.res.rb_data[j])
+                end = roof_rows(st.dram, np.arange(st.n), t0, host_free, st.dram.spill(rbd) + rbd)
+                host_busy += end - host_free
+                host_free[:] = end
             if tr is not None:
                 st.tel.event(HOST, tr, h0, host_free[tr], self.res.rb_data[j], int(st.slot_thread[self.slot_l[j]]))
         latest = host_free if self.pack else self.landed
@@ -324,14 +336,23 @@ class _Receivers:
         nxt = self.next_pack.get(j)
         if nxt is not None:
             # the polling thread that unpacked the result packs the slot's next record at once
-            rep, pack, busy = nxt
+            rep, pack, busy, scanned = nxt
             h = host_free + self.o_h
+            t0 = h.copy() if st.dram is not None else None
             h += pack
+            wait = None
+            if t0 is not None:      # the pass reads the window and writes the record's blocks
+                who = np.flatnonzero(rep)
+                end = roof_rows(st.dram, who, t0[who], h[who], scanned[who])
+                wait = end - h[who]
+                h[who] = end
             if tr is not None:
                 st.tel.event(HOST, tr[rep[tr]], host_free[tr][rep[tr]], h[tr][rep[tr]], self.next_scan[j][tr][rep[tr]],
                              int(st.slot_thread[self.slot_l[j]]))
             np.copyto(host_free, h, where=rep)
             host_busy += np.where(rep, busy, 0.0)
+            if wait is not None:
+                host_busy[who] += wait
         # a worker writes its next record once it may (credit) or once it has the result
         # (and, packing on the result, once that record is packed)
         if self.clock_landed and self.goes_l[j]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nicemu.collectives.model.sparse.dram import dedicated_roof, fifo_roof, roof
 from nicemu.collectives.model.sparse.state import SpotState
 from nicemu.collectives.schedules.spot_protocol import CREDIT_BYTES, INDEX_BYTES, RECORD_HEADER_BYTES, Plan, Round
 
@@ -142,22 +143,60 @@ class _Scalar:
         sent = sent.tolist()
         result = rnd.result.tolist()
         consumed, ready_at = [0.0] * nact, [0.0] * nact
-        for j, s in enumerate(slots):
-            consumed[j], ready_at[j] = self._up(rnd.index, s, sent[j], rep[j], result[j])
+        # as upstream.time_round: the workers' side of a chunk of slots, then the aggregators' side,
+        # so every node's DRAM is charged in the same order as there
+        step = max(1, self.st.chunk // max(self.n, 1))
+        for j0 in range(0, nact, step):
+            j1 = min(nact, j0 + step)
+            records = [self._send(rnd.index, slots[j], sent[j], rep[j]) for j in range(j0, j1)]
+            for j in range(j0, j1):
+                consumed[j], ready_at[j] = self._up(rnd.index, slots[j], records[j - j0], result[j])
         self._down(rnd.index, slots, result, rnd.next_lo.tolist(), consumed, ready_at)
 
-    def _up(self, index: int, s: int, sent: list[int], rep: list[bool], result: int) -> tuple[float, float]:
-        """Phase 1 of slot ``s``: its records leave the workers, cross the aggregator's link in (a
-        max-plus scan in worker order) and are aggregated; returns when the Rx spot is consumed and
-        the result is ready. The NIC's scan runs in the same pass: it serves the records in the
-        same order."""
+    def _send(self, index: int, s: int, sent: list[int], rep: list[bool]) -> list[tuple]:
+        """The workers' side of phase 1 for slot ``s``: each writing worker's NIC DMA-reads its blocks
+        and the record leaves on its link (the aggregator's own record stays in its node). Returns per
+        record ``(worker, blocks, data bytes, ready or link-out done, link time or None if local)``."""
         st, n = self.st, self.n
         g = self.slot_g[s]
-        bb, pi, a_p, beta, alpha = st.bb, st.pi, st.a_p, st.beta, st.alpha
+        bb, pi, a_p, beta = st.bb, st.pi, st.a_p, st.beta
         clock = None if index == 0 else self.clock.get(s, self.zeros)
-        rd, out = self.rd, self.out
+        rd, out, mem = self.rd, self.out, st.dram
+        records = []
+        for w in range(n):
+            if not rep[w]:
+                continue
+            cnt = sent[w]
+            sv = float(cnt)
+            d = sv * bb
+            ready = 0.0 if clock is None else clock[w]
+            if d > 0:               # the NIC DMA-reads the blocks (from DRAM)
+                x = rd[w]
+                x = ready if ready > x else x
+                r = x + d * pi
+                if mem is not None:
+                    r = roof(mem, w, x, r, d)
+                rd[w] = r
+                ready = r + a_p
+            if w == g:              # the aggregator's own record stays in its node
+                records.append((w, cnt, d, ready, None))
+            else:
+                msg_b = (sv * (bb + INDEX_BYTES) + RECORD_HEADER_BYTES) * beta
+                x = out[w]
+                of = (ready if ready > x else x) + msg_b
+                out[w] = of
+                records.append((w, cnt, d, of, msg_b))
+        return records
+
+    def _up(self, index: int, s: int, records: list[tuple], result: int) -> tuple[float, float]:
+        """The aggregator's side of phase 1 for slot ``s``: the records cross its link in (a max-plus
+        scan in worker order) and are aggregated; returns when the Rx spot is consumed and the result
+        is ready. The NIC's scan runs in the same pass: it serves the records in the same order."""
+        st = self.st
+        g = self.slot_g[s]
+        bb, pi, a_p, alpha = st.bb, st.pi, st.a_p, st.alpha
         tx_free = self.tx_free[s][index % st.cfg.tx_spots]
-        on_nic, spilled, nu = self.on_nic, st.spilled, st.nu
+        on_nic, spilled, nu, mem = self.on_nic, st.spilled, st.nu, st.dram
         if on_nic:
             first = self.nicf[g]
             if tx_free > first:
@@ -170,26 +209,11 @@ class _Scalar:
         blocks = far_blocks = far_records = 0
         start = self.inn[g]
         csum, top, last = 0.0, NEG, start      # the scan of the aggregator's link in
-        for w in range(n):
-            if not rep[w]:
-                continue
-            cnt = sent[w]
-            sv = float(cnt)
-            d = sv * bb
-            ready = 0.0 if clock is None else clock[w]
-            if d > 0:               # the NIC DMA-reads the blocks
-                x = rd[w]
-                r = (ready if ready > x else x) + d * pi
-                rd[w] = r
-                ready = r + a_p
+        for _w, cnt, d, of, msg_b in records:
             blocks += cnt
-            if w == g:              # the aggregator's own record stays in its node
-                arr = ready
+            if msg_b is None:       # the aggregator's own record
+                arr = of
             else:
-                msg_b = (sv * (bb + INDEX_BYTES) + RECORD_HEADER_BYTES) * beta
-                x = out[w]
-                of = (ready if ready > x else x) + msg_b
-                out[w] = of
                 x = ((of + alpha) - msg_b) - csum
                 if x > top:
                     top = x
@@ -199,7 +223,10 @@ class _Scalar:
                 far_records += 1
             if on_nic:
                 if spilled:         # to host memory and back before the NIC reduces it
+                    a0 = arr
                     arr += 2 * a_p + 2 * d * pi
+                    if mem is not None:
+                        arr = roof(mem, g, a0, arr, mem.spill(d) + d)
                 v = d * nu
                 svc.append(v)
                 x = arr - ncsum
@@ -218,19 +245,26 @@ class _Scalar:
         self.nicf[g] = nlast
         self.nic_busy[g] += np_sum(svc)
         consumed = nlast + st.a_n
-        return consumed, (consumed + (a_p + rb_data * pi) if spilled else consumed)
+        if not spilled:
+            return consumed, consumed
+        ready_at = consumed + (a_p + rb_data * pi)
+        return consumed, (ready_at if mem is None else roof(mem, g, consumed, ready_at, rb_data))
 
     def _on_host(self, g: int, s: int, arrival: list[float], data: list[float], blocks: int, tx_free: float,
                  rb_data: float) -> tuple[float, float]:
         """The records are DMA-written to host memory; the host reduces them once all have landed."""
-        st = self.st
+        st, mem = self.st, self.st.dram
         pi, a_p, o_h, gamma = st.pi, st.a_p, st.o_h, st.gamma
         start = self.wr[g]
-        csum, top, landed = 0.0, NEG, start
-        for x, d in zip(arrival, data):
-            top = max(top, x - csum)
-            csum += d * pi
-            landed = max(start, top) + csum
+        spills = None if mem is None else [mem.spill(d) for d in data]
+        if spills is not None and any(x > 0.0 for x in spills):     # the writes spill past DDIO into DRAM
+            landed = fifo_roof(mem, g, start, arrival, [d * pi for d in data], spills)[0][-1]
+        else:
+            csum, top, landed = 0.0, NEG, start
+            for x, d in zip(arrival, data):
+                top = max(top, x - csum)
+                csum += d * pi
+                landed = max(start, top) + csum
         if arrival:
             self.wr[g] = landed
         last = (landed if arrival else 0.0) + a_p
@@ -239,9 +273,16 @@ class _Scalar:
         begin = max(max(last, host[g]), tx_free)
         dsum = float(blocks) * st.bb
         consumed = (begin + o_h) + dsum * gamma
+        wait = None
+        if mem is not None:     # the pass reads what DDIO did not keep of the records and writes the result
+            end = roof(mem, g, begin + o_h, consumed, sum(spills) + rb_data)
+            wait, consumed = end - consumed, end
         host[g] = consumed
         self.host_busy[g] += o_h + dsum * gamma
-        return consumed, consumed + a_p + rb_data * pi
+        if wait is not None:
+            self.host_busy[g] += wait
+        ready_at = consumed + a_p + rb_data * pi
+        return consumed, (ready_at if mem is None else roof(mem, g, consumed, ready_at, rb_data))
 
     def _down(self, index: int, slots: list[int], result: list[int], next_lo: list[int],
               consumed: list[float], ready_at: list[float]) -> None:
@@ -268,12 +309,13 @@ class _Scalar:
             out[g] = e + f * rb_b
             conts += cont
             self.down += int(f * rb)
-            leaves.append((g, cont, c, e, rb_b, res * bb * pi))
+            leaves.append((g, cont, c, e, rb_b, res * bb * pi, res * bb))
         self.down += conts * f * CREDIT_BYTES
         self.up += len(slots) * f * CREDIT_BYTES
-        inn, wr = self.inn, self.wr
+        inn, wr, mem = self.inn, self.wr, st.dram
         for j, s in enumerate(slots):               # the workers receive
-            g, cont, c0, e0, rb_b, rbd_pi = leaves[j]
+            g, cont, c0, e0, rb_b, rbd_pi, rbd = leaves[j]
+            spill = 0.0 if mem is None else mem.spill(rbd)     # what DDIO does not keep goes to DRAM
             kf, others = self.kf[g], self.others[g]     # (w - g) mod n as floats; the far workers
             if cont:            # the Rx credit: a worker may write its next record once it has it
                 kcb = self.kcb[g]
@@ -297,9 +339,11 @@ class _Scalar:
                 if t > got:
                     got = t
                 x = wr[w]
-                wr[w] = (t if t > x else x) + rbd_pi
+                x = t if t > x else x
+                wr[w] = x + rbd_pi if spill <= 0.0 else roof(mem, w, x, x + rbd_pi, spill)
             t, x = ready_at[j], wr[g]       # the aggregator's node has it at once
-            wr[g] = (t if t > x else x) + rbd_pi
+            x = t if t > x else x
+            wr[g] = x + rbd_pi if spill <= 0.0 else roof(mem, g, x, x + rbd_pi, spill)
             back = (got + cb) + alpha
             self.tx_free[s][tx] = back if back > ready_at[j] else ready_at[j]
         done = self.done
@@ -321,11 +365,16 @@ class _Dedicated(_Scalar):
         self._next: Round | None = None                 # the round whose records are packed on the result
         self._window: dict[int, int] = {}               # per slot of the round: its window's bytes
 
-    def _up(self, index: int, s: int, sent: list[int], rep: list[bool], result: int) -> tuple[float, float]:
+    def _send(self, index: int, s: int, sent: list[int], rep: list[bool]) -> tuple:
+        """Workers and aggregators are different endpoints: the whole of phase 1 is in ``_up``."""
+        return sent, rep
+
+    def _up(self, index: int, s: int, records: tuple, result: int) -> tuple[float, float]:
         """Phase 1 of slot ``s``: (first round, or not packing on the result) the worker's host thread
         packs the record, the NIC reads it, it crosses to the aggregator, whose thread handles each
         message as it arrives."""
-        st, n = self.st, self.n
+        sent, rep = records
+        st, n, mem = self.st, self.n, self.st.dram
         g = self.slot_g[s]
         bb, pi, a_p, beta, alpha, gamma, o_h = st.bb, st.pi, st.a_p, st.beta, st.alpha, st.gamma, st.o_h
         clock = None if (not self.clocked or index == 0) else self.clock.get(s, self.zeros)
@@ -343,6 +392,8 @@ class _Dedicated(_Scalar):
         start = self.inn[g]
         csum, top, last = 0.0, NEG, start           # the scan of the aggregator's link in
         blocks = records = 0
+        arrival: list[float] = []
+        data: list[float] = []
         for w in range(n):
             if not rep[w]:
                 continue
@@ -357,13 +408,19 @@ class _Dedicated(_Scalar):
                 else:
                     x = host[w]
                     h = (ready if ready > x else x) + o_h
+                t0 = h
                 h += pack
-                host[w] = h
                 hb[w] += o_h + pack
+                if mem is not None:     # the pass reads the window and writes the record's blocks
+                    h = roof(mem, w, t0, h, window + d, hb)
+                host[w] = h
                 ready = h
-            if d > 0:               # the NIC DMA-reads the record
+            if d > 0:               # the NIC DMA-reads the record (from DRAM)
                 x = rd[w]
-                r = (ready if ready > x else x) + d * pi
+                x = ready if ready > x else x
+                r = x + d * pi
+                if mem is not None:
+                    r = roof(mem, w, x, r, d)
                 rd[w] = r
                 ready = r + a_p
             msg_b = (sv * (bb + INDEX_BYTES) + RECORD_HEADER_BYTES) * beta
@@ -384,11 +441,21 @@ class _Dedicated(_Scalar):
                 atop = x
             acsum += v
             consumed = (start0 if start0 > atop else atop) + acsum
+            arrival.append(last)
+            data.append(d)
+        waits = ()
+        if mem is not None and any(mem.spill(d) > 0.0 for d in data):   # records spill past DDIO into DRAM
+            done, waits = dedicated_roof(mem, g, start0, arrival, data, a_p, pi, o_h, gamma)
+            consumed = done[-1]
         self.inn[g] = last
         self.up += (bb + INDEX_BYTES) * blocks + RECORD_HEADER_BYTES * records
         host[g] = consumed
         hb[g] += np_sum(svc)
-        return consumed, consumed + a_p + float(result) * bb * pi
+        for x in waits:
+            hb[g] += x
+        rb_data = float(result) * bb
+        ready_at = consumed + a_p + rb_data * pi
+        return consumed, (ready_at if mem is None else roof(mem, g, consumed, ready_at, rb_data))
 
     def _round(self, rnd: Round, nxt: Round | None) -> None:
         self._next = nxt if self.on_result else None
@@ -396,7 +463,7 @@ class _Dedicated(_Scalar):
         self._window = dict(zip(rnd.slots.tolist(), ((rnd.hi - rnd.lo) * self.st.bb).tolist()))
         super()._round(rnd, nxt)
 
-    def _next_records(self) -> dict[int, tuple[list[bool], list[float]]]:
+    def _next_records(self) -> dict[int, tuple[list[bool], list[float], list[float]]]:
         """``pack_on_result``: per slot of the next round, who writes a record in it and the host time
         to find and pack it."""
         nxt = self._next
@@ -409,7 +476,8 @@ class _Dedicated(_Scalar):
         gamma, bb = st.gamma, st.bb
         out = {}
         for s, row, r, win in zip(nxt.slots.tolist(), sent.tolist(), rep, window):
-            out[s] = (r, [(win + float(c) * bb) * gamma for c in row])
+            scanned = [win + float(c) * bb for c in row]    # the pass reads the window, writes the blocks
+            out[s] = (r, [x * gamma for x in scanned], scanned)
         return out
 
     def _down(self, index: int, slots: list[int], result: list[int], next_lo: list[int],
@@ -433,14 +501,17 @@ class _Dedicated(_Scalar):
             out[g] = e + f * rb_b
             self.down += int(f * rb)
             rbd = res * bb
-            leaves.append((e, rb_b, rbd * pi, rbd * gamma))
+            leaves.append((e, rb_b, rbd * pi, rbd * gamma, rbd))
         self.up += len(slots) * f * CREDIT_BYTES
         nxt = self._next_records() if self._next is not None else {}
-        inn, wr, hb = self.inn, self.wr, self.host_busy
+        inn, wr, hb, mem = self.inn, self.wr, self.host_busy, st.dram
         for j, s in enumerate(slots):               # the workers receive
-            e0, rb_b, rbd_pi, rbd_g = leaves[j]
+            e0, rb_b, rbd_pi, rbd_g, rbd = leaves[j]
             host = self.host_thr[self.slot_thread[s]]
             unpack_busy = o_h + rbd_g
+            # DRAM: the write spills past DDIO; the copy reads that and writes the result
+            spill = 0.0 if mem is None else mem.spill(rbd)
+            copy = 0.0 if mem is None else spill + rbd
             got = NEG
             for w in range(n):
                 t = inn[w] + rb_b
@@ -451,19 +522,30 @@ class _Dedicated(_Scalar):
                 if t > got:
                     got = t
                 x = wr[w]
-                x = (t if t > x else x) + rbd_pi
+                x = t if t > x else x
+                x = x + rbd_pi if spill <= 0.0 else roof(mem, w, x, x + rbd_pi, spill)
                 wr[w] = x
                 x += a_p                # landed; the host thread unpacks it
                 h = host[w]
-                host[w] = (x if x > h else h) + o_h + rbd_g
+                h = (x if x > h else h) + o_h
+                e = h + rbd_g
                 hb[w] += unpack_busy
+                if mem is not None:
+                    end = roof(mem, w, h, e, copy)
+                    hb[w] += end - e
+                    e = end
+                host[w] = e
             pk = nxt.get(s)
             if pk is not None:          # the same pass packs the slot's next record
-                rep, pack = pk
+                rep, pack, scanned = pk
                 for w in range(n):
                     if rep[w]:
-                        host[w] = host[w] + o_h + pack[w]
+                        t0 = host[w] + o_h
+                        e = t0 + pack[w]
                         hb[w] += o_h + pack[w]
+                        if mem is not None:
+                            e = roof(mem, w, t0, e, scanned[w], hb)
+                        host[w] = e
             if self.clocked and next_lo[j] < self.slot_hi[s]:
                 self.clock[s] = host[:n]
             back = (got + cb) + alpha

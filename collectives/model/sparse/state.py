@@ -3,8 +3,8 @@
 The cost parameters of the profile (per byte and per message, and, with
 ``--straggler``, per endpoint), and every shared resource's free time: each
 endpoint's link in each direction, its PCIe read and write engines, its host
-CPU and its NIC reduction engine, plus the Tx spots' reuse times and the
-workers' self-clock. Endpoints are the nodes, then any dedicated aggregators.
+CPU and its NIC reduction engine, its host DRAM, plus the Tx spots' reuse times
+and the workers' self-clock. Endpoints are the nodes, then any dedicated aggregators.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from nicemu.collectives.schedules.spot_protocol import (
     SparseConfig,
 )
 from nicemu.nic.faults import FaultSpec
+from nicemu.nic.memory_timeline import MemoryTimeline
 from nicemu.nic.profile import Profile
 from nicemu.nic.streams import framed, packets, us_per_byte
 
@@ -67,6 +68,8 @@ class SpotState:
         self.slot_g = np.asarray(agg_end, dtype=np.int64)[lay.slot_agg]   # per slot: its aggregator endpoint
         self.far = n if self.dedicated else n - 1     # workers a result is scattered to
         self._per_endpoint(slow, ends)
+        # host DRAM of every endpoint (docs/model.md §10.5); None: not charged (host.memory_GBps .inf)
+        self.dram = MemoryTimeline.of(profile, ends)
         self.out_free = np.zeros(ends)
         self.in_free = np.zeros(ends)
         self.rd_free = np.zeros(ends)

@@ -33,7 +33,7 @@ import numpy as np
 
 from nicemu.collectives.schedules.spot_protocol import CREDIT_BYTES
 from nicemu.nic.streams import packets
-from nicemu.nic.telemetry import HOST, NIC, READ, RX_SPOT, WRITE, LinkStats, Telemetry
+from nicemu.nic.telemetry import DRAM, HOST, NIC, READ, RX_SPOT, WRITE, LinkStats, Telemetry
 
 
 class SpotTelemetry:
@@ -110,6 +110,9 @@ class SpotTelemetry:
         busy[WRITE] = tel.bytes[WRITE] * pi
         busy[NIC] = st.nic_busy
         busy[HOST] = st.host_busy
+        if st.dram is not None:     # every endpoint's DRAM bytes (docs/model.md §10.5), at the profile's rate
+            tel.bytes[DRAM] = st.dram.dram_bytes
+            busy[DRAM] = tel.bytes[DRAM] * st.dram.us_per_B
         stats = tel.stats(emulated_us, busy)
         if self.tracing:
             stats.events = tel.event_table()

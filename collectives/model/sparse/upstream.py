@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from nicemu.collectives.model.sparse.aggregation import Block, aggregate
+from nicemu.collectives.model.sparse.dram import roof_rows
 from nicemu.collectives.model.sparse.fault_delays import record_delays
 from nicemu.collectives.model.sparse.maxplus import NEG, max_plus_rows, rank_in_group
 from nicemu.collectives.model.sparse.records import Chunk, build_chunk
@@ -78,11 +79,12 @@ class _Senders:
             for j, (s, gj, p) in enumerate(zip(ch.slots.tolist(), ch.g.tolist(), ch.pos_of.tolist())):
                 self._some(j, s, gj, p)
             return
-        if BY_WORKER and not ch.dense and not self.st.cfg.host_packing and self.st.slow is None:
+        dram = self.st.dram is not None     # DRAM is charged worker by worker (``_some``)
+        if BY_WORKER and not ch.dense and not self.st.cfg.host_packing and self.st.slow is None and not dram:
             self._by_worker()
             return
         for j, (s, gj, p) in enumerate(zip(ch.slots.tolist(), ch.g.tolist(), ch.pos_of.tolist())):
-            if ch.dense and ch.has_all[p]:
+            if ch.dense and ch.has_all[p] and not dram:
                 self._full_row(s, gj, p)
             else:
                 self._some(j, s, gj, p)
@@ -202,6 +204,7 @@ class _Senders:
             h += per_node(self.o_h, idx)
         if st.trace:
             start = np.array(host_free[idx]) if st.clock is None else np.maximum(ready, host_free[idx])
+        t0 = h.copy() if st.dram is not None else None
         if ch.const:
             h += ch.pack_l[p]
             host_free[idx] = h
@@ -210,6 +213,10 @@ class _Senders:
             h += ch.pack[p, :ln]
             host_free[idx] = h
             st.host_busy[idx] += ch.pack_busy[p, :ln]
+        if t0 is not None:      # the pass reads the window and writes the record's blocks
+            scanned = ch.window[p] + (ch.data[p, 0] if ch.const else ch.data[p, :ln])
+            h = roof_rows(st.dram, np.arange(st.n)[idx], t0, h, scanned, st.host_busy)
+            host_free[idx] = h
         if st.trace:
             scanned = ch.window[p] + (ch.data[p, 0] if ch.const else ch.data[p, :ln])
             st.tel.event(HOST, np.arange(st.n)[idx], start, h, scanned, int(st.slot_thread[s]))
@@ -224,6 +231,14 @@ class _Senders:
             self.st.tel.event(READ, np.arange(self.st.n)[idx], start,
                               start + (ch.data_pi_l[p] if ch.const else ch.data_pi[p, :ln]),
                               ch.data[p, 0] if ch.const else ch.data[p, :ln])
+        if self.st.dram is not None:     # every block read comes from DRAM
+            d = ch.data[p, 0] if ch.const else ch.data[p, :ln]
+            end = roof_rows(self.st.dram, np.arange(self.st.n)[idx], start,
+                            start + (ch.data_pi_l[p] if ch.const else ch.data_pi[p, :ln]), d)
+            has = d > 0
+            rdv = np.where(has, end, r0)
+            rd_free[idx] = rdv
+            return np.where(has, rdv + per_node(self.a_p, idx), ready)
         if ch.has_all[p]:
             start += ch.data_pi_l[p] if ch.const else ch.data_pi[p, :ln]
             rd_free[idx] = start
