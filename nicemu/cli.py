@@ -25,7 +25,7 @@ import sys
 import time
 import traceback
 
-from nicemu import bench, info, jobs, schedule_cmd, serve, sweep
+from nicemu import bench, info, jobs, schedule_cmd, serve, sweep, train
 from nicemu.errors import CollectiveStalled, NicemuError, UsageError
 from nicemu.launch import world
 
@@ -35,6 +35,7 @@ COMMANDS = {
     "jobs": (jobs, "run jobs of repeated collectives together on one fabric; slowdowns and hot links"),
     "schedule": (schedule_cmd, "print an algorithm's chunk-level schedule"),
     "serve": (serve, "replay LLM-serving traffic; TTFT, TPOT and throughput per algorithm"),
+    "train": (train, "data-parallel training: gradient buckets overlapping backward and each other"),
     "sweep": (sweep, "run a YAML grid of sizes, topologies, algorithms and profile values (model executor)"),
 }
 

@@ -1,0 +1,193 @@
+"""``nicemu train``: data-parallel training iterations, gradient buckets overlapping backward and each other.
+
+Each data-parallel rank computes forward and backward on its share of the global batch (roofline,
+workloads/training.py). Gradient buckets (PyTorch DDP's: 1 MiB first, then ``--bucket-mb``) are
+AllReduced as backward produces them, in reverse layer order. Their AllReduces start at their ready
+times and share the fabric with each other (collectives/model/concurrent.py, docs/model.md §21.6 and
+§22). An iteration ends when backward and the last bucket are done; the exposed communication is what
+sticks out past the compute. Under ``--executor mpi`` every bucket is really reduced (synthetic
+gradients) and checked against numpy; the times come from the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from nicemu import argtypes
+from nicemu.collectives.api.checks import check_algo, check_dtype_op
+from nicemu.collectives.api.host_best import NAME as HOST_BEST
+from nicemu.collectives.api.model import build_schedule, resolve_host_best, segment_elems
+from nicemu.collectives.model.concurrent import Call, run_concurrent
+from nicemu.collectives.model.executor import run_model
+from nicemu.collectives.registry import get, is_sparse
+from nicemu.errors import NicemuError, UsageError
+from nicemu.nic.profile import load_profile
+from nicemu.topologies import parse_topology, ring
+from nicemu.workloads.accelerators import load_accelerator
+from nicemu.workloads.models import load_model
+from nicemu.workloads.training import BUCKET_BYTES, plan
+
+HEADER = (f"{'algo':>22} {'iter(ms)':>10} {'compute':>10} {'exposed':>10} {'no share':>10} {'one stream':>10} "
+          f"{'speedup':>8} {'#wrong':>6}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="llama3-8b", help="a model preset or a config.json path (nicemu info)")
+    p.add_argument("--accelerator", default="H100-SXM", help="A100-80G or H100-SXM (roofline compute)")
+    p.add_argument("--dp", type=int, default=None, help="data-parallel ranks (default: the topology's nodes)")
+    p.add_argument("--tp", type=int, default=1, help="tensor parallelism (1 only for now)")
+    p.add_argument("--pp", type=int, default=1, help="pipeline parallelism (1 only for now)")
+    p.add_argument("--global-batch", type=int, default=64, metavar="SEQS", help="sequences per iteration, all ranks")
+    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence")
+    p.add_argument("--bucket-mb", type=float, default=BUCKET_BYTES / 2**20,
+                   help="gradient bucket cap in MiB (PyTorch DDP's bucket_cap_mb, default 25)")
+    p.add_argument("--grad-dtype", default="float32", help="gradient type reduced (float32 or bfloat16)")
+    p.add_argument("--algo", default="ring,host-best,directreduce", help="comma list of dense algorithms")
+    p.add_argument("--topology", default=None, help="default: ring of --dp nodes")
+    p.add_argument("--profile", default="400g-gen5", help="a shipped profile or a YAML path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--executor", default="model", choices=["model", "mpi"],
+                   help="model (default) or mpi: every bucket really reduced and checked (mpiexec)")
+    p.add_argument("--json", type=argtypes.output_file, help="write one record per algorithm")
+
+
+def _check(args, comm):
+    if args.tp != 1 or args.pp != 1:
+        raise UsageError("nicemu train models data parallelism only for now: use --tp 1 --pp 1")
+    algos = [a.strip() for a in args.algo.split(",") if a.strip()]
+    if not algos:
+        raise UsageError("--algo is empty; e.g. --algo ring,directreduce")
+    for a in algos:
+        check_algo(a)
+        if is_sparse(a) or not get(a).emulated:
+            raise UsageError(f"--algo {a}: train reduces dense gradients; use dense algorithms such as ring, "
+                             "host-best, directreduce")
+    if len(set(algos)) != len(algos):
+        raise UsageError("--algo names an algorithm twice; give each once")
+    dtype = check_dtype_op(args.grad_dtype, "sum")
+    if dtype.kind != "f":
+        raise UsageError(f"--grad-dtype {args.grad_dtype}: gradients are floating point; use float32 or bfloat16")
+    if args.topology is not None:
+        topo = parse_topology(args.topology)
+    else:
+        dp = args.dp if args.dp is not None else (comm.size if comm.size > 1 else 8)
+        if dp < 2:
+            raise UsageError(f"--dp {dp}: data parallelism needs at least 2 ranks")
+        topo = ring(dp)
+    if topo.ranks_per_node > 1:
+        raise UsageError("nicemu train runs one rank per node")
+    if args.dp is not None and args.dp != topo.nodes:
+        raise UsageError(f"--dp {args.dp} does not match {topo.name} ({topo.nodes} nodes); give one of them")
+    for flag, value, low, high in (("--global-batch", args.global_batch, 1, 1 << 24),
+                                   ("--seq-len", args.seq_len, 1, 1 << 24)):
+        if not low <= value <= high:
+            raise UsageError(f"{flag} {value} is outside {low}..{high:,}")
+    if args.global_batch % topo.nodes:
+        raise UsageError(f"--global-batch {args.global_batch} does not split over {topo.nodes} data-parallel "
+                         f"ranks; use a multiple of {topo.nodes}")
+    if not 1 / 1024 <= args.bucket_mb <= 1 << 20:
+        raise UsageError(f"--bucket-mb {args.bucket_mb:g} is outside 1/1024..1,048,576")
+    if args.executor == "mpi" and comm.size > topo.nodes:
+        raise UsageError(f"{comm.size} ranks for {topo.name}: run with at most {topo.nodes} ranks")
+    try:
+        model = load_model(args.model)
+        acc = load_accelerator(args.accelerator)
+    except NicemuError as exc:
+        raise UsageError(str(exc)) from None
+    profile = load_profile(args.profile, args.overrides)
+    return algos, dtype, topo, model, acc, profile
+
+
+def _bucket_calls(algo: str, buckets, topo, profile, itemsize: int) -> tuple[list[Call], list[str]]:
+    calls, ran, cache = [], [], {}
+    nodes = np.arange(topo.nodes)
+    for b in buckets:
+        if b.elems not in cache:
+            name = resolve_host_best("allreduce", topo, profile, b.elems, itemsize, 0) if algo == HOST_BEST else algo
+            seg = segment_elems(profile, itemsize, name, "allreduce", topo) if get(name).segmented else 0
+            cache[b.elems] = (build_schedule("allreduce", name, topo, b.elems, profile.topology.bidirectional,
+                                             seg or None), name)
+        sched, name = cache[b.elems]
+        calls.append(Call(sched, nodes, itemsize, start_us=b.ready_us))
+        ran.append(name)
+    return calls, ran
+
+
+def iteration(algo: str, tp, topo, profile, itemsize: int) -> dict:
+    """One iteration under ``algo``: sharing the fabric, without sharing, and with one stream (serial)."""
+    calls, ran = _bucket_calls(algo, tp.buckets, topo, profile, itemsize)
+    shared = run_concurrent(calls, topo, profile)
+    alone = {}
+    for c in calls:
+        if id(c.schedule) not in alone:
+            alone[id(c.schedule)] = run_model(c.schedule, profile, itemsize).emulated_us
+    ends = [c.start_us + t.emulated_us for c, t in zip(calls, shared)]
+    free = [c.start_us + alone[id(c.schedule)] for c in calls]
+    serial = 0.0
+    for c in calls:
+        serial = max(serial, c.start_us) + alone[id(c.schedule)]
+    it = max(tp.compute_us, *ends)
+    return {"algo": algo, "iteration_us": it, "compute_us": tp.compute_us, "exposed_us": it - tp.compute_us,
+            "iteration_no_sharing_us": max(tp.compute_us, *free), "iteration_one_stream_us": max(tp.compute_us, serial),
+            "buckets": len(calls), "chosen": sorted(set(ran)) if algo == HOST_BEST else None,
+            "comm_us": sum(alone[id(c.schedule)] for c in calls),
+            "slowest_bucket_slowdown": max(t.slowdown_vs_alone for t in shared)}
+
+
+def _real_data(args, algos, tp, topo, profile, dtype, comm) -> dict[str, int]:
+    """Every bucket of every algorithm really reduced once; elements wrong per algorithm."""
+    from nicemu.bench import _run_mpi
+    from nicemu.collectives.api.emulator import Emulator
+    wrong = {}
+    with Emulator(comm, topo, profile) as emu:
+        for algo in algos:
+            bad = 0
+            for b in tp.buckets:
+                ns = argparse.Namespace(collective="allreduce", op="sum", density=1.0, block_size=256,
+                                        overlap="random", seed=b.index, warmup=0, iters=1, root=0,
+                                        aggregators=None, spots=None, spot_blocks=None, tx_spots=None)
+                bad += _run_mpi(emu, ns, algo, dtype, b.elems * dtype.itemsize)["wrong"]
+            wrong[algo] = bad
+    return wrong
+
+
+def run(args: argparse.Namespace, comm) -> int:
+    algos, dtype, topo, model, acc, profile = _check(args, comm)
+    sequences = args.global_batch // topo.nodes
+    tp = plan(model, acc, sequences, args.seq_len, dtype.itemsize, int(args.bucket_mb * 2**20))
+    wrong = _real_data(args, algos, tp, topo, profile, dtype, comm) if args.executor == "mpi" else {}
+    records = [iteration(a, tp, topo, profile, dtype.itemsize) for a in algos]
+    ring_it = next((r["iteration_us"] for r in records if r["algo"] == "ring"), None)
+    for r in records:
+        r.update(model=model.name, accelerator=acc.name, dp=topo.nodes, topology=topo.name, profile=profile.name,
+                 global_batch=args.global_batch, seq_len=args.seq_len, grad_dtype=dtype.name,
+                 grad_bytes=tp.grad_elems * dtype.itemsize, bucket_mb=args.bucket_mb, executor=args.executor,
+                 speedup_vs_ring=None if ring_it is None else ring_it / r["iteration_us"],
+                 wrong=wrong.get(r["algo"]))
+    if comm.rank == 0:
+        print(f"# nicemu train: {model.name} on {acc.name}, DP {topo.nodes} over {topo.describe()}, profile "
+              f"{profile.name}, executor {args.executor}")
+        print(f"# {args.global_batch} sequences of {args.seq_len} tokens per iteration ({sequences} per rank); "
+              f"{tp.grad_elems * dtype.itemsize / 2**30:.2f} GiB of {dtype.name} gradients in {len(tp.buckets)} "
+              f"buckets; forward {tp.forward_us / 1e3:.1f} ms, backward {tp.backward_us / 1e3:.1f} ms")
+        print("# iter: backward and the last bucket done, buckets sharing the fabric; exposed: iter - compute; "
+              "no share: the same without contention; one stream: buckets one after another (ms)")
+        print("#" + HEADER[1:])
+        for r in records:
+            name = r["algo"] + (f"={'+'.join(r['chosen'])}" if r["chosen"] else "")
+            sp = "-" if r["speedup_vs_ring"] is None else f"{r['speedup_vs_ring']:.3f}x"
+            print(f"{name:>22} {r['iteration_us'] / 1e3:10.2f} {r['compute_us'] / 1e3:10.2f} "
+                  f"{r['exposed_us'] / 1e3:10.2f} {r['iteration_no_sharing_us'] / 1e3:10.2f} "
+                  f"{r['iteration_one_stream_us'] / 1e3:10.2f} {sp:>8} {'-' if r['wrong'] is None else r['wrong']:>6}")
+        if args.executor == "mpi":
+            total = sum(wrong.values())
+            print(f"# out of bounds values : {total} {'OK' if total == 0 else 'FAILED'}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(records, f, indent=1)
+                f.write("\n")
+            print(f"# wrote {len(records)} records to {args.json}")
+    return 1 if any(wrong.values()) else 0
