@@ -24,6 +24,7 @@ from nicemu.collectives.model.concurrent import Call, run_concurrent
 from nicemu.collectives.model.executor import run_model
 from nicemu.collectives.registry import get, is_sparse
 from nicemu.errors import NicemuError, UsageError
+from nicemu.nic.ops import is_integer
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import parse_topology, ring
 from nicemu.workloads.accelerators import load_accelerator
@@ -68,7 +69,7 @@ def _check(args, comm):
     if len(set(algos)) != len(algos):
         raise UsageError("--algo names an algorithm twice; give each once")
     dtype = check_dtype_op(args.grad_dtype, "sum")
-    if dtype.kind != "f":
+    if is_integer(dtype):
         raise UsageError(f"--grad-dtype {args.grad_dtype}: gradients are floating point; use float32 or bfloat16")
     if args.topology is not None:
         topo = parse_topology(args.topology)
