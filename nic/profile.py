@@ -83,6 +83,9 @@ class NicSpec:
     #: go-back-N retransmission timeout (only used with --faults); IB's Local ACK Timeout
     #: encoding 4.096 us * 2^k at k = 5 (docs/model.md §11)
     retransmit_timeout_us: float = 131.072
+    #: whether serve's point-to-point transfers (KV cache, PP activations) use GPUDirect RDMA: true, the NIC
+    #: path; false, the host path; None (key absent), the path of the algorithm under test (docs/model.md §14)
+    gpudirect: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,8 @@ class Profile:
         out: dict[str, Any] = {"name": self.name, "description": self.description}
         for section in _SECTIONS:
             spec = getattr(self, section)
-            out[section] = {f.name: getattr(spec, f.name) for f in fields(spec)}
+            # an absent tri-state key (None) stays absent, so the dict reads back and old fingerprints hold
+            out[section] = {f.name: getattr(spec, f.name) for f in fields(spec) if getattr(spec, f.name) is not None}
         return out
 
     def with_overrides(self, overrides: Sequence[str]) -> Profile:
@@ -188,7 +192,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, str]]] = {
     "nic": (
         NicSpec,
         {"reduce_GBps": _RATE, "latency_us": _TIME, "packet_bytes": _COUNT, "memory_KiB": _SIZE,
-         "retransmit_timeout_us": _TIME},
+         "retransmit_timeout_us": _TIME, "gpudirect": _FLAG},
     ),
     "topology": (TopologySpec, {"bidirectional": _FLAG}),
     "switch": (SwitchSpec, {"latency_us": _TIME}),
@@ -196,7 +200,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, str]]] = {
                                    "reduce_GBps": _RATE}),
 }
 _OPTIONAL_SECTIONS = frozenset({"topology", "switch", "intra_node"})
-_OPTIONAL_KEYS = frozenset({("nic", "retransmit_timeout_us"),   # have a default in their spec
+_OPTIONAL_KEYS = frozenset({("nic", "retransmit_timeout_us"), ("nic", "gpudirect"),   # defaults in their spec
                             ("host", "segment_KiB"), ("link", "header_bytes"),
                             ("host", "memory_GBps"), ("host", "ddio_KiB")})
 _TEXT_KEYS = ("description", "name")  # optional top-level strings

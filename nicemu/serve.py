@@ -403,7 +403,7 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
     swap_in = sched.swap_in if sched.preempt == "swap" else "load"
     per_replica = par.instances // par.replicas          # instances of one replica
     for algo in algos:
-        layer_algo, emb_algo, a2a_algo, p2p_label = algos_for(algo)
+        layer_algo, emb_algo, a2a_algo, p2p_label = algos_for(algo, profile.nic.gpudirect)
         if backend_mpi is not None:
             backend_mpi.reset_stats()
             backend = backend_mpi
@@ -414,7 +414,7 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
         restore_log: dict[int, float] = {}
 
         def timer_for(instance: int, _algo=algo, _backend=backend, _tracers=tracers, _log=restore_log):
-            labels = algos_for(_algo)
+            labels = algos_for(_algo, profile.nic.gpudirect)
             hook = (_tracers[instance // per_replica].hook(instance % per_replica) if _tracers is not None
                     else None)
             timer = IterationTimer(model, acc, par, _backend, labels[0], labels[1], labels[2],

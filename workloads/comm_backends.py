@@ -54,11 +54,13 @@ PCIE_READ = RESOURCES.index("pcie_read")
 PATTERN_PERIOD = 4099              # dense inputs repeat with this (prime) period, see dense_input
 
 
-def algos_for(algo: str) -> tuple[str, str, str, str]:
+def algos_for(algo: str, gpudirect: bool | None = None) -> tuple[str, str, str, str]:
     """(per-layer AllReduce, embedding AllReduce, all-to-all, p2p label) of a ``--algo`` entry.
 
     A dense algorithm without an all-to-all (``ring-pipelined``) moves its all-to-alls with the first
-    registered algorithm on the same engine that has one (``ring``).
+    registered algorithm on the same engine that has one (``ring``). Point-to-point transfers take the
+    algorithm's engine's path unless the hardware decides (the profile's ``nic.gpudirect``): true, the NIC
+    path (GPUDirect RDMA); false, the host path.
     """
     entry = get(algo)
     dense = entry.dense_partner or algo
@@ -66,7 +68,8 @@ def algos_for(algo: str) -> tuple[str, str, str, str]:
     if "alltoall" not in get(dense).collectives:
         a2a = next(a.name for a in REGISTRY.values() if a.scheduled and a.engine == get(dense).engine
                    and "alltoall" in a.collectives)
-    return dense, algo, a2a, f"p2p-{entry.engine}"
+    path = entry.engine if gpudirect is None else ("nic" if gpudirect else "host")
+    return dense, algo, a2a, f"p2p-{path}"
 
 
 def group_topology(topology: Torus, nodes: Sequence[int]) -> Torus:

@@ -146,3 +146,18 @@ def test_replicas_of_disaggregated_same_metrics_and_trace_on_every_executor(nice
            for r in csv.DictReader(open(tmp_path / "even_out.csv"))}
     both = {(r["algo"], r["id"]): (r["ttft_ms"], r["e2e_ms"], r["kv_transfer_ms"]) for r in rows}
     assert {k: both[k] for k in got} == got
+
+
+@pytest.mark.parametrize("flag", ["true", "false"])
+def test_gpudirect_flag_same_metrics_on_every_executor(nicemu, tmp_path, flag):
+    """--set nic.gpudirect: every algorithm's KV transfers (and PP activations) take the NIC path (true) or
+    the host path (false); the MPI executor at 3 ranks moves the bytes and gives the model's records."""
+    extra = ["--set", f"nic.gpudirect={flag}"]
+    model, _, _ = _run(nicemu, tmp_path, ["--executor", "model", *extra], name="model")
+    got, raw, proc = _run(nicemu, tmp_path, extra, n=3, name="mpi3")
+    assert got == model
+    assert all(r["wrong"] == 0 and r["checked_elements"] > 0 for r in raw) and "0 wrong OK" in proc.stdout
+    assert (tmp_path / "mpi3.csv").read_text() == (tmp_path / "model.csv").read_text()
+    ring, dr = model
+    assert ring["p2p_path"] == dr["p2p_path"] == ("nic" if flag == "true" else "host")
+    assert ring["kv_transfer_ms_mean"] == dr["kv_transfer_ms_mean"] > 0

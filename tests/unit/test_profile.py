@@ -268,7 +268,7 @@ def test_unknown_key_names_key_and_lists_valid_ones(tmp_path):
     msg = error_of(load_profile, path)
     assert msg == (
         f"profile {path}: unknown key 'nic.packet_size'; valid keys in nic: "
-        "reduce_GBps, latency_us, packet_bytes, memory_KiB, retransmit_timeout_us"
+        "reduce_GBps, latency_us, packet_bytes, memory_KiB, retransmit_timeout_us, gpudirect"
     )
 
 
@@ -401,7 +401,7 @@ def test_profile_from_dict_rejects_non_mapping():
 @pytest.mark.parametrize(
     ("override", "pattern"),
     [
-        ("nic.foo=1", r"^--set nic\.foo=1: no such key; valid keys in nic: reduce_GBps, latency_us, packet_bytes, memory_KiB, retransmit_timeout_us$"),
+        ("nic.foo=1", r"^--set nic\.foo=1: no such key; valid keys in nic: reduce_GBps, latency_us, packet_bytes, memory_KiB, retransmit_timeout_us, gpudirect$"),
         ("fabric.ports=8", r"^--set fabric\.ports=8: no such section 'fabric'; valid sections: link, pcie, host, nic, topology, switch, intra_node$"),
         ("nic.packet_bytes", r"^--set nic\.packet_bytes: missing '='"),
         ("packet_bytes=4096", r"expected section\.key=value"),
