@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import replace
 
 import numpy as np
@@ -26,6 +24,7 @@ from tests.sparse_dram_golden import GOLDEN
 BETA = 1 / 12.5e3       # µs per byte of ideal's links
 ALPHA = 1.0             # ideal's link latency (µs)
 GAMMA = 1 / 20e3        # µs per byte of ideal's host
+RTOL = 1e-12           # relative tolerance of the times from before (rounding level)
 MU = 1e-3               # µs per byte of DRAM at host.memory_GBps=1
 B = 1024                # one block of 256 float32
 MSG = 16 + B + 8        # a record (or a result) of one block on the wire
@@ -122,7 +121,7 @@ def golden_cases():
 
 @pytest.mark.parametrize("row", golden_cases())
 def test_unset_or_large_dram_gives_the_numbers_from_before(row, monkeypatch):
-    prof, algo, nodes, dens, extra, var, emu, host, nic, wire, digest = row
+    prof, algo, nodes, dens, extra, var, emu, host, nic, wire, done = row
     masks = np.random.default_rng([nodes, int(dens * 100), var]).random((nodes, 1500)) < dens
     cfg = sparse_config(algo, nodes)
     if var == 2:
@@ -132,9 +131,12 @@ def test_unset_or_large_dram_gives_the_numbers_from_before(row, monkeypatch):
         for scalar in (True, False):
             monkeypatch.setattr(sparse_timing, "SCALAR", scalar)
             t = model_sparse(cfg, masks, p, 4)
-            got = (repr(t.emulated_us), repr(t.host_busy_us), repr(t.nic_busy_us), t.wire_bytes,
-                   hashlib.sha256(json.dumps([repr(x) for x in t.node_done_us.tolist()]).encode()).hexdigest()[:16])
-            assert got == (emu, host, nic, wire, digest), (memory, scalar)
+            assert t.wire_bytes == wire, (memory, scalar)
+            # times to RTOL, not bit for bit: their last bits depend on the machine
+            # (tests/unit/test_sparse_fastpath.py)
+            assert [t.emulated_us, t.host_busy_us, t.nic_busy_us] == pytest.approx([emu, host, nic], rel=RTOL,
+                                                                                    abs=1e-9), (memory, scalar)
+            assert t.node_done_us.tolist() == pytest.approx(list(done), rel=RTOL, abs=1e-9), (memory, scalar)
 
 
 def test_telemetry_reports_each_endpoints_dram_bytes():
