@@ -254,3 +254,21 @@ def test_bad_repeats_and_starts_are_refused():
     for bad in (dict(repeat=0), dict(repeat=1.5), dict(start_us=-1.0), dict(gap_us=float("nan"))):
         with pytest.raises(CollectiveError):
             run_concurrent([Call(sched, np.arange(4), 4, **bad)], topo, prof)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_independent_flows_replay_as_the_checked_simulator_finishes_them(seed):
+    """Without dependencies and with caps no resource can reach, the replay is plain max-min sharing: every
+    flow ends when nic/fabric.py's simulate (checked against SimGrid and exact rationals) ends it."""
+    from nicemu.nic.fabric import simulate
+    rng = np.random.default_rng(seed)
+    flows, resources = 60, 12
+    cap = rng.uniform(1.0, 10.0, resources)
+    routes = [sorted(rng.choice(resources, size=rng.integers(1, 4), replace=False).tolist()) for _ in range(flows)]
+    start = np.round(rng.uniform(0.0, 50.0, flows), 3)
+    nbytes = np.round(rng.uniform(1.0, 200.0, flows), 3)
+    want = simulate(cap, start, nbytes, routes)
+    huge = 1e6                                   # a cap above every capacity: the flow is never held by it
+    out = replay(cap, Routes.from_lists(routes), start, start + nbytes / huge, np.full(flows, huge),
+                 _edges(flows, []), _edges(flows, []))
+    assert np.allclose(start + nbytes / huge + out.end_delay, want, rtol=1e-9, atol=1e-9)
