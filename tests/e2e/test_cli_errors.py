@@ -239,8 +239,8 @@ EXACT = {
     ("serve", "--bogus=1"): "nicemu: error: serve: unrecognized arguments: --bogus=1 (see nicemu serve --help)\n",
     ("bench", "--iters", "x"): "nicemu: error: bench: argument --iters: invalid int value: 'x' "
                                "(see nicemu bench --help)\n",
-    ("frobnicate",): "nicemu: error: unknown command 'frobnicate'; use one of bench, info, schedule, serve, sweep "
-                     "(see nicemu --help)\n",
+    ("frobnicate",): "nicemu: error: unknown command 'frobnicate'; use one of bench, info, jobs, schedule, serve, "
+                     "train, sweep (see nicemu --help)\n",
 }
 
 
