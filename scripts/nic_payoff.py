@@ -2,8 +2,8 @@
 """When does in-NIC reduction pay off? DirectReduce against ring and host-best, with the model executor.
 
 Sweeps message sizes 1 KiB .. 1 GiB over rings, tori and switch:N on the
-400g-gen5 profile, then link rates 100/200/400 Gb/s against PCIe Gen4/Gen5 x16
-(both with directreduce and directreduce-pipelined), then ranks per node, and
+400g-gen5 profile, then link rates 100/200/400 Gb/s against PCIe Gen4/Gen5 x16,
+then ranks per node (each with directreduce and directreduce-pipelined), and
 writes PREFIX.json, PREFIX.csv, the page PREFIX.md and three heat maps beside
 it. The points are the grid sweeps/nic_payoff.yml (sweeps/nic_payoff_quick.yml
 with --quick), run as `nicemu sweep` runs it; nicemu.studies.nic_payoff turns

@@ -1,10 +1,10 @@
 """When does in-NIC reduction pay off? DirectReduce against the host ring and the best host algorithm.
 
 Three sweeps with the model executor (``model_time``, float32 AllReduce), each
-point timing ``directreduce``, ``ring`` and ``host-best`` (the fastest host
-algorithm of the registry for that call, docs/model.md §16.4), and the first two
-also ``directreduce-pipelined`` (segments forwarded across ring steps, sized to
-the NIC memory, docs/model.md §4.6):
+point timing ``directreduce``, ``directreduce-pipelined`` (segments forwarded
+across ring steps, sized to the NIC memory, docs/model.md §4.6), ``ring`` and
+``host-best`` (the fastest host algorithm of the registry for that call,
+docs/model.md §16.4):
 
 - **sizes x nodes** on the ``400g-gen5`` profile: message sizes 1 KiB .. 1 GiB
   on rings of 4 to 64 nodes, 2D and 3D tori, and ``switch:N`` (where MPICH's
@@ -19,7 +19,7 @@ the NIC memory, docs/model.md §4.6):
 Every record carries the times and ``gain_vs_ring = 1 - t_dr / t_ring``,
 ``gain_vs_best_host = 1 - t_dr / t_host_best``; where the grid times the
 pipelined variant, ``pipelined_us`` and its gains over host-best, the ring and
-plain DirectReduce (``pipelined_gain_vs_*``; None in the ranks sweep). ``run`` writes PREFIX.json,
+plain DirectReduce (``pipelined_gain_vs_*``; None where a grid leaves it out). ``run`` writes PREFIX.json,
 PREFIX.csv, the page PREFIX.md and three heat maps beside it.
 
     from nicemu.studies import nic_payoff
@@ -103,7 +103,8 @@ def _record(rows: dict[str, dict], profile: Profile) -> dict:
     if PIPELINED in rows:
         add_pipelined(rec, rows[PIPELINED], prof, nodes)
     rec.update(dict.fromkeys(("rail_directreduce_us", "rail_host_best_us", "rail_best_host_algo",
-                              "rail_gain_vs_best_host", "intra_node_share")))   # the ranks sweep only
+                              "rail_gain_vs_best_host", "intra_node_share", "rail_pipelined_us",
+                              "rail_pipelined_gain_vs_best_host")))   # the ranks sweep only
     if rec["sweep"] == RANK_SWEEP:
         add_rails(rec, prof)
     rec["pcie"] = next((g for g, v in PCIE_GBPS.items() if v == rec["pcie_GBps"]), f"{rec['pcie_GBps']:g} GB/s")
@@ -134,6 +135,10 @@ def add_rails(rec: dict, profile: Profile) -> None:
                 "rail_best_host_algo": r_best.chosen_algo,
                 "rail_gain_vs_best_host": 1.0 - r_dr / r_best.emulated_us,
                 "intra_node_share": 1.0 - r_best.emulated_us / rec["host_best_us"]})
+    if rec["pipelined_us"] is not None:
+        r_pl = model_time("allreduce", PIPELINED, nodes, rail, shard, DTYPE).emulated_us
+        rec.update({"rail_pipelined_us": float(r_pl),
+                    "rail_pipelined_gain_vs_best_host": 1.0 - r_pl / r_best.emulated_us})
 
 
 def sweep(quick: bool = False, profile_name: str = PROFILE, jobs: int | None = None, progress: bool = False,
@@ -555,7 +560,11 @@ def findings_ranks(records: Sequence[dict], profile: Profile) -> list[str]:
             + " ranks per node: gain over host-best " + " / ".join(_pct(r["gain_vs_best_host"]) for r in row)
             + "; the rails alone " + " / ".join(_pct(r["rail_gain_vs_best_host"]) for r in row)
             + "; the intra-node phases take " + " / ".join(f"{100 * r['intra_node_share']:.0f}%" for r in row)
-            + " of host-best's time.")
+            + " of host-best's time."
+            + ("" if not has_pipelined(row) else
+               " `directreduce-pipelined`: " + " / ".join(_pct(r["pipelined_gain_vs_best_host"]) for r in row)
+               + " over host-best, " + " / ".join(_pct(r["pipelined_gain_vs_directreduce"]) for r in row)
+               + " over plain DirectReduce."))
     mem = profile.host.memory_GBps
     out.append(
         f"Why: the P ranks of a node share its {mem:g} GB/s of DRAM ({mem / max(ranks):g} GB/s each at "
@@ -728,6 +737,13 @@ def page_body(records: Sequence[dict], profile: Profile, figures: Sequence[str])
                  "The rails alone (phase 2: each algorithm on the nodes with a 1/P shard and 1/P of DRAM), "
                  "gain over host-best:", "",
                  *gain_table(ranks, "rail_gain_vs_best_host", _rank_row, _rank_label), ""]
+        if has_pipelined(ranks):
+            body += ["`directreduce-pipelined`, gain over host-best:", "",
+                     *gain_table(ranks, "pipelined_gain_vs_best_host", _rank_row, _rank_label), "",
+                     "`directreduce-pipelined`, gain over plain DirectReduce:", "",
+                     *gain_table(ranks, "pipelined_gain_vs_directreduce", _rank_row, _rank_label), "",
+                     "`directreduce-pipelined`, the rails alone, gain over host-best:", "",
+                     *gain_table(ranks, "rail_pipelined_gain_vs_best_host", _rank_row, _rank_label), ""]
         shows += findings_ranks(ranks, profile)
     body += ["## When it pays off"]
     return body, shows
@@ -741,7 +757,7 @@ def write(out: str, records: Sequence[dict], profile_name: str = PROFILE, comman
     folder.mkdir(parents=True, exist_ok=True)
     figures = write_figures(records, folder, profile.name)
     body, shows = page_body(records, profile, figures)
-    about = (f"DirectReduce (`directreduce`, and `directreduce-pipelined` in the first two sections) "
+    about = (f"DirectReduce (`directreduce` and `directreduce-pipelined`) "
              f"against `ring` and `host-best`, float32 AllReduce, model executor; gain = 1 − t / t_baseline. "
              f"Also writes {Path(out).name}.json and .csv"
              + (" and the heat maps " + ", ".join(Path(f).name for f in figures) if figures else "") + ".")

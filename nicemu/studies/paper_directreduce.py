@@ -2,7 +2,9 @@
 
 A ring of 8 nodes over 1 KiB .. 1 GiB, rings of 4, 16 and 64 nodes at 256 MiB,
 and 6D tori of 3, 4, 6 and 8 nodes per dimension at the paper's four message
-sizes; float32 AllReduce with the ``directreduce-paper`` profile. The points are
+sizes; float32 AllReduce with the ``directreduce-paper`` profile, for plain
+``directreduce`` and ``directreduce-pipelined`` (docs/model.md §4.6; not at
+torus:8^6 with 1 GiB, whose schedule is over the model's limit of transfers). The points are
 the grid ``sweeps/paper_directreduce.yml``, run as ``nicemu sweep`` runs it; this
 module turns the records into the page.
 
@@ -28,6 +30,8 @@ GRID = "sweeps/paper_directreduce.yml"
 FIGURE = "directreduce_ring8.png"
 #: the topology --quick leaves out (262,144 nodes)
 LARGEST = "torus:8^6"
+#: the pipelined variant and the row key of its time
+PIPELINED, PIPELINED_KEY = "directreduce-pipelined", "pipelined_us"
 
 
 def points(grid: str | Path = GRID, profile_name: str = "directreduce-paper", overrides: Sequence[str] = (),
@@ -43,15 +47,18 @@ def points(grid: str | Path = GRID, profile_name: str = "directreduce-paper", ov
 
 
 def rows_of(records: Sequence[dict]) -> list[dict]:
-    """One row per (topology, size): both algorithms' emulated times and DirectReduce's gain."""
+    """One row per (topology, size): the algorithms' emulated times and the gains over the ring
+    (``pipelined_us`` and ``pipelined_gain`` are None where the grid does not time the pipelined variant)."""
     rows: dict[tuple, dict] = {}
     for r in records:
         row = rows.setdefault((r["topology"], r["bytes"]), {
             "topology": r["topology"], "nodes": r["nodes"], "bytes": r["bytes"],
-            "bytes_per_node": r["bytes"] / r["nodes"]})
-        row[f"{r['algo']}_us"] = r["emulated_us"]
+            "bytes_per_node": r["bytes"] / r["nodes"], PIPELINED_KEY: None})
+        row[PIPELINED_KEY if r["algo"] == PIPELINED else f"{r['algo']}_us"] = r["emulated_us"]
     for row in rows.values():
         row["gain"] = 1 - row["directreduce_us"] / row["ring_us"]
+        t = row[PIPELINED_KEY]
+        row["pipelined_gain"] = None if t is None else 1 - t / row["ring_us"]
     return list(rows.values())
 
 
@@ -66,13 +73,40 @@ def _per_node(x: float) -> str:
 
 
 def table(rows: Sequence[dict]) -> list[str]:
-    lines = ["| topology | N | M | M/N (B) | ring (µs) | DirectReduce (µs) | gain |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| topology | N | M | M/N (B) | ring (µs) | DirectReduce (µs) | gain | pipelined (µs) | gain |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        piped = ("— | —" if r[PIPELINED_KEY] is None
+                 else f"{r[PIPELINED_KEY]:,.2f} | {100 * r['pipelined_gain']:.2f}%")
         lines.append(f"| {r['topology']} | {r['nodes']:,} | {format_size(r['bytes'])} | "
                      f"{_per_node(r['bytes_per_node'])} | {r['ring_us']:,.2f} | {r['directreduce_us']:,.2f} | "
-                     f"{100 * r['gain']:.2f}% |")
+                     f"{100 * r['gain']:.2f}% | {piped} |")
     return lines
+
+
+def findings_pipelined(rows: Sequence[dict]) -> list[str]:
+    """What the pipelined variant shows beside plain DirectReduce, read from the rows."""
+    timed = [r for r in rows if r[PIPELINED_KEY] is not None]
+    if not timed:
+        return []
+    vs = [(1 - r[PIPELINED_KEY] / r["directreduce_us"], r) for r in timed]
+    lo, hi = min(vs, key=lambda x: x[0]), max(vs, key=lambda x: x[0])
+    out = [f"`directreduce-pipelined` (model.md §4.6) gains {100 * min(r['pipelined_gain'] for r in timed):.1f}% "
+           f"to {100 * max(r['pipelined_gain'] for r in timed):.1f}% over the ring. Against plain DirectReduce "
+           f"it is {100 * lo[0]:+.1f}% ({lo[1]['topology']}, {format_size(lo[1]['bytes'])}) to "
+           f"{100 * hi[0]:+.1f}% ({hi[1]['topology']}, {format_size(hi[1]['bytes'])})"
+           + (": it never beats plain DirectReduce here. It can only where plain DirectReduce's chunks outgrow "
+              "the NIC memory and PCIe cannot carry their read-back beside the operands at line rate; otherwise "
+              "every extra group of segments adds a latency." if hi[0] <= 0 else
+              "; it gains where plain DirectReduce's chunks outgrow the NIC memory and PCIe cannot carry their "
+              "read-back beside the operands at line rate.")]
+    left = [r for r in rows if r[PIPELINED_KEY] is None]
+    if left:
+        out.append("Not timed for `directreduce-pipelined`: " + ", ".join(
+            f"{r['topology']} at {format_size(r['bytes'])}" for r in left)
+            + ": its segments, sized to the NIC memory, would make more transfers than the model "
+            "executor's limit of 2**30.")
+    return out
 
 
 def findings(rows: Sequence[dict]) -> list[str]:
@@ -99,7 +133,7 @@ def findings(rows: Sequence[dict]) -> list[str]:
     out.append(f"The largest topology, {largest['topology']} ({largest['nodes']:,} nodes), keeps the same "
                f"picture: {100 * max(r['gain'] for r in rows if r['topology'] == largest['topology']):.1f}% "
                f"at {format_size(max(r['bytes'] for r in rows if r['topology'] == largest['topology']))}.")
-    return out
+    return out + findings_pipelined(rows)
 
 
 def ring8_figure(path: str | Path, rows: Sequence[dict], profile_name: str) -> bool:
@@ -113,6 +147,8 @@ def ring8_figure(path: str | Path, rows: Sequence[dict], profile_name: str) -> b
                for r in ring8]
     records += [{"algo": "directreduce", "bytes": r["bytes"], "emulated_us": r["directreduce_us"],
                  "gain_vs_ring": r["gain"]} for r in ring8]
+    records += [{"algo": PIPELINED, "bytes": r["bytes"], "emulated_us": r[PIPELINED_KEY],
+                 "gain_vs_ring": r["pipelined_gain"]} for r in ring8 if r[PIPELINED_KEY] is not None]
     write_plot(str(path), records, f"allreduce on ring:8, profile {profile_name}")
     return True
 
@@ -124,10 +160,12 @@ def reproduce(out: str, profile_name: str = "directreduce-paper", overrides: Seq
     rows = sweep(grid, profile_name, overrides, full, jobs, progress)
     figure = Path(out).parent / FIGURE
     drawn = ring8_figure(figure, rows, profile_name)
-    about = ("host ring vs DirectReduce, float32 AllReduce, model executor, profile "
-             f"{profile_name}{' (' + ', '.join(overrides) + ')' if overrides else ''}; gain = 1 − t_DR / t_ring. "
+    about = ("host ring vs DirectReduce (`directreduce`, and `directreduce-pipelined` as \"pipelined\"), float32 "
+             f"AllReduce, model executor, profile {profile_name}"
+             f"{' (' + ', '.join(overrides) + ')' if overrides else ''}; gain = 1 − t / t_ring. "
              f"Also writes {out}.json and {out}.csv" + (f", and the figure {figure}." if drawn else "."))
-    body = ([f"![allreduce on ring:8: latency and DirectReduce's gain vs size]({FIGURE})", ""] if drawn else [])
+    body = ([f"![allreduce on ring:8: latency and the gains of DirectReduce and its pipelined variant vs size]"
+             f"({FIGURE})", ""] if drawn else [])
     write_result_files(out, rows, page(command, SCRIPT, about, body + table(rows), findings(rows)))
     print("\n".join(table(rows)))
     return rows

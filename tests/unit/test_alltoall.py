@@ -205,7 +205,7 @@ def test_steady_state_forms_under_directreduce_paper(k):
         assert m // k >= f + (a + an) / beta             # the link-bound condition
         host = model_time("alltoall", "ring", topo, PAPER_NO_DRAM, m // 4).emulated_us
         nic = model_time("alltoall", "directreduce", topo, PAPER_NO_DRAM, m // 4).emulated_us
-        band = (k - 1) / 2 * m * beta
+        band = (k - 1) / 2 * m * beta * (1 + PAPER_NO_DRAM.link.header_bytes / f)   # framed packets (§18)
         assert host == pytest.approx((k - 1) * (a + 2 * ap + (f + r) * pi + oh) + band, rel=1e-12)
         # a forwarded bundle beyond nic.memory_KiB waits to be written to host memory and read back (§13.7)
         spills = sum(1 for s in range(1, k - 1) if (k - 1 - s) * m // k > PAPER_NO_DRAM.nic.memory_KiB * 1024)

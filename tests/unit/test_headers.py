@@ -60,7 +60,9 @@ def test_sparse_messages_pay_headers(algo):
 
 def test_header_key_is_optional_and_checked():
     from nicemu.errors import ProfileError
-    assert load_profile("directreduce-paper").link.header_bytes == 0
+    assert load_profile("ideal").link.header_bytes == 0            # ideal has no header_bytes key
+    for name in ("directreduce-paper", "omniccl-paper", "400g-gen5"):  # RoCEv2 framing (docs/model.md §7)
+        assert load_profile(name).link.header_bytes == 82
     with pytest.raises(ProfileError, match="header_bytes"):
         load_profile("ideal", ["link.header_bytes=-1"])
 
@@ -113,5 +115,5 @@ def test_sparse_framed_bytes_sum_every_message(algo, density, chunk, monkeypatch
     t = model_sparse(cfg, masks, prof, 4)
     assert t.wire_bytes == wire
     assert t.framed_bytes == framed_sum > wire
-    plain = model_sparse(cfg, masks, load_profile("omniccl-paper"), 4)
+    plain = model_sparse(cfg, masks, load_profile("omniccl-paper", ["link.header_bytes=0"]), 4)
     assert plain.framed_bytes == plain.wire_bytes == wire

@@ -30,10 +30,10 @@ def test_quick_run_writes_page_json_csv_and_figures(tmp_path):
     sweeps = {r["sweep"] for r in records}
     assert sweeps == {nic_payoff.SIZE_SWEEP, nic_payoff.LINK_SWEEP, nic_payoff.RANK_SWEEP}
     grid = nic_payoff.points(Path(__file__).resolve().parents[2] / nic_payoff.QUICK_GRID)
-    # one record per point of the grid without its algo axis (four algorithms in two sweeps, three in one)
+    # one record per point of the grid without its algo axis (four algorithms in every sweep)
     assert len(records) == len({(p["tag"], p["topology"], p.get("ranks_per_node"), p.get("link.bandwidth_GBps"),
                                  p.get("pcie.bandwidth_GBps"), p["bytes"]) for p in grid})
-    assert len(grid) == 4 * len(records) - len(nic_payoff._of(records, nic_payoff.RANK_SWEEP))
+    assert len(grid) == 4 * len(records)
     for r in records:
         assert r["gain_vs_ring"] == 1 - r["directreduce_us"] / r["ring_us"]
         assert r["gain_vs_best_host"] == 1 - r["directreduce_us"] / r["host_best_us"]
@@ -58,14 +58,21 @@ def test_quick_run_writes_page_json_csv_and_figures(tmp_path):
             assert r["rail_gain_vs_best_host"] == r["gain_vs_best_host"] and r["intra_node_share"] == 0
         else:
             assert 0 < r["intra_node_share"] < 1 and r["directreduce_us"] > alone
-    # directreduce-pipelined: timed in the sizes and link sweeps, recomputed here with model_time on the
-    # record's own profile; its segment is the one §4.6 gives for that topology; absent from the ranks sweep
+        # the pipelined variant's rails: the same 1/P shard and DRAM share, against the same rail host-best
+        piped = model_time("allreduce", "directreduce-pipelined", r["topology"], rail, count // p).emulated_us
+        assert r["rail_pipelined_us"] == piped
+        assert r["rail_pipelined_gain_vs_best_host"] == 1 - piped / r["rail_host_best_us"]
+        if p == 1:
+            assert r["rail_pipelined_us"] == r["pipelined_us"]
+    # directreduce-pipelined: timed in every sweep, recomputed here with model_time on the record's own
+    # profile (and ranks per node); its segment is the one §4.6 gives for that topology (the rails' node
+    # topology with several ranks per node)
     for r in records:
-        if r["sweep"] == nic_payoff.RANK_SWEEP:
-            assert all(r[k] is None for k in nic_payoff.PIPELINED_KEYS)
-            continue
+        if r["sweep"] != nic_payoff.RANK_SWEEP:
+            assert r["rail_pipelined_us"] is None
         prof = profile.with_overrides(r["overrides"].split(";") if r["overrides"] else [])
-        t = model_time("allreduce", "directreduce-pipelined", r["topology"], prof, r["bytes"] // 4).emulated_us
+        t = model_time("allreduce", "directreduce-pipelined", r["topology"], prof, r["bytes"] // 4,
+                       ranks_per_node=r["ranks_per_node"]).emulated_us
         assert r["pipelined_us"] == t
         assert r["pipelined_gain_vs_best_host"] == 1 - t / r["host_best_us"]
         assert r["pipelined_gain_vs_ring"] == 1 - t / r["ring_us"]
@@ -109,5 +116,6 @@ def test_committed_page_follows_from_its_json(tmp_path):
     records = json.loads((results / "nic_payoff.json").read_text())
     nic_payoff.write(str(tmp_path / "nic_payoff"), records, command="python scripts/nic_payoff.py")
     assert (tmp_path / "nic_payoff.md").read_text() == (results / "nic_payoff.md").read_text()
-    assert {r["sweep"] for r in records if r["pipelined_us"] is not None} == {nic_payoff.SIZE_SWEEP,
-                                                                              nic_payoff.LINK_SWEEP}
+    assert {r["sweep"] for r in records if r["pipelined_us"] is not None} == {
+        nic_payoff.SIZE_SWEEP, nic_payoff.LINK_SWEEP, nic_payoff.RANK_SWEEP}
+    assert all(r["pipelined_us"] is not None for r in records)

@@ -63,11 +63,13 @@ def test_single_tx_spot_is_measurably_slower(sweep_128m):
 
 def test_omnireduce_dense_runs_at_line_rate():
     """Busy-polling threads and 64 slots per aggregator keep OmniReduce's link busy: at density 1
-    every worker sends each block once in its own message of 16 + b + 8 bytes, so the worker's
-    link out takes nb (b + 24) beta; the rest is filling and draining the pipeline."""
+    every worker sends each block once in its own message of 16 + b + 8 bytes, one packet with its
+    H framing bytes (docs/model.md §18), so the worker's link out takes nb (b + 24 + H) beta; the rest
+    is filling and draining the pipeline."""
     count = (16 << 20) // 4
     nb, b = count // 256, 256 * 4
-    line = nb * (b + 24) / (PROF.link.bandwidth_GBps * 1e3)
+    assert b + 24 <= PROF.nic.packet_bytes
+    line = nb * (b + 24 + PROF.link.header_bytes) / (PROF.link.bandwidth_GBps * 1e3)
     red = t("omnireduce", count, 1.0)
     assert line < red < 1.1 * line, (line, red)
 

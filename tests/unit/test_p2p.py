@@ -72,11 +72,14 @@ def test_host_path_pays_overhead_at_both_ends():
     host = p2p_time(topo, PAPER, [(0, 1)], n, "host")
     assert host.emulated_us == pytest.approx(nic.emulated_us + 2 * PAPER.host.overhead_us, rel=1e-12)
     assert host.host_busy_us == PAPER.host.overhead_us and nic.host_busy_us == 0.0
-    # PCIe read and write each add their latency and one packet's serialisation to the link path
+    # PCIe read and write each add their latency and one packet's serialisation to the link path, which
+    # serialises the payload and every packet's framing
     pcie_beta = 1.0 / (PAPER.pcie.bandwidth_GBps * 1e3)
     link_beta = 1.0 / (PAPER.link.bandwidth_GBps * 1e3)
-    pkt = PAPER.nic.packet_bytes
-    expected = (2 * PAPER.pcie.latency_us + PAPER.link.latency_us + 2 * pkt * pcie_beta + n * link_beta)
+    pkt, header = PAPER.nic.packet_bytes, PAPER.link.header_bytes
+    assert n % pkt == 0 and header > 0       # the link carries n/pkt framed packets (docs/model.md §18)
+    expected = (2 * PAPER.pcie.latency_us + PAPER.link.latency_us + 2 * pkt * pcie_beta
+                + (n + n // pkt * header) * link_beta)
     assert nic.emulated_us == pytest.approx(expected, rel=1e-12)
 
 

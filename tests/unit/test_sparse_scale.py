@@ -347,14 +347,16 @@ def _reference_sparse_time(plan: _RefPlan, profile: Profile, itemsize: int) -> _
 # ---------------------------------------------------------------------------------------
 
 ALGOS = tuple(names(kind="sparse"))
-#: the reference is the code from before host DRAM was charged (docs/model.md §10.5), so DRAM is off;
-#: tests/unit/test_sparse_dram.py checks that DRAM off changes no number
+#: the reference is the code from before host DRAM was charged and before the paper profiles framed their
+#: packets (docs/model.md §7, §10.5, §18), so DRAM and framing are off; tests/unit/test_sparse_dram.py checks
+#: that DRAM off changes no number, tests/unit/test_headers.py the framing
 NO_DRAM = "host.memory_GBps=.inf"
+NO_HEADERS = ["link.header_bytes=0"]
 PROFILES = {
-    "omniccl-paper": load_profile("omniccl-paper"),
-    "directreduce-paper": load_profile("directreduce-paper", [NO_DRAM]),
-    "spill": load_profile("omniccl-paper", ["nic.memory_KiB=1"]),
-    "directreduce-spill": load_profile("directreduce-paper", ["nic.memory_KiB=1", NO_DRAM]),
+    "omniccl-paper": load_profile("omniccl-paper", NO_HEADERS),
+    "directreduce-paper": load_profile("directreduce-paper", [NO_DRAM, *NO_HEADERS]),
+    "spill": load_profile("omniccl-paper", ["nic.memory_KiB=1", *NO_HEADERS]),
+    "directreduce-spill": load_profile("directreduce-paper", ["nic.memory_KiB=1", NO_DRAM, *NO_HEADERS]),
 }
 
 
@@ -467,7 +469,7 @@ def random_profile(rng: np.random.Generator) -> Profile:
             f"nic.memory_KiB={num(1, 4096)}"]
     if rng.random() < 0.2:
         sets.append("nic.reduce_GBps=.inf")
-    return load_profile("omniccl-paper", sets)
+    return load_profile("omniccl-paper", sets + NO_HEADERS)
 
 
 @pytest.mark.parametrize("seed", range(20))
