@@ -32,6 +32,11 @@ _SLOWED_RTOL = 1e-9
 _FINISH_RTOL = 1e-12
 
 
+def spans(lo: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """The indices ``lo[i] .. lo[i] + n[i] - 1`` of every span, concatenated (a CSR gather)."""
+    return np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + np.repeat(lo, n)
+
+
 @dataclass(frozen=True)
 class Edges:
     """Dependencies in compressed form: flow ``f`` releases ``targets[ptr[f]:ptr[f + 1]]``."""
@@ -51,9 +56,7 @@ class Edges:
         """(source, target) of every edge leaving ``sources``."""
         lo, hi = self.ptr[sources], self.ptr[sources + 1]
         n = hi - lo
-        src = np.repeat(sources, n)
-        idx = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + np.repeat(lo, n)
-        return src, self.targets[idx]
+        return np.repeat(sources, n), self.targets[spans(lo, n)]
 
 
 @dataclass
@@ -130,7 +133,7 @@ def replay(capacity: np.ndarray, routes: Routes, base_start: np.ndarray, base_en
         # max-min rates of the active flows over their routes plus one private resource each (the cap)
         n = lengths[active]
         lo = routes.offsets[active]
-        ix = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + np.repeat(lo, n)
+        ix = spans(lo, n)
         local = np.arange(len(active))
         ef = np.concatenate([np.repeat(local, n), local])
         er = np.concatenate([routes.resources[ix], len(cap) + local])

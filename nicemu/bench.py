@@ -306,6 +306,14 @@ def _sparse_fields(timing) -> dict:
             "spots_spilled": timing.spilled}
 
 
+def data_options(collective: str, seed: int, iters: int) -> argparse.Namespace:
+    """What ``_run_mpi`` reads of bench's options, for the commands that reuse it (``jobs``, ``train``): dense
+    inputs of ``seed``, ``iters`` calls, no warm-up."""
+    return argparse.Namespace(collective=collective, op="sum", density=1.0, block_size=256, overlap="random",
+                              seed=seed, warmup=0, iters=iters, root=0, aggregators=None, spots=None,
+                              spot_blocks=None, tx_spots=None)
+
+
 def _run_mpi(emu, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
     from mpi4py import MPI  # only the MPI executor gets here
     comm = emu.comm

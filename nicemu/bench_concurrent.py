@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 
 from nicemu.collectives.api.host_best import NAME as HOST_BEST
-from nicemu.collectives.api.model import build_schedule, resolve_host_best, segment_elems
+from nicemu.collectives.api.model import call_schedule
 from nicemu.collectives.model.concurrent import PLACEMENTS, Call, place, run_concurrent
 from nicemu.collectives.model.executor import run_model
 from nicemu.collectives.registry import ROOTED_COLLECTIVES, get, is_sparse
@@ -84,12 +84,9 @@ def _calls(args: argparse.Namespace, algo: str, topology, profile, itemsize: int
     """The K calls' schedules where they sit; for host-best, the host algorithm it picked."""
     calls, chosen = [], None
     for sub, nodes in place(topology, profile, args.concurrent, args.concurrent_groups):
-        name = algo
-        if algo == HOST_BEST:
-            name = chosen = resolve_host_best(args.collective, sub, profile, count, itemsize, 0)
-        sched = build_schedule(args.collective, name, sub, count, profile.topology.bidirectional,
-                               segment_elems(profile, itemsize, name, args.collective, sub))
+        sched, ran = call_schedule(args.collective, algo, sub, profile, count, itemsize)
         calls.append(Call(sched, nodes, itemsize))
+        chosen = ran if algo == HOST_BEST else None
     return calls, chosen
 
 

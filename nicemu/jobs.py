@@ -17,7 +17,7 @@ import numpy as np
 from nicemu import argtypes
 from nicemu.collectives.api.checks import check_algo, check_algo_collective, check_dtype_op
 from nicemu.collectives.api.host_best import NAME as HOST_BEST
-from nicemu.collectives.api.model import build_schedule, resolve_host_best, segment_elems
+from nicemu.collectives.api.model import call_schedule
 from nicemu.collectives.model.concurrent import Call, resource_capacity, resource_name, run_concurrent
 from nicemu.collectives.model.fabric import Fabric
 from nicemu.collectives.registry import get, is_sparse
@@ -74,16 +74,7 @@ def _calls(jf, profile) -> tuple[list[Call], list[str]]:
     for job in jf.jobs:
         dtype = check_dtype_op(job.dtype, "sum")
         count = job.size // dtype.itemsize
-        algo = job.algo
-        if algo == HOST_BEST:
-            algo = resolve_host_best(job.collective, job.topology, profile, count, dtype.itemsize, 0)
-        if job.collective == "alltoall":
-            sched = build_schedule("alltoall", algo, job.topology, count)
-        else:
-            seg = segment_elems(profile, dtype.itemsize, algo, job.collective, job.topology) \
-                if get(algo).segmented else 0
-            sched = build_schedule(job.collective, algo, job.topology, count, profile.topology.bidirectional,
-                                   seg or None)
+        sched, algo = call_schedule(job.collective, job.algo, job.topology, profile, count, dtype.itemsize)
         calls.append(Call(sched, job.nodes, dtype.itemsize, job.start_us, job.iterations, job.gap_us))
         ran.append(algo)
     return calls, ran
@@ -93,7 +84,7 @@ def _real_data(jf, profile, comm) -> list[int]:
     """Every job's iterations with real data on its own ranks; elements wrong per job (all ranks)."""
     from mpi4py import MPI
 
-    from nicemu.bench import _run_mpi
+    from nicemu.bench import _run_mpi, data_options
     from nicemu.collectives.api.emulator import Emulator
     rank = comm.rank
     mine = next((i for i, j in enumerate(jf.jobs) if rank in j.nodes.tolist()), None)
@@ -107,10 +98,8 @@ def _real_data(jf, profile, comm) -> list[int]:
         finally:
             sub.Free()
         try:
-            ns = argparse.Namespace(collective=job.collective, op="sum", density=1.0, block_size=256,
-                                    overlap="random", seed=1000 * mine, warmup=0, iters=job.iterations, root=0,
-                                    aggregators=None, spots=None, spot_blocks=None, tx_spots=None)
-            rec = _run_mpi(emu, ns, job.algo, check_dtype_op(job.dtype, "sum"), job.size)
+            rec = _run_mpi(emu, data_options(job.collective, 1000 * mine, job.iterations), job.algo,
+                           check_dtype_op(job.dtype, "sum"), job.size)
             if emu.comm.rank == 0:
                 wrong[mine] = rec["wrong"]
         finally:

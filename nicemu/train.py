@@ -19,9 +19,8 @@ import numpy as np
 from nicemu import argtypes
 from nicemu.collectives.api.checks import check_algo, check_dtype_op
 from nicemu.collectives.api.host_best import NAME as HOST_BEST
-from nicemu.collectives.api.model import build_schedule, resolve_host_best, segment_elems
+from nicemu.collectives.api.model import call_schedule
 from nicemu.collectives.model.concurrent import Call, run_concurrent
-from nicemu.collectives.model.executor import run_model
 from nicemu.collectives.registry import get, is_sparse
 from nicemu.errors import NicemuError, UsageError
 from nicemu.nic.ops import is_integer
@@ -107,10 +106,7 @@ def _bucket_calls(algo: str, buckets, topo, profile, itemsize: int) -> tuple[lis
     nodes = np.arange(topo.nodes)
     for b in buckets:
         if b.elems not in cache:
-            name = resolve_host_best("allreduce", topo, profile, b.elems, itemsize, 0) if algo == HOST_BEST else algo
-            seg = segment_elems(profile, itemsize, name, "allreduce", topo) if get(name).segmented else 0
-            cache[b.elems] = (build_schedule("allreduce", name, topo, b.elems, profile.topology.bidirectional,
-                                             seg or None), name)
+            cache[b.elems] = call_schedule("allreduce", algo, topo, profile, b.elems, itemsize)
         sched, name = cache[b.elems]
         calls.append(Call(sched, nodes, itemsize, start_us=b.ready_us))
         ran.append(name)
@@ -120,37 +116,31 @@ def _bucket_calls(algo: str, buckets, topo, profile, itemsize: int) -> tuple[lis
 def iteration(algo: str, tp, topo, profile, itemsize: int) -> dict:
     """One iteration under ``algo``: sharing the fabric, without sharing, and with one stream (serial)."""
     calls, ran = _bucket_calls(algo, tp.buckets, topo, profile, itemsize)
-    shared = run_concurrent(calls, topo, profile)
-    alone = {}
-    for c in calls:
-        if id(c.schedule) not in alone:
-            alone[id(c.schedule)] = run_model(c.schedule, profile, itemsize).emulated_us
+    shared = run_concurrent(calls, topo, profile)     # each bucket's alone time comes with it
     ends = [c.start_us + t.emulated_us for c, t in zip(calls, shared)]
-    free = [c.start_us + alone[id(c.schedule)] for c in calls]
+    free = [c.start_us + t.alone_us for c, t in zip(calls, shared)]
     serial = 0.0
-    for c in calls:
-        serial = max(serial, c.start_us) + alone[id(c.schedule)]
+    for c, t in zip(calls, shared):
+        serial = max(serial, c.start_us) + t.alone_us
     it = max(tp.compute_us, *ends)
     return {"algo": algo, "iteration_us": it, "compute_us": tp.compute_us, "exposed_us": it - tp.compute_us,
             "iteration_no_sharing_us": max(tp.compute_us, *free), "iteration_one_stream_us": max(tp.compute_us, serial),
             "buckets": len(calls), "chosen": sorted(set(ran)) if algo == HOST_BEST else None,
-            "comm_us": sum(alone[id(c.schedule)] for c in calls),
+            "comm_us": sum(t.alone_us for t in shared),
             "slowest_bucket_slowdown": max(t.slowdown_vs_alone for t in shared)}
 
 
 def _real_data(args, algos, tp, topo, profile, dtype, comm) -> dict[str, int]:
     """Every bucket of every algorithm really reduced once; elements wrong per algorithm."""
-    from nicemu.bench import _run_mpi
+    from nicemu.bench import _run_mpi, data_options
     from nicemu.collectives.api.emulator import Emulator
     wrong = {}
     with Emulator(comm, topo, profile) as emu:
         for algo in algos:
             bad = 0
             for b in tp.buckets:
-                ns = argparse.Namespace(collective="allreduce", op="sum", density=1.0, block_size=256,
-                                        overlap="random", seed=b.index, warmup=0, iters=1, root=0,
-                                        aggregators=None, spots=None, spot_blocks=None, tx_spots=None)
-                bad += _run_mpi(emu, ns, algo, dtype, b.elems * dtype.itemsize)["wrong"]
+                opts = data_options("allreduce", b.index, 1)
+                bad += _run_mpi(emu, opts, algo, dtype, b.elems * dtype.itemsize)["wrong"]
             wrong[algo] = bad
     return wrong
 

@@ -231,6 +231,16 @@ def build_schedule(collective: str, algo: str, topology: Torus | str, count: int
     return schedule
 
 
+def call_schedule(collective: str, algo: str, topology: Torus, profile: Profile, count: int, itemsize: int
+                  ) -> tuple[Schedule, str]:
+    """The schedule one call of ``algo`` runs, built as the executors build it: ``host-best`` resolved to the
+    host algorithm it picks, segmented algorithms with their profile's segment. Returns (schedule, the
+    algorithm that runs). Raises as :func:`build_schedule` and :func:`resolve_host_best`."""
+    ran = resolve_host_best(collective, topology, profile, count, itemsize) if algo == host_best.NAME else algo
+    seg = segment_elems(profile, itemsize, ran, collective, topology) if get(ran).segmented else None
+    return build_schedule(collective, ran, topology, count, profile.topology.bidirectional, seg), ran
+
+
 def model_time(collective: str, algo: str, topology: Torus | str, profile: Profile | str, count: int,
                dtype: str | np.dtype = "float32", faults: str | FaultSpec | None = None,
                call: int = 0, stragglers: str | list | dict | None = None, ranks_per_node: int = 1,

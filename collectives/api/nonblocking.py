@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from mpi4py import MPI
 
-from nicemu.collectives.api.model import build_schedule, segment_elems
+from nicemu.collectives.api.model import call_schedule
 from nicemu.collectives.model.concurrent import Call, run_concurrent
 from nicemu.collectives.registry import ALGORITHMS, COLLECTIVES, get
 from nicemu.errors import CollectiveError
@@ -121,13 +121,6 @@ class _Fabric:
     group: int
 
 
-def _schedule(collective: str, algo: str, topology: Torus, profile, count: int, itemsize: int):
-    if collective == "alltoall":
-        return build_schedule("alltoall", algo, topology, count)
-    seg = segment_elems(profile, itemsize, algo, collective, topology) if get(algo).segmented else 0
-    return build_schedule(collective, algo, topology, count, profile.topology.bidirectional, seg or None)
-
-
 def waitall(emu, requests: list[Request]) -> list:
     """Settle ``requests`` together on ``emu``'s fabric; returns their Results (collective over ``emu``)."""
     requests = list(requests)
@@ -209,4 +202,5 @@ def _call(row: tuple, top, groups: list, topos: list) -> Call:
         topo, nodes = top.topology, np.arange(top.topology.nodes, dtype=np.int64)
     else:
         topo, nodes = topos[group], groups[group]
-    return Call(_schedule(COLLECTIVES[coll], ALGORITHMS[algo], topo, top.profile, count, itemsize), nodes, itemsize)
+    sched, _ = call_schedule(COLLECTIVES[coll], ALGORITHMS[algo], topo, top.profile, count, itemsize)
+    return Call(sched, nodes, itemsize)

@@ -23,7 +23,7 @@ from nicemu.collectives.model.step_timing import make_agents, part_bytes, receiv
 from nicemu.collectives.schedules.steps import Schedule, step_groups
 from nicemu.errors import CollectiveError
 from nicemu.nic.fabric import Routes
-from nicemu.nic.fabric_replay import Edges, replay
+from nicemu.nic.fabric_replay import Edges, replay, spans
 from nicemu.nic.profile import Profile
 from nicemu.topologies import LinkParams, Torus, switch
 
@@ -159,9 +159,7 @@ def _depend(key_of_flow: np.ndarray, wanted: np.ndarray, valid: np.ndarray) -> t
     lo = np.searchsorted(keys, wanted[t], side="left")
     hi = np.searchsorted(keys, wanted[t], side="right")
     cnt = hi - lo
-    tgt = np.repeat(t, cnt)
-    idx = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)
-    return order[idx], tgt
+    return order[spans(lo, cnt)], np.repeat(t, cnt)
 
 
 def run_concurrent(calls: list[Call], topology: Torus, profile: Profile,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from nicemu.collectives.api.host_best import NAME as HOST_BEST
-from nicemu.collectives.api.model import build_schedule, resolve_host_best, segment_elems
+from nicemu.collectives.api.model import call_schedule
 from nicemu.collectives.model.concurrent import Call, place, run_concurrent
 from nicemu.nic.profile import load_profile
 from nicemu.report import write_result_files
@@ -38,9 +38,7 @@ JOB_PROFILE = "400g-gen5"
 
 
 def _call(algo: str, topo: Torus, prof, count: int, nodes: np.ndarray) -> tuple[Call, str]:
-    ran = resolve_host_best("allreduce", topo, prof, count, ITEMSIZE, 0) if algo == HOST_BEST else algo
-    sched = build_schedule("allreduce", ran, topo, count, prof.topology.bidirectional,
-                           segment_elems(prof, ITEMSIZE, ran, "allreduce", topo))
+    sched, ran = call_schedule("allreduce", algo, topo, prof, count, ITEMSIZE)
     return Call(sched, nodes, ITEMSIZE), ran
 
 
