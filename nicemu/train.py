@@ -16,7 +16,7 @@ import json
 
 import numpy as np
 
-from nicemu import argtypes
+from nicemu import argtypes, train_sparse
 from nicemu.collectives.api.checks import check_algo, check_dtype_op
 from nicemu.collectives.api.host_best import NAME as HOST_BEST
 from nicemu.collectives.api.model import call_schedule
@@ -52,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="model", choices=["model", "mpi"],
                    help="model (default) or mpi: every bucket really reduced and checked (mpiexec)")
     p.add_argument("--json", type=argtypes.output_file, help="write one record per algorithm")
+    train_sparse.add_arguments(p)
 
 
 def _check(args, comm):
@@ -98,6 +99,7 @@ def _check(args, comm):
     except NicemuError as exc:
         raise UsageError(str(exc)) from None
     profile = load_profile(args.profile, args.overrides)
+    train_sparse.check(args, model)
     return algos, dtype, topo, model, acc, profile
 
 
@@ -130,8 +132,9 @@ def iteration(algo: str, tp, topo, profile, itemsize: int) -> dict:
             "slowest_bucket_slowdown": max(t.slowdown_vs_alone for t in shared)}
 
 
-def _real_data(args, algos, tp, topo, profile, dtype, comm) -> dict[str, int]:
-    """Every bucket of every algorithm really reduced once; elements wrong per algorithm."""
+def _real_data(args, algos, tp, topo, profile, dtype, comm, emb=None, model=None) -> dict[str, int]:
+    """Every bucket of every algorithm really reduced once; elements wrong per algorithm (``embedding``: the
+    sparse embedding call's)."""
     from nicemu.bench import _run_mpi, data_options
     from nicemu.collectives.api.emulator import Emulator
     wrong = {}
@@ -142,15 +145,25 @@ def _real_data(args, algos, tp, topo, profile, dtype, comm) -> dict[str, int]:
                 opts = data_options("allreduce", b.index, 1)
                 bad += _run_mpi(emu, opts, algo, dtype, b.elems * dtype.itemsize)["wrong"]
             wrong[algo] = bad
+        if emb is not None:
+            wrong["embedding"] = train_sparse.real_embedding(emu, emb, model, dtype, tp.tokens_per_rank,
+                                                             args.token_zipf)
     return wrong
 
 
 def run(args: argparse.Namespace, comm) -> int:
     algos, dtype, topo, model, acc, profile = _check(args, comm)
     sequences = args.global_batch // topo.nodes
-    tp = plan(model, acc, sequences, args.seq_len, dtype.itemsize, int(args.bucket_mb * 2**20))
-    wrong = _real_data(args, algos, tp, topo, profile, dtype, comm) if args.executor == "mpi" else {}
+    tp = plan(model, acc, sequences, args.seq_len, dtype.itemsize, int(args.bucket_mb * 2**20),
+              exclude=train_sparse.exclude(args.sparse_embedding))
+    emb = None if args.sparse_embedding is None else train_sparse.embedding_call(
+        args.sparse_embedding, model, topo, profile, dtype.itemsize, tp.tokens_per_rank, tp.compute_us,
+        args.block_size, args.token_zipf)
+    wrong = _real_data(args, algos, tp, topo, profile, dtype, comm, emb, model) if args.executor == "mpi" else {}
     records = [iteration(a, tp, topo, profile, dtype.itemsize) for a in algos]
+    for r in records if emb is not None else ():
+        train_sparse.apply(r, emb)
+        r["embedding_wrong"] = wrong.get("embedding")
     ring_it = next((r["iteration_us"] for r in records if r["algo"] == "ring"), None)
     for r in records:
         r.update(model=model.name, accelerator=acc.name, dp=topo.nodes, topology=topo.name, profile=profile.name,
@@ -164,6 +177,8 @@ def run(args: argparse.Namespace, comm) -> int:
         print(f"# {args.global_batch} sequences of {args.seq_len} tokens per iteration ({sequences} per rank); "
               f"{tp.grad_elems * dtype.itemsize / 2**30:.2f} GiB of {dtype.name} gradients in {len(tp.buckets)} "
               f"buckets; forward {tp.forward_us / 1e3:.1f} ms, backward {tp.backward_us / 1e3:.1f} ms")
+        if emb is not None:
+            print(train_sparse.describe(emb, model))
         print("# iter: backward and the last bucket done, buckets sharing the fabric; exposed: iter - compute; "
               "no share: the same without contention; one stream: buckets one after another (ms)")
         print("#" + HEADER[1:])

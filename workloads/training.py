@@ -27,6 +27,8 @@ BUCKET_BYTES = 25 << 20
 FIRST_BUCKET_BYTES = 1 << 20
 #: backward FLOPs over forward FLOPs (input and weight gradients)
 BACKWARD_FACTOR = 2.0
+#: the name of the embedding table's tensor
+EMBEDDING = "embed_tokens"
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class TrainPlan:
 def tensors(model: Model) -> list[Tensor]:
     """The model's parameter tensors in registration order (embedding, layers, final norm, LM head)."""
     h, i = model.hidden, model.intermediate
-    out = [Tensor("embed_tokens", model.vocab * h, model.layers)]
+    out = [Tensor(EMBEDDING, model.vocab * h, model.layers)]
     mlp = ["gate_proj", "up_proj", "down_proj"] if model.gated_mlp else ["up_proj", "down_proj"]
     experts = model.experts if model.is_moe else 1
     for layer in range(model.layers):
@@ -85,8 +87,10 @@ def tensors(model: Model) -> list[Tensor]:
 
 
 def plan(model: Model, acc: Accelerator, sequences: int, seq_len: int, itemsize: int,
-         bucket_bytes: int = BUCKET_BYTES, first_bucket_bytes: int = FIRST_BUCKET_BYTES) -> TrainPlan:
-    """Compute times and gradient buckets of one iteration on one data-parallel rank."""
+         bucket_bytes: int = BUCKET_BYTES, first_bucket_bytes: int = FIRST_BUCKET_BYTES,
+         exclude: tuple[str, ...] = ()) -> TrainPlan:
+    """Compute times and gradient buckets of one iteration on one data-parallel rank; the tensors named in
+    ``exclude`` stay out of the buckets (a sparse embedding, reduced on its own)."""
     if sequences < 1 or seq_len < 1:
         raise WorkloadError(f"a rank needs at least one sequence of at least one token, got {sequences} x {seq_len}")
     if bucket_bytes < itemsize:
@@ -117,6 +121,8 @@ def plan(model: Model, acc: Accelerator, sequences: int, seq_len: int, itemsize:
                                   tuple(t.name for t in cur)))
             cur, size, cap = [], 0, bucket_bytes
     for t in reversed(tensors(model)):
+        if t.name in exclude:
+            continue
         nbytes = t.elems * itemsize
         if cur and size + nbytes > cap:
             close()
@@ -127,5 +133,6 @@ def plan(model: Model, acc: Accelerator, sequences: int, seq_len: int, itemsize:
     close()
     # the embedding's gradient is ready when backward ends
     last = buckets[-1]
-    buckets[-1] = Bucket(last.index, last.elems, max(last.ready_us, forward + backward), last.tensors)
+    if EMBEDDING in last.tensors:
+        buckets[-1] = Bucket(last.index, last.elems, max(last.ready_us, forward + backward), last.tensors)
     return TrainPlan(forward, backward, layer_f, lm_head, tuple(buckets), tokens)

@@ -1,0 +1,150 @@
+"""``nicemu train --sparse-embedding ALGO``: the embedding table's gradient reduced as its own sparse AllReduce.
+
+As PyTorch does with a sparse embedding kept out of DDP's buckets, the table's gradient leaves the dense
+buckets and is reduced once backward has ended, with a zero-block sparse algorithm (omniccl, omniccl-cpu,
+omnireduce). Its block mask on every rank follows from the rows its tokens touch
+(workloads/sparse_gradients.py), so its density is an output. Its time is the sparse model's for those
+masks, taken alone: the spot protocol has no transfer schedule that the shared-fabric replay could take,
+so the call does not contend with the dense buckets (docs/model.md §22.1). Under ``--executor mpi`` the
+gradient really moves with its mask on every rank, is checked against numpy's float64 sum, and its time
+must equal the model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import numpy as np
+
+from nicemu.collectives.model.sparse_timing import model_sparse
+from nicemu.collectives.registry import REGISTRY, is_sparse, names, sparse_config
+from nicemu.errors import NicemuError, UsageError
+from nicemu.workloads import sparse_gradients as sg
+from nicemu.workloads.training import EMBEDDING
+
+#: largest --block-size (as bench)
+MAX_BLOCK_SIZE = 1 << 20
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sparse = ", ".join(names(kind="sparse"))
+    p.add_argument("--sparse-embedding", metavar="ALGO", default=None,
+                   help=f"reduce the embedding table's gradient on its own with a sparse algorithm ({sparse}); "
+                        "default off: it sits in a dense bucket")
+    p.add_argument("--block-size", type=int, default=sg.BLOCK_SIZE,
+                   help="elements per block of the sparse embedding AllReduce (default 256, OmniReduce's)")
+    p.add_argument("--token-zipf", type=float, default=sg.ZIPF_EXPONENT, metavar="S",
+                   help="Zipf exponent of the token ids that pick the embedding rows (default 1, Zipf's law; "
+                        "0: uniform)")
+
+
+def check(args: argparse.Namespace, model) -> str | None:
+    """The sparse algorithm (or None), refused with a one-line error where it cannot run."""
+    algo = args.sparse_embedding
+    if algo is None:
+        return None
+    if not is_sparse(algo):
+        sparse = ", ".join(names(kind="sparse"))
+        what = "a dense algorithm" if algo in REGISTRY else "not an algorithm"
+        raise UsageError(f"--sparse-embedding {algo}: {what}; use a sparse one ({sparse})")
+    if not 1 <= args.block_size <= MAX_BLOCK_SIZE:
+        raise UsageError(f"--block-size {args.block_size} is outside 1..{MAX_BLOCK_SIZE:,}")
+    if not (np.isfinite(args.token_zipf) and 0 <= args.token_zipf <= 10):
+        raise UsageError(f"--token-zipf {args.token_zipf} is outside 0..10; e.g. 1 (Zipf's law) or 0 (uniform)")
+    if model.vocab < 1:
+        raise UsageError(f"--sparse-embedding: {model.name} has no embedding table; drop --sparse-embedding")
+    if model.tied_embeddings:
+        raise UsageError(f"--sparse-embedding: {model.name} ties its embedding to the LM head, whose gradient is "
+                         "dense; drop --sparse-embedding or use a model with an untied head")
+    return algo
+
+
+@dataclass(frozen=True)
+class EmbeddingCall:
+    """The embedding gradient's sparse AllReduce: masks, and its time alone from when backward ends."""
+
+    algo: str
+    start_us: float
+    alone_us: float
+    elems: int
+    itemsize: int
+    block_size: int
+    masks: np.ndarray             # (nodes, blocks)
+    row_density: np.ndarray       # per rank: fraction of the table's rows touched
+    wire_bytes: int
+
+    @property
+    def density(self) -> float:
+        """Mean over ranks of the fraction of non-zero blocks."""
+        return float(self.masks.mean())
+
+    @property
+    def union_density(self) -> float:
+        """Fraction of blocks non-zero on some rank (the result's non-zero blocks)."""
+        return float(self.masks.any(axis=0).mean())
+
+
+def embedding_call(algo: str, model, topo, profile, itemsize: int, tokens: int, start_us: float,
+                   block_size: int, exponent: float, seed: int = 0) -> EmbeddingCall:
+    """Masks from every rank's tokens, and the sparse model's time for them."""
+    masks, rows = sg.embedding_masks(topo.nodes, tokens, model.vocab, model.hidden, block_size, exponent, seed)
+    cfg = sparse_config(algo, topo.nodes, block_size=block_size)
+    t = model_sparse(cfg, masks, profile, itemsize)
+    return EmbeddingCall(algo, start_us, t.emulated_us, model.vocab * model.hidden, itemsize, block_size, masks,
+                         rows, t.wire_bytes)
+
+
+def apply(rec: dict, emb: EmbeddingCall) -> None:
+    """Add the embedding call to one algorithm's record: it starts when backward ends (``compute_us``) and
+    runs at its alone time; on one stream it follows the last dense bucket."""
+    end = emb.start_us + emb.alone_us
+    rec["iteration_us"] = max(rec["iteration_us"], end)
+    rec["exposed_us"] = rec["iteration_us"] - rec["compute_us"]
+    rec["iteration_no_sharing_us"] = max(rec["iteration_no_sharing_us"], end)
+    rec["iteration_one_stream_us"] = rec["iteration_one_stream_us"] + emb.alone_us
+    rec.update(sparse_embedding=emb.algo, embedding_us=emb.alone_us, embedding_start_us=emb.start_us,
+               embedding_bytes=emb.elems * emb.itemsize, embedding_density=emb.density,
+               embedding_union_density=emb.union_density,
+               embedding_row_density=float(emb.row_density.mean()), embedding_block_size=emb.block_size,
+               embedding_wire_bytes=emb.wire_bytes, embedding_contends=False)
+
+
+def real_embedding(emu, emb: EmbeddingCall, model, dtype: np.dtype, tokens: int, exponent: float,
+                   seed: int = 0) -> int:
+    """Reduce the embedding gradient with real data on every rank; elements wrong against numpy's float64 sum.
+
+    The MPI executor's time, from the masks of the data itself, must equal the model's for the derived masks."""
+    from mpi4py import MPI  # only the MPI executor gets here
+    vocab, dim = model.vocab, model.hidden
+    ref = np.zeros(vocab * dim, dtype=np.float64)
+    work = np.zeros((emu.local_nodes, vocab * dim), dtype=dtype)
+    local = list(emu.node_range)
+    for r in range(emu.topology.nodes):
+        rows = sg.touched_rows(sg.token_ids(r, tokens, vocab, exponent, seed), vocab)
+        g = sg.gradient(r, rows, dim, dtype)
+        ref += g.astype(np.float64)
+        if r in local:
+            work[local.index(r)] = g
+    timing = emu.run_inplace("allreduce", work, "sum", emb.algo, {"block_size": emb.block_size})
+    if timing.emulated_us != emb.alone_us:
+        raise NicemuError(f"internal error: the MPI executor timed the sparse embedding AllReduce at "
+                          f"{timing.emulated_us} us, the model at {emb.alone_us} us; please report it")
+    wrong = int(sum(np.count_nonzero(row.astype(np.float64) != ref) for row in work))
+    total = np.zeros(1, dtype=np.int64)
+    emu.comm.Allreduce(np.array([wrong], dtype=np.int64), total, op=MPI.SUM)
+    return int(total[0])
+
+
+def describe(emb: EmbeddingCall, model) -> str:
+    """The header line of the embedding call."""
+    return (f"# embedding gradient ({model.vocab:,} x {model.hidden} rows, {emb.elems * emb.itemsize / 2**20:.1f} MiB) "
+            f"out of the buckets, reduced with {emb.algo} when backward ends: {emb.density:.2%} of its "
+            f"{emb.block_size}-element blocks non-zero per rank ({emb.union_density:.2%} on some rank, rows "
+            f"{emb.row_density.mean():.2%}), {emb.alone_us / 1e3:.3f} ms alone; it does not share the fabric "
+            f"with the buckets (iter includes it)")
+
+
+def exclude(algo: str | None) -> tuple[str, ...]:
+    """The tensors the dense buckets leave out."""
+    return (EMBEDDING,) if algo else ()
