@@ -30,3 +30,40 @@ def test_train_real_data_agrees_with_the_model(tmp_path):
         for key in KEYS:
             assert a[key] == b[key], key
         assert a["buckets"] > 3 and a["iteration_us"] >= a["compute_us"]
+
+
+SPARSE_KEYS = KEYS + ("embedding_us", "embedding_density", "embedding_union_density", "embedding_row_density",
+                      "embedding_wire_bytes", "embedding_bytes", "embedding_start_us")
+
+
+def test_sparse_embedding_real_data_agrees_with_the_model(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    args = ["train", "--model", "config.json", "--topology", "ring:4", "--global-batch", "4", "--seq-len", "32",
+            "--bucket-mb", "0.25", "--algo", "ring,directreduce", "--sparse-embedding", "omnireduce"]
+    model = run_nicemu([*args, "--json", "model.json"], tmp_path)
+    assert model.returncode == 0, str(model)
+    assert "reduced with omnireduce when backward ends" in model.stdout
+    real = run_nicemu([*args, "--executor", "mpi", "--json", "mpi.json"], tmp_path, 4)
+    assert real.returncode == 0, str(real)
+    assert "out of bounds values : 0 OK" in real.stdout
+    m = json.loads((tmp_path / "model.json").read_text())
+    r = json.loads((tmp_path / "mpi.json").read_text())
+    for a, b in zip(m, r, strict=True):
+        assert b["wrong"] == 0 and b["embedding_wrong"] == 0 and a["embedding_wrong"] is None
+        for key in SPARSE_KEYS:
+            assert a[key] == b[key], key
+        assert a["sparse_embedding"] == "omnireduce" and a["embedding_contends"] is False
+        assert 0 < a["embedding_density"] < 1 and a["embedding_bytes"] == 1024 * 128 * 4
+        assert a["iteration_us"] >= a["compute_us"] + a["embedding_us"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--sparse-embedding", "omnifoo"], "--sparse-embedding omnifoo: not an algorithm; use a sparse one"),
+    (["--sparse-embedding", "ring"], "--sparse-embedding ring: a dense algorithm; use a sparse one"),
+    (["--sparse-embedding", "omniccl", "--model", "opt-13b"], "ties its embedding to the LM head"),
+])
+def test_sparse_embedding_bad_input(tmp_path, extra, message):
+    out = run_nicemu(["train", "--topology", "ring:4", "--global-batch", "4", *extra], tmp_path)
+    assert out.returncode == 2, str(out)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nicemu: error: ") and message in lines[0], out.stderr
