@@ -139,6 +139,8 @@ def _real_data(args, algos, tp, topo, profile, dtype, comm, emb=None, model=None
     from nicemu.collectives.api.emulator import Emulator
     wrong = {}
     with Emulator(comm, topo, profile) as emu:
+        if emb is not None:
+            train_sparse.check_memory(comm, emu.local_nodes, emb)
         for algo in algos:
             bad = 0
             for b in tp.buckets:

@@ -20,11 +20,14 @@ import numpy as np
 from nicemu.collectives.model.sparse_timing import model_sparse
 from nicemu.collectives.registry import REGISTRY, is_sparse, names, sparse_config
 from nicemu.errors import NicemuError, UsageError
+from nicemu.memory import USABLE_SHARE, GiB, available_bytes, sparse_bytes, spot_window_bytes
 from nicemu.workloads import sparse_gradients as sg
 from nicemu.workloads.training import EMBEDDING
 
 #: largest --block-size (as bench)
 MAX_BLOCK_SIZE = 1 << 20
+#: elements compared with the reference at a time (bounds the float64 copy)
+CHECK_CHUNK = 1 << 22
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -130,10 +133,36 @@ def real_embedding(emu, emb: EmbeddingCall, model, dtype: np.dtype, tokens: int,
     if timing.emulated_us != emb.alone_us:
         raise NicemuError(f"internal error: the MPI executor timed the sparse embedding AllReduce at "
                           f"{timing.emulated_us} us, the model at {emb.alone_us} us; please report it")
-    wrong = int(sum(np.count_nonzero(row.astype(np.float64) != ref) for row in work))
+    wrong = 0
+    for row in work:
+        for lo in range(0, len(row), CHECK_CHUNK):
+            part = slice(lo, lo + CHECK_CHUNK)
+            wrong += int(np.count_nonzero(row[part].astype(np.float64) != ref[part]))
     total = np.zeros(1, dtype=np.int64)
     emu.comm.Allreduce(np.array([wrong], dtype=np.int64), total, op=MPI.SUM)
     return int(total[0])
+
+
+def check_memory(comm, local_nodes: int, emb: EmbeddingCall) -> None:
+    """Collective: every rank refuses alike when some host cannot hold its nodes' gradients, one rank's gradient
+    while it is built, the float64 reference, and the sparse run's masks and spot windows (as bench counts them)."""
+    from mpi4py import MPI  # only the MPI executor gets here
+    cfg = sparse_config(emb.algo, len(emb.masks), block_size=emb.block_size)
+    nbytes = emb.elems * emb.itemsize
+    need = np.array([(local_nodes + 1) * nbytes + 8.0 * emb.elems + 9.0 * CHECK_CHUNK
+                     + sparse_bytes(cfg, len(emb.masks), nbytes, emb.itemsize)
+                     + spot_window_bytes(cfg, len(emb.masks), comm.size, emb.itemsize)])
+    host = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    total = np.empty(1)
+    host.Allreduce(need, total, op=MPI.SUM)
+    host.Free()
+    every = np.empty((comm.size, 2))
+    comm.Allgather(np.array([total[0], available_bytes()]), every)
+    worst = int(np.argmax(every[:, 0] / every[:, 1]))
+    if every[worst, 0] > USABLE_SHARE * every[worst, 1]:
+        raise UsageError(f"--sparse-embedding under --executor mpi: the embedding gradients ({emb.elems:,} elements "
+                         f"per node) need about {every[worst, 0] / GiB:.1f} GiB on the host of rank {worst} but "
+                         f"{every[worst, 1] / GiB:.1f} GiB is available; use --executor model, or a smaller model")
 
 
 def describe(emb: EmbeddingCall, model) -> str:
