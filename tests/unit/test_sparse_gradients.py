@@ -3,18 +3,22 @@ masks follow from the rows a rank's tokens touch, and the sparse call is the spa
 
 from __future__ import annotations
 
+import argparse
+import re
+
 import numpy as np
 import pytest
 
 from nicemu.collectives.model.sparse_timing import model_sparse
 from nicemu.collectives.registry import sparse_config
+from nicemu.errors import UsageError
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import ring
 from nicemu.train import iteration
-from nicemu.train_sparse import apply, embedding_call
+from nicemu.train_sparse import apply, check, embedding_call
 from nicemu.workloads import sparse_gradients as sg
 from nicemu.workloads.accelerators import load_accelerator
-from nicemu.workloads.models import model_from_config
+from nicemu.workloads.models import find_preset, model_from_config
 from nicemu.workloads.training import EMBEDDING, plan, tensors
 
 TINY = model_from_config({"hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
@@ -103,3 +107,22 @@ def test_sparse_call_is_the_sparse_model_alone(algo):
     assert rec["exposed_us"] == rec["iteration_us"] - tp.compute_us
     assert rec["iteration_one_stream_us"] == dense["iteration_one_stream_us"] + alone
     assert rec["embedding_density"] == masks.mean() and 0 < masks.mean() < 1
+
+
+@pytest.mark.parametrize("algo,block,zipf,model,message", [
+    ("omnifoo", 256, 1.0, TINY, "omnifoo: not an algorithm"),
+    ("directreduce", 256, 1.0, TINY, "directreduce: a dense algorithm"),
+    ("omniccl", 0, 1.0, TINY, "--block-size 0 is outside"),
+    ("omniccl", 256, -1.0, TINY, "--token-zipf -1.0 is outside"),
+    ("omniccl", 256, float("nan"), TINY, "--token-zipf nan is outside"),
+    ("omniccl", 256, 1.0, find_preset("opt-13b"), "ties its embedding to the LM head"),
+])
+def test_check_refuses_with_one_line(algo, block, zipf, model, message):
+    args = argparse.Namespace(sparse_embedding=algo, block_size=block, token_zipf=zipf)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        check(args, model)
+
+
+def test_check_off_and_on():
+    assert check(argparse.Namespace(sparse_embedding=None, block_size=256, token_zipf=1.0), TINY) is None
+    assert check(argparse.Namespace(sparse_embedding="omnireduce", block_size=256, token_zipf=0.0), TINY) == "omnireduce"
