@@ -5,6 +5,7 @@ forms, and T = P = M = 1 against the data-parallel path."""
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from nicemu.topologies import parse_topology
 from nicemu.train import iteration as dp_iteration
 from nicemu.train_parallel import check, iteration
 from nicemu.workloads.accelerators import load_accelerator
-from nicemu.workloads.models import find_preset, model_from_config
+from nicemu.workloads.models import find_preset
 from nicemu.workloads.train_layout import Layout, group_topology
 from nicemu.workloads.train_pipeline import one_f_one_b, op_order, stage_work
 from nicemu.workloads.training import plan, tensors
@@ -30,7 +31,7 @@ class Comm:
 
 def options(tmp_path, **change) -> argparse.Namespace:
     cfg = tmp_path / "tiny.json"
-    cfg.write_text(__import__("json").dumps(TINY))
+    cfg.write_text(json.dumps(TINY))
     base = dict(tp=2, pp=2, dp=None, micro_batches=None, algo="ring", grad_dtype="float32", topology="ring:8",
                 global_batch=8, seq_len=32, bucket_mb=0.25, executor="model", model=str(cfg),
                 accelerator="H100-SXM", profile="400g-gen5", overrides=[], json=None)
