@@ -6,7 +6,8 @@ AllReduced as backward produces them, in reverse layer order. Their AllReduces s
 times and share the fabric with each other (collectives/model/concurrent.py, docs/model.md §21.6 and
 §22). An iteration ends when backward and the last bucket are done; the exposed communication is what
 sticks out past the compute. Under ``--executor mpi`` every bucket is really reduced (synthetic
-gradients) and checked against numpy; the times come from the same model.
+gradients) and checked against numpy; the times come from the same model. ``--tp``, ``--pp`` and
+``--micro-batches`` above 1 run Megatron-LM's tensor and pipeline parallelism (nicemu/train_parallel.py).
 """
 
 from __future__ import annotations
