@@ -191,3 +191,32 @@ def test_bad_parallel_options_fail_in_one_line(tmp_path, change, words):
     with pytest.raises(UsageError) as info:
         check(options(tmp_path, **change), Comm())
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_tp_allreduces_sit_on_the_critical_path_at_their_closed_form(tmp_path):
+    """TP 2 alone on ring:2 under ``ideal``: the iteration is the compute plus 4 AllReduces per layer and 2
+    more (embedding, LM head), each the ring's 2α + nβ + (n/2)γ."""
+    _, su = check(options(tmp_path, tp=2, pp=1, topology="ring:2", global_batch=2, profile="ideal",
+                          algo="ring"), Comm())
+    n = su.act_bytes
+    prof = su.profile
+    one = 2 * prof.link.latency_us + n / (prof.link.bandwidth_GBps * 1e3) + n / 2 / (prof.host.reduce_GBps * 1e3)
+    rec, parts = iteration("ring", su)
+    assert parts.tp_us == [pytest.approx(one, rel=1e-12)]
+    layers = su.model.layers
+    assert rec["iteration_us"] == pytest.approx(rec["compute_us"] + (4 * layers + 2) * one, rel=1e-12)
+    assert rec["tp_exposed_us"] == pytest.approx((4 * layers + 2) * one, rel=1e-9)
+
+
+def test_pipeline_transfers_at_their_closed_form(tmp_path):
+    """PP 2 alone on ring:2 under ``ideal``, one micro-batch: activations forward and gradients back, each
+    one hop, α + nβ (docs/model.md §14), on the critical path between the stages."""
+    _, su = check(options(tmp_path, tp=1, pp=2, topology="ring:2", global_batch=1, profile="ideal",
+                          algo="ring"), Comm())
+    prof = su.profile
+    hop = prof.link.latency_us + su.act_bytes / (prof.link.bandwidth_GBps * 1e3)
+    rec, parts = iteration("ring", su)
+    assert parts.to_next_us == [pytest.approx(hop, rel=1e-12)] and parts.to_prev_us == parts.to_next_us
+    total = sum(w.forward_compute_us + w.backward_compute_us for w in su.work)
+    assert rec["iteration_us"] == pytest.approx(total + 2 * hop, rel=1e-12)
+    assert rec["pp_exposed_us"] == pytest.approx(2 * hop, rel=1e-9) and su.micro_batches == 1
