@@ -92,6 +92,9 @@ def check(args: argparse.Namespace, comm) -> tuple[list[str], Setup]:
     train.check_sizes(args)
     micro = args.micro_batches
     if micro is None:
+        if args.global_batch % layout.dp:
+            raise UsageError(f"--global-batch {args.global_batch} does not split over {layout.dp} data-parallel "
+                             f"replicas; use a multiple of {layout.dp}")
         micro = args.global_batch // layout.dp if pp > 1 else 1
     if not 1 <= micro <= 1 << 20:
         raise UsageError(f"--micro-batches {micro} is outside 1..{1 << 20:,}")

@@ -220,3 +220,12 @@ def test_pipeline_transfers_at_their_closed_form(tmp_path):
     total = sum(w.forward_compute_us + w.backward_compute_us for w in su.work)
     assert rec["iteration_us"] == pytest.approx(total + 2 * hop, rel=1e-12)
     assert rec["pp_exposed_us"] == pytest.approx(2 * hop, rel=1e-9) and su.micro_batches == 1
+
+
+def test_default_micro_batches_follow_megatron(tmp_path):
+    """One sequence per micro-batch with PP (Megatron-LM's micro-batch size 1), the whole share without."""
+    assert check(options(tmp_path, pp=2, global_batch=16), Comm())[1].micro_batches == 8     # 16 / DP 2
+    _, su = check(options(tmp_path, pp=1, global_batch=16), Comm())
+    assert (su.micro_batches, su.micro_seqs) == (1, 4)                                        # 16 / DP 4
+    with pytest.raises(UsageError, match="--global-batch 3 does not split over 2"):
+        check(options(tmp_path, pp=2, global_batch=3), Comm())
