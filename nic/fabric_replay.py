@@ -39,24 +39,38 @@ def spans(lo: np.ndarray, n: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Edges:
-    """Dependencies in compressed form: flow ``f`` releases ``targets[ptr[f]:ptr[f + 1]]``."""
+    """Dependencies in compressed form: flow ``f`` releases ``targets[ptr[f]:ptr[f + 1]]``.
+
+    ``slack`` (optional, one per edge, µs): idle time the dependent had alone after what it waits for, which
+    absorbs that much of the delay (an instance that waited for a request's arrival starts late only by
+    what the delay exceeds the wait). None: every edge passes its delay on whole."""
 
     ptr: np.ndarray      # (flows + 1,) int64
     targets: np.ndarray  # (edges,) int64
+    slack: np.ndarray | None = None
 
     @staticmethod
-    def from_pairs(flows: int, src: np.ndarray, dst: np.ndarray) -> Edges:
+    def from_pairs(flows: int, src: np.ndarray, dst: np.ndarray, slack: np.ndarray | None = None) -> Edges:
         src = np.asarray(src, dtype=np.int64)
         dst = np.asarray(dst, dtype=np.int64)
         order = np.argsort(src, kind="stable")
         counts = np.bincount(src, minlength=flows)
-        return Edges(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), dst[order])
+        kept = None if slack is None else np.asarray(slack, dtype=np.float64)[order]
+        if kept is not None and (len(kept) != len(src) or np.any(~(kept >= 0))):
+            raise FabricError("give one slack >= 0 per dependency")
+        return Edges(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), dst[order], kept)
 
     def of(self, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(source, target) of every edge leaving ``sources``."""
+        src, dst, _ = self.with_slack(sources)
+        return src, dst
+
+    def with_slack(self, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(source, target, slack or None) of every edge leaving ``sources``."""
         lo, hi = self.ptr[sources], self.ptr[sources + 1]
         n = hi - lo
-        return np.repeat(sources, n), self.targets[spans(lo, n)]
+        ix = spans(lo, n)
+        return np.repeat(sources, n), self.targets[ix], None if self.slack is None else self.slack[ix]
 
 
 @dataclass
@@ -74,7 +88,8 @@ def replay(capacity: np.ndarray, routes: Routes, base_start: np.ndarray, base_en
     """Delays of dependent flows sharing ``capacity`` (bytes/µs per resource) along ``routes``.
 
     Flow ``f`` joins at ``base_start[f]`` plus the largest delay among the flows it waits for:
-    the end delay of those in ``after_end`` and the start delay of those in ``after_start``. It then
+    the end delay of those in ``after_end`` and the start delay of those in ``after_start``, each less
+    its edge's slack (never below 0). It then
     moves ``alone_rate[f] * (base_end[f] - base_start[f])`` bytes at its max-min fair rate, never above
     ``alone_rate[f]``; a flow whose window is empty takes no time and no bandwidth. Its end delay is its
     start delay if it was never slowed, else its end minus ``base_end[f]``."""
@@ -106,10 +121,10 @@ def replay(capacity: np.ndarray, routes: Routes, base_start: np.ndarray, base_en
     def release(edges: Edges, sources: np.ndarray, delay: np.ndarray) -> None:
         if not len(sources):
             return
-        src, dst = edges.of(sources)
+        src, dst, slack = edges.with_slack(sources)
         if not len(dst):
             return
-        np.maximum.at(start_delay, dst, delay[src])
+        np.maximum.at(start_delay, dst, delay[src] if slack is None else delay[src] - slack)
         np.subtract.at(waiting, dst, 1)
         for f in np.unique(dst[waiting[dst] == 0]).tolist():
             heapq.heappush(heap, (max(float(base_start[f] + start_delay[f]), t), f))

@@ -35,7 +35,7 @@ COMMANDS = {
     "jobs": (jobs, "run jobs of repeated collectives together on one fabric; slowdowns and hot links"),
     "schedule": (schedule_cmd, "print an algorithm's chunk-level schedule"),
     "serve": (serve, "replay LLM-serving traffic; TTFT, TPOT and throughput per algorithm"),
-    "train": (train, "data-parallel training: gradient buckets overlapping backward and each other"),
+    "train": (train, "training: DP gradient buckets overlapping backward, Megatron TP and 1F1B pipelines"),
     "sweep": (sweep, "run a YAML grid of sizes, topologies, algorithms and profile values (model executor)"),
 }
 

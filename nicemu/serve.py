@@ -26,7 +26,7 @@ import numpy as np
 from nicemu import argtypes
 from nicemu.collectives.api.checks import check_algo
 from nicemu.collectives.registry import get, is_sparse, names
-from nicemu.errors import UsageError
+from nicemu.errors import CollectiveError, UsageError
 from nicemu.hostinfo import available_cpus, fork_writer
 from nicemu.nic.profile import load_profile
 from nicemu.nic.trace import EVENT_BYTES, LARGE_TRACE_EVENTS, write_trace
@@ -55,6 +55,7 @@ from nicemu.workloads.metrics import kv_summary, slo_metrics, stats
 from nicemu.workloads.replicas import place as place_replicas
 from nicemu.workloads.replicas import serve_replicas, serve_replicas_disaggregated
 from nicemu.workloads.requests import MAX_CV, MAX_REQUESTS, MAX_TOKENS, MIN_CV, MIN_RATE
+from nicemu.workloads.serve_fabric import run_on_shared_fabric
 from nicemu.workloads.traffic import TrafficRecord, kv_transfer_records
 
 DEFAULT_ALGOS = "ring,host-best,directreduce,omniccl"
@@ -155,6 +156,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace-iterations", type=int, default=DEFAULT_TRACE_ITERATIONS, metavar="N",
                    help=f"--trace: the first N iterations of each algorithm show their collectives nested in "
                         f"them, later ones are one span each (default {DEFAULT_TRACE_ITERATIONS})")
+    p.add_argument("--fabric", default="alone", choices=["alone", "shared"],
+                   help="alone (default): every call on an idle fabric, passes summed; shared: the instances and "
+                        "KV transfers share links and PCIe (docs/model.md §21.7)")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     p.add_argument("--jobs", type=int, default=None,
                    help="model executor without mpiexec: processes that time the algorithms side by side "
@@ -190,6 +194,12 @@ def _validate(args: argparse.Namespace, comm):
         raise UsageError(f"{model.name} with --ep {par.ep} needs the alltoall collective, which this build "
                          f"lacks; use --ep 1 (experts sharded by TP)")
     per_node = _check_ranks_per_node(args, par, algos)
+    if args.fabric == "shared":
+        if per_node > 1:
+            raise UsageError("--fabric shared runs with one rank per node; drop --ranks-per-node or use "
+                             "--fabric alone")
+        if args.trace:
+            raise UsageError("--trace draws the idle-fabric timeline; drop --trace or use --fabric alone")
     if args.topology is not None:
         topology = parse_topology(args.topology).with_ranks_per_node(per_node)
     elif par.nodes == 1:
@@ -412,8 +422,10 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
         tracers = _tracers(args, algo, par, requests, servable, traced) if tracing else None
 
         restore_log: dict[int, float] = {}
+        passes: dict[int, list] = {}
 
-        def timer_for(instance: int, _algo=algo, _backend=backend, _tracers=tracers, _log=restore_log):
+        def timer_for(instance: int, _algo=algo, _backend=backend, _tracers=tracers, _log=restore_log,
+                      _passes=passes):
             labels = algos_for(_algo, profile.nic.gpudirect)
             hook = (_tracers[instance // per_replica].hook(instance % per_replica) if _tracers is not None
                     else None)
@@ -423,6 +435,8 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
                                    on_iteration=hook, instance=instance,
                                    restore=restoring, pcie_GBps=profile.pcie.bandwidth_GBps,
                                    restore_log=_log, swap_in=swap_in)
+            if args.fabric == "shared":
+                timer.passes = _passes.setdefault(instance, [])
             return _Step(timer, progress, _algo)
 
         t0 = time.monotonic()
@@ -437,8 +451,15 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
             step = timer_for(0)
             result = run_batching(requests, step, sched)
             costs = step.costs
+        alone_result = result
+        if args.fabric == "shared":
+            result, shared, kv_shared = _share_fabric(args, topology, profile, model, par, result, passes, parts,
+                                                      dis if par.disaggregated else None, backend, p2p_label)
         wall_s = time.monotonic() - t0
         rec = {"algo": algo, **summarize(result, costs, par.instances == 1), **kv_summary(result)}
+        rec["fabric"] = args.fabric
+        if args.fabric == "shared":
+            rec.update(_shared_keys(alone_result, costs, par, shared))
         rec["preempt_mode"] = sched.preempt
         if sched.preempt == "swap":
             rec["swap_in"] = swap_in
@@ -476,12 +497,13 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
                 events += (tracer.finish(part.result, part) if par.disaggregated else tracer.finish(part))
             rec["traced_iterations"] = sum(t.iterations for t in tracers)
         if par.disaggregated:
-            kv = [dis.kv_us[r.id] for r in result.requests if r.id in dis.kv_us]
+            kv_of = kv_shared if args.fabric == "shared" else dis.kv_us
+            kv = [kv_of[r.id] for r in result.requests if r.id in kv_of]
             rec.update(disaggregated=f"{par.prefill_instances}:{par.decode_instances}",
                        kv_transfers=len(kv), kv_transfer_bytes=sum(dis.kv_bytes.values()),
                        **{f"kv_transfer_ms_{k}": None if v is None else v / 1e3 for k, v in stats(kv).items()})
             extra = {r.id: {"prefill_instance": dis.placement[r.id][0], "decode_instance": dis.placement[r.id][1],
-                            "kv_transfer_ms": dis.kv_us[r.id] / 1e3} for r in result.requests if r.id in dis.kv_us}
+                            "kv_transfer_ms": kv_of[r.id] / 1e3} for r in result.requests if r.id in kv_of}
         records.append(rec)
         none = {"prefill_instance": None, "decode_instance": None, "kv_transfer_ms": None}   # rejected
         cached = {r.id: r.cached_tokens for r in requests}
@@ -492,6 +514,34 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
                         "restore_ms": restore_log.get(row["id"], 0.0) / 1e3}
             rows.append({"algo": algo, **row, **more})
     return records, rows, wrong_total, events
+
+
+def _share_fabric(args, topology, profile, model, par: Parallelism, result, passes, parts, dis, backend,
+                  p2p_label: str):
+    """The run moved onto the shared fabric (workloads/serve_fabric.py): (result, delays, KV times shared)."""
+    def kv_calls(prompt: int, source: int, target: int):
+        recs = kv_transfer_records(prompt, model, par, source, target, p2p_label, DTYPE.itemsize)
+        backend.iteration_cost(-1, recs)
+        return recs, [c.emulated_us for c in backend.last_costs(recs)]
+
+    try:
+        return run_on_shared_fabric(topology, profile, result, passes, parts if par.replicas > 1 else None, dis,
+                                    (par.prefill_instances, par.decode_instances), kv_calls)
+    except CollectiveError as exc:
+        raise UsageError(f"--fabric shared: {exc}") from None
+
+
+def _shared_keys(alone, costs, par: Parallelism, shared) -> dict:
+    """What sharing the fabric changed: the idle-fabric run's main metrics beside the shared ones, and the
+    replay's size."""
+    base = summarize(alone, costs, par.instances == 1)
+    out = {f"{k}_alone": base[k] for k in ("ttft_ms_mean", "ttft_ms_p99", "tpot_ms_mean", "tpot_ms_p99",
+                                           "e2e_ms_mean", "duration_s", "throughput_tok_s")}
+    delays = np.concatenate(shared.end_delay) if shared.end_delay else np.zeros(0)
+    out.update(fabric_rounds=shared.rounds, fabric_replayed_calls=shared.replayed_calls, fabric_flows=shared.flows,
+               fabric_slowed_flows=shared.slowed_flows, fabric_slowed_passes=shared.slowed_passes,
+               fabric_max_delay_ms=float(delays.max()) / 1e3 if len(delays) else 0.0)
+    return out
 
 
 def _print_memory(records: list[dict], rows: list[dict]) -> None:

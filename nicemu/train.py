@@ -6,7 +6,8 @@ AllReduced as backward produces them, in reverse layer order. Their AllReduces s
 times and share the fabric with each other (collectives/model/concurrent.py, docs/model.md §21.6 and
 §22). An iteration ends when backward and the last bucket are done; the exposed communication is what
 sticks out past the compute. Under ``--executor mpi`` every bucket is really reduced (synthetic
-gradients) and checked against numpy; the times come from the same model.
+gradients) and checked against numpy; the times come from the same model. ``--tp``, ``--pp`` and
+``--micro-batches`` above 1 run Megatron-LM's tensor and pipeline parallelism (nicemu/train_parallel.py).
 """
 
 from __future__ import annotations
@@ -37,9 +38,13 @@ HEADER = (f"{'algo':>22} {'iter(ms)':>10} {'compute':>10} {'exposed':>10} {'no s
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="llama3-8b", help="a model preset or a config.json path (nicemu info)")
     p.add_argument("--accelerator", default="H100-SXM", help="A100-80G or H100-SXM (roofline compute)")
-    p.add_argument("--dp", type=int, default=None, help="data-parallel ranks (default: the topology's nodes)")
-    p.add_argument("--tp", type=int, default=1, help="tensor parallelism (1 only for now)")
-    p.add_argument("--pp", type=int, default=1, help="pipeline parallelism (1 only for now)")
+    p.add_argument("--dp", type=int, default=None,
+                   help="data-parallel ranks (default: the topology's nodes over TP x PP)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (Megatron-LM's, innermost)")
+    p.add_argument("--pp", type=int, default=1, help="pipeline stages (Megatron-LM's 1F1B schedule)")
+    p.add_argument("--micro-batches", type=int, default=None, metavar="M",
+                   help="micro-batches per iteration and replica (default: one sequence each with --pp > 1, "
+                        "else 1)")
     p.add_argument("--global-batch", type=int, default=64, metavar="SEQS", help="sequences per iteration, all ranks")
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence")
     p.add_argument("--bucket-mb", type=float, default=BUCKET_BYTES / 2**20,
@@ -55,9 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     train_sparse.add_arguments(p)
 
 
-def _check(args, comm):
-    if args.tp != 1 or args.pp != 1:
-        raise UsageError("nicemu train models data parallelism only for now: use --tp 1 --pp 1")
+def check_algos_dtype(args) -> tuple[list[str], np.dtype]:
+    """The ``--algo`` list (dense, each once) and the gradients' type (floating point)."""
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
     if not algos:
         raise UsageError("--algo is empty; e.g. --algo ring,directreduce")
@@ -71,6 +75,31 @@ def _check(args, comm):
     dtype = check_dtype_op(args.grad_dtype, "sum")
     if is_integer(dtype):
         raise UsageError(f"--grad-dtype {args.grad_dtype}: gradients are floating point; use float32 or bfloat16")
+    return algos, dtype
+
+
+def check_sizes(args) -> None:
+    """``--global-batch``, ``--seq-len`` and ``--bucket-mb`` within their ranges."""
+    for flag, value, low, high in (("--global-batch", args.global_batch, 1, 1 << 24),
+                                   ("--seq-len", args.seq_len, 1, 1 << 24)):
+        if not low <= value <= high:
+            raise UsageError(f"{flag} {value} is outside {low}..{high:,}")
+    if not 1 / 1024 <= args.bucket_mb <= 1 << 20:
+        raise UsageError(f"--bucket-mb {args.bucket_mb:g} is outside 1/1024..1,048,576")
+
+
+def load_setup(args):
+    """(model, accelerator, profile) of the options, each error one line."""
+    try:
+        model = load_model(args.model)
+        acc = load_accelerator(args.accelerator)
+    except NicemuError as exc:
+        raise UsageError(str(exc)) from None
+    return model, acc, load_profile(args.profile, args.overrides)
+
+
+def _check(args, comm):
+    algos, dtype = check_algos_dtype(args)
     if args.topology is not None:
         topo = parse_topology(args.topology)
     else:
@@ -82,23 +111,13 @@ def _check(args, comm):
         raise UsageError("nicemu train runs one rank per node")
     if args.dp is not None and args.dp != topo.nodes:
         raise UsageError(f"--dp {args.dp} does not match {topo.name} ({topo.nodes} nodes); give one of them")
-    for flag, value, low, high in (("--global-batch", args.global_batch, 1, 1 << 24),
-                                   ("--seq-len", args.seq_len, 1, 1 << 24)):
-        if not low <= value <= high:
-            raise UsageError(f"{flag} {value} is outside {low}..{high:,}")
+    check_sizes(args)
     if args.global_batch % topo.nodes:
         raise UsageError(f"--global-batch {args.global_batch} does not split over {topo.nodes} data-parallel "
                          f"ranks; use a multiple of {topo.nodes}")
-    if not 1 / 1024 <= args.bucket_mb <= 1 << 20:
-        raise UsageError(f"--bucket-mb {args.bucket_mb:g} is outside 1/1024..1,048,576")
     if args.executor == "mpi" and comm.size > topo.nodes:
         raise UsageError(f"{comm.size} ranks for {topo.name}: run with at most {topo.nodes} ranks")
-    try:
-        model = load_model(args.model)
-        acc = load_accelerator(args.accelerator)
-    except NicemuError as exc:
-        raise UsageError(str(exc)) from None
-    profile = load_profile(args.profile, args.overrides)
+    model, acc, profile = load_setup(args)
     train_sparse.check(args, model)
     return algos, dtype, topo, model, acc, profile
 
@@ -154,6 +173,10 @@ def _real_data(args, algos, tp, topo, profile, dtype, comm, emb=None, model=None
 
 
 def run(args: argparse.Namespace, comm) -> int:
+    if args.tp != 1 or args.pp != 1 or args.micro_batches not in (None, 1):
+        train_sparse.data_parallel_only(args)
+        from nicemu.train_parallel import run as run_parallel
+        return run_parallel(args, comm)
     algos, dtype, topo, model, acc, profile = _check(args, comm)
     sequences = args.global_batch // topo.nodes
     tp = plan(model, acc, sequences, args.seq_len, dtype.itemsize, int(args.bucket_mb * 2**20),
@@ -172,7 +195,9 @@ def run(args: argparse.Namespace, comm) -> int:
                  global_batch=args.global_batch, seq_len=args.seq_len, grad_dtype=dtype.name,
                  grad_bytes=tp.grad_elems * dtype.itemsize, bucket_mb=args.bucket_mb, executor=args.executor,
                  speedup_vs_ring=None if ring_it is None else ring_it / r["iteration_us"],
-                 wrong=wrong.get(r["algo"]))
+                 wrong=wrong.get(r["algo"]), tp=1, pp=1, micro_batches=1, micro_batch_seqs=sequences,
+                 pipeline_us=r["compute_us"], bubble_us=0.0, bubble_fraction=0.0, tp_exposed_us=0.0,
+                 pp_exposed_us=0.0, dp_exposed_us=r["exposed_us"])
     if comm.rank == 0:
         print(f"# nicemu train: {model.name} on {acc.name}, DP {topo.nodes} over {topo.describe()}, profile "
               f"{profile.name}, executor {args.executor}")

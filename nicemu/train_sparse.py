@@ -5,7 +5,7 @@ buckets and is reduced once backward has ended, with a zero-block sparse algorit
 omnireduce). Its block mask on every rank follows from the rows its tokens touch
 (workloads/sparse_gradients.py), so its density is an output. Its time is the sparse model's for those
 masks, taken alone: the spot protocol has no transfer schedule that the shared-fabric replay could take,
-so the call does not contend with the dense buckets (docs/model.md §22.1). Under ``--executor mpi`` the
+so the call does not contend with the dense buckets (docs/model.md §22.2). Under ``--executor mpi`` the
 gradient really moves with its mask on every rank, is checked against numpy's float64 sum, and its time
 must equal the model's.
 """
@@ -61,6 +61,13 @@ def check(args: argparse.Namespace, model) -> str | None:
         raise UsageError(f"--sparse-embedding: {model.name} ties its embedding to the LM head, whose gradient is "
                          "dense; drop --sparse-embedding or use a model with an untied head")
     return algo
+
+
+def data_parallel_only(args: argparse.Namespace) -> None:
+    """Refuse --sparse-embedding with tensor or pipeline parallelism (not modelled)."""
+    if args.sparse_embedding is not None:
+        raise UsageError("--sparse-embedding runs with data parallelism only for now: drop it, or use --tp 1 "
+                         "--pp 1 --micro-batches 1")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
+import numpy as np
+
 from nicemu.workloads.accelerators import Accelerator
 from nicemu.workloads.batching import Iteration
 from nicemu.workloads.compute import IterationCompute, iteration_compute
@@ -55,6 +57,39 @@ class IterationCost:
     @property
     def total_us(self) -> float:
         return self.compute_us + self.comm_us + self.restore_us
+
+
+@dataclass(frozen=True)
+class PassCalls:
+    """Where a pass's calls sit alone: call ``i`` starts ``swap_us + offset_us[i]`` after the pass starts and
+    takes ``cost_us[i]`` (a shared fabric moves them, workloads/serve_fabric.py)."""
+
+    index: int
+    swap_us: float
+    offset_us: np.ndarray
+    cost_us: np.ndarray
+    records: list[TrafficRecord]
+
+
+def call_offsets(records: Sequence[TrafficRecord], compute: IterationCompute, costs: np.ndarray) -> np.ndarray:
+    """When each record starts in its pass (µs after the pass's compute begins), compute and calls in issue
+    order: the embedding AllReduce after the lookup; per layer ``attn_out`` after the attention block
+    (QKV, attention, output projection), ``dispatch`` after the router, ``combine``, ``mlp_out`` and a stage's
+    ``activations`` after the whole layer; every call after the ones issued before it."""
+    emb, layer = compute.embedding.time_us, compute.layer_us
+    router = compute.op_us("router")
+    attn = layer - compute.op_us("mlp_up") - compute.op_us("mlp_down") - router
+    pos = np.empty(len(records))
+    for i, r in enumerate(records):
+        if r.what == "embedding":
+            pos[i] = emb
+        elif r.what == "attn_out":
+            pos[i] = emb + r.layer * layer + attn
+        elif r.what == "dispatch":
+            pos[i] = emb + r.layer * layer + attn + router
+        else:
+            pos[i] = emb + (r.layer + 1) * layer
+    return pos + (np.cumsum(costs) - costs)
 
 
 CommFn = Callable[[TrafficRecord], CommCost]
@@ -121,6 +156,8 @@ class IterationTimer:
         self.kv_width = par.kv_heads_per_rank(model) * model.head_dim   # one rank's K (or V) columns
         self.costs: list[IterationCost] = []
         self._traffic: dict[tuple, list[TrafficRecord]] = {}
+        #: every pass's calls with their alone offsets and costs, when a list is set here (--fabric shared)
+        self.passes: list[PassCalls] | None = None
 
     def records(self, it: Iteration) -> list[TrafficRecord]:
         """The iteration's records; built once per batch shape (tokens, phase), then reused."""
@@ -176,6 +213,10 @@ class IterationTimer:
                                         restore_us, pcie_kv, pcie_nic, restore_alone))
         if self.on_iteration is not None:
             self.on_iteration(it, compute, comm_us, records, record_costs, restore_us)
+        if self.passes is not None:
+            costs = np.array([c.emulated_us for c in record_costs()], dtype=np.float64)
+            self.passes.append(PassCalls(it.index, it.swap_us, call_offsets(records, compute, costs), costs,
+                                         records))
         return compute_us + comm_us + restore_us + it.swap_in_us
 
     def _restore(self, it: Iteration, records: list[TrafficRecord], pass_us: float

@@ -9,7 +9,7 @@ and sends only the blocks that touch a non-zero row.
 Tokens are drawn from a Zipf law over the vocabulary, ``P(row k) ~ 1 / (k + 1)^s``: row ``k`` is the
 ``(k+1)``-th most frequent token (byte-pair vocabularies number frequent tokens first). ``s = 1`` is Zipf's
 law for word frequencies; ``s = 0`` is uniform. Each rank draws its own batch, seeded by (seed, rank):
-deterministic, and independent of how ranks are placed on processes. docs/model.md §22.1.
+deterministic, and independent of how ranks are placed on processes. docs/model.md §22.2.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from nicemu.errors import WorkloadError
 
-#: Zipf's law for word frequencies: exponent about 1 (Zipf 1949; Piantadosi 2014, docs/model.md §22.1)
+#: Zipf's law for word frequencies: exponent about 1 (Zipf 1949; Piantadosi 2014; docs/model.md §22.2)
 ZIPF_EXPONENT = 1.0
 #: OmniReduce's default block: 256 elements
 BLOCK_SIZE = 256

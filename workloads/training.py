@@ -109,6 +109,19 @@ def plan(model: Model, acc: Accelerator, sequences: int, seq_len: int, itemsize:
             return forward + head
         return forward + head + BACKWARD_FACTOR * layer_f * (model.layers - min(layer, model.layers - 1))
 
+    kept = [t for t in tensors(model) if t.name not in exclude]
+    buckets = make_buckets(kept, ready, itemsize, bucket_bytes, first_bucket_bytes)
+    # the embedding's gradient is ready when backward ends
+    last = buckets[-1]
+    if EMBEDDING in last.tensors:
+        buckets[-1] = Bucket(last.index, last.elems, max(last.ready_us, forward + backward), last.tensors)
+    return TrainPlan(forward, backward, layer_f, lm_head, tuple(buckets), tokens)
+
+
+def make_buckets(registered: list[Tensor], ready, itemsize: int, bucket_bytes: int = BUCKET_BYTES,
+                 first_bucket_bytes: int = FIRST_BUCKET_BYTES) -> list[Bucket]:
+    """DDP's buckets over ``registered`` (registration order), taken in reverse; ``ready(layer)`` gives when
+    backward has produced a tensor of that layer. A bucket is ready with its last tensor."""
     buckets: list[Bucket] = []
     cur: list[Tensor] = []
     size = 0
@@ -120,9 +133,7 @@ def plan(model: Model, acc: Accelerator, sequences: int, seq_len: int, itemsize:
             buckets.append(Bucket(len(buckets), sum(t.elems for t in cur), max(ready(t.layer) for t in cur),
                                   tuple(t.name for t in cur)))
             cur, size, cap = [], 0, bucket_bytes
-    for t in reversed(tensors(model)):
-        if t.name in exclude:
-            continue
+    for t in reversed(registered):
         nbytes = t.elems * itemsize
         if cur and size + nbytes > cap:
             close()
@@ -131,8 +142,4 @@ def plan(model: Model, acc: Accelerator, sequences: int, seq_len: int, itemsize:
         if size >= cap:
             close()
     close()
-    # the embedding's gradient is ready when backward ends
-    last = buckets[-1]
-    if EMBEDDING in last.tensors:
-        buckets[-1] = Bucket(last.index, last.elems, max(last.ready_us, forward + backward), last.tensors)
-    return TrainPlan(forward, backward, layer_f, lm_head, tuple(buckets), tokens)
+    return buckets

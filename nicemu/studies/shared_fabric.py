@@ -1,9 +1,10 @@
 """Collectives that share a fabric (docs/results/shared_fabric.md): how much each slows the other, and whether
 in-NIC reduction keeps its lead when links, PCIe and NIC engines are shared (docs/model.md §21.6).
 
-Three questions: K identical AllReduces on the same nodes (``bench --concurrent K``); two AllReduce jobs on
-a torus placed in contiguous halves or interleaved node by node (``nicemu jobs``); and how long the model
-takes for two 1 GiB AllReduces on ``torus:4^6``.
+Four questions: K identical AllReduces on the same nodes (``bench --concurrent K``); two AllReduce jobs on
+a torus placed in contiguous halves or interleaved node by node (``nicemu jobs``); a disaggregated serving
+deployment whose KV transfers cross the instances' TP rings (``serve --fabric shared``, §21.7); and how
+long the model takes for two 1 GiB AllReduces on ``torus:4^6``.
 
     from nicemu.studies import shared_fabric
     rows = shared_fabric.same_node_rows(["ring:8"], ["400g-gen5"], ["ring", "directreduce"], 64 << 20, [1, 2])
@@ -11,8 +12,13 @@ takes for two 1 GiB AllReduces on ``torus:4^6``.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -123,6 +129,45 @@ def speed_rows(spec: str = "torus:4^6", profile: str = "400g-gen5", size: int = 
     return rows
 
 
+#: the serving deployment: Llama-3-8B, prefill on nodes 0-7 and decode on 8-15 of ring:16, TP 8 each
+SERVE_ARGS = ("--model", "llama3-8b", "--tp", "8", "--disaggregated", "1:1", "--profile", "400g-gen5",
+              "--executor", "model", "--jobs", "1", "--seed", "0")
+SERVE_ALGOS = "ring,host-best,directreduce"
+SERVE_REQUESTS = 30
+SERVE_RATES = (1.0, 4.0)
+
+
+def serve_rows(rates: Sequence[float] = SERVE_RATES, requests: int = SERVE_REQUESTS, algos: str = SERVE_ALGOS,
+               extra: Sequence[str] = ()) -> list[dict]:
+    """``nicemu serve --fabric shared`` in a subprocess per arrival rate (as a user runs it): every algorithm's
+    metrics on the shared fabric beside the idle-fabric ones it reports."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rate in rates:
+            out = Path(tmp) / "serve.json"
+            cmd = [sys.executable, "-m", "nicemu", "serve", *SERVE_ARGS, *extra, "--algo", algos, "--requests",
+                   str(requests), "--rate", f"{rate:g}", "--fabric", "shared", "--json", str(out)]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            for r in json.loads(out.read_text()):
+                rows.append({"rate": rate, "requests": requests, **{k: r[k] for k in (
+                    "algo", "topology", "ttft_ms_mean", "ttft_ms_mean_alone", "ttft_ms_p99", "ttft_ms_p99_alone",
+                    "tpot_ms_mean", "tpot_ms_mean_alone", "kv_transfer_ms_mean", "fabric_replayed_calls",
+                    "fabric_slowed_passes", "fabric_max_delay_ms", "wall_s")}})
+    return rows
+
+
+def serve_table(rows: list[dict]) -> list[str]:
+    out = ["| requests/s | algorithm | TTFT mean alone → shared (ms) | TTFT p99 alone → shared (ms) | "
+           "TPOT mean alone → shared (ms) | KV transfer shared (ms) | passes slowed | largest delay (ms) |",
+           "|---:|---|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['rate']:g} | {r['algo']} | {r['ttft_ms_mean_alone']:.2f} → {r['ttft_ms_mean']:.2f} | "
+                   f"{r['ttft_ms_p99_alone']:.2f} → {r['ttft_ms_p99']:.2f} | {r['tpot_ms_mean_alone']:.3f} → "
+                   f"{r['tpot_ms_mean']:.3f} | {r['kv_transfer_ms_mean']:.3f} | {r['fabric_slowed_passes']} | "
+                   f"{r['fabric_max_delay_ms']:.2f} |")
+    return out
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:+.1f}%"
 
@@ -191,10 +236,11 @@ def findings(same: list[dict], jobs: list[dict]) -> list[str]:
     return out
 
 
-def reproduce(out: str, command: str = "", speed: bool = True) -> list[dict]:
+def reproduce(out: str, command: str = "", speed: bool = True, serve: bool = True) -> list[dict]:
     """Write ``out.{json,csv,md}``; returns the rows."""
     same = same_node_rows()
     jobs = placement_rows()
+    served = serve_rows() if serve else []
     fast = speed_rows() if speed else []
     about = ("AllReduce, float32, calls started together on one fabric (docs/model.md §21.6); `host-best` names "
              "the host algorithm it picked. Also writes the rows as JSON and CSV, told apart by `table`.")
@@ -208,11 +254,18 @@ def reproduce(out: str, command: str = "", speed: bool = True) -> list[dict]:
             "(docs/model.md §21.6), so its alone time is optimistic and its slowdown counts the other job only.",
             "",
             *placement_table(jobs), ""]
+    if served:
+        body += ["## Disaggregated serving: KV transfers across the TP rings (`nicemu serve --fabric shared`)", "",
+                 f"Llama-3-8B, prefill instance on nodes 0–7 and decode instance on 8–15 of `ring:16`, TP 8 each, "
+                 f"400g-gen5, H100, {SERVE_REQUESTS} synthetic requests (seed 0). Every KV shard crosses 8 links, "
+                 "among them the prefill ring's; passes and transfers are moved onto one fabric with their "
+                 "batches kept (docs/model.md §21.7). `alone` is the same run with every call on an idle fabric.",
+                 "", *serve_table(served), ""]
     if fast:
         body += ["## Speed of the model", "",
                  "Wall seconds on the machine that ran the script (two shared cores), one call and two calls "
                  "run one after the other in the same process:", "", *speed_table(fast), ""]
     rows = ([{"table": "same_nodes", **r} for r in same] + [{"table": "placement", **r} for r in jobs]
-            + [{"table": "speed", **r} for r in fast])
+            + [{"table": "serve", **r} for r in served] + [{"table": "speed", **r} for r in fast])
     write_result_files(out, rows, page(command, SCRIPT, about, body, findings(same, jobs)))
     return rows

@@ -61,6 +61,7 @@ def test_sparse_embedding_real_data_agrees_with_the_model(tmp_path):
     (["--sparse-embedding", "omnifoo"], "--sparse-embedding omnifoo: not an algorithm; use a sparse one"),
     (["--sparse-embedding", "ring"], "--sparse-embedding ring: a dense algorithm; use a sparse one"),
     (["--sparse-embedding", "omniccl", "--model", "opt-13b"], "ties its embedding to the LM head"),
+    (["--sparse-embedding", "omniccl", "--tp", "2"], "--sparse-embedding runs with data parallelism only"),
 ])
 def test_sparse_embedding_bad_input(tmp_path, extra, message):
     out = run_nicemu(["train", "--topology", "ring:4", "--global-batch", "4", *extra], tmp_path)

@@ -29,3 +29,13 @@ def test_contiguous_jobs_keep_their_alone_times_and_scattered_ones_do_not():
         elif r["placement"] == "scattered":
             assert r["slowdown_vs_alone"] > 1.0
     assert {r["placement"] for r in rows} == {"contiguous", "interleaved", "scattered"}
+
+
+def test_serving_rows_come_from_serve_and_sharing_never_speeds_a_request_up():
+    # one small deployment: Llama-3-8B at 40 requests/s, 4 requests; the rows carry serve's own alone values
+    rows = shared_fabric.serve_rows([40.0], 4, "ring,directreduce")
+    assert [r["algo"] for r in rows] == ["ring", "directreduce"]
+    for r in rows:
+        assert r["topology"] == "ring:16" and r["rate"] == 40.0
+        assert r["ttft_ms_mean"] >= r["ttft_ms_mean_alone"] > 0
+        assert r["fabric_max_delay_ms"] >= 0.0

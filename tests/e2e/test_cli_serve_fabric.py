@@ -1,0 +1,71 @@
+"""``serve --fabric shared`` end to end: one instance alone is unchanged; a disaggregated deployment whose
+KV transfers cross the instances' rings slows down, identically under both executors."""
+
+import json
+
+import pytest
+from conftest import run_nicemu
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8,
+          "intermediate_size": 1024, "vocab_size": 4096, "model_type": "llama"}
+#: what differs between runs that time the same thing
+RUN_KEYS = {"wall_s", "executor", "ranks", "real_data", "real_data_calls", "checked_elements", "wrong"}
+
+
+def _serve(tmp_path, name, extra, ranks=None):
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    args = ["serve", "--model", "config.json", "--algo", "ring,directreduce", "--profile", "400g-gen5",
+            "--json", f"{name}.json", *extra]
+    run = run_nicemu(args, tmp_path, ranks)
+    assert run.returncode == 0, str(run)
+    return {r["algo"]: r for r in json.loads((tmp_path / f"{name}.json").read_text())}
+
+
+def test_one_instance_on_the_shared_fabric_is_unchanged(tmp_path):
+    common = ["--executor", "model", "--tp", "4", "--topology", "ring:4", "--requests", "6", "--rate", "500"]
+    alone = _serve(tmp_path, "alone", [*common, "--fabric", "alone"])
+    shared = _serve(tmp_path, "shared", [*common, "--fabric", "shared"])
+    for algo, a in alone.items():
+        s = shared[algo]
+        assert s["fabric_replayed_calls"] == 0 and s["fabric_max_delay_ms"] == 0.0
+        for key, value in a.items():
+            if key not in RUN_KEYS | {"fabric"}:
+                assert s[key] == value, key
+        assert s["ttft_ms_mean_alone"] == a["ttft_ms_mean"]
+
+
+def test_kv_transfers_crossing_the_rings_slow_down_alike_on_both_executors(tmp_path):
+    # prefill on nodes 0-3, decode on 4-7 of ring:8: every KV shard crosses 4 links, 3 of them the prefill
+    # ring's; at 2000 requests/s the next prompts' passes run while earlier KV caches move
+    common = ["--tp", "4", "--disaggregated", "1:1", "--topology", "ring:8", "--requests", "8", "--rate", "2000"]
+    alone = _serve(tmp_path, "alone", [*common, "--executor", "model"])
+    model = _serve(tmp_path, "model", [*common, "--executor", "model", "--fabric", "shared"])
+    mpi = _serve(tmp_path, "mpi", [*common, "--executor", "mpi", "--fabric", "shared"], ranks=2)
+    for algo, m in model.items():
+        r = mpi[algo]
+        assert r["wrong"] == 0 and r["checked_elements"] > 0
+        for key, value in m.items():
+            if key not in RUN_KEYS:
+                assert r[key] == value, key
+        assert m["fabric_slowed_flows"] > 0 and m["fabric_slowed_passes"] > 0
+        assert m["ttft_ms_mean_alone"] == alone[algo]["ttft_ms_mean"]
+        assert m["ttft_ms_mean"] > m["ttft_ms_mean_alone"]
+        assert m["kv_transfer_ms_mean"] > alone[algo]["kv_transfer_ms_mean"]
+        assert m["e2e_ms_mean"] >= m["e2e_ms_mean_alone"]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--ranks-per-node", "2", "--topology", "ring:2"], "--fabric shared runs with one rank per node"),
+    (["--trace", "t.json"], "--trace draws the idle-fabric timeline"),
+    (["--fabric", "both"], "invalid choice"),
+])
+def test_bad_fabric_requests_fail_in_one_line(tmp_path, extra, needle):
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    args = ["serve", "--model", "config.json", "--tp", "4", "--requests", "2", "--executor", "model",
+            "--fabric", "shared", *extra]
+    run = run_nicemu(args, tmp_path)
+    assert run.returncode != 0
+    assert needle in run.stderr, str(run)
+    assert "Traceback" not in run.stderr
