@@ -137,9 +137,10 @@ def real_embedding(emu, emb: EmbeddingCall, model, dtype: np.dtype, tokens: int,
         if r in local:
             work[local.index(r)] = g
     timing = emu.run_inplace("allreduce", work, "sum", emb.algo, {"block_size": emb.block_size})
-    if timing.emulated_us != emb.alone_us:
+    if (timing.emulated_us, timing.wire_bytes) != (emb.alone_us, emb.wire_bytes):
         raise NicemuError(f"internal error: the MPI executor timed the sparse embedding AllReduce at "
-                          f"{timing.emulated_us} us, the model at {emb.alone_us} us; please report it")
+                          f"{timing.emulated_us} us and {timing.wire_bytes} wire bytes, the model at "
+                          f"{emb.alone_us} us and {emb.wire_bytes}; please report it")
     wrong = 0
     for row in work:
         for lo in range(0, len(row), CHECK_CHUNK):
