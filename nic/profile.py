@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from nicemu.errors import ProfileError
+from nicemu.errors import ProfileError, yaml_error_parts
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 _SUFFIX = ".yml"
@@ -477,9 +477,7 @@ def _read_yaml(path: Path, source: str) -> Any:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        at, problem = yaml_error_parts(exc)
         raise _error(f"{where}: invalid YAML{at}: {problem}; fix the syntax there") from None
     if data is None:
         raise _error(

@@ -58,3 +58,12 @@ class ProtocolError(RuntimeError):
 
     Not a :class:`NicemuError` on purpose: it keeps its traceback and aborts the job.
     """
+
+
+
+def yaml_error_parts(exc: Exception) -> tuple[str, str]:
+    """Where and what a YAML parse error is, for a one-line message: (`` at line L, column C`` or ``""`` when
+    PyYAML does not know the position, the problem on one line)."""
+    mark = getattr(exc, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return at, " ".join(str(getattr(exc, "problem", None) or "bad syntax").split())

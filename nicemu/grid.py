@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from nicemu.errors import UsageError
+from nicemu.errors import UsageError, yaml_error_parts
 from nicemu.sizes import format_size, parse_sizes
 
 #: the grid keys, outermost first (``algo`` last: innermost); ``sizes`` becomes the ``bytes`` column
@@ -120,9 +120,7 @@ def parse_grid(text: str, where: str = "grid") -> Grid:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
+        at, problem = yaml_error_parts(exc)
         raise UsageError(f"{where} is malformed YAML{at}: {problem}; fix the syntax") from None
     if isinstance(doc, list):
         if not doc:

@@ -19,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "broadcast or reduce")
     p.add_argument("--root", type=int, default=0, help="broadcast and reduce: the root node (default 0)")
     p.add_argument("--topology", default="ring:4")
+    p.add_argument("--ranks-per-node", type=int, default=1, metavar="P",
+                   help="ranks on every node: the hierarchical program (intra-node phases around the algorithm "
+                        "on the node topology), ranks numbered node-major (default 1)")
     p.add_argument("--count", type=int, default=8, help="elements per node, 1 to 2**40 (default 8)")
     p.add_argument("--limit", type=int, default=8, help="transfers shown per step, >= 0 (default 8)")
     p.add_argument("--bidirectional", action="store_true",
@@ -35,7 +38,10 @@ def run(args: argparse.Namespace, comm) -> int:
         raise UsageError(f"--limit {args.limit} must be >= 0 (0 shows only the step headers)")
     if args.segment_elems is not None and not 1 <= args.segment_elems <= MAX_COUNT:
         raise UsageError(f"--segment-elems {args.segment_elems} is outside 1..2**40 elements")
-    sched = build_schedule(args.collective, args.algo, parse_topology(args.topology), args.count,
+    if args.ranks_per_node < 1:
+        raise UsageError(f"--ranks-per-node {args.ranks_per_node} must be >= 1")
+    topology = parse_topology(args.topology).with_ranks_per_node(args.ranks_per_node)
+    sched = build_schedule(args.collective, args.algo, topology, args.count,
                            args.bidirectional, args.segment_elems, root=args.root)
     if comm.rank == 0:
         print(sched.describe(args.limit))

@@ -19,7 +19,7 @@ import re
 
 import yaml
 
-from nicemu.errors import TopologyError
+from nicemu.errors import TopologyError, yaml_error_parts
 
 from .torus import MAX_NODES, LinkParams, Torus
 
@@ -52,12 +52,8 @@ def _read(path: str) -> object:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise TopologyError(f"{path}: not valid YAML{where} ({_one_line(problem)}); fix the syntax") from None
+        at, problem = yaml_error_parts(exc)
+        raise TopologyError(f"{path}: not valid YAML{at} ({problem}); fix the syntax") from None
 
 
 def _is_number(value: object) -> bool:

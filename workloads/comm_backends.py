@@ -11,6 +11,7 @@ Megatron and vLLM number ranks). Its collectives run on the *group topology*:
 * else the sub-torus of the trailing dimensions whose sizes multiply to the
   group size (``torus:2x8`` with TP 8: each stage is one ``ring:8`` row with
   that dimension's links), because row-major ids make those nodes contiguous;
+* on a switch, ``switch:TP`` (its nodes keep their own ports);
 * else ``ring:TP`` with the last dimension's links: a group that is an arc of
   a longer ring is emulated as if it had its own wrap-around link (an
   approximation; a torus whose trailing dimensions equal TP avoids it).
@@ -43,7 +44,7 @@ from nicemu.collectives import COLLECTIVES, Timing, model_sparse, model_time, p2
 from nicemu.collectives.registry import REGISTRY, get, is_sparse
 from nicemu.nic.profile import Profile
 from nicemu.nic.telemetry import RESOURCES
-from nicemu.topologies import Torus
+from nicemu.topologies import Torus, switch
 from nicemu.workloads.embedding_shards import batch_token_ids, embedding_block_mask
 from nicemu.workloads.iteration_time import CommCost
 from nicemu.workloads.models import Model
@@ -89,6 +90,8 @@ def group_topology(topology: Torus, nodes: Sequence[int]) -> Torus:
             return Torus.single_node(n)
         node_ids = sorted({v // p for v in nodes})
         return group_topology(topology.node_topology, node_ids).with_ranks_per_node(p)
+    if topology.switched:       # any nodes of a switch: a smaller switch, one port each
+        return switch(n)
     size = 1
     for k in range(topology.ndim - 1, 0, -1):
         size *= topology.shape[k]

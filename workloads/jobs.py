@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from nicemu.errors import NicemuError, UsageError
+from nicemu.errors import NicemuError, UsageError, yaml_error_parts
 from nicemu.sizes import parse_sizes
 from nicemu.topologies import Torus, parse_topology, ring
 
@@ -77,10 +77,8 @@ def parse_jobs(text: str, where: str = "jobs file") -> JobsFile:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UsageError(f"{where} is malformed YAML{at}: {getattr(exc, 'problem', None) or 'bad syntax'}; "
-                         "fix the syntax") from None
+        at, problem = yaml_error_parts(exc)
+        raise UsageError(f"{where} is malformed YAML{at}: {problem}; fix the syntax") from None
     if not isinstance(doc, dict):
         raise UsageError(f"{where} must be a YAML mapping with 'topology' and 'jobs'")
     unknown = [str(k) for k in doc if k not in TOP_KEYS]

@@ -261,6 +261,10 @@ def _replay(topology, profile, chains: Chains, instances, moves, table: _Calls, 
                 prompt_end[r.id] = (c, at[float(r.token_us[0])])
     end_marker: dict[tuple[int, int], int] = {}
     start_marker: dict[tuple[int, int], int] = {}
+    # a pass without replayed calls or KV dependencies gets no marker: its delay is max(0, d - slack) of the
+    # marker before it, with the idle time since summed (max(0, max(0, x - a) - b) = max(0, x - a - b))
+    skipped: dict[tuple[int, int], tuple[int | None, float]] = {}
+    needed = {prompt_end[m.request_id] for m in moves}
     landing: dict[int, int] = {}
 
     def move(j: int) -> None:
@@ -285,12 +289,20 @@ def _replay(topology, profile, chains: Chains, instances, moves, table: _Calls, 
                 move(j)
             moved = True
         inst = instances[c]
-        prev = None
+        prev, acc = None, 0.0
         for k, p in enumerate(inst.passes):
-            deps = [] if prev is None else [(prev, max(0.0, float(starts[c][k] - ends[c][k - 1])))]
-            for rid in taken_in.get((c, k), []):
-                deps.append((landing[rid], max(0.0, float(starts[c][k] - landing_alone[rid]))))
+            gap = max(0.0, float(starts[c][k] - ends[c][k - 1])) if k else 0.0
             calls = mine.get((c, k))
+            kv_in = taken_in.get((c, k), [])
+            if not calls and not kv_in and (c, k) not in needed:
+                # nothing of it is replayed or waited for: its delay follows from the last marker's (below)
+                acc += gap
+                skipped[(c, k)] = (prev, acc)
+                continue
+            deps = [] if prev is None else [(prev, acc + gap)]
+            acc = 0.0
+            for rid in kv_in:
+                deps.append((landing[rid], max(0.0, float(starts[c][k] - landing_alone[rid]))))
             if calls:
                 s = fresh.marker(float(starts[c][k]), deps)
                 start_marker[(c, k)] = s
@@ -311,7 +323,9 @@ def _replay(topology, profile, chains: Chains, instances, moves, table: _Calls, 
     sd, ed = [], []
     for c, inst in enumerate(instances):
         n = len(inst.passes)
-        e = np.array([d[end_marker[(c, k)]] for k in range(n)])
+        e = np.array([d[end_marker[(c, k)]] if (c, k) in end_marker else
+                      (0.0 if skipped[(c, k)][0] is None else max(0.0, d[skipped[(c, k)][0]] - skipped[(c, k)][1]))
+                      for k in range(n)])
         s = np.array([d[start_marker[(c, k)]] if (c, k) in start_marker else e[k] for k in range(n)])
         sd.append(s)
         ed.append(e)

@@ -327,3 +327,17 @@ def test_schedule(nicemu):
     # reduce-scatter and allgather: 2 x (4 - 1) steps on a ring of 4
     assert sum("step=" in ln for ln in out.splitlines()) == 6, str(proc)
     assert "->" in out, str(proc)
+
+
+def test_schedule_with_ranks_per_node(nicemu):
+    # the hierarchical program: one intra-node reduce-scatter step, the ring's 2 x (4 - 1) steps over the
+    # nodes, one intra-node allgather step (P - 1 = 1 each)
+    proc = nicemu(["schedule", "--algo", "directreduce", "--topology", "ring:4", "--ranks-per-node", "2",
+                   "--count", "8"])
+    assert proc.returncode == 0, str(proc)
+    out = proc.stdout
+    assert "x 2 ranks per node" in out, str(proc)
+    steps = [ln for ln in out.splitlines() if "step=" in ln]
+    assert len(steps) == 8 and "local(" in steps[0] and "local(" in steps[-1], str(proc)
+    bad = nicemu(["schedule", "--ranks-per-node", "0"])
+    assert bad.returncode != 0 and "--ranks-per-node 0 must be >= 1" in bad.stderr, str(bad)

@@ -35,6 +35,9 @@ def test_group_topology_whole_subtorus_or_ring():
     fast = LinkParams(50.0, 0.5)
     links = Torus((2, 4), dim_links=(None, fast))
     assert group_topology(links, range(4)).dim_links == (fast,)
+    # nodes of a switch keep their own ports: a smaller switch, not a ring
+    part = group_topology(parse_topology("switch:16"), range(8, 16))
+    assert part.switched and part.name == "switch:8"
 
 
 def test_group_topology_with_ranks_per_node():
