@@ -321,9 +321,8 @@ def _run_mpi(emu, args, algo: str, dtype: np.dtype, nbytes: int) -> dict:
     nodes = list(emu.node_range)
     op = "sum" if args.collective in ("allgather", "alltoall", "broadcast") else args.op  # prod: own inputs
     root = getattr(args, "root", 0)
-    inputs = np.stack([bench_data.node_input(n, emu.topology.nodes, count, dtype, args.density,
-                                             args.block_size, args.overlap, args.seed, op=op)
-                       for n in nodes])
+    inputs = bench_data.fill_inputs(np.empty((len(nodes), count), dtype=dtype), nodes, emu.topology.nodes,
+                                    args.density, args.block_size, args.overlap, args.seed, op)
     work = np.empty_like(inputs)
     walls = []
     timing = None

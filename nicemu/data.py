@@ -42,6 +42,9 @@ F64 = np.dtype(np.float64)
 U64 = 2.0 ** -53      # float64's unit roundoff: the reference's own rounding
 
 
+#: elements per chunk where a whole-vector temporary would cost several times the data
+CHUNK = 1 << 22
+
 def node_input(node: int, nodes: int, count: int, dtype: np.dtype, density: float = 1.0,
                block_size: int = 256, overlap: str = "random", seed: int = 0, start: int = 0,
                stop: int | None = None, op: str = "sum") -> np.ndarray:
@@ -141,5 +144,22 @@ def count_wrong(result: np.ndarray, reference: np.ndarray, bound: np.ndarray | f
     (NaN and an infinity where the reference is finite always count)."""
     if is_integer(result.dtype):
         return int(np.count_nonzero(result != reference))
-    diff = np.abs(result.astype(np.float64) - reference)
-    return int(np.count_nonzero(~(diff <= bound)))
+    wrong = 0
+    per_element = np.ndim(bound) > 0
+    for lo in range(0, len(result), CHUNK):    # float64 temporaries of one chunk, not of the whole vector
+        hi = lo + CHUNK
+        diff = np.abs(result[lo:hi].astype(np.float64) - reference[lo:hi])
+        wrong += int(np.count_nonzero(~(diff <= (bound[lo:hi] if per_element else bound))))
+    return wrong
+
+
+def fill_inputs(out: np.ndarray, nodes_here: range | list, nodes: int, density: float = 1.0, block_size: int = 256,
+                overlap: str = "random", seed: int = 0, op: str = "sum") -> np.ndarray:
+    """``out[i]`` = :func:`node_input` of ``nodes_here[i]``, made a chunk at a time (its int64 temporaries are a
+    chunk's, not the vector's)."""
+    count = out.shape[1]
+    for i, n in enumerate(nodes_here):
+        for lo in range(0, count, CHUNK):
+            hi = min(count, lo + CHUNK)
+            out[i, lo:hi] = node_input(n, nodes, count, out.dtype, density, block_size, overlap, seed, lo, hi, op)
+    return out

@@ -24,13 +24,18 @@ from nicemu.collectives.api.model import call_schedule
 from nicemu.collectives.model.concurrent import Call, run_concurrent
 from nicemu.collectives.registry import get, is_sparse
 from nicemu.errors import NicemuError, UsageError
+from nicemu.memory import check_fits
 from nicemu.nic.ops import is_integer
 from nicemu.nic.profile import load_profile
+from nicemu.sizes import format_size
 from nicemu.topologies import parse_topology, ring
 from nicemu.workloads.accelerators import load_accelerator
 from nicemu.workloads.models import load_model
 from nicemu.workloads.training import BUCKET_BYTES, plan
 
+#: what to change when the buckets do not fit with real data
+TOO_BIG = ("use --executor model for timing only, more hosts under mpiexec, or a smaller model (the embedding and "
+           "LM head are buckets of their own whatever --bucket-mb)")
 HEADER = (f"{'algo':>22} {'iter(ms)':>10} {'compute':>10} {'exposed':>10} {'no share':>10} {'one stream':>10} "
           f"{'speedup':>8} {'#wrong':>6}")
 
@@ -158,6 +163,9 @@ def _real_data(args, algos, tp, topo, profile, dtype, comm, emb=None, model=None
     from nicemu.collectives.api.emulator import Emulator
     wrong = {}
     with Emulator(comm, topo, profile) as emu:
+        biggest = max(b.elems for b in tp.buckets) * dtype.itemsize
+        check_fits(comm, emu.local_nodes, biggest, dtype.itemsize, "mpi", fix=TOO_BIG,
+                   what=f"the largest gradient bucket ({format_size(biggest)})")
         if emb is not None:
             train_sparse.check_memory(comm, emu.local_nodes, emb)
         for algo in algos:

@@ -27,7 +27,9 @@ from nicemu.collectives.api.host_best import NAME as HOST_BEST
 from nicemu.collectives.api.model import call_schedule
 from nicemu.collectives.model.concurrent import Call, run_concurrent
 from nicemu.errors import NicemuError, UsageError
+from nicemu.memory import check_fits
 from nicemu.nic.profile import Profile
+from nicemu.sizes import format_size
 from nicemu.topologies import Torus, parse_topology, ring
 from nicemu.workloads.accelerators import Accelerator
 from nicemu.workloads.comm_backends import DTYPE, algos_for
@@ -222,6 +224,9 @@ def _real_data(algos: list[str], parts: dict[str, Parts], su: Setup, comm) -> di
             return topo
 
     lay, itemsize = su.layout, su.grad_dtype.itemsize
+    biggest = max(max(elems for _, elems in parts[a].buckets) for a in algos) * itemsize
+    check_fits(comm, -(-su.topology.nodes // comm.size), max(biggest, su.act_bytes), itemsize, "mpi", fix=train.TOO_BIG,
+               what=f"the largest gradient bucket ({format_size(biggest)})")
     mc = TrainComm(comm, su.topology, su.profile, su.model, 0)
     wrong, off = {}, []
     try:

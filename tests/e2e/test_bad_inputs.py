@@ -93,6 +93,9 @@ FILES = {
     "config_hidden_huge.json": "{" + _CONFIG_OK.replace('"hidden_size": 4096', '"hidden_size": 10000000000000000000000')
                                + "}\n",
     "config_head_dim.json": "{" + _CONFIG_OK + ', "head_dim": -4}\n',
+    # one layer, but an embedding (and LM head) of 8e9 elements: a 30 GiB gradient bucket each
+    "config_vocab_huge.json": "{" + _CONFIG_OK.replace('"num_hidden_layers": 32', '"num_hidden_layers": 1')
+    .replace('"vocab_size": 32000', '"vocab_size": 2000000') + "}\n",
 }
 
 
@@ -274,6 +277,9 @@ CASES = [
     case("serve-replicas-topology", [*SERVE, "--replicas", "2", "--topology", "ring:2"], "times 2 replicas = 4"),
     case("serve-prefix-reuse-whole", [*SERVE, "--prefix-reuse", "1"], "--prefix-reuse 1", "0 <= F < 1"),
     case("serve-kv-restore-unknown", [*SERVE, "--kv-restore", "fetch"], "--kv-restore", "fetch"),
+    case("train-mpi-memory", ["train", "--executor", "mpi", "--model", "config_vocab_huge.json", "--global-batch",
+                              "8", "--seq-len", "8", "--algo", "ring"],
+         "largest gradient bucket", "GiB", "--executor model"),                 # killed for lack of memory
 ]
 
 BY_ID = {c.id: c for c in CASES}
@@ -281,7 +287,7 @@ BY_ID = {c.id: c for c in CASES}
 MPI_CASES = ["bench-dtype-int16", "profile-type-string", "set-unknown-section", "bench-seed-negative",
              "serve-trace-back-in-time", "serve-config-missing-fields", "bench-dtype-unknown-name",
              "bench-mpi-spot-window-memory", "serve-requests-huge", "serve-disaggregated-topology",
-             "bench-concurrent-mpi-ranks"]
+             "bench-concurrent-mpi-ranks", "train-mpi-memory"]
 
 
 def _write_files(where: Path) -> None:
