@@ -24,12 +24,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nicemu.nic.fabric import FabricError, Routes, fill_rates
+from nicemu.nic.fabric import FabricError, Routes
 
 #: a flow whose rate falls this far (relative) below its alone rate is slowed
 _SLOWED_RTOL = 1e-9
 #: flows whose projected end lies within this relative distance of an event end at it
 _FINISH_RTOL = 1e-12
+#: a resource whose flows' caps add up to this far (relative) below its capacity never holds one of them
+_SLACK_RTOL = 1e-9
+#: ... as long as it carries at most this many flows (rounding in the filling stays far below that margin)
+_SLACK_FLOWS = 100_000
 
 
 def spans(lo: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -106,68 +110,160 @@ def replay(capacity: np.ndarray, routes: Routes, base_start: np.ndarray, base_en
     instant = (span <= 0) | ~(rate_cap > 0) | ~np.isfinite(rate_cap)
     remaining = np.zeros(flows)
     remaining[~instant] = rate_cap[~instant] * span[~instant]
-    waiting = (np.bincount(after_end.targets, minlength=flows)
-               + np.bincount(after_start.targets, minlength=flows)).astype(np.int64)
-    start_delay = np.zeros(flows)
-    end_delay = np.zeros(flows)
-    slowed = np.zeros(flows, dtype=bool)
-    heap: list[tuple[float, int]] = [(float(base_start[f]), int(f)) for f in np.flatnonzero(waiting == 0)]
-    heapq.heapify(heap)
-    active = np.zeros(0, dtype=np.int64)
+    state = _State(base_start, after_end, after_start, flows)
     lengths = np.diff(routes.offsets)
+    # the flows present, in the order they joined, with their route lengths, caps and routes (concatenated)
+    active = np.zeros(0, dtype=np.int64)
+    n_act = np.zeros(0, dtype=np.int64)
+    cap_act = np.zeros(0)
+    ent = np.zeros(0, dtype=np.int64)
     events = 0
     t = -np.inf
+    while state.pending or len(active):
+        if not len(active):
+            t = max(t, state.pending.first())
+        limit = t + _FINISH_RTOL * max(abs(t), 1.0)
+        while state.pending and state.pending.first() <= limit:
+            joined = state.pending.pop_due(limit)
+            state.release(after_start, joined, state.start_delay, t)
+            now = joined[instant[joined]]
+            if len(now):
+                state.end_delay[now] = state.start_delay[now]
+                state.release(after_end, now, state.end_delay, t)
+            moving = joined[~instant[joined]]
+            if len(moving):
+                n = lengths[moving]
+                active = np.concatenate([active, moving])
+                n_act = np.concatenate([n_act, n])
+                cap_act = np.concatenate([cap_act, rate_cap[moving]])
+                ent = np.concatenate([ent, routes.resources[spans(routes.offsets[moving], n)]])
+        if not len(active):
+            continue
+        events += 1
+        rate = capped_rates(cap, ent, n_act, cap_act)
+        state.slowed[active[rate < cap_act * (1 - _SLOWED_RTOL)]] = True
+        projected = t + remaining[active] / rate
+        t_next = float(projected.min())
+        if state.pending:
+            t_next = min(t_next, state.pending.first())
+        done = projected <= t_next + _FINISH_RTOL * max(abs(t_next), 1.0)
+        remaining[active] -= rate * (t_next - t)
+        t = t_next
+        gone = active[done]
+        delay = state.start_delay[gone]
+        state.end_delay[gone] = np.where(state.slowed[gone], np.maximum(projected[done] - base_end[gone], delay), delay)
+        if len(gone):
+            keep = ~done
+            ent = ent[np.repeat(keep, n_act)]
+            active, n_act, cap_act = active[keep], n_act[keep], cap_act[keep]
+            state.release(after_end, gone, state.end_delay, t)
+    if np.any(state.waiting > 0):
+        raise FabricError("the dependencies form a cycle; every flow must wait only for earlier ones")
+    return Replay(state.start_delay, state.end_delay, state.slowed, events)
 
-    def release(edges: Edges, sources: np.ndarray, delay: np.ndarray) -> None:
+
+class _Pending:
+    """Flows released but not yet joined, by join time: a heap of runs (one per release) sorted by (time,
+    flow), so taking the flows due costs a binary search per run rather than a heap operation per flow."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, np.ndarray, np.ndarray]] = []
+        self._runs = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._heap)
+
+    def push(self, times: np.ndarray, flows: np.ndarray) -> None:
+        if not len(flows):
+            return
+        order = np.lexsort((flows, times))
+        times, flows = times[order], flows[order]
+        heapq.heappush(self._heap, (float(times[0]), self._runs, times, flows))
+        self._runs += 1
+
+    def first(self) -> float:
+        """The earliest join time pending."""
+        return self._heap[0][0]
+
+    def pop_due(self, limit: float) -> np.ndarray:
+        """The flows due by ``limit``, in (time, flow) order: the order one heap of flows pops them in."""
+        times, flows = [], []
+        while self._heap and self._heap[0][0] <= limit:
+            _, run, t, f = heapq.heappop(self._heap)
+            k = int(np.searchsorted(t, limit, side="right"))
+            times.append(t[:k])
+            flows.append(f[:k])
+            if k < len(t):
+                heapq.heappush(self._heap, (float(t[k]), run, t[k:], f[k:]))
+        if len(flows) == 1:
+            return flows[0]
+        t, f = np.concatenate(times), np.concatenate(flows)
+        return f[np.lexsort((f, t))]
+
+
+class _State:
+    """What the replay knows of every flow: its delays, what it still waits for, and the flows ready to join."""
+
+    def __init__(self, base_start: np.ndarray, after_end: Edges, after_start: Edges, flows: int) -> None:
+        self.base_start = base_start
+        self.waiting = (np.bincount(after_end.targets, minlength=flows)
+                        + np.bincount(after_start.targets, minlength=flows)).astype(np.int64)
+        self.start_delay = np.zeros(flows)
+        self.end_delay = np.zeros(flows)
+        self.slowed = np.zeros(flows, dtype=bool)
+        self.pending = _Pending()
+        ready = np.flatnonzero(self.waiting == 0)
+        self.pending.push(base_start[ready], ready)
+
+    def release(self, edges: Edges, sources: np.ndarray, delay: np.ndarray, t: float) -> None:
+        """``sources`` passed ``delay`` on along ``edges``; the flows that wait for nothing more join at
+        their own start plus their delay, or now if that has passed."""
         if not len(sources):
             return
         src, dst, slack = edges.with_slack(sources)
         if not len(dst):
             return
-        np.maximum.at(start_delay, dst, delay[src] if slack is None else delay[src] - slack)
-        np.subtract.at(waiting, dst, 1)
-        for f in np.unique(dst[waiting[dst] == 0]).tolist():
-            heapq.heappush(heap, (max(float(base_start[f] + start_delay[f]), t), f))
+        np.maximum.at(self.start_delay, dst, delay[src] if slack is None else delay[src] - slack)
+        np.subtract.at(self.waiting, dst, 1)
+        ready = np.unique(dst[self.waiting[dst] == 0])
+        if len(ready):
+            self.pending.push(np.maximum(self.base_start[ready] + self.start_delay[ready], t), ready)
 
-    while heap or len(active):
-        if not len(active):
-            t = max(t, heap[0][0])
-        while heap and heap[0][0] <= t + _FINISH_RTOL * max(abs(t), 1.0):
-            joined = []
-            while heap and heap[0][0] <= t + _FINISH_RTOL * max(abs(t), 1.0):
-                joined.append(heapq.heappop(heap)[1])
-            joined = np.asarray(joined, dtype=np.int64)
-            release(after_start, joined, start_delay)
-            now = joined[instant[joined]]
-            end_delay[now] = start_delay[now]
-            release(after_end, now, end_delay)
-            active = np.concatenate([active, joined[~instant[joined]]])
-        if not len(active):
-            continue
-        events += 1
-        # max-min rates of the active flows over their routes plus one private resource each (the cap)
-        n = lengths[active]
-        lo = routes.offsets[active]
-        ix = spans(lo, n)
-        local = np.arange(len(active))
-        ef = np.concatenate([np.repeat(local, n), local])
-        er = np.concatenate([routes.resources[ix], len(cap) + local])
-        order = np.argsort(ef, kind="stable")
-        rate = np.zeros(len(active))
-        fill_rates(np.concatenate([cap, rate_cap[active]]), ef[order], er[order], np.ones(len(active)), rate)
-        slowed[active[rate < rate_cap[active] * (1 - _SLOWED_RTOL)]] = True
-        projected = t + remaining[active] / rate
-        t_next = float(projected.min())
-        if heap:
-            t_next = min(t_next, heap[0][0])
-        done = projected <= t_next + _FINISH_RTOL * max(abs(t_next), 1.0)
-        remaining[active] -= rate * (t_next - t)
-        t = t_next
-        gone = active[done]
-        end_delay[gone] = np.where(slowed[gone], np.maximum(projected[done] - base_end[gone], start_delay[gone]),
-                                   start_delay[gone])
-        active = active[~done]
-        release(after_end, gone, end_delay)
-    if np.any(waiting > 0):
-        raise FabricError("the dependencies form a cycle; every flow must wait only for earlier ones")
-    return Replay(start_delay, end_delay, slowed, events)
+
+def capped_rates(capacity: np.ndarray, entries: np.ndarray, lengths: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """Max-min fair rates of flows crossing ``entries`` (resource ids, ``lengths[i]`` for flow ``i`` in turn),
+    each capped at ``caps[i]``: what nic/fabric.py's progressive filling gives with every cap as a private
+    resource, to the last bit, without building those resources.
+
+    Short cut: a resource whose flows' caps add up to clearly less than its capacity, or that carries one
+    flow not above it, never binds any of them (its level always lies above the lowest cap still rising), so
+    when every resource is such, each flow freezes at its cap alone: the rates are the caps."""
+    rate = caps.copy()
+    if not len(entries):
+        return rate
+    used, er = np.unique(entries, return_inverse=True)
+    left = capacity[used]
+    count = np.bincount(er, minlength=len(used))
+    load = np.bincount(er, weights=np.repeat(caps, lengths), minlength=len(used))
+    if np.all(((load <= left * (1 - _SLACK_RTOL)) & (count <= _SLACK_FLOWS)) | ((count == 1) & (load <= left))):
+        return rate
+    live = lengths > 0                                   # a flow on no resource runs at its cap
+    ids, n, c = np.flatnonzero(live), lengths[live], caps[live]
+    left = left.copy()
+    nres = len(used)
+    while len(ids):
+        # the steps of nic/fabric.py's fill, with each flow's cap standing for its private resource
+        starts = np.cumsum(n) - n
+        level = np.full(nres, np.inf)
+        np.divide(np.maximum(left, 0.0), count, out=level, where=count > 0)
+        lev_e = level[er]
+        low = np.minimum(np.minimum.reduceat(lev_e, starts), c)
+        higher = np.bincount(er, weights=lev_e > np.repeat(low, n), minlength=nres)
+        frozen = np.logical_or.reduceat((higher == 0)[er], starts) | (c <= low)
+        rate[ids[frozen]] = low[frozen]
+        frozen_e = np.repeat(frozen, n)
+        left -= np.bincount(er[frozen_e], weights=np.repeat(low[frozen], n[frozen]), minlength=nres)
+        er = er[~frozen_e]
+        ids, n, c = ids[~frozen], n[~frozen], c[~frozen]
+        count = np.bincount(er, minlength=nres)
+    return rate
