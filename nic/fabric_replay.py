@@ -38,7 +38,8 @@ _SLACK_FLOWS = 100_000
 
 def spans(lo: np.ndarray, n: np.ndarray) -> np.ndarray:
     """The indices ``lo[i] .. lo[i] + n[i] - 1`` of every span, concatenated (a CSR gather)."""
-    return np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + np.repeat(lo, n)
+    ends = np.cumsum(n)
+    return np.arange(ends[-1] if len(ends) else 0) + (lo - ends + n).repeat(n)
 
 
 @dataclass(frozen=True)
@@ -176,8 +177,9 @@ class _Pending:
     def push(self, times: np.ndarray, flows: np.ndarray) -> None:
         if not len(flows):
             return
-        order = np.lexsort((flows, times))
-        times, flows = times[order], flows[order]
+        if len(flows) > 1:
+            order = np.lexsort((flows, times))
+            times, flows = times[order], flows[order]
         heapq.heappush(self._heap, (float(times[0]), self._runs, times, flows))
         self._runs += 1
 
@@ -206,6 +208,7 @@ class _State:
 
     def __init__(self, base_start: np.ndarray, after_end: Edges, after_start: Edges, flows: int) -> None:
         self.base_start = base_start
+        self.out_degree = {id(after_end): np.diff(after_end.ptr), id(after_start): np.diff(after_start.ptr)}
         self.waiting = (np.bincount(after_end.targets, minlength=flows)
                         + np.bincount(after_start.targets, minlength=flows)).astype(np.int64)
         self.start_delay = np.zeros(flows)
@@ -218,14 +221,18 @@ class _State:
     def release(self, edges: Edges, sources: np.ndarray, delay: np.ndarray, t: float) -> None:
         """``sources`` passed ``delay`` on along ``edges``; the flows that wait for nothing more join at
         their own start plus their delay, or now if that has passed."""
-        if not len(sources):
+        n = self.out_degree[id(edges)][sources]
+        if not n.any():
             return
-        src, dst, slack = edges.with_slack(sources)
-        if not len(dst):
-            return
-        np.maximum.at(self.start_delay, dst, delay[src] if slack is None else delay[src] - slack)
+        ix = spans(edges.ptr[sources], n)
+        dst = edges.targets[ix]
+        passed = delay[sources].repeat(n)
+        np.maximum.at(self.start_delay, dst, passed if edges.slack is None else passed - edges.slack[ix])
         np.subtract.at(self.waiting, dst, 1)
-        ready = np.unique(dst[self.waiting[dst] == 0])
+        ready = dst[self.waiting[dst] == 0]
+        if len(ready) > 1:       # a flow waiting for several of these is ready once
+            ready = np.sort(ready)
+            ready = ready[np.concatenate(([True], ready[1:] != ready[:-1]))]
         if len(ready):
             self.pending.push(np.maximum(self.base_start[ready] + self.start_delay[ready], t), ready)
 
@@ -241,16 +248,19 @@ def capped_rates(capacity: np.ndarray, entries: np.ndarray, lengths: np.ndarray,
     rate = caps.copy()
     if not len(entries):
         return rate
-    used, er = np.unique(entries, return_inverse=True)
-    left = capacity[used]
-    count = np.bincount(er, minlength=len(used))
-    load = np.bincount(er, weights=np.repeat(caps, lengths), minlength=len(used))
-    if np.all(((load <= left * (1 - _SLACK_RTOL)) & (count <= _SLACK_FLOWS)) | ((count == 1) & (load <= left))):
+    if len(capacity) <= 4 * len(entries) + 256:
+        left, er = capacity, entries
+    else:                                                # number the resources in use 0.. (only labels change)
+        used, er = np.unique(entries, return_inverse=True)
+        left = capacity[used]
+    nres = len(left)
+    count = np.bincount(er, minlength=nres)
+    load = np.bincount(er, weights=caps.repeat(lengths), minlength=nres)
+    if np.all(((load <= left * (1 - _SLACK_RTOL)) & (count <= _SLACK_FLOWS)) | ((count <= 1) & (load <= left))):
         return rate
     live = lengths > 0                                   # a flow on no resource runs at its cap
     ids, n, c = np.flatnonzero(live), lengths[live], caps[live]
-    left = left.copy()
-    nres = len(used)
+    left = left.astype(np.float64, copy=True)
     while len(ids):
         # the steps of nic/fabric.py's fill, with each flow's cap standing for its private resource
         starts = np.cumsum(n) - n

@@ -184,10 +184,19 @@ def run_concurrent(calls: list[Call], topology: Torus, profile: Profile,
                               f"transfers, over the {MAX_FLOWS:,} the fabric replay holds in memory (about 300 B "
                               f"each); use fewer calls, a smaller size or topology, or an unsegmented algorithm")
     fabric = Fabric(topology, profile)
-    alone = [call_flows(c.schedule, profile, c.itemsize) for c in calls]
-    one = [_placed(fabric, c, a) for c, a in zip(calls, alone)]
+    capacity = resource_capacity(fabric)
+    # calls that share a schedule (train's buckets of one size, K calls of bench) are timed and placed once
+    seen: dict[tuple, tuple[CallFlows, tuple[Routes, np.ndarray]]] = {}
+    alone, one = [], []
+    for c in calls:
+        key = (id(c.schedule), c.itemsize, np.asarray(c.nodes).tobytes())
+        if key not in seen:
+            a = call_flows(c.schedule, profile, c.itemsize)
+            seen[key] = a, _placed(fabric, c, a, capacity)
+        alone.append(seen[key][0])
+        one.append(seen[key][1])
     if loads is not None:
-        carried = np.zeros(len(resource_capacity(fabric)))
+        carried = np.zeros(len(capacity))
         for c, a, (routes, _) in zip(calls, alone, one):
             weights = np.repeat(a.framed, np.diff(routes.offsets)) * c.repeat
             carried += np.bincount(routes.resources, weights=weights, minlength=len(carried))
@@ -202,8 +211,8 @@ def run_concurrent(calls: list[Call], topology: Torus, profile: Profile,
         for i in comp:
             key = _key(calls[i])
             if key not in own:
-                own[key] = _replay([placed[i]], fabric)[0][0]
-        shared, counts = _replay([placed[i] for i in comp], fabric)
+                own[key] = _replay([placed[i]], fabric, capacity)[0][0]
+        shared, counts = _replay([placed[i] for i in comp], fabric, capacity)
         for i, d, c in zip(comp, shared, counts):
             delays[i] = np.maximum(d - own[_key(calls[i])], 0.0)
             slowed[i] = c
@@ -274,8 +283,9 @@ def _expand(call: Call, a: CallFlows, routes: Routes, rate: np.ndarray) -> _Flow
                   len(a.node_done), (reps - 1) * period)
 
 
-def _placed(fabric: Fabric, call: Call, a: CallFlows) -> tuple[Routes, np.ndarray]:
-    """A call's flows on the physical fabric: (routes, alone rate in bytes/µs per flow)."""
+def _placed(fabric: Fabric, call: Call, a: CallFlows, capacity: np.ndarray | None = None) -> tuple[Routes, np.ndarray]:
+    """A call's flows on the physical fabric: (routes, alone rate in bytes/µs per flow). ``capacity``:
+    :func:`resource_capacity` of ``fabric``, if the caller has it."""
     nodes = np.asarray(call.nodes, dtype=np.int64)
     topo = call.schedule.topology
     if nodes.shape != (topo.nodes,) or len(np.unique(nodes)) != len(nodes):
@@ -290,7 +300,7 @@ def _placed(fabric: Fabric, call: Call, a: CallFlows) -> tuple[Routes, np.ndarra
     np.divide(a.nbytes, span, out=own, where=span > 0)
     # the window holds what follows the first packet at the stream's rate, at most its slowest link's
     own = np.minimum(own, np.minimum.reduceat(fabric.capacity[fs.routes.resources], fs.routes.offsets[:-1]))
-    capacity = resource_capacity(fabric)
+    capacity = resource_capacity(fabric) if capacity is None else capacity
     flow = [np.repeat(np.arange(len(a.src)), np.diff(fs.routes.offsets))]
     res = [fs.routes.resources]
     for bit, end, slot in ((_SRC_PCIE_READ, a.src, 0), (_DST_NIC, a.dst, 2)):
@@ -346,7 +356,8 @@ def _components(resources: list[np.ndarray]) -> list[list[int]]:
     return list(comps.values())
 
 
-def _replay(calls: list[_Flows], fabric: Fabric) -> tuple[list[np.ndarray], list[int]]:
+def _replay(calls: list[_Flows], fabric: Fabric,
+            capacity: np.ndarray | None = None) -> tuple[list[np.ndarray], list[int]]:
     """Replay these calls together: per call, each node's delay in its last iteration, and the flows slowed."""
     offsets, resources, start, end, rate, ae, ast = [], [], [], [], [], [], []
     base = res_base = 0
@@ -362,7 +373,7 @@ def _replay(calls: list[_Flows], fabric: Fabric) -> tuple[list[np.ndarray], list
         base += len(p.first)
     cat = np.concatenate
     routes = Routes(cat([[0], *offsets]).astype(np.int64), cat(resources).astype(np.int64))
-    out = replay(resource_capacity(fabric), routes, cat(start), cat(end), cat(rate),
+    out = replay(resource_capacity(fabric) if capacity is None else capacity, routes, cat(start), cat(end), cat(rate),
                  Edges.from_pairs(base, cat([p[0] for p in ae]), cat([p[1] for p in ae])),
                  Edges.from_pairs(base, cat([p[0] for p in ast]), cat([p[1] for p in ast])))
     delays, counts = [], []
