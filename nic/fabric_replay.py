@@ -113,6 +113,11 @@ def replay(capacity: np.ndarray, routes: Routes, base_start: np.ndarray, base_en
     remaining[~instant] = rate_cap[~instant] * span[~instant]
     state = _State(base_start, after_end, after_start, flows)
     lengths = np.diff(routes.offsets)
+    # the resources some flow crosses, numbered 0.. (only labels change; the rates do not depend on them)
+    crossed = np.zeros(len(cap), dtype=bool)
+    crossed[routes.resources] = True
+    local = np.cumsum(crossed) - 1
+    resources, cap = local[routes.resources], cap[crossed]
     # the flows present, in the order they joined, with their route lengths, caps and routes (concatenated)
     active = np.zeros(0, dtype=np.int64)
     n_act = np.zeros(0, dtype=np.int64)
@@ -137,7 +142,7 @@ def replay(capacity: np.ndarray, routes: Routes, base_start: np.ndarray, base_en
                 active = np.concatenate([active, moving])
                 n_act = np.concatenate([n_act, n])
                 cap_act = np.concatenate([cap_act, rate_cap[moving]])
-                ent = np.concatenate([ent, routes.resources[spans(routes.offsets[moving], n)]])
+                ent = np.concatenate([ent, resources[spans(routes.offsets[moving], n)]])
         if not len(active):
             continue
         events += 1
@@ -248,7 +253,7 @@ def capped_rates(capacity: np.ndarray, entries: np.ndarray, lengths: np.ndarray,
     rate = caps.copy()
     if not len(entries):
         return rate
-    if len(capacity) <= 4 * len(entries) + 256:
+    if len(capacity) <= 4 * len(entries) + 4096:
         left, er = capacity, entries
     else:                                                # number the resources in use 0.. (only labels change)
         used, er = np.unique(entries, return_inverse=True)

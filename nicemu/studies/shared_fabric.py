@@ -58,12 +58,10 @@ def same_node_rows(topologies: Sequence[str] = TOPOLOGIES, profiles: Sequence[st
             prof = load_profile(pname)
             for k in ks:
                 group = []
+                placed = place(topo, prof, k, "same")    # K times the same topology and nodes
                 for algo in algos:
-                    calls, ran = [], None
-                    for sub, nodes in place(topo, prof, k, "same"):
-                        c, ran = _call(algo, sub, prof, size // ITEMSIZE, nodes)
-                        calls.append(c)
-                    out = run_concurrent(calls, topo, prof)
+                    c, ran = _call(algo, placed[0][0], prof, size // ITEMSIZE, placed[0][1])
+                    out = run_concurrent([Call(c.schedule, nodes, ITEMSIZE) for _, nodes in placed], topo, prof)
                     slow = max(out, key=lambda o: o.emulated_us)
                     group.append({"topology": spec, "profile": pname, "k": k, "algo": algo,
                                   "ran": ran, "bytes": size, "alone_us": slow.alone_us,
