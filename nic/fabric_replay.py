@@ -160,7 +160,7 @@ def replay(capacity: np.ndarray, routes: Routes, base_start: np.ndarray, base_en
         state.end_delay[gone] = np.where(state.slowed[gone], np.maximum(projected[done] - base_end[gone], delay), delay)
         if len(gone):
             keep = ~done
-            ent = ent[np.repeat(keep, n_act)]
+            ent = ent[keep.repeat(n_act)]
             active, n_act, cap_act = active[keep], n_act[keep], cap_act[keep]
             state.release(after_end, gone, state.end_delay, t)
     if np.any(state.waiting > 0):
@@ -213,7 +213,8 @@ class _State:
 
     def __init__(self, base_start: np.ndarray, after_end: Edges, after_start: Edges, flows: int) -> None:
         self.base_start = base_start
-        self.out_degree = {id(after_end): np.diff(after_end.ptr), id(after_start): np.diff(after_start.ptr)}
+        # every flow's out-degree along either kind of edge (keyed by the Edges object)
+        self.degree = {id(after_end): np.diff(after_end.ptr), id(after_start): np.diff(after_start.ptr)}
         self.waiting = (np.bincount(after_end.targets, minlength=flows)
                         + np.bincount(after_start.targets, minlength=flows)).astype(np.int64)
         self.start_delay = np.zeros(flows)
@@ -226,7 +227,7 @@ class _State:
     def release(self, edges: Edges, sources: np.ndarray, delay: np.ndarray, t: float) -> None:
         """``sources`` passed ``delay`` on along ``edges``; the flows that wait for nothing more join at
         their own start plus their delay, or now if that has passed."""
-        n = self.out_degree[id(edges)][sources]
+        n = self.degree[id(edges)][sources]
         if not n.any():
             return
         ix = spans(edges.ptr[sources], n)
@@ -261,23 +262,23 @@ def capped_rates(capacity: np.ndarray, entries: np.ndarray, lengths: np.ndarray,
     nres = len(left)
     count = np.bincount(er, minlength=nres)
     load = np.bincount(er, weights=caps.repeat(lengths), minlength=nres)
-    if np.all(((load <= left * (1 - _SLACK_RTOL)) & (count <= _SLACK_FLOWS)) | ((count <= 1) & (load <= left))):
+    if (((load <= left * (1 - _SLACK_RTOL)) & (count <= _SLACK_FLOWS)) | ((count <= 1) & (load <= left))).all():
         return rate
     live = lengths > 0                                   # a flow on no resource runs at its cap
-    ids, n, c = np.flatnonzero(live), lengths[live], caps[live]
+    ids, n, c = live.nonzero()[0], lengths[live], caps[live]
     left = left.astype(np.float64, copy=True)
     while len(ids):
         # the steps of nic/fabric.py's fill, with each flow's cap standing for its private resource
-        starts = np.cumsum(n) - n
+        starts = n.cumsum() - n
         level = np.full(nres, np.inf)
         np.divide(np.maximum(left, 0.0), count, out=level, where=count > 0)
         lev_e = level[er]
         low = np.minimum(np.minimum.reduceat(lev_e, starts), c)
-        higher = np.bincount(er, weights=lev_e > np.repeat(low, n), minlength=nres)
+        higher = np.bincount(er, weights=lev_e > low.repeat(n), minlength=nres)
         frozen = np.logical_or.reduceat((higher == 0)[er], starts) | (c <= low)
         rate[ids[frozen]] = low[frozen]
-        frozen_e = np.repeat(frozen, n)
-        left -= np.bincount(er[frozen_e], weights=np.repeat(low[frozen], n[frozen]), minlength=nres)
+        frozen_e = frozen.repeat(n)
+        left -= np.bincount(er[frozen_e], weights=low[frozen].repeat(n[frozen]), minlength=nres)
         er = er[~frozen_e]
         ids, n, c = ids[~frozen], n[~frozen], c[~frozen]
         count = np.bincount(er, minlength=nres)
