@@ -137,6 +137,12 @@ def test_capped_rates_equal_the_filling_with_private_resources(seed):
         caps[:] = np.array([min([cap[r] for r in rt] + [7.0]) for rt in routes])   # each alone fills its link
     lengths = np.array([len(r) for r in routes], dtype=np.int64)
     entries = np.array([r for rt in routes for r in rt], dtype=np.int64)
+    if seed % 5 == 3:                      # a large fabric of which these flows cross a few resources
+        spread = np.sort(rng.choice(20_000, size=resources, replace=False))
+        big = np.full(20_000, 1.0)
+        big[spread] = cap
+        cap, entries = big, spread[entries]
+        resources = len(cap)
     got = capped_rates(cap, entries, lengths, caps)
     ef = np.concatenate([np.repeat(np.arange(flows), lengths), np.arange(flows)])
     er = np.concatenate([entries, resources + np.arange(flows)])
