@@ -25,7 +25,8 @@ GOLDEN = json.loads((Path(__file__).resolve().parent.parent / "serve_gpudirect_g
 
 
 def _serve(tmp_path, args, *sets, name="out"):
-    """Run ``nicemu serve`` in this process; its records (without wall_s) and its per-request CSV text."""
+    """Run ``nicemu serve`` in this process; its records (without wall_s, and without ``fabric``, a key added
+    after the golden run, which must say the calls ran on an idle fabric) and its per-request CSV text."""
     (tmp_path / "trace.csv").write_text(GOLDEN["trace"])
     argv = [a if a != "trace.csv" else str(tmp_path / "trace.csv") for a in args]
     for s in (*AS_RECORDED, *sets):
@@ -35,6 +36,7 @@ def _serve(tmp_path, args, *sets, name="out"):
     recs = json.loads((tmp_path / f"{name}.json").read_text())
     for r in recs:
         r.pop("wall_s")
+        assert r.pop("fabric") == "alone"
     return recs, (tmp_path / f"{name}.csv").read_text()
 
 
