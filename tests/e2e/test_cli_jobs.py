@@ -71,3 +71,16 @@ def test_a_bad_job_is_one_line_on_every_rank(tmp_path):
     assert run.returncode == 2 and "Traceback" not in run.stderr
     lines = [ln for ln in run.stderr.splitlines() if ln.startswith("nicemu: error:")]
     assert len(lines) == 1 and "job 'even'" in lines[0] and "omniccl" in lines[0], str(run)
+
+
+def test_a_link_over_capacity_is_explained(tmp_path):
+    # 32 nodes drawn at random on torus:4x4x4, run as a ring in node order: several of its hops take the same
+    # physical link at once, which its own alone timing (one link per hop) does not see
+    text = ("topology: torus:4x4x4\nprofile: 400g-gen5\njobs:\n  - name: a\n    nodes: {random: 32, seed: 1}\n"
+            "    algo: directreduce\n    size: 16M\n")
+    out, run = _jobs(tmp_path, text)
+    assert out["hot_links"][0]["utilization"] > 1.0
+    assert "a link over 100% carries one job's own messages at once" in run.stdout, str(run)
+    contiguous = text.replace("{random: 32, seed: 1}", '"0-31"')
+    out, run = _jobs(tmp_path, contiguous)
+    assert all(h["utilization"] <= 1.0 for h in out["hot_links"]) and "over 100%" not in run.stdout
