@@ -227,12 +227,13 @@ def _moved(out: SharedTiming, table: _Calls, block: np.ndarray, start: np.ndarra
     """The calls' windows widened by their pass's (or KV move's) delays: start by its start's, end by its end's."""
     ds = np.zeros(len(table.where))
     de = np.zeros(len(table.where))
-    kv = list(out.kv_delay.values())
+    land = list(out.kv_delay.values())          # in the order of the moves, as _replay makes them
+    leave = list(out.kv_start_delay.values())
     for i, (c, k, _) in enumerate(table.where):
         if c < n_inst:
             ds[i], de[i] = out.start_delay[c][k], out.end_delay[c][k]
-        else:
-            ds[i] = de[i] = kv[c - n_inst] if kv else 0.0
+        elif land:
+            ds[i], de[i] = leave[c - n_inst], land[c - n_inst]
     return start + ds[block], end + de[block]
 
 
