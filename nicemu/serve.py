@@ -373,6 +373,7 @@ def run(args: argparse.Namespace, comm) -> int:
                   f"occurrence of each distinct collective), {checked} elements checked, {wrong_total} wrong "
                   f"{'OK' if wrong_total == 0 else 'FAILED'}")
         _print_memory(records, rows)
+        _print_fabric(records)
         sparse = [r for r in records if is_sparse(r["embedding_algo"])]
         for r in sparse:
             dense = next((d for d in records if d["algo"] == r["layer_algo"]), None)
@@ -542,6 +543,21 @@ def _shared_keys(alone, costs, par: Parallelism, shared) -> dict:
                fabric_slowed_flows=shared.slowed_flows, fabric_slowed_passes=shared.slowed_passes,
                fabric_max_delay_ms=float(delays.max()) / 1e3 if len(delays) else 0.0)
     return out
+
+
+def _print_fabric(records: list[dict]) -> None:
+    """With --fabric shared: what sharing changed against the calls summed on an idle fabric."""
+    def pct(new, old):
+        return "-" if not old or new is None else f"{100 * (new / old - 1):+.2f}%"
+    for r in records:
+        if r.get("fabric") != "shared":
+            continue
+        ttft, alone = r["ttft_ms_mean"], r["ttft_ms_mean_alone"]
+        print(f"# shared fabric, {r['algo']}: mean TTFT {ttft:.3f} ms against {alone:.3f} with every call on an "
+              f"idle fabric ({pct(ttft, alone)}), mean TPOT {pct(r['tpot_ms_mean'], r['tpot_ms_mean_alone'])}, "
+              f"mean E2E {pct(r['e2e_ms_mean'], r['e2e_ms_mean_alone'])}; "
+              f"{r['fabric_slowed_passes']} passes slowed, by at most {r['fabric_max_delay_ms']:.3f} ms "
+              f"({r['fabric_replayed_calls']:,} calls replayed as {r['fabric_flows']:,} flows)")
 
 
 def _print_memory(records: list[dict], rows: list[dict]) -> None:

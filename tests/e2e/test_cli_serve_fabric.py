@@ -20,6 +20,8 @@ def _serve(tmp_path, name, extra, ranks=None):
             "--json", f"{name}.json", *extra]
     run = run_nicemu(args, tmp_path, ranks)
     assert run.returncode == 0, str(run)
+    # the text report says what sharing changed, only when the fabric is shared
+    assert ("# shared fabric, ring: mean TTFT" in run.stdout) == ("shared" in extra), str(run)
     return {r["algo"]: r for r in json.loads((tmp_path / f"{name}.json").read_text())}
 
 
