@@ -218,17 +218,28 @@ def run(args: argparse.Namespace, comm) -> int:
               "no share: the same without contention; one stream: buckets one after another (ms)")
         print("#" + HEADER[1:])
         for r in records:
-            name = r["algo"] + (f"={'+'.join(r['chosen'])}" if r["chosen"] else "")
-            sp = "-" if r["speedup_vs_ring"] is None else f"{r['speedup_vs_ring']:.3f}x"
+            name, sp, bad = row_labels(r)
             print(f"{name:>22} {r['iteration_us'] / 1e3:10.2f} {r['compute_us'] / 1e3:10.2f} "
                   f"{r['exposed_us'] / 1e3:10.2f} {r['iteration_no_sharing_us'] / 1e3:10.2f} "
-                  f"{r['iteration_one_stream_us'] / 1e3:10.2f} {sp:>8} {'-' if r['wrong'] is None else r['wrong']:>6}")
-        if args.executor == "mpi":
-            total = sum(wrong.values())
-            print(f"# out of bounds values : {total} {'OK' if total == 0 else 'FAILED'}")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(records, f, indent=1)
-                f.write("\n")
-            print(f"# wrote {len(records)} records to {args.json}")
+                  f"{r['iteration_one_stream_us'] / 1e3:10.2f} {sp:>8} {bad:>6}")
+        finish_report(args, records, wrong)
     return 1 if any(wrong.values()) else 0
+
+
+def row_labels(r: dict) -> tuple[str, str, str]:
+    """A record's table labels: the algorithm (with what host-best chose), its speedup, its wrong count."""
+    name = r["algo"] + (f"={'+'.join(r['chosen'])}" if r["chosen"] else "")
+    sp = "-" if r["speedup_vs_ring"] is None else f"{r['speedup_vs_ring']:.3f}x"
+    return name, sp, "-" if r["wrong"] is None else str(r["wrong"])
+
+
+def finish_report(args: argparse.Namespace, records: list[dict], wrong: dict[str, int]) -> None:
+    """After the table (rank 0): the real-data verdict and the JSON file."""
+    if args.executor == "mpi":
+        total = sum(wrong.values())
+        print(f"# out of bounds values : {total} {'OK' if total == 0 else 'FAILED'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+            f.write("\n")
+        print(f"# wrote {len(records)} records to {args.json}")

@@ -16,7 +16,6 @@ The reported times come from the model, so both executors give the same records.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -308,17 +307,9 @@ def _print(args, su: Setup, records: list[dict], wrong: dict[str, int]) -> None:
           "stream per group (ms)")
     print("#" + HEADER[1:])
     for r in records:
-        name = r["algo"] + (f"={'+'.join(r['chosen'])}" if r["chosen"] else "")
-        sp = "-" if r["speedup_vs_ring"] is None else f"{r['speedup_vs_ring']:.3f}x"
+        name, sp, bad = train.row_labels(r)
         ms = [r[k] / 1e3 for k in ("iteration_us", "compute_us", "bubble_us", "tp_exposed_us", "pp_exposed_us",
                                    "dp_exposed_us", "iteration_no_sharing_us", "iteration_one_stream_us")]
         print(f"{name:>22} {ms[0]:10.2f} {ms[1]:10.2f} {ms[2]:9.2f} {ms[3]:9.2f} {ms[4]:9.2f} {ms[5]:9.2f} "
-              f"{ms[6]:10.2f} {ms[7]:10.2f} {sp:>8} {'-' if r['wrong'] is None else r['wrong']:>6}")
-    if args.executor == "mpi":
-        total = sum(wrong.values())
-        print(f"# out of bounds values : {total} {'OK' if total == 0 else 'FAILED'}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
-            f.write("\n")
-        print(f"# wrote {len(records)} records to {args.json}")
+              f"{ms[6]:10.2f} {ms[7]:10.2f} {sp:>8} {bad:>6}")
+    train.finish_report(args, records, wrong)
