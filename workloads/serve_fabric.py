@@ -28,9 +28,10 @@ from nicemu.collectives.api.model import call_schedule
 from nicemu.collectives.model.chains import Chains
 from nicemu.collectives.registry import is_sparse
 from nicemu.errors import CollectiveError
+from nicemu.nic.fabric_replay import spans
 from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus
-from nicemu.workloads.batching import BatchingResult, IterationLog, RequestTiming
+from nicemu.workloads.batching import BatchingResult
 from nicemu.workloads.comm_backends import DTYPE, group_topology
 from nicemu.workloads.iteration_time import PassCalls
 from nicemu.workloads.traffic import TrafficRecord
@@ -94,15 +95,15 @@ class _Calls:
         self.where: list[tuple[int, int, np.ndarray]] = []    # (chain, pass or KV index, record positions)
 
 
-def run_shared(topology: Torus, profile: Profile, instances: Sequence[InstanceRun], moves: Sequence[KvMove],
-               progress: Callable[[str], None] | None = None) -> SharedTiming:
+def run_shared(topology: Torus, profile: Profile, instances: Sequence[InstanceRun],
+               moves: Sequence[KvMove]) -> SharedTiming:
     """Replay the run's instances and KV moves on one fabric (see the module docstring)."""
     chains = Chains(topology, profile)
     keys: dict[tuple, int] = {}
     records: list[TrafficRecord] = []
 
     def key_of(rec: TrafficRecord) -> int:
-        k = (rec.collective, rec.algo, rec.bytes, rec.nodes, rec.what == "embedding")
+        k = _record_key(rec)
         i = keys.get(k)
         if i is None:
             i = keys[k] = len(records)
@@ -129,6 +130,7 @@ def run_shared(topology: Torus, profile: Profile, instances: Sequence[InstanceRu
             table.key.append(np.array([key_of(p.records[j]) for j in pos], dtype=np.int64))
             table.where.append((c, k, pos))
     landing_alone = {m.request_id: m.start_us + m.kv_us for m in moves}
+    links = _kv_links(instances, ends)
     for j, m in enumerate(moves):
         pos = np.arange(len(m.records))
         s = np.full(len(pos), m.start_us)
@@ -180,10 +182,8 @@ def run_shared(topology: Torus, profile: Profile, instances: Sequence[InstanceRu
             break
         replayed |= new
         rounds += 1
-        if progress is not None:
-            progress(f"shared fabric: round {rounds}, {int(replayed.sum()):,} calls replayed")
-        out = _replay(topology, profile, chains, instances, moves, table, block, slot, replayed, key, alone_of,
-                      starts, ends, landing_alone)
+        out = _replay(chains, instances, moves, table, block, slot, replayed, key, alone_of, starts, ends,
+                      landing_alone, links)
         moved_start, moved_end = _moved(out, table, block, start, end, len(instances))
     out.rounds = rounds
     out.replayed_calls = int(replayed.sum())
@@ -195,9 +195,14 @@ def _zero(instances: Sequence[InstanceRun]) -> SharedTiming:
     return SharedTiming(z, [x.copy() for x in z])
 
 
+def _record_key(rec: TrafficRecord) -> tuple:
+    """What a dense record's call on the fabric depends on (not its iteration, not its ``what``)."""
+    return rec.collective, rec.algo, rec.bytes, rec.nodes
+
+
 def _alone(chains: Chains, topology: Torus, profile: Profile, rec: TrafficRecord):
     """The call a record makes, alone on the fabric (cached in ``chains`` by the record's key)."""
-    key = (rec.collective, rec.algo, rec.bytes, rec.nodes)
+    key = _record_key(rec)
     if rec.collective == "p2p":
         half = len(rec.nodes) // 2
         pairs = list(zip(rec.nodes[:half], rec.nodes[half:]))
@@ -215,9 +220,7 @@ def _overlaps(start: np.ndarray, end: np.ndarray, chain: np.ndarray) -> tuple[np
     s, e = start[order], end[order]
     hi = np.searchsorted(s, e, side="left")
     n = np.maximum(hi - np.arange(len(s)) - 1, 0)
-    a = np.repeat(np.arange(len(s)), n)
-    b = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + np.repeat(np.arange(len(s)) + 1, n)
-    a, b = order[a], order[b]
+    a, b = order[np.repeat(np.arange(len(s)), n)], order[spans(np.arange(len(s)) + 1, n)]
     other = chain[a] != chain[b]
     return a[other], b[other]
 
@@ -237,17 +240,10 @@ def _moved(out: SharedTiming, table: _Calls, block: np.ndarray, start: np.ndarra
     return start + ds[block], end + de[block]
 
 
-def _replay(topology, profile, chains: Chains, instances, moves, table: _Calls, block, slot, replayed, key,
-            alone_of, starts, ends, landing_alone) -> SharedTiming:
-    """One replay with the calls marked in ``replayed`` as flows; the rest pass their delay on."""
-    fresh = chains
-    fresh.clear()
-    mine: dict[tuple[int, int], list[tuple[int, int]]] = {}     # (chain, pass) -> (record position, row)
-    for i in np.flatnonzero(replayed):
-        c, k, pos = table.where[block[i]]
-        mine.setdefault((c, k), []).append((int(pos[slot[i]]), int(i)))
-    n_inst = len(instances)
-    # prefill passes that end a prompt: request -> (instance, pass); decode passes that take a request in
+def _kv_links(instances: Sequence[InstanceRun], ends: list[np.ndarray]
+              ) -> tuple[dict[int, tuple[int, int]], dict[tuple[int, int], list[int]]]:
+    """Where KV moves attach: request -> (instance, pass) that ends its prompt; (decode instance, pass) -> the
+    requests that pass takes in."""
     prompt_end: dict[int, tuple[int, int]] = {}
     taken_in: dict[tuple[int, int], list[int]] = {}
     for c, inst in enumerate(instances):
@@ -260,6 +256,19 @@ def _replay(topology, profile, chains: Chains, instances, moves, table: _Calls, 
                     taken_in.setdefault((c, r.admitted_iteration), []).append(r.id)
             else:
                 prompt_end[r.id] = (c, at[float(r.token_us[0])])
+    return prompt_end, taken_in
+
+
+def _replay(fresh: Chains, instances, moves, table: _Calls, block, slot, replayed, key, alone_of, starts, ends,
+            landing_alone, links) -> SharedTiming:
+    """One replay with the calls marked in ``replayed`` as flows; the rest pass their delay on."""
+    fresh.clear()
+    mine: dict[tuple[int, int], list[tuple[int, int]]] = {}     # (chain, pass) -> (record position, row)
+    for i in np.flatnonzero(replayed):
+        c, k, pos = table.where[block[i]]
+        mine.setdefault((c, k), []).append((int(pos[slot[i]]), int(i)))
+    n_inst = len(instances)
+    prompt_end, taken_in = links
     end_marker: dict[tuple[int, int], int] = {}
     start_marker: dict[tuple[int, int], int] = {}
     # a pass without replayed calls or KV dependencies gets no marker: its delay is max(0, d - slack) of the
@@ -362,17 +371,11 @@ def shifted(inst: InstanceRun, start_delay: np.ndarray, end_delay: np.ndarray,
     return BatchingResult(reqs, logs, res.kv)
 
 
-def merged(requests: Sequence[RequestTiming], by_id: dict[int, RequestTiming], logs: list[IterationLog],
-           like: BatchingResult) -> BatchingResult:
-    """A merged run (replicas, disaggregated) rebuilt from the shifted instances' requests."""
-    return BatchingResult([by_id.get(r.id, r) for r in requests], logs, like.kv)
-
-
 def run_on_shared_fabric(topology: Torus, profile: Profile, result: BatchingResult,
                          passes: dict[int, list[PassCalls]], replicas: Sequence[BatchingResult] | None = None,
                          dis=None, per_replica: tuple[int, int] = (0, 0),
-                         kv_calls: Callable[[int, int, int], tuple[list[TrafficRecord], list[float]]] | None = None,
-                         progress: Callable[[str], None] | None = None) -> tuple[BatchingResult, SharedTiming, dict]:
+                         kv_calls: Callable[[int, int, int], tuple[list[TrafficRecord], list[float]]] | None = None
+                         ) -> tuple[BatchingResult, SharedTiming, dict]:
     """A finished serve run moved onto the shared fabric: (the merged result with the shared times, the delays,
     each KV transfer's shared time by request id). ``passes``: every instance's passes by its instance number;
     ``replicas``: each replica's own result (colocated replicas); ``dis``: a
@@ -394,7 +397,7 @@ def run_on_shared_fabric(topology: Torus, profile: Profile, result: BatchingResu
         inst = [InstanceRun(r, passes[i]) for i, r in enumerate(replicas)]
     else:
         inst = [InstanceRun(result, passes[0])]
-    timing = run_shared(topology, profile, inst, moves, progress)
+    timing = run_shared(topology, profile, inst, moves)
     parts = [shifted(x, s, e, timing.kv_delay) for x, s, e in zip(inst, timing.start_delay, timing.end_delay)]
     kv_shared = {m.request_id: m.kv_us + timing.kv_delay.get(m.request_id, 0.0)
                  - timing.kv_start_delay.get(m.request_id, 0.0) for m in moves}

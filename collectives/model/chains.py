@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nicemu.collectives.model.concurrent import Call, _placed, call_flows, resource_capacity
+from nicemu.collectives.model.concurrent import NODE_RESOURCES, Call, _placed, call_flows, resource_capacity
 from nicemu.collectives.model.fabric import Fabric
 from nicemu.collectives.model.p2p_timing import arrivals, receive_done
 from nicemu.collectives.schedules.steps import Schedule
@@ -32,8 +32,8 @@ from nicemu.nic.fabric_replay import Edges, replay
 from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus
 
-#: a node's PCIe DMA read, the slot after the links in resource_capacity's order
-_PCIE_READ_SLOT = 0
+#: a node's PCIe DMA read among its resources after the links (resource_capacity's order)
+_PCIE_READ_SLOT = NODE_RESOURCES.index("pcie_read")
 
 
 @dataclass
