@@ -174,13 +174,17 @@ def _algo(r: dict) -> str:
     return f"{r['algo']} ({r['ran']})" if r["algo"] == HOST_BEST else r["algo"]
 
 
+def _shared_cells(r: dict) -> str:
+    """The cells both sharing tables end with: algorithm, alone, shared, slowdown and the two gains."""
+    return (f"{_algo(r)} | {r['alone_us']:,.1f} | {r['emulated_us']:,.1f} | {r['slowdown_vs_alone']:.3f}× | "
+            f"{_pct(r['gain_vs_ring'])} | {_pct(r['gain_vs_best_host'])}")
+
+
 def same_node_table(rows: list[dict]) -> list[str]:
     out = ["| topology | profile | K | algorithm | alone (µs) | K at once (µs) | slowdown | vs ring | vs host-best |",
            "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {r['topology']} | {r['profile']} | {r['k']} | {_algo(r)} | {r['alone_us']:,.1f} | "
-                   f"{r['emulated_us']:,.1f} | {r['slowdown_vs_alone']:.3f}× | {_pct(r['gain_vs_ring'])} | "
-                   f"{_pct(r['gain_vs_best_host'])} |")
+        out.append(f"| {r['topology']} | {r['profile']} | {r['k']} | {_shared_cells(r)} |")
     return out
 
 
@@ -188,9 +192,7 @@ def placement_table(rows: list[dict]) -> list[str]:
     out = ["| size | placement | algorithm | alone (µs) | both jobs (µs) | slowdown | vs ring | vs host-best |",
            "|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {r['bytes'] >> 20} MiB | {r['placement']} | {_algo(r)} | {r['alone_us']:,.1f} | "
-                   f"{r['emulated_us']:,.1f} | {r['slowdown_vs_alone']:.3f}× | {_pct(r['gain_vs_ring'])} | "
-                   f"{_pct(r['gain_vs_best_host'])} |")
+        out.append(f"| {r['bytes'] >> 20} MiB | {r['placement']} | {_shared_cells(r)} |")
     return out
 
 

@@ -92,6 +92,22 @@ def run_nicemu(args: list, cwd: Path, nprocs: int | None = None, timeout: float 
     return run_python(["-m", "nicemu", *args], cwd, nprocs, timeout, "nicemu")
 
 
+#: a small Llama-shaped config.json for train runs that move real data in seconds
+TINY_LLAMA = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512,
+              "vocab_size": 1024, "model_type": "llama"}
+
+
+def model_and_mpi(args: list, cwd: Path, nprocs: int) -> tuple[list[dict], list[dict], Run]:
+    """``nicemu ARGS --json`` with the model executor alone, then with ``--executor mpi`` under mpiexec (its
+    real data all correct): (model records, MPI records, the model run)."""
+    model = run_nicemu([*args, "--json", "model.json"], cwd)
+    assert model.returncode == 0, str(model)
+    real = run_nicemu([*args, "--executor", "mpi", "--json", "mpi.json"], cwd, nprocs)
+    assert real.returncode == 0, str(real)
+    assert "out of bounds values : 0 OK" in real.stdout, str(real)
+    return json.loads((cwd / "model.json").read_text()), json.loads((cwd / "mpi.json").read_text()), model
+
+
 @pytest.fixture
 def nicemu(tmp_path: Path) -> Callable[..., Run]:
     """``nicemu(args, n=None, timeout=...)``: run the CLI in ``tmp_path``; ``n`` ranks under mpiexec."""

@@ -4,26 +4,18 @@ under mpiexec, the same records as the model executor; bad splits refused in one
 import json
 
 import pytest
-from conftest import run_nicemu
+from conftest import TINY_LLAMA, model_and_mpi, run_nicemu
 
 pytestmark = pytest.mark.e2e
 
-CONFIG = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512,
-          "vocab_size": 1024, "model_type": "llama"}
 ARGS = ["train", "--model", "config.json", "--topology", "ring:8", "--tp", "2", "--pp", "2", "--global-batch", "8",
         "--seq-len", "32", "--bucket-mb", "0.25", "--algo", "ring,host-best,directreduce"]
 
 
 def test_tp_pp_dp_real_data_agrees_with_the_model(tmp_path):
     """TP 2 x DP 2 x PP 2 on ring:8 hosted by 4 ranks (two nodes each)."""
-    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
-    model = run_nicemu([*ARGS, "--json", "model.json"], tmp_path)
-    assert model.returncode == 0, str(model)
-    real = run_nicemu([*ARGS, "--executor", "mpi", "--json", "mpi.json"], tmp_path, 4)
-    assert real.returncode == 0, str(real)
-    assert "out of bounds values : 0 OK" in real.stdout
-    m = json.loads((tmp_path / "model.json").read_text())
-    r = json.loads((tmp_path / "mpi.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(TINY_LLAMA))
+    m, r, _ = model_and_mpi(ARGS, tmp_path, 4)
     assert [a["algo"] for a in m] == ["ring", "host-best", "directreduce"]
     for a, b in zip(m, r, strict=True):
         assert b["wrong"] == 0 and a["wrong"] is None
@@ -40,7 +32,7 @@ def test_tp_pp_dp_real_data_agrees_with_the_model(tmp_path):
     (["--tp", "8", "--pp", "1"], ["heads", "TP=8"]),
 ])
 def test_bad_splits_fail_once_on_every_rank(tmp_path, extra, words):
-    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    (tmp_path / "config.json").write_text(json.dumps(TINY_LLAMA))
     run = run_nicemu([*ARGS, *extra, "--executor", "mpi"], tmp_path, 2)
     assert run.returncode == 2, str(run)
     lines = [ln for ln in run.stderr.splitlines() if ln.strip()]

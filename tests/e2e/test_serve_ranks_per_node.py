@@ -64,6 +64,15 @@ def test_errors(argv, words, capsys):
     assert len(err) == 1 and err[0].startswith("nicemu: error:") and words in err[0], err
 
 
+def _mpi_and_model(tmp_path, argv):
+    """``argv`` (which writes r.json) under mpiexec -n 2 with each executor: (MPI records, model records)."""
+    got = run_cli_batch(tmp_path, [("mpi", [*argv, "--executor", "mpi"]),
+                                   ("model", [*argv, "--executor", "model", "--jobs", "1"])], nprocs=2)
+    for case in got.values():
+        assert case.statuses == [0, 0], case
+    return tuple(json.loads((got[k].cwd / "r.json").read_text()) for k in ("mpi", "model"))
+
+
 @pytest.mark.parametrize("layout", [["--tp", "8"], ["--tp", "4", "--pp", "2"], ["--tp", "2", "--pp", "2"],
                                     ["--tp", "2", "--disaggregated", "1:1"]],
                          ids=["tp8", "tp4-pp2", "tp2-pp2-nvlink", "tp2-disaggregated-nvlink"])
@@ -72,12 +81,7 @@ def test_real_data_equals_the_model(tmp_path, layout):
     stages, or a prefill and a decode instance, inside one node (activations and KV caches over NVLink)."""
     argv = ["serve", "--model", "llama3-8b", "--requests", "4", *layout, "--ranks-per-node", "4",
             "--set", "intra_node.nvlink=true", "--algo", "ring,directreduce", "--json", "r.json"]
-    got = run_cli_batch(tmp_path, [("mpi", [*argv, "--executor", "mpi"]),
-                                   ("model", [*argv, "--executor", "model", "--jobs", "1"])], nprocs=2)
-    for case in got.values():
-        assert case.statuses == [0, 0], case
-    mpi = json.loads((got["mpi"].cwd / "r.json").read_text())
-    model = json.loads((got["model"].cwd / "r.json").read_text())
+    mpi, model = _mpi_and_model(tmp_path, argv)
     for a, b in zip(mpi, model):
         assert a["wrong"] == 0 and a["checked_elements"] > 0
         for key in ("ttft_ms_mean", "tpot_ms_mean", "e2e_ms_mean", "layer_wire_bytes", "comm_ms", "p2p_ms"):
@@ -100,12 +104,7 @@ def test_expert_parallelism_across_nodes_real_data_equals_the_model(tmp_path, nv
     real data (checked) and the model executor's times."""
     argv = ["serve", "--model", "mixtral-8x7b", "--requests", "3", "--tp", "8", "--ep", "8", "--ranks-per-node", "4",
             "--algo", "ring,directreduce", "--json", "r.json", *(["--set", "intra_node.nvlink=true"] if nvlink else [])]
-    got = run_cli_batch(tmp_path, [("mpi", [*argv, "--executor", "mpi"]),
-                                   ("model", [*argv, "--executor", "model", "--jobs", "1"])], nprocs=2)
-    for case in got.values():
-        assert case.statuses == [0, 0], case
-    mpi = json.loads((got["mpi"].cwd / "r.json").read_text())
-    model = json.loads((got["model"].cwd / "r.json").read_text())
+    mpi, model = _mpi_and_model(tmp_path, argv)
     assert [r["algo"] for r in mpi] == [r["algo"] for r in model] == ["ring", "directreduce"]
     for a, b in zip(mpi, model):
         assert (a["nodes"], a["ranks_per_node"], a["ep"]) == (2, 4, 8)

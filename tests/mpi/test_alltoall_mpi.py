@@ -37,30 +37,37 @@ def transposed(x):
     return np.ascontiguousarray(x.reshape(p, p, count // p).transpose(1, 0, 2)).reshape(p, count)
 
 
+def _alltoall_checked(emu, profile, algo: str, count: int, dtype, seed: int):
+    """One all-to-all of this rank's rows: data equal to the transposed input byte for byte, and (but for
+    ``mpi``) the model's time, wire bytes and host time. Returns (input of every node, this rank's rows)."""
+    n = emu.topology.nodes
+    lo, hi = emu.node_range.start, emu.node_range.stop
+    x = full_input(n, count, dtype, seed=seed)
+    res = emu.alltoall(x[lo:hi] if hi - lo > 1 else x[lo], algo=algo)
+    rows = np.atleast_2d(res.data)
+    np.testing.assert_array_equal(rows.view(np.uint8), transposed(x)[lo:hi].view(np.uint8))
+    if algo == "mpi":
+        assert res.emulated_us is None
+    else:
+        model = model_time("alltoall", algo, emu.topology, profile, count, dtype)
+        assert (res.emulated_us, res.wire_bytes, res.host_busy_us) == \
+            (model.emulated_us, model.wire_bytes, model.host_busy_us)
+    return x, rows
+
+
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("topology", topologies())
 @pytest.mark.parametrize("algo", ["ring", "directreduce", "mpi"])
 def test_alltoall_on_ranks(topology, algo):
     with Emulator(COMM, topology, PROFILE) as emu:
         p = emu.topology.nodes
-        lo, hi = emu.node_range.start, emu.node_range.stop
+        lo = emu.node_range.start
         for i, dtype in enumerate(DTYPES):
-            count = p * (3 + i)
-            x = full_input(p, count, dtype, seed=p + i)
-            res = emu.alltoall(x[lo:hi] if hi - lo > 1 else x[lo], algo=algo)
-            rows = np.atleast_2d(res.data)
-            np.testing.assert_array_equal(rows.view(np.uint8), transposed(x)[lo:hi].view(np.uint8))
+            x, rows = _alltoall_checked(emu, PROFILE, algo, p * (3 + i), dtype, p + i)
             if p == COMM.size and np.dtype(dtype).itemsize >= 4:   # collective: all ranks or none
                 ref = np.empty_like(x[lo])
                 COMM.Alltoall(np.ascontiguousarray(x[lo]), ref)   # MPI's own, one block per rank
                 np.testing.assert_array_equal(rows[0], ref)
-            if algo == "mpi":
-                assert res.emulated_us is None
-                continue
-            model = model_time("alltoall", algo, emu.topology, PROFILE, count, dtype)
-            assert res.emulated_us == model.emulated_us
-            assert res.wire_bytes == model.wire_bytes
-            assert res.host_busy_us == model.host_busy_us
 
 
 @pytest.mark.mpi(min_size=2)
@@ -88,15 +95,5 @@ def test_alltoall_ranks_per_node_on_ranks(topology, per_node, algo):
     profile = load_profile("400g-gen5", ["intra_node.nvlink=true"]) if per_node == 4 else PROFILE
     with Emulator(COMM, topology, profile, ranks_per_node=per_node) as emu:
         n = emu.topology.nodes
-        lo, hi = emu.node_range.start, emu.node_range.stop
         for i, dtype in enumerate(DTYPES):
-            count = n * (2 + i)
-            x = full_input(n, count, dtype, seed=n + i)
-            res = emu.alltoall(x[lo:hi] if hi - lo > 1 else x[lo], algo=algo)
-            rows = np.atleast_2d(res.data)
-            np.testing.assert_array_equal(rows.view(np.uint8), transposed(x)[lo:hi].view(np.uint8))
-            if algo == "mpi":
-                continue
-            model = model_time("alltoall", algo, emu.topology, profile, count, dtype)
-            assert (res.emulated_us, res.wire_bytes, res.host_busy_us) == \
-                (model.emulated_us, model.wire_bytes, model.host_busy_us)
+            _alltoall_checked(emu, profile, algo, n * (2 + i), dtype, n + i)
