@@ -455,7 +455,7 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
         alone_result = result
         if args.fabric == "shared":
             result, shared, kv_shared = _share_fabric(args, topology, profile, model, par, result, passes, parts,
-                                                      dis if par.disaggregated else None, backend, p2p_label)
+                                                      dis if par.disaggregated else None, p2p_label)
         wall_s = time.monotonic() - t0
         rec = {"algo": algo, **summarize(result, costs, par.instances == 1), **kv_summary(result)}
         rec["fabric"] = args.fabric
@@ -517,17 +517,14 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
     return records, rows, wrong_total, events
 
 
-def _share_fabric(args, topology, profile, model, par: Parallelism, result, passes, parts, dis, backend,
-                  p2p_label: str):
+def _share_fabric(args, topology, profile, model, par: Parallelism, result, passes, parts, dis, p2p_label: str):
     """The run moved onto the shared fabric (workloads/serve_fabric.py): (result, delays, KV times shared)."""
-    def kv_calls(prompt: int, source: int, target: int):
-        recs = kv_transfer_records(prompt, model, par, source, target, p2p_label, DTYPE.itemsize)
-        backend.iteration_cost(-1, recs)
-        return recs, [c.emulated_us for c in backend.last_costs(recs)]
+    def kv_records(prompt: int, source: int, target: int):
+        return kv_transfer_records(prompt, model, par, source, target, p2p_label, DTYPE.itemsize)
 
     try:
         return run_on_shared_fabric(topology, profile, result, passes, parts if par.replicas > 1 else None, dis,
-                                    (par.prefill_instances, par.decode_instances), kv_calls)
+                                    (par.prefill_instances, par.decode_instances), kv_records)
     except CollectiveError as exc:
         raise UsageError(f"--fabric shared: {exc}") from None
 

@@ -96,9 +96,10 @@ class _Calls:
 
 
 def run_shared(topology: Torus, profile: Profile, instances: Sequence[InstanceRun],
-               moves: Sequence[KvMove]) -> SharedTiming:
-    """Replay the run's instances and KV moves on one fabric (see the module docstring)."""
-    chains = Chains(topology, profile)
+               moves: Sequence[KvMove], chains: Chains | None = None) -> SharedTiming:
+    """Replay the run's instances and KV moves on one fabric (see the module docstring); ``chains``: one
+    already holding some calls alone, to reuse."""
+    chains = chains or Chains(topology, profile)
     keys: dict[tuple, int] = {}
     records: list[TrafficRecord] = []
 
@@ -374,14 +375,16 @@ def shifted(inst: InstanceRun, start_delay: np.ndarray, end_delay: np.ndarray,
 def run_on_shared_fabric(topology: Torus, profile: Profile, result: BatchingResult,
                          passes: dict[int, list[PassCalls]], replicas: Sequence[BatchingResult] | None = None,
                          dis=None, per_replica: tuple[int, int] = (0, 0),
-                         kv_calls: Callable[[int, int, int], tuple[list[TrafficRecord], list[float]]] | None = None
+                         kv_records: Callable[[int, int, int], list[TrafficRecord]] | None = None
                          ) -> tuple[BatchingResult, SharedTiming, dict]:
     """A finished serve run moved onto the shared fabric: (the merged result with the shared times, the delays,
     each KV transfer's shared time by request id). ``passes``: every instance's passes by its instance number;
     ``replicas``: each replica's own result (colocated replicas); ``dis``: a
     :class:`~nicemu.workloads.disaggregation.Disaggregated` run, ``per_replica`` its (P, D), and
-    ``kv_calls(prompt, source, target)`` the records and alone costs of one request's KV transfer between
-    instance numbers."""
+    ``kv_records(prompt, source, target)`` the records of one request's KV transfer between instance numbers.
+    Their alone times come from their flows (equal to serve's transfer timing, checked against the run's KV
+    time), so the run's backend is not asked again and its totals stay as they were."""
+    chains = Chains(topology, profile)
     moves: list[KvMove] = []
     if dis is not None:
         p, d = per_replica
@@ -391,13 +394,15 @@ def run_on_shared_fabric(topology: Torus, profile: Profile, result: BatchingResu
         for rid in sorted(dis.kv_us, key=lambda i: (dis.prefill_done_us[i], i)):
             pi, di = dis.placement[rid]
             src, dst = (pi // p) * (p + d) + pi % p, (di // d) * (p + d) + p + di % d
-            recs, costs = kv_calls(prompt[rid], src, dst)
+            recs = kv_records(prompt[rid], src, dst)
+            costs = [_alone(chains, topology, profile, r).span_us for r in recs]
+            _check_span(max(costs), dis.kv_us[rid], recs[0])
             moves.append(KvMove(rid, pi, len(dis.prefill) + di, dis.prefill_done_us[rid], dis.kv_us[rid], recs, costs))
     elif replicas is not None and len(replicas) > 1:
         inst = [InstanceRun(r, passes[i]) for i, r in enumerate(replicas)]
     else:
         inst = [InstanceRun(result, passes[0])]
-    timing = run_shared(topology, profile, inst, moves)
+    timing = run_shared(topology, profile, inst, moves, chains)
     parts = [shifted(x, s, e, timing.kv_delay) for x, s, e in zip(inst, timing.start_delay, timing.end_delay)]
     kv_shared = {m.request_id: m.kv_us + timing.kv_delay.get(m.request_id, 0.0)
                  - timing.kv_start_delay.get(m.request_id, 0.0) for m in moves}

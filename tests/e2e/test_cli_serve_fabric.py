@@ -53,6 +53,9 @@ def test_kv_transfers_crossing_the_rings_slow_down_alike_on_both_executors(tmp_p
                 assert r[key] == value, key
         assert m["fabric_slowed_flows"] > 0 and m["fabric_slowed_passes"] > 0
         assert m["ttft_ms_mean_alone"] == alone[algo]["ttft_ms_mean"]
+        # sharing moves times only: the run's totals of calls summed alone stay as they were (once counted)
+        for key in ("p2p_ms", "comm_ms", "compute_ms", "collectives", "layer_wire_bytes", "kv_transfer_bytes"):
+            assert m[key] == alone[algo][key], key
         assert m["ttft_ms_mean"] > m["ttft_ms_mean_alone"]
         assert m["kv_transfer_ms_mean"] > alone[algo]["kv_transfer_ms_mean"]
         assert m["e2e_ms_mean"] >= m["e2e_ms_mean_alone"]
