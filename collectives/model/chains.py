@@ -120,7 +120,7 @@ class Chains:
             rate = np.minimum(rate, np.minimum.reduceat(self.fabric.capacity[fs.routes.resources],
                                                         fs.routes.offsets[:-1]))
             # the sender's DMA read feeds the stream packet by packet (both paths read host memory)
-            pcie = links + 3 * src + _PCIE_READ_SLOT
+            pcie = links + len(NODE_RESOURCES) * src + _PCIE_READ_SLOT
             per_flow = [np.append(fs.routes.resources[fs.routes.offsets[i]:fs.routes.offsets[i + 1]], pcie[i])
                         for i in range(len(src))]
             offsets = np.concatenate([[0], np.cumsum([len(r) for r in per_flow])]).astype(np.int64)
