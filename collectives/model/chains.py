@@ -24,7 +24,7 @@ import numpy as np
 
 from nicemu.collectives.model.concurrent import NODE_RESOURCES, Call, _placed, call_flows, resource_capacity
 from nicemu.collectives.model.fabric import Fabric
-from nicemu.collectives.model.p2p_timing import arrivals, receive_done
+from nicemu.collectives.model.p2p_timing import arrivals, receive_windows
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
 from nicemu.nic.fabric import Routes
@@ -34,6 +34,7 @@ from nicemu.topologies import Torus
 
 #: a node's PCIe DMA read among its resources after the links (resource_capacity's order)
 _PCIE_READ_SLOT = NODE_RESOURCES.index("pcie_read")
+_PCIE_WRITE_SLOT = NODE_RESOURCES.index("pcie_write")
 
 
 @dataclass
@@ -104,7 +105,8 @@ class Chains:
         if hit is None:
             prof = self.profile
             arr = arrivals(self.topology, prof, list(pairs), nbytes, path)
-            done = np.asarray(receive_done(prof, [(b, x) for (_, b), x in zip(pairs, arr)], nbytes, path))
+            done, windows = receive_windows(prof, [(b, x) for (_, b), x in zip(pairs, arr)], nbytes, path)
+            done = np.asarray(done)
             first = np.array([x.first_us for x in arr], dtype=np.float64)
             last = np.array([x.last_us for x in arr], dtype=np.float64)
             src = np.array([a for a, _ in pairs], dtype=np.int64)
@@ -123,11 +125,30 @@ class Chains:
             pcie = links + len(NODE_RESOURCES) * src + _PCIE_READ_SLOT
             per_flow = [np.append(fs.routes.resources[fs.routes.offsets[i]:fs.routes.offsets[i + 1]], pcie[i])
                         for i in range(len(src))]
+            # the receiver's DMA write is a work flow on its PCIe write side (node_work.py), after the stream
+            # starts and after the node's previous write
+            cap = self.capacity[links + len(NODE_RESOURCES) * dst + _PCIE_WRITE_SLOT]
+            writes = [i for i, w in enumerate(windows) if w is not None and w[1] > w[0] and cap[i] < 1e300]
+            k = len(src)
+            w_first = np.array([windows[i][0] for i in writes], dtype=np.float64)
+            w_last = np.array([windows[i][1] for i in writes], dtype=np.float64)
+            w_rate = np.minimum(nbytes / (w_last - w_first), cap[writes]) if writes else np.zeros(0)
+            per_flow += [np.array([links + len(NODE_RESOURCES) * dst[i] + _PCIE_WRITE_SLOT]) for i in writes]
+            dep, tgt, prev = list(writes), [k + j for j in range(len(writes))], {}
+            for j, i in enumerate(writes):
+                if int(dst[i]) in prev:
+                    dep.append(k + prev[int(dst[i])])
+                    tgt.append(k + j)
+                prev[int(dst[i])] = j
+            first, last = np.concatenate([first, w_first]), np.concatenate([last, w_last])
+            dep, tgt = np.array(dep, dtype=np.int64), np.array(tgt, dtype=np.int64)
+            ends = first[tgt] >= last[dep]
+            starts = ~ends & (first[tgt] >= first[dep])
             offsets = np.concatenate([[0], np.cumsum([len(r) for r in per_flow])]).astype(np.int64)
             routes = Routes(offsets, np.concatenate(per_flow).astype(np.int64) if per_flow else
                             np.zeros(0, dtype=np.int64))
-            none = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
-            hit = self._finish(key, first, last, rate, routes, none, none, done,
+            hit = self._finish(key, first, last, np.concatenate([rate, w_rate]), routes, (dep[ends], tgt[ends]),
+                               (dep[starts], tgt[starts]), np.concatenate([done, done[writes]]),
                                float(done.max()) if len(done) else 0.0)
         return hit
 

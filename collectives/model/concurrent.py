@@ -56,7 +56,11 @@ class CallFlows:
     node_done: np.ndarray     # completion of every node alone (µs)
     wire_bytes: int
     uses: np.ndarray          # per flow: the node resources its stream crosses (bits, see _node_uses)
-    slot: np.ndarray          # per flow: -1 for a transfer, the node resource of a work flow (node_work.py)
+    slot: np.ndarray | None = None   # per flow: -1 for a transfer, a work flow's node resource (node_work.py)
+
+    def __post_init__(self) -> None:
+        if self.slot is None:                   # transfers only
+            self.slot = np.full(len(self.src), -1, dtype=np.int64)
 
 
 @dataclass
@@ -189,11 +193,7 @@ def run_concurrent(calls: list[Call], topology: Torus, profile: Profile,
             raise CollectiveError(f"a call repeats a whole number >= 1 of times, got {c.repeat!r}")
         if not (np.isfinite(c.start_us) and c.start_us >= 0 and np.isfinite(c.gap_us) and c.gap_us >= 0):
             raise CollectiveError(f"start_us and gap_us must be finite and >= 0, got {c.start_us}, {c.gap_us}")
-    flows = sum(transfers(c.schedule) * c.repeat for c in calls)
-    if flows > MAX_FLOWS:
-        raise CollectiveError(f"{len(calls)} calls of {calls[0].schedule.algo} on {topology.name} make {flows:,} "
-                              f"transfers, over the {MAX_FLOWS:,} the fabric replay holds in memory (about 300 B "
-                              f"each); use fewer calls, a smaller size or topology, or an unsegmented algorithm")
+    _fits(calls, topology, sum(transfers(c.schedule) * c.repeat for c in calls), "transfers")
     fabric = Fabric(topology, profile)
     capacity = resource_capacity(fabric)
     # calls that share a schedule (train's buckets of one size, K calls of bench) are timed and placed once
@@ -206,6 +206,8 @@ def run_concurrent(calls: list[Call], topology: Torus, profile: Profile,
             seen[key] = a, _placed(fabric, c, a, capacity)
         alone.append(seen[key][0])
         one.append(seen[key][1])
+    _fits(calls, topology, sum(len(a.src) * c.repeat for a, c in zip(alone, calls)),
+          "flows (transfers and their receivers' work on PCIe, NIC, host and DRAM)")
     if loads is not None:
         carried = np.zeros(len(capacity))
         for c, a, (routes, _) in zip(calls, alone, one):
@@ -233,6 +235,15 @@ def run_concurrent(calls: list[Call], topology: Torus, profile: Profile,
         out.append(ConcurrentTiming(float(done.max()), float(p.before_last + a.node_done.max()), done,
                                     a.wire_bytes * c.repeat, n))
     return out
+
+
+def _fits(calls: list[Call], topology: Torus, flows: int, what: str) -> None:
+    """Refuse a replay larger than the memory it may take (checked on transfers before timing, on all flows
+    after)."""
+    if flows > MAX_FLOWS:
+        raise CollectiveError(f"{len(calls)} calls of {calls[0].schedule.algo} on {topology.name} make {flows:,} "
+                              f"{what}, over the {MAX_FLOWS:,} the fabric replay holds in memory (about 300 B "
+                              f"each); use fewer calls, a smaller size or topology, or an unsegmented algorithm")
 
 
 def _key(call: Call) -> tuple:

@@ -280,3 +280,41 @@ def test_independent_flows_replay_as_the_checked_simulator_finishes_them(seed):
     out = replay(cap, Routes.from_lists(routes), start, start + nbytes / huge, np.full(flows, huge),
                  _edges(flows, []), _edges(flows, []))
     assert np.allclose(start + nbytes / huge + out.end_delay, want, rtol=1e-9, atol=1e-9)
+
+
+def test_work_flows_count_against_the_replays_size(monkeypatch):
+    """The transfers are checked before timing; the flows with the receivers' work after. A limit between the
+    two refuses the run in one line that names flows."""
+    import nicemu.collectives.model.concurrent as concurrent
+    topo, prof = parse_topology("ring:4"), load_profile("400g-gen5")
+    sched = _schedule("ring", topo, prof, 4 << 20)
+    a = call_flows(sched, prof, 4)
+    k = int((a.slot < 0).sum())
+    assert len(a.src) > 2 * k            # a DMA write and a host pass (and their DRAM) per received chunk
+    monkeypatch.setattr(concurrent, "MAX_FLOWS", 2 * k)
+    with pytest.raises(CollectiveError, match=r"make [\d,]+ flows \(transfers and their receivers' work"):
+        run_concurrent([Call(sched, np.arange(4), 4)] * 2, topo, prof)
+    monkeypatch.setattr(concurrent, "MAX_FLOWS", 2 * k - 1)
+    with pytest.raises(CollectiveError, match=r"make [\d,]+ transfers, over"):
+        run_concurrent([Call(sched, np.arange(4), 4)] * 2, topo, prof)
+
+
+@pytest.mark.parametrize("profile", ["400g-gen5", "directreduce-paper"])
+def test_work_flows_never_overlap_on_a_resource_within_a_call(profile):
+    """Each node resource serves one stream at a time within a call (its busy-until clock), so a call's work
+    flows on one resource are disjoint in time and none is faster than the resource."""
+    from nicemu.collectives.model.concurrent import resource_capacity
+    topo, prof = parse_topology("torus:4x4"), load_profile(profile)
+    fab = Fabric(topo, prof)
+    cap = resource_capacity(fab)
+    for algo in ("ring", "directreduce", "ring-pipelined", "directreduce-pipelined"):
+        sched = _schedule(algo, topo, prof, 8 << 20)
+        a = call_flows(sched, prof, 4)
+        w = np.flatnonzero(a.slot >= 0)
+        assert len(w) and set(a.slot[w].tolist()) >= {1, 4}          # DMA writes and their DRAM traffic
+        order = w[np.lexsort((a.first[w], a.slot[w], a.src[w]))]
+        same = (a.src[order[1:]] == a.src[order[:-1]]) & (a.slot[order[1:]] == a.slot[order[:-1]])
+        assert np.all(a.first[order[1:]][same] >= a.last[order[:-1]][same] - 1e-9 * a.last[order[:-1]][same])
+        routes, rate = _placed(fab, Call(sched, np.arange(16), 4), a)
+        rid = len(fab.capacity) + 5 * a.src[w] + a.slot[w]
+        assert np.all(rate[w] <= cap[rid])
