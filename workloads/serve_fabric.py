@@ -322,7 +322,7 @@ def _replay(fresh: Chains, instances, moves, table: _Calls, block, slot, replaye
                     t = float(starts[c][k] + p.swap_us + p.offset_us[j])
                     a = alone_of(int(key[row]))
                     _check_span(a.span_us, float(p.cost_us[j]), p.records[j])
-                    at = fresh.place(a, t, at)
+                    at = fresh.place(a, t, at, chain=c)
                 prev = end_marker[(c, k)] = fresh.marker(float(ends[c][k]), [(at, 0.0)])
             else:
                 prev = end_marker[(c, k)] = fresh.marker(float(ends[c][k]), deps)

@@ -24,6 +24,7 @@ import numpy as np
 
 from nicemu.collectives.model.concurrent import NODE_RESOURCES, Call, _placed, call_flows, resource_capacity
 from nicemu.collectives.model.fabric import Fabric
+from nicemu.collectives.model.node_work import quiet
 from nicemu.collectives.model.p2p_timing import arrivals, receive_windows
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
@@ -72,7 +73,7 @@ class Chains:
         self.fabric = Fabric(topology, profile)
         self.capacity = resource_capacity(self.fabric)
         self._alone: dict[tuple, _Alone] = {}
-        self._parts: list[tuple] = []      # (base, first, last, rate, offsets, resources)
+        self._parts: list[tuple] = []      # (first, last, rate, offsets, resources, chain)
         self._end_edges: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._start_edges: list[tuple[np.ndarray, np.ndarray]] = []
         self.flows = 0
@@ -182,10 +183,13 @@ class Chains:
             self._end_edges.append((src, np.full(len(src), f), slack))
         return m
 
-    def place(self, alone: _Alone, start_us: float, after: int) -> int:
-        """Run ``alone`` from ``start_us`` once marker ``after`` allows; returns its end marker."""
+    def place(self, alone: _Alone, start_us: float, after: int, chain: int | None = None) -> int:
+        """Run ``alone`` from ``start_us`` once marker ``after`` allows; returns its end marker. ``chain``: an
+        id shared by calls that run one after another, each after the previous one's end (their node
+        resources need not be shared among them, node_work.quiet); None: a chain of its own."""
         k = len(alone.first)
-        base = self._add(alone.first + start_us, alone.last + start_us, alone.rate, alone.offsets, alone.resources)
+        base = self._add(alone.first + start_us, alone.last + start_us, alone.rate, alone.offsets, alone.resources,
+                         chain)
         zero = np.zeros(len(alone.after_end[0]))
         self._end_edges.append((alone.after_end[0] + base, alone.after_end[1] + base, zero))
         self._start_edges.append((alone.after_start[0] + base, alone.after_start[1] + base))
@@ -195,9 +199,10 @@ class Chains:
         self._end_edges.append((ids, np.full(k, self.markers[end]), alone.end_slack))
         return end
 
-    def _add(self, first, last, rate, offsets, resources) -> int:
+    def _add(self, first, last, rate, offsets, resources, chain: int | None = None) -> int:
         base = self.flows
-        self._parts.append((first, last, rate, offsets, resources))
+        self._parts.append((first, last, rate, offsets, resources, -1 - len(self._parts) if chain is None
+                            else chain))
         self.flows += len(first)
         return base
 
@@ -208,7 +213,8 @@ class Chains:
             return ChainsResult(np.zeros(0), 0, 0)
         first = np.concatenate([p[0] for p in self._parts])
         last = np.concatenate([p[1] for p in self._parts])
-        rate = np.concatenate([p[2] for p in self._parts])
+        rate = np.concatenate(quiet([(p[3], p[4], p[2]) for p in self._parts], len(self.fabric.capacity),
+                                    [p[5] for p in self._parts]))
         lengths = np.concatenate([np.diff(p[3]) for p in self._parts])
         routes = Routes(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
                         np.concatenate([p[4] for p in self._parts]).astype(np.int64))

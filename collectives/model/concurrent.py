@@ -19,7 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from nicemu.collectives.model.fabric import Fabric
-from nicemu.collectives.model.node_work import NODE_RESOURCES, PCIE_READ, WorkRecorder, node_capacity, work_dependencies
+from nicemu.collectives.model.node_work import (
+    NODE_RESOURCES,
+    PCIE_READ,
+    WorkRecorder,
+    node_capacity,
+    quiet,
+    work_dependencies,
+)
 from nicemu.collectives.model.step_timing import make_agents, part_bytes, receive_half, send_half
 from nicemu.collectives.schedules.steps import Schedule, step_groups
 from nicemu.errors import CollectiveError
@@ -387,7 +394,8 @@ def _components(resources: list[np.ndarray]) -> list[list[int]]:
 def _replay(calls: list[_Flows], fabric: Fabric,
             capacity: np.ndarray | None = None) -> tuple[list[np.ndarray], list[int]]:
     """Replay these calls together: per call, each node's delay in its last iteration, and the flows slowed."""
-    offsets, resources, start, end, rate, ae, ast = [], [], [], [], [], [], []
+    offsets, resources, start, end, ae, ast = [], [], [], [], [], []
+    rate = quiet([(p.routes.offsets, p.routes.resources, p.rate) for p in calls], len(fabric.capacity))
     base = res_base = 0
     for p in calls:
         offsets.append(p.routes.offsets[1:] + res_base)
@@ -395,7 +403,6 @@ def _replay(calls: list[_Flows], fabric: Fabric,
         res_base += len(p.routes.resources)
         start.append(p.first)
         end.append(p.last)
-        rate.append(p.rate)
         ae.append((p.after_end[0] + base, p.after_end[1] + base))
         ast.append((p.after_start[0] + base, p.after_start[1] + base))
         base += len(p.first)

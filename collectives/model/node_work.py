@@ -109,3 +109,33 @@ def work_dependencies(work: dict[str, np.ndarray], nodes: int, recv_key: np.ndar
     dep.append(k + queue[:-1][on])
     tgt.append(k + queue[1:][on])
     return np.concatenate(dep), np.concatenate(tgt), key
+
+
+def quiet(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], links: int,
+          chains: list[int] | None = None) -> list[np.ndarray]:
+    """The rates of several calls' flows to replay together, ``(offsets, resources, rate)`` per call, with
+    the work flows that cannot be slowed made instant (infinite rate).
+
+    ``chains`` (one id per call; default: each call its own) says which calls run one after another, each
+    waiting for the previous one's end. A node resource that only one chain crosses serves its work one
+    flow at a time (within a call each work flow waits for the previous one on that resource), so none is
+    ever slowed and its delays are those of an instant flow with the same dependencies: the replay gives
+    the same delays without sharing rates among them (docs/model.md §21.6, step 2). A call's flows that
+    its own overlaps slowed past its end would meet the next call's there; instant, they do not, which
+    keeps the self-overlap of §21.6, step 5 out of what follows."""
+    ids = np.arange(len(parts)) if chains is None else np.asarray(chains, dtype=np.int64)
+    pairs = [np.unique(res[res >= links]) for _, res, _ in parts]
+    res_all = np.concatenate(pairs) if pairs else np.zeros(0, dtype=np.int64)
+    chain_all = np.repeat(ids, [len(x) for x in pairs])
+    key = np.unique(np.stack([res_all, chain_all]), axis=1) if len(res_all) else np.zeros((2, 0), dtype=np.int64)
+    users = np.bincount(key[0], minlength=links)
+    out = []
+    for offsets, res, rate in parts:
+        single = np.diff(offsets) == 1
+        if not single.any():
+            out.append(rate)
+            continue
+        r = np.where(single, res[np.minimum(offsets[:-1], len(res) - 1)], -1)
+        solo = single & (r >= links) & (users[np.maximum(r, 0)] == 1)
+        out.append(np.where(solo, np.inf, rate) if solo.any() else rate)
+    return out
