@@ -146,9 +146,10 @@ def _p2p_times(path: str, su: Setup) -> tuple[list[float], list[float]]:
     return fwd, bwd
 
 
-def iteration(algo: str, su: Setup) -> tuple[dict, Parts]:
+def iteration(algo: str, su: Setup, replay_all: bool = False) -> tuple[dict, Parts]:
     """One iteration under ``algo``: the 1F1B schedule without communication, with the TP AllReduces, with
-    the pipeline transfers too, and then the DP buckets on the shared fabric."""
+    the pipeline transfers too, and then the DP buckets on the shared fabric; then all of it on one shared
+    fabric (workloads/train_fabric.py; ``replay_all`` as there)."""
     lay, m, itemsize = su.layout, su.micro_batches, su.grad_dtype.itemsize
     tp_us, chosen = _tp_times(algo, su)
     path = algos_for(algo, su.profile.nic.gpudirect)[3].removeprefix("p2p-")
@@ -198,7 +199,7 @@ def iteration(algo: str, su: Setup) -> tuple[dict, Parts]:
                      for s in range(lay.pp)]
         traffic = TrainTraffic(tp_scheds, DTYPE.itemsize, tp_us, su.act_bytes, path, to_next, to_prev, calls,
                                stage_of, [r.alone_us for r in shared])
-        sh = shared_iteration(su.topology, su.profile, lay, su.work, pipe, traffic)
+        sh = shared_iteration(su.topology, su.profile, lay, su.work, pipe, traffic, replay_all)
         it, end, slowest = sh.iteration_us, sh.pipeline_us, sh.bucket_slowdown
         fabric = {"fabric_rounds": sh.rounds, "fabric_calls": sh.calls, "fabric_replayed_calls": sh.replayed_calls,
                   "fabric_flows": sh.flows, "fabric_slowed_flows": sh.slowed_flows}

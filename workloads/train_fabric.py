@@ -88,8 +88,9 @@ class _Item:
 
 
 def shared_iteration(topology: Torus, profile: Profile, layout: Layout, work: Sequence[StageWork],
-                     pipe: PipelineTimes, traffic: TrainTraffic) -> SharedIteration:
-    """Replay the iteration ``pipe`` (the 1F1B schedule with TP and transfers alone) on one fabric."""
+                     pipe: PipelineTimes, traffic: TrainTraffic, replay_all: bool = False) -> SharedIteration:
+    """Replay the iteration ``pipe`` (the 1F1B schedule with TP and transfers alone) on one fabric.
+    ``replay_all``: every call as flows, without looking for overlaps (what the search must agree with)."""
     chains = Chains(topology, profile)
     alone = _Alone(chains, layout, traffic)
     items = _items(layout, work, pipe, traffic)
@@ -102,7 +103,11 @@ def shared_iteration(topology: Torus, profile: Profile, layout: Layout, work: Se
     delays = _Delays(zero, zero, float(pipe.end_us), 0, 0)     # nothing replayed: every call at its alone time
     rounds = 0
     moved_start, moved_end = start, end
-    while rounds < MAX_ROUNDS:
+    if replay_all and len(items):
+        replayed[:] = True
+        rounds = 1
+        delays = _Layout(chains, layout, work, pipe, traffic, alone, items, replayed).run()
+    while rounds < MAX_ROUNDS and not replay_all:
         a, b = _overlaps(moved_start, moved_end, chain)
         hit = np.fromiter((bool(uses[x] & uses[y]) for x, y in zip(a, b)), dtype=bool, count=len(a))
         new = np.zeros(len(items), dtype=bool)
