@@ -6,11 +6,14 @@ compute divided by T plus its TP AllReduces, each timed alone on its TP group; a
 cross stage boundaries as point-to-point transfers of every TP rank of every replica at once, timed on
 the whole topology. During the last micro-batch's backward each stage's gradient buckets (its own layers'
 shards) are AllReduced over its DP groups: every DP group of every stage starts its buckets at their
-ready times, and all of them share the fabric (collectives/model/concurrent.py). docs/model.md §22.
+ready times, and all of them share the fabric (collectives/model/concurrent.py). That is the alone
+accounting (``*_alone_us``); the reported iteration then puts the TP AllReduces and pipeline transfers on
+that fabric too, with the buckets (workloads/train_fabric.py). docs/model.md §22.1.
 
 Under ``--executor mpi`` every distinct TP AllReduce, pipeline transfer and DP bucket AllReduce moves real
 data on the sub-communicator of its group and is checked; its emulated time alone must equal the model's.
-The reported times come from the model, so both executors give the same records.
+The reported times come from the model (every rank replays the same shared fabric), so both executors
+give the same records.
 """
 
 from __future__ import annotations
