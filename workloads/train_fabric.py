@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nicemu.collectives.model.chains import Chains
-from nicemu.collectives.model.concurrent import Call
+from nicemu.collectives.model.concurrent import MAX_FLOWS, Call
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
 from nicemu.nic.fabric_replay import spans
@@ -229,6 +229,10 @@ class _Layout:
         self.item_start[i] = after
         # a call that is not replayed ends as late as it started: it passes ``after`` on, no marker needed
         end = self.ch.place(self.alone.call(x), x.start, after) if self.replayed[i] else after
+        if self.ch.flows > MAX_FLOWS:
+            raise CollectiveError(f"the shared fabric of this iteration needs over {MAX_FLOWS:,} flows, more than the "
+                                  "replay holds in memory (about 300 B each); use fewer --micro-batches, a smaller "
+                                  "model or topology, or an unsegmented --algo")
         self.item_end[i] = end
         return end
 

@@ -127,3 +127,13 @@ def test_tp_allreduces_sit_in_issue_order(tmp_path):
             assert round(b.ready_us, 6) in ends or b.ready_us == pytest.approx(w.backward_us(a), rel=1e-12)
     assert su.work[0].tp_offsets("F", a)[0] == su.work[0].embedding_us
     assert setup(tmp_path, tp=1, dp=4).work[0].tp_offsets("F", a) == []
+
+
+def test_a_replay_too_large_is_refused_in_one_line(tmp_path, monkeypatch):
+    import nicemu.workloads.train_fabric as train_fabric
+    from nicemu.errors import CollectiveError
+    monkeypatch.setattr(train_fabric, "MAX_FLOWS", 10)
+    su = setup(tmp_path, seq_len=512)
+    with pytest.raises(CollectiveError, match="--micro-batches") as info:
+        iteration("ring", su)
+    assert "\n" not in str(info.value)
