@@ -9,7 +9,7 @@ from conftest import TINY_LLAMA, model_and_mpi, run_nicemu
 pytestmark = pytest.mark.e2e
 
 ARGS = ["train", "--model", "config.json", "--topology", "ring:8", "--tp", "2", "--pp", "2", "--global-batch", "8",
-        "--seq-len", "32", "--bucket-mb", "0.25", "--algo", "ring,host-best,directreduce"]
+        "--seq-len", "512", "--bucket-mb", "0.25", "--algo", "ring,host-best,directreduce"]
 
 
 def test_tp_pp_dp_real_data_agrees_with_the_model(tmp_path):
@@ -30,7 +30,7 @@ def test_tp_pp_dp_real_data_agrees_with_the_model(tmp_path):
         assert a["fabric_calls"] > a["fabric_replayed_calls"] > 0 and a["fabric_flows"] > 0
         assert a["pipeline_us"] == pytest.approx(a["pipeline_alone_us"] + a["fabric_exposed_us"], rel=1e-12)
         assert a["pipeline_us"] >= a["pipeline_alone_us"]
-        assert a["iteration_us"] >= a["iteration_alone_us"] * (1 - 1e-12)
+        assert a["iteration_us"] > a["iteration_alone_us"] and a["fabric_exposed_us"] > 0
         assert a["iteration_alone_us"] - a["pipeline_alone_us"] == a["dp_exposed_alone_us"]
 
 
