@@ -18,7 +18,8 @@ as chains (collectives/model/chains.py, docs/model.md §21.7) on one replay:
 Which calls become flows: a call of one chain whose window overlaps a call of another chain on a
 common resource (link, PCIe read side, in-stream NIC engine); the others are markers that pass their
 delay on. A replay moves windows, so the search repeats on the moved windows until no new call is
-found (at most ``MAX_ROUNDS``), as serve does (workloads/serve_fabric.py).
+found, as serve does (workloads/serve_fabric.py). A search that has not settled after ``MAX_ROUNDS``
+rounds replays every call once more, which costs less than going on (each round replays all it found).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from nicemu.topologies import Torus
 from nicemu.workloads.train_layout import Layout
 from nicemu.workloads.train_pipeline import PipelineTimes, StageWork, op_order
 
-#: rounds of looking for new overlaps after a replay has moved the windows
-MAX_ROUNDS = 8
+#: rounds of looking for new overlaps after a replay has moved the windows; then every call is replayed
+MAX_ROUNDS = 2
 #: relative difference allowed between a call's alone time in the accounting and its flows' span
 _SPAN_RTOL = 1e-9
 
@@ -103,22 +104,25 @@ def shared_iteration(topology: Torus, profile: Profile, layout: Layout, work: Se
     delays = _Delays(zero, zero, float(pipe.end_us), 0, 0)     # nothing replayed: every call at its alone time
     rounds = 0
     moved_start, moved_end = start, end
-    if replay_all and len(items):
-        replayed[:] = True
-        rounds = 1
-        delays = _Layout(chains, layout, work, pipe, traffic, alone, items, replayed).run()
-    while rounds < MAX_ROUNDS and not replay_all:
-        a, b = _overlaps(moved_start, moved_end, chain)
-        hit = np.fromiter((bool(uses[x] & uses[y]) for x, y in zip(a, b)), dtype=bool, count=len(a))
-        new = np.zeros(len(items), dtype=bool)
-        new[a[hit]] = True
-        new[b[hit]] = True
-        new &= ~replayed
+    while len(items):
+        if replay_all:
+            new = ~replayed
+        else:
+            a, b = _overlaps(moved_start, moved_end, chain)
+            hit = np.fromiter((bool(uses[x] & uses[y]) for x, y in zip(a, b)), dtype=bool, count=len(a))
+            new = np.zeros(len(items), dtype=bool)
+            new[a[hit]] = True
+            new[b[hit]] = True
+            new &= ~replayed
+            if new.any() and rounds == MAX_ROUNDS:
+                new = ~replayed         # the search has not settled: one replay of everything costs less
         if not new.any():
             break
         replayed |= new
         rounds += 1
         delays = _Layout(chains, layout, work, pipe, traffic, alone, items, replayed).run()
+        if replayed.all():
+            break
         moved_start, moved_end = start + delays.item_start, end + delays.item_end
     n = len(traffic.buckets)
     first = len(items) - n                     # the buckets are the last items
