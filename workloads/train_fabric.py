@@ -228,10 +228,10 @@ class _Layout:
         self.item_end = np.zeros(len(items), dtype=np.int64)
 
     def _call(self, i: int, after: int) -> int:
-        """Item ``i`` from marker ``after``: its flows if replayed, else a marker at its alone end."""
+        """Item ``i`` from marker ``after``: its flows if replayed (returns its end marker), else ``after``."""
         x = self.items[i]
         self.item_start[i] = after
-        # a call that is not replayed ends as late as it started: it passes ``after`` on, no marker needed
+        # a call that is not replayed ends as late as it started: no marker of its own
         end = self.ch.place(self.alone.call(x), x.start, after) if self.replayed[i] else after
         if self.ch.flows > MAX_FLOWS:
             raise CollectiveError(f"the shared fabric of this iteration needs over {MAX_FLOWS:,} flows, more than the "
