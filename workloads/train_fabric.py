@@ -98,7 +98,11 @@ def shared_iteration(topology: Torus, profile: Profile, layout: Layout, work: Se
     start = np.array([x.start for x in items])
     end = np.array([x.end for x in items])
     chain = np.array([x.chain for x in items], dtype=np.int64)
-    uses = [alone.uses(x) for x in items]
+    # calls that load the same resources form a class; whether two classes share one is computed once
+    classes: dict[frozenset[int], int] = {}
+    cls = np.array([classes.setdefault(alone.uses(x), len(classes)) for x in items], dtype=np.int64)
+    sets = list(classes)
+    share = np.array([[bool(u & v) for v in sets] for u in sets], dtype=bool).reshape(len(sets), len(sets))
     replayed = np.zeros(len(items), dtype=bool)
     zero = np.zeros(len(items))
     delays = _Delays(zero, zero, float(pipe.end_us), 0, 0)     # nothing replayed: every call at its alone time
@@ -109,7 +113,7 @@ def shared_iteration(topology: Torus, profile: Profile, layout: Layout, work: Se
             new = ~replayed
         else:
             a, b = _overlaps(moved_start, moved_end, chain)
-            hit = np.fromiter((bool(uses[x] & uses[y]) for x, y in zip(a, b)), dtype=bool, count=len(a))
+            hit = share[cls[a], cls[b]]
             new = np.zeros(len(items), dtype=bool)
             new[a[hit]] = True
             new[b[hit]] = True
