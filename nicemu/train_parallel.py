@@ -341,5 +341,5 @@ def _print(args, su: Setup, records: list[dict], wrong: dict[str, int]) -> None:
         print(f"# {r['algo']}: sharing the fabric adds {(r['iteration_us'] - r['iteration_alone_us']) / 1e3:.2f} ms "
               f"({100 * grow:.2f}%) to the iteration timed with TP and PP alone; {r['fabric_replayed_calls']:,} of "
               f"{r['fabric_calls']:,} calls replayed as {r['fabric_flows']:,} flows ({r['fabric_slowed_flows']:,} "
-              f"slowed) in {r['fabric_rounds']} rounds")
+              f"slowed) in {r['fabric_rounds']} round{'' if r['fabric_rounds'] == 1 else 's'}")
     train.finish_report(args, records, wrong)
