@@ -236,7 +236,7 @@ class _Layout:
         x = self.items[i]
         self.item_start[i] = after
         # a call that is not replayed ends as late as it started: no marker of its own
-        end = self.ch.place(self.alone.call(x), x.start, after) if self.replayed[i] else after
+        end = self.ch.place(self.alone.call(x), x.start, after, chain=x.chain) if self.replayed[i] else after
         if self.ch.flows > MAX_FLOWS:
             raise CollectiveError(f"the shared fabric of this iteration needs over {MAX_FLOWS:,} flows, more than the "
                                   "replay holds in memory (about 300 B each); use fewer --micro-batches, a smaller "
