@@ -318,3 +318,19 @@ def test_work_flows_never_overlap_on_a_resource_within_a_call(profile):
         routes, rate = _placed(fab, Call(sched, np.arange(16), 4), a)
         rid = len(fab.capacity) + 5 * a.src[w] + a.slot[w]
         assert np.all(rate[w] <= cap[rid])
+
+
+@pytest.mark.parametrize("spec,k", [("ring:8", 2), ("ring:12", 3), ("ring:12", 4)])
+def test_quiet_work_flows_replay_as_they_would_as_flows(spec, k, monkeypatch):
+    """Calls on different nodes share links but no node resource: their work flows cannot be slowed, and
+    replaying them as instant flows (node_work.quiet) gives the delays of replaying them as flows."""
+    import nicemu.collectives.model.concurrent as concurrent
+    topo, prof = parse_topology(spec), load_profile("400g-gen5")
+    calls = [Call(_schedule("ring", sub, prof, 1 << 20), nodes, 4, start_us=3.0 * j)
+             for j, (sub, nodes) in enumerate(place(topo, prof, k, "interleaved"))]
+    quiet = run_concurrent(calls, topo, prof)
+    monkeypatch.setattr(concurrent, "quiet", lambda parts, links: [p[2] for p in parts])
+    flows = run_concurrent(calls, topo, prof)
+    assert [q.emulated_us for q in quiet] == pytest.approx([f.emulated_us for f in flows], rel=1e-12)
+    assert [q.slowed_flows for q in quiet] == [f.slowed_flows for f in flows]
+    assert min(q.slowdown_vs_alone for q in quiet) > 1.0     # the calls do meet, on links
