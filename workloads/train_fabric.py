@@ -29,11 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nicemu.collectives.model.chains import Chains
+from nicemu.collectives.model.chains import Chains, overlapping_calls
 from nicemu.collectives.model.concurrent import MAX_FLOWS, Call
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
-from nicemu.nic.fabric_replay import spans
 from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus
 from nicemu.workloads.train_layout import Layout
@@ -112,7 +111,7 @@ def shared_iteration(topology: Torus, profile: Profile, layout: Layout, work: Se
         if replay_all:
             new = ~replayed
         else:
-            a, b = _overlaps(moved_start, moved_end, chain)
+            a, b = overlapping_calls(moved_start, moved_end, chain)
             hit = share[cls[a], cls[b]]
             new = np.zeros(len(items), dtype=bool)
             new[a[hit]] = True
@@ -290,14 +289,3 @@ class _Layout:
         d = res.delay
         pipeline = max(done + float(d[marker]) for marker, done in prev)
         return _Delays(d[self.item_start], d[self.item_end], pipeline, res.flows, res.slowed_flows)
-
-
-def _overlaps(start: np.ndarray, end: np.ndarray, chain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of calls of different chains whose windows overlap (each pair once)."""
-    order = np.argsort(start, kind="stable")
-    s, e = start[order], end[order]
-    hi = np.searchsorted(s, e, side="left")
-    n = np.maximum(hi - np.arange(len(s)) - 1, 0)
-    a, b = order[np.repeat(np.arange(len(s)), n)], order[spans(np.arange(len(s)) + 1, n)]
-    other = chain[a] != chain[b]
-    return a[other], b[other]

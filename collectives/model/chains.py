@@ -29,7 +29,7 @@ from nicemu.collectives.model.p2p_timing import arrivals, receive_windows
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
 from nicemu.nic.fabric import Routes
-from nicemu.nic.fabric_replay import Edges, replay
+from nicemu.nic.fabric_replay import Edges, replay, spans
 from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus
 
@@ -227,3 +227,14 @@ class Chains:
                      Edges.from_pairs(n, cat([e[0] for e in starts]), cat([e[1] for e in starts])))
         delay = out.end_delay[np.asarray(self.markers, dtype=np.int64)]
         return ChainsResult(delay, int(out.slowed.sum()), n - len(self.markers))
+
+
+def overlapping_calls(start: np.ndarray, end: np.ndarray, chain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of calls of different chains whose windows overlap (each pair once)."""
+    order = np.argsort(start, kind="stable")
+    s, e = start[order], end[order]
+    hi = np.searchsorted(s, e, side="left")
+    n = np.maximum(hi - np.arange(len(s)) - 1, 0)
+    a, b = order[np.repeat(np.arange(len(s)), n)], order[spans(np.arange(len(s)) + 1, n)]
+    other = chain[a] != chain[b]
+    return a[other], b[other]
