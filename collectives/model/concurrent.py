@@ -342,7 +342,8 @@ def _placed(fabric: Fabric, call: Call, a: CallFlows, capacity: np.ndarray | Non
     # work flows: a service at most as fast as its resource (a host's place is overhead only: no load)
     rid = links + per * nodes[a.src[w]] + a.slot[w]
     fits = own[w] <= capacity[rid] * (1 + 1e-12)
-    own[w] = np.minimum(own[w], capacity[rid])
+    # one that loads nothing cannot be slowed: it replays as an instant flow, with the same delays
+    own[w] = np.where(fits, np.minimum(own[w], capacity[rid]), np.inf)
     flow.append(w[fits])
     res.append(rid[fits])
     flow, res = np.concatenate(flow), np.concatenate(res)
