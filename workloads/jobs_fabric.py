@@ -1,0 +1,112 @@
+"""Jobs of iterations on one fabric as chains (collectives/model/chains.py): every iteration of a job starts
+when its previous one has ended on all the job's nodes, so what another job's traffic costs one iteration
+delays all the job's later ones.
+
+A job's iteration is a set of calls, each at a fixed offset from the iteration's start (a collective job: one
+call at 0; a data-parallel training job: its gradient buckets at the times backward produces them), and a
+compute time the iteration lasts at least. On the chains an iteration is a start marker, its calls placed
+after it, and an end marker that waits for each call's end with slack ``T − (offset + span)`` and for the
+start with slack ``T − compute``, ``T`` being the iteration's contention-free length. The next iteration
+starts ``gap_us`` after that end (a gap is compute: it absorbs no delay). docs/model.md §21.6.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from nicemu.collectives.model.chains import Chains
+from nicemu.collectives.model.concurrent import MAX_FLOWS
+from nicemu.collectives.schedules.steps import Schedule
+from nicemu.errors import CollectiveError
+
+
+@dataclass(frozen=True)
+class JobWork:
+    """What one job puts on the fabric, per iteration and alone."""
+
+    name: str
+    nodes: np.ndarray                              # physical node of each of the job's logical nodes
+    itemsize: int
+    calls: tuple[tuple[Schedule, float], ...]      # (schedule on the job's topology, offset from the start µs)
+    compute_us: float                              # the iteration lasts at least this long
+    start_us: float
+    iterations: int
+    gap_us: float
+    in_order: bool                                 # its calls run one after another (one chain of calls)
+
+
+def _alone(chains: Chains, job: JobWork, schedule: Schedule):
+    key = ("job", id(schedule), job.itemsize, np.asarray(job.nodes).tobytes())
+    return chains.collective(key, schedule, job.nodes, job.itemsize)
+
+
+def uses(chains: Chains, job: JobWork) -> frozenset[int]:
+    """Every resource (link, node resource) the job's calls load."""
+    out: set[int] = set()
+    for sched, _ in job.calls:
+        out |= _alone(chains, job, sched).uses
+    return frozenset(out)
+
+
+def components(chains: Chains, jobs: Sequence[JobWork]) -> list[list[int]]:
+    """Groups of jobs connected by shared resources; a job alone in its group shares nothing."""
+    sets = [uses(chains, j) for j in jobs]
+    group = list(range(len(jobs)))
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            group[i] = group[group[i]]
+            i = group[i]
+        return i
+
+    owner: dict[int, int] = {}
+    for i, res in enumerate(sets):
+        for r in res:
+            j = owner.setdefault(r, i)
+            if root(j) != root(i):
+                group[root(i)] = root(j)
+    out: dict[int, list[int]] = {}
+    for i in range(len(jobs)):
+        out.setdefault(root(i), []).append(i)
+    return list(out.values())
+
+
+def _flows(chains: Chains, jobs: Sequence[JobWork]) -> int:
+    return sum(j.iterations * sum(len(_alone(chains, j, s).first) + 1 for s, _ in j.calls) for j in jobs)
+
+
+def end_delays(chains: Chains, jobs: Sequence[JobWork]) -> np.ndarray:
+    """Replay ``jobs`` together: how much later than contention-free each job's last iteration ends (µs)."""
+    flows = _flows(chains, jobs)
+    if flows > MAX_FLOWS:
+        raise CollectiveError(f"jobs {', '.join(j.name for j in jobs)} make {flows:,} flows over all their "
+                              f"iterations, over the {MAX_FLOWS:,} the fabric replay holds in memory; use fewer "
+                              "iterations, larger gradient buckets or a smaller model")
+    chains.clear()
+    last = []
+    for k, job in enumerate(jobs):
+        placed = [(_alone(chains, job, s), off) for s, off in job.calls]
+        length = max([job.compute_us, *(off + a.span_us for a, off in placed)])
+        t = job.start_us
+        start = chains.marker(t)
+        for i in range(job.iterations):
+            ends = [(chains.place(a, t + off, start, k if job.in_order else None), length - off - a.span_us)
+                    for a, off in placed]
+            end = chains.marker(t + length, [(start, length - job.compute_us), *ends])
+            t += length
+            if i + 1 < job.iterations:
+                start = chains.marker(t + job.gap_us, [(end, 0.0)]) if job.gap_us > 0 else end
+                t += job.gap_us
+        last.append(end)
+    return chains.run().delay[last]
+
+
+def sharing_delays(chains: Chains, jobs: Sequence[JobWork]) -> np.ndarray:
+    """Per job: what sharing the fabric with the others adds to its end, over its own replay alone (its
+    calls' contention among themselves, which its alone time already holds)."""
+    shared = end_delays(chains, jobs)
+    own = np.array([end_delays(chains, [j])[0] for j in jobs])
+    return shared - own
