@@ -68,9 +68,6 @@ def _check(jf, args, comm):
         if job.collective == "alltoall" and (job.size // dtype.itemsize) % len(job.nodes):
             raise UsageError(f"{where}: alltoall needs one equal block per node: {job.size} B does not split into "
                              f"{len(job.nodes)} blocks of {dtype.name}")
-    if args.executor == "mpi" and any(j.train is not None for j in jf.jobs):
-        name = next(j.name for j in jf.jobs if j.train is not None)
-        raise UsageError(f"job '{name}': train jobs run under --executor model only for now; use --executor model")
     if args.executor == "mpi" and comm.size != jf.topology.nodes:
         raise UsageError(f"--executor mpi runs one rank per node: use mpiexec -n {jf.topology.nodes} for "
                          f"{jf.topology.name}, or --executor model")
@@ -94,8 +91,17 @@ def _real_data(jf, profile, comm) -> list[int]:
 
     from nicemu.bench import _run_mpi, data_options
     from nicemu.collectives.api.emulator import Emulator
+    from nicemu.memory import check_fits
     rank = comm.rank
     mine = next((i for i, j in enumerate(jf.jobs) if rank in j.nodes.tolist()), None)
+    train = None
+    if mine is not None and jf.jobs[mine].train is not None:
+        tp, dtype, _ = jobs_train.job_plan(jf.jobs[mine])
+        train = tp, dtype
+    # every rank together, before the jobs split: the same verdict everywhere, never a hang
+    biggest = max(b.elems for b in train[0].buckets) * train[1].itemsize if train else 0
+    check_fits(comm, 1, biggest, train[1].itemsize if train else 1, "mpi", fix=jobs_train.TOO_BIG,
+               what=f"a train job's largest gradient bucket ({biggest:,} B)")
     sub = comm.Split(MPI.UNDEFINED if mine is None else mine,
                      0 if mine is None else int(np.flatnonzero(jf.jobs[mine].nodes == rank)[0]))
     wrong = np.zeros(len(jf.jobs), dtype=np.int64)
@@ -106,10 +112,13 @@ def _real_data(jf, profile, comm) -> list[int]:
         finally:
             sub.Free()
         try:
-            rec = _run_mpi(emu, data_options(job.collective, 1000 * mine, job.iterations), job.algo,
-                           check_dtype_op(job.dtype, "sum"), job.size)
+            if train is not None:
+                bad = jobs_train.real_data(emu, job, *train)
+            else:
+                bad = _run_mpi(emu, data_options(job.collective, 1000 * mine, job.iterations), job.algo,
+                               check_dtype_op(job.dtype, "sum"), job.size)["wrong"]
             if emu.comm.rank == 0:
-                wrong[mine] = rec["wrong"]
+                wrong[mine] = bad
         finally:
             emu.free()
     total = np.zeros_like(wrong)

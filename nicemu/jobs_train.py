@@ -27,6 +27,10 @@ from nicemu.workloads.jobs_fabric import JobWork
 from nicemu.workloads.models import load_model
 from nicemu.workloads.training import TrainPlan, plan
 
+#: what to change when a train job's buckets do not fit with real data
+TOO_BIG = ("use --executor model for timing only, more hosts under mpiexec, or a smaller model or bucket_mb (the "
+           "embedding and LM head are buckets of their own)")
+
 
 @dataclass
 class TrainJob:
@@ -74,12 +78,28 @@ def check(job: Job) -> None:
                          f"nodes; use a multiple of {len(job.nodes)}")
 
 
-def build(job: Job, fabric: Torus, profile: Profile) -> TrainJob:
-    """The job's buckets on its nodes, and its iteration alone on ``fabric`` (as ``nicemu train`` times it)."""
+def job_plan(job: Job) -> tuple[TrainPlan, np.dtype, str]:
+    """One iteration's compute and buckets on one of the job's nodes, the gradients' type and the model's name."""
     spec = job.train
     model, acc = load_model(spec.model), load_accelerator(spec.accelerator)
-    itemsize = check_dtype_op(spec.grad_dtype, "sum").itemsize
-    tp = plan(model, acc, spec.global_batch // len(job.nodes), spec.seq_len, itemsize, int(spec.bucket_mb * 2**20))
+    dtype = check_dtype_op(spec.grad_dtype, "sum")
+    tp = plan(model, acc, spec.global_batch // len(job.nodes), spec.seq_len, dtype.itemsize,
+              int(spec.bucket_mb * 2**20))
+    return tp, dtype, model.name
+
+
+def real_data(emu, job: Job, tp: TrainPlan, dtype: np.dtype) -> int:
+    """Every bucket of the job really reduced once on its ranks (``nicemu train``'s real-data path): the
+    elements wrong against numpy."""
+    from nicemu.bench import _run_mpi, data_options
+    return sum(_run_mpi(emu, data_options("allreduce", b.index, 1), job.algo, dtype, b.elems * dtype.itemsize)["wrong"]
+               for b in tp.buckets)
+
+
+def build(job: Job, fabric: Torus, profile: Profile) -> TrainJob:
+    """The job's buckets on its nodes, and its iteration alone on ``fabric`` (as ``nicemu train`` times it)."""
+    tp, dtype, name = job_plan(job)
+    itemsize = dtype.itemsize
     cache: dict[int, tuple] = {}
     calls, chosen = [], []
     for b in tp.buckets:
@@ -91,4 +111,4 @@ def build(job: Job, fabric: Torus, profile: Profile) -> TrainJob:
     loads: list = []
     out = run_concurrent(calls, fabric, profile, loads)
     it = max([tp.compute_us, *(c.start_us + t.emulated_us for c, t in zip(calls, out))])
-    return TrainJob(job, model.name, itemsize, tp, calls, chosen, it, sum(t.wire_bytes for t in out), loads[0])
+    return TrainJob(job, name, itemsize, tp, calls, chosen, it, sum(t.wire_bytes for t in out), loads[0])
