@@ -98,7 +98,7 @@ def real_data(emu, job: Job, tp: TrainPlan, dtype: np.dtype) -> int:
 
 def build(job: Job, fabric: Torus, profile: Profile) -> TrainJob:
     """The job's buckets on its nodes, and its iteration alone on ``fabric`` (as ``nicemu train`` times it)."""
-    tp, dtype, name = job_plan(job)
+    tp, dtype, model = job_plan(job)
     itemsize = dtype.itemsize
     cache: dict[int, tuple] = {}
     calls, chosen = [], []
@@ -111,4 +111,4 @@ def build(job: Job, fabric: Torus, profile: Profile) -> TrainJob:
     loads: list = []
     out = run_concurrent(calls, fabric, profile, loads)
     it = max([tp.compute_us, *(c.start_us + t.emulated_us for c, t in zip(calls, out))])
-    return TrainJob(job, name, itemsize, tp, calls, chosen, it, sum(t.wire_bytes for t in out), loads[0])
+    return TrainJob(job, model, itemsize, tp, calls, chosen, it, sum(t.wire_bytes for t in out), loads[0])

@@ -69,7 +69,7 @@ def test_a_train_job_alone_is_nicemu_trains_iteration(tmp_path, tiny, algo):
     ref = train_iteration(tiny, "ring:8", algo)
     [r] = run_jobs(tmp_path, "topology: ring:8\nprofile: 400g-gen5\njobs:\n" + train_job("t", '"0-7"', tiny, algo, 3))
     assert r["iteration_alone_us"] == ref["iteration_us"] and r["compute_us"] == ref["compute_us"]
-    assert r["exposed_alone_us"] == ref["exposed_us"]
+    assert r["exposed_alone_us"] == ref["exposed_us"] and r["model"] == load_model(tiny).name
     assert r["alone_us"] == r["emulated_us"] == 3 * ref["iteration_us"] and r["slowdown_vs_alone"] == 1.0
 
 
