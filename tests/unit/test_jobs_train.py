@@ -13,7 +13,7 @@ import pytest
 
 from nicemu import jobs_train
 from nicemu.collectives.model.chains import Chains
-from nicemu.errors import UsageError
+from nicemu.errors import CollectiveError, UsageError
 from nicemu.jobs import run
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import parse_topology
@@ -164,3 +164,14 @@ def test_a_train_job_never_meets_itself_across_iterations(tiny):
     one = end_delays(chains, [w])[0]
     four = end_delays(chains, [JobWork(**{**w.__dict__, "iterations": 4})])[0]
     assert four == pytest.approx(4 * one, rel=1e-12, abs=1e-9) and np.isfinite(four)
+
+
+def test_a_group_too_large_for_the_replay_is_one_line(tmp_path, tiny):
+    """Jobs that meet are replayed with every call of every iteration as flows: past the replay's limit the
+    run stops with one line before building them."""
+    text = ("topology: ring:8\nprofile: 400g-gen5\njobs:\n" + train_job("t", '"0,2,4,6"', tiny, "ring", 100_000)
+            + coll_job("c", '"1,3,5,7"'))
+    with pytest.raises(CollectiveError) as err:
+        run_jobs(tmp_path, text)
+    msg = str(err.value)
+    assert "\n" not in msg and "jobs t, c make" in msg and "fewer iterations" in msg, msg
