@@ -16,7 +16,7 @@ import json
 
 import numpy as np
 
-from nicemu import argtypes, jobs_train
+from nicemu import argtypes, jobs_serve, jobs_train
 from nicemu.collectives.api.checks import check_algo, check_algo_collective, check_dtype_op
 from nicemu.collectives.api.host_best import NAME as HOST_BEST
 from nicemu.collectives.api.model import call_schedule
@@ -28,7 +28,7 @@ from nicemu.errors import NicemuError, UsageError
 from nicemu.nic.profile import load_profile
 from nicemu.report import bus_factor
 from nicemu.workloads.jobs import Job, load_jobs
-from nicemu.workloads.jobs_fabric import JobWork, components, sharing_delays
+from nicemu.workloads.jobs_fabric import JobWork, ServeWork, components, sharing_delays
 
 HEADER = (f"{'job':>10} {'nodes':>6} {'collective':>13} {'algo':>22} {'size':>10} {'iters':>6} "
           f"{'alone(us)':>13} {'shared(us)':>13} {'slowdown':>9} {'iter(us)':>11} {'busbw':>8} {'#wrong':>6}")
@@ -48,12 +48,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check(jf, args, comm):
-    profile = load_profile(args.profile or jf.profile or "directreduce-paper", args.overrides)
+    spec = args.profile or jf.profile or "directreduce-paper"
+    profile = load_profile(spec, args.overrides)
     if not 0 <= args.hot_links <= 10_000:
         raise UsageError(f"--hot-links {args.hot_links} is outside 0..10,000")
     for job in jf.jobs:
         if job.train is not None:
             jobs_train.check(job)
+            continue
+        if job.serve is not None:
+            if args.executor == "mpi":
+                raise UsageError(f"job '{job.name}': serve jobs run under --executor model only for now; use "
+                                 "--executor model")
+            jobs_serve.check(job, spec, args.overrides)
             continue
         where = f"job '{job.name}'"
         try:
@@ -73,7 +80,7 @@ def _check(jf, args, comm):
     if args.executor == "mpi" and comm.size != jf.topology.nodes:
         raise UsageError(f"--executor mpi runs one rank per node: use mpiexec -n {jf.topology.nodes} for "
                          f"{jf.topology.name}, or --executor model")
-    return profile
+    return profile, spec
 
 
 def _calls(jobs: list[Job], profile) -> tuple[list[Call], list[str]]:
@@ -128,27 +135,61 @@ def _real_data(jf, profile, comm) -> list[int]:
     return total.tolist()
 
 
-def _sharing(jf, profile, calls: dict[int, Call], trains: dict) -> dict[int, float]:
-    """Per job that shares resources with a train job: what sharing adds to its end over its replay alone,
-    from the chained replay (workloads/jobs_fabric.py; clipped at 0 as in §21.6). Jobs of collectives
-    only keep ``run_concurrent``'s results, exactly as before train jobs existed."""
-    if not trains:
+def _sharing(jf, chains: Chains, calls: dict[int, Call], trains: dict, serves: dict) -> dict:
+    """Per job that shares resources with a train or serve job: what sharing adds to its end over its replay
+    alone, from the chained replay (workloads/jobs_fabric.py; clipped at 0 as in §21.6); a serve job's passes'
+    (start, end) delays. Jobs of collectives only keep ``run_concurrent``'s results, exactly as before."""
+    if not trains and not serves:
         return {}
-    works = []
+    works: list = []
     for i, job in enumerate(jf.jobs):
         if i in trains:
             works.append(trains[i].work())
+        elif i in serves:
+            works.append(serves[i].work)
         else:
             c = calls[i]
             works.append(JobWork(job.name, job.nodes, c.itemsize, ((c.schedule, 0.0),), 0.0, job.start_us,
                                  job.iterations, job.gap_us, True))
-    chains = Chains(jf.topology, profile)
-    out: dict[int, float] = {}
+    out: dict = {}
     for comp in components(chains, works):
-        if len(comp) > 1 and any(i in trains for i in comp):
+        if len(comp) > 1 and any(i in trains or i in serves for i in comp):
             delay = sharing_delays(chains, [works[i] for i in comp])
-            out.update({i: max(float(d), 0.0) for i, d in zip(comp, delay)})
+            out.update({i: d if i in serves else max(float(d), 0.0) for i, d in zip(comp, delay)})
     return out
+
+
+def _serve_loads(work: ServeWork, fabric, profile) -> np.ndarray:
+    """The bytes a serve job's calls put on every resource (for the hot links)."""
+    count: dict[tuple, list] = {}
+    for p in work.passes:
+        for sched, nodes, _ in p.calls:
+            hit = count.setdefault((id(sched), nodes.tobytes()), [sched, nodes, 0])
+            hit[2] += 1
+    total = np.zeros(len(resource_capacity(Fabric(fabric, profile))))
+    for sched, nodes, k in count.values():
+        loads: list = []
+        run_concurrent([Call(sched, nodes, work.itemsize)], fabric, profile, loads)
+        total += loads[0] * k
+    return total
+
+
+def _serve_record(sv: jobs_serve.ServeJob, delays) -> dict:
+    """A serve job's record: TTFT, TPOT and E2E sharing the fabric, beside the same on an idle fabric."""
+    job = sv.job
+    alone = sv.summary()
+    shared = alone if delays is None else sv.summary(*delays)
+    a_us, s_us = alone["duration_s"] * 1e6, shared["duration_s"] * 1e6
+    passes = sv.result.iterations
+    busy = sum(it.duration_us for it in passes) + (0.0 if delays is None else float(np.sum(delays[1] - delays[0])))
+    return {"job": job.name, "workload": "serve", "nodes": len(job.nodes), "topology": job.topology.name,
+            "collective": "serve", "algo": job.algo, "best_host_algo": None, "bytes": 0, "dtype": job.dtype,
+            "iterations": len(passes), "start_us": job.start_us, "gap_us": 0.0, "alone_us": a_us,
+            "emulated_us": s_us, "slowdown_vs_alone": s_us / a_us if a_us > 0 else 1.0,
+            "iteration_us": busy / len(passes) if passes else 0.0, "algbw_GBps": None, "busbw_GBps": None,
+            "wire_bytes": sum(c.wire_bytes for c in sv.costs), "model": sv.model, "requests": alone["requests"],
+            **{k: shared[k] for k in jobs_serve.METRICS}, **{f"{k}_alone": alone[k] for k in jobs_serve.METRICS},
+            "slowed_passes": 0 if delays is None else int(np.count_nonzero(delays[1] - delays[0] > 1e-9))}
 
 
 def _record(job: Job, alone: float, shared: float, algo: str, wire: int) -> dict:
@@ -186,9 +227,9 @@ def _train_record(t: jobs_train.TrainJob, extra: float) -> dict:
 
 def run(args: argparse.Namespace, comm) -> int:
     jf = load_jobs(args.file)
-    profile = _check(jf, args, comm)
+    profile, spec = _check(jf, args, comm)
     wrong = _real_data(jf, profile, comm) if args.executor == "mpi" else [None] * len(jf.jobs)
-    coll = [i for i, j in enumerate(jf.jobs) if j.train is None]
+    coll = [i for i, j in enumerate(jf.jobs) if j.workload == "collective"]
     calls, ran = _calls([jf.jobs[i] for i in coll], profile)
     loads: list = []
     out = run_concurrent(calls, jf.topology, profile, loads)
@@ -196,12 +237,19 @@ def run(args: argparse.Namespace, comm) -> int:
     trains = {i: jobs_train.build(j, jf.topology, profile) for i, j in enumerate(jf.jobs) if j.train is not None}
     for t in trains.values():
         carried = carried + t.loads * t.job.iterations
-    extra = _sharing(jf, profile, dict(zip(coll, calls)), trains)
+    chains = Chains(jf.topology, profile)
+    serves = {i: jobs_serve.build(j, spec, args.overrides, chains) for i, j in enumerate(jf.jobs)
+              if j.serve is not None}
+    for sv in serves.values():
+        carried = carried + _serve_loads(sv.work, jf.topology, profile)
+    extra = _sharing(jf, chains, dict(zip(coll, calls)), trains, serves)
     timing = dict(zip(coll, zip(out, ran)))
     records = []
     for i, (job, bad) in enumerate(zip(jf.jobs, wrong)):
         if i in trains:
             records.append(_train_record(trains[i], extra.get(i, 0.0)))
+        elif i in serves:
+            records.append(_serve_record(serves[i], extra.get(i)))
         else:
             t, algo = timing[i]
             shared = t.alone_us + extra[i] if i in extra else t.emulated_us
@@ -232,6 +280,15 @@ def run(args: argparse.Namespace, comm) -> int:
                 print(f"{r['job']:>10} {r['model']:>14} {r['buckets']:>8} {r['iteration_alone_us'] / 1e3:11.3f} "
                       f"{r['iteration_us'] / 1e3:11.3f} {r['compute_us'] / 1e3:10.3f} "
                       f"{r['exposed_alone_us'] / 1e3:13.3f} {r['exposed_us'] / 1e3:14.3f}")
+        served = [r for r in records if r["workload"] == "serve"]
+        if served:
+            print("# serve jobs (ms): TTFT and TPOT means and P99s on an idle fabric -> sharing it")
+            for r in served:
+                print(f"{r['job']:>10} {r['model']:>14} {r['requests']:>5} requests: " + ", ".join(
+                    f"{k.removesuffix('_ms_mean').replace('_ms_', ' ')} "
+                    f"{'-' if r[k + '_alone'] is None else format(r[k + '_alone'], '.3f')} -> "
+                    f"{'-' if r[k] is None else format(r[k], '.3f')}" for k in jobs_serve.METRICS[:4])
+                      + f"; {r['slowed_passes']} of {r['iterations']} passes slowed")
         if hot:
             print(f"# busiest links over the run ({hot[0]['span_us']:.3f} us): link, bytes, utilisation")
             for h in hot:

@@ -27,6 +27,13 @@ A jobs file names the fabric and a list of jobs::
         bucket_mb: 25
         algo: directreduce
         iterations: 2
+      - name: s
+        nodes: "0-7"
+        workload: serve           # one instance, tensor parallel over the job's nodes (nicemu serve's flags)
+        model: llama3-8b
+        requests: 20
+        rate: 4
+        algo: directreduce
 
 Every problem is one :class:`UsageError` line that names the job, the key and the fix.
 """
@@ -48,6 +55,12 @@ JOB_KEYS = ("name", "nodes", "topology", "workload", "collective", "algo", "size
             "start_us")
 TRAIN_KEYS = ("name", "nodes", "topology", "workload", "model", "accelerator", "global_batch", "seq_len", "grad_dtype",
               "algo", "bucket_mb", "iterations", "gap_us", "start_us")
+SERVE_KEYS = ("name", "nodes", "topology", "workload", "model", "accelerator", "algo", "requests", "rate", "cv",
+              "input_len", "output_len", "seed", "token_budget", "chunk", "max_running", "start_us")
+#: a serve job's keys with the types they take (nicemu serve checks the values)
+_SERVE_TYPES = {"model": (str,), "accelerator": (str,), "requests": (int,), "rate": (int, float), "cv": (int, float),
+                "input_len": (str, int), "output_len": (str, int), "seed": (int,), "token_budget": (int,),
+                "chunk": (int,), "max_running": (int,)}
 WORKLOADS = ("collective", "train", "serve")
 COLLECTIVES = ("allreduce", "reducescatter", "allgather", "alltoall")
 #: caps stated in the error messages: far beyond a study, small enough that a typo cannot run for days
@@ -80,10 +93,11 @@ class Job:
     gap_us: float
     start_us: float
     train: TrainSpec | None = None    # set for ``workload: train`` (collective is then allreduce)
+    serve: tuple[tuple[str, object], ...] | None = None   # ``workload: serve``: nicemu serve's options given
 
     @property
     def workload(self) -> str:
-        return "collective" if self.train is None else "train"
+        return "train" if self.train is not None else "serve" if self.serve is not None else "collective"
 
 
 @dataclass(frozen=True)
@@ -163,10 +177,7 @@ def _job(doc, i: int, fabric: Torus, where: str) -> Job:
     workload = doc.get("workload", "collective")
     if workload not in WORKLOADS:
         raise UsageError(f"{label}: 'workload' {workload!r} is not one of {', '.join(WORKLOADS)}")
-    if workload == "serve":
-        raise UsageError(f"{label}: 'workload: serve' is not supported yet; run the serve config with nicemu serve "
-                         "--fabric shared, or give the job a collective or train workload")
-    keys = TRAIN_KEYS if workload == "train" else JOB_KEYS
+    keys = {"train": TRAIN_KEYS, "serve": SERVE_KEYS}.get(workload, JOB_KEYS)
     unknown = [str(k) for k in doc if k not in keys]
     if unknown:
         raise UsageError(f"{label}: unknown key '{unknown[0]}' for a {workload} job; the known keys are "
@@ -195,6 +206,16 @@ def _job(doc, i: int, fabric: Torus, where: str) -> Job:
     if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= MAX_ITERATIONS:
         raise UsageError(f"{label}: 'iterations' must be a whole number from 1 to {MAX_ITERATIONS:,}, got "
                          f"{iterations!r}")
+    if workload == "serve":
+        given = []
+        for key, types in _SERVE_TYPES.items():
+            if key in doc:
+                v = doc[key]
+                if isinstance(v, bool) or not isinstance(v, types):
+                    raise UsageError(f"{label}: '{key}' must be {' or '.join(t.__name__ for t in types)}, got {v!r}")
+                given.append((key, v))
+        return Job(name.strip(), nodes, topo, "serve", algo, 0, "bfloat16", 1, 0.0, times["start_us"], None,
+                   tuple(given))
     if workload == "train":
         spec = _train(doc, label)
         return Job(name.strip(), nodes, topo, "allreduce", algo, 0, spec.grad_dtype, iterations, times["gap_us"],

@@ -38,20 +38,50 @@ class JobWork:
     in_order: bool                                 # its calls run one after another (one chain of calls)
 
 
+@dataclass(frozen=True)
+class ServePass:
+    """One serving pass alone: its window (µs, absolute) and its dense calls in issue order."""
+
+    start_us: float
+    end_us: float
+    calls: tuple[tuple[Schedule, np.ndarray, float], ...]   # (schedule, physical nodes, start µs absolute)
+
+
+@dataclass(frozen=True)
+class ServeWork:
+    """A serving instance's passes on the fabric."""
+
+    name: str
+    itemsize: int
+    passes: tuple[ServePass, ...]
+
+
+def _serve_alone(chains: Chains, job: ServeWork, schedule: Schedule, nodes: np.ndarray):
+    return chains.collective(("serve", id(schedule), job.itemsize, nodes.tobytes()), schedule, nodes, job.itemsize)
+
+
 def _alone(chains: Chains, job: JobWork, schedule: Schedule):
     key = ("job", id(schedule), job.itemsize, np.asarray(job.nodes).tobytes())
     return chains.collective(key, schedule, job.nodes, job.itemsize)
 
 
-def uses(chains: Chains, job: JobWork) -> frozenset[int]:
+def uses(chains: Chains, job: JobWork | ServeWork) -> frozenset[int]:
     """Every resource (link, node resource) the job's calls load."""
     out: set[int] = set()
+    if isinstance(job, ServeWork):
+        seen = set()
+        for p in job.passes:
+            for sched, nodes, _ in p.calls:
+                if (id(sched), nodes.tobytes()) not in seen:
+                    seen.add((id(sched), nodes.tobytes()))
+                    out |= _serve_alone(chains, job, sched, nodes).uses
+        return frozenset(out)
     for sched, _ in job.calls:
         out |= _alone(chains, job, sched).uses
     return frozenset(out)
 
 
-def components(chains: Chains, jobs: Sequence[JobWork]) -> list[list[int]]:
+def components(chains: Chains, jobs: Sequence[JobWork | ServeWork]) -> list[list[int]]:
     """Groups of jobs connected by shared resources; a job alone in its group shares nothing."""
     sets = [uses(chains, j) for j in jobs]
     group = list(range(len(jobs)))
@@ -74,20 +104,47 @@ def components(chains: Chains, jobs: Sequence[JobWork]) -> list[list[int]]:
     return list(out.values())
 
 
-def _flows(chains: Chains, jobs: Sequence[JobWork]) -> int:
-    return sum(j.iterations * sum(len(_alone(chains, j, s).first) + 1 for s, _ in j.calls) for j in jobs)
+def _flows(chains: Chains, jobs: Sequence[JobWork | ServeWork]) -> int:
+    n = 0
+    for j in jobs:
+        if isinstance(j, ServeWork):
+            n += sum(len(_serve_alone(chains, j, s, v).first) + 1 for p in j.passes for s, v, _ in p.calls)
+            n += 2 * len(j.passes)
+        else:
+            n += j.iterations * sum(len(_alone(chains, j, s).first) + 1 for s, _ in j.calls)
+    return n
 
 
-def end_delays(chains: Chains, jobs: Sequence[JobWork]) -> np.ndarray:
-    """Replay ``jobs`` together: how much later than contention-free each job's last iteration ends (µs)."""
+def _lay_serve(chains: Chains, job: ServeWork, chain: int) -> tuple[list[int], list[int]]:
+    """A serving instance's passes as one chain: (start marker, end marker) of every pass."""
+    starts, ends = [], []
+    prev, prev_end = None, 0.0
+    for p in job.passes:
+        s = chains.marker(p.start_us, [] if prev is None else [(prev, max(0.0, p.start_us - prev_end))])
+        at = s
+        for sched, nodes, t in p.calls:
+            at = chains.place(_serve_alone(chains, job, sched, nodes), t, at, chain)
+        prev = chains.marker(p.end_us, [(at, 0.0)])
+        prev_end = p.end_us
+        starts.append(s)
+        ends.append(prev)
+    return starts, ends
+
+
+def end_delays(chains: Chains, jobs: Sequence[JobWork | ServeWork]) -> list:
+    """Replay ``jobs`` together: how much later than contention-free each job's last iteration ends (µs); for
+    a serving job, (start delays, end delays) of its passes."""
     flows = _flows(chains, jobs)
     if flows > MAX_FLOWS:
         raise CollectiveError(f"jobs {', '.join(j.name for j in jobs)} make {flows:,} flows over all their "
                               f"iterations, over the {MAX_FLOWS:,} the fabric replay holds in memory; use fewer "
                               "iterations, larger gradient buckets or a smaller model")
     chains.clear()
-    last = []
+    last: list = []
     for k, job in enumerate(jobs):
+        if isinstance(job, ServeWork):
+            last.append(_lay_serve(chains, job, k))
+            continue
         placed = [(_alone(chains, job, s), off) for s, off in job.calls]
         length = max([job.compute_us, *(off + a.span_us for a, off in placed)])
         t = job.start_us
@@ -101,12 +158,13 @@ def end_delays(chains: Chains, jobs: Sequence[JobWork]) -> np.ndarray:
                 start = chains.marker(t + job.gap_us, [(end, 0.0)]) if job.gap_us > 0 else end
                 t += job.gap_us
         last.append(end)
-    return chains.run().delay[last]
+    d = chains.run().delay
+    return [(d[x[0]], d[x[1]]) if isinstance(x, tuple) else float(d[x]) for x in last]
 
 
-def sharing_delays(chains: Chains, jobs: Sequence[JobWork]) -> np.ndarray:
+def sharing_delays(chains: Chains, jobs: Sequence[JobWork | ServeWork]) -> list:
     """Per job: what sharing the fabric with the others adds to its end, over its own replay alone (its
-    calls' contention among themselves, which its alone time already holds)."""
+    calls' contention among themselves, which its alone time already holds); for a serving job, its passes'
+    (start, end) delays (one instance alone is one chain, which keeps its alone times exactly)."""
     shared = end_delays(chains, jobs)
-    own = np.array([end_delays(chains, [j])[0] for j in jobs])
-    return shared - own
+    return [d if isinstance(j, ServeWork) else d - end_delays(chains, [j])[0] for j, d in zip(jobs, shared)]
