@@ -132,14 +132,14 @@ def test_gaps_between_iterations_add_to_the_alone_time(tmp_path, tiny):
 
 
 @pytest.mark.parametrize("change, words", [
-    ("    workload: train\n", ["workload: serve", "not supported yet"]),
+    ("    workload: train\n", ["'t'", "'workload' 'training'", "collective, train, serve"]),
     ("    global_batch: 8\n", ["'t'", "global_batch 6", "multiple of 4"]),
     ("    seq_len: 32\n", ["'t'", "'seq_len'"]),
     ("    bucket_mb: 0.25\n", ["'t'", "'bucket_mb'"]),
     ("    algo: ring\n", ["'t'", "omniccl", "dense"]),
 ])
 def test_a_bad_train_job_is_one_line(tmp_path, tiny, change, words):
-    bad = {"    workload: train\n": "    workload: serve\n", "    global_batch: 8\n": "    global_batch: 6\n",
+    bad = {"    workload: train\n": "    workload: training\n", "    global_batch: 8\n": "    global_batch: 6\n",
            "    seq_len: 32\n": "    seq_len: 0\n", "    bucket_mb: 0.25\n": "    bucket_mb: big\n",
            "    algo: ring\n": "    algo: omniccl\n"}[change]
     text = "topology: ring:8\nprofile: 400g-gen5\njobs:\n" + train_job("t", '"0,2,4,6"', tiny).replace(change, bad)
