@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import pytest
 
 from nicemu import jobs_serve, serve
@@ -117,3 +118,24 @@ def test_serve_jobs_under_mpi_are_refused_in_one_line(tmp_path, small):
     args = argparse.Namespace(profile="400g-gen5", overrides=[], hot_links=5, executor="mpi")
     with pytest.raises(UsageError, match="job 's': serve jobs run under --executor model only"):
         _check(jf, args, Comm())
+
+
+def test_the_overlap_search_agrees_with_replaying_every_serve_call(small):
+    """Only the serve calls that meet another job become flows; replaying all of them gives the same delays."""
+    from nicemu import jobs as jobs_cli
+    from nicemu.workloads.jobs_fabric import JobWork, sharing_delays
+    text = "topology: ring:8\njobs:\n" + serve_job("s", '"0,2,4,6"', small) + coll_job("c", '"1,3,5,7"', "ring", "4M", 3)
+    jf = parse_jobs(text)
+    prof = load_profile("400g-gen5")
+    chains = Chains(jf.topology, prof)
+    sv = jobs_serve.build(jf.jobs[0], "400g-gen5", [], chains)
+    c = jf.jobs[1]
+    call = jobs_cli._calls([c], prof)[0][0]
+    w = JobWork("c", c.nodes, call.itemsize, ((call.schedule, 0.0),), 0.0, 0.0, 3, 0.0, True)
+    searched = sharing_delays(chains, [sv.work, w])
+    every = end_delays(chains, [sv.work, w])
+    calls = sum(len(p.calls) for p in sv.work.passes)
+    assert np.count_nonzero(searched[0][1]) > 0
+    assert searched[0][0] == pytest.approx(every[0][0], abs=1e-9) and searched[0][1] == pytest.approx(every[0][1],
+                                                                                                      abs=1e-9)
+    assert searched[1] + end_delays(chains, [w])[0] == pytest.approx(every[1], abs=1e-9) and calls > 100
