@@ -1,12 +1,13 @@
 """``nicemu jobs FILE.yml``: several jobs share one fabric; each one's slowdown, and the links that got hot.
 
-The file (workloads/jobs.py) places jobs of repeated collectives, and data-parallel training jobs
-(nicemu/jobs_train.py), on node sets of one topology, each from its own start time. All jobs replay
-together on the fabric model (docs/model.md §21.6): a job's span is from its start to the end of its last
-iteration, against the same job alone. Jobs of collectives replay through ``run_concurrent``; a group of
-jobs that shares resources with a train job is chained on one replay (workloads/jobs_fabric.py). Under
-``--executor mpi`` (one rank per node) every job's data moves on its own sub-communicator and is checked
-against numpy; the times come from the same model, so both executors report the same numbers.
+The file (workloads/jobs.py) places jobs of repeated collectives, data-parallel training jobs
+(nicemu/jobs_train.py) and serving jobs (nicemu/jobs_serve.py) on node sets of one topology, each from
+its own start time. All jobs replay together on the fabric model (docs/model.md §21.6): a job's span is
+from its start to the end of its last iteration, against the same job alone. Jobs of collectives replay
+through ``run_concurrent``; a group of jobs that shares resources with a train or serve job is chained on
+one replay (workloads/jobs_fabric.py). Under ``--executor mpi`` (one rank per node) every collective and
+train job's data moves on its own sub-communicator and is checked against numpy (serve jobs are refused);
+the times come from the same model, so both executors report the same numbers.
 """
 
 from __future__ import annotations

@@ -121,3 +121,14 @@ def test_a_train_job_beside_a_collective_job_reports_the_same_from_both_executor
     t, c = model["jobs"]
     assert t["workload"] == "train" and t["buckets"] > 1 and t["slowdown_vs_alone"] > 1.0
     assert c["slowdown_vs_alone"] > 1.0 and model["hot_links"] == real["hot_links"]
+
+
+def test_a_serve_job_under_mpi_is_one_line_on_every_rank(tmp_path):
+    (tmp_path / "tiny.json").write_text(TINY)
+    text = ("topology: ring:2\njobs:\n  - name: s\n    nodes: [0, 1]\n    workload: serve\n    model: tiny.json\n"
+            "    requests: 2\n    algo: ring\n")
+    (tmp_path / "jobs.yml").write_text(text)
+    run = run_nicemu(["jobs", "jobs.yml", "--executor", "mpi"], tmp_path, 2)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("nicemu: error:")]
+    assert len(lines) == 1 and "job 's'" in lines[0] and "--executor model" in lines[0], str(run)
