@@ -139,3 +139,13 @@ def test_the_overlap_search_agrees_with_replaying_every_serve_call(small):
     assert searched[0][0] == pytest.approx(every[0][0], abs=1e-9) and searched[0][1] == pytest.approx(every[0][1],
                                                                                                       abs=1e-9)
     assert searched[1] + end_delays(chains, [w])[0] == pytest.approx(every[1], abs=1e-9) and calls > 100
+
+
+def test_a_serve_job_that_starts_after_the_other_job_has_ended_is_not_slowed(tmp_path, small):
+    base = ("topology: ring:8\nprofile: 400g-gen5\njobs:\n" + serve_job("s", '"0,2,4,6"', small, extra="{start}")
+            + coll_job("c", '"1,3,5,7"', "ring", "4M", 3))
+    s0, c0 = run_jobs(tmp_path, base.format(start=""))
+    late, c1 = run_jobs(tmp_path, base.format(start="    start_us: 1000000\n"))
+    assert s0["slowed_passes"] > 0 and late["slowed_passes"] == 0 and c1["slowdown_vs_alone"] == 1.0
+    for k in METRICS:
+        assert late[k] == late[k + "_alone"] == s0[k + "_alone"], k
