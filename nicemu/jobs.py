@@ -295,9 +295,9 @@ def run(args: argparse.Namespace, comm) -> int:
             for h in hot:
                 print(f"#   {h['link']:>16} {h['bytes']:>16,.0f} {100 * h['utilization']:6.1f}%")
             if any(h["utilization"] > 1.0 + 1e-9 for h in hot):
-                print("# a link over 100% carries one job's own messages at once: its topology gives each hop a link "
-                      "of its own while the fabric routes several over this one, which the replay does not count "
-                      "as contention (docs/model.md §21.6); place the job on a sub-torus to avoid it")
+                print("# a link over 100% carries one job's own overlapping steps at once: a routed algorithm's step "
+                      "model lets some of them share a link, which the replay does not count as contention "
+                      "(docs/model.md §21.6, step 5)")
         if args.executor == "mpi":
             total = sum(r["wrong"] for r in records)
             print(f"# out of bounds values : {total} {'OK' if total == 0 else 'FAILED'}")

@@ -222,26 +222,58 @@ def run_concurrent(calls: list[Call], topology: Torus, profile: Profile,
             carried += np.bincount(routes.resources, weights=weights, minlength=len(carried))
         loads.append(carried)
     placed = [_expand(c, a, *p) for c, a, p in zip(calls, alone, one)]
-    delays = [np.zeros(len(a.node_done)) for a in alone]
+    own: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def own_of(i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per node of call ``i``: what its replay alone on its own topology adds (the step model's own
+        overlaps, not contention), and what its messages sharing the fabric's links among themselves add."""
+        key = _key(calls[i])
+        if key not in own:
+            zero = np.zeros(len(alone[i].node_done))
+            here = _replay([placed[i]], fabric, capacity)[0][0] if _self_overlap(placed[i]) else zero
+            step = _native(calls[i], alone[i], profile) if np.any(here > 0) else zero
+            own[key] = step, np.maximum(here - step, 0.0)
+        return own[key]
+
+    delays = [own_of(i)[1] for i in range(len(calls))]
     slowed = [0] * len(calls)
     for comp in _components([np.unique(p.routes.resources) for p in placed]):
         if len(comp) < 2:
             continue
-        own = {}
-        for i in comp:
-            key = _key(calls[i])
-            if key not in own:
-                own[key] = _replay([placed[i]], fabric, capacity)[0][0]
         shared, counts = _replay([placed[i] for i in comp], fabric, capacity)
         for i, d, c in zip(comp, shared, counts):
-            delays[i] = np.maximum(d - own[_key(calls[i])], 0.0)
+            delays[i] = np.maximum(d - own_of(i)[0], 0.0)
             slowed[i] = c
     out = []
-    for c, a, p, d, n in zip(calls, alone, placed, delays, slowed):
+    for i, (c, a, p, d, n) in enumerate(zip(calls, alone, placed, delays, slowed)):
         done = p.before_last + a.node_done + d
-        out.append(ConcurrentTiming(float(done.max()), float(p.before_last + a.node_done.max()), done,
-                                    a.wire_bytes * c.repeat, n))
+        out.append(ConcurrentTiming(float(done.max()), float((p.before_last + a.node_done + own_of(i)[1]).max()),
+                                    done, a.wire_bytes * c.repeat, n))
     return out
+
+
+def _self_overlap(p: _Flows) -> bool:
+    """Whether two of a call's flows that take time cross one resource in overlapping windows (alone, the
+    replay can slow a flow only then)."""
+    lengths = np.diff(p.routes.offsets)
+    flow = np.repeat(np.arange(len(p.first)), lengths)
+    moving = np.isfinite(p.rate[flow]) & (p.last[flow] > p.first[flow])
+    flow, res = flow[moving], p.routes.resources[moving]
+    order = np.lexsort((p.first[flow], res))
+    flow, res = flow[order], res[order]
+    same = res[1:] == res[:-1]
+    return bool(np.any(same & (p.first[flow[1:]] < p.last[flow[:-1]])))
+
+
+def _native(call: Call, a: CallFlows, profile: Profile) -> np.ndarray:
+    """Per node, the delays of ``call``'s replay alone on its own topology as a fabric of its own: what the
+    step model's own overlaps add (routed algorithms, §21.6 step 5), as opposed to its messages meeting on
+    physical links of the fabric that its topology keeps apart."""
+    topo = call.schedule.topology
+    fab = Fabric(topo, profile)
+    cap = resource_capacity(fab)
+    home = Call(call.schedule, np.arange(topo.nodes, dtype=np.int64), call.itemsize, 0.0, call.repeat, call.gap_us)
+    return _replay([_expand(home, a, *_placed(fab, home, a, cap))], fab, cap)[0][0]
 
 
 def _fits(calls: list[Call], topology: Torus, flows: int, what: str) -> None:
@@ -342,7 +374,8 @@ def _placed(fabric: Fabric, call: Call, a: CallFlows, capacity: np.ndarray | Non
     # work flows: a service at most as fast as its resource (a host's place is overhead only: no load)
     rid = links + per * nodes[a.src[w]] + a.slot[w]
     fits = own[w] <= capacity[rid] * (1 + 1e-12)
-    own[w] = np.minimum(own[w], capacity[rid])
+    # one that loads nothing cannot be slowed: it replays as an instant flow, with the same delays
+    own[w] = np.where(fits, np.minimum(own[w], capacity[rid]), np.inf)
     flow.append(w[fits])
     res.append(rid[fits])
     flow, res = np.concatenate(flow), np.concatenate(res)
