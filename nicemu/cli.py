@@ -32,7 +32,7 @@ from nicemu.launch import world
 COMMANDS = {
     "bench": (bench, "sweep sizes and algorithms, nccl-tests style"),
     "info": (info, "list topologies, algorithms, profiles"),
-    "jobs": (jobs, "run jobs of repeated collectives together on one fabric; slowdowns and hot links"),
+    "jobs": (jobs, "run collective, training and serving jobs together on one fabric; slowdowns, hot links"),
     "schedule": (schedule_cmd, "print an algorithm's chunk-level schedule"),
     "serve": (serve, "replay LLM-serving traffic; TTFT, TPOT and throughput per algorithm"),
     "train": (train, "training: DP gradient buckets overlapping backward, Megatron TP and 1F1B pipelines"),

@@ -1,9 +1,12 @@
 """``nicemu jobs FILE.yml``: several jobs share one fabric; each one's slowdown, and the links that got hot.
 
-The file (workloads/jobs.py) places jobs of repeated collectives on node sets of one topology, each from
-its own start time. All jobs replay together on the fabric model (docs/model.md §21.6): a job's span
-is from its start to the end of its last iteration, against the same job alone. Under ``--executor mpi``
-(one rank per node) every job's data moves on its own sub-communicator and is checked against numpy;
+The file (workloads/jobs.py) places jobs of repeated collectives, data-parallel training jobs
+(nicemu/jobs_train.py) and serving jobs (nicemu/jobs_serve.py) on node sets of one topology, each from
+its own start time. All jobs replay together on the fabric model (docs/model.md §21.6): a job's span is
+from its start to the end of its last iteration, against the same job alone. Jobs of collectives replay
+through ``run_concurrent``; a group of jobs that shares resources with a train or serve job is chained on
+one replay (workloads/jobs_fabric.py). Under ``--executor mpi`` (one rank per node) every collective and
+train job's data moves on its own sub-communicator and is checked against numpy (serve jobs are refused);
 the times come from the same model, so both executors report the same numbers.
 """
 
@@ -14,10 +17,11 @@ import json
 
 import numpy as np
 
-from nicemu import argtypes
+from nicemu import argtypes, jobs_serve, jobs_train
 from nicemu.collectives.api.checks import check_algo, check_algo_collective, check_dtype_op
 from nicemu.collectives.api.host_best import NAME as HOST_BEST
 from nicemu.collectives.api.model import call_schedule
+from nicemu.collectives.model.chains import Chains
 from nicemu.collectives.model.concurrent import Call, resource_capacity, resource_name, run_concurrent
 from nicemu.collectives.model.fabric import Fabric
 from nicemu.collectives.registry import get, is_sparse
@@ -25,6 +29,7 @@ from nicemu.errors import NicemuError, UsageError
 from nicemu.nic.profile import load_profile
 from nicemu.report import bus_factor
 from nicemu.workloads.jobs import Job, load_jobs
+from nicemu.workloads.jobs_fabric import JobWork, ServeWork, components, sharing_delays
 
 HEADER = (f"{'job':>10} {'nodes':>6} {'collective':>13} {'algo':>22} {'size':>10} {'iters':>6} "
           f"{'alone(us)':>13} {'shared(us)':>13} {'slowdown':>9} {'iter(us)':>11} {'busbw':>8} {'#wrong':>6}")
@@ -44,10 +49,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check(jf, args, comm):
-    profile = load_profile(args.profile or jf.profile or "directreduce-paper", args.overrides)
+    spec = args.profile or jf.profile or "directreduce-paper"
+    profile = load_profile(spec, args.overrides)
     if not 0 <= args.hot_links <= 10_000:
         raise UsageError(f"--hot-links {args.hot_links} is outside 0..10,000")
     for job in jf.jobs:
+        if job.train is not None:
+            jobs_train.check(job)
+            continue
+        if job.serve is not None:
+            if args.executor == "mpi":
+                raise UsageError(f"job '{job.name}': serve jobs run under --executor model only for now; use "
+                                 "--executor model")
+            jobs_serve.check(job, spec, args.overrides)
+            continue
         where = f"job '{job.name}'"
         try:
             check_algo(job.algo)
@@ -66,12 +81,12 @@ def _check(jf, args, comm):
     if args.executor == "mpi" and comm.size != jf.topology.nodes:
         raise UsageError(f"--executor mpi runs one rank per node: use mpiexec -n {jf.topology.nodes} for "
                          f"{jf.topology.name}, or --executor model")
-    return profile
+    return profile, spec
 
 
-def _calls(jf, profile) -> tuple[list[Call], list[str]]:
+def _calls(jobs: list[Job], profile) -> tuple[list[Call], list[str]]:
     calls, ran = [], []
-    for job in jf.jobs:
+    for job in jobs:
         dtype = check_dtype_op(job.dtype, "sum")
         count = job.size // dtype.itemsize
         sched, algo = call_schedule(job.collective, job.algo, job.topology, profile, count, dtype.itemsize)
@@ -86,8 +101,17 @@ def _real_data(jf, profile, comm) -> list[int]:
 
     from nicemu.bench import _run_mpi, data_options
     from nicemu.collectives.api.emulator import Emulator
+    from nicemu.memory import check_fits
     rank = comm.rank
     mine = next((i for i, j in enumerate(jf.jobs) if rank in j.nodes.tolist()), None)
+    train = None
+    if mine is not None and jf.jobs[mine].train is not None:
+        tp, dtype, _ = jobs_train.job_plan(jf.jobs[mine])
+        train = tp, dtype
+    # every rank together, before the jobs split: the same verdict everywhere, never a hang
+    biggest = max(b.elems for b in train[0].buckets) * train[1].itemsize if train else 0
+    check_fits(comm, 1, biggest, train[1].itemsize if train else 1, "mpi", fix=jobs_train.TOO_BIG,
+               what=f"a train job's largest gradient bucket ({biggest:,} B)")
     sub = comm.Split(MPI.UNDEFINED if mine is None else mine,
                      0 if mine is None else int(np.flatnonzero(jf.jobs[mine].nodes == rank)[0]))
     wrong = np.zeros(len(jf.jobs), dtype=np.int64)
@@ -98,10 +122,13 @@ def _real_data(jf, profile, comm) -> list[int]:
         finally:
             sub.Free()
         try:
-            rec = _run_mpi(emu, data_options(job.collective, 1000 * mine, job.iterations), job.algo,
-                           check_dtype_op(job.dtype, "sum"), job.size)
+            if train is not None:
+                bad = jobs_train.real_data(emu, job, *train)
+            else:
+                bad = _run_mpi(emu, data_options(job.collective, 1000 * mine, job.iterations), job.algo,
+                               check_dtype_op(job.dtype, "sum"), job.size)["wrong"]
             if emu.comm.rank == 0:
-                wrong[mine] = rec["wrong"]
+                wrong[mine] = bad
         finally:
             emu.free()
     total = np.zeros_like(wrong)
@@ -109,28 +136,128 @@ def _real_data(jf, profile, comm) -> list[int]:
     return total.tolist()
 
 
+def _sharing(jf, chains: Chains, calls: dict[int, Call], trains: dict, serves: dict) -> dict:
+    """Per job that shares resources with a train or serve job: what sharing adds to its end over its replay
+    alone, from the chained replay (workloads/jobs_fabric.py; clipped at 0 as in §21.6); a serve job's passes'
+    (start, end) delays. Jobs of collectives only keep ``run_concurrent``'s results, exactly as before."""
+    if not trains and not serves:
+        return {}
+    works: list = []
+    for i, job in enumerate(jf.jobs):
+        if i in trains:
+            works.append(trains[i].work())
+        elif i in serves:
+            works.append(serves[i].work)
+        else:
+            c = calls[i]
+            works.append(JobWork(job.name, job.nodes, c.itemsize, ((c.schedule, 0.0),), 0.0, job.start_us,
+                                 job.iterations, job.gap_us, True))
+    out: dict = {}
+    for comp in components(chains, works):
+        if len(comp) > 1 and any(i in trains or i in serves for i in comp):
+            delay = sharing_delays(chains, [works[i] for i in comp])
+            out.update({i: d if i in serves else max(float(d), 0.0) for i, d in zip(comp, delay)})
+    return out
+
+
+def _serve_loads(work: ServeWork, fabric, profile) -> np.ndarray:
+    """The bytes a serve job's calls put on every resource (for the hot links)."""
+    count: dict[tuple, list] = {}
+    for p in work.passes:
+        for sched, nodes, _ in p.calls:
+            hit = count.setdefault((id(sched), nodes.tobytes()), [sched, nodes, 0])
+            hit[2] += 1
+    total = np.zeros(len(resource_capacity(Fabric(fabric, profile))))
+    for sched, nodes, k in count.values():
+        loads: list = []
+        run_concurrent([Call(sched, nodes, work.itemsize)], fabric, profile, loads)
+        total += loads[0] * k
+    return total
+
+
+def _serve_record(sv: jobs_serve.ServeJob, delays) -> dict:
+    """A serve job's record: TTFT, TPOT and E2E sharing the fabric, beside the same on an idle fabric."""
+    job = sv.job
+    alone = sv.summary()
+    shared = alone if delays is None else sv.summary(*delays)
+    a_us, s_us = alone["duration_s"] * 1e6, shared["duration_s"] * 1e6
+    passes = sv.result.iterations
+    busy = sum(it.duration_us for it in passes) + (0.0 if delays is None else float(np.sum(delays[1] - delays[0])))
+    return {"job": job.name, "workload": "serve", "nodes": len(job.nodes), "topology": job.topology.name,
+            "collective": "serve", "algo": job.algo, "best_host_algo": None, "bytes": 0, "dtype": job.dtype,
+            "iterations": len(passes), "start_us": job.start_us, "gap_us": 0.0, "alone_us": a_us,
+            "emulated_us": s_us, "slowdown_vs_alone": s_us / a_us if a_us > 0 else 1.0,
+            "iteration_us": busy / len(passes) if passes else 0.0, "algbw_GBps": None, "busbw_GBps": None,
+            "wire_bytes": sum(c.wire_bytes for c in sv.costs), "model": sv.model, "requests": alone["requests"],
+            **{k: shared[k] for k in jobs_serve.METRICS}, **{f"{k}_alone": alone[k] for k in jobs_serve.METRICS},
+            "slowed_passes": 0 if delays is None else int(np.count_nonzero(delays[1] - delays[0] > 1e-9))}
+
+
+def _record(job: Job, alone: float, shared: float, algo: str, wire: int) -> dict:
+    """A collective job's record."""
+    busy = shared - job.gap_us * (job.iterations - 1)
+    per_iter = busy / job.iterations
+    algbw = job.size / (per_iter * 1e3) if per_iter > 0 else None
+    return {"job": job.name, "workload": "collective", "nodes": len(job.nodes), "topology": job.topology.name,
+            "collective": job.collective, "algo": job.algo, "best_host_algo": algo if job.algo == HOST_BEST else None,
+            "bytes": job.size, "dtype": job.dtype, "iterations": job.iterations, "start_us": job.start_us,
+            "gap_us": job.gap_us, "alone_us": alone, "emulated_us": shared,
+            "slowdown_vs_alone": shared / alone if alone > 0 else 1.0, "iteration_us": per_iter, "algbw_GBps": algbw,
+            "busbw_GBps": None if algbw is None else algbw * bus_factor(job.collective, len(job.nodes)),
+            "wire_bytes": wire}
+
+
+def _train_record(t: jobs_train.TrainJob, extra: float) -> dict:
+    """A train job's record: its iterations alone and sharing the fabric, and the communication left exposed."""
+    job, tp = t.job, t.plan
+    alone = t.alone_us
+    shared = alone + extra
+    per_iter = (shared - job.gap_us * (job.iterations - 1)) / job.iterations
+    return {"job": job.name, "workload": "train", "nodes": len(job.nodes), "topology": job.topology.name,
+            "collective": "allreduce", "algo": job.algo,
+            "best_host_algo": "+".join(sorted(set(t.chosen))) if job.algo == HOST_BEST else None,
+            "bytes": tp.grad_elems * t.itemsize, "dtype": job.dtype, "iterations": job.iterations,
+            "start_us": job.start_us, "gap_us": job.gap_us, "alone_us": alone, "emulated_us": shared,
+            "slowdown_vs_alone": shared / alone if alone > 0 else 1.0, "iteration_us": per_iter,
+            "algbw_GBps": None, "busbw_GBps": None, "wire_bytes": t.wire_bytes * job.iterations,
+            "model": t.model, "global_batch": job.train.global_batch, "seq_len": job.train.seq_len,
+            "bucket_mb": job.train.bucket_mb, "buckets": len(t.calls), "iteration_alone_us": t.iteration_us,
+            "compute_us": tp.compute_us, "exposed_alone_us": t.iteration_us - tp.compute_us,
+            "exposed_us": per_iter - tp.compute_us}
+
+
 def run(args: argparse.Namespace, comm) -> int:
     jf = load_jobs(args.file)
-    profile = _check(jf, args, comm)
+    profile, spec = _check(jf, args, comm)
     wrong = _real_data(jf, profile, comm) if args.executor == "mpi" else [None] * len(jf.jobs)
-    calls, ran = _calls(jf, profile)
+    coll = [i for i, j in enumerate(jf.jobs) if j.workload == "collective"]
+    calls, ran = _calls([jf.jobs[i] for i in coll], profile)
     loads: list = []
     out = run_concurrent(calls, jf.topology, profile, loads)
+    carried = loads[0] if loads else np.zeros(len(resource_capacity(Fabric(jf.topology, profile))))
+    trains = {i: jobs_train.build(j, jf.topology, profile) for i, j in enumerate(jf.jobs) if j.train is not None}
+    for t in trains.values():
+        carried = carried + t.loads * t.job.iterations
+    chains = Chains(jf.topology, profile)
+    serves = {i: jobs_serve.build(j, spec, args.overrides, chains) for i, j in enumerate(jf.jobs)
+              if j.serve is not None}
+    for sv in serves.values():
+        carried = carried + _serve_loads(sv.work, jf.topology, profile)
+    extra = _sharing(jf, chains, dict(zip(coll, calls)), trains, serves)
+    timing = dict(zip(coll, zip(out, ran)))
     records = []
-    for job, t, algo, bad in zip(jf.jobs, out, ran, wrong):
-        busy = t.emulated_us - job.gap_us * (job.iterations - 1)
-        per_iter = busy / job.iterations
-        algbw = job.size / (per_iter * 1e3) if per_iter > 0 else None
-        records.append({
-            "job": job.name, "nodes": len(job.nodes), "topology": job.topology.name, "collective": job.collective,
-            "algo": job.algo, "best_host_algo": algo if job.algo == HOST_BEST else None, "bytes": job.size,
-            "dtype": job.dtype, "iterations": job.iterations, "start_us": job.start_us, "gap_us": job.gap_us,
-            "alone_us": t.alone_us, "emulated_us": t.emulated_us, "slowdown_vs_alone": t.slowdown_vs_alone,
-            "iteration_us": per_iter, "algbw_GBps": algbw,
-            "busbw_GBps": None if algbw is None else algbw * bus_factor(job.collective, len(job.nodes)),
-            "wire_bytes": t.wire_bytes, "wrong": bad, "executor": args.executor, "profile": profile.name,
-            "fabric": jf.topology.name})
-    hot = _hot_links(jf, profile, calls, out, loads[0], args.hot_links)
+    for i, (job, bad) in enumerate(zip(jf.jobs, wrong)):
+        if i in trains:
+            records.append(_train_record(trains[i], extra.get(i, 0.0)))
+        elif i in serves:
+            records.append(_serve_record(serves[i], extra.get(i)))
+        else:
+            t, algo = timing[i]
+            shared = t.alone_us + extra[i] if i in extra else t.emulated_us
+            records.append(_record(job, t.alone_us, shared, algo, t.wire_bytes))
+        records[-1].update(wrong=bad, executor=args.executor, profile=profile.name, fabric=jf.topology.name)
+    span = max(j.start_us + r["emulated_us"] for j, r in zip(jf.jobs, records))
+    hot = _hot_links(jf, profile, span, carried, args.hot_links)
     if comm.rank == 0:
         print(f"# nicemu jobs: {len(jf.jobs)} jobs on {jf.topology.describe()}, profile {profile.name}, "
               f"executor {args.executor}; times in emulated microseconds")
@@ -144,6 +271,25 @@ def run(args: argparse.Namespace, comm) -> int:
                   f"{r['slowdown_vs_alone']:8.3f}x {r['iteration_us']:11.3f} "
                   f"{'-' if r['busbw_GBps'] is None else format(r['busbw_GBps'], '.3f'):>8} "
                   f"{'-' if r['wrong'] is None else r['wrong']:>6}")
+        train = [r for r in records if r["workload"] == "train"]
+        if train:
+            print("# train jobs (ms): an iteration alone and sharing (gaps left out), its compute, and the "
+                  "communication exposed past it alone and sharing")
+            print(f"#{'job':>9} {'model':>14} {'buckets':>8} {'iter alone':>11} {'iter shared':>11} {'compute':>10} "
+                  f"{'exposed alone':>13} {'exposed shared':>14}")
+            for r in train:
+                print(f"{r['job']:>10} {r['model']:>14} {r['buckets']:>8} {r['iteration_alone_us'] / 1e3:11.3f} "
+                      f"{r['iteration_us'] / 1e3:11.3f} {r['compute_us'] / 1e3:10.3f} "
+                      f"{r['exposed_alone_us'] / 1e3:13.3f} {r['exposed_us'] / 1e3:14.3f}")
+        served = [r for r in records if r["workload"] == "serve"]
+        if served:
+            print("# serve jobs (ms): TTFT and TPOT means and P99s on an idle fabric -> sharing it")
+            for r in served:
+                print(f"{r['job']:>10} {r['model']:>14} {r['requests']:>5} requests: " + ", ".join(
+                    f"{k.removesuffix('_ms_mean').replace('_ms_', ' ')} "
+                    f"{'-' if r[k + '_alone'] is None else format(r[k + '_alone'], '.3f')} -> "
+                    f"{'-' if r[k] is None else format(r[k], '.3f')}" for k in jobs_serve.METRICS[:4])
+                      + f"; {r['slowed_passes']} of {r['iterations']} passes slowed")
         if hot:
             print(f"# busiest links over the run ({hot[0]['span_us']:.3f} us): link, bytes, utilisation")
             for h in hot:
@@ -164,11 +310,10 @@ def run(args: argparse.Namespace, comm) -> int:
     return 1 if any(w for w in wrong if w) else 0
 
 
-def _hot_links(jf, profile, calls, out, carried: np.ndarray, top: int) -> list[dict]:
+def _hot_links(jf, profile, span: float, carried: np.ndarray, top: int) -> list[dict]:
     """The ``top`` links with the highest utilisation over the run's span (bytes / capacity / span)."""
     fabric = Fabric(jf.topology, profile)
     links = len(fabric.capacity)
-    span = max(c.start_us + t.emulated_us for c, t in zip(calls, out))
     if span <= 0 or top == 0:
         return []
     util = carried[:links] / (resource_capacity(fabric)[:links] * span)

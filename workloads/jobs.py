@@ -16,6 +16,24 @@ A jobs file names the fabric and a list of jobs::
         iterations: 10            # each after the last has ended on every node of the job
         gap_us: 0                 # idle time between iterations (compute)
         start_us: 0
+      - name: t
+        nodes: "32-63"
+        workload: train           # collective (default), train (data parallel) or serve (refused, not yet)
+        model: llama3-8b          # a preset or a config.json path; the keys below mirror nicemu train's flags
+        accelerator: H100-SXM
+        global_batch: 64          # sequences per iteration over the job's nodes
+        seq_len: 2048
+        grad_dtype: float32
+        bucket_mb: 25
+        algo: directreduce
+        iterations: 2
+      - name: s
+        nodes: "0-7"
+        workload: serve           # one instance, tensor parallel over the job's nodes (nicemu serve's flags)
+        model: llama3-8b
+        requests: 20
+        rate: 4
+        algo: directreduce
 
 Every problem is one :class:`UsageError` line that names the job, the key and the fix.
 """
@@ -33,12 +51,33 @@ from nicemu.sizes import parse_sizes
 from nicemu.topologies import Torus, parse_topology, ring
 
 TOP_KEYS = ("topology", "profile", "jobs")
-JOB_KEYS = ("name", "nodes", "topology", "collective", "algo", "size", "dtype", "iterations", "gap_us",
+JOB_KEYS = ("name", "nodes", "topology", "workload", "collective", "algo", "size", "dtype", "iterations", "gap_us",
             "start_us")
+TRAIN_KEYS = ("name", "nodes", "topology", "workload", "model", "accelerator", "global_batch", "seq_len", "grad_dtype",
+              "algo", "bucket_mb", "iterations", "gap_us", "start_us")
+SERVE_KEYS = ("name", "nodes", "topology", "workload", "model", "accelerator", "algo", "requests", "rate", "cv",
+              "input_len", "output_len", "seed", "token_budget", "chunk", "max_running", "start_us")
+#: a serve job's keys with the types they take (nicemu serve checks the values)
+_SERVE_TYPES = {"model": (str,), "accelerator": (str,), "requests": (int,), "rate": (int, float), "cv": (int, float),
+                "input_len": (str, int), "output_len": (str, int), "seed": (int,), "token_budget": (int,),
+                "chunk": (int,), "max_running": (int,)}
+WORKLOADS = ("collective", "train", "serve")
 COLLECTIVES = ("allreduce", "reducescatter", "allgather", "alltoall")
 #: caps stated in the error messages: far beyond a study, small enough that a typo cannot run for days
 MAX_JOBS = 1024
 MAX_ITERATIONS = 100_000
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """A data-parallel training job's settings (``nicemu train``'s flags of the same names)."""
+
+    model: str
+    accelerator: str
+    global_batch: int
+    seq_len: int
+    grad_dtype: str
+    bucket_mb: float
 
 
 @dataclass(frozen=True)
@@ -53,6 +92,12 @@ class Job:
     iterations: int
     gap_us: float
     start_us: float
+    train: TrainSpec | None = None    # set for ``workload: train`` (collective is then allreduce)
+    serve: tuple[tuple[str, object], ...] | None = None   # ``workload: serve``: nicemu serve's options given
+
+    @property
+    def workload(self) -> str:
+        return "train" if self.train is not None else "serve" if self.serve is not None else "collective"
 
 
 @dataclass(frozen=True)
@@ -125,13 +170,18 @@ def _job(doc, i: int, fabric: Torus, where: str) -> Job:
     label = f"{where}: job {i + 1}"
     if not isinstance(doc, dict):
         raise UsageError(f"{label} must be a mapping with 'nodes' and 'algo'")
-    unknown = [str(k) for k in doc if k not in JOB_KEYS]
-    if unknown:
-        raise UsageError(f"{label}: unknown key '{unknown[0]}'; the known keys are {', '.join(JOB_KEYS)}")
     name = doc.get("name", f"job{i + 1}")
     if not isinstance(name, str) or not name.strip():
         raise UsageError(f"{label}: 'name' must be a non-empty string")
     label = f"{where}: job '{name}'"
+    workload = doc.get("workload", "collective")
+    if workload not in WORKLOADS:
+        raise UsageError(f"{label}: 'workload' {workload!r} is not one of {', '.join(WORKLOADS)}")
+    keys = {"train": TRAIN_KEYS, "serve": SERVE_KEYS}.get(workload, JOB_KEYS)
+    unknown = [str(k) for k in doc if k not in keys]
+    if unknown:
+        raise UsageError(f"{label}: unknown key '{unknown[0]}' for a {workload} job; the known keys are "
+                         f"{', '.join(keys)}")
     for key in ("nodes", "algo"):
         if key not in doc:
             raise UsageError(f"{label} has no '{key}'")
@@ -143,12 +193,36 @@ def _job(doc, i: int, fabric: Torus, where: str) -> Job:
                              "make them match")
     else:
         topo = box if box is not None else ring(len(nodes))
-    collective = doc.get("collective", "allreduce")
-    if collective not in COLLECTIVES:
-        raise UsageError(f"{label}: collective {collective!r} is not one of {', '.join(COLLECTIVES)}")
+    times = {}
+    for key in ("gap_us", "start_us"):
+        v = doc.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1e12:
+            raise UsageError(f"{label}: '{key}' must be a time in µs from 0 to 1e12, got {v!r}")
+        times[key] = float(v)
     algo = doc["algo"]
     if not isinstance(algo, str) or not algo:
         raise UsageError(f"{label}: 'algo' must be an algorithm name such as directreduce")
+    iterations = doc.get("iterations", 1)
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= MAX_ITERATIONS:
+        raise UsageError(f"{label}: 'iterations' must be a whole number from 1 to {MAX_ITERATIONS:,}, got "
+                         f"{iterations!r}")
+    if workload == "serve":
+        given = []
+        for key, types in _SERVE_TYPES.items():
+            if key in doc:
+                v = doc[key]
+                if isinstance(v, bool) or not isinstance(v, types):
+                    raise UsageError(f"{label}: '{key}' must be {' or '.join(t.__name__ for t in types)}, got {v!r}")
+                given.append((key, v))
+        return Job(name.strip(), nodes, topo, "serve", algo, 0, "bfloat16", 1, 0.0, times["start_us"], None,
+                   tuple(given))
+    if workload == "train":
+        spec = _train(doc, label)
+        return Job(name.strip(), nodes, topo, "allreduce", algo, 0, spec.grad_dtype, iterations, times["gap_us"],
+                   times["start_us"], spec)
+    collective = doc.get("collective", "allreduce")
+    if collective not in COLLECTIVES:
+        raise UsageError(f"{label}: collective {collective!r} is not one of {', '.join(COLLECTIVES)}")
     size = doc.get("size", "1M")
     try:
         sizes = parse_sizes(str(size))
@@ -159,18 +233,29 @@ def _job(doc, i: int, fabric: Torus, where: str) -> Job:
     dtype = doc.get("dtype", "float32")
     if not isinstance(dtype, str):
         raise UsageError(f"{label}: 'dtype' must be a type name such as float32")
-    iterations = doc.get("iterations", 1)
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= MAX_ITERATIONS:
-        raise UsageError(f"{label}: 'iterations' must be a whole number from 1 to {MAX_ITERATIONS:,}, got "
-                         f"{iterations!r}")
-    times = {}
-    for key in ("gap_us", "start_us"):
-        v = doc.get(key, 0.0)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1e12:
-            raise UsageError(f"{label}: '{key}' must be a time in µs from 0 to 1e12, got {v!r}")
-        times[key] = float(v)
     return Job(name.strip(), nodes, topo, collective, algo, sizes[0], dtype, iterations, times["gap_us"],
                times["start_us"])
+
+
+def _train(doc: dict, label: str) -> TrainSpec:
+    """A train job's settings, each in nicemu train's range (the model and types are checked on loading)."""
+    text = {}
+    for key, default in (("model", "llama3-8b"), ("accelerator", "H100-SXM"), ("grad_dtype", "float32")):
+        v = doc.get(key, default)
+        if not isinstance(v, str) or not v.strip():
+            raise UsageError(f"{label}: '{key}' must be a name such as {default}, got {v!r}")
+        text[key] = v.strip()
+    ints = {}
+    for key, default in (("global_batch", 64), ("seq_len", 2048)):
+        v = doc.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1 << 24:
+            raise UsageError(f"{label}: '{key}' must be a whole number from 1 to {1 << 24:,}, got {v!r}")
+        ints[key] = v
+    mb = doc.get("bucket_mb", 25)
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not 1 / 1024 <= mb <= 1 << 20:
+        raise UsageError(f"{label}: 'bucket_mb' must be a bucket cap in MiB from 1/1024 to 1,048,576, got {mb!r}")
+    return TrainSpec(text["model"], text["accelerator"], ints["global_batch"], ints["seq_len"], text["grad_dtype"],
+                     float(mb))
 
 
 def _nodes(spec, fabric: Torus, label: str) -> tuple[np.ndarray, Torus | None]:

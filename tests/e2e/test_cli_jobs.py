@@ -93,3 +93,51 @@ def test_a_job_alone_counts_its_own_messages_meeting_on_links(tmp_path):
     contiguous = text.replace("{random: 32, seed: 1}", '"0-31"')
     out, run = _jobs(tmp_path, contiguous)
     assert all(h["utilization"] <= 1.0 for h in out["hot_links"]) and "over 100%" not in run.stdout
+
+
+TINY = ('{"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 256, '
+        '"vocab_size": 512, "model_type": "llama"}')
+TRAIN = """
+topology: ring:4
+profile: 400g-gen5
+jobs:
+  - name: t
+    nodes: "0,2"
+    workload: train
+    model: tiny.json
+    global_batch: 4
+    seq_len: 16
+    bucket_mb: 0.0625
+    algo: directreduce
+    iterations: 2
+  - name: c
+    nodes: [1, 3]
+    algo: ring
+    size: 256K
+    iterations: 3
+"""
+
+
+def test_a_train_job_beside_a_collective_job_reports_the_same_from_both_executors(tmp_path):
+    (tmp_path / "tiny.json").write_text(TINY)
+    model, _ = _jobs(tmp_path, TRAIN)
+    real, run = _jobs(tmp_path, TRAIN, n=4)
+    assert "out of bounds values : 0 OK" in run.stdout and "exposed shared" in run.stdout
+    for m, r in zip(model["jobs"], real["jobs"], strict=True):
+        assert r["wrong"] == 0 and m["wrong"] is None
+        assert {k: v for k, v in m.items() if k not in ("wrong", "executor")} == \
+            {k: v for k, v in r.items() if k not in ("wrong", "executor")}
+    t, c = model["jobs"]
+    assert t["workload"] == "train" and t["buckets"] > 1 and t["slowdown_vs_alone"] > 1.0
+    assert c["slowdown_vs_alone"] > 1.0 and model["hot_links"] == real["hot_links"]
+
+
+def test_a_serve_job_under_mpi_is_one_line_on_every_rank(tmp_path):
+    (tmp_path / "tiny.json").write_text(TINY)
+    text = ("topology: ring:2\njobs:\n  - name: s\n    nodes: [0, 1]\n    workload: serve\n    model: tiny.json\n"
+            "    requests: 2\n    algo: ring\n")
+    (tmp_path / "jobs.yml").write_text(text)
+    run = run_nicemu(["jobs", "jobs.yml", "--executor", "mpi"], tmp_path, 2)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("nicemu: error:")]
+    assert len(lines) == 1 and "job 's'" in lines[0] and "--executor model" in lines[0], str(run)

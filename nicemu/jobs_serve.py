@@ -1,0 +1,118 @@
+"""Serving jobs of ``nicemu jobs`` (``workload: serve``): one ``nicemu serve`` instance, tensor parallel over
+the job's nodes, served first on an idle fabric and then moved onto the fabric it shares with the other jobs.
+
+The instance runs exactly as ``nicemu serve --tp N --fabric alone`` on the job's topology (its batches, its
+passes and where each call sits in them). For the shared fabric its passes become one chain
+(workloads/jobs_fabric.py); the delays move every pass and every token, and TTFT and TPOT come from the
+moved times, beside the idle-fabric ones. docs/model.md §21.6 ("Serve jobs") and §21.7.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import numpy as np
+
+from nicemu import serve
+from nicemu.collectives.api.model import call_schedule
+from nicemu.collectives.registry import is_sparse
+from nicemu.errors import CollectiveError, NicemuError, UsageError
+from nicemu.progress import Progress
+from nicemu.workloads import IterationTimer, run_batching, summarize
+from nicemu.workloads.batching import BatchingResult
+from nicemu.workloads.comm_backends import DTYPE, ModelComm, algos_for, group_topology
+from nicemu.workloads.jobs import Job
+from nicemu.workloads.jobs_fabric import ServePass, ServeWork
+from nicemu.workloads.serve_fabric import InstanceRun, shifted
+
+#: metrics reported alone and shared (ms)
+METRICS = ("ttft_ms_mean", "ttft_ms_p99", "tpot_ms_mean", "tpot_ms_p99", "e2e_ms_mean")
+#: relative difference allowed between a call's cost in serve and its flows' alone span
+_SPAN_RTOL = 1e-9
+
+
+@dataclass
+class ServeJob:
+    """A serve job's run on an idle fabric and its passes as chains."""
+
+    job: Job
+    model: str
+    result: BatchingResult
+    passes: list
+    costs: list
+    work: ServeWork
+
+    def summary(self, start_delay=None, end_delay=None) -> dict:
+        """Serving metrics of the run, moved by the passes' delays if given."""
+        res = self.result
+        if start_delay is not None:
+            res = shifted(InstanceRun(self.result, self.passes), start_delay, end_delay)
+        return summarize(res, self.costs, True)
+
+
+def _options(job: Job, profile: str, overrides: list[str]) -> argparse.Namespace:
+    """``nicemu serve``'s options for the job: its defaults, the job's keys, TP over the job's nodes."""
+    p = argparse.ArgumentParser(add_help=False)
+    serve.add_arguments(p)
+    args = p.parse_args([])
+    for key, value in job.serve:
+        setattr(args, key, str(value) if key in ("input_len", "output_len") else value)
+    args.tp, args.topology, args.algo = len(job.nodes), job.topology.name, job.algo
+    args.profile, args.overrides, args.executor, args.fabric = profile, list(overrides), "model", "alone"
+    return args
+
+
+class _Comm:
+    size, rank = 1, 0
+
+
+def check(job: Job, profile: str, overrides: list[str]) -> None:
+    """The job's serve options, as nicemu serve checks them (one line naming the job)."""
+    try:
+        serve._validate(_options(job, profile, overrides), _Comm())
+    except NicemuError as exc:
+        raise UsageError(f"job '{job.name}': {exc}") from None
+
+
+def build(job: Job, profile_spec: str, overrides: list[str], chains) -> ServeJob:
+    """Serve the job's requests on an idle fabric (as ``nicemu serve``), then lay its passes out for the
+    shared fabric; ``chains``: the jobs' Chains, whose calls alone check the serve costs."""
+    args = _options(job, profile_spec, overrides)
+    _, model, par, topology, profile, acc, sched, requests = serve._validate(args, _Comm())
+    labels = algos_for(job.algo, profile.nic.gpudirect)
+    timer = IterationTimer(model, acc, par, ModelComm(topology, profile, model, args.seed), labels[0], labels[1],
+                           labels[2], dtype_bytes=DTYPE.itemsize, p2p_algo=labels[3], instance=0, restore=None,
+                           pcie_GBps=profile.pcie.bandwidth_GBps, restore_log={}, swap_in="load")
+    timer.passes = []
+    step = serve._Step(timer, Progress(0, False), job.algo)
+    result = run_batching(requests, step, sched)
+    passes = timer.passes
+    schedules: dict[tuple, object] = {}
+    out = []
+    for it, p in zip(result.iterations, passes):
+        calls = []
+        for j, rec in enumerate(p.records):
+            if is_sparse(rec.algo):
+                continue                  # no flows: its protocol model keeps its alone time (§21.7)
+            if rec.collective == "p2p":
+                raise CollectiveError("internal: a serve job of one tensor-parallel instance makes no transfers")
+            key = (rec.collective, rec.algo, rec.bytes, rec.nodes)
+            sched = schedules.get(key)
+            if sched is None:
+                group = group_topology(topology, rec.nodes)
+                count = rec.bytes // (len(rec.nodes) * DTYPE.itemsize) if rec.collective == "alltoall" else \
+                    rec.bytes // DTYPE.itemsize
+                sched = schedules[key] = call_schedule(rec.collective, rec.algo, group, profile, count,
+                                                       DTYPE.itemsize)[0]
+            nodes = job.nodes[np.asarray(rec.nodes, dtype=np.int64)]
+            span = chains.collective(("serve", id(sched), DTYPE.itemsize, nodes.tobytes()), sched, nodes,
+                                     DTYPE.itemsize).span_us
+            cost = float(p.cost_us[j])
+            if abs(span - cost) > _SPAN_RTOL * max(abs(cost), 1.0):
+                raise CollectiveError(f"internal: {rec.collective} {rec.algo} of {rec.bytes} B takes {span} us as "
+                                      f"flows but {cost} us in serve")
+            calls.append((sched, nodes, job.start_us + it.start_us + p.swap_us + float(p.offset_us[j])))
+        out.append(ServePass(job.start_us + it.start_us, job.start_us + it.start_us + it.duration_us, tuple(calls)))
+    work = ServeWork(job.name, DTYPE.itemsize, tuple(out))
+    return ServeJob(job, model.name, result, passes, step.costs, work)
