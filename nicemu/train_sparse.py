@@ -13,7 +13,7 @@ alone must equal the model's.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -85,6 +85,7 @@ class EmbeddingCall:
     row_density: np.ndarray       # per rank: fraction of the table's rows touched
     wire_bytes: int
     flows: SparseFlows            # its messages alone, for the shared replay
+    own: dict = field(default_factory=dict, compare=False)  # its replay alone, done once for all algorithms
 
     @property
     def density(self) -> float:
@@ -113,7 +114,8 @@ def share(rec: dict, calls: list[Call], dense: list[ConcurrentTiming], emb: Embe
     ``rec`` has them) and update one algorithm's record. The call starts when backward ends; on one stream it
     follows the last dense bucket at its alone time. ``iteration_embedding_alone_us`` keeps the accounting
     with the call alone (the buckets sharing only among themselves)."""
-    shared, (e,) = run_shared(calls, [SparseCall(emb.flows, np.arange(topo.nodes), emb.start_us)], topo, profile)
+    shared, (e,) = run_shared(calls, [SparseCall(emb.flows, np.arange(topo.nodes), emb.start_us)], topo, profile,
+                              emb.own)
     end = emb.start_us + e.emulated_us
     bucket_end = [c.start_us + t.emulated_us for c, t in zip(calls, shared)]
     overlap = any(c.start_us < end and b > emb.start_us for c, b in zip(calls, bucket_end))

@@ -7,14 +7,16 @@ bytes and its window at the receiver alone, ``[done - wire time, done]``. This m
 the :class:`CallFlows` that the replay of concurrent.py takes (docs/model.md §21.6), with the
 protocol's own dependencies:
 
-* a record of round ``i`` waits for what let its worker write it: the Rx credit of round ``i - 1`` of
-  its slot (OmNICCL), or the result of round ``i - 1`` (OmniReduce, self-clocked by the result);
-* an Rx credit or a result copy waits for every record of its slot and round (the aggregation);
+* a record of round ``i`` waits for what let its worker write it: OmNICCL's Rx credit, sent when the
+  records of round ``i - 1`` of its slot were aggregated (so it waits for those records), or
+  OmniReduce's result of round ``i - 1`` (self-clocked by the result);
+* a result copy waits for every record of its slot and round (the aggregation);
 * every message waits for the previous one its sender sent (one link out, messages in turn).
 
 Each keeps its alone gap as in §21.6: "after end" when it began after the other ended, "after start"
-when after it began, dropped otherwise. The Tx credits (16 B each) hold no link time in the model and
-are left out: the reuse of a Tx spot does not wait in the replay.
+when after it began, dropped otherwise. Credits (16 B each) are not flows: the Tx credits hold no link
+time in the model (the reuse of a Tx spot does not wait in the replay), and the Rx credits, a third of
+OmNICCL's messages, would add as many events to the replay for a few bytes each.
 
 Placement: an endpoint that is a node sits on the physical node ``nodes[i]``. A dedicated OmniReduce
 aggregator (endpoint ``n + a``) has, on a switch, a port of its own that no other call uses (as in the
@@ -83,7 +85,7 @@ def sparse_call_flows(cfg: SparseConfig, masks, profile: Profile, itemsize: int)
     messages as flows."""
     plan = plan_rounds(masks, cfg)
     t = sparse_time(plan, profile, itemsize, messages=True)
-    m = t.messages
+    m = _without_credits(t.messages)
     n = plan.layout.nodes
     nb = np.rint(m.nbytes).astype(np.int64)
     header, packet = profile.link.header_bytes, profile.nic.packet_bytes
@@ -100,6 +102,14 @@ def sparse_call_flows(cfg: SparseConfig, masks, profile: Profile, itemsize: int)
     return SparseFlows(t, m, flows, n, agg)
 
 
+def _without_credits(m: SparseMessages) -> SparseMessages:
+    """The messages that become flows: all but the Rx credits (16 B each, about a third of OmNICCL's
+    messages, and as many events in the replay). A record waits for the aggregation that sent its credit."""
+    keep = m.kind != RX_CREDIT
+    return SparseMessages(*(getattr(m, f)[keep] for f in ("kind", "src", "dst", "slot", "round", "nbytes",
+                                                           "wire_us", "done_us")))
+
+
 def _dependencies(m: SparseMessages, first: np.ndarray, credits: bool) -> tuple[np.ndarray, np.ndarray]:
     """(dependency, dependent) pairs of the protocol (module docstring), each from an earlier message
     (by window start, then index) to a later one, so they never form a cycle."""
@@ -111,16 +121,18 @@ def _dependencies(m: SparseMessages, first: np.ndarray, credits: bool) -> tuple[
     rounds = int(m.round.max()) + 2
     down = m.kind != RECORD
     rec = ~down
-    # a record of round i: the clocking message of round i - 1 to its worker, same slot
-    clock = RX_CREDIT if credits else RESULT
 
     def key(slot, rnd, end):
         return (slot * rounds + rnd) * ends + end
-    src_key = np.where(m.kind == clock, key(m.slot, m.round, m.dst), -1)
-    want = key(m.slot, m.round - 1, m.src)
-    d1, t1 = _match(src_key, want, rec & (m.round > 0))
-    # a credit or result: every record of its slot and round (they all went to its sender)
-    rec_key = np.where(rec, key(m.slot, m.round, m.dst), -1)
+    rec_key = np.where(rec, key(m.slot, m.round, m.dst), -1)      # records by (slot, round, aggregator)
+    # a record of round i: with credits, every record of round i - 1 of its slot (the aggregation that sent
+    # the credit); self-clocked, the result of round i - 1 to its worker
+    if credits:
+        d1, t1 = _match(rec_key, key(m.slot, m.round - 1, m.dst), rec & (m.round > 0))
+    else:
+        res_key = np.where(m.kind == RESULT, key(m.slot, m.round, m.dst), -1)
+        d1, t1 = _match(res_key, key(m.slot, m.round - 1, m.src), rec & (m.round > 0))
+    # a result: every record of its slot and round (they all went to its sender)
     d2, t2 = _match(rec_key, key(m.slot, m.round, m.src), down)
     # the sender's previous message
     order = np.lexsort((np.arange(k), first, m.src))
@@ -186,14 +198,16 @@ def placed(fabric: Fabric, call: SparseCall) -> tuple[Routes, np.ndarray]:
     return Routes(offsets, res), rate
 
 
-def run_shared(calls: list[Call], sparse: list[SparseCall], topology: Torus,
-               profile: Profile) -> tuple[list[ConcurrentTiming], list[ConcurrentTiming]]:
+def run_shared(calls: list[Call], sparse: list[SparseCall], topology: Torus, profile: Profile,
+               own_sparse: dict | None = None) -> tuple[list[ConcurrentTiming], list[ConcurrentTiming]]:
     """Dense ``calls`` (as ``run_concurrent`` takes them) and ``sparse`` calls together on the fabric of
     ``topology`` (docs/model.md §21.6): each call's timing sharing the fabric, dense then sparse.
 
     As in ``run_concurrent``: calls that share no resource with another keep their alone times exactly;
     the others are replayed together, and a node's delay is what that replay adds over the call's own
-    replay alone. Without sparse calls the dense results are ``run_concurrent``'s."""
+    replay alone. Without sparse calls the dense results are ``run_concurrent``'s. ``own_sparse``: a dict
+    kept by the caller between runs on the same topology and profile, which then replays each sparse call
+    alone once (its replay alone is the costly part: a sparse call makes many small flows)."""
     for c in calls:
         if isinstance(c.repeat, bool) or not isinstance(c.repeat, (int, np.integer)) or c.repeat < 1:
             raise CollectiveError(f"a call repeats a whole number >= 1 of times, got {c.repeat!r}")
@@ -218,23 +232,29 @@ def run_shared(calls: list[Call], sparse: list[SparseCall], topology: Torus,
         alone.append((a, len(a.node_done)))
         placed_flows.append(_expand(c, a, *p))
         keys.append(_key(c))
-    for i, s in enumerate(sparse):
+    for s in sparse:
         f = s.alone.flows
         routes, rate = placed(fabric, s)
         ends = int(max(f.src.max(initial=-1), f.dst.max(initial=-1), s.alone.workers - 1)) + 1
         alone.append((f, s.alone.workers))
         placed_flows.append(_Flows(routes, rate, f.first + s.start_us, f.last + s.start_us, f.after_end, f.after_start,
                                    0, f.src, f.dst, ends, 0.0))
-        keys.append(("sparse", i))
+        keys.append(("sparse", id(s.alone), s.start_us, np.asarray(s.nodes).tobytes(), topology.name,
+                     profile.name))
     delays = [np.zeros(w) for _, w in alone]
     slowed = [0] * len(placed_flows)
     for comp in _components([np.unique(p.routes.resources) for p in placed_flows]):
         if len(comp) < 2:
             continue
         own = {}
+        keep = {} if own_sparse is None else own_sparse    # sparse calls only: dense keys hold object ids
         for i in comp:
+            if keys[i] in keep:
+                own[keys[i]] = keep[keys[i]]
             if keys[i] not in own:
                 own[keys[i]] = _replay([placed_flows[i]], fabric, capacity)[0][0]
+                if i >= len(calls):
+                    keep[keys[i]] = own[keys[i]]
         shared, counts = _replay([placed_flows[i] for i in comp], fabric, capacity)
         for i, d, c in zip(comp, shared, counts):
             w = alone[i][1]
