@@ -59,8 +59,8 @@ from nicemu.topologies import Torus
 
 @dataclass
 class SparseFlows:
-    """A sparse call alone: its timing, its messages, and the same as flows (``flows.src``/``dst`` are
-    endpoints; ``flows.node_done`` is per worker)."""
+    """A sparse call alone: its timing, the messages that are flows (all but the credits), and the flows
+    (``flows.src``/``dst`` are endpoints; ``flows.node_done`` is per worker)."""
 
     timing: SparseTiming
     messages: SparseMessages

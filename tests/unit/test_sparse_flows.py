@@ -49,6 +49,10 @@ def test_messages_add_up_to_the_wire_bytes_and_hold_each_link_in_turn(algo):
     m = t.messages
     # every reader returns a 16-byte Tx credit per result copy: the only bytes on the wire not recorded
     assert int(m.nbytes.sum()) + CREDIT_BYTES * int(np.count_nonzero(m.kind == RESULT)) == t.wire_bytes
+    # one result copy per far worker and slot of every round
+    plan = plan_sparse(cfg, _masks(n, 2000, 0.15, 3))
+    far = n if cfg.aggregation == "dedicated" else n - 1
+    assert np.count_nonzero(m.kind == RESULT) == far * sum(len(r.slots) for r in plan.rounds)
     assert np.all(m.src != m.dst)
     dedicated = cfg.aggregation == "dedicated"
     aggregators = m.dst[m.kind == RECORD]
