@@ -125,6 +125,7 @@ def replay(capacity: np.ndarray, routes: Routes, base_start: np.ndarray, base_en
     ent = np.zeros(0, dtype=np.int64)
     events = 0
     t = -np.inf
+    changed = True      # the flows present changed since their rates were filled (instant joins change nothing)
     while state.pending or len(active):
         if not len(active):
             t = max(t, state.pending.first())
@@ -138,6 +139,7 @@ def replay(capacity: np.ndarray, routes: Routes, base_start: np.ndarray, base_en
                 state.release(after_end, now, state.end_delay, t)
             moving = joined[~instant[joined]]
             if len(moving):
+                changed = True
                 n = lengths[moving]
                 active = np.concatenate([active, moving])
                 n_act = np.concatenate([n_act, n])
@@ -146,8 +148,10 @@ def replay(capacity: np.ndarray, routes: Routes, base_start: np.ndarray, base_en
         if not len(active):
             continue
         events += 1
-        rate = capped_rates(cap, ent, n_act, cap_act)
-        state.slowed[active[rate < cap_act * (1 - _SLOWED_RTOL)]] = True
+        if changed:
+            rate = capped_rates(cap, ent, n_act, cap_act)
+            state.slowed[active[rate < cap_act * (1 - _SLOWED_RTOL)]] = True
+            changed = False
         projected = t + remaining[active] / rate
         t_next = float(projected.min())
         if state.pending:
@@ -159,6 +163,7 @@ def replay(capacity: np.ndarray, routes: Routes, base_start: np.ndarray, base_en
         delay = state.start_delay[gone]
         state.end_delay[gone] = np.where(state.slowed[gone], np.maximum(projected[done] - base_end[gone], delay), delay)
         if len(gone):
+            changed = True
             keep = ~done
             ent = ent[keep.repeat(n_act)]
             active, n_act, cap_act = active[keep], n_act[keep], cap_act[keep]

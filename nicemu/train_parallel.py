@@ -6,11 +6,14 @@ compute divided by T plus its TP AllReduces, each timed alone on its TP group; a
 cross stage boundaries as point-to-point transfers of every TP rank of every replica at once, timed on
 the whole topology. During the last micro-batch's backward each stage's gradient buckets (its own layers'
 shards) are AllReduced over its DP groups: every DP group of every stage starts its buckets at their
-ready times, and all of them share the fabric (collectives/model/concurrent.py). docs/model.md §22.
+ready times, and all of them share the fabric (collectives/model/concurrent.py). That is the alone
+accounting (``*_alone_us``); the reported iteration then puts the TP AllReduces and pipeline transfers on
+that fabric too, with the buckets (workloads/train_fabric.py). docs/model.md §22.1.
 
 Under ``--executor mpi`` every distinct TP AllReduce, pipeline transfer and DP bucket AllReduce moves real
 data on the sub-communicator of its group and is checked; its emulated time alone must equal the model's.
-The reported times come from the model, so both executors give the same records.
+The reported times come from the model (every rank replays the same shared fabric), so both executors
+give the same records.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ from nicemu.topologies import Torus, parse_topology, ring
 from nicemu.workloads.accelerators import Accelerator
 from nicemu.workloads.comm_backends import DTYPE, algos_for
 from nicemu.workloads.models import Model
+from nicemu.workloads.train_fabric import TrainTraffic, shared_iteration
 from nicemu.workloads.train_layout import Layout, group_topology
 from nicemu.workloads.train_pipeline import ACT_BYTES, StageWork, check_split, one_f_one_b, stage_work
 
-HEADER = (f"{'algo':>22} {'iter(ms)':>10} {'compute':>10} {'bubble':>9} {'TP':>9} {'PP':>9} {'DP':>9} "
-          f"{'no share':>10} {'one stream':>10} {'speedup':>8} {'#wrong':>6}")
+HEADER = (f"{'algo':>22} {'iter(ms)':>10} {'compute':>10} {'bubble':>9} {'TP':>9} {'PP':>9} {'share':>9} "
+          f"{'DP':>9} {'alone':>10} {'no share':>10} {'one stream':>10} {'speedup':>8} {'#wrong':>6}")
 
 
 @dataclass(frozen=True)
@@ -145,9 +149,10 @@ def _p2p_times(path: str, su: Setup) -> tuple[list[float], list[float]]:
     return fwd, bwd
 
 
-def iteration(algo: str, su: Setup) -> tuple[dict, Parts]:
+def iteration(algo: str, su: Setup, replay_all: bool = False) -> tuple[dict, Parts]:
     """One iteration under ``algo``: the 1F1B schedule without communication, with the TP AllReduces, with
-    the pipeline transfers too, and then the DP buckets on the shared fabric."""
+    the pipeline transfers too, and then the DP buckets on the shared fabric; then all of it on one shared
+    fabric (workloads/train_fabric.py; ``replay_all`` as there)."""
     lay, m, itemsize = su.layout, su.micro_batches, su.grad_dtype.itemsize
     tp_us, chosen = _tp_times(algo, su)
     path = algos_for(algo, su.profile.nic.gpudirect)[3].removeprefix("p2p-")
@@ -160,7 +165,7 @@ def iteration(algo: str, su: Setup) -> tuple[dict, Parts]:
     b_tp = [w.backward_us(t) for w, t in zip(su.work, tp_us)]
     with_tp = one_f_one_b(f_tp, b_tp, zero, zero, m)
     pipe = one_f_one_b(f_tp, b_tp, to_next, to_prev, m)
-    calls, groups, cache, owner = [], [], {}, []
+    calls, groups, cache, owner, stage_of = [], [], {}, [], []
     stage_buckets = [w.buckets(t, itemsize, su.bucket_bytes) for w, t in zip(su.work, tp_us)]
     if lay.dp > 1:
         for s, buckets in enumerate(stage_buckets):
@@ -176,6 +181,7 @@ def iteration(algo: str, su: Setup) -> tuple[dict, Parts]:
                     calls.append(Call(sched, np.array(nodes, dtype=np.int64), itemsize, start_us=start + b.ready_us))
                     groups.append(nodes)
                     owner.append((nodes, b.elems))
+                    stage_of.append(s)
                     chosen.add(ran)
     shared = run_concurrent(calls, su.topology, su.profile)
     end = pipe.end_us
@@ -187,15 +193,30 @@ def iteration(algo: str, su: Setup) -> tuple[dict, Parts]:
         serial[g] = max(serial.get(g, 0.0), c.start_us) + r.alone_us
         per_group[g] = per_group.get(g, 0.0) + r.alone_us
     compute = max(m * (f + b) for f, b in zip(fc, bc))
+    alone_it, alone_end, slowest = it, end, max((r.slowdown_vs_alone for r in shared), default=1.0)
+    fabric = {"fabric_rounds": 0, "fabric_calls": 0, "fabric_replayed_calls": 0, "fabric_flows": 0,
+              "fabric_slowed_flows": 0}
+    if lay.tp > 1 or lay.pp > 1:
+        tp_scheds = [call_schedule("allreduce", algo, group_topology(su.topology, lay.tp_group(s), su.profile),
+                                   su.profile, su.act_bytes // ACT_BYTES, DTYPE.itemsize)[0] if lay.tp > 1 else None
+                     for s in range(lay.pp)]
+        traffic = TrainTraffic(tp_scheds, DTYPE.itemsize, tp_us, su.act_bytes, path, to_next, to_prev, calls,
+                               stage_of, [r.alone_us for r in shared])
+        sh = shared_iteration(su.topology, su.profile, lay, su.work, pipe, traffic, replay_all)
+        it, end, slowest = sh.iteration_us, sh.pipeline_us, sh.bucket_slowdown
+        fabric = {"fabric_rounds": sh.rounds, "fabric_calls": sh.calls, "fabric_replayed_calls": sh.replayed_calls,
+                  "fabric_flows": sh.flows, "fabric_slowed_flows": sh.slowed_flows}
     rec = {"algo": algo, "iteration_us": it, "compute_us": compute, "exposed_us": it - compute,
-           "iteration_no_sharing_us": free, "iteration_one_stream_us": max([end, *serial.values()]),
+           "iteration_no_sharing_us": free, "iteration_one_stream_us": max([alone_end, *serial.values()]),
            "buckets": sum(len(b) for b in stage_buckets) if lay.dp > 1 else 0,
            "chosen": sorted(chosen) if algo == HOST_BEST else None,
            "comm_us": max(per_group.values(), default=0.0),
-           "slowest_bucket_slowdown": max((r.slowdown_vs_alone for r in shared), default=1.0),
+           "slowest_bucket_slowdown": slowest,
            "pipeline_us": end, "bubble_us": bare.end_us - compute, "bubble_fraction": 1 - compute / bare.end_us,
-           "tp_exposed_us": with_tp.end_us - bare.end_us, "pp_exposed_us": end - with_tp.end_us,
-           "dp_exposed_us": it - end, "tp_allreduce_us": tp_us,
+           "tp_exposed_us": with_tp.end_us - bare.end_us, "pp_exposed_us": alone_end - with_tp.end_us,
+           "fabric_exposed_us": end - alone_end, "dp_exposed_us": it - end,
+           "iteration_alone_us": alone_it, "exposed_alone_us": alone_it - compute, "pipeline_alone_us": alone_end,
+           "dp_exposed_alone_us": alone_it - alone_end, **fabric, "tp_allreduce_us": tp_us,
            "tp_allreduces": [m * (w.tp_forward + w.tp_backward) for w in su.work],
            "p2p_forward_us": to_next, "p2p_backward_us": to_prev,
            "stage_compute_us": [m * (f + b) for f, b in zip(fc, bc)],
@@ -302,14 +323,23 @@ def _print(args, su: Setup, records: list[dict], wrong: dict[str, int]) -> None:
           f"micro-batches of {su.micro_seqs} per replica (1F1B); TP AllReduces and pipeline transfers of "
           f"{su.act_bytes:,} B; {records[0]['grad_bytes'] / 2**30:.2f} GiB of {su.grad_dtype.name} gradients "
           f"on the busiest stage's ranks")
-    print("# iter: the 1F1B schedule and every stage's last bucket done; compute: the busiest stage's; bubble, "
-          "TP, PP, DP: what each adds to the critical path; no share, one stream: DP buckets alone, in one "
-          "stream per group (ms)")
+    print("# iter: the 1F1B schedule and every stage's last bucket done, TP AllReduces, pipeline transfers and DP "
+          "buckets sharing one fabric; compute: the busiest stage's; bubble, TP, PP: what each adds to the critical "
+          "path timed alone; share: what sharing the fabric adds to the schedule's end; DP: the buckets' tail; "
+          "alone: iter with TP and PP alone (buckets sharing among themselves); no share, one stream: that with "
+          "the buckets alone, in one stream per group (ms)")
     print("#" + HEADER[1:])
     for r in records:
         name, sp, bad = train.row_labels(r)
         ms = [r[k] / 1e3 for k in ("iteration_us", "compute_us", "bubble_us", "tp_exposed_us", "pp_exposed_us",
-                                   "dp_exposed_us", "iteration_no_sharing_us", "iteration_one_stream_us")]
+                                   "fabric_exposed_us", "dp_exposed_us", "iteration_alone_us",
+                                   "iteration_no_sharing_us", "iteration_one_stream_us")]
         print(f"{name:>22} {ms[0]:10.2f} {ms[1]:10.2f} {ms[2]:9.2f} {ms[3]:9.2f} {ms[4]:9.2f} {ms[5]:9.2f} "
-              f"{ms[6]:10.2f} {ms[7]:10.2f} {sp:>8} {bad:>6}")
+              f"{ms[6]:9.2f} {ms[7]:10.2f} {ms[8]:10.2f} {ms[9]:10.2f} {sp:>8} {bad:>6}")
+    for r in records:
+        grow = r["iteration_us"] / r["iteration_alone_us"] - 1
+        print(f"# {r['algo']}: sharing the fabric adds {(r['iteration_us'] - r['iteration_alone_us']) / 1e3:.2f} ms "
+              f"({100 * grow:.2f}%) to the iteration timed with TP and PP alone; {r['fabric_replayed_calls']:,} of "
+              f"{r['fabric_calls']:,} calls replayed as {r['fabric_flows']:,} flows ({r['fabric_slowed_flows']:,} "
+              f"slowed) in {r['fabric_rounds']} round{'' if r['fabric_rounds'] == 1 else 's'}")
     train.finish_report(args, records, wrong)

@@ -25,10 +25,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from nicemu.collectives.api.model import call_schedule
-from nicemu.collectives.model.chains import Chains
+from nicemu.collectives.model.chains import Chains, overlapping_calls
 from nicemu.collectives.registry import is_sparse
 from nicemu.errors import CollectiveError
-from nicemu.nic.fabric_replay import spans
 from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus
 from nicemu.workloads.batching import BatchingResult
@@ -169,7 +168,7 @@ def run_shared(topology: Torus, profile: Profile, instances: Sequence[InstanceRu
     rounds = 0
     moved_start, moved_end = start.copy(), end.copy()
     while rounds < MAX_ROUNDS:
-        found = _overlaps(moved_start, moved_end, chain)
+        found = overlapping_calls(moved_start, moved_end, chain)
         if len(found[0]):
             a, b = found
             hit = np.fromiter((share(int(x), int(y)) for x, y in zip(key[a], key[b])), dtype=bool, count=len(a))
@@ -213,17 +212,6 @@ def _alone(chains: Chains, topology: Torus, profile: Profile, rec: TrafficRecord
         rec.bytes // DTYPE.itemsize
     sched, _ = call_schedule(rec.collective, rec.algo, group, profile, count, DTYPE.itemsize)
     return chains.collective(key, sched, rec.nodes, DTYPE.itemsize)
-
-
-def _overlaps(start: np.ndarray, end: np.ndarray, chain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of calls of different chains whose windows overlap (each pair once)."""
-    order = np.argsort(start, kind="stable")
-    s, e = start[order], end[order]
-    hi = np.searchsorted(s, e, side="left")
-    n = np.maximum(hi - np.arange(len(s)) - 1, 0)
-    a, b = order[np.repeat(np.arange(len(s)), n)], order[spans(np.arange(len(s)) + 1, n)]
-    other = chain[a] != chain[b]
-    return a[other], b[other]
 
 
 def _moved(out: SharedTiming, table: _Calls, block: np.ndarray, start: np.ndarray, end: np.ndarray,
@@ -322,7 +310,7 @@ def _replay(fresh: Chains, instances, moves, table: _Calls, block, slot, replaye
                     t = float(starts[c][k] + p.swap_us + p.offset_us[j])
                     a = alone_of(int(key[row]))
                     _check_span(a.span_us, float(p.cost_us[j]), p.records[j])
-                    at = fresh.place(a, t, at)
+                    at = fresh.place(a, t, at, chain=c)
                 prev = end_marker[(c, k)] = fresh.marker(float(ends[c][k]), [(at, 0.0)])
             else:
                 prev = end_marker[(c, k)] = fresh.marker(float(ends[c][k]), deps)

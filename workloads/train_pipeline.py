@@ -55,6 +55,8 @@ class StageWork:
     tp_forward: int           # TP AllReduces in one micro-batch's forward
     tp_backward: int
     tensors: tuple[Tensor, ...]   # this rank's parameter shards, registration order
+    layer_attention_us: float = 0.0   # of ``layer_forward_us``: QKV, attention, output projection (the rest is
+    #                                   the MLP block); where the layer's first TP AllReduce sits
 
     @property
     def forward_compute_us(self) -> float:
@@ -89,6 +91,31 @@ class StageWork:
                 return end
             return head + per_layer * (last - layer + 1)
         return make_buckets(list(self.tensors), ready, itemsize, bucket_bytes, first_bucket_bytes)
+
+    def tp_offsets(self, kind: str, tp_us: float) -> list[float]:
+        """When each TP AllReduce of a forward (``kind`` "F") or backward ("B") starts, µs after the
+        operation starts, in issue order: forward the embedding's after the lookup, per layer ``attn_out``
+        after the attention block and ``mlp_out`` after the MLP; backward the LM head's input gradient
+        first (last stage), then per layer from the last the MLP's input gradient and the attention's."""
+        if not (self.tp_forward if kind == "F" else self.tp_backward):
+            return []
+        attn, mlp = self.layer_attention_us, self.layer_forward_us - self.layer_attention_us
+        k = 1.0 if kind == "F" else BACKWARD_FACTOR
+        out, t = [], 0.0
+        if kind == "F" and self.stage == 0:
+            t += self.embedding_us
+            out.append(t)
+            t += tp_us
+        if kind == "B" and self.last:
+            t += k * self.lm_head_us
+            out.append(t)
+            t += tp_us
+        for first, second in [(attn, mlp) if kind == "F" else (mlp, attn)] * len(self.layers):
+            for part in (first, second):
+                t += k * part
+                out.append(t)
+                t += tp_us
+        return out
 
 
 def shard_elems(t: Tensor, model: Model, tp: int) -> int:
@@ -137,12 +164,13 @@ def stage_work(model: Model, acc: Accelerator, layout: Layout, micro_seqs: int, 
     fwd = iteration_compute(model, acc, make_batch([(seq_len, seq_len)] * micro_seqs), par)
     head = gemm("lm_head", tokens, model.hidden, model.vocab / layout.tp, 2, acc).time_us
     tp = layout.tp > 1
+    attention = fwd.layer_us - fwd.op_us("mlp_up") - fwd.op_us("mlp_down") - fwd.op_us("router")
     out = []
     for s, layers in enumerate(par.stage_layers(model.layers)):
         first, last = s == 0, s == layout.pp - 1
         out.append(StageWork(s, last, layers, fwd.layer_us, fwd.embedding.time_us if first else 0.0,
                              head if last else 0.0, (2 * len(layers) + first) * tp, (2 * len(layers) + last) * tp,
-                             stage_tensors(model, layout, s)))
+                             stage_tensors(model, layout, s), attention))
     return out
 
 

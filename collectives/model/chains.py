@@ -24,16 +24,18 @@ import numpy as np
 
 from nicemu.collectives.model.concurrent import NODE_RESOURCES, Call, _placed, call_flows, resource_capacity
 from nicemu.collectives.model.fabric import Fabric
-from nicemu.collectives.model.p2p_timing import arrivals, receive_done
+from nicemu.collectives.model.node_work import quiet
+from nicemu.collectives.model.p2p_timing import arrivals, receive_windows
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
 from nicemu.nic.fabric import Routes
-from nicemu.nic.fabric_replay import Edges, replay
+from nicemu.nic.fabric_replay import Edges, replay, spans
 from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus
 
 #: a node's PCIe DMA read among its resources after the links (resource_capacity's order)
 _PCIE_READ_SLOT = NODE_RESOURCES.index("pcie_read")
+_PCIE_WRITE_SLOT = NODE_RESOURCES.index("pcie_write")
 
 
 @dataclass
@@ -71,7 +73,7 @@ class Chains:
         self.fabric = Fabric(topology, profile)
         self.capacity = resource_capacity(self.fabric)
         self._alone: dict[tuple, _Alone] = {}
-        self._parts: list[tuple] = []      # (base, first, last, rate, offsets, resources)
+        self._parts: list[tuple] = []      # (first, last, rate, offsets, resources, chain)
         self._end_edges: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._start_edges: list[tuple[np.ndarray, np.ndarray]] = []
         self.flows = 0
@@ -104,7 +106,8 @@ class Chains:
         if hit is None:
             prof = self.profile
             arr = arrivals(self.topology, prof, list(pairs), nbytes, path)
-            done = np.asarray(receive_done(prof, [(b, x) for (_, b), x in zip(pairs, arr)], nbytes, path))
+            done, windows = receive_windows(prof, [(b, x) for (_, b), x in zip(pairs, arr)], nbytes, path)
+            done = np.asarray(done)
             first = np.array([x.first_us for x in arr], dtype=np.float64)
             last = np.array([x.last_us for x in arr], dtype=np.float64)
             src = np.array([a for a, _ in pairs], dtype=np.int64)
@@ -120,14 +123,33 @@ class Chains:
             rate = np.minimum(rate, np.minimum.reduceat(self.fabric.capacity[fs.routes.resources],
                                                         fs.routes.offsets[:-1]))
             # the sender's DMA read feeds the stream packet by packet (both paths read host memory)
-            pcie = links + 3 * src + _PCIE_READ_SLOT
+            pcie = links + len(NODE_RESOURCES) * src + _PCIE_READ_SLOT
             per_flow = [np.append(fs.routes.resources[fs.routes.offsets[i]:fs.routes.offsets[i + 1]], pcie[i])
                         for i in range(len(src))]
+            # the receiver's DMA write is a work flow on its PCIe write side (node_work.py), after the stream
+            # starts and after the node's previous write
+            cap = self.capacity[links + len(NODE_RESOURCES) * dst + _PCIE_WRITE_SLOT]
+            writes = [i for i, w in enumerate(windows) if w is not None and w[1] > w[0] and cap[i] < 1e300]
+            k = len(src)
+            w_first = np.array([windows[i][0] for i in writes], dtype=np.float64)
+            w_last = np.array([windows[i][1] for i in writes], dtype=np.float64)
+            w_rate = np.minimum(nbytes / (w_last - w_first), cap[writes]) if writes else np.zeros(0)
+            per_flow += [np.array([links + len(NODE_RESOURCES) * dst[i] + _PCIE_WRITE_SLOT]) for i in writes]
+            dep, tgt, prev = list(writes), [k + j for j in range(len(writes))], {}
+            for j, i in enumerate(writes):
+                if int(dst[i]) in prev:
+                    dep.append(k + prev[int(dst[i])])
+                    tgt.append(k + j)
+                prev[int(dst[i])] = j
+            first, last = np.concatenate([first, w_first]), np.concatenate([last, w_last])
+            dep, tgt = np.array(dep, dtype=np.int64), np.array(tgt, dtype=np.int64)
+            ends = first[tgt] >= last[dep]
+            starts = ~ends & (first[tgt] >= first[dep])
             offsets = np.concatenate([[0], np.cumsum([len(r) for r in per_flow])]).astype(np.int64)
             routes = Routes(offsets, np.concatenate(per_flow).astype(np.int64) if per_flow else
                             np.zeros(0, dtype=np.int64))
-            none = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
-            hit = self._finish(key, first, last, rate, routes, none, none, done,
+            hit = self._finish(key, first, last, np.concatenate([rate, w_rate]), routes, (dep[ends], tgt[ends]),
+                               (dep[starts], tgt[starts]), np.concatenate([done, done[writes]]),
                                float(done.max()) if len(done) else 0.0)
         return hit
 
@@ -161,10 +183,13 @@ class Chains:
             self._end_edges.append((src, np.full(len(src), f), slack))
         return m
 
-    def place(self, alone: _Alone, start_us: float, after: int) -> int:
-        """Run ``alone`` from ``start_us`` once marker ``after`` allows; returns its end marker."""
+    def place(self, alone: _Alone, start_us: float, after: int, chain: int | None = None) -> int:
+        """Run ``alone`` from ``start_us`` once marker ``after`` allows; returns its end marker. ``chain``: an
+        id shared by calls that run one after another, each after the previous one's end (their node
+        resources need not be shared among them, node_work.quiet); None: a chain of its own."""
         k = len(alone.first)
-        base = self._add(alone.first + start_us, alone.last + start_us, alone.rate, alone.offsets, alone.resources)
+        base = self._add(alone.first + start_us, alone.last + start_us, alone.rate, alone.offsets, alone.resources,
+                         chain)
         zero = np.zeros(len(alone.after_end[0]))
         self._end_edges.append((alone.after_end[0] + base, alone.after_end[1] + base, zero))
         self._start_edges.append((alone.after_start[0] + base, alone.after_start[1] + base))
@@ -174,9 +199,10 @@ class Chains:
         self._end_edges.append((ids, np.full(k, self.markers[end]), alone.end_slack))
         return end
 
-    def _add(self, first, last, rate, offsets, resources) -> int:
+    def _add(self, first, last, rate, offsets, resources, chain: int | None = None) -> int:
         base = self.flows
-        self._parts.append((first, last, rate, offsets, resources))
+        self._parts.append((first, last, rate, offsets, resources, -1 - len(self._parts) if chain is None
+                            else chain))
         self.flows += len(first)
         return base
 
@@ -187,7 +213,8 @@ class Chains:
             return ChainsResult(np.zeros(0), 0, 0)
         first = np.concatenate([p[0] for p in self._parts])
         last = np.concatenate([p[1] for p in self._parts])
-        rate = np.concatenate([p[2] for p in self._parts])
+        rate = np.concatenate(quiet([(p[3], p[4], p[2]) for p in self._parts], len(self.fabric.capacity),
+                                    [p[5] for p in self._parts]))
         lengths = np.concatenate([np.diff(p[3]) for p in self._parts])
         routes = Routes(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
                         np.concatenate([p[4] for p in self._parts]).astype(np.int64))
@@ -200,3 +227,14 @@ class Chains:
                      Edges.from_pairs(n, cat([e[0] for e in starts]), cat([e[1] for e in starts])))
         delay = out.end_delay[np.asarray(self.markers, dtype=np.int64)]
         return ChainsResult(delay, int(out.slowed.sum()), n - len(self.markers))
+
+
+def overlapping_calls(start: np.ndarray, end: np.ndarray, chain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of calls of different chains whose windows overlap (each pair once)."""
+    order = np.argsort(start, kind="stable")
+    s, e = start[order], end[order]
+    hi = np.searchsorted(s, e, side="left")
+    n = np.maximum(hi - np.arange(len(s)) - 1, 0)
+    a, b = order[np.repeat(np.arange(len(s)), n)], order[spans(np.arange(len(s)) + 1, n)]
+    other = chain[a] != chain[b]
+    return a[other], b[other]

@@ -19,6 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from nicemu.collectives.model.fabric import Fabric
+from nicemu.collectives.model.node_work import (
+    NODE_RESOURCES,
+    PCIE_READ,
+    WorkRecorder,
+    node_capacity,
+    quiet,
+    work_dependencies,
+)
 from nicemu.collectives.model.step_timing import make_agents, part_bytes, receive_half, send_half
 from nicemu.collectives.schedules.steps import Schedule, step_groups
 from nicemu.errors import CollectiveError
@@ -55,6 +63,11 @@ class CallFlows:
     node_done: np.ndarray     # completion of every node alone (µs)
     wire_bytes: int
     uses: np.ndarray          # per flow: the node resources its stream crosses (bits, see _node_uses)
+    slot: np.ndarray | None = None   # per flow: -1 for a transfer, a work flow's node resource (node_work.py)
+
+    def __post_init__(self) -> None:
+        if self.slot is None:                   # transfers only
+            self.slot = np.full(len(self.src), -1, dtype=np.int64)
 
 
 @dataclass
@@ -84,11 +97,14 @@ def transfers(schedule: Schedule) -> int:
 
 
 def call_flows(schedule: Schedule, profile: Profile, itemsize: int) -> CallFlows:
-    """Run ``schedule`` alone (as ``run_model`` does) and keep what the replay needs."""
+    """Run ``schedule`` alone (as ``run_model`` does) and keep what the replay needs: its transfers, then
+    the work its receivers do on their node resources (collectives/model/node_work.py)."""
     topo = schedule.topology
     if topo.ranks_per_node > 1:
         raise CollectiveError("concurrent calls run with one rank per node; drop --ranks-per-node")
     agents = make_agents(topo, profile, topo.nodes)
+    recorder = WorkRecorder(profile)
+    agents.telemetry = recorder         # reports services only; the timing is the same without it
     n = topo.nodes
     recv_group = np.full(n, -1, dtype=np.int64)    # latest group in which each node received
     src, dst, size, first, last, grp, rg, uses = ([] for _ in range(8))
@@ -107,11 +123,14 @@ def call_flows(schedule: Schedule, profile: Profile, itemsize: int) -> CallFlows
             grp.append(np.full(int(keep.sum()), number, dtype=np.int64))
             rg.append(recv_group[step.src[keep]])
             uses.append(np.full(int(keep.sum()), _node_uses(step), dtype=np.int64))
+        recorder.group = number
         for step, (f, la) in zip(group, arrivals):
             receive_half(agents, step, step.dst, f, la, step.count * itemsize, part_bytes(step.final_count, itemsize))
+        recorder.group = -1
         for step in group:
             recv_group[step.dst] = number
         number += 1
+    agents.telemetry = None
     src, dst, size = _cat(src, np.int64), _cat(dst, np.int64), _cat(size, np.int64)
     first, last = _cat(first, np.float64), _cat(last, np.float64)
     grp, rg, uses = _cat(grp, np.int64), _cat(rg, np.int64), _cat(uses, np.int64)
@@ -119,32 +138,35 @@ def call_flows(schedule: Schedule, profile: Profile, itemsize: int) -> CallFlows
     framed = size + np.ceil(size / packet) * header
     # a stream's first packet arrives one packet time after it starts: the window holds the rest
     rest = framed - np.where(size > 0, np.minimum(size, packet) + header, 0)
-    recv_dep, recv_tgt = _depend(grp * n + dst, rg * n + src, rg >= 0)   # what the sender received last
-    by_sender = np.lexsort((np.arange(len(src)), first, src))            # and its previous send
+    k = len(src)
+    recv_key = grp * n + dst
+    recv_dep, recv_tgt = _depend(recv_key, rg * n + src, rg >= 0)       # what the sender received last
+    by_sender = np.lexsort((np.arange(k), first, src))                   # and its previous send
     same = src[by_sender[1:]] == src[by_sender[:-1]]
-    dep = np.concatenate([recv_dep, by_sender[:-1][same]])
-    tgt = np.concatenate([recv_tgt, by_sender[1:][same]])
+    work = recorder.flows()
+    w_dep, w_tgt, w_key = work_dependencies(work, n, recv_key)
+    sw_dep, sw_tgt = _depend(w_key, rg * n + src, rg >= 0)               # and the work it did on that
+    dep = np.concatenate([recv_dep, by_sender[:-1][same], w_dep, sw_dep + k])
+    tgt = np.concatenate([recv_tgt, by_sender[1:][same], w_tgt, sw_tgt])
+    src, dst = np.concatenate([src, work["node"]]), np.concatenate([dst, work["node"]])
+    first, last = np.concatenate([first, work["first"]]), np.concatenate([last, work["last"]])
     ends = first[tgt] >= last[dep]
     starts = ~ends & (first[tgt] >= first[dep])
-    return CallFlows(src, dst, rest, framed, first, last, (dep[ends], tgt[ends]), (dep[starts], tgt[starts]),
-                     agents.clock.copy(), int(agents.links.bytes_sent), uses)
+    return CallFlows(src, dst, np.concatenate([rest, work["nbytes"]]), np.concatenate([framed, work["nbytes"]]),
+                     first, last, (dep[ends], tgt[ends]), (dep[starts], tgt[starts]), agents.clock.copy(),
+                     int(agents.links.bytes_sent), np.concatenate([uses, np.zeros(len(work["node"]), np.int64)]),
+                     np.concatenate([np.full(k, -1, dtype=np.int64), work["slot"]]))
 
 
 #: node resources a stream crosses while it flows, besides links (bits of CallFlows.uses)
-_SRC_PCIE_READ, _DST_NIC = 1, 2
-#: resources per node after the links: PCIe host->NIC (DMA reads), NIC->host (DMA writes), NIC engine
-NODE_RESOURCES = ("pcie_read", "pcie_write", "nic_reduce")
+_SRC_PCIE_READ = 1
 
 
 def _node_uses(step) -> int:
     """The node resources a step's streams cross while they flow: the sender's DMA read when the chunk
-    comes from host memory (it feeds the link packet by packet), and the receiver's NIC engine when the
-    NIC reduces (packet by packet as they arrive). The receiver's DMA write and the operand prefetch
-    are left out: in the step model they may lag or lead the stream (docs/model.md §21.6)."""
-    bits = _SRC_PCIE_READ if step.from_host else 0
-    if step.engine == "nic" and step.reduce:
-        bits |= _DST_NIC
-    return bits
+    comes from host memory (it feeds the link packet by packet). What the receiver does with the chunk
+    (DMA write, NIC engine, host pass, DRAM) is a work flow of its own (collectives/model/node_work.py)."""
+    return _SRC_PCIE_READ if step.from_host else 0
 
 
 def _cat(parts: list, dtype) -> np.ndarray:
@@ -178,11 +200,7 @@ def run_concurrent(calls: list[Call], topology: Torus, profile: Profile,
             raise CollectiveError(f"a call repeats a whole number >= 1 of times, got {c.repeat!r}")
         if not (np.isfinite(c.start_us) and c.start_us >= 0 and np.isfinite(c.gap_us) and c.gap_us >= 0):
             raise CollectiveError(f"start_us and gap_us must be finite and >= 0, got {c.start_us}, {c.gap_us}")
-    flows = sum(transfers(c.schedule) * c.repeat for c in calls)
-    if flows > MAX_FLOWS:
-        raise CollectiveError(f"{len(calls)} calls of {calls[0].schedule.algo} on {topology.name} make {flows:,} "
-                              f"transfers, over the {MAX_FLOWS:,} the fabric replay holds in memory (about 300 B "
-                              f"each); use fewer calls, a smaller size or topology, or an unsegmented algorithm")
+    _fits(calls, topology, sum(transfers(c.schedule) * c.repeat for c in calls), "transfers")
     fabric = Fabric(topology, profile)
     capacity = resource_capacity(fabric)
     # calls that share a schedule (train's buckets of one size, K calls of bench) are timed and placed once
@@ -195,6 +213,8 @@ def run_concurrent(calls: list[Call], topology: Torus, profile: Profile,
             seen[key] = a, _placed(fabric, c, a, capacity)
         alone.append(seen[key][0])
         one.append(seen[key][1])
+    _fits(calls, topology, sum(len(a.src) * c.repeat for a, c in zip(alone, calls)),
+          "flows (transfers and their receivers' work on PCIe, NIC, host and DRAM)")
     if loads is not None:
         carried = np.zeros(len(capacity))
         for c, a, (routes, _) in zip(calls, alone, one):
@@ -222,6 +242,15 @@ def run_concurrent(calls: list[Call], topology: Torus, profile: Profile,
         out.append(ConcurrentTiming(float(done.max()), float(p.before_last + a.node_done.max()), done,
                                     a.wire_bytes * c.repeat, n))
     return out
+
+
+def _fits(calls: list[Call], topology: Torus, flows: int, what: str) -> None:
+    """Refuse a replay larger than the memory it may take (checked on transfers before timing, on all flows
+    after)."""
+    if flows > MAX_FLOWS:
+        raise CollectiveError(f"{len(calls)} calls of {calls[0].schedule.algo} on {topology.name} make {flows:,} "
+                              f"{what}, over the {MAX_FLOWS:,} the fabric replay holds in memory (about 300 B "
+                              f"each); use fewer calls, a smaller size or topology, or an unsegmented algorithm")
 
 
 def _key(call: Call) -> tuple:
@@ -293,22 +322,29 @@ def _placed(fabric: Fabric, call: Call, a: CallFlows, capacity: np.ndarray | Non
                               f"{len(nodes)} ({len(np.unique(nodes))} distinct)")
     if not len(a.src):
         return Routes(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64)), np.zeros(0)
-    fs = fabric.flows(nodes[a.src], nodes[a.dst])
-    links = len(fabric.capacity)
+    capacity = resource_capacity(fabric) if capacity is None else capacity
+    links, per = len(fabric.capacity), len(NODE_RESOURCES)
+    t = np.flatnonzero(a.slot < 0)
+    w = np.flatnonzero(a.slot >= 0)
+    fs = fabric.flows(nodes[a.src[t]], nodes[a.dst[t]])
     span = a.last - a.first
     own = np.full(len(span), np.inf)
     np.divide(a.nbytes, span, out=own, where=span > 0)
     # the window holds what follows the first packet at the stream's rate, at most its slowest link's
-    own = np.minimum(own, np.minimum.reduceat(fabric.capacity[fs.routes.resources], fs.routes.offsets[:-1]))
-    capacity = resource_capacity(fabric) if capacity is None else capacity
-    flow = [np.repeat(np.arange(len(a.src)), np.diff(fs.routes.offsets))]
+    own[t] = np.minimum(own[t], np.minimum.reduceat(fabric.capacity[fs.routes.resources], fs.routes.offsets[:-1]))
+    flow = [t[np.repeat(np.arange(len(t)), np.diff(fs.routes.offsets))]]
     res = [fs.routes.resources]
-    for bit, end, slot in ((_SRC_PCIE_READ, a.src, 0), (_DST_NIC, a.dst, 2)):
-        rid = links + 3 * nodes[end] + slot
-        # a node resource slower than the stream does not pace it: the NIC buffers and works after
-        on = np.flatnonzero((a.uses & bit).astype(bool) & (own <= capacity[rid] * (1 + 1e-12)))
-        flow.append(on)
-        res.append(rid[on])
+    read = links + per * nodes[a.src[t]] + PCIE_READ
+    # a node resource slower than the stream does not pace it: the NIC buffers and works after
+    on = t[(a.uses[t] & _SRC_PCIE_READ).astype(bool) & (own[t] <= capacity[read] * (1 + 1e-12))]
+    flow.append(on)
+    res.append(links + per * nodes[a.src[on]] + PCIE_READ)
+    # work flows: a service at most as fast as its resource (a host's place is overhead only: no load)
+    rid = links + per * nodes[a.src[w]] + a.slot[w]
+    fits = own[w] <= capacity[rid] * (1 + 1e-12)
+    own[w] = np.minimum(own[w], capacity[rid])
+    flow.append(w[fits])
+    res.append(rid[fits])
     flow, res = np.concatenate(flow), np.concatenate(res)
     order = np.argsort(flow, kind="stable")
     routes = Routes(np.concatenate([[0], np.cumsum(np.bincount(flow, minlength=len(a.src)))]).astype(np.int64),
@@ -317,10 +353,9 @@ def _placed(fabric: Fabric, call: Call, a: CallFlows, capacity: np.ndarray | Non
 
 
 def resource_capacity(fabric: Fabric) -> np.ndarray:
-    """Bytes/µs of the fabric's links, then of every node's PCIe read and write sides and NIC engine
-    (an infinite rate, as in ``ideal``, is a resource that never binds)."""
-    prof = fabric.profile
-    per_node = np.array([prof.pcie.bandwidth_GBps, prof.pcie.bandwidth_GBps, prof.nic.reduce_GBps]) * 1e3
+    """Bytes/µs of the fabric's links, then of every node's resources in ``NODE_RESOURCES`` order (an
+    infinite rate, as in ``ideal``, is a resource that never binds)."""
+    per_node = node_capacity(fabric.profile)
     per_node = np.where(np.isfinite(per_node), per_node, 1e300)
     return np.concatenate([fabric.capacity, np.tile(per_node, fabric.topology.nodes)])
 
@@ -330,7 +365,7 @@ def resource_name(fabric: Fabric, rid: int) -> str:
     links = len(fabric.capacity)
     if rid < links:
         return fabric.resource_name(rid)
-    node, slot = divmod(rid - links, 3)
+    node, slot = divmod(rid - links, len(NODE_RESOURCES))
     return f"{NODE_RESOURCES[slot]}@{node}"
 
 
@@ -359,7 +394,8 @@ def _components(resources: list[np.ndarray]) -> list[list[int]]:
 def _replay(calls: list[_Flows], fabric: Fabric,
             capacity: np.ndarray | None = None) -> tuple[list[np.ndarray], list[int]]:
     """Replay these calls together: per call, each node's delay in its last iteration, and the flows slowed."""
-    offsets, resources, start, end, rate, ae, ast = [], [], [], [], [], [], []
+    offsets, resources, start, end, ae, ast = [], [], [], [], [], []
+    rate = quiet([(p.routes.offsets, p.routes.resources, p.rate) for p in calls], len(fabric.capacity))
     base = res_base = 0
     for p in calls:
         offsets.append(p.routes.offsets[1:] + res_base)
@@ -367,7 +403,6 @@ def _replay(calls: list[_Flows], fabric: Fabric,
         res_base += len(p.routes.resources)
         start.append(p.first)
         end.append(p.last)
-        rate.append(p.rate)
         ae.append((p.after_end[0] + base, p.after_end[1] + base))
         ast.append((p.after_start[0] + base, p.after_start[1] + base))
         base += len(p.first)

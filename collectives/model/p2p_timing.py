@@ -73,18 +73,28 @@ def arrivals(topology: Torus, profile: Profile, pairs: list[tuple[int, int]], nb
 
 def receive_done(profile: Profile, arrived: list[tuple[int, Arrival]], nbytes: int, path: str) -> list[float]:
     """Receiver half, in order: DMA write per receiving node, then the host's completion on the host path."""
+    return receive_windows(profile, arrived, nbytes, path)[0]
+
+
+def receive_windows(profile: Profile, arrived: list[tuple[int, Arrival]], nbytes: int, path: str
+                    ) -> tuple[list[float], list[tuple[float, float] | None]]:
+    """:func:`receive_done`, and each DMA write's window on the receiver's PCIe (from the moment the engine
+    starts on it to the moment it is free again; None over NVLink), for the shared fabric."""
     pkt = profile.nic.packet_bytes
     rate, lat = us_per_byte(profile.pcie.bandwidth_GBps), profile.pcie.latency_us
     write_free: dict[int, float] = {}
-    done = []
+    done, windows = [], []
     for node, arr in arrived:
         if arr.landed:
             done.append(arr.last_us)
+            windows.append(None)
             continue
-        _, last, busy = stage(arr.first_us, arr.last_us, nbytes, write_free.get(node, 0.0), rate, lat, pkt)
+        free = write_free.get(node, 0.0)
+        _, last, busy = stage(arr.first_us, arr.last_us, nbytes, free, rate, lat, pkt)
         write_free[node] = busy
         done.append(last + (profile.host.overhead_us if path == "host" else 0.0))
-    return done
+        windows.append((max(arr.first_us, free), busy))
+    return done, windows
 
 
 def host_busy(profile: Profile, pairs: list[tuple[int, int]], path: str, topology: Torus | None = None) -> float:

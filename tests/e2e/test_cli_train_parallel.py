@@ -9,7 +9,7 @@ from conftest import TINY_LLAMA, model_and_mpi, run_nicemu
 pytestmark = pytest.mark.e2e
 
 ARGS = ["train", "--model", "config.json", "--topology", "ring:8", "--tp", "2", "--pp", "2", "--global-batch", "8",
-        "--seq-len", "32", "--bucket-mb", "0.25", "--algo", "ring,host-best,directreduce"]
+        "--seq-len", "512", "--bucket-mb", "0.25", "--algo", "ring,host-best,directreduce"]
 
 
 def test_tp_pp_dp_real_data_agrees_with_the_model(tmp_path):
@@ -23,8 +23,15 @@ def test_tp_pp_dp_real_data_agrees_with_the_model(tmp_path):
                {k: v for k, v in b.items() if k not in ("executor", "wrong")}
         assert (a["tp"], a["dp"], a["pp"], a["micro_batches"]) == (2, 2, 2, 4)
         assert a["buckets"] > 3 and a["tp_exposed_us"] > 0 and a["pp_exposed_us"] > 0 and a["bubble_us"] > 0
-        parts = a["compute_us"] + a["bubble_us"] + a["tp_exposed_us"] + a["pp_exposed_us"] + a["dp_exposed_us"]
+        parts = (a["compute_us"] + a["bubble_us"] + a["tp_exposed_us"] + a["pp_exposed_us"] + a["fabric_exposed_us"]
+                 + a["dp_exposed_us"])
         assert parts == pytest.approx(a["iteration_us"], rel=1e-12)
+        # the shared fabric (TP, pipeline and DP traffic on one replay) against the alone accounting
+        assert a["fabric_calls"] > a["fabric_replayed_calls"] > 0 and a["fabric_flows"] > 0
+        assert a["pipeline_us"] == pytest.approx(a["pipeline_alone_us"] + a["fabric_exposed_us"], rel=1e-12)
+        assert a["pipeline_us"] >= a["pipeline_alone_us"]
+        assert a["iteration_us"] > a["iteration_alone_us"] and a["fabric_exposed_us"] > 0
+        assert a["iteration_alone_us"] - a["pipeline_alone_us"] == a["dp_exposed_alone_us"]
 
 
 @pytest.mark.parametrize("extra, words", [

@@ -10,6 +10,7 @@ import pytest
 from nicemu.collectives.api.model import call_schedule
 from nicemu.collectives.model.chains import Chains
 from nicemu.collectives.model.concurrent import Call, run_concurrent
+from nicemu.collectives.model.p2p_timing import p2p_time
 from nicemu.errors import CollectiveError
 from nicemu.nic.fabric import FabricError, Routes
 from nicemu.nic.fabric_replay import Edges, replay
@@ -59,7 +60,9 @@ def test_two_chains_that_meet_agree_with_run_concurrent(profile, algo):
 @pytest.mark.parametrize("algo", ["ring", "recursive-doubling"])
 def test_a_chain_alone_keeps_its_alone_times(algo):
     # a pass of three calls with compute between them, then an idle wait, then another pass; recursive
-    # doubling slows itself when replayed (its step model shares a link within a step), which must not count
+    # doubling slows itself when replayed (its step model shares a link within a step), which must not count.
+    # Its own replay ends its last host passes 20.6 µs late: a compute gap shorter than that would let them
+    # overlap the next call's passes, which then counts (docs/model.md §21.7), so the gap here is longer
     topo, prof = parse_topology("switch:6") if algo != "ring" else parse_topology("ring:6"), load_profile("ideal")
     sched = _ring_call(topo, prof, algo, 1 << 16)
     ch = Chains(topo, prof)
@@ -67,7 +70,7 @@ def test_a_chain_alone_keeps_its_alone_times(algo):
     t, at = 0.0, ch.marker(0.0)
     marks = [at]
     for _ in range(3):
-        t += 7.0
+        t += 7.0 if algo == "ring" else 25.0
         at = ch.place(a, t, at)
         t += a.span_us
         marks.append(at)
@@ -95,7 +98,6 @@ def test_idle_time_absorbs_what_another_chain_caused(gap):
 
 
 def test_transfers_alone_match_their_p2p_time():
-    from nicemu.collectives.model.p2p_timing import p2p_time
     for spec in ("ring:8", "torus:4x4"):
         topo = parse_topology(spec)
         for profile in ("ideal", "400g-gen5", "directreduce-paper"):
@@ -108,6 +110,25 @@ def test_transfers_alone_match_their_p2p_time():
                 m = ch.marker(0.0)
                 ch.place(a, 0.0, m)
             assert ch.run().slowed_flows > 0      # the two paths move the same pairs at once
+
+
+@pytest.mark.parametrize("pcie,slowed", [(40.0, True), (150.0, False)])
+def test_transfers_into_one_node_share_its_pcie_writes(pcie, slowed):
+    """Two transfers into node 0 of ring:4 from both sides cross different links and different senders'
+    PCIe reads; they meet only in node 0's DMA writes, which slow both when the PCIe is slower than their sum
+    (2 x 50 GB/s here) and leave both alone times exact when it is faster."""
+    topo, prof = parse_topology("ring:4"), load_profile("400g-gen5", [f"pcie.bandwidth_GBps={pcie}"])
+    ch = Chains(topo, prof)
+    ends = []
+    for a, b in ((1, 0), (3, 0)):
+        alone = ch.transfers((a, b), [(a, b)], 8 << 20, "nic")
+        assert alone.span_us == p2p_time(topo, prof, [(a, b)], 8 << 20, "nic").emulated_us
+        ends.append(ch.place(alone, 0.0, ch.marker(0.0)))
+    res = ch.run()
+    if slowed:
+        assert res.slowed_flows > 0 and min(res.delay[ends]) > 0.0
+    else:
+        assert res.slowed_flows == 0 and res.delay[ends].tolist() == [0.0, 0.0]
 
 
 def test_several_ranks_per_node_are_refused():

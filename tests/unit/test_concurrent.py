@@ -141,15 +141,17 @@ def test_disjoint_rows_of_a_torus_keep_their_alone_times_exactly():
 @pytest.mark.parametrize("k", [2, 3])
 @pytest.mark.parametrize("algo", ["ring", "directreduce"])
 def test_k_calls_on_the_same_ring_add_their_shared_stream_time(n, k, algo):
-    """Under ``ideal`` the K calls' streams of a step start together and share each link equally, while the
-    host and NIC work between steps does not contend; every one of the 2(N-1) steps then takes
-    (K-1)(B-p)/C longer (B the chunk, p the first packet, which the window does not hold)."""
+    """Under ``ideal`` the K calls' streams of a step start together and share each link equally: every one
+    of the 2(N-1) steps takes (K-1)(B-p)/C longer (B the chunk, p the first packet, which the window does not
+    hold). The ring's host passes of the N-1 reduce-scatter steps also start together and share the node's
+    host cores (rate H): (K-1)B/H longer each. DirectReduce's NIC engine is free under ``ideal``."""
     topo, prof = parse_topology(f"ring:{n}"), load_profile("ideal")
     nbytes = n * 4096 * 64
     calls = [Call(_schedule(algo, sub, prof, nbytes), nodes, 4) for sub, nodes in place(topo, prof, k, "same")]
     out = run_concurrent(calls, topo, prof)
     chunk, packet, cap = nbytes // n, prof.nic.packet_bytes, prof.link.bandwidth_GBps * 1e3
-    expect = out[0].alone_us + (k - 1) * 2 * (n - 1) * (chunk - packet) / cap
+    host = (n - 1) * chunk / (prof.host.reduce_GBps * 1e3) if algo == "ring" else 0.0
+    expect = out[0].alone_us + (k - 1) * (2 * (n - 1) * (chunk - packet) / cap + host)
     assert [o.emulated_us for o in out] == pytest.approx([expect] * k, rel=1e-12)
 
 
@@ -171,27 +173,32 @@ def test_interleaved_rings_share_every_link(n, k):
                                                          rel=1e-12)
 
 
+_NODE_RATES = ("pcie.bandwidth_GBps", "nic.reduce_GBps", "host.reduce_GBps", "host.memory_GBps")
+
+
 @pytest.mark.parametrize("algo,key,shared", [("directreduce", "nic.reduce_GBps", 15.0),
-                                              ("ring", "pcie.bandwidth_GBps", 20.0)])
-def test_two_rings_through_one_node_share_its_nic_engine_or_pcie(algo, key, shared):
-    """A row ring and a column ring of torus:4x4 share no link, only node 0. Its NIC engine (DirectReduce
-    reduces the incoming stream packet by packet) or its PCIe DMA reads (the host ring reads every chunk it
-    sends) carry both calls' streams: below twice the link rate they slow both calls; at twice the link
-    rate or more nothing is shared and both keep their alone times exactly."""
+                                              ("ring", "pcie.bandwidth_GBps", 20.0),
+                                              ("ring", "host.reduce_GBps", 20.0),
+                                              ("ring", "host.memory_GBps", 40.0)])
+def test_two_rings_through_one_node_share_its_resources(algo, key, shared):
+    """A row ring and a column ring of torus:4x4 share no link, only node 0. One of its resources is finite
+    (the others free, as in ``ideal``): its NIC engine (DirectReduce reduces every incoming chunk), its PCIe
+    (the host ring reads every chunk it sends and writes every one it receives), its host cores (the ring's
+    passes) or its DRAM. Finite, it slows both calls; free, both keep their alone times exactly."""
     topo = parse_topology("torus:4x4")
     row, col = parse_topology("ring:4"), parse_topology("ring:4")
     times = {}
-    for rate in (shared, 25.0):
-        prof = load_profile("directreduce-paper", [f"{key}={rate}"])
+    for rate in (shared, ".inf"):
+        prof = load_profile("directreduce-paper", [f"{k}=.inf" for k in _NODE_RATES if k != key] + [f"{key}={rate}"])
         calls = [Call(_schedule(algo, row, prof, 4 << 20), np.arange(4), 4),
                  Call(_schedule(algo, col, prof, 4 << 20), np.arange(0, 16, 4), 4)]
         out = run_concurrent(calls, topo, prof)
         alone = run_model(calls[0].schedule, prof, 4).emulated_us
         times[rate] = [o.emulated_us / alone for o in out]
     assert min(times[shared]) > 1.01
-    assert times[25.0] == [1.0, 1.0]
+    assert times[".inf"] == [1.0, 1.0]
     fab = Fabric(topo, load_profile("ideal"))
-    assert resource_name(fab, len(fab.capacity) + 3 * 2 + 2) == "nic_reduce@2"
+    assert resource_name(fab, len(fab.capacity) + 5 * 2 + 2) == "nic_reduce@2"
 
 
 # --- placements -----------------------------------------------------------------------------------------------
@@ -243,7 +250,8 @@ def test_repeated_calls_in_lock_step_share_every_iteration(reps):
     out = run_concurrent([Call(sched, np.arange(n), 4, repeat=reps) for _ in range(k)], topo, prof)
     span = run_model(sched, prof, 4).emulated_us
     chunk, packet, cap = nbytes // n, prof.nic.packet_bytes, prof.link.bandwidth_GBps * 1e3
-    expect = reps * (span + (k - 1) * 2 * (n - 1) * (chunk - packet) / cap)
+    host = (n - 1) * chunk / (prof.host.reduce_GBps * 1e3)      # the reduce-scatter's host passes share cores
+    expect = reps * (span + (k - 1) * (2 * (n - 1) * (chunk - packet) / cap + host))
     assert [o.emulated_us for o in out] == pytest.approx([expect] * k, rel=1e-12)
     assert out[0].alone_us == pytest.approx(reps * span, rel=1e-15)
 
@@ -272,3 +280,57 @@ def test_independent_flows_replay_as_the_checked_simulator_finishes_them(seed):
     out = replay(cap, Routes.from_lists(routes), start, start + nbytes / huge, np.full(flows, huge),
                  _edges(flows, []), _edges(flows, []))
     assert np.allclose(start + nbytes / huge + out.end_delay, want, rtol=1e-9, atol=1e-9)
+
+
+def test_work_flows_count_against_the_replays_size(monkeypatch):
+    """The transfers are checked before timing; the flows with the receivers' work after. A limit between the
+    two refuses the run in one line that names flows."""
+    import nicemu.collectives.model.concurrent as concurrent
+    topo, prof = parse_topology("ring:4"), load_profile("400g-gen5")
+    sched = _schedule("ring", topo, prof, 4 << 20)
+    a = call_flows(sched, prof, 4)
+    k = int((a.slot < 0).sum())
+    assert len(a.src) > 2 * k            # a DMA write and a host pass (and their DRAM) per received chunk
+    monkeypatch.setattr(concurrent, "MAX_FLOWS", 2 * k)
+    with pytest.raises(CollectiveError, match=r"make [\d,]+ flows \(transfers and their receivers' work"):
+        run_concurrent([Call(sched, np.arange(4), 4)] * 2, topo, prof)
+    monkeypatch.setattr(concurrent, "MAX_FLOWS", 2 * k - 1)
+    with pytest.raises(CollectiveError, match=r"make [\d,]+ transfers, over"):
+        run_concurrent([Call(sched, np.arange(4), 4)] * 2, topo, prof)
+
+
+@pytest.mark.parametrize("profile", ["400g-gen5", "directreduce-paper"])
+def test_work_flows_never_overlap_on_a_resource_within_a_call(profile):
+    """Each node resource serves one stream at a time within a call (its busy-until clock), so a call's work
+    flows on one resource are disjoint in time and none is faster than the resource."""
+    from nicemu.collectives.model.concurrent import resource_capacity
+    topo, prof = parse_topology("torus:4x4"), load_profile(profile)
+    fab = Fabric(topo, prof)
+    cap = resource_capacity(fab)
+    for algo in ("ring", "directreduce", "ring-pipelined", "directreduce-pipelined"):
+        sched = _schedule(algo, topo, prof, 8 << 20)
+        a = call_flows(sched, prof, 4)
+        w = np.flatnonzero(a.slot >= 0)
+        assert len(w) and set(a.slot[w].tolist()) >= {1, 4}          # DMA writes and their DRAM traffic
+        order = w[np.lexsort((a.first[w], a.slot[w], a.src[w]))]
+        same = (a.src[order[1:]] == a.src[order[:-1]]) & (a.slot[order[1:]] == a.slot[order[:-1]])
+        assert np.all(a.first[order[1:]][same] >= a.last[order[:-1]][same] - 1e-9 * a.last[order[:-1]][same])
+        routes, rate = _placed(fab, Call(sched, np.arange(16), 4), a)
+        rid = len(fab.capacity) + 5 * a.src[w] + a.slot[w]
+        assert np.all(rate[w] <= cap[rid])
+
+
+@pytest.mark.parametrize("spec,k", [("ring:8", 2), ("ring:12", 3), ("ring:12", 4)])
+def test_quiet_work_flows_replay_as_they_would_as_flows(spec, k, monkeypatch):
+    """Calls on different nodes share links but no node resource: their work flows cannot be slowed, and
+    replaying them as instant flows (node_work.quiet) gives the delays of replaying them as flows."""
+    import nicemu.collectives.model.concurrent as concurrent
+    topo, prof = parse_topology(spec), load_profile("400g-gen5")
+    calls = [Call(_schedule("ring", sub, prof, 1 << 20), nodes, 4, start_us=3.0 * j)
+             for j, (sub, nodes) in enumerate(place(topo, prof, k, "interleaved"))]
+    quiet = run_concurrent(calls, topo, prof)
+    monkeypatch.setattr(concurrent, "quiet", lambda parts, links: [p[2] for p in parts])
+    flows = run_concurrent(calls, topo, prof)
+    assert [q.emulated_us for q in quiet] == pytest.approx([f.emulated_us for f in flows], rel=1e-12)
+    assert [q.slowed_flows for q in quiet] == [f.slowed_flows for f in flows]
+    assert min(q.slowdown_vs_alone for q in quiet) > 1.0     # the calls do meet, on links
