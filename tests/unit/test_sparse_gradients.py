@@ -111,6 +111,7 @@ def test_sparse_call_is_the_sparse_model_alone_and_shares_the_fabric(algo):
     assert rec["embedding_density"] == masks.mean() and 0 < masks.mean() < 1
     # late buckets are still reducing when backward ends: the call shares their links and is slowed
     assert rec["embedding_contends"] and rec["embedding_us"] > alone
+    # here the call only adds load; in general max-min sharing is not monotone (docs/model.md §22.2)
     assert rec["iteration_us"] >= rec["iteration_embedding_alone_us"]
 
 
