@@ -139,8 +139,9 @@ def _bucket_calls(algo: str, buckets, topo, profile, itemsize: int) -> tuple[lis
     return calls, ran
 
 
-def iteration(algo: str, tp, topo, profile, itemsize: int) -> dict:
-    """One iteration under ``algo``: sharing the fabric, without sharing, and with one stream (serial)."""
+def iteration(algo: str, tp, topo, profile, itemsize: int, emb=None) -> dict:
+    """One iteration under ``algo``: sharing the fabric, without sharing, and with one stream (serial);
+    ``emb``: the sparse embedding call (train_sparse.py), which shares the fabric with the buckets."""
     calls, ran = _bucket_calls(algo, tp.buckets, topo, profile, itemsize)
     shared = run_concurrent(calls, topo, profile)     # each bucket's alone time comes with it
     ends = [c.start_us + t.emulated_us for c, t in zip(calls, shared)]
@@ -149,11 +150,14 @@ def iteration(algo: str, tp, topo, profile, itemsize: int) -> dict:
     for c, t in zip(calls, shared):
         serial = max(serial, c.start_us) + t.alone_us
     it = max(tp.compute_us, *ends)
-    return {"algo": algo, "iteration_us": it, "compute_us": tp.compute_us, "exposed_us": it - tp.compute_us,
-            "iteration_no_sharing_us": max(tp.compute_us, *free), "iteration_one_stream_us": max(tp.compute_us, serial),
-            "buckets": len(calls), "chosen": sorted(set(ran)) if algo == HOST_BEST else None,
-            "comm_us": sum(t.alone_us for t in shared),
-            "slowest_bucket_slowdown": max(t.slowdown_vs_alone for t in shared)}
+    rec = {"algo": algo, "iteration_us": it, "compute_us": tp.compute_us, "exposed_us": it - tp.compute_us,
+           "iteration_no_sharing_us": max(tp.compute_us, *free), "iteration_one_stream_us": max(tp.compute_us, serial),
+           "buckets": len(calls), "chosen": sorted(set(ran)) if algo == HOST_BEST else None,
+           "comm_us": sum(t.alone_us for t in shared),
+           "slowest_bucket_slowdown": max(t.slowdown_vs_alone for t in shared)}
+    if emb is not None:
+        train_sparse.share(rec, calls, shared, emb, topo, profile)
+    return rec
 
 
 def _real_data(args, algos, tp, topo, profile, dtype, comm, emb=None, model=None) -> dict[str, int]:
@@ -193,9 +197,8 @@ def run(args: argparse.Namespace, comm) -> int:
         args.sparse_embedding, model, topo, profile, dtype.itemsize, tp.tokens_per_rank, tp.compute_us,
         args.block_size, args.token_zipf)
     wrong = _real_data(args, algos, tp, topo, profile, dtype, comm, emb, model) if args.executor == "mpi" else {}
-    records = [iteration(a, tp, topo, profile, dtype.itemsize) for a in algos]
+    records = [iteration(a, tp, topo, profile, dtype.itemsize, emb) for a in algos]
     for r in records if emb is not None else ():
-        train_sparse.apply(r, emb)
         r["embedding_wrong"] = wrong.get("embedding")
     ring_it = next((r["iteration_us"] for r in records if r["algo"] == "ring"), None)
     for r in records:
@@ -222,6 +225,8 @@ def run(args: argparse.Namespace, comm) -> int:
             print(f"{name:>22} {r['iteration_us'] / 1e3:10.2f} {r['compute_us'] / 1e3:10.2f} "
                   f"{r['exposed_us'] / 1e3:10.2f} {r['iteration_no_sharing_us'] / 1e3:10.2f} "
                   f"{r['iteration_one_stream_us'] / 1e3:10.2f} {sp:>8} {bad:>6}")
+        for r in records if emb is not None else ():
+            print(train_sparse.footer(r))
         finish_report(args, records, wrong)
     return 1 if any(wrong.values()) else 0
 

@@ -3,21 +3,22 @@
 As PyTorch does with a sparse embedding kept out of DDP's buckets, the table's gradient leaves the dense
 buckets and is reduced once backward has ended, with a zero-block sparse algorithm (omniccl, omniccl-cpu,
 omnireduce). Its block mask on every rank follows from the rows its tokens touch
-(workloads/sparse_gradients.py), so its density is an output. Its time is the sparse model's for those
-masks, taken alone: the spot protocol has no transfer schedule that the shared-fabric replay could take,
-so the call does not contend with the dense buckets (docs/model.md §22.2). Under ``--executor mpi`` the
+(workloads/sparse_gradients.py), so its density is an output. The sparse model times it alone for those
+masks and hands over its messages as flows (collectives/model/sparse_flows.py), so it shares the fabric
+with the dense buckets still in flight, both ways (docs/model.md §22.2). Under ``--executor mpi`` the
 gradient really moves with its mask on every rank, is checked against numpy's float64 sum, and its time
-must equal the model's.
+alone must equal the model's.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from nicemu.collectives.model.sparse_timing import model_sparse
+from nicemu.collectives.model.concurrent import Call, ConcurrentTiming
+from nicemu.collectives.model.sparse_flows import SparseCall, SparseFlows, run_shared, sparse_call_flows
 from nicemu.collectives.registry import REGISTRY, is_sparse, names, sparse_config
 from nicemu.errors import NicemuError, UsageError
 from nicemu.memory import USABLE_SHARE, GiB, available_bytes, sparse_bytes, spot_window_bytes
@@ -83,6 +84,8 @@ class EmbeddingCall:
     masks: np.ndarray             # (nodes, blocks)
     row_density: np.ndarray       # per rank: fraction of the table's rows touched
     wire_bytes: int
+    flows: SparseFlows            # its messages alone, for the shared replay
+    own: dict = field(default_factory=dict, compare=False)  # its replay alone, done once for all algorithms
 
     @property
     def density(self) -> float:
@@ -97,27 +100,39 @@ class EmbeddingCall:
 
 def embedding_call(algo: str, model, topo, profile, itemsize: int, tokens: int, start_us: float,
                    block_size: int, exponent: float, seed: int = 0) -> EmbeddingCall:
-    """Masks from every rank's tokens, and the sparse model's time for them."""
+    """Masks from every rank's tokens, the sparse model's time for them and its messages (the same time)."""
     masks, rows = sg.embedding_masks(topo.nodes, tokens, model.vocab, model.hidden, block_size, exponent, seed)
     cfg = sparse_config(algo, topo.nodes, block_size=block_size)
-    t = model_sparse(cfg, masks, profile, itemsize)
+    f = sparse_call_flows(cfg, masks, profile, itemsize)
+    t = f.timing
     return EmbeddingCall(algo, start_us, t.emulated_us, model.vocab * model.hidden, itemsize, block_size, masks,
-                         rows, t.wire_bytes)
+                         rows, t.wire_bytes, f)
 
 
-def apply(rec: dict, emb: EmbeddingCall) -> None:
-    """Add the embedding call to one algorithm's record: it starts when backward ends (``compute_us``) and
-    runs at its alone time; on one stream it follows the last dense bucket."""
-    end = emb.start_us + emb.alone_us
-    rec["iteration_us"] = max(rec["iteration_us"], end)
+def share(rec: dict, calls: list[Call], dense: list[ConcurrentTiming], emb: EmbeddingCall, topo, profile) -> None:
+    """Put the embedding call on the fabric beside the dense ``calls`` (``dense``: their timings without it, as
+    ``rec`` has them) and update one algorithm's record. The call starts when backward ends; on one stream it
+    follows the last dense bucket at its alone time. ``iteration_embedding_alone_us`` keeps the accounting
+    with the call alone (the buckets sharing only among themselves)."""
+    shared, (e,) = run_shared(calls, [SparseCall(emb.flows, np.arange(topo.nodes), emb.start_us)], topo, profile,
+                              emb.own)
+    end = emb.start_us + e.emulated_us
+    bucket_end = [c.start_us + t.emulated_us for c, t in zip(calls, shared)]
+    overlap = any(c.start_us < end and b > emb.start_us for c, b in zip(calls, bucket_end))
+    rec["iteration_embedding_alone_us"] = max(rec["iteration_us"], emb.start_us + emb.alone_us)
+    rec["iteration_us"] = max(rec["compute_us"], end, *bucket_end)
     rec["exposed_us"] = rec["iteration_us"] - rec["compute_us"]
-    rec["iteration_no_sharing_us"] = max(rec["iteration_no_sharing_us"], end)
+    rec["iteration_no_sharing_us"] = max(rec["iteration_no_sharing_us"], emb.start_us + emb.alone_us)
     rec["iteration_one_stream_us"] = rec["iteration_one_stream_us"] + emb.alone_us
-    rec.update(sparse_embedding=emb.algo, embedding_us=emb.alone_us, embedding_start_us=emb.start_us,
+    rec["slowest_bucket_slowdown"] = max(t.slowdown_vs_alone for t in shared)
+    rec["slowest_bucket_slowdown_embedding_alone"] = max(t.slowdown_vs_alone for t in dense)
+    rec.update(sparse_embedding=emb.algo, embedding_us=e.emulated_us, embedding_alone_us=emb.alone_us,
+               embedding_slowdown_vs_alone=e.slowdown_vs_alone, embedding_slowed_flows=e.slowed_flows,
+               embedding_flows=len(emb.flows.flows.src), embedding_start_us=emb.start_us,
                embedding_bytes=emb.elems * emb.itemsize, embedding_density=emb.density,
                embedding_union_density=emb.union_density,
                embedding_row_density=float(emb.row_density.mean()), embedding_block_size=emb.block_size,
-               embedding_wire_bytes=emb.wire_bytes, embedding_contends=False)
+               embedding_wire_bytes=emb.wire_bytes, embedding_contends=overlap)
 
 
 def real_embedding(emu, emb: EmbeddingCall, model, dtype: np.dtype, tokens: int, exponent: float,
@@ -178,8 +193,15 @@ def describe(emb: EmbeddingCall, model) -> str:
     return (f"# embedding gradient ({model.vocab:,} x {model.hidden} rows, {emb.elems * emb.itemsize / 2**20:.1f} MiB) "
             f"out of the buckets, reduced with {emb.algo} when backward ends: {emb.density:.2%} of its "
             f"{emb.block_size}-element blocks non-zero per rank ({emb.union_density:.2%} on some rank, rows "
-            f"{emb.row_density.mean():.2%}), {emb.alone_us / 1e3:.3f} ms alone; it does not share the fabric "
-            f"with the buckets (iter includes it)")
+            f"{emb.row_density.mean():.2%}), {emb.alone_us / 1e3:.3f} ms alone; it shares the fabric with the "
+            f"buckets still in flight (iter includes it)")
+
+
+def footer(rec: dict) -> str:
+    """The line after the table for one algorithm: the embedding call sharing the fabric, and alone."""
+    return (f"# embedding with {rec['algo']}: {rec['embedding_us'] / 1e3:.3f} ms sharing the fabric "
+            f"({rec['embedding_alone_us'] / 1e3:.3f} alone), iter {rec['iteration_us'] / 1e3:.2f} ms "
+            f"({rec['iteration_embedding_alone_us'] / 1e3:.2f} with the call alone)")
 
 
 def exclude(algo: str | None) -> tuple[str, ...]:

@@ -67,6 +67,7 @@ import numpy as np
 from nicemu.collectives.model.executor import Timing
 from nicemu.collectives.model.link_faults import FaultStats
 from nicemu.collectives.model.sparse import downstream, scalar, upstream
+from nicemu.collectives.model.sparse.messages import MessageRecorder, SparseMessages
 from nicemu.collectives.model.sparse.state import SpotState, spot_memory_bytes
 from nicemu.collectives.model.sparse.telemetry import SpotTelemetry
 from nicemu.collectives.schedules.spot_protocol import PackedMasks, Plan, SparseConfig, plan_rounds
@@ -100,14 +101,16 @@ class SparseTiming:
     faults: dict | None = None    # --faults on the Rx-spot writes: drops, corruptions, ..., per_link
     framed_bytes: int | None = None   # wire_bytes plus link.header_bytes per packet of every message
     telemetry: LinkStats | None = None  # per port and node resource (sparse/telemetry.py), when asked for
+    messages: SparseMessages | None = None  # every link-crossing message alone (sparse/messages.py), when asked for
 
 
 def sparse_time(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec | None = None,
                 call: int = 0, stragglers: dict[int, float] | None = None,
-                telemetry: bool | np.ndarray = False) -> SparseTiming:
+                telemetry: bool | np.ndarray = False, messages: bool = False) -> SparseTiming:
     """Emulated time of the plan; ``faults`` delay the Rx-spot writes (docs/model.md §11.5),
     ``stragglers`` slow the service times of nodes (worker or aggregator; docs/model.md §12);
-    ``telemetry``: True, or a bool mask of the endpoints to trace, fills ``SparseTiming.telemetry``."""
+    ``telemetry``: True, or a bool mask of the endpoints to trace, fills ``SparseTiming.telemetry``;
+    ``messages``: fills ``SparseTiming.messages`` (the same times: it takes the numpy path)."""
     if isinstance(plan, Plan):
         plan.count_all(COUNT_ALL_LIMIT)
     slow = node_factors(stragglers or {}, 0, plan.layout.nodes)
@@ -115,6 +118,8 @@ def sparse_time(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec |
                   slow)
     if telemetry is not False and telemetry is not None:
         _watch(t, profile, telemetry)
+    if messages:
+        t.rec = MessageRecorder()
     rounds = plan.rounds
     if SCALAR and scalar.applies(t, plan):
         scalar.time_plan(t, plan)
@@ -127,6 +132,8 @@ def sparse_time(plan: Plan, profile: Profile, itemsize: int, faults: FaultSpec |
                        t.up + t.down, t.up, t.down, bool(t.spilled), stats, t.framed_bytes())
     if t.tel is not None:
         out.telemetry = t.tel.stats(t, out.emulated_us, [len(r.slots) for r in rounds])
+    if t.rec is not None:
+        out.messages = t.rec.result()
     return out
 
 

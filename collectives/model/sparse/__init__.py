@@ -8,4 +8,6 @@
 * :mod:`.aggregation`: the records are reduced into the Tx spot (NIC, host or dedicated CPU);
 * :mod:`.downstream`: phase 2, the results scatter back and the Tx spots are freed;
 * :mod:`.scalar`: both phases record by record in Python floats, for few nodes (exact, and faster there).
+* :mod:`.messages`: asked for, every message that crosses a link, for the shared-fabric replay
+  (:mod:`nicemu.collectives.model.sparse_flows`).
 """

@@ -18,6 +18,7 @@ import numpy as np
 
 from nicemu.collectives.model.sparse.dram import roof_rows
 from nicemu.collectives.model.sparse.maxplus import NEG
+from nicemu.collectives.model.sparse.messages import RESULT, RX_CREDIT
 from nicemu.collectives.model.sparse.state import SpotState
 from nicemu.collectives.model.sparse.telemetry import HOST, WRITE, credits_back
 from nicemu.collectives.schedules.spot_protocol import CREDIT_BYTES, INDEX_BYTES, RECORD_HEADER_BYTES, Round
@@ -35,6 +36,8 @@ def time_round(st: SpotState, rnd: Round, nxt: Round | None = None) -> None:
     if st.tel is not None:
         st.tel.tel.step, st.tel.tel.side = rnd.index, 1
         _result_bytes(st, res)
+    if st.rec is not None:
+        st.rec.round = rnd.index
     _aggregators_send(st, res)
     on_result = st.cfg.pack_on_result and st.cfg.host_packing
     got_max = _Receivers(st, res, nxt if on_result else None).run()
@@ -256,11 +259,18 @@ class _Receivers:
             c_leave += st.alpha
         return leave, c_leave
 
+    def _far(self, j: int) -> np.ndarray:
+        """The workers slot ``j``'s credits and result cross a link to (all but its aggregator's node)."""
+        workers = np.arange(self.st.n)
+        return workers if self.st.dedicated else np.delete(workers, self.g_l[j])
+
     def _credits(self, j: int, cj: np.ndarray) -> None:
         """The Rx credit arrives; a worker may write its next record once it has it (self-clock)."""
         st, in_free, cb = self.st, self.in_free, self.st.cb
         t = in_free + cb
         np.maximum(t, cj, out=t)
+        if st.rec is not None:
+            st.rec.downstream(RX_CREDIT, self.g_l[j], self.slot_l[j], self._far(j), CREDIT_BYTES, cb, t)
         if st.dedicated:
             in_free[:] = t
             if self.scalar_max:
@@ -279,6 +289,9 @@ class _Receivers:
         if self.st.dedicated:
             np.add(in_free, rb_b, out=self.tmp)
             np.maximum(self.tmp, lj, out=in_free)
+            if self.st.rec is not None:
+                self.st.rec.downstream(RESULT, self.g_l[j], self.slot_l[j], self._far(j), float(self.res.rb[j]), rb_b,
+                                       in_free)
             if self.scalar_max:
                 self.top = max(self.top + rb_b, float(lj[-1]))
                 self.got_max[j] = self.top
@@ -288,6 +301,8 @@ class _Receivers:
         gj = self.g_l[j]
         t = in_free + rb_b
         np.maximum(t, lj, out=t)
+        if self.st.rec is not None:
+            self.st.rec.downstream(RESULT, gj, self.slot_l[j], self._far(j), float(self.res.rb[j]), rb_b, t)
         keep = in_free[gj]
         in_free[:] = t
         in_free[gj] = keep

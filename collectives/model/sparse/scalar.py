@@ -75,7 +75,7 @@ def applies(st: SpotState, plan: Plan) -> bool:
     cfg = st.cfg
     if not (isinstance(plan, Plan) and all(type(r) is Round for r in plan.rounds)
             and st.n <= MAX_NODES and st.faults is None and st.slow is None and st.tel is None
-            and not st.header and st.monotone):
+            and st.rec is None and not st.header and st.monotone):
         return False
     if cfg.aggregation == "dedicated":          # OmniReduce
         return cfg.host_packing and not cfg.credits and st.n <= MAX_NODES_DEDICATED

@@ -100,6 +100,7 @@ class SpotState:
         self.ws = Workspace(n)
         self.tel = None       # telemetry (sparse/telemetry.py SpotTelemetry), set by the caller
         self.trace = False    # ... and it keeps the traced endpoints' events
+        self.rec = None       # the link-crossing messages (sparse/messages.py MessageRecorder), when asked for
         self._rank: tuple[np.ndarray, np.ndarray] | None = None
 
     def wire_us(self, nbytes):

@@ -39,6 +39,8 @@ def time_round(st: SpotState, rnd: Round) -> None:
     if st.tel is not None:
         st.tel.tel.step, st.tel.tel.side = rnd.index, 0
         st.tel.rx_start = np.full(nact, np.nan)
+    if st.rec is not None:
+        st.rec.round = rnd.index
     if st.cfg.host_packing and st.cfg.aggregation == "cpu":
         step = 1      # the aggregator's host also packs its own records: keep strict slot order
     else:
@@ -349,6 +351,8 @@ def _receive(st: SpotState, rnd: Round, ch: Chunk, sent: _Senders) -> None:
         if not ch.dense:
             np.copyto(arrival, NEG, where=~vb)
         arrival[lq - b.start, local_pos[lq]] = ready_local[lq]
+        if st.rec is not None:
+            st.rec.records(ch, b, arrival, lq, local_pos)
         rows = ch.j0 + ch.order[b]
         if st.trace:
             first = np.where(np.isfinite(arrival), arrival, np.inf).min(axis=1)
