@@ -14,6 +14,7 @@ the flows it sent or received. docs/model.md §21.6.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -195,64 +196,100 @@ def run_concurrent(calls: list[Call], topology: Torus, profile: Profile,
     :func:`resource_name` reads them), for the hot links of a run."""
     if not calls:
         return []
+    fabric = Fabric(topology, profile)
+    capacity = resource_capacity(fabric)
+    entries = dense_entries(calls, fabric, capacity)
+    if loads is not None:
+        carried = np.zeros(len(capacity))
+        for c, e in zip(calls, entries):
+            routes = e.placed.routes
+            k = len(e.flows.src)
+            weights = np.repeat(e.flows.framed, np.diff(routes.offsets[:k + 1])) * c.repeat
+            carried += np.bincount(routes.resources[:routes.offsets[k]], weights=weights, minlength=len(carried))
+        loads.append(carried)
+    return share(entries, fabric, capacity)
+
+
+@dataclass
+class Entry:
+    """A call ready for the shared replay: alone, placed over all its iterations, and how it replays alone."""
+
+    flows: CallFlows          # alone: node_done per node, wire_bytes of one iteration
+    placed: PlacedFlows
+    key: tuple                # entries with equal keys replay alone alike
+    repeat: int
+    nodes: int                # its nodes: the first ``nodes`` of the replay's endpoints
+    native: Callable[[], np.ndarray] | None = None   # its replay alone on its own topology; None: all of
+                                                     # its replay alone is the step model's own overlaps
+
+
+def check_calls(calls: list[Call]) -> None:
     for c in calls:
         if isinstance(c.repeat, bool) or not isinstance(c.repeat, (int, np.integer)) or c.repeat < 1:
             raise CollectiveError(f"a call repeats a whole number >= 1 of times, got {c.repeat!r}")
         if not (np.isfinite(c.start_us) and c.start_us >= 0 and np.isfinite(c.gap_us) and c.gap_us >= 0):
             raise CollectiveError(f"start_us and gap_us must be finite and >= 0, got {c.start_us}, {c.gap_us}")
+
+
+def dense_entries(calls: list[Call], fabric: Fabric, capacity: np.ndarray) -> list[Entry]:
+    """Time and place each distinct call once (train's buckets of one size, K calls of bench share one)."""
+    check_calls(calls)
+    topology, profile = fabric.topology, fabric.profile
     _fits(calls, topology, sum(transfers(c.schedule) * c.repeat for c in calls), "transfers")
-    fabric = Fabric(topology, profile)
-    capacity = resource_capacity(fabric)
-    # calls that share a schedule (train's buckets of one size, K calls of bench) are timed and placed once
     seen: dict[tuple, tuple[CallFlows, tuple[Routes, np.ndarray]]] = {}
-    alone, one = [], []
+    out = []
     for c in calls:
         key = (id(c.schedule), c.itemsize, np.asarray(c.nodes).tobytes())
         if key not in seen:
             a = call_flows(c.schedule, profile, c.itemsize)
             seen[key] = a, _placed(fabric, c, a, capacity)
-        alone.append(seen[key][0])
-        one.append(seen[key][1])
-    _fits(calls, topology, sum(len(a.src) * c.repeat for a, c in zip(alone, calls)),
+        a, p = seen[key]
+        out.append(Entry(a, _expand(c, a, *p), _key(c), c.repeat, len(a.node_done),
+                         lambda c=c, a=a: _native(c, a, profile)))
+    _fits(calls, topology, sum(len(e.flows.src) * c.repeat for e, c in zip(out, calls)),
           "flows (transfers and their receivers' work on PCIe, NIC, host and DRAM)")
-    if loads is not None:
-        carried = np.zeros(len(capacity))
-        for c, a, (routes, _) in zip(calls, alone, one):
-            weights = np.repeat(a.framed, np.diff(routes.offsets)) * c.repeat
-            carried += np.bincount(routes.resources, weights=weights, minlength=len(carried))
-        loads.append(carried)
-    placed = [_expand(c, a, *p) for c, a, p in zip(calls, alone, one)]
-    own: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-
-    def own_of(i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per node of call ``i``: what its replay alone on its own topology adds (the step model's own
-        overlaps, not contention), and what its messages sharing the fabric's links among themselves add."""
-        key = _key(calls[i])
-        if key not in own:
-            zero = np.zeros(len(alone[i].node_done))
-            here = _replay([placed[i]], fabric, capacity)[0][0] if _self_overlap(placed[i]) else zero
-            step = _native(calls[i], alone[i], profile) if np.any(here > 0) else zero
-            own[key] = step, np.maximum(here - step, 0.0)
-        return own[key]
-
-    delays = [own_of(i)[1] for i in range(len(calls))]
-    slowed = [0] * len(calls)
-    for comp in _components([np.unique(p.routes.resources) for p in placed]):
-        if len(comp) < 2:
-            continue
-        shared, counts = _replay([placed[i] for i in comp], fabric, capacity)
-        for i, d, c in zip(comp, shared, counts):
-            delays[i] = np.maximum(d - own_of(i)[0], 0.0)
-            slowed[i] = c
-    out = []
-    for i, (c, a, p, d, n) in enumerate(zip(calls, alone, placed, delays, slowed)):
-        done = p.before_last + a.node_done + d
-        out.append(ConcurrentTiming(float(done.max()), float((p.before_last + a.node_done + own_of(i)[1]).max()),
-                                    done, a.wire_bytes * c.repeat, n))
     return out
 
 
-def _self_overlap(p: _Flows) -> bool:
+def share(entries: list[Entry], fabric: Fabric, capacity: np.ndarray,
+          own_cache: dict | None = None) -> list[ConcurrentTiming]:
+    """Each entry's timing on the shared fabric (docs/model.md §21.6, step 5). ``own_cache``: a dict kept
+    by the caller between runs, for entries whose keys stay valid across runs, holding their replays alone."""
+    own: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def own_of(i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per node of entry ``i``: what its replay alone on its own topology adds (the step model's own
+        overlaps, not contention), and what its messages sharing the fabric's links among themselves add."""
+        e = entries[i]
+        if e.key not in own:
+            keep = own_cache if own_cache is not None and e.native is None else {}
+            if e.key in keep:
+                own[e.key] = keep[e.key]
+            else:
+                zero = np.zeros(e.nodes)
+                here = _replay([e.placed], fabric, capacity)[0][0][:e.nodes] if _self_overlap(e.placed) else zero
+                step = here if e.native is None else e.native()[:e.nodes] if np.any(here > 0) else zero
+                own[e.key] = keep[e.key] = step, np.maximum(here - step, 0.0)
+        return own[e.key]
+
+    delays = [own_of(i)[1] for i in range(len(entries))]
+    slowed = [0] * len(entries)
+    for comp in _components([np.unique(e.placed.routes.resources) for e in entries]):
+        if len(comp) < 2:
+            continue
+        shared, counts = _replay([entries[i].placed for i in comp], fabric, capacity)
+        for i, d, c in zip(comp, shared, counts):
+            delays[i] = np.maximum(d[:entries[i].nodes] - own_of(i)[0], 0.0)
+            slowed[i] = c
+    out = []
+    for i, (e, d, n) in enumerate(zip(entries, delays, slowed)):
+        base = e.placed.before_last + e.flows.node_done[:e.nodes]
+        out.append(ConcurrentTiming(float((base + d).max()), float((base + own_of(i)[1]).max()), base + d,
+                                    e.flows.wire_bytes * e.repeat, n))
+    return out
+
+
+def _self_overlap(p: PlacedFlows) -> bool:
     """Whether two of a call's flows that take time cross one resource in overlapping windows (alone, the
     replay can slow a flow only then)."""
     lengths = np.diff(p.routes.offsets)
@@ -291,7 +328,7 @@ def _key(call: Call) -> tuple:
 
 
 @dataclass
-class _Flows:
+class PlacedFlows:
     """A call's flows over all its iterations, ready for the replay (times absolute, µs)."""
 
     routes: Routes
@@ -307,7 +344,7 @@ class _Flows:
     before_last: float        # start of the last iteration, relative to the call's start
 
 
-def _expand(call: Call, a: CallFlows, routes: Routes, rate: np.ndarray) -> _Flows:
+def _expand(call: Call, a: CallFlows, routes: Routes, rate: np.ndarray) -> PlacedFlows:
     """``call.repeat`` iterations of ``a`` from ``call.start_us``. Iteration ``i + 1`` starts ``gap_us`` after
     iteration ``i`` ended on every node: between them sits a flow of no time that waits for all of
     iteration ``i``'s flows (their tails to the nodes' completion are its gaps) and that all of
@@ -316,7 +353,7 @@ def _expand(call: Call, a: CallFlows, routes: Routes, rate: np.ndarray) -> _Flow
     span = float(a.node_done.max()) if len(a.node_done) else 0.0
     period = span + call.gap_us
     if reps == 1:
-        return _Flows(routes, rate, a.first + call.start_us, a.last + call.start_us, a.after_end, a.after_start,
+        return PlacedFlows(routes, rate, a.first + call.start_us, a.last + call.start_us, a.after_end, a.after_start,
                       0, a.src, a.dst, len(a.node_done), 0.0)
     block = k + 1                                   # an iteration's flows, then its barrier
     base = np.arange(reps) * block
@@ -339,7 +376,7 @@ def _expand(call: Call, a: CallFlows, routes: Routes, rate: np.ndarray) -> _Flow
     res = np.tile(routes.resources, reps)
     rates = np.tile(np.append(rate, np.inf), reps)
     cat = np.concatenate
-    return _Flows(Routes(offsets, res), rates, first, last, (cat([e[0] for e in ends]), cat([e[1] for e in ends])),
+    return PlacedFlows(Routes(offsets, res), rates, first, last, (cat([e[0] for e in ends]), cat([e[1] for e in ends])),
                   (cat([e[0] for e in starts]), cat([e[1] for e in starts])), (reps - 1) * block, a.src, a.dst,
                   len(a.node_done), (reps - 1) * period)
 
@@ -424,7 +461,7 @@ def _components(resources: list[np.ndarray]) -> list[list[int]]:
     return list(comps.values())
 
 
-def _replay(calls: list[_Flows], fabric: Fabric,
+def _replay(calls: list[PlacedFlows], fabric: Fabric,
             capacity: np.ndarray | None = None) -> tuple[list[np.ndarray], list[int]]:
     """Replay these calls together: per call, each node's delay in its last iteration, and the flows slowed."""
     offsets, resources, start, end, ae, ast = [], [], [], [], [], []

@@ -35,14 +35,11 @@ from nicemu.collectives.model.concurrent import (
     Call,
     CallFlows,
     ConcurrentTiming,
-    _components,
-    _expand,
-    _Flows,
-    _key,
-    _placed,
-    _replay,
-    call_flows,
+    Entry,
+    PlacedFlows,
+    dense_entries,
     resource_capacity,
+    share,
     transfers,
 )
 from nicemu.collectives.model.fabric import Fabric
@@ -208,10 +205,7 @@ def run_shared(calls: list[Call], sparse: list[SparseCall], topology: Torus, pro
     replay alone. Without sparse calls the dense results are ``run_concurrent``'s. ``own_sparse``: a dict
     kept by the caller between runs on the same topology and profile, which then replays each sparse call
     alone once (its replay alone is the costly part: a sparse call makes many small flows)."""
-    for c in calls:
-        if isinstance(c.repeat, bool) or not isinstance(c.repeat, (int, np.integer)) or c.repeat < 1:
-            raise CollectiveError(f"a call repeats a whole number >= 1 of times, got {c.repeat!r}")
-    for c in (*calls, *sparse):
+    for c in sparse:
         if not (np.isfinite(c.start_us) and c.start_us >= 0 and np.isfinite(c.gap_us) and c.gap_us >= 0):
             raise CollectiveError(f"start_us and gap_us must be finite and >= 0, got {c.start_us}, {c.gap_us}")
     total = sum(transfers(c.schedule) * c.repeat for c in calls) + sum(len(s.alone.flows.src) for s in sparse)
@@ -221,49 +215,16 @@ def run_shared(calls: list[Call], sparse: list[SparseCall], topology: Torus, pro
                               "calls, a smaller size or a smaller topology")
     fabric = Fabric(topology, profile)
     capacity = resource_capacity(fabric)
-    seen: dict[tuple, tuple] = {}
-    alone, placed_flows, keys = [], [], []
-    for c in calls:
-        key = (id(c.schedule), c.itemsize, np.asarray(c.nodes).tobytes())
-        if key not in seen:
-            a = call_flows(c.schedule, profile, c.itemsize)
-            seen[key] = a, _placed(fabric, c, a, capacity)
-        a, p = seen[key]
-        alone.append((a, len(a.node_done)))
-        placed_flows.append(_expand(c, a, *p))
-        keys.append(_key(c))
+    entries = dense_entries(calls, fabric, capacity) if calls else []
     for s in sparse:
         f = s.alone.flows
         routes, rate = placed(fabric, s)
         ends = int(max(f.src.max(initial=-1), f.dst.max(initial=-1), s.alone.workers - 1)) + 1
-        alone.append((f, s.alone.workers))
-        placed_flows.append(_Flows(routes, rate, f.first + s.start_us, f.last + s.start_us, f.after_end, f.after_start,
-                                   0, f.src, f.dst, ends, 0.0))
-        keys.append(("sparse", id(s.alone), s.start_us, np.asarray(s.nodes).tobytes(), topology.name,
-                     profile.name))
-    delays = [np.zeros(w) for _, w in alone]
-    slowed = [0] * len(placed_flows)
-    for comp in _components([np.unique(p.routes.resources) for p in placed_flows]):
-        if len(comp) < 2:
-            continue
-        own = {}
-        keep = {} if own_sparse is None else own_sparse    # sparse calls only: dense keys hold object ids
-        for i in comp:
-            if keys[i] in keep:
-                own[keys[i]] = keep[keys[i]]
-            if keys[i] not in own:
-                own[keys[i]] = _replay([placed_flows[i]], fabric, capacity)[0][0]
-                if i >= len(calls):
-                    keep[keys[i]] = own[keys[i]]
-        shared, counts = _replay([placed_flows[i] for i in comp], fabric, capacity)
-        for i, d, c in zip(comp, shared, counts):
-            w = alone[i][1]
-            delays[i] = np.maximum(d[:w] - own[keys[i]][:w], 0.0)
-            slowed[i] = c
-    out = []
-    reps = [c.repeat for c in calls] + [1] * len(sparse)
-    for (a, _), p, d, n, r in zip(alone, placed_flows, delays, slowed, reps):
-        done = p.before_last + a.node_done + d
-        out.append(ConcurrentTiming(float(done.max()), float(p.before_last + a.node_done.max()), done,
-                                    a.wire_bytes * r, n))
+        # its spot protocol is timed on a switch, its flows take the fabric's routes: all of its replay alone
+        # counts as its own overlaps (native None)
+        entries.append(Entry(f, PlacedFlows(routes, rate, f.first + s.start_us, f.last + s.start_us, f.after_end,
+                                       f.after_start, 0, f.src, f.dst, ends, 0.0),
+                             ("sparse", id(s.alone), s.start_us, np.asarray(s.nodes).tobytes(), topology.name,
+                              profile.name), 1, s.alone.workers))
+    out = share(entries, fabric, capacity, own_sparse)
     return out[:len(calls)], out[len(calls):]
