@@ -42,6 +42,18 @@ def spans(lo: np.ndarray, n: np.ndarray) -> np.ndarray:
     return np.arange(ends[-1] if len(ends) else 0) + (lo - ends + n).repeat(n)
 
 
+def matches(key: np.ndarray, wanted: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dependency, dependent) pairs: every ``t`` where ``valid`` depends on every ``d`` with
+    ``key[d] == wanted[t]`` (how dependencies are found by what a flow waits for)."""
+    order = np.argsort(key, kind="stable")
+    keys = key[order]
+    t = np.flatnonzero(valid)
+    lo = np.searchsorted(keys, wanted[t], side="left")
+    hi = np.searchsorted(keys, wanted[t], side="right")
+    cnt = hi - lo
+    return order[spans(lo, cnt)], np.repeat(t, cnt)
+
+
 @dataclass(frozen=True)
 class Edges:
     """Dependencies in compressed form: flow ``f`` releases ``targets[ptr[f]:ptr[f + 1]]``.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nicemu.collectives.model.chains import Chains, overlapping_calls
-from nicemu.collectives.model.concurrent import MAX_FLOWS
+from nicemu.collectives.model.concurrent import MAX_FLOWS, connected
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
 
@@ -87,25 +87,7 @@ def uses(chains: Chains, job: JobWork | ServeWork) -> frozenset[int]:
 
 def components(chains: Chains, jobs: Sequence[JobWork | ServeWork]) -> list[list[int]]:
     """Groups of jobs connected by shared resources; a job alone in its group shares nothing."""
-    sets = [uses(chains, j) for j in jobs]
-    group = list(range(len(jobs)))
-
-    def root(i: int) -> int:
-        while group[i] != i:
-            group[i] = group[group[i]]
-            i = group[i]
-        return i
-
-    owner: dict[int, int] = {}
-    for i, res in enumerate(sets):
-        for r in res:
-            j = owner.setdefault(r, i)
-            if root(j) != root(i):
-                group[root(i)] = root(j)
-    out: dict[int, list[int]] = {}
-    for i in range(len(jobs)):
-        out.setdefault(root(i), []).append(i)
-    return list(out.values())
+    return connected([np.array(sorted(uses(chains, j)), dtype=np.int64) for j in jobs])
 
 
 def _flows(chains: Chains, jobs: Sequence[JobWork | ServeWork], masks: dict[int, np.ndarray]) -> int:

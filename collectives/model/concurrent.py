@@ -32,7 +32,7 @@ from nicemu.collectives.model.step_timing import make_agents, part_bytes, receiv
 from nicemu.collectives.schedules.steps import Schedule, step_groups
 from nicemu.errors import CollectiveError
 from nicemu.nic.fabric import Routes
-from nicemu.nic.fabric_replay import Edges, replay, spans
+from nicemu.nic.fabric_replay import Edges, matches, replay
 from nicemu.nic.profile import Profile
 from nicemu.topologies import LinkParams, Torus, switch
 
@@ -141,12 +141,12 @@ def call_flows(schedule: Schedule, profile: Profile, itemsize: int) -> CallFlows
     rest = framed - np.where(size > 0, np.minimum(size, packet) + header, 0)
     k = len(src)
     recv_key = grp * n + dst
-    recv_dep, recv_tgt = _depend(recv_key, rg * n + src, rg >= 0)       # what the sender received last
+    recv_dep, recv_tgt = matches(recv_key, rg * n + src, rg >= 0)       # what the sender received last
     by_sender = np.lexsort((np.arange(k), first, src))                   # and its previous send
     same = src[by_sender[1:]] == src[by_sender[:-1]]
     work = recorder.flows()
     w_dep, w_tgt, w_key = work_dependencies(work, n, recv_key)
-    sw_dep, sw_tgt = _depend(w_key, rg * n + src, rg >= 0)               # and the work it did on that
+    sw_dep, sw_tgt = matches(w_key, rg * n + src, rg >= 0)               # and the work it did on that
     dep = np.concatenate([recv_dep, by_sender[:-1][same], w_dep, sw_dep + k])
     tgt = np.concatenate([recv_tgt, by_sender[1:][same], w_tgt, sw_tgt])
     src, dst = np.concatenate([src, work["node"]]), np.concatenate([dst, work["node"]])
@@ -172,17 +172,6 @@ def _node_uses(step) -> int:
 
 def _cat(parts: list, dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
-
-
-def _depend(key_of_flow: np.ndarray, wanted: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(dependency, dependent) pairs: flow ``t`` depends on every flow whose key equals ``wanted[t]``."""
-    order = np.argsort(key_of_flow, kind="stable")
-    keys = key_of_flow[order]
-    t = np.flatnonzero(valid)
-    lo = np.searchsorted(keys, wanted[t], side="left")
-    hi = np.searchsorted(keys, wanted[t], side="right")
-    cnt = hi - lo
-    return order[spans(lo, cnt)], np.repeat(t, cnt)
 
 
 def run_concurrent(calls: list[Call], topology: Torus, profile: Profile,
@@ -274,7 +263,7 @@ def share(entries: list[Entry], fabric: Fabric, capacity: np.ndarray,
 
     delays = [own_of(i)[1] for i in range(len(entries))]
     slowed = [0] * len(entries)
-    for comp in _components([np.unique(e.placed.routes.resources) for e in entries]):
+    for comp in connected([np.unique(e.placed.routes.resources) for e in entries]):
         if len(comp) < 2:
             continue
         shared, counts = _replay([entries[i].placed for i in comp], fabric, capacity)
@@ -439,7 +428,7 @@ def resource_name(fabric: Fabric, rid: int) -> str:
     return f"{NODE_RESOURCES[slot]}@{node}"
 
 
-def _components(resources: list[np.ndarray]) -> list[list[int]]:
+def connected(resources: list[np.ndarray]) -> list[list[int]]:
     """Groups of calls connected by shared resources (union-find over the resource ids)."""
     parent = list(range(len(resources)))
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nicemu.nic.fabric_replay import spans
+from nicemu.nic.fabric_replay import matches
 from nicemu.nic.profile import Profile
 from nicemu.nic.telemetry import DRAM, HOST, NIC, WRITE
 
@@ -94,12 +94,8 @@ def work_dependencies(work: dict[str, np.ndarray], nodes: int, recv_key: np.ndar
     work on the same resource (the resource's queue)."""
     k, w = len(recv_key), len(work["node"])
     key = work["group"] * nodes + work["node"]
-    order = np.argsort(recv_key, kind="stable")
-    keys = recv_key[order]
-    lo, hi = np.searchsorted(keys, key, side="left"), np.searchsorted(keys, key, side="right")
-    cnt = hi - lo
-    dep = [order[spans(lo, cnt)]]
-    tgt = [k + np.repeat(np.arange(w), cnt)]
+    d, t = matches(recv_key, key, np.ones(w, dtype=bool))
+    dep, tgt = [d], [k + t]
     same = key[1:] == key[:-1]                                       # reported order within (group, node)
     dep.append(k + np.flatnonzero(same))
     tgt.append(k + 1 + np.flatnonzero(same))

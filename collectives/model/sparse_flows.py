@@ -48,7 +48,7 @@ from nicemu.collectives.model.sparse_timing import SparseTiming, sparse_time
 from nicemu.collectives.schedules.spot_protocol import SparseConfig, plan_rounds
 from nicemu.errors import CollectiveError
 from nicemu.nic.fabric import Routes
-from nicemu.nic.fabric_replay import spans
+from nicemu.nic.fabric_replay import matches
 from nicemu.nic.profile import Profile
 from nicemu.nic.streams import framed
 from nicemu.topologies import Torus
@@ -125,12 +125,12 @@ def _dependencies(m: SparseMessages, first: np.ndarray, credits: bool) -> tuple[
     # a record of round i: with credits, every record of round i - 1 of its slot (the aggregation that sent
     # the credit); self-clocked, the result of round i - 1 to its worker
     if credits:
-        d1, t1 = _match(rec_key, key(m.slot, m.round - 1, m.dst), rec & (m.round > 0))
+        d1, t1 = matches(rec_key, key(m.slot, m.round - 1, m.dst), rec & (m.round > 0))
     else:
         res_key = np.where(m.kind == RESULT, key(m.slot, m.round, m.dst), -1)
-        d1, t1 = _match(res_key, key(m.slot, m.round - 1, m.src), rec & (m.round > 0))
+        d1, t1 = matches(res_key, key(m.slot, m.round - 1, m.src), rec & (m.round > 0))
     # a result: every record of its slot and round (they all went to its sender)
-    d2, t2 = _match(rec_key, key(m.slot, m.round, m.src), down)
+    d2, t2 = matches(rec_key, key(m.slot, m.round, m.src), down)
     # the sender's previous message
     order = np.lexsort((np.arange(k), first, m.src))
     same = m.src[order[1:]] == m.src[order[:-1]]
@@ -138,18 +138,6 @@ def _dependencies(m: SparseMessages, first: np.ndarray, credits: bool) -> tuple[
     dep, tgt = np.concatenate([d1, d2, d3]), np.concatenate([t1, t2, t3])
     earlier = (first[dep] < first[tgt]) | ((first[dep] == first[tgt]) & (dep < tgt))
     return dep[earlier], tgt[earlier]
-
-
-def _match(have: np.ndarray, want: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (d, t): message ``t`` (where ``valid``) depends on every ``d`` with ``have[d] == want[t]``
-    (``have`` -1: none)."""
-    order = np.argsort(have, kind="stable")
-    keys = have[order]
-    t = np.flatnonzero(valid)
-    lo = np.searchsorted(keys, want[t], side="left")
-    hi = np.searchsorted(keys, want[t], side="right")
-    cnt = hi - lo
-    return order[spans(lo, cnt)], np.repeat(t, cnt)
 
 
 def placed(fabric: Fabric, call: SparseCall) -> tuple[Routes, np.ndarray]:

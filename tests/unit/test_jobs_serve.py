@@ -13,31 +13,14 @@ import pytest
 from nicemu import jobs_serve, serve
 from nicemu.collectives.model.chains import Chains
 from nicemu.errors import UsageError
-from nicemu.jobs import run
 from nicemu.nic.profile import load_profile
 from nicemu.workloads.jobs import parse_jobs
 from nicemu.workloads.jobs_fabric import end_delays
+from tests.jobs_cases import Comm, coll_job, run_jobs
 
 SMALL = {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8,
          "intermediate_size": 1024, "vocab_size": 4096, "model_type": "llama"}
 METRICS = ("ttft_ms_mean", "ttft_ms_p99", "tpot_ms_mean", "tpot_ms_p99", "e2e_ms_mean")
-
-
-class Comm:
-    size, rank = 1, 0
-
-
-def coll_job(name, nodes, algo="ring", size="1M", iterations=1):
-    return f"  - name: {name}\n    nodes: {nodes}\n    algo: {algo}\n    size: {size}\n    iterations: {iterations}\n"
-
-
-def run_jobs(tmp_path, text) -> list[dict]:
-    (tmp_path / "jobs.yml").write_text(text)
-    out = tmp_path / "out.json"
-    args = argparse.Namespace(file=str(tmp_path / "jobs.yml"), executor="model", profile=None, overrides=[],
-                              hot_links=3, json=str(out))
-    assert run(args, Comm()) == 0
-    return json.loads(out.read_text())["jobs"]
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ agrees with ``run_concurrent``."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -14,7 +13,6 @@ import pytest
 from nicemu import jobs_train
 from nicemu.collectives.model.chains import Chains
 from nicemu.errors import CollectiveError, UsageError
-from nicemu.jobs import run
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import parse_topology
 from nicemu.train import iteration
@@ -23,13 +21,10 @@ from nicemu.workloads.jobs import parse_jobs
 from nicemu.workloads.jobs_fabric import JobWork, end_delays
 from nicemu.workloads.models import load_model
 from nicemu.workloads.training import plan
+from tests.jobs_cases import coll_job, run_jobs
 
 TINY = {"hidden_size": 64, "num_hidden_layers": 8, "num_attention_heads": 4, "intermediate_size": 256,
         "vocab_size": 512, "model_type": "llama"}
-
-
-class Comm:
-    size, rank = 1, 0
 
 
 @pytest.fixture
@@ -42,19 +37,6 @@ def tiny(tmp_path):
 def train_job(name, nodes, model, algo="ring", iterations=1, extra="", batch=8):
     return (f"  - name: {name}\n    nodes: {nodes}\n    workload: train\n    model: {model}\n    global_batch: {batch}\n"
             f"    seq_len: 32\n    bucket_mb: 0.25\n    algo: {algo}\n    iterations: {iterations}\n{extra}")
-
-
-def coll_job(name, nodes, algo="ring", size="1M", iterations=1):
-    return f"  - name: {name}\n    nodes: {nodes}\n    algo: {algo}\n    size: {size}\n    iterations: {iterations}\n"
-
-
-def run_jobs(tmp_path, text) -> list[dict]:
-    (tmp_path / "jobs.yml").write_text(text)
-    out = tmp_path / "out.json"
-    args = argparse.Namespace(file=str(tmp_path / "jobs.yml"), executor="model", profile=None, overrides=[],
-                              hot_links=3, json=str(out))
-    assert run(args, Comm()) == 0
-    return json.loads(out.read_text())["jobs"]
 
 
 def train_iteration(model, topology, algo, profile="400g-gen5", batch=8):

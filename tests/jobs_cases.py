@@ -1,0 +1,28 @@
+"""Jobs files written and run in-process, for the jobs tests."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from nicemu.jobs import run
+
+
+class Comm:
+    """A one-rank stand-in for the world communicator (the model executor needs no MPI)."""
+
+    size, rank = 1, 0
+
+
+def coll_job(name, nodes, algo="ring", size="1M", iterations=1):
+    return f"  - name: {name}\n    nodes: {nodes}\n    algo: {algo}\n    size: {size}\n    iterations: {iterations}\n"
+
+
+def run_jobs(tmp_path, text) -> list[dict]:
+    """``nicemu jobs`` on ``text`` under the model executor; the jobs' records."""
+    (tmp_path / "jobs.yml").write_text(text)
+    out = tmp_path / "out.json"
+    args = argparse.Namespace(file=str(tmp_path / "jobs.yml"), executor="model", profile=None, overrides=[],
+                              hot_links=3, json=str(out))
+    assert run(args, Comm()) == 0
+    return json.loads(out.read_text())["jobs"]
