@@ -18,13 +18,12 @@ import json
 import numpy as np
 
 from nicemu import argtypes, jobs_serve, jobs_train
-from nicemu.collectives.api.checks import check_algo, check_algo_collective, check_dtype_op
+from nicemu.collectives.api.checks import check_algo_collective, check_dtype_op
 from nicemu.collectives.api.host_best import NAME as HOST_BEST
 from nicemu.collectives.api.model import call_schedule
 from nicemu.collectives.model.chains import Chains
 from nicemu.collectives.model.concurrent import Call, resource_capacity, resource_name, run_concurrent
 from nicemu.collectives.model.fabric import Fabric
-from nicemu.collectives.registry import get, is_sparse
 from nicemu.errors import NicemuError, UsageError
 from nicemu.nic.profile import load_profile
 from nicemu.report import bus_factor
@@ -65,10 +64,7 @@ def _check(jf, args, comm):
             continue
         where = f"job '{job.name}'"
         try:
-            check_algo(job.algo)
-            if is_sparse(job.algo) or not get(job.algo).emulated:
-                raise UsageError(f"algo {job.algo} is not a dense emulated algorithm; use e.g. ring, "
-                                 "directreduce or host-best")
+            jobs_train.check_dense(job.algo, "not a dense emulated algorithm")
             check_algo_collective(job.algo, job.collective)
             dtype = check_dtype_op(job.dtype, "sum")
         except NicemuError as exc:

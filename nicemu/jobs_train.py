@@ -57,15 +57,19 @@ class TrainJob:
                        self.plan.compute_us, j.start_us, j.iterations, j.gap_us, False)
 
 
+def check_dense(algo: str, why: str) -> None:
+    """A known algorithm that the model times on dense data (one line otherwise)."""
+    check_algo(algo)
+    if is_sparse(algo) or not get(algo).emulated:
+        raise UsageError(f"algo {algo}: {why}; use e.g. ring, host-best or directreduce")
+
+
 def check(job: Job) -> None:
     """A train job's algorithm, gradient type, model, accelerator and batch (one line naming the job)."""
     spec = job.train
     where = f"job '{job.name}'"
     try:
-        check_algo(job.algo)
-        if is_sparse(job.algo) or not get(job.algo).emulated:
-            raise UsageError(f"algo {job.algo}: a train job reduces dense gradients; use e.g. ring, host-best or "
-                             "directreduce")
+        check_dense(job.algo, "a train job reduces dense gradients")
         dtype = check_dtype_op(spec.grad_dtype, "sum")
         if is_integer(dtype):
             raise UsageError(f"grad_dtype {spec.grad_dtype}: gradients are floating point; use float32 or bfloat16")
