@@ -14,7 +14,7 @@ unchanged. Replaying moves windows, so overlaps are looked for again until no ne
 What it keeps from the idle-fabric run: every batch's composition. A slower pass would in a deployment
 let more requests arrive before the next batch forms; here only the times move (a first-order model,
 stated in docs/model.md §21.7). Sparse calls (an embedding AllReduce through OmNICCL or OmniReduce) keep
-their alone time and load nothing, as their protocol model has no flows.
+their alone time and load nothing here (collectives/model/sparse_flows.py makes their messages flows for train).
 """
 
 from __future__ import annotations
