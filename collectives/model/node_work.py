@@ -89,16 +89,23 @@ def work_dependencies(work: dict[str, np.ndarray], nodes: int, recv_key: np.ndar
     transfers (``recv_key``: ``group * nodes + receiver`` of each transfer). Returns the pairs ending at work
     flows and the keys (``group * nodes + node``) by which transfers find the work of their sender.
 
-    A work flow waits for the transfers its node received in its step group, for the node's work reported
-    just before it in that group (a DMA write, then the host's pass over it) and for the node's previous
-    work on the same resource (the resource's queue)."""
+    A work flow waits for the transfers its node received in its step group, for the node's latest earlier
+    work on each resource in that group (a DMA write, then the host's pass over it) and for the node's
+    previous work on the same resource (the resource's queue)."""
     k, w = len(recv_key), len(work["node"])
     key = work["group"] * nodes + work["node"]
     d, t = matches(recv_key, key, np.ones(w, dtype=bool))
     dep, tgt = [d], [k + t]
-    same = key[1:] == key[:-1]                                       # reported order within (group, node)
-    dep.append(k + np.flatnonzero(same))
-    tgt.append(k + 1 + np.flatnonzero(same))
+    # within (group, node), in reported order: the latest earlier service on each resource
+    order = np.argsort(key, kind="stable")
+    pos = np.arange(w)
+    first_of = np.maximum.accumulate(np.where(np.r_[True, key[order][1:] != key[order][:-1]], pos, 0)) if w else pos
+    for slot in np.unique(work["slot"]):
+        latest = np.maximum.accumulate(np.where(work["slot"][order] == slot, pos, -1)) if w else pos
+        prev = np.r_[-1, latest[:-1]]
+        ok = prev >= first_of
+        dep.append(k + order[prev[ok]])
+        tgt.append(k + order[pos[ok]])
     queue = np.lexsort((np.arange(w), work["first"], work["slot"], work["node"]))
     node, slot = work["node"][queue], work["slot"][queue]
     on = (node[1:] == node[:-1]) & (slot[1:] == slot[:-1])

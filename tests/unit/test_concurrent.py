@@ -337,3 +337,19 @@ def test_quiet_work_flows_replay_as_they_would_as_flows(spec, k, monkeypatch):
     assert [q.emulated_us for q in quiet] == pytest.approx([f.emulated_us for f in flows], rel=1e-12)
     assert [q.slowed_flows for q in quiet] == [f.slowed_flows for f in flows]
     assert min(q.slowdown_vs_alone for q in quiet) > 1.0     # the calls do meet, on links
+
+
+def test_a_host_pass_waits_for_the_dma_write_it_reduces():
+    """Within a step group a node's services chain in the order the step model ran them: the ring's host pass
+    starts after the DMA write of the chunk it reduces, so a write slowed by another call delays the pass."""
+    topo, prof = parse_topology("ring:4"), load_profile("400g-gen5")
+    a = call_flows(_schedule("ring", topo, prof, 4 << 20), prof, 4)
+    host = np.flatnonzero(a.slot == 3)
+    write = set(np.flatnonzero(a.slot == 1).tolist())
+    after = {}
+    for d, t in zip(*a.after_end):
+        after.setdefault(int(t), set()).add(int(d))
+    assert len(host) >= 4
+    for h in host:
+        waits = [d for d in after.get(int(h), ()) if d in write and a.src[d] == a.src[h]]
+        assert waits and max(a.last[waits]) <= a.first[h], h
