@@ -54,6 +54,16 @@ def matches(key: np.ndarray, wanted: np.ndarray, valid: np.ndarray) -> tuple[np.
     return order[spans(lo, cnt)], np.repeat(t, cnt)
 
 
+def by_window(first: np.ndarray, last: np.ndarray, dep: np.ndarray, tgt: np.ndarray
+              ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Split dependencies ``dep[i] -> tgt[i]`` by their alone windows: "after end" where the dependent starts
+    once its dependency has ended, "after start" where it starts while the dependency runs (a stream forwarded
+    as it arrives); a dependent that started before its dependency keeps no edge (docs/model.md §21.6)."""
+    ends = first[tgt] >= last[dep]
+    starts = ~ends & (first[tgt] >= first[dep])
+    return (dep[ends], tgt[ends]), (dep[starts], tgt[starts])
+
+
 @dataclass(frozen=True)
 class Edges:
     """Dependencies in compressed form: flow ``f`` releases ``targets[ptr[f]:ptr[f + 1]]``.

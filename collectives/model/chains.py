@@ -24,18 +24,14 @@ import numpy as np
 
 from nicemu.collectives.model.concurrent import NODE_RESOURCES, Call, _placed, call_flows, resource_capacity
 from nicemu.collectives.model.fabric import Fabric
-from nicemu.collectives.model.node_work import quiet
+from nicemu.collectives.model.node_work import PCIE_READ, PCIE_WRITE, quiet
 from nicemu.collectives.model.p2p_timing import arrivals, receive_windows
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
 from nicemu.nic.fabric import Routes
-from nicemu.nic.fabric_replay import Edges, replay, spans
+from nicemu.nic.fabric_replay import Edges, by_window, replay, spans
 from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus
-
-#: a node's PCIe DMA read among its resources after the links (resource_capacity's order)
-_PCIE_READ_SLOT = NODE_RESOURCES.index("pcie_read")
-_PCIE_WRITE_SLOT = NODE_RESOURCES.index("pcie_write")
 
 
 @dataclass
@@ -123,18 +119,18 @@ class Chains:
             rate = np.minimum(rate, np.minimum.reduceat(self.fabric.capacity[fs.routes.resources],
                                                         fs.routes.offsets[:-1]))
             # the sender's DMA read feeds the stream packet by packet (both paths read host memory)
-            pcie = links + len(NODE_RESOURCES) * src + _PCIE_READ_SLOT
+            pcie = links + len(NODE_RESOURCES) * src + PCIE_READ
             per_flow = [np.append(fs.routes.resources[fs.routes.offsets[i]:fs.routes.offsets[i + 1]], pcie[i])
                         for i in range(len(src))]
             # the receiver's DMA write is a work flow on its PCIe write side (node_work.py), after the stream
             # starts and after the node's previous write
-            cap = self.capacity[links + len(NODE_RESOURCES) * dst + _PCIE_WRITE_SLOT]
+            cap = self.capacity[links + len(NODE_RESOURCES) * dst + PCIE_WRITE]
             writes = [i for i, w in enumerate(windows) if w is not None and w[1] > w[0] and cap[i] < 1e300]
             k = len(src)
             w_first = np.array([windows[i][0] for i in writes], dtype=np.float64)
             w_last = np.array([windows[i][1] for i in writes], dtype=np.float64)
             w_rate = np.minimum(nbytes / (w_last - w_first), cap[writes]) if writes else np.zeros(0)
-            per_flow += [np.array([links + len(NODE_RESOURCES) * dst[i] + _PCIE_WRITE_SLOT]) for i in writes]
+            per_flow += [np.array([links + len(NODE_RESOURCES) * dst[i] + PCIE_WRITE]) for i in writes]
             dep, tgt, prev = list(writes), [k + j for j in range(len(writes))], {}
             for j, i in enumerate(writes):
                 if int(dst[i]) in prev:
@@ -143,13 +139,11 @@ class Chains:
                 prev[int(dst[i])] = j
             first, last = np.concatenate([first, w_first]), np.concatenate([last, w_last])
             dep, tgt = np.array(dep, dtype=np.int64), np.array(tgt, dtype=np.int64)
-            ends = first[tgt] >= last[dep]
-            starts = ~ends & (first[tgt] >= first[dep])
             offsets = np.concatenate([[0], np.cumsum([len(r) for r in per_flow])]).astype(np.int64)
             routes = Routes(offsets, np.concatenate(per_flow).astype(np.int64) if per_flow else
                             np.zeros(0, dtype=np.int64))
-            hit = self._finish(key, first, last, np.concatenate([rate, w_rate]), routes, (dep[ends], tgt[ends]),
-                               (dep[starts], tgt[starts]), np.concatenate([done, done[writes]]),
+            hit = self._finish(key, first, last, np.concatenate([rate, w_rate]), routes,
+                               *by_window(first, last, dep, tgt), np.concatenate([done, done[writes]]),
                                float(done.max()) if len(done) else 0.0)
         return hit
 

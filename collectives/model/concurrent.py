@@ -32,7 +32,7 @@ from nicemu.collectives.model.step_timing import make_agents, part_bytes, receiv
 from nicemu.collectives.schedules.steps import Schedule, step_groups
 from nicemu.errors import CollectiveError
 from nicemu.nic.fabric import Routes
-from nicemu.nic.fabric_replay import Edges, matches, replay
+from nicemu.nic.fabric_replay import Edges, by_window, matches, replay
 from nicemu.nic.profile import Profile
 from nicemu.topologies import LinkParams, Torus, switch
 
@@ -151,10 +151,9 @@ def call_flows(schedule: Schedule, profile: Profile, itemsize: int) -> CallFlows
     tgt = np.concatenate([recv_tgt, by_sender[1:][same], w_tgt, sw_tgt])
     src, dst = np.concatenate([src, work["node"]]), np.concatenate([dst, work["node"]])
     first, last = np.concatenate([first, work["first"]]), np.concatenate([last, work["last"]])
-    ends = first[tgt] >= last[dep]
-    starts = ~ends & (first[tgt] >= first[dep])
+    after_end, after_start = by_window(first, last, dep, tgt)
     return CallFlows(src, dst, np.concatenate([rest, work["nbytes"]]), np.concatenate([framed, work["nbytes"]]),
-                     first, last, (dep[ends], tgt[ends]), (dep[starts], tgt[starts]), agents.clock.copy(),
+                     first, last, after_end, after_start, agents.clock.copy(),
                      int(agents.links.bytes_sent), np.concatenate([uses, np.zeros(len(work["node"]), np.int64)]),
                      np.concatenate([np.full(k, -1, dtype=np.int64), work["slot"]]))
 

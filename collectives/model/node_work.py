@@ -26,11 +26,11 @@ from nicemu.nic.telemetry import DRAM, HOST, NIC, WRITE
 
 #: resources of every node after the links, in resource_capacity's order
 NODE_RESOURCES = ("pcie_read", "pcie_write", "nic_reduce", "host", "dram")
-PCIE_READ = 0
+PCIE_READ, PCIE_WRITE = 0, 1
 #: telemetry kind -> node resource slot, for the services that become work flows. The DMA reads a
 #: receiver issues (operand prefetches, read-backs) are left out: a stream's own read rides on its
 #: flow, and the replay's window of that read (shifted by the link latency) would overlap them.
-_SLOT = {WRITE: 1, NIC: 2, HOST: 3, DRAM: 4}
+_SLOT = {WRITE: PCIE_WRITE, NIC: 2, HOST: 3, DRAM: 4}
 
 
 def node_capacity(profile: Profile) -> np.ndarray:

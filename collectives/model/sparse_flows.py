@@ -48,7 +48,7 @@ from nicemu.collectives.model.sparse_timing import SparseTiming, sparse_time
 from nicemu.collectives.schedules.spot_protocol import SparseConfig, plan_rounds
 from nicemu.errors import CollectiveError
 from nicemu.nic.fabric import Routes
-from nicemu.nic.fabric_replay import matches
+from nicemu.nic.fabric_replay import by_window, matches
 from nicemu.nic.profile import Profile
 from nicemu.nic.streams import framed
 from nicemu.topologies import Torus
@@ -89,9 +89,7 @@ def sparse_call_flows(cfg: SparseConfig, masks, profile: Profile, itemsize: int)
     whole = framed(nb, packet, header).astype(np.int64) if header else nb
     first, last = m.done_us - m.wire_us, m.done_us.copy()
     dep, tgt = _dependencies(m, first, cfg.credits)
-    ends = first[tgt] >= last[dep]
-    starts = ~ends & (first[tgt] >= first[dep])
-    flows = CallFlows(m.src, m.dst, whole, whole, first, last, (dep[ends], tgt[ends]), (dep[starts], tgt[starts]),
+    flows = CallFlows(m.src, m.dst, whole, whole, first, last, *by_window(first, last, dep, tgt),
                       np.asarray(t.node_done_us, dtype=np.float64).copy(), int(t.wire_bytes),
                       np.zeros(len(m), dtype=np.int64))
     agg = np.asarray(plan.layout.aggregator_node, dtype=np.int64) if cfg.aggregation == "dedicated" \
