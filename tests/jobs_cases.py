@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
+from nicemu.errors import UsageError
 from nicemu.jobs import run
 
 
@@ -26,3 +29,11 @@ def run_jobs(tmp_path, text) -> list[dict]:
                               hot_links=3, json=str(out))
     assert run(args, Comm()) == 0
     return json.loads(out.read_text())["jobs"]
+
+
+def refused(tmp_path, text, words) -> None:
+    """``nicemu jobs`` on ``text`` stops with one line that holds every one of ``words``."""
+    with pytest.raises(UsageError) as err:
+        run_jobs(tmp_path, text)
+    msg = str(err.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg

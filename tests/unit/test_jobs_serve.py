@@ -16,7 +16,7 @@ from nicemu.errors import UsageError
 from nicemu.nic.profile import load_profile
 from nicemu.workloads.jobs import parse_jobs
 from nicemu.workloads.jobs_fabric import end_delays
-from tests.jobs_cases import Comm, coll_job, run_jobs
+from tests.jobs_cases import Comm, coll_job, refused, run_jobs
 
 SMALL = {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8,
          "intermediate_size": 1024, "vocab_size": 4096, "model_type": "llama"}
@@ -89,10 +89,7 @@ def test_a_bad_serve_job_is_one_line(tmp_path, small, change, words):
     bad = {"    requests: 6\n": "    requests: many\n", "    rate: 2000\n": "    rate: -1\n",
            "    algo: ring\n": "    algo: ring\n    iterations: 2\n"}[change]
     text = "topology: ring:8\nprofile: 400g-gen5\njobs:\n" + serve_job("s", '"0-3"', small).replace(change, bad)
-    with pytest.raises(UsageError) as err:
-        run_jobs(tmp_path, text)
-    msg = str(err.value)
-    assert "\n" not in msg and all(w in msg for w in words), msg
+    refused(tmp_path, text, words)
 
 
 def test_serve_jobs_under_mpi_are_refused_in_one_line(tmp_path, small):
