@@ -6,8 +6,9 @@ its own start time. All jobs replay together on the fabric model (docs/model.md 
 from its start to the end of its last iteration, against the same job alone. Jobs of collectives replay
 through ``run_concurrent``; a group of jobs that shares resources with a train or serve job is chained on
 one replay (workloads/jobs_fabric.py). Under ``--executor mpi`` (one rank per node) every collective and
-train job's data moves on its own sub-communicator and is checked against numpy (serve jobs are refused);
-the times come from the same model, so both executors report the same numbers.
+train job's data moves on its own sub-communicator and is checked against numpy, and a serve job's ranks run
+each distinct call of its serving once with real data (``nicemu serve --executor mpi``'s backend); the times
+come from the same model, so both executors report the same numbers.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from nicemu.collectives.api.model import call_schedule
 from nicemu.collectives.model.chains import Chains
 from nicemu.collectives.model.concurrent import Call, resource_capacity, resource_name, run_concurrent
 from nicemu.collectives.model.fabric import Fabric
-from nicemu.errors import NicemuError, UsageError
+from nicemu.errors import CollectiveError, NicemuError, UsageError
 from nicemu.nic.profile import load_profile
 from nicemu.report import bus_factor
 from nicemu.workloads.jobs import Job, load_jobs
@@ -57,9 +58,6 @@ def _check(jf, args, comm):
             jobs_train.check(job)
             continue
         if job.serve is not None:
-            if args.executor == "mpi":
-                raise UsageError(f"job '{job.name}': serve jobs run under --executor model only for now; use "
-                                 "--executor model")
             jobs_serve.check(job, spec, args.overrides)
             continue
         where = f"job '{job.name}'"
@@ -91,8 +89,9 @@ def _calls(jobs: list[Job], profile) -> tuple[list[Call], list[str]]:
     return calls, ran
 
 
-def _real_data(jf, profile, comm) -> list[int]:
-    """Every job's iterations with real data on its own ranks; elements wrong per job (all ranks)."""
+def _real_data(jf, profile, spec: str, overrides: list[str], comm) -> tuple[list[int], np.ndarray, dict | None]:
+    """Every job's iterations with real data on its own ranks: elements wrong per job, (real-data calls,
+    elements checked) per job (all ranks), and this rank's serve job's metrics (None elsewhere)."""
     from mpi4py import MPI
 
     from nicemu.bench import _run_mpi, data_options
@@ -110,8 +109,16 @@ def _real_data(jf, profile, comm) -> list[int]:
                what=f"a train job's largest gradient bucket ({biggest:,} B)")
     sub = comm.Split(MPI.UNDEFINED if mine is None else mine,
                      0 if mine is None else int(np.flatnonzero(jf.jobs[mine].nodes == rank)[0]))
-    wrong = np.zeros(len(jf.jobs), dtype=np.int64)
-    if mine is not None:
+    counts = np.zeros((3, len(jf.jobs)), dtype=np.int64)          # wrong, real-data calls, elements checked
+    metrics = None
+    if mine is not None and jf.jobs[mine].serve is not None:
+        try:                              # its backend keeps sub-communicators of ``sub`` until it is freed
+            runs, checked, bad, metrics = jobs_serve.real_data(jf.jobs[mine], spec, overrides, sub)
+            if sub.rank == 0:
+                counts[:, mine] = bad, runs, checked
+        finally:
+            sub.Free()
+    elif mine is not None:
         job: Job = jf.jobs[mine]
         try:
             emu = Emulator(sub, job.topology, profile)
@@ -124,12 +131,26 @@ def _real_data(jf, profile, comm) -> list[int]:
                 bad = _run_mpi(emu, data_options(job.collective, 1000 * mine, job.iterations), job.algo,
                                check_dtype_op(job.dtype, "sum"), job.size)["wrong"]
             if emu.comm.rank == 0:
-                wrong[mine] = bad
+                counts[0, mine] = bad
         finally:
             emu.free()
-    total = np.zeros_like(wrong)
-    comm.Allreduce(wrong, total, op=MPI.SUM)
-    return total.tolist()
+    total = np.zeros_like(counts)
+    comm.Allreduce(counts, total, op=MPI.SUM)
+    return total[0].tolist(), total[1:], metrics
+
+
+def _same_serving(comm, serves: dict, metrics: dict | None, mine: int | None) -> None:
+    """A serve job's run with real data must report what the model's run reports (both executors give the
+    same metrics, as ``nicemu serve`` does); checked on the job's ranks, agreed on by all."""
+    from mpi4py import MPI
+    bad = np.zeros(1, dtype=np.int64)
+    if metrics is not None and metrics != serves[mine].summary():
+        bad[0] = mine + 1
+    got = np.zeros_like(bad)
+    comm.Allreduce(bad, got, op=MPI.MAX)
+    if got[0]:
+        raise CollectiveError(f"internal: serve job '{serves[int(got[0]) - 1].job.name}' reports different metrics "
+                              "with real data than in the model")
 
 
 def _sharing(jf, chains: Chains, calls: dict[int, Call], trains: dict, serves: dict) -> dict:
@@ -225,7 +246,9 @@ def _train_record(t: jobs_train.TrainJob, extra: float) -> dict:
 def run(args: argparse.Namespace, comm) -> int:
     jf = load_jobs(args.file)
     profile, spec = _check(jf, args, comm)
-    wrong = _real_data(jf, profile, comm) if args.executor == "mpi" else [None] * len(jf.jobs)
+    wrong, real, metrics = [None] * len(jf.jobs), None, None
+    if args.executor == "mpi":
+        wrong, real, metrics = _real_data(jf, profile, spec, args.overrides, comm)
     coll = [i for i, j in enumerate(jf.jobs) if j.workload == "collective"]
     calls, ran = _calls([jf.jobs[i] for i in coll], profile)
     loads: list = []
@@ -237,6 +260,9 @@ def run(args: argparse.Namespace, comm) -> int:
     chains = Chains(jf.topology, profile)
     serves = {i: jobs_serve.build(j, spec, args.overrides, chains) for i, j in enumerate(jf.jobs)
               if j.serve is not None}
+    if args.executor == "mpi" and serves:
+        mine = next((i for i, j in enumerate(jf.jobs) if comm.rank in j.nodes.tolist()), None)
+        _same_serving(comm, serves, metrics, mine)
     for sv in serves.values():
         carried = carried + _serve_loads(sv.work, jf.topology, profile)
     extra = _sharing(jf, chains, dict(zip(coll, calls)), trains, serves)
@@ -295,6 +321,9 @@ def run(args: argparse.Namespace, comm) -> int:
                       "model lets some of them share a link, which the replay does not count as contention "
                       "(docs/model.md §21.6, step 5)")
         if args.executor == "mpi":
+            for i in serves:
+                print(f"# real data, serve job '{jf.jobs[i].name}': {real[0, i]} calls (the first of each distinct "
+                      f"collective), {real[1, i]:,} elements checked")
             total = sum(r["wrong"] for r in records)
             print(f"# out of bounds values : {total} {'OK' if total == 0 else 'FAILED'}")
         if args.json:

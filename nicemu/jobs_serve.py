@@ -75,19 +75,41 @@ def check(job: Job, profile: str, overrides: list[str]) -> None:
         raise UsageError(f"job '{job.name}': {exc}") from None
 
 
-def build(job: Job, profile_spec: str, overrides: list[str], chains) -> ServeJob:
-    """Serve the job's requests on an idle fabric (as ``nicemu serve``), then lay its passes out for the
-    shared fabric; ``chains``: the jobs' Chains, whose calls alone check the serve costs."""
+def _serve(job: Job, profile_spec: str, overrides: list[str], comm=None):
+    """The job's requests served on an idle fabric, as ``nicemu serve`` serves them: (result, its passes, its
+    costs, topology, profile, model, backend). ``comm``: the job's own ranks, which then move and check the
+    data of every distinct call once (``nicemu serve --executor mpi``'s backend); the times are the model's."""
     args = _options(job, profile_spec, overrides)
     _, model, par, topology, profile, acc, sched, requests = serve._validate(args, _Comm())
     labels = algos_for(job.algo, profile.nic.gpudirect)
-    timer = IterationTimer(model, acc, par, ModelComm(topology, profile, model, args.seed), labels[0], labels[1],
-                           labels[2], dtype_bytes=DTYPE.itemsize, p2p_algo=labels[3], instance=0, restore=None,
-                           pcie_GBps=profile.pcie.bandwidth_GBps, restore_log={}, swap_in="load")
+    if comm is None:
+        backend = ModelComm(topology, profile, model, args.seed)
+    else:
+        from nicemu.workloads.comm_mpi import MpiComm
+        backend = MpiComm(comm, topology, profile, model, args.seed, "first")
+    timer = IterationTimer(model, acc, par, backend, labels[0], labels[1], labels[2], dtype_bytes=DTYPE.itemsize,
+                           p2p_algo=labels[3], instance=0, restore=None, pcie_GBps=profile.pcie.bandwidth_GBps,
+                           restore_log={}, swap_in="load")
     timer.passes = []
     step = serve._Step(timer, Progress(0, False), job.algo)
-    result = run_batching(requests, step, sched)
-    passes = timer.passes
+    return run_batching(requests, step, sched), timer.passes, step.costs, topology, profile, model, backend
+
+
+def real_data(job: Job, profile_spec: str, overrides: list[str], comm) -> tuple[int, int, int, dict]:
+    """Serve the job on its own ranks ``comm`` with real data (collective over them): (real-data calls,
+    elements checked and elements wrong over its ranks, the run's metrics)."""
+    result, _, costs, _, _, _, backend = _serve(job, profile_spec, overrides, comm)
+    try:
+        runs, checked, wrong = backend.totals()
+    finally:
+        backend.free()
+    return runs, checked, wrong, summarize(result, costs, True)
+
+
+def build(job: Job, profile_spec: str, overrides: list[str], chains) -> ServeJob:
+    """Serve the job's requests on an idle fabric (as ``nicemu serve``), then lay its passes out for the
+    shared fabric; ``chains``: the jobs' Chains, whose calls alone check the serve costs."""
+    result, passes, costs, topology, profile, model, _ = _serve(job, profile_spec, overrides)
     schedules: dict[tuple, object] = {}
     out = []
     for it, p in zip(result.iterations, passes):
@@ -115,4 +137,4 @@ def build(job: Job, profile_spec: str, overrides: list[str], chains) -> ServeJob
             calls.append((sched, nodes, job.start_us + it.start_us + p.swap_us + float(p.offset_us[j])))
         out.append(ServePass(job.start_us + it.start_us, job.start_us + it.start_us + it.duration_us, tuple(calls)))
     work = ServeWork(job.name, DTYPE.itemsize, tuple(out))
-    return ServeJob(job, model.name, result, passes, step.costs, work)
+    return ServeJob(job, model.name, result, passes, costs, work)

@@ -12,7 +12,6 @@ import pytest
 
 from nicemu import jobs_serve, serve
 from nicemu.collectives.model.chains import Chains
-from nicemu.errors import UsageError
 from nicemu.nic.profile import load_profile
 from nicemu.workloads.jobs import parse_jobs
 from nicemu.workloads.jobs_fabric import end_delays
@@ -90,14 +89,6 @@ def test_a_bad_serve_job_is_one_line(tmp_path, small, change, words):
            "    algo: ring\n": "    algo: ring\n    iterations: 2\n"}[change]
     text = "topology: ring:8\nprofile: 400g-gen5\njobs:\n" + serve_job("s", '"0-3"', small).replace(change, bad)
     refused(tmp_path, text, words)
-
-
-def test_serve_jobs_under_mpi_are_refused_in_one_line(tmp_path, small):
-    from nicemu.jobs import _check
-    jf = parse_jobs("topology: ring:4\njobs:\n" + serve_job("s", '"0-3"', small))
-    args = argparse.Namespace(profile="400g-gen5", overrides=[], hot_links=5, executor="mpi")
-    with pytest.raises(UsageError, match="job 's': serve jobs run under --executor model only"):
-        _check(jf, args, Comm())
 
 
 def test_the_overlap_search_agrees_with_replaying_every_serve_call(small):
