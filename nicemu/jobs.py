@@ -25,6 +25,8 @@ from nicemu.collectives.api.model import call_schedule
 from nicemu.collectives.model.chains import Chains
 from nicemu.collectives.model.concurrent import Call, resource_capacity, resource_name, run_concurrent
 from nicemu.collectives.model.fabric import Fabric
+from nicemu.collectives.model.sparse_flows import SparseCall, SparseFlows
+from nicemu.collectives.model.sparse_flows import carried as sparse_carried
 from nicemu.errors import CollectiveError, NicemuError, UsageError
 from nicemu.nic.profile import load_profile
 from nicemu.report import bus_factor
@@ -184,8 +186,12 @@ def _serve_loads(work: ServeWork, fabric, profile) -> np.ndarray:
         for sched, nodes, _ in p.calls:
             hit = count.setdefault((id(sched), nodes.tobytes()), [sched, nodes, 0])
             hit[2] += 1
-    total = np.zeros(len(resource_capacity(Fabric(fabric, profile))))
+    fab = Fabric(fabric, profile)
+    total = np.zeros(len(resource_capacity(fab)))
     for sched, nodes, k in count.values():
+        if isinstance(sched, SparseFlows):
+            total += sparse_carried(fab, SparseCall(sched, nodes)) * k
+            continue
         loads: list = []
         run_concurrent([Call(sched, nodes, work.itemsize)], fabric, profile, loads)
         total += loads[0] * k

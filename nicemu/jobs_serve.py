@@ -16,6 +16,7 @@ import numpy as np
 
 from nicemu import serve
 from nicemu.collectives.api.model import call_schedule
+from nicemu.collectives.model.sparse_flows import sparse_call_flows
 from nicemu.collectives.registry import is_sparse
 from nicemu.errors import CollectiveError, NicemuError, UsageError
 from nicemu.progress import Progress
@@ -23,7 +24,7 @@ from nicemu.workloads import IterationTimer, run_batching, summarize
 from nicemu.workloads.batching import BatchingResult
 from nicemu.workloads.comm_backends import DTYPE, ModelComm, algos_for, group_topology
 from nicemu.workloads.jobs import Job
-from nicemu.workloads.jobs_fabric import ServePass, ServeWork
+from nicemu.workloads.jobs_fabric import ServePass, ServeWork, serve_call
 from nicemu.workloads.serve_fabric import InstanceRun, shifted
 
 #: metrics reported alone and shared (ms)
@@ -109,27 +110,26 @@ def real_data(job: Job, profile_spec: str, overrides: list[str], comm) -> tuple[
 def build(job: Job, profile_spec: str, overrides: list[str], chains) -> ServeJob:
     """Serve the job's requests on an idle fabric (as ``nicemu serve``), then lay its passes out for the
     shared fabric; ``chains``: the jobs' Chains, whose calls alone check the serve costs."""
-    result, passes, costs, topology, profile, model, _ = _serve(job, profile_spec, overrides)
+    result, passes, costs, topology, profile, model, backend = _serve(job, profile_spec, overrides)
     schedules: dict[tuple, object] = {}
     out = []
     for it, p in zip(result.iterations, passes):
         calls = []
         for j, rec in enumerate(p.records):
-            if is_sparse(rec.algo):
-                continue                  # no flows: its protocol model keeps its alone time (§21.7)
             if rec.collective == "p2p":
                 raise CollectiveError("internal: a serve job of one tensor-parallel instance makes no transfers")
-            key = (rec.collective, rec.algo, rec.bytes, rec.nodes)
+            key = backend.key(rec)
             sched = schedules.get(key)
-            if sched is None:
+            if sched is None and is_sparse(rec.algo):        # the spot protocol's messages (§21.6)
+                sched = schedules[key] = sparse_call_flows(*backend.sparse_masks(rec), profile, DTYPE.itemsize)
+            elif sched is None:
                 group = group_topology(topology, rec.nodes)
                 count = rec.bytes // (len(rec.nodes) * DTYPE.itemsize) if rec.collective == "alltoall" else \
                     rec.bytes // DTYPE.itemsize
                 sched = schedules[key] = call_schedule(rec.collective, rec.algo, group, profile, count,
                                                        DTYPE.itemsize)[0]
             nodes = job.nodes[np.asarray(rec.nodes, dtype=np.int64)]
-            span = chains.collective(("serve", id(sched), DTYPE.itemsize, nodes.tobytes()), sched, nodes,
-                                     DTYPE.itemsize).span_us
+            span = serve_call(chains, sched, nodes, DTYPE.itemsize).span_us
             cost = float(p.cost_us[j])
             if abs(span - cost) > _SPAN_RTOL * max(abs(cost), 1.0):
                 raise CollectiveError(f"internal: {rec.collective} {rec.algo} of {rec.bytes} B takes {span} us as "

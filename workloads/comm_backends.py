@@ -257,16 +257,21 @@ class ModelComm(_Backend):
         if rec.collective == "p2p":
             return _as_cost(p2p_time(self.topology, self.profile, self.pairs(rec), rec.bytes,
                                      rec.algo.removeprefix("p2p-")))
-        group = self.group(rec.nodes)
         if is_sparse(rec.algo):
-            cfg = sparse_config(rec.algo, group.nodes)
-            if rec.what == "embedding":
-                ids = batch_token_ids(self.tokens_of(rec), self.model.vocab, self.seed)
-                masks = embedding_block_mask(ids, self.model.vocab, group.nodes, self.model.hidden, cfg.block_size)
-            else:           # activations have no zero blocks (dense_input never yields an all-zero block)
-                masks = np.ones((group.nodes, -(-self.count_of(rec) // cfg.block_size)), dtype=bool)
-            return _as_cost(model_sparse(cfg, masks, self.profile, DTYPE.itemsize))
+            return _as_cost(model_sparse(*self.sparse_masks(rec), self.profile, DTYPE.itemsize))
+        group = self.group(rec.nodes)
         return _as_cost(model_time(rec.collective, rec.algo, group, self.profile, self.count_of(rec), DTYPE))
+
+    def sparse_masks(self, rec: TrafficRecord) -> tuple:
+        """A sparse call's configuration and its nodes' non-zero blocks: the embedding's from the batch's
+        tokens, an activation's all non-zero."""
+        nodes = self.group(rec.nodes).nodes
+        cfg = sparse_config(rec.algo, nodes)
+        if rec.what == "embedding":
+            ids = batch_token_ids(self.tokens_of(rec), self.model.vocab, self.seed)
+            return cfg, embedding_block_mask(ids, self.model.vocab, nodes, self.model.hidden, cfg.block_size)
+        # activations have no zero blocks (dense_input never yields an all-zero block)
+        return cfg, np.ones((nodes, -(-self.count_of(rec) // cfg.block_size)), dtype=bool)
 
     def iteration_cost(self, iteration: int, records: Sequence[TrafficRecord]) -> CommCost:
         groups = self.unique(records)

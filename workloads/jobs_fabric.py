@@ -19,6 +19,7 @@ import numpy as np
 
 from nicemu.collectives.model.chains import Chains, overlapping_calls
 from nicemu.collectives.model.concurrent import MAX_FLOWS, connected
+from nicemu.collectives.model.sparse_flows import SparseFlows
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
 
@@ -44,11 +45,12 @@ MAX_ROUNDS = 8
 
 @dataclass(frozen=True)
 class ServePass:
-    """One serving pass alone: its window (µs, absolute) and its dense calls in issue order."""
+    """One serving pass alone: its window (µs, absolute) and its calls in issue order."""
 
     start_us: float
     end_us: float
-    calls: tuple[tuple[Schedule, np.ndarray, float], ...]   # (schedule, physical nodes, start µs absolute)
+    # (a dense call's schedule or a sparse call's messages, physical nodes, start µs absolute)
+    calls: tuple[tuple[Schedule | SparseFlows, np.ndarray, float], ...]
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,16 @@ class ServeWork:
     passes: tuple[ServePass, ...]
 
 
-def _serve_alone(chains: Chains, job: ServeWork, schedule: Schedule, nodes: np.ndarray):
-    return chains.collective(("serve", id(schedule), job.itemsize, nodes.tobytes()), schedule, nodes, job.itemsize)
+def serve_call(chains: Chains, call: Schedule | SparseFlows, nodes: np.ndarray, itemsize: int):
+    """A serve call alone on the chains: a dense collective's transfers, or a sparse one's messages."""
+    key = ("serve", id(call), itemsize, nodes.tobytes())
+    if isinstance(call, SparseFlows):
+        return chains.sparse(key, call, nodes)
+    return chains.collective(key, call, nodes, itemsize)
+
+
+def _serve_alone(chains: Chains, job: ServeWork, call: Schedule | SparseFlows, nodes: np.ndarray):
+    return serve_call(chains, call, nodes, job.itemsize)
 
 
 def _alone(chains: Chains, job: JobWork, schedule: Schedule):

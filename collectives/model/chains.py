@@ -26,6 +26,8 @@ from nicemu.collectives.model.concurrent import NODE_RESOURCES, Call, _placed, c
 from nicemu.collectives.model.fabric import Fabric
 from nicemu.collectives.model.node_work import PCIE_READ, PCIE_WRITE, quiet
 from nicemu.collectives.model.p2p_timing import arrivals, receive_windows
+from nicemu.collectives.model.sparse_flows import SparseCall, SparseFlows
+from nicemu.collectives.model.sparse_flows import placed as sparse_placed
 from nicemu.collectives.schedules.steps import Schedule
 from nicemu.errors import CollectiveError
 from nicemu.nic.fabric import Routes
@@ -94,6 +96,20 @@ class Chains:
             later = np.maximum(done[a.src], done[a.dst]) if len(a.src) else np.zeros(0)
             hit = self._finish(key, a.first, a.last, rate, routes, a.after_end, a.after_start, later,
                                float(done.max()) if len(done) else 0.0)
+        return hit
+
+    def sparse(self, key: tuple, alone: SparseFlows, nodes: Sequence[int]) -> _Alone:
+        """A sparse AllReduce (the spot protocol's messages, sparse_flows.py) with its workers on physical
+        ``nodes`` (cached by ``key``). A message's completion alone is that of the later of its workers (a
+        dedicated aggregator's message counts its worker's)."""
+        hit = self._alone.get(key)
+        if hit is None:
+            f = alone.flows
+            routes, rate = sparse_placed(self.fabric, SparseCall(alone, np.asarray(nodes, dtype=np.int64)))
+            done = np.concatenate([f.node_done, np.zeros(len(alone.aggregator_node))])
+            later = np.maximum(done[f.src], done[f.dst]) if len(f.src) else np.zeros(0)
+            hit = self._finish(key, f.first, f.last, rate, routes, f.after_end, f.after_start, later,
+                               float(f.node_done.max()) if len(f.node_done) else 0.0)
         return hit
 
     def transfers(self, key: tuple, pairs: Sequence[tuple[int, int]], nbytes: int, path: str) -> _Alone:

@@ -214,3 +214,11 @@ def run_shared(calls: list[Call], sparse: list[SparseCall], topology: Torus, pro
                               profile.name), 1, s.alone.workers))
     out = share(entries, fabric, capacity, own_sparse)
     return out[:len(calls)], out[len(calls):]
+
+
+def carried(fabric: Fabric, call: SparseCall) -> np.ndarray:
+    """The bytes the call puts on every resource of ``fabric`` (ids as concurrent.resource_name reads them),
+    for the hot links of a run."""
+    routes, _ = placed(fabric, call)
+    weights = np.repeat(call.alone.flows.framed, np.diff(routes.offsets)).astype(np.float64)
+    return np.bincount(routes.resources, weights=weights, minlength=len(resource_capacity(fabric)))

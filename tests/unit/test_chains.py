@@ -134,3 +134,29 @@ def test_transfers_into_one_node_share_its_pcie_writes(pcie, slowed):
 def test_several_ranks_per_node_are_refused():
     with pytest.raises(CollectiveError, match="one rank per node"):
         Chains(parse_topology("ring:4").with_ranks_per_node(2), load_profile("ideal"))
+
+
+@pytest.mark.parametrize("topology", ["switch:4", "ring:8"])
+@pytest.mark.parametrize("algo", ["omniccl", "omniccl-cpu", "omnireduce"])
+def test_sparse_calls_on_chains_keep_their_time_alone_and_agree_with_run_shared(algo, topology):
+    # a sparse AllReduce's messages alone on a chain: its model time, no delay; two at once on the same nodes
+    # delay each other as run_shared says (neither topology lets a call's own messages meet on a link)
+    from nicemu.collectives.model.sparse_flows import SparseCall, run_shared, sparse_call_flows
+    from nicemu.collectives.model.sparse_timing import model_sparse
+    from nicemu.collectives.registry import sparse_config
+    prof, topo = load_profile("400g-gen5"), parse_topology(topology)
+    cfg = sparse_config(algo, 4, block_size=64)
+    masks = np.random.default_rng(1).random((4, 2000)) < 0.2
+    f = sparse_call_flows(cfg, masks, prof, 4)
+    nodes = np.array([0, 1, 2, 3]) if topo.nodes == 4 else np.array([2, 3, 4, 5])
+    ch = Chains(topo, prof)
+    a = ch.sparse(("s",), f, nodes)
+    assert a.span_us == model_sparse(cfg, masks, prof, 4).emulated_us
+    one = ch.place(a, 3.0, ch.marker(0.0))
+    assert ch.run().delay[one] == pytest.approx(0.0, abs=1e-9)
+    ch.clear()
+    ends = [ch.place(a, 0.0, ch.marker(0.0)) for _ in range(2)]
+    delay = ch.run().delay[ends]
+    _, ref = run_shared([], [SparseCall(f, nodes), SparseCall(f, nodes)], topo, prof)
+    assert delay[0] > 0
+    assert delay == pytest.approx([r.emulated_us - r.alone_us for r in ref], rel=1e-9, abs=1e-9)
