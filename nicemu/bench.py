@@ -299,6 +299,12 @@ def sparse_options(args: argparse.Namespace) -> dict:
             "spot_blocks": args.spot_blocks, "tx_spots": args.tx_spots}
 
 
+def sparse_masks(args: argparse.Namespace, nodes: int, count: int, block_size: int, seed: int) -> np.ndarray:
+    """(nodes, blocks) non-zero blocks of the bench inputs of ``seed`` (the pattern nicemu/data.py zeroes)."""
+    return np.stack([pattern_mask(n, nodes, count, block_size, args.density, args.overlap, seed)
+                     for n in range(nodes)])
+
+
 def _sparse_fields(timing) -> dict:
     if timing is None or timing.upstream_bytes is None:
         return {}
@@ -396,8 +402,7 @@ def _model_timing(topology, profile, args, algo: str, dtype: np.dtype, count: in
                   call: int = 0, stragglers=None, watch: bool | np.ndarray = False):
     if is_sparse(algo):
         cfg = sparse_config(algo, topology.nodes, **sparse_options(args))
-        masks = np.stack([pattern_mask(n, topology.nodes, count, cfg.block_size, args.density,
-                                       args.overlap, args.seed) for n in range(topology.nodes)])
+        masks = sparse_masks(args, topology.nodes, count, cfg.block_size, args.seed)
         traced = np.flatnonzero(watch).tolist() if isinstance(watch, np.ndarray) else None
         return model_sparse(cfg, masks, profile, dtype.itemsize, faults, call, stragglers,
                             telemetry=watch is not False, trace_nodes=traced)
