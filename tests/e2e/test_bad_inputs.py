@@ -148,8 +148,11 @@ CASES = [
     # concurrent calls on a shared fabric
     case("bench-concurrent-not-dividing", [*BENCH, "--topology", "ring:8", "--concurrent", "3",
                                            "--concurrent-groups", "interleaved"], "3 must divide 8"),
-    case("bench-concurrent-sparse", [*BENCH, "--concurrent", "2", "--algo", "omniccl"],
-         "--concurrent does not cover", "omniccl"),
+    case("bench-concurrent-sparse-aggregators", [*BENCH, "--topology", "ring:8", "--concurrent", "2",
+                                                 "--concurrent-groups", "interleaved", "--algo", "omniccl",
+                                                 "--aggregators", "8"], "omniccl on 4 nodes per call", "aggregators 8"),
+    case("bench-concurrent-sparse-straggler", [*BENCH, "--concurrent", "2", "--algo", "omnireduce", "--straggler",
+                                               "1:2"], "--concurrent does not cover", "--straggler"),
     case("bench-concurrent-disjoint-ring", [*BENCH, "--topology", "ring:8", "--concurrent", "2",
                                             "--concurrent-groups", "disjoint"], "no disjoint sub-rings"),
     case("bench-concurrent-groups-alone", [*BENCH, "--concurrent-groups", "disjoint"], "--concurrent K"),
