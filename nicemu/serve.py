@@ -25,6 +25,7 @@ import numpy as np
 
 from nicemu import argtypes
 from nicemu.collectives.api.checks import check_algo
+from nicemu.collectives.model.chains import Chains
 from nicemu.collectives.registry import get, is_sparse, names
 from nicemu.errors import CollectiveError, UsageError
 from nicemu.hostinfo import available_cpus, fork_writer
@@ -47,7 +48,7 @@ from nicemu.workloads import (
     summarize,
     synthetic_requests,
 )
-from nicemu.workloads.comm_backends import DTYPE, ModelComm, algos_for, has_alltoall
+from nicemu.workloads.comm_backends import DTYPE, CommStats, ModelComm, algos_for, has_alltoall
 from nicemu.workloads.disaggregation import place, serve_disaggregated
 from nicemu.workloads.kv_memory import DEFAULT_BLOCK_TOKENS, DEFAULT_UTILIZATION, PREEMPT_MODES, plan_kv, rejection
 from nicemu.workloads.kv_restore import METHODS as RESTORE_METHODS
@@ -55,7 +56,14 @@ from nicemu.workloads.metrics import kv_summary, slo_metrics, stats
 from nicemu.workloads.replicas import place as place_replicas
 from nicemu.workloads.replicas import serve_replicas, serve_replicas_disaggregated
 from nicemu.workloads.requests import MAX_CV, MAX_REQUESTS, MAX_TOKENS, MIN_CV, MIN_RATE
-from nicemu.workloads.serve_fabric import run_on_shared_fabric
+from nicemu.workloads.serve_fabric import (
+    DEFAULT_REFORM_ROUNDS,
+    REFORM_TOL_US,
+    Extras,
+    Reformed,
+    reform,
+    run_on_shared_fabric,
+)
 from nicemu.workloads.traffic import TrafficRecord, kv_transfer_records
 
 DEFAULT_ALGOS = "ring,host-best,directreduce,omniccl"
@@ -159,6 +167,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fabric", default="alone", choices=["alone", "shared"],
                    help="alone (default): every call on an idle fabric, passes summed; shared: the instances and "
                         "KV transfers share links and PCIe (docs/model.md §21.7)")
+    p.add_argument("--fabric-rounds", type=int, default=None, metavar="N",
+                   help=f"--fabric shared: re-form the batches under sharing up to N times, until no pass moves by "
+                        f"more than {REFORM_TOL_US:g} us (default {DEFAULT_REFORM_ROUNDS}; 0: keep the idle-fabric "
+                        "batches and only move their times, the first-order result)")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     p.add_argument("--jobs", type=int, default=None,
                    help="model executor without mpiexec: processes that time the algorithms side by side "
@@ -200,6 +212,12 @@ def _validate(args: argparse.Namespace, comm):
                              "--fabric alone")
         if args.trace:
             raise UsageError("--trace draws the idle-fabric timeline; drop --trace or use --fabric alone")
+        if args.fabric_rounds is None:
+            args.fabric_rounds = DEFAULT_REFORM_ROUNDS
+        elif args.fabric_rounds < 0:
+            raise UsageError(f"--fabric-rounds must be >= 0 (0: the first-order result), got {args.fabric_rounds}")
+    elif args.fabric_rounds is not None:
+        raise UsageError("--fabric-rounds re-forms batches on the shared fabric; add --fabric shared or drop it")
     if args.topology is not None:
         topology = parse_topology(args.topology).with_ranks_per_node(per_node)
     elif par.nodes == 1:
@@ -424,43 +442,82 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
 
         restore_log: dict[int, float] = {}
         passes: dict[int, list] = {}
+        # --fabric shared: the traffic of the last round's batches goes to --traffic (they may re-form)
+        rows_out = _TrafficRows() if (traffic is not None and args.fabric == "shared") else traffic
 
-        def timer_for(instance: int, _algo=algo, _backend=backend, _tracers=tracers, _log=restore_log,
-                      _passes=passes):
+        def make_timer(instance: int, log: dict, out_passes: dict, out_traffic, hook=None,
+                       _algo=algo, _backend=backend) -> IterationTimer:
             labels = algos_for(_algo, profile.nic.gpudirect)
-            hook = (_tracers[instance // per_replica].hook(instance % per_replica) if _tracers is not None
-                    else None)
             timer = IterationTimer(model, acc, par, _backend, labels[0], labels[1], labels[2],
                                    dtype_bytes=DTYPE.itemsize, p2p_algo=labels[3],
-                                   on_traffic=traffic.write if traffic is not None else None,
+                                   on_traffic=out_traffic.write if out_traffic is not None else None,
                                    on_iteration=hook, instance=instance,
                                    restore=restoring, pcie_GBps=profile.pcie.bandwidth_GBps,
-                                   restore_log=_log, swap_in=swap_in)
+                                   restore_log=log, swap_in=swap_in)
             if args.fabric == "shared":
-                timer.passes = _passes.setdefault(instance, [])
-            return _Step(timer, progress, _algo)
+                timer.passes = out_passes.setdefault(instance, [])
+            return timer
+
+        def timer_for(instance: int, _algo=algo, _tracers=tracers, _log=restore_log, _passes=passes,
+                      _out=rows_out):
+            hook = (_tracers[instance // per_replica].hook(instance % per_replica) if _tracers is not None
+                    else None)
+            return _Step(make_timer(instance, _log, _passes, _out, hook), progress, _algo)
+
+        def serve_once(timers, out_traffic, kv_extra=None, _backend=backend, _p2p=p2p_label):
+            """One batching run of every instance: (result, costs, split, each replica's run, dis)."""
+            parts: list = []         # each replica's own run, for --trace
+            split = dis = None
+            if par.disaggregated:
+                dis, parts = _serve_disaggregated(requests, par, model, sched, _backend, timers, _p2p, out_traffic,
+                                                  kv_extra)
+                result, costs, split = dis.result, dis.costs, dis.split_ms()
+            elif par.replicas > 1:
+                result, costs, split = serve_replicas(requests, par.replicas, timers, sched, parts)
+            else:
+                step = timers(0)
+                result = run_batching(requests, step, sched)
+                costs = step.costs
+            return result, costs, split, parts, dis
+
+        def serve_round(extras: Extras | None, _timer_for=timer_for, _passes=passes, _log=restore_log,
+                        _rows=rows_out, _serve=serve_once, _make=make_timer, _backend=backend):
+            """One batching run: round 0 with the run's own timers; a re-formed round with every pass and KV
+            transfer lengthened by ``extras``, with its own passes, restore log and --traffic rows."""
+            if extras is None:
+                return (*_serve(_timer_for, _rows), _passes, _log, _rows)
+            log: dict[int, float] = {}
+            got: dict[int, list] = {}
+            buf = _TrafficRows() if traffic is not None else None
+
+            def timers(instance: int):
+                return _Lengthened(_make(instance, log, got, buf), instance, extras)
+
+            _backend.stats = _fresh_stats(_backend.stats)
+            return (*_serve(timers, buf, extras.kv), got, log, buf)
+
+        chains = Chains(topology, profile) if args.fabric == "shared" else None   # its calls alone, kept
+
+        def share(run, extras: Extras | None, _chains=chains, _p2p=p2p_label):
+            res, _, _, parts, dis, got, _, _ = run
+            return _share_fabric(args, topology, profile, model, par, res, got, parts, dis, _p2p, extras, _chains)
 
         t0 = time.monotonic()
-        split = None
-        parts: list = []         # each replica's own run, for --trace
-        if par.disaggregated:
-            dis, parts = _serve_disaggregated(requests, par, model, sched, backend, timer_for, p2p_label, traffic)
-            result, costs, split = dis.result, dis.costs, dis.split_ms()
-        elif par.replicas > 1:
-            result, costs, split = serve_replicas(requests, par.replicas, timer_for, sched, parts)
-        else:
-            step = timer_for(0)
-            result = run_batching(requests, step, sched)
-            costs = step.costs
-        alone_result = result
         if args.fabric == "shared":
-            result, shared, kv_shared = _share_fabric(args, topology, profile, model, par, result, passes, parts,
-                                                      dis if par.disaggregated else None, p2p_label)
+            runs = reform(serve_round, share, args.fabric_rounds)
+            alone_result, alone_costs, split = runs.first_run[:3]
+            _, costs, _, parts, dis, _, restore_log, rows_out = runs.last_run
+            result, shared, kv_shared = runs.last
+            if traffic is not None:
+                traffic.write(rows_out.rows)
+        else:
+            result, costs, split, parts, dis = serve_once(timer_for, rows_out)
         wall_s = time.monotonic() - t0
         rec = {"algo": algo, **summarize(result, costs, par.instances == 1), **kv_summary(result)}
         rec["fabric"] = args.fabric
         if args.fabric == "shared":
-            rec.update(_shared_keys(alone_result, costs, par, shared))
+            rec.update(_shared_keys(alone_result, alone_costs, par, shared))
+            rec.update(_reform_keys(args.fabric_rounds, runs, par))
         rec["preempt_mode"] = sched.preempt
         if sched.preempt == "swap":
             rec["swap_in"] = swap_in
@@ -517,16 +574,57 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
     return records, rows, wrong_total, events
 
 
-def _share_fabric(args, topology, profile, model, par: Parallelism, result, passes, parts, dis, p2p_label: str):
-    """The run moved onto the shared fabric (workloads/serve_fabric.py): (result, delays, KV times shared)."""
+def _share_fabric(args, topology, profile, model, par: Parallelism, result, passes, parts, dis, p2p_label: str,
+                  extras: Extras | None, chains: Chains):
+    """The run moved onto the shared fabric (workloads/serve_fabric.py): (result, delays, KV times shared).
+    ``extras``: what a re-formed round lengthened its passes and KV transfers by (None for round 0)."""
     def kv_records(prompt: int, source: int, target: int):
         return kv_transfer_records(prompt, model, par, source, target, p2p_label, DTYPE.itemsize)
 
     try:
         return run_on_shared_fabric(topology, profile, result, passes, parts if par.replicas > 1 else None, dis,
-                                    (par.prefill_instances, par.decode_instances), kv_records)
+                                    (par.prefill_instances, par.decode_instances), kv_records, extras, chains)
     except CollectiveError as exc:
         raise UsageError(f"--fabric shared: {exc}") from None
+
+
+class _Lengthened:
+    """A re-formed round's duration callback: the pass's own duration plus what sharing added to the same
+    pass (instance, index) in the round before."""
+
+    def __init__(self, timer: IterationTimer, instance: int, extras: Extras) -> None:
+        self.timer, self.instance, self.extras = timer, instance, extras
+
+    @property
+    def costs(self):
+        return self.timer.costs
+
+    def __call__(self, it) -> float:
+        return self.timer(it) + self.extras.of_pass(self.instance, it.index)
+
+
+class _TrafficRows:
+    """--traffic rows held until the batches are final (--fabric shared may re-form them)."""
+
+    def __init__(self) -> None:
+        self.rows: list[TrafficRecord] = []
+
+    def write(self, records: list[TrafficRecord]) -> None:
+        self.rows.extend(records)
+
+
+def _fresh_stats(old: CommStats) -> CommStats:
+    """Totals for a re-formed round: the run's call totals start again (they are the last round's), the
+    real-data checks keep counting (every call run with data was checked)."""
+    return CommStats(real_runs=old.real_runs, checked_elements=old.checked_elements, wrong=old.wrong)
+
+
+def _reform_keys(max_rounds: int, runs: Reformed, par: Parallelism) -> dict:
+    """How the batches re-formed under sharing, and the first-order (round 0) metrics beside the final ones."""
+    base = summarize(runs.first[0], None, par.instances == 1)
+    return {"fabric_reform_max_rounds": max_rounds, "fabric_reform_rounds": runs.rounds,
+            "fabric_reform_residual_us": runs.last[1].residual_us, "fabric_reform_converged": runs.converged,
+            **{f"{k}_first_order": base[k] for k in ("ttft_ms_mean", "tpot_ms_mean", "e2e_ms_mean")}}
 
 
 def _shared_keys(alone, costs, par: Parallelism, shared) -> dict:
@@ -555,6 +653,21 @@ def _print_fabric(records: list[dict]) -> None:
               f"mean E2E {pct(r['e2e_ms_mean'], r['e2e_ms_mean_alone'])}; "
               f"{r['fabric_slowed_passes']} passes slowed, by at most {r['fabric_max_delay_ms']:.3f} ms "
               f"({r['fabric_replayed_calls']:,} calls replayed as {r['fabric_flows']:,} flows)")
+        rounds, residual = r["fabric_reform_rounds"], r["fabric_reform_residual_us"]
+        if not r["fabric_reform_max_rounds"]:
+            print(f"# shared fabric, {r['algo']}: first order, the idle fabric's batches kept (--fabric-rounds 0); "
+                  f"their passes move by up to {residual:.3f} us")
+        elif r["fabric_reform_converged"]:
+            print(f"# shared fabric, {r['algo']}: batches re-formed in {rounds} round{'s' * (rounds != 1)} "
+                  f"(residual {residual:.2g} us); first order: mean TTFT {_ms(r['ttft_ms_mean_first_order'])} ms")
+        else:
+            print(f"# shared fabric, {r['algo']}: NOT converged: after {rounds} re-formed rounds passes still move "
+                  f"by up to {residual:.3f} us; raise --fabric-rounds (first order: mean TTFT "
+                  f"{_ms(r['ttft_ms_mean_first_order'])} ms)")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _print_memory(records: list[dict], rows: list[dict]) -> None:
@@ -590,7 +703,7 @@ class _Step:
 
 
 def _serve_disaggregated(requests, par: Parallelism, model, sched, backend, timer_for, p2p_label: str,
-                         traffic: TrafficCsv | None):
+                         traffic, kv_extra: dict[int, float] | None = None):
     """``--disaggregated P:D`` (workloads/disaggregation.py): the KV transfers are timed (and under the MPI
     executor moved) by the same backend as every collective, and listed in --traffic one row per request."""
     def kv_records(prompt: int, source: int, target: int):
@@ -602,10 +715,10 @@ def _serve_disaggregated(requests, par: Parallelism, model, sched, backend, time
 
     if par.replicas > 1:
         dis, parts = serve_replicas_disaggregated(requests, par.replicas, par.prefill_instances, par.decode_instances,
-                                                  timer_for, kv_records, kv_time, sched)
+                                                  timer_for, kv_records, kv_time, sched, kv_extra)
     else:
         dis = serve_disaggregated(requests, par.prefill_instances, par.decode_instances, timer_for, kv_records,
-                                  kv_time, sched)
+                                  kv_time, sched, kv_extra)
         parts = [dis]
     if traffic is not None:
         traffic.write([TrafficRecord(-1, "prefill", -1, "kv_transfer", dis.kv_bytes[r.id], p2p_label, "kv_cache")

@@ -78,12 +78,15 @@ def place(requests: Sequence[Request], prefill: int, decode: int) -> dict[int, t
 def serve_disaggregated(requests: Sequence[Request], prefill: int, decode: int,
                         timer_for: Callable[[int], Callable],
                         kv_records: Callable[[int, int, int], list[TrafficRecord]], kv_time: KvTimeFn,
-                        config: BatchingConfig | None = None) -> Disaggregated:
+                        config: BatchingConfig | None = None,
+                        kv_extra: dict[int, float] | None = None) -> Disaggregated:
     """Serve ``requests`` on ``prefill`` + ``decode`` instances (see the module docstring).
 
     ``timer_for(instance)`` gives the duration callback of one instance (an ``IterationTimer`` on its
     nodes; instances ``0 .. prefill-1`` prefill, the rest decode); ``kv_records(prompt, source, target)``
-    the transfer records of one request; ``kv_time(records)`` their costs.
+    the transfer records of one request; ``kv_time(records)`` their costs. ``kv_extra``: time added to a
+    request's transfer before the decode instance takes it in, by request id (``serve --fabric shared``
+    re-forming its batches, workloads/serve_fabric.py); ``kv_us`` stays the transfer's own time.
     """
     plan = config.kv if config is not None else None
     rejected = {r.id: why for r in requests
@@ -111,8 +114,8 @@ def serve_disaggregated(requests: Sequence[Request], prefill: int, decode: int,
         kv_us[r.id], kv_bytes[r.id] = memo[k]
     dec_results: list[BatchingResult] = []
     for j in range(decode):
-        mine = [Request(r.id, done_us[r.id] + kv_us[r.id], r.input_tokens, r.output_tokens) for r in requests
-                if where[r.id][1] == j]
+        mine = [Request(r.id, done_us[r.id] + kv_us[r.id] + (kv_extra or {}).get(r.id, 0.0), r.input_tokens,
+                        r.output_tokens) for r in requests if where[r.id][1] == j]
         timers[prefill + j] = timer_for(prefill + j)
         dec_results.append(Batcher(config).run(mine, timers[prefill + j], prefilled=True))
     decoded = {r.id: r for res in dec_results for r in res.requests}

@@ -65,14 +65,15 @@ def serve_replicas(requests: Sequence[Request], replicas: int, timer_for: Callab
 def serve_replicas_disaggregated(requests: Sequence[Request], replicas: int, prefill: int, decode: int,
                                  timer_for: Callable[[int], Callable],
                                  kv_records: Callable[[int, int, int], list[TrafficRecord]], kv_time: KvTimeFn,
-                                 config: BatchingConfig | None = None) -> tuple[Disaggregated, list[Disaggregated]]:
+                                 config: BatchingConfig | None = None, kv_extra: dict[int, float] | None = None
+                                 ) -> tuple[Disaggregated, list[Disaggregated]]:
     """``replicas`` copies of a ``prefill``:``decode`` deployment (see the module docstring). ``timer_for`` and
     ``kv_records`` take instance numbers of the whole run (replica ``k``'s instance ``i`` is ``k(P+D) + i``).
     Every rank makes the same calls in the same order (replica after replica, each as
-    :func:`~nicemu.workloads.disaggregation.serve_disaggregated` does), so the MPI executor agrees with the
-    model executor. Returns the run merged (prefill and decode results replica after replica, placement as
-    indices into them: replica ``k``'s prefill instance ``i`` is ``kP + i``, its decode instance ``j`` is
-    ``kD + j``) and each replica's own run."""
+    :func:`~nicemu.workloads.disaggregation.serve_disaggregated` does, ``kv_extra`` passed on), so the MPI
+    executor agrees with the model executor. Returns the run merged (prefill and decode results replica after
+    replica, placement as indices into them: replica ``k``'s prefill instance ``i`` is ``kP + i``, its decode
+    instance ``j`` is ``kD + j``) and each replica's own run."""
     where = place(requests, replicas)
     per = prefill + decode
     parts = []
@@ -80,7 +81,8 @@ def serve_replicas_disaggregated(requests: Sequence[Request], replicas: int, pre
         mine = [r for r in requests if where[r.id] == k]
         parts.append(serve_disaggregated(
             mine, prefill, decode, lambda i, base=k * per: timer_for(base + i),
-            lambda prompt, src, dst, base=k * per: kv_records(prompt, base + src, base + dst), kv_time, config))
+            lambda prompt, src, dst, base=k * per: kv_records(prompt, base + src, base + dst), kv_time, config,
+            kv_extra))
     by_id = {r.id: r for part in parts for r in part.result.requests}
     merged = BatchingResult([by_id[r.id] for r in requests],
                             [it for part in parts for it in part.result.iterations], parts[0].result.kv)

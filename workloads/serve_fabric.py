@@ -11,9 +11,14 @@ transfer starts when its prompt's pass ends. Calls of different chains whose win
 load a common resource are replayed as flows under max-min sharing; the others pass their delay on
 unchanged. Replaying moves windows, so overlaps are looked for again until no new one appears.
 
-What it keeps from the idle-fabric run: every batch's composition. A slower pass would in a deployment
-let more requests arrive before the next batch forms; here only the times move (a first-order model,
-stated in docs/model.md §21.7). Sparse calls (an embedding AllReduce through OmNICCL or OmniReduce) keep
+That replay keeps every batch's composition (the first-order result, round 0). A slower pass would in a
+deployment let more requests arrive before the next batch forms, so serve re-forms the batches
+(docs/model.md §21.7): round ``r`` serves the requests again with every pass lengthened by what sharing
+added to the same pass (instance, pass index) of round ``r - 1``, and every KV transfer by what it added
+to the same request's, then replays the new passes laid out at their alone durations
+(:class:`Extras`, ``run_on_shared_fabric(..., extras=)``). It stops when no pass's start or end and no
+KV landing moves by more than :data:`REFORM_TOL_US` between the batching's timeline and the replay's.
+Sparse calls (an embedding AllReduce through OmNICCL or OmniReduce) keep
 their alone time and load nothing here (collectives/model/sparse_flows.py makes their messages flows for train).
 """
 
@@ -39,6 +44,23 @@ from nicemu.workloads.traffic import TrafficRecord
 MAX_ROUNDS = 8
 #: relative difference allowed between a call's cost in serve and its flows' alone span
 _SPAN_RTOL = 1e-9
+#: re-formed batches have converged when nothing moves by more than this (µs) between rounds
+REFORM_TOL_US = 1e-3
+#: re-formed rounds at most, by default (``serve --fabric-rounds``)
+DEFAULT_REFORM_ROUNDS = 4
+
+
+@dataclass
+class Extras:
+    """What sharing added in one round (µs), to lengthen the next round's batching by: per pass, keyed by
+    (instance number, pass index), its end delay minus its start delay; per KV transfer, keyed by request
+    id, its landing's delay minus its start's."""
+
+    passes: dict[tuple[int, int], float] = field(default_factory=dict)
+    kv: dict[int, float] = field(default_factory=dict)
+
+    def of_pass(self, instance: int, index: int) -> float:
+        return self.passes.get((instance, index), 0.0)
 
 
 @dataclass
@@ -76,6 +98,22 @@ class SharedTiming:
     replayed_calls: int = 0
     flows: int = 0
     slowed_flows: int = 0
+    instances: list[int] = field(default_factory=list)   # the instance number of each entry of the delays
+    residual_us: float = 0.0      # the largest move of a pass's start or end, or a KV landing, against the
+                                  # timeline the batches were formed on (run_on_shared_fabric)
+
+    def extras(self) -> Extras:
+        """What this replay added to each pass and KV transfer, for the next round of batching."""
+        out = Extras()
+        for num, s, e in zip(self.instances, self.start_delay, self.end_delay):
+            for k, x in enumerate(np.maximum(0.0, e - s)):
+                if x > 0:
+                    out.passes[(num, k)] = float(x)
+        for rid, land in self.kv_delay.items():
+            x = land - self.kv_start_delay.get(rid, 0.0)
+            if x > 0:
+                out.kv[rid] = float(x)
+        return out
 
     @property
     def slowed_passes(self) -> int:
@@ -360,10 +398,49 @@ def shifted(inst: InstanceRun, start_delay: np.ndarray, end_delay: np.ndarray,
     return BatchingResult(reqs, logs, res.kv)
 
 
+def unshared(res: BatchingResult, instance: int, extras: Extras,
+             landing: dict[int, float] | None = None) -> BatchingResult:
+    """One instance's run of a re-formed round laid out at its passes' alone durations, for the replay: each
+    pass keeps its start and loses the extra it was formed with, each token appears at its pass's alone end;
+    ``landing`` (a decode instance): each request's first token, its KV cache landing alone, by request id."""
+    at = {it.start_us + it.duration_us: k for k, it in enumerate(res.iterations)}
+    logs = [replace(it, duration_us=it.duration_us - extras.of_pass(instance, k))
+            for k, it in enumerate(res.iterations)]
+    reqs = []
+    for r in res.requests:
+        tokens = []
+        for i, t in enumerate(r.token_us):
+            if i == 0 and landing is not None:
+                tokens.append(landing[r.id])
+            else:
+                k = at[t]
+                tokens.append(logs[k].start_us + logs[k].duration_us)
+        reqs.append(replace(r, token_us=tokens))
+    return BatchingResult(reqs, logs, res.kv)
+
+
+def _residual(batched: Sequence[BatchingResult], inst: Sequence[InstanceRun], timing: SharedTiming,
+              landing: dict[int, float], batched_landing: dict[int, float]) -> float:
+    """The largest move (µs) of a pass's start or end, or of a KV cache's landing (a decode instance's
+    arrival), from the timeline the batches were formed on to the shared replay of them."""
+    worst = 0.0
+    for b, x, sd, ed in zip(batched, inst, timing.start_delay, timing.end_delay):
+        if not b.iterations:
+            continue
+        b_end = np.array([it.start_us + it.duration_us for it in b.iterations])
+        u_end = np.array([it.start_us + it.duration_us for it in x.result.iterations])
+        # a pass starts where it was batched, plus its start delay (the unshared run keeps the starts)
+        worst = max(worst, float(np.abs(sd).max()), float(np.abs(u_end + ed - b_end).max()))
+    for rid, t in batched_landing.items():
+        worst = max(worst, abs(landing[rid] + timing.kv_delay.get(rid, 0.0) - t))
+    return worst
+
+
 def run_on_shared_fabric(topology: Torus, profile: Profile, result: BatchingResult,
                          passes: dict[int, list[PassCalls]], replicas: Sequence[BatchingResult] | None = None,
                          dis=None, per_replica: tuple[int, int] = (0, 0),
-                         kv_records: Callable[[int, int, int], list[TrafficRecord]] | None = None
+                         kv_records: Callable[[int, int, int], list[TrafficRecord]] | None = None,
+                         extras: Extras | None = None, chains: Chains | None = None
                          ) -> tuple[BatchingResult, SharedTiming, dict]:
     """A finished serve run moved onto the shared fabric: (the merged result with the shared times, the delays,
     each KV transfer's shared time by request id). ``passes``: every instance's passes by its instance number;
@@ -371,26 +448,40 @@ def run_on_shared_fabric(topology: Torus, profile: Profile, result: BatchingResu
     :class:`~nicemu.workloads.disaggregation.Disaggregated` run, ``per_replica`` its (P, D), and
     ``kv_records(prompt, source, target)`` the records of one request's KV transfer between instance numbers.
     Their alone times come from their flows (equal to serve's transfer timing, checked against the run's KV
-    time), so the run's backend is not asked again and its totals stay as they were."""
-    chains = Chains(topology, profile)
+    time), so the run's backend is not asked again and its totals stay as they were. ``extras``: what the run's
+    passes and KV transfers were lengthened by when it was batched (a re-formed round; ``dis.kv_us`` stays
+    alone), taken off before the replay; ``chains``: one to reuse (it keeps the calls alone)."""
+    chains = chains or Chains(topology, profile)
+    extras = extras or Extras()
     moves: list[KvMove] = []
     if dis is not None:
         p, d = per_replica
-        inst = [InstanceRun(r, passes[(q // p) * (p + d) + q % p]) for q, r in enumerate(dis.prefill)]
-        inst += [InstanceRun(r, passes[(q // d) * (p + d) + p + q % d], True) for q, r in enumerate(dis.decode)]
+        nums = [(q // p) * (p + d) + q % p for q in range(len(dis.prefill))]
+        nums += [(q // d) * (p + d) + p + q % d for q in range(len(dis.decode))]
+        batched = list(dis.prefill) + list(dis.decode)
+        pre = [unshared(r, n, extras) for r, n in zip(dis.prefill, nums)]
+        done = {r.id: r.token_us[0] for res in pre for r in res.requests if r.token_us}
+        landing = {rid: done[rid] + dis.kv_us[rid] for rid in dis.kv_us}
+        dec = [unshared(r, n, extras, landing) for r, n in zip(dis.decode, nums[len(pre):])]
+        inst = [InstanceRun(r, passes[n]) for r, n in zip(pre, nums)]
+        inst += [InstanceRun(r, passes[n], True) for r, n in zip(dec, nums[len(pre):])]
         prompt = {r.id: r.input_tokens for r in result.requests}
-        for rid in sorted(dis.kv_us, key=lambda i: (dis.prefill_done_us[i], i)):
+        for rid in sorted(dis.kv_us, key=lambda i: (done[i], i)):
             pi, di = dis.placement[rid]
             src, dst = (pi // p) * (p + d) + pi % p, (di // d) * (p + d) + p + di % d
             recs = kv_records(prompt[rid], src, dst)
             costs = [_alone(chains, topology, profile, r).span_us for r in recs]
             _check_span(max(costs), dis.kv_us[rid], recs[0])
-            moves.append(KvMove(rid, pi, len(dis.prefill) + di, dis.prefill_done_us[rid], dis.kv_us[rid], recs, costs))
-    elif replicas is not None and len(replicas) > 1:
-        inst = [InstanceRun(r, passes[i]) for i, r in enumerate(replicas)]
+            moves.append(KvMove(rid, pi, len(dis.prefill) + di, done[rid], dis.kv_us[rid], recs, costs))
+        batched_landing = {r.id: r.token_us[0] for res in dis.decode for r in res.requests if r.token_us}
     else:
-        inst = [InstanceRun(result, passes[0])]
+        batched = list(replicas) if replicas is not None and len(replicas) > 1 else [result]
+        nums = list(range(len(batched)))
+        inst = [InstanceRun(unshared(r, n, extras), passes[n]) for r, n in zip(batched, nums)]
+        landing = batched_landing = {}
     timing = run_shared(topology, profile, inst, moves, chains)
+    timing.instances = nums
+    timing.residual_us = _residual(batched, inst, timing, landing, batched_landing)
     parts = [shifted(x, s, e, timing.kv_delay) for x, s, e in zip(inst, timing.start_delay, timing.end_delay)]
     kv_shared = {m.request_id: m.kv_us + timing.kv_delay.get(m.request_id, 0.0)
                  - timing.kv_start_delay.get(m.request_id, 0.0) for m in moves}
@@ -411,3 +502,38 @@ def run_on_shared_fabric(topology: Torus, profile: Profile, result: BatchingResu
         else:       # the merged request keeps its own fields, with the decode side's (shifted) tokens
             reqs.append(replace(r, token_us=list(new.token_us)))
     return BatchingResult(reqs, [it for part in parts for it in part.iterations], result.kv), timing, kv_shared
+
+
+@dataclass
+class Reformed:
+    """The rounds of :func:`reform`: round 0's batching run and its replay (the first-order result), the last
+    round's, and how many rounds re-formed the batches."""
+
+    first_run: object
+    first: tuple[BatchingResult, SharedTiming, dict]
+    last_run: object
+    last: tuple[BatchingResult, SharedTiming, dict]
+    rounds: int
+
+    @property
+    def converged(self) -> bool:
+        return self.last[1].residual_us <= REFORM_TOL_US
+
+
+def reform(serve_round: Callable[[Extras | None], object],
+           share: Callable[[object, Extras | None], tuple[BatchingResult, SharedTiming, dict]],
+           max_rounds: int, tol_us: float = REFORM_TOL_US) -> Reformed:
+    """Batches re-formed under sharing, to a fixed point (docs/model.md §21.7). ``serve_round(extras)`` serves
+    the requests once, every pass and KV transfer lengthened by ``extras`` (None: round 0, on an idle fabric);
+    ``share(run, extras)`` replays that run on the shared fabric (:func:`run_on_shared_fabric`). Round ``r``
+    lengthens by what round ``r - 1``'s replay added; it stops when the replay moves nothing by more than
+    ``tol_us`` against the timeline the batches were formed on, or after ``max_rounds`` re-formed rounds."""
+    run = serve_round(None)
+    first = shared = share(run, None)
+    first_run, rounds = run, 0
+    while rounds < max_rounds and shared[1].residual_us > tol_us:
+        extras = shared[1].extras()
+        rounds += 1
+        run = serve_round(extras)
+        shared = share(run, extras)
+    return Reformed(first_run, first, run, shared, rounds)
