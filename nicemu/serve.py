@@ -657,6 +657,9 @@ def _print_fabric(records: list[dict]) -> None:
         if not r["fabric_reform_max_rounds"]:
             print(f"# shared fabric, {r['algo']}: first order, the idle fabric's batches kept (--fabric-rounds 0); "
                   f"their passes move by up to {residual:.3f} us")
+        elif r["fabric_reform_converged"] and not rounds:
+            print(f"# shared fabric, {r['algo']}: the idle fabric's batches stand: sharing moves no pass by more "
+                  f"than {residual:.2g} us, nothing to re-form")
         elif r["fabric_reform_converged"]:
             print(f"# shared fabric, {r['algo']}: batches re-formed in {rounds} round{'s' * (rounds != 1)} "
                   f"(residual {residual:.2g} us); first order: mean TTFT {_ms(r['ttft_ms_mean_first_order'])} ms")
