@@ -1,5 +1,6 @@
 """``serve --fabric shared`` end to end: one instance alone is unchanged; a disaggregated deployment whose
-KV transfers cross the instances' rings slows down, identically under both executors."""
+KV transfers cross the instances' rings slows down and re-forms its batches, identically under both
+executors."""
 
 import json
 
@@ -43,6 +44,7 @@ def test_kv_transfers_crossing_the_rings_slow_down_alike_on_both_executors(tmp_p
     # ring's; at 2000 requests/s the next prompts' passes run while earlier KV caches move
     common = ["--tp", "4", "--disaggregated", "1:1", "--topology", "ring:8", "--requests", "8", "--rate", "2000"]
     alone = _serve(tmp_path, "alone", [*common, "--executor", "model"])
+    first = _serve(tmp_path, "first", [*common, "--executor", "model", "--fabric", "shared", "--fabric-rounds", "0"])
     model = _serve(tmp_path, "model", [*common, "--executor", "model", "--fabric", "shared"])
     mpi = _serve(tmp_path, "mpi", [*common, "--executor", "mpi", "--fabric", "shared"], ranks=2)
     for algo, m in model.items():
@@ -51,20 +53,33 @@ def test_kv_transfers_crossing_the_rings_slow_down_alike_on_both_executors(tmp_p
         for key, value in m.items():
             if key not in RUN_KEYS:
                 assert r[key] == value, key
-        assert m["fabric_slowed_flows"] > 0 and m["fabric_slowed_passes"] > 0
-        assert m["ttft_ms_mean_alone"] == alone[algo]["ttft_ms_mean"]
-        # sharing moves times only: the run's totals of calls summed alone stay as they were (once counted)
+        f = first[algo]
+        for rec in (f, m):
+            assert rec["fabric_slowed_flows"] > 0 and rec["fabric_slowed_passes"] > 0
+            assert rec["ttft_ms_mean_alone"] == alone[algo]["ttft_ms_mean"]
+            assert rec["kv_transfer_ms_mean"] > alone[algo]["kv_transfer_ms_mean"]
+            assert rec["e2e_ms_mean"] >= rec["e2e_ms_mean_alone"]
+        # first order: sharing moves times only, the run's totals of calls summed alone stay as they were
         for key in ("p2p_ms", "comm_ms", "compute_ms", "collectives", "layer_wire_bytes", "kv_transfer_bytes"):
-            assert m[key] == alone[algo][key], key
-        assert m["ttft_ms_mean"] > m["ttft_ms_mean_alone"]
-        assert m["kv_transfer_ms_mean"] > alone[algo]["kv_transfer_ms_mean"]
-        assert m["e2e_ms_mean"] >= m["e2e_ms_mean_alone"]
+            assert f[key] == alone[algo][key], key
+        assert f["ttft_ms_mean"] > f["ttft_ms_mean_alone"]
+        assert f["fabric_reform_rounds"] == 0 and f["fabric_reform_residual_us"] > 0
+        # re-formed: the batches changed (so did the calls they issue), to a fixed point; the first-order
+        # metrics it reports are those of the run with --fabric-rounds 0
+        assert 1 <= m["fabric_reform_rounds"] <= 4 and m["fabric_reform_converged"], m
+        assert m["fabric_reform_residual_us"] <= 1e-3
+        assert m["comm_ms"] != f["comm_ms"]
+        assert m["kv_transfer_bytes"] == f["kv_transfer_bytes"]
+        for key in ("ttft_ms_mean", "tpot_ms_mean", "e2e_ms_mean"):
+            assert m[f"{key}_first_order"] == f[key], key
 
 
 @pytest.mark.parametrize("extra, needle", [
     (["--ranks-per-node", "2", "--topology", "ring:2"], "--fabric shared runs with one rank per node"),
     (["--trace", "t.json"], "--trace draws the idle-fabric timeline"),
     (["--fabric", "both"], "invalid choice"),
+    (["--fabric-rounds", "-1"], "--fabric-rounds must be >= 0"),
+    (["--fabric", "alone", "--fabric-rounds", "2"], "--fabric-rounds re-forms batches on the shared fabric"),
 ])
 def test_bad_fabric_requests_fail_in_one_line(tmp_path, extra, needle):
     (tmp_path / "config.json").write_text(json.dumps(CONFIG))

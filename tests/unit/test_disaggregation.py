@@ -61,6 +61,21 @@ def test_one_request_timeline():
     assert m["iterations"] == 4
 
 
+def test_kv_extra_delays_the_decode_side_only():
+    # serve --fabric shared re-forming its batches: a transfer slowed by sharing lands later, its own time stays
+    log: list = []
+
+    def kv_records(prompt, source, target):
+        return [TrafficRecord(-1, "prefill", -1, "p2p", prompt * 10, "p2p-nic", "kv_cache", (source, target))]
+
+    dis = serve_disaggregated([Request(0, 1000.0, 100, 2)], 1, 1, lambda i: FakeTimer(i, log), kv_records,
+                              lambda recs: [CommCost(KV_PER_TOKEN * r.bytes / 10) for r in recs], BatchingConfig(),
+                              kv_extra={0: 7.0})
+    land = 1000.0 + A + B * 100 + KV_PER_TOKEN * 100 + 7.0
+    assert dis.result.requests[0].token_us == pytest.approx([land, land + A + B], rel=1e-15)
+    assert dis.kv_us == {0: KV_PER_TOKEN * 100} and dis.prefill_done_us == {0: 1000.0 + A + B * 100}
+
+
 def test_prefill_instances_work_in_parallel_and_decode_batches_together():
     reqs = [Request(0, 0.0, 100, 3), Request(1, 0.0, 300, 3)]
     dis, log, kv = run(reqs, prefill=2, decode=1)
