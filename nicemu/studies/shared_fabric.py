@@ -148,21 +148,25 @@ def serve_rows(rates: Sequence[float] = SERVE_RATES, requests: int = SERVE_REQUE
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             for r in json.loads(out.read_text()):
                 rows.append({"rate": rate, "requests": requests, **{k: r[k] for k in (
-                    "algo", "topology", "ttft_ms_mean", "ttft_ms_mean_alone", "ttft_ms_p99", "ttft_ms_p99_alone",
-                    "tpot_ms_mean", "tpot_ms_mean_alone", "kv_transfer_ms_mean", "fabric_replayed_calls",
-                    "fabric_slowed_passes", "fabric_max_delay_ms", "wall_s")}})
+                    "algo", "topology", "ttft_ms_mean", "ttft_ms_mean_alone", "ttft_ms_mean_first_order",
+                    "ttft_ms_p99", "ttft_ms_p99_alone", "tpot_ms_mean", "tpot_ms_mean_alone", "kv_transfer_ms_mean",
+                    "fabric_replayed_calls", "fabric_slowed_passes", "fabric_max_delay_ms", "fabric_reform_rounds",
+                    "fabric_reform_converged", "wall_s")}})
     return rows
 
 
 def serve_table(rows: list[dict]) -> list[str]:
-    out = ["| requests/s | algorithm | TTFT mean alone → shared (ms) | TTFT p99 alone → shared (ms) | "
-           "TPOT mean alone → shared (ms) | KV transfer shared (ms) | passes slowed | largest delay (ms) |",
-           "|---:|---|---|---|---|---:|---:|---:|"]
+    out = ["| requests/s | algorithm | TTFT mean alone → shared (ms) | TTFT mean first order (ms) | "
+           "TTFT p99 alone → shared (ms) | TPOT mean alone → shared (ms) | KV transfer shared (ms) | "
+           "passes slowed | largest delay (ms) | re-formed rounds |",
+           "|---:|---|---|---:|---|---|---:|---:|---:|---|"]
     for r in rows:
+        rounds = f"{r['fabric_reform_rounds']}" + ("" if r["fabric_reform_converged"] else " (not converged)")
         out.append(f"| {r['rate']:g} | {r['algo']} | {r['ttft_ms_mean_alone']:.2f} → {r['ttft_ms_mean']:.2f} | "
+                   f"{r['ttft_ms_mean_first_order']:.2f} | "
                    f"{r['ttft_ms_p99_alone']:.2f} → {r['ttft_ms_p99']:.2f} | {r['tpot_ms_mean_alone']:.3f} → "
                    f"{r['tpot_ms_mean']:.3f} | {r['kv_transfer_ms_mean']:.3f} | {r['fabric_slowed_passes']} | "
-                   f"{r['fabric_max_delay_ms']:.2f} |")
+                   f"{r['fabric_max_delay_ms']:.2f} | {rounds} |")
     return out
 
 
@@ -279,8 +283,10 @@ def write(out: str, command: str, same: list[dict], jobs: list[dict], served: li
         body += ["## Disaggregated serving: KV transfers across the TP rings (`nicemu serve --fabric shared`)", "",
                  f"Llama-3-8B, prefill instance on nodes 0–7 and decode instance on 8–15 of `ring:16`, TP 8 each, "
                  f"400g-gen5, H100, {SERVE_REQUESTS} synthetic requests (seed 0). Every KV shard crosses 8 links, "
-                 "among them the prefill ring's; passes and transfers are moved onto one fabric with their "
-                 "batches kept (docs/model.md §21.7). `alone` is the same run with every call on an idle fabric.",
+                 "among them the prefill ring's; passes and transfers are moved onto one fabric and the batches "
+                 "re-form on the slower timeline until nothing moves (docs/model.md §21.7, step 6). `alone` is the "
+                 "same run with every call on an idle fabric; `first order` keeps the idle fabric's batches and "
+                 "only moves their times (`--fabric-rounds 0`).",
                  "", *serve_table(served), ""]
     if fast:
         body += ["## Speed of the model", "",

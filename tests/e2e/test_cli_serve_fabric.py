@@ -68,7 +68,9 @@ def test_kv_transfers_crossing_the_rings_slow_down_alike_on_both_executors(tmp_p
         # metrics it reports are those of the run with --fabric-rounds 0
         assert 1 <= m["fabric_reform_rounds"] <= 4 and m["fabric_reform_converged"], m
         assert m["fabric_reform_residual_us"] <= 1e-3
-        assert m["comm_ms"] != f["comm_ms"]
+        # requests queue for other batches than in first order (comm_ms may stay: directreduce's passes cost
+        # the same whichever requests they hold)
+        assert m["queue_ms_mean"] != f["queue_ms_mean"] and m["fabric_replayed_calls"] != f["fabric_replayed_calls"]
         assert m["kv_transfer_bytes"] == f["kv_transfer_bytes"]
         for key in ("ttft_ms_mean", "tpot_ms_mean", "e2e_ms_mean"):
             assert m[f"{key}_first_order"] == f[key], key

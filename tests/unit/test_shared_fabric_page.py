@@ -39,3 +39,5 @@ def test_serving_rows_come_from_serve_and_sharing_never_speeds_a_request_up():
         assert r["topology"] == "ring:16" and r["rate"] == 40.0
         assert r["ttft_ms_mean"] >= r["ttft_ms_mean_alone"] > 0
         assert r["fabric_max_delay_ms"] >= 0.0
+        assert r["ttft_ms_mean_first_order"] >= r["ttft_ms_mean_alone"]
+        assert r["fabric_reform_converged"] and r["fabric_reform_rounds"] <= 4
