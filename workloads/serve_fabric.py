@@ -18,8 +18,9 @@ added to the same pass (instance, pass index) of round ``r - 1``, and every KV t
 to the same request's, then replays the new passes laid out at their alone durations
 (:class:`Extras`, ``run_on_shared_fabric(..., extras=)``). It stops when no pass's start or end and no
 KV landing moves by more than :data:`REFORM_TOL_US` between the batching's timeline and the replay's.
-Sparse calls (an embedding AllReduce through OmNICCL or OmniReduce) keep
-their alone time and load nothing here (collectives/model/sparse_flows.py makes their messages flows for train).
+Sparse calls (an embedding AllReduce through OmNICCL or OmniReduce) share the fabric as the spot
+protocol's messages (collectives/model/sparse_flows.py, ``Chains.sparse``) when the caller says how to build
+them (``sparse=``); without it they keep their alone time and load nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 
 from nicemu.collectives.api.model import call_schedule
 from nicemu.collectives.model.chains import Chains, overlapping_calls
+from nicemu.collectives.model.sparse_flows import SparseFlows
 from nicemu.collectives.registry import is_sparse
 from nicemu.errors import CollectiveError
 from nicemu.nic.profile import Profile
@@ -132,10 +134,16 @@ class _Calls:
         self.where: list[tuple[int, int, np.ndarray]] = []    # (chain, pass or KV index, record positions)
 
 
+#: a sparse record's call alone, as the spot protocol's messages (serve's ModelComm.sparse_masks)
+SparseOf = Callable[[TrafficRecord], SparseFlows]
+
+
 def run_shared(topology: Torus, profile: Profile, instances: Sequence[InstanceRun],
-               moves: Sequence[KvMove], chains: Chains | None = None) -> SharedTiming:
+               moves: Sequence[KvMove], chains: Chains | None = None, sparse: SparseOf | None = None
+               ) -> SharedTiming:
     """Replay the run's instances and KV moves on one fabric (see the module docstring); ``chains``: one
-    already holding some calls alone, to reuse."""
+    already holding some calls alone, to reuse; ``sparse``: how a sparse record's messages are made (None:
+    sparse calls stay off the fabric)."""
     chains = chains or Chains(topology, profile)
     keys: dict[tuple, int] = {}
     records: list[TrafficRecord] = []
@@ -157,7 +165,7 @@ def run_shared(topology: Torus, profile: Profile, instances: Sequence[InstanceRu
             raise CollectiveError(f"internal: instance {c} has {len(inst.passes)} passes for "
                                   f"{len(inst.result.iterations)} iterations")
         for k, p in enumerate(inst.passes):
-            keep = np.array([not is_sparse(r.algo) for r in p.records], dtype=bool)
+            keep = np.array([sparse is not None or not is_sparse(r.algo) for r in p.records], dtype=bool)
             if not keep.any():
                 continue
             pos = np.flatnonzero(keep)
@@ -189,7 +197,7 @@ def run_shared(topology: Torus, profile: Profile, instances: Sequence[InstanceRu
     def alone_of(i: int):
         a = alone.get(i)
         if a is None:
-            a = alone[i] = _alone(chains, topology, profile, records[i])
+            a = alone[i] = _alone(chains, topology, profile, records[i], sparse)
         return a
 
     shares: dict[tuple[int, int], bool] = {}
@@ -234,13 +242,19 @@ def _zero(instances: Sequence[InstanceRun]) -> SharedTiming:
 
 
 def _record_key(rec: TrafficRecord) -> tuple:
-    """What a dense record's call on the fabric depends on (not its iteration, not its ``what``)."""
-    return rec.collective, rec.algo, rec.bytes, rec.nodes
+    """What a record's call on the fabric depends on (not its iteration; its ``what`` only for a sparse call,
+    whose blocks are an embedding's rows or an activation's, all non-zero)."""
+    return rec.collective, rec.algo, rec.bytes, rec.nodes, is_sparse(rec.algo) and rec.what == "embedding"
 
 
-def _alone(chains: Chains, topology: Torus, profile: Profile, rec: TrafficRecord):
+def _alone(chains: Chains, topology: Torus, profile: Profile, rec: TrafficRecord, sparse: SparseOf | None = None):
     """The call a record makes, alone on the fabric (cached in ``chains`` by the record's key)."""
     key = _record_key(rec)
+    if is_sparse(rec.algo):
+        if sparse is None:
+            raise CollectiveError(f"internal: sparse {rec.algo} call replayed without its messages")
+        hit = chains.cached(key)
+        return hit if hit is not None else chains.sparse(key, sparse(rec), np.asarray(rec.nodes, dtype=np.int64))
     if rec.collective == "p2p":
         half = len(rec.nodes) // 2
         pairs = list(zip(rec.nodes[:half], rec.nodes[half:]))
@@ -440,8 +454,8 @@ def run_on_shared_fabric(topology: Torus, profile: Profile, result: BatchingResu
                          passes: dict[int, list[PassCalls]], replicas: Sequence[BatchingResult] | None = None,
                          dis=None, per_replica: tuple[int, int] = (0, 0),
                          kv_records: Callable[[int, int, int], list[TrafficRecord]] | None = None,
-                         extras: Extras | None = None, chains: Chains | None = None
-                         ) -> tuple[BatchingResult, SharedTiming, dict]:
+                         extras: Extras | None = None, chains: Chains | None = None,
+                         sparse: SparseOf | None = None) -> tuple[BatchingResult, SharedTiming, dict]:
     """A finished serve run moved onto the shared fabric: (the merged result with the shared times, the delays,
     each KV transfer's shared time by request id). ``passes``: every instance's passes by its instance number;
     ``replicas``: each replica's own result (colocated replicas); ``dis``: a
@@ -450,7 +464,8 @@ def run_on_shared_fabric(topology: Torus, profile: Profile, result: BatchingResu
     Their alone times come from their flows (equal to serve's transfer timing, checked against the run's KV
     time), so the run's backend is not asked again and its totals stay as they were. ``extras``: what the run's
     passes and KV transfers were lengthened by when it was batched (a re-formed round; ``dis.kv_us`` stays
-    alone), taken off before the replay; ``chains``: one to reuse (it keeps the calls alone)."""
+    alone), taken off before the replay; ``chains``: one to reuse (it keeps the calls alone); ``sparse``: how
+    a sparse record's messages are made, to put sparse calls on the fabric too (:func:`run_shared`)."""
     chains = chains or Chains(topology, profile)
     extras = extras or Extras()
     moves: list[KvMove] = []
@@ -479,7 +494,7 @@ def run_on_shared_fabric(topology: Torus, profile: Profile, result: BatchingResu
         nums = list(range(len(batched)))
         inst = [InstanceRun(unshared(r, n, extras), passes[n]) for r, n in zip(batched, nums)]
         landing = batched_landing = {}
-    timing = run_shared(topology, profile, inst, moves, chains)
+    timing = run_shared(topology, profile, inst, moves, chains, sparse)
     timing.instances = nums
     timing.residual_us = _residual(batched, inst, timing, landing, batched_landing)
     parts = [shifted(x, s, e, timing.kv_delay) for x, s, e in zip(inst, timing.start_delay, timing.end_delay)]

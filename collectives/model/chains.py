@@ -85,6 +85,10 @@ class Chains:
 
     # -- what a call or transfer puts on the fabric ------------------------------------------------------
 
+    def cached(self, key: tuple) -> _Alone | None:
+        """The call alone under ``key``, if one was put on the fabric (to skip building its flows again)."""
+        return self._alone.get(key)
+
     def collective(self, key: tuple, schedule: Schedule, nodes: Sequence[int], itemsize: int) -> _Alone:
         """A collective on physical ``nodes`` (cached by ``key``)."""
         hit = self._alone.get(key)

@@ -91,3 +91,23 @@ def test_bad_fabric_requests_fail_in_one_line(tmp_path, extra, needle):
     assert run.returncode != 0
     assert needle in run.stderr, str(run)
     assert "Traceback" not in run.stderr
+
+
+def test_sparse_embedding_calls_on_the_shared_fabric_agree_on_both_executors(tmp_path):
+    # OmNICCL's embedding AllReduces become the spot protocol's messages on the fabric (docs/model.md §21.7):
+    # the records of both executors are identical and the real data is checked
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    common = ["serve", "--model", "config.json", "--algo", "omniccl", "--profile", "400g-gen5", "--tp", "4",
+              "--disaggregated", "1:1", "--topology", "ring:8", "--requests", "6", "--rate", "2000",
+              "--fabric", "shared"]
+    out = {}
+    for executor, ranks in (("model", None), ("mpi", 2)):
+        run = run_nicemu([*common, "--executor", executor, "--json", f"{executor}.json"], tmp_path, ranks)
+        assert run.returncode == 0, str(run)
+        (out[executor],) = json.loads((tmp_path / f"{executor}.json").read_text())
+    m, r = out["model"], out["mpi"]
+    assert r["wrong"] == 0 and r["checked_elements"] > 0
+    for key, value in m.items():
+        if key not in RUN_KEYS:
+            assert r[key] == value, key
+    assert m["fabric_slowed_passes"] > 0 and m["ttft_ms_mean"] >= m["ttft_ms_mean_alone"]

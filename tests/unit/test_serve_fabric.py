@@ -4,6 +4,7 @@ their passes, a disaggregated request's first token its KV cache; a run with not
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from nicemu.nic.profile import load_profile
 from nicemu.topologies import parse_topology
@@ -66,3 +67,45 @@ def test_instances_on_disjoint_rows_share_nothing():
     out = run_shared(ring, prof, runs2, [])
     assert out.replayed_calls == 6 and out.slowed_flows > 0
     assert all(d.min() > 0 for d in out.end_delay)
+
+
+def test_sparse_embedding_calls_share_the_fabric_only_when_their_messages_are_given():
+    # two replicas on interleaved nodes of ring:8, each pass one OmNICCL embedding AllReduce at the same time: given
+    # how a record's messages are made, the calls slow each other as two sparse calls do on the fabric
+    # (sparse_flows.run_shared); without it they keep their alone times (the first-order default)
+    from nicemu.collectives.model.chains import Chains
+    from nicemu.collectives.model.sparse_flows import SparseCall, sparse_call_flows
+    from nicemu.collectives.model.sparse_flows import run_shared as sparse_shared
+    from nicemu.collectives.registry import sparse_config
+    topo, prof = parse_topology("ring:8"), load_profile("400g-gen5")
+    cfg = sparse_config("omniccl", 4, block_size=64)
+    masks = np.random.default_rng(3).random((4, 1500)) < 0.25
+    flows = sparse_call_flows(cfg, masks, prof, 2)
+    made = []
+
+    def sparse(rec):
+        made.append(rec)
+        return flows
+
+    groups = ((0, 2, 4, 6), (1, 3, 5, 7))
+    cost = Chains(topo, prof).sparse(("x",), flows, np.array(groups[0])).span_us
+    runs = []
+    for nodes in groups:
+        recs = [TrafficRecord(k, "decode", 0, "allreduce", 1 << 14, "omniccl", "embedding", nodes) for k in range(2)]
+        logs = [IterationLog(k, 100.0 * k, cost + 2.0, "decode", 0, 1) for k in range(2)]
+        req = RequestTiming(nodes[0], 0.0, 4, 2, [100.0 * k + cost + 2.0 for k in range(2)], admitted_iteration=0)
+        passes = [PassCalls(k, 0.0, np.array([1.0]), np.array([cost]), [recs[k]]) for k in range(2)]
+        runs.append(InstanceRun(BatchingResult([req], logs), passes))
+    off = run_shared(topo, prof, runs, [])
+    assert off.replayed_calls == 0 and all(not d.any() for d in off.end_delay)
+    on = run_shared(topo, prof, runs, [], sparse=sparse)
+    assert on.replayed_calls == 4 and on.slowed_flows > 0
+    assert len(made) == 2           # one call alone per record key (its nodes), built once, kept for both passes
+    _, ref = sparse_shared([], [SparseCall(flows, np.array(g)) for g in groups], topo, prof)
+    late = [r.emulated_us - r.alone_us for r in ref]
+    assert late[0] > 0
+    # interleaved, a call's own messages meet on links: the chains take its slowest node's delay net of its
+    # own overlaps, run_shared each node's, 0.2% apart at most (docs/model.md §21.6, "Serve jobs")
+    for c in range(2):
+        assert on.end_delay[c][1] == pytest.approx(on.end_delay[c][0], rel=1e-9)   # the second pass alike
+        assert on.end_delay[c] == pytest.approx([late[c]] * 2, rel=2e-3)
