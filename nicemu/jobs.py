@@ -32,6 +32,7 @@ from nicemu.nic.profile import load_profile
 from nicemu.report import bus_factor
 from nicemu.workloads.jobs import Job, load_jobs
 from nicemu.workloads.jobs_fabric import JobWork, ServeWork, components, sharing_delays
+from nicemu.workloads.serve_fabric import DEFAULT_REFORM_ROUNDS, REFORM_TOL_US
 
 HEADER = (f"{'job':>10} {'nodes':>6} {'collective':>13} {'algo':>22} {'size':>10} {'iters':>6} "
           f"{'alone(us)':>13} {'shared(us)':>13} {'slowdown':>9} {'iter(us)':>11} {'busbw':>8} {'#wrong':>6}")
@@ -46,6 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "'profile', else directreduce-paper)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one profile field (repeatable)")
+    p.add_argument("--fabric-rounds", type=int, default=DEFAULT_REFORM_ROUNDS, metavar="N",
+                   help=f"re-form serve jobs' batches under sharing up to N times, until no pass moves by more "
+                        f"than {REFORM_TOL_US:g} us (default {DEFAULT_REFORM_ROUNDS}; 0: keep the idle fabric's "
+                        "batches, the first-order result)")
     p.add_argument("--hot-links", type=int, default=5, metavar="N", help="list the N busiest links (default 5)")
     p.add_argument("--json", type=argtypes.output_file, help="write the jobs and the hot links as JSON")
 
@@ -55,6 +60,8 @@ def _check(jf, args, comm):
     profile = load_profile(spec, args.overrides)
     if not 0 <= args.hot_links <= 10_000:
         raise UsageError(f"--hot-links {args.hot_links} is outside 0..10,000")
+    if not 0 <= args.fabric_rounds <= 100:
+        raise UsageError(f"--fabric-rounds {args.fabric_rounds} is outside 0..100 (0: the first-order result)")
     for job in jf.jobs:
         if job.train is not None:
             jobs_train.check(job)
@@ -179,6 +186,25 @@ def _sharing(jf, chains: Chains, calls: dict[int, Call], trains: dict, serves: d
     return out
 
 
+def _reform(jf, chains: Chains, calls: dict[int, Call], trains: dict, serves: dict, extra: dict, spec: str,
+            args: argparse.Namespace) -> tuple[int, dict[int, float]]:
+    """Serve jobs' batches re-formed under sharing (docs/model.md §21.7, step 6): each round serves every
+    serve job again with its passes lengthened by what the last replay added, then replays the jobs; until
+    no pass moves by more than REFORM_TOL_US, or ``--fabric-rounds``. Updates ``serves`` and ``extra`` to
+    the last round; returns (rounds run, each serve job's residual, µs)."""
+    residual = {i: sv.residual(extra.get(i)) for i, sv in serves.items()}
+    rounds = 0
+    while rounds < args.fabric_rounds and any(r > REFORM_TOL_US for r in residual.values()):
+        rounds += 1
+        for i, sv in list(serves.items()):
+            if extra.get(i) is not None:
+                serves[i] = jobs_serve.build(jf.jobs[i], spec, args.overrides, chains, sv.extras(extra[i]))
+        extra.clear()
+        extra.update(_sharing(jf, chains, calls, trains, serves))
+        residual = {i: sv.residual(extra.get(i)) for i, sv in serves.items()}
+    return rounds, residual
+
+
 def _serve_loads(work: ServeWork, fabric, profile) -> np.ndarray:
     """The bytes a serve job's calls put on every resource (for the hot links)."""
     count: dict[tuple, list] = {}
@@ -198,11 +224,14 @@ def _serve_loads(work: ServeWork, fabric, profile) -> np.ndarray:
     return total
 
 
-def _serve_record(sv: jobs_serve.ServeJob, delays) -> dict:
-    """A serve job's record: TTFT, TPOT and E2E sharing the fabric, beside the same on an idle fabric."""
+def _serve_record(sv: jobs_serve.ServeJob, delays, sv0: jobs_serve.ServeJob, delays0, rounds: int,
+                  residual: float, max_rounds: int) -> dict:
+    """A serve job's record: TTFT, TPOT and E2E sharing the fabric (the last round's batches), beside the same
+    on an idle fabric and in first order (``sv0``, ``delays0``: the idle fabric's batches moved)."""
     job = sv.job
-    alone = sv.summary()
+    alone = sv0.summary()
     shared = alone if delays is None else sv.summary(*delays)
+    first = alone if delays0 is None else sv0.summary(*delays0)
     a_us, s_us = alone["duration_s"] * 1e6, shared["duration_s"] * 1e6
     passes = sv.result.iterations
     busy = sum(it.duration_us for it in passes) + (0.0 if delays is None else float(np.sum(delays[1] - delays[0])))
@@ -213,7 +242,10 @@ def _serve_record(sv: jobs_serve.ServeJob, delays) -> dict:
             "iteration_us": busy / len(passes) if passes else 0.0, "algbw_GBps": None, "busbw_GBps": None,
             "wire_bytes": sum(c.wire_bytes for c in sv.costs), "model": sv.model, "requests": alone["requests"],
             **{k: shared[k] for k in jobs_serve.METRICS}, **{f"{k}_alone": alone[k] for k in jobs_serve.METRICS},
-            "slowed_passes": 0 if delays is None else int(np.count_nonzero(delays[1] - delays[0] > 1e-9))}
+            "slowed_passes": 0 if delays is None else int(np.count_nonzero(delays[1] - delays[0] > 1e-9)),
+            "fabric_reform_max_rounds": max_rounds, "fabric_reform_rounds": rounds,
+            "fabric_reform_residual_us": residual, "fabric_reform_converged": residual <= REFORM_TOL_US,
+            **{f"{k}_first_order": first[k] for k in ("ttft_ms_mean", "tpot_ms_mean", "e2e_ms_mean")}}
 
 
 def _record(job: Job, alone: float, shared: float, algo: str, wire: int) -> dict:
@@ -269,16 +301,19 @@ def run(args: argparse.Namespace, comm) -> int:
     if args.executor == "mpi" and serves:
         mine = next((i for i, j in enumerate(jf.jobs) if comm.rank in j.nodes.tolist()), None)
         _same_serving(comm, serves, metrics, mine)
+    extra = _sharing(jf, chains, dict(zip(coll, calls)), trains, serves)
+    first = {i: (sv, extra.get(i)) for i, sv in serves.items()}      # round 0: the idle fabric's batches
+    rounds, residual = _reform(jf, chains, dict(zip(coll, calls)), trains, serves, extra, spec, args)
     for sv in serves.values():
         carried = carried + _serve_loads(sv.work, jf.topology, profile)
-    extra = _sharing(jf, chains, dict(zip(coll, calls)), trains, serves)
     timing = dict(zip(coll, zip(out, ran)))
     records = []
     for i, (job, bad) in enumerate(zip(jf.jobs, wrong)):
         if i in trains:
             records.append(_train_record(trains[i], extra.get(i, 0.0)))
         elif i in serves:
-            records.append(_serve_record(serves[i], extra.get(i)))
+            records.append(_serve_record(serves[i], extra.get(i), *first[i], rounds, residual[i],
+                                         args.fabric_rounds))
         else:
             t, algo = timing[i]
             shared = t.alone_us + extra[i] if i in extra else t.emulated_us
@@ -317,7 +352,7 @@ def run(args: argparse.Namespace, comm) -> int:
                     f"{k.removesuffix('_ms_mean').replace('_ms_', ' ')} "
                     f"{'-' if r[k + '_alone'] is None else format(r[k + '_alone'], '.3f')} -> "
                     f"{'-' if r[k] is None else format(r[k], '.3f')}" for k in jobs_serve.METRICS[:4])
-                      + f"; {r['slowed_passes']} of {r['iterations']} passes slowed")
+                      + f"; {r['slowed_passes']} of {r['iterations']} passes slowed; " + _reformed(r))
         if hot:
             print(f"# busiest links over the run ({hot[0]['span_us']:.3f} us): link, bytes, utilisation")
             for h in hot:
@@ -339,6 +374,17 @@ def run(args: argparse.Namespace, comm) -> int:
                 f.write("\n")
             print(f"# wrote {len(records)} jobs to {args.json}")
     return 1 if any(w for w in wrong if w) else 0
+
+
+def _reformed(r: dict) -> str:
+    """How a serve job's batches re-formed under sharing, in a few words."""
+    if not r["fabric_reform_max_rounds"]:
+        return "first order (--fabric-rounds 0)"
+    if r["fabric_reform_converged"]:
+        return (f"batches re-formed in {r['fabric_reform_rounds']} round(s)" if r["fabric_reform_rounds"]
+                else "batches stand")
+    return (f"NOT converged after {r['fabric_reform_rounds']} rounds (passes move by up to "
+            f"{r['fabric_reform_residual_us']:.3f} us; raise --fabric-rounds)")
 
 
 def _hot_links(jf, profile, span: float, carried: np.ndarray, top: int) -> list[dict]:

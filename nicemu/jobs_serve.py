@@ -25,7 +25,15 @@ from nicemu.workloads.batching import BatchingResult
 from nicemu.workloads.comm_backends import DTYPE, ModelComm, algos_for, group_topology
 from nicemu.workloads.jobs import Job
 from nicemu.workloads.jobs_fabric import ServePass, ServeWork, serve_call
-from nicemu.workloads.serve_fabric import InstanceRun, shifted
+from nicemu.workloads.serve_fabric import (
+    Extras,
+    InstanceRun,
+    Lengthened,
+    pass_extras,
+    pass_residual,
+    shifted,
+    unshared,
+)
 
 #: metrics reported alone and shared (ms)
 METRICS = ("ttft_ms_mean", "ttft_ms_p99", "tpot_ms_mean", "tpot_ms_p99", "e2e_ms_mean")
@@ -35,7 +43,9 @@ _SPAN_RTOL = 1e-9
 
 @dataclass
 class ServeJob:
-    """A serve job's run on an idle fabric and its passes as chains."""
+    """A serve job's run and its passes as chains. ``result`` holds every pass at its alone duration;
+    ``batched`` the timeline its batches were formed on (the same on an idle fabric; a re-formed round's
+    passes lengthened by what sharing added the round before, docs/model.md §21.7 step 6)."""
 
     job: Job
     model: str
@@ -43,6 +53,7 @@ class ServeJob:
     passes: list
     costs: list
     work: ServeWork
+    batched: BatchingResult | None = None
 
     def summary(self, start_delay=None, end_delay=None) -> dict:
         """Serving metrics of the run, moved by the passes' delays if given."""
@@ -50,6 +61,17 @@ class ServeJob:
         if start_delay is not None:
             res = shifted(InstanceRun(self.result, self.passes), start_delay, end_delay)
         return summarize(res, self.costs, True)
+
+    def residual(self, delays) -> float:
+        """How far (µs) the shared replay moves a pass from where its batch was formed (0: a fixed point)."""
+        if delays is None:
+            return 0.0
+        return pass_residual(self.batched or self.result, self.result, *delays)
+
+    @staticmethod
+    def extras(delays) -> Extras:
+        """What sharing added to each pass, for the next round's batches."""
+        return Extras() if delays is None else Extras(pass_extras(0, *delays))
 
 
 def _options(job: Job, profile: str, overrides: list[str]) -> argparse.Namespace:
@@ -76,10 +98,11 @@ def check(job: Job, profile: str, overrides: list[str]) -> None:
         raise UsageError(f"job '{job.name}': {exc}") from None
 
 
-def _serve(job: Job, profile_spec: str, overrides: list[str], comm=None):
+def _serve(job: Job, profile_spec: str, overrides: list[str], comm=None, extras: Extras | None = None):
     """The job's requests served on an idle fabric, as ``nicemu serve`` serves them: (result, its passes, its
     costs, topology, profile, model, backend). ``comm``: the job's own ranks, which then move and check the
-    data of every distinct call once (``nicemu serve --executor mpi``'s backend); the times are the model's."""
+    data of every distinct call once (``nicemu serve --executor mpi``'s backend); the times are the model's.
+    ``extras``: every pass lengthened by what sharing added to it in the round before (re-formed batches)."""
     args = _options(job, profile_spec, overrides)
     _, model, par, topology, profile, acc, sched, requests = serve._validate(args, _Comm())
     labels = algos_for(job.algo, profile.nic.gpudirect)
@@ -93,7 +116,8 @@ def _serve(job: Job, profile_spec: str, overrides: list[str], comm=None):
                            restore_log={}, swap_in="load")
     timer.passes = []
     step = serve._Step(timer, Progress(0, False), job.algo)
-    return run_batching(requests, step, sched), timer.passes, step.costs, topology, profile, model, backend
+    duration = step if extras is None else Lengthened(step, 0, extras)
+    return run_batching(requests, duration, sched), timer.passes, step.costs, topology, profile, model, backend
 
 
 def real_data(job: Job, profile_spec: str, overrides: list[str], comm) -> tuple[int, int, int, dict]:
@@ -107,10 +131,12 @@ def real_data(job: Job, profile_spec: str, overrides: list[str], comm) -> tuple[
     return runs, checked, wrong, summarize(result, costs, True)
 
 
-def build(job: Job, profile_spec: str, overrides: list[str], chains) -> ServeJob:
+def build(job: Job, profile_spec: str, overrides: list[str], chains, extras: Extras | None = None) -> ServeJob:
     """Serve the job's requests on an idle fabric (as ``nicemu serve``), then lay its passes out for the
-    shared fabric; ``chains``: the jobs' Chains, whose calls alone check the serve costs."""
-    result, passes, costs, topology, profile, model, backend = _serve(job, profile_spec, overrides)
+    shared fabric; ``chains``: the jobs' Chains, whose calls alone check the serve costs. ``extras``: a
+    re-formed round, its batches formed with every pass lengthened by them, its passes laid out alone."""
+    batched, passes, costs, topology, profile, model, backend = _serve(job, profile_spec, overrides, None, extras)
+    result = batched if extras is None else unshared(batched, 0, extras)
     schedules: dict[tuple, object] = {}
     out = []
     for it, p in zip(result.iterations, passes):
@@ -137,4 +163,4 @@ def build(job: Job, profile_spec: str, overrides: list[str], chains) -> ServeJob
             calls.append((sched, nodes, job.start_us + it.start_us + p.swap_us + float(p.offset_us[j])))
         out.append(ServePass(job.start_us + it.start_us, job.start_us + it.start_us + it.duration_us, tuple(calls)))
     work = ServeWork(job.name, DTYPE.itemsize, tuple(out))
-    return ServeJob(job, model.name, result, passes, costs, work)
+    return ServeJob(job, model.name, result, passes, costs, work, batched)

@@ -61,6 +61,7 @@ from nicemu.workloads.serve_fabric import (
     DEFAULT_REFORM_ROUNDS,
     REFORM_TOL_US,
     Extras,
+    Lengthened,
     Reformed,
     reform,
     run_on_shared_fabric,
@@ -492,7 +493,7 @@ def _time_algos(args: argparse.Namespace, algos: list[str], comm, progress: Prog
             buf = _TrafficRows() if traffic is not None else None
 
             def timers(instance: int):
-                return _Lengthened(_make(instance, log, got, buf), instance, extras)
+                return Lengthened(_make(instance, log, got, buf), instance, extras)
 
             _backend.stats = _fresh_stats(_backend.stats)
             return (*_serve(timers, buf, extras.kv), got, log, buf)
@@ -593,21 +594,6 @@ def _share_fabric(args, topology, profile, model, par: Parallelism, result, pass
                                     sparse)
     except CollectiveError as exc:
         raise UsageError(f"--fabric shared: {exc}") from None
-
-
-class _Lengthened:
-    """A re-formed round's duration callback: the pass's own duration plus what sharing added to the same
-    pass (instance, index) in the round before."""
-
-    def __init__(self, timer: IterationTimer, instance: int, extras: Extras) -> None:
-        self.timer, self.instance, self.extras = timer, instance, extras
-
-    @property
-    def costs(self):
-        return self.timer.costs
-
-    def __call__(self, it) -> float:
-        return self.timer(it) + self.extras.of_pass(self.instance, it.index)
 
 
 class _TrafficRows:

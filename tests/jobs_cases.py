@@ -8,7 +8,7 @@ import json
 import pytest
 
 from nicemu.errors import UsageError
-from nicemu.jobs import run
+from nicemu.jobs import add_arguments, run
 
 
 class Comm:
@@ -21,12 +21,13 @@ def coll_job(name, nodes, algo="ring", size="1M", iterations=1):
     return f"  - name: {name}\n    nodes: {nodes}\n    algo: {algo}\n    size: {size}\n    iterations: {iterations}\n"
 
 
-def run_jobs(tmp_path, text) -> list[dict]:
-    """``nicemu jobs`` on ``text`` under the model executor; the jobs' records."""
+def run_jobs(tmp_path, text, *options: str) -> list[dict]:
+    """``nicemu jobs`` on ``text`` under the model executor, with ``options``; the jobs' records."""
     (tmp_path / "jobs.yml").write_text(text)
     out = tmp_path / "out.json"
-    args = argparse.Namespace(file=str(tmp_path / "jobs.yml"), executor="model", profile=None, overrides=[],
-                              hot_links=3, json=str(out))
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args([str(tmp_path / "jobs.yml"), "--hot-links", "3", "--json", str(out), *options])
     assert run(args, Comm()) == 0
     return json.loads(out.read_text())["jobs"]
 

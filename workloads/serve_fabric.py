@@ -65,6 +65,39 @@ class Extras:
         return self.passes.get((instance, index), 0.0)
 
 
+class Lengthened:
+    """A re-formed round's duration callback: the pass's own duration (``timer``, anything with ``costs``)
+    plus what sharing added to the same pass (instance, index) in the round before."""
+
+    def __init__(self, timer, instance: int, extras: Extras) -> None:
+        self.timer, self.instance, self.extras = timer, instance, extras
+
+    @property
+    def costs(self):
+        return self.timer.costs
+
+    def __call__(self, it) -> float:
+        return self.timer(it) + self.extras.of_pass(self.instance, it.index)
+
+
+def pass_extras(instance: int, start_delay: np.ndarray, end_delay: np.ndarray) -> dict[tuple[int, int], float]:
+    """What a replay added to each pass of one instance (its end delay minus its start delay), to lengthen
+    the next round's batching by (:class:`Extras`)."""
+    return {(instance, k): float(x) for k, x in enumerate(np.maximum(0.0, end_delay - start_delay)) if x > 0}
+
+
+def pass_residual(batched: BatchingResult, unshared_run: BatchingResult, start_delay: np.ndarray,
+                  end_delay: np.ndarray) -> float:
+    """The largest move (µs) of a pass's start or end from the timeline its batches were formed on
+    (``batched``) to the replay of them (``unshared_run`` laid out alone, moved by the delays)."""
+    if not batched.iterations:
+        return 0.0
+    b_end = np.array([it.start_us + it.duration_us for it in batched.iterations])
+    u_end = np.array([it.start_us + it.duration_us for it in unshared_run.iterations])
+    # a pass starts where it was batched, plus its start delay (the unshared run keeps the starts)
+    return max(float(np.abs(start_delay).max()), float(np.abs(u_end + end_delay - b_end).max()))
+
+
 @dataclass
 class InstanceRun:
     """One instance's own run and the calls of its passes (``passes[k]`` is ``result.iterations[k]``'s)."""
@@ -108,9 +141,7 @@ class SharedTiming:
         """What this replay added to each pass and KV transfer, for the next round of batching."""
         out = Extras()
         for num, s, e in zip(self.instances, self.start_delay, self.end_delay):
-            for k, x in enumerate(np.maximum(0.0, e - s)):
-                if x > 0:
-                    out.passes[(num, k)] = float(x)
+            out.passes.update(pass_extras(num, s, e))
         for rid, land in self.kv_delay.items():
             x = land - self.kv_start_delay.get(rid, 0.0)
             if x > 0:
@@ -439,12 +470,7 @@ def _residual(batched: Sequence[BatchingResult], inst: Sequence[InstanceRun], ti
     arrival), from the timeline the batches were formed on to the shared replay of them."""
     worst = 0.0
     for b, x, sd, ed in zip(batched, inst, timing.start_delay, timing.end_delay):
-        if not b.iterations:
-            continue
-        b_end = np.array([it.start_us + it.duration_us for it in b.iterations])
-        u_end = np.array([it.start_us + it.duration_us for it in x.result.iterations])
-        # a pass starts where it was batched, plus its start delay (the unshared run keeps the starts)
-        worst = max(worst, float(np.abs(sd).max()), float(np.abs(u_end + ed - b_end).max()))
+        worst = max(worst, pass_residual(b, x.result, sd, ed))
     for rid, t in batched_landing.items():
         worst = max(worst, abs(landing[rid] + timing.kv_delay.get(rid, 0.0) - t))
     return worst

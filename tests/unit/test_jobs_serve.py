@@ -1,6 +1,7 @@
 """Serve jobs of ``nicemu jobs`` (nicemu/jobs_serve.py, workloads/jobs_fabric.py): alone, a serve job is
 ``nicemu serve --tp N`` on its topology, exactly; its passes alone on the chains keep their times; beside a
-job that shares its links it is slowed, never sped up; jobs that share nothing keep their alone metrics."""
+job that shares its links it is slowed, never sped up, in first order, and its batches re-form to a fixed
+point; jobs that share nothing keep their alone metrics."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from nicemu import jobs_serve, serve
 from nicemu.collectives.model.chains import Chains
+from nicemu.errors import UsageError
 from nicemu.nic.profile import load_profile
 from nicemu.workloads.jobs import parse_jobs
 from nicemu.workloads.jobs_fabric import end_delays
@@ -67,7 +69,8 @@ def test_a_serve_jobs_passes_alone_on_the_chains_keep_their_times(small, algo):
 def test_a_serve_job_beside_a_job_on_its_links_is_slowed_never_sped_up(tmp_path, small):
     text = ("topology: ring:8\nprofile: 400g-gen5\njobs:\n" + serve_job("s", '"0,2,4,6"', small)
             + coll_job("c", '"1,3,5,7"', "ring", "4M", 20))
-    s, c = run_jobs(tmp_path, text)
+    # in first order (the idle fabric's batches, moved) sharing only delays; re-formed batches may differ
+    s, c = run_jobs(tmp_path, text, "--fabric-rounds", "0")
     assert s["slowed_passes"] > 0 and c["slowdown_vs_alone"] > 1.0
     for k in METRICS:
         assert s[k] >= s[k + "_alone"], k
@@ -81,6 +84,7 @@ def test_a_serve_job_that_shares_nothing_keeps_its_alone_metrics(tmp_path, small
     assert c["slowdown_vs_alone"] == 1.0 and s["slowed_passes"] == 0
     for k in METRICS:
         assert s[k] == s[k + "_alone"], k
+    assert s["fabric_reform_rounds"] == 0 and s["fabric_reform_residual_us"] == 0.0 and s["fabric_reform_converged"]
 
 
 @pytest.mark.parametrize("change, words", [
@@ -139,7 +143,35 @@ def test_a_serve_jobs_sparse_embedding_calls_share_the_fabric(tmp_path, small):
     assert len(sparse) == len(sv.work.passes)          # one embedding AllReduce per pass
     text = ("topology: ring:8\nprofile: 400g-gen5\njobs:\n" + serve_job("s", '"0,2,4,6"', small, "omniccl")
             + coll_job("c", '"1,3,5,7"', "ring", "4M", 20))
-    s, c = run_jobs(tmp_path, text)
+    s, c = run_jobs(tmp_path, text, "--fabric-rounds", "0")
     assert s["slowed_passes"] > 0 and c["slowdown_vs_alone"] > 1.0
     for k in METRICS:
         assert s[k] >= s[k + "_alone"], k
+
+
+@pytest.mark.parametrize("algo", ["ring", "omniccl"])
+def test_a_serve_jobs_batches_reform_under_sharing_to_a_fixed_point(tmp_path, small, algo):
+    # beside an AllReduce job on its links a serve job's passes run late; its batches re-form on the slower
+    # timeline (docs/model.md §21.7, step 6) until the replay moves no pass by more than 1e-3 us
+    text = ("topology: ring:8\nprofile: 400g-gen5\njobs:\n" + serve_job("s", '"0,2,4,6"', small, algo)
+            + coll_job("c", '"1,3,5,7"', "ring", "4M", 20))
+    s0, _ = run_jobs(tmp_path, text, "--fabric-rounds", "0")
+    s, c = run_jobs(tmp_path, text)
+    assert s0["fabric_reform_rounds"] == 0 and not s0["fabric_reform_converged"]
+    # round 0's residual: what sharing moved the idle fabric's passes by, at least the largest pass delay
+    assert s0["fabric_reform_residual_us"] > 0
+    assert 1 <= s["fabric_reform_rounds"] <= 4 and s["fabric_reform_converged"]
+    assert s["fabric_reform_residual_us"] <= 1e-3
+    for k in ("ttft_ms_mean", "tpot_ms_mean", "e2e_ms_mean"):
+        assert s[f"{k}_first_order"] == s0[k] == s0[f"{k}_first_order"], k
+        assert s[f"{k}_alone"] == s0[f"{k}_alone"], k
+    # the batches changed: the passes differ in number or in what they hold, so the run's times do
+    assert (s["iterations"], s["ttft_ms_mean"]) != (s0["iterations"], s0["ttft_ms_mean"])
+    assert s["alone_us"] == s0["alone_us"] and c["slowdown_vs_alone"] > 1.0
+
+
+def test_fabric_rounds_out_of_range_is_one_line(tmp_path, small):
+    text = "topology: ring:8\nprofile: 400g-gen5\njobs:\n" + serve_job("s", '"0-3"', small)
+    with pytest.raises(UsageError) as err:
+        run_jobs(tmp_path, text, "--fabric-rounds", "-1")
+    assert "--fabric-rounds -1 is outside 0..100" in str(err.value) and "\n" not in str(err.value)
