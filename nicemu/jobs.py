@@ -8,13 +8,15 @@ through ``run_concurrent``; a group of jobs that shares resources with a train o
 one replay (workloads/jobs_fabric.py). Under ``--executor mpi`` (one rank per node) every collective and
 train job's data moves on its own sub-communicator and is checked against numpy, and a serve job's ranks run
 each distinct call of its serving once with real data (``nicemu serve --executor mpi``'s backend); the times
-come from the same model, so both executors report the same numbers.
+come from the same model, so both executors report the same numbers. Rank 0 alone computes that model
+(``_on_rank0``): every rank would compute the same, many times over where ranks share cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import numpy as np
 
@@ -148,18 +150,38 @@ def _real_data(jf, profile, spec: str, overrides: list[str], comm) -> tuple[list
     return total[0].tolist(), total[1:], metrics
 
 
-def _same_serving(comm, serves: dict, metrics: dict | None, mine: int | None) -> None:
-    """A serve job's run with real data must report what the model's run reports (both executors give the
-    same metrics, as ``nicemu serve`` does); checked on the job's ranks, agreed on by all."""
+def _same_serving(comm, jf, spec: str, overrides: list[str], metrics: dict | None, mine: int | None) -> None:
+    """A serve job's run with real data must report what the model's idle-fabric run reports (both executors
+    give the same metrics, as ``nicemu serve`` does); checked on the job's ranks, agreed on by all."""
     from mpi4py import MPI
     bad = np.zeros(1, dtype=np.int64)
-    if metrics is not None and metrics != serves[mine].summary():
+    if metrics is not None and metrics != jobs_serve.idle_summary(jf.jobs[mine], spec, overrides):
         bad[0] = mine + 1
     got = np.zeros_like(bad)
     comm.Allreduce(bad, got, op=MPI.MAX)
     if got[0]:
-        raise CollectiveError(f"internal: serve job '{serves[int(got[0]) - 1].job.name}' reports different metrics "
+        raise CollectiveError(f"internal: serve job '{jf.jobs[int(got[0]) - 1].name}' reports different metrics "
                               "with real data than in the model")
+
+
+def _on_rank0(comm, body) -> None:
+    """Run ``body`` (the model and the report) on rank 0 alone while the other ranks wait idle: every rank
+    would compute the same replay, and ranks oversubscribing a machine's cores would pay it many times over.
+    A one-line error on rank 0 ends every rank with it (printed once); a crash there aborts the job."""
+    status = np.zeros(1, dtype=np.int64)
+    error = None
+    if comm.rank == 0:
+        try:
+            body()
+        except NicemuError as exc:
+            status[0], error = 1, exc
+    req = comm.Ibcast(status, root=0)
+    while not req.Test():        # wait without spinning a core the way a blocking collective does
+        time.sleep(0.01)
+    if error is not None:
+        raise error
+    if status[0]:
+        raise NicemuError("the jobs' model stopped on rank 0 (its error is printed there)")
 
 
 def _sharing(jf, chains: Chains, calls: dict[int, Call], trains: dict, serves: dict) -> dict:
@@ -284,9 +306,20 @@ def _train_record(t: jobs_train.TrainJob, extra: float) -> dict:
 def run(args: argparse.Namespace, comm) -> int:
     jf = load_jobs(args.file)
     profile, spec = _check(jf, args, comm)
-    wrong, real, metrics = [None] * len(jf.jobs), None, None
+    wrong, real = [None] * len(jf.jobs), None
     if args.executor == "mpi":
         wrong, real, metrics = _real_data(jf, profile, spec, args.overrides, comm)
+        mine = next((i for i, j in enumerate(jf.jobs) if comm.rank in j.nodes.tolist()), None)
+        _same_serving(comm, jf, spec, args.overrides, metrics, mine)
+    if comm.size > 1:
+        _on_rank0(comm, lambda: _model(jf, profile, spec, args, wrong, real))
+    else:
+        _model(jf, profile, spec, args, wrong, real)
+    return 1 if any(w for w in wrong if w) else 0
+
+
+def _model(jf, profile, spec: str, args: argparse.Namespace, wrong: list, real) -> None:
+    """The jobs on the shared fabric (the same for both executors), printed and written (on rank 0 alone)."""
     coll = [i for i, j in enumerate(jf.jobs) if j.workload == "collective"]
     calls, ran = _calls([jf.jobs[i] for i in coll], profile)
     loads: list = []
@@ -298,9 +331,6 @@ def run(args: argparse.Namespace, comm) -> int:
     chains = Chains(jf.topology, profile)
     serves = {i: jobs_serve.build(j, spec, args.overrides, chains) for i, j in enumerate(jf.jobs)
               if j.serve is not None}
-    if args.executor == "mpi" and serves:
-        mine = next((i for i, j in enumerate(jf.jobs) if comm.rank in j.nodes.tolist()), None)
-        _same_serving(comm, serves, metrics, mine)
     extra = _sharing(jf, chains, dict(zip(coll, calls)), trains, serves)
     first = {i: (sv, extra.get(i)) for i, sv in serves.items()}      # round 0: the idle fabric's batches
     rounds, residual = _reform(jf, chains, dict(zip(coll, calls)), trains, serves, extra, spec, args)
@@ -321,59 +351,57 @@ def run(args: argparse.Namespace, comm) -> int:
         records[-1].update(wrong=bad, executor=args.executor, profile=profile.name, fabric=jf.topology.name)
     span = max(j.start_us + r["emulated_us"] for j, r in zip(jf.jobs, records))
     hot = _hot_links(jf, profile, span, carried, args.hot_links)
-    if comm.rank == 0:
-        print(f"# nicemu jobs: {len(jf.jobs)} jobs on {jf.topology.describe()}, profile {profile.name}, "
-              f"executor {args.executor}; times in emulated microseconds")
-        print("# shared(us): from the job's start to its last iteration's end, sharing the fabric; alone(us): "
-              "the same job alone; iter(us): its mean iteration, gaps left out")
-        print("#" + HEADER[1:])
-        for r in records:
-            print(f"{r['job']:>10} {r['nodes']:>6} {r['collective']:>13} "
-                  f"{r['algo'] + ('=' + r['best_host_algo'] if r['best_host_algo'] else ''):>22} {r['bytes']:>10} "
-                  f"{r['iterations']:>6} {r['alone_us']:13.3f} {r['emulated_us']:13.3f} "
-                  f"{r['slowdown_vs_alone']:8.3f}x {r['iteration_us']:11.3f} "
-                  f"{'-' if r['busbw_GBps'] is None else format(r['busbw_GBps'], '.3f'):>8} "
-                  f"{'-' if r['wrong'] is None else r['wrong']:>6}")
-        train = [r for r in records if r["workload"] == "train"]
-        if train:
-            print("# train jobs (ms): an iteration alone and sharing (gaps left out), its compute, and the "
-                  "communication exposed past it alone and sharing")
-            print(f"#{'job':>9} {'model':>14} {'buckets':>8} {'iter alone':>11} {'iter shared':>11} {'compute':>10} "
-                  f"{'exposed alone':>13} {'exposed shared':>14}")
-            for r in train:
-                print(f"{r['job']:>10} {r['model']:>14} {r['buckets']:>8} {r['iteration_alone_us'] / 1e3:11.3f} "
-                      f"{r['iteration_us'] / 1e3:11.3f} {r['compute_us'] / 1e3:10.3f} "
-                      f"{r['exposed_alone_us'] / 1e3:13.3f} {r['exposed_us'] / 1e3:14.3f}")
-        served = [r for r in records if r["workload"] == "serve"]
-        if served:
-            print("# serve jobs (ms): TTFT and TPOT means and P99s on an idle fabric -> sharing it")
-            for r in served:
-                print(f"{r['job']:>10} {r['model']:>14} {r['requests']:>5} requests: " + ", ".join(
-                    f"{k.removesuffix('_ms_mean').replace('_ms_', ' ')} "
-                    f"{'-' if r[k + '_alone'] is None else format(r[k + '_alone'], '.3f')} -> "
-                    f"{'-' if r[k] is None else format(r[k], '.3f')}" for k in jobs_serve.METRICS[:4])
-                      + f"; {r['slowed_passes']} of {r['iterations']} passes slowed; " + _reformed(r))
-        if hot:
-            print(f"# busiest links over the run ({hot[0]['span_us']:.3f} us): link, bytes, utilisation")
-            for h in hot:
-                print(f"#   {h['link']:>16} {h['bytes']:>16,.0f} {100 * h['utilization']:6.1f}%")
-            if any(h["utilization"] > 1.0 + 1e-9 for h in hot):
-                print("# a link over 100% carries one job's own overlapping steps at once: a routed algorithm's step "
-                      "model lets some of them share a link, which the replay does not count as contention "
-                      "(docs/model.md §21.6, step 5)")
-        if args.executor == "mpi":
-            for i in serves:
-                print(f"# real data, serve job '{jf.jobs[i].name}': {real[0, i]} calls (the first of each distinct "
-                      f"collective), {real[1, i]:,} elements checked")
-            total = sum(r["wrong"] for r in records)
-            print(f"# out of bounds values : {total} {'OK' if total == 0 else 'FAILED'}")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"fabric": jf.topology.name, "profile": profile.name, "jobs": records,
-                           "hot_links": hot}, f, indent=1)
-                f.write("\n")
-            print(f"# wrote {len(records)} jobs to {args.json}")
-    return 1 if any(w for w in wrong if w) else 0
+    print(f"# nicemu jobs: {len(jf.jobs)} jobs on {jf.topology.describe()}, profile {profile.name}, "
+          f"executor {args.executor}; times in emulated microseconds")
+    print("# shared(us): from the job's start to its last iteration's end, sharing the fabric; alone(us): "
+          "the same job alone; iter(us): its mean iteration, gaps left out")
+    print("#" + HEADER[1:])
+    for r in records:
+        print(f"{r['job']:>10} {r['nodes']:>6} {r['collective']:>13} "
+              f"{r['algo'] + ('=' + r['best_host_algo'] if r['best_host_algo'] else ''):>22} {r['bytes']:>10} "
+              f"{r['iterations']:>6} {r['alone_us']:13.3f} {r['emulated_us']:13.3f} "
+              f"{r['slowdown_vs_alone']:8.3f}x {r['iteration_us']:11.3f} "
+              f"{'-' if r['busbw_GBps'] is None else format(r['busbw_GBps'], '.3f'):>8} "
+              f"{'-' if r['wrong'] is None else r['wrong']:>6}")
+    train = [r for r in records if r["workload"] == "train"]
+    if train:
+        print("# train jobs (ms): an iteration alone and sharing (gaps left out), its compute, and the "
+              "communication exposed past it alone and sharing")
+        print(f"#{'job':>9} {'model':>14} {'buckets':>8} {'iter alone':>11} {'iter shared':>11} {'compute':>10} "
+              f"{'exposed alone':>13} {'exposed shared':>14}")
+        for r in train:
+            print(f"{r['job']:>10} {r['model']:>14} {r['buckets']:>8} {r['iteration_alone_us'] / 1e3:11.3f} "
+                  f"{r['iteration_us'] / 1e3:11.3f} {r['compute_us'] / 1e3:10.3f} "
+                  f"{r['exposed_alone_us'] / 1e3:13.3f} {r['exposed_us'] / 1e3:14.3f}")
+    served = [r for r in records if r["workload"] == "serve"]
+    if served:
+        print("# serve jobs (ms): TTFT and TPOT means and P99s on an idle fabric -> sharing it")
+        for r in served:
+            print(f"{r['job']:>10} {r['model']:>14} {r['requests']:>5} requests: " + ", ".join(
+                f"{k.removesuffix('_ms_mean').replace('_ms_', ' ')} "
+                f"{'-' if r[k + '_alone'] is None else format(r[k + '_alone'], '.3f')} -> "
+                f"{'-' if r[k] is None else format(r[k], '.3f')}" for k in jobs_serve.METRICS[:4])
+                  + f"; {r['slowed_passes']} of {r['iterations']} passes slowed; " + _reformed(r))
+    if hot:
+        print(f"# busiest links over the run ({hot[0]['span_us']:.3f} us): link, bytes, utilisation")
+        for h in hot:
+            print(f"#   {h['link']:>16} {h['bytes']:>16,.0f} {100 * h['utilization']:6.1f}%")
+        if any(h["utilization"] > 1.0 + 1e-9 for h in hot):
+            print("# a link over 100% carries one job's own overlapping steps at once: a routed algorithm's step "
+                  "model lets some of them share a link, which the replay does not count as contention "
+                  "(docs/model.md §21.6, step 5)")
+    if args.executor == "mpi":
+        for i in serves:
+            print(f"# real data, serve job '{jf.jobs[i].name}': {real[0, i]} calls (the first of each distinct "
+                  f"collective), {real[1, i]:,} elements checked")
+        total = sum(r["wrong"] for r in records)
+        print(f"# out of bounds values : {total} {'OK' if total == 0 else 'FAILED'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"fabric": jf.topology.name, "profile": profile.name, "jobs": records,
+                       "hot_links": hot}, f, indent=1)
+            f.write("\n")
+        print(f"# wrote {len(records)} jobs to {args.json}")
 
 
 def _reformed(r: dict) -> str:

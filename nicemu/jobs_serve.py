@@ -120,6 +120,12 @@ def _serve(job: Job, profile_spec: str, overrides: list[str], comm=None, extras:
     return run_batching(requests, duration, sched), timer.passes, step.costs, topology, profile, model, backend
 
 
+def idle_summary(job: Job, profile_spec: str, overrides: list[str]) -> dict:
+    """The job's serving metrics on an idle fabric from the model (what its real-data run must report)."""
+    result, _, costs, *_ = _serve(job, profile_spec, overrides)
+    return summarize(result, costs, True)
+
+
 def real_data(job: Job, profile_spec: str, overrides: list[str], comm) -> tuple[int, int, int, dict]:
     """Serve the job on its own ranks ``comm`` with real data (collective over them): (real-data calls,
     elements checked and elements wrong over its ranks, the run's metrics)."""

@@ -84,3 +84,36 @@ def test_malformed_files_fail_in_one_line(text, words):
     assert "\n" not in message
     for w in words:
         assert w in message, message
+
+
+class _Rank:
+    """A stand-in communicator for one rank of a job: rank 0's status reaches every rank by Ibcast."""
+
+    def __init__(self, rank: int, root_status: int) -> None:
+        self.rank, self.size, self.root_status = rank, 4, root_status
+
+    def Ibcast(self, buf, root=0):
+        if self.rank != root:
+            buf[0] = self.root_status
+
+        class _Done:
+            @staticmethod
+            def Test():
+                return True
+        return _Done()
+
+
+def test_the_model_runs_on_rank_0_alone_and_its_error_ends_every_rank():
+    from nicemu.errors import NicemuError, UsageError
+    from nicemu.jobs import _on_rank0
+    ran = []
+    _on_rank0(_Rank(0, 0), lambda: ran.append(0))
+    _on_rank0(_Rank(2, 0), lambda: ran.append(2))
+    assert ran == [0]                               # the other ranks only wait
+
+    def fails():
+        raise UsageError("jobs a, b make 9,000,000 flows")
+    with pytest.raises(UsageError, match="9,000,000 flows"):
+        _on_rank0(_Rank(0, 1), fails)               # rank 0 reports the error itself
+    with pytest.raises(NicemuError, match="stopped on rank 0"):
+        _on_rank0(_Rank(3, 1), fails)               # the others end with it, quietly (rank 0 prints)
