@@ -16,7 +16,6 @@ import numpy as np
 
 from nicemu import serve
 from nicemu.collectives.api.model import call_schedule
-from nicemu.collectives.model.sparse_flows import sparse_call_flows
 from nicemu.collectives.registry import is_sparse
 from nicemu.errors import CollectiveError, NicemuError, UsageError
 from nicemu.progress import Progress
@@ -153,7 +152,7 @@ def build(job: Job, profile_spec: str, overrides: list[str], chains, extras: Ext
             key = backend.key(rec)
             sched = schedules.get(key)
             if sched is None and is_sparse(rec.algo):        # the spot protocol's messages (§21.6)
-                sched = schedules[key] = sparse_call_flows(*backend.sparse_masks(rec), profile, DTYPE.itemsize)
+                sched = schedules[key] = backend.sparse_flows(rec)
             elif sched is None:
                 group = group_topology(topology, rec.nodes)
                 count = rec.bytes // (len(rec.nodes) * DTYPE.itemsize) if rec.collective == "alltoall" else \

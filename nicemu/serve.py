@@ -26,7 +26,6 @@ import numpy as np
 from nicemu import argtypes
 from nicemu.collectives.api.checks import check_algo
 from nicemu.collectives.model.chains import Chains
-from nicemu.collectives.model.sparse_flows import sparse_call_flows
 from nicemu.collectives.registry import get, is_sparse, names
 from nicemu.errors import CollectiveError, UsageError
 from nicemu.hostinfo import available_cpus, fork_writer
@@ -583,11 +582,8 @@ def _share_fabric(args, topology, profile, model, par: Parallelism, result, pass
     def kv_records(prompt: int, source: int, target: int):
         return kv_transfer_records(prompt, model, par, source, target, p2p_label, DTYPE.itemsize)
 
-    masks = ModelComm(topology, profile, model, args.seed)   # the blocks of a sparse call, as the model times it
-
-    def sparse(rec: TrafficRecord):
-        return sparse_call_flows(*masks.sparse_masks(rec), profile, DTYPE.itemsize)
-
+    # a sparse call's messages from the blocks the model times it with
+    sparse = ModelComm(topology, profile, model, args.seed).sparse_flows
     try:
         return run_on_shared_fabric(topology, profile, result, passes, parts if par.replicas > 1 else None, dis,
                                     (par.prefill_instances, par.decode_instances), kv_records, extras, chains,

@@ -41,6 +41,7 @@ import ml_dtypes
 import numpy as np
 
 from nicemu.collectives import COLLECTIVES, Timing, model_sparse, model_time, p2p_time, sparse_config
+from nicemu.collectives.model.sparse_flows import SparseFlows, sparse_call_flows
 from nicemu.collectives.registry import REGISTRY, get, is_sparse
 from nicemu.nic.profile import Profile
 from nicemu.nic.telemetry import RESOURCES
@@ -272,6 +273,11 @@ class ModelComm(_Backend):
             return cfg, embedding_block_mask(ids, self.model.vocab, nodes, self.model.hidden, cfg.block_size)
         # activations have no zero blocks (dense_input never yields an all-zero block)
         return cfg, np.ones((nodes, -(-self.count_of(rec) // cfg.block_size)), dtype=bool)
+
+    def sparse_flows(self, rec: TrafficRecord) -> SparseFlows:
+        """A sparse call's messages alone, as flows for the shared fabric (collectives/model/sparse_flows.py),
+        from the same blocks the model times it with."""
+        return sparse_call_flows(*self.sparse_masks(rec), self.profile, DTYPE.itemsize)
 
     def iteration_cost(self, iteration: int, records: Sequence[TrafficRecord]) -> CommCost:
         groups = self.unique(records)

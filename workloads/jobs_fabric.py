@@ -70,10 +70,6 @@ def serve_call(chains: Chains, call: Schedule | SparseFlows, nodes: np.ndarray, 
     return chains.collective(key, call, nodes, itemsize)
 
 
-def _serve_alone(chains: Chains, job: ServeWork, call: Schedule | SparseFlows, nodes: np.ndarray):
-    return serve_call(chains, call, nodes, job.itemsize)
-
-
 def _alone(chains: Chains, job: JobWork, schedule: Schedule):
     key = ("job", id(schedule), job.itemsize, np.asarray(job.nodes).tobytes())
     return chains.collective(key, schedule, job.nodes, job.itemsize)
@@ -88,7 +84,7 @@ def uses(chains: Chains, job: JobWork | ServeWork) -> frozenset[int]:
             for sched, nodes, _ in p.calls:
                 if (id(sched), nodes.tobytes()) not in seen:
                     seen.add((id(sched), nodes.tobytes()))
-                    out |= _serve_alone(chains, job, sched, nodes).uses
+                    out |= serve_call(chains, sched, nodes, job.itemsize).uses
         return frozenset(out)
     for sched, _ in job.calls:
         out |= _alone(chains, job, sched).uses
@@ -106,7 +102,7 @@ def _flows(chains: Chains, jobs: Sequence[JobWork | ServeWork], masks: dict[int,
         if isinstance(j, ServeWork):
             calls = [(s, v) for p in j.passes for s, v, _ in p.calls]
             keep = masks.get(k, np.ones(len(calls), dtype=bool))
-            n += sum(len(_serve_alone(chains, j, s, v).first) + 1 for (s, v), x in zip(calls, keep) if x)
+            n += sum(len(serve_call(chains, s, v, j.itemsize).first) + 1 for (s, v), x in zip(calls, keep) if x)
             n += 2 * len(j.passes)
         else:
             n += j.iterations * sum(len(_alone(chains, j, s).first) + 1 for s, _ in j.calls)
@@ -124,7 +120,7 @@ def _lay_serve(chains: Chains, job: ServeWork, chain: int, keep: np.ndarray | No
         at = s
         for sched, nodes, t in p.calls:
             if keep is None or keep[i]:
-                at = chains.place(_serve_alone(chains, job, sched, nodes), t, at, chain)
+                at = chains.place(serve_call(chains, sched, nodes, job.itemsize), t, at, chain)
             i += 1
         prev = chains.marker(p.end_us, [(at, 0.0)])
         prev_end = p.end_us
@@ -186,7 +182,7 @@ def _with_serve_search(chains: Chains, jobs: Sequence[JobWork | ServeWork]) -> l
         if isinstance(j, ServeWork):
             for p_i, p in enumerate(j.passes):
                 for sched, nodes, t in p.calls:
-                    a = _serve_alone(chains, j, sched, nodes)
+                    a = serve_call(chains, sched, nodes, j.itemsize)
                     start.append(t)
                     end.append(t + a.span_us)
                     chain.append(k)

@@ -165,7 +165,7 @@ class _Calls:
         self.where: list[tuple[int, int, np.ndarray]] = []    # (chain, pass or KV index, record positions)
 
 
-#: a sparse record's call alone, as the spot protocol's messages (serve's ModelComm.sparse_masks)
+#: a sparse record's call alone, as the spot protocol's messages (ModelComm.sparse_flows)
 SparseOf = Callable[[TrafficRecord], SparseFlows]
 
 
