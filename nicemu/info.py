@@ -49,6 +49,11 @@ def run(args: argparse.Namespace, comm) -> int:
         moe = f", {m.experts} experts top-{m.top_k}" if m.is_moe else ""
         print(f"  {m.name:<16} hidden {m.hidden}, {m.layers} layers, {m.heads} heads ({m.kv_heads} KV), "
               f"MLP {m.intermediate}, vocab {m.vocab}{moe}")
+    from nicemu.workloads.embedding_models import PRESETS as EMBEDDING_PRESETS
+    print("embedding models (nicemu train --model, or a JSON file with 'tables'):")
+    for e in EMBEDDING_PRESETS.values():
+        print(f"  {e.name:<16} {len(e.tables)} tables ({e.embedding_elems:,} of {e.params():,} parameters), "
+              f"{e.batch:,} samples per worker (a sample: one {e.sample})")
     print("accelerators: " + ", ".join(f"{a.name} ({a.peak_bf16_flops / 1e12:g} TFLOP/s bf16, {a.hbm_GBps:g} GB/s, "
                                        f"{a.memory_GB:g} GB HBM)"
                                        for a in ACCELERATORS.values()))

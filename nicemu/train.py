@@ -29,7 +29,9 @@ from nicemu.nic.ops import is_integer
 from nicemu.nic.profile import load_profile
 from nicemu.sizes import format_size
 from nicemu.topologies import parse_topology, ring
+from nicemu.workloads import embedding_models
 from nicemu.workloads.accelerators import load_accelerator
+from nicemu.workloads.embedding_models import EmbeddingModel
 from nicemu.workloads.models import load_model
 from nicemu.workloads.training import BUCKET_BYTES, plan
 
@@ -41,7 +43,9 @@ HEADER = (f"{'algo':>22} {'iter(ms)':>10} {'compute':>10} {'exposed':>10} {'no s
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="llama3-8b", help="a model preset or a config.json path (nicemu info)")
+    p.add_argument("--model", default="llama3-8b",
+                   help="a transformer preset or config.json path, or an embedding model (NCF, LSTM-GBW, DeepLight; "
+                        "nicemu info)")
     p.add_argument("--accelerator", default="H100-SXM", help="A100-80G or H100-SXM (roofline compute)")
     p.add_argument("--dp", type=int, default=None,
                    help="data-parallel ranks (default: the topology's nodes over TP x PP)")
@@ -50,8 +54,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--micro-batches", type=int, default=None, metavar="M",
                    help="micro-batches per iteration and replica (default: one sequence each with --pp > 1, "
                         "else 1)")
-    p.add_argument("--global-batch", type=int, default=64, metavar="SEQS", help="sequences per iteration, all ranks")
-    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence")
+    p.add_argument("--global-batch", type=int, default=None, metavar="N",
+                   help="sequences per iteration, all ranks (default 64); samples for an embedding model (default "
+                        "its source's batch per worker x DP)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="tokens per sequence (default 2048; fixed by an embedding model)")
     p.add_argument("--bucket-mb", type=float, default=BUCKET_BYTES / 2**20,
                    help="gradient bucket cap in MiB (PyTorch DDP's bucket_cap_mb, default 25)")
     p.add_argument("--grad-dtype", default="float32", help="gradient type reduced (float32 or bfloat16)")
@@ -83,9 +90,9 @@ def check_algos_dtype(args) -> tuple[list[str], np.dtype]:
     return algos, dtype
 
 
-def check_sizes(args) -> None:
+def check_sizes(args, max_batch: int = 1 << 24) -> None:
     """``--global-batch``, ``--seq-len`` and ``--bucket-mb`` within their ranges."""
-    for flag, value, low, high in (("--global-batch", args.global_batch, 1, 1 << 24),
+    for flag, value, low, high in (("--global-batch", args.global_batch, 1, max_batch),
                                    ("--seq-len", args.seq_len, 1, 1 << 24)):
         if not low <= value <= high:
             raise UsageError(f"{flag} {value} is outside {low}..{high:,}")
@@ -93,10 +100,26 @@ def check_sizes(args) -> None:
         raise UsageError(f"--bucket-mb {args.bucket_mb:g} is outside 1/1024..1,048,576")
 
 
+def defaults(args) -> EmbeddingModel | None:
+    """Fill --global-batch and --seq-len for a transformer; an embedding model (returned) refuses what it
+    fixes itself, and its batch follows once DP is known."""
+    emb = embedding_models.find(args.model)
+    if emb is None:
+        args.global_batch = 64 if args.global_batch is None else args.global_batch
+        args.seq_len = 2048 if args.seq_len is None else args.seq_len
+        return None
+    if args.seq_len is not None:
+        raise UsageError(f"--seq-len: {emb.name}'s samples are {emb.sample}s; drop --seq-len")
+    if args.tp != 1 or args.pp != 1 or args.micro_batches not in (None, 1):
+        raise UsageError(f"--tp/--pp/--micro-batches: {emb.name} trains with data parallelism only; drop them")
+    args.seq_len = emb.seq_len
+    return emb
+
+
 def load_setup(args):
     """(model, accelerator, profile) of the options, each error one line."""
     try:
-        model = load_model(args.model)
+        model = embedding_models.find(args.model) or load_model(args.model)
         acc = load_accelerator(args.accelerator)
     except NicemuError as exc:
         raise UsageError(str(exc)) from None
@@ -116,7 +139,10 @@ def _check(args, comm):
         raise UsageError("nicemu train runs one rank per node")
     if args.dp is not None and args.dp != topo.nodes:
         raise UsageError(f"--dp {args.dp} does not match {topo.name} ({topo.nodes} nodes); give one of them")
-    check_sizes(args)
+    emb = embedding_models.find(args.model)
+    if emb is not None and args.global_batch is None:
+        args.global_batch = emb.batch * topo.nodes
+    check_sizes(args, 1 << 24 if emb is None else 1 << 40)
     if args.global_batch % topo.nodes:
         raise UsageError(f"--global-batch {args.global_batch} does not split over {topo.nodes} data-parallel "
                          f"ranks; use a multiple of {topo.nodes}")
@@ -160,7 +186,7 @@ def iteration(algo: str, tp, topo, profile, itemsize: int, emb=None) -> dict:
     return rec
 
 
-def _real_data(args, algos, tp, topo, profile, dtype, comm, emb=None, model=None) -> dict[str, int]:
+def _real_data(algos, tp, topo, profile, dtype, comm, emb=None) -> dict[str, int]:
     """Every bucket of every algorithm really reduced once; elements wrong per algorithm (``embedding``: the
     sparse embedding call's)."""
     from nicemu.bench import _run_mpi, data_options
@@ -179,24 +205,28 @@ def _real_data(args, algos, tp, topo, profile, dtype, comm, emb=None, model=None
                 bad += _run_mpi(emu, opts, algo, dtype, b.elems * dtype.itemsize)["wrong"]
             wrong[algo] = bad
         if emb is not None:
-            wrong["embedding"] = train_sparse.real_embedding(emu, emb, model, dtype, tp.tokens_per_rank,
-                                                             args.token_zipf)
+            wrong["embedding"] = train_sparse.real_embedding(emu, emb, dtype, tp.tokens_per_rank)
     return wrong
 
 
 def run(args: argparse.Namespace, comm) -> int:
+    embedding_model = defaults(args)
     if args.tp != 1 or args.pp != 1 or args.micro_batches not in (None, 1):
         train_sparse.data_parallel_only(args)
         from nicemu.train_parallel import run as run_parallel
         return run_parallel(args, comm)
     algos, dtype, topo, model, acc, profile = _check(args, comm)
     sequences = args.global_batch // topo.nodes
-    tp = plan(model, acc, sequences, args.seq_len, dtype.itemsize, int(args.bucket_mb * 2**20),
-              exclude=train_sparse.exclude(args.sparse_embedding))
+    leave_out = train_sparse.exclude(args.sparse_embedding, model)
+    if embedding_model is not None:
+        tp = embedding_models.plan(model, acc, sequences, dtype.itemsize, int(args.bucket_mb * 2**20),
+                                   exclude=leave_out)
+    else:
+        tp = plan(model, acc, sequences, args.seq_len, dtype.itemsize, int(args.bucket_mb * 2**20), exclude=leave_out)
     emb = None if args.sparse_embedding is None else train_sparse.embedding_call(
         args.sparse_embedding, model, topo, profile, dtype.itemsize, tp.tokens_per_rank, tp.compute_us,
         args.block_size, args.token_zipf)
-    wrong = _real_data(args, algos, tp, topo, profile, dtype, comm, emb, model) if args.executor == "mpi" else {}
+    wrong = _real_data(algos, tp, topo, profile, dtype, comm, emb) if args.executor == "mpi" else {}
     records = [iteration(a, tp, topo, profile, dtype.itemsize, emb) for a in algos]
     for r in records if emb is not None else ():
         r["embedding_wrong"] = wrong.get("embedding")
@@ -212,11 +242,13 @@ def run(args: argparse.Namespace, comm) -> int:
     if comm.rank == 0:
         print(f"# nicemu train: {model.name} on {acc.name}, DP {topo.nodes} over {topo.describe()}, profile "
               f"{profile.name}, executor {args.executor}")
-        print(f"# {args.global_batch} sequences of {args.seq_len} tokens per iteration ({sequences} per rank); "
+        unit = (f"samples (a sample: one {embedding_model.sample})" if embedding_model is not None else
+                f"sequences of {args.seq_len} tokens")
+        print(f"# {args.global_batch:,} {unit} per iteration ({sequences:,} per rank); "
               f"{tp.grad_elems * dtype.itemsize / 2**30:.2f} GiB of {dtype.name} gradients in {len(tp.buckets)} "
               f"buckets; forward {tp.forward_us / 1e3:.1f} ms, backward {tp.backward_us / 1e3:.1f} ms")
         if emb is not None:
-            print(train_sparse.describe(emb, model))
+            print(train_sparse.describe(emb))
         print("# iter: backward and the last bucket done, buckets sharing the fabric; exposed: iter - compute; "
               "no share: the same without contention; one stream: buckets one after another (ms)")
         print("#" + HEADER[1:])

@@ -2,8 +2,9 @@
 
 As PyTorch does with a sparse embedding kept out of DDP's buckets, the table's gradient leaves the dense
 buckets and is reduced once backward has ended, with a zero-block sparse algorithm (omniccl, omniccl-cpu,
-omnireduce). Its block mask on every rank follows from the rows its tokens touch
-(workloads/sparse_gradients.py), so its density is an output. The sparse model times it alone for those
+omnireduce). With an embedding model (workloads/embedding_models.py) every table leaves the buckets and the
+tables are reduced end to end in one call. Its block mask on every rank follows from the rows its batch
+looks up (workloads/sparse_gradients.py), so its density is an output. The sparse model times it alone for those
 masks and hands over its messages as flows (collectives/model/sparse_flows.py), so it shares the fabric
 with the dense buckets still in flight, both ways (docs/model.md §22.2). Under ``--executor mpi`` the
 gradient really moves with its mask on every rank, is checked against numpy's float64 sum, and its time
@@ -23,6 +24,8 @@ from nicemu.collectives.registry import REGISTRY, is_sparse, names, sparse_confi
 from nicemu.errors import NicemuError, UsageError
 from nicemu.memory import USABLE_SHARE, GiB, available_bytes, sparse_bytes, spot_window_bytes
 from nicemu.workloads import sparse_gradients as sg
+from nicemu.workloads.embedding_models import EmbeddingModel
+from nicemu.workloads.sparse_gradients import Table
 from nicemu.workloads.training import EMBEDDING
 
 #: largest --block-size (as bench)
@@ -38,9 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "default off: it sits in a dense bucket")
     p.add_argument("--block-size", type=int, default=sg.BLOCK_SIZE,
                    help="elements per block of the sparse embedding AllReduce (default 256, OmniReduce's)")
-    p.add_argument("--token-zipf", type=float, default=sg.ZIPF_EXPONENT, metavar="S",
-                   help="Zipf exponent of the token ids that pick the embedding rows (default 1, Zipf's law; "
-                        "0: uniform)")
+    p.add_argument("--token-zipf", type=float, default=None, metavar="S",
+                   help="Zipf exponent of the ids that pick the embedding rows (default 1, Zipf's law, for "
+                        "transformers; each table's own for embedding models; 0: uniform)")
 
 
 def check(args: argparse.Namespace, model) -> str | None:
@@ -54,8 +57,10 @@ def check(args: argparse.Namespace, model) -> str | None:
         raise UsageError(f"--sparse-embedding {algo}: {what}; use a sparse one ({sparse})")
     if not 1 <= args.block_size <= MAX_BLOCK_SIZE:
         raise UsageError(f"--block-size {args.block_size} is outside 1..{MAX_BLOCK_SIZE:,}")
-    if not (np.isfinite(args.token_zipf) and 0 <= args.token_zipf <= 10):
+    if args.token_zipf is not None and not (np.isfinite(args.token_zipf) and 0 <= args.token_zipf <= 10):
         raise UsageError(f"--token-zipf {args.token_zipf} is outside 0..10; e.g. 1 (Zipf's law) or 0 (uniform)")
+    if isinstance(model, EmbeddingModel):
+        return algo
     if model.vocab < 1:
         raise UsageError(f"--sparse-embedding: {model.name} has no embedding table; drop --sparse-embedding")
     if model.tied_embeddings:
@@ -85,6 +90,8 @@ class EmbeddingCall:
     row_density: np.ndarray       # per rank: fraction of the table's rows touched
     wire_bytes: int
     flows: SparseFlows            # its messages alone, for the shared replay
+    tables: tuple[Table, ...] = ()
+    exponent: float | None = None  # replaces every table's Zipf exponent (None: each table's own)
     own: dict = field(default_factory=dict, compare=False)  # its replay alone, done once for all algorithms
 
     @property
@@ -98,15 +105,24 @@ class EmbeddingCall:
         return float(self.masks.any(axis=0).mean())
 
 
-def embedding_call(algo: str, model, topo, profile, itemsize: int, tokens: int, start_us: float,
-                   block_size: int, exponent: float, seed: int = 0) -> EmbeddingCall:
-    """Masks from every rank's tokens, the sparse model's time for them and its messages (the same time)."""
-    masks, rows = sg.embedding_masks(topo.nodes, tokens, model.vocab, model.hidden, block_size, exponent, seed)
+def tables(model) -> tuple[Table, ...]:
+    """The tables a sparse algorithm reduces: an embedding model's, or a transformer's embedding (Zipf's law)."""
+    if isinstance(model, EmbeddingModel):
+        return model.tables
+    return (Table(EMBEDDING, model.vocab, model.hidden, zipf=sg.ZIPF_EXPONENT),)
+
+
+def embedding_call(algo: str, model, topo, profile, itemsize: int, samples: int, start_us: float,
+                   block_size: int, exponent: float | None, seed: int = 0) -> EmbeddingCall:
+    """Masks from every rank's batch of ``samples``, the sparse model's time for them and its messages (the
+    same time)."""
+    tabs = tables(model)
+    masks, rows = sg.tables_masks(topo.nodes, samples, tabs, block_size, seed, exponent)
     cfg = sparse_config(algo, topo.nodes, block_size=block_size)
     f = sparse_call_flows(cfg, masks, profile, itemsize)
     t = f.timing
-    return EmbeddingCall(algo, start_us, t.emulated_us, model.vocab * model.hidden, itemsize, block_size, masks,
-                         rows, t.wire_bytes, f)
+    return EmbeddingCall(algo, start_us, t.emulated_us, sum(x.elems for x in tabs), itemsize, block_size, masks,
+                         rows, t.wire_bytes, f, tabs, exponent)
 
 
 def share(rec: dict, calls: list[Call], dense: list[ConcurrentTiming], emb: EmbeddingCall, topo, profile) -> None:
@@ -135,19 +151,16 @@ def share(rec: dict, calls: list[Call], dense: list[ConcurrentTiming], emb: Embe
                embedding_wire_bytes=emb.wire_bytes, embedding_contends=overlap)
 
 
-def real_embedding(emu, emb: EmbeddingCall, model, dtype: np.dtype, tokens: int, exponent: float,
-                   seed: int = 0) -> int:
+def real_embedding(emu, emb: EmbeddingCall, dtype: np.dtype, samples: int, seed: int = 0) -> int:
     """Reduce the embedding gradient with real data on every rank; elements wrong against numpy's float64 sum.
 
     The MPI executor's time, from the masks of the data itself, must equal the model's for the derived masks."""
     from mpi4py import MPI  # only the MPI executor gets here
-    vocab, dim = model.vocab, model.hidden
-    ref = np.zeros(vocab * dim, dtype=np.float64)
-    work = np.zeros((emu.local_nodes, vocab * dim), dtype=dtype)
+    ref = np.zeros(emb.elems, dtype=np.float64)
+    work = np.zeros((emu.local_nodes, emb.elems), dtype=dtype)
     local = list(emu.node_range)
     for r in range(emu.topology.nodes):
-        rows = sg.touched_rows(sg.token_ids(r, tokens, vocab, exponent, seed), vocab)
-        g = sg.gradient(r, rows, dim, dtype)
+        g = sg.tables_gradient(r, sg.table_rows(r, samples, emb.tables, seed, emb.exponent), emb.tables, dtype)
         ref += g.astype(np.float64)
         if r in local:
             work[local.index(r)] = g
@@ -188,9 +201,11 @@ def check_memory(comm, local_nodes: int, emb: EmbeddingCall) -> None:
                          f"{every[worst, 1] / GiB:.1f} GiB is available; use --executor model, or a smaller model")
 
 
-def describe(emb: EmbeddingCall, model) -> str:
+def describe(emb: EmbeddingCall) -> str:
     """The header line of the embedding call."""
-    return (f"# embedding gradient ({model.vocab:,} x {model.hidden} rows, {emb.elems * emb.itemsize / 2**20:.1f} MiB) "
+    shape = (f"{emb.tables[0].rows:,} x {emb.tables[0].dim} rows" if len(emb.tables) == 1 else
+             f"{len(emb.tables)} tables, {sum(t.rows for t in emb.tables):,} rows")
+    return (f"# embedding gradient ({shape}, {emb.elems * emb.itemsize / 2**20:.1f} MiB) "
             f"out of the buckets, reduced with {emb.algo} when backward ends: {emb.density:.2%} of its "
             f"{emb.block_size}-element blocks non-zero per rank ({emb.union_density:.2%} on some rank, rows "
             f"{emb.row_density.mean():.2%}), {emb.alone_us / 1e3:.3f} ms alone; it shares the fabric with the "
@@ -204,6 +219,6 @@ def footer(rec: dict) -> str:
             f"({rec['iteration_embedding_alone_us'] / 1e3:.2f} with the call alone)")
 
 
-def exclude(algo: str | None) -> tuple[str, ...]:
+def exclude(algo: str | None, model) -> tuple[str, ...]:
     """The tensors the dense buckets leave out."""
-    return (EMBEDDING,) if algo else ()
+    return tuple(t.name for t in tables(model)) if algo else ()

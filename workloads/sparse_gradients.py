@@ -14,6 +14,8 @@ deterministic, and independent of how ranks are placed on processes. docs/model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from nicemu.errors import WorkloadError
@@ -26,13 +28,15 @@ BLOCK_SIZE = 256
 _STREAM = 0x7A1F
 
 
-def token_ids(rank: int, tokens: int, vocab: int, exponent: float = ZIPF_EXPONENT, seed: int = 0) -> np.ndarray:
-    """Rank ``rank``'s batch: ``tokens`` token ids drawn from the Zipf law of ``exponent`` over ``vocab`` rows."""
+def token_ids(rank: int, tokens: int, vocab: int, exponent: float = ZIPF_EXPONENT, seed: int = 0,
+              stream: int = 0) -> np.ndarray:
+    """Rank ``rank``'s batch: ``tokens`` token ids drawn from the Zipf law of ``exponent`` over ``vocab`` rows
+    (``stream``: one independent draw per id source of a model, 0 for the first)."""
     if vocab < 1 or tokens < 0:
         raise WorkloadError(f"need a vocabulary of at least one row and tokens >= 0, got {vocab} and {tokens}")
     if not (np.isfinite(exponent) and exponent >= 0):
         raise WorkloadError(f"the Zipf exponent must be finite and >= 0, got {exponent}")
-    rng = np.random.default_rng([seed, _STREAM, rank])
+    rng = np.random.default_rng([seed, _STREAM, rank] + ([stream] if stream else []))
     if exponent == 0:
         return rng.integers(0, vocab, size=tokens)
     weights = np.arange(1, vocab + 1, dtype=np.float64) ** -exponent
@@ -56,25 +60,118 @@ def block_mask(rows: np.ndarray, dim: int, block_size: int = BLOCK_SIZE) -> np.n
 
     Block ``b`` holds elements ``[b * block_size, (b + 1) * block_size)`` of the row-major table (the last may
     be short); it is non-zero iff a row it overlaps is non-zero."""
-    if dim < 1 or block_size < 1:
-        raise WorkloadError(f"dim and block size must be >= 1, got {dim} and {block_size}")
-    count = len(rows) * dim
-    starts = np.arange(0, count, block_size, dtype=np.int64)
-    first = starts // dim
-    last = (np.minimum(starts + block_size, count) - 1) // dim
-    before = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
-    return before[last + 1] > before[first]
+    return tables_mask([rows], (Table("table", len(rows), dim),), block_size)
+
+
+@dataclass(frozen=True)
+class Table:
+    """An embedding table: its gradient is non-zero exactly in the rows its lookups hit."""
+
+    name: str
+    rows: int
+    dim: int
+    lookups: int = 1              # rows looked up per sample (a sequence's tokens)
+    zipf: float = ZIPF_EXPONENT   # popularity law of the looked-up ids (0: uniform)
+    key: str = ""                 # tables with the same key are looked up with the same ids ("": its name)
+    sampled: int = 0              # distinct rows added per step by a log-uniform sampler (sampled softmax)
+    output: bool = False          # read by the last operator, so its gradient is ready first in backward
+
+    def __post_init__(self) -> None:
+        for what in ("rows", "dim", "lookups"):
+            if getattr(self, what) < 1:
+                raise WorkloadError(f"table {self.name}: {what} must be >= 1, got {getattr(self, what)}")
+        if not 0 <= self.sampled <= self.rows:
+            raise WorkloadError(f"table {self.name}: sampled rows must be in 0..{self.rows}, got {self.sampled}")
+
+    @property
+    def elems(self) -> int:
+        return self.rows * self.dim
+
+
+def log_uniform_rows(count: int, rows: int, seed: int = 0) -> np.ndarray:
+    """``count`` distinct ids of ``rows``, each draw ``round(exp(u ln rows)) - 1`` for ``u`` uniform in [0, 1)
+    (P(k) ~ ln((k+2)/(k+1)) / ln rows), repeated until ``count`` are distinct.
+
+    This is sampled softmax's candidate sampler. It is seeded alike on every data-parallel worker, so every
+    rank gets the same ids."""
+    rng = np.random.default_rng([seed, _STREAM, 0x5A3])
+    seen = np.zeros(rows, dtype=bool)
+    got = 0
+    while got < count:
+        ids = np.rint(np.exp(rng.random(2 * (count - got) + 16) * np.log(rows))).astype(np.int64) - 1
+        ids = np.minimum(ids, rows - 1)
+        new, first = np.unique(ids, return_index=True)
+        new = new[np.argsort(first)]              # in the order they were drawn
+        new = new[~seen[new]][:count - got]
+        seen[new] = True
+        got += len(new)
+    return np.flatnonzero(seen)
+
+
+def table_rows(rank: int, samples: int, tables: tuple[Table, ...], seed: int = 0,
+               exponent: float | None = None) -> list[np.ndarray]:
+    """Rank ``rank``'s touched rows of every table for a batch of ``samples`` samples; ``exponent`` replaces
+    every table's Zipf exponent. Tables sharing a key share their ids; each key is its own draw stream."""
+    ids: dict[str, tuple[int, np.ndarray]] = {}
+    out = []
+    for t in tables:
+        key = t.key or t.name
+        if key not in ids:
+            law = t.zipf if exponent is None else exponent
+            ids[key] = (t.rows, token_ids(rank, samples * t.lookups, t.rows, law, seed, stream=len(ids)))
+        rows, drawn = ids[key]
+        if rows != t.rows:
+            raise WorkloadError(f"table {t.name}: {t.rows:,} rows but key {key} has {rows:,}")
+        touched = touched_rows(drawn, t.rows)
+        if t.sampled:
+            touched[log_uniform_rows(t.sampled, t.rows, seed)] = True
+        out.append(touched)
+    return out
+
+
+def tables_mask(rows: list[np.ndarray], tables: tuple[Table, ...], block_size: int = BLOCK_SIZE) -> np.ndarray:
+    """(blocks,) bool over the tables' gradients laid end to end (row-major, no padding): a block is non-zero
+    iff it overlaps a touched row of some table."""
+    if block_size < 1:
+        raise WorkloadError(f"the block size must be >= 1, got {block_size}")
+    count = sum(t.elems for t in tables)
+    nblocks = -(-count // block_size)
+    starts, stops, offset = [], [], 0
+    for t, r in zip(tables, rows):
+        if len(r) != t.rows:
+            raise WorkloadError(f"table {t.name}: {len(r)} row flags for {t.rows} rows")
+        idx = np.flatnonzero(r)
+        starts.append((offset + idx * t.dim) // block_size)
+        stops.append((offset + (idx + 1) * t.dim - 1) // block_size + 1)
+        offset += t.elems
+    first, after = np.concatenate(starts or [[]]).astype(np.int64), np.concatenate(stops or [[]]).astype(np.int64)
+    diff = np.bincount(first, minlength=nblocks + 1) - np.bincount(after, minlength=nblocks + 1)
+    return np.cumsum(diff[:nblocks]) > 0
+
+
+def tables_masks(nodes: int, samples: int, tables: tuple[Table, ...], block_size: int = BLOCK_SIZE, seed: int = 0,
+                 exponent: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per rank: (nodes, blocks) block masks of the tables laid end to end, and (nodes,) fraction of their rows
+    touched."""
+    total = sum(t.rows for t in tables)
+    masks, row_density = [], []
+    for r in range(nodes):
+        rows = table_rows(r, samples, tables, seed, exponent)
+        masks.append(tables_mask(rows, tables, block_size))
+        row_density.append(sum(int(x.sum()) for x in rows) / total)
+    return np.stack(masks), np.array(row_density)
+
+
+def tables_gradient(rank: int, rows: list[np.ndarray], tables: tuple[Table, ...],
+                    dtype: str | np.dtype = "float32") -> np.ndarray:
+    """Rank ``rank``'s gradients of the tables laid end to end (each as :func:`gradient`)."""
+    return np.concatenate([gradient(rank, r, t.dim, dtype) for t, r in zip(tables, rows)])
 
 
 def embedding_masks(nodes: int, tokens: int, vocab: int, dim: int, block_size: int = BLOCK_SIZE,
                     exponent: float = ZIPF_EXPONENT, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per rank: (nodes, blocks) block masks and (nodes,) fraction of non-zero rows of the table's gradient."""
-    masks, row_density = [], []
-    for r in range(nodes):
-        rows = touched_rows(token_ids(r, tokens, vocab, exponent, seed), vocab)
-        masks.append(block_mask(rows, dim, block_size))
-        row_density.append(rows.mean())
-    return np.stack(masks), np.array(row_density)
+    """Per rank: (nodes, blocks) block masks and (nodes,) fraction of non-zero rows of one table's gradient."""
+    return tables_masks(nodes, tokens, (Table("table", vocab, dim, zipf=exponent),), block_size, seed)
 
 
 def gradient(rank: int, rows: np.ndarray, dim: int, dtype: str | np.dtype = "float32") -> np.ndarray:

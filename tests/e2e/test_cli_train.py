@@ -2,6 +2,7 @@
 as the model executor."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import TINY_LLAMA, model_and_mpi, run_nicemu
@@ -58,6 +59,39 @@ def test_sparse_embedding_real_data_agrees_with_the_model(tmp_path, algo, ranks)
 ])
 def test_sparse_embedding_bad_input(tmp_path, extra, message):
     out = run_nicemu(["train", "--topology", "ring:4", "--global-batch", "4", *extra], tmp_path)
+    assert out.returncode == 2, str(out)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nicemu: error: ") and message in lines[0], out.stderr
+
+
+@pytest.mark.parametrize("sparse", [[], ["--sparse-embedding", "omnireduce"], ["--sparse-embedding", "omniccl"]])
+def test_embedding_model_real_data_agrees_with_the_model(tmp_path, sparse):
+    """examples/recsys_tiny.json: three tables (two sharing the user ids) and an MLP, every table's gradient
+    really reduced, in the buckets or on its own with a sparse algorithm."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "recsys_tiny.json"
+    args = ["train", "--model", str(example), "--topology", "ring:4", "--bucket-mb", "0.05",
+            "--algo", "ring,directreduce", *sparse]
+    m, r, model = model_and_mpi(args, tmp_path, 4)
+    assert "256 samples (a sample: one user-item pair) per iteration (64 per rank)" in model.stdout
+    for a, b in zip(m, r, strict=True):
+        assert b["wrong"] == 0 and a["model"] == "recsys-tiny" and a["global_batch"] == 256 and a["seq_len"] == 1
+        for key in SPARSE_KEYS if sparse else KEYS:
+            assert a[key] == b[key], key
+        if sparse:
+            assert b["embedding_wrong"] == 0 and a["embedding_bytes"] == (2000 * 33 + 3000 * 32) * 4
+            assert 0 < a["embedding_density"] < 1
+        else:
+            assert a["grad_bytes"] == (2000 * 33 + 3000 * 32 + 64 * 64 + 64 + 64 * 32 + 32 + 33) * 4
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--model", "ncf", "--seq-len", "8"], "--seq-len: NCF's samples are user-item pairs; drop --seq-len"),
+    (["--model", "lstm-gbw", "--pp", "2"], "LSTM-GBW trains with data parallelism only"),
+    (["--model", "bad.json"], "bad.json: missing key 'sample'"),
+])
+def test_embedding_model_bad_input(tmp_path, extra, message):
+    (tmp_path / "bad.json").write_text(json.dumps({"name": "b", "batch": 1, "tables": [], "dense": []}))
+    out = run_nicemu(["train", "--topology", "ring:4", *extra], tmp_path)
     assert out.returncode == 2, str(out)
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("nicemu: error: ") and message in lines[0], out.stderr
