@@ -3,7 +3,7 @@
 A recommendation or recurrent language model spends most of its parameters in embedding tables, and one
 iteration touches only the rows its batch looks up, so most blocks of those gradients are zero. These are
 the models that OmniReduce's end-to-end evaluation trains; the presets take their shapes and per-worker
-batches from that evaluation's public training scripts (docs/model.md §22.5 gives file and line for each
+batches from that evaluation's public training scripts (docs/model.md §22.3 gives file and line for each
 value). The block density is not a parameter: it follows from the batch and the ids' popularity law
 (workloads/sparse_gradients.py).
 
@@ -118,7 +118,7 @@ def _ncf() -> EmbeddingModel:
 
 
 #: the best-fitting Zipf exponent of the One Billion Word benchmark's word counts for 10,240 draws
-#: (scripts/word_zipf.py; docs/model.md §22.5)
+#: (scripts/word_zipf.py; docs/model.md §22.3)
 GBW_ZIPF = 1.117
 GBW_VOCAB = 793_471
 

@@ -184,3 +184,26 @@ def gradient(rank: int, rows: np.ndarray, dim: int, dtype: str | np.dtype = "flo
     v = (idx[:, None] * 7 + np.arange(dim)[None, :] * 13 + rank * 5) % 8
     out[idx] = np.where(v < 4, v - 4, v - 3)
     return out.reshape(-1)
+
+
+def distinct_expected(probs: np.ndarray, draws: int) -> float:
+    """Expected distinct ids in ``draws`` independent draws from ``probs``: sum_k 1 - (1 - p_k)^draws."""
+    return float(np.sum(-np.expm1(draws * np.log1p(-np.asarray(probs, dtype=np.float64)))))
+
+
+def fit_zipf(counts: np.ndarray, draws: int, low: float = 0.0, high: float = 4.0) -> float:
+    """The Zipf exponent over ``len(counts)`` rows whose ``draws`` draws touch as many distinct rows, in
+    expectation, as draws from the measured ``counts`` do (bisection; the count falls as the exponent grows).
+
+    One exponent cannot follow a real vocabulary over every batch size (its tail is steeper than its
+    head), so it is fitted at the batch that matters: the rows one rank's batch touches."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or len(counts) < 2 or np.any(counts < 0) or counts.sum() <= 0 or draws < 1:
+        raise WorkloadError("need a vector of at least two non-negative counts, not all zero, and draws >= 1")
+    want = distinct_expected(np.sort(counts)[::-1] / counts.sum(), draws)
+    ranks = np.arange(1, len(counts) + 1, dtype=np.float64)
+    for _ in range(60):
+        s = (low + high) / 2
+        law = ranks ** -s
+        low, high = (s, high) if distinct_expected(law / law.sum(), draws) > want else (low, s)
+    return (low + high) / 2

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 from nicemu.errors import NicemuError
 
@@ -30,3 +32,19 @@ def guarded(script: str, body: Callable[[], object]) -> int:
         print(f"{script}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     return 0
+
+
+@contextmanager
+def scratch_dir(out: str) -> Iterator[Path]:
+    """A hidden folder beside ``out`` for the JSON files of a study's runs, emptied and removed afterwards
+    (also when a run fails)."""
+    stem = Path(out)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    scratch = stem.parent / f".{stem.name}_runs"
+    scratch.mkdir(exist_ok=True)
+    try:
+        yield scratch
+    finally:
+        for f in scratch.glob("*.json"):
+            f.unlink()
+        scratch.rmdir()

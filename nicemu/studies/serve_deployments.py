@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nicemu.report import write_result_files
-from nicemu.studies.pages import page
+from nicemu.studies.pages import page, scratch_dir
 
 SCRIPT = "serve_deployments"
 ALGOS = "ring,host-best,directreduce"
@@ -123,17 +123,9 @@ def findings(data: Sequence[dict]) -> list[str]:
 
 def reproduce(out: str, requests: int = 200, command: str = "", progress: bool = False) -> list[dict]:
     """Run every deployment and write ``out.{json,csv,md}``."""
-    stem = Path(out)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    scratch = stem.parent / f".{stem.name}_runs"
-    scratch.mkdir(exist_ok=True)
-    try:
+    with scratch_dir(out) as scratch:
         data = rows(requests, scratch, progress)
-    finally:
-        for f in scratch.glob("*.json"):
-            f.unlink()
-        scratch.rmdir()
-    write_result_files(out, data, page_lines(data, command, stem.name))
+    write_result_files(out, data, page_lines(data, command, Path(out).name))
     return data
 
 

@@ -168,3 +168,12 @@ def test_train_defaults_for_embedding_models_and_transformers():
         train.defaults(_args(seq_len=32))
     with pytest.raises(UsageError, match="data parallelism only"):
         train.defaults(_args(tp=2))
+
+
+@pytest.mark.parametrize("exponent", [0.0, 0.8, 1.3])
+def test_fit_zipf_recovers_the_exponent_of_zipf_counts(exponent):
+    ranks = np.arange(1, 50_001, dtype=np.float64)
+    counts = np.round(1e9 * ranks ** -exponent / np.sum(ranks ** -exponent))
+    assert sg.fit_zipf(counts, 2048) == pytest.approx(exponent, abs=2e-3)
+    with pytest.raises(WorkloadError, match="non-negative counts"):
+        sg.fit_zipf(np.array([1.0, -1.0]), 10)
