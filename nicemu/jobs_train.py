@@ -21,6 +21,7 @@ from nicemu.errors import NicemuError, UsageError
 from nicemu.nic.ops import is_integer
 from nicemu.nic.profile import Profile
 from nicemu.topologies import Torus
+from nicemu.workloads import embedding_models
 from nicemu.workloads.accelerators import load_accelerator
 from nicemu.workloads.jobs import Job
 from nicemu.workloads.jobs_fabric import JobWork
@@ -73,6 +74,9 @@ def check(job: Job) -> None:
         dtype = check_dtype_op(spec.grad_dtype, "sum")
         if is_integer(dtype):
             raise UsageError(f"grad_dtype {spec.grad_dtype}: gradients are floating point; use float32 or bfloat16")
+        if embedding_models.find(spec.model) is not None:
+            raise UsageError(f"model {spec.model} is an embedding model, which nicemu train runs; a train job "
+                             "takes a transformer preset or config.json")
         load_model(spec.model)
         load_accelerator(spec.accelerator)
     except NicemuError as exc:

@@ -154,3 +154,8 @@ def test_a_group_too_large_for_the_replay_is_one_line(tmp_path, tiny):
         run_jobs(tmp_path, text)
     msg = str(err.value)
     assert "\n" not in msg and "jobs t, c make" in msg and "fewer iterations" in msg, msg
+
+
+def test_an_embedding_model_in_a_train_job_is_one_line(tmp_path):
+    text = "topology: ring:8\nprofile: 400g-gen5\njobs:\n" + train_job("t", '"0-3"', "ncf")
+    refused(tmp_path, text, ["'t'", "model ncf is an embedding model, which nicemu train runs"])
