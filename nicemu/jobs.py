@@ -9,14 +9,13 @@ one replay (workloads/jobs_fabric.py). Under ``--executor mpi`` (one rank per no
 train job's data moves on its own sub-communicator and is checked against numpy, and a serve job's ranks run
 each distinct call of its serving once with real data (``nicemu serve --executor mpi``'s backend); the times
 come from the same model, so both executors report the same numbers. Rank 0 alone computes that model
-(``_on_rank0``): every rank would compute the same, many times over where ranks share cores.
+(nicemu/rank0.py): every rank would compute the same, many times over where ranks share cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 
@@ -31,6 +30,7 @@ from nicemu.collectives.model.sparse_flows import SparseCall, SparseFlows
 from nicemu.collectives.model.sparse_flows import carried as sparse_carried
 from nicemu.errors import CollectiveError, NicemuError, UsageError
 from nicemu.nic.profile import load_profile
+from nicemu.rank0 import on_rank0
 from nicemu.report import bus_factor
 from nicemu.workloads.jobs import Job, load_jobs
 from nicemu.workloads.jobs_fabric import JobWork, ServeWork, components, sharing_delays
@@ -164,26 +164,6 @@ def _same_serving(comm, jf, spec: str, overrides: list[str], metrics: dict | Non
                               "with real data than in the model")
 
 
-def _on_rank0(comm, body) -> None:
-    """Run ``body`` (the model and the report) on rank 0 alone while the other ranks wait idle: every rank
-    would compute the same replay, and ranks oversubscribing a machine's cores would pay it many times over.
-    A one-line error on rank 0 ends every rank with it (printed once); a crash there aborts the job."""
-    status = np.zeros(1, dtype=np.int64)
-    error = None
-    if comm.rank == 0:
-        try:
-            body()
-        except NicemuError as exc:
-            status[0], error = 1, exc
-    req = comm.Ibcast(status, root=0)
-    while not req.Test():        # wait without spinning a core the way a blocking collective does
-        time.sleep(0.01)
-    if error is not None:
-        raise error
-    if status[0]:
-        raise NicemuError("the jobs' model stopped on rank 0 (its error is printed there)")
-
-
 def _sharing(jf, chains: Chains, calls: dict[int, Call], trains: dict, serves: dict) -> dict:
     """Per job that shares resources with a train or serve job: what sharing adds to its end over its replay
     alone, from the chained replay (workloads/jobs_fabric.py; clipped at 0 as in §21.6); a serve job's passes'
@@ -311,10 +291,7 @@ def run(args: argparse.Namespace, comm) -> int:
         wrong, real, metrics = _real_data(jf, profile, spec, args.overrides, comm)
         mine = next((i for i, j in enumerate(jf.jobs) if comm.rank in j.nodes.tolist()), None)
         _same_serving(comm, jf, spec, args.overrides, metrics, mine)
-    if comm.size > 1:
-        _on_rank0(comm, lambda: _model(jf, profile, spec, args, wrong, real))
-    else:
-        _model(jf, profile, spec, args, wrong, real)
+    on_rank0(comm, lambda: _model(jf, profile, spec, args, wrong, real), "the jobs' model")
     return 1 if any(w for w in wrong if w) else 0
 
 

@@ -6,7 +6,8 @@ AllReduced as backward produces them, in reverse layer order. Their AllReduces s
 times and share the fabric with each other (collectives/model/concurrent.py, docs/model.md §21.6 and
 §22). An iteration ends when backward and the last bucket are done; the exposed communication is what
 sticks out past the compute. Under ``--executor mpi`` every bucket is really reduced (synthetic
-gradients) and checked against numpy; the times come from the same model. ``--tp``, ``--pp`` and
+gradients) and checked against numpy; the times come from the same model, computed once by rank 0 while the
+other ranks wait (nicemu/rank0.py). ``--tp``, ``--pp`` and
 ``--micro-batches`` above 1 run Megatron-LM's tensor and pipeline parallelism (nicemu/train_parallel.py).
 """
 
@@ -27,6 +28,7 @@ from nicemu.errors import NicemuError, UsageError
 from nicemu.memory import check_fits
 from nicemu.nic.ops import is_integer
 from nicemu.nic.profile import load_profile
+from nicemu.rank0 import on_rank0
 from nicemu.sizes import format_size
 from nicemu.topologies import parse_topology, ring
 from nicemu.workloads import embedding_models
@@ -227,19 +229,20 @@ def run(args: argparse.Namespace, comm) -> int:
         args.sparse_embedding, model, topo, profile, dtype.itemsize, tp.tokens_per_rank, tp.compute_us,
         args.block_size, args.token_zipf)
     wrong = _real_data(algos, tp, topo, profile, dtype, comm, emb) if args.executor == "mpi" else {}
-    records = [iteration(a, tp, topo, profile, dtype.itemsize, emb) for a in algos]
-    for r in records if emb is not None else ():
-        r["embedding_wrong"] = wrong.get("embedding")
-    ring_it = next((r["iteration_us"] for r in records if r["algo"] == "ring"), None)
-    for r in records:
-        r.update(model=model.name, accelerator=acc.name, dp=topo.nodes, topology=topo.name, profile=profile.name,
-                 global_batch=args.global_batch, seq_len=args.seq_len, grad_dtype=dtype.name,
-                 grad_bytes=tp.grad_elems * dtype.itemsize, bucket_mb=args.bucket_mb, executor=args.executor,
-                 speedup_vs_ring=None if ring_it is None else ring_it / r["iteration_us"],
-                 wrong=wrong.get(r["algo"]), tp=1, pp=1, micro_batches=1, micro_batch_seqs=sequences,
-                 pipeline_us=r["compute_us"], bubble_us=0.0, bubble_fraction=0.0, tp_exposed_us=0.0,
-                 pp_exposed_us=0.0, dp_exposed_us=r["exposed_us"])
-    if comm.rank == 0:
+    def report() -> None:
+        """The iterations on the fabric model (the same for both executors), printed and written."""
+        records = [iteration(a, tp, topo, profile, dtype.itemsize, emb) for a in algos]
+        for r in records if emb is not None else ():
+            r["embedding_wrong"] = wrong.get("embedding")
+        ring_it = next((r["iteration_us"] for r in records if r["algo"] == "ring"), None)
+        for r in records:
+            r.update(model=model.name, accelerator=acc.name, dp=topo.nodes, topology=topo.name, profile=profile.name,
+                     global_batch=args.global_batch, seq_len=args.seq_len, grad_dtype=dtype.name,
+                     grad_bytes=tp.grad_elems * dtype.itemsize, bucket_mb=args.bucket_mb, executor=args.executor,
+                     speedup_vs_ring=None if ring_it is None else ring_it / r["iteration_us"],
+                     wrong=wrong.get(r["algo"]), tp=1, pp=1, micro_batches=1, micro_batch_seqs=sequences,
+                     pipeline_us=r["compute_us"], bubble_us=0.0, bubble_fraction=0.0, tp_exposed_us=0.0,
+                     pp_exposed_us=0.0, dp_exposed_us=r["exposed_us"])
         print(f"# nicemu train: {model.name} on {acc.name}, DP {topo.nodes} over {topo.describe()}, profile "
               f"{profile.name}, executor {args.executor}")
         unit = (f"samples (a sample: one {embedding_model.sample})" if embedding_model is not None else
@@ -260,6 +263,7 @@ def run(args: argparse.Namespace, comm) -> int:
         for r in records if emb is not None else ():
             print(train_sparse.footer(r))
         finish_report(args, records, wrong)
+    on_rank0(comm, report, "the training model")
     return 1 if any(wrong.values()) else 0
 
 

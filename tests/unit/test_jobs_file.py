@@ -105,7 +105,7 @@ class _Rank:
 
 def test_the_model_runs_on_rank_0_alone_and_its_error_ends_every_rank():
     from nicemu.errors import NicemuError, UsageError
-    from nicemu.jobs import _on_rank0
+    from nicemu.rank0 import on_rank0 as _on_rank0
     ran = []
     _on_rank0(_Rank(0, 0), lambda: ran.append(0))
     _on_rank0(_Rank(2, 0), lambda: ran.append(2))
