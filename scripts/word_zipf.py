@@ -13,9 +13,6 @@ works too. Nothing here is committed data; the script reads the file it is given
 from __future__ import annotations
 
 import argparse
-import io
-import pickle
-import struct
 import sys
 from pathlib import Path
 
@@ -25,27 +22,15 @@ from nicemu.workloads.sparse_gradients import distinct_expected, fit_zipf
 
 
 def _legacy_torch_vector(raw: bytes) -> np.ndarray:
-    """A 1-D int tensor saved by PyTorch's legacy format: five pickles (magic, protocol, system info, the tensor
-    with its storage as a persistent id, the storage keys), then each storage as an 8-byte count and raw data."""
-
-    class Skeleton(pickle.Unpickler):      # reads the structure only: no class is ever constructed
-        def persistent_load(self, pid):
-            return pid
-
-        def find_class(self, module, name):
-            return lambda *a, **k: (module, name, a)
-
-    buf = io.BytesIO(raw)
-    for _ in range(3):
-        Skeleton(buf).load()
-    _, _, (storage, *_rest) = Skeleton(buf).load()
-    kind, elems = storage[1]()[1], storage[4]
-    Skeleton(buf).load()
-    (count,) = struct.unpack("<q", buf.read(8))
-    width = {"IntStorage": 4, "LongStorage": 8}.get(kind)
-    if width is None or count != elems:
-        raise SystemExit(f"word_zipf: unsupported storage {kind} ({count} of {elems} elements)")
-    return np.frombuffer(buf.read(count * width), dtype=f"<i{width}").astype(np.float64)
+    """A 1-D int tensor saved by PyTorch's legacy format: a small pickled header (never unpickled here), then
+    the storage as an 8-byte little-endian element count and the raw elements, to the end of the file. The
+    count is found where it and the elements after it fill the file exactly."""
+    for width in (4, 8):
+        for at in range(min(len(raw) - 8, 1 << 16)):
+            count = int.from_bytes(raw[at:at + 8], "little")
+            if count and at + 8 + width * count == len(raw):
+                return np.frombuffer(raw[at + 8:], dtype=f"<i{width}").astype(np.float64)
+    raise SystemExit("word_zipf: no int32 or int64 storage fills the end of the file")
 
 
 def read_counts(path: Path) -> np.ndarray:
