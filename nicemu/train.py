@@ -247,9 +247,13 @@ def run(args: argparse.Namespace, comm) -> int:
               f"{profile.name}, executor {args.executor}")
         unit = (f"samples (a sample: one {embedding_model.sample})" if embedding_model is not None else
                 f"sequences of {args.seq_len} tokens")
-        print(f"# {args.global_batch:,} {unit} per iteration ({sequences:,} per rank); "
-              f"{tp.grad_elems * dtype.itemsize / 2**30:.2f} GiB of {dtype.name} gradients in {len(tp.buckets)} "
-              f"buckets; forward {tp.forward_us / 1e3:.1f} ms, backward {tp.backward_us / 1e3:.1f} ms")
+        nbytes = tp.grad_elems * dtype.itemsize
+        size = f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.2f} MiB"
+        def span(us: float) -> str:
+            return f"{us / 1e3:.1f} ms" if us >= 1e3 else f"{us:.2f} us"
+        print(f"# {args.global_batch:,} {unit} per iteration ({sequences:,} per rank); {size} of {dtype.name} "
+              f"gradients in {len(tp.buckets)} bucket{'s' if len(tp.buckets) != 1 else ''}; forward "
+              f"{span(tp.forward_us)}, backward {span(tp.backward_us)}")
         if emb is not None:
             print(train_sparse.describe(emb))
         print("# iter: backward and the last bucket done, buckets sharing the fabric; exposed: iter - compute; "
