@@ -118,17 +118,18 @@ def defaults(args) -> EmbeddingModel | None:
     return emb
 
 
-def load_setup(args):
-    """(model, accelerator, profile) of the options, each error one line."""
+def load_setup(args, embedding_model: EmbeddingModel | None = None):
+    """(model, accelerator, profile) of the options, each error one line; ``embedding_model``: the one
+    ``--model`` names, found already by :func:`defaults`."""
     try:
-        model = embedding_models.find(args.model) or load_model(args.model)
+        model = embedding_model or load_model(args.model)
         acc = load_accelerator(args.accelerator)
     except NicemuError as exc:
         raise UsageError(str(exc)) from None
     return model, acc, load_profile(args.profile, args.overrides)
 
 
-def _check(args, comm):
+def _check(args, comm, emb: EmbeddingModel | None = None):
     algos, dtype = check_algos_dtype(args)
     if args.topology is not None:
         topo = parse_topology(args.topology)
@@ -141,7 +142,6 @@ def _check(args, comm):
         raise UsageError("nicemu train runs one rank per node")
     if args.dp is not None and args.dp != topo.nodes:
         raise UsageError(f"--dp {args.dp} does not match {topo.name} ({topo.nodes} nodes); give one of them")
-    emb = embedding_models.find(args.model)
     if emb is not None and args.global_batch is None:
         args.global_batch = emb.batch * topo.nodes
     check_sizes(args, 1 << 24 if emb is None else 1 << 40)
@@ -150,7 +150,7 @@ def _check(args, comm):
                          f"ranks; use a multiple of {topo.nodes}")
     if args.executor == "mpi" and comm.size > topo.nodes:
         raise UsageError(f"{comm.size} ranks for {topo.name}: run with at most {topo.nodes} ranks")
-    model, acc, profile = load_setup(args)
+    model, acc, profile = load_setup(args, emb)
     train_sparse.check(args, model)
     return algos, dtype, topo, model, acc, profile
 
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace, comm) -> int:
         train_sparse.data_parallel_only(args)
         from nicemu.train_parallel import run as run_parallel
         return run_parallel(args, comm)
-    algos, dtype, topo, model, acc, profile = _check(args, comm)
+    algos, dtype, topo, model, acc, profile = _check(args, comm, embedding_model)
     sequences = args.global_batch // topo.nodes
     leave_out = train_sparse.exclude(args.sparse_embedding, model)
     if embedding_model is not None:

@@ -15,6 +15,7 @@ deterministic, and independent of how ranks are placed on processes. docs/model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -88,12 +89,13 @@ class Table:
         return self.rows * self.dim
 
 
+@lru_cache(maxsize=8)
 def log_uniform_rows(count: int, rows: int, seed: int = 0) -> np.ndarray:
     """``count`` distinct ids of ``rows``, each draw ``round(exp(u ln rows)) - 1`` for ``u`` uniform in [0, 1)
-    (P(k) ~ ln((k+2)/(k+1)) / ln rows), repeated until ``count`` are distinct.
+    (P(k) = ln((k+1.5)/(k+0.5)) / ln rows for k >= 1), repeated until ``count`` are distinct.
 
     This is sampled softmax's candidate sampler. It is seeded alike on every data-parallel worker, so every
-    rank gets the same ids."""
+    rank gets the same ids: drawn once per process (cached, read-only) for every rank and table."""
     rng = np.random.default_rng([seed, _STREAM, 0x5A3])
     seen = np.zeros(rows, dtype=bool)
     got = 0
@@ -105,7 +107,9 @@ def log_uniform_rows(count: int, rows: int, seed: int = 0) -> np.ndarray:
         new = new[~seen[new]][:count - got]
         seen[new] = True
         got += len(new)
-    return np.flatnonzero(seen)
+    out = np.flatnonzero(seen)
+    out.setflags(write=False)
+    return out
 
 
 def table_rows(rank: int, samples: int, tables: tuple[Table, ...], seed: int = 0,
